@@ -1,0 +1,243 @@
+"""`imgclf` command line: each subcommand parses its flags and calls one API function.
+
+`main(argv) -> int` is what tests call in-process. Usage errors print one line and return 2; other failures
+print one line and return 1; tracebacks only with --verbose.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+
+from . import __version__
+from .config import FIELDS, field_type
+from .errors import ImgclfError
+
+log = logging.getLogger("imgclf")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other usage error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier", description="Train a classifier; the run goes to OUT/NAME.")
+    _common(p)
+    p.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS, help="options from a YAML file (flags given here win)")
+    for name, f in FIELDS.items():
+        t = field_type(name)
+        flag = "--" + name.replace("_", "-")
+        kw = {"default": argparse.SUPPRESS, "help": f.metadata["help"] + ("" if f.default is None else f" [{f.default}]")}
+        if t is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+            p.add_argument(flag, type=t, metavar=name.upper(), **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="imgclf", description="From a folder of images to a trained, evaluated classifier.")
+    parser.add_argument("--version", action="version", version=f"imgclf {__version__}")
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    _add_train(sub)
+
+    p = sub.add_parser("evaluate", help="metrics, per-class report and plots for a checkpoint on a split")
+    _common(p)
+    p.add_argument("weights", help="checkpoint, e.g. runs/NAME/best.pt")
+    p.add_argument("--data", help="data to evaluate on (default: the data the model was trained on)")
+    p.add_argument("--split", default="val", help="val, test or train [val]")
+    p.add_argument("--out", help="output folder (default: eval-SPLIT next to the weights)")
+    p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--json", action="store_true", help="print eval.json instead of the report")
+
+    p = sub.add_parser("predict", help="label images or folders of images")
+    _common(p)
+    p.add_argument("weights", help="checkpoint, e.g. runs/NAME/best.pt")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--top-k", type=int, default=5, help="labels per image in top_k (clamped to the class count) [5]")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--output", metavar="FILE", help="also write all predictions to FILE.csv or FILE.json")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("check", help="find corrupt, truncated, duplicate and leaked files in a data folder")
+    _common(p)
+    p.add_argument("data", help="folder of class folders (with or without train/val/test)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+
+    p = sub.add_parser("models", help="list models, parameter counts and offline pretrained weights")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    from .progress import set_enabled
+
+    class Fmt(logging.Formatter):
+        def format(self, record):
+            msg = record.getMessage()
+            return f"warning: {msg}" if record.levelno == logging.WARNING else msg
+
+    for h in list(log.handlers):
+        if getattr(h, "_imgclf_cli", False):
+            log.removeHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h._imgclf_cli = True
+    h.setFormatter(Fmt())
+    log.addHandler(h)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+    set_enabled(not quiet)
+
+
+def cmd_train(a: dict) -> int:
+    from .config import make_config
+    from .train import train
+
+    options = {k: v for k, v in a.items() if k in FIELDS}
+    cfg = make_config(options, source="command line", config_file=a.get("config"))
+    explicit = set(options)
+    if a.get("config"):
+        from .config import load_yaml
+
+        explicit |= set(load_yaml(a["config"]))
+    res = train({k: getattr(cfg, k) for k in explicit})
+    print(f"best epoch {res['best_epoch']}: val accuracy {res['best']['accuracy']:.4f}, macro-F1 {res['best']['macro_f1']:.4f}")
+    print(f"run directory: {res['run_dir']}")
+    return 0
+
+
+def cmd_evaluate(a: dict) -> int:
+    from .evaluate import evaluate, format_report
+
+    m = evaluate(a["weights"], a.get("data"), split=a["split"], out=a.get("out"), batch_size=a["batch_size"],
+                 device=a["device"], workers=a.get("workers"), data_root=a.get("data_root"))
+    if a.get("json"):
+        print(json.dumps(m, indent=2))
+    else:
+        print(format_report(m))
+        print(f"wrote eval.json, confusion_matrix.png, misclassified.png to {m['out']}")
+    return 0
+
+
+def cmd_predict(a: dict) -> int:
+    from .predict import Predictor, expand_paths
+
+    paths = expand_paths(a["paths"])
+    pred = Predictor(a["weights"], device=a["device"], batch_size=a["batch_size"])
+    results = []
+    for start in range(0, len(paths), a["batch_size"]):
+        for r in pred.predict(paths[start:start + a["batch_size"]], top_k=a["top_k"]):
+            results.append(r)
+            if a.get("json"):
+                print(json.dumps(r), flush=True)
+            elif "error" in r:
+                print(f"{r['path']}\tERROR\t{r['error']}", flush=True)
+            else:
+                others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
+                print(f"{r['path']}\t{r['label']}\t{r['probability']:.3f}" + (f"\t({others})" if others else ""), flush=True)
+    if a.get("output"):
+        _write_predictions(results, a["output"])
+    failed = sum("error" in r for r in results)
+    if failed:
+        log.warning("%d of %d images could not be read", failed, len(results))
+    return 0
+
+
+def _write_predictions(results: list[dict], path: str) -> None:
+    tmp = f"{path}.tmp"
+    if path.lower().endswith(".json"):
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+    elif path.lower().endswith(".csv"):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "probability", "top_k", "error"])
+            for r in results:
+                tk = ";".join(f"{t['label']}:{t['probability']:.6f}" for t in r.get("top_k", []))
+                w.writerow([r["path"], r.get("label", ""), f"{r['probability']:.6f}" if "probability" in r else "", tk, r.get("error", "")])
+    else:
+        from .errors import UsageError
+
+        raise UsageError(f"--output '{path}' must end in .csv or .json")
+    os.replace(tmp, path)
+
+
+def cmd_check(a: dict) -> int:
+    from .data.check import check_data
+
+    report = check_data(a["data"], workers=a.get("workers"), progress=not a.get("quiet", False))
+    if a.get("json"):
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format_text())
+    return 0 if report.ok else 1
+
+
+def cmd_models(a: dict) -> int:
+    from .models.registry import list_models
+
+    rows = list_models()
+    if a.get("json"):
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<20} {'params':>12} {'input':>6}  {'pretrained (offline)':<22} description")
+    for r in rows:
+        print(f"{r['name']:<20} {r['params']:>12,} {r['img_size']:>6}  {r['pretrained']:<22} {r['description']}")
+    print("params are counted from the model with a 1000-class head; the head is replaced for your classes")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "check": cmd_check, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    a = vars(ns)
+    verbose = bool(a.pop("verbose", False))
+    quiet = bool(a.pop("quiet", False))
+    a["quiet"] = quiet
+    if not a.get("command"):
+        parser.print_help()
+        return 2
+    _setup_logging(verbose, quiet)
+    try:
+        return COMMANDS[a.pop("command")](a)
+    except ImgclfError as e:
+        if verbose:
+            log.exception("error")
+        print(f"imgclf: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("imgclf: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, unless --verbose
+        if verbose:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"imgclf: error: {type(e).__name__}: {first} (run with --verbose for the traceback)", file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())

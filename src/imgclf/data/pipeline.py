@@ -1,0 +1,174 @@
+"""From a split to batches: preprocessing, the decode-once store, transforms and loaders.
+
+Every image is decoded once up front: that finds unreadable files before the first step (they are left out
+and listed) and, when the decoded images fit in memory, keeps them as uint8 tensors (shorter side already at
+the evaluation resize) so later epochs never touch a JPEG again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .images import UnreadableImage, array_to_uint8, load_image, pil_to_uint8
+from .sources import Split
+
+log = logging.getLogger("imgclf")
+
+SMALL_MAX = 64  # up to this size, images get the small-image recipe (padded crop) instead of random resized crop
+MEMORY_BUDGET = 4 << 30  # bytes of decoded uint8 images kept in memory by `cache=auto`
+
+
+@dataclass
+class Preprocess:
+    """How a file becomes model input. Stored in every checkpoint; `predict` and exports use it as is."""
+
+    img_size: int  # square crop fed to the model, pixels
+    resize: int  # shorter side after loading, pixels (then a centre crop of img_size)
+    mean: list
+    std: list
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(**{k: d[k] for k in ("img_size", "resize", "mean", "std") if k in d},
+                   interpolation=d.get("interpolation", "bilinear"))
+
+
+def resolve_preprocess(spec, *, img_size: int | None, pretrained: bool, own_size: int | None) -> Preprocess:
+    """img_size: given, else the model's pretrained size with --pretrained, else the data's own size, else 224."""
+    if img_size is None:
+        img_size = spec.img_size if pretrained else (own_size or 224)
+    if img_size == spec.img_size:
+        resize = spec.resize
+    elif img_size <= SMALL_MAX:
+        resize = img_size
+    else:
+        resize = round(img_size / 0.875)  # the usual 224/256 ratio
+    return Preprocess(img_size=int(img_size), resize=int(resize), mean=list(spec.mean), std=list(spec.std))
+
+
+def common_size(split: Split, workers: int = 4) -> int | None:
+    """The shorter side shared by every image of the split, or None when sizes differ (headers only)."""
+    if split.arrays is not None:
+        return int(min(split.arrays.shape[1:3]))
+
+    def size(p):
+        try:
+            with Image.open(p) as im:
+                return im.size
+        except Exception:
+            return None  # unreadable files are reported by the decode pass
+
+    with ThreadPoolExecutor(workers) as ex:
+        sizes = {s for s in ex.map(size, split.paths, chunksize=256) if s is not None}
+    if len(sizes) == 1:
+        w, h = sizes.pop()
+        return min(w, h)
+    return None
+
+
+def decode_one(split: Split, i: int, resize: int) -> torch.Tensor:
+    if split.arrays is not None:
+        return array_to_uint8(split.arrays[i], resize=resize)
+    return pil_to_uint8(load_image(split.paths[i], resize=resize))
+
+
+def decode_split(split: Split, resize: int, *, keep: bool, workers: int, desc: str = "") -> tuple[Split, list | None, list]:
+    """Decode every image once. Returns (the split without unreadable files, the decoded uint8 tensors when
+    `keep`, [(path, reason)] of the files left out)."""
+    from ..progress import progress
+
+    def work(i):
+        try:
+            t = decode_one(split, i, resize)
+            return (t if keep else None), None
+        except UnreadableImage as e:
+            return None, str(e)
+
+    store, good, bad = [], [], []
+    with ThreadPoolExecutor(workers) as ex:  # PIL releases the GIL while decoding and resizing
+        results = ex.map(work, range(len(split)), chunksize=64)
+        for i, (t, err) in enumerate(progress(results, total=len(split), desc=desc or f"decode {split.name}", unit="img")):
+            if err is None:
+                good.append(i)
+                if keep:
+                    store.append(t)
+            else:
+                bad.append((split.describe(i), err))
+    out = split if len(good) == len(split) else split.subset(good)
+    return out, (store if keep else None), bad
+
+
+def estimate_bytes(n: int, resize: int) -> int:
+    return int(n * 3 * resize * resize * 1.4)  # 1.4: typical 4:3 photos keep a longer side
+
+
+def prepare_split(split: Split, resize: int, *, cache: str = "auto", workers: int, desc: str = ""):
+    """decode_split, keeping the decoded images when `cache` says so (auto: when they fit the budget)."""
+    keep = cache == "memory" or (cache == "auto" and estimate_bytes(len(split), resize) <= MEMORY_BUDGET)
+    if cache == "auto" and not keep:
+        log.info("%s: %d images would not fit the %d GiB in-memory cache; decoding them every epoch",
+                 split.name, len(split), MEMORY_BUDGET >> 30)
+    return decode_split(split, resize, keep=keep, workers=workers, desc=desc)
+
+
+class ImageDataset(Dataset):
+    """(transformed image, label) pairs from a decoded store or, without one, decoding on the fly."""
+
+    def __init__(self, split: Split, resize: int, transform, store: list | None = None):
+        self.split, self.resize, self.transform, self.store = split, resize, transform, store
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.store[i] if self.store is not None else decode_one(self.split, i, self.resize)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.image(i)), self.split.labels[i]
+
+
+def eval_transform(p: Preprocess):
+    """uint8 3 x H x W with shorter side `resize` -> normalised float 3 x img_size x img_size."""
+    return v2.Compose([
+        v2.CenterCrop(p.img_size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(p.mean, p.std),
+    ])
+
+
+def train_transform(p: Preprocess, augment: str = "auto"):
+    if augment == "auto":
+        augment = "small" if p.img_size <= SMALL_MAX else "large"
+    if augment == "none":
+        return eval_transform(p)
+    if augment == "small":
+        # the seed's recipe: pad by 1/8 of the side (4 px at 32) and crop back, random horizontal flip
+        geo = [v2.RandomCrop(p.img_size, padding=max(1, p.img_size // 8)), v2.RandomHorizontalFlip()]
+    elif augment == "large":
+        geo = [v2.RandomResizedCrop(p.img_size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        raise ValueError(augment)
+    return v2.Compose(geo + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)])
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def make_loader(ds: Dataset, *, batch_size: int, workers: int, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> DataLoader:
+    # A last training batch of one image breaks BatchNorm; drop it only in that case.
+    drop_last = shuffle and len(ds) % batch_size == 1 and len(ds) > 1
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+                      drop_last=drop_last, persistent_workers=False, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,307 @@
+"""Data sources: what `--data` can name, turned into class names and labelled splits.
+
+A source is one of
+- a folder with split folders (`train/` plus `val/`, `valid/` or `validation/`, optionally `test/`), each
+  holding one folder per class;
+- a folder of class folders only (validation carved out by a stratified, seeded split);
+- a CSV manifest with columns `path,label` and an optional `split` column (paths relative to the CSV);
+- `cifar10` / `cifar100` (torchvision's readers, in a data root) or `digits` (scikit-learn's bundled set).
+
+Class indices follow sorted class names and are the same for every split.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, did_you_mean
+
+# torchvision's list plus GIF: anything PIL reads that people keep photos in.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+BUILTIN = ("cifar10", "cifar100", "digits")
+DEFAULT_VAL_FRACTION = 0.2
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclass
+class Split:
+    """One split: either files on disk (`paths`) or images already in memory (`arrays`, N x H x W x 3 uint8)."""
+
+    name: str
+    labels: list[int]
+    paths: list[str] | None = None
+    arrays: np.ndarray | None = None
+    ids: list[str] | None = None  # names for in-memory images, e.g. "digits:17"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def describe(self, i: int) -> str:
+        if self.paths is not None:
+            return self.paths[i]
+        return self.ids[i] if self.ids is not None else f"{self.name}[{i}]"
+
+    def subset(self, indices, name: str | None = None) -> "Split":
+        idx = list(indices)
+        return Split(
+            name=name or self.name,
+            labels=[self.labels[i] for i in idx],
+            paths=[self.paths[i] for i in idx] if self.paths is not None else None,
+            arrays=self.arrays[idx] if self.arrays is not None else None,
+            ids=[self.ids[i] for i in idx] if self.ids is not None else None,
+        )
+
+
+@dataclass
+class DataSource:
+    kind: str  # folder | csv | cifar10 | cifar100 | digits
+    location: str  # what the user passed, resolved
+    classes: list[str]
+    splits: dict[str, Split]
+    # How validation was obtained: "folder" (its own split), "carved" (from train by a seeded split).
+    val_origin: str = "folder"
+    notes: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            have = ", ".join(sorted(self.splits))
+            raise DataError(f"split '{name}' is not in {self.location} (it has: {have}){did_you_mean(name, self.splits)}")
+        return self.splits[name]
+
+    def fingerprint(self) -> str:
+        """A short hash of what the data is: file paths, sizes and modification times, or the arrays."""
+        h = hashlib.sha1()
+        h.update(self.kind.encode())
+        h.update("\0".join(self.classes).encode())
+        for name in sorted(self.splits):
+            s = self.splits[name]
+            h.update(name.encode())
+            h.update(np.asarray(s.labels, dtype=np.int64).tobytes())
+            if s.paths is not None:
+                for p in s.paths:
+                    try:
+                        st = os.stat(p)
+                        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                    except OSError:
+                        h.update(f"{p}\0missing\n".encode())
+            else:
+                h.update(s.arrays.tobytes())
+        return h.hexdigest()[:16]
+
+
+def default_data_root() -> str:
+    """Where cifar10/cifar100 live: --data-root, else $IMGCLF_DATA, else a user cache folder."""
+    if os.environ.get("IMGCLF_DATA"):
+        return os.environ["IMGCLF_DATA"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgclf", "data")
+
+
+def open_source(
+    data: str,
+    *,
+    data_root: str | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = 0,
+    download: bool = True,
+) -> DataSource:
+    """Resolve `--data` into a DataSource with at least `train` and `val` splits."""
+    if data is None or str(data).strip() == "":
+        raise DataError("no data given: pass --data with a folder, a CSV file, or one of " + ", ".join(BUILTIN))
+    data = str(data)
+    key = data.lower().replace("-", "").replace("_", "")
+    if key in BUILTIN and not os.path.exists(data):
+        if key == "digits":
+            src = _digits_source()
+        else:
+            from .cifar import cifar_source
+
+            src = cifar_source(key, data_root or default_data_root(), download=download)
+    else:
+        path = Path(data).expanduser()
+        if not path.exists():
+            hint = did_you_mean(data, BUILTIN)
+            raise DataError(
+                f"data '{data}' not found: pass a folder of class folders, a CSV of path,label, "
+                f"or one of {', '.join(BUILTIN)}{hint}"
+            )
+        if path.is_file():
+            if path.suffix.lower() != ".csv":
+                raise DataError(f"data file '{data}' is not a CSV: pass a CSV with columns path,label[,split] or a folder")
+            src = _csv_source(path)
+        else:
+            src = _folder_source(path)
+    if "val" not in src.splits:
+        carve_validation(src, val_fraction=val_fraction, seed=seed)
+    return src
+
+
+# ----------------------------------------------------------------------------------------------- folders
+
+
+def find_split_dirs(root: Path) -> dict[str, Path]:
+    """Map canonical split names to the sub-folders of `root` that hold them (empty: no split layout)."""
+    found: dict[str, Path] = {}
+    try:
+        children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    except OSError as e:
+        raise DataError(f"cannot read folder '{root}': {e.strerror}") from None
+    for split, aliases in SPLIT_ALIASES.items():
+        for a in aliases:
+            if a in children:
+                found[split] = children[a]
+                break
+    return found
+
+
+def list_class_folder(folder: Path) -> dict[str, list[str]]:
+    """{class name: sorted image paths} for a folder of class folders (files with image extensions only)."""
+    out: dict[str, list[str]] = {}
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
+            dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
+            files.extend(os.path.join(dirpath, f) for f in filenames if is_image_name(f) and not f.startswith("."))
+        out[d.name] = sorted(files)
+    return out
+
+
+def _folder_source(root: Path) -> DataSource:
+    root = root.resolve()
+    split_dirs = find_split_dirs(root)
+    if split_dirs and "train" not in split_dirs:
+        raise DataError(
+            f"'{root}' has {', '.join(p.name for p in split_dirs.values())}/ but no train/ folder: "
+            "add train/ (with one folder per class) or point --data at a folder of class folders"
+        )
+    per_split = {s: list_class_folder(p) for s, p in split_dirs.items()} if split_dirs else {"train": list_class_folder(root)}
+    classes = sorted(set().union(*[set(v) for v in per_split.values()]))
+    if not classes:
+        raise DataError(f"'{root}' holds no class folders: put the images of each class in a folder of its own (e.g. {root}/cats/1.jpg)")
+    train_classes = per_split["train"]
+    where = split_dirs.get("train", root)
+    empty = [c for c in classes if not train_classes.get(c)]
+    if empty:
+        raise DataError(
+            f"class '{empty[0]}' has no images in {where}"
+            + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else "")
+            + f": add images to {where / empty[0]} or remove that folder"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for s, by_class in per_split.items():
+        paths, labels = [], []
+        for c, files in by_class.items():
+            paths.extend(files)
+            labels.extend([index[c]] * len(files))
+        if not paths:
+            raise DataError(f"split folder '{split_dirs[s]}' holds no images: add class folders with images or remove it")
+        splits[s] = Split(s, labels, paths=paths)
+    return DataSource("folder", str(root), classes, splits)
+
+
+# ----------------------------------------------------------------------------------------------- CSV
+
+
+def _csv_source(path: Path) -> DataSource:
+    path = path.resolve()
+    base = path.parent
+    rows_by_split: dict[str, list[tuple[str, str]]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "path" not in cols or "label" not in cols:
+            raise DataError(f"CSV '{path}' needs a header with columns path,label (and optionally split); it has: {', '.join(cols) or 'no header'}")
+        reader.fieldnames = cols
+        for n, row in enumerate(reader, start=2):
+            p, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            if not p or not label:
+                raise DataError(f"CSV '{path}' line {n}: empty path or label; every row needs both")
+            split = (row.get("split") or "train").strip().lower() or "train"
+            canon = next((k for k, al in SPLIT_ALIASES.items() if split in al), None)
+            if canon is None:
+                raise DataError(f"CSV '{path}' line {n}: unknown split '{split}'; use train, val or test{did_you_mean(split, SPLIT_ALIASES)}")
+            full = p if os.path.isabs(p) else str(base / p)
+            rows_by_split.setdefault(canon, []).append((full, label))
+    if "train" not in rows_by_split:
+        raise DataError(f"CSV '{path}' has no training rows: give rows with split 'train' (or no split column)")
+    classes = sorted({label for rows in rows_by_split.values() for _, label in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    train_labels = {label for _, label in rows_by_split["train"]}
+    missing = [c for c in classes if c not in train_labels]
+    if missing:
+        raise DataError(f"class '{missing[0]}' has no training rows in '{path}': add some or drop its rows")
+    splits = {
+        s: Split(s, [index[label] for _, label in rows], paths=[p for p, _ in rows]) for s, rows in rows_by_split.items()
+    }
+    return DataSource("csv", str(path), classes, splits)
+
+
+# ----------------------------------------------------------------------------------------------- built-ins
+
+
+def _digits_source() -> DataSource:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # 8x8 grey levels 0..16 -> 0..255 RGB, so that every source hands the pipeline the same kind of image.
+    grey = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    classes = [str(c) for c in d.target_names]
+    split = Split("train", [int(t) for t in d.target], arrays=rgb, ids=[f"digits:{i}" for i in range(len(rgb))])
+    return DataSource("digits", "digits", classes, {"train": split})
+
+
+# ----------------------------------------------------------------------------------------------- splitting
+
+
+def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None:
+    """Stratified, seeded split of `train` into `train` + `val` (in place). Same inputs, same split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be between 0 and 1 (got {val_fraction}); e.g. 0.2 keeps 20% for validation")
+    from sklearn.model_selection import train_test_split
+
+    train = src.splits["train"]
+    labels = np.asarray(train.labels)
+    counts = np.bincount(labels, minlength=len(src.classes))
+    few = [src.classes[i] for i in np.flatnonzero(counts < 2)]
+    if few:
+        raise DataError(
+            f"class '{few[0]}' has fewer than 2 images, too few to hold one out for validation: "
+            "add images, or give a val/ folder (or a split column)"
+        )
+    idx = np.arange(len(labels))
+    try:
+        tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
+    except ValueError as e:
+        raise DataError(f"cannot split {len(labels)} images into train/val with --val-fraction {val_fraction}: {e}") from None
+    tr, va = np.sort(tr), np.sort(va)
+    src.splits["train"] = train.subset(tr, "train")
+    src.splits["val"] = train.subset(va, "val")
+    src.val_origin = "carved"
+    src.notes.append(f"validation: {len(va)} images carved from train (stratified, fraction {val_fraction}, seed {seed})")
+
+
+def write_split_manifest(src: DataSource, path: str) -> None:
+    """The split as a CSV (path or index, label, split), so a run's split can be read back exactly."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for name, s in src.splits.items():
+            for i, y in enumerate(s.labels):
+                w.writerow([s.describe(i), src.classes[y], name])
+    os.replace(tmp, path)

@@ -1,0 +1,38 @@
+"""The tool's own exceptions. Each message is one line that says what is wrong and how to fix it.
+
+`UsageError` (and its subclasses) are mistakes the user can fix by changing the command, the data or the
+file they point at: the CLI prints the message and exits with code 2, with a traceback only under --verbose.
+"""
+from __future__ import annotations
+
+import difflib
+
+
+class ImgclfError(Exception):
+    """Base class for every error imgclf raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(ImgclfError):
+    """A bad option, path or input: fixable by the user. Exit code 2."""
+
+    exit_code = 2
+
+
+class DataError(UsageError):
+    """The data cannot be used as given (missing folder, empty class, unknown split...)."""
+
+
+class CheckpointError(UsageError):
+    """A weights file that is missing, unsafe, or not an imgclf checkpoint."""
+
+
+class WeightsUnavailableError(UsageError):
+    """Pretrained weights that cannot be had (offline and not cached)."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""

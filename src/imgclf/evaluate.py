@@ -1,0 +1,139 @@
+"""Evaluation: accuracy, loss, macro-F1, top-5, a per-class report, the confusion matrix and its plots."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data.pipeline import ImageDataset, Preprocess, default_workers, eval_transform, make_loader, prepare_split
+from .data.sources import open_source
+from .device import autocast, resolve_device, resolve_precision
+from .errors import DataError
+from .progress import progress
+
+log = logging.getLogger("imgclf")
+
+
+@torch.no_grad()
+def infer(model, loader, device, amp_dtype=None, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N x C, float32, cpu) and labels (N) for every batch of `loader`."""
+    model.eval()
+    outs, ys = [], []
+    for x, y in progress(loader, total=len(loader), desc=desc, unit="batch"):
+        with autocast(device, amp_dtype):
+            out = model(x.to(device, non_blocking=True))
+        outs.append(out.float().cpu())
+        ys.append(y)
+    if not outs:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """Metrics as plain types. Accuracies are fractions in [0, 1]; top5 is None under 5 classes."""
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
+
+    n_cls = len(classes)
+    y = labels.numpy()
+    pred = logits.argmax(1).numpy()
+    idx = list(range(n_cls))
+    loss = float(F.cross_entropy(logits, labels).item()) if len(y) else float("nan")
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=idx, zero_division=0)
+    top5 = None
+    if n_cls >= 5 and len(y):
+        top5 = float(top_k_accuracy_score(y, logits.numpy(), k=5, labels=idx))
+    return {
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "loss": loss,
+        "macro_f1": float(f1_score(y, pred, labels=idx, average="macro", zero_division=0)),
+        "top5_accuracy": top5,
+        "num_images": int(len(y)),
+        "classes": list(classes),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, c in enumerate(classes)},
+        "confusion_matrix": confusion_matrix(y, pred, labels=idx).tolist(),
+    }
+
+
+def format_report(m: dict) -> str:
+    lines = [f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro-F1 {m['macro_f1']:.4f}"
+             + (f"  top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else "")
+             + f"  ({m['num_images']} images)"]
+    w = max([5] + [len(c) for c in m["classes"]])
+    lines.append(f"{'class':<{w}}  precision  recall      f1  support")
+    for c, r in m["per_class"].items():
+        lines.append(f"{c:<{w}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}")
+    return "\n".join(lines)
+
+
+def align_classes(data_classes: list[str], model_classes: list[str], where: str) -> list[int]:
+    """Map the data's class indices to the model's, by name."""
+    missing = [c for c in data_classes if c not in model_classes]
+    if missing:
+        raise DataError(
+            f"{where} has classes the model does not know ({', '.join(missing[:5])}); "
+            f"the model was trained on: {', '.join(model_classes[:10])}"
+        )
+    return [model_classes.index(c) for c in data_classes]
+
+
+def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: str | None = None,
+             batch_size: int = 256, device: str = "auto", workers: int | None = None,
+             data_root: str | None = None, precision: str = "fp32", plots: bool = True) -> dict:
+    """Evaluate a checkpoint on a split of `data` (default: the data it was trained on).
+
+    Writes eval.json, confusion_matrix.png and misclassified.png into `out` (default: next to the
+    weights, in eval-SPLIT/) and returns the metrics dict."""
+    ckpt = load_checkpoint(weights)
+    cfg = ckpt.get("config", {})
+    data = data or cfg.get("data")
+    if not data:
+        raise DataError("no --data given and the checkpoint does not record its data: pass --data")
+    dev = resolve_device(device)
+    amp = resolve_precision(precision, dev)
+    workers = default_workers() if workers is None else workers
+    src = open_source(data, data_root=data_root or cfg.get("data_root"),
+                      val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+    s = src.split(split)
+    classes = ckpt["classes"]
+    mapping = align_classes(src.classes, classes, data)
+    prep = Preprocess.from_dict(ckpt["preprocess"])
+    s, store, bad = prepare_split(s, prep.resize, workers=workers, desc=f"decode {split}")
+    for path, reason in bad:
+        log.warning("left out %s: %s", path, reason)
+    s.labels = [mapping[y] for y in s.labels]
+    ds = ImageDataset(s, prep.resize, eval_transform(prep), store)
+    model = model_from_checkpoint(ckpt, dev)
+    logits, labels = infer(model, make_loader(ds, batch_size=batch_size, workers=workers), dev, amp, desc=f"evaluate {split}")
+    metrics = compute_metrics(logits, labels, classes)
+    metrics.update({"split": split, "data": src.location, "weights": os.path.abspath(weights),
+                    "left_out": [{"path": p, "reason": r} for p, r in bad]})
+
+    out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"eval-{split}")
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, "eval.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(metrics, f, indent=2)
+    os.replace(tmp, os.path.join(out, "eval.json"))
+    if plots:
+        write_eval_plots(metrics, logits, labels, ds, classes, out, title=f"{os.path.basename(str(data))} {split}")
+    metrics["out"] = out
+    return metrics
+
+
+def write_eval_plots(metrics, logits, labels, ds, classes, out, title="", n_worst: int = 24) -> None:
+    from .plots import plot_confusion, plot_misclassified
+
+    plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, os.path.join(out, "confusion_matrix.png"), title)
+    prob = logits.softmax(1)
+    conf, pred = prob.max(1)
+    wrong = torch.nonzero(pred != labels).flatten()
+    order = wrong[conf[wrong].argsort(descending=True)][:n_worst].tolist()
+    images = [ds.image(i).permute(1, 2, 0).numpy() for i in order]
+    plot_misclassified(images, [classes[labels[i]] for i in order], [classes[pred[i]] for i in order],
+                       [float(conf[i]) for i in order], os.path.join(out, "misclassified.png"))

@@ -1,0 +1,99 @@
+"""Predictor: images or paths in, labelled probabilities out, with the checkpoint's own preprocessing."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data.images import UnreadableImage, load_image, pil_to_uint8, resize_shorter, to_rgb
+from .data.pipeline import Preprocess, eval_transform
+from .data.sources import is_image_name
+from .device import autocast, resolve_device, resolve_precision
+from .errors import UsageError
+
+
+def expand_paths(paths) -> list[str]:
+    """Files as given; folders walked recursively for image files, in sorted order."""
+    out = []
+    for p in paths:
+        p = str(p)
+        if os.path.isdir(p):
+            found = []
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                found += [os.path.join(dirpath, f) for f in filenames if is_image_name(f) and not f.startswith(".")]
+            if not found:
+                raise UsageError(f"folder '{p}' holds no image files ({', '.join(('.jpg', '.png', '...'))})")
+            out += sorted(found)
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise UsageError(f"'{p}' not found: pass image files or folders of images")
+    return out
+
+
+class Predictor:
+    """`Predictor("runs/x/best.pt").predict(["a.jpg", "b.png"], top_k=3)`.
+
+    Each result: {"path", "label", "index", "probability", "top_k": [{"label", "probability"}, ...]}, or
+    {"path", "error"} for a file that cannot be read (the others still get predictions)."""
+
+    def __init__(self, weights: str, *, device: str = "auto", batch_size: int = 32, precision: str = "fp32",
+                 workers: int | None = None):
+        self.ckpt = load_checkpoint(weights)
+        self.classes: list[str] = list(self.ckpt["classes"])
+        self.preprocess = Preprocess.from_dict(self.ckpt["preprocess"])
+        self.device = resolve_device(device)
+        self.amp = resolve_precision(precision, self.device)
+        self.model = model_from_checkpoint(self.ckpt, self.device)
+        self.transform = eval_transform(self.preprocess)
+        self.batch_size = batch_size
+        self.workers = workers or min(4, os.cpu_count() or 1)
+
+    def _load(self, item) -> torch.Tensor:
+        if isinstance(item, Image.Image):
+            return self.transform(pil_to_uint8(resize_shorter(to_rgb(item), self.preprocess.resize)))
+        return self.transform(pil_to_uint8(load_image(str(item), resize=self.preprocess.resize)))
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.amp):
+            return self.model(batch.to(self.device)).float().cpu()
+
+    def predict(self, inputs, *, top_k: int = 5) -> list[dict]:
+        single = isinstance(inputs, (str, Path, Image.Image))
+        items = [inputs] if single else list(inputs)
+        k = max(1, min(int(top_k), len(self.classes)))  # more than the classes: clamp, not crash
+        results: list[dict] = []
+        with ThreadPoolExecutor(self.workers) as pool:
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                loaded = list(pool.map(self._try_load, chunk))
+                ok = [t for t in loaded if isinstance(t, torch.Tensor)]
+                probs = self.logits(torch.stack(ok)).softmax(1) if ok else None
+                j = 0
+                for item, t in zip(chunk, loaded):
+                    name = item if not isinstance(item, Image.Image) else None
+                    if not isinstance(t, torch.Tensor):
+                        results.append({"path": str(name) if name is not None else None, "error": t})
+                        continue
+                    p, idx = probs[j].topk(k)
+                    j += 1
+                    results.append({
+                        "path": str(name) if name is not None else None,
+                        "label": self.classes[int(idx[0])],
+                        "index": int(idx[0]),
+                        "probability": float(p[0]),
+                        "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
+                    })
+        return results[0] if single else results
+
+    def _try_load(self, item):
+        try:
+            return self._load(item)
+        except UnreadableImage as e:
+            return str(e)

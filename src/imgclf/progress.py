@@ -1,0 +1,41 @@
+"""Progress is a wrapper around an iterable; library code only logs.
+
+A tqdm bar when stderr is a terminal; otherwise a log line every `log_every` items (none when it is None),
+so CI logs and files stay readable.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("imgclf")
+_enabled = True
+
+
+def set_enabled(on: bool) -> None:
+    """Turn bars off (e.g. `--quiet`) for everything that follows."""
+    global _enabled
+    _enabled = on
+
+
+def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = "it", log_every: int | None = None,
+             postfix=None):
+    """Yield from `iterable`, showing progress. `postfix` is a callable returning a short status string."""
+    if _enabled and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+        for i, x in enumerate(bar):
+            yield x
+            if postfix is not None and i % 10 == 0:
+                bar.set_postfix_str(postfix(), refresh=False)
+        bar.close()
+        return
+    t0 = time.perf_counter()
+    for i, x in enumerate(iterable, start=1):
+        yield x
+        if log_every and (i % log_every == 0) and _enabled:
+            rate = i / max(time.perf_counter() - t0, 1e-9)
+            extra = f" {postfix()}" if postfix is not None else ""
+            log.info("%s %d/%s %s (%.1f %s/s)%s", desc, i, total if total is not None else "?", unit, rate, unit, extra)

@@ -1,0 +1,321 @@
+"""The training loop: optimizer, schedule, precision, checkpoints, exact resume, CSV and TensorBoard logs.
+
+Exact resume: every source of randomness in epoch E (shuffle order, augmentation, dropout, worker seeds) is
+drawn from generators seeded with (seed, E) at the start of that epoch, and last.pt holds the model,
+optimizer and scheduler after E. So a run resumed after epoch E repeats, bit for bit on the same machine,
+what an uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from .config import TrainConfig, make_config, save_yaml
+from .data.pipeline import (ImageDataset, common_size, default_workers, eval_transform, make_loader, prepare_split,
+                            resolve_preprocess, train_transform)
+from .data.sources import open_source, write_split_manifest
+from .device import autocast, resolve_device, resolve_precision
+from .errors import CheckpointError, UsageError
+from .evaluate import compute_metrics, infer, write_eval_plots
+from .models.registry import (apply_frozen_eval, build_model, format_parameter_table, freeze, get_spec,
+                              parameter_table)
+from .progress import progress
+
+log = logging.getLogger("imgclf")
+
+RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "log_every")
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds"]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def _run_dir(cfg: TrainConfig) -> str:
+    if cfg.name:
+        d = os.path.join(cfg.out, cfg.name)
+        if os.path.exists(d) and os.listdir(d):
+            raise UsageError(f"run directory '{d}' already exists: choose another --name, or continue it with --resume {d}/last.pt")
+        return d
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(str(cfg.data))) or "data")
+    base = os.path.join(cfg.out, f"{cfg.model}-{data}")
+    d, n = base, 2
+    while os.path.exists(d) and os.listdir(d):
+        d, n = f"{base}-{n}", n + 1
+    return d
+
+
+def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(cfg: TrainConfig, opt):
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    return None
+
+
+def _write_metrics(rows: list[dict], path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRIC_COLUMNS})
+    os.replace(tmp, path)
+
+
+def _write_json(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill the options whose default depends on others."""
+    lr = cfg.lr if cfg.lr is not None else (0.01 if cfg.optimizer == "sgd" else 1e-3)
+    wd = cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if cfg.optimizer == "sgd" else 0.05)
+    workers = cfg.workers if cfg.workers is not None else default_workers()
+    data = cfg.data
+    if data and os.path.exists(data):
+        data = os.path.abspath(data)  # so that evaluate and resume find it from any folder
+    for k, v in (("epochs", cfg.epochs), ("batch_size", cfg.batch_size)):
+        if v < 1:
+            raise UsageError(f"--{k.replace('_', '-')} must be at least 1 (got {v})")
+    if cfg.save_every < 0 or workers < 0:
+        raise UsageError("--save-every and --workers must not be negative")
+    return replace(cfg, lr=lr, weight_decay=wd, workers=workers, data=data)
+
+
+def train(config: TrainConfig | dict | None = None, **options) -> dict:
+    """Train a classifier; returns results.json's content (plus `run_dir`).
+
+    `imgclf.train(data="digits", model="smallcnn", epochs=5)` or `imgclf.train(TrainConfig(...))`.
+    """
+    if isinstance(config, TrainConfig):
+        cfg = replace(config, **options) if options else config
+        explicit = {k for k, v in cfg.to_dict().items() if v != getattr(TrainConfig(), k)}
+    else:
+        cfg = make_config({**(config or {}), **options})
+        explicit = set(config or {}) | set(options)
+
+    resume_ckpt = None
+    if cfg.resume:
+        resume_ckpt = load_checkpoint(cfg.resume)
+        if "train_state" not in resume_ckpt:
+            raise CheckpointError(f"'{cfg.resume}' holds no training state (best.pt does not): resume from last.pt or an epoch_N.pt")
+        saved = make_config(resume_ckpt["config"], source=cfg.resume)
+        # A resumed run keeps its recipe; only its length and the machinery it runs on may change.
+        keep = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in explicit}
+        ignored = sorted(explicit - set(RESUME_OVERRIDES) - {"resume", "data"})
+        if ignored:
+            log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
+        cfg = replace(saved, resume=cfg.resume, **keep)
+    if not cfg.data:
+        raise UsageError("no data given: pass --data with a folder, a CSV, or one of cifar10, cifar100, digits")
+    cfg = _resolve(cfg)
+    spec = get_spec(cfg.model)
+    if cfg.pretrained and spec.weights is None:
+        raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
+    device = resolve_device(cfg.device)
+    amp = resolve_precision(cfg.precision, device)
+
+    t_setup = time.perf_counter()
+    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    for note in src.notes:
+        log.info("%s", note)
+    own = None if (cfg.img_size or cfg.pretrained) else common_size(src.splits["train"], cfg.workers or 1)
+    prep = resolve_preprocess(spec, img_size=cfg.img_size, pretrained=cfg.pretrained, own_size=own)
+    if resume_ckpt is not None:
+        from .data.pipeline import Preprocess
+
+        prep = Preprocess.from_dict(resume_ckpt["preprocess"])
+    cfg = replace(cfg, img_size=prep.img_size)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and resume_ckpt is None)
+    frozen = freeze(model, cfg.model, cfg.freeze)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UsageError(f"--freeze {cfg.freeze} leaves nothing to train in {cfg.model}")
+    opt = _optimizer(cfg, params)
+    sched = _scheduler(cfg, opt)
+    scaler = torch.amp.GradScaler(device.type, enabled=(amp == torch.float16))
+
+    start_epoch, rows, best_acc, best_epoch = 1, [], -1.0, 0
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["state_dict"])
+        st = resume_ckpt["train_state"]
+        opt.load_state_dict(st["optimizer"])
+        if sched is not None and st.get("scheduler") is not None:
+            sched.load_state_dict(st["scheduler"])
+        if st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        start_epoch = int(resume_ckpt["epoch"]) + 1
+        rows = [dict(r) for r in st["rows"] if r["epoch"] < start_epoch]
+        best_acc, best_epoch = float(st["best_acc"]), int(st["best_epoch"])
+        run_dir = os.path.dirname(os.path.abspath(cfg.resume))
+        if resume_ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
+            log.warning("the data changed since this run started (fingerprint differs); resuming anyway")
+        if start_epoch > cfg.epochs:
+            raise UsageError(f"'{cfg.resume}' already finished epoch {start_epoch - 1} of {cfg.epochs}: pass --epochs N to train longer")
+    else:
+        run_dir = _run_dir(cfg)
+
+    # Decode once; files that cannot be read are left out and listed, and the run goes on.
+    left_out = []
+    stores = {}
+    for name in ("train", "val"):
+        s, store, bad = prepare_split(src.splits[name], prep.resize, cache=cfg.cache, workers=max(1, cfg.workers),
+                                      desc=f"decode {name}")
+        if len(s) == 0:
+            raise UsageError(f"no readable images left in the {name} split of {cfg.data}; `imgclf check` lists the problems")
+        src.splits[name], stores[name] = s, store
+        left_out += [(name, p, r) for p, r in bad]
+
+    os.makedirs(run_dir, exist_ok=True)
+    file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(file_log)
+    try:
+        return _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, stores, left_out,
+                           run_dir, start_epoch, rows, best_acc, best_epoch, time.perf_counter() - t_setup)
+    finally:
+        log.removeHandler(file_log)
+        file_log.close()
+
+
+def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, stores, left_out, run_dir,
+                start_epoch, rows, best_acc, best_epoch, setup_seconds) -> dict:
+    import sklearn.metrics  # noqa: F401 - imported here so its second of import time is not billed to epoch 1
+    from torch.utils.tensorboard import SummaryWriter
+
+    log.info("run directory: %s", run_dir)
+    log.info("data: %s (%d classes; train %d, val %d images), preprocessing %s", src.location, len(src.classes),
+             len(src.splits["train"]), len(src.splits["val"]), prep.to_dict())
+    if left_out:
+        log.warning("left out %d unreadable files:", len(left_out))
+        for split, p, r in left_out[:20]:
+            log.warning("  %s: %s (%s)", split, p, r)
+        if len(left_out) > 20:
+            log.warning("  ... and %d more (all in left_out.csv)", len(left_out) - 20)
+    with open(os.path.join(run_dir, "left_out.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "path", "reason"])
+        w.writerows(left_out)
+    log.info("parameters (%s, freeze=%s):\n%s", cfg.model, cfg.freeze, format_parameter_table(parameter_table(model, cfg.model)))
+    save_yaml(cfg.to_dict(), os.path.join(run_dir, "config.yaml"))
+    if src.val_origin == "carved":
+        write_split_manifest(src, os.path.join(run_dir, "split.csv"))
+
+    train_ds = ImageDataset(src.splits["train"], prep.resize, train_transform(prep, cfg.augment), stores["train"])
+    val_ds = ImageDataset(src.splits["val"], prep.resize, eval_transform(prep), stores["val"])
+    val_loader = make_loader(val_ds, batch_size=max(cfg.batch_size, 256), workers=cfg.workers)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    fingerprint = src.fingerprint()
+    writer = SummaryWriter(run_dir, purge_step=start_epoch)
+
+    def checkpoint(epoch, metrics, with_state):
+        state = None
+        if with_state:
+            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rows": rows,
+                     "best_acc": best_acc, "best_epoch": best_epoch}
+        return make_checkpoint(model, model_name=cfg.model, classes=src.classes, preprocess=prep.to_dict(),
+                               config=cfg.to_dict(), metrics=metrics, data_fingerprint=fingerprint, epoch=epoch,
+                               train_state=state)
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        seed = epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(seed)  # dropout and, with workers=0, augmentation
+        gen = torch.Generator().manual_seed(seed)  # shuffle order and worker seeds
+        loader = make_loader(train_ds, batch_size=cfg.batch_size, workers=cfg.workers, shuffle=True, generator=gen)
+        lr = opt.param_groups[0]["lr"]
+        model.train()
+        apply_frozen_eval(model, frozen)
+        loss_sum, correct, seen = 0.0, 0, 0
+
+        def status():
+            return f"loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f}"
+
+        for x, y in progress(loader, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                             log_every=cfg.log_every, postfix=status):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, amp):
+                out = model(x)
+                loss = criterion(out, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            n = y.size(0)
+            loss_sum += float(loss.detach()) * n
+            correct += int((out.argmax(1) == y).sum())
+            seen += n
+        if sched is not None:
+            sched.step()
+        logits, labels = infer(model, val_loader, device, amp, desc="validate")
+        vm = compute_metrics(logits, labels, src.classes)
+        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+               "val_loss": vm["loss"], "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "lr": lr,
+               "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        improved = vm["accuracy"] > best_acc
+        if improved:
+            best_acc, best_epoch = vm["accuracy"], epoch
+        summary = {k: vm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy")}
+        _write_metrics(rows, os.path.join(run_dir, "metrics.csv"))
+        for k in METRIC_COLUMNS[1:]:
+            writer.add_scalar(k, row[k], epoch)
+        writer.flush()
+        # last.pt is written last: a kill before it means this epoch is simply redone on resume.
+        if improved:
+            save_checkpoint(checkpoint(epoch, summary, False), os.path.join(run_dir, "best.pt"))
+        if cfg.save_every and epoch % cfg.save_every == 0:
+            save_checkpoint(checkpoint(epoch, summary, True), os.path.join(run_dir, f"epoch_{epoch}.pt"))
+        save_checkpoint(checkpoint(epoch, summary, True), os.path.join(run_dir, "last.pt"))
+        log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  lr %.3g  %.1fs%s",
+                 epoch, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                 row["val_macro_f1"], lr, row["seconds"], "  *best*" if improved else "")
+    writer.close()
+
+    # Final figures and results from the best checkpoint, evaluated once more on validation.
+    best = load_checkpoint(os.path.join(run_dir, "best.pt"))
+    model.load_state_dict(best["state_dict"])
+    logits, labels = infer(model, val_loader, device, amp, desc="validate best")
+    bm = compute_metrics(logits, labels, src.classes)
+    from .plots import plot_curves
+
+    plot_curves(rows, os.path.join(run_dir, "curves.png"))
+    write_eval_plots(bm, logits, labels, val_ds, src.classes, run_dir, title=f"validation, best epoch {best_epoch}")
+    results = {
+        "best_epoch": best_epoch,
+        "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images")},
+        "epochs": len(rows),
+        "total_seconds": round(sum(r["seconds"] for r in rows), 2),
+        "setup_seconds": round(setup_seconds, 2),
+        "model": cfg.model,
+        "classes": src.classes,
+        "left_out": len(left_out),
+        "data_fingerprint": fingerprint,
+    }
+    _write_json(results, os.path.join(run_dir, "results.json"))
+    log.info("best epoch %d: val_acc %.4f val_macro_f1 %.4f; weights %s", best_epoch, bm["accuracy"], bm["macro_f1"],
+             os.path.join(run_dir, "best.pt"))
+    return {**results, "run_dir": run_dir}
