@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "evaluate", "Predictor", "list_models", "check_data", "TrainConfig", "__version__"]
+__all__ = ["train", "evaluate", "Predictor", "list_models", "check_data", "save_samples", "TrainConfig", "__version__"]
 
 
 def __getattr__(name):
@@ -29,6 +29,9 @@ def __getattr__(name):
     if name == "check_data":
         from .data.check import check_data
         return check_data
+    if name == "save_samples":
+        from .data.samples import save_samples
+        return save_samples
     if name == "TrainConfig":
         from .config import TrainConfig
         return TrainConfig

@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
 
+    p = sub.add_parser("samples", help="save a few images of a split as files (e.g. digits), to try predict on")
+    _common(p)
+    p.add_argument("data", help="a data source, e.g. digits or cifar10")
+    p.add_argument("--out", required=True, help="folder to write CLASS/NAME image files into")
+    p.add_argument("--split", default="val", help="split to take images from [val]")
+    p.add_argument("-n", type=int, default=10, help="number of images [10]")
+    p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
+
     p = sub.add_parser("models", help="list models, parameter counts and offline pretrained weights")
     _common(p)
     p.add_argument("--json", action="store_true")
@@ -204,7 +212,15 @@ def cmd_models(a: dict) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "check": cmd_check, "models": cmd_models}
+def cmd_samples(a: dict) -> int:
+    from .data.samples import save_samples
+
+    paths = save_samples(a["data"], a["out"], split=a["split"], n=a["n"], data_root=a.get("data_root"))
+    print(f"wrote {len(paths)} images to {a['out']}")
+    return 0
+
+
+COMMANDS = {"samples": cmd_samples, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "check": cmd_check, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,126 @@
+"""Shared fixtures: tiny synthetic image folders, and one tiny model trained once per test session.
+
+Everything here is written into pytest's tmp folders; nothing is downloaded and ../shared is never read.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# One clearly different colour per class, so that even `test_tiny` can learn the classes in a few steps.
+PALETTE = [
+    (220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40),
+    (200, 40, 200), (40, 200, 200), (128, 128, 128), (250, 150, 50),
+]
+
+
+def class_image(class_index: int, size: int | tuple[int, int] = 16, *, rng: np.random.Generator) -> Image.Image:
+    """An RGB image whose colour says its class, plus Gaussian noise (sigma 20 grey levels)."""
+    w, h = (size, size) if isinstance(size, int) else size
+    base = np.asarray(PALETTE[class_index % len(PALETTE)], dtype=np.float64)
+    arr = np.clip(base[None, None, :] + rng.normal(0.0, 20.0, (h, w, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def _write_class(folder: Path, class_index: int, n: int, size, exts, rng, prefix: str = "") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        ext = exts[i % len(exts)]
+        p = folder / f"{prefix}{i:03d}{ext}"
+        class_image(class_index, size, rng=rng).save(p)
+        out.append(p)
+    return out
+
+
+def make_image_folder(
+    root,
+    layout: str = "split",
+    classes=("cat", "dog"),
+    n: int = 12,
+    size: int | tuple[int, int] = 16,
+    *,
+    n_val: int | None = None,
+    n_test: int = 0,
+    train_name: str = "train",
+    val_name: str = "val",
+    test_name: str = "test",
+    val_classes=None,
+    exts=(".png", ".jpg"),
+    seed: int = 0,
+) -> Path:
+    """Write a tiny image folder and return its root.
+
+    layout="split": ROOT/<train_name>/<class>/*, ROOT/<val_name>/<class>/* (n_val per class, default n // 3,
+    at least 2), and ROOT/<test_name>/<class>/* when n_test > 0. `val_classes` limits the classes that get a
+    val folder (to make a val split that lacks a class).
+    layout="flat": ROOT/<class>/* with n images per class.
+    The colour of each image depends on the class's position in `classes` (not on sorted order)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    if layout == "flat":
+        for ci, c in enumerate(classes):
+            _write_class(root / c, ci, n, size, exts, rng)
+        return root
+    if layout != "split":
+        raise ValueError(layout)
+    n_val = max(2, n // 3) if n_val is None else n_val
+    for ci, c in enumerate(classes):
+        _write_class(root / train_name / c, ci, n, size, exts, rng, prefix="tr")
+        if val_classes is None or c in val_classes:
+            _write_class(root / val_name / c, ci, n_val, size, exts, rng, prefix="va")
+        if n_test:
+            _write_class(root / test_name / c, ci, n_test, size, exts, rng, prefix="te")
+    return root
+
+
+@pytest.fixture
+def make_folder():
+    """The factory above, as a fixture: `make_folder(tmp_path / "d", layout="flat", classes=("a", "b"))`."""
+    return make_image_folder
+
+
+@pytest.fixture(autouse=True)
+def _reset_cli_logging():
+    """`imgclf.cli.main` binds a log handler to the sys.stderr of the test that called it (capsys's); drop it
+    afterwards so a later test never logs into a closed capture stream."""
+    yield
+    log = logging.getLogger("imgclf")
+    for h in list(log.handlers):
+        if getattr(h, "_imgclf_cli", False):
+            log.removeHandler(h)
+    log.propagate = True
+    log.setLevel(logging.NOTSET)
+    from imgclf.progress import set_enabled
+
+    set_enabled(True)
+
+
+TINY_CLASSES = ("cat", "dog", "fox")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 classes, split layout with train (16 per class), val (6 per class) and test (3 per class), 16x16 px."""
+    return make_image_folder(tmp_path_factory.mktemp("tinydata") / "pets", classes=TINY_CLASSES, n=16, n_val=6,
+                             n_test=3, size=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data) -> Path:
+    """One `test_tiny` model trained for 2 epochs through the Python API; the run directory."""
+    import imgclf
+
+    out = tmp_path_factory.mktemp("runs")
+    res = imgclf.train(data=str(tiny_data), model="test_tiny", epochs=2, out=str(out), workers=0, batch_size=8)
+    return Path(res["run_dir"])
+
+
+@pytest.fixture(scope="session")
+def tiny_best(tiny_run) -> str:
+    return str(tiny_run / "best.pt")
