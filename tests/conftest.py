@@ -79,10 +79,16 @@ def make_image_folder(
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_folder():
     """The factory above, as a fixture: `make_folder(tmp_path / "d", layout="flat", classes=("a", "b"))`."""
     return make_image_folder
+
+
+@pytest.fixture(scope="session")
+def image_of_class():
+    """`image_of_class(class_index, size, rng=...)`: one synthetic image in the colour of that class."""
+    return class_image
 
 
 @pytest.fixture(autouse=True)
@@ -113,11 +119,11 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
-    """One `test_tiny` model trained for 2 epochs through the Python API; the run directory."""
-    import imgclf
+    """One `test_tiny` model trained for 2 epochs through the Python API (`imgclf.train`); the run directory."""
+    from imgclf import train
 
     out = tmp_path_factory.mktemp("runs")
-    res = imgclf.train(data=str(tiny_data), model="test_tiny", epochs=2, out=str(out), workers=0, batch_size=8)
+    res = train(data=str(tiny_data), model="test_tiny", epochs=2, out=str(out), workers=0, batch_size=8)
     return Path(res["run_dir"])
 
 

@@ -15,10 +15,10 @@ __all__ = ["train", "evaluate", "Predictor", "list_models", "check_data", "save_
 def __getattr__(name):
     # Lazy, so that `imgclf --help` and `imgclf check` do not pay for importing torch models they never use.
     if name == "train":
-        from .train import train
+        from .training import train
         return train
     if name == "evaluate":
-        from .evaluate import evaluate
+        from .evaluation import evaluate
         return evaluate
     if name == "Predictor":
         from .predict import Predictor

@@ -20,6 +20,10 @@ log = logging.getLogger("imgclf")
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kw):
+        kw.setdefault("allow_abbrev", False)  # `--epoch 3` is a typo to report, not a prefix of --epochs
+        super().__init__(*args, **kw)
+
     def error(self, message):  # one line, exit 2, like every other usage error
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -100,6 +104,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     class Fmt(logging.Formatter):
         def format(self, record):
             msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + self.formatException(record.exc_info)
             return f"warning: {msg}" if record.levelno == logging.WARNING else msg
 
     for h in list(log.handlers):
@@ -116,7 +122,7 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 def cmd_train(a: dict) -> int:
     from .config import make_config
-    from .train import train
+    from .training import train
 
     options = {k: v for k, v in a.items() if k in FIELDS}
     cfg = make_config(options, source="command line", config_file=a.get("config"))
@@ -132,7 +138,7 @@ def cmd_train(a: dict) -> int:
 
 
 def cmd_evaluate(a: dict) -> int:
-    from .evaluate import evaluate, format_report
+    from .evaluation import evaluate, format_report
 
     m = evaluate(a["weights"], a.get("data"), split=a["split"], out=a.get("out"), batch_size=a["batch_size"],
                  device=a["device"], workers=a.get("workers"), data_root=a.get("data_root"))

@@ -96,7 +96,7 @@ def decode_split(split: Split, resize: int, *, keep: bool, workers: int, desc: s
             return None, str(e)
 
     store, good, bad = [], [], []
-    with ThreadPoolExecutor(workers) as ex:  # PIL releases the GIL while decoding and resizing
+    with ThreadPoolExecutor(max(1, workers)) as ex:  # PIL releases the GIL while decoding and resizing
         results = ex.map(work, range(len(split)), chunksize=64)
         for i, (t, err) in enumerate(progress(results, total=len(split), desc=desc or f"decode {split.name}", unit="img")):
             if err is None:

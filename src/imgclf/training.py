@@ -25,7 +25,7 @@ from .data.pipeline import (ImageDataset, common_size, default_workers, eval_tra
 from .data.sources import open_source, write_split_manifest
 from .device import autocast, resolve_device, resolve_precision
 from .errors import CheckpointError, UsageError
-from .evaluate import compute_metrics, infer, write_eval_plots
+from .evaluation import compute_metrics, infer, write_eval_plots
 from .models.registry import (apply_frozen_eval, build_model, format_parameter_table, freeze, get_spec,
                               parameter_table)
 from .progress import progress
