@@ -88,7 +88,7 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
+def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", *, channels_last: bool = True) -> nn.Module:
     from .models.registry import build_model
 
     m = ckpt["model"]
@@ -97,4 +97,6 @@ def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> nn.
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not fit model {m['name']}: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval()
+    from .device import to_layout
+
+    return to_layout(model.to(device), channels_last).eval()

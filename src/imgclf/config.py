@@ -43,7 +43,8 @@ class TrainConfig:
     step_size: int = opt(10, "step schedule: epochs between decays")
     gamma: float = opt(0.5, "step schedule: factor per decay")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
-    precision: str = opt("fp32", "fp32, bf16, fp16 or auto (autocast: bf16 on CPUs with native bf16, fp16/bf16 on CUDA)", ("fp32", "bf16", "fp16", "auto"))
+    precision: str = opt("auto", "auto (bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, bf16 or fp16", ("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool = opt(True, "channels_last memory layout for the model and batches (faster convolutions on CPU and GPU)")
     # machinery
     device: str = opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     workers: int | None = opt(None, "data-loading worker processes (default: the number of CPU cores, at most 4)")

@@ -1,11 +1,16 @@
 """Device and precision are values, resolved once: the same loop runs on cpu and cuda.
 
 `auto` precision: on CUDA, bf16 autocast where the GPU supports it, else fp16 (with a gradient scaler); on a
-CPU, fp32. bf16 autocast on CPUs with native bf16 is available as `--precision bf16`.
+CPU, bf16 autocast only where the CPU computes bf16 natively (AVX512-BF16 or AMX), else fp32. Without native
+support bf16 is emulated and slow: on this project's 2-core AMD EPYC (AVX2 only), bf16 autocast trains
+ResNet-18 at 32 px about 8x slower than fp32 (33 against 280 images/s, channels_last, batch 128).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import sys
 
 import torch
 
@@ -27,6 +32,18 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     return dev
 
 
+def cpu_has_native_bf16() -> bool:
+    cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+    if "BF16" in cap or "AMX" in cap:
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32."""
     p = (precision or "fp32").lower()
@@ -35,7 +52,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if p == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     if p == "bf16":
         return torch.bfloat16
     if p == "fp16":
@@ -43,6 +60,37 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             raise UsageError("--precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
         return torch.float16
     raise UsageError(f"unknown precision '{precision}': use fp32, bf16, fp16 or auto")
+
+
+_allocator_tuned = False
+
+
+def tune_allocator() -> None:
+    """Keep freed memory in the heap instead of returning it to the kernel (glibc on Linux).
+
+    glibc serves blocks above 32 MB with mmap and unmaps them on free, so every training step re-faults and
+    re-zeroes its activations: on this 2-core machine EfficientNet-Lite0 training (224 px, batch 64) spent more
+    time in the kernel than in user code. With mmap off and trimming raised it trains ~2x faster (about 11 ->
+    21 images/s) for ~35% more peak resident memory. Process-wide, once; IMGCLF_NO_MALLOPT=1 turns it off."""
+    global _allocator_tuned
+    if _allocator_tuned or os.environ.get("IMGCLF_NO_MALLOPT") or not sys.platform.startswith("linux"):
+        return
+    _allocator_tuned = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, ...): nothing to tune
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def to_layout(x, channels_last: bool):
+    """Models and 4-d batches in channels_last: on this CPU it trains EfficientNet-Lite0 ~1.6x and ResNet-18
+    at 32 px ~1.1x faster than the default layout (oneDNN's depthwise and 3x3 kernels prefer NHWC)."""
+    if channels_last and (isinstance(x, torch.nn.Module) or x.dim() == 4):
+        return x.to(memory_format=torch.channels_last)
+    return x
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.pipeline import ImageDataset, Preprocess, default_workers, eval_transform, make_loader, prepare_split
 from .data.sources import open_source
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, resolve_device, resolve_precision, to_layout, tune_allocator
 from .errors import DataError
 from .progress import progress
 
@@ -20,13 +20,13 @@ log = logging.getLogger("imgclf")
 
 
 @torch.no_grad()
-def infer(model, loader, device, amp_dtype=None, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+def infer(model, loader, device, amp_dtype=None, desc: str = "eval", channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N x C, float32, cpu) and labels (N) for every batch of `loader`."""
     model.eval()
     outs, ys = [], []
     for x, y in progress(loader, total=len(loader), desc=desc, unit="batch"):
         with autocast(device, amp_dtype):
-            out = model(x.to(device, non_blocking=True))
+            out = model(to_layout(x.to(device, non_blocking=True), channels_last))
         outs.append(out.float().cpu())
         ys.append(y)
     if not outs:
@@ -84,7 +84,7 @@ def align_classes(data_classes: list[str], model_classes: list[str], where: str)
 
 def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: str | None = None,
              batch_size: int = 256, device: str = "auto", workers: int | None = None,
-             data_root: str | None = None, precision: str = "fp32", plots: bool = True) -> dict:
+             data_root: str | None = None, precision: str = "auto", plots: bool = True) -> dict:
     """Evaluate a checkpoint on a split of `data` (default: the data it was trained on).
 
     Writes eval.json, confusion_matrix.png and misclassified.png into `out` (default: next to the
@@ -95,6 +95,7 @@ def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: 
     if not data:
         raise DataError("no --data given and the checkpoint does not record its data: pass --data")
     dev = resolve_device(device)
+    tune_allocator()
     amp = resolve_precision(precision, dev)
     workers = default_workers() if workers is None else workers
     src = open_source(data, data_root=data_root or cfg.get("data_root"),

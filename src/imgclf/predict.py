@@ -12,7 +12,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.images import UnreadableImage, load_image, pil_to_uint8, resize_shorter, to_rgb
 from .data.pipeline import Preprocess, eval_transform
 from .data.sources import is_image_name
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, resolve_device, resolve_precision, to_layout
 from .errors import UsageError
 
 
@@ -42,7 +42,7 @@ class Predictor:
     Each result: {"path", "label", "index", "probability", "top_k": [{"label", "probability"}, ...]}, or
     {"path", "error"} for a file that cannot be read (the others still get predictions)."""
 
-    def __init__(self, weights: str, *, device: str = "auto", batch_size: int = 32, precision: str = "fp32",
+    def __init__(self, weights: str, *, device: str = "auto", batch_size: int = 32, precision: str = "auto",
                  workers: int | None = None):
         self.ckpt = load_checkpoint(weights)
         self.classes: list[str] = list(self.ckpt["classes"])
@@ -62,7 +62,7 @@ class Predictor:
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp):
-            return self.model(batch.to(self.device)).float().cpu()
+            return self.model(to_layout(batch.to(self.device), True)).float().cpu()
 
     def predict(self, inputs, *, top_k: int = 5) -> list[dict]:
         single = isinstance(inputs, (str, Path, Image.Image))

@@ -23,7 +23,7 @@ from .config import TrainConfig, make_config, save_yaml
 from .data.pipeline import (ImageDataset, common_size, default_workers, eval_transform, make_loader, prepare_split,
                             resolve_preprocess, train_transform)
 from .data.sources import open_source, write_split_manifest
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, resolve_device, resolve_precision, to_layout, tune_allocator
 from .errors import CheckpointError, UsageError
 from .evaluation import compute_metrics, infer, write_eval_plots
 from .models.registry import (apply_frozen_eval, build_model, format_parameter_table, freeze, get_spec,
@@ -133,6 +133,7 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
         raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)
+    tune_allocator()
 
     t_setup = time.perf_counter()
     src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -149,7 +150,7 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and resume_ckpt is None)
     frozen = freeze(model, cfg.model, cfg.freeze)
-    model.to(device)
+    model = to_layout(model.to(device), cfg.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError(f"--freeze {cfg.freeze} leaves nothing to train in {cfg.model}")
@@ -256,7 +257,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
 
         for x, y in progress(loader, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                              log_every=cfg.log_every, postfix=status):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_layout(x.to(device, non_blocking=True), cfg.channels_last), y.to(device, non_blocking=True)
             with autocast(device, amp):
                 out = model(x)
                 loss = criterion(out, y)
@@ -270,7 +271,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
             seen += n
         if sched is not None:
             sched.step()
-        logits, labels = infer(model, val_loader, device, amp, desc="validate")
+        logits, labels = infer(model, val_loader, device, amp, desc="validate", channels_last=cfg.channels_last)
         vm = compute_metrics(logits, labels, src.classes)
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": vm["loss"], "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "lr": lr,
@@ -298,7 +299,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
     # Final figures and results from the best checkpoint, evaluated once more on validation.
     best = load_checkpoint(os.path.join(run_dir, "best.pt"))
     model.load_state_dict(best["state_dict"])
-    logits, labels = infer(model, val_loader, device, amp, desc="validate best")
+    logits, labels = infer(model, val_loader, device, amp, desc="validate best", channels_last=cfg.channels_last)
     bm = compute_metrics(logits, labels, src.classes)
     from .plots import plot_curves
 
