@@ -8,9 +8,6 @@ ResNet-18 at 32 px about 8x slower than fp32 (33 against 280 images/s, channels_
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
-import sys
 
 import torch
 
@@ -60,29 +57,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             raise UsageError("--precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
         return torch.float16
     raise UsageError(f"unknown precision '{precision}': use fp32, bf16, fp16 or auto")
-
-
-_allocator_tuned = False
-
-
-def tune_allocator() -> None:
-    """Keep freed memory in the heap instead of returning it to the kernel (glibc on Linux).
-
-    glibc serves blocks above 32 MB with mmap and unmaps them on free, so every training step re-faults and
-    re-zeroes its activations: on this 2-core machine EfficientNet-Lite0 training (224 px, batch 64) spent more
-    time in the kernel than in user code. With mmap off and trimming raised it trains ~2x faster (about 11 ->
-    21 images/s) for ~35% more peak resident memory. Process-wide, once; IMGCLF_NO_MALLOPT=1 turns it off."""
-    global _allocator_tuned
-    if _allocator_tuned or os.environ.get("IMGCLF_NO_MALLOPT") or not sys.platform.startswith("linux"):
-        return
-    _allocator_tuned = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl, ...): nothing to tune
-        return
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 def to_layout(x, channels_last: bool):

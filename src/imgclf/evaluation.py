@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.pipeline import ImageDataset, Preprocess, default_workers, eval_transform, make_loader, prepare_split
 from .data.sources import open_source
-from .device import autocast, resolve_device, resolve_precision, to_layout, tune_allocator
+from .device import autocast, resolve_device, resolve_precision, to_layout
 from .errors import DataError
 from .progress import progress
 
@@ -95,7 +95,6 @@ def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: 
     if not data:
         raise DataError("no --data given and the checkpoint does not record its data: pass --data")
     dev = resolve_device(device)
-    tune_allocator()
     amp = resolve_precision(precision, dev)
     workers = default_workers() if workers is None else workers
     src = open_source(data, data_root=data_root or cfg.get("data_root"),

@@ -23,7 +23,7 @@ from .config import TrainConfig, make_config, save_yaml
 from .data.pipeline import (ImageDataset, common_size, default_workers, eval_transform, make_loader, prepare_split,
                             resolve_preprocess, train_transform)
 from .data.sources import open_source, write_split_manifest
-from .device import autocast, resolve_device, resolve_precision, to_layout, tune_allocator
+from .device import autocast, resolve_device, resolve_precision, to_layout
 from .errors import CheckpointError, UsageError
 from .evaluation import compute_metrics, infer, write_eval_plots
 from .models.registry import (apply_frozen_eval, build_model, format_parameter_table, freeze, get_spec,
@@ -133,7 +133,6 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
         raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)
-    tune_allocator()
 
     t_setup = time.perf_counter()
     src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
