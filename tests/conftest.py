@@ -11,6 +11,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Decoded-image caches go to a temporary folder, never the user's ~/.cache (subprocesses inherit it)."""
+    import os
+
+    old = os.environ.get("IMGCLF_CACHE")
+    os.environ["IMGCLF_CACHE"] = str(tmp_path_factory.mktemp("imgclf-cache"))
+    yield
+    if old is None:
+        os.environ.pop("IMGCLF_CACHE", None)
+    else:
+        os.environ["IMGCLF_CACHE"] = old
+
+
 # One clearly different colour per class, so that even `test_tiny` can learn the classes in a few steps.
 PALETTE = [
     (220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40),

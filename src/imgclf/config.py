@@ -32,6 +32,8 @@ class TrainConfig:
     freeze: str = opt("none", "backbone (only the new head trains), none (all layers train), or N (the first N stages frozen)")
     img_size: int | None = opt(None, "input size in pixels (default: the model's pretrained size with --pretrained, else the data's own size when all images share one, else 224)")
     augment: str = opt("auto", "training augmentation: small (flip + padded random crop), large (random resized crop + flip), none, or auto (small up to 64 px)", ("auto", "small", "large", "none"))
+    brightness: float = opt(0.0, "random brightness change per image, as a fraction (0: off)")
+    contrast: float = opt(0.0, "random contrast change per image, as a fraction (0: off)")
     # optimisation
     epochs: int = opt(30, "number of epochs")
     batch_size: int = opt(128, "images per training batch")
@@ -48,7 +50,7 @@ class TrainConfig:
     # machinery
     device: str = opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     workers: int | None = opt(None, "data-loading worker processes (default: the number of CPU cores, at most 4)")
-    cache: str = opt("auto", "keep decoded images in memory: auto (when they fit), memory, or none (decode every epoch)", ("auto", "memory", "none"))
+    cache: str = opt("auto", "decoded images: auto/disk (decoded once into a memory-mapped file, reused by later runs), memory, or none (decode every image every epoch, per-image transforms)", ("auto", "disk", "memory", "none"))
     seed: int = opt(0, "random seed for the split, initialisation, order and augmentation")
     # outputs
     out: str = opt("runs", "folder that holds run directories")

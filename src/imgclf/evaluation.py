@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data.pipeline import ImageDataset, Preprocess, default_workers, eval_transform, make_loader, prepare_split
+from .data.feed import make_feed
+from .data.pipeline import Preprocess, default_workers
 from .data.sources import open_source
 from .device import autocast, resolve_device, resolve_precision, to_layout
 from .errors import DataError
@@ -84,7 +85,7 @@ def align_classes(data_classes: list[str], model_classes: list[str], where: str)
 
 def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: str | None = None,
              batch_size: int = 256, device: str = "auto", workers: int | None = None,
-             data_root: str | None = None, precision: str = "auto", plots: bool = True) -> dict:
+             data_root: str | None = None, precision: str = "auto", plots: bool = True, cache: str = "auto") -> dict:
     """Evaluate a checkpoint on a split of `data` (default: the data it was trained on).
 
     Writes eval.json, confusion_matrix.png and misclassified.png into `out` (default: next to the
@@ -103,13 +104,12 @@ def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: 
     classes = ckpt["classes"]
     mapping = align_classes(src.classes, classes, data)
     prep = Preprocess.from_dict(ckpt["preprocess"])
-    s, store, bad = prepare_split(s, prep.resize, workers=workers, desc=f"decode {split}")
+    feed, bad = make_feed(s, prep, cache=cache, workers=max(1, workers), eval_batch_size=batch_size, desc=f"decode {split}")
     for path, reason in bad:
         log.warning("left out %s: %s", path, reason)
-    s.labels = [mapping[y] for y in s.labels]
-    ds = ImageDataset(s, prep.resize, eval_transform(prep), store)
     model = model_from_checkpoint(ckpt, dev)
-    logits, labels = infer(model, make_loader(ds, batch_size=batch_size, workers=workers), dev, amp, desc=f"evaluate {split}")
+    logits, labels = infer(model, feed.batches(), dev, amp, desc=f"evaluate {split}")
+    labels = torch.as_tensor(mapping, dtype=torch.long)[labels]  # the data's class order -> the model's
     metrics = compute_metrics(logits, labels, classes)
     metrics.update({"split": split, "data": src.location, "weights": os.path.abspath(weights),
                     "left_out": [{"path": p, "reason": r} for p, r in bad]})
@@ -121,12 +121,12 @@ def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: 
         json.dump(metrics, f, indent=2)
     os.replace(tmp, os.path.join(out, "eval.json"))
     if plots:
-        write_eval_plots(metrics, logits, labels, ds, classes, out, title=f"{os.path.basename(str(data))} {split}")
+        write_eval_plots(metrics, logits, labels, feed, classes, out, title=f"{os.path.basename(str(data))} {split}")
     metrics["out"] = out
     return metrics
 
 
-def write_eval_plots(metrics, logits, labels, ds, classes, out, title="", n_worst: int = 24) -> None:
+def write_eval_plots(metrics, logits, labels, feed, classes, out, title="", n_worst: int = 24) -> None:
     from .plots import plot_confusion, plot_misclassified
 
     plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, os.path.join(out, "confusion_matrix.png"), title)
@@ -134,6 +134,6 @@ def write_eval_plots(metrics, logits, labels, ds, classes, out, title="", n_wors
     conf, pred = prob.max(1)
     wrong = torch.nonzero(pred != labels).flatten()
     order = wrong[conf[wrong].argsort(descending=True)][:n_worst].tolist()
-    images = [ds.image(i).permute(1, 2, 0).numpy() for i in order]
+    images = [feed.image(i).permute(1, 2, 0).numpy() for i in order]
     plot_misclassified(images, [classes[labels[i]] for i in order], [classes[pred[i]] for i in order],
                        [float(conf[i]) for i in order], os.path.join(out, "misclassified.png"))

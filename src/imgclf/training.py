@@ -20,8 +20,8 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .config import TrainConfig, make_config, save_yaml
-from .data.pipeline import (ImageDataset, common_size, default_workers, eval_transform, make_loader, prepare_split,
-                            resolve_preprocess, train_transform)
+from .data.feed import make_feed
+from .data.pipeline import common_size, default_workers, resolve_preprocess
 from .data.sources import open_source, write_split_manifest
 from .device import autocast, resolve_device, resolve_precision, to_layout
 from .errors import CheckpointError, UsageError
@@ -99,6 +99,35 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.save_every < 0 or workers < 0:
         raise UsageError("--save-every and --workers must not be negative")
     return replace(cfg, lr=lr, weight_decay=wd, workers=workers, data=data)
+
+
+def train_steps(model, batches, criterion, opt, scaler, device, amp, *, channels_last: bool = True,
+                max_steps: int | None = None, desc: str = "train", log_every: int | None = None):
+    """One pass of optimisation steps over `batches`; returns (summed loss, correct, images seen).
+    The training loop and the benchmarks both call this, so a benchmark measures the code that trains."""
+    loss_sum, correct, seen = 0.0, 0, 0
+
+    def status():
+        return f"loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f}"
+
+    total = len(batches) if max_steps is None else min(max_steps, len(batches))
+    for step, (x, y) in enumerate(progress(batches, total=total, desc=desc, unit="batch", log_every=log_every,
+                                           postfix=status)):
+        if max_steps is not None and step >= max_steps:
+            break
+        x, y = to_layout(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(x)
+            loss = criterion(out, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        n = y.size(0)
+        loss_sum += float(loss.detach()) * n
+        correct += int((out.argmax(1) == y).sum())
+        seen += n
+    return loss_sum, correct, seen
 
 
 def train(config: TrainConfig | dict | None = None, **options) -> dict:
@@ -179,13 +208,14 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
 
     # Decode once; files that cannot be read are left out and listed, and the run goes on.
     left_out = []
-    stores = {}
+    feeds = {}
     for name in ("train", "val"):
-        s, store, bad = prepare_split(src.splits[name], prep.resize, cache=cfg.cache, workers=max(1, cfg.workers),
-                                      desc=f"decode {name}")
-        if len(s) == 0:
+        feed, bad = make_feed(src.splits[name], prep, cache=cfg.cache, workers=max(1, cfg.workers), augment=cfg.augment,
+                              batch_size=cfg.batch_size, eval_batch_size=max(cfg.batch_size, 256),
+                              brightness=cfg.brightness, contrast=cfg.contrast, desc=f"decode {name}")
+        if len(feed) == 0:
             raise UsageError(f"no readable images left in the {name} split of {cfg.data}; `imgclf check` lists the problems")
-        src.splits[name], stores[name] = s, store
+        src.splits[name], feeds[name] = feed.split, feed
         left_out += [(name, p, r) for p, r in bad]
 
     os.makedirs(run_dir, exist_ok=True)
@@ -193,14 +223,14 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_log)
     try:
-        return _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, stores, left_out,
+        return _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, feeds, left_out,
                            run_dir, start_epoch, rows, best_acc, best_epoch, time.perf_counter() - t_setup)
     finally:
         log.removeHandler(file_log)
         file_log.close()
 
 
-def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, stores, left_out, run_dir,
+def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, feeds, left_out, run_dir,
                 start_epoch, rows, best_acc, best_epoch, setup_seconds) -> dict:
     import sklearn.metrics  # noqa: F401 - imported here so its second of import time is not billed to epoch 1
     from torch.utils.tensorboard import SummaryWriter
@@ -223,9 +253,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
     if src.val_origin == "carved":
         write_split_manifest(src, os.path.join(run_dir, "split.csv"))
 
-    train_ds = ImageDataset(src.splits["train"], prep.resize, train_transform(prep, cfg.augment), stores["train"])
-    val_ds = ImageDataset(src.splits["val"], prep.resize, eval_transform(prep), stores["val"])
-    val_loader = make_loader(val_ds, batch_size=max(cfg.batch_size, 256), workers=cfg.workers)
+    train_feed, val_feed = feeds["train"], feeds["val"]
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     fingerprint = src.fingerprint()
     writer = SummaryWriter(run_dir, purge_step=start_epoch)
@@ -245,32 +273,15 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         seed = epoch_seed(cfg.seed, epoch)
         torch.manual_seed(seed)  # dropout and, with workers=0, augmentation
         gen = torch.Generator().manual_seed(seed)  # shuffle order and worker seeds
-        loader = make_loader(train_ds, batch_size=cfg.batch_size, workers=cfg.workers, shuffle=True, generator=gen)
         lr = opt.param_groups[0]["lr"]
         model.train()
         apply_frozen_eval(model, frozen)
-        loss_sum, correct, seen = 0.0, 0, 0
-
-        def status():
-            return f"loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f}"
-
-        for x, y in progress(loader, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                             log_every=cfg.log_every, postfix=status):
-            x, y = to_layout(x.to(device, non_blocking=True), cfg.channels_last), y.to(device, non_blocking=True)
-            with autocast(device, amp):
-                out = model(x)
-                loss = criterion(out, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            n = y.size(0)
-            loss_sum += float(loss.detach()) * n
-            correct += int((out.argmax(1) == y).sum())
-            seen += n
+        loss_sum, correct, seen = train_steps(model, train_feed.epoch(gen), criterion, opt, scaler, device, amp,
+                                              channels_last=cfg.channels_last, desc=f"epoch {epoch}/{cfg.epochs}",
+                                              log_every=cfg.log_every)
         if sched is not None:
             sched.step()
-        logits, labels = infer(model, val_loader, device, amp, desc="validate", channels_last=cfg.channels_last)
+        logits, labels = infer(model, val_feed.batches(), device, amp, desc="validate", channels_last=cfg.channels_last)
         vm = compute_metrics(logits, labels, src.classes)
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": vm["loss"], "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "lr": lr,
@@ -298,12 +309,12 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
     # Final figures and results from the best checkpoint, evaluated once more on validation.
     best = load_checkpoint(os.path.join(run_dir, "best.pt"))
     model.load_state_dict(best["state_dict"])
-    logits, labels = infer(model, val_loader, device, amp, desc="validate best", channels_last=cfg.channels_last)
+    logits, labels = infer(model, val_feed.batches(), device, amp, desc="validate best", channels_last=cfg.channels_last)
     bm = compute_metrics(logits, labels, src.classes)
     from .plots import plot_curves
 
     plot_curves(rows, os.path.join(run_dir, "curves.png"))
-    write_eval_plots(bm, logits, labels, val_ds, src.classes, run_dir, title=f"validation, best epoch {best_epoch}")
+    write_eval_plots(bm, logits, labels, val_feed, src.classes, run_dir, title=f"validation, best epoch {best_epoch}")
     results = {
         "best_epoch": best_epoch,
         "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images")},

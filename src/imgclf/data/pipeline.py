@@ -116,6 +116,8 @@ def estimate_bytes(n: int, resize: int) -> int:
 def prepare_split(split: Split, resize: int, *, cache: str = "auto", workers: int, desc: str = ""):
     """decode_split, keeping the decoded images when `cache` says so (auto: when they fit the budget)."""
     keep = cache == "memory" or (cache == "auto" and estimate_bytes(len(split), resize) <= MEMORY_BUDGET)
+    if cache == "none":
+        keep = False
     if cache == "auto" and not keep:
         log.info("%s: %d images would not fit the %d GiB in-memory cache; decoding them every epoch",
                  split.name, len(split), MEMORY_BUDGET >> 30)
@@ -147,7 +149,7 @@ def eval_transform(p: Preprocess):
     ])
 
 
-def train_transform(p: Preprocess, augment: str = "auto"):
+def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float = 0.0, contrast: float = 0.0):
     if augment == "auto":
         augment = "small" if p.img_size <= SMALL_MAX else "large"
     if augment == "none":
@@ -159,6 +161,8 @@ def train_transform(p: Preprocess, augment: str = "auto"):
         geo = [v2.RandomResizedCrop(p.img_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         raise ValueError(augment)
+    if brightness or contrast:
+        geo.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
     return v2.Compose(geo + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)])
 
 

@@ -1,0 +1,145 @@
+"""Whole-batch augmentation on uint8 image tensors, with normalisation folded in.
+
+The fast path keeps a split as one uint8 tensor (N x 3 x S x S) and builds each batch with a handful of tensor
+operations instead of a PIL pipeline per image: gather, (pad and) crop or resample, flip, colour, normalise.
+Randomness is per sample, drawn from a torch.Generator the caller seeds, so an epoch is reproducible and a
+resumed run repeats it exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class BatchTransform:
+    """uint8 N x 3 x S x S -> normalised float N x 3 x size x size.
+
+    kind: "eval" (centre crop), "small" (zero-padded random crop + flip: the seed's recipe for small images),
+    "large" (random resized crop, scale 0.08-1, ratio 3/4-4/3, + flip), "none" (= eval).
+    brightness / contrast: maximum relative change per sample (0 = off), torchvision ColorJitter semantics.
+    """
+
+    def __init__(self, *, size: int, mean, std, kind: str = "eval", pad: int | None = None,
+                 brightness: float = 0.0, contrast: float = 0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.size, self.kind = size, ("eval" if kind == "none" else kind)
+        self.pad = max(1, size // 8) if pad is None else pad
+        self.brightness, self.contrast = brightness, contrast
+        self.scale, self.ratio = scale, ratio
+        # x/255 normalised = x * a + b, per channel: one fused multiply-add instead of three passes.
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.a = 1.0 / (255.0 * std_t)
+        self.b = -mean_t / std_t
+        self.mean255 = mean_t * 255.0
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if self.kind == "eval":
+            x = center_crop(x, self.size)
+            return self._normalize(x.float())
+        if self.kind == "small":
+            x = random_crop(x, self.size, self.pad, gen)
+        elif self.kind == "large":
+            return self._normalize(self._color(random_resized_crop(x, self.size, self.scale, self.ratio, gen), gen))
+        else:
+            raise ValueError(f"unknown batch transform {self.kind}")
+        x = random_flip(x, gen)
+        return self._normalize(self._color(x.float(), gen))
+
+    def _color(self, x: torch.Tensor, gen) -> torch.Tensor:
+        # x: float in 0..255. Brightness scales, contrast blends with each image's mean grey (as ColorJitter).
+        n = x.shape[0]
+        if self.brightness:
+            f = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * self.brightness
+            x = (x * f).clamp_(0, 255)
+        if self.contrast:
+            f = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * self.contrast
+            grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean(dim=(1, 2)).view(n, 1, 1, 1)
+            x = ((x - grey) * f + grey).clamp_(0, 255)
+        return x
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.b, x, self.a)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if h < size or w < size:
+        # smaller than the crop: resize up first (the per-image path does the same through Resize)
+        s = size / min(h, w)
+        x = F.interpolate(x.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode="bilinear",
+                          align_corners=False, antialias=False).round_().clamp_(0, 255).to(torch.uint8)
+        h, w = x.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return x[..., top:top + size, left:left + size]
+
+
+def random_flip(x: torch.Tensor, gen) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def random_crop(x: torch.Tensor, size: int, pad: int, gen) -> torch.Tensor:
+    """Zero-pad by `pad` and take a random size x size window per sample (RandomCrop(size, padding=pad))."""
+    n, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    top = torch.randint(0, h + 2 * pad - size + 1, (n,), generator=gen)
+    left = torch.randint(0, w + 2 * pad - size + 1, (n,), generator=gen)
+    rows = (top.view(n, 1) + torch.arange(size)).view(n, 1, size, 1).expand(n, c, size, w + 2 * pad)
+    out = xp.gather(2, rows)  # N x C x size x W'
+    cols = (left.view(n, 1) + torch.arange(size)).view(n, 1, 1, size).expand(n, c, size, size)
+    return out.gather(3, cols)
+
+
+def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, gen) -> torch.Tensor:
+    """RandomResizedCrop for a batch: per-sample area and aspect ratio, bilinear resampling with grid_sample.
+
+    Returns float 0..255. Boxes are drawn as torchvision draws them (area from `scale`, log-uniform ratio),
+    in one shot; a box that does not fit is shrunk to fit instead of redrawn."""
+    n, _, h, w = x.shape
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=gen) * (h * w)
+    logr = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    r = logr.exp()
+    cw = (area * r).sqrt().clamp(max=w)
+    ch = (area / r).sqrt().clamp(max=h)
+    cx = torch.rand(n, generator=gen) * (w - cw) + cw / 2
+    cy = torch.rand(n, generator=gen) * (h - ch) + ch / 2
+    # affine_grid works in [-1, 1] coordinates of the input (align_corners=False)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = cw / w
+    theta[:, 1, 1] = ch / h
+    theta[:, 0, 2] = (2 * cx / w) - 1
+    theta[:, 1, 2] = (2 * cy / h) - 1
+    grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class Batches:
+    """Iterate (images, labels) batches over an in-memory or memory-mapped uint8 tensor.
+
+    shuffle: order from `generator`; the last batch is dropped only when it would hold a single image
+    (BatchNorm cannot train on one)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, transform: BatchTransform,
+                 shuffle: bool = False, generator: torch.Generator | None = None):
+        self.images, self.labels = images, labels
+        self.batch_size, self.transform = batch_size, transform
+        self.shuffle, self.generator = shuffle, generator
+        n = len(labels)
+        self.n = n - 1 if (shuffle and n > 1 and n % batch_size == 1) else n
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator)[: self.n] if self.shuffle else torch.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            # in order: a contiguous slice (no gather copy); shuffled: one gather of the batch's rows
+            x = self.images[int(idx[0]): int(idx[-1]) + 1] if not self.shuffle else self.images[idx]
+            yield self.transform(x, self.generator), self.labels[idx]

@@ -1,0 +1,159 @@
+"""The decoded-image cache: every image decoded once into one uint8 array (N x 3 x S x S), kept in memory or
+in a memory-mapped file reused by later runs.
+
+S is the evaluation resize: the shorter side is resized to S (only when larger or smaller than S) and the
+centre S x S kept, so a 32x32 CIFAR image is stored as is and a 2592x1944 photo headed for 224 px as 256x256.
+The file is keyed by the files (paths, sizes, modification times) or the in-memory arrays, and by S; a change
+to any of them is a new key, so stale data is never read. Unreadable files are listed in the metadata and
+left out, exactly as the per-image path does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .images import UnreadableImage, array_to_uint8, load_image, pil_to_uint8
+from .sources import Split
+
+log = logging.getLogger("imgclf")
+VERSION = 1
+
+
+def cache_root() -> str:
+    if os.environ.get("IMGCLF_CACHE"):
+        return os.environ["IMGCLF_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgclf", "decoded")
+
+
+def split_key(split: Split, size: int) -> str:
+    h = hashlib.sha1(f"v{VERSION}\0{size}\0".encode())
+    h.update(np.asarray(split.labels, dtype=np.int64).tobytes())
+    if split.paths is not None:
+        for p in split.paths:
+            try:
+                st = os.stat(p)
+                h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{p}\0missing\n".encode())
+    else:
+        h.update(str(split.arrays.shape).encode())
+        h.update(hashlib.sha1(np.ascontiguousarray(split.arrays).data).digest())
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class Decoded:
+    split: Split  # without the unreadable files
+    images: torch.Tensor  # N x 3 x S x S uint8 (memory-mapped when from disk)
+    bad: list  # [(path, reason)]
+    hit: bool  # read from an existing cache file
+
+
+def _square(t: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = t.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return t[:, top:top + size, left:left + size]
+
+
+def _decode(split: Split, i: int, size: int) -> torch.Tensor:
+    if split.arrays is not None:
+        t = array_to_uint8(split.arrays[i], resize=size)
+    else:
+        t = pil_to_uint8(load_image(split.paths[i], resize=size))
+    return _square(t, size)
+
+
+def decode_all(split: Split, size: int, out: np.ndarray, *, workers: int, desc: str) -> list[int]:
+    """Decode every image of `split` into out[i]; returns the indices that failed (their reasons in `errors`)."""
+    from ..progress import progress
+
+    errors: dict[int, str] = {}
+
+    def work(i):
+        try:
+            out[i] = _decode(split, i, size).numpy()
+        except UnreadableImage as e:
+            errors[i] = str(e)
+
+    with ThreadPoolExecutor(max(1, workers)) as ex:  # PIL releases the GIL while decoding and resizing
+        for _ in progress(ex.map(work, range(len(split)), chunksize=64), total=len(split), desc=desc, unit="img"):
+            pass
+    return errors
+
+
+def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int = 2, desc: str = "") -> Decoded:
+    """The split as one uint8 tensor. cache: "disk" (memory-mapped file under cache_root(), reused) or "memory"."""
+    desc = desc or f"decode {split.name}"
+    n = len(split)
+    if cache == "memory":
+        arr = np.zeros((n, 3, size, size), dtype=np.uint8)
+        errors = decode_all(split, size, arr, workers=workers, desc=desc)
+        return _result(split, torch.from_numpy(arr), errors, hit=False)
+
+    root = cache_root()
+    key = split_key(split, size)
+    data_path, meta_path = os.path.join(root, f"{key}.u8"), os.path.join(root, f"{key}.json")
+    if os.path.exists(meta_path) and os.path.exists(data_path):
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            good = meta["good"]
+            mm = np.memmap(data_path, dtype=np.uint8, mode="c", shape=(len(good), 3, size, size))
+            kept = split if len(good) == n else split.subset(good)
+            return Decoded(kept, torch.from_numpy(mm), [tuple(b) for b in meta["bad"]], hit=True)
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            log.warning("decoded cache %s unreadable (%s); rebuilding it", data_path, e)
+
+    os.makedirs(root, exist_ok=True)
+    need = n * 3 * size * size
+    free = shutil.disk_usage(root).free
+    if need > free // 2:
+        log.warning("decoded cache for %s needs %.1f GB but %s has %.1f GB free; keeping it in memory instead",
+                    split.name, need / 1e9, root, free / 1e9)
+        return load_decoded(split, size, cache="memory", workers=workers, desc=desc)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".u8", dir=root)
+    os.close(fd)
+    try:
+        mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, 3, size, size))
+        errors = decode_all(split, size, mm, workers=workers, desc=desc)
+        good = [i for i in range(n) if i not in errors]
+        if errors:  # compact: the file holds only readable images, in order
+            mm2 = np.memmap(tmp + ".c", dtype=np.uint8, mode="w+", shape=(len(good), 3, size, size))
+            for j in range(0, len(good), 4096):
+                mm2[j:j + 4096] = mm[good[j:j + 4096]]
+            mm2.flush()
+            del mm, mm2
+            os.replace(tmp + ".c", tmp)
+        else:
+            mm.flush()
+            del mm
+        os.replace(tmp, data_path)
+        meta = {"version": VERSION, "size": size, "count": n, "good": good,
+                "bad": [(split.describe(i), errors[i]) for i in sorted(errors)]}
+        with open(meta_path + ".tmp", "w") as f:
+            json.dump(meta, f)
+        os.replace(meta_path + ".tmp", meta_path)
+    finally:
+        for p in (tmp, tmp + ".c"):
+            if os.path.exists(p):
+                os.unlink(p)
+    built = load_decoded(split, size, cache="disk", workers=workers, desc=desc)  # read back through the mmap
+    built.hit = False
+    return built
+
+
+def _result(split: Split, images: torch.Tensor, errors: dict, hit: bool) -> Decoded:
+    if not errors:
+        return Decoded(split, images, [], hit)
+    good = [i for i in range(len(split)) if i not in errors]
+    return Decoded(split.subset(good), images[good], [(split.describe(i), errors[i]) for i in sorted(errors)], hit)

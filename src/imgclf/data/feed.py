@@ -1,0 +1,81 @@
+"""Feeds: one split, turned into training epochs and evaluation batches, by one of two paths.
+
+- fast (default): the decoded-image cache (data/cache.py) and whole-batch augmentation (data/batches.py), in
+  the main process: no JPEG decoding and no per-image Python after the first pass.
+- per-image (`--cache none`): the seed's way, a torchvision transform per image in DataLoader workers,
+  decoding every file every epoch.
+Both yield normalised float batches and labels and take their randomness from the generator of the epoch.
+"""
+from __future__ import annotations
+
+import torch
+
+from .batches import Batches, BatchTransform
+from .cache import load_decoded
+from .pipeline import SMALL_MAX, ImageDataset, Preprocess, eval_transform, make_loader, prepare_split, train_transform
+from .sources import Split
+
+
+def augment_kind(prep: Preprocess, augment: str) -> str:
+    if augment == "auto":
+        return "small" if prep.img_size <= SMALL_MAX else "large"
+    return augment
+
+
+class FastFeed:
+    def __init__(self, split: Split, images: torch.Tensor, prep: Preprocess, *, augment: str, batch_size: int,
+                 eval_batch_size: int, brightness: float = 0.0, contrast: float = 0.0):
+        self.split, self.images = split, images
+        self.labels = torch.as_tensor(split.labels, dtype=torch.long)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        common = dict(size=prep.img_size, mean=prep.mean, std=prep.std)
+        self.train_tf = BatchTransform(kind=augment_kind(prep, augment), brightness=brightness, contrast=contrast, **common)
+        self.eval_tf = BatchTransform(kind="eval", **common)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def epoch(self, gen: torch.Generator):
+        return Batches(self.images, self.labels, batch_size=self.batch_size, transform=self.train_tf, shuffle=True,
+                       generator=gen)
+
+    def batches(self):
+        return Batches(self.images, self.labels, batch_size=self.eval_batch_size, transform=self.eval_tf)
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+class LoaderFeed:
+    def __init__(self, split: Split, prep: Preprocess, *, augment: str, batch_size: int, eval_batch_size: int,
+                 workers: int, store=None, brightness: float = 0.0, contrast: float = 0.0):
+        self.split, self.workers = split, workers
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.train_ds = ImageDataset(split, prep.resize, train_transform(prep, augment_kind(prep, augment),
+                                                                         brightness=brightness, contrast=contrast), store)
+        self.eval_ds = ImageDataset(split, prep.resize, eval_transform(prep), store)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def epoch(self, gen: torch.Generator):
+        return make_loader(self.train_ds, batch_size=self.batch_size, workers=self.workers, shuffle=True, generator=gen)
+
+    def batches(self):
+        return make_loader(self.eval_ds, batch_size=self.eval_batch_size, workers=self.workers)
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.eval_ds.image(i)
+
+
+def make_feed(split: Split, prep: Preprocess, *, cache: str, workers: int, augment: str = "auto",
+              batch_size: int = 128, eval_batch_size: int = 256, brightness: float = 0.0, contrast: float = 0.0,
+              desc: str = ""):
+    """(feed, [(path, reason)] of the files left out). cache: auto|disk|memory (fast path) or none (per image)."""
+    kw = dict(augment=augment, batch_size=batch_size, eval_batch_size=eval_batch_size, brightness=brightness,
+              contrast=contrast)
+    if cache == "none":
+        kept, _, bad = prepare_split(split, prep.resize, cache="none", workers=workers, desc=desc)
+        return LoaderFeed(kept, prep, workers=workers, **kw), bad
+    d = load_decoded(split, prep.resize, cache="memory" if cache == "memory" else "disk", workers=workers, desc=desc)
+    return FastFeed(d.split, d.images, prep, **kw), d.bad

@@ -1,0 +1,112 @@
+"""The fast path: decoded-image cache and whole-batch augmentation agree with the per-image path."""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from torchvision.transforms import v2
+
+from imgclf.data.batches import BatchTransform, center_crop, random_crop, random_flip, random_resized_crop
+from imgclf.data.cache import cache_root, load_decoded
+from imgclf.data.feed import make_feed
+from imgclf.data.pipeline import Preprocess
+from imgclf.data.sources import open_source
+
+
+def _batch(n=6, h=12, w=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
+
+
+def test_normalisation_folded_equals_torchvision():
+    x = _batch()
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    ours = BatchTransform(size=12, mean=mean, std=std, kind="eval")(x)
+    ref = v2.Normalize(mean, std)(v2.ToDtype(torch.float32, scale=True)(x))
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_center_crop_matches_torchvision():
+    x = _batch(h=15, w=20)
+    torch.testing.assert_close(center_crop(x, 9), v2.CenterCrop(9)(x))
+
+
+def test_random_crop_windows_come_from_the_zero_padded_image_per_sample():
+    x = _batch(n=64, h=8, w=8)
+    g = torch.Generator().manual_seed(1)
+    out = random_crop(x, 8, 2, g)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = set()
+    for i in range(len(x)):
+        found = [(t, l) for t in range(5) for l in range(5) if torch.equal(padded[i, :, t:t + 8, l:l + 8], out[i])]
+        assert found, f"sample {i} is not a window of its padded image"
+        offsets.add(found[0])
+    assert len(offsets) > 5  # per-sample offsets, not one for the batch
+
+
+def test_flip_is_per_sample_and_seeded():
+    x = _batch(n=200)
+    a = random_flip(x, torch.Generator().manual_seed(3))
+    b = random_flip(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    flipped = [torch.equal(a[i], x[i].flip(2)) for i in range(len(x))]
+    assert 60 < sum(flipped) < 140
+
+
+def test_random_resized_crop_shapes_range_and_full_box_is_a_resize():
+    x = _batch(n=8, h=20, w=30)
+    out = random_resized_crop(x, 16, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+    assert out.shape == (8, 3, 16, 16) and out.min() >= 0 and out.max() <= 255
+    # scale 1 and the image's own aspect ratio: the whole image, resampled
+    full = random_resized_crop(x, 20, (1.0, 1.0), (1.5, 1.5), torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.interpolate(x.float(), size=(20, 20), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(full, ref, atol=1e-3, rtol=1e-4)
+
+
+def test_brightness_and_contrast_change_images_per_sample():
+    x = _batch(n=16)
+    t = BatchTransform(size=12, mean=[0.5] * 3, std=[0.5] * 3, kind="small", pad=0, brightness=0.5, contrast=0.5)
+    a, b = t(x, torch.Generator().manual_seed(0)), t(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    plain = BatchTransform(size=12, mean=[0.5] * 3, std=[0.5] * 3, kind="small", pad=0)(x, torch.Generator().manual_seed(0))
+    assert not torch.allclose(a, plain)
+
+
+def test_decoded_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path, make_folder):
+    root = make_folder(tmp_path / "d", layout="split", classes=("a", "b"), n=6, size=16)
+    src = open_source(str(root))
+    d1 = load_decoded(src.splits["train"], 16, cache="disk", workers=1)
+    assert not d1.hit and d1.images.shape == (12, 3, 16, 16)
+    assert any(f.endswith(".u8") for f in os.listdir(cache_root()))
+    d2 = load_decoded(open_source(str(root)).splits["train"], 16, cache="disk", workers=1)
+    assert d2.hit and torch.equal(d1.images, d2.images)
+    # change one file: a new key, decoded afresh
+    p = src.splits["train"].paths[0]
+    time.sleep(0.01)
+    with open(p, "ab") as f:
+        f.write(b"\0")
+    os.utime(p)
+    d3 = load_decoded(open_source(str(root)).splits["train"], 16, cache="disk", workers=1)
+    assert not d3.hit
+
+
+def test_decoded_cache_leaves_out_unreadable_files(tmp_path, make_folder):
+    root = make_folder(tmp_path / "d", layout="split", classes=("a", "b"), n=4, size=16)
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"not an image")
+    for mode in ("disk", "disk", "memory"):  # build, then hit, then in memory
+        d = load_decoded(open_source(str(root)).splits["train"], 16, cache=mode, workers=1)
+        assert len(d.split) == len(d.images) == 8
+        assert [os.path.basename(p) for p, _ in d.bad] == ["broken.jpg"]
+        assert "broken.jpg" not in " ".join(d.split.paths)
+
+
+def test_fast_and_per_image_paths_give_the_same_eval_batches(tmp_path, make_folder):
+    root = make_folder(tmp_path / "d", layout="split", classes=("a", "b", "c"), n=5, size=(20, 14))
+    split = open_source(str(root)).splits["val"]
+    prep = Preprocess(img_size=12, resize=14, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2])
+    fast, _ = make_feed(split, prep, cache="memory", workers=1, eval_batch_size=4)
+    slow, _ = make_feed(split, prep, cache="none", workers=0, eval_batch_size=4)
+    for (xa, ya), (xb, yb) in zip(fast.batches(), slow.batches()):
+        assert torch.equal(ya, yb)
+        torch.testing.assert_close(xa, xb, atol=1e-5, rtol=1e-5)
