@@ -47,6 +47,8 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
     precision: str = opt("auto", "auto (bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, bf16 or fp16", ("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = opt(True, "channels_last memory layout for the model and batches (faster convolutions on CPU and GPU)")
+    feature_cache: bool = opt(True, "with --freeze backbone: compute the frozen backbone's features once (plus --feature-views augmented views) and train the head on them")
+    feature_views: int = opt(2, "augmented views per training image in the frozen-feature cache, besides the plain one")
     # machinery
     device: str = opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     workers: int | None = opt(None, "data-loading worker processes (default: the number of CPU cores, at most 4)")

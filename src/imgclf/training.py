@@ -20,12 +20,13 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .config import TrainConfig, make_config, save_yaml
-from .data.feed import make_feed
+from .data.feed import FastFeed, make_feed
 from .data.pipeline import common_size, default_workers, resolve_preprocess
 from .data.sources import open_source, write_split_manifest
 from .device import autocast, resolve_device, resolve_precision, to_layout
 from .errors import CheckpointError, UsageError
 from .evaluation import compute_metrics, infer, write_eval_plots
+from .features import build_feature_feeds, head_of
 from .models.registry import (apply_frozen_eval, build_model, format_parameter_table, freeze, get_spec,
                               parameter_table)
 from .progress import progress
@@ -221,13 +222,21 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    file_log.setLevel(logging.INFO)
     log.addHandler(file_log)
+    old_level = log.level
+    if log.getEffectiveLevel() > logging.INFO:  # train.log gets the whole story even when the console is quiet
+        log.setLevel(logging.INFO)
+        for h in log.handlers:
+            if h is not file_log and h.level == logging.NOTSET:
+                h.setLevel(old_level or logging.WARNING)
     try:
         return _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, feeds, left_out,
                            run_dir, start_epoch, rows, best_acc, best_epoch, time.perf_counter() - t_setup)
     finally:
         log.removeHandler(file_log)
         file_log.close()
+        log.setLevel(old_level)
 
 
 def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, feeds, left_out, run_dir,
@@ -254,6 +263,16 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         write_split_manifest(src, os.path.join(run_dir, "split.csv"))
 
     train_feed, val_feed = feeds["train"], feeds["val"]
+    step_model, epoch_feed, eval_feed = model, train_feed, val_feed
+    if cfg.freeze == "backbone" and cfg.feature_cache and isinstance(train_feed, FastFeed):
+        # Only the head trains: its inputs are computed once, not once an epoch.
+        t = time.perf_counter()
+        epoch_feed, eval_feed = build_feature_feeds(model, cfg.model, train_feed, val_feed, views=cfg.feature_views,
+                                                    seed=cfg.seed, device=device, amp=amp,
+                                                    channels_last=cfg.channels_last, batch_size=cfg.batch_size)
+        step_model = head_of(model, cfg.model)
+        setup_seconds += time.perf_counter() - t
+        log.info("frozen-feature cache built in %.1f s", time.perf_counter() - t)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     fingerprint = src.fingerprint()
     writer = SummaryWriter(run_dir, purge_step=start_epoch)
@@ -276,12 +295,12 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         lr = opt.param_groups[0]["lr"]
         model.train()
         apply_frozen_eval(model, frozen)
-        loss_sum, correct, seen = train_steps(model, train_feed.epoch(gen), criterion, opt, scaler, device, amp,
+        loss_sum, correct, seen = train_steps(step_model, epoch_feed.epoch(gen), criterion, opt, scaler, device, amp,
                                               channels_last=cfg.channels_last, desc=f"epoch {epoch}/{cfg.epochs}",
                                               log_every=cfg.log_every)
         if sched is not None:
             sched.step()
-        logits, labels = infer(model, val_feed.batches(), device, amp, desc="validate", channels_last=cfg.channels_last)
+        logits, labels = infer(step_model, eval_feed.batches(), device, amp, desc="validate", channels_last=cfg.channels_last)
         vm = compute_metrics(logits, labels, src.classes)
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": vm["loss"], "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "lr": lr,
@@ -309,7 +328,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
     # Final figures and results from the best checkpoint, evaluated once more on validation.
     best = load_checkpoint(os.path.join(run_dir, "best.pt"))
     model.load_state_dict(best["state_dict"])
-    logits, labels = infer(model, val_feed.batches(), device, amp, desc="validate best", channels_last=cfg.channels_last)
+    logits, labels = infer(step_model, eval_feed.batches(), device, amp, desc="validate best", channels_last=cfg.channels_last)
     bm = compute_metrics(logits, labels, src.classes)
     from .plots import plot_curves
 

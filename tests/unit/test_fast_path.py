@@ -110,3 +110,28 @@ def test_fast_and_per_image_paths_give_the_same_eval_batches(tmp_path, make_fold
     for (xa, ya), (xb, yb) in zip(fast.batches(), slow.batches()):
         assert torch.equal(ya, yb)
         torch.testing.assert_close(xa, xb, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_feature_cache_trains_the_head_of_the_whole_model(tmp_path, make_folder):
+    """With --freeze backbone the head trains on cached features; the checkpoint is the whole model, and
+    evaluating it image by image gives exactly the validation metrics the run reported."""
+    import imgclf
+    from imgclf.checkpoint import load_checkpoint
+
+    root = make_folder(tmp_path / "d", layout="split", classes=("a", "b", "c"), n=8, size=16)
+    res = imgclf.train(data=str(root), model="test_tiny", freeze="backbone", epochs=3, batch_size=8, workers=0,
+                       out=str(tmp_path / "runs"), name="frozen", lr=0.1)
+    best = os.path.join(res["run_dir"], "best.pt")
+    ck = load_checkpoint(best)
+    first = imgclf.train(data=str(root), model="test_tiny", freeze="backbone", epochs=1, batch_size=8, workers=0,
+                         out=str(tmp_path / "runs"), name="frozen1", lr=0.1)
+    ck1 = load_checkpoint(os.path.join(first["run_dir"], "last.pt"))
+    # the backbone never moved; the head did
+    for k, v in ck["state_dict"].items():
+        if k.startswith("fc."):
+            continue
+        assert torch.equal(v, ck1["state_dict"][k]), k
+    m = imgclf.evaluate(best, split="val", workers=0, plots=False)
+    assert abs(m["accuracy"] - res["best"]["accuracy"]) < 1e-9
+    assert abs(m["loss"] - res["best"]["loss"]) < 1e-4
+    assert "frozen-feature cache" in open(os.path.join(res["run_dir"], "train.log")).read()
