@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .images import UnreadableImage, array_to_uint8, load_image, pil_to_uint8
-from .sources import Split
+from .sources import Split, hash_split
 
 log = logging.getLogger("imgclf")
 VERSION = 1
@@ -37,17 +37,7 @@ def cache_root() -> str:
 
 def split_key(split: Split, size: int) -> str:
     h = hashlib.sha1(f"v{VERSION}\0{size}\0".encode())
-    h.update(np.asarray(split.labels, dtype=np.int64).tobytes())
-    if split.paths is not None:
-        for p in split.paths:
-            try:
-                st = os.stat(p)
-                h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{p}\0missing\n".encode())
-    else:
-        h.update(str(split.arrays.shape).encode())
-        h.update(hashlib.sha1(np.ascontiguousarray(split.arrays).data).digest())
+    hash_split(h, split)
     return h.hexdigest()[:24]
 
 

@@ -87,19 +87,25 @@ class DataSource:
         h.update(self.kind.encode())
         h.update("\0".join(self.classes).encode())
         for name in sorted(self.splits):
-            s = self.splits[name]
             h.update(name.encode())
-            h.update(np.asarray(s.labels, dtype=np.int64).tobytes())
-            if s.paths is not None:
-                for p in s.paths:
-                    try:
-                        st = os.stat(p)
-                        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-                    except OSError:
-                        h.update(f"{p}\0missing\n".encode())
-            else:
-                h.update(s.arrays.tobytes())
+            hash_split(h, self.splits[name])
         return h.hexdigest()[:16]
+
+
+def hash_split(h, s: Split) -> None:
+    """Feed a split's identity into hash `h`: labels, and each file's path, size and modification time (or the
+    in-memory pixels). Cheap: one stat per file, no reading."""
+    h.update(np.asarray(s.labels, dtype=np.int64).tobytes())
+    if s.paths is not None:
+        for p in s.paths:
+            try:
+                st = os.stat(p)
+                h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{p}\0missing\n".encode())
+    else:
+        h.update(str(s.arrays.shape).encode())
+        h.update(np.ascontiguousarray(s.arrays).data)
 
 
 def default_data_root() -> str:
