@@ -263,6 +263,15 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         write_split_manifest(src, os.path.join(run_dir, "split.csv"))
 
     train_feed, val_feed = feeds["train"], feeds["val"]
+    if start_epoch == 1 and hasattr(model, "init_from_data"):
+        # data-dependent initialisation (airnet's whitening layer): from up to 5,000 plain training images
+        xs, n = [], 0
+        for x, _ in train_feed.batches():
+            xs.append(x)
+            n += len(x)
+            if n >= 5000:
+                break
+        model.init_from_data(torch.cat(xs)[:5000].to(device))
     step_model, epoch_feed, eval_feed = model, train_feed, val_feed
     if cfg.freeze == "backbone" and cfg.feature_cache and isinstance(train_feed, FastFeed):
         # Only the head trains: its inputs are computed once, not once an epoch.

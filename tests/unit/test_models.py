@@ -163,3 +163,33 @@ def test_parameter_table_totals():
     rows = registry.parameter_table(m, "resnet18")
     assert sum(r["params"] for r in rows) == _n_params(m)
     assert sum(r["trainable"] for r in rows) == 512 * 3 + 3
+
+
+def test_airnet_whitening_init_whitens_patches_and_eval_uses_tta():
+    import torch
+
+    from imgclf.models.registry import build_model
+
+    g = torch.Generator().manual_seed(0)
+    # correlated channels, so that whitening has something to undo
+    base = torch.randn(64, 1, 16, 16, generator=g)
+    x = torch.cat([base, 0.8 * base + 0.2 * torch.randn(64, 1, 16, 16, generator=g),
+                   torch.randn(64, 1, 16, 16, generator=g)], 1)
+    m = build_model("airnet", 5)
+    m.init_from_data(x)
+    out = torch.nn.functional.conv2d(x, m.whiten.weight[:12])  # the 12 positive directions
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    cov = flat @ flat.T / flat.shape[1]
+    big = torch.diag(cov) > 0.5  # directions with real variance come out with unit variance, uncorrelated
+    assert big.sum() >= 6
+    torch.testing.assert_close(torch.diag(cov)[big], torch.ones(int(big.sum())), atol=0.05, rtol=0)
+    m.eval()
+    with torch.no_grad():
+        img = torch.randn(4, 3, 32, 32, generator=g)
+        # eval mode averages the mirror images: l(x) + l(flip x), and the same for one-pixel shifts
+        mirror = 0.5 * (m.logits(img) + m.logits(img.flip(-1)))
+        assert m(img).shape == (4, 5)
+        assert not torch.allclose(m(img), m.logits(img))
+        m.tta = False
+        torch.testing.assert_close(m(img), m.logits(img))
+        assert not torch.allclose(mirror, m.logits(img))

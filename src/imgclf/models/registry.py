@@ -354,3 +354,14 @@ def list_models() -> list[dict]:
             "description": spec.description,
         })
     return out
+
+
+def _airnet(num_classes: int) -> nn.Module:
+    from .airnet import AirNet
+
+    return AirNet(num_classes)
+
+
+register(ModelSpec("airnet", _airnet, "fc", lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
+                   img_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), small=True,
+                   description="airbench94-style net for 32 px images from scratch"))

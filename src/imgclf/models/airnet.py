@@ -1,0 +1,80 @@
+"""`airnet`: a small, fast network for training 32 px images from scratch, after Keller Jordan's airbench94
+(https://github.com/KellerJordan/cifar10-airbench; "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024),
+which builds on the hlb-CIFAR10 and David Page's ResNet speed-runs.
+
+What it keeps from airbench94: a frozen 2x2 patch-whitening first layer initialised from the training data's
+patch covariance, three conv-pool-BN-GELU groups (64, 256, 256 channels) whose convolutions start as
+identities (dirac init), BatchNorm with frozen scale, a bias-free linear head scaled by 1/9, and flip-and-shift
+test-time augmentation built into eval mode (so `predict` and exports get it too).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _BN(nn.BatchNorm2d):
+    def __init__(self, c: int):
+        # airbench: momentum 0.6 in its convention = 0.4 in PyTorch's; tiny eps; the scale is not trained
+        super().__init__(c, momentum=0.4, eps=1e-12)
+        self.weight.requires_grad_(False)
+
+
+class _Group(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding="same", bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = _BN(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding="same", bias=False)
+        self.norm2 = _BN(cout)
+        for conv in (self.conv1, self.conv2):
+            w = conv.weight.data
+            nn.init.dirac_(w[: w.size(1)])  # identity on the first in-channels, default init elsewhere
+
+    def forward(self, x):
+        x = F.gelu(self.norm1(self.pool(self.conv1(x))))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class AirNet(nn.Module):
+    def __init__(self, num_classes: int = 10, widths=(64, 256, 256)):
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)  # 2x2x3 patches: 12 directions, +/- each
+        self.whiten.weight.requires_grad_(False)
+        self.block1 = _Group(24, widths[0])
+        self.block2 = _Group(widths[0], widths[1])
+        self.block3 = _Group(widths[1], widths[2])
+        self.pool = nn.MaxPool2d(3)
+        self.fc = nn.Linear(widths[2], num_classes, bias=False)
+        self.tta = True
+
+    def logits(self, x):
+        x = F.gelu(self.whiten(x))
+        x = self.pool(self.block3(self.block2(self.block1(x))))
+        return self.fc(x.flatten(1)) / 9.0
+
+    def forward(self, x):
+        if self.training or not self.tta:
+            return self.logits(x)
+        # flip-and-shift test-time augmentation (airbench's level 2): mirror, and shifts of one pixel
+        def mirror(z):
+            return 0.5 * (self.logits(z) + self.logits(z.flip(-1)))
+
+        h, w = x.shape[-2:]
+        p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = 0.5 * (mirror(p[..., 0:h, 0:w]) + mirror(p[..., 2:h + 2, 2:w + 2]))
+        return 0.5 * mirror(x) + 0.5 * shifted
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening layer from normalised training images (N x 3 x H x W, a few thousand)."""
+        c, (kh, kw) = images.shape[1], self.whiten.weight.shape[2:]
+        patches = images.float().unfold(2, kh, 1).unfold(3, kw, 1).transpose(1, 3).reshape(-1, c, kh, kw)
+        flat = patches.reshape(len(patches), -1)
+        cov = flat.T @ flat / len(flat)
+        evals, evecs = torch.linalg.eigh(cov, UPLO="U")
+        evals, evecs = evals.flip(0).view(-1, 1, 1, 1), evecs.T.reshape(c * kh * kw, c, kh, kw).flip(0)
+        scaled = evecs / torch.sqrt(evals + eps)
+        self.whiten.weight.copy_(torch.cat((scaled, -scaled)).to(self.whiten.weight))
