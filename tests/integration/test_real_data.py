@@ -111,6 +111,7 @@ def test_finetune_hymenoptera_then_predict_a_bee(tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["train", "--data", str(HYM), "--model", "efficientnet_lite0", "--pretrained", "--freeze", "backbone",
                  "--epochs", "2", "--out", str(out), "--name", "hym"]) == 0
+    capsys.readouterr()  # the training summary
     best = out / "hym" / "best.pt"
     assert main(["evaluate", str(best), "--split", "val", "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
@@ -126,6 +127,7 @@ def test_cifar10_jpg_train_one_epoch_and_evaluate_test_split(tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["train", "--data", str(CIFAR), "--model", "test_tiny", "--epochs", "1", "--out", str(out),
                  "--name", "c10"]) == 0
+    capsys.readouterr()  # the training summary
     cfg = (out / "c10" / "config.yaml").read_text()
     assert "img_size: 32" in cfg  # the data's own size
     assert main(["evaluate", str(out / "c10" / "best.pt"), "--split", "test", "--json"]) == 0
