@@ -212,7 +212,7 @@ def _write_predictions(results: list[dict], path: str) -> None:
 def cmd_check(a: dict) -> int:
     from .data.check import check_data
 
-    report = check_data(a["data"], workers=a.get("workers"), progress=not a.get("quiet", False))
+    report = check_data(a["data"], workers=a.get("workers"), progress=not a.get("quiet", False) and sys.stderr.isatty())
     if a.get("json"):
         print(json.dumps(report.to_dict(), indent=2))
     else:
