@@ -63,15 +63,18 @@ def _decode(split: Split, i: int, size: int) -> torch.Tensor:
     return _square(t, size)
 
 
-def decode_all(split: Split, size: int, out: np.ndarray, *, workers: int, desc: str) -> list[int]:
-    """Decode every image of `split` into out[i]; returns the indices that failed (their reasons in `errors`)."""
+def decode_all(split: Split, size: int, out: np.ndarray | None, *, workers: int, desc: str) -> dict[int, str]:
+    """Decode every image of `split` into out[i] (out=None: only check that it decodes); returns
+    {index: reason} for the images that could not be decoded."""
     from ..progress import progress
 
     errors: dict[int, str] = {}
 
     def work(i):
         try:
-            out[i] = _decode(split, i, size).numpy()
+            t = _decode(split, i, size)
+            if out is not None:
+                out[i] = t.numpy()
         except UnreadableImage as e:
             errors[i] = str(e)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from .batches import Batches, BatchTransform
-from .cache import load_decoded
-from .pipeline import SMALL_MAX, ImageDataset, Preprocess, eval_transform, make_loader, prepare_split, train_transform
+from .cache import decode_all, load_decoded
+from .pipeline import SMALL_MAX, ImageDataset, Preprocess, eval_transform, make_loader, train_transform
 from .sources import Split
 
 
@@ -48,12 +48,12 @@ class FastFeed:
 
 class LoaderFeed:
     def __init__(self, split: Split, prep: Preprocess, *, augment: str, batch_size: int, eval_batch_size: int,
-                 workers: int, store=None, brightness: float = 0.0, contrast: float = 0.0):
+                 workers: int, brightness: float = 0.0, contrast: float = 0.0):
         self.split, self.workers = split, workers
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_ds = ImageDataset(split, prep.resize, train_transform(prep, augment_kind(prep, augment),
-                                                                         brightness=brightness, contrast=contrast), store)
-        self.eval_ds = ImageDataset(split, prep.resize, eval_transform(prep), store)
+                                                                         brightness=brightness, contrast=contrast))
+        self.eval_ds = ImageDataset(split, prep.resize, eval_transform(prep))
 
     def __len__(self) -> int:
         return len(self.split)
@@ -75,7 +75,9 @@ def make_feed(split: Split, prep: Preprocess, *, cache: str, workers: int, augme
     kw = dict(augment=augment, batch_size=batch_size, eval_batch_size=eval_batch_size, brightness=brightness,
               contrast=contrast)
     if cache == "none":
-        kept, _, bad = prepare_split(split, prep.resize, cache="none", workers=workers, desc=desc)
-        return LoaderFeed(kept, prep, workers=workers, **kw), bad
+        # still decode everything once up front, so unreadable files are listed and left out before step one
+        errors = decode_all(split, prep.resize, None, workers=workers, desc=desc)
+        kept = split if not errors else split.subset(i for i in range(len(split)) if i not in errors)
+        return LoaderFeed(kept, prep, workers=workers, **kw), [(split.describe(i), errors[i]) for i in sorted(errors)]
     d = load_decoded(split, prep.resize, cache="memory" if cache == "memory" else "disk", workers=workers, desc=desc)
     return FastFeed(d.split, d.images, prep, **kw), d.bad

@@ -1,9 +1,6 @@
-"""From a split to batches: preprocessing, the decode-once store, transforms and loaders.
-
-Every image is decoded once up front: that finds unreadable files before the first step (they are left out
-and listed) and, when the decoded images fit in memory, keeps them as uint8 tensors (shorter side already at
-the evaluation resize) so later epochs never touch a JPEG again.
-"""
+"""Preprocessing, and the per-image path (`--cache none`): a torchvision transform per image in DataLoader
+workers, decoding every file every epoch, as the seed does. The default fast path is data/cache.py and
+data/batches.py; both start from the same `Preprocess`."""
 from __future__ import annotations
 
 import logging
@@ -16,13 +13,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .images import UnreadableImage, array_to_uint8, load_image, pil_to_uint8
+from .images import array_to_uint8, load_image, pil_to_uint8
 from .sources import Split
 
 log = logging.getLogger("imgclf")
 
 SMALL_MAX = 64  # up to this size, images get the small-image recipe (padded crop) instead of random resized crop
-MEMORY_BUDGET = 4 << 30  # bytes of decoded uint8 images kept in memory by `cache=auto`
 
 
 @dataclass
@@ -83,58 +79,17 @@ def decode_one(split: Split, i: int, resize: int) -> torch.Tensor:
     return pil_to_uint8(load_image(split.paths[i], resize=resize))
 
 
-def decode_split(split: Split, resize: int, *, keep: bool, workers: int, desc: str = "") -> tuple[Split, list | None, list]:
-    """Decode every image once. Returns (the split without unreadable files, the decoded uint8 tensors when
-    `keep`, [(path, reason)] of the files left out)."""
-    from ..progress import progress
-
-    def work(i):
-        try:
-            t = decode_one(split, i, resize)
-            return (t if keep else None), None
-        except UnreadableImage as e:
-            return None, str(e)
-
-    store, good, bad = [], [], []
-    with ThreadPoolExecutor(max(1, workers)) as ex:  # PIL releases the GIL while decoding and resizing
-        results = ex.map(work, range(len(split)), chunksize=64)
-        for i, (t, err) in enumerate(progress(results, total=len(split), desc=desc or f"decode {split.name}", unit="img")):
-            if err is None:
-                good.append(i)
-                if keep:
-                    store.append(t)
-            else:
-                bad.append((split.describe(i), err))
-    out = split if len(good) == len(split) else split.subset(good)
-    return out, (store if keep else None), bad
-
-
-def estimate_bytes(n: int, resize: int) -> int:
-    return int(n * 3 * resize * resize * 1.4)  # 1.4: typical 4:3 photos keep a longer side
-
-
-def prepare_split(split: Split, resize: int, *, cache: str = "auto", workers: int, desc: str = ""):
-    """decode_split, keeping the decoded images when `cache` says so (auto: when they fit the budget)."""
-    keep = cache == "memory" or (cache == "auto" and estimate_bytes(len(split), resize) <= MEMORY_BUDGET)
-    if cache == "none":
-        keep = False
-    if cache == "auto" and not keep:
-        log.info("%s: %d images would not fit the %d GiB in-memory cache; decoding them every epoch",
-                 split.name, len(split), MEMORY_BUDGET >> 30)
-    return decode_split(split, resize, keep=keep, workers=workers, desc=desc)
-
-
 class ImageDataset(Dataset):
-    """(transformed image, label) pairs from a decoded store or, without one, decoding on the fly."""
+    """(transformed image, label) pairs, decoding each image when it is asked for."""
 
-    def __init__(self, split: Split, resize: int, transform, store: list | None = None):
-        self.split, self.resize, self.transform, self.store = split, resize, transform, store
+    def __init__(self, split: Split, resize: int, transform):
+        self.split, self.resize, self.transform = split, resize, transform
 
     def __len__(self) -> int:
         return len(self.split)
 
     def image(self, i: int) -> torch.Tensor:
-        return self.store[i] if self.store is not None else decode_one(self.split, i, self.resize)
+        return decode_one(self.split, i, self.resize)
 
     def __getitem__(self, i: int):
         return self.transform(self.image(i)), self.split.labels[i]
