@@ -200,8 +200,6 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
         rows = [dict(r) for r in st["rows"] if r["epoch"] < start_epoch]
         best_acc, best_epoch = float(st["best_acc"]), int(st["best_epoch"])
         run_dir = os.path.dirname(os.path.abspath(cfg.resume))
-        if resume_ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
-            log.warning("the data changed since this run started (fingerprint differs); resuming anyway")
         if start_epoch > cfg.epochs:
             raise UsageError(f"'{cfg.resume}' already finished epoch {start_epoch - 1} of {cfg.epochs}: pass --epochs N to train longer")
     else:
@@ -218,6 +216,9 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
             raise UsageError(f"no readable images left in the {name} split of {cfg.data}; `imgclf check` lists the problems")
         src.splits[name], feeds[name] = feed.split, feed
         left_out += [(name, p, r) for p, r in bad]
+    # compared as saved: after the unreadable files were left out
+    if resume_ckpt is not None and resume_ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
+        log.warning("the data changed since this run started (fingerprint differs); resuming anyway")
 
     os.makedirs(run_dir, exist_ok=True)
     file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
