@@ -14,7 +14,7 @@ import sys
 
 from . import __version__
 from .config import FIELDS, field_type
-from .errors import ImgclfError
+from .errors import ImgclfError, UsageError
 
 log = logging.getLogger("imgclf")
 
@@ -169,6 +169,9 @@ def cmd_evaluate(a: dict) -> int:
 def cmd_predict(a: dict) -> int:
     from .predict import Predictor, expand_paths
 
+    out = a.get("output")
+    if out and not out.lower().endswith((".csv", ".json")):
+        raise UsageError(f"--output '{out}' must end in .csv or .json")
     paths = expand_paths(a["paths"])
     pred = Predictor(a["weights"], device=a["device"], batch_size=a["batch_size"])
     results = []
@@ -195,17 +198,13 @@ def _write_predictions(results: list[dict], path: str) -> None:
     if path.lower().endswith(".json"):
         with open(tmp, "w") as f:
             json.dump(results, f, indent=2)
-    elif path.lower().endswith(".csv"):
+    else:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "label", "probability", "top_k", "error"])
             for r in results:
                 tk = ";".join(f"{t['label']}:{t['probability']:.6f}" for t in r.get("top_k", []))
                 w.writerow([r["path"], r.get("label", ""), f"{r['probability']:.6f}" if "probability" in r else "", tk, r.get("error", "")])
-    else:
-        from .errors import UsageError
-
-        raise UsageError(f"--output '{path}' must end in .csv or .json")
     os.replace(tmp, path)
 
 

@@ -167,3 +167,11 @@ def test_verbose_shows_traceback(capsys, tmp_path, where):
     assert rc == 2
     assert "Traceback" in err and "DataError" in err
     assert "/nonexistent" in err.strip().splitlines()[-1]
+
+
+def test_predict_output_with_unknown_extension_is_refused_before_any_work(tiny_best, tiny_data, tmp_path, capsys):
+    out = tmp_path / "preds.txt"
+    assert main(["predict", tiny_best, str(tiny_data), "--output", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "must end in .csv or .json" in captured.err
+    assert not out.exists()
