@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .fileio import atomic_open
 
 FORMAT = "imgclf-checkpoint"
 VERSION = 1
@@ -43,18 +43,8 @@ def make_checkpoint(model: nn.Module, *, model_name: str, classes: list[str], pr
 
 def save_checkpoint(ckpt: dict, path: str) -> None:
     """Write atomically: a temporary file in the same folder, flushed, then renamed over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def load_checkpoint(path: str) -> dict:

@@ -15,6 +15,7 @@ import sys
 from . import __version__
 from .config import FIELDS, field_type
 from .errors import ImgclfError, UsageError
+from .fileio import atomic_open, write_json
 
 log = logging.getLogger("imgclf")
 
@@ -194,18 +195,15 @@ def cmd_predict(a: dict) -> int:
 
 
 def _write_predictions(results: list[dict], path: str) -> None:
-    tmp = f"{path}.tmp"
     if path.lower().endswith(".json"):
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(results, path)
     else:
-        with open(tmp, "w", newline="") as f:
+        with atomic_open(path, newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "label", "probability", "top_k", "error"])
             for r in results:
                 tk = ";".join(f"{t['label']}:{t['probability']:.6f}" for t in r.get("top_k", []))
                 w.writerow([r["path"], r.get("label", ""), f"{r['probability']:.6f}" if "probability" in r else "", tk, r.get("error", "")])
-    os.replace(tmp, path)
 
 
 def cmd_check(a: dict) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 import yaml
 
 from .errors import UsageError, did_you_mean
+from .fileio import atomic_open
 
 
 def opt(default, help: str, choices: tuple | None = None, flag: str | None = None):
@@ -135,9 +136,7 @@ def make_config(values: dict | None = None, *, source: str = "options", config_f
 
 
 def save_yaml(data: dict, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         yaml.safe_dump(data, f, sort_keys=False)
-    os.replace(tmp, path)
 
 

@@ -1,7 +1,6 @@
 """Evaluation: accuracy, loss, macro-F1, top-5, a per-class report, the confusion matrix and its plots."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -15,6 +14,7 @@ from .data.pipeline import Preprocess, default_workers
 from .data.sources import open_source
 from .device import autocast, resolve_device, resolve_precision, to_layout
 from .errors import DataError
+from .fileio import write_json
 from .progress import progress
 
 log = logging.getLogger("imgclf")
@@ -37,7 +37,12 @@ def infer(model, loader, device, amp_dtype=None, desc: str = "eval", channels_la
 
 def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     """Metrics as plain types. Accuracies are fractions in [0, 1]; top5 is None under 5 classes."""
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
+    from sklearn.metrics import (
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+        top_k_accuracy_score,
+    )
 
     n_cls = len(classes)
     y = labels.numpy()
@@ -116,10 +121,7 @@ def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: 
 
     out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"eval-{split}")
     os.makedirs(out, exist_ok=True)
-    tmp = os.path.join(out, "eval.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(tmp, os.path.join(out, "eval.json"))
+    write_json(metrics, os.path.join(out, "eval.json"))
     if plots:
         write_eval_plots(metrics, logits, labels, feed, classes, out, title=f"{os.path.basename(str(data))} {split}")
     metrics["out"] = out

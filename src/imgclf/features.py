@@ -13,9 +13,7 @@ import torch
 from torch import nn
 
 from .data.batches import Batches
-from .device import autocast, to_layout
 from .models.registry import get_spec, get_submodule_parent
-from .progress import progress
 
 log = logging.getLogger("imgclf")
 
@@ -38,17 +36,14 @@ def head_of(model: nn.Module, name: str) -> nn.Module:
 def extract(model: nn.Module, name: str, batches, device, amp=None, *, channels_last: bool = True,
             desc: str = "features") -> torch.Tensor:
     """Pre-head features (N x D, float32, cpu) of every batch."""
+    from .evaluation import infer
+
     head_name = get_spec(name).head
     head = _swap(model, head_name, nn.Identity())
     was_training = model.training
-    model.eval()
     try:
-        out = []
-        for x, _ in progress(batches, total=len(batches), desc=desc, unit="batch"):
-            with autocast(device, amp):
-                f = model(to_layout(x.to(device), channels_last))
-            out.append(f.float().flatten(1).cpu())
-        return torch.cat(out)
+        feats, _ = infer(model, batches, device, amp, desc=desc, channels_last=channels_last)
+        return feats.flatten(1)
     finally:
         _swap(model, head_name, head)
         model.train(was_training)

@@ -1,20 +1,19 @@
 """Figures written into run and evaluation folders (matplotlib, no display needed)."""
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .fileio import atomic_open  # noqa: E402
+
 
 def _save(fig, path: str) -> None:
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_curves(rows: list[dict], path: str) -> None:

@@ -8,7 +8,6 @@ what an uninterrupted run would have done.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import re
@@ -27,8 +26,15 @@ from .device import autocast, resolve_device, resolve_precision, to_layout
 from .errors import CheckpointError, UsageError
 from .evaluation import compute_metrics, infer, write_eval_plots
 from .features import build_feature_feeds, head_of
-from .models.registry import (apply_frozen_eval, build_model, format_parameter_table, freeze, get_spec,
-                              parameter_table)
+from .fileio import atomic_open, write_json
+from .models.registry import (
+    apply_frozen_eval,
+    build_model,
+    format_parameter_table,
+    freeze,
+    get_spec,
+    parameter_table,
+)
 from .progress import progress
 
 log = logging.getLogger("imgclf")
@@ -70,20 +76,11 @@ def _scheduler(cfg: TrainConfig, opt):
 
 
 def _write_metrics(rows: list[dict], path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
-
-
-def _write_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _resolve(cfg: TrainConfig) -> TrainConfig:
@@ -355,7 +352,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         "left_out": len(left_out),
         "data_fingerprint": fingerprint,
     }
-    _write_json(results, os.path.join(run_dir, "results.json"))
+    write_json(results, os.path.join(run_dir, "results.json"))
     log.info("best epoch %d: val_acc %.4f val_macro_f1 %.4f; weights %s", best_epoch, bm["accuracy"], bm["macro_f1"],
              os.path.join(run_dir, "best.pt"))
     return {**results, "run_dir": run_dir}

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .images import UnreadableImage, array_to_uint8, load_image, pil_to_uint8
+from .images import UnreadableImage
+from .pipeline import decode_one
 from .sources import Split, hash_split
 
 log = logging.getLogger("imgclf")
@@ -56,11 +57,7 @@ def _square(t: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _decode(split: Split, i: int, size: int) -> torch.Tensor:
-    if split.arrays is not None:
-        t = array_to_uint8(split.arrays[i], resize=size)
-    else:
-        t = pil_to_uint8(load_image(split.paths[i], resize=size))
-    return _square(t, size)
+    return _square(decode_one(split, i, size), size)
 
 
 def decode_all(split: Split, size: int, out: np.ndarray | None, *, workers: int, desc: str) -> dict[int, str]:

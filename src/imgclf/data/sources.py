@@ -303,11 +303,11 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None
 
 def write_split_manifest(src: DataSource, path: str) -> None:
     """The split as a CSV (path or index, label, split), so a run's split can be read back exactly."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    from ..fileio import atomic_open
+
+    with atomic_open(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "split"])
         for name, s in src.splits.items():
             for i, y in enumerate(s.labels):
                 w.writerow([s.describe(i), src.classes[y], name])
-    os.replace(tmp, path)
