@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .pipeline import small_crop_pad
+
 
 class BatchTransform:
     """uint8 N x 3 x S x S -> normalised float N x 3 x size x size.
@@ -24,7 +26,7 @@ class BatchTransform:
     def __init__(self, *, size: int, mean, std, kind: str = "eval", pad: int | None = None,
                  brightness: float = 0.0, contrast: float = 0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
         self.size, self.kind = size, ("eval" if kind == "none" else kind)
-        self.pad = max(1, size // 8) if pad is None else pad
+        self.pad = small_crop_pad(size) if pad is None else pad
         self.brightness, self.contrast = brightness, contrast
         self.scale, self.ratio = scale, ratio
         # x/255 normalised = x * a + b, per channel: one fused multiply-add instead of three passes.

@@ -116,7 +116,7 @@ def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int =
     try:
         mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, 3, size, size))
         errors = decode_all(split, size, mm, workers=workers, desc=desc)
-        good = [i for i in range(n) if i not in errors]
+        _, good, bad = drop_unreadable(split, errors)
         if errors:  # compact: the file holds only readable images, in order
             mm2 = np.memmap(tmp + ".c", dtype=np.uint8, mode="w+", shape=(len(good), 3, size, size))
             for j in range(0, len(good), 4096):
@@ -129,7 +129,7 @@ def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int =
             del mm
         os.replace(tmp, data_path)
         meta = {"version": VERSION, "size": size, "count": n, "good": good,
-                "bad": [(split.describe(i), errors[i]) for i in sorted(errors)]}
+                "bad": bad}
         with open(meta_path + ".tmp", "w") as f:
             json.dump(meta, f)
         os.replace(meta_path + ".tmp", meta_path)
@@ -142,8 +142,13 @@ def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int =
     return built
 
 
-def _result(split: Split, images: torch.Tensor, errors: dict, hit: bool) -> Decoded:
-    if not errors:
-        return Decoded(split, images, [], hit)
+def drop_unreadable(split: Split, errors: dict[int, str]) -> tuple[Split, list[int], list]:
+    """(the split without the failed images, the kept indices, [(path, reason)] of the failed ones)."""
     good = [i for i in range(len(split)) if i not in errors]
-    return Decoded(split.subset(good), images[good], [(split.describe(i), errors[i]) for i in sorted(errors)], hit)
+    kept = split if not errors else split.subset(good)
+    return kept, good, [(split.describe(i), errors[i]) for i in sorted(errors)]
+
+
+def _result(split: Split, images: torch.Tensor, errors: dict, hit: bool) -> Decoded:
+    kept, good, bad = drop_unreadable(split, errors)
+    return Decoded(kept, images[good] if errors else images, bad, hit)

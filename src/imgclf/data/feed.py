@@ -11,15 +11,9 @@ from __future__ import annotations
 import torch
 
 from .batches import Batches, BatchTransform
-from .cache import decode_all, load_decoded
-from .pipeline import SMALL_MAX, ImageDataset, Preprocess, eval_transform, make_loader, train_transform
+from .cache import decode_all, drop_unreadable, load_decoded
+from .pipeline import ImageDataset, Preprocess, augment_kind, eval_transform, make_loader, train_transform
 from .sources import Split
-
-
-def augment_kind(prep: Preprocess, augment: str) -> str:
-    if augment == "auto":
-        return "small" if prep.img_size <= SMALL_MAX else "large"
-    return augment
 
 
 class FastFeed:
@@ -77,7 +71,7 @@ def make_feed(split: Split, prep: Preprocess, *, cache: str, workers: int, augme
     if cache == "none":
         # still decode everything once up front, so unreadable files are listed and left out before step one
         errors = decode_all(split, prep.resize, None, workers=workers, desc=desc)
-        kept = split if not errors else split.subset(i for i in range(len(split)) if i not in errors)
-        return LoaderFeed(kept, prep, workers=workers, **kw), [(split.describe(i), errors[i]) for i in sorted(errors)]
+        kept, _, bad = drop_unreadable(split, errors)
+        return LoaderFeed(kept, prep, workers=workers, **kw), bad
     d = load_decoded(split, prep.resize, cache="memory" if cache == "memory" else "disk", workers=workers, desc=desc)
     return FastFeed(d.split, d.images, prep, **kw), d.bad

@@ -1,7 +1,7 @@
 """Reading one image: any mode PIL reads becomes RGB, EXIF orientation applied, optionally resized on load.
 
-Training, evaluation and prediction all go through `load_resized`, so an image is turned into pixels the same
-way everywhere (a model evaluated here sees exactly what `predict` will feed it).
+Training, evaluation and prediction all go through `load_image(path, resize=...)`, so an image is turned into
+pixels the same way everywhere (a model evaluated here sees exactly what `predict` will feed it).
 """
 from __future__ import annotations
 

@@ -104,14 +104,25 @@ def eval_transform(p: Preprocess):
     ])
 
 
-def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float = 0.0, contrast: float = 0.0):
+def augment_kind(p: Preprocess, augment: str) -> str:
+    """`auto` resolved: the small-image recipe up to SMALL_MAX pixels, random resized crops above."""
     if augment == "auto":
-        augment = "small" if p.img_size <= SMALL_MAX else "large"
+        return "small" if p.img_size <= SMALL_MAX else "large"
+    return augment
+
+
+def small_crop_pad(size: int) -> int:
+    """The seed's padding for small images: 1/8 of the side (4 px at 32)."""
+    return max(1, size // 8)
+
+
+def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float = 0.0, contrast: float = 0.0):
+    augment = augment_kind(p, augment)
     if augment == "none":
         return eval_transform(p)
     if augment == "small":
-        # the seed's recipe: pad by 1/8 of the side (4 px at 32) and crop back, random horizontal flip
-        geo = [v2.RandomCrop(p.img_size, padding=max(1, p.img_size // 8)), v2.RandomHorizontalFlip()]
+        # the seed's recipe: pad, crop back to size, random horizontal flip
+        geo = [v2.RandomCrop(p.img_size, padding=small_crop_pad(p.img_size)), v2.RandomHorizontalFlip()]
     elif augment == "large":
         geo = [v2.RandomResizedCrop(p.img_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
