@@ -8,11 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.feed import make_feed
-from .data.pipeline import Preprocess, default_workers
+from .data.pipeline import default_workers
 from .data.sources import open_source
-from .device import autocast, resolve_device, resolve_precision, to_layout
+from .device import autocast, to_layout
 from .errors import DataError
 from .fileio import write_json
 from .progress import progress
@@ -21,13 +20,20 @@ log = logging.getLogger("imgclf")
 
 
 @torch.no_grad()
-def infer(model, loader, device, amp_dtype=None, desc: str = "eval", channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N x C, float32, cpu) and labels (N) for every batch of `loader`."""
-    model.eval()
+def infer(model, loader, device=None, amp_dtype=None, desc: str = "eval", channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N x C, float32, cpu) and labels (N) for every batch of `loader`.
+
+    `model` is an nn.Module (run on `device` under `amp_dtype`) or a runtime.Runner (which knows its own)."""
+    runner = getattr(model, "logits", None) if not isinstance(model, torch.nn.Module) else None
+    if runner is None:
+        model.eval()
     outs, ys = [], []
     for x, y in progress(loader, total=len(loader), desc=desc, unit="batch"):
-        with autocast(device, amp_dtype):
-            out = model(to_layout(x.to(device, non_blocking=True), channels_last))
+        if runner is not None:
+            out = runner(x)
+        else:
+            with autocast(device, amp_dtype):
+                out = model(to_layout(x.to(device, non_blocking=True), channels_last))
         outs.append(out.float().cpu())
         ys.append(y)
     if not outs:
@@ -91,32 +97,31 @@ def align_classes(data_classes: list[str], model_classes: list[str], where: str)
 def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: str | None = None,
              batch_size: int = 256, device: str = "auto", workers: int | None = None,
              data_root: str | None = None, precision: str = "auto", plots: bool = True, cache: str = "auto") -> dict:
-    """Evaluate a checkpoint on a split of `data` (default: the data it was trained on).
+    """Evaluate a checkpoint or an exported model on a split of `data` (default: the data it was trained on).
 
     Writes eval.json, confusion_matrix.png and misclassified.png into `out` (default: next to the
     weights, in eval-SPLIT/) and returns the metrics dict."""
-    ckpt = load_checkpoint(weights)
-    cfg = ckpt.get("config", {})
+    from .runtime import open_model
+
+    runner = open_model(weights, device=device, precision=precision)
+    cfg = runner.config
     data = data or cfg.get("data")
     if not data:
-        raise DataError("no --data given and the checkpoint does not record its data: pass --data")
-    dev = resolve_device(device)
-    amp = resolve_precision(precision, dev)
+        raise DataError("no --data given and the model does not record its data: pass --data")
     workers = default_workers() if workers is None else workers
     src = open_source(data, data_root=data_root or cfg.get("data_root"),
                       val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
     s = src.split(split)
-    classes = ckpt["classes"]
+    classes = runner.classes
     mapping = align_classes(src.classes, classes, data)
-    prep = Preprocess.from_dict(ckpt["preprocess"])
+    prep = runner.preprocess
     feed, bad = make_feed(s, prep, cache=cache, workers=max(1, workers), eval_batch_size=batch_size, desc=f"decode {split}")
     for path, reason in bad:
         log.warning("left out %s: %s", path, reason)
-    model = model_from_checkpoint(ckpt, dev)
-    logits, labels = infer(model, feed.batches(), dev, amp, desc=f"evaluate {split}")
+    logits, labels = infer(runner, feed.batches(), desc=f"evaluate {split}")
     labels = torch.as_tensor(mapping, dtype=torch.long)[labels]  # the data's class order -> the model's
     metrics = compute_metrics(logits, labels, classes)
-    metrics.update({"split": split, "data": src.location, "weights": os.path.abspath(weights),
+    metrics.update({"split": split, "data": src.location, "weights": os.path.abspath(weights), "format": runner.format,
                     "left_out": [{"path": p, "reason": r} for p, r in bad]})
 
     out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"eval-{split}")

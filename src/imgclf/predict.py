@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.images import UnreadableImage, load_image, pil_to_uint8, resize_shorter, to_rgb
-from .data.pipeline import Preprocess, eval_transform
+from .data.pipeline import eval_transform
 from .data.sources import is_image_name
-from .device import autocast, resolve_device, resolve_precision, to_layout
 from .errors import UsageError
+from .runtime import open_model
 
 
 def expand_paths(paths) -> list[str]:
@@ -44,12 +43,9 @@ class Predictor:
 
     def __init__(self, weights: str, *, device: str = "auto", batch_size: int = 32, precision: str = "auto",
                  workers: int | None = None):
-        self.ckpt = load_checkpoint(weights)
-        self.classes: list[str] = list(self.ckpt["classes"])
-        self.preprocess = Preprocess.from_dict(self.ckpt["preprocess"])
-        self.device = resolve_device(device)
-        self.amp = resolve_precision(precision, self.device)
-        self.model = model_from_checkpoint(self.ckpt, self.device)
+        self.runner = open_model(weights, device=device, precision=precision)
+        self.classes: list[str] = list(self.runner.classes)
+        self.preprocess = self.runner.preprocess
         self.transform = eval_transform(self.preprocess)
         self.batch_size = batch_size
         self.workers = workers or min(4, os.cpu_count() or 1)
@@ -59,10 +55,8 @@ class Predictor:
             return self.transform(pil_to_uint8(resize_shorter(to_rgb(item), self.preprocess.resize)))
         return self.transform(pil_to_uint8(load_image(str(item), resize=self.preprocess.resize)))
 
-    @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.amp):
-            return self.model(to_layout(batch.to(self.device), True)).float().cpu()
+        return self.runner.logits(batch)
 
     def predict(self, inputs, *, top_k: int = 5) -> list[dict]:
         single = isinstance(inputs, (str, Path, Image.Image))
