@@ -23,6 +23,7 @@ def opt(default, help: str, choices: tuple | None = None, flag: str | None = Non
 
 @dataclass
 class TrainConfig:
+    recipe: str = opt("none", "a preset of the options below that you do not set yourself: fast (airnet, airbench94-style optimisation, for 32 px images from scratch; pair with --time-budget) or none", ("none", "fast"))
     # data
     data: str | None = opt(None, "folder of class folders (with or without train/val/test), a CSV of path,label[,split], or cifar10, cifar100, digits")
     data_root: str | None = opt(None, "where cifar10/cifar100 are kept or downloaded (default: $IMGCLF_DATA or ~/.cache/imgclf/data)")
@@ -32,7 +33,7 @@ class TrainConfig:
     pretrained: bool = opt(False, "start from ImageNet weights (the head is replaced for the data's classes)")
     freeze: str = opt("none", "backbone (only the new head trains), none (all layers train), or N (the first N stages frozen)")
     img_size: int | None = opt(None, "input size in pixels (default: the model's pretrained size with --pretrained, else the data's own size when all images share one, else 224)")
-    augment: str = opt("auto", "training augmentation: small (flip + padded random crop), large (random resized crop + flip), none, or auto (small up to 64 px)", ("auto", "small", "large", "none"))
+    augment: str = opt("auto", "training augmentation: small (flip + zero-padded random crop), shift (flip + reflect-padded shift of up to 2 px), large (random resized crop + flip), none, or auto (small up to 64 px)", ("auto", "small", "shift", "large", "none"))
     brightness: float = opt(0.0, "random brightness change per image, as a fraction (0: off)")
     contrast: float = opt(0.0, "random contrast change per image, as a fraction (0: off)")
     # optimisation
@@ -41,11 +42,16 @@ class TrainConfig:
     optimizer: str = opt("sgd", "sgd or adamw", ("sgd", "adamw"))
     lr: float | None = opt(None, "learning rate (default: 0.01 for sgd, 0.001 for adamw)")
     momentum: float = opt(0.9, "SGD momentum")
+    nesterov: bool = opt(False, "SGD with Nesterov momentum")
     weight_decay: float | None = opt(None, "weight decay (default: 5e-4 for sgd, 0.05 for adamw)")
-    scheduler: str = opt("step", "learning-rate schedule: step, cosine or none", ("step", "cosine", "none"))
+    scheduler: str = opt("step", "learning-rate schedule: step, cosine, warmup-linear (per step: 0.2x -> 1x over the first 23%% of steps, then down to 0.07x, as airbench) or none", ("step", "cosine", "warmup-linear", "none"))
     step_size: int = opt(10, "step schedule: epochs between decays")
     gamma: float = opt(0.5, "step schedule: factor per decay")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
+    bias_lr_scale: float = opt(1.0, "learning-rate multiplier for BatchNorm biases (their weight decay is divided by it, so the decay per step stays the same)")
+    lookahead: bool = opt(False, "lookahead on the weights (airbench): every 5 steps, an average of the weights whose decay rises to 0.77 is copied back into the model; the final model is that average")
+    time_budget: float | None = opt(None, "minutes of training (the epoch loop, validation included): the schedule is shortened to end within them, from the speed of the first steps; never longer than --epochs")
+    max_steps: int | None = opt(None, "optimisation steps in all (the schedule ends there); set from --time-budget when that is given")
     precision: str = opt("auto", "auto (bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, bf16 or fp16", ("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = opt(True, "channels_last memory layout for the model and batches (faster convolutions on CPU and GPU)")
     feature_cache: bool = opt(True, "with --freeze backbone: compute the frozen backbone's features once (plus --feature-views augmented views) and train the head on them")

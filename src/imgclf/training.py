@@ -61,18 +61,110 @@ def _run_dir(cfg: TrainConfig) -> str:
     return d
 
 
-def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+def _param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
+    """Trainable parameters; with --bias-lr-scale, BatchNorm biases in a group of their own at lr x scale and
+    weight decay / scale (so their decay per step is unchanged), as airbench does."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.bias_lr_scale == 1.0:
+        return [{"params": params}]
+    norm = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    biases = [p for p in params if id(p) in norm]
+    others = [p for p in params if id(p) not in norm]
+    groups = [{"params": others}]
+    if biases:
+        groups.append({"params": biases, "lr": cfg.lr * cfg.bias_lr_scale, "weight_decay": cfg.weight_decay / cfg.bias_lr_scale})
+    return groups
+
+
+def _optimizer(cfg: TrainConfig, groups) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _scheduler(cfg: TrainConfig, opt):
+class StepSchedule:
+    """warmup-linear, per optimisation step: 0.2x -> 1x over the first 23% of steps, then linearly down to 0.07x
+    at the last (airbench94's schedule). `total` may be set after the first steps (by --time-budget)."""
+
+    def __init__(self, total: int):
+        self.total = max(1, int(total))
+
+    def __call__(self, step: int) -> float:
+        warm = max(1, int(self.total * 0.23))
+        if step < warm:
+            return 0.2 + 0.8 * step / warm
+        return 1.0 + (0.07 - 1.0) * min(1.0, (step - warm) / max(1, self.total - warm))
+
+
+def _scheduler(cfg: TrainConfig, opt, total_steps: int):
+    """(scheduler, per_step)."""
     if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), False
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
-    return None
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs)), False
+    if cfg.scheduler == "warmup-linear":
+        return torch.optim.lr_scheduler.LambdaLR(opt, StepSchedule(total_steps)), True
+    return None, False
+
+
+class Budget:
+    """--time-budget: after a few steps, how many optimisation steps fit in the minutes left.
+
+    The first step is not timed (warm-up). Validation after each epoch is charged too: its images, at the
+    training step's cost per image divided by 3 (forward only), times the test-time views."""
+
+    PROBE = 6
+
+    def __init__(self, minutes: float, t0: float, batch_size: int):
+        self.seconds, self.t0, self.batch_images = minutes * 60.0, t0, batch_size
+        self.total, self.rate, self.t1 = None, None, None
+
+    def observe(self, done: int, *, val_images: int, per_epoch: int, tta: bool) -> int | None:
+        now = time.perf_counter()
+        if done == 1:
+            self.t1 = now
+            return None
+        if done < 1 + self.PROBE:
+            return None
+        self.rate = (done - 1) / (now - self.t1)  # steps per second
+        left = self.seconds - (now - self.t0)
+        steps = done + max(0, int(left * self.rate))
+        epochs = max(1, -(-steps // per_epoch))
+        # per-epoch validation: forward only (~1/3 of a training step per image), times the TTA views
+        val_steps = epochs * val_images * (6 if tta else 1) / 3 / max(1, self.batch_images)
+        self.total = max(done, int(steps - val_steps))
+        return self.total
+
+
+class Lookahead:
+    """airbench's lookahead: every `every` steps the weights move into a running average whose decay rises
+    from 0 to 0.95**5 as (step / total)**3, and the model continues from that average; at the end the model
+    is the average. Floating-point state (weights and BatchNorm statistics) only."""
+
+    def __init__(self, model: nn.Module, every: int = 5):
+        self.every = every
+        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int, total: int) -> None:
+        if step % self.every:
+            return
+        self.merge(model, 0.95 ** 5 * min(1.0, step / max(1, total)) ** 3)
+
+    @torch.no_grad()
+    def merge(self, model: nn.Module, decay: float) -> None:
+        state = model.state_dict()
+        for k, a in self.avg.items():
+            a.lerp_(state[k], 1 - decay)
+            state[k].copy_(a)
+
+    def state_dict(self) -> dict:
+        return {k: v.cpu() for k, v in self.avg.items()}
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            self.avg[k].copy_(v)
 
 
 def _write_metrics(rows: list[dict], path: str) -> None:
@@ -100,8 +192,9 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
 
 
 def train_steps(model, batches, criterion, opt, scaler, device, amp, *, channels_last: bool = True,
-                max_steps: int | None = None, desc: str = "train", log_every: int | None = None):
+                max_steps: int | None = None, desc: str = "train", log_every: int | None = None, on_step=None):
     """One pass of optimisation steps over `batches`; returns (summed loss, correct, images seen).
+    `on_step()` runs after each step (per-step schedules, lookahead, the time budget); a true result ends the pass.
     The training loop and the benchmarks both call this, so a benchmark measures the code that trains."""
     loss_sum, correct, seen = 0.0, 0, 0
 
@@ -121,10 +214,13 @@ def train_steps(model, batches, criterion, opt, scaler, device, amp, *, channels
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        stop = on_step() if on_step is not None else False
         n = y.size(0)
         loss_sum += float(loss.detach()) * n
         correct += int((out.argmax(1) == y).sum())
         seen += n
+        if stop:
+            break
     return loss_sum, correct, seen
 
 
@@ -152,6 +248,10 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
         if ignored:
             log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
         cfg = replace(saved, resume=cfg.resume, **keep)
+    else:
+        from .recipes import apply_recipe
+
+        cfg = apply_recipe(cfg, explicit)
     if not cfg.data:
         raise UsageError("no data given: pass --data with a folder, a CSV, or one of cifar10, cifar100, digits")
     cfg = _resolve(cfg)
@@ -177,26 +277,25 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and resume_ckpt is None)
     frozen = freeze(model, cfg.model, cfg.freeze)
     model = to_layout(model.to(device), cfg.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise UsageError(f"--freeze {cfg.freeze} leaves nothing to train in {cfg.model}")
-    opt = _optimizer(cfg, params)
-    sched = _scheduler(cfg, opt)
+    opt = _optimizer(cfg, _param_groups(cfg, model))
     scaler = torch.amp.GradScaler(device.type, enabled=(amp == torch.float16))
 
-    start_epoch, rows, best_acc, best_epoch = 1, [], -1.0, 0
+    start_epoch, rows, best_acc, best_epoch, resume_state = 1, [], -1.0, 0, None
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["state_dict"])
-        st = resume_ckpt["train_state"]
+        st = resume_state = resume_ckpt["train_state"]
         opt.load_state_dict(st["optimizer"])
-        if sched is not None and st.get("scheduler") is not None:
-            sched.load_state_dict(st["scheduler"])
         if st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
         start_epoch = int(resume_ckpt["epoch"]) + 1
         rows = [dict(r) for r in st["rows"] if r["epoch"] < start_epoch]
         best_acc, best_epoch = float(st["best_acc"]), int(st["best_epoch"])
         run_dir = os.path.dirname(os.path.abspath(cfg.resume))
+        if not os.path.exists(os.path.join(run_dir, "best.pt")):
+            log.warning("no best.pt beside '%s': the best epoch is chosen again from the epochs still to run", cfg.resume)
+            best_acc, best_epoch = -1.0, 0
         if start_epoch > cfg.epochs:
             raise UsageError(f"'{cfg.resume}' already finished epoch {start_epoch - 1} of {cfg.epochs}: pass --epochs N to train longer")
     else:
@@ -229,16 +328,16 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
             if h is not file_log and h.level == logging.NOTSET:
                 h.setLevel(old_level or logging.WARNING)
     try:
-        return _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, feeds, left_out,
-                           run_dir, start_epoch, rows, best_acc, best_epoch, time.perf_counter() - t_setup)
+        return _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, left_out,
+                           run_dir, start_epoch, rows, best_acc, best_epoch, time.perf_counter() - t_setup, resume_state)
     finally:
         log.removeHandler(file_log)
         file_log.close()
         log.setLevel(old_level)
 
 
-def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, feeds, left_out, run_dir,
-                start_epoch, rows, best_acc, best_epoch, setup_seconds) -> dict:
+def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, left_out, run_dir,
+                start_epoch, rows, best_acc, best_epoch, setup_seconds, resume_state) -> dict:
     import sklearn.metrics  # noqa: F401 - imported here so its second of import time is not billed to epoch 1
     from torch.utils.tensorboard import SummaryWriter
 
@@ -261,6 +360,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         write_split_manifest(src, os.path.join(run_dir, "split.csv"))
 
     train_feed, val_feed = feeds["train"], feeds["val"]
+    t_train = time.perf_counter()  # --time-budget counts from here: the epoch loop and what it needs first
     if start_epoch == 1 and hasattr(model, "init_from_data"):
         # data-dependent initialisation (airnet's whitening layer): from up to 5,000 plain training images
         xs, n = [], 0
@@ -280,6 +380,45 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         step_model = head_of(model, cfg.model)
         setup_seconds += time.perf_counter() - t
         log.info("frozen-feature cache built in %.1f s", time.perf_counter() - t)
+
+    # The length of the run in optimisation steps; --time-budget may shorten it after the first steps.
+    per_epoch = len(epoch_feed.epoch(torch.Generator().manual_seed(0)))
+    total_steps = min(cfg.max_steps or cfg.epochs * per_epoch, cfg.epochs * per_epoch)
+    sched, per_step = _scheduler(cfg, opt, total_steps)
+    look = Lookahead(step_model) if cfg.lookahead else None
+    if resume_state is not None:
+        if sched is not None and resume_state.get("scheduler") is not None:
+            sched.load_state_dict(resume_state["scheduler"])
+            # creating the scheduler set each group's lr to its starting value: back to where the run was
+            for group, lr in zip(opt.param_groups, sched.get_last_lr()):
+                group["lr"] = lr
+        if look is not None and resume_state.get("lookahead"):
+            look.load_state_dict(resume_state["lookahead"])
+    done = (start_epoch - 1) * per_epoch  # steps taken before this epoch
+    budget = Budget(cfg.time_budget, t_train, cfg.batch_size) if (cfg.time_budget and not cfg.max_steps) else None
+
+    def after_step():
+        nonlocal done, total_steps, cfg
+        done += 1
+        if per_step:
+            sched.step()
+        if look is not None:
+            look.update(step_model, done, total_steps)
+        if budget is not None and budget.total is None:
+            fixed = budget.observe(done, val_images=len(eval_feed), per_epoch=per_epoch, tta=getattr(model, "tta", False))
+            if fixed is not None:
+                total_steps = min(total_steps, fixed)
+                cfg = replace(cfg, max_steps=total_steps)
+                if per_step:
+                    for fn in sched.lr_lambdas:
+                        fn.total = total_steps
+                log.info("time budget %.1f min: %d optimisation steps (%.2f epochs) at %.0f images/s", cfg.time_budget,
+                         total_steps, total_steps / per_epoch, budget.rate * cfg.batch_size)
+                save_yaml(cfg.to_dict(), os.path.join(run_dir, "config.yaml"))
+        return done >= total_steps
+
+    if hasattr(model, "train_progress"):
+        model.train_progress(done / max(1, total_steps))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     fingerprint = src.fingerprint()
     writer = SummaryWriter(run_dir, purge_step=start_epoch)
@@ -289,12 +428,14 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         if with_state:
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
                      "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rows": rows,
-                     "best_acc": best_acc, "best_epoch": best_epoch}
+                     "best_acc": best_acc, "best_epoch": best_epoch,
+                     "lookahead": look.state_dict() if look is not None else None}
         return make_checkpoint(model, model_name=cfg.model, classes=src.classes, preprocess=prep.to_dict(),
                                config=cfg.to_dict(), metrics=metrics, data_fingerprint=fingerprint, epoch=epoch,
                                train_state=state)
 
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    epoch = start_epoch
+    while epoch <= cfg.epochs and done < total_steps:
         t0 = time.perf_counter()
         seed = epoch_seed(cfg.seed, epoch)
         torch.manual_seed(seed)  # dropout and, with workers=0, augmentation
@@ -302,10 +443,15 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         lr = opt.param_groups[0]["lr"]
         model.train()
         apply_frozen_eval(model, frozen)
+        if hasattr(model, "train_progress"):
+            model.train_progress(done / max(1, total_steps))
+        last_epoch = -(-total_steps // per_epoch)
         loss_sum, correct, seen = train_steps(step_model, epoch_feed.epoch(gen), criterion, opt, scaler, device, amp,
-                                              channels_last=cfg.channels_last, desc=f"epoch {epoch}/{cfg.epochs}",
-                                              log_every=cfg.log_every)
-        if sched is not None:
+                                              channels_last=cfg.channels_last, desc=f"epoch {epoch}/{last_epoch}",
+                                              log_every=cfg.log_every, on_step=after_step)
+        if look is not None and done >= total_steps:
+            look.merge(step_model, 1.0)  # the final model is the lookahead average
+        if sched is not None and not per_step:
             sched.step()
         logits, labels = infer(step_model, eval_feed.batches(), device, amp, desc="validate", channels_last=cfg.channels_last)
         vm = compute_metrics(logits, labels, src.classes)
@@ -328,8 +474,10 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
             save_checkpoint(checkpoint(epoch, summary, True), os.path.join(run_dir, f"epoch_{epoch}.pt"))
         save_checkpoint(checkpoint(epoch, summary, True), os.path.join(run_dir, "last.pt"))
         log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  lr %.3g  %.1fs%s",
-                 epoch, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                 epoch, last_epoch, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
                  row["val_macro_f1"], lr, row["seconds"], "  *best*" if improved else "")
+        epoch += 1
+    train_seconds = time.perf_counter() - t_train
     writer.close()
 
     # Final figures and results from the best checkpoint, evaluated once more on validation.
@@ -346,6 +494,8 @@ def _train_loop(cfg, src, prep, model, frozen, opt, sched, scaler, device, amp, 
         "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images")},
         "epochs": len(rows),
         "total_seconds": round(sum(r["seconds"] for r in rows), 2),
+        "train_seconds": round(train_seconds, 2),  # this session: from the data-dependent init to the last epoch
+        "steps": done,
         "setup_seconds": round(setup_seconds, 2),
         "model": cfg.model,
         "classes": src.classes,

@@ -19,7 +19,7 @@ class BatchTransform:
     """uint8 N x 3 x S x S -> normalised float N x 3 x size x size.
 
     kind: "eval" (centre crop), "small" (zero-padded random crop + flip: the seed's recipe for small images),
-    "large" (random resized crop, scale 0.08-1, ratio 3/4-4/3, + flip), "none" (= eval).
+    "shift" (reflect-padded random shift of up to 2 px + flip: airbench's translate), "large" (random resized crop, scale 0.08-1, ratio 3/4-4/3, + flip), "none" (= eval).
     brightness / contrast: maximum relative change per sample (0 = off), torchvision ColorJitter semantics.
     """
 
@@ -43,6 +43,8 @@ class BatchTransform:
             return self._normalize(x.float())
         if self.kind == "small":
             x = random_crop(x, self.size, self.pad, gen)
+        elif self.kind == "shift":
+            x = random_crop(center_crop(x, self.size), self.size, SHIFT_PAD, gen, mode="reflect")
         elif self.kind == "large":
             return self._normalize(self._color(random_resized_crop(x, self.size, self.scale, self.ratio, gen), gen))
         else:
@@ -85,10 +87,17 @@ def random_flip(x: torch.Tensor, gen) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
 
 
-def random_crop(x: torch.Tensor, size: int, pad: int, gen) -> torch.Tensor:
-    """Zero-pad by `pad` and take a random size x size window per sample (RandomCrop(size, padding=pad))."""
+SHIFT_PAD = 2  # airbench94's translate: up to 2 px each way, reflect padding
+
+
+def random_crop(x: torch.Tensor, size: int, pad: int, gen, mode: str = "constant") -> torch.Tensor:
+    """Pad by `pad` (zeros, or mode="reflect") and take a random size x size window per sample
+    (RandomCrop(size, padding=pad, padding_mode=mode))."""
     n, c, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad))
+    if mode == "constant":
+        xp = F.pad(x, (pad, pad, pad, pad))
+    else:  # reflect padding is not implemented for uint8: pad as float, the values stay exact
+        xp = F.pad(x.float(), (pad, pad, pad, pad), mode=mode).to(x.dtype)
     top = torch.randint(0, h + 2 * pad - size + 1, (n,), generator=gen)
     left = torch.randint(0, w + 2 * pad - size + 1, (n,), generator=gen)
     rows = (top.view(n, 1) + torch.arange(size)).view(n, 1, size, 1).expand(n, c, size, w + 2 * pad)

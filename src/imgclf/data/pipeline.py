@@ -123,6 +123,9 @@ def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float =
     if augment == "small":
         # the seed's recipe: pad, crop back to size, random horizontal flip
         geo = [v2.RandomCrop(p.img_size, padding=small_crop_pad(p.img_size)), v2.RandomHorizontalFlip()]
+    elif augment == "shift":
+        geo = [v2.CenterCrop(p.img_size), v2.RandomCrop(p.img_size, padding=2, padding_mode="reflect"),
+               v2.RandomHorizontalFlip()]
     elif augment == "large":
         geo = [v2.RandomResizedCrop(p.img_size, antialias=True), v2.RandomHorizontalFlip()]
     else:

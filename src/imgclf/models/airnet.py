@@ -67,6 +67,10 @@ class AirNet(nn.Module):
         shifted = 0.5 * (mirror(p[..., 0:h, 0:w]) + mirror(p[..., 2:h + 2, 2:w + 2]))
         return 0.5 * mirror(x) + 0.5 * shifted
 
+    def train_progress(self, fraction: float) -> None:
+        """Called by the training loop at each epoch start: the whitening bias trains in the first 30% only."""
+        self.whiten.bias.requires_grad_(fraction < 0.3)
+
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
         """Set the whitening layer from normalised training images (N x 3 x H x W, a few thousand)."""

