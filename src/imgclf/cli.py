@@ -96,7 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list models, parameter counts and offline pretrained weights")
     _common(p)
     p.add_argument("--json", action="store_true")
+    _add_serve(sub)
     return parser
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP service and web page for a checkpoint or exported model",
+                       description="Serve a model over HTTP: POST /predict, GET /health /ready /metadata /metrics, "
+                                   "a web page at /, OpenAPI docs at /docs.")
+    _common(p)
+    p.add_argument("weights", metavar="WEIGHTS_OR_EXPORT", help="checkpoint (runs/NAME/best.pt) or exported model file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface [127.0.0.1]")
+    p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one [8000]")
+    p.add_argument("--max-batch-size", type=int, default=32, help="images per model batch [32]")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images, ms [5]")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body, MiB [10]")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, pixels (from its header) [40000000]")
+    p.add_argument("--max-files", type=int, default=64, help="images per request [64]")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request time limit, seconds [30]")
+    p.add_argument("--top-k", type=int, default=5, help="default labels per image [5]")
+    p.add_argument("--api-key", default=None, help="require this key on /predict, /metadata and /metrics "
+                                                    "(default: $IMGCLF_API_KEY; none when unset)")
+    p.add_argument("--decode-workers", type=int, default=None, help="image decoding threads [CPU count, at most 4]")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads for the model [PyTorch's default]")
+    p.add_argument("--max-concurrency", type=int, default=1024, help="open connections before answering 503 [1024]")
+    p.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (checkpoints) [auto]")
 
 
 def request_huge_pages() -> bool:
@@ -239,7 +265,38 @@ def cmd_samples(a: dict) -> int:
     return 0
 
 
-COMMANDS = {"samples": cmd_samples, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "check": cmd_check, "models": cmd_models}
+def cmd_serve(a: dict) -> int:
+    from .serve import ServeSettings, create_app
+    from .serve.server import bind, run, url_of
+
+    key = a.get("api_key") if a.get("api_key") is not None else (os.environ.get("IMGCLF_API_KEY") or None)
+    settings = ServeSettings(max_batch_size=a["max_batch_size"], max_wait_ms=a["max_wait_ms"],
+                             max_upload_mb=a["max_upload_mb"], max_pixels=a["max_pixels"], max_files=a["max_files"],
+                             timeout_s=a["timeout"], top_k=a["top_k"], api_key=key,
+                             decode_workers=a.get("decode_workers"), device=a["device"],
+                             precision=a["precision"]).check()
+    if a.get("threads") is not None:
+        if a["threads"] < 1:
+            raise UsageError(f"--threads must be at least 1, got {a['threads']}")
+        import torch
+
+        torch.set_num_threads(a["threads"])
+    if a["max_concurrency"] < 1:
+        raise UsageError(f"--max-concurrency must be at least 1, got {a['max_concurrency']}")
+    app = create_app(a["weights"], settings)  # opens the model: a bad file fails here, before any port is bound
+    sock = bind(a["host"], a["port"])
+    runner = app.state.imgclf.runner
+    if key is None and a["host"] not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without an API key: anyone who can reach it can use it (--api-key)", a["host"])
+    print(f"serving {runner.model_name} ({runner.format}, {len(runner.classes)} classes) on {url_of(sock)} "
+          f"- web page /, API docs /docs; Ctrl-C stops", flush=True)
+    run(app, sock=sock, log_level="warning" if a.get("quiet") else "info", access_log=a["access_log"],
+        max_concurrency=a["max_concurrency"])
+    return 0
+
+
+COMMANDS = {"samples": cmd_samples, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "check": cmd_check, "models": cmd_models,
+            "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

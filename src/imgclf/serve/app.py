@@ -1,0 +1,495 @@
+"""The HTTP service: `create_app(runner_or_path, settings)` -> a FastAPI app.
+
+Checks up front, then decode, batch, predict, encode:
+
+1. the guard (outermost, pure ASGI): API key, then per-path metrics for every answer, errors included;
+2. /predict: content type and Content-Length checked before the body is read; the multipart body is parsed as
+   it arrives while its bytes are counted (never more than `max_upload_mb` is read); every file is decoded in
+   a thread pool, with the pixel count checked from the header first; the decoded images go to the dynamic
+   batcher; the whole request runs under `timeout_s`.
+3. Every refusal is JSON: {"error": CODE, "detail": "what is wrong and how to fix it"}. A client's input gives
+   a 4xx; 5xx are kept for the server's own trouble (503 overloaded or still warming up, 504 too slow,
+   500 a bug).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hmac
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from importlib import resources
+
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from ..errors import UsageError
+from .batcher import DynamicBatcher, Overloaded
+from .decode import FORMATS, BatchTransform, ImageRejected, decode_upload
+from .metrics import Metrics
+
+log = logging.getLogger("imgclf")
+# python-multipart logs a warning for every malformed body before raising; the client gets a 400 that says so,
+# and a scanner must not be able to fill the server's log.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
+
+# Paths that need the API key when one is set. /, /health, /ready and the OpenAPI docs stay open: a load
+# balancer probes health without secrets, and the page and docs hold nothing but code.
+PROTECTED = ("/predict", "/metadata", "/metrics")
+
+
+@dataclass
+class ServeSettings:
+    """Every limit of the service, with the CLI's defaults."""
+
+    max_batch_size: int = 32  # images per model batch
+    max_wait_ms: float = 5.0  # how long the first image of a batch waits for others
+    max_upload_mb: float = 10.0  # request body, MiB
+    max_pixels: int = 40_000_000  # per image, from its header, before decoding
+    max_files: int = 64  # images per request
+    timeout_s: float = 30.0  # whole request: upload, decode, queue, model
+    api_key: str | None = None  # when set: Authorization: Bearer KEY, or X-API-Key: KEY
+    top_k: int = 5  # default labels per image (clamped to the class count)
+    decode_workers: int | None = None  # decode threads (default: the CPU count, at most 4)
+    max_queue: int = 1024  # images waiting for the model before the server answers 503
+    warmup: bool = True  # run the model on dummy batches before /ready says yes
+    device: str = "auto"  # used when create_app opens a path itself
+    precision: str = "auto"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def check(self) -> "ServeSettings":
+        def need(ok, msg):
+            if not ok:
+                raise UsageError(msg)
+
+        need(1 <= self.max_batch_size <= 4096, f"--max-batch-size must be 1..4096, got {self.max_batch_size}")
+        need(0 <= self.max_wait_ms <= 10_000, f"--max-wait-ms must be 0..10000, got {self.max_wait_ms}")
+        need(self.max_upload_mb > 0, f"--max-upload-mb must be positive, got {self.max_upload_mb}")
+        need(self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}")
+        need(self.max_files >= 1, f"--max-files must be at least 1, got {self.max_files}")
+        need(self.timeout_s > 0, f"--timeout must be positive, got {self.timeout_s}")
+        need(self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}")
+        need(self.decode_workers is None or self.decode_workers >= 1,
+             f"--decode-workers must be at least 1, got {self.decode_workers}")
+        need(self.max_queue >= self.max_files, f"--max-queue must be at least --max-files ({self.max_files})")
+        need(self.api_key is None or self.api_key.strip() != "", "--api-key is empty: give a key or leave it out")
+        return self
+
+
+class ApiError(Exception):
+    """A refusal with its status, a machine-readable code and a sentence for the human."""
+
+    def __init__(self, status: int, code: str, detail: str, *, headers: dict | None = None, **extra):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers, extra
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+def error_response(status: int, code: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status, headers=headers)
+
+
+# --- response schemas, for the OpenAPI docs (responses are built by hand, not validated per request) ---
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    filename: str | None
+    label: str
+    index: int
+    probability: float
+    top_k: list[LabelProbability]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["image"],
+            "properties": {
+                "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                          "description": "one or more image files (" + ", ".join(FORMATS) + "); repeat the field"},
+                "top_k": {"type": "integer", "minimum": 1, "description": "labels per image (overrides the query)"},
+            },
+        }}},
+    }
+}
+
+ERRORS = {
+    400: {"model": ErrorBody, "description": "malformed request: no 'image' field, a text instead of a file, too "
+                                             "many files, bad multipart"},
+    401: {"model": ErrorBody, "description": "missing or wrong API key"},
+    408: {"model": ErrorBody, "description": "the upload did not arrive within the request timeout"},
+    413: {"model": ErrorBody, "description": "body over the upload limit, or an image over the pixel limit"},
+    415: {"model": ErrorBody, "description": "not multipart/form-data"},
+    422: {"model": ErrorBody, "description": "a file that is not a readable image (empty, truncated, unknown "
+                                             "format), or a bad top_k"},
+    503: {"model": ErrorBody, "description": "overloaded, or the model is still warming up"},
+    504: {"model": ErrorBody, "description": "the prediction did not finish within the request timeout"},
+}
+
+
+class ServerState:
+    """What the endpoints share: the model, the limits, the pools, the batcher and the metrics."""
+
+    def __init__(self, runner, settings: ServeSettings):
+        self.runner = runner
+        self.settings = settings
+        self.classes = list(runner.classes)
+        self.preprocess = runner.preprocess
+        self.batch_transform = BatchTransform(runner.preprocess)
+        self.metrics = Metrics(settings.max_batch_size)
+        self.decode_workers = settings.decode_workers or max(1, min(4, os.cpu_count() or 1))
+        self.decode_pool: ThreadPoolExecutor | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.ready = False
+        self.not_ready_reason = "starting"
+
+    # -- the model thread --
+    @torch.no_grad()
+    def predict_batch(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 images (3 x S x S each) -> float32 N x C probabilities."""
+        x = self.batch_transform(torch.stack(images))
+        return self.runner.logits(x).float().softmax(1)
+
+    def on_batch(self, n: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(n)
+        self.metrics.batch_seconds.observe(seconds)
+        self.metrics.images.inc(n)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="imgclf-decode")
+        self.batcher = DynamicBatcher(self.predict_batch, max_batch_size=s.max_batch_size,
+                                      max_wait_s=s.max_wait_ms / 1000.0, max_queue=s.max_queue,
+                                      on_batch=self.on_batch)
+        self.batcher.start()
+
+    async def warm_up(self) -> None:
+        """First calls are slow (allocations, kernel selection): make them before /ready says yes."""
+        self.not_ready_reason = "warming up the model"
+        try:
+            if self.settings.warmup:
+                size = self.preprocess.img_size
+                for n in sorted({1, self.settings.max_batch_size}):
+                    dummy = [torch.zeros(3, size, size, dtype=torch.uint8)] * n
+                    await self.batcher.run_model(self.predict_batch, dummy)
+        except Exception as e:  # noqa: BLE001 - reported by /ready and the log; the process stays up
+            log.exception("warm-up failed")
+            self.not_ready_reason = f"warm-up failed: {type(e).__name__}: {e}"
+            return
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("model warmed up, ready")
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- /predict --
+    async def handle_predict(self, request: Request, top_k: int | None) -> JSONResponse:
+        s = self.settings
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "multipart/form-data":
+            raise ApiError(415, "unsupported_media_type",
+                           f"send multipart/form-data with the images in the field 'image' (got "
+                           f"'{ctype[:60] or 'no Content-Type'}'); e.g. curl -F image=@photo.jpg URL/predict")
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                raise ApiError(400, "bad_content_length", f"Content-Length '{length[:40]}' is not a number") from None
+            if n > s.max_upload_bytes:
+                raise ApiError(413, "upload_too_large",
+                               f"the upload is {n:,} bytes, more than the limit of {s.max_upload_bytes:,} "
+                               f"(--max-upload-mb {s.max_upload_mb:g})")
+        phase = ["upload"]
+        try:
+            return await asyncio.wait_for(self._predict(request, top_k, phase), s.timeout_s)
+        except asyncio.TimeoutError:
+            if phase[0] == "upload":
+                raise ApiError(408, "upload_timeout",
+                               f"the upload did not arrive within the request timeout of {s.timeout_s:g} s") from None
+            raise ApiError(504, "timeout", f"the prediction did not finish within the request timeout of "
+                                           f"{s.timeout_s:g} s (the server is busy); try again") from None
+
+    async def _body(self, request: Request):
+        """The request body as it arrives, refusing to read past the upload limit."""
+        limit, seen = self.settings.max_upload_bytes, 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                raise UploadTooLarge()
+            yield chunk
+
+    async def _read_form(self, request: Request):
+        s = self.settings
+        parser = MultiPartParser(request.headers, self._body(request), max_files=s.max_files, max_fields=8,
+                                 max_part_size=1024)
+        try:
+            return await parser.parse()
+        except UploadTooLarge:
+            raise ApiError(413, "upload_too_large", f"the upload is larger than the limit of "
+                                                   f"{s.max_upload_bytes:,} bytes (--max-upload-mb {s.max_upload_mb:g})") from None
+        except MultiPartException as e:
+            msg = e.message
+            if msg.startswith("Too many files"):
+                raise ApiError(400, "too_many_files",
+                               f"too many files: at most {s.max_files} images per request (--max-files)") from None
+            if msg.startswith("Too many fields"):
+                raise ApiError(400, "too_many_fields", "too many form fields: send files in 'image' and at most "
+                                                       "an optional 'top_k'") from None
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {msg}") from None
+        except ClientDisconnect:
+            raise ApiError(400, "client_disconnected", "the client closed the connection during the upload") from None
+        except (ValueError, KeyError, UnicodeError, AssertionError) as e:
+            # Bad headers inside the body (python-multipart and Starlette raise these for some malformations).
+            raise ApiError(400, "bad_multipart", f"malformed multipart body ({type(e).__name__})") from None
+
+    async def _predict(self, request: Request, top_k: int | None, phase: list) -> JSONResponse:
+        s = self.settings
+        form = await self._read_form(request)
+        files = []
+        try:
+            for name, value in form.multi_items():
+                if name == "image":
+                    if isinstance(value, str):
+                        raise ApiError(400, "not_a_file", "the field 'image' holds text, not a file: upload the "
+                                                          "image as a file (curl -F image=@photo.jpg)")
+                    files.append(value)
+                elif name == "top_k":
+                    if not isinstance(value, str):
+                        raise ApiError(422, "invalid_top_k", "top_k must be a form value, not a file")
+                    top_k = parse_top_k(value)
+                else:
+                    raise ApiError(400, "unexpected_field", f"unexpected form field '{name[:40]}': send the images in "
+                                                            f"'image' (repeat it for several) and optionally 'top_k'")
+            if not files:
+                raise ApiError(400, "missing_image", "no image: send one or more files in the multipart field 'image' "
+                                                     "(curl -F image=@photo.jpg)")
+            names = [f.filename for f in files]
+            datas = [await f.read() for f in files]
+        finally:
+            await form.close()
+        phase[0] = "decode"
+        loop = asyncio.get_running_loop()
+        decode = functools.partial(decode_upload, preprocess=self.preprocess, max_pixels=s.max_pixels)
+        results = await asyncio.gather(*[loop.run_in_executor(self.decode_pool, decode, d) for d in datas],
+                                       return_exceptions=True)
+        del datas
+        for i, r in enumerate(results):
+            if isinstance(r, ImageRejected):
+                self.metrics.rejected.labels(r.code).inc()
+                where = f"image {i + 1} of {len(results)}" + (f" ('{names[i][:80]}')" if names[i] else "")
+                raise ApiError(r.status, r.code, f"{where}: {r}", index=i, filename=names[i])
+            if isinstance(r, BaseException):
+                raise r
+        phase[0] = "model"
+        try:
+            probs = await self.batcher.submit(results)
+        except Overloaded as e:
+            raise ApiError(503, "overloaded", f"the server is overloaded ({e}); retry shortly",
+                           headers={"Retry-After": "1"}) from None
+        k = max(1, min(top_k or s.top_k, len(self.classes)))
+        preds = []
+        for name, p in zip(names, probs):
+            vals, idx = p.topk(k)
+            vals, idx = vals.tolist(), idx.tolist()
+            preds.append({"filename": name, "label": self.classes[idx[0]], "index": idx[0], "probability": vals[0],
+                          "top_k": [{"label": self.classes[i], "probability": v} for v, i in zip(vals, idx)]})
+        return JSONResponse({"predictions": preds})
+
+
+def parse_top_k(value: str) -> int:
+    try:
+        k = int(value.strip())
+    except ValueError:
+        raise ApiError(422, "invalid_top_k", f"top_k must be a whole number of at least 1, got '{value[:20]}'") from None
+    if k < 1:
+        raise ApiError(422, "invalid_top_k", f"top_k must be at least 1, got {k}")
+    return k
+
+
+class Guard:
+    """Pure ASGI middleware: the API key check and the request metrics, for every response (errors too)."""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+        key = state.settings.api_key
+        self.key = key.encode() if key else None
+
+    def authorised(self, scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"x-api-key":
+                if hmac.compare_digest(value.strip(), self.key):
+                    return True
+            elif name == b"authorization":
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+                    return True
+        return False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        path = scope.get("path", "")
+        try:
+            if self.key is not None and path in PROTECTED and not self.authorised(scope):
+                resp = error_response(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer "
+                                                           "KEY' or 'X-API-Key: KEY'",
+                                      headers={"WWW-Authenticate": "Bearer"})
+                await resp(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            self.state.metrics.observe_request(path, scope.get("method", ""), status[0], time.perf_counter() - t0)
+
+
+def _page() -> str:
+    return resources.files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI:
+    """A FastAPI app serving `runner_or_path`: a Runner from `runtime.open_model`, or a path to open with it.
+
+    The model is warmed up in the background after startup; /ready answers 200 once it is done."""
+    settings = (settings or ServeSettings()).check()
+    if isinstance(runner_or_path, (str, os.PathLike)):
+        from ..runtime import open_model
+
+        runner = open_model(str(runner_or_path), device=settings.device, precision=settings.precision)
+    else:
+        runner = runner_or_path
+    state = ServerState(runner, settings)
+    page = _page()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await state.start()
+        warm = asyncio.get_running_loop().create_task(state.warm_up())
+        try:
+            yield
+        finally:
+            warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm
+            await state.stop()
+
+    app = FastAPI(title="imgclf", version=_version(), lifespan=lifespan,
+                  description=f"Image classifier service: {runner.model_name} ({runner.format}), "
+                              f"{len(state.classes)} classes. Protected with an API key: "
+                              f"{'yes' if settings.api_key else 'no'} ({', '.join(PROTECTED)}).")
+    app.state.imgclf = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return error_response(e.status, e.code, e.detail, headers=e.headers, **e.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request, e: RequestValidationError):
+        parts = []
+        for err in e.errors()[:5]:
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "body", "path", "header"))
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+        return error_response(422, "invalid_parameter", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e: StarletteHTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error_response(e.status_code, codes.get(e.status_code, "http_error"), str(e.detail),
+                              headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request, e: Exception):  # the server's own fault; logged with its traceback
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=e)
+        return error_response(500, "internal_error", "internal server error (logged on the server)")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page, headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                       "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/health", summary="The process is alive")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="The model is loaded and warmed up", responses={503: {"model": ErrorBody}})
+    async def ready():
+        if state.ready:
+            return {"ready": True}
+        return error_response(503, "not_ready", state.not_ready_reason, ready=False)
+
+    @app.get("/metadata", summary="Model name, format, classes and preprocessing", responses={401: ERRORS[401]})
+    async def metadata():
+        meta = dict(runner.metadata())
+        meta["file"] = os.path.basename(str(meta.pop("path", runner.path)))  # not the server's directory layout
+        meta["serve"] = {k: v for k, v in asdict(settings).items() if k not in ("api_key", "device", "precision")}
+        meta["serve"]["api_key_required"] = settings.api_key is not None
+        meta["serve"]["formats"] = list(FORMATS)
+        return meta
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={401: ERRORS[401]})
+    async def metrics():
+        state.metrics.queue.set(state.batcher.waiting if state.batcher else 0)
+        return Response(state.metrics.render(), media_type=Metrics.CONTENT_TYPE)
+
+    @app.post("/predict", summary="Classify one or more uploaded images", response_model=PredictResponse,
+              responses=ERRORS, openapi_extra=PREDICT_BODY)
+    async def predict(request: Request, top_k: int | None = Query(
+            None, ge=1, description=f"labels per image (default {settings.top_k}; clamped to the class count)")):
+        if state.batcher is None:
+            raise ApiError(503, "not_ready", "the server is starting")
+        return await state.handle_predict(request, top_k)
+
+    app.add_middleware(Guard, state=state)
+    return app
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,89 @@
+"""Uploaded bytes -> the model's input pixels, exactly as `Predictor` prepares a file, with the server's limits.
+
+Split in two so the expensive part runs in parallel and the cheap part runs once per batch:
+
+- `decode_upload` (a decode thread; PIL releases the GIL while it decodes and resizes): bytes -> RGB ->
+  shorter side `resize` -> uint8 3 x H x W -> centre crop, giving uint8 3 x S x S. Refuses, from the header
+  and before any pixel is decoded, an image with more than `max_pixels` pixels (a decompression bomb: a few
+  KB of PNG can claim 50,000 x 50,000 pixels, 7.5 GB of RGB).
+- `to_model_input` (the model thread, on the stacked batch): uint8 N x 3 x S x S -> float32, scaled and
+  normalised with the model's mean and std. `eval_transform` works on batches, and each of its steps is
+  elementwise or a crop, so a batch gets bit-for-bit the values `Predictor` computes image by image.
+"""
+from __future__ import annotations
+
+import io
+import re
+import warnings
+
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from ..data.images import pil_to_uint8, resize_shorter, to_rgb
+from ..data.pipeline import Preprocess, eval_transform
+
+# Formats the server opens. Pillow can also open EPS (through Ghostscript, an external interpreter) and a
+# long tail of rare formats; a service facing strangers only needs the ones cameras and browsers produce.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+
+
+class ImageRejected(Exception):
+    """An upload that is not a usable image. `code` is machine-readable; str(self) is the reason."""
+
+    def __init__(self, code: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.code, self.status = code, status
+
+
+def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> torch.Tensor:
+    """One uploaded file -> uint8 3 x S x S (S = preprocess.img_size). Raises ImageRejected."""
+    if not data:
+        raise ImageRejected("empty_file", "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF chatter, DecompressionBombWarning: our own limit is below
+            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageRejected(
+                        "too_many_pixels",
+                        f"image is {w} x {h} = {w * h:,} pixels, more than the limit of {max_pixels:,} (--max-pixels)",
+                        status=413)
+                if im.format == "JPEG":
+                    # As data.images.load_image: let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result
+                    # still covers `resize`, which gives the same pixels Predictor gets from the same file.
+                    s = preprocess.resize / min(w, h)
+                    im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
+                im.load()
+                im = to_rgb(im)
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as e:  # Pillow's own check, at open, above 2 x Image.MAX_IMAGE_PIXELS
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        n = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
+        raise ImageRejected("too_many_pixels", f"image has {n}, more than the limit of {max_pixels:,} "
+                                               f"(--max-pixels)", status=413) from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected("not_an_image", "not an image (accepted formats: " + ", ".join(FORMATS) + ")") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg or isinstance(e, EOFError):
+            raise ImageRejected("truncated_image", f"truncated image ({msg})") from None
+        raise ImageRejected("unreadable_image", f"cannot decode the image ({msg})") from None
+    except MemoryError:
+        raise ImageRejected("unreadable_image", "cannot decode the image (out of memory)") from None
+    except Exception as e:  # noqa: BLE001 - a crafted file can make a decoder raise anything; it is the client's
+        raise ImageRejected("unreadable_image", f"cannot decode the image ({type(e).__name__}: {e})") from None
+    x = pil_to_uint8(resize_shorter(im, preprocess.resize))
+    return TF.center_crop(x, [preprocess.img_size, preprocess.img_size])
+
+
+class BatchTransform:
+    """uint8 N x 3 x S x S -> normalised float32 N x 3 x S x S, the model's input."""
+
+    def __init__(self, preprocess: Preprocess):
+        self.transform = eval_transform(preprocess)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.transform(batch)

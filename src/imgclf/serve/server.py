@@ -1,0 +1,41 @@
+"""Running the app under uvicorn on a socket we bind ourselves, so a busy port is a one-line error and
+`--port 0` picks a free port and says which."""
+from __future__ import annotations
+
+import socket
+
+from ..errors import UsageError
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port). Raises UsageError when that cannot be."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"cannot listen on '{host}': {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    try:
+        sock = socket.create_server(addr[:2] if family == socket.AF_INET else addr, family=family, backlog=2048)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run(app, *, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None,
+        log_level: str = "info", access_log: bool = False, max_concurrency: int | None = None) -> None:
+    """Serve `app` until SIGINT or SIGTERM (then finish the requests in flight, at most 10 s)."""
+    import uvicorn
+
+    sock = sock or bind(host, port)
+    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, server_header=False,
+                            limit_concurrency=max_concurrency, timeout_graceful_shutdown=10,
+                            timeout_keep_alive=5, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,403 @@
+"""The HTTP service in-process (FastAPI's TestClient) with the tiny model trained once per session: every
+endpoint, upload order, every refusal with its status and JSON, decompression bombs, the API key, dynamic
+batching (read off the batch-size histogram, not off timings), timeouts, and the CLI's checks up front."""
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import socket
+import struct
+import threading
+import time
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette's note about httpx vs httpx2, whichever is installed
+    from fastapi.testclient import TestClient
+
+from imgclf.cli import main
+from imgclf.predict import Predictor
+from imgclf.runtime import open_model
+from imgclf.serve import ServeSettings, create_app
+from imgclf.serve.batcher import DynamicBatcher, Overloaded
+
+TINY_CLASSES = ["cat", "dog", "fox"]  # conftest.tiny_data
+UPLOAD_MB = 1.0
+MAX_FILES = 8
+
+
+def _bytes(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+    t0 = time.time()
+    while client.get("/ready").status_code != 200:
+        assert time.time() - t0 < timeout, client.get("/ready").json()
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_best):
+    return open_model(tiny_best, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(runner):
+    app = create_app(runner, ServeSettings(max_upload_mb=UPLOAD_MB, max_files=MAX_FILES, max_wait_ms=2))
+    with TestClient(app) as c:
+        _wait_ready(c)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def images(image_of_class):
+    """One PNG per class, in the class colours, and a JPEG of a different size."""
+    rng = np.random.default_rng(0)
+    out = {c: _bytes(image_of_class(i, 16, rng=rng)) for i, c in enumerate(TINY_CLASSES)}
+    out["jpeg"] = _bytes(image_of_class(1, (40, 30), rng=rng), "JPEG", quality=90)
+    return out
+
+
+def _error(r, status: int, code: str, fragment: str = "") -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["error"] == code, body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    assert fragment.lower() in body["detail"].lower(), body
+    return body
+
+
+# ------------------------------------------------------------------------------------------------- endpoints
+
+def test_health_ready_metadata(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"ready": True}
+    m = client.get("/metadata").json()
+    assert m["model"] == "test_tiny" and m["format"] == "checkpoint"
+    assert m["classes"] == TINY_CLASSES and m["num_classes"] == 3
+    assert set(m["preprocess"]) >= {"img_size", "resize", "mean", "std"}
+    assert m["file"] == "best.pt" and "path" not in m  # no server paths handed out
+    assert m["serve"]["max_files"] == MAX_FILES and m["serve"]["api_key_required"] is False
+    assert "api_key" not in m["serve"]
+
+
+def test_predict_answers_in_upload_order(client, images):
+    order = ["fox", "cat", "dog", "cat"]
+    files = [("image", (f"{i}-{c}.png", images[c], "image/png")) for i, c in enumerate(order)]
+    r = client.post("/predict", files=files, params={"top_k": 3})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["filename"] for p in preds] == [f"{i}-{c}.png" for i, c in enumerate(order)]
+    for p in preds:
+        assert set(p) == {"filename", "label", "index", "probability", "top_k"}
+        assert TINY_CLASSES[p["index"]] == p["label"]
+        probs = [t["probability"] for t in p["top_k"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+        assert abs(sum(probs) - 1.0) < 1e-4
+        assert p["top_k"][0] == {"label": p["label"], "probability": p["probability"]}
+    # the same image gives the same answer wherever it sits in the request
+    assert preds[1]["top_k"] == preds[3]["top_k"]
+
+
+def test_predict_matches_predictor(client, images, tiny_best, tmp_path):
+    """Bit for bit what `Predictor` computes from the same files (decode, resize, crop, normalise, model)."""
+    paths = []
+    for name in ("dog", "jpeg"):
+        p = tmp_path / (name + (".jpg" if name == "jpeg" else ".png"))
+        p.write_bytes(images[name])
+        paths.append(p)
+    expected = Predictor(tiny_best, device="cpu").predict([str(p) for p in paths], top_k=3)
+    r = client.post("/predict", files=[("image", (p.name, p.read_bytes())) for p in paths], data={"top_k": "3"})
+    got = r.json()["predictions"]
+    for e, g in zip(expected, got):
+        assert g["label"] == e["label"] and g["index"] == e["index"]
+        for te, tg in zip(e["top_k"], g["top_k"]):
+            assert te["label"] == tg["label"]
+            assert tg["probability"] == pytest.approx(te["probability"], abs=1e-6)
+
+
+def test_top_k_query_form_and_clamp(client, images):
+    f = [("image", ("a.png", images["cat"]))]
+    assert len(client.post("/predict", files=f, params={"top_k": 1}).json()["predictions"][0]["top_k"]) == 1
+    assert len(client.post("/predict", files=f, params={"top_k": 99}).json()["predictions"][0]["top_k"]) == 3
+    assert len(client.post("/predict", files=f).json()["predictions"][0]["top_k"]) == 3  # default 5, clamped
+    assert len(client.post("/predict", files=f, data={"top_k": "2"}).json()["predictions"][0]["top_k"]) == 2
+    _error(client.post("/predict", files=f, params={"top_k": 0}), 422, "invalid_parameter", "top_k")
+    _error(client.post("/predict", files=f, params={"top_k": "many"}), 422, "invalid_parameter", "top_k")
+    _error(client.post("/predict", files=f, data={"top_k": "-3"}), 422, "invalid_top_k", "at least 1")
+    _error(client.post("/predict", files=f, data={"top_k": "x"}), 422, "invalid_top_k", "whole number")
+
+
+def test_metrics(client, images):
+    client.post("/predict", files=[("image", ("a.png", images["cat"]))])
+    client.post("/predict", files=[("image", ("a.txt", b"not an image"))])
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    t = r.text
+    assert re.search(r'imgclf_http_requests_total\{method="POST",path="/predict",status="200"\} [1-9]', t)
+    assert re.search(r'imgclf_http_requests_total\{method="POST",path="/predict",status="422"\} [1-9]', t)
+    assert 'imgclf_http_request_duration_seconds_bucket{le="0.005",path="/predict"}' in t
+    assert re.search(r"^imgclf_batch_size_count [1-9]", t, re.M)
+    assert re.search(r"^imgclf_images_processed_total [1-9]", t, re.M)
+    assert re.search(r'^imgclf_images_rejected_total\{reason="not_an_image"\} [1-9]', t, re.M)
+    assert re.search(r"^imgclf_ready 1", t, re.M)
+    client.get("/no/such/path/12345")
+    assert 'path="other"' in client.get("/metrics").text and "12345" not in client.get("/metrics").text
+
+
+def test_page_and_docs(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'id="file"' in r.text and "predict" in r.text and "apikey" in r.text
+    assert "http://" not in r.text and "https://" not in r.text  # nothing from a CDN: works offline
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["image"]["items"]["format"] == "binary"
+    assert {"/health", "/ready", "/metadata", "/metrics"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------- refusals
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG signature and header claiming width x height RGB pixels, then a tiny IDAT: what a
+    decompression bomb looks like before anything is decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bombs_refused(client):
+    _error(client.post("/predict", files=[("image", ("bomb.png", _png_header_only(100_000, 100_000)))]),
+           413, "too_many_pixels", "10,000,000,000 pixels")
+    # a real one: 7,000 x 7,000 bilevel pixels (49 M, over the default 40 M) compress to a few KB
+    real = _bytes(Image.new("1", (7000, 7000)), "PNG")
+    assert len(real) < 100_000
+    body = _error(client.post("/predict", files=[("image", ("real.png", real))]), 413, "too_many_pixels",
+                  "49,000,000")
+    assert "40,000,000" in body["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_unreadable_images_refused(client, images):
+    jpeg = images["jpeg"]
+    cases = [
+        (b"this is not an image", 422, "not_an_image", "not an image"),
+        (b"", 422, "empty_file", "empty"),
+        (jpeg[: len(jpeg) // 2], 422, "truncated_image", "truncated"),
+        (images["cat"][:40], 422, "", ""),  # a PNG cut inside its first chunk: truncated or unreadable
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 422, "not_an_image", "accepted formats"),
+    ]
+    for data, status, code, fragment in cases:
+        r = client.post("/predict", files=[("image", ("ok.png", images["cat"])), ("image", ("bad.bin", data))])
+        assert r.status_code == status, (data[:20], r.text)
+        body = r.json()
+        if code:
+            assert body["error"] == code, body
+        else:
+            assert body["error"] in ("truncated_image", "unreadable_image", "not_an_image"), body
+        assert fragment in body["detail"] and "image 2 of 2 ('bad.bin')" in body["detail"]
+        assert body["index"] == 1 and body["filename"] == "bad.bin"
+
+
+def test_request_shape_refused(client, images):
+    png = images["cat"]
+    _error(client.post("/predict", files=[("file", ("a.png", png))]), 400, "unexpected_field", "'file'")
+    _error(client.post("/predict", data={"top_k": "2"}, files=[("other", ("", b""))]), 400, "unexpected_field")
+    _error(client.post("/predict", files={"top_k": (None, "2")}), 400, "missing_image", "field 'image'")
+    _error(client.post("/predict", files={"image": (None, "hello")}), 400, "not_a_file", "file")
+    _error(client.post("/predict", files=[("image", (f"{i}.png", png)) for i in range(MAX_FILES + 1)]),
+           400, "too_many_files", f"at most {MAX_FILES}")
+    _error(client.post("/predict", json={"image": "x"}), 415, "unsupported_media_type", "multipart/form-data")
+    _error(client.post("/predict"), 415, "unsupported_media_type", "no content-type")
+    _error(client.post("/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"}),
+           400, "bad_multipart")
+    _error(client.post("/predict", content=b"x", headers={"content-type": "multipart/form-data"}),
+           400, "bad_multipart", "boundary")
+    _error(client.get("/predict"), 405, "method_not_allowed")
+    _error(client.get("/nothing-here"), 404, "not_found")
+
+
+def test_upload_limits(client):
+    big = np.random.default_rng(0).integers(0, 256, int(UPLOAD_MB * 1024 * 1024) + 10_000, dtype=np.uint8).tobytes()
+    _error(client.post("/predict", files=[("image", ("big.png", big))]), 413, "upload_too_large", "limit")
+
+    def chunks():  # no Content-Length: the bytes are counted as they arrive
+        boundary = b"b0undary"
+        yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+        yield b"\r\n--" + boundary + b"--\r\n"
+
+    r = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b0undary"})
+    _error(r, 413, "upload_too_large", "limit")
+    _error(client.post("/predict", content=b"", headers={"content-type": "multipart/form-data; boundary=a",
+                                                          "content-length": "99999999999"}), 413, "upload_too_large")
+    assert client.get("/health").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------- API key
+
+def test_api_key(runner, images, monkeypatch):
+    app = create_app(runner, ServeSettings(api_key="s3cret", warmup=False))
+    f = [("image", ("a.png", images["cat"]))]
+    with TestClient(app) as c:
+        _wait_ready(c)
+        for path, method in (("/predict", "post"), ("/metadata", "get"), ("/metrics", "get")):
+            r = getattr(c, method)(path)
+            _error(r, 401, "unauthorized", "api key")
+            assert r.headers["www-authenticate"] == "Bearer"
+        _error(c.post("/predict", files=f, headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+        _error(c.post("/predict", files=f, headers={"X-API-Key": "s3cre"}), 401, "unauthorized")
+        assert c.post("/predict", files=f, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.post("/predict", files=f, headers={"authorization": "bearer s3cret"}).status_code == 200
+        assert c.post("/predict", files=f, headers={"X-API-Key": "s3cret"}).status_code == 200
+        meta = c.get("/metadata", headers={"X-API-Key": "s3cret"}).json()
+        assert meta["serve"]["api_key_required"] is True and "s3cret" not in str(meta)
+        for open_path in ("/health", "/ready", "/", "/openapi.json"):
+            assert c.get(open_path).status_code == 200, open_path
+        assert 'status="401"' in c.get("/metrics", headers={"X-API-Key": "s3cret"}).text
+
+
+# ------------------------------------------------------------------------------------------------- batching
+
+def _bucket(text: str, le: str) -> float:
+    return float(re.search(rf'^imgclf_batch_size_bucket\{{le="{le}"\}} ([0-9.]+)$', text, re.M).group(1))
+
+
+def test_concurrent_requests_share_batches(runner, images):
+    """Four clients at once, batches of up to 4, a long wait for stragglers: the model sees one batch of 4."""
+    app = create_app(runner, ServeSettings(max_batch_size=4, max_wait_ms=5000, warmup=False))
+    with TestClient(app) as c:
+        _wait_ready(c)
+        results = [None] * 4
+        go = threading.Barrier(4)
+
+        def post(i):
+            go.wait()
+            results[i] = c.post("/predict", files=[("image", (f"{i}.png", images[TINY_CLASSES[i % 3]]))])
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [r.status_code for r in results] == [200] * 4
+        assert [r.json()["predictions"][0]["filename"] for r in results] == [f"{i}.png" for i in range(4)]
+        m = c.get("/metrics").text
+        assert re.search(r"^imgclf_batch_size_count 1\.0$", m, re.M), m
+        assert _bucket(m, "4.0") - _bucket(m, "2.0") == 1  # the one batch held 3 or 4 images...
+        assert re.search(r"^imgclf_batch_size_sum 4\.0$", m, re.M)  # ...and exactly 4
+        assert re.search(r"^imgclf_images_processed_total 4\.0$", m, re.M)
+
+
+def test_batcher_splits_merges_and_sheds():
+    async def scenario():
+        sizes = []
+
+        def predict(xs):
+            sizes.append(len(xs))
+            return torch.stack(xs).float().view(len(xs), -1)[:, :2]
+
+        b = DynamicBatcher(predict, max_batch_size=3, max_wait_s=0.5, max_queue=8)
+        b.start()
+        xs = [torch.full((1, 1, 1), i, dtype=torch.uint8) for i in range(7)]
+        outs = await asyncio.gather(b.submit(xs[:2]), b.submit(xs[2:3]), b.submit(xs[3:7]))
+        assert [o[0].item() for out in outs for o in out] == list(range(7))  # every image its own answer
+        assert sizes == [3, 3, 1] or sizes[:2] == [3, 3]
+        with pytest.raises(Overloaded):
+            await b.submit([xs[0]] * 9)
+        # a cancelled request's queued images are dropped, not computed
+        t = asyncio.ensure_future(b.submit(xs[:1]))
+        await asyncio.sleep(0)
+        t.cancel()
+        n = len(sizes)
+        assert (await b.submit(xs[1:2]))[0][0].item() == 1
+        assert sum(sizes[n:]) == 1
+        await b.stop()
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------------------------------------- failures
+
+class SlowRunner:
+    """The tiny model, slowed down or broken, to see timeouts and the server's own failures."""
+
+    def __init__(self, runner, delay: float = 0.0, fail: bool = False):
+        self.inner, self.delay, self.fail = runner, delay, fail
+        for k in ("path", "format", "model_name", "classes", "preprocess", "config", "extra"):
+            setattr(self, k, getattr(runner, k))
+
+    def metadata(self):
+        return self.inner.metadata()
+
+    def logits(self, x):
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("the model broke")
+        return self.inner.logits(x)
+
+
+def test_timeout_is_a_504_not_a_hang(runner, images):
+    app = create_app(SlowRunner(runner, delay=1.5), ServeSettings(timeout_s=0.5, warmup=False))
+    with TestClient(app) as c:
+        _wait_ready(c)
+        t0 = time.time()
+        _error(c.post("/predict", files=[("image", ("a.png", images["cat"]))]), 504, "timeout", "0.5 s")
+        assert time.time() - t0 < 1.4
+        assert c.get("/health").status_code == 200
+
+
+def test_model_failure_is_a_json_500_and_warmup_failure_is_not_ready(runner, images):
+    app = create_app(SlowRunner(runner, fail=True), ServeSettings())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        time.sleep(0.2)
+        for _ in range(100):
+            r = c.get("/ready")
+            if "failed" in r.json()["detail"]:
+                break
+            time.sleep(0.05)
+        _error(r, 503, "not_ready", "warm-up failed")
+        r = c.post("/predict", files=[("image", ("a.png", images["cat"]))])
+        _error(r, 500, "internal_error")
+        assert c.get("/health").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def test_cli_refuses_before_binding(capsys, tiny_best, tmp_path):
+    assert main(["serve", str(tmp_path / "missing.pt"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0]
+    assert main(["serve", tiny_best, "--max-batch-size", "0"]) == 2
+    assert "--max-batch-size" in capsys.readouterr().err
+    assert main(["serve", tiny_best, "--port", "70000"]) == 2
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", tiny_best, "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_serve_help_lists_the_flags(capsys):
+    assert main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--max-batch-size", "--max-wait-ms", "--api-key", "--max-upload-mb",
+                 "--max-pixels", "--max-files", "--timeout"):
+        assert flag in out
+    assert "127.0.0.1" in out
