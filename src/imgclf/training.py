@@ -447,7 +447,8 @@ def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, 
             model.train_progress(done / max(1, total_steps))
         last_epoch = -(-total_steps // per_epoch)
         loss_sum, correct, seen = train_steps(step_model, epoch_feed.epoch(gen), criterion, opt, scaler, device, amp,
-                                              channels_last=cfg.channels_last, desc=f"epoch {epoch}/{last_epoch}",
+                                              channels_last=cfg.channels_last,
+                                              desc=f"epoch {epoch}" + ("" if budget and budget.total is None else f"/{last_epoch}"),
                                               log_every=cfg.log_every, on_step=after_step)
         if look is not None and done >= total_steps:
             look.merge(step_model, 1.0)  # the final model is the lookahead average
@@ -474,7 +475,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, 
             save_checkpoint(checkpoint(epoch, summary, True), os.path.join(run_dir, f"epoch_{epoch}.pt"))
         save_checkpoint(checkpoint(epoch, summary, True), os.path.join(run_dir, "last.pt"))
         log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  lr %.3g  %.1fs%s",
-                 epoch, last_epoch, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                 epoch, -(-total_steps // per_epoch), row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
                  row["val_macro_f1"], lr, row["seconds"], "  *best*" if improved else "")
         epoch += 1
     train_seconds = time.perf_counter() - t_train
