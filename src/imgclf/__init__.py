@@ -9,7 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "evaluate", "Predictor", "list_models", "check_data", "save_samples", "TrainConfig", "__version__"]
+__all__ = ["train", "evaluate", "Predictor", "list_models", "check_data", "save_samples", "TrainConfig", "export",
+           "bench", "open_model", "__version__"]
 
 
 _LAZY = {
@@ -20,6 +21,9 @@ _LAZY = {
     "check_data": ("data.check", "check_data"),
     "save_samples": ("data.samples", "save_samples"),
     "TrainConfig": ("config", "TrainConfig"),
+    "export": ("exporting", "export"),
+    "bench": ("benchmark", "bench"),
+    "open_model": ("runtime", "open_model"),
 }
 
 

@@ -66,6 +66,11 @@ def load_checkpoint(path: str) -> dict:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
+    return validate_checkpoint(ckpt, path)
+
+
+def validate_checkpoint(ckpt, path: str) -> dict:
+    """`ckpt` (already loaded with weights_only=True) if it is a complete imgclf checkpoint, else CheckpointError."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"'{path}' is not an imgclf checkpoint (no '{FORMAT}' marker): pass best.pt or last.pt from an imgclf run"

@@ -50,6 +50,52 @@ def _add_train(sub) -> None:
             p.add_argument(flag, type=t, metavar=name.upper(), **kw)
 
 
+def _add_export(sub) -> None:
+    # defaults live in export.py (not imported here: it imports torch, and `imgclf --help` should not)
+    formats = "torchscript, pt2, onnx, onnx-int8, dynamic-int8"
+    p = sub.add_parser("export", help="export a checkpoint (TorchScript, pt2, ONNX, int8), verified against PyTorch",
+                       description="Export a checkpoint to a deployment format. The file is written only after its logits "
+                                   "match eager PyTorch on real images; it carries the class names and preprocessing.")
+    _common(p)
+    p.add_argument("weights", help="checkpoint, e.g. runs/NAME/best.pt")
+    p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of: {formats}")
+    p.add_argument("--out", metavar="PATH", help="output file (default: next to the checkpoint, e.g. best.onnx, best.int8.onnx)")
+    p.add_argument("--calib-data", metavar="DIR", help="int8 calibration images: a data source (its train split) or a folder "
+                                                       "of images (default: the training data the checkpoint records)")
+    p.add_argument("--calib-images", type=int, help="images for calibration [256]")
+    p.add_argument("--calib-method", default="minmax", help="onnx-int8 calibration: minmax, entropy or percentile [minmax]")
+    p.add_argument("--reduce-range", action="store_true", help="onnx-int8: 7-bit weights (guards against int16 saturation "
+                                                               "on CPUs without VNNI, if accuracy drops)")
+    p.add_argument("--verify-data", metavar="DIR", help="verification images: val split of this data (default: the recorded data)")
+    p.add_argument("--verify-images", type=int, help="images for verification [128]")
+    p.add_argument("--data", help="also report accuracy of the checkpoint and the export on --split of this data")
+    p.add_argument("--split", default="val", help="split for --data accuracy [val]")
+    p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
+    p.add_argument("--max-eval-images", type=int, help="accuracy on at most this many images of the split (seeded choice)")
+    p.add_argument("--opset", type=int, help="ONNX opset [18]")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency, images/s, size (and accuracy) of checkpoints and exported files",
+                       description="Time checkpoints (eager fp32 NCHW, fp32 channels_last, bf16 autocast channels_last) and "
+                                   "exported files on the same images, in one run.")
+    _common(p)
+    p.add_argument("inputs", nargs="+", metavar="WEIGHTS_OR_EXPORT", help="checkpoints and/or exported files of one model")
+    p.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes [1,32]")
+    p.add_argument("--data", help="time on real images of this data and report accuracy on --split (default: random inputs, no accuracy)")
+    p.add_argument("--split", default="val", help="split for --data [val]")
+    p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
+    p.add_argument("--eager", default="fp32,fp32-cl,bf16-cl", help="eager settings for checkpoints [fp32,fp32-cl,bf16-cl]")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per setting [2]")
+    p.add_argument("--iters", type=int, default=10, help="timed iterations per setting [10]")
+    p.add_argument("--rounds", type=int, default=3, help="the iterations are spread over this many rounds across settings [3]")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="stop timing a slow setting after this long (3 iterations at least) [60]")
+    p.add_argument("--max-eval-images", type=int, help="accuracy on at most this many images (seeded choice)")
+    p.add_argument("--threads", type=int, help="intra-op threads for PyTorch and onnxruntime [PyTorch's default]")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="imgclf", description="From a folder of images to a trained, evaluated classifier.")
     parser.add_argument("--version", action="version", version=f"imgclf {__version__}")
@@ -59,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics, per-class report and plots for a checkpoint on a split")
     _common(p)
-    p.add_argument("weights", help="checkpoint, e.g. runs/NAME/best.pt")
+    p.add_argument("weights", help="checkpoint (runs/NAME/best.pt) or a file from imgclf export")
     p.add_argument("--data", help="data to evaluate on (default: the data the model was trained on)")
     p.add_argument("--split", default="val", help="val, test or train [val]")
     p.add_argument("--out", help="output folder (default: eval-SPLIT next to the weights)")
@@ -71,13 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label images or folders of images")
     _common(p)
-    p.add_argument("weights", help="checkpoint, e.g. runs/NAME/best.pt")
+    p.add_argument("weights", help="checkpoint (runs/NAME/best.pt) or a file from imgclf export")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--top-k", type=int, default=5, help="labels per image in top_k (clamped to the class count) [5]")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--output", metavar="FILE", help="also write all predictions to FILE.csv or FILE.json")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+
+    _add_export(sub)
+    _add_bench(sub)
 
     p = sub.add_parser("check", help="find corrupt, truncated, duplicate and leaked files in a data folder")
     _common(p)
@@ -232,6 +281,34 @@ def _write_predictions(results: list[dict], path: str) -> None:
                 w.writerow([r["path"], r.get("label", ""), f"{r['probability']:.6f}" if "probability" in r else "", tk, r.get("error", "")])
 
 
+def cmd_export(a: dict) -> int:
+    from .exporting import export, format_report
+
+    given = {k: a[k] for k in ("calib_images", "verify_images", "opset") if a.get(k) is not None}
+    r = export(a["weights"], a["format"], out=a.get("out"), calib_data=a.get("calib_data"), calib_method=a["calib_method"],
+               reduce_range=a["reduce_range"], verify_data=a.get("verify_data"), data=a.get("data"), split=a["split"],
+               data_root=a.get("data_root"), max_eval_images=a.get("max_eval_images"), **given)
+    print(json.dumps(r, indent=2) if a.get("json") else format_report(r))
+    return 0
+
+
+def cmd_bench(a: dict) -> int:
+    from .benchmark import bench, format_table, parse_batch_sizes
+
+    if a.get("threads") is not None:
+        if a["threads"] < 1:
+            raise UsageError(f"--threads must be at least 1, got {a['threads']}")
+        import torch
+
+        torch.set_num_threads(a["threads"])
+    rows = bench(a["inputs"], batch_sizes=parse_batch_sizes(a["batch_sizes"]), data=a.get("data"), split=a["split"],
+                 data_root=a.get("data_root"), eager=[e.strip() for e in a["eager"].split(",") if e.strip()],
+                 warmup=a["warmup"], iters=a["iters"], rounds=a["rounds"], max_seconds=a["max_seconds"],
+                 max_eval_images=a.get("max_eval_images"))
+    print(json.dumps(rows, indent=2) if a.get("json") else format_table(rows))
+    return 0
+
+
 def cmd_check(a: dict) -> int:
     from .data.check import check_data
 
@@ -297,6 +374,8 @@ def cmd_serve(a: dict) -> int:
 
 COMMANDS = {"samples": cmd_samples, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "check": cmd_check, "models": cmd_models,
             "serve": cmd_serve}
+
+COMMANDS.update(export=cmd_export, bench=cmd_bench)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,7 +124,9 @@ def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: 
     metrics.update({"split": split, "data": src.location, "weights": os.path.abspath(weights), "format": runner.format,
                     "left_out": [{"path": p, "reason": r} for p, r in bad]})
 
-    out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"eval-{split}")
+    # an exported file next to its checkpoint gets its own folder (eval-val-onnx-int8), not the checkpoint's
+    tag = split if runner.format == "checkpoint" else f"{split}-{runner.format}"
+    out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"eval-{tag}")
     os.makedirs(out, exist_ok=True)
     write_json(metrics, os.path.join(out, "eval.json"))
     if plots:

@@ -1,16 +1,33 @@
-"""One way to run any model imgclf can load: a checkpoint today, exported files as `export` adds formats.
+"""One way to run any model imgclf can load: a checkpoint, or a file written by `imgclf export`.
 
 `open_model(path)` returns a Runner. Every runner knows its class names and preprocessing, so callers
 (Predictor, evaluate, bench, serve) never need the original checkpoint next to an exported file.
+
+How a file is recognised (by content first, the extension only for ONNX, which has no magic bytes):
+- a zip archive holding `*/extra/imgclf.json`: TorchScript (`*/code/` present) or `torch.export` (.pt2);
+- any other zip archive written by `torch.save`: loaded with `weights_only=True` (plain data and tensors
+  only) and dispatched on its `format` marker: an imgclf checkpoint, or a dynamic-int8 export (a quantized
+  state dict that is rebuilt through the model registry and `quantize_dynamic`, so no pickled code runs);
+- a `.onnx` file (or any file that parses as an ONNX model): onnxruntime, with the metadata in
+  `metadata_props["imgclf"]`.
+Every exported file carries the same metadata (see `exporting.make_metadata`): format, model name, classes,
+preprocessing and the training config.
 """
 from __future__ import annotations
 
+import json
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 
 import torch
 
 from .data.pipeline import Preprocess
+from .errors import CheckpointError
+
+META_NAME = "imgclf.json"  # extra file in TorchScript / pt2 archives; metadata_props key "imgclf" in ONNX
+META_KEY = "imgclf"
 
 
 @dataclass
@@ -35,30 +52,259 @@ class Runner:
 
 
 class CheckpointRunner(Runner):
-    """Eager PyTorch from an imgclf checkpoint (loaded with weights_only=True)."""
+    """Eager PyTorch from an imgclf checkpoint (loaded with weights_only=True).
 
-    def __init__(self, path: str, *, device: str = "auto", precision: str = "auto"):
+    `channels_last=False` runs the default NCHW layout, as the seed did (bench compares both)."""
+
+    def __init__(self, path: str, *, device: str = "auto", precision: str = "auto", channels_last: bool = True,
+                 ckpt: dict | None = None):
         from .checkpoint import load_checkpoint, model_from_checkpoint
         from .device import resolve_device, resolve_precision
 
-        ckpt = load_checkpoint(path)
+        ckpt = ckpt if ckpt is not None else load_checkpoint(path)
         super().__init__(path=str(path), format="checkpoint", model_name=ckpt["model"]["name"],
                          classes=list(ckpt["classes"]), preprocess=Preprocess.from_dict(ckpt["preprocess"]),
                          config=dict(ckpt.get("config", {})))
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.amp = resolve_precision(precision, self.device)
-        self.model = model_from_checkpoint(ckpt, self.device)
-        self.extra = {"device": str(self.device), "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32"}
+        self.channels_last = channels_last
+        self.model = model_from_checkpoint(ckpt, self.device, channels_last=channels_last)
+        self.extra = {"device": str(self.device), "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+                      "layout": "channels_last" if channels_last else "NCHW"}
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         from .device import autocast, to_layout
 
         with autocast(self.device, self.amp):
-            return self.model(to_layout(x.to(self.device), True)).float().cpu()
+            return self.model(to_layout(x.to(self.device), self.channels_last)).float().cpu()
 
 
-def open_model(path: str, *, device: str = "auto", precision: str = "auto") -> Runner:
-    """A Runner for `path`: an imgclf checkpoint (.pt), or an exported file once `export` registers its format."""
-    return CheckpointRunner(str(path), device=device, precision=precision)
+# --------------------------------------------------------------------------------------------- exported files
+
+
+def _fields_from_meta(path: str, meta: dict, fmt: str) -> dict:
+    try:
+        return dict(path=str(path), format=fmt, model_name=meta["model"], classes=list(meta["classes"]),
+                    preprocess=Preprocess.from_dict(meta["preprocess"]), config=dict(meta.get("config") or {}))
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"'{path}' has incomplete imgclf metadata (missing {e}): export it again with imgclf export") from None
+
+
+def _export_extra(meta: dict, **more) -> dict:
+    keep = ("source", "export", "verification")
+    return {**{k: meta[k] for k in keep if k in meta}, **more}
+
+
+def _torch_device(device: str) -> torch.device:
+    from .device import resolve_device
+
+    return resolve_device(device)
+
+
+class TorchScriptRunner(Runner):
+    """A TorchScript archive (`torch.jit.save`; the seed's format). torch.jit is deprecated in current PyTorch:
+    kept because existing deployments load it; `pt2` is the modern replacement."""
+
+    def __init__(self, path: str, meta: dict, *, device: str = "auto"):
+        super().__init__(**_fields_from_meta(path, meta, "torchscript"))
+        self.device = _torch_device(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": we know, see above
+            self.module = torch.jit.load(str(path), map_location=self.device)
+        self.module.eval()
+        self.extra = _export_extra(meta, device=str(self.device), precision="fp32")
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.device)).float().cpu()
+
+
+class ExportedProgramRunner(Runner):
+    """A `torch.export` program (.pt2), run as the GraphModule `ExportedProgram.module()` returns.
+
+    Loading deserialises an ATen graph and tensors, not Python code."""
+
+    def __init__(self, path: str, meta: dict, *, device: str = "auto"):
+        super().__init__(**_fields_from_meta(path, meta, "pt2"))
+        self.device = _torch_device(device)
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as e:  # noqa: BLE001 - a damaged or too-new archive: one line, not a traceback
+            raise CheckpointError(f"cannot load torch.export program '{path}' ({str(e).splitlines()[0][:160]}): "
+                                  f"export it again with this version of PyTorch") from None
+        self.module = ep.module().to(self.device)
+        self.extra = _export_extra(meta, device=str(self.device), precision="fp32")
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.device)).float().cpu()
+
+
+class DynamicInt8Runner(Runner):
+    """`quantize_dynamic` on the Linear layers (the seed's int8), stored as a quantized state dict.
+
+    Rebuilt as registry model -> quantize_dynamic -> load_state_dict, so the file loads with
+    weights_only=True like a checkpoint. Quantized kernels are CPU-only: it always runs on the CPU."""
+
+    def __init__(self, path: str, blob: dict):
+        from .models.registry import build_model
+
+        meta = blob.get("meta") or {}
+        super().__init__(**_fields_from_meta(path, meta, "dynamic-int8"))
+        model = build_model(self.model_name, len(self.classes), pretrained=False).eval()
+        self.module = quantize_linear_dynamic(model)
+        try:
+            self.module.load_state_dict(blob["state_dict"])
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f"'{path}' does not fit model {self.model_name} ({str(e).splitlines()[0][:160]})") from None
+        self.extra = _export_extra(meta, device="cpu", precision="int8 (Linear weights), fp32 elsewhere")
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.cpu()).float()
+
+
+def quantize_linear_dynamic(model: torch.nn.Module) -> torch.nn.Module:
+    """The seed's dynamic quantization: int8 weights for nn.Linear, activations quantized on the fly."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def onnx_session_options(threads: int | None = None):
+    """onnxruntime options: all graph optimisations, intra-op threads = PyTorch's thread count (the cores
+    PyTorch would use, honouring OMP_NUM_THREADS / torch.set_num_threads), one inter-op thread."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = int(threads or torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only: ORT warns about initializers it folds
+    return so
+
+
+class OnnxRunner(Runner):
+    """An ONNX model in an onnxruntime InferenceSession (CUDA provider when asked for and available)."""
+
+    def __init__(self, path: str, *, device: str = "auto", threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise CheckpointError(f"'{path}' is an ONNX model: pip install onnxruntime to run it") from None
+        dev = str(device or "auto").lower()
+        providers = ["CPUExecutionProvider"]
+        if dev.startswith("cuda") or (dev == "auto" and torch.cuda.is_available()):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            elif dev.startswith("cuda"):
+                raise CheckpointError("--device cuda for an ONNX model needs onnxruntime-gpu: pip install onnxruntime-gpu, or use --device cpu")
+        try:
+            self.session = ort.InferenceSession(str(path), onnx_session_options(threads), providers=providers)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise CheckpointError(f"'{path}' is not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
+        custom = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in custom:
+            raise CheckpointError(f"'{path}' is an ONNX model without imgclf metadata (class names, preprocessing): "
+                                  f"export it with imgclf export")
+        meta = json.loads(custom[META_KEY])
+        fmt = meta.get("format", "onnx")
+        super().__init__(**_fields_from_meta(path, meta, fmt))
+        self.input_name = self.session.get_inputs()[0].name
+        self.extra = _export_extra(meta, device="cuda" if providers[0].startswith("CUDA") else "cpu",
+                                   precision="int8" if fmt == "onnx-int8" else "fp32",
+                                   providers=self.session.get_providers(),
+                                   threads=int(threads or torch.get_num_threads()))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0]).float()
+
+
+# --------------------------------------------------------------------------------------------- recognising files
+
+
+def _zip_meta(path: str) -> tuple[str | None, dict | None]:
+    """('torchscript' | 'pt2' | 'torch-save', metadata or None) for a zip archive, (None, None) otherwise."""
+    if not zipfile.is_zipfile(path):
+        return None, None
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        meta_names = [n for n in names if n.endswith("/extra/" + META_NAME)]
+        meta = json.loads(z.read(meta_names[0]).decode()) if meta_names else None
+        if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
+            return "torchscript", meta
+        if any(n.endswith("/archive_format") for n in names) or any(n.endswith("/models/model.json") for n in names):
+            return "pt2", meta
+        return "torch-save", meta
+
+
+def open_model(path: str, *, device: str = "auto", precision: str = "auto", format: str | None = None) -> Runner:
+    """A Runner for `path`: an imgclf checkpoint, or a file written by `imgclf export` (any format).
+
+    `precision` applies to checkpoints (autocast); an exported file runs in the precision it was exported in.
+    `format` skips detection (export uses it on its temporary files)."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model")
+    if os.path.isdir(path):
+        raise CheckpointError(f"'{path}' is a folder: pass a checkpoint file such as {os.path.join(path, 'best.pt')}")
+    fmt = format
+    meta = None
+    if fmt is None:
+        if path.lower().endswith(".onnx"):
+            fmt = "onnx"
+        else:
+            kind, meta = _zip_meta(path)
+            if kind in ("torchscript", "pt2"):
+                if meta is None:
+                    raise CheckpointError(f"'{path}' is a {kind} archive without imgclf metadata (class names, preprocessing): "
+                                          f"export it with imgclf export")
+                fmt = kind
+            elif kind is None and _looks_like_onnx(path):
+                fmt = "onnx"
+    if fmt in ("onnx", "onnx-int8"):
+        return OnnxRunner(path, device=device)
+    if fmt == "torchscript":
+        return TorchScriptRunner(path, meta if meta is not None else _zip_meta(path)[1] or {}, device=device)
+    if fmt == "pt2":
+        return ExportedProgramRunner(path, meta if meta is not None else _zip_meta(path)[1] or {}, device=device)
+    # torch.save archives: a checkpoint or a dynamic-int8 export, told apart by their format marker
+    from .checkpoint import load_checkpoint, validate_checkpoint
+
+    blob = _load_plain(path)
+    if blob is None:
+        ckpt = load_checkpoint(path)  # raises the precise reason (unsafe pickle, unreadable, ...)
+    elif isinstance(blob, dict) and blob.get("format") == DYNAMIC_INT8_FORMAT:
+        return DynamicInt8Runner(path, blob)
+    else:
+        ckpt = validate_checkpoint(blob, path)
+    return CheckpointRunner(path, device=device, precision=precision, ckpt=ckpt)
+
+
+DYNAMIC_INT8_FORMAT = "imgclf-dynamic-int8"
+
+
+def _load_plain(path: str):
+    """torch.load(weights_only=True), or None to let load_checkpoint produce its own precise error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized-tensor and TypedStorage deprecation notices (dynamic-int8)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - load_checkpoint re-reads and explains
+        return None
+
+
+def _looks_like_onnx(path: str) -> bool:
+    """An ONNX file under another name: parses as a ModelProto with a graph (random bytes rarely do)."""
+    try:
+        import onnx
+
+        m = onnx.load(path, load_external_data=False)
+        return m.ir_version > 0 and len(m.graph.node) > 0
+    except Exception:  # noqa: BLE001 - not ONNX: the checkpoint loader says what it is not
+        return False

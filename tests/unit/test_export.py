@@ -1,0 +1,182 @@
+"""Export formats, their verification, loading every format back, and bench (on the tiny trained model)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import zipfile
+
+import pytest
+import torch
+
+from imgclf.cli import main
+from imgclf.exporting import FORMATS, VerificationError, compare, export
+from imgclf.runtime import CheckpointRunner, open_model
+
+pytest.importorskip("onnxruntime")
+
+SMALL = dict(calib_images=32, verify_images=24)
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_best, tmp_path_factory) -> dict:
+    """Every format exported once from the tiny checkpoint: format -> export report."""
+    out = tmp_path_factory.mktemp("exports")
+    return {name: export(tiny_best, name, out=str(out / f"model{f.suffix}"), **SMALL) for name, f in FORMATS.items()}
+
+
+def _val_images(tiny_data) -> list[str]:
+    return sorted(str(p) for p in (tiny_data / "val").rglob("*") if p.is_file())
+
+
+def test_every_format_passes_verification(exports):
+    assert set(exports) == {"torchscript", "pt2", "onnx", "onnx-int8", "dynamic-int8"}
+    for name, r in exports.items():
+        v = r["verification"]
+        assert v["ok"] and v["images"] == 18, (name, v)  # the tiny data has 18 val images (fewer than asked for)
+        assert os.path.isfile(r["out"]) and r["size_bytes"] == os.path.getsize(r["out"])
+        if FORMATS[name].int8:
+            assert v["top1_agreement"] >= 0.97
+        else:
+            assert v["max_abs_diff"] <= 1e-3 * max(1.0, v["logit_scale"]) and v["top1_agreement"] == 1.0
+    assert "calibrated" not in exports["onnx"] and "32 images" in exports["onnx-int8"]["calibration"]
+
+
+def test_exports_load_with_metadata_and_agree_with_the_checkpoint(exports, tiny_best, tiny_data):
+    from imgclf import Predictor, evaluate
+
+    ckpt = CheckpointRunner(tiny_best, device="cpu", precision="fp32")
+    paths = _val_images(tiny_data)
+    want = [r["label"] for r in Predictor(tiny_best, device="cpu").predict(paths)]
+    want_acc = evaluate(tiny_best, split="val", plots=False, workers=0)["accuracy"]
+    for name, r in exports.items():
+        runner = open_model(r["out"], device="cpu")  # recognised by content, no format given
+        assert runner.format == name
+        assert runner.classes == ckpt.classes and runner.model_name == "test_tiny"
+        assert runner.preprocess == ckpt.preprocess
+        assert runner.config["data"] == ckpt.config["data"]  # so evaluate can default to the training data
+        assert runner.metadata()["source"]["checkpoint"] == os.path.abspath(tiny_best)
+        got = [p["label"] for p in Predictor(r["out"], device="cpu").predict(paths)]
+        assert got == want, name
+        m = evaluate(r["out"], split="val", plots=False, workers=0)  # no --data: the recorded data
+        assert m["format"] == name and m["accuracy"] == pytest.approx(want_acc)
+        assert m["out"].endswith(f"eval-val-{name}")
+
+
+def test_metadata_is_inside_each_file(exports):
+    import onnx
+
+    for name in ("onnx", "onnx-int8"):
+        props = {p.key: p.value for p in onnx.load(exports[name]["out"]).metadata_props}
+        meta = json.loads(props["imgclf"])
+        assert meta["format"] == name and meta["classes"] == ["cat", "dog", "fox"] and meta["preprocess"]["img_size"] == 16
+    assert exports["onnx"]["export"]["opset"] == 18
+    for name in ("torchscript", "pt2"):
+        with zipfile.ZipFile(exports[name]["out"]) as z:
+            meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/imgclf.json"))))
+        assert meta["format"] == name and meta["model"] == "test_tiny"
+    blob = torch.load(exports["dynamic-int8"]["out"], weights_only=True)  # no pickled code
+    assert blob["meta"]["classes"] == ["cat", "dog", "fox"]
+
+
+def test_batch_dimension_is_dynamic(exports, tiny_best):
+    ckpt = CheckpointRunner(tiny_best, device="cpu", precision="fp32", channels_last=False)
+    x = torch.randn(7, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for name, r in exports.items():
+        runner = open_model(r["out"], device="cpu")
+        for n in (1, 7):
+            out = runner.logits(x[:n])
+            assert out.shape == (n, 3) and out.dtype == torch.float32
+            if not FORMATS[name].int8:
+                torch.testing.assert_close(out, ckpt.logits(x[:n]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["onnx", "pt2"])
+def test_export_that_disagrees_is_an_error_and_leaves_no_file(tiny_best, tmp_path, monkeypatch, name):
+    import imgclf.exporting as ex
+
+    real_open = ex.open_model
+
+    def tampered(path, **kw):  # the written file loads, but its logits are off: class order reversed
+        runner = real_open(path, **kw)
+        honest = runner.logits
+        runner.logits = lambda x: honest(x).flip(1)
+        return runner
+
+    monkeypatch.setattr(ex, "open_model", tampered)
+    out = tmp_path / f"m{FORMATS[name].suffix}"
+    with pytest.raises(VerificationError, match="failed verification"):
+        export(tiny_best, name, out=str(out), **SMALL)
+    assert os.listdir(tmp_path) == []  # neither the file nor its temporary
+
+
+def test_perturbed_weights_fail_the_fp32_rule(tiny_best, tmp_path, monkeypatch):
+    """A real export of slightly wrong weights (1% noise on the first convolution) is caught."""
+    import imgclf.exporting as ex
+
+    real_write = ex.FORMATS["onnx"].write
+
+    def write_perturbed(ctx, path, meta):
+        with torch.no_grad():
+            w = ctx.model.stem[0].weight
+            saved = w.clone()
+            w.mul_(1.01)
+            try:
+                real_write(ctx, path, meta)
+            finally:
+                w.copy_(saved)
+
+    monkeypatch.setitem(ex.FORMATS, "onnx", dataclasses.replace(ex.FORMATS["onnx"], write=write_perturbed))
+    with pytest.raises(VerificationError, match="max \\|logit difference\\|"):
+        export(tiny_best, "onnx", out=str(tmp_path / "m.onnx"), **SMALL)
+    assert os.listdir(tmp_path) == []
+
+
+def test_int8_rule():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(200, 10, generator=g) * 3
+    noisy = ref + 0.05 * torch.randn(200, 10, generator=g)
+    assert compare(ref, noisy, int8=True)["ok"]
+    assert not compare(ref, noisy, int8=False)["ok"]  # far too loose for an fp32 format
+    shuffled = ref[torch.randperm(200, generator=g)]
+    r = compare(ref, shuffled, int8=True)
+    assert not r["ok"] and "agreement" in r["reason"]
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_cli_errors(capsys, tiny_best, exports, tmp_path):
+    line = _one_line_error(capsys, ["export", tiny_best, "--format", "onnx-int"])
+    assert "unknown export format 'onnx-int'" in line and "did you mean 'onnx-int8'" in line
+    line = _one_line_error(capsys, ["export", exports["onnx"]["out"], "--format", "onnx"])
+    assert "already an exported model" in line
+    line = _one_line_error(capsys, ["export", tiny_best, "--format", "onnx-int8", "--calib-method", "kl"])
+    assert "--calib-method" in line
+    line = _one_line_error(capsys, ["bench", tiny_best, "--batch-sizes", "1,x"])
+    assert "--batch-sizes" in line
+
+
+def test_cli_export_and_bench(capsys, tiny_best, tiny_data, exports, tmp_path):
+    out = tmp_path / "cli.onnx"
+    assert main(["export", tiny_best, "--format", "onnx", "--out", str(out), "--verify-images", "8",
+                 "--data", str(tiny_data), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["out"] == str(out) and r["verification"]["ok"] and r["accuracy"]["onnx"] == r["accuracy"]["checkpoint"]
+
+    argv = ["bench", tiny_best, exports["onnx-int8"]["out"], exports["pt2"]["out"], "--batch-sizes", "1,4",
+            "--iters", "2", "--rounds", "2", "--warmup", "1", "--eager", "fp32,fp32-cl", "--data", str(tiny_data), "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["format"], r["batch_size"]) for r in rows] == [
+        (f, b) for f in ("eager-fp32", "eager-fp32-cl", "onnx-int8", "pt2") for b in (1, 4)]
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["latency_p90_ms"] >= r["latency_p50_ms"] > 0 and r["iterations"] == 2
+        assert r["size_mb"] > 0 and r["accuracy"] is not None and r["eval_images"] == 18
+    assert main(argv[:-3] + ["--iters", "1"]) == 0  # the table, random inputs, no accuracy
+    table = capsys.readouterr().out
+    assert "images/s" in table and "speed-up against eager-fp32" in table and "accuracy" not in table.splitlines()[0]
