@@ -127,6 +127,39 @@ def test_predict_matches_predictor(client, images, tiny_best, tmp_path):
             assert tg["probability"] == pytest.approx(te["probability"], abs=1e-6)
 
 
+def test_decoding_gives_predictors_pixels(tmp_path, image_of_class):
+    """The server's decode (crop before the channel move, normalise per batch) is bit-for-bit Predictor's input,
+    for JPEGs decoded at reduced scale, palette/grey/alpha/16-bit PNGs, EXIF rotation, and an image smaller than
+    the crop (padded)."""
+    from imgclf.data.images import load_image, pil_to_uint8
+    from imgclf.data.pipeline import Preprocess, eval_transform
+    from imgclf.serve.decode import BatchTransform, decode_upload
+
+    rng = np.random.default_rng(1)
+    photo = image_of_class(2, (300, 200), rng=rng)
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90
+    photo.save(rotated, "JPEG", exif=exif)
+    files = {
+        "photo.jpg": _bytes(photo, "JPEG", quality=85),
+        "rotated.jpg": rotated.getvalue(),
+        "palette.png": _bytes(photo.convert("P"), "PNG"),
+        "grey.png": _bytes(photo.convert("L"), "PNG"),
+        "alpha.png": _bytes(photo.convert("RGBA"), "PNG"),
+        "deep.png": _bytes(Image.fromarray((rng.integers(0, 65535, (50, 70))).astype(np.uint16)), "PNG"),
+        "small.png": _bytes(image_of_class(0, (20, 12), rng=rng), "PNG"),
+    }
+    for pre in (Preprocess(img_size=64, resize=73, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3]),
+                Preprocess(img_size=32, resize=24, mean=[0.5] * 3, std=[0.5] * 3)):  # resize < crop: padded
+        ref_tf, batch_tf = eval_transform(pre), BatchTransform(pre)
+        for name, data in files.items():
+            (tmp_path / name).write_bytes(data)
+            expected = ref_tf(pil_to_uint8(load_image(str(tmp_path / name), resize=pre.resize)))
+            got = batch_tf([decode_upload(data, pre, max_pixels=10**7)])[0]
+            assert got.shape == expected.shape and torch.equal(got, expected), name
+
+
 def test_top_k_query_form_and_clamp(client, images):
     f = [("image", ("a.png", images["cat"]))]
     assert len(client.post("/predict", files=f, params={"top_k": 1}).json()["predictions"][0]["top_k"]) == 1

@@ -177,8 +177,8 @@ class ServerState:
     # -- the model thread --
     @torch.no_grad()
     def predict_batch(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """uint8 images (3 x S x S each) -> float32 N x C probabilities."""
-        x = self.batch_transform(torch.stack(images))
+        """uint8 images (S x S x 3 each) -> float32 N x C probabilities."""
+        x = self.batch_transform(images)
         return self.runner.logits(x).float().softmax(1)
 
     def on_batch(self, n: int, seconds: float) -> None:
@@ -201,7 +201,7 @@ class ServerState:
             if self.settings.warmup:
                 size = self.preprocess.img_size
                 for n in sorted({1, self.settings.max_batch_size}):
-                    dummy = [torch.zeros(3, size, size, dtype=torch.uint8)] * n
+                    dummy = [torch.zeros(size, size, 3, dtype=torch.uint8)] * n
                     await self.batcher.run_model(self.predict_batch, dummy)
         except Exception as e:  # noqa: BLE001 - reported by /ready and the log; the process stays up
             log.exception("warm-up failed")

@@ -1,0 +1,199 @@
+"""A real `imgclf serve` process on 127.0.0.1 (a free port it picks itself), fed real images from
+../shared/data/hymenoptera: several images in one request, a bounded load (200 requests, 8 at a time, zero
+errors, no timing assertions), the web page driven by a real headless Chromium, and a clean shutdown.
+
+The model is the tiny test model (conftest.tiny_best): what is tested is the service, not the classifier."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
+CHROMIUM = "/usr/bin/chromium"
+API_KEY = "integration-key"
+
+if not HYMENOPTERA.is_dir():
+    pytest.skip(f"real images not found at {HYMENOPTERA} (../shared/data relative to the repo)", allow_module_level=True)
+
+
+def _images(n: int) -> list[Path]:
+    ants = sorted((HYMENOPTERA / "val" / "ants").glob("*.jpg"))
+    bees = sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
+    mixed = [p for pair in zip(ants, bees) for p in pair]
+    return mixed[:n]
+
+
+def _multipart(paths: list[Path], boundary: str = "integrationboundary") -> tuple[bytes, str]:
+    body = b""
+    for p in paths:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{p.name}\"\r\n"
+                 f"Content-Type: image/jpeg\r\n\r\n").encode() + p.read_bytes() + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _request(url: str, data: bytes | None = None, ctype: str | None = None, key: str | None = API_KEY):
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_best):
+    """`python -m imgclf serve` with an API key from the environment; yields (base url, process)."""
+    env = dict(os.environ, IMGCLF_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "imgclf", "serve", tiny_best, "--host", "127.0.0.1", "--port", "0",
+           "--max-batch-size", "8", "--max-wait-ms", "5", "--decode-workers", "2"]
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server must never block on a full pipe
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
+    proc.stderr = log
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        if not m:
+            proc.wait(30)
+            log.seek(0)
+            pytest.fail(f"no URL in the first line: {line!r}; stderr: {log.read()}")
+        url = f"http://127.0.0.1:{m.group(1)}"
+        t0 = time.time()
+        while _request(url + "/ready", key=None)[0] != 200:
+            assert proc.poll() is None, "the server exited before it was ready"
+            assert time.time() - t0 < 120, "the server never became ready"
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def test_real_images_in_upload_order(server):
+    url, _ = server
+    paths = _images(4)
+    body, ctype = _multipart(paths)
+    status, raw = _request(url + "/predict?top_k=2", body, ctype)
+    assert status == 200, raw
+    import json
+
+    preds = json.loads(raw)["predictions"]
+    assert [p["filename"] for p in preds] == [p.name for p in paths]
+    assert all(len(p["top_k"]) == 2 and p["label"] in ("cat", "dog", "fox") for p in preds)
+    assert _request(url + "/predict", body, ctype, key=None)[0] == 401  # the key came from $IMGCLF_API_KEY
+    assert _request(url + "/health", key=None)[0] == 200
+
+
+def test_bounded_load(server):
+    """200 single-image requests from 8 concurrent keep-alive clients: every one answered 200."""
+    url, proc = server
+    host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
+    reqs = []
+    for p in _images(16):
+        body, ctype = _multipart([p])
+        reqs.append((f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
+                     f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+    statuses: list[int] = []
+    total, concurrency = 200, 8
+    sent = [0]
+
+    async def client(i: int):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while sent[0] < total:
+                sent[0] += 1
+                writer.write(reqs[sent[0] % len(reqs)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                n = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+                body = await reader.readexactly(n)
+                statuses.append(int(head[9:12]) if b'"predictions"' in body else -1)
+        finally:
+            writer.close()
+
+    async def run():
+        await asyncio.wait_for(asyncio.gather(*[client(i) for i in range(concurrency)]), 300)
+
+    asyncio.run(run())
+    assert len(statuses) == total and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    status, raw = _request(url + "/metrics")
+    text = raw.decode()
+    served = float(re.search(r"^imgclf_images_processed_total ([0-9.]+)$", text, re.M).group(1))
+    assert served >= len(statuses)
+    assert not re.search(r'path="/predict",status="5\d\d"', text)
+    assert proc.poll() is None
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Chromium not installed at {CHROMIUM} "
+                                                          "(apt-get install chromium; .ci/run does)")
+def test_web_page_in_headless_chromium(server):
+    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    url, _ = server
+    image = _images(2)[1]
+    body, ctype = _multipart([image])
+    import json
+
+    expected = json.loads(_request(url + "/predict?top_k=5", body, ctype)[1])["predictions"][0]
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    profile = tempfile.mkdtemp(prefix="imgclf-chromium-")
+    try:
+        with playwright.sync_playwright() as p:
+            # bypass_csp: the page's Content-Security-Policy forbids eval, which playwright's waits use
+            ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=args, headless=True,
+                                                       bypass_csp=True)
+            try:
+                page = ctx.new_page()
+                page.set_default_timeout(60_000)
+                page.goto(url + "/")
+                page.wait_for_selector("#apikey", state="visible")  # the server wants a key: the page asks for it
+                page.fill("#apikey", API_KEY)
+                page.dispatch_event("#apikey", "change")
+                page.wait_for_function("document.getElementById('model').textContent.includes('test_tiny')")
+                page.set_input_files("#file", str(image))
+                page.wait_for_function("document.getElementById('label').textContent.length > 0")
+                shown = page.inner_text("#label")
+                labels = page.locator(".topk-label").all_inner_texts()
+                assert page.locator("#preview").get_attribute("src").startswith("blob:")
+                assert page.evaluate("document.getElementById('preview').naturalWidth") > 0
+                assert "error" not in (page.get_attribute("#status", "class") or "")
+            finally:
+                ctx.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert shown.split(" (")[0] == expected["label"]
+    assert labels == [t["label"] for t in expected["top_k"]]
+
+
+def test_sigterm_shuts_down_cleanly(server):
+    """Last in this file: stop the module's server the way a process manager does."""
+    url, proc = server
+    proc.send_signal(signal.SIGTERM)
+    # uvicorn finishes the requests in flight, runs the app's shutdown, then re-raises the signal: the exit
+    # status says "terminated by SIGTERM"
+    assert proc.wait(30) in (0, -signal.SIGTERM)
+    proc.stderr.seek(0)
+    err = proc.stderr.read()
+    assert "Application shutdown complete" in err and "Traceback" not in err, err
