@@ -64,15 +64,15 @@ def _add_export(sub) -> None:
                                                        "of images (default: the training data the checkpoint records)")
     p.add_argument("--calib-images", type=int, help="images for calibration [256]")
     p.add_argument("--calib-method", default="minmax", help="onnx-int8 calibration: minmax, entropy or percentile [minmax]")
-    p.add_argument("--reduce-range", action="store_true", help="onnx-int8: 7-bit weights (guards against int16 saturation "
-                                                               "on CPUs without VNNI, if accuracy drops)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
+                   help="onnx-int8: 7-bit weights, no int16 saturation on x86 CPUs without VNNI [on]")
     p.add_argument("--verify-data", metavar="DIR", help="verification images: val split of this data (default: the recorded data)")
     p.add_argument("--verify-images", type=int, help="images for verification [128]")
     p.add_argument("--data", help="also report accuracy of the checkpoint and the export on --split of this data")
     p.add_argument("--split", default="val", help="split for --data accuracy [val]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
     p.add_argument("--max-eval-images", type=int, help="accuracy on at most this many images of the split (seeded choice)")
-    p.add_argument("--opset", type=int, help="ONNX opset [18]")
+    p.add_argument("--opset", type=int, help="ONNX opset [20]")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

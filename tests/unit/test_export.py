@@ -70,13 +70,26 @@ def test_metadata_is_inside_each_file(exports):
         props = {p.key: p.value for p in onnx.load(exports[name]["out"]).metadata_props}
         meta = json.loads(props["imgclf"])
         assert meta["format"] == name and meta["classes"] == ["cat", "dog", "fox"] and meta["preprocess"]["img_size"] == 16
-    assert exports["onnx"]["export"]["opset"] == 18
+    assert exports["onnx"]["export"]["opset"] == 20
     for name in ("torchscript", "pt2"):
         with zipfile.ZipFile(exports[name]["out"]) as z:
             meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/imgclf.json"))))
         assert meta["format"] == name and meta["model"] == "test_tiny"
     blob = torch.load(exports["dynamic-int8"]["out"], weights_only=True)  # no pickled code
     assert blob["meta"]["classes"] == ["cat", "dog", "fox"]
+
+
+def test_int8_plan_is_recorded_and_stem_is_found(exports):
+    import onnx
+
+    from imgclf.exporting import stem_convs
+
+    q = json.loads({p.key: p.value for p in onnx.load(exports["onnx-int8"]["out"]).metadata_props}["imgclf"])["export"]["quantization"]
+    assert q["plan"] in ("all", "stem-fp32") and q["plans_tried"][-1]["ok"] and q["format"] == "QDQ"
+    fp32 = onnx.load(exports["onnx"]["out"])
+    stems = stem_convs(fp32)
+    first_conv = next(n for n in fp32.graph.node if n.op_type == "Conv")
+    assert stems == [first_conv.name]
 
 
 def test_batch_dimension_is_dynamic(exports, tiny_best):
