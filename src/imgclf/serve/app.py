@@ -465,8 +465,8 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
 
     @app.get("/metadata", summary="Model name, format, classes and preprocessing", responses={401: ERRORS[401]})
     async def metadata():
-        meta = dict(runner.metadata())
-        meta["file"] = os.path.basename(str(meta.pop("path", runner.path)))  # not the server's directory layout
+        meta = _without_paths(dict(runner.metadata()))  # file names, not the server's directory layout
+        meta["file"] = os.path.basename(str(meta.pop("path", runner.path)))
         meta["serve"] = {k: v for k, v in asdict(settings).items() if k not in ("api_key", "device", "precision")}
         meta["serve"]["api_key_required"] = settings.api_key is not None
         meta["serve"]["formats"] = list(FORMATS)
@@ -487,6 +487,17 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
 
     app.add_middleware(Guard, state=state)
     return app
+
+
+def _without_paths(obj):
+    """A copy of `obj` with absolute file paths (in any nested value) cut to their file names."""
+    if isinstance(obj, dict):
+        return {k: _without_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_without_paths(v) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj) and len(obj) > 1:
+        return os.path.basename(obj)
+    return obj
 
 
 def _version() -> str:

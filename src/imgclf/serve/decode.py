@@ -76,12 +76,20 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
         raise ImageRejected("unreadable_image", "cannot decode the image (out of memory)") from None
     except Exception as e:  # noqa: BLE001 - a crafted file can make a decoder raise anything; it is the client's
         raise ImageRejected("unreadable_image", f"cannot decode the image ({type(e).__name__}: {e})") from None
-    # H x W x 3 straight from PIL, cropped through a channels-first view with torchvision's own centre crop
-    # (the crop eval_transform makes), and kept channels-last: the batch is permuted once, in the model thread.
-    # Converting to 3 x H x W per image first, as pil_to_uint8 does, costs more than the JPEG decode itself.
-    hwc = torch.from_numpy(np.array(resize_shorter(im, preprocess.resize), dtype=np.uint8))
-    chw = TF.center_crop(hwc.permute(2, 0, 1), [preprocess.img_size, preprocess.img_size])
-    return chw.permute(1, 2, 0).contiguous()
+    return center_crop_hwc(np.asarray(resize_shorter(im, preprocess.resize), dtype=np.uint8), preprocess.img_size)
+
+
+def center_crop_hwc(a: np.ndarray, size: int) -> torch.Tensor:
+    """H x W x 3 uint8 -> the size x size centre crop that torchvision's CenterCrop takes, as S x S x 3.
+
+    In numpy, on purpose: a decode thread must not run PyTorch operations, which would start OpenMP teams of
+    their own in every decode thread and spin against the model's threads (on 2 cores that cost as much CPU as
+    the JPEG decode). Channels stay last: the batch is permuted once, in the model thread."""
+    h, w = a.shape[:2]
+    if h < size or w < size:  # padded with zeros: rare (resize below the crop), left to torchvision itself
+        return TF.center_crop(torch.from_numpy(a.copy()).permute(2, 0, 1), [size, size]).permute(1, 2, 0).contiguous()
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))  # torchvision's anchor
+    return torch.from_numpy(np.array(a[top:top + size, left:left + size], order="C"))  # one copy, writable
 
 
 class BatchTransform:
