@@ -417,8 +417,6 @@ def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, 
                 save_yaml(cfg.to_dict(), os.path.join(run_dir, "config.yaml"))
         return done >= total_steps
 
-    if hasattr(model, "train_progress"):
-        model.train_progress(done / max(1, total_steps))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     fingerprint = src.fingerprint()
     writer = SummaryWriter(run_dir, purge_step=start_epoch)
