@@ -168,7 +168,8 @@ def _add_serve(sub) -> None:
                                                     "(default: $IMGCLF_API_KEY; none when unset)")
     p.add_argument("--decode-workers", type=int, default=None, help="image decoding threads [CPU count, at most 4]")
     p.add_argument("--threads", type=int, default=None,
-                   help="the model's intra-op threads, PyTorch and onnxruntime [half the cores; $OMP_NUM_THREADS if set]")
+                   help="the model's intra-op threads, PyTorch and onnxruntime [PyTorch's default: the cores, or "
+                        "$OMP_NUM_THREADS]")
     p.add_argument("--max-concurrency", type=int, default=1024, help="open connections before answering 503 [1024]")
     p.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     p.add_argument("--device", default="auto")
@@ -356,10 +357,6 @@ def cmd_serve(a: dict) -> int:
                              decode_workers=a.get("decode_workers"), device=a["device"],
                              precision=a["precision"]).check()
     threads = a.get("threads")
-    if threads is None and not os.environ.get("OMP_NUM_THREADS"):
-        # The model on half the cores, decoding on the rest: on 2 cores, 1 model thread served as many images/s as
-        # 2 under load, with a quarter less CPU per image (2 onnxruntime threads spin against the decode threads).
-        threads = max(1, (os.cpu_count() or 1) // 2)
     if threads is not None:
         if threads < 1:
             raise UsageError(f"--threads must be at least 1, got {threads}")
