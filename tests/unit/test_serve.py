@@ -434,3 +434,28 @@ def test_serve_help_lists_the_flags(capsys):
                  "--max-pixels", "--max-files", "--timeout"):
         assert flag in out
     assert "127.0.0.1" in out
+
+
+# ------------------------------------------------------------------------------------------------- exported files
+
+@pytest.mark.parametrize("fmt", ["onnx-int8", "torchscript", "pt2"])
+def test_serves_exported_files(fmt, tiny_best, images, tmp_path):
+    """The app only uses the Runner interface, so an exported file serves like the checkpoint it came from."""
+    if fmt.startswith("onnx"):
+        pytest.importorskip("onnxruntime")
+    from imgclf.exporting import FORMATS, export
+
+    out = tmp_path / f"model{FORMATS[fmt].suffix}"
+    export(tiny_best, fmt, out=str(out), calib_images=32, verify_images=24)
+    f = [("image", (f"{c}.png", images[c])) for c in TINY_CLASSES]
+    with TestClient(create_app(str(out), ServeSettings(max_wait_ms=1))) as c:
+        _wait_ready(c)
+        meta = c.get("/metadata").json()
+        assert meta["format"] == fmt and meta["classes"] == TINY_CLASSES and meta["file"] == out.name
+        got = c.post("/predict", files=f).json()["predictions"]
+    with TestClient(create_app(tiny_best, ServeSettings(max_wait_ms=1, warmup=False))) as c:
+        _wait_ready(c)
+        ref = c.post("/predict", files=f).json()["predictions"]
+    assert [p["label"] for p in got] == [p["label"] for p in ref]
+    assert all(abs(g["probability"] - r["probability"]) < (0.1 if fmt == "onnx-int8" else 1e-4)
+               for g, r in zip(got, ref))
