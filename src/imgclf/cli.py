@@ -10,7 +10,9 @@ import csv
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 
 from . import __version__
 from .config import FIELDS, field_type
@@ -18,6 +20,15 @@ from .errors import ImgclfError, UsageError
 from .fileio import atomic_open, write_json
 
 log = logging.getLogger("imgclf")
+
+
+class Terminated(BaseException):
+    """SIGTERM (`kill`, a job scheduler, a container stopping), raised in the main thread so that every `finally`
+    and `atomic_open` runs: a stopped export or training run leaves no temporary file behind."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 class Parser(argparse.ArgumentParser):
@@ -398,8 +409,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(verbose, quiet)
     request_huge_pages()  # before the command imports torch
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)  # `serve` replaces it with uvicorn's own
     try:
         return COMMANDS[a.pop("command")](a)
+    except Terminated:
+        print("imgclf: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except ImgclfError as e:
         if verbose:
             log.exception("error")
@@ -414,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         first = str(e).splitlines()[0] if str(e) else ""
         print(f"imgclf: error: {type(e).__name__}: {first} (run with --verbose for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run() -> None:

@@ -191,9 +191,8 @@ def test_sigterm_shuts_down_cleanly(server):
     """Last in this file: stop the module's server the way a process manager does."""
     url, proc = server
     proc.send_signal(signal.SIGTERM)
-    # uvicorn finishes the requests in flight, runs the app's shutdown, then re-raises the signal: the exit
-    # status says "terminated by SIGTERM"
-    assert proc.wait(30) in (0, -signal.SIGTERM)
+    # uvicorn finishes the requests in flight and runs the app's shutdown; a graceful stop exits 0
+    assert proc.wait(30) == 0
     proc.stderr.seek(0)
     err = proc.stderr.read()
     assert "Application shutdown complete" in err and "Traceback" not in err, err

@@ -175,3 +175,34 @@ def test_predict_output_with_unknown_extension_is_refused_before_any_work(tiny_b
     captured = capsys.readouterr()
     assert captured.out == "" and "must end in .csv or .json" in captured.err
     assert not out.exists()
+
+
+def test_sigterm_removes_temporary_files(tmp_path):
+    """A command stopped by SIGTERM (kill, a scheduler, a container stopping) while writing its output exits
+    143 with one line and leaves neither the output nor its temporary file behind."""
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "out"
+    out.mkdir()
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        import imgclf.cli as cli
+        from imgclf.fileio import atomic_open
+
+        def export(a):
+            with atomic_open({str(out / 'model.onnx')!r}, "wb") as f:
+                f.write(b"half a model")
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)  # the signal arrives here
+            return 0
+
+        cli.COMMANDS["export"] = export
+        sys.exit(cli.main(["export", "weights.pt", "--format", "onnx"]))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 143, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "imgclf: terminated"
+    assert "Traceback" not in res.stderr
+    assert list(out.iterdir()) == []

@@ -2,7 +2,9 @@
 `--port 0` picks a free port and says which."""
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 
 from ..errors import UsageError
 
@@ -27,6 +29,26 @@ def limit_malloc_arenas(n: int = 2) -> bool:
         return bool(libc.mallopt(-8, int(n)))  # -8: M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         return False
+
+
+_LIBC = None
+
+
+def trim_malloc() -> None:
+    """glibc's malloc_trim(0): give the free pages inside malloc's heaps back to the kernel (a few ms; a no-op
+    elsewhere)."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - AttributeError when it is not glibc
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -60,4 +82,12 @@ def run(app, *, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket |
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, server_header=False,
                             limit_concurrency=max_concurrency, timeout_graceful_shutdown=10,
                             timeout_keep_alive=5, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn re-raises the stopping signal once its graceful shutdown is over. For SIGTERM (what a process
+    # manager sends) the server has finished its work by then: it is ignored, and `imgclf serve` exits 0.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if main else None
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
