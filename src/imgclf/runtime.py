@@ -175,9 +175,15 @@ def quantize_linear_dynamic(model: torch.nn.Module) -> torch.nn.Module:
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def onnx_session_options(threads: int | None = None):
+def onnx_session_options(threads: int | None = None, *, spin: bool = True):
     """onnxruntime options: all graph optimisations, intra-op threads = PyTorch's thread count (the cores
-    PyTorch would use, honouring OMP_NUM_THREADS / torch.set_num_threads), one inter-op thread."""
+    PyTorch would use, honouring OMP_NUM_THREADS / torch.set_num_threads), one inter-op thread.
+
+    No memory pattern: ORT plans and keeps one per input shape, so a server seeing every batch size from 1 to
+    32 grew by 57% (Lite0 int8: 202 -> 317 MB over 400 random batch sizes; 201 -> 215 MB without it), at no
+    measured cost in speed at batch 1, 16 or 32. `spin=False` stops the intra-op threads from spin-waiting
+    between runs: the right thing when other threads of the process need the cores (the server decodes
+    images while the model runs: 15.0 -> 12.7 ms of CPU per served image)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -185,13 +191,16 @@ def onnx_session_options(threads: int | None = None):
     so.intra_op_num_threads = int(threads or torch.get_num_threads())
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # errors only: ORT warns about initializers it folds
+    so.enable_mem_pattern = False
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
 class OnnxRunner(Runner):
     """An ONNX model in an onnxruntime InferenceSession (CUDA provider when asked for and available)."""
 
-    def __init__(self, path: str, *, device: str = "auto", threads: int | None = None):
+    def __init__(self, path: str, *, device: str = "auto", threads: int | None = None, spin: bool = True):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -204,7 +213,7 @@ class OnnxRunner(Runner):
             elif dev.startswith("cuda"):
                 raise CheckpointError("--device cuda for an ONNX model needs onnxruntime-gpu: pip install onnxruntime-gpu, or use --device cpu")
         try:
-            self.session = ort.InferenceSession(str(path), onnx_session_options(threads), providers=providers)
+            self.session = ort.InferenceSession(str(path), onnx_session_options(threads, spin=spin), providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise CheckpointError(f"'{path}' is not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
         custom = self.session.get_modelmeta().custom_metadata_map
@@ -243,11 +252,13 @@ def _zip_meta(path: str) -> tuple[str | None, dict | None]:
         return "torch-save", meta
 
 
-def open_model(path: str, *, device: str = "auto", precision: str = "auto", format: str | None = None) -> Runner:
+def open_model(path: str, *, device: str = "auto", precision: str = "auto", format: str | None = None,
+               spin: bool = True) -> Runner:
     """A Runner for `path`: an imgclf checkpoint, or a file written by `imgclf export` (any format).
 
     `precision` applies to checkpoints (autocast); an exported file runs in the precision it was exported in.
-    `format` skips detection (export uses it on its temporary files)."""
+    `format` skips detection (export uses it on its temporary files). `spin=False`: onnxruntime's threads
+    sleep between runs instead of spin-waiting (see `onnx_session_options`)."""
     path = str(path)
     if not os.path.exists(path):
         raise CheckpointError(f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model")
@@ -268,7 +279,7 @@ def open_model(path: str, *, device: str = "auto", precision: str = "auto", form
             elif kind is None and _looks_like_onnx(path):
                 fmt = "onnx"
     if fmt in ("onnx", "onnx-int8"):
-        return OnnxRunner(path, device=device)
+        return OnnxRunner(path, device=device, spin=spin)
     if fmt == "torchscript":
         return TorchScriptRunner(path, meta if meta is not None else _zip_meta(path)[1] or {}, device=device)
     if fmt == "pt2":

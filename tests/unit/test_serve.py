@@ -448,7 +448,11 @@ def test_serves_exported_files(fmt, tiny_best, images, tmp_path):
     out = tmp_path / f"model{FORMATS[fmt].suffix}"
     export(tiny_best, fmt, out=str(out), calib_images=32, verify_images=24)
     f = [("image", (f"{c}.png", images[c])) for c in TINY_CLASSES]
-    with TestClient(create_app(str(out), ServeSettings(max_wait_ms=1))) as c:
+    app = create_app(str(out), ServeSettings(max_wait_ms=1))
+    if fmt.startswith("onnx"):  # the served session does not spin-wait against the decode threads
+        opts = app.state.imgclf.runner.session.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with TestClient(app) as c:
         _wait_ready(c)
         meta = c.get("/metadata").json()
         assert meta["format"] == fmt and meta["classes"] == TINY_CLASSES and meta["file"] == out.name
@@ -459,3 +463,26 @@ def test_serves_exported_files(fmt, tiny_best, images, tmp_path):
     assert [p["label"] for p in got] == [p["label"] for p in ref]
     assert all(abs(g["probability"] - r["probability"]) < (0.1 if fmt == "onnx-int8" else 1e-4)
                for g, r in zip(got, ref))
+
+
+def test_warmup_runs_every_kind_of_batch_largest_first():
+    from imgclf.serve.app import warmup_sizes
+
+    for m in (1, 2, 3, 8, 32, 64):
+        sizes = warmup_sizes(m)
+        assert sizes[0] == m  # allocators size their first blocks for the largest batch
+        assert {1, m} <= set(sizes) <= set(range(1, m + 1))
+        assert len(set(sizes)) >= min(m, 5)  # more than the two extremes: a spread of batch sizes
+
+
+def test_server_sessions_do_not_spin_or_keep_memory_patterns():
+    """The server's onnxruntime session sleeps between runs (the decode threads need the cores) and plans no
+    memory per input shape (a pattern per batch size grew the resident memory by half)."""
+    from imgclf.runtime import onnx_session_options
+
+    served = onnx_session_options(2, spin=False)
+    assert served.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert not served.enable_mem_pattern
+    offline = onnx_session_options(2)
+    assert not offline.enable_mem_pattern
+    assert offline.intra_op_num_threads == 2
