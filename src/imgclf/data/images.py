@@ -23,8 +23,8 @@ class UnreadableImage(Exception):
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    # exif_transpose copies an image that needs no turning (~0.5 ms for a 500 x 375 photo, an eighth of its
-    # decode): call it only when the orientation tag asks for a turn or a flip.
+    # exif_transpose copies an image that needs no turning: call it only when the orientation tag asks for a
+    # turn or a flip (a 500 x 375 JPEG's decode and resize: 3.50 -> 3.42 ms).
     if im.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:
         im = ImageOps.exif_transpose(im)
     if im.mode == "RGB":
