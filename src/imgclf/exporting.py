@@ -50,6 +50,7 @@ import torch
 
 from . import __version__
 from .errors import DataError, ImgclfError, UsageError, did_you_mean
+from .fileio import temp_beside
 from .runtime import (
     DYNAMIC_INT8_FORMAT, META_KEY, META_NAME, CheckpointRunner, Runner, open_model, quantize_linear_dynamic,
 )
@@ -545,9 +546,8 @@ def export(weights: str, format: str, *, out: str | None = None, calib_data: str
                         opset=opset, calib_method=calib_method, reduce_range=reduce_range)
     meta = make_metadata(ref, fmt, weights)
 
-    folder, base = os.path.dirname(out), os.path.basename(out)
     # a hidden temporary name with the format's own suffix (torch.export warns about other names)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + fmt.suffix, dir=folder)
+    fd, tmp = temp_beside(out, suffix=".tmp" + fmt.suffix)
     os.close(fd)
     try:
         log.info("exporting %s (%s) as %s ...", weights, ref.model_name, fmt.name)

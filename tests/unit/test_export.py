@@ -42,6 +42,18 @@ def test_every_format_passes_verification(exports):
     assert "calibrated" not in exports["onnx"] and "32 images" in exports["onnx-int8"]["calibration"]
 
 
+def test_exports_and_checkpoints_get_ordinary_file_permissions(exports, tiny_best):
+    """Written through a private temporary file, but readable like any file the user creates (0666 less the
+    umask), so that a team can share a run folder."""
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for r in exports.values():
+        assert stat.S_IMODE(os.stat(r["out"]).st_mode) == 0o666 & ~umask, r["out"]
+    assert stat.S_IMODE(os.stat(tiny_best).st_mode) == 0o666 & ~umask
+
+
 def test_exports_load_with_metadata_and_agree_with_the_checkpoint(exports, tiny_best, tiny_data):
     from imgclf import Predictor, evaluate
 
