@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
+from shared_data import CIFAR, HYM, need_cifar, need_hym
 
 from imgclf.cli import main
 from imgclf.exporting import FORMATS
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-HYM = DATA / "hymenoptera"
-CIFAR = DATA / "cifar10-jpg"
-
 pytestmark = pytest.mark.integration
-need_hym = pytest.mark.skipif(not HYM.is_dir(), reason=f"real data not present: {HYM}")
-need_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason=f"real data not present: {CIFAR}")
 
 
 def _train(capsys, tmp_path, *args) -> str:

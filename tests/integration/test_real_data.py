@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_data import CIFAR, HYM, need_cifar, need_hym
 
 from imgclf.cli import main
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-HYM = DATA / "hymenoptera"
-CIFAR = DATA / "cifar10-jpg"
-
 pytestmark = pytest.mark.integration
-need_hym = pytest.mark.skipif(not HYM.is_dir(), reason=f"real data not present: {HYM}")
-need_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason=f"real data not present: {CIFAR}")
 
 # ImageNet-1k class indices of the two hymenoptera classes.
 IMAGENET_ANT, IMAGENET_BEE = 310, 309
