@@ -260,7 +260,7 @@ def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
     images = ctx.calib()
     check = images[:64]
     with torch.no_grad():
-        want = _batched(ctx.ref, check, 32)
+        want = _batched(ctx.ref.logits, check, 32)
     work = tempfile.mkdtemp(prefix="imgclf-int8-")
     try:
         fp32, pre = os.path.join(work, "fp32.onnx"), os.path.join(work, "pre.onnx")
@@ -298,12 +298,13 @@ def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
 
 
 def _onnx_logits(path: str, x: torch.Tensor) -> torch.Tensor:
+    """Logits of a candidate ONNX file that has no imgclf metadata yet (so not an OnnxRunner)."""
     import onnxruntime as ort
 
     from .runtime import onnx_session_options
 
     sess = ort.InferenceSession(path, onnx_session_options(), providers=["CPUExecutionProvider"])
-    return torch.cat([torch.from_numpy(sess.run(None, {"input": x[i:i + 32].numpy()})[0]) for i in range(0, len(x), 32)]).float()
+    return _batched(lambda b: torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]).float(), x, 32)
 
 
 def write_dynamic_int8(ctx: ExportContext, path: str, meta: dict) -> None:
@@ -399,8 +400,8 @@ def tolerance(int8: bool, ref: torch.Tensor) -> dict:
     return {"max_abs_diff": FP32_REL_TOL * max(1.0, float(ref.abs().max()))}
 
 
-def _batched(runner: Runner, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([runner.logits(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+def _batched(logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([logits(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def compare(ref: torch.Tensor, out: torch.Tensor, *, int8: bool) -> dict:
@@ -429,8 +430,8 @@ def compare(ref: torch.Tensor, out: torch.Tensor, *, int8: bool) -> dict:
 
 def verify(ref: Runner, exported: Runner, images: torch.Tensor, *, int8: bool, batch_size: int = 32) -> dict:
     """Run both on `images` (in batches, then the first image alone) and compare; see the module docstring."""
-    r_ref = _batched(ref, images, batch_size)
-    r_out = _batched(exported, images, batch_size)
+    r_ref = _batched(ref.logits, images, batch_size)
+    r_out = _batched(exported.logits, images, batch_size)
     report = compare(r_ref, r_out, int8=int8)
     if report["ok"]:
         single = exported.logits(images[:1])
