@@ -18,25 +18,27 @@ def limit_malloc_arenas(n: int = 2) -> bool:
     over 3,000 requests after warm-up (EfficientNet-Lite0 int8, 2 cores) and kept creeping; with 2 arenas it
     stayed flat, at the same speed. Must run before torch or numpy start threads (a limit set later is
     ignored); MALLOC_ARENA_MAX in the environment wins. Returns whether the limit was set."""
-    import ctypes
-    import ctypes.util
     import os
 
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-8, int(n)))  # -8: M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        return False
-
-
-_LIBC = None
+    libc = _glibc()
+    return bool(libc.mallopt(-8, int(n))) if libc else False  # -8: M_ARENA_MAX
 
 
 def trim_malloc() -> None:
     """glibc's malloc_trim(0): give the free pages inside malloc's heaps back to the kernel (a few ms; a no-op
     elsewhere)."""
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
+
+
+_LIBC = None
+
+
+def _glibc():
+    """The C library when it is glibc (it has mallopt and malloc_trim), else None (macOS, musl). Loaded once."""
     global _LIBC
     if _LIBC is None:
         import ctypes
@@ -44,11 +46,10 @@ def trim_malloc() -> None:
 
         try:
             _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.malloc_trim  # noqa: B018 - AttributeError when it is not glibc
+            _LIBC.mallopt, _LIBC.malloc_trim  # noqa: B018 - AttributeError when it is not glibc
         except (OSError, AttributeError):
             _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    return _LIBC or None
 
 
 def bind(host: str, port: int) -> socket.socket:
