@@ -39,15 +39,17 @@ request_huge_pages()
 from imgclf.data.feed import make_feed
 from imgclf.data.pipeline import Preprocess
 from imgclf.data.sources import open_source
-from imgclf.device import resolve_precision, to_layout
+from imgclf.device import to_layout, training_precision
 from imgclf.models.registry import build_model
 from imgclf.training import train_steps
 src = open_source({root!r})
 prep = Preprocess(img_size=32, resize=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 feed, _ = make_feed(src.splits["train"], prep, cache="disk", workers=2, batch_size=128)
-dev = torch.device("cpu"); amp = resolve_precision({precision!r}, dev)
+dev = torch.device("cpu")
 torch.manual_seed(0)
 m = to_layout(build_model("resnet18", 10), {channels_last!r}); m.train()
+amp = training_precision({precision!r}, dev, m, key="resnet18", img_size=32, batch_size=128, channels_last={channels_last!r})
+print("PRECISION", amp)
 opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 scaler = torch.amp.GradScaler("cpu", enabled=False); crit = nn.CrossEntropyLoss()
 gen = torch.Generator().manual_seed(0)

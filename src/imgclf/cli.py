@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
     p.add_argument("--json", action="store_true", help="print eval.json instead of the report")
 
     p = sub.add_parser("predict", help="label images or folders of images")
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="also write all predictions to FILE.csv or FILE.json")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
 
     _add_export(sub)
     _add_bench(sub)
@@ -152,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="split to take images from [val]")
     p.add_argument("-n", type=int, default=10, help="number of images [10]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
+
+    p = sub.add_parser("env", help="this machine as imgclf sees it: CPU instructions, GPU, versions, what auto picks",
+                       description="The machine as imgclf sees it: CPU model and the instruction sets that decide which "
+                                   "kernels run, GPU, versions, threads, and what `auto` picks here.")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.add_argument("--probe", metavar="MODEL", help="run (or read the cached) training-precision probe for MODEL now")
+    p.add_argument("--img-size", type=int, help="input size for --probe (default: the model's own)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size for --probe [128]")
 
     p = sub.add_parser("models", help="list models, parameter counts and offline pretrained weights")
     _common(p)
@@ -184,7 +195,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-concurrency", type=int, default=1024, help="open connections before answering 503 [1024]")
     p.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (checkpoints) [auto]")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
 
 
 def request_huge_pages() -> bool:
@@ -246,7 +257,7 @@ def cmd_evaluate(a: dict) -> int:
     from .evaluation import evaluate, format_report
 
     m = evaluate(a["weights"], a.get("data"), split=a["split"], out=a.get("out"), batch_size=a["batch_size"],
-                 device=a["device"], workers=a.get("workers"), data_root=a.get("data_root"))
+                 device=a["device"], workers=a.get("workers"), data_root=a.get("data_root"), precision=a["precision"])
     if a.get("json"):
         print(json.dumps(m, indent=2))
     else:
@@ -262,7 +273,7 @@ def cmd_predict(a: dict) -> int:
     if out and not out.lower().endswith((".csv", ".json")):
         raise UsageError(f"--output '{out}' must end in .csv or .json")
     paths = expand_paths(a["paths"])
-    pred = Predictor(a["weights"], device=a["device"], batch_size=a["batch_size"])
+    pred = Predictor(a["weights"], device=a["device"], batch_size=a["batch_size"], precision=a["precision"])
     results = []
     for start in range(0, len(paths), a["batch_size"]):
         for r in pred.predict(paths[start:start + a["batch_size"]], top_k=a["top_k"]):
@@ -347,6 +358,21 @@ def cmd_models(a: dict) -> int:
     return 0
 
 
+def cmd_env(a: dict) -> int:
+    from .environment import format_env, machine_report
+
+    if a.get("probe"):
+        from .models.registry import get_spec
+
+        get_spec(a["probe"])  # an unknown name: one line with 'did you mean', before any work
+        for flag in ("img_size", "batch_size"):
+            if a.get(flag) is not None and a[flag] < 1:
+                raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {a[flag]}")
+    r = machine_report(a.get("probe"), img_size=a.get("img_size"), batch_size=a["batch_size"])
+    print(json.dumps(r, indent=2) if a.get("json") else format_env(r))
+    return 0
+
+
 def cmd_samples(a: dict) -> int:
     from .data.samples import save_samples
 
@@ -391,7 +417,7 @@ def cmd_serve(a: dict) -> int:
 COMMANDS = {"samples": cmd_samples, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "check": cmd_check, "models": cmd_models,
             "serve": cmd_serve}
 
-COMMANDS.update(export=cmd_export, bench=cmd_bench)
+COMMANDS.update(export=cmd_export, bench=cmd_bench, env=cmd_env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ class TrainConfig:
     lookahead: bool = opt(False, "lookahead on the weights (airbench): every 5 steps, an average of the weights whose decay rises to 0.77 is copied back into the model; the final model is that average")
     time_budget: float | None = opt(None, "minutes of training (the epoch loop, validation included): the schedule is shortened to end within them, from the speed of the first steps; never longer than --epochs")
     max_steps: int | None = opt(None, "optimisation steps in all (the schedule ends there); set from --time-budget when that is given")
-    precision: str = opt("auto", "auto (bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, bf16 or fp16", ("auto", "fp32", "bf16", "fp16"))
+    precision: str = opt("auto", "auto (the fastest on this machine, never slower than fp32: bf16 or fp16 autocast on CUDA; on a CPU with native bf16 a short probe of the model decides, cached per machine and model - see `imgclf env`; else fp32), fp32, bf16 or fp16", ("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = opt(True, "channels_last memory layout for the model and batches (faster convolutions on CPU and GPU)")
     feature_cache: bool = opt(True, "with --freeze backbone: compute the frozen backbone's features once (plus --feature-views augmented views) and train the head on them")
     feature_views: int = opt(2, "augmented views per training image in the frozen-feature cache, besides the plain one")

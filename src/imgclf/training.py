@@ -22,7 +22,7 @@ from .config import TrainConfig, make_config, save_yaml
 from .data.feed import FastFeed, make_feed
 from .data.pipeline import common_size, default_workers, resolve_preprocess
 from .data.sources import open_source, write_split_manifest
-from .device import autocast, resolve_device, resolve_precision, to_layout
+from .device import autocast, resolve_device, to_layout, training_precision
 from .errors import CheckpointError, UsageError
 from .evaluation import compute_metrics, infer, write_eval_plots
 from .features import build_feature_feeds, head_of
@@ -259,7 +259,6 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     if cfg.pretrained and spec.weights is None:
         raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
     device = resolve_device(cfg.device)
-    amp = resolve_precision(cfg.precision, device)
 
     t_setup = time.perf_counter()
     src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -279,6 +278,10 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     model = to_layout(model.to(device), cfg.channels_last)
     if not any(p.requires_grad for p in model.parameters()):
         raise UsageError(f"--freeze {cfg.freeze} leaves nothing to train in {cfg.model}")
+    amp = training_precision(cfg.precision, device, model, key=cfg.model, img_size=prep.img_size,
+                             batch_size=cfg.batch_size, channels_last=cfg.channels_last)
+    log.info("precision: %s%s", str(amp).replace("torch.", "") if amp else "fp32",
+             " (auto)" if cfg.precision == "auto" else "")
     opt = _optimizer(cfg, _param_groups(cfg, model))
     scaler = torch.amp.GradScaler(device.type, enabled=(amp == torch.float16))
 
