@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--epochs", type=int, default=30)
     args = ap.parse_args()
+    from imgclf.environment import env_block
+
+    print(env_block(), flush=True)
     common = ["--data", args.data, "--model", args.model, "--pretrained", "--freeze", "backbone",
               "--epochs", str(args.epochs)]
     with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cache:

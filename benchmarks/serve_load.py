@@ -188,6 +188,9 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--serve-args", default="", help="extra `imgclf serve` flags, e.g. \"--threads 1\"")
     a = ap.parse_args()
+    from imgclf.environment import env_block
+
+    print(env_block(), flush=True)
 
     files = image_files(a.images, a.n_images)
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "model_file": a.model, "concurrency": a.concurrency,

@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--seed-workers", type=int, default=4, help="the seed script's DataLoader workers (its default: 4)")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
+    from imgclf.environment import env_block
+
+    print(env_block(), flush=True)
     # build the decoded cache once, untimed (a run does this once; later runs reuse the file)
     t = time.perf_counter()
     imgclf_images_per_second(args.root, 1, args.precision, True)

@@ -128,3 +128,8 @@ def format_env(r: dict) -> str:
         detail = f" (fp32 {n['fp32_ms']} ms, bf16 {n['bf16_ms']} ms a step)" if "fp32_ms" in n else ""
         lines.append(f"  probe {n['model']}: {n['choice']}{detail}")
     return "\n".join(lines)
+
+
+def env_block() -> str:
+    """What every script in benchmarks/ prints first: the machine, so that its numbers name their class."""
+    return format_env(machine_report()) + "\n"
