@@ -42,9 +42,21 @@ def make_checkpoint(model: nn.Module, *, model_name: str, classes: list[str], pr
 
 
 def save_checkpoint(ckpt: dict, path: str) -> None:
-    """Write atomically: a temporary file in the same folder, flushed, then renamed over `path`."""
-    with atomic_open(path, "wb") as f:
+    """Write atomically: a temporary file in the same folder, flushed, then renamed over `path`. A full disk
+    is a DiskFullError that says how much the file needed; `path` is left as it was."""
+    with atomic_open(path, "wb", need=_tensor_bytes(ckpt)) as f:
         torch.save(ckpt, f)
+
+
+def _tensor_bytes(obj) -> int:
+    """The bytes of every tensor in `obj` (nested dicts, lists): about the size torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: str) -> dict:
