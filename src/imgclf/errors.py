@@ -14,6 +14,15 @@ class ImgclfError(Exception):
     exit_code = 1
 
 
+class DiskFullError(ImgclfError):
+    """No room to write a file (ENOSPC, EDQUOT, EFBIG). Exit code 1, not 2: the command was right and may
+    have done hours of work before the disk filled; the machine, not the command, needs fixing."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
 class UsageError(ImgclfError):
     """A bad option, path or input: fixable by the user. Exit code 2."""
 

@@ -1,8 +1,9 @@
-"""Evaluation: accuracy, loss, macro-F1, top-5, a per-class report, the confusion matrix and its plots."""
+"""Evaluation: accuracy, loss, macro-F1, top-5 (over 5 classes), a per-class report, the confusion matrix and its plots."""
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -41,8 +42,13 @@ def infer(model, loader, device=None, amp_dtype=None, desc: str = "eval", channe
     return torch.cat(outs), torch.cat(ys)
 
 
+TOP_K = 5  # the top-k accuracy reported, when there are more than TOP_K classes
+
+
 def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
-    """Metrics as plain types. Accuracies are fractions in [0, 1]; top5 is None under 5 classes."""
+    """Metrics as plain types. Accuracies are fractions in [0, 1]. top5 is None unless there are more than 5
+    classes: with 5 or fewer the true class is always among the top 5, a score of 1.0 that says nothing."""
+    from sklearn.exceptions import UndefinedMetricWarning
     from sklearn.metrics import (
         confusion_matrix,
         f1_score,
@@ -54,21 +60,29 @@ def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[st
     y = labels.numpy()
     pred = logits.argmax(1).numpy()
     idx = list(range(n_cls))
-    loss = float(F.cross_entropy(logits, labels).item()) if len(y) else float("nan")
-    p, r, f, s = precision_recall_fscore_support(y, pred, labels=idx, zero_division=0)
-    top5 = None
-    if n_cls >= 5 and len(y):
-        top5 = float(top_k_accuracy_score(y, logits.numpy(), k=5, labels=idx))
+    with warnings.catch_warnings():
+        # What sklearn warns about is handled here, so its warnings would only reach the user's console:
+        # a class never predicted or absent scores 0 (zero_division=0), and a split of one class still gets
+        # an n x n matrix (labels=idx).
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
+        loss = float(F.cross_entropy(logits, labels).item()) if len(y) else float("nan")
+        p, r, f, s = precision_recall_fscore_support(y, pred, labels=idx, zero_division=0)
+        top5 = None
+        if n_cls > TOP_K and len(y):
+            top5 = float(top_k_accuracy_score(y, logits.numpy(), k=TOP_K, labels=idx))
+        macro_f1 = float(f1_score(y, pred, labels=idx, average="macro", zero_division=0))
+        cm = confusion_matrix(y, pred, labels=idx).tolist()
     return {
         "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
         "loss": loss,
-        "macro_f1": float(f1_score(y, pred, labels=idx, average="macro", zero_division=0)),
+        "macro_f1": macro_f1,
         "top5_accuracy": top5,
         "num_images": int(len(y)),
         "classes": list(classes),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, c in enumerate(classes)},
-        "confusion_matrix": confusion_matrix(y, pred, labels=idx).tolist(),
+        "confusion_matrix": cm,
     }
 
 

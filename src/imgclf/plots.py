@@ -1,25 +1,84 @@
-"""Figures written into run and evaluation folders (matplotlib, no display needed)."""
+"""Figures written into run and evaluation folders (matplotlib, no display needed).
+
+Each figure is a `matplotlib.figure.Figure` drawn by its own Agg canvas: no pyplot and no `matplotlib.use`,
+so the caller's backend, open figures and interactive state are left as they were.
+"""
 from __future__ import annotations
 
-import matplotlib
+import functools
+import warnings
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib import font_manager, rcParams
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator
 
-from .fileio import atomic_open  # noqa: E402
+from .fileio import atomic_open
+
+# Fonts with wide Unicode coverage, tried in turn after the default one for the glyphs it lacks, so that class
+# names in CJK, Arabic, Devanagari... are drawn where the machine has such a font (matplotlib >= 3.6 falls back
+# glyph by glyph along a family list). Those not installed are skipped.
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
+    "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "Microsoft YaHei", "SimHei", "Yu Gothic",
+    "Malgun Gothic", "PingFang SC", "Hiragino Sans", "Apple SD Gothic Neo", "Arial Unicode MS", "Noto Sans",
+    "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Devanagari", "Noto Sans Thai",
+)
 
 
-def _save(fig, path: str) -> None:
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+def _figure(**kw) -> Figure:
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _font_family() -> list[str]:
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return list(rcParams["font.family"]) + [f for f in FALLBACK_FONTS if f in installed]
+
+
+@functools.lru_cache(maxsize=8)
+def _drawable(family: tuple[str, ...]) -> frozenset[int]:
+    """The code points that the fonts of `family` have glyphs for."""
+    points: set[int] = set()
+    for name in family:
+        path = font_manager.findfont(font_manager.FontProperties(family=[name]))
+        points.update(font_manager.get_font(path).get_charmap())
+    return frozenset(points)
+
+
+def label(name: str) -> str:
+    """`name` as it can be drawn here, as plain text: a character that no installed font has becomes U+XXXX,
+    so that class names in a script without a font stay readable and distinct instead of a row of identical
+    boxes, and `$` is escaped (two of them would start mathtext, which a name like "a$\\frac{$b" breaks)."""
+    ok = _drawable(tuple(_font_family()))
+    drawn = "".join(c if ord(c) in ok or not c.isprintable() else f"U+{ord(c):04X}" for c in name)
+    return drawn.replace("$", r"\$")
+
+
+def _save(fig: Figure, path: str) -> None:
+    family = _font_family()
+    for t in fig.findobj(Text):
+        t.set_fontfamily(family)
+    for ax in fig.axes:
+        try:
+            ax.tick_params(labelfontfamily=family)  # ticks made while drawing (matplotlib >= 3.8)
+        except ValueError:  # older: the tick labels found above carry it, and new ticks copy theirs
+            pass
+    with warnings.catch_warnings():
+        # label() spells out what no installed font can draw; anything it missed is drawn as a box, not a warning
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
 def plot_curves(rows: list[dict], path: str) -> None:
     """Loss and accuracy per epoch, train against validation."""
     ep = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = _figure(figsize=(10, 3.8))
+    a, b = fig.subplots(1, 2)
     a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
     a.plot(ep, [r["val_loss"] for r in rows], "o-", label="val")
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
@@ -27,19 +86,31 @@ def plot_curves(rows: list[dict], path: str) -> None:
     b.plot(ep, [r["val_acc"] for r in rows], "o-", label="val")
     b.plot(ep, [r["val_macro_f1"] for r in rows], "--", label="val macro-F1")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
     _save(fig, path)
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: str, title: str = "") -> None:
-    from sklearn.metrics import ConfusionMatrixDisplay
-
+    """Counts, true class down and predicted across (drawn here rather than by sklearn's
+    ConfusionMatrixDisplay, which goes through pyplot)."""
+    cm = np.asarray(cm)
     n = len(classes)
     size = min(max(4.0, 0.45 * n + 2), 30)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(cm, display_labels=classes).plot(
-        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=90 if n > 6 else 0, include_values=n <= 30
-    )
-    ax.set_title(title)
+    fig = _figure(figsize=(size, size))
+    ax = fig.subplots()
+    im = ax.imshow(cm, interpolation="nearest", cmap="Blues")
+    if n <= 30:  # more and the numbers overlap
+        low, high = im.cmap(0.0), im.cmap(1.0)
+        middle = (cm.max() + cm.min()) / 2.0
+        for i, j in np.ndindex(cm.shape):
+            ax.text(j, i, f"{cm[i, j]:d}", ha="center", va="center", color=high if cm[i, j] < middle else low)
+    names = [label(c) for c in classes]
+    ax.set_xticks(range(n), names, rotation=90 if n > 6 else 0)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("Predicted label")
+    ax.set_ylabel("True label")
+    ax.set_title(label(title))
     _save(fig, path)
 
 
@@ -47,17 +118,19 @@ def plot_misclassified(images: list, true: list[str], pred: list[str], prob: lis
     """A grid of the most confident mistakes: each image with its true and predicted label."""
     n = len(images)
     if n == 0:
-        fig, ax = plt.subplots(figsize=(4, 1.5))
+        fig = _figure(figsize=(4, 1.5))
+        ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
         _save(fig, path)
         return
     cols = min(6, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
+    fig = _figure(figsize=(2.3 * cols, 2.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, t, p, pr in zip(axes.flat, images, true, pred, prob):
         ax.imshow(img, interpolation="nearest" if min(img.shape[:2]) < 64 else "antialiased")
-        ax.set_title(f"true: {t}\npred: {p} ({pr:.2f})", fontsize=8, color="firebrick")
+        ax.set_title(f"true: {label(t)}\npred: {label(p)} ({pr:.2f})", fontsize=8, color="firebrick")
     _save(fig, path)

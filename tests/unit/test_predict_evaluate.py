@@ -214,14 +214,15 @@ def five_class_best(tmp_path_factory, make_folder) -> str:
     return str(Path(res["run_dir"]) / "best.pt")
 
 
-@pytest.mark.filterwarnings("ignore:'k' \\(5\\) greater than or equal to 'n_classes'")
-def test_evaluate_five_classes_has_top5(five_class_best, tmp_path):
+def test_evaluate_five_classes_has_no_top5(five_class_best, tmp_path):
     m = evaluate(five_class_best, split="val", out=str(tmp_path / "e5"), workers=1, device="cpu", plots=False)
     _check_eval(m, ["a", "b", "c", "d", "e"])
     assert m["num_images"] == 15
-    assert isinstance(m["top5_accuracy"], float)
-    assert m["top5_accuracy"] == 1.0  # with exactly 5 classes the true label is always in the top 5
-    assert m["accuracy"] <= m["top5_accuracy"]
+    # with exactly 5 classes the true label is always in the top 5: a 1.0 that says nothing is not reported
+    # (test_hostile.test_top5_only_above_five_classes checks the value above 5 classes)
+    assert m["top5_accuracy"] is None
+    saved = json.loads((tmp_path / "e5" / "eval.json").read_text())
+    assert saved["top5_accuracy"] is None
 
 
 # ----------------------------------------------------------------------------------------------- run directory
