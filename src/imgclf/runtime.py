@@ -264,6 +264,8 @@ def open_model(path: str, *, device: str = "auto", precision: str = "auto", form
         raise CheckpointError(f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model")
     if os.path.isdir(path):
         raise CheckpointError(f"'{path}' is a folder: pass a checkpoint file such as {os.path.join(path, 'best.pt')}")
+    if not os.path.isfile(path):  # a FIFO or a device would block the reads below
+        raise CheckpointError(f"'{path}' is not a regular file: pass a checkpoint file such as runs/NAME/best.pt")
     fmt = format
     meta = None
     if fmt is None:

@@ -534,3 +534,17 @@ def test_plots_leave_the_callers_backend_alone(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["svg", "False"]
     assert all((tmp_path / n).stat().st_size > 0 for n in ("c.png", "m.png", "x.png"))
+
+
+def test_a_fifo_named_as_weights_is_refused_without_blocking(tmp_path, tiny_data, capsys):
+    # open_model used to read it and wait for a writer forever
+    import os
+
+    from imgclf.cli import main
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    img = next((tiny_data / "val" / "cat").iterdir())
+    assert main(["predict", str(fifo), str(img)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a regular file" in err and len(err.splitlines()) == 1
