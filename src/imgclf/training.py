@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from .config import TrainConfig, make_config, save_yaml
+from .config import TrainConfig, check_config, check_output_folder, make_config, save_yaml
 from .data.feed import FastFeed, make_feed
 from .data.pipeline import common_size, default_workers, resolve_preprocess
 from .data.sources import open_source, write_split_manifest
@@ -183,11 +183,6 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
     data = cfg.data
     if data and os.path.exists(data):
         data = os.path.abspath(data)  # so that evaluate and resume find it from any folder
-    for k, v in (("epochs", cfg.epochs), ("batch_size", cfg.batch_size)):
-        if v < 1:
-            raise UsageError(f"--{k.replace('_', '-')} must be at least 1 (got {v})")
-    if cfg.save_every < 0 or workers < 0:
-        raise UsageError("--save-every and --workers must not be negative")
     return replace(cfg, lr=lr, weight_decay=wd, workers=workers, data=data)
 
 
@@ -252,12 +247,16 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
         from .recipes import apply_recipe
 
         cfg = apply_recipe(cfg, explicit)
+    # Every check that needs no data comes first: a bad option must not cost a decode or leave a run folder.
+    check_config(cfg)
     if not cfg.data:
         raise UsageError("no data given: pass --data with a folder, a CSV, or one of cifar10, cifar100, digits")
     cfg = _resolve(cfg)
     spec = get_spec(cfg.model)
     if cfg.pretrained and spec.weights is None:
         raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
+    if resume_ckpt is None:
+        check_output_folder(cfg.out, "--out")
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)
 

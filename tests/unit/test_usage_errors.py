@@ -1,0 +1,153 @@
+"""Usage errors found by a hostile-input sweep (issue 10): each is one line on stderr and exit 2, checked before
+any work and before anything is written; and `predict` keeps every result it computed whatever else happens."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import imgclf.predict
+from imgclf.cli import main
+from imgclf.errors import UsageError
+from imgclf.models.registry import REGISTRY
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    # Anything a command writes by default (runs/, eval folders) lands in the test's own folder.
+    monkeypatch.chdir(tmp_path)
+
+
+def _usage_error(capsys, argv) -> str:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2, f"exit {rc}, stderr: {err!r}"
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert "Traceback" not in err and "Traceback" not in out
+    return lines[0]
+
+
+def _nothing_in(folder: Path) -> bool:
+    return not folder.exists() or not any(folder.iterdir())
+
+
+@pytest.fixture
+def two_classes(tmp_path, make_folder) -> Path:
+    return make_folder(tmp_path / "d", layout="flat", classes=("cat", "dog"), n=6)
+
+
+def _train(data, out, *extra) -> list[str]:
+    return ["train", "--data", str(data), "--model", "test_tiny", "--epochs", "1", "--batch-size", "8",
+            "--workers", "0", "--out", str(out), *extra]
+
+
+# ----------------------------------------------------------------------------------------------- train options
+
+
+@pytest.mark.parametrize("flag, value, expect", [
+    ("--lr", "-1", "above 0"),
+    ("--lr", "nan", "finite"),
+    ("--img-size", "0", "at least 1"),
+    ("--label-smoothing", "2", "at least 0 and below 1"),
+    ("--momentum", "1", "below 1"),
+    ("--epochs", "0", "at least 1"),
+    ("--batch-size", "0", "at least 1"),
+    ("--val-fraction", "1", "above 0 and below 1"),
+    ("--weight-decay", "-0.1", "at least 0"),
+    ("--gamma", "0", "above 0"),
+    ("--brightness", "1.5", "at most 1"),
+    ("--seed", "-1", "at least 0"),
+    ("--workers", "-1", "at least 0"),
+    ("--time-budget", "0", "above 0"),
+    ("--max-steps", "0", "at least 1"),
+])
+def test_train_option_out_of_range(capsys, tmp_path, two_classes, flag, value, expect):
+    line = _usage_error(capsys, _train(two_classes, tmp_path / "runs", flag, value))
+    assert flag in line and expect in line
+    assert _nothing_in(tmp_path / "runs"), "a run folder was made for options that were refused"
+
+
+def test_train_help_shows_the_ranges(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "cross-entropy label smoothing (1 would make every target uniform) [0.0] (at least 0 and below 1)" in text
+
+
+def test_range_from_a_config_file(capsys, tmp_path, two_classes):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data: {two_classes}\nlabel_smoothing: 2\n")
+    line = _usage_error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "runs")])
+    assert "'label_smoothing'" in line and "below 1" in line and "run.yaml" in line
+    assert _nothing_in(tmp_path / "runs")
+
+
+def test_range_through_the_python_api(tmp_path, two_classes):
+    from imgclf import TrainConfig, train
+
+    with pytest.raises(UsageError, match="'lr' must be above 0"):
+        train(TrainConfig(data=str(two_classes), model="test_tiny", lr=-1.0, out=str(tmp_path / "runs")))
+    assert _nothing_in(tmp_path / "runs")
+
+
+def test_out_under_a_file_is_refused_before_any_work(capsys, tmp_path, two_classes):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    line = _usage_error(capsys, _train(two_classes, blocker / "runs"))
+    assert "--out" in line and "is a file" in line
+
+
+# ----------------------------------------------------------------------------------------------- other commands
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["predict", "W", "IMG", "--batch-size", "0"], "--batch-size"),
+    (["predict", "W", "IMG", "--top-k", "0"], "--top-k"),
+    (["predict", "W", "IMG", "--top-k", "-1"], "--top-k"),
+    (["evaluate", "W", "--batch-size", "0"], "--batch-size"),
+    (["evaluate", "W", "--workers", "-1"], "--workers"),
+    (["export", "W", "--format", "onnx", "--verify-images", "0"], "--verify-images"),
+    (["export", "W", "--format", "onnx-int8", "--calib-images", "0"], "--calib-images"),
+    (["export", "W", "--format", "onnx", "--max-eval-images", "0"], "--max-eval-images"),
+    (["bench", "W", "--iters", "0"], "--iters"),
+    (["bench", "W", "--warmup", "-1"], "--warmup"),
+    (["bench", "W", "--max-seconds", "0"], "--max-seconds"),
+    (["bench", "W", "--threads", "0"], "--threads"),
+    (["check", "DATA", "--workers", "-1"], "--workers"),
+    (["samples", "digits", "--out", "OUT", "-n", "0"], "-n"),
+    (["serve", "W", "--port", "70000"], "--port"),
+])
+def test_numeric_flags_of_every_command(capsys, tmp_path, tiny_best, tiny_data, argv, flag):
+    img = next((tiny_data / "val" / "cat").iterdir())
+    subst = {"W": tiny_best, "IMG": str(img), "DATA": str(tiny_data), "OUT": str(tmp_path / "samples")}
+    line = _usage_error(capsys, [subst.get(x, x) for x in argv])
+    assert f"argument {flag}" in line and ("at least" in line or "above" in line or "at most" in line)
+    assert _nothing_in(tmp_path / "samples")
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "W", "DATA", "--output", "BLOCKED/x.csv"],
+    ["evaluate", "W", "--out", "BLOCKED/eval"],
+    ["export", "W", "--format", "torchscript", "--out", "BLOCKED/m.ts"],
+    ["samples", "digits", "--out", "BLOCKED/s"],
+])
+def test_output_under_a_file_is_refused_before_any_work(capsys, tmp_path, tiny_best, tiny_data, argv):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    subst = {"W": tiny_best, "DATA": str(tiny_data)}
+    argv = [subst.get(x, x.replace("BLOCKED", str(blocker))) for x in argv]
+    line = _usage_error(capsys, argv)
+    assert str(blocker) in line and "is a file" in line
+    assert capsys.readouterr().out == ""
+
+
+def test_predict_output_folder_is_made(capsys, tmp_path, tiny_best, tiny_data):
+    out = tmp_path / "new" / "deeper" / "p.csv"
+    assert main(["predict", tiny_best, str(tiny_data / "val"), "--output", str(out), "--device", "cpu"]) == 0
+    with open(out, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 18
