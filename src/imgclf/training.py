@@ -23,7 +23,7 @@ from .data.feed import FastFeed, make_feed
 from .data.pipeline import common_size, default_workers, resolve_preprocess
 from .data.sources import open_source, write_split_manifest
 from .device import autocast, resolve_device, resolve_precision, to_layout
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, DataError, UsageError
 from .evaluation import compute_metrics, infer, write_eval_plots
 from .features import build_feature_feeds, head_of
 from .fileio import atomic_open, write_json
@@ -59,6 +59,13 @@ def _run_dir(cfg: TrainConfig) -> str:
     while os.path.exists(d) and os.listdir(d):
         d, n = f"{base}-{n}", n + 1
     return d
+
+
+def _too_small(img_size: int, spec) -> str:
+    other = "" if spec.small else ", or a model for small images such as smallcnn"
+    return (f"--img-size {img_size} is too small for {spec.name}, which takes at least {spec.min_img_size} px (below that "
+            f"its strided and pooling layers leave no real pixels in its last feature map): pass --img-size "
+            f"{spec.min_img_size} or more (smaller images are upscaled){other}")
 
 
 def _param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
@@ -255,6 +262,8 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     spec = get_spec(cfg.model)
     if cfg.pretrained and spec.weights is None:
         raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
+    if cfg.img_size is not None and cfg.img_size < spec.min_img_size:
+        raise UsageError(_too_small(cfg.img_size, spec))
     if resume_ckpt is None:
         check_output_folder(cfg.out, "--out")
     device = resolve_device(cfg.device)
@@ -262,9 +271,16 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
 
     t_setup = time.perf_counter()
     src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if len(src.classes) < 2:
+        raise DataError(f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
+                        "add a folder of images for each other class beside it")
     for note in src.notes:
         log.info("%s", note)
     own = None if (cfg.img_size or cfg.pretrained) else common_size(src.splits["train"], cfg.workers or 1)
+    if own is not None and own < spec.min_img_size:
+        log.info("the images are %d px, below the %d px that %s takes: they are upscaled to %d px",
+                 own, spec.min_img_size, cfg.model, spec.min_img_size)
+        own = spec.min_img_size
     prep = resolve_preprocess(spec, img_size=cfg.img_size, pretrained=cfg.pretrained, own_size=own)
     if resume_ckpt is not None:
         from .data.pipeline import Preprocess

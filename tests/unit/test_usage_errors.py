@@ -50,6 +50,13 @@ def _train(data, out, *extra) -> list[str]:
 # ----------------------------------------------------------------------------------------------- train options
 
 
+def test_one_class_is_refused_before_any_work(capsys, tmp_path, make_folder):
+    data = make_folder(tmp_path / "one", layout="flat", classes=("cat",), n=6)
+    line = _usage_error(capsys, _train(data, tmp_path / "runs"))
+    assert "one class, 'cat'" in line and "at least two" in line
+    assert _nothing_in(tmp_path / "runs")
+
+
 @pytest.mark.parametrize("flag, value, expect", [
     ("--lr", "-1", "above 0"),
     ("--lr", "nan", "finite"),
@@ -93,6 +100,33 @@ def test_range_through_the_python_api(tmp_path, two_classes):
     with pytest.raises(UsageError, match="'lr' must be above 0"):
         train(TrainConfig(data=str(two_classes), model="test_tiny", lr=-1.0, out=str(tmp_path / "runs")))
     assert _nothing_in(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("model, size, minimum", [("smallcnn", 3, 4), ("airnet_small", 24, 25), ("resnet18", 7, 32)])
+def test_img_size_below_the_models_minimum(capsys, tmp_path, two_classes, model, size, minimum):
+    argv = _train(two_classes, tmp_path / "runs", "--img-size", str(size))
+    argv[argv.index("test_tiny")] = model
+    line = _usage_error(capsys, argv)
+    assert f"--img-size {size}" in line and model in line and f"at least {minimum} px" in line
+    assert _nothing_in(tmp_path / "runs")
+
+
+def test_every_model_runs_at_its_declared_minimum():
+    """The minimum the refusal quotes is one the network really takes (shapes only, on the meta device)."""
+    for name, spec in REGISTRY.items():
+        with torch.device("meta"):
+            model = spec.builder(3).train()
+            out = model(torch.zeros(2, 3, spec.min_img_size, spec.min_img_size))
+        assert tuple(out.shape) == (2, 3), name
+
+
+def test_images_smaller_than_the_model_takes_are_upscaled(capsys, tmp_path, make_folder):
+    # 16 px images and airnet_small (which takes 25 px and up), no --img-size: the run uses 25 px
+    data = make_folder(tmp_path / "d", layout="flat", classes=("cat", "dog"), n=6, size=16)
+    argv = _train(data, tmp_path / "runs", "--name", "r")
+    argv[argv.index("test_tiny")] = "airnet_small"
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "img_size: 25" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
 
 
 def test_out_under_a_file_is_refused_before_any_work(capsys, tmp_path, two_classes):
