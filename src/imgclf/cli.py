@@ -31,6 +31,42 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+# 128 + SIGPIPE: what a shell reports for `cat` or `grep` when the reader of their output exits first (`| head`),
+# so `set -o pipefail` sees the same for imgclf; 0 would claim that all the output was delivered.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _stdout_to_devnull() -> None:
+    """After EPIPE on stdout, point it at /dev/null, so that later prints and the interpreter's final flush do not
+    raise BrokenPipeError again (Python's documented recipe, `signal` module: "Note on SIGPIPE")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file descriptor (a test's capture): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+class Stdout:
+    """Result lines to stdout. When the reader has gone (EPIPE), the rest is dropped: with `keep_going` the
+    command goes on quietly (it has a file to finish), else BrokenPipeError ends it (main exits 141)."""
+
+    def __init__(self, *, keep_going: bool):
+        self.keep_going, self.closed = keep_going, False
+
+    def print(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            _stdout_to_devnull()
+            if not self.keep_going:
+                raise
+
+
 def check_output_file(path: str, flag: str) -> None:
     """Before any work: an output file's folder is created when it is written (as train, evaluate, export and
     samples create theirs), so it need not exist, but it must be possible to make and write."""
@@ -69,7 +105,9 @@ def _number(t: type, rng: Range | None = None, **bounds):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and tracebacks")
-    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress or info lines on stderr, only warnings and errors (train prints nothing else); "
+                        "results on stdout (predictions, reports, JSON) still print")
 
 
 def _add_train(sub) -> None:
@@ -265,9 +303,8 @@ def cmd_train(a: dict) -> int:
         from .config import load_yaml
 
         explicit |= set(load_yaml(a["config"]))
-    res = train({k: getattr(cfg, k) for k in explicit})
-    print(f"best epoch {res['best_epoch']}: val accuracy {res['best']['accuracy']:.4f}, macro-F1 {res['best']['macro_f1']:.4f}")
-    print(f"run directory: {res['run_dir']}")
+    # The run directory and the best epoch are logged by `train` (and kept in train.log): not printed again here.
+    train({k: getattr(cfg, k) for k in explicit})
     return 0
 
 
@@ -282,7 +319,7 @@ def cmd_evaluate(a: dict) -> int:
         print(json.dumps(m, indent=2))
     else:
         print(format_report(m))
-        print(f"wrote eval.json, confusion_matrix.png, misclassified.png to {m['out']}")
+        log.info("wrote eval.json, confusion_matrix.png, misclassified.png to %s", m["out"])
     return 0
 
 
@@ -296,23 +333,34 @@ def cmd_predict(a: dict) -> int:
         check_output_file(out, "--output")
     paths = expand_paths(a["paths"])
     pred = Predictor(a["weights"], device=a["device"], batch_size=a["batch_size"])
-    results = []
-    for start in range(0, len(paths), a["batch_size"]):
-        for r in pred.predict(paths[start:start + a["batch_size"]], top_k=a["top_k"]):
-            results.append(r)
-            if a.get("json"):
-                print(json.dumps(r), flush=True)
-            elif "error" in r:
-                print(f"{r['path']}\tERROR\t{r['error']}", flush=True)
-            else:
-                others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
-                print(f"{r['path']}\t{r['label']}\t{r['probability']:.3f}" + (f"\t({others})" if others else ""), flush=True)
-    if a.get("output"):
-        _write_predictions(results, a["output"])
+    results: list[dict] = []
+    stdout = Stdout(keep_going=bool(out))  # with --output, a closed stdout (`| head`) does not stop the file
+    try:
+        for start in range(0, len(paths), a["batch_size"]):
+            for r in pred.predict(paths[start:start + a["batch_size"]], top_k=a["top_k"]):
+                results.append(r)
+                stdout.print(_prediction_line(r, a.get("json")))
+    finally:
+        # Whatever stops the run (an error, Ctrl-C, SIGTERM), the images done keep their results.
+        if out and results:
+            _write_predictions(results, out)
+            if len(results) < len(paths):
+                log.warning("stopped after %d of %d images: %s holds those %d", len(results), len(paths), out, len(results))
     failed = sum("error" in r for r in results)
+    if failed == len(results):
+        raise ImgclfError(f"none of the {failed} images could be read or processed (each one's error is listed above)")
     if failed:
-        log.warning("%d of %d images could not be read", failed, len(results))
-    return 0
+        log.warning("%d of %d images could not be read or processed", failed, len(results))
+    return EXIT_BROKEN_PIPE if stdout.closed else 0
+
+
+def _prediction_line(r: dict, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(r)
+    if "error" in r:
+        return f"{r['path']}\tERROR\t{r['error']}"
+    others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
+    return f"{r['path']}\t{r['label']}\t{r['probability']:.3f}" + (f"\t({others})" if others else "")
 
 
 def _write_predictions(results: list[dict], path: str) -> None:
@@ -388,7 +436,7 @@ def cmd_samples(a: dict) -> int:
 
     check_output_folder(a["out"], "--out")
     paths = save_samples(a["data"], a["out"], split=a["split"], n=a["n"], data_root=a.get("data_root"))
-    print(f"wrote {len(paths)} images to {a['out']}")
+    log.info("wrote %d images to %s", len(paths), a["out"])
     return 0
 
 
@@ -462,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader went away (`| head -1`): stop quietly, as a tool ended by SIGPIPE
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, unless --verbose
         if verbose:
             raise
@@ -474,4 +525,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    try:  # what print() left in the buffer: a reader that has gone shows up here, not in the command
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        code = EXIT_BROKEN_PIPE
+    sys.exit(code)

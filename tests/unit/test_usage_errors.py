@@ -164,6 +164,12 @@ def test_numeric_flags_of_every_command(capsys, tmp_path, tiny_best, tiny_data, 
     assert _nothing_in(tmp_path / "samples")
 
 
+def test_predictor_refuses_top_k_below_one(tiny_best, tiny_data):
+    img = next((tiny_data / "val" / "cat").iterdir())
+    with pytest.raises(UsageError, match="top_k must be at least 1"):
+        imgclf.predict.Predictor(tiny_best, device="cpu").predict(img, top_k=0)
+
+
 @pytest.mark.parametrize("argv", [
     ["predict", "W", "DATA", "--output", "BLOCKED/x.csv"],
     ["evaluate", "W", "--out", "BLOCKED/eval"],
@@ -185,3 +191,100 @@ def test_predict_output_folder_is_made(capsys, tmp_path, tiny_best, tiny_data):
     assert main(["predict", tiny_best, str(tiny_data / "val"), "--output", str(out), "--device", "cpu"]) == 0
     with open(out, newline="") as f:
         assert len(list(csv.DictReader(f))) == 18
+
+
+# ----------------------------------------------------------------------------------------------- predict keeps results
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_file_that_raises_anything_loses_only_its_own_result(capsys, tmp_path, tiny_best, tiny_data, monkeypatch):
+    """A MemoryError while resizing one file (a 400000 x 1 PNG did this) is that file's error; the rest is kept."""
+    folder = tiny_data / "val" / "dog"
+    victim = sorted(folder.iterdir())[2]
+    real = imgclf.predict.load_image
+
+    def load_image(path, *a, **kw):
+        if Path(path) == victim:
+            raise MemoryError()
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(imgclf.predict, "load_image", load_image)
+    out = tmp_path / "o.csv"
+    assert main(["predict", tiny_best, str(folder), "--output", str(out), "--device", "cpu", "--batch-size", "4"]) == 0
+    err = capsys.readouterr().err
+    rows = {r["path"]: r for r in _rows(out)}
+    assert len(rows) == 6
+    assert "MemoryError" in rows[str(victim)]["error"] and not rows[str(victim)]["label"]
+    assert all(r["label"] and not r["error"] for p, r in rows.items() if p != str(victim))
+    assert "1 of 6 images could not be read" in err
+
+
+def test_an_error_late_in_the_run_keeps_the_rows_done(capsys, tmp_path, tiny_best, tiny_data, monkeypatch):
+    calls = []
+    real = imgclf.predict.Predictor.logits
+
+    def logits(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise RuntimeError("the model broke")
+        return real(self, batch)
+
+    monkeypatch.setattr(imgclf.predict.Predictor, "logits", logits)
+    out = tmp_path / "o.csv"
+    assert main(["predict", tiny_best, str(tiny_data / "val"), "--output", str(out), "--device", "cpu",
+                 "--batch-size", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "the model broke" in err and "stopped after 4 of 18 images" in err
+    assert len(_rows(out)) == 4
+
+
+def test_predict_fails_when_every_file_failed(capsys, tmp_path, tiny_best):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"not an image")
+    out = tmp_path / "o.csv"
+    assert main(["predict", tiny_best, str(folder), "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("\tERROR\t") == 2
+    assert captured.err.strip().splitlines()[-1].startswith("imgclf: error: none of the 2 images")
+    assert [r["error"] != "" for r in _rows(out)] == [True, True]
+
+
+@pytest.mark.parametrize("with_output", [False, True])
+def test_predict_into_a_closed_pipe_ends_quietly(tmp_path, tiny_best, tiny_data, with_output):
+    """`imgclf predict ... | head -1`: the reader has gone; exit 141 (as a tool ended by SIGPIPE) with nothing on
+    stderr; with --output the file is still written in full."""
+    out = tmp_path / "o.csv"
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first line: every write to w fails with EPIPE
+    argv = [sys.executable, "-m", "imgclf", "predict", tiny_best, str(tiny_data / "val"), "--device", "cpu"]
+    res = subprocess.run(argv + (["--output", str(out)] if with_output else []), stdout=w, stderr=subprocess.PIPE,
+                         text=True, timeout=300, check=False)
+    os.close(w)
+    assert res.returncode == 141, res.stderr
+    assert res.stderr == ""
+    if with_output:
+        assert len(_rows(out)) == 18
+
+
+# ----------------------------------------------------------------------------------------------- console
+
+
+def test_train_says_its_result_once_and_nothing_with_quiet(capsys, tmp_path, two_classes):
+    assert main(_train(two_classes, tmp_path / "runs", "--name", "loud")) == 0
+    out, err = capsys.readouterr()
+    both = out + err
+    assert both.count("run directory") == 1 and both.count("best epoch") == 1
+    assert main(_train(two_classes, tmp_path / "runs", "--name", "quiet", "-q")) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_predict_quiet_still_prints_the_predictions(capsys, tiny_best, tiny_data):
+    assert main(["predict", tiny_best, str(tiny_data / "val" / "cat"), "-q", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 6 and err == ""
