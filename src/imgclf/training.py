@@ -68,6 +68,30 @@ def _too_small(img_size: int, spec) -> str:
             f"{spec.min_img_size} or more (smaller images are upscaled){other}")
 
 
+def _check_same_data(resume: str, ckpt: dict, src, split_csv: str | None) -> None:
+    """Refuse to resume on data other than the run's: its metrics, best epoch and split would mix two datasets.
+    Called twice: with the class names before decoding (cheap), then with the fingerprint after (`split_csv`
+    given), which is computed as saved, once unreadable files are left out."""
+    changed = None
+    old = list(ckpt.get("classes") or [])
+    if old and old != list(src.classes):
+        added, removed = sorted(set(src.classes) - set(old)), sorted(set(old) - set(src.classes))
+        changed = "; ".join(p for p in (f"classes added: {', '.join(added)}" if added else "",
+                                        f"classes removed: {', '.join(removed)}" if removed else "") if p) or "class order differs"
+    elif split_csv is not None and ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
+        changed = "files were added, removed or modified"
+        if os.path.exists(split_csv):
+            with open(split_csv, newline="") as f:
+                before = {r["path"] for r in csv.DictReader(f)}
+            now = {s.describe(i) for s in src.splits.values() for i in range(len(s))}
+            added, removed = len(now - before), len(before - now)
+            changed = (f"{added} file{'s' * (added != 1)} added, {removed} removed" if before != now
+                       else "the same files, but some of them modified")
+    if changed:
+        raise DataError(f"the data changed since '{resume}' was saved ({changed}): resuming would mix two validation "
+                        "sets; start a new run (without --resume), or restore the original data to resume")
+
+
 def _param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
     """Trainable parameters; with --bias-lr-scale, BatchNorm biases in a group of their own at lr x scale and
     weight decay / scale (so their decay per step is unchanged), as airbench does."""
@@ -274,8 +298,8 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     if len(src.classes) < 2:
         raise DataError(f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
                         "add a folder of images for each other class beside it")
-    for note in src.notes:
-        log.info("%s", note)
+    if resume_ckpt is not None:
+        _check_same_data(cfg.resume, resume_ckpt, src, None)
     own = None if (cfg.img_size or cfg.pretrained) else common_size(src.splits["train"], cfg.workers or 1)
     if own is not None and own < spec.min_img_size:
         log.info("the images are %d px, below the %d px that %s takes: they are upscaled to %d px",
@@ -327,9 +351,10 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
             raise UsageError(f"no readable images left in the {name} split of {cfg.data}; `imgclf check` lists the problems")
         src.splits[name], feeds[name] = feed.split, feed
         left_out += [(name, p, r) for p, r in bad]
-    # compared as saved: after the unreadable files were left out
-    if resume_ckpt is not None and resume_ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
-        log.warning("the data changed since this run started (fingerprint differs); resuming anyway")
+    if resume_ckpt is not None:  # compared as saved: after the unreadable files were left out
+        _check_same_data(cfg.resume, resume_ckpt, src, os.path.join(run_dir, "split.csv"))
+    for note in src.notes:  # after the last refusal: a refused command prints one line
+        log.info("%s", note)
 
     os.makedirs(run_dir, exist_ok=True)
     file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
@@ -371,7 +396,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, 
         w.writerows(left_out)
     log.info("parameters (%s, freeze=%s):\n%s", cfg.model, cfg.freeze, format_parameter_table(parameter_table(model, cfg.model)))
     save_yaml(cfg.to_dict(), os.path.join(run_dir, "config.yaml"))
-    if src.val_origin == "carved":
+    if src.val_origin == "carved" and resume_state is None:  # a resumed run keeps the split it started with
         write_split_manifest(src, os.path.join(run_dir, "split.csv"))
 
     train_feed, val_feed = feeds["train"], feeds["val"]
