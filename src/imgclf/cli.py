@@ -15,7 +15,7 @@ import sys
 import threading
 
 from . import __version__
-from .config import FIELDS, field_type
+from .config import FIELDS, Range, check_output_folder, field_type, out_of_range
 from .errors import ImgclfError, UsageError
 from .fileio import atomic_open, write_json
 
@@ -31,6 +31,50 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+# 128 + SIGPIPE: what a shell reports for `cat` or `grep` when the reader of their output exits first (`| head`),
+# so `set -o pipefail` sees the same for imgclf; 0 would claim that all the output was delivered.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _stdout_to_devnull() -> None:
+    """After EPIPE on stdout, point it at /dev/null, so that later prints and the interpreter's final flush do not
+    raise BrokenPipeError again (Python's documented recipe, `signal` module: "Note on SIGPIPE")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file descriptor (a test's capture): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+class Stdout:
+    """Result lines to stdout. When the reader has gone (EPIPE), the rest is dropped: with `keep_going` the
+    command goes on quietly (it has a file to finish), else BrokenPipeError ends it (main exits 141)."""
+
+    def __init__(self, *, keep_going: bool):
+        self.keep_going, self.closed = keep_going, False
+
+    def print(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            _stdout_to_devnull()
+            if not self.keep_going:
+                raise
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """Before any work: an output file's folder is created when it is written (as train, evaluate, export and
+    samples create theirs), so it need not exist, but it must be possible to make and write."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} '{path}' is a folder: give a file name")
+    check_output_folder(os.path.dirname(os.path.abspath(path)), flag)  # names the folder that is wrong
+
+
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kw):
         kw.setdefault("allow_abbrev", False)  # `--epoch 3` is a typo to report, not a prefix of --epochs
@@ -40,9 +84,34 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _number(t: type, rng: Range | None = None, **bounds):
+    """An argparse `type` for an int or float flag that refuses values outside the range at parse time: one
+    line, exit 2, before any work. `_number(int, ge=1)` or with a Range declared in config.py."""
+    rng = rng or Range(**bounds)
+
+    def parse(text: str):
+        try:
+            value = t(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if t is int else 'a number'}, not '{text}'") from None
+        problem = out_of_range(value, rng)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = t.__name__
+    return parse
+
+
+INFERENCE_PRECISION_HELP = ("auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; "
+                            "faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and tracebacks")
-    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress or info lines on stderr, only warnings and errors (train prints nothing else); "
+                        "results on stdout (predictions, reports, JSON) still print")
 
 
 def _add_train(sub) -> None:
@@ -52,13 +121,15 @@ def _add_train(sub) -> None:
     for name, f in FIELDS.items():
         t = field_type(name)
         flag = "--" + name.replace("_", "-")
-        kw = {"default": argparse.SUPPRESS, "help": f.metadata["help"] + ("" if f.default is None else f" [{f.default}]")}
+        rng = f.metadata.get("range")
+        kw = {"default": argparse.SUPPRESS, "help": f.metadata["help"] + ("" if f.default is None else f" [{f.default}]")
+              + (f" ({rng})" if rng else "")}
         if t is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
             if f.metadata.get("choices"):
                 kw["choices"] = f.metadata["choices"]
-            p.add_argument(flag, type=t, metavar=name.upper(), **kw)
+            p.add_argument(flag, type=_number(t, rng) if t in (int, float) else t, metavar=name.upper(), **kw)
 
 
 def _add_export(sub) -> None:
@@ -73,16 +144,16 @@ def _add_export(sub) -> None:
     p.add_argument("--out", metavar="PATH", help="output file (default: next to the checkpoint, e.g. best.onnx, best.int8.onnx)")
     p.add_argument("--calib-data", metavar="DIR", help="int8 calibration images: a data source (its train split) or a folder "
                                                        "of images (default: the training data the checkpoint records)")
-    p.add_argument("--calib-images", type=int, help="images for calibration [256]")
+    p.add_argument("--calib-images", type=_number(int, ge=1), help="images for calibration [256]")
     p.add_argument("--calib-method", default="minmax", help="onnx-int8 calibration: minmax, entropy or percentile [minmax]")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
                    help="onnx-int8: 7-bit weights, no int16 saturation on x86 CPUs without VNNI [on]")
     p.add_argument("--verify-data", metavar="DIR", help="verification images: val split of this data (default: the recorded data)")
-    p.add_argument("--verify-images", type=int, help="images for verification [128]")
+    p.add_argument("--verify-images", type=_number(int, ge=1), help="images for verification [128]")
     p.add_argument("--data", help="also report accuracy of the checkpoint and the export on --split of this data")
     p.add_argument("--split", default="val", help="split for --data accuracy [val]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
-    p.add_argument("--max-eval-images", type=int, help="accuracy on at most this many images of the split (seeded choice)")
+    p.add_argument("--max-eval-images", type=_number(int, ge=1), help="accuracy on at most this many images of the split (seeded choice)")
     p.add_argument("--opset", type=int, help="ONNX opset [20]")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -98,12 +169,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--split", default="val", help="split for --data [val]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
     p.add_argument("--eager", default="fp32,fp32-cl,bf16-cl", help="eager settings for checkpoints [fp32,fp32-cl,bf16-cl]")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per setting [2]")
-    p.add_argument("--iters", type=int, default=10, help="timed iterations per setting [10]")
-    p.add_argument("--rounds", type=int, default=3, help="the iterations are spread over this many rounds across settings [3]")
-    p.add_argument("--max-seconds", type=float, default=60.0, help="stop timing a slow setting after this long (3 iterations at least) [60]")
-    p.add_argument("--max-eval-images", type=int, help="accuracy on at most this many images (seeded choice)")
-    p.add_argument("--threads", type=int, help="intra-op threads for PyTorch and onnxruntime [PyTorch's default]")
+    p.add_argument("--warmup", type=_number(int, ge=0), default=2, help="untimed iterations per setting [2]")
+    p.add_argument("--iters", type=_number(int, ge=1), default=10, help="timed iterations per setting [10]")
+    p.add_argument("--rounds", type=_number(int, ge=1), default=3, help="the iterations are spread over this many rounds across settings [3]")
+    p.add_argument("--max-seconds", type=_number(float, gt=0), default=60.0, help="stop timing a slow setting after this long (3 iterations at least) [60]")
+    p.add_argument("--max-eval-images", type=_number(int, ge=1), help="accuracy on at most this many images (seeded choice)")
+    p.add_argument("--threads", type=_number(int, ge=1), help="intra-op threads for PyTorch and onnxruntime [PyTorch's default]")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
@@ -121,22 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="val, test or train [val]")
     p.add_argument("--out", help="output folder (default: eval-SPLIT next to the weights)")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=256, help="images per batch [256]")
     p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
+    p.add_argument("--workers", type=_number(int, ge=0), help="decoding processes (default: the CPU cores, at most 4)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=INFERENCE_PRECISION_HELP)
     p.add_argument("--json", action="store_true", help="print eval.json instead of the report")
 
     p = sub.add_parser("predict", help="label images or folders of images")
     _common(p)
     p.add_argument("weights", help="checkpoint (runs/NAME/best.pt) or a file from imgclf export")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    p.add_argument("--top-k", type=int, default=5, help="labels per image in top_k (clamped to the class count) [5]")
+    p.add_argument("--top-k", type=_number(int, ge=1), default=5, help="labels per image in top_k (clamped to the class count) [5]")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--output", metavar="FILE", help="also write all predictions to FILE.csv or FILE.json")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=32, help="images per batch [32]")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=INFERENCE_PRECISION_HELP)
 
     _add_export(sub)
     _add_bench(sub)
@@ -145,14 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("data", help="folder of class folders (with or without train/val/test)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--workers", type=_number(int, ge=1), help="decoding processes (default: all cores)")
 
     p = sub.add_parser("samples", help="save a few images of a split as files (e.g. digits), to try predict on")
     _common(p)
     p.add_argument("data", help="a data source, e.g. digits or cifar10")
     p.add_argument("--out", required=True, help="folder to write CLASS/NAME image files into")
     p.add_argument("--split", default="val", help="split to take images from [val]")
-    p.add_argument("-n", type=int, default=10, help="number of images [10]")
+    p.add_argument("-n", type=_number(int, ge=1), default=10, help="number of images [10]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
 
     p = sub.add_parser("env", help="this machine as imgclf sees it: CPU instructions, GPU, versions, what auto picks",
@@ -161,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.add_argument("--probe", metavar="MODEL", help="run (or read the cached) training-precision probe for MODEL now")
-    p.add_argument("--img-size", type=int, help="input size for --probe (default: the model's own)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size for --probe [128]")
+    p.add_argument("--img-size", type=_number(int, ge=1), help="input size for --probe (default: the model's own)")
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=128, help="batch size for --probe [128]")
 
     p = sub.add_parser("models", help="list models, parameter counts and offline pretrained weights")
     _common(p)
@@ -178,7 +249,7 @@ def _add_serve(sub) -> None:
     _common(p)
     p.add_argument("weights", metavar="WEIGHTS_OR_EXPORT", help="checkpoint (runs/NAME/best.pt) or exported model file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface [127.0.0.1]")
-    p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one [8000]")
+    p.add_argument("--port", type=_number(int, ge=0, le=65535), default=8000, help="TCP port; 0 picks a free one [8000]")
     p.add_argument("--max-batch-size", type=int, default=32, help="images per model batch [32]")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images, ms [5]")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body, MiB [10]")
@@ -195,7 +266,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-concurrency", type=int, default=1024, help="open connections before answering 503 [1024]")
     p.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=INFERENCE_PRECISION_HELP)
 
 
 def request_huge_pages() -> bool:
@@ -247,22 +318,23 @@ def cmd_train(a: dict) -> int:
         from .config import load_yaml
 
         explicit |= set(load_yaml(a["config"]))
-    res = train({k: getattr(cfg, k) for k in explicit})
-    print(f"best epoch {res['best_epoch']}: val accuracy {res['best']['accuracy']:.4f}, macro-F1 {res['best']['macro_f1']:.4f}")
-    print(f"run directory: {res['run_dir']}")
+    # The run directory and the best epoch are logged by `train` (and kept in train.log): not printed again here.
+    train({k: getattr(cfg, k) for k in explicit})
     return 0
 
 
 def cmd_evaluate(a: dict) -> int:
     from .evaluation import evaluate, format_report
 
+    if a.get("out"):
+        check_output_folder(a["out"], "--out")
     m = evaluate(a["weights"], a.get("data"), split=a["split"], out=a.get("out"), batch_size=a["batch_size"],
                  device=a["device"], workers=a.get("workers"), data_root=a.get("data_root"), precision=a["precision"])
     if a.get("json"):
         print(json.dumps(m, indent=2))
     else:
         print(format_report(m))
-        print(f"wrote eval.json, confusion_matrix.png, misclassified.png to {m['out']}")
+        log.info("wrote eval.json, confusion_matrix.png, misclassified.png to %s", m["out"])
     return 0
 
 
@@ -270,30 +342,44 @@ def cmd_predict(a: dict) -> int:
     from .predict import Predictor, expand_paths
 
     out = a.get("output")
-    if out and not out.lower().endswith((".csv", ".json")):
-        raise UsageError(f"--output '{out}' must end in .csv or .json")
+    if out:
+        if not out.lower().endswith((".csv", ".json")):
+            raise UsageError(f"--output '{out}' must end in .csv or .json")
+        check_output_file(out, "--output")
     paths = expand_paths(a["paths"])
     pred = Predictor(a["weights"], device=a["device"], batch_size=a["batch_size"], precision=a["precision"])
-    results = []
-    for start in range(0, len(paths), a["batch_size"]):
-        for r in pred.predict(paths[start:start + a["batch_size"]], top_k=a["top_k"]):
-            results.append(r)
-            if a.get("json"):
-                print(json.dumps(r), flush=True)
-            elif "error" in r:
-                print(f"{r['path']}\tERROR\t{r['error']}", flush=True)
-            else:
-                others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
-                print(f"{r['path']}\t{r['label']}\t{r['probability']:.3f}" + (f"\t({others})" if others else ""), flush=True)
-    if a.get("output"):
-        _write_predictions(results, a["output"])
+    results: list[dict] = []
+    stdout = Stdout(keep_going=bool(out))  # with --output, a closed stdout (`| head`) does not stop the file
+    try:
+        for start in range(0, len(paths), a["batch_size"]):
+            for r in pred.predict(paths[start:start + a["batch_size"]], top_k=a["top_k"]):
+                results.append(r)
+                stdout.print(_prediction_line(r, a.get("json")))
+    finally:
+        # Whatever stops the run (an error, Ctrl-C, SIGTERM), the images done keep their results.
+        if out and results:
+            _write_predictions(results, out)
+            if len(results) < len(paths):
+                log.warning("stopped after %d of %d images: %s holds those %d", len(results), len(paths), out, len(results))
     failed = sum("error" in r for r in results)
+    if failed == len(results):
+        raise ImgclfError(f"none of the {failed} images could be read or processed (each one's error is listed above)")
     if failed:
-        log.warning("%d of %d images could not be read", failed, len(results))
-    return 0
+        log.warning("%d of %d images could not be read or processed", failed, len(results))
+    return EXIT_BROKEN_PIPE if stdout.closed else 0
+
+
+def _prediction_line(r: dict, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(r)
+    if "error" in r:
+        return f"{r['path']}\tERROR\t{r['error']}"
+    others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
+    return f"{r['path']}\t{r['label']}\t{r['probability']:.3f}" + (f"\t({others})" if others else "")
 
 
 def _write_predictions(results: list[dict], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked up front by check_output_file
     if path.lower().endswith(".json"):
         write_json(results, path)
     else:
@@ -308,6 +394,8 @@ def _write_predictions(results: list[dict], path: str) -> None:
 def cmd_export(a: dict) -> int:
     from .exporting import export, format_report
 
+    if a.get("out"):
+        check_output_file(a["out"], "--out")
     given = {k: a[k] for k in ("calib_images", "verify_images", "opset") if a.get(k) is not None}
     r = export(a["weights"], a["format"], out=a.get("out"), calib_data=a.get("calib_data"), calib_method=a["calib_method"],
                reduce_range=a["reduce_range"], verify_data=a.get("verify_data"), data=a.get("data"), split=a["split"],
@@ -365,9 +453,6 @@ def cmd_env(a: dict) -> int:
         from .models.registry import get_spec
 
         get_spec(a["probe"])  # an unknown name: one line with 'did you mean', before any work
-        for flag in ("img_size", "batch_size"):
-            if a.get(flag) is not None and a[flag] < 1:
-                raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {a[flag]}")
     r = machine_report(a.get("probe"), img_size=a.get("img_size"), batch_size=a["batch_size"])
     print(json.dumps(r, indent=2) if a.get("json") else format_env(r))
     return 0
@@ -376,8 +461,9 @@ def cmd_env(a: dict) -> int:
 def cmd_samples(a: dict) -> int:
     from .data.samples import save_samples
 
+    check_output_folder(a["out"], "--out")
     paths = save_samples(a["data"], a["out"], split=a["split"], n=a["n"], data_root=a.get("data_root"))
-    print(f"wrote {len(paths)} images to {a['out']}")
+    log.info("wrote %d images to %s", len(paths), a["out"])
     return 0
 
 
@@ -451,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader went away (`| head -1`): stop quietly, as a tool ended by SIGPIPE
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, unless --verbose
         if verbose:
             raise
@@ -463,4 +552,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    try:  # what print() left in the buffer: a reader that has gone shows up here, not in the command
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        code = EXIT_BROKEN_PIPE
+    sys.exit(code)

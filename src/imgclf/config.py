@@ -7,6 +7,7 @@ sets the same keys; flags given on the command line win over the file. An unset 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field, fields
@@ -17,8 +18,33 @@ from .errors import UsageError, did_you_mean
 from .fileio import atomic_open
 
 
-def opt(default, help: str, choices: tuple | None = None, flag: str | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: `Range(gt=0)` is above 0, `Range(ge=0, lt=1)` at least 0 and below 1."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __contains__(self, v) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def __str__(self) -> str:
+        def num(v):
+            return str(v) if isinstance(v, int) else f"{v:g}"
+
+        parts = [f"at least {num(self.ge)}" if self.ge is not None else f"above {num(self.gt)}" if self.gt is not None else "",
+                 f"at most {num(self.le)}" if self.le is not None else f"below {num(self.lt)}" if self.lt is not None else ""]
+        return " and ".join(p for p in parts if p)
+
+
+def opt(default, help: str, choices: tuple | None = None, flag: str | None = None, **bounds):
+    """One option: its default, help, allowed choices, and for numbers the range (`ge`, `gt`, `le`, `lt`),
+    which both the check (`check_value`) and the --help text are made from."""
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag,
+                                            "range": Range(**bounds) if bounds else None})
 
 
 @dataclass
@@ -27,46 +53,46 @@ class TrainConfig:
     # data
     data: str | None = opt(None, "folder of class folders (with or without train/val/test), a CSV of path,label[,split], or cifar10, cifar100, digits")
     data_root: str | None = opt(None, "where cifar10/cifar100 are kept or downloaded (default: $IMGCLF_DATA or ~/.cache/imgclf/data)")
-    val_fraction: float = opt(0.2, "fraction of train held out for validation when the data has no val split (stratified, seeded)")
+    val_fraction: float = opt(0.2, "fraction of train held out for validation when the data has no val split (stratified, seeded)", gt=0, lt=1)
     # model
     model: str = opt("resnet18", "model name; `imgclf models` lists them")
     pretrained: bool = opt(False, "start from ImageNet weights (the head is replaced for the data's classes)")
     freeze: str = opt("none", "backbone (only the new head trains), none (all layers train), or N (the first N stages frozen)")
-    img_size: int | None = opt(None, "input size in pixels (default: the model's pretrained size with --pretrained, else the data's own size when all images share one, else 224)")
+    img_size: int | None = opt(None, "input size in pixels (default: the model's pretrained size with --pretrained, else the data's own size when all images share one, else 224); at least the model's own minimum (32 for ResNet, EfficientNet and VGG)", ge=1)
     augment: str = opt("auto", "training augmentation: small (flip + zero-padded random crop), shift (flip + reflect-padded shift of up to 2 px), large (random resized crop + flip), none, or auto (small up to 64 px)", ("auto", "small", "shift", "large", "none"))
-    brightness: float = opt(0.0, "random brightness change per image, as a fraction (0: off)")
-    contrast: float = opt(0.0, "random contrast change per image, as a fraction (0: off)")
+    brightness: float = opt(0.0, "random brightness change per image, as a fraction (0: off)", ge=0, le=1)
+    contrast: float = opt(0.0, "random contrast change per image, as a fraction (0: off)", ge=0, le=1)
     # optimisation
-    epochs: int = opt(30, "number of epochs")
-    batch_size: int = opt(128, "images per training batch")
+    epochs: int = opt(30, "number of epochs", ge=1)
+    batch_size: int = opt(128, "images per training batch", ge=1)
     optimizer: str = opt("sgd", "sgd or adamw", ("sgd", "adamw"))
-    lr: float | None = opt(None, "learning rate (default: 0.01 for sgd, 0.001 for adamw)")
-    momentum: float = opt(0.9, "SGD momentum")
+    lr: float | None = opt(None, "learning rate (default: 0.01 for sgd, 0.001 for adamw)", gt=0)
+    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
     nesterov: bool = opt(False, "SGD with Nesterov momentum")
-    weight_decay: float | None = opt(None, "weight decay (default: 5e-4 for sgd, 0.05 for adamw)")
+    weight_decay: float | None = opt(None, "weight decay (default: 5e-4 for sgd, 0.05 for adamw)", ge=0)
     scheduler: str = opt("step", "learning-rate schedule: step, cosine, warmup-linear (per step: 0.2x -> 1x over the first 23%% of steps, then down to 0.07x, as airbench) or none", ("step", "cosine", "warmup-linear", "none"))
-    step_size: int = opt(10, "step schedule: epochs between decays")
-    gamma: float = opt(0.5, "step schedule: factor per decay")
-    label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
-    bias_lr_scale: float = opt(1.0, "learning-rate multiplier for BatchNorm biases (their weight decay is divided by it, so the decay per step stays the same)")
+    step_size: int = opt(10, "step schedule: epochs between decays", ge=1)
+    gamma: float = opt(0.5, "step schedule: factor per decay", gt=0, le=1)
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing (1 would make every target uniform)", ge=0, lt=1)
+    bias_lr_scale: float = opt(1.0, "learning-rate multiplier for BatchNorm biases (their weight decay is divided by it, so the decay per step stays the same)", gt=0)
     lookahead: bool = opt(False, "lookahead on the weights (airbench): every 5 steps, an average of the weights whose decay rises to 0.77 is copied back into the model; the final model is that average")
-    time_budget: float | None = opt(None, "minutes of training (the epoch loop, validation included): the schedule is shortened to end within them, from the speed of the first steps; never longer than --epochs")
-    max_steps: int | None = opt(None, "optimisation steps in all (the schedule ends there); set from --time-budget when that is given")
+    time_budget: float | None = opt(None, "minutes of training (the epoch loop, validation included): the schedule is shortened to end within them, from the speed of the first steps; never longer than --epochs", gt=0)
+    max_steps: int | None = opt(None, "optimisation steps in all (the schedule ends there); set from --time-budget when that is given", ge=1)
     precision: str = opt("auto", "auto (the fastest on this machine, never slower than fp32: bf16 or fp16 autocast on CUDA; on a CPU with native bf16 a short probe of the model decides, cached per machine and model - see `imgclf env`; else fp32), fp32, bf16 or fp16", ("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = opt(True, "channels_last memory layout for the model and batches (faster convolutions on CPU and GPU)")
     feature_cache: bool = opt(True, "with --freeze backbone: compute the frozen backbone's features once (plus --feature-views augmented views) and train the head on them")
-    feature_views: int = opt(2, "augmented views per training image in the frozen-feature cache, besides the plain one")
+    feature_views: int = opt(2, "augmented views per training image in the frozen-feature cache, besides the plain one", ge=0)
     # machinery
     device: str = opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    workers: int | None = opt(None, "data-loading worker processes (default: the number of CPU cores, at most 4)")
+    workers: int | None = opt(None, "data-loading worker processes (default: the number of CPU cores, at most 4)", ge=0)
     cache: str = opt("auto", "decoded images: auto/disk (decoded once into a memory-mapped file, reused by later runs), memory, or none (decode every image every epoch, per-image transforms)", ("auto", "disk", "memory", "none"))
-    seed: int = opt(0, "random seed for the split, initialisation, order and augmentation")
+    seed: int = opt(0, "random seed for the split, initialisation, order and augmentation", ge=0, le=2**32 - 1)
     # outputs
     out: str = opt("runs", "folder that holds run directories")
     name: str | None = opt(None, "run directory name (default: MODEL-DATA, numbered if taken)")
-    save_every: int = opt(5, "also keep epoch_N.pt every N epochs (0: never)")
+    save_every: int = opt(5, "also keep epoch_N.pt every N epochs (0: never)", ge=0)
     resume: str | None = opt(None, "continue a run from its last.pt (or any epoch checkpoint)")
-    log_every: int = opt(50, "when stderr is not a terminal, a progress line every N training steps")
+    log_every: int = opt(50, "when stderr is not a terminal, a progress line every N training steps (0: none)", ge=0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,10 +130,37 @@ def coerce(key: str, value, source: str):
         value = t(value)
     except (TypeError, ValueError):
         raise UsageError(f"{source}: '{key}' must be {t.__name__}, not {value!r}") from None
+    check_value(key, value, source)
+    return value
+
+
+def out_of_range(value, rng: Range | None) -> str | None:
+    """'must be above 0, not -1' when `value` is outside `rng` (or not a finite number), else None."""
+    if rng is None or value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number {rng}, not {value}"
+    return None if value in rng else f"must be {rng}, not {value}"
+
+
+def check_value(key: str, value, source: str) -> None:
+    """The one check of an option's value against its declared choices and range; `source` says where it came
+    from ("command line" names the flag, a file or "options" the key)."""
+    f = FIELDS[key]
+    name = "--" + key.replace("_", "-") if source == "command line" else f"'{key}'"
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise UsageError(f"{source}: '{key}' must be one of {', '.join(choices)}, not '{value}'{did_you_mean(str(value), choices)}")
-    return value
+        raise UsageError(f"{source}: {name} must be one of {', '.join(choices)}, not '{value}'{did_you_mean(str(value), choices)}")
+    problem = out_of_range(value, f.metadata.get("range"))
+    if problem:
+        raise UsageError(f"{source}: {name} {problem}")
+
+
+def check_config(cfg: "TrainConfig", source: str = "options") -> None:
+    """Every option of `cfg` against its choices and range (for a TrainConfig built in Python, which `coerce`
+    never saw)."""
+    for key in FIELDS:
+        check_value(key, getattr(cfg, key), source)
 
 
 def load_yaml(path: str) -> dict:
@@ -146,3 +199,15 @@ def save_yaml(data: dict, path: str) -> None:
         yaml.safe_dump(data, f, sort_keys=False)
 
 
+
+
+def check_output_folder(path: str, flag: str) -> None:
+    """Refuse, before any work, an output folder that cannot be made: `path` may not exist yet (it is created,
+    parents too, when the command writes), but its nearest existing ancestor must be a folder we can write in."""
+    up = os.path.abspath(path)
+    while not os.path.exists(up):
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        raise UsageError(f"{flag} '{path}': '{up}' is a file, not a folder; choose another path")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} '{path}': no permission to write in '{up}'; choose another path")

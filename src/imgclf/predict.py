@@ -39,7 +39,7 @@ class Predictor:
     """`Predictor("runs/x/best.pt").predict(["a.jpg", "b.png"], top_k=3)`.
 
     Each result: {"path", "label", "index", "probability", "top_k": [{"label", "probability"}, ...]}, or
-    {"path", "error"} for a file that cannot be read (the others still get predictions)."""
+    {"path", "error"} for a file that cannot be read or processed (the others still get predictions)."""
 
     def __init__(self, weights: str, *, device: str = "auto", batch_size: int = 32, precision: str = "auto",
                  workers: int | None = None):
@@ -61,7 +61,9 @@ class Predictor:
     def predict(self, inputs, *, top_k: int = 5) -> list[dict]:
         single = isinstance(inputs, (str, Path, Image.Image))
         items = [inputs] if single else list(inputs)
-        k = max(1, min(int(top_k), len(self.classes)))  # more than the classes: clamp, not crash
+        if int(top_k) < 1:  # as the server's 422: a request for no labels is a mistake, not an empty answer
+            raise UsageError(f"top_k must be at least 1, got {top_k}")
+        k = min(int(top_k), len(self.classes))  # more than the classes: clamp, not crash
         results: list[dict] = []
         with ThreadPoolExecutor(self.workers) as pool:
             for start in range(0, len(items), self.batch_size):
@@ -91,3 +93,6 @@ class Predictor:
             return self._load(item)
         except UnreadableImage as e:
             return str(e)
+        except Exception as e:  # noqa: BLE001 - e.g. MemoryError resizing a 400000 x 1 image: that file's error only
+            detail = str(e).splitlines()[0] if str(e) else ""
+            return f"cannot be processed: {type(e).__name__}" + (f": {detail}" if detail else "")

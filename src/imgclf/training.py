@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from .config import TrainConfig, make_config, save_yaml
+from .config import TrainConfig, check_config, check_output_folder, make_config, save_yaml
 from .data.feed import FastFeed, make_feed
 from .data.pipeline import common_size, default_workers, resolve_preprocess
 from .data.sources import open_source, write_split_manifest
 from .device import autocast, resolve_device, to_layout, training_precision
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, DataError, UsageError
 from .evaluation import compute_metrics, infer, write_eval_plots
 from .features import build_feature_feeds, head_of
 from .fileio import atomic_open, write_json
@@ -59,6 +59,37 @@ def _run_dir(cfg: TrainConfig) -> str:
     while os.path.exists(d) and os.listdir(d):
         d, n = f"{base}-{n}", n + 1
     return d
+
+
+def _too_small(img_size: int, spec) -> str:
+    other = "" if spec.small else ", or a model for small images such as smallcnn"
+    return (f"--img-size {img_size} is too small for {spec.name}, which takes at least {spec.min_img_size} px (below that "
+            f"its strided and pooling layers leave no real pixels in its last feature map): pass --img-size "
+            f"{spec.min_img_size} or more (smaller images are upscaled){other}")
+
+
+def _check_same_data(resume: str, ckpt: dict, src, split_csv: str | None) -> None:
+    """Refuse to resume on data other than the run's: its metrics, best epoch and split would mix two datasets.
+    Called twice: with the class names before decoding (cheap), then with the fingerprint after (`split_csv`
+    given), which is computed as saved, once unreadable files are left out."""
+    changed = None
+    old = list(ckpt.get("classes") or [])
+    if old and old != list(src.classes):
+        added, removed = sorted(set(src.classes) - set(old)), sorted(set(old) - set(src.classes))
+        changed = "; ".join(p for p in (f"classes added: {', '.join(added)}" if added else "",
+                                        f"classes removed: {', '.join(removed)}" if removed else "") if p) or "class order differs"
+    elif split_csv is not None and ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
+        changed = "files were added, removed or modified"
+        if os.path.exists(split_csv):
+            with open(split_csv, newline="") as f:
+                before = {r["path"] for r in csv.DictReader(f)}
+            now = {s.describe(i) for s in src.splits.values() for i in range(len(s))}
+            added, removed = len(now - before), len(before - now)
+            changed = (f"{added} file{'s' * (added != 1)} added, {removed} removed" if before != now
+                       else "the same files, but some of them modified")
+    if changed:
+        raise DataError(f"the data changed since '{resume}' was saved ({changed}): resuming would mix two validation "
+                        "sets; start a new run (without --resume), or restore the original data to resume")
 
 
 def _param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
@@ -183,11 +214,6 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
     data = cfg.data
     if data and os.path.exists(data):
         data = os.path.abspath(data)  # so that evaluate and resume find it from any folder
-    for k, v in (("epochs", cfg.epochs), ("batch_size", cfg.batch_size)):
-        if v < 1:
-            raise UsageError(f"--{k.replace('_', '-')} must be at least 1 (got {v})")
-    if cfg.save_every < 0 or workers < 0:
-        raise UsageError("--save-every and --workers must not be negative")
     return replace(cfg, lr=lr, weight_decay=wd, workers=workers, data=data)
 
 
@@ -252,19 +278,32 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
         from .recipes import apply_recipe
 
         cfg = apply_recipe(cfg, explicit)
+    # Every check that needs no data comes first: a bad option must not cost a decode or leave a run folder.
+    check_config(cfg)
     if not cfg.data:
         raise UsageError("no data given: pass --data with a folder, a CSV, or one of cifar10, cifar100, digits")
     cfg = _resolve(cfg)
     spec = get_spec(cfg.model)
     if cfg.pretrained and spec.weights is None:
         raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
+    if cfg.img_size is not None and cfg.img_size < spec.min_img_size:
+        raise UsageError(_too_small(cfg.img_size, spec))
+    if resume_ckpt is None:
+        check_output_folder(cfg.out, "--out")
     device = resolve_device(cfg.device)
 
     t_setup = time.perf_counter()
     src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    for note in src.notes:
-        log.info("%s", note)
+    if len(src.classes) < 2:
+        raise DataError(f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
+                        "add a folder of images for each other class beside it")
+    if resume_ckpt is not None:
+        _check_same_data(cfg.resume, resume_ckpt, src, None)
     own = None if (cfg.img_size or cfg.pretrained) else common_size(src.splits["train"], cfg.workers or 1)
+    if own is not None and own < spec.min_img_size:
+        log.info("the images are %d px, below the %d px that %s takes: they are upscaled to %d px",
+                 own, spec.min_img_size, cfg.model, spec.min_img_size)
+        own = spec.min_img_size
     prep = resolve_preprocess(spec, img_size=cfg.img_size, pretrained=cfg.pretrained, own_size=own)
     if resume_ckpt is not None:
         from .data.pipeline import Preprocess
@@ -315,9 +354,10 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
             raise UsageError(f"no readable images left in the {name} split of {cfg.data}; `imgclf check` lists the problems")
         src.splits[name], feeds[name] = feed.split, feed
         left_out += [(name, p, r) for p, r in bad]
-    # compared as saved: after the unreadable files were left out
-    if resume_ckpt is not None and resume_ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
-        log.warning("the data changed since this run started (fingerprint differs); resuming anyway")
+    if resume_ckpt is not None:  # compared as saved: after the unreadable files were left out
+        _check_same_data(cfg.resume, resume_ckpt, src, os.path.join(run_dir, "split.csv"))
+    for note in src.notes:  # after the last refusal: a refused command prints one line
+        log.info("%s", note)
 
     os.makedirs(run_dir, exist_ok=True)
     file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
@@ -359,7 +399,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, 
         w.writerows(left_out)
     log.info("parameters (%s, freeze=%s):\n%s", cfg.model, cfg.freeze, format_parameter_table(parameter_table(model, cfg.model)))
     save_yaml(cfg.to_dict(), os.path.join(run_dir, "config.yaml"))
-    if src.val_origin == "carved":
+    if src.val_origin == "carved" and resume_state is None:  # a resumed run keeps the split it started with
         write_split_manifest(src, os.path.join(run_dir, "split.csv"))
 
     train_feed, val_feed = feeds["train"], feeds["val"]

@@ -1,5 +1,5 @@
 """Exact resume: a run killed with SIGKILL during its third epoch and resumed from last.pt ends with the same
-per-epoch validation metrics as a run that was never interrupted."""
+per-epoch validation metrics as a run that was never interrupted. Resume on data that changed is refused."""
 from __future__ import annotations
 
 import csv
@@ -65,3 +65,65 @@ def test_sigkill_during_third_epoch_then_resume_matches_uninterrupted(tmp_path):
     a, b = _rows(os.path.join(out, "full")), _rows(os.path.join(out, "killed"))
     assert [r["epoch"] for r in b] == ["1", "2", "3", "4"]
     assert a == b
+
+
+# ----------------------------------------------------------------------------------------------- resume on changed data
+
+
+def _folder_state(d) -> dict:
+    """Every file of a run folder: (inode, size, mtime) - a rewrite, even with the same bytes, shows up."""
+    out = {}
+    for name in sorted(os.listdir(d)):
+        st = os.stat(os.path.join(d, name))
+        out[name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def one_epoch_run(tmp_path, make_folder):
+    """A 1-epoch test_tiny run on a flat folder (validation carved, so the run has a split.csv)."""
+    from imgclf.cli import main
+
+    data = make_folder(tmp_path / "d", layout="flat", classes=("cat", "dog"), n=8)
+    argv = ["train", "--data", str(data), "--model", "test_tiny", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+            "--out", str(tmp_path / "runs"), "--name", "r", "-q"]
+    assert main(argv) == 0
+    return data, tmp_path / "runs" / "r"
+
+
+@pytest.mark.parametrize("change, said", [("add", "1 file added, 0 removed"), ("class", "classes added: fox"),
+                                          ("touch", "modified")])
+def test_resume_after_the_data_changed_is_refused_and_touches_nothing(capsys, one_epoch_run, image_of_class, change, said):
+    import numpy as np
+
+    from imgclf.cli import main
+
+    data, run = one_epoch_run
+    before = _folder_state(run)
+    capsys.readouterr()
+    rng = np.random.default_rng(1)
+    if change == "add":
+        image_of_class(0, 16, rng=rng).save(data / "cat" / "new.png")
+    elif change == "class":
+        (data / "fox").mkdir()
+        for i in range(3):
+            image_of_class(2, 16, rng=rng).save(data / "fox" / f"{i}.png")
+    else:
+        f = data / "dog" / "002.png"
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    rc = main(["train", "--resume", str(run / "last.pt"), "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1 and "the data changed" in err and said in err and "--resume" in err
+    assert _folder_state(run) == before
+
+
+def test_resume_on_the_same_data_keeps_its_split_file(capsys, one_epoch_run):
+    from imgclf.cli import main
+
+    data, run = one_epoch_run
+    split = _folder_state(run)["split.csv"]
+    assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "2", "-q"]) == 0
+    assert _folder_state(run)["split.csv"] == split, "resume rewrote split.csv"
+    with open(run / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]

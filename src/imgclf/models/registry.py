@@ -89,6 +89,10 @@ class ModelSpec:
     std: tuple = IMAGENET_STD
     weights: Weights | None = None
     small: bool = False  # designed for small images trained from scratch
+    # The smallest input size, pixels, whose last feature map still comes from real pixels rather than padding:
+    # the total stride (32 for ResNet, VGG, EfficientNet), or what the pooling arithmetic allows. Smaller inputs
+    # either fail inside the network or train to chance, so `train` refuses them.
+    min_img_size: int = 32
     description: str = ""
     kwargs: dict = field(default_factory=dict)
 
@@ -266,10 +270,10 @@ class TestTiny(nn.Module):
 
 
 register(ModelSpec("smallcnn", SmallCNN, "fc", lambda m: [(n, [n]) for n in ("block1", "block2", "block3")],
-                   img_size=32, resize=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), small=True,
+                   img_size=32, resize=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), small=True, min_img_size=4,
                    description="small VGG-style CNN for small images from scratch"))
 register(ModelSpec("test_tiny", TestTiny, "fc", lambda m: [("stem", ["stem"]), ("body", ["body"])],
-                   img_size=16, resize=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), small=True,
+                   img_size=16, resize=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), small=True, min_img_size=2,
                    description="tiny model for tests"))
 
 
@@ -356,6 +360,10 @@ def list_models() -> list[dict]:
     return out
 
 
+# 2x2 whitening conv without padding (-1 px), three 2x max-pools, then a 3x3 max-pool: (s - 1) // 8 >= 3
+AIRNET_MIN = 25
+
+
 def _airnet(num_classes: int, widths=(64, 256, 256)) -> nn.Module:
     from .airnet import AirNet
 
@@ -364,8 +372,8 @@ def _airnet(num_classes: int, widths=(64, 256, 256)) -> nn.Module:
 
 register(ModelSpec("airnet", _airnet, "fc", lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
                    img_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), small=True,
-                   description="airbench94-style net for 32 px images from scratch"))
+                   min_img_size=AIRNET_MIN, description="airbench94-style net for 32 px images from scratch"))
 register(ModelSpec("airnet_small", lambda n: _airnet(n, (64, 128, 256)), "fc",
                    lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
                    img_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), small=True,
-                   description="airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU"))
+                   min_img_size=AIRNET_MIN, description="airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU"))
