@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights, make_checkpoint, save_checkpoint
 from .config import TrainConfig, check_config, check_output_folder, make_config, save_yaml
 from .data.feed import FastFeed, make_feed
 from .data.pipeline import common_size, default_workers, resolve_preprocess
@@ -26,7 +26,7 @@ from .device import autocast, resolve_device, to_layout, training_precision
 from .errors import CheckpointError, DataError, UsageError
 from .evaluation import compute_metrics, infer, write_eval_plots
 from .features import build_feature_feeds, head_of
-from .fileio import atomic_open, write_json
+from .fileio import atomic_open, remove_stale_temps, write_json
 from .models.registry import (
     apply_frozen_eval,
     build_model,
@@ -317,20 +317,13 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     model = to_layout(model.to(device), cfg.channels_last)
     if not any(p.requires_grad for p in model.parameters()):
         raise UsageError(f"--freeze {cfg.freeze} leaves nothing to train in {cfg.model}")
-    amp = training_precision(cfg.precision, device, model, key=cfg.model, img_size=prep.img_size,
-                             batch_size=cfg.batch_size, channels_last=cfg.channels_last)
-    log.info("precision: %s%s", str(amp).replace("torch.", "") if amp else "fp32",
-             " (auto)" if cfg.precision == "auto" else "")
     opt = _optimizer(cfg, _param_groups(cfg, model))
-    scaler = torch.amp.GradScaler(device.type, enabled=(amp == torch.float16))
 
     start_epoch, rows, best_acc, best_epoch, resume_state = 1, [], -1.0, 0, None
     if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["state_dict"])
+        load_weights(model, resume_ckpt, cfg.resume)
         st = resume_state = resume_ckpt["train_state"]
         opt.load_state_dict(st["optimizer"])
-        if st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
         start_epoch = int(resume_ckpt["epoch"]) + 1
         rows = [dict(r) for r in st["rows"] if r["epoch"] < start_epoch]
         best_acc, best_epoch = float(st["best_acc"]), int(st["best_epoch"])
@@ -360,6 +353,7 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
         log.info("%s", note)
 
     os.makedirs(run_dir, exist_ok=True)
+    remove_stale_temps(run_dir)  # checkpoints half-written by a run that was killed
     file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     file_log.setLevel(logging.INFO)
@@ -371,12 +365,33 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
             if h is not file_log and h.level == logging.NOTSET:
                 h.setLevel(old_level or logging.WARNING)
     try:
+        amp, scaler = _precision(cfg, device, model, prep, resume_state)
         return _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, left_out,
                            run_dir, start_epoch, rows, best_acc, best_epoch, time.perf_counter() - t_setup, resume_state)
     finally:
         log.removeHandler(file_log)
         file_log.close()
         log.setLevel(old_level)
+
+
+def _precision(cfg: TrainConfig, device, model, prep, resume_state: dict | None):
+    """The autocast dtype (None: fp32) and the gradient scaler. Once the data has passed every check, since `auto`
+    may time a few training steps on a CPU with native bf16; a resumed run keeps the precision it started with."""
+    recorded = (resume_state or {}).get("precision")
+    if cfg.precision == "auto" and recorded in ("fp32", "bf16", "fp16"):
+        amp = training_precision(recorded, device)
+    else:
+        amp = training_precision(cfg.precision, device, model, key=cfg.model, img_size=prep.img_size,
+                                 batch_size=cfg.batch_size, channels_last=cfg.channels_last)
+    log.info("precision: %s%s", precision_name(amp), " (auto)" if cfg.precision == "auto" else "")
+    scaler = torch.amp.GradScaler(device.type, enabled=(amp == torch.float16))
+    if resume_state is not None and resume_state.get("scaler"):
+        scaler.load_state_dict(resume_state["scaler"])
+    return amp, scaler
+
+
+def precision_name(amp) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
 
 
 def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, left_out, run_dir,
@@ -470,7 +485,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, 
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
                      "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rows": rows,
                      "best_acc": best_acc, "best_epoch": best_epoch,
-                     "lookahead": look.state_dict() if look is not None else None}
+                     "lookahead": look.state_dict() if look is not None else None, "precision": precision_name(amp)}
         return make_checkpoint(model, model_name=cfg.model, classes=src.classes, preprocess=prep.to_dict(),
                                config=cfg.to_dict(), metrics=metrics, data_fingerprint=fingerprint, epoch=epoch,
                                train_state=state)
@@ -524,8 +539,9 @@ def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, 
 
     # Final figures and results from the best checkpoint, evaluated once more on validation.
     best = load_checkpoint(os.path.join(run_dir, "best.pt"))
-    model.load_state_dict(best["state_dict"])
-    logits, labels = infer(step_model, eval_feed.batches(), device, amp, desc="validate best", channels_last=cfg.channels_last)
+    load_weights(model, best, os.path.join(run_dir, "best.pt"))
+    # in fp32, as `imgclf evaluate` runs it: results.json's numbers are the ones a user gets back
+    logits, labels = infer(step_model, eval_feed.batches(), device, None, desc="validate best", channels_last=cfg.channels_last)
     bm = compute_metrics(logits, labels, src.classes)
     from .plots import plot_curves
 
@@ -542,6 +558,7 @@ def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, 
         "model": cfg.model,
         "classes": src.classes,
         "left_out": len(left_out),
+        "precision": precision_name(amp),
         "data_fingerprint": fingerprint,
     }
     write_json(results, os.path.join(run_dir, "results.json"))
