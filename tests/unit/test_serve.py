@@ -225,6 +225,28 @@ def test_decompression_bombs_refused(client):
     assert client.get("/health").status_code == 200
 
 
+@pytest.mark.parametrize("size", [(400_000, 1), (1, 400_000)])
+def test_absurd_shapes_refused_from_the_header(client, images, size):
+    """A ~1 KB PNG of 400000 x 1 pixels is under --max-pixels, but resizing its shorter side asks for gigabytes:
+    a 422 that says the size and the limit, never a 5xx (and never a resize)."""
+    strip = _bytes(Image.new("RGB", size), "PNG")
+    assert len(strip) < 5_000
+    r = client.post("/predict", files=[("image", ("ok.png", images["cat"])), ("image", ("strip.png", strip))])
+    body = _error(r, 422, "bad_shape", "aspect ratio of 400,000:1, over the limit of 100:1")
+    assert f"{size[0]:,} x {size[1]:,} pixels" in body["detail"] and "image 2 of 2 ('strip.png')" in body["detail"]
+    assert body["index"] == 1
+    assert re.search(r'^imgclf_images_rejected_total\{reason="bad_shape"\} [1-9]', client.get("/metrics").text, re.M)
+
+
+@pytest.mark.parametrize("size", [(160, 16), (16, 160), (1600, 16)])
+def test_panoramas_are_served(client, image_of_class, size):
+    """10:1 (and up to the 100:1 limit) is a panorama, not an attack."""
+    im = _bytes(image_of_class(1, size, rng=np.random.default_rng(0)), "PNG")
+    r = client.post("/predict", files=[("image", ("pano.png", im))])
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["label"] in TINY_CLASSES
+
+
 def test_unreadable_images_refused(client, images):
     jpeg = images["jpeg"]
     cases = [
