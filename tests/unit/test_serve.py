@@ -4,8 +4,11 @@ batching (read off the batch-size histogram, not off timings), timeouts, and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import re
+import select
 import socket
 import struct
 import threading
@@ -23,10 +26,12 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from imgclf.cli import main
+from imgclf.errors import UsageError
 from imgclf.predict import Predictor
 from imgclf.runtime import open_model
 from imgclf.serve import ServeSettings, create_app
 from imgclf.serve.batcher import DynamicBatcher, Overloaded
+from imgclf.serve.server import bind, make_server
 
 TINY_CLASSES = ["cat", "dog", "fox"]  # conftest.tiny_data
 UPLOAD_MB = 1.0
@@ -430,6 +435,131 @@ def test_model_failure_is_a_json_500_and_warmup_failure_is_not_ready(runner, ima
         r = c.post("/predict", files=[("image", ("a.png", images["cat"]))])
         _error(r, 500, "internal_error")
         assert c.get("/health").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------- slow clients
+# A real uvicorn server (make_server: what serve.server.run runs) in a thread, on a free loopback port.
+
+@contextlib.contextmanager
+def _uvicorn(app, **limits):
+    sock = bind("127.0.0.1", 0)
+    server = make_server(app, log_level="warning", **limits)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        _until(lambda: server.started or not thread.is_alive())
+        assert server.started, "the server did not start"
+        yield server, sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def _until(condition, tries: int = 6000) -> None:
+    """Poll `condition` (a state, not a duration) every 10 ms, at most `tries` times (a guard against a hang)."""
+    for _ in range(tries):
+        if condition():
+            return
+        time.sleep(0.01)
+
+
+def _connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(60)  # a guard against a hang: every read below expects an answer or a close
+    return s
+
+
+def _read_response(s: socket.socket, *, until_close: bool) -> tuple[int, dict, bytes]:
+    """One HTTP response from `s`: (status, lower-case headers, body); with until_close, also the server's close."""
+    raw = b""
+    for _ in range(1000):
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        if sep:
+            headers = dict(line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:])
+            if len(rest) >= int(headers.get("content-length", 0)) and not until_close:
+                return int(head[9:12]), headers, rest
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), raw[:200]
+    return int(head[9:12]), dict(line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]), body
+
+
+def _get(port: int, path: str = "/health") -> tuple[int, dict, bytes]:
+    with _connect(port) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return _read_response(s, until_close=True)
+
+
+PARTIAL = b"GET /health HTTP/1.1\r\nHost: x\r\n"  # the blank line that ends the headers never comes
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_clients_that_never_finish_their_headers_are_cut_off(runner, http):
+    """Four sockets that send half a request filled --max-concurrency 4 forever (every request, /health
+    included, got a 503). Now each is answered 408 and closed after the header timeout, also when it trickles
+    its headers byte by byte, and also on a kept-alive connection after a first answered request."""
+    app = create_app(runner, ServeSettings(warmup=False))
+    with _uvicorn(app, max_concurrency=4, header_timeout=1.0, http=http) as (server, port):
+        kept_alive = _connect(port)
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(kept_alive, until_close=False)[0] == 200
+        held = [kept_alive] + [_connect(port) for _ in range(3)]
+        for s in held:
+            s.sendall(PARTIAL)
+        for s in held:
+            status, headers, body = _read_response(s, until_close=True)  # the server closes it
+            assert status == 408 and headers["content-type"] == "application/json", body
+            assert json.loads(body)["error"] == "header_timeout" and "--header-timeout" in json.loads(body)["detail"]
+            s.close()
+
+        with _connect(port) as slow:  # one header byte every 10 ms, for up to 6,000 bytes
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            cut = False
+            for _ in range(6000):
+                if select.select([slow], [], [], 0.01)[0]:
+                    cut = True
+                    break
+                try:
+                    slow.sendall(b"a")
+                except (BrokenPipeError, ConnectionResetError):
+                    cut = True
+                    break
+            assert cut, "a client trickling its headers was never cut off"
+
+        _until(lambda: not server.server_state.connections)
+        status, _, body = _get(port)
+        assert status == 200 and json.loads(body) == {"status": "ok"}
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_over_the_concurrency_limit_is_a_json_503(runner, http):
+    app = create_app(runner, ServeSettings(warmup=False))
+    with _uvicorn(app, max_concurrency=4, header_timeout=60.0, http=http) as (server, port):
+        held = [_connect(port) for _ in range(4)]
+        try:
+            for s in held:
+                s.sendall(PARTIAL)
+            _until(lambda: len(server.server_state.connections) >= 4)
+            status, headers, body = _get(port)
+            assert status == 503 and headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+            payload = json.loads(body)
+            assert payload["error"] == "overloaded" and "--max-concurrency" in payload["detail"], payload
+        finally:
+            for s in held:
+                s.close()
+        _until(lambda: not server.server_state.connections)
+        assert _get(port)[0] == 200
+
+
+def test_server_limits_are_checked_up_front():
+    for kw, flag in (({"header_timeout": 0}, "--header-timeout"), ({"header_timeout": float("nan")}, "--header-timeout"),
+                     ({"max_concurrency": 0}, "--max-concurrency")):
+        with pytest.raises(UsageError, match=flag):
+            make_server(None, **kw)
 
 
 # ------------------------------------------------------------------------------------------------- CLI
