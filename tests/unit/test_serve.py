@@ -412,26 +412,51 @@ class SlowRunner:
         return self.inner.logits(x)
 
 
-def test_timeout_is_a_504_not_a_hang(runner, images):
-    app = create_app(SlowRunner(runner, delay=1.5), ServeSettings(timeout_s=0.5, warmup=False))
+class GatedRunner(SlowRunner):
+    """The tiny model, held inside `logits` until the test opens the gate: the state of the model call is
+    observed (started, finished, batch sizes), never its duration."""
+
+    def __init__(self, runner):
+        super().__init__(runner)
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.batches: list[int] = []
+        self.finished = 0
+
+    def logits(self, x):
+        self.batches.append(len(x))
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"  # a guard against a hang, not a timing
+        out = self.inner.logits(x)
+        self.finished += 1
+        return out
+
+
+def test_timeout_is_a_504_and_the_request_is_cancelled(runner, images):
+    """A request whose model call outlasts the timeout gets a 504 while the model is still busy (the handler does
+    not wait for it), and a request that timed out while queued is cancelled: its image is never computed."""
+    gated = GatedRunner(runner)
+    app = create_app(gated, ServeSettings(timeout_s=1.0, warmup=False, max_batch_size=1))
+    f = [("image", ("a.png", images["cat"]))]
     with TestClient(app) as c:
         _wait_ready(c)
-        t0 = time.time()
-        _error(c.post("/predict", files=[("image", ("a.png", images["cat"]))]), 504, "timeout", "0.5 s")
-        assert time.time() - t0 < 1.4
+        _error(c.post("/predict", files=f), 504, "timeout", "1 s")  # A: its batch went to the model
+        assert gated.finished == 0  # answered while the model still held A's batch: the handler did not wait
+        _until(gated.entered.is_set)
+        _error(c.post("/predict", files=f), 504, "timeout", "1 s")  # B: queued behind A's batch
+        assert gated.batches == [1] and app.state.imgclf.batcher.waiting == 1
+        gated.gate.set()
+        assert c.post("/predict", files=f).status_code == 200  # C
+        assert gated.batches == [1, 1] and gated.finished == 2  # A's batch, then C's: B's image was dropped
+        assert app.state.imgclf.batcher.waiting == 0
         assert c.get("/health").status_code == 200
 
 
 def test_model_failure_is_a_json_500_and_warmup_failure_is_not_ready(runner, images):
     app = create_app(SlowRunner(runner, fail=True), ServeSettings())
+    state = app.state.imgclf
     with TestClient(app, raise_server_exceptions=False) as c:
-        time.sleep(0.2)
-        for _ in range(100):
-            r = c.get("/ready")
-            if "failed" in r.json()["detail"]:
-                break
-            time.sleep(0.05)
-        _error(r, 503, "not_ready", "warm-up failed")
+        _until(lambda: state.not_ready_reason.startswith("warm-up failed"))
+        _error(c.get("/ready"), 503, "not_ready", "warm-up failed")
         r = c.post("/predict", files=[("image", ("a.png", images["cat"]))])
         _error(r, 500, "internal_error")
         assert c.get("/health").status_code == 200
