@@ -172,6 +172,8 @@ def test_top_k_query_form_and_clamp(client, images):
     assert len(client.post("/predict", files=f).json()["predictions"][0]["top_k"]) == 3  # default 5, clamped
     assert len(client.post("/predict", files=f, data={"top_k": "2"}).json()["predictions"][0]["top_k"]) == 2
     _error(client.post("/predict", files=f, params={"top_k": 0}), 422, "invalid_parameter", "top_k")
+    _error(client.post("/predict", files=f, params={"top_k": -1}), 422, "invalid_parameter", "top_k")
+    _error(client.post("/predict", files=f, data={"top_k": "0"}), 422, "invalid_top_k", "at least 1")
     _error(client.post("/predict", files=f, params={"top_k": "many"}), 422, "invalid_parameter", "top_k")
     _error(client.post("/predict", files=f, data={"top_k": "-3"}), 422, "invalid_top_k", "at least 1")
     _error(client.post("/predict", files=f, data={"top_k": "x"}), 422, "invalid_top_k", "whole number")
