@@ -396,11 +396,11 @@ def test_batcher_splits_merges_and_sheds():
 
 # ------------------------------------------------------------------------------------------------- failures
 
-class SlowRunner:
-    """The tiny model, slowed down or broken, to see timeouts and the server's own failures."""
+class BrokenRunner:
+    """The tiny model, or (fail=True) a model that raises, to see the server's own failures."""
 
-    def __init__(self, runner, delay: float = 0.0, fail: bool = False):
-        self.inner, self.delay, self.fail = runner, delay, fail
+    def __init__(self, runner, fail: bool = False):
+        self.inner, self.fail = runner, fail
         for k in ("path", "format", "model_name", "classes", "preprocess", "config", "extra"):
             setattr(self, k, getattr(runner, k))
 
@@ -408,13 +408,12 @@ class SlowRunner:
         return self.inner.metadata()
 
     def logits(self, x):
-        time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("the model broke")
         return self.inner.logits(x)
 
 
-class GatedRunner(SlowRunner):
+class GatedRunner(BrokenRunner):
     """The tiny model, held inside `logits` until the test opens the gate: the state of the model call is
     observed (started, finished, batch sizes), never its duration."""
 
@@ -454,7 +453,7 @@ def test_timeout_is_a_504_and_the_request_is_cancelled(runner, images):
 
 
 def test_model_failure_is_a_json_500_and_warmup_failure_is_not_ready(runner, images):
-    app = create_app(SlowRunner(runner, fail=True), ServeSettings())
+    app = create_app(BrokenRunner(runner, fail=True), ServeSettings())
     state = app.state.imgclf
     with TestClient(app, raise_server_exceptions=False) as c:
         _until(lambda: state.not_ready_reason.startswith("warm-up failed"))
@@ -560,6 +559,32 @@ def test_clients_that_never_finish_their_headers_are_cut_off(runner, http):
         _until(lambda: not server.server_state.connections)
         status, _, body = _get(port)
         assert status == 200 and json.loads(body) == {"status": "ok"}
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_slow_upload_is_bounded_by_the_request_timeout(runner, http):
+    """Headers in time, then a body that trickles: the app's request timeout answers 408 upload_timeout, and
+    the connection, which still carries the rest of that body, is closed without a second answer."""
+    app = create_app(runner, ServeSettings(warmup=False, timeout_s=1.0))
+    with _uvicorn(app, header_timeout=1.0, http=http) as (server, port), _connect(port) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; "
+                  b"filename=\"a.png\"\r\n\r\n")
+        received = b""
+        for _ in range(6000):  # one body byte every 10 ms until the server closes (6,000 bytes at most)
+            if select.select([s], [], [], 0.01)[0]:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+                continue
+            try:
+                s.sendall(b"a")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        assert received.count(b"HTTP/1.1 ") == 1, received
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ") and json.loads(body)["error"] == "upload_timeout", received
 
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])

@@ -145,7 +145,9 @@ class _Guarded:
     The deadline runs while the connection waits for a request's headers: from connection_made, and again from
     the end of each response on a kept-alive connection; it stops when the headers are complete (uvicorn starts a
     new request cycle). It is not reset by each byte: a client that trickles its headers is cut off too. A
-    client that sent part of a request gets a JSON 408 before the connection closes; an idle one is just closed.
+    client that sent part of a request gets a JSON 408 before the connection closes; an idle one is just closed,
+    and so is one still sending the body of a request that was already answered (the app's 408 upload_timeout or
+    413 upload_too_large answer before the body has arrived).
     """
 
     header_timeout = HEADER_TIMEOUT_S
@@ -153,7 +155,8 @@ class _Guarded:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._deadline = None
-        self._partial = False
+        self._partial = False  # bytes arrived since the deadline was armed
+        self._quiet = False  # the deadline closes without a 408: the last request was answered, its body unread
         # The concurrency limit is checked by `_limited` instead of uvicorn, whose 503 is plain text.
         limit, self.limit_concurrency = self.limit_concurrency, None
         if limit is not None:
@@ -172,18 +175,19 @@ class _Guarded:
             self._disarm()
 
     def on_response_complete(self) -> None:
+        answered = self.cycle
         super().on_response_complete()
         # kept alive and not already busy with a pipelined request: waiting for the next request's headers
         if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
-            self._arm()
+            self._arm(quiet=answered is not None and answered.more_body)
 
     def connection_lost(self, exc):
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
+    def _arm(self, quiet: bool = False) -> None:
         self._disarm()
-        self._partial = False
+        self._partial, self._quiet = False, quiet
         self._deadline = self.loop.call_later(self.header_timeout, self._expired)
 
     def _disarm(self) -> None:
@@ -195,7 +199,7 @@ class _Guarded:
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self._partial:
+        if self._partial and not self._quiet:
             self.transport.write(_json_response(
                 408, "Request Timeout", "header_timeout",
                 f"the request headers did not arrive within {self.header_timeout:g} s (--header-timeout)"))
