@@ -153,10 +153,9 @@ LAYOUT_JS = """() => {
   const cs = getComputedStyle(drop);
   const px = (k) => parseFloat(cs.getPropertyValue(k));
   const r = drop.getBoundingClientRect();
-  const inner = {x: r.left + px('border-left-width') + px('padding-left'),
-                 y: r.top + px('border-top-width') + px('padding-top'),
-                 w: r.width - px('border-left-width') - px('padding-left') - px('padding-right') - px('border-right-width'),
-                 h: r.height - px('border-top-width') - px('padding-top') - px('padding-bottom') - px('border-bottom-width')};
+  const left = px('border-left-width') + px('padding-left'), right = px('border-right-width') + px('padding-right');
+  const top = px('border-top-width') + px('padding-top'), bottom = px('border-bottom-width') + px('padding-bottom');
+  const inner = {x: r.left + left, y: r.top + top, w: r.width - left - right, h: r.height - top - bottom};
   const texts = [];
   const walk = document.createTreeWalker(drop, NodeFilter.SHOW_TEXT);
   while (walk.nextNode()) {
@@ -194,7 +193,7 @@ def check_layout(layout: dict) -> None:
                                            f"{layout['dropPieces']}"
     assert {t["text"] for t in layout["texts"]} >= {"Choose an image", "JPEG, PNG, WebP, GIF, BMP, TIFF"}
     for t in layout["texts"]:
-        assert _inside(t, layout["dropInner"]), f"'{t['text']}' at {t} is not inside the drop zone {layout['dropInner']}"
+        assert _inside(t, layout["dropInner"]), f"'{t['text']}' at {t} is outside the drop zone {layout['dropInner']}"
     boxes = layout["controls"]
     assert {"h1", "#drop", "#preview", "#results", "#status"} <= set(boxes), boxes
     names = sorted(boxes)

@@ -608,7 +608,8 @@ def test_over_the_concurrency_limit_is_a_json_503(runner, http):
 
 
 def test_server_limits_are_checked_up_front():
-    for kw, flag in (({"header_timeout": 0}, "--header-timeout"), ({"header_timeout": float("nan")}, "--header-timeout"),
+    for kw, flag in (({"header_timeout": 0}, "--header-timeout"),
+                     ({"header_timeout": float("nan")}, "--header-timeout"),
                      ({"max_concurrency": 0}, "--max-concurrency")):
         with pytest.raises(UsageError, match=flag):
             make_server(None, **kw)

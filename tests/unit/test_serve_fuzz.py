@@ -57,7 +57,8 @@ def _png16(w: int, h: int, channels: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     rng = np.random.default_rng(channels)
-    rows = b"".join(b"\0" + rng.integers(0, 65536, w * channels, dtype=np.uint16).astype(">u2").tobytes() for _ in range(h))
+    pixels = rng.integers(0, 65536, (h, w * channels), dtype=np.uint16).astype(">u2")
+    rows = b"".join(b"\0" + row.tobytes() for row in pixels)  # filter type 0 before each row
     color = {3: 2, 4: 6}[channels]
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
