@@ -146,9 +146,66 @@ def test_bounded_load(server):
     assert proc.poll() is None
 
 
+# The page's layout as the browser drew it: every box in CSS pixels, {x, y, w, h}.
+LAYOUT_JS = """() => {
+  const box = (r) => ({x: r.left, y: r.top, w: r.width, h: r.height});
+  const drop = document.getElementById('drop');
+  const cs = getComputedStyle(drop);
+  const px = (k) => parseFloat(cs.getPropertyValue(k));
+  const r = drop.getBoundingClientRect();
+  const left = px('border-left-width') + px('padding-left'), right = px('border-right-width') + px('padding-right');
+  const top = px('border-top-width') + px('padding-top'), bottom = px('border-bottom-width') + px('padding-bottom');
+  const inner = {x: r.left + left, y: r.top + top, w: r.width - left - right, h: r.height - top - bottom};
+  const texts = [];
+  const walk = document.createTreeWalker(drop, NodeFilter.SHOW_TEXT);
+  while (walk.nextNode()) {
+    if (!walk.currentNode.textContent.trim()) continue;
+    const range = document.createRange();
+    range.selectNodeContents(walk.currentNode);
+    for (const t of range.getClientRects()) texts.push({text: walk.currentNode.textContent.trim(), ...box(t)});
+  }
+  const controls = {};
+  for (const sel of ['h1', '#model', '#keyrow', '#drop', '#preview', '#results', '#status', 'main > p:last-child']) {
+    const el = document.querySelector(sel);
+    const b = el && el.getBoundingClientRect();
+    if (b && b.width > 0 && b.height > 0 && getComputedStyle(el).display !== 'none') controls[sel] = box(b);
+  }
+  return {dropPieces: Array.from(drop.getClientRects()).map(box), dropInner: inner, texts, controls,
+          overflowX: document.documentElement.scrollWidth - document.documentElement.clientWidth};
+}"""
+
+
+def _inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
+    return (inner["x"] >= outer["x"] - slack and inner["y"] >= outer["y"] - slack
+            and inner["x"] + inner["w"] <= outer["x"] + outer["w"] + slack
+            and inner["y"] + inner["h"] <= outer["y"] + outer["h"] + slack)
+
+
+def _overlap(a: dict, b: dict, slack: float = 0.5) -> bool:
+    return (min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"]) > slack
+            and min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"]) > slack)
+
+
+def check_layout(layout: dict) -> None:
+    """The drop zone is one box whose inside (within its padding) holds all its text, and no two visible
+    controls of the page overlap."""
+    assert len(layout["dropPieces"]) == 1, f"the drop zone is drawn in {len(layout['dropPieces'])} pieces: " \
+                                           f"{layout['dropPieces']}"
+    assert {t["text"] for t in layout["texts"]} >= {"Choose an image", "JPEG, PNG, WebP, GIF, BMP, TIFF"}
+    for t in layout["texts"]:
+        assert _inside(t, layout["dropInner"]), f"'{t['text']}' at {t} is outside the drop zone {layout['dropInner']}"
+    boxes = layout["controls"]
+    assert {"h1", "#drop", "#preview", "#results", "#status"} <= set(boxes), boxes
+    names = sorted(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not _overlap(boxes[a], boxes[b]), f"{a} {boxes[a]} overlaps {b} {boxes[b]}"
+    assert layout["overflowX"] <= 0, "the page is wider than the window"
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Chromium not installed at {CHROMIUM} "
                                                           "(apt-get install chromium; .ci/run does)")
-def test_web_page_in_headless_chromium(server):
+def test_web_page_in_headless_chromium(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     url, _ = server
     image = _images(2)[1]
@@ -179,12 +236,21 @@ def test_web_page_in_headless_chromium(server):
                 assert page.locator("#preview").get_attribute("src").startswith("blob:")
                 assert page.evaluate("document.getElementById('preview').naturalWidth") > 0
                 assert "error" not in (page.get_attribute("#status", "class") or "")
+                page.wait_for_function("document.getElementById('status').textContent.length > 0")
+                layouts = {}
+                for width in (1000, 360):  # a desktop window and a phone
+                    page.set_viewport_size({"width": width, "height": 900})
+                    layouts[width] = page.evaluate(LAYOUT_JS)
+                    page.screenshot(path=str(tmp_path / f"page-{width}.png"), full_page=True)
             finally:
                 ctx.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     assert shown.split(" (")[0] == expected["label"]
     assert labels == [t["label"] for t in expected["top_k"]]
+    for width, layout in layouts.items():
+        print(f"layout at {width} px (screenshot {tmp_path / f'page-{width}.png'}): {layout}")
+        check_layout(layout)
 
 
 def test_sigterm_shuts_down_cleanly(server):

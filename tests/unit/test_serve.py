@@ -4,8 +4,11 @@ batching (read off the batch-size histogram, not off timings), timeouts, and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import re
+import select
 import socket
 import struct
 import threading
@@ -23,10 +26,12 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from imgclf.cli import main
+from imgclf.errors import UsageError
 from imgclf.predict import Predictor
 from imgclf.runtime import open_model
 from imgclf.serve import ServeSettings, create_app
 from imgclf.serve.batcher import DynamicBatcher, Overloaded
+from imgclf.serve.server import bind, make_server
 
 TINY_CLASSES = ["cat", "dog", "fox"]  # conftest.tiny_data
 UPLOAD_MB = 1.0
@@ -167,6 +172,8 @@ def test_top_k_query_form_and_clamp(client, images):
     assert len(client.post("/predict", files=f).json()["predictions"][0]["top_k"]) == 3  # default 5, clamped
     assert len(client.post("/predict", files=f, data={"top_k": "2"}).json()["predictions"][0]["top_k"]) == 2
     _error(client.post("/predict", files=f, params={"top_k": 0}), 422, "invalid_parameter", "top_k")
+    _error(client.post("/predict", files=f, params={"top_k": -1}), 422, "invalid_parameter", "top_k")
+    _error(client.post("/predict", files=f, data={"top_k": "0"}), 422, "invalid_top_k", "at least 1")
     _error(client.post("/predict", files=f, params={"top_k": "many"}), 422, "invalid_parameter", "top_k")
     _error(client.post("/predict", files=f, data={"top_k": "-3"}), 422, "invalid_top_k", "at least 1")
     _error(client.post("/predict", files=f, data={"top_k": "x"}), 422, "invalid_top_k", "whole number")
@@ -223,6 +230,28 @@ def test_decompression_bombs_refused(client):
                   "49,000,000")
     assert "40,000,000" in body["detail"]
     assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("size", [(400_000, 1), (1, 400_000)])
+def test_absurd_shapes_refused_from_the_header(client, images, size):
+    """A ~1 KB PNG of 400000 x 1 pixels is under --max-pixels, but resizing its shorter side asks for gigabytes:
+    a 422 that says the size and the limit, never a 5xx (and never a resize)."""
+    strip = _bytes(Image.new("RGB", size), "PNG")
+    assert len(strip) < 5_000
+    r = client.post("/predict", files=[("image", ("ok.png", images["cat"])), ("image", ("strip.png", strip))])
+    body = _error(r, 422, "bad_shape", "aspect ratio of 400,000:1, over the limit of 100:1")
+    assert f"{size[0]:,} x {size[1]:,} pixels" in body["detail"] and "image 2 of 2 ('strip.png')" in body["detail"]
+    assert body["index"] == 1
+    assert re.search(r'^imgclf_images_rejected_total\{reason="bad_shape"\} [1-9]', client.get("/metrics").text, re.M)
+
+
+@pytest.mark.parametrize("size", [(160, 16), (16, 160), (1600, 16)])
+def test_panoramas_are_served(client, image_of_class, size):
+    """10:1 (and up to the 100:1 limit) is a panorama, not an attack."""
+    im = _bytes(image_of_class(1, size, rng=np.random.default_rng(0)), "PNG")
+    r = client.post("/predict", files=[("image", ("pano.png", im))])
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["label"] in TINY_CLASSES
 
 
 def test_unreadable_images_refused(client, images):
@@ -367,11 +396,11 @@ def test_batcher_splits_merges_and_sheds():
 
 # ------------------------------------------------------------------------------------------------- failures
 
-class SlowRunner:
-    """The tiny model, slowed down or broken, to see timeouts and the server's own failures."""
+class BrokenRunner:
+    """The tiny model, or (fail=True) a model that raises, to see the server's own failures."""
 
-    def __init__(self, runner, delay: float = 0.0, fail: bool = False):
-        self.inner, self.delay, self.fail = runner, delay, fail
+    def __init__(self, runner, fail: bool = False):
+        self.inner, self.fail = runner, fail
         for k in ("path", "format", "model_name", "classes", "preprocess", "config", "extra"):
             setattr(self, k, getattr(runner, k))
 
@@ -379,35 +408,211 @@ class SlowRunner:
         return self.inner.metadata()
 
     def logits(self, x):
-        time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("the model broke")
         return self.inner.logits(x)
 
 
-def test_timeout_is_a_504_not_a_hang(runner, images):
-    app = create_app(SlowRunner(runner, delay=1.5), ServeSettings(timeout_s=0.5, warmup=False))
+class GatedRunner(BrokenRunner):
+    """The tiny model, held inside `logits` until the test opens the gate: the state of the model call is
+    observed (started, finished, batch sizes), never its duration."""
+
+    def __init__(self, runner):
+        super().__init__(runner)
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.batches: list[int] = []
+        self.finished = 0
+
+    def logits(self, x):
+        self.batches.append(len(x))
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"  # a guard against a hang, not a timing
+        out = self.inner.logits(x)
+        self.finished += 1
+        return out
+
+
+def test_timeout_is_a_504_and_the_request_is_cancelled(runner, images):
+    """A request whose model call outlasts the timeout gets a 504 while the model is still busy (the handler does
+    not wait for it), and a request that timed out while queued is cancelled: its image is never computed."""
+    gated = GatedRunner(runner)
+    app = create_app(gated, ServeSettings(timeout_s=1.0, warmup=False, max_batch_size=1))
+    f = [("image", ("a.png", images["cat"]))]
     with TestClient(app) as c:
         _wait_ready(c)
-        t0 = time.time()
-        _error(c.post("/predict", files=[("image", ("a.png", images["cat"]))]), 504, "timeout", "0.5 s")
-        assert time.time() - t0 < 1.4
+        _error(c.post("/predict", files=f), 504, "timeout", "1 s")  # A: its batch went to the model
+        assert gated.finished == 0  # answered while the model still held A's batch: the handler did not wait
+        _until(gated.entered.is_set)
+        _error(c.post("/predict", files=f), 504, "timeout", "1 s")  # B: queued behind A's batch
+        assert gated.batches == [1] and app.state.imgclf.batcher.waiting == 1
+        gated.gate.set()
+        assert c.post("/predict", files=f).status_code == 200  # C
+        assert gated.batches == [1, 1] and gated.finished == 2  # A's batch, then C's: B's image was dropped
+        assert app.state.imgclf.batcher.waiting == 0
         assert c.get("/health").status_code == 200
 
 
 def test_model_failure_is_a_json_500_and_warmup_failure_is_not_ready(runner, images):
-    app = create_app(SlowRunner(runner, fail=True), ServeSettings())
+    app = create_app(BrokenRunner(runner, fail=True), ServeSettings())
+    state = app.state.imgclf
     with TestClient(app, raise_server_exceptions=False) as c:
-        time.sleep(0.2)
-        for _ in range(100):
-            r = c.get("/ready")
-            if "failed" in r.json()["detail"]:
-                break
-            time.sleep(0.05)
-        _error(r, 503, "not_ready", "warm-up failed")
+        _until(lambda: state.not_ready_reason.startswith("warm-up failed"))
+        _error(c.get("/ready"), 503, "not_ready", "warm-up failed")
         r = c.post("/predict", files=[("image", ("a.png", images["cat"]))])
         _error(r, 500, "internal_error")
         assert c.get("/health").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------- slow clients
+# A real uvicorn server (make_server: what serve.server.run runs) in a thread, on a free loopback port.
+
+@contextlib.contextmanager
+def _uvicorn(app, **limits):
+    sock = bind("127.0.0.1", 0)
+    server = make_server(app, log_level="warning", **limits)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        _until(lambda: server.started or not thread.is_alive())
+        assert server.started, "the server did not start"
+        yield server, sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def _until(condition, tries: int = 6000) -> None:
+    """Poll `condition` (a state, not a duration) every 10 ms, at most `tries` times (a guard against a hang)."""
+    for _ in range(tries):
+        if condition():
+            return
+        time.sleep(0.01)
+
+
+def _connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(60)  # a guard against a hang: every read below expects an answer or a close
+    return s
+
+
+def _read_response(s: socket.socket, *, until_close: bool) -> tuple[int, dict, bytes]:
+    """One HTTP response from `s`: (status, lower-case headers, body); with until_close, also the server's close."""
+    raw = b""
+    for _ in range(1000):
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        if sep:
+            headers = dict(line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:])
+            if len(rest) >= int(headers.get("content-length", 0)) and not until_close:
+                return int(head[9:12]), headers, rest
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), raw[:200]
+    return int(head[9:12]), dict(line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]), body
+
+
+def _get(port: int, path: str = "/health") -> tuple[int, dict, bytes]:
+    with _connect(port) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return _read_response(s, until_close=True)
+
+
+PARTIAL = b"GET /health HTTP/1.1\r\nHost: x\r\n"  # the blank line that ends the headers never comes
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_clients_that_never_finish_their_headers_are_cut_off(runner, http):
+    """Four sockets that send half a request filled --max-concurrency 4 forever (every request, /health
+    included, got a 503). Now each is answered 408 and closed after the header timeout, also when it trickles
+    its headers byte by byte, and also on a kept-alive connection after a first answered request."""
+    app = create_app(runner, ServeSettings(warmup=False))
+    with _uvicorn(app, max_concurrency=4, header_timeout=1.0, http=http) as (server, port):
+        kept_alive = _connect(port)
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(kept_alive, until_close=False)[0] == 200
+        held = [kept_alive] + [_connect(port) for _ in range(3)]
+        for s in held:
+            s.sendall(PARTIAL)
+        for s in held:
+            status, headers, body = _read_response(s, until_close=True)  # the server closes it
+            assert status == 408 and headers["content-type"] == "application/json", body
+            assert json.loads(body)["error"] == "header_timeout" and "--header-timeout" in json.loads(body)["detail"]
+            s.close()
+
+        with _connect(port) as slow:  # one header byte every 10 ms, for up to 6,000 bytes
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            cut = False
+            for _ in range(6000):
+                if select.select([slow], [], [], 0.01)[0]:
+                    cut = True
+                    break
+                try:
+                    slow.sendall(b"a")
+                except (BrokenPipeError, ConnectionResetError):
+                    cut = True
+                    break
+            assert cut, "a client trickling its headers was never cut off"
+
+        _until(lambda: not server.server_state.connections)
+        status, _, body = _get(port)
+        assert status == 200 and json.loads(body) == {"status": "ok"}
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_slow_upload_is_bounded_by_the_request_timeout(runner, http):
+    """Headers in time, then a body that trickles: the app's request timeout answers 408 upload_timeout, and
+    the connection, which still carries the rest of that body, is closed without a second answer."""
+    app = create_app(runner, ServeSettings(warmup=False, timeout_s=1.0))
+    with _uvicorn(app, header_timeout=1.0, http=http) as (server, port), _connect(port) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; "
+                  b"filename=\"a.png\"\r\n\r\n")
+        received = b""
+        for _ in range(6000):  # one body byte every 10 ms until the server closes (6,000 bytes at most)
+            if select.select([s], [], [], 0.01)[0]:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+                continue
+            try:
+                s.sendall(b"a")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        assert received.count(b"HTTP/1.1 ") == 1, received
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ") and json.loads(body)["error"] == "upload_timeout", received
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_over_the_concurrency_limit_is_a_json_503(runner, http):
+    app = create_app(runner, ServeSettings(warmup=False))
+    with _uvicorn(app, max_concurrency=4, header_timeout=60.0, http=http) as (server, port):
+        held = [_connect(port) for _ in range(4)]
+        try:
+            for s in held:
+                s.sendall(PARTIAL)
+            _until(lambda: len(server.server_state.connections) >= 4)
+            status, headers, body = _get(port)
+            assert status == 503 and headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+            payload = json.loads(body)
+            assert payload["error"] == "overloaded" and "--max-concurrency" in payload["detail"], payload
+        finally:
+            for s in held:
+                s.close()
+        _until(lambda: not server.server_state.connections)
+        assert _get(port)[0] == 200
+
+
+def test_server_limits_are_checked_up_front():
+    for kw, flag in (({"header_timeout": 0}, "--header-timeout"),
+                     ({"header_timeout": float("nan")}, "--header-timeout"),
+                     ({"max_concurrency": 0}, "--max-concurrency")):
+        with pytest.raises(UsageError, match=flag):
+            make_server(None, **kw)
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -3,10 +3,15 @@ a refusal is JSON with an error code and a sentence, and a success has one predi
 
 Requests are built from parts that are each sometimes right and sometimes wrong: the content type, the
 multipart boundary, field names, file names, headers inside parts, top_k in the query and in the form, and
-the file bytes (valid PNG/JPEG/GIF, truncated, bit-flipped, random, empty, a decompression-bomb header).
+the file bytes: images generated in every format the server opens (PNG, JPEG, GIF, BMP, WEBP, TIFF, PPM), in
+their modes (palette, grey, 1-bit, 16-bit, float, CMYK, LAB, alpha), of every shape from 1 x 1 to strips of
+400000 x 1 and 1 x 400000, with several frames and with EXIF blocks; and those truncated, bit-flipped, random,
+empty, or a decompression-bomb header. The tiny model is served behind an ImageNet model's preprocessing (shorter
+side resized to 256 px), so that a shape is as dangerous here as it is in production.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import time
@@ -15,7 +20,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -46,8 +51,109 @@ def _bomb() -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 32)) + chunk(b"IEND", b""))
 
 
+def _png16(w: int, h: int, channels: int) -> bytes:
+    """A 16-bit-per-channel RGB (3) or RGBA (4) PNG, which Pillow reads but cannot write."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, 65536, (h, w * channels), dtype=np.uint16).astype(">u2")
+    rows = b"".join(b"\0" + row.tobytes() for row in pixels)  # filter type 0 before each row
+    color = {3: 2, 4: 6}[channels]
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _exif(size: int, orientation: int = 1) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010E] = "x" * size  # ImageDescription: an EXIF block of `size` bytes
+    return exif.tobytes()
+
+
+def _frames(fmt: str, n: int, size=(24, 18)) -> bytes:
+    """An animation of n distinct frames (equal frames would be merged by the encoder)."""
+    frames = [Image.new("RGB", size, (40 * i % 256, 90, 200 - 20 * i % 200)) for i in range(n)]
+    if fmt == "GIF":
+        frames = [f.convert("P") for f in frames]
+    buf = io.BytesIO()
+    frames[0].save(buf, fmt, save_all=True, append_images=frames[1:], duration=20)
+    return buf.getvalue()
+
+
+def _strip(size) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# Valid files a client may send that each once broke a decoder somewhere: the answer is 200 (or a 4xx for the
+# strips), never a 5xx.
+HOSTILE = {
+    "strip-400000x1.png": _strip((400_000, 1)),
+    "strip-1x400000.png": _strip((1, 400_000)),
+    "cmyk.jpg": _img("JPEG", mode="CMYK"),
+    "frames-200.gif": _frames("GIF", 200),
+    "frames.png": _frames("PNG", 5),
+    "frames.webp": _frames("WEBP", 5),
+    "frames.tif": _frames("TIFF", 5),
+    "rgb16.png": _png16(20, 14, 3),
+    "rgba16.png": _png16(20, 14, 4),
+    "grey16.png": _img("PNG", (9, 9), "I;16"),
+    "float.tif": _img("TIFF", mode="F"),
+    "lab.tif": _img("TIFF", mode="LAB"),
+    "exif-60k-rotated.jpg": None,
+    "exif-400k.png": None,
+    "exif-400k.webp": None,
+}
+for name, kind, orientation in (("exif-60k-rotated.jpg", "JPEG", 6), ("exif-400k.png", "PNG", 8),
+                                ("exif-400k.webp", "WEBP", 3)):
+    _buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(_buf, kind, exif=_exif(60_000 if kind == "JPEG" else 400_000,
+                                                                          orientation))
+    HOSTILE[name] = _buf.getvalue()
+
 VALID = [_img("PNG"), _img("JPEG"), _img("GIF", mode="P"), _img("BMP"), _img("PNG", (3, 300), "L"),
-         _img("TIFF"), _img("WEBP"), _img("PNG", (1, 1), "RGBA"), _img("PNG", (9, 9), "I;16")]
+         _img("TIFF"), _img("WEBP"), _img("PNG", (1, 1), "RGBA"), _img("PNG", (9, 9), "I;16")] + list(HOSTILE.values())
+
+# What each format can hold: its modes, its largest side (None: no limit below 400000), whether it animates.
+MODES = {"PNG": ["RGB", "RGBA", "L", "LA", "P", "1", "I;16"], "JPEG": ["RGB", "L", "CMYK"], "GIF": ["P", "L"],
+         "BMP": ["RGB", "L", "P", "1"], "WEBP": ["RGB", "RGBA"],
+         "TIFF": ["RGB", "RGBA", "CMYK", "L", "I;16", "F", "LAB", "1", "YCbCr"], "PPM": ["RGB", "L", "1"]}
+MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383, "GIF": 65_535}
+ANIMATES = ("PNG", "GIF", "WEBP", "TIFF")
+
+shapes = st.one_of(
+    st.tuples(st.integers(1, 48), st.integers(1, 48)),  # ordinary, 1 x 1 included
+    st.tuples(st.integers(1, 4), st.integers(50, 400_000)),  # tall strips, around and far past the 100:1 limit
+    st.tuples(st.integers(50, 400_000), st.integers(1, 4)),  # wide strips
+    st.sampled_from([(400_000, 1), (1, 400_000), (100, 1), (101, 1), (1, 100), (2560, 256), (1000, 1000)]),
+)
+
+
+@st.composite
+def generated_image(draw) -> bytes:
+    fmt = draw(st.sampled_from(sorted(MODES)))
+    mode = draw(st.sampled_from(MODES[fmt]))
+    w, h = draw(shapes)
+    cap = MAX_SIDE.get(fmt, w + h)
+    w, h = min(w, cap), min(h, cap)
+    if w * h <= 4096:  # noise for small images; a flat colour keeps large ones small on the wire and fast to make
+        arr = np.random.default_rng(draw(st.integers(0, 2**16))).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        im = Image.fromarray(arr, "RGB")
+    else:
+        im = Image.new("RGB", (w, h), draw(st.tuples(*[st.integers(0, 255)] * 3)))
+    im = im.convert(mode)
+    kw = {}
+    if fmt in ANIMATES and draw(st.integers(0, 3)) == 0:
+        kw = {"save_all": True, "append_images": [im.point(lambda v: 255 - v) if im.mode not in ("I;16", "F") else
+                                                  im.copy() for _ in range(draw(st.integers(1, 3)))]}
+    if fmt in ("JPEG", "PNG", "WEBP", "TIFF") and draw(st.integers(0, 3)) == 0:
+        kw["exif"] = _exif(draw(st.sampled_from([0, 100, 20_000])), draw(st.integers(1, 8)))
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    event(f"image {fmt} {mode}" + (" strip" if max(w, h) > 100 * min(w, h) else ""))
+    return buf.getvalue()
 
 
 def sometimes(draw, good, bad, p_bad: int = 8):
@@ -57,7 +163,7 @@ def sometimes(draw, good, bad, p_bad: int = 8):
 
 @st.composite
 def file_bytes(draw):
-    base = draw(st.sampled_from(VALID))
+    base = draw(st.sampled_from(VALID) | generated_image())
     kind = sometimes(draw, "valid", ["truncated", "flipped", "random", "empty", "bomb", "prefix"], p_bad=3)
     if kind == "valid":
         return base
@@ -121,10 +227,26 @@ def request(draw):
     return ctype, body, query
 
 
+class ImageNetPreprocess:
+    """The tiny model behind an ImageNet model's preprocessing: shorter side resized to 256 px, then the model's own
+    centre crop (16 px). Without it, a 400000 x 1 strip asks for 16 x 6,400,000 pixels, which is merely slow."""
+
+    def __init__(self, runner):
+        for k in ("path", "format", "model_name", "classes", "config", "extra"):
+            setattr(self, k, getattr(runner, k))
+        self.inner, self.preprocess = runner, dataclasses.replace(runner.preprocess, resize=256)
+
+    def metadata(self):
+        return self.inner.metadata()
+
+    def logits(self, x):
+        return self.inner.logits(x)
+
+
 @pytest.fixture(scope="module")
 def client(tiny_best):
-    app = create_app(open_model(tiny_best, device="cpu"),
-                     ServeSettings(max_files=MAX_FILES, max_upload_mb=0.5, max_pixels=1_000_000, max_wait_ms=1))
+    app = create_app(ImageNetPreprocess(open_model(tiny_best, device="cpu")),
+                     ServeSettings(max_files=MAX_FILES, max_upload_mb=2, max_pixels=1_000_000, max_wait_ms=1))
     with TestClient(app, raise_server_exceptions=True) as c:  # a server-side exception fails the test
         t0 = time.time()
         while c.get("/ready").status_code != 200:
@@ -133,10 +255,31 @@ def client(tiny_best):
         yield c
 
 
+def _well_formed(files: list[tuple[str, bytes]], boundary: str = "fuzzboundary"):
+    """A (content type, body, query) request that is right in every part, for explicit examples."""
+    body = b"".join(b"--" + boundary.encode() + f'\r\nContent-Disposition: form-data; name="image"; filename="{n}"'
+                    .encode() + b"\r\n\r\n" + d + b"\r\n" for n, d in files)
+    return f"multipart/form-data; boundary={boundary}", body + b"--" + boundary.encode() + b"--\r\n", None
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_but_valid_images(client, name):
+    """Each file alone in a well-formed request: a 200, or a 4xx for a strip past the aspect-ratio limit."""
+    ctype, body, _ = _well_formed([(name, HOSTILE[name])])
+    r = client.post("/predict", content=body, headers={"content-type": ctype})
+    if name.startswith("strip-"):
+        assert r.status_code == 422 and r.json()["error"] == "bad_shape", r.text
+    else:
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"][0]["label"] in ("cat", "dog", "fox")
+
+
 @settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(req=request())
+@example(req=_well_formed([("strip-400000x1.png", HOSTILE["strip-400000x1.png"])]))
+@example(req=_well_formed([("strip-1x400000.png", HOSTILE["strip-1x400000.png"]), ("cmyk.jpg", HOSTILE["cmyk.jpg"])]))
 def test_predict_never_answers_5xx(client, req):
     ctype, body, query = req
     headers = {"content-type": ctype} if ctype else {}

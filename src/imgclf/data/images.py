@@ -22,6 +22,39 @@ class UnreadableImage(Exception):
     """An image file that cannot be decoded; the message is the reason, for listings."""
 
 
+class BadShape(UnreadableImage):
+    """An image whose width and height make it unusable (see `check_shape`); refused from its header."""
+
+
+# The longest side may be at most this many times the shorter one. Every image is resized so that its shorter
+# side becomes the model's `resize` (256 px for ImageNet models), so the resized image holds resize^2 x ratio
+# pixels: a 400000 x 1 PNG (about 1 KB, well under any pixel limit) would become 256 x 102,400,000 pixels,
+# ~78 GB of RGB. At 100:1 the worst case is 256 x 25,600 (20 MB), and at 1024 px 1024 x 102,400 (300 MB).
+# Generous on purpose: 360-degree panoramas are about 6:1 to 10:1 and stitched strips rarely pass 30:1; past
+# 100:1 the centre crop the model sees is under 1% of the image, so the image is not a photo of anything.
+MAX_ASPECT_RATIO = 100
+
+
+def check_shape(width: int, height: int, resize: int | None = None) -> None:
+    """Refuse, from the header size alone (before decoding), an image that resizing would blow up.
+
+    Raises BadShape (an UnreadableImage) with the size, the limit and, given `resize`, what resizing its
+    shorter side to `resize` pixels would have produced."""
+    short, long = min(width, height), max(width, height)
+    if short < 1:
+        raise BadShape(f"image is {width} x {height} pixels: it has no pixels")
+    ratio = long / short
+    if ratio <= MAX_ASPECT_RATIO:
+        return
+    shown = f"{ratio:,.0f}" if ratio >= 1000 else f"{ratio:.1f}"
+    msg = (f"image is {width:,} x {height:,} pixels, an aspect ratio of {shown}:1, over the limit of "
+           f"{MAX_ASPECT_RATIO}:1")
+    if resize is not None:
+        w, h = _resized(width, height, resize)
+        msg += f" (resizing its shorter side to {resize} px would make it {w:,} x {h:,} pixels)"
+    raise BadShape(msg + "; crop it closer to square")
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     # exif_transpose copies an image that needs no turning: call it only when the orientation tag asks for a
     # turn or a flip (a 500 x 375 JPEG's decode and resize: 3.50 -> 3.42 ms).
@@ -48,6 +81,7 @@ def load_image(path: str, *, resize: int | None = None) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette chatter; real failures raise
             with Image.open(path) as im:
+                check_shape(*im.size, resize)  # from the header, before a pixel is decoded
                 if resize is not None and im.format == "JPEG":
                     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result still covers `resize`:
                     # a 2592x1944 photo headed for 256 px decodes ~8x faster.
@@ -56,6 +90,8 @@ def load_image(path: str, *, resize: int | None = None) -> Image.Image:
                     im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
                 im.load()
                 im = to_rgb(im)
+    except UnreadableImage:
+        raise
     except FileNotFoundError:
         raise UnreadableImage("file not found") from None
     except Image.DecompressionBombError as e:
@@ -86,14 +122,19 @@ def _unidentified_reason(path: str) -> str:
 
 
 def resize_shorter(im: Image.Image, size: int) -> Image.Image:
+    """The shorter side becomes `size` pixels. Raises BadShape for an image `check_shape` refuses (files are
+    refused before decoding; this covers images handed over in memory)."""
     w, h = im.size
+    check_shape(w, h, size)
     if min(w, h) == size:
         return im
+    return im.resize(_resized(w, h, size), Image.BILINEAR, reducing_gap=None)
+
+
+def _resized(w: int, h: int, size: int) -> tuple[int, int]:
     if w <= h:
-        new = (size, max(1, round(h * size / w)))
-    else:
-        new = (max(1, round(w * size / h)), size)
-    return im.resize(new, Image.BILINEAR, reducing_gap=None)
+        return size, max(1, round(h * size / w))
+    return max(1, round(w * size / h)), size
 
 
 def pil_to_uint8(im: Image.Image):

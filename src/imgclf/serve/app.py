@@ -159,7 +159,8 @@ ERRORS = {
     413: {"model": ErrorBody, "description": "body over the upload limit, or an image over the pixel limit"},
     415: {"model": ErrorBody, "description": "not multipart/form-data"},
     422: {"model": ErrorBody, "description": "a file that is not a readable image (empty, truncated, unknown "
-                                             "format), or a bad top_k"},
+                                             "format), an image too far from square (aspect ratio over 100:1), "
+                                             "or a bad top_k"},
     503: {"model": ErrorBody, "description": "overloaded, or the model is still warming up"},
     504: {"model": ErrorBody, "description": "the prediction did not finish within the request timeout"},
 }

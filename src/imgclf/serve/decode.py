@@ -5,7 +5,9 @@ Split in two so the expensive part runs in parallel and the cheap part runs once
 - `decode_upload` (a decode thread; PIL releases the GIL while it decodes and resizes): bytes -> RGB ->
   shorter side `resize` -> centre crop, giving uint8 S x S x 3. Refuses, from the header
   and before any pixel is decoded, an image with more than `max_pixels` pixels (a decompression bomb: a few
-  KB of PNG can claim 50,000 x 50,000 pixels, 7.5 GB of RGB).
+  KB of PNG can claim 50,000 x 50,000 pixels, 7.5 GB of RGB), and one whose shape resizing would blow up
+  (`data.images.check_shape`, the same check every file loader makes: a 1 KB PNG of 400000 x 1 pixels is
+  under any pixel limit, but its shorter side resized to 256 px asks for 78 GB).
 - `BatchTransform` (the model thread, on the stacked batch): uint8 N x 3 x S x S -> float32, scaled and
   normalised with the model's mean and std. `eval_transform` works on batches, and each of its steps is
   elementwise or a crop, so a batch gets bit-for-bit the values `Predictor` computes image by image.
@@ -21,7 +23,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ..data.images import resize_shorter, to_rgb
+from ..data.images import BadShape, check_shape, resize_shorter, to_rgb
 from ..data.pipeline import Preprocess, eval_transform
 
 # Formats the server opens. Pillow can also open EPS (through Ghostscript, an external interpreter) and a
@@ -51,6 +53,10 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
                         "too_many_pixels",
                         f"image is {w} x {h} = {w * h:,} pixels, more than the limit of {max_pixels:,} (--max-pixels)",
                         status=413)
+                try:
+                    check_shape(w, h, preprocess.resize)
+                except BadShape as e:
+                    raise ImageRejected("bad_shape", str(e)) from None
                 if im.format == "JPEG":
                     # As data.images.load_image: let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result
                     # still covers `resize`, which gives the same pixels Predictor gets from the same file.
