@@ -263,7 +263,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="the model's intra-op threads, PyTorch and onnxruntime [PyTorch's default: the cores, or "
                         "$OMP_NUM_THREADS]")
-    p.add_argument("--max-concurrency", type=int, default=1024, help="open connections before answering 503 [1024]")
+    p.add_argument("--max-concurrency", type=_number(int, ge=1), default=1024,
+                   help="open connections before answering 503 (in JSON) [1024]")
+    p.add_argument("--header-timeout", type=_number(float, gt=0), default=10.0,
+                   help="seconds a client has to send its request headers before it is answered 408 and disconnected [10]")
     p.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=INFERENCE_PRECISION_HELP)
@@ -486,8 +489,6 @@ def cmd_serve(a: dict) -> int:
         import torch
 
         torch.set_num_threads(threads)  # before open_model: onnxruntime sessions take PyTorch's thread count
-    if a["max_concurrency"] < 1:
-        raise UsageError(f"--max-concurrency must be at least 1, got {a['max_concurrency']}")
     app = create_app(a["weights"], settings)  # opens the model: a bad file fails here, before any port is bound
     sock = bind(a["host"], a["port"])
     runner = app.state.imgclf.runner
@@ -496,7 +497,7 @@ def cmd_serve(a: dict) -> int:
     print(f"serving {runner.model_name} ({runner.format}, {len(runner.classes)} classes) on {url_of(sock)} "
           f"- web page /, API docs /docs; Ctrl-C stops", flush=True)
     run(app, sock=sock, log_level="warning" if a.get("quiet") else "info", access_log=a["access_log"],
-        max_concurrency=a["max_concurrency"])
+        max_concurrency=a["max_concurrency"], header_timeout=a["header_timeout"])
     return 0
 
 
