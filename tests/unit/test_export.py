@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from imgclf.cli import main
-from imgclf.exporting import FORMATS, VerificationError, compare, export
+from imgclf.errors import UsageError
+from imgclf.exporting import FORMATS, VerificationError, compare, export, format_report
 from imgclf.runtime import CheckpointRunner, open_model
 
 pytest.importorskip("onnxruntime")
@@ -91,17 +92,14 @@ def test_metadata_is_inside_each_file(exports):
     assert blob["meta"]["classes"] == ["cat", "dog", "fox"]
 
 
-def test_int8_plan_is_recorded_and_stem_is_found(exports):
+def test_int8_plan_is_recorded(exports):
     import onnx
 
-    from imgclf.exporting import stem_convs
-
     q = json.loads({p.key: p.value for p in onnx.load(exports["onnx-int8"]["out"]).metadata_props}["imgclf"])["export"]["quantization"]
-    assert q["plan"] in ("all", "stem-fp32") and q["plans_tried"][-1]["ok"] and q["format"] == "QDQ"
-    fp32 = onnx.load(exports["onnx"]["out"])
-    stems = stem_convs(fp32)
-    first_conv = next(n for n in fp32.graph.node if n.op_type == "Conv")
-    assert stems == [first_conv.name]
+    assert q["format"] == "QDQ" and q["calibration"] == "minmax" and q["plan"] == "all-int8" and q["fp32_nodes"] == []
+    assert q["chosen_try"] == 1 and len(q["tries"]) == 1 and q["tries"][0]["meets_bar"]  # a tiny model needs no remedy
+    assert q["tries"][0]["images"] == 18 and q["sensitivity"] is None
+    assert exports["onnx-int8"]["export"]["quantization"] == q  # the JSON report says the same
 
 
 def test_batch_dimension_is_dynamic(exports, tiny_best):
@@ -277,3 +275,64 @@ def test_int8_rmse_rule_uses_a_lower_bound():
         assert bad["rel_rmse_lower"] > 0.30 and not bad["ok"] and "RMSE" in bad["reason"]
         gaps.append(bad["rel_rmse"] - bad["rel_rmse_lower"])
     assert gaps[0] > gaps[1] > gaps[2] > 0
+
+
+# --------------------------------------------------------------------------------------------- int8 remedies
+
+
+def _badly_quantizable(tiny_best: str, path) -> str:
+    """tiny_best with one more stem channel of ~10,000 that nothing reads (the body's weights on it are 0): the
+    fp32 model computes exactly what it did, but a per-tensor uint8 scale for the stem's output now spans 0 to
+    ~10,000 and rounds the 7 channels that matter to 0, whatever the calibration method or the CPU. The cure
+    is to keep that tensor in fp32: the stem conv and the body conv that reads it."""
+    from imgclf.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_best)
+    sd = ckpt["state_dict"]
+    sd["stem.1.bias"][7], sd["stem.1.weight"][7] = 1e4, 3e3  # BatchNorm of channel 7: ~1e4 +- 3e3, ReLU keeps it
+    sd["body.0.weight"][:, 7] = 0.0
+    save_checkpoint(ckpt, str(path))
+    return str(path)
+
+
+def _int8_meta(path) -> dict:
+    import onnx
+
+    return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["imgclf"])["export"]["quantization"]
+
+
+def test_int8_remedy_keeps_the_measured_layers_fp32(tiny_best, tmp_path):
+    import onnx
+
+    bad = _badly_quantizable(tiny_best, tmp_path / "bad.pt")
+    fp32 = export(bad, "onnx", out=str(tmp_path / "bad.onnx"), **SMALL)  # the fp32 model is fine
+    r = export(bad, "onnx-int8", out=str(tmp_path / "bad.int8.onnx"), **SMALL)
+    assert r["verification"]["ok"] and r["verification"]["meets_bar"]
+    q = _int8_meta(r["out"])
+    assert q == r["export"]["quantization"]
+    # every calibration method failed, measured: the tries are recorded with their numbers
+    assert [t["calibration"] for t in q["tries"][:3]] == ["minmax", "entropy", "percentile"]
+    assert not any(t["meets_bar"] for t in q["tries"][:3]) and all(t["top1_agreement"] < 0.9 for t in q["tries"][:3])
+    # then the tensor measured worst, the stem's output, kept fp32 with its producer and its consumer
+    convs = [n.name for n in onnx.load(fp32["out"]).graph.node if n.op_type == "Conv"]
+    chosen = q["tries"][q["chosen_try"] - 1]
+    assert q["plan"] == "measured-fp32" and q["chosen_try"] == 4 and chosen["meets_bar"]
+    assert set(convs) <= set(q["fp32_nodes"]) and q["fp32_nodes"] == chosen["fp32_nodes"]
+    top = q["sensitivity"]["top"][0]
+    assert top["tensor"] == q["fp32_reasons"][0]["tensor"] and top["error"] > 0.5 > top["error_above"]
+    assert "raised the mean per-channel relative error" in q["fp32_reasons"][0]["why"]
+    # the layers kept fp32 are added to the calibration method with the lowest RMSE, whichever it was
+    assert chosen["calibration"] in ("minmax", "entropy", "percentile")
+    text = format_report(r)
+    assert "nodes kept fp32" in text and "int8 tries: 1. minmax" in text and f"4. {chosen['calibration']}, " in text
+
+
+def test_int8_refused_when_the_remedies_are_not_allowed(tiny_best, tmp_path):
+    bad = _badly_quantizable(tiny_best, tmp_path / "bad.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(VerificationError, match=r"failed verification.*upper bound.*int8 tries, labels kept: minmax \d+/18"):
+        export(bad, "onnx-int8", out=str(out / "bad.int8.onnx"), int8_tries=1, **SMALL)
+    assert os.listdir(out) == []
+    with pytest.raises(UsageError, match="--int8-tries"):
+        export(bad, "onnx-int8", out=str(out / "bad.int8.onnx"), int8_tries=0, **SMALL)
