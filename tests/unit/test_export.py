@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from imgclf.cli import main
-from imgclf.exporting import FORMATS, VerificationError, compare, export
+from imgclf.errors import UsageError
+from imgclf.exporting import FORMATS, VerificationError, compare, export, format_report
 from imgclf.runtime import CheckpointRunner, open_model
 
 pytest.importorskip("onnxruntime")
@@ -91,17 +92,14 @@ def test_metadata_is_inside_each_file(exports):
     assert blob["meta"]["classes"] == ["cat", "dog", "fox"]
 
 
-def test_int8_plan_is_recorded_and_stem_is_found(exports):
+def test_int8_plan_is_recorded(exports):
     import onnx
 
-    from imgclf.exporting import stem_convs
-
     q = json.loads({p.key: p.value for p in onnx.load(exports["onnx-int8"]["out"]).metadata_props}["imgclf"])["export"]["quantization"]
-    assert q["plan"] in ("all", "stem-fp32") and q["plans_tried"][-1]["ok"] and q["format"] == "QDQ"
-    fp32 = onnx.load(exports["onnx"]["out"])
-    stems = stem_convs(fp32)
-    first_conv = next(n for n in fp32.graph.node if n.op_type == "Conv")
-    assert stems == [first_conv.name]
+    assert q["format"] == "QDQ" and q["calibration"] == "minmax" and q["plan"] == "all-int8" and q["fp32_nodes"] == []
+    assert q["chosen_try"] == 1 and len(q["tries"]) == 1 and q["tries"][0]["meets_bar"]  # a tiny model needs no remedy
+    assert q["tries"][0]["images"] == 18 and q["sensitivity"] is None
+    assert exports["onnx-int8"]["export"]["quantization"] == q  # the JSON report says the same
 
 
 def test_batch_dimension_is_dynamic(exports, tiny_best):
@@ -205,3 +203,136 @@ def test_cli_export_and_bench(capsys, tiny_best, tiny_data, exports, tmp_path):
     assert main(argv[:-3] + ["--iters", "1"]) == 0  # the table, random inputs, no accuracy
     table = capsys.readouterr().out
     assert "images/s" in table and "speed-up against eager-fp32" in table and "accuracy" not in table.splitlines()[0]
+
+
+# --------------------------------------------------------------------------------------------- the int8 rule
+
+
+def _logits_losing(n: int, lost: int, *, classes: int = 5, noise: float = 0.001, seed: int = 0):
+    """Reference logits for n images, and an "export" of them: small noise on every logit, and the top-2 logits
+    swapped on `lost` images (exactly `lost` top-1 labels change)."""
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.randn(n, classes, generator=g) * 3
+    out = ref + noise * torch.randn(n, classes, generator=g)
+    top2 = ref.topk(2, dim=1).indices
+    for i in range(lost):
+        a, b = top2[i]
+        out[i, a], out[i, b] = ref[i, b] - 0.1, ref[i, a] + 0.1
+    return ref, out
+
+
+@pytest.mark.parametrize("n,lost", [(153, 2), (153, 4), (153, 5), (64, 2), (18, 1)])
+def test_int8_rule_passes_a_file_near_the_bar(n, lost):
+    """At or a little below 97% on a sample, the agreement's upper bound is still above the bar: 62 of 64
+    (96.9%, the failure seen on an AVX-512 VNNI Xeon) and 2 of hymenoptera's 153 val images pass."""
+    from imgclf.exporting import compare
+
+    r = compare(*_logits_losing(n, lost), int8=True)
+    assert r["top1_agreement"] == pytest.approx((n - lost) / n)
+    assert r["ok"], r["reason"]
+    assert r["top1_kept"] == n - lost
+    assert r["top1_agreement_upper"] >= 0.97 and r["rel_rmse_lower"] <= r["rel_rmse"] < 0.30
+
+
+@pytest.mark.parametrize("n", [18, 153, 500])
+def test_int8_rule_refuses_a_clearly_bad_file(n):
+    from imgclf.exporting import compare
+
+    lost = round(0.2 * n)  # 80% agreement
+    r = compare(*_logits_losing(n, lost), int8=True)
+    assert not r["ok"] and not r["meets_bar"]
+    assert r["top1_agreement_upper"] < 0.97 and f"{n - lost}/{n}" in r["reason"] and "upper bound" in r["reason"]
+
+
+def test_int8_rule_is_decided_by_the_bound_not_by_one_image():
+    """Around the bar itself one image more or less changes nothing; the verdict changes only where the bound
+    crosses the bar, far below it (here 9 of 153 lost, 94.1%), where a file truly at 97% lands < 5% of the time."""
+    from imgclf.exporting import agreement_upper_bound, compare
+
+    verdicts = {lost: compare(*_logits_losing(153, lost), int8=True)["ok"] for lost in range(0, 13)}
+    assert all(verdicts[lost] for lost in range(0, 9)) and not any(verdicts[lost] for lost in range(9, 13))
+    # the boundary is where the one-sided 95% Wilson upper bound crosses 97%, not where the point estimate does
+    assert agreement_upper_bound(153 - 8, 153) >= 0.97 > agreement_upper_bound(153 - 9, 153)
+    assert 148 / 153 < 0.97 < 149 / 153  # the old point rule flipped between 4 and 5 lost
+    # the bound tightens with n: 80% is refused already on 18 images, 95% on 1,000
+    assert agreement_upper_bound(14, 18) < 0.97 and agreement_upper_bound(950, 1000) < 0.97
+    assert agreement_upper_bound(18, 18) == 1.0 and agreement_upper_bound(0, 0) == 1.0
+
+
+def test_int8_rmse_rule_uses_a_lower_bound():
+    """The RMSE rule is a bound too: noise at 25% of the logits' spread passes it, at 60% fails it, on every
+    image count; the bound lies below the point estimate and closes in on it as n grows."""
+    from imgclf.exporting import compare
+
+    g = torch.Generator().manual_seed(1)
+    gaps = []
+    for n in (18, 153, 500):
+        ref = torch.randn(n, 4, generator=g) * 3
+        spread = float(ref.std())
+        fine = compare(ref, ref + 0.25 * spread * torch.randn(n, 4, generator=g), int8=True)
+        bad = compare(ref, ref + 0.60 * spread * torch.randn(n, 4, generator=g), int8=True)
+        assert fine["rel_rmse_lower"] < fine["rel_rmse"] < 0.30 and "RMSE" not in fine["reason"]
+        assert bad["rel_rmse_lower"] > 0.30 and not bad["ok"] and "RMSE" in bad["reason"]
+        gaps.append(bad["rel_rmse"] - bad["rel_rmse_lower"])
+    assert gaps[0] > gaps[1] > gaps[2] > 0
+
+
+# --------------------------------------------------------------------------------------------- int8 remedies
+
+
+def _badly_quantizable(tiny_best: str, path) -> str:
+    """tiny_best with one more stem channel of ~10,000 that nothing reads (the body's weights on it are 0): the
+    fp32 model computes exactly what it did, but a per-tensor uint8 scale for the stem's output now spans 0 to
+    ~10,000 and rounds the 7 channels that matter to 0, whatever the calibration method or the CPU. The cure
+    is to keep that tensor in fp32: the stem conv and the body conv that reads it."""
+    from imgclf.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_best)
+    sd = ckpt["state_dict"]
+    sd["stem.1.bias"][7], sd["stem.1.weight"][7] = 1e4, 3e3  # BatchNorm of channel 7: ~1e4 +- 3e3, ReLU keeps it
+    sd["body.0.weight"][:, 7] = 0.0
+    save_checkpoint(ckpt, str(path))
+    return str(path)
+
+
+def _int8_meta(path) -> dict:
+    import onnx
+
+    return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["imgclf"])["export"]["quantization"]
+
+
+def test_int8_remedy_keeps_the_measured_layers_fp32(tiny_best, tmp_path):
+    import onnx
+
+    bad = _badly_quantizable(tiny_best, tmp_path / "bad.pt")
+    fp32 = export(bad, "onnx", out=str(tmp_path / "bad.onnx"), **SMALL)  # the fp32 model is fine
+    r = export(bad, "onnx-int8", out=str(tmp_path / "bad.int8.onnx"), **SMALL)
+    assert r["verification"]["ok"] and r["verification"]["meets_bar"]
+    q = _int8_meta(r["out"])
+    assert q == r["export"]["quantization"]
+    # every calibration method failed, measured: the tries are recorded with their numbers
+    assert [t["calibration"] for t in q["tries"][:3]] == ["minmax", "entropy", "percentile"]
+    assert not any(t["meets_bar"] for t in q["tries"][:3]) and all(t["top1_agreement"] < 0.9 for t in q["tries"][:3])
+    # then the tensor measured worst, the stem's output, kept fp32 with its producer and its consumer
+    convs = [n.name for n in onnx.load(fp32["out"]).graph.node if n.op_type == "Conv"]
+    chosen = q["tries"][q["chosen_try"] - 1]
+    assert q["plan"] == "measured-fp32" and q["chosen_try"] == 4 and chosen["meets_bar"]
+    assert set(convs) <= set(q["fp32_nodes"]) and q["fp32_nodes"] == chosen["fp32_nodes"]
+    top = q["sensitivity"]["top"][0]
+    assert top["tensor"] == q["fp32_reasons"][0]["tensor"] and top["error"] > 0.5 > top["error_above"]
+    assert "raised the mean per-channel relative error" in q["fp32_reasons"][0]["why"]
+    # the layers kept fp32 are added to the calibration method with the lowest RMSE, whichever it was
+    assert chosen["calibration"] in ("minmax", "entropy", "percentile")
+    text = format_report(r)
+    assert "nodes kept fp32" in text and "int8 tries: 1. minmax" in text and f"4. {chosen['calibration']}, " in text
+
+
+def test_int8_refused_when_the_remedies_are_not_allowed(tiny_best, tmp_path):
+    bad = _badly_quantizable(tiny_best, tmp_path / "bad.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(VerificationError, match=r"failed verification.*upper bound.*int8 tries, labels kept: minmax \d+/18"):
+        export(bad, "onnx-int8", out=str(out / "bad.int8.onnx"), int8_tries=1, **SMALL)
+    assert os.listdir(out) == []
+    with pytest.raises(UsageError, match="--int8-tries"):
+        export(bad, "onnx-int8", out=str(out / "bad.int8.onnx"), int8_tries=0, **SMALL)
