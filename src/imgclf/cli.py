@@ -145,11 +145,15 @@ def _add_export(sub) -> None:
     p.add_argument("--calib-data", metavar="DIR", help="int8 calibration images: a data source (its train split) or a folder "
                                                        "of images (default: the training data the checkpoint records)")
     p.add_argument("--calib-images", type=_number(int, ge=1), help="images for calibration [256]")
-    p.add_argument("--calib-method", default="minmax", help="onnx-int8 calibration: minmax, entropy or percentile [minmax]")
+    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
+                   help="onnx-int8 calibration tried first: minmax, entropy or percentile [minmax]")
+    p.add_argument("--int8-tries", type=_number(int, ge=1),
+                   help="onnx-int8: most quantizations to try when one misses the bar (the other calibration methods, "
+                        "then the layers measured to lose most kept in fp32) [6]; 1: only --calib-method")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
                    help="onnx-int8: 7-bit weights, no int16 saturation on x86 CPUs without VNNI [on]")
     p.add_argument("--verify-data", metavar="DIR", help="verification images: val split of this data (default: the recorded data)")
-    p.add_argument("--verify-images", type=_number(int, ge=1), help="images for verification [128]")
+    p.add_argument("--verify-images", type=_number(int, ge=1), help="images for verification: the whole val split, up to this many [500]")
     p.add_argument("--data", help="also report accuracy of the checkpoint and the export on --split of this data")
     p.add_argument("--split", default="val", help="split for --data accuracy [val]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
@@ -399,7 +403,7 @@ def cmd_export(a: dict) -> int:
 
     if a.get("out"):
         check_output_file(a["out"], "--out")
-    given = {k: a[k] for k in ("calib_images", "verify_images", "opset") if a.get(k) is not None}
+    given = {k: a[k] for k in ("calib_images", "verify_images", "opset", "int8_tries") if a.get(k) is not None}
     r = export(a["weights"], a["format"], out=a.get("out"), calib_data=a.get("calib_data"), calib_method=a["calib_method"],
                reduce_range=a["reduce_range"], verify_data=a.get("verify_data"), data=a.get("data"), split=a["split"],
                data_root=a.get("data_root"), max_eval_images=a.get("max_eval_images"), **given)

@@ -66,7 +66,7 @@ import torch
 
 from . import __version__
 from .errors import DataError, ImgclfError, UsageError, did_you_mean
-from .fileio import temp_beside
+from .fileio import disk_full_error, human_size, temp_beside
 from .runtime import (
     DYNAMIC_INT8_FORMAT, META_KEY, META_NAME, CheckpointRunner, Runner, open_model, quantize_linear_dynamic,
 )
@@ -854,9 +854,12 @@ def export(weights: str, format: str, *, out: str | None = None, calib_data: str
             result["accuracy"] = {"data": where, "images": n, "checkpoint": accs[0], fmt.name: accs[1],
                                   "drop_points": 100.0 * (accs[0] - accs[1])}
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
+        full = disk_full_error(e, out, tmp=tmp) if isinstance(e, Exception) else None
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full is not None:
+            raise full from e
         raise
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
@@ -897,7 +900,7 @@ def format_report(r: dict) -> str:
     else:
         numbers = f"max |logit diff| {v['max_abs_diff']:.3g}, top-1 agreement {v['top1_agreement']:.1%}"
         rule = f"max |diff| <= {tol['max_abs_diff']:.3g}"
-    lines = [f"wrote {r['out']} ({r['format']}, {r['size_bytes'] / 2**20:.1f} MiB) in {r['seconds']:.0f} s",
+    lines = [f"wrote {r['out']} ({r['format']}, {human_size(r['size_bytes'])}) in {r['seconds']:.0f} s",
              f"verified against the checkpoint on {v['data']}: {numbers} ({rule}): passed"]
     if r.get("calibration"):
         lines.append(f"calibrated on {r['calibration']}")

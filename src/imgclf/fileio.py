@@ -210,3 +210,11 @@ def _probe(tmp: str) -> int | None:
 def write_json(obj, path: str) -> None:
     with atomic_open(path) as f:
         json.dump(obj, f, indent=2)
+
+
+def human_size(nbytes: float) -> str:
+    """1.5 KiB, 10.8 MiB: a small export is not "0.0 MiB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} bytes"

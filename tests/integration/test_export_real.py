@@ -12,7 +12,7 @@ from shared_data import CIFAR, HYM, need_cifar, need_hym
 from imgclf.cli import main
 from imgclf.exporting import FORMATS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kernels]
 
 
 def _train(capsys, tmp_path, *args) -> str:

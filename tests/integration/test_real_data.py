@@ -21,6 +21,7 @@ IMAGENET_ANT, IMAGENET_BEE = 310, 309
 
 
 @need_hym
+@pytest.mark.kernels
 def test_efficientnet_lite0_imagenet_weights_tell_ants_from_bees_without_training():
     """Proves the offline EfficientNet-Lite0 weights and their preprocessing are loaded right: the untouched
     ImageNet head's 'ant' logit against its 'bee' logit classifies hymenoptera/val."""

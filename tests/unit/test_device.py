@@ -10,6 +10,8 @@ from imgclf import device as dev
 from imgclf.cli import main
 from imgclf.models.registry import build_model
 
+pytestmark = pytest.mark.kernels
+
 CPU = torch.device("cpu")
 
 

@@ -14,6 +14,8 @@ from imgclf.errors import UsageError
 from imgclf.exporting import FORMATS, VerificationError, compare, export, format_report
 from imgclf.runtime import CheckpointRunner, open_model
 
+pytestmark = pytest.mark.kernels
+
 pytest.importorskip("onnxruntime")
 
 SMALL = dict(calib_images=32, verify_images=24)

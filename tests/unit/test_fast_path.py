@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 import torch
 from torchvision.transforms import v2
 
@@ -101,6 +102,7 @@ def test_decoded_cache_leaves_out_unreadable_files(tmp_path, make_folder):
         assert "broken.jpg" not in " ".join(d.split.paths)
 
 
+@pytest.mark.kernels
 def test_fast_and_per_image_paths_give_the_same_eval_batches(tmp_path, make_folder):
     root = make_folder(tmp_path / "d", layout="split", classes=("a", "b", "c"), n=5, size=(20, 14))
     split = open_source(str(root)).splits["val"]

@@ -99,6 +99,7 @@ def test_budget_turns_minutes_into_steps():
     assert total == 7 + 45
 
 
+@pytest.mark.kernels
 def test_fast_recipe_trains_resumes_exactly_and_keeps_to_a_time_budget(tmp_path, make_folder):
     from imgclf import train
 

@@ -12,6 +12,8 @@ import time
 import pytest
 import torch
 
+pytestmark = pytest.mark.kernels
+
 # digits upscaled to 24 px with a small CNN: a few seconds an epoch, long enough to kill inside one.
 ARGS = ["train", "--data", "digits", "--model", "smallcnn", "--img-size", "24", "--epochs", "4", "--batch-size", "64",
         "--workers", "1", "--seed", "3", "--lr", "0.05", "--step-size", "2"]

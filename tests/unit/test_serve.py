@@ -643,6 +643,7 @@ def test_serve_help_lists_the_flags(capsys):
 
 # ------------------------------------------------------------------------------------------------- exported files
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("fmt", ["onnx-int8", "torchscript", "pt2"])
 def test_serves_exported_files(fmt, tiny_best, images, tmp_path):
     """The app only uses the Runner interface, so an exported file serves like the checkpoint it came from."""
