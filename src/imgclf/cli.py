@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", metavar="MODEL", help="run (or read the cached) training-precision probe for MODEL now")
     p.add_argument("--img-size", type=_number(int, ge=1), help="input size for --probe (default: the model's own)")
     p.add_argument("--batch-size", type=_number(int, ge=1), default=128, help="batch size for --probe [128]")
+    p.add_argument("--refresh", action="store_true", help="with --probe: measure again instead of reading the cache")
 
     p = sub.add_parser("models", help="list models, parameter counts and offline pretrained weights")
     _common(p)
@@ -460,7 +461,7 @@ def cmd_env(a: dict) -> int:
         from .models.registry import get_spec
 
         get_spec(a["probe"])  # an unknown name: one line with 'did you mean', before any work
-    r = machine_report(a.get("probe"), img_size=a.get("img_size"), batch_size=a["batch_size"])
+    r = machine_report(a.get("probe"), img_size=a.get("img_size"), batch_size=a["batch_size"], refresh=a["refresh"])
     print(json.dumps(r, indent=2) if a.get("json") else format_env(r))
     return 0
 

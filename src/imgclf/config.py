@@ -199,8 +199,6 @@ def save_yaml(data: dict, path: str) -> None:
         yaml.safe_dump(data, f, sort_keys=False)
 
 
-
-
 def check_output_folder(path: str, flag: str) -> None:
     """Refuse, before any work, an output folder that cannot be made: `path` may not exist yet (it is created,
     parents too, when the command writes), but its nearest existing ancestor must be a folder we can write in."""

@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 # bf16 must beat fp32 by this factor (time per step) before `auto` trains in it: within noise, fp32 wins.
 BF16_MIN_SPEEDUP = 1.05
 PROBE_ROUNDS = 3  # timed steps per precision, interleaved fp32 / bf16 so that load and clock drift cancel
-PROBE_MAX_SECONDS = 30.0  # a slow model (Lite0 at 224 px on 2 cores: ~2 s a step) stops probing early
+# A step slower than this is probed at a proportionally smaller batch (at least 8), so that every probe gets its
+# PROBE_ROUNDS rounds within seconds: ResNet-18 at 224 px, batch 128, takes ~20 s a step on 2 cores, and a
+# single round of it, taken while another job ran, once chose fp32 where bf16 inference ran 1.9x faster.
+PROBE_STEP_SECONDS = 1.5
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -184,15 +187,15 @@ def probe_bf16(model: torch.nn.Module, *, key: str, img_size: int, batch_size: i
     if not refresh and isinstance(cache.get(full_key), dict) and cache[full_key].get("choice") in ("fp32", "bf16"):
         return {**cache[full_key], "cached": True}
     t0 = time.perf_counter()
-    times = _time_steps(model, img_size=img_size, batch_size=batch_size, channels_last=channels_last)
+    times, probe_batch = _time_steps(model, img_size=img_size, batch_size=batch_size, channels_last=channels_last)
     fp32, bf16 = statistics.median(times[None]), statistics.median(times[torch.bfloat16])
     speedup = fp32 / bf16
     result = {"choice": "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32", "fp32_ms": round(1000 * fp32, 2),
-              "bf16_ms": round(1000 * bf16, 2), "speedup": round(speedup, 3),
-              "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    log.info("precision auto: %s (training step %s: fp32 %.1f ms, bf16 %.1f ms, %d rounds, probe took %.1f s)",
-             result["choice"], model_key, result["fp32_ms"], result["bf16_ms"], len(times[None]),
-             time.perf_counter() - t0)
+              "bf16_ms": round(1000 * bf16, 2), "speedup": round(speedup, 3), "probe_batch": probe_batch,
+              "rounds": len(times[None]), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    log.info("precision auto: %s (training step %s, timed at batch %d: fp32 %.1f ms, bf16 %.1f ms, %d rounds, "
+             "probe took %.1f s)", result["choice"], model_key, probe_batch, result["fp32_ms"], result["bf16_ms"],
+             len(times[None]), time.perf_counter() - t0)
     cache[full_key] = result
     try:
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)
@@ -202,39 +205,44 @@ def probe_bf16(model: torch.nn.Module, *, key: str, img_size: int, batch_size: i
     return {**result, "cached": False}
 
 
-def _time_steps(model: torch.nn.Module, *, img_size: int, batch_size: int, channels_last: bool) -> dict:
-    """Seconds per training step of a copy of `model`, {None: [...], torch.bfloat16: [...]}, interleaved."""
+def _time_steps(model: torch.nn.Module, *, img_size: int, batch_size: int, channels_last: bool) -> tuple[dict, int]:
+    """Seconds per training step of a copy of `model`, ({None: [...], torch.bfloat16: [...]}, the batch timed),
+    interleaved fp32 / bf16; a slow step is timed at a smaller batch (PROBE_STEP_SECONDS)."""
     device = torch.device("cpu")
     probe = to_layout(copy.deepcopy(model).to(device).train(), channels_last)
     params = [p for p in probe.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     with torch.random.fork_rng(devices=[]):  # the run's own random stream stays where it was
         gen = torch.Generator().manual_seed(0)
-        x = to_layout(torch.randn(batch_size, 3, img_size, img_size, generator=gen), channels_last)
         with torch.no_grad():  # the class count, in eval mode: BatchNorm cannot train on one image
-            n_out = probe.eval()(x[:1]).shape[1]
+            n_out = probe.eval()(torch.zeros(1, 3, img_size, img_size)).shape[1]
         probe.train()
-        y = torch.randint(0, n_out, (batch_size,), generator=gen)
+        batch: dict = {}
 
-        def step(dtype):
+        def make(n: int) -> None:
+            batch["x"] = to_layout(torch.randn(n, 3, img_size, img_size, generator=gen), channels_last)
+            batch["y"] = torch.randint(0, n_out, (n,), generator=gen)
+
+        def step(dtype) -> float:
             t = time.perf_counter()
             with autocast(device, dtype):
-                loss = torch.nn.functional.cross_entropy(probe(x), y)
+                loss = torch.nn.functional.cross_entropy(probe(batch["x"]), batch["y"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             return time.perf_counter() - t
 
+        make(batch_size)
+        first = step(None)  # warm-up: oneDNN builds its kernels for each precision and shape on the first step
+        if first > PROBE_STEP_SECONDS and batch_size > 8:
+            make(max(8, int(batch_size * PROBE_STEP_SECONDS / first)))
+            step(None)
+        step(torch.bfloat16)
         times: dict = {None: [], torch.bfloat16: []}
-        start = time.perf_counter()
-        for dtype in times:  # warm-up: oneDNN builds its kernels for each precision on the first step
-            step(dtype)
         for _ in range(PROBE_ROUNDS):
             for dtype in times:
                 times[dtype].append(step(dtype))
-            if time.perf_counter() - start > PROBE_MAX_SECONDS:
-                break
-    return times
+    return times, len(batch["y"])
 
 
 def to_layout(x, channels_last: bool):

@@ -28,7 +28,8 @@ def _memory_gib() -> float | None:
     return None
 
 
-def machine_report(probe_model: str | None = None, *, img_size: int | None = None, batch_size: int = 128) -> dict:
+def machine_report(probe_model: str | None = None, *, img_size: int | None = None, batch_size: int = 128,
+                   refresh: bool = False) -> dict:
     """Everything `imgclf env --json` prints. With `probe_model` (a registry name), the training-precision probe
     runs for it now (or its cached result is read), at `img_size` (default: the model's own) and `batch_size`."""
     import torch
@@ -75,11 +76,11 @@ def machine_report(probe_model: str | None = None, *, img_size: int | None = Non
         "precision_probes": {"cache": precision_cache_path(), "machine": machine_key(), "results": cached_probes()},
     }
     if probe_model:
-        report["precision_probes"]["now"] = _probe(probe_model, img_size, batch_size)
+        report["precision_probes"]["now"] = _probe(probe_model, img_size, batch_size, refresh)
     return report
 
 
-def _probe(name: str, img_size: int | None, batch_size: int) -> dict:
+def _probe(name: str, img_size: int | None, batch_size: int, refresh: bool) -> dict:
     import torch
 
     from .device import cpu_has_native_bf16, probe_bf16
@@ -90,7 +91,7 @@ def _probe(name: str, img_size: int | None, batch_size: int) -> dict:
         return {"model": name, "choice": "rule (no probe needed on this machine)"}
     model = build_model(name, 10, pretrained=False)
     size = img_size or spec.img_size
-    return {"model": name, **probe_bf16(model, key=name, img_size=size, batch_size=batch_size)}
+    return {"model": name, **probe_bf16(model, key=name, img_size=size, batch_size=batch_size, refresh=refresh)}
 
 
 def summary_line(r: dict) -> str:

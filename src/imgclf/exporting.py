@@ -53,7 +53,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -66,7 +65,7 @@ import torch
 
 from . import __version__
 from .errors import DataError, ImgclfError, UsageError, did_you_mean
-from .fileio import disk_full_error, human_size, temp_beside
+from .fileio import disk_full_error, human_size, temp_beside, temp_dir
 from .runtime import (
     DYNAMIC_INT8_FORMAT, META_KEY, META_NAME, CheckpointRunner, Runner, open_model, quantize_linear_dynamic,
 )
@@ -472,7 +471,7 @@ def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
     if ctx.check is None:
         ctx.check = images
     want = ctx.check_logits()
-    work = tempfile.mkdtemp(prefix="imgclf-int8-")
+    work = temp_dir("imgclf-int8-")  # removed below; one left by a killed export goes at the next int8 export
     try:
         fp32, pre = os.path.join(work, "fp32.onnx"), os.path.join(work, "pre.onnx")
         _onnx_fp32(ctx, fp32)

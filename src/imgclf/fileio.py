@@ -140,6 +140,21 @@ def remove_stale_temps(folder_or_path: str) -> list[str]:
     return removed
 
 
+def temp_dir(prefix: str) -> str:
+    """A new folder in the system's temporary folder for a command's scratch files, named for its writer like
+    temp_beside's files (PREFIX<pid>-<host>-RANDOM). The folders of earlier writers with the same prefix that
+    were killed before they could remove theirs are removed first (only on this host and PID namespace)."""
+    root, here = tempfile.gettempdir(), _writer_host()
+    pattern = re.compile(rf"{re.escape(prefix)}(?P<pid>\d+)-(?P<host>[0-9a-f]{{8}})-[a-z0-9_]{{8}}")
+    with contextlib.suppress(OSError):
+        for e in os.scandir(root):
+            m = pattern.fullmatch(e.name)
+            if m and m["host"] == here and e.is_dir(follow_symlinks=False) and not _pid_alive(int(m["pid"])):
+                shutil.rmtree(e.path, ignore_errors=True)
+                log.info("removed %s, left by a command that was stopped", e.path)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-{here}-")
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", *, need: int | None = None, **kw):
     """`with atomic_open("x.csv", newline="") as f:` - on an exception the temporary file is removed and

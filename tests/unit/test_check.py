@@ -170,3 +170,15 @@ def test_hymenoptera_has_no_errors():
     assert report.summary["formats"].get("GIF") == len(gifs)
     mismatched = sorted(p for f in report.warnings if f.kind == "extension-mismatch" for p in f.paths)
     assert mismatched == [g for g in gifs if not g.lower().endswith(".gif")]
+
+
+def test_absurdly_shaped_image_is_an_error_like_training_says(tmp_path):
+    # a 1 KB 400000 x 1 PNG: check called it fine, while training (load_image) leaves it out as bad-shape
+    root = _clean_tree(tmp_path / "d")
+    Image.new("RGB", (400000, 1)).save(root / "train" / "cat" / "strip.png")
+    report = check_data(root, workers=1)
+    found = _found(report)
+    assert found.get("bad-shape") == [["train/cat/strip.png"]], found
+    assert not report.ok
+    (f,) = [f for f in report.errors if f.kind == "bad-shape"]
+    assert "400,000 x 1" in f.detail and "100:1" in f.detail

@@ -86,3 +86,10 @@ def test_env_probe_of_an_unknown_model_is_a_usage_error(capsys):
     assert main(["env", "--probe", "resnet81"]) == 2
     err = capsys.readouterr().err
     assert "resnet81" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_slow_step_is_probed_at_a_smaller_batch_for_every_round(monkeypatch, tmp_path):
+    monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path))
+    monkeypatch.setattr(dev, "PROBE_STEP_SECONDS", 0.0)  # every step counts as slow
+    r = dev.probe_bf16(build_model("test_tiny", 3), key="test_tiny", img_size=16, batch_size=32)
+    assert r["probe_batch"] == 8 and r["rounds"] == dev.PROBE_ROUNDS

@@ -548,3 +548,26 @@ def test_a_fifo_named_as_weights_is_refused_without_blocking(tmp_path, tiny_data
     assert main(["predict", str(fifo), str(img)]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a regular file" in err and len(err.splitlines()) == 1
+
+
+def test_scratch_folders_of_killed_commands_are_removed_by_the_next(tmp_path, monkeypatch):
+    # an onnx-int8 export killed with SIGKILL left /tmp/imgclf-int8-XXXX behind for good
+    import tempfile
+
+    from imgclf.fileio import _writer_host, temp_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    host = _writer_host()
+    stale = tmp_path / f"imgclf-int8-{dead_pid}-{host}-abcd1234"
+    live = tmp_path / f"imgclf-int8-{os.getpid()}-{host}-efgh5678"
+    foreign = tmp_path / f"imgclf-int8-{dead_pid}-00000000-ijkl9012"  # another host's: its PID means nothing here
+    other = tmp_path / "imgclf-int8-notours"
+    for d in (stale, live, foreign, other):
+        d.mkdir()
+        (d / "fp32.onnx").write_bytes(b"x")
+    new = temp_dir("imgclf-int8-")
+    assert os.path.isdir(new) and os.path.dirname(new) == str(tmp_path)
+    assert not stale.exists()
+    assert live.exists() and foreign.exists() and other.exists()

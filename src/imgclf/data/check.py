@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import DataError
-from .images import UnreadableImage, load_image, to_rgb
+from .images import BadShape, UnreadableImage, check_shape, load_image, to_rgb
 from .sources import find_split_dirs, is_image_name
 
 IMBALANCE_WARN_RATIO = 10.0
@@ -203,7 +203,7 @@ def check_data(data: str, *, workers: int | None = None, progress: bool = False)
 
 
 _KIND_ORDER = (
-    "zero-byte", "truncated", "not-an-image", "unreadable", "empty-class", "duplicate-across-labels",
+    "zero-byte", "truncated", "not-an-image", "bad-shape", "unreadable", "empty-class", "duplicate-across-labels",
     "leak-across-splits", "extension-mismatch", "duplicate", "class-imbalance", "tiny-image",
     "non-image-file", "stray-file", "stray-folder",
 )
@@ -316,8 +316,11 @@ def _inspect(path: str) -> tuple[str, object]:
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 fmt, mode = im.format, im.mode
+                check_shape(*im.size)  # what training would refuse: before decoding, which could take gigabytes
                 im.load()  # the full decode: open() and verify() both pass a JPEG cut in half
                 rgb = to_rgb(im)
+    except BadShape as e:
+        return "bad-shape", str(e)
     except Exception as first:
         # Take the reason from the loader that training uses, so check and training agree on what is broken.
         try:
