@@ -15,22 +15,7 @@ import imgclf.predict
 from imgclf.cli import main
 from imgclf.errors import UsageError
 from imgclf.models.registry import REGISTRY
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    # Anything a command writes by default (runs/, eval folders) lands in the test's own folder.
-    monkeypatch.chdir(tmp_path)
-
-
-def _usage_error(capsys, argv) -> str:
-    rc = main(argv)
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert rc == 2, f"exit {rc}, stderr: {err!r}"
-    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
-    assert "Traceback" not in err and "Traceback" not in out
-    return lines[0]
+from test_cli import _in_tmp, _usage_error  # noqa: F401 - the autouse fixture (commands write into tmp_path) and the check
 
 
 def _nothing_in(folder: Path) -> bool:
