@@ -212,7 +212,7 @@ def _check_classes(ckpt: dict, path: str) -> None:
     n_names = len(ckpt["classes"])
     if n_names != n or (rows is not None and rows != n):
         outputs = f" and its head ({head}) has {rows} outputs" if rows is not None else ""
-        raise CheckpointError(f"'{path}' is inconsistent: it lists {n_names} class names, but its model entry says {n} classes"
+        raise CheckpointError(f"'{path}' is inconsistent: it lists {n_names} class name{'' if n_names == 1 else 's'}, but its model entry says {n} classes"
                               f"{outputs}; the file was edited or damaged: {_USE_ANOTHER}")
 
 
