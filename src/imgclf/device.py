@@ -151,10 +151,9 @@ def machine_key() -> str:
 
 
 def precision_cache_path() -> str:
-    if os.environ.get("IMGCLF_CACHE"):
-        return os.path.join(os.environ["IMGCLF_CACHE"], "precision.json")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "imgclf", "precision.json")
+    from .fileio import user_cache_home
+
+    return os.path.join(os.environ.get("IMGCLF_CACHE") or user_cache_home(), "precision.json")
 
 
 def _read_cache(path: str) -> dict:

@@ -233,3 +233,10 @@ def human_size(nbytes: float) -> str:
         if nbytes >= scale:
             return f"{nbytes / scale:.1f} {unit}"
     return f"{int(nbytes)} bytes"
+
+
+def user_cache_home() -> str:
+    """imgclf's folder in the user's cache: $XDG_CACHE_HOME/imgclf, else ~/.cache/imgclf (decoded images, the
+    CIFAR download, the precision probes each have a place under it or an environment variable of their own)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgclf")

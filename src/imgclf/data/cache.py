@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..fileio import user_cache_home
 from .images import UnreadableImage
 from .pipeline import decode_one
 from .sources import Split, hash_split
@@ -32,8 +33,7 @@ VERSION = 1
 def cache_root() -> str:
     if os.environ.get("IMGCLF_CACHE"):
         return os.environ["IMGCLF_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "imgclf", "decoded")
+    return os.path.join(user_cache_home(), "decoded")
 
 
 def split_key(split: Split, size: int) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, did_you_mean
+from ..fileio import user_cache_home
 
 # torchvision's list plus GIF: anything PIL reads that people keep photos in.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -112,8 +113,7 @@ def default_data_root() -> str:
     """Where cifar10/cifar100 live: --data-root, else $IMGCLF_DATA, else a user cache folder."""
     if os.environ.get("IMGCLF_DATA"):
         return os.environ["IMGCLF_DATA"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "imgclf", "data")
+    return os.path.join(user_cache_home(), "data")
 
 
 def open_source(
