@@ -103,8 +103,11 @@ def _number(t: type, rng: Range | None = None, **bounds):
     return parse
 
 
-INFERENCE_PRECISION_HELP = ("auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; "
-                            "faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
+def _add_inference_precision(p: argparse.ArgumentParser) -> None:
+    """--precision of the commands that run a model (evaluate, predict, serve); training's comes from config.py."""
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; "
+                        "faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -199,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_number(int, ge=1), default=256, help="images per batch [256]")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=_number(int, ge=0), help="decoding processes (default: the CPU cores, at most 4)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=INFERENCE_PRECISION_HELP)
+    _add_inference_precision(p)
     p.add_argument("--json", action="store_true", help="print eval.json instead of the report")
 
     p = sub.add_parser("predict", help="label images or folders of images")
@@ -211,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="also write all predictions to FILE.csv or FILE.json")
     p.add_argument("--batch-size", type=_number(int, ge=1), default=32, help="images per batch [32]")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=INFERENCE_PRECISION_HELP)
+    _add_inference_precision(p)
 
     _add_export(sub)
     _add_bench(sub)
@@ -274,7 +277,7 @@ def _add_serve(sub) -> None:
                    help="seconds a client has to send its request headers before it is answered 408 and disconnected [10]")
     p.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=INFERENCE_PRECISION_HELP)
+    _add_inference_precision(p)
 
 
 def request_huge_pages() -> bool:
