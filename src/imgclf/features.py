@@ -86,7 +86,9 @@ def build_feature_feeds(model, name: str, train_feed, val_feed, *, views: int, s
         aug = _in_order(train_feed, gen)
         plain.append(extract(model, name, aug, device, amp, channels_last=channels_last, desc=f"features view {v + 1}"))
     train_feats = torch.stack(plain)
-    val_feats = extract(model, name, val_feed.batches(), device, amp, channels_last=channels_last,
+    # val in fp32 whatever the training precision: the metrics a run reports (and its final "validate best")
+    # must be the ones `imgclf evaluate` gives for the checkpoint, which runs the whole model in fp32
+    val_feats = extract(model, name, val_feed.batches(), device, None, channels_last=channels_last,
                         desc="features val")[None]
     log.info("frozen-feature cache: %d train images x %d views, %d val images, %d features each",
              train_feats.shape[1], train_feats.shape[0], val_feats.shape[1], train_feats.shape[2])

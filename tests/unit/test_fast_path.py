@@ -114,19 +114,21 @@ def test_fast_and_per_image_paths_give_the_same_eval_batches(tmp_path, make_fold
         torch.testing.assert_close(xa, xb, atol=1e-5, rtol=1e-5)
 
 
-def test_frozen_feature_cache_trains_the_head_of_the_whole_model(tmp_path, make_folder):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_frozen_feature_cache_trains_the_head_of_the_whole_model(tmp_path, make_folder, precision):
     """With --freeze backbone the head trains on cached features; the checkpoint is the whole model, and
-    evaluating it image by image gives exactly the validation metrics the run reported."""
+    evaluating it image by image gives exactly the validation metrics the run reported, whatever precision it
+    trained in (bf16 is what `auto` picks on some CPUs: CI once failed on that)."""
     import imgclf
     from imgclf.checkpoint import load_checkpoint
 
     root = make_folder(tmp_path / "d", layout="split", classes=("a", "b", "c"), n=8, size=16)
     res = imgclf.train(data=str(root), model="test_tiny", freeze="backbone", epochs=3, batch_size=8, workers=0,
-                       out=str(tmp_path / "runs"), name="frozen", lr=0.1)
+                       out=str(tmp_path / "runs"), name="frozen", lr=0.1, precision=precision)
     best = os.path.join(res["run_dir"], "best.pt")
     ck = load_checkpoint(best)
     first = imgclf.train(data=str(root), model="test_tiny", freeze="backbone", epochs=1, batch_size=8, workers=0,
-                         out=str(tmp_path / "runs"), name="frozen1", lr=0.1)
+                         out=str(tmp_path / "runs"), name="frozen1", lr=0.1, precision=precision)
     ck1 = load_checkpoint(os.path.join(first["run_dir"], "last.pt"))
     # the backbone never moved; the head did
     for k, v in ck["state_dict"].items():
