@@ -78,6 +78,17 @@ class TrainConfig:
     lookahead: bool = opt(False, "lookahead on the weights (airbench): every 5 steps, an average of the weights whose decay rises to 0.77 is copied back into the model; the final model is that average")
     time_budget: float | None = opt(None, "minutes of training (the epoch loop, validation included): the schedule is shortened to end within them, from the speed of the first steps; never longer than --epochs", gt=0)
     max_steps: int | None = opt(None, "optimisation steps in all (the schedule ends there); set from --time-budget when that is given", ge=1)
+    accumulate: int = opt(1, "optimizer steps every N batches, their gradients summed (an effective batch N x --batch-size at the memory of one)", ge=1)
+    clip_grad: float | None = opt(None, "clip the gradients' total L2 norm to this before each optimizer step", gt=0)
+    ema: bool = opt(False, "keep an exponential moving average of the weights, evaluated every epoch; best.pt holds the better of the model and its average, and says which")
+    ema_decay: float = opt(0.999, "EMA: weight of the average at each optimizer step (0.999 averages over about the last 1,000 steps)", ge=0, lt=1)
+    ema_warmup: int = opt(0, "EMA: the decay rises linearly from 0 to --ema-decay over the first N optimizer steps, so the average forgets the random initial weights", ge=0)
+    patience: int | None = opt(None, "early stopping: end the run when --monitor has not improved for N epochs", ge=1)
+    monitor: str = opt("val_acc", "the validation metric that picks best.pt and that --patience watches", ("val_acc", "val_loss", "val_macro_f1"))
+    freeze_epochs: int = opt(0, "train only the new head for the first N epochs (backbone frozen), then every layer (fastai's fine_tune); use with --pretrained", ge=0)
+    backbone_lr_scale: float = opt(1.0, "learning-rate multiplier for every layer but the new head (e.g. 0.1 when fine-tuning pretrained weights)", gt=0)
+    compile: bool = opt(False, "torch.compile the model for training (the compile time is logged; see docs/training.md for when it pays)")
+    log_histograms: int = opt(0, "every N steps, per-layer gradient and activation histograms and norms in TensorBoard; a non-finite loss or an exploding gradient norm then stops the run (0: off)", ge=0)
     precision: str = opt("auto", "auto (the fastest on this machine, never slower than fp32: bf16 or fp16 autocast on CUDA; on a CPU with native bf16 a short probe of the model decides, cached per machine and model - see `imgclf env`; else fp32), fp32, bf16 or fp16", ("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = opt(True, "channels_last memory layout for the model and batches (faster convolutions on CPU and GPU)")
     feature_cache: bool = opt(True, "with --freeze backbone: compute the frozen backbone's features once (plus --feature-views augmented views) and train the head on them")
@@ -97,8 +108,32 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def explicit(self) -> frozenset[str]:
+        """The options set by whoever made this config (keyword arguments, flags, YAML keys), as opposed to
+        left at their defaults: a recipe fills only the others, and a resumed run honours only these."""
+        return self._explicit
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with `changes`, which count as set (`dataclasses.replace` would count every option as set)."""
+        new = dataclasses.replace(self, **changes)
+        object.__setattr__(new, "_explicit", self._explicit | frozenset(changes))
+        return new
+
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+_dataclass_init = TrainConfig.__init__
+
+
+def _recording_init(self, *args, **kwargs):
+    _dataclass_init(self, *args, **kwargs)
+    object.__setattr__(self, "_explicit", frozenset(list(FIELDS)[: len(args)]) | frozenset(kwargs))
+
+
+# Which options were given is recorded when the config is made, never guessed by comparing with defaults:
+# TrainConfig(recipe="fast", epochs=30) has set `epochs` even where 30 is also the default.
+_recording_init.__doc__, _recording_init.__wrapped__ = _dataclass_init.__doc__, _dataclass_init
+TrainConfig.__init__ = _recording_init
 
 
 HINTS = typing.get_type_hints(TrainConfig)

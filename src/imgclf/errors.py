@@ -23,6 +23,11 @@ class DiskFullError(ImgclfError):
         self.errno = errno
 
 
+class TrainingDiverged(ImgclfError):
+    """A non-finite loss or an exploding gradient (seen with --log-histograms): the run stops, and its last.pt
+    is the last good epoch. Exit code 1: the command was valid; the optimisation, not the input, went wrong."""
+
+
 class UsageError(ImgclfError):
     """A bad option, path or input: fixable by the user. Exit code 2."""
 

@@ -1,117 +1,50 @@
-"""The training loop: optimizer, schedule, precision, checkpoints, exact resume, CSV and TensorBoard logs.
+"""Training: `train()` sets a run up (options, data, model, state) and hands it to a `Trainer`.
+
+    Trainer(cfg, state, run_dir, ...).fit():
+        for each epoch:   callbacks.on_epoch_start -> train_one_epoch -> evaluate -> save
+    TrainState:           model, optimizer, scheduler, scaler, EMA, step, epoch, best, rows, callbacks' states
+    RunDir (rundir.py):   everything the run writes
+    callbacks.py:         the named hooks, and time budget, lookahead, early stopping, freeze-then-unfreeze,
+                          histograms; a model's own (airnet's whitening) come from its registry entry
 
 Exact resume: every source of randomness in epoch E (shuffle order, augmentation, dropout, worker seeds) is
-drawn from generators seeded with (seed, E) at the start of that epoch, and last.pt holds the model,
-optimizer and scheduler after E. So a run resumed after epoch E repeats, bit for bit on the same machine,
-what an uninterrupted run would have done.
+drawn from generators seeded with (seed, E) at the start of that epoch, and last.pt holds `TrainState` after E.
+So a run resumed after epoch E repeats, bit for bit on the same machine, what an uninterrupted run would have
+done.
 """
 from __future__ import annotations
 
 import csv
 import logging
 import os
-import re
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, load_weights, make_checkpoint, save_checkpoint
-from .config import TrainConfig, check_config, check_output_folder, make_config, save_yaml
+from .callbacks import EarlyStopping, FreezeThenUnfreeze, Histograms, Lookahead, TimeBudget, improves
+from .checkpoint import load_checkpoint, load_weights, make_checkpoint
+from .config import TrainConfig, check_config, check_output_folder, make_config
 from .data.feed import FastFeed, make_feed
-from .data.pipeline import common_size, default_workers, resolve_preprocess
+from .data.pipeline import Preprocess, common_size, default_workers, resolve_preprocess
 from .data.sources import open_source, write_split_manifest
 from .device import autocast, resolve_device, to_layout, training_precision
-from .errors import CheckpointError, DataError, UsageError
+from .errors import CheckpointError, DataError, TrainingDiverged, UsageError
 from .evaluation import compute_metrics, infer, write_eval_plots
 from .features import build_feature_feeds, head_of
-from .fileio import atomic_open, remove_stale_temps, write_json
-from .models.registry import (
-    apply_frozen_eval,
-    build_model,
-    format_parameter_table,
-    freeze,
-    get_spec,
-    parameter_table,
-)
+from .models.registry import apply_frozen_eval, build_model, format_parameter_table, freeze, get_spec, parameter_table
 from .progress import progress
+from .rundir import RunDir, new_run_path
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
-RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "log_every")
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds"]
+# What a resumed run may change: its length and the machinery it runs on, never its recipe.
+RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "log_every", "patience")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
-
-
-def _run_dir(cfg: TrainConfig) -> str:
-    if cfg.name:
-        d = os.path.join(cfg.out, cfg.name)
-        if os.path.exists(d) and os.listdir(d):
-            raise UsageError(f"run directory '{d}' already exists: choose another --name, or continue it with --resume {d}/last.pt")
-        return d
-    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(str(cfg.data))) or "data")
-    base = os.path.join(cfg.out, f"{cfg.model}-{data}")
-    d, n = base, 2
-    while os.path.exists(d) and os.listdir(d):
-        d, n = f"{base}-{n}", n + 1
-    return d
-
-
-def _too_small(img_size: int, spec) -> str:
-    other = "" if spec.small else ", or a model for small images such as smallcnn"
-    return (f"--img-size {img_size} is too small for {spec.name}, which takes at least {spec.min_img_size} px (below that "
-            f"its strided and pooling layers leave no real pixels in its last feature map): pass --img-size "
-            f"{spec.min_img_size} or more (smaller images are upscaled){other}")
-
-
-def _check_same_data(resume: str, ckpt: dict, src, split_csv: str | None) -> None:
-    """Refuse to resume on data other than the run's: its metrics, best epoch and split would mix two datasets.
-    Called twice: with the class names before decoding (cheap), then with the fingerprint after (`split_csv`
-    given), which is computed as saved, once unreadable files are left out."""
-    changed = None
-    old = list(ckpt.get("classes") or [])
-    if old and old != list(src.classes):
-        added, removed = sorted(set(src.classes) - set(old)), sorted(set(old) - set(src.classes))
-        changed = "; ".join(p for p in (f"classes added: {', '.join(added)}" if added else "",
-                                        f"classes removed: {', '.join(removed)}" if removed else "") if p) or "class order differs"
-    elif split_csv is not None and ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
-        changed = "files were added, removed or modified"
-        if os.path.exists(split_csv):
-            with open(split_csv, newline="") as f:
-                before = {r["path"] for r in csv.DictReader(f)}
-            now = {s.describe(i) for s in src.splits.values() for i in range(len(s))}
-            added, removed = len(now - before), len(before - now)
-            changed = (f"{added} file{'s' * (added != 1)} added, {removed} removed" if before != now
-                       else "the same files, but some of them modified")
-    if changed:
-        raise DataError(f"the data changed since '{resume}' was saved ({changed}): resuming would mix two validation "
-                        "sets; start a new run (without --resume), or restore the original data to resume")
-
-
-def _param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
-    """Trainable parameters; with --bias-lr-scale, BatchNorm biases in a group of their own at lr x scale and
-    weight decay / scale (so their decay per step is unchanged), as airbench does."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.bias_lr_scale == 1.0:
-        return [{"params": params}]
-    norm = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
-    biases = [p for p in params if id(p) in norm]
-    others = [p for p in params if id(p) not in norm]
-    groups = [{"params": others}]
-    if biases:
-        groups.append({"params": biases, "lr": cfg.lr * cfg.bias_lr_scale, "weight_decay": cfg.weight_decay / cfg.bias_lr_scale})
-    return groups
-
-
-def _optimizer(cfg: TrainConfig, groups) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class StepSchedule:
@@ -128,82 +61,446 @@ class StepSchedule:
         return 1.0 + (0.07 - 1.0) * min(1.0, (step - warm) / max(1, self.total - warm))
 
 
-def _scheduler(cfg: TrainConfig, opt, total_steps: int):
-    """(scheduler, per_step)."""
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), False
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs)), False
-    if cfg.scheduler == "warmup-linear":
-        return torch.optim.lr_scheduler.LambdaLR(opt, StepSchedule(total_steps)), True
-    return None, False
-
-
-class Budget:
-    """--time-budget: after a few steps, how many optimisation steps fit in the minutes left.
-
-    The first step is not timed (warm-up). Validation after each epoch is charged too: its images, at the
-    training step's cost per image divided by 3 (forward only), times the test-time views."""
-
-    PROBE = 6
-
-    def __init__(self, minutes: float, t0: float, batch_size: int):
-        self.seconds, self.t0, self.batch_images = minutes * 60.0, t0, batch_size
-        self.total, self.rate, self.t1 = None, None, None
-
-    def observe(self, done: int, *, val_images: int, per_epoch: int, tta: bool) -> int | None:
-        now = time.perf_counter()
-        if done == 1:
-            self.t1 = now
-            return None
-        if done < 1 + self.PROBE:
-            return None
-        self.rate = (done - 1) / (now - self.t1)  # steps per second
-        left = self.seconds - (now - self.t0)
-        steps = done + max(0, int(left * self.rate))
-        epochs = max(1, -(-steps // per_epoch))
-        # per-epoch validation: forward only (~1/3 of a training step per image), times the TTA views
-        val_steps = epochs * val_images * (6 if tta else 1) / 3 / max(1, self.batch_images)
-        self.total = max(done, int(steps - val_steps))
-        return self.total
-
-
-class Lookahead:
-    """airbench's lookahead: every `every` steps the weights move into a running average whose decay rises
-    from 0 to 0.95**5 as (step / total)**3, and the model continues from that average; at the end the model
-    is the average. Floating-point state (weights and BatchNorm statistics) only."""
-
-    def __init__(self, model: nn.Module, every: int = 5):
-        self.every = every
-        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+def make_ema(model: nn.Module, decay: float, warmup: int) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `model`'s weights and buffers (torch's AveragedModel); during the first
+    `warmup` updates the decay rises linearly from 0, so the average soon forgets the random start."""
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int, total: int) -> None:
-        if step % self.every:
-            return
-        self.merge(model, 0.95 ** 5 * min(1.0, step / max(1, total)) ** 3)
+    def update(averaged: list, current: list, n_averaged: torch.Tensor) -> None:
+        d = decay * min(1.0, float(n_averaged) / warmup) if warmup else decay
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # integer buffers (BatchNorm's batch counter): the model's own value
+            for a, c in zip(averaged, current):
+                a.copy_(c)
 
-    @torch.no_grad()
-    def merge(self, model: nn.Module, decay: float) -> None:
-        state = model.state_dict()
-        for k, a in self.avg.items():
-            a.lerp_(state[k], 1 - decay)
-            state[k].copy_(a)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped; `state_dict()` holds only plain types and
+    tensors (checkpoints load with weights_only=True)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    precision: str = "fp32"
+    step: int = 0  # optimisation steps taken
+    epoch: int = 0  # epochs completed
+    best: dict = field(default_factory=lambda: {"value": None, "epoch": 0, "weights": "model"})
+    rows: list[dict] = field(default_factory=list)
+    callbacks: list = field(default_factory=list)
 
     def state_dict(self) -> dict:
-        return {k: v.cpu() for k, v in self.avg.items()}
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "precision": self.precision, "step": self.step, "epoch": self.epoch,
+            "best": dict(self.best), "rows": [dict(r) for r in self.rows],
+            "callbacks": {cb.name: s for cb in self.callbacks if (s := cb.state_dict()) is not None},
+            "rng": {"torch": torch.get_rng_state()},
+        }
 
-    def load_state_dict(self, d: dict) -> None:
-        for k, v in d.items():
-            self.avg[k].copy_(v)
+    def load_state_dict(self, state: dict) -> None:
+        if "model" in state:  # a checkpoint keeps the weights beside the training state, at its top level
+            self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+            # creating the scheduler set each group's lr to its starting value: back to where the run was
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.precision, self.step, self.epoch = state["precision"], int(state["step"]), int(state["epoch"])
+        self.best, self.rows = dict(state["best"]), [dict(r) for r in state["rows"]]
+        saved = state.get("callbacks") or {}
+        for cb in self.callbacks:
+            if cb.name in saved:
+                cb.load_state_dict(saved[cb.name])
+        torch.set_rng_state(state["rng"]["torch"])
 
 
-def _write_metrics(rows: list[dict], path: str) -> None:
-    with atomic_open(path, newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRIC_COLUMNS})
+def train_steps(model, batches, criterion, opt, scaler, device, amp, *, channels_last: bool = True,
+                max_steps: int | None = None, desc: str = "train", log_every: int | None = None, accumulate: int = 1,
+                clip_grad: float | None = None, hooks=None):
+    """Optimisation steps over `batches` (each step sums the gradients of `accumulate` batches); returns (summed
+    loss, correct, images seen). `hooks` (the Trainer) gets on_step_start, on_after_backward and on_step_end
+    (which returns True to end the pass). The Trainer and the benchmarks both call this, so a benchmark
+    measures the code that trains."""
+    loss_sum, correct, seen = 0.0, 0, 0
+    n_batches = len(batches)
+    total = n_batches if max_steps is None else min(n_batches, max_steps * accumulate)
+    status = lambda: f"loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f}"  # noqa: E731
+    for i, (x, y) in enumerate(progress(batches, total=total, desc=desc, unit="batch", log_every=log_every, postfix=status)):
+        if i >= total:
+            break
+        group = min(accumulate, n_batches - (i - i % accumulate))  # batches summed into this step
+        if i % accumulate == 0:
+            opt.zero_grad(set_to_none=True)
+            if hooks is not None:
+                hooks.on_step_start()
+        x, y = to_layout(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(x)
+            loss = criterion(out, y)
+        scaler.scale(loss if group == 1 else loss / group).backward()
+        n = y.size(0)
+        loss_sum += float(loss.detach()) * n
+        correct += int((out.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum())
+        seen += n
+        if (i + 1) % accumulate and i + 1 < n_batches:
+            continue
+        if hooks is not None:
+            hooks.on_after_backward(loss)
+        if clip_grad is not None:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip_grad)
+        scaler.step(opt)
+        scaler.update()
+        if hooks is not None and hooks.on_step_end():
+            break
+    return loss_sum, correct, seen
+
+
+class Trainer:
+    """Runs `fit()` on a TrainState: the epoch loop, validation, checkpoints and logs, with callbacks at the
+    named hooks (callbacks.py). Build one with `train()`, which resolves the options and the data first."""
+
+    def __init__(self, cfg: TrainConfig, state: TrainState, run_dir: RunDir, *, src, prep: Preprocess, feeds: dict,
+                 device: torch.device, amp, frozen: list[str], left_out: list, setup_seconds: float, resumed: bool,
+                 step_schedule: StepSchedule | None = None):
+        self.cfg, self.state, self.run_dir, self.src, self.prep = cfg, state, run_dir, src, prep
+        self.train_feed, self.val_feed = feeds["train"], feeds["val"]
+        self.epoch_feed, self.eval_feed, self.step_model = self.train_feed, self.val_feed, state.model
+        self.device, self.amp, self.frozen, self.left_out = device, amp, frozen, left_out
+        self.setup_seconds, self.resumed = setup_seconds, resumed
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.per_epoch = -(-len(self.train_feed.epoch(torch.Generator().manual_seed(0))) // cfg.accumulate)
+        self.total_steps = min(cfg.max_steps or cfg.epochs * self.per_epoch, cfg.epochs * self.per_epoch)
+        self.schedule = step_schedule  # the per-step schedule's length, which --time-budget may shorten
+        if self.schedule is not None:
+            self.schedule.total = self.total_steps
+        self.stop_reason, self.loss, self.compiled = None, None, None
+        self.fingerprint = src.fingerprint()
+
+    # ---------------------------------------------------------------- what callbacks use
+    @property
+    def writer(self):
+        return self.run_dir.writer
+
+    @property
+    def val_images(self) -> int:
+        return len(self.eval_feed)
+
+    def info(self, msg: str, *args) -> None:
+        self.run_dir.info(msg, *args)
+
+    def stop(self, reason: str) -> None:
+        """End the run after this epoch (it is still validated and saved)."""
+        self.stop_reason = self.stop_reason or reason
+
+    def set_total_steps(self, total: int) -> None:
+        """Shorten the run (--time-budget): the per-step schedule ends there, and config.yaml says so."""
+        self.total_steps = total
+        if self.schedule is not None:
+            self.schedule.total = total
+        self.cfg = replace(self.cfg, max_steps=total)
+        self.run_dir.write_config(self.cfg.to_dict())
+
+    def monitored(self, row: dict) -> float:
+        """The --monitor metric of this epoch: of the model, or of its EMA when that is better."""
+        key = self.cfg.monitor
+        ema = row.get("ema_" + key)
+        return ema if ema is not None and improves(ema, row[key], key) else row[key]
+
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.state.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # ---------------------------------------------------------------- hooks train_steps calls
+    def on_step_start(self) -> None:
+        self._call("on_step_start")
+
+    def on_after_backward(self, loss) -> None:
+        self.loss = loss
+        self._call("on_after_backward")
+
+    def on_step_end(self) -> bool:
+        st = self.state
+        st.step += 1
+        if self.schedule is not None:
+            st.scheduler.step()
+        if st.ema is not None:
+            st.ema.update_parameters(self.step_model)
+        self._call("on_step_end")
+        return st.step >= self.total_steps
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> dict:
+        t_fit = time.perf_counter()  # --time-budget counts from here: the epoch loop and what it needs first
+        self._begin()
+        try:
+            while self.state.epoch < self.cfg.epochs and self.state.step < self.total_steps and not self.stop_reason:
+                t0 = time.perf_counter()
+                lr = self._start_epoch()
+                train_loss, train_acc = self.train_one_epoch()
+                self._call("on_train_epoch_end")
+                if self.state.scheduler is not None and self.schedule is None:
+                    self.state.scheduler.step()  # per-epoch schedules
+                row = {"epoch": self.state.epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                       **self.evaluate(), "lr": lr, "seconds": time.perf_counter() - t0}
+                self.state.epoch += 1
+                self.state.rows.append(row)
+                self._call("on_validation_end", row)
+                self.save(row)
+        except TrainingDiverged as e:  # the caller reports it; train.log keeps it with the run
+            self.run_dir.say(logging.ERROR, "%s", e, echo=False)
+            raise
+        self._call("on_fit_end")
+        return self._finish(time.perf_counter() - t_fit)
+
+    def _start_epoch(self) -> float:
+        seed = epoch_seed(self.cfg.seed, self.state.epoch + 1)
+        torch.manual_seed(seed)  # dropout and, with workers=0, augmentation
+        self.gen = torch.Generator().manual_seed(seed)  # shuffle order and worker seeds
+        self.state.model.train()
+        self._call("on_epoch_start")
+        apply_frozen_eval(self.state.model, self.frozen)
+        return self.state.optimizer.param_groups[0]["lr"]
+
+    def train_one_epoch(self) -> tuple[float, float]:
+        cfg, st = self.cfg, self.state
+        budget_known = not any(isinstance(cb, TimeBudget) and cb.total is None for cb in st.callbacks)
+        desc = f"epoch {st.epoch + 1}" + (f"/{-(-self.total_steps // self.per_epoch)}" if budget_known else "")
+        t = time.perf_counter()
+        loss_sum, correct, seen = train_steps(
+            self.compiled or self.step_model, self.epoch_feed.epoch(self.gen), self.criterion, st.optimizer, st.scaler,
+            self.device, self.amp, channels_last=cfg.channels_last, desc=desc, log_every=cfg.log_every,
+            accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, hooks=self,
+            max_steps=self.total_steps - st.step)
+        if self.compiled is not None and st.epoch + 1 == self.first_epoch:
+            self.info("torch.compile: the first epoch took %.1f s, compilation included", time.perf_counter() - t)
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def evaluate(self) -> dict:
+        """Validation metrics of the model (and of its EMA) in the row's column names."""
+        amp = self.amp
+        logits, labels = infer(self.step_model, self.eval_feed.batches(), self.device, amp, desc="validate",
+                               channels_last=self.cfg.channels_last)
+        vm = compute_metrics(logits, labels, self.src.classes)
+        row = {"val_loss": vm["loss"], "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"]}
+        if self.state.ema is not None:
+            logits, labels = infer(self.state.ema.module, self.eval_feed.batches(), self.device, amp,
+                                   desc="validate EMA", channels_last=self.cfg.channels_last)
+            em = compute_metrics(logits, labels, self.src.classes)
+            row |= {"ema_val_loss": em["loss"], "ema_val_acc": em["accuracy"], "ema_val_macro_f1": em["macro_f1"]}
+        return row
+
+    def save(self, row: dict) -> None:
+        """metrics.csv and TensorBoard, then best.pt (if this epoch is the best), epoch_N.pt, last.pt: last.pt is
+        written last, so a kill before it means this epoch is simply redone on resume."""
+        st, epoch = self.state, self.state.epoch
+        value = self.monitored(row)
+        improved = improves(value, st.best["value"], self.cfg.monitor)
+        weights = "ema" if st.ema is not None and value != row[self.cfg.monitor] else "model"
+        if improved:
+            st.best = {"value": value, "epoch": epoch, "weights": weights}
+        self.run_dir.log_epoch(st.rows)
+        summary = {"accuracy": row["val_acc"], "loss": row["val_loss"], "macro_f1": row["val_macro_f1"]}
+        if improved:
+            self.run_dir.save(self._checkpoint(summary, weights=weights), "best.pt")
+        with_state = self._checkpoint(summary, state=st.state_dict())
+        if self.cfg.save_every and epoch % self.cfg.save_every == 0:
+            self.run_dir.save(with_state, f"epoch_{epoch}.pt")
+        self.run_dir.save(with_state, "last.pt")
+        ema = f"  ema_val_acc {row['ema_val_acc']:.4f}" if "ema_val_acc" in row else ""
+        self.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  lr %.3g  %.1fs%s",
+                  epoch, -(-self.total_steps // self.per_epoch), row["train_loss"], row["train_acc"], row["val_loss"],
+                  row["val_acc"], row["val_macro_f1"], ema, row["lr"], row["seconds"],
+                  f"  *best*{' (EMA)' if weights == 'ema' else ''}" if improved else "")
+
+    def _checkpoint(self, metrics: dict, *, state: dict | None = None, weights: str = "model") -> dict:
+        model = self.state.model
+        if weights == "ema":  # the whole model with the EMA's weights where it averages
+            model = _with_part_state(model, self.step_model, self.state.ema.module.state_dict())
+        train_state = None
+        if state is not None:
+            train_state = {k: v for k, v in state.items() if k != "model"}  # the weights are the checkpoint's own
+        ckpt = make_checkpoint(model, model_name=self.cfg.model, classes=self.src.classes, preprocess=self.prep.to_dict(),
+                               config=self.cfg.to_dict(), metrics=metrics, data_fingerprint=self.fingerprint,
+                               epoch=self.state.epoch, train_state=train_state)
+        ckpt["weights"] = weights
+        return ckpt
+
+    # ---------------------------------------------------------------- before and after the loop
+    def _begin(self) -> None:
+        cfg, st = self.cfg, self.state
+        self._describe()
+        if st.epoch == 0:
+            self.run_dir.write_config(cfg.to_dict())
+        else:
+            self.run_dir.purge_after(st.epoch)
+        self.run_dir.write_left_out(self.left_out)
+        if self.src.val_origin == "carved" and not self.resumed:  # a resumed run keeps the split it started with
+            write_split_manifest(self.src, self.run_dir.file("split.csv"))
+        self._call("on_fit_start")
+        if uses_feature_cache(cfg, self.train_feed):
+            self._feature_cache()
+        if cfg.compile:
+            self.compiled, self.first_epoch = torch.compile(self.step_model), st.epoch + 1
+
+    def _describe(self) -> None:
+        src, cfg = self.src, self.cfg
+        self.info("run directory: %s", self.run_dir.path)
+        self.info("data: %s (%d classes; train %d, val %d images), preprocessing %s", src.location, len(src.classes),
+                  len(src.splits["train"]), len(src.splits["val"]), self.prep.to_dict())
+        if self.left_out:
+            self.run_dir.warning("left out %d unreadable files:", len(self.left_out))
+            for split, p, r in self.left_out[:20]:
+                self.run_dir.warning("  %s: %s (%s)", split, p, r)
+            if len(self.left_out) > 20:
+                self.run_dir.warning("  ... and %d more (all in left_out.csv)", len(self.left_out) - 20)
+        self.info("parameters (%s, freeze=%s):\n%s", cfg.model, cfg.freeze,
+                  format_parameter_table(parameter_table(self.state.model, cfg.model)))
+        self.info("precision: %s%s", self.state.precision, " (auto)" if cfg.precision == "auto" else "")
+
+    def _feature_cache(self) -> None:
+        """--freeze backbone: only the head trains, so its inputs are computed once, not once an epoch."""
+        t = time.perf_counter()
+        cfg = self.cfg
+        self.epoch_feed, self.eval_feed = build_feature_feeds(
+            self.state.model, cfg.model, self.train_feed, self.val_feed, views=cfg.feature_views, seed=cfg.seed,
+            device=self.device, amp=self.amp, channels_last=cfg.channels_last, batch_size=cfg.batch_size)
+        self.step_model = head_of(self.state.model, cfg.model)
+        self.setup_seconds += time.perf_counter() - t
+        self.info("frozen-feature cache built in %.1f s", time.perf_counter() - t)
+
+    def _finish(self, train_seconds: float) -> dict:
+        """The best checkpoint evaluated once more on validation, in fp32 as `imgclf evaluate` runs it (results.json's
+        numbers are the ones a user gets back); plots and results.json."""
+        st, cfg = self.state, self.cfg
+        best_path = self.run_dir.file("best.pt")
+        load_weights(st.model, load_checkpoint(best_path), best_path)
+        logits, labels = infer(self.step_model, self.eval_feed.batches(), self.device, None, desc="validate best",
+                               channels_last=cfg.channels_last)
+        bm = compute_metrics(logits, labels, self.src.classes)
+        from .plots import plot_curves
+
+        plot_curves(st.rows, self.run_dir.file("curves.png"))
+        write_eval_plots(bm, logits, labels, self.val_feed, self.src.classes, self.run_dir.path,
+                         title=f"validation, best epoch {st.best['epoch']}")
+        results = {
+            "best_epoch": st.best["epoch"], "best_weights": st.best["weights"], "monitor": cfg.monitor,
+            "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images")},
+            "epochs": len(st.rows), "stopped_early": self.stop_reason,
+            "total_seconds": round(sum(r["seconds"] for r in st.rows), 2),
+            "train_seconds": round(train_seconds, 2),  # this session: from the first hook to the last epoch
+            "steps": st.step, "setup_seconds": round(self.setup_seconds, 2), "model": cfg.model,
+            "classes": self.src.classes, "left_out": len(self.left_out), "precision": st.precision,
+            "options_set": sorted(cfg.explicit), "data_fingerprint": self.fingerprint,
+        }
+        self.run_dir.write_results(results)
+        if self.stop_reason:
+            self.info("%s", self.stop_reason)
+        self.info("best epoch %d%s: val_acc %.4f val_macro_f1 %.4f; weights %s", st.best["epoch"],
+                  " (EMA weights)" if st.best["weights"] == "ema" else "", bm["accuracy"], bm["macro_f1"], best_path)
+        return {**results, "run_dir": self.run_dir.path}
+
+
+def _with_part_state(model: nn.Module, part: nn.Module, part_state: dict) -> nn.Module:
+    """A copy of `model` whose submodule `part` (or the model itself) has the weights `part_state`."""
+    import copy
+
+    out = copy.deepcopy(model)
+    prefix = "" if part is model else next(n for n, m in model.named_modules() if m is part) + "."
+    out.load_state_dict({**model.state_dict(), **{prefix + k: v for k, v in part_state.items()}})
+    return out
+
+
+# ==================================================================================================== set-up
+
+
+def train(config: TrainConfig | dict | None = None, **options) -> dict:
+    """Train a classifier; returns results.json's content (plus `run_dir`).
+
+    `imgclf.train(data="digits", model="smallcnn", epochs=5)` or `imgclf.train(TrainConfig(...), epochs=5)`.
+    The options given (keyword arguments, TrainConfig's own, flags) are the ones a recipe does not override.
+    """
+    cfg, resume_ckpt = _configure(config, options)
+    spec = _check_options(cfg, resume_ckpt)
+    cfg = _resolve(cfg)
+    device = resolve_device(cfg.device)
+    t_setup = time.perf_counter()
+    src, prep, feeds, left_out = _open_data(cfg, spec, resume_ckpt)
+    cfg = replace(cfg, img_size=prep.img_size)
+    state, frozen, step_schedule = _build_state(cfg, spec, src, device, head_only=uses_feature_cache(cfg, feeds["train"]))
+    amp = _precision(cfg, device, state, prep, resume_ckpt)
+    if resume_ckpt is not None:
+        run_path = os.path.dirname(os.path.abspath(cfg.resume))
+        _resume(state, resume_ckpt, cfg, run_path)
+    else:
+        run_path = new_run_path(cfg.out, cfg.name, cfg.model, cfg.data)
+    with RunDir(run_path, ema=cfg.ema) as run_dir:
+        trainer = Trainer(cfg, state, run_dir, src=src, prep=prep, feeds=feeds, device=device, amp=amp, frozen=frozen,
+                          left_out=left_out, setup_seconds=time.perf_counter() - t_setup, resumed=resume_ckpt is not None,
+                          step_schedule=step_schedule)
+        return trainer.fit()
+
+
+def uses_feature_cache(cfg: TrainConfig, train_feed) -> bool:
+    """--freeze backbone on the fast path: the head trains on features computed once (features.py)."""
+    return cfg.freeze == "backbone" and cfg.feature_cache and not cfg.freeze_epochs and isinstance(train_feed, FastFeed)
+
+
+def _configure(config, options) -> tuple[TrainConfig, dict | None]:
+    """The options of this run, and the checkpoint it resumes (None for a new run). Only the options the caller
+    set count as set: a recipe fills the others, and a resumed run takes its own for everything but
+    RESUME_OVERRIDES."""
+    if isinstance(config, TrainConfig):
+        cfg = config.replace(**options) if options else config
+    else:
+        cfg = make_config({**(config or {}), **options})
+    explicit = cfg.explicit
+    if not cfg.resume:
+        from .recipes import apply_recipe
+
+        return apply_recipe(cfg, explicit), None
+    ckpt = load_checkpoint(cfg.resume)
+    if "train_state" not in ckpt:
+        raise CheckpointError(f"'{cfg.resume}' holds no training state (best.pt does not): resume from last.pt or an epoch_N.pt")
+    saved = make_config(ckpt["config"], source=cfg.resume)
+    ignored = sorted(explicit - set(RESUME_OVERRIDES) - {"resume", "data"})
+    if ignored:
+        log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
+    keep = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in explicit}
+    return replace(saved, resume=cfg.resume, **keep), ckpt
+
+
+def _check_options(cfg: TrainConfig, resume_ckpt: dict | None):
+    """Every check that needs no data, first: a bad option must not cost a decode or leave a run folder."""
+    check_config(cfg)
+    if not cfg.data:
+        raise UsageError("no data given: pass --data with a folder, a CSV, or one of cifar10, cifar100, digits")
+    spec = get_spec(cfg.model)
+    if cfg.pretrained and spec.weights is None:
+        raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
+    if cfg.img_size is not None and cfg.img_size < spec.min_img_size:
+        raise UsageError(_too_small(cfg.img_size, spec))
+    if cfg.freeze_epochs and cfg.freeze != "none":
+        raise UsageError(f"--freeze-epochs {cfg.freeze_epochs} freezes the backbone for the first epochs and then trains "
+                         f"every layer; it cannot be combined with --freeze {cfg.freeze}: drop one of them")
+    if resume_ckpt is None:
+        check_output_folder(cfg.out, "--out")
+    return spec
 
 
 def _resolve(cfg: TrainConfig) -> TrainConfig:
@@ -217,128 +514,26 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, lr=lr, weight_decay=wd, workers=workers, data=data)
 
 
-def train_steps(model, batches, criterion, opt, scaler, device, amp, *, channels_last: bool = True,
-                max_steps: int | None = None, desc: str = "train", log_every: int | None = None, on_step=None):
-    """One pass of optimisation steps over `batches`; returns (summed loss, correct, images seen).
-    `on_step()` runs after each step (per-step schedules, lookahead, the time budget); a true result ends the pass.
-    The training loop and the benchmarks both call this, so a benchmark measures the code that trains."""
-    loss_sum, correct, seen = 0.0, 0, 0
-
-    def status():
-        return f"loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f}"
-
-    total = len(batches) if max_steps is None else min(max_steps, len(batches))
-    for step, (x, y) in enumerate(progress(batches, total=total, desc=desc, unit="batch", log_every=log_every,
-                                           postfix=status)):
-        if max_steps is not None and step >= max_steps:
-            break
-        x, y = to_layout(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            out = model(x)
-            loss = criterion(out, y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        stop = on_step() if on_step is not None else False
-        n = y.size(0)
-        loss_sum += float(loss.detach()) * n
-        correct += int((out.argmax(1) == y).sum())
-        seen += n
-        if stop:
-            break
-    return loss_sum, correct, seen
+def _too_small(img_size: int, spec) -> str:
+    other = "" if spec.small else ", or a model for small images such as smallcnn"
+    return (f"--img-size {img_size} is too small for {spec.name}, which takes at least {spec.min_img_size} px (below that "
+            f"its strided and pooling layers leave no real pixels in its last feature map): pass --img-size "
+            f"{spec.min_img_size} or more (smaller images are upscaled){other}")
 
 
-def train(config: TrainConfig | dict | None = None, **options) -> dict:
-    """Train a classifier; returns results.json's content (plus `run_dir`).
-
-    `imgclf.train(data="digits", model="smallcnn", epochs=5)` or `imgclf.train(TrainConfig(...))`.
-    """
-    if isinstance(config, TrainConfig):
-        cfg = replace(config, **options) if options else config
-        explicit = {k for k, v in cfg.to_dict().items() if v != getattr(TrainConfig(), k)}
-    else:
-        cfg = make_config({**(config or {}), **options})
-        explicit = set(config or {}) | set(options)
-
-    resume_ckpt = None
-    if cfg.resume:
-        resume_ckpt = load_checkpoint(cfg.resume)
-        if "train_state" not in resume_ckpt:
-            raise CheckpointError(f"'{cfg.resume}' holds no training state (best.pt does not): resume from last.pt or an epoch_N.pt")
-        saved = make_config(resume_ckpt["config"], source=cfg.resume)
-        # A resumed run keeps its recipe; only its length and the machinery it runs on may change.
-        keep = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in explicit}
-        ignored = sorted(explicit - set(RESUME_OVERRIDES) - {"resume", "data"})
-        if ignored:
-            log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
-        cfg = replace(saved, resume=cfg.resume, **keep)
-    else:
-        from .recipes import apply_recipe
-
-        cfg = apply_recipe(cfg, explicit)
-    # Every check that needs no data comes first: a bad option must not cost a decode or leave a run folder.
-    check_config(cfg)
-    if not cfg.data:
-        raise UsageError("no data given: pass --data with a folder, a CSV, or one of cifar10, cifar100, digits")
-    cfg = _resolve(cfg)
-    spec = get_spec(cfg.model)
-    if cfg.pretrained and spec.weights is None:
-        raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
-    if cfg.img_size is not None and cfg.img_size < spec.min_img_size:
-        raise UsageError(_too_small(cfg.img_size, spec))
-    if resume_ckpt is None:
-        check_output_folder(cfg.out, "--out")
-    device = resolve_device(cfg.device)
-
-    t_setup = time.perf_counter()
+def _open_data(cfg: TrainConfig, spec, resume_ckpt: dict | None):
+    """(source, preprocessing, feeds, left out). Decoded once; files that cannot be read are left out and
+    listed, and the run goes on."""
     src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(src.classes) < 2:
         raise DataError(f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
                         "add a folder of images for each other class beside it")
     if resume_ckpt is not None:
         _check_same_data(cfg.resume, resume_ckpt, src, None)
-    own = None if (cfg.img_size or cfg.pretrained) else common_size(src.splits["train"], cfg.workers or 1)
-    if own is not None and own < spec.min_img_size:
-        log.info("the images are %d px, below the %d px that %s takes: they are upscaled to %d px",
-                 own, spec.min_img_size, cfg.model, spec.min_img_size)
-        own = spec.min_img_size
-    prep = resolve_preprocess(spec, img_size=cfg.img_size, pretrained=cfg.pretrained, own_size=own)
-    if resume_ckpt is not None:
-        from .data.pipeline import Preprocess
-
         prep = Preprocess.from_dict(resume_ckpt["preprocess"])
-    cfg = replace(cfg, img_size=prep.img_size)
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and resume_ckpt is None)
-    frozen = freeze(model, cfg.model, cfg.freeze)
-    model = to_layout(model.to(device), cfg.channels_last)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise UsageError(f"--freeze {cfg.freeze} leaves nothing to train in {cfg.model}")
-    opt = _optimizer(cfg, _param_groups(cfg, model))
-
-    start_epoch, rows, best_acc, best_epoch, resume_state = 1, [], -1.0, 0, None
-    if resume_ckpt is not None:
-        load_weights(model, resume_ckpt, cfg.resume)
-        st = resume_state = resume_ckpt["train_state"]
-        opt.load_state_dict(st["optimizer"])
-        start_epoch = int(resume_ckpt["epoch"]) + 1
-        rows = [dict(r) for r in st["rows"] if r["epoch"] < start_epoch]
-        best_acc, best_epoch = float(st["best_acc"]), int(st["best_epoch"])
-        run_dir = os.path.dirname(os.path.abspath(cfg.resume))
-        if not os.path.exists(os.path.join(run_dir, "best.pt")):
-            log.warning("no best.pt beside '%s': the best epoch is chosen again from the epochs still to run", cfg.resume)
-            best_acc, best_epoch = -1.0, 0
-        if start_epoch > cfg.epochs:
-            raise UsageError(f"'{cfg.resume}' already finished epoch {start_epoch - 1} of {cfg.epochs}: pass --epochs N to train longer")
     else:
-        run_dir = _run_dir(cfg)
-
-    # Decode once; files that cannot be read are left out and listed, and the run goes on.
-    left_out = []
-    feeds = {}
+        prep = _preprocess(cfg, spec, src)
+    left_out, feeds = [], {}
     for name in ("train", "val"):
         feed, bad = make_feed(src.splits[name], prep, cache=cfg.cache, workers=max(1, cfg.workers), augment=cfg.augment,
                               batch_size=cfg.batch_size, eval_batch_size=max(cfg.batch_size, 256),
@@ -348,220 +543,148 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
         src.splits[name], feeds[name] = feed.split, feed
         left_out += [(name, p, r) for p, r in bad]
     if resume_ckpt is not None:  # compared as saved: after the unreadable files were left out
-        _check_same_data(cfg.resume, resume_ckpt, src, os.path.join(run_dir, "split.csv"))
+        _check_same_data(cfg.resume, resume_ckpt, src, os.path.join(os.path.dirname(os.path.abspath(cfg.resume)), "split.csv"))
     for note in src.notes:  # after the last refusal: a refused command prints one line
         log.info("%s", note)
-
-    os.makedirs(run_dir, exist_ok=True)
-    remove_stale_temps(run_dir)  # checkpoints half-written by a run that was killed
-    file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
-    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    file_log.setLevel(logging.INFO)
-    log.addHandler(file_log)
-    old_level = log.level
-    if log.getEffectiveLevel() > logging.INFO:  # train.log gets the whole story even when the console is quiet
-        log.setLevel(logging.INFO)
-        for h in log.handlers:
-            if h is not file_log and h.level == logging.NOTSET:
-                h.setLevel(old_level or logging.WARNING)
-    try:
-        amp, scaler = _precision(cfg, device, model, prep, resume_state)
-        return _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, left_out,
-                           run_dir, start_epoch, rows, best_acc, best_epoch, time.perf_counter() - t_setup, resume_state)
-    finally:
-        log.removeHandler(file_log)
-        file_log.close()
-        log.setLevel(old_level)
+    return src, prep, feeds, left_out
 
 
-def _precision(cfg: TrainConfig, device, model, prep, resume_state: dict | None):
-    """The autocast dtype (None: fp32) and the gradient scaler. Once the data has passed every check, since `auto`
-    may time a few training steps on a CPU with native bf16; a resumed run keeps the precision it started with."""
-    recorded = (resume_state or {}).get("precision")
+def _preprocess(cfg: TrainConfig, spec, src) -> Preprocess:
+    own = None if (cfg.img_size or cfg.pretrained) else common_size(src.splits["train"], cfg.workers or 1)
+    if own is not None and own < spec.min_img_size:
+        log.info("the images are %d px, below the %d px that %s takes: they are upscaled to %d px",
+                 own, spec.min_img_size, cfg.model, spec.min_img_size)
+        own = spec.min_img_size
+    return resolve_preprocess(spec, img_size=cfg.img_size, pretrained=cfg.pretrained, own_size=own)
+
+
+def _check_same_data(resume: str, ckpt: dict, src, split_csv: str | None) -> None:
+    """Refuse to resume on data other than the run's: its metrics, best epoch and split would mix two datasets.
+    Called twice: with the class names before decoding (cheap), then with the fingerprint after (`split_csv`
+    given), which is computed as saved, once unreadable files are left out."""
+    changed = None
+    old = list(ckpt.get("classes") or [])
+    if old and old != list(src.classes):
+        added, removed = sorted(set(src.classes) - set(old)), sorted(set(old) - set(src.classes))
+        changed = "; ".join(p for p in (f"classes added: {', '.join(added)}" if added else "",
+                                        f"classes removed: {', '.join(removed)}" if removed else "") if p) or "class order differs"
+    elif split_csv is not None and ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
+        changed = _what_changed(src, split_csv)
+    if changed:
+        raise DataError(f"the data changed since '{resume}' was saved ({changed}): resuming would mix two validation "
+                        "sets; start a new run (without --resume), or restore the original data to resume")
+
+
+def _what_changed(src, split_csv: str) -> str:
+    if not os.path.exists(split_csv):
+        return "files were added, removed or modified"
+    with open(split_csv, newline="") as f:
+        before = {r["path"] for r in csv.DictReader(f)}
+    now = {s.describe(i) for s in src.splits.values() for i in range(len(s))}
+    added, removed = len(now - before), len(before - now)
+    return (f"{added} file{'s' * (added != 1)} added, {removed} removed" if before != now
+            else "the same files, but some of them modified")
+
+
+def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
+    """(TrainState, frozen layers, per-step schedule): the model, optimizer, schedule, EMA and callbacks of a new
+    run (a resume then loads its state). `head_only`: only the head trains (frozen-feature cache), so the EMA
+    averages the head."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and not cfg.resume)
+    frozen = freeze(model, cfg.model, "backbone" if cfg.freeze_epochs else cfg.freeze)
+    model = to_layout(model.to(device), cfg.channels_last)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UsageError(f"--freeze {cfg.freeze} leaves nothing to train in {cfg.model}")
+    optimizer = _optimizer(cfg, _param_groups(cfg, model, spec, frozen if cfg.freeze_epochs else []))
+    callbacks = list(spec.callbacks() if spec.callbacks else [])
+    if cfg.freeze_epochs:
+        callbacks.append(FreezeThenUnfreeze(cfg.freeze_epochs, frozen))
+        frozen = []  # FreezeThenUnfreeze sets the Trainer's frozen list each epoch
+    if cfg.lookahead:
+        callbacks.append(Lookahead(model))
+    if cfg.time_budget and not cfg.max_steps:  # first: its clock starts before the model's own set-up
+        callbacks.insert(0, TimeBudget(cfg.time_budget, cfg.batch_size * cfg.accumulate, spec.eval_views))
+    if cfg.patience:
+        callbacks.append(EarlyStopping(cfg.patience, cfg.monitor))
+    if cfg.log_histograms:
+        callbacks.append(Histograms(cfg.log_histograms))
+    scheduler, step_schedule = _scheduler(cfg, optimizer)
+    averaged = head_of(model, cfg.model) if head_only else model
+    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, callbacks=callbacks,
+                       scaler=torch.amp.GradScaler(device.type, enabled=False),
+                       ema=make_ema(averaged, cfg.ema_decay, cfg.ema_warmup) if cfg.ema else None)
+    return state, frozen, step_schedule
+
+
+def _resume(state: TrainState, ckpt: dict, cfg: TrainConfig, run_path: str) -> None:
+    st = dict(ckpt["train_state"])
+    if "step" not in st:
+        raise CheckpointError(f"'{cfg.resume}' was written by an older imgclf whose training state this one cannot "
+                              "continue: start a new run (its best.pt still evaluates, predicts and exports)")
+    load_weights(state.model, ckpt, cfg.resume)  # one line on a mismatch, not a state-dict dump
+    state.load_state_dict(st)
+    if state.epoch >= cfg.epochs:
+        raise UsageError(f"'{cfg.resume}' already finished epoch {state.epoch} of {cfg.epochs}: pass --epochs N to train longer")
+    if not os.path.exists(os.path.join(run_path, "best.pt")):
+        log.warning("no best.pt beside '%s': the best epoch is chosen again from the epochs still to run", cfg.resume)
+        state.best = {"value": None, "epoch": 0, "weights": "model"}
+
+
+def _precision(cfg: TrainConfig, device, state: TrainState, prep: Preprocess, resume_ckpt: dict | None):
+    """The autocast dtype (None: fp32), set in `state` with the gradient scaler fp16 needs. Once the data has passed
+    every check, since `auto` may time a few training steps on a CPU with native bf16; a resumed run keeps the
+    precision it started with."""
+    recorded = (resume_ckpt or {}).get("train_state", {}).get("precision")
     if cfg.precision == "auto" and recorded in ("fp32", "bf16", "fp16"):
         amp = training_precision(recorded, device)
     else:
-        amp = training_precision(cfg.precision, device, model, key=cfg.model, img_size=prep.img_size,
+        amp = training_precision(cfg.precision, device, state.model, key=cfg.model, img_size=prep.img_size,
                                  batch_size=cfg.batch_size, channels_last=cfg.channels_last)
-    log.info("precision: %s%s", precision_name(amp), " (auto)" if cfg.precision == "auto" else "")
-    scaler = torch.amp.GradScaler(device.type, enabled=(amp == torch.float16))
-    if resume_state is not None and resume_state.get("scaler"):
-        scaler.load_state_dict(resume_state["scaler"])
-    return amp, scaler
+    state.precision = precision_name(amp)
+    state.scaler = torch.amp.GradScaler(device.type, enabled=(amp == torch.float16))
+    return amp
 
 
 def precision_name(amp) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
 
 
-def _train_loop(cfg, src, prep, model, frozen, opt, scaler, device, amp, feeds, left_out, run_dir,
-                start_epoch, rows, best_acc, best_epoch, setup_seconds, resume_state) -> dict:
-    import sklearn.metrics  # noqa: F401 - imported here so its second of import time is not billed to epoch 1
-    from torch.utils.tensorboard import SummaryWriter
+def _param_groups(cfg: TrainConfig, model: nn.Module, spec, later: list[str]) -> list[dict]:
+    """Trainable parameters (and those `later` unfrozen) in groups: the new head at --lr, the rest at --lr x
+    --backbone-lr-scale; with --bias-lr-scale, BatchNorm biases at lr x scale and weight decay / scale (so their
+    decay per step is unchanged), as airbench does."""
+    def trains(name, p):
+        return p.requires_grad or any(name == f or name.startswith(f + ".") for f in later)
 
-    log.info("run directory: %s", run_dir)
-    log.info("data: %s (%d classes; train %d, val %d images), preprocessing %s", src.location, len(src.classes),
-             len(src.splits["train"]), len(src.splits["val"]), prep.to_dict())
-    if left_out:
-        log.warning("left out %d unreadable files:", len(left_out))
-        for split, p, r in left_out[:20]:
-            log.warning("  %s: %s (%s)", split, p, r)
-        if len(left_out) > 20:
-            log.warning("  ... and %d more (all in left_out.csv)", len(left_out) - 20)
-    with open(os.path.join(run_dir, "left_out.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "path", "reason"])
-        w.writerows(left_out)
-    log.info("parameters (%s, freeze=%s):\n%s", cfg.model, cfg.freeze, format_parameter_table(parameter_table(model, cfg.model)))
-    save_yaml(cfg.to_dict(), os.path.join(run_dir, "config.yaml"))
-    if src.val_origin == "carved" and resume_state is None:  # a resumed run keeps the split it started with
-        write_split_manifest(src, os.path.join(run_dir, "split.csv"))
+    norm = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if trains(name, p):
+            head = name.startswith(spec.head + ".")
+            groups.setdefault((head or cfg.backbone_lr_scale == 1.0, id(p) in norm and cfg.bias_lr_scale != 1.0), []).append(p)
+    out = []
+    for (head, bias), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
+        lr = cfg.lr * (1.0 if head else cfg.backbone_lr_scale) * (cfg.bias_lr_scale if bias else 1.0)
+        out.append({"params": params, "lr": lr, "weight_decay": cfg.weight_decay / (cfg.bias_lr_scale if bias else 1.0)})
+    return out
 
-    train_feed, val_feed = feeds["train"], feeds["val"]
-    t_train = time.perf_counter()  # --time-budget counts from here: the epoch loop and what it needs first
-    if start_epoch == 1 and hasattr(model, "init_from_data"):
-        # data-dependent initialisation (airnet's whitening layer): from up to 5,000 plain training images
-        xs, n = [], 0
-        for x, _ in train_feed.batches():
-            xs.append(x)
-            n += len(x)
-            if n >= 5000:
-                break
-        model.init_from_data(torch.cat(xs)[:5000].to(device))
-    step_model, epoch_feed, eval_feed = model, train_feed, val_feed
-    if cfg.freeze == "backbone" and cfg.feature_cache and isinstance(train_feed, FastFeed):
-        # Only the head trains: its inputs are computed once, not once an epoch.
-        t = time.perf_counter()
-        epoch_feed, eval_feed = build_feature_feeds(model, cfg.model, train_feed, val_feed, views=cfg.feature_views,
-                                                    seed=cfg.seed, device=device, amp=amp,
-                                                    channels_last=cfg.channels_last, batch_size=cfg.batch_size)
-        step_model = head_of(model, cfg.model)
-        setup_seconds += time.perf_counter() - t
-        log.info("frozen-feature cache built in %.1f s", time.perf_counter() - t)
 
-    # The length of the run in optimisation steps; --time-budget may shorten it after the first steps.
-    per_epoch = len(epoch_feed.epoch(torch.Generator().manual_seed(0)))
-    total_steps = min(cfg.max_steps or cfg.epochs * per_epoch, cfg.epochs * per_epoch)
-    sched, per_step = _scheduler(cfg, opt, total_steps)
-    look = Lookahead(step_model) if cfg.lookahead else None
-    if resume_state is not None:
-        if sched is not None and resume_state.get("scheduler") is not None:
-            sched.load_state_dict(resume_state["scheduler"])
-            # creating the scheduler set each group's lr to its starting value: back to where the run was
-            for group, lr in zip(opt.param_groups, sched.get_last_lr()):
-                group["lr"] = lr
-        if look is not None and resume_state.get("lookahead"):
-            look.load_state_dict(resume_state["lookahead"])
-    done = (start_epoch - 1) * per_epoch  # steps taken before this epoch
-    budget = Budget(cfg.time_budget, t_train, cfg.batch_size) if (cfg.time_budget and not cfg.max_steps) else None
+def _optimizer(cfg: TrainConfig, groups) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def after_step():
-        nonlocal done, total_steps, cfg
-        done += 1
-        if per_step:
-            sched.step()
-        if look is not None:
-            look.update(step_model, done, total_steps)
-        if budget is not None and budget.total is None:
-            fixed = budget.observe(done, val_images=len(eval_feed), per_epoch=per_epoch, tta=getattr(model, "tta", False))
-            if fixed is not None:
-                total_steps = min(total_steps, fixed)
-                cfg = replace(cfg, max_steps=total_steps)
-                if per_step:
-                    for fn in sched.lr_lambdas:
-                        fn.total = total_steps
-                log.info("time budget %.1f min: %d optimisation steps (%.2f epochs) at %.0f images/s", cfg.time_budget,
-                         total_steps, total_steps / per_epoch, budget.rate * cfg.batch_size)
-                save_yaml(cfg.to_dict(), os.path.join(run_dir, "config.yaml"))
-        return done >= total_steps
 
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    fingerprint = src.fingerprint()
-    writer = SummaryWriter(run_dir, purge_step=start_epoch)
-
-    def checkpoint(epoch, metrics, with_state):
-        state = None
-        if with_state:
-            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rows": rows,
-                     "best_acc": best_acc, "best_epoch": best_epoch,
-                     "lookahead": look.state_dict() if look is not None else None, "precision": precision_name(amp)}
-        return make_checkpoint(model, model_name=cfg.model, classes=src.classes, preprocess=prep.to_dict(),
-                               config=cfg.to_dict(), metrics=metrics, data_fingerprint=fingerprint, epoch=epoch,
-                               train_state=state)
-
-    epoch = start_epoch
-    while epoch <= cfg.epochs and done < total_steps:
-        t0 = time.perf_counter()
-        seed = epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(seed)  # dropout and, with workers=0, augmentation
-        gen = torch.Generator().manual_seed(seed)  # shuffle order and worker seeds
-        lr = opt.param_groups[0]["lr"]
-        model.train()
-        apply_frozen_eval(model, frozen)
-        if hasattr(model, "train_progress"):
-            model.train_progress(done / max(1, total_steps))
-        last_epoch = -(-total_steps // per_epoch)
-        loss_sum, correct, seen = train_steps(step_model, epoch_feed.epoch(gen), criterion, opt, scaler, device, amp,
-                                              channels_last=cfg.channels_last,
-                                              desc=f"epoch {epoch}" + ("" if budget and budget.total is None else f"/{last_epoch}"),
-                                              log_every=cfg.log_every, on_step=after_step)
-        if look is not None and done >= total_steps:
-            look.merge(step_model, 1.0)  # the final model is the lookahead average
-        if sched is not None and not per_step:
-            sched.step()
-        logits, labels = infer(step_model, eval_feed.batches(), device, amp, desc="validate", channels_last=cfg.channels_last)
-        vm = compute_metrics(logits, labels, src.classes)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "val_loss": vm["loss"], "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "lr": lr,
-               "seconds": time.perf_counter() - t0}
-        rows.append(row)
-        improved = vm["accuracy"] > best_acc
-        if improved:
-            best_acc, best_epoch = vm["accuracy"], epoch
-        summary = {k: vm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy")}
-        _write_metrics(rows, os.path.join(run_dir, "metrics.csv"))
-        for k in METRIC_COLUMNS[1:]:
-            writer.add_scalar(k, row[k], epoch)
-        writer.flush()
-        # last.pt is written last: a kill before it means this epoch is simply redone on resume.
-        if improved:
-            save_checkpoint(checkpoint(epoch, summary, False), os.path.join(run_dir, "best.pt"))
-        if cfg.save_every and epoch % cfg.save_every == 0:
-            save_checkpoint(checkpoint(epoch, summary, True), os.path.join(run_dir, f"epoch_{epoch}.pt"))
-        save_checkpoint(checkpoint(epoch, summary, True), os.path.join(run_dir, "last.pt"))
-        log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  lr %.3g  %.1fs%s",
-                 epoch, -(-total_steps // per_epoch), row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-                 row["val_macro_f1"], lr, row["seconds"], "  *best*" if improved else "")
-        epoch += 1
-    train_seconds = time.perf_counter() - t_train
-    writer.close()
-
-    # Final figures and results from the best checkpoint, evaluated once more on validation.
-    best = load_checkpoint(os.path.join(run_dir, "best.pt"))
-    load_weights(model, best, os.path.join(run_dir, "best.pt"))
-    # in fp32, as `imgclf evaluate` runs it: results.json's numbers are the ones a user gets back
-    logits, labels = infer(step_model, eval_feed.batches(), device, None, desc="validate best", channels_last=cfg.channels_last)
-    bm = compute_metrics(logits, labels, src.classes)
-    from .plots import plot_curves
-
-    plot_curves(rows, os.path.join(run_dir, "curves.png"))
-    write_eval_plots(bm, logits, labels, val_feed, src.classes, run_dir, title=f"validation, best epoch {best_epoch}")
-    results = {
-        "best_epoch": best_epoch,
-        "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images")},
-        "epochs": len(rows),
-        "total_seconds": round(sum(r["seconds"] for r in rows), 2),
-        "train_seconds": round(train_seconds, 2),  # this session: from the data-dependent init to the last epoch
-        "steps": done,
-        "setup_seconds": round(setup_seconds, 2),
-        "model": cfg.model,
-        "classes": src.classes,
-        "left_out": len(left_out),
-        "precision": precision_name(amp),
-        "data_fingerprint": fingerprint,
-    }
-    write_json(results, os.path.join(run_dir, "results.json"))
-    log.info("best epoch %d: val_acc %.4f val_macro_f1 %.4f; weights %s", best_epoch, bm["accuracy"], bm["macro_f1"],
-             os.path.join(run_dir, "best.pt"))
-    return {**results, "run_dir": run_dir}
+def _scheduler(cfg: TrainConfig, opt):
+    """(scheduler, the per-step schedule or None): per epoch (step, cosine) or per optimisation step
+    (warmup-linear, whose length the Trainer sets)."""
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), None
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs)), None
+    if cfg.scheduler == "warmup-linear":
+        schedule = StepSchedule(1)
+        return torch.optim.lr_scheduler.LambdaLR(opt, schedule), schedule
+    return None, None

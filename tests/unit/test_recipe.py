@@ -11,7 +11,9 @@ from imgclf.config import make_config
 from imgclf.data.batches import BatchTransform, random_crop
 from imgclf.models.airnet import AirNet
 from imgclf.recipes import LR_PER_IMAGE, RECIPES, apply_recipe
-from imgclf.training import Budget, Lookahead, StepSchedule
+from imgclf.callbacks import Lookahead, TimeBudget
+from imgclf.models.airnet import WhiteningBiasWarmup
+from imgclf.training import StepSchedule
 
 
 def test_recipe_fills_only_the_options_not_given_and_scales_lr_with_the_batch():
@@ -77,24 +79,28 @@ def test_shift_augmentation_takes_windows_of_the_reflect_padded_image():
 
 
 def test_airnet_whitening_bias_trains_only_early():
+    from types import SimpleNamespace
+
     m = AirNet(10)
-    m.train_progress(0.0)
+    trainer = SimpleNamespace(state=SimpleNamespace(model=m, step=0), total_steps=100)
+    WhiteningBiasWarmup().on_epoch_start(trainer)
     assert m.whiten.bias.requires_grad and not m.whiten.weight.requires_grad
-    m.train_progress(0.5)
+    trainer.state.step = 50
+    WhiteningBiasWarmup().on_epoch_start(trainer)
     assert not m.whiten.bias.requires_grad
 
 
 def test_budget_turns_minutes_into_steps():
-    b = Budget(minutes=1.0, t0=0.0, batch_size=100)
-    b.t1 = 0.0
-    import imgclf.training as tr
+    b = TimeBudget(minutes=1.0, batch_size=100)
+    b.t0 = b.t1 = 0.0
+    import imgclf.callbacks as cb
 
-    real = tr.time.perf_counter
+    real = cb.time.perf_counter
     try:
-        tr.time.perf_counter = lambda: 7.0  # 6 timed steps in 7 s after the first: 6/7 steps per second
-        total = b.observe(1 + Budget.PROBE, val_images=0, per_epoch=1000, tta=False)
+        cb.time.perf_counter = lambda: 7.0  # 6 timed steps in 7 s after the first: 6/7 steps per second
+        total = b.observe(1 + TimeBudget.PROBE, val_images=0, per_epoch=1000)
     finally:
-        tr.time.perf_counter = real
+        cb.time.perf_counter = real
     # 60 s budget, 7 s gone: 53 s left at 6/7 steps/s = 45 more steps
     assert total == 7 + 45
 
@@ -124,5 +130,5 @@ def test_fast_recipe_trains_resumes_exactly_and_keeps_to_a_time_budget(tmp_path,
 
     # a budget too small for anything beyond the speed probe: the run stops there and records its length
     short = train(**common, epochs=3, name="budget", time_budget=0.0001)
-    assert short["steps"] == 1 + Budget.PROBE
-    assert yaml.safe_load(open(tmp_path / "runs/budget/config.yaml"))["max_steps"] == 1 + Budget.PROBE
+    assert short["steps"] == 1 + TimeBudget.PROBE
+    assert yaml.safe_load(open(tmp_path / "runs/budget/config.yaml"))["max_steps"] == 1 + TimeBudget.PROBE

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..callbacks import Callback
+
 
 class _BN(nn.BatchNorm2d):
     def __init__(self, c: int):
@@ -67,10 +69,6 @@ class AirNet(nn.Module):
         shifted = 0.5 * (mirror(p[..., 0:h, 0:w]) + mirror(p[..., 2:h + 2, 2:w + 2]))
         return 0.5 * mirror(x) + 0.5 * shifted
 
-    def train_progress(self, fraction: float) -> None:
-        """Called by the training loop at each epoch start: the whitening bias trains in the first 30% only."""
-        self.whiten.bias.requires_grad_(fraction < 0.3)
-
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
         """Set the whitening layer from normalised training images (N x 3 x H x W, a few thousand)."""
@@ -82,3 +80,43 @@ class AirNet(nn.Module):
         evals, evecs = evals.flip(0).view(-1, 1, 1, 1), evecs.T.reshape(c * kh * kw, c, kh, kw).flip(0)
         scaled = evecs / torch.sqrt(evals + eps)
         self.whiten.weight.copy_(torch.cat((scaled, -scaled)).to(self.whiten.weight))
+
+
+class WhiteningFromData(Callback):
+    """Before the first epoch of a run (not on resume): the whitening layer from the patch covariance of up to
+    `images` plain (unaugmented) training images."""
+
+    name = "airnet_whitening"
+
+    def __init__(self, images: int = 5000):
+        self.images = images
+
+    def on_fit_start(self, trainer) -> None:
+        if trainer.state.epoch > 0:
+            return
+        xs, n = [], 0
+        for x, _ in trainer.train_feed.batches():
+            xs.append(x)
+            n += len(x)
+            if n >= self.images:
+                break
+        trainer.state.model.init_from_data(torch.cat(xs)[: self.images].to(trainer.device))
+
+
+class WhiteningBiasWarmup(Callback):
+    """airbench: the whitening layer's bias trains in the first `fraction` of the optimisation steps only,
+    switched at epoch starts."""
+
+    name = "airnet_whitening_bias"
+
+    def __init__(self, fraction: float = 0.3):
+        self.fraction = fraction
+
+    def on_epoch_start(self, trainer) -> None:
+        done = trainer.state.step / max(1, trainer.total_steps)
+        trainer.state.model.whiten.bias.requires_grad_(done < self.fraction)
+
+
+def training_callbacks() -> list[Callback]:
+    """What an airnet needs from the training loop (its registry entry names this)."""
+    return [WhiteningFromData(), WhiteningBiasWarmup()]

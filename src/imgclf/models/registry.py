@@ -95,6 +95,12 @@ class ModelSpec:
     min_img_size: int = 32
     description: str = ""
     kwargs: dict = field(default_factory=dict)
+    # Forward passes per image in eval mode (test-time augmentation built into the model): what --time-budget
+    # charges for each epoch's validation.
+    eval_views: int = 1
+    # () -> [callbacks.Callback]: what the model needs from the training loop besides gradient steps (airnet's
+    # whitening from data, for one); the Trainer runs them first.
+    callbacks: Callable[[], list] | None = None
 
     def preprocess(self) -> dict:
         return {"img_size": self.img_size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std)}
@@ -370,10 +376,21 @@ def _airnet(num_classes: int, widths=(64, 256, 256)) -> nn.Module:
     return AirNet(num_classes, widths)
 
 
+def _airnet_callbacks() -> list:
+    from .airnet import training_callbacks
+
+    return training_callbacks()
+
+
+AIRNET_EVAL_VIEWS = 6  # AirNet.forward in eval mode: the image and two 1-px shifts (weighted 1/2, 1/4, 1/4), each mirrored
+
+
 register(ModelSpec("airnet", _airnet, "fc", lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
                    img_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), small=True,
-                   min_img_size=AIRNET_MIN, description="airbench94-style net for 32 px images from scratch"))
+                   min_img_size=AIRNET_MIN, description="airbench94-style net for 32 px images from scratch",
+                   eval_views=AIRNET_EVAL_VIEWS, callbacks=_airnet_callbacks))
 register(ModelSpec("airnet_small", lambda n: _airnet(n, (64, 128, 256)), "fc",
                    lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
                    img_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), small=True,
-                   min_img_size=AIRNET_MIN, description="airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU"))
+                   min_img_size=AIRNET_MIN, description="airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU",
+                   eval_views=AIRNET_EVAL_VIEWS, callbacks=_airnet_callbacks))
