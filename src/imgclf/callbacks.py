@@ -222,8 +222,9 @@ class Histograms(Callback):
             h.remove()
         self.hooks = []
         step = trainer.state.step + 1
-        if not math.isfinite(float(trainer.loss)):
-            raise TrainingDiverged(f"step {step}: the loss is {float(trainer.loss)}; stopped at the last good checkpoint "
+        loss = float(trainer.loss.detach())
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"step {step}: the loss is {loss}; stopped at the last good checkpoint "
                               "(lower --lr, or add --clip-grad)")
         grads = {n: p.grad for n, p in trainer.step_model.named_parameters() if p.grad is not None}
         norms = {n: float(g.detach().float().norm()) for n, g in grads.items()}

@@ -120,6 +120,13 @@ class TrainConfig:
         object.__setattr__(new, "_explicit", self._explicit | frozenset(changes))
         return new
 
+    def resolved(self, **changes) -> TrainConfig:
+        """A copy with values imgclf filled in (a recipe's, defaults that depend on other options): the options
+        set stay the ones the user set."""
+        new = dataclasses.replace(self, **changes)
+        object.__setattr__(new, "_explicit", self._explicit)
+        return new
+
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 _dataclass_init = TrainConfig.__init__

@@ -11,8 +11,6 @@ is a mean, so the same optimisation is lr = LR_PER_IMAGE * batch size and a cons
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 # airbench94: lr 11.5 and weight decay 0.0153 per 1024 examples, momentum 0.85, kilostep scale 1024 * (1 + 1 / (1 - 0.85))
 _KILOSTEP = 1024 * (1 + 1 / (1 - 0.85))
 LR_PER_IMAGE = 11.5 / _KILOSTEP
@@ -49,4 +47,4 @@ def apply_recipe(cfg, explicit: set[str]):
     if cfg.recipe == "fast" and "lr" not in explicit:
         batch = cfg.batch_size if "batch_size" in explicit else preset["batch_size"]
         preset["lr"] = LR_PER_IMAGE * batch
-    return replace(cfg, **{k: v for k, v in preset.items() if k not in explicit})
+    return cfg.resolved(**{k: v for k, v in preset.items() if k not in explicit})

@@ -18,7 +18,7 @@ import csv
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -213,7 +213,7 @@ class Trainer:
         self.total_steps = total
         if self.schedule is not None:
             self.schedule.total = total
-        self.cfg = replace(self.cfg, max_steps=total)
+        self.cfg = self.cfg.resolved(max_steps=total)
         self.run_dir.write_config(self.cfg.to_dict())
 
     def monitored(self, row: dict) -> float:
@@ -429,11 +429,12 @@ def _with_part_state(model: nn.Module, part: nn.Module, part_state: dict) -> nn.
 # ==================================================================================================== set-up
 
 
-def train(config: TrainConfig | dict | None = None, **options) -> dict:
+def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) -> dict:
     """Train a classifier; returns results.json's content (plus `run_dir`).
 
     `imgclf.train(data="digits", model="smallcnn", epochs=5)` or `imgclf.train(TrainConfig(...), epochs=5)`.
     The options given (keyword arguments, TrainConfig's own, flags) are the ones a recipe does not override.
+    `callbacks`: your own `imgclf.callbacks.Callback`s, called after the built-in ones at each hook.
     """
     cfg, resume_ckpt = _configure(config, options)
     spec = _check_options(cfg, resume_ckpt)
@@ -441,8 +442,9 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     device = resolve_device(cfg.device)
     t_setup = time.perf_counter()
     src, prep, feeds, left_out = _open_data(cfg, spec, resume_ckpt)
-    cfg = replace(cfg, img_size=prep.img_size)
+    cfg = cfg.resolved(img_size=prep.img_size)
     state, frozen, step_schedule = _build_state(cfg, spec, src, device, head_only=uses_feature_cache(cfg, feeds["train"]))
+    state.callbacks += list(callbacks)
     amp = _precision(cfg, device, state, prep, resume_ckpt)
     if resume_ckpt is not None:
         run_path = os.path.dirname(os.path.abspath(cfg.resume))
@@ -482,7 +484,7 @@ def _configure(config, options) -> tuple[TrainConfig, dict | None]:
     if ignored:
         log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
     keep = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in explicit}
-    return replace(saved, resume=cfg.resume, **keep), ckpt
+    return saved.resolved(resume=cfg.resume, **keep), ckpt
 
 
 def _check_options(cfg: TrainConfig, resume_ckpt: dict | None):
@@ -511,7 +513,7 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
     data = cfg.data
     if data and os.path.exists(data):
         data = os.path.abspath(data)  # so that evaluate and resume find it from any folder
-    return replace(cfg, lr=lr, weight_decay=wd, workers=workers, data=data)
+    return cfg.resolved(lr=lr, weight_decay=wd, workers=workers, data=data)
 
 
 def _too_small(img_size: int, spec) -> str:
