@@ -64,7 +64,7 @@ class TrainConfig:
     brightness: float = opt(0.0, "random brightness change per image, as a fraction (0: off)", ge=0, le=1)
     contrast: float = opt(0.0, "random contrast change per image, as a fraction (0: off)", ge=0, le=1)
     # `randaugment`, not `auto_augment` with flag metadata: the CLI makes each flag from the field's name
-    randaugment: str = opt("none", "an automatic augmentation policy, one random choice per image: randaugment (2 ops of magnitude 9 of 14, as torchvision and timm's rand-m9-n2), trivialaugment (TrivialAugmentWide: 1 op, random magnitude) or none; for images larger than 32 px", ("none", "randaugment", "trivialaugment"))
+    randaugment: str = opt("none", "an automatic augmentation policy after the crop and flip, drawn per image: randaugment (2 ops of magnitude 9 of 31, as torchvision's ImageNet recipe), trivialaugment (TrivialAugmentWide: 1 op, random magnitude) or none; made for ImageNet-size images", ("none", "randaugment", "trivialaugment"))
     mixup: float = opt(0.0, "mixup: alpha of the Beta(alpha, alpha) mixing weight of each batch with itself shifted by one image (0: off; timm's ImageNet recipes use 0.1-0.8)", ge=0)
     cutmix: float = opt(0.0, "cutmix: alpha of the Beta(alpha, alpha) area kept of each image when a box of its neighbour in the batch is pasted in (0: off; 1.0 as the CutMix paper)", ge=0)
     mix_prob: float = opt(1.0, "chance that a batch is mixed at all when --mixup or --cutmix is on", ge=0, le=1)

@@ -8,11 +8,9 @@ Beta(alpha, alpha); cutmix's weight is corrected to the area of the box actually
 the border).
 
 The mixing itself is torchvision's `v2.MixUp`, `v2.CutMix` and `v2.RandomChoice`. They draw from torch's global
-random generator, and exact resume needs every draw from the epoch's own generator `gen`: so each call draws one
-seed from `gen` and runs them on the global CPU generator seeded with it, inside `torch.random.fork_rng`, which
-puts the caller's global state back afterwards (the call leaves no trace on the process; like any use of the
-global generator it is not meant to run beside another thread drawing from it). That keeps torchvision's
-tested box and label code rather than a copy of it, for one 8-byte draw per batch.
+random generator, and exact resume needs every draw from the epoch's own generator `gen`: so each call runs them
+on the global generator seeded from one draw of `gen`, which is put back afterwards (data/rng.py). That keeps
+torchvision's tested box and label code rather than a copy of it, for one 8-byte draw per batch.
 """
 from __future__ import annotations
 
@@ -22,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-log = logging.getLogger(__name__)
+from .rng import global_rng_from
 
-_SEED_HIGH = 2**63 - 1  # any int64 seed
+log = logging.getLogger(__name__)
 
 
 class Mixer:
@@ -54,9 +52,7 @@ class Mixer:
             self._mix = mixup or cutmix
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        seed = int(torch.randint(0, _SEED_HIGH, (), generator=gen))
-        with torch.random.fork_rng(devices=[]):  # CPU generator only: the v2 transforms draw on the CPU
-            torch.default_generator.manual_seed(seed)
+        with global_rng_from(gen):
             if float(torch.rand(())) < self.prob:
                 return self._mix(x, y)
         return x, F.one_hot(y, self.num_classes).to(torch.float32)

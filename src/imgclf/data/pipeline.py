@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from .autoaugment import policy
 from .images import array_to_uint8, load_image, pil_to_uint8
 from .sources import Split
 
@@ -116,10 +117,12 @@ def small_crop_pad(size: int) -> int:
     return max(1, size // 8)
 
 
-def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float = 0.0, contrast: float = 0.0):
+def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float = 0.0, contrast: float = 0.0,
+                    randaugment: str = "none"):
     augment = augment_kind(p, augment)
+    aa = policy(randaugment)  # after the crop and flip, on uint8, as the fast path's BatchTransform
     if augment == "none":
-        return eval_transform(p)
+        return eval_transform(p) if aa is None else v2.Compose([v2.CenterCrop(p.img_size), aa, eval_transform(p)])
     if augment == "small":
         # the seed's recipe: pad, crop back to size, random horizontal flip
         geo = [v2.RandomCrop(p.img_size, padding=small_crop_pad(p.img_size)), v2.RandomHorizontalFlip()]
@@ -130,6 +133,8 @@ def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float =
         geo = [v2.RandomResizedCrop(p.img_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         raise ValueError(augment)
+    if aa is not None:
+        geo.append(aa)
     if brightness or contrast:
         geo.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
     return v2.Compose(geo + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)])
