@@ -7,13 +7,17 @@ resumed run repeats it exactly.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 
 from .autoaugment import BatchPolicy
+from .balance import weighted_order
 from .pipeline import small_crop_pad
+
+log = logging.getLogger(__name__)
 
 
 class BatchTransform:
@@ -147,13 +151,16 @@ class Batches:
     """Iterate (images, labels) batches over an in-memory or memory-mapped uint8 tensor.
 
     shuffle: order from `generator`; the last batch is dropped only when it would hold a single image
-    (BatchNorm cannot train on one)."""
+    (BatchNorm cannot train on one). weights (with shuffle): the order is drawn with replacement instead, image i
+    with chance weights[i] / weights.sum() (data/balance.py)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, transform: BatchTransform,
-                 shuffle: bool = False, generator: torch.Generator | None = None):
+                 shuffle: bool = False, generator: torch.Generator | None = None, weights: torch.Tensor | None = None):
+        if weights is not None and len(weights) != len(labels):
+            raise ValueError(f"{len(weights)} sampling weights for {len(labels)} images")
         self.images, self.labels = images, labels
         self.batch_size, self.transform = batch_size, transform
-        self.shuffle, self.generator = shuffle, generator
+        self.shuffle, self.generator, self.weights = shuffle, generator, weights
         n = len(labels)
         self.n = n - 1 if (shuffle and n > 1 and n % batch_size == 1) else n
 
@@ -162,7 +169,12 @@ class Batches:
 
     def __iter__(self):
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator)[: self.n] if self.shuffle else torch.arange(self.n)
+        if not self.shuffle:
+            order = torch.arange(self.n)
+        elif self.weights is not None:
+            order = weighted_order(self.weights, self.n, self.generator)
+        else:
+            order = torch.randperm(n, generator=self.generator)[: self.n]
         for start in range(0, self.n, self.batch_size):
             idx = order[start:start + self.batch_size]
             # in order: a contiguous slice (no gather copy); shuffled: one gather of the batch's rows

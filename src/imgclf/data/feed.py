@@ -8,12 +8,16 @@ Both yield normalised float batches and labels and take their randomness from th
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .batches import Batches, BatchTransform
 from .cache import decode_all, drop_unreadable, load_decoded
 from .pipeline import ImageDataset, Preprocess, augment_kind, eval_transform, make_loader, train_transform
 from .sources import Split
+
+log = logging.getLogger(__name__)
 
 
 class FastFeed:
@@ -30,9 +34,11 @@ class FastFeed:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def epoch(self, gen: torch.Generator):
+    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
+        """One training epoch in an order from `gen`: a permutation, or with `sampler_weights` (one per image,
+        data/balance.py sample_weights) drawn with replacement."""
         return Batches(self.images, self.labels, batch_size=self.batch_size, transform=self.train_tf, shuffle=True,
-                       generator=gen)
+                       generator=gen, weights=sampler_weights)
 
     def batches(self):
         return Batches(self.images, self.labels, batch_size=self.eval_batch_size, transform=self.eval_tf)
@@ -54,8 +60,10 @@ class LoaderFeed:
     def __len__(self) -> int:
         return len(self.split)
 
-    def epoch(self, gen: torch.Generator):
-        return make_loader(self.train_ds, batch_size=self.batch_size, workers=self.workers, shuffle=True, generator=gen)
+    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
+        """As FastFeed.epoch, through a DataLoader (WeightedRandomSampler draws as Batches does)."""
+        return make_loader(self.train_ds, batch_size=self.batch_size, workers=self.workers, shuffle=True, generator=gen,
+                           sampler_weights=sampler_weights)
 
     def batches(self):
         return make_loader(self.eval_ds, batch_size=self.eval_batch_size, workers=self.workers)

@@ -10,14 +10,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from .autoaugment import policy
 from .images import array_to_uint8, load_image, pil_to_uint8
 from .sources import Split
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 SMALL_MAX = 64  # up to this size, images get the small-image recipe (padded crop) instead of random resized crop
 
@@ -145,8 +145,15 @@ def default_workers() -> int:
 
 
 def make_loader(ds: Dataset, *, batch_size: int, workers: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> DataLoader:
+                generator: torch.Generator | None = None, sampler_weights: torch.Tensor | None = None) -> DataLoader:
+    """sampler_weights (with shuffle): draw the epoch with replacement, item i with chance weights[i] / sum."""
     # A last training batch of one image breaks BatchNorm; drop it only in that case.
     drop_last = shuffle and len(ds) % batch_size == 1 and len(ds) > 1
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
-                      drop_last=drop_last, persistent_workers=False, pin_memory=torch.cuda.is_available())
+    sampler = None
+    if shuffle and sampler_weights is not None:
+        if len(sampler_weights) != len(ds):
+            raise ValueError(f"{len(sampler_weights)} sampling weights for {len(ds)} images")
+        sampler = WeightedRandomSampler(sampler_weights, len(ds), replacement=True, generator=generator)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, generator=generator, drop_last=drop_last, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
