@@ -84,17 +84,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(t: type, rng: Range | None = None, **bounds):
+def _number(t: type, rng: Range | None = None, words: tuple = (), **bounds):
     """An argparse `type` for an int or float flag that refuses values outside the range at parse time: one
-    line, exit 2, before any work. `_number(int, ge=1)` or with a Range declared in config.py."""
+    line, exit 2, before any work. `_number(int, ge=1)` or with a Range declared in config.py; `words` are
+    strings it takes as well (`--lr auto`)."""
     rng = rng or Range(**bounds)
+    alt = f" (or {', '.join(words)})" if words else ""
 
     def parse(text: str):
+        if text.strip().lower() in words:
+            return text.strip().lower()
         try:
             value = t(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'a whole number' if t is int else 'a number'}, not '{text}'") from None
-        problem = out_of_range(value, rng)
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if t is int else 'a number'}{alt}, not '{text}'") from None
+        problem = out_of_range(value, rng, words)
         if problem:
             raise argparse.ArgumentTypeError(problem)
         return value
@@ -132,7 +136,8 @@ def _add_train(sub) -> None:
         else:
             if f.metadata.get("choices"):
                 kw["choices"] = f.metadata["choices"]
-            p.add_argument(flag, type=_number(t, rng) if t in (int, float) else t, metavar=name.upper(), **kw)
+            p.add_argument(flag, type=_number(t, rng, f.metadata["words"]) if t in (int, float) else t,
+                           metavar=name.upper(), **kw)
 
 
 def _add_export(sub) -> None:

@@ -40,10 +40,11 @@ class Range:
         return " and ".join(p for p in parts if p)
 
 
-def opt(default, help: str, choices: tuple | None = None, flag: str | None = None, **bounds):
+def opt(default, help: str, choices: tuple | None = None, flag: str | None = None, words: tuple = (), **bounds):
     """One option: its default, help, allowed choices, and for numbers the range (`ge`, `gt`, `le`, `lt`),
-    which both the check (`check_value`) and the --help text are made from."""
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag,
+    which both the check (`check_value`) and the --help text are made from. `words`: strings a number option
+    also takes (`lr: auto`), outside its range and type."""
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "words": words,
                                             "range": Range(**bounds) if bounds else None})
 
 
@@ -62,11 +63,18 @@ class TrainConfig:
     augment: str = opt("auto", "training augmentation: small (flip + zero-padded random crop), shift (flip + reflect-padded shift of up to 2 px), large (random resized crop + flip), none, or auto (small up to 64 px)", ("auto", "small", "shift", "large", "none"))
     brightness: float = opt(0.0, "random brightness change per image, as a fraction (0: off)", ge=0, le=1)
     contrast: float = opt(0.0, "random contrast change per image, as a fraction (0: off)", ge=0, le=1)
+    # `randaugment`, not `auto_augment` with flag metadata: the CLI makes each flag from the field's name
+    randaugment: str = opt("none", "an automatic augmentation policy after the crop and flip, drawn per image: randaugment (2 ops of magnitude 9 of 31, as torchvision's ImageNet recipe), trivialaugment (TrivialAugmentWide: 1 op, random magnitude) or none; made for ImageNet-size images", ("none", "randaugment", "trivialaugment"))
+    mixup: float = opt(0.0, "mixup: alpha of the Beta(alpha, alpha) mixing weight of each batch with itself shifted by one image (0: off; timm's ImageNet recipes use 0.1-0.8)", ge=0)
+    cutmix: float = opt(0.0, "cutmix: alpha of the Beta(alpha, alpha) area kept of each image when a box of its neighbour in the batch is pasted in (0: off; 1.0 as the CutMix paper)", ge=0)
+    mix_prob: float = opt(1.0, "chance that a batch is mixed at all when --mixup or --cutmix is on", ge=0, le=1)
+    mix_switch_prob: float = opt(0.5, "with both --mixup and --cutmix on: chance that a mixed batch gets cutmix instead of mixup", ge=0, le=1)
+    balance: str = opt("none", "class balancing: weights (loss weighted n/(classes x count), as sklearn's 'balanced'), sampler (each epoch drawn with replacement, every class equally likely), none, or auto (from the train split's largest/smallest class ratio, as `imgclf check` reports it: none below 1.5, weights below 10, sampler from 10; the run log says which)", ("none", "weights", "sampler", "auto"))
     # optimisation
     epochs: int = opt(30, "number of epochs", ge=1)
     batch_size: int = opt(128, "images per training batch", ge=1)
     optimizer: str = opt("sgd", "sgd or adamw", ("sgd", "adamw"))
-    lr: float | None = opt(None, "learning rate (default: 0.01 for sgd, 0.001 for adamw)", gt=0)
+    lr: float | str | None = opt(None, "learning rate (default: 0.01 for sgd, 0.001 for adamw), or auto: the one a learning-rate range test (`imgclf lr-find`) suggests, run first", gt=0, words=("auto",))
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
     nesterov: bool = opt(False, "SGD with Nesterov momentum")
     weight_decay: float | None = opt(None, "weight decay (default: 5e-4 for sgd, 0.05 for adamw)", ge=0)
@@ -76,6 +84,15 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing (1 would make every target uniform)", ge=0, lt=1)
     bias_lr_scale: float = opt(1.0, "learning-rate multiplier for BatchNorm biases (their weight decay is divided by it, so the decay per step stays the same)", gt=0)
     lookahead: bool = opt(False, "lookahead on the weights (airbench): every 5 steps, an average of the weights whose decay rises to 0.77 is copied back into the model; the final model is that average")
+    accumulate: int = opt(1, "gradient accumulation: one optimiser step every N batches (an effective batch of N x --batch-size)", ge=1)
+    clip_grad: float | None = opt(None, "clip the gradients' total L2 norm to this before each step (default: no clipping)", gt=0)
+    freeze_epochs: int = opt(0, "train only the new head for the first N epochs (the backbone frozen), then everything (fastai's fine_tune; with --pretrained)", ge=0)
+    backbone_lr_scale: float = opt(1.0, "learning-rate multiplier for the pretrained layers once they train (fastai's fine_tune lowers them; 0.1 is a usual start)", gt=0, le=1)
+    ema: bool = opt(False, "keep an exponential moving average of the weights, evaluated every epoch; best.pt holds the better of the two and says which")
+    ema_decay: float = opt(0.999, "EMA decay per optimisation step: the average spans about 1/(1 - decay) steps (1,000 at 0.999, 2.6 CIFAR-10 epochs at batch 128; timm's 0.9998 is for ImageNet runs of 100,000s of steps)", gt=0, lt=1)
+    ema_warmup: int = opt(1000, "EMA warm-up in optimisation steps: the decay rises linearly from 0 to --ema-decay over them, so the average does not hold on to the first, random weights (0: --ema-decay from the first step)", ge=0)
+    patience: int | None = opt(None, "early stopping: stop when --monitor has not improved for N epochs (default: never)", ge=1)
+    monitor: str = opt("val_acc", "the validation metric that early stopping and best.pt follow", ("val_loss", "val_acc", "val_macro_f1"))
     time_budget: float | None = opt(None, "minutes of training (the epoch loop, validation included): the schedule is shortened to end within them, from the speed of the first steps; never longer than --epochs", gt=0)
     max_steps: int | None = opt(None, "optimisation steps in all (the schedule ends there); set from --time-budget when that is given", ge=1)
     accumulate: int = opt(1, "optimizer steps every N batches, their gradients summed (an effective batch N x --batch-size at the memory of one)", ge=1)
@@ -94,6 +111,7 @@ class TrainConfig:
     feature_cache: bool = opt(True, "with --freeze backbone: compute the frozen backbone's features once (plus --feature-views augmented views) and train the head on them")
     feature_views: int = opt(2, "augmented views per training image in the frozen-feature cache, besides the plain one", ge=0)
     # machinery
+    compile: bool = opt(False, "torch.compile the model (the compile time is logged; pays on long runs on GPU, rarely on a 2-core CPU)")
     device: str = opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     workers: int | None = opt(None, "data-loading worker processes (default: the number of CPU cores, at most 4)", ge=0)
     cache: str = opt("auto", "decoded images: auto/disk (decoded once into a memory-mapped file, reused by later runs), memory, or none (decode every image every epoch, per-image transforms)", ("auto", "disk", "memory", "none"))
@@ -103,6 +121,7 @@ class TrainConfig:
     name: str | None = opt(None, "run directory name (default: MODEL-DATA, numbered if taken)")
     save_every: int = opt(5, "also keep epoch_N.pt every N epochs (0: never)", ge=0)
     resume: str | None = opt(None, "continue a run from its last.pt (or any epoch checkpoint)")
+    log_histograms: int = opt(0, "every N optimisation steps, write per-layer gradient and activation histograms and norms to TensorBoard; a non-finite loss or an exploding gradient norm stops the run naming the step and the layer (0: off)", ge=0)
     log_every: int = opt(50, "when stderr is not a terminal, a progress line every N training steps (0: none)", ge=0)
 
     def to_dict(self) -> dict:
@@ -158,6 +177,8 @@ def coerce(key: str, value, source: str):
     t = field_type(key)
     if value is None:
         return None
+    if isinstance(value, str) and value.strip().lower() in f.metadata["words"]:
+        return value.strip().lower()
     try:
         if t is bool:
             if isinstance(value, str):
@@ -171,18 +192,20 @@ def coerce(key: str, value, source: str):
             raise ValueError(value)
         value = t(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{source}: '{key}' must be {t.__name__}, not {value!r}") from None
+        raise UsageError(f"{source}: '{key}' must be {t.__name__}{_or_words(f)}, not {value!r}") from None
     check_value(key, value, source)
     return value
 
 
-def out_of_range(value, rng: Range | None) -> str | None:
-    """'must be above 0, not -1' when `value` is outside `rng` (or not a finite number), else None."""
+def out_of_range(value, rng: Range | None, words: tuple = ()) -> str | None:
+    """'must be above 0, not -1' when `value` is outside `rng` (or not a finite number), else None; with
+    `words`, 'must be above 0 (or auto), not -1'."""
     if rng is None or value is None:
         return None
+    alt = f" (or {', '.join(words)})" if words else ""
     if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number {rng}, not {value}"
-    return None if value in rng else f"must be {rng}, not {value}"
+        return f"must be a finite number {rng}{alt}, not {value}"
+    return None if value in rng else f"must be {rng}{alt}, not {value}"
 
 
 def check_value(key: str, value, source: str) -> None:
@@ -193,9 +216,19 @@ def check_value(key: str, value, source: str) -> None:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise UsageError(f"{source}: {name} must be one of {', '.join(choices)}, not '{value}'{did_you_mean(str(value), choices)}")
-    problem = out_of_range(value, f.metadata.get("range"))
+    if value in f.metadata["words"]:
+        return
+    rng = f.metadata.get("range")
+    if rng is not None and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UsageError(f"{source}: {name} must be a number {rng}{_or_words(f)}, not {value!r}")
+    problem = out_of_range(value, rng, f.metadata["words"])
     if problem:
         raise UsageError(f"{source}: {name} {problem}")
+
+
+def _or_words(f) -> str:
+    """' (or auto)' for an option that also takes words, else ''."""
+    return f" (or {', '.join(f.metadata['words'])})" if f.metadata["words"] else ""
 
 
 def check_config(cfg: "TrainConfig", source: str = "options") -> None:

@@ -6,6 +6,7 @@ so the caller's backend, open figures and interactive state are left as they wer
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 
 import numpy as np
@@ -16,6 +17,8 @@ from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from .fileio import atomic_open
+
+log = logging.getLogger(__name__)
 
 # Fonts with wide Unicode coverage, tried in turn after the default one for the glyphs it lacks, so that class
 # names in CJK, Arabic, Devanagari... are drawn where the machine has such a font (matplotlib >= 3.6 falls back
@@ -133,4 +136,26 @@ def plot_misclassified(images: list, true: list[str], pred: list[str], prob: lis
     for ax, img, t, p, pr in zip(axes.flat, images, true, pred, prob):
         ax.imshow(img, interpolation="nearest" if min(img.shape[:2]) < 64 else "antialiased")
         ax.set_title(f"true: {label(t)}\npred: {label(p)} ({pr:.2f})", fontsize=8, color="firebrick")
+    _save(fig, path)
+
+
+def plot_lr_find(result: dict, path: str) -> None:
+    """The learning-rate range test (lr_find.py): loss against learning rate on a log axis, the smoothed curve
+    over the raw one, and the suggested learning rate marked."""
+    fig = _figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    lrs = result["lrs"]
+    if result.get("raw_losses"):
+        ax.plot(lrs, result["raw_losses"], color="0.75", linewidth=0.8, label="loss")
+    ax.plot(lrs, result["losses"], color="tab:blue", label="smoothed loss")
+    lr = result.get("suggestion")
+    if lr is not None:
+        ax.axvline(lr, color="tab:red", linestyle="--", linewidth=1)
+        ax.plot([lr], [np.interp(np.log(lr), np.log(lrs), result["losses"])], "o", color="tab:red",
+                label=f"suggested lr {lr:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate"), ax.set_ylabel("training loss"), ax.grid(alpha=0.3, which="both")
+    ax.set_title("learning-rate range test" if lr is not None else "learning-rate range test: no suggestion")
+    if lrs:
+        ax.legend()
     _save(fig, path)

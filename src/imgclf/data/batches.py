@@ -7,12 +7,17 @@ resumed run repeats it exactly.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 
+from .autoaugment import BatchPolicy
+from .balance import weighted_order
 from .pipeline import small_crop_pad
+
+log = logging.getLogger(__name__)
 
 
 class BatchTransform:
@@ -21,11 +26,14 @@ class BatchTransform:
     kind: "eval" (centre crop), "small" (zero-padded random crop + flip: the seed's recipe for small images),
     "shift" (reflect-padded random shift of up to 2 px + flip: airbench's translate), "large" (random resized crop, scale 0.08-1, ratio 3/4-4/3, + flip), "none" (= eval).
     brightness / contrast: maximum relative change per sample (0 = off), torchvision ColorJitter semantics.
+    randaugment: none, randaugment or trivialaugment, drawn per image after the crop and flip (data/autoaugment.py).
     """
 
     def __init__(self, *, size: int, mean, std, kind: str = "eval", pad: int | None = None,
-                 brightness: float = 0.0, contrast: float = 0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+                 brightness: float = 0.0, contrast: float = 0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 randaugment: str = "none"):
         self.size, self.kind = size, ("eval" if kind == "none" else kind)
+        self.policy = None if randaugment == "none" else BatchPolicy(randaugment)
         self.pad = small_crop_pad(size) if pad is None else pad
         self.brightness, self.contrast = brightness, contrast
         self.scale, self.ratio = scale, ratio
@@ -39,18 +47,28 @@ class BatchTransform:
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         n, _, h, w = x.shape
         if self.kind == "eval":
-            x = center_crop(x, self.size)
+            x = self._policy(center_crop(x, self.size), gen)
             return self._normalize(x.float())
         if self.kind == "small":
             x = random_crop(x, self.size, self.pad, gen)
         elif self.kind == "shift":
             x = random_crop(center_crop(x, self.size), self.size, SHIFT_PAD, gen, mode="reflect")
         elif self.kind == "large":
-            return self._normalize(self._color(random_resized_crop(x, self.size, self.scale, self.ratio, gen), gen))
+            x = random_resized_crop(x, self.size, self.scale, self.ratio, gen)
+            return self._normalize(self._color(self._policy(x, gen), gen))
         else:
             raise ValueError(f"unknown batch transform {self.kind}")
         x = random_flip(x, gen)
-        return self._normalize(self._color(x.float(), gen))
+        return self._normalize(self._color(self._policy(x, gen).float(), gen))
+
+    def _policy(self, x: torch.Tensor, gen) -> torch.Tensor:
+        # The policies work on uint8 (as the per-image path, whose crop gives uint8): float 0..255 from the
+        # resampling crop is rounded to it and back.
+        if self.policy is None:
+            return x
+        if x.is_floating_point():
+            return self.policy(x.round().clamp_(0, 255).to(torch.uint8), gen).float()
+        return self.policy(x, gen)
 
     def _color(self, x: torch.Tensor, gen) -> torch.Tensor:
         # x: float in 0..255. Brightness scales, contrast blends with each image's mean grey (as ColorJitter).
@@ -133,13 +151,16 @@ class Batches:
     """Iterate (images, labels) batches over an in-memory or memory-mapped uint8 tensor.
 
     shuffle: order from `generator`; the last batch is dropped only when it would hold a single image
-    (BatchNorm cannot train on one)."""
+    (BatchNorm cannot train on one). weights (with shuffle): the order is drawn with replacement instead, image i
+    with chance weights[i] / weights.sum() (data/balance.py)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, transform: BatchTransform,
-                 shuffle: bool = False, generator: torch.Generator | None = None):
+                 shuffle: bool = False, generator: torch.Generator | None = None, weights: torch.Tensor | None = None):
+        if weights is not None and len(weights) != len(labels):
+            raise ValueError(f"{len(weights)} sampling weights for {len(labels)} images")
         self.images, self.labels = images, labels
         self.batch_size, self.transform = batch_size, transform
-        self.shuffle, self.generator = shuffle, generator
+        self.shuffle, self.generator, self.weights = shuffle, generator, weights
         n = len(labels)
         self.n = n - 1 if (shuffle and n > 1 and n % batch_size == 1) else n
 
@@ -148,7 +169,12 @@ class Batches:
 
     def __iter__(self):
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator)[: self.n] if self.shuffle else torch.arange(self.n)
+        if not self.shuffle:
+            order = torch.arange(self.n)
+        elif self.weights is not None:
+            order = weighted_order(self.weights, self.n, self.generator)
+        else:
+            order = torch.randperm(n, generator=self.generator)[: self.n]
         for start in range(0, self.n, self.batch_size):
             idx = order[start:start + self.batch_size]
             # in order: a contiguous slice (no gather copy); shuffled: one gather of the batch's rows

@@ -7,6 +7,7 @@ Paths in findings are relative to the data folder (or to the CSV's folder).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import statistics
 import sys
@@ -20,10 +21,13 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import DataError
+from .balance import SAMPLER_FROM, imbalance_ratio
 from .images import BadShape, UnreadableImage, check_shape, load_image, to_rgb
 from .sources import find_split_dirs, is_image_name
 
-IMBALANCE_WARN_RATIO = 10.0
+log = logging.getLogger(__name__)
+
+IMBALANCE_WARN_RATIO = SAMPLER_FROM  # where check warns is where `--balance auto` turns to the sampler
 TINY_PIXELS = 8
 # The text report stays readable on a folder with thousands of stray files or classes; --json has everything.
 TEXT_LIMIT_PER_KIND = 20
@@ -176,7 +180,7 @@ def check_data(data: str, *, workers: int | None = None, progress: bool = False)
                 warns.append(Finding("empty-class", [where(s, c)], f"{why} in {s}: {s} scores will not cover this class"))
 
     train = {c: n for c, n in per_split.get("train", {}).items() if n}
-    ratio = round(max(train.values()) / min(train.values()), 2) if train else None
+    ratio = imbalance_ratio(it.label for it, _ in readable if it.split == "train")
     if ratio is not None and ratio > IMBALANCE_WARN_RATIO:
         big, small = max(train, key=train.get), min(train, key=train.get)
         warns.append(Finding("class-imbalance", [where("train", big), where("train", small)],

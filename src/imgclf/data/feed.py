@@ -8,6 +8,8 @@ Both yield normalised float batches and labels and take their randomness from th
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .batches import Batches, BatchTransform
@@ -15,23 +17,28 @@ from .cache import decode_all, drop_unreadable, load_decoded
 from .pipeline import ImageDataset, Preprocess, augment_kind, eval_transform, make_loader, train_transform
 from .sources import Split
 
+log = logging.getLogger(__name__)
+
 
 class FastFeed:
     def __init__(self, split: Split, images: torch.Tensor, prep: Preprocess, *, augment: str, batch_size: int,
-                 eval_batch_size: int, brightness: float = 0.0, contrast: float = 0.0):
+                 eval_batch_size: int, brightness: float = 0.0, contrast: float = 0.0, randaugment: str = "none"):
         self.split, self.images = split, images
         self.labels = torch.as_tensor(split.labels, dtype=torch.long)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         common = dict(size=prep.img_size, mean=prep.mean, std=prep.std)
-        self.train_tf = BatchTransform(kind=augment_kind(prep, augment), brightness=brightness, contrast=contrast, **common)
+        self.train_tf = BatchTransform(kind=augment_kind(prep, augment), brightness=brightness, contrast=contrast,
+                                       randaugment=randaugment, **common)
         self.eval_tf = BatchTransform(kind="eval", **common)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def epoch(self, gen: torch.Generator):
+    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
+        """One training epoch in an order from `gen`: a permutation, or with `sampler_weights` (one per image,
+        data/balance.py sample_weights) drawn with replacement."""
         return Batches(self.images, self.labels, batch_size=self.batch_size, transform=self.train_tf, shuffle=True,
-                       generator=gen)
+                       generator=gen, weights=sampler_weights)
 
     def batches(self):
         return Batches(self.images, self.labels, batch_size=self.eval_batch_size, transform=self.eval_tf)
@@ -42,18 +49,21 @@ class FastFeed:
 
 class LoaderFeed:
     def __init__(self, split: Split, prep: Preprocess, *, augment: str, batch_size: int, eval_batch_size: int,
-                 workers: int, brightness: float = 0.0, contrast: float = 0.0):
+                 workers: int, brightness: float = 0.0, contrast: float = 0.0, randaugment: str = "none"):
         self.split, self.workers = split, workers
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_ds = ImageDataset(split, prep.resize, train_transform(prep, augment_kind(prep, augment),
-                                                                         brightness=brightness, contrast=contrast))
+                                                                         brightness=brightness, contrast=contrast,
+                                                                         randaugment=randaugment))
         self.eval_ds = ImageDataset(split, prep.resize, eval_transform(prep))
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def epoch(self, gen: torch.Generator):
-        return make_loader(self.train_ds, batch_size=self.batch_size, workers=self.workers, shuffle=True, generator=gen)
+    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
+        """As FastFeed.epoch, through a DataLoader (WeightedRandomSampler draws as Batches does)."""
+        return make_loader(self.train_ds, batch_size=self.batch_size, workers=self.workers, shuffle=True, generator=gen,
+                           sampler_weights=sampler_weights)
 
     def batches(self):
         return make_loader(self.eval_ds, batch_size=self.eval_batch_size, workers=self.workers)
@@ -64,10 +74,10 @@ class LoaderFeed:
 
 def make_feed(split: Split, prep: Preprocess, *, cache: str, workers: int, augment: str = "auto",
               batch_size: int = 128, eval_batch_size: int = 256, brightness: float = 0.0, contrast: float = 0.0,
-              desc: str = ""):
+              randaugment: str = "none", desc: str = ""):
     """(feed, [(path, reason)] of the files left out). cache: auto|disk|memory (fast path) or none (per image)."""
     kw = dict(augment=augment, batch_size=batch_size, eval_batch_size=eval_batch_size, brightness=brightness,
-              contrast=contrast)
+              contrast=contrast, randaugment=randaugment)
     if cache == "none":
         # still decode everything once up front, so unreadable files are listed and left out before step one
         errors = decode_all(split, prep.resize, None, workers=workers, desc=desc)

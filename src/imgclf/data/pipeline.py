@@ -10,13 +10,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
+from .autoaugment import policy
 from .images import array_to_uint8, load_image, pil_to_uint8
 from .sources import Split
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 SMALL_MAX = 64  # up to this size, images get the small-image recipe (padded crop) instead of random resized crop
 
@@ -116,10 +117,12 @@ def small_crop_pad(size: int) -> int:
     return max(1, size // 8)
 
 
-def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float = 0.0, contrast: float = 0.0):
+def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float = 0.0, contrast: float = 0.0,
+                    randaugment: str = "none"):
     augment = augment_kind(p, augment)
+    aa = policy(randaugment)  # after the crop and flip, on uint8, as the fast path's BatchTransform
     if augment == "none":
-        return eval_transform(p)
+        return eval_transform(p) if aa is None else v2.Compose([v2.CenterCrop(p.img_size), aa, eval_transform(p)])
     if augment == "small":
         # the seed's recipe: pad, crop back to size, random horizontal flip
         geo = [v2.RandomCrop(p.img_size, padding=small_crop_pad(p.img_size)), v2.RandomHorizontalFlip()]
@@ -130,6 +133,8 @@ def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float =
         geo = [v2.RandomResizedCrop(p.img_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         raise ValueError(augment)
+    if aa is not None:
+        geo.append(aa)
     if brightness or contrast:
         geo.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
     return v2.Compose(geo + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)])
@@ -140,8 +145,15 @@ def default_workers() -> int:
 
 
 def make_loader(ds: Dataset, *, batch_size: int, workers: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> DataLoader:
+                generator: torch.Generator | None = None, sampler_weights: torch.Tensor | None = None) -> DataLoader:
+    """sampler_weights (with shuffle): draw the epoch with replacement, item i with chance weights[i] / sum."""
     # A last training batch of one image breaks BatchNorm; drop it only in that case.
     drop_last = shuffle and len(ds) % batch_size == 1 and len(ds) > 1
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
-                      drop_last=drop_last, persistent_workers=False, pin_memory=torch.cuda.is_available())
+    sampler = None
+    if shuffle and sampler_weights is not None:
+        if len(sampler_weights) != len(ds):
+            raise ValueError(f"{len(sampler_weights)} sampling weights for {len(ds)} images")
+        sampler = WeightedRandomSampler(sampler_weights, len(ds), replacement=True, generator=generator)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, generator=generator, drop_last=drop_last, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
