@@ -9,12 +9,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "evaluate", "Predictor", "list_models", "check_data", "save_samples", "TrainConfig", "export",
+__all__ = ["train", "lr_find", "evaluate", "Predictor", "list_models", "check_data", "save_samples", "TrainConfig", "export",
            "bench", "open_model", "__version__"]
 
 
 _LAZY = {
     "train": ("training", "train"),
+    "lr_find": ("training", "lr_find"),
     "evaluate": ("evaluation", "evaluate"),
     "Predictor": ("predict", "Predictor"),
     "list_models": ("models.registry", "list_models"),

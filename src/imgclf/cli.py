@@ -123,6 +123,20 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a classifier", description="Train a classifier; the run goes to OUT/NAME.")
+    _add_train_options(p)
+    p = sub.add_parser("lr-find", help="learning-rate range test: loss against lr, a plot and a suggested lr",
+                       description="The learning-rate range test (Smith 2015; fastai's lr_find) for the run the "
+                                   "train options describe: a few steps with the lr rising exponentially, the loss "
+                                   "curve in OUT/NAME/lr_find.png and .json, and a suggested lr (fastai's valley). "
+                                   "`imgclf train --lr auto` runs it first and trains at its suggestion.")
+    p.add_argument("--start-lr", type=_number(float, gt=0), default=1e-7, help="first lr of the sweep [1e-07]")
+    p.add_argument("--end-lr", type=_number(float, gt=0), default=10.0, help="last lr of the sweep [10]")
+    p.add_argument("--steps", type=_number(int, ge=2), default=100, help="optimisation steps in the sweep [100]")
+    _add_train_options(p)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """Every TrainConfig option as a flag (unset flags are not passed on, so defaults stay the config's)."""
     _common(p)
     p.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS, help="options from a YAML file (flags given here win)")
     for name, f in FIELDS.items():
@@ -328,15 +342,25 @@ def cmd_train(a: dict) -> int:
     from .training import train
 
     options = {k: v for k, v in a.items() if k in FIELDS}
+    # the config records the flags and YAML keys given as the options set (TrainConfig.explicit)
     cfg = make_config(options, source="command line", config_file=a.get("config"))
-    explicit = set(options)
-    if a.get("config"):
-        from .config import load_yaml
-
-        explicit |= set(load_yaml(a["config"]))
     # The run directory and the best epoch are logged by `train` (and kept in train.log): not printed again here.
-    train({k: getattr(cfg, k) for k in explicit})
+    train(cfg)
     return 0
+
+
+def cmd_lr_find(a: dict) -> int:
+    from .config import make_config
+    from .training import lr_find
+
+    options = {k: v for k, v in a.items() if k in FIELDS}
+    cfg = make_config(options, source="command line", config_file=a.get("config"))
+    r = lr_find(cfg, start_lr=a["start_lr"], end_lr=a["end_lr"], steps=a["steps"])
+    if r["suggestion"] is not None:
+        print(f"suggested lr: {r['suggestion']:.3g}")
+    print(r["reason"])
+    print(f"curve: {os.path.join(r['run_dir'], 'lr_find.png')} (and lr_find.json)")
+    return 0 if r["suggestion"] is not None else 1
 
 
 def cmd_evaluate(a: dict) -> int:
@@ -517,7 +541,7 @@ def cmd_serve(a: dict) -> int:
 COMMANDS = {"samples": cmd_samples, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "check": cmd_check, "models": cmd_models,
             "serve": cmd_serve}
 
-COMMANDS.update(export=cmd_export, bench=cmd_bench, env=cmd_env)
+COMMANDS.update({"export": cmd_export, "bench": cmd_bench, "env": cmd_env, "lr-find": cmd_lr_find})
 
 
 def main(argv: list[str] | None = None) -> int:

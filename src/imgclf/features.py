@@ -66,11 +66,12 @@ class FeatureFeed:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def epoch(self, gen: torch.Generator):
+    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
         k, n = self.feats.shape[:2]
         view = torch.randint(0, k, (n,), generator=gen)
         x = self.feats[view, torch.arange(n)]
-        return Batches(x, self.labels, batch_size=self.batch_size, transform=_identity, shuffle=True, generator=gen)
+        return Batches(x, self.labels, batch_size=self.batch_size, transform=_identity, shuffle=True, generator=gen,
+                       weights=sampler_weights)
 
     def batches(self):
         return Batches(self.feats[0], self.labels, batch_size=self.eval_batch_size, transform=_identity)

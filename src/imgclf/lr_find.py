@@ -142,3 +142,15 @@ def suggest(lrs: list[float], losses: list[float], steps: int) -> tuple[float | 
     idx = lo + start + int(third) + int(third / 2)  # about half way down the fall, as fastai's valley
     return float(lrs[idx]), (f"suggested lr {lrs[idx]:.3g}: half way down the longest fall of the smoothed loss "
                              f"(lr {lrs[lo + start]:.3g} to {lrs[lo + end]:.3g}; fastai's valley)")
+
+
+def write_result(result: dict, folder: str) -> None:
+    """lr_find.json (the curve, the suggestion and why) and lr_find.png in `folder`."""
+    import os
+
+    from .fileio import write_json
+    from .plots import plot_lr_find
+
+    write_json({k: result[k] for k in ("suggestion", "reason", "lrs", "losses", "raw_losses")},
+               os.path.join(folder, "lr_find.json"))
+    plot_lr_find(result, os.path.join(folder, "lr_find.png"))

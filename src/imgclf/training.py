@@ -26,7 +26,9 @@ from torch import nn
 from .callbacks import EarlyStopping, FreezeThenUnfreeze, Histograms, Lookahead, TimeBudget, improves
 from .checkpoint import load_checkpoint, load_weights, make_checkpoint
 from .config import TrainConfig, check_config, check_output_folder, make_config
+from .data.balance import choose_balance, class_weights, sample_weights
 from .data.feed import FastFeed, make_feed
+from .data.mixing import make_mixer
 from .data.pipeline import Preprocess, common_size, default_workers, resolve_preprocess
 from .data.sources import open_source, write_split_manifest
 from .device import autocast, resolve_device, to_layout, training_precision
@@ -131,10 +133,10 @@ class TrainState:
 
 def train_steps(model, batches, criterion, opt, scaler, device, amp, *, channels_last: bool = True,
                 max_steps: int | None = None, desc: str = "train", log_every: int | None = None, accumulate: int = 1,
-                clip_grad: float | None = None, hooks=None):
+                clip_grad: float | None = None, mix=None, hooks=None):
     """Optimisation steps over `batches` (each step sums the gradients of `accumulate` batches); returns (summed
     loss, correct, images seen). `hooks` (the Trainer) gets on_step_start, on_after_backward and on_step_end
-    (which returns True to end the pass). The Trainer and the benchmarks both call this, so a benchmark
+    (which returns True to end the pass); `mix(x, y) -> (x, soft targets)` is mixup/cutmix. The Trainer and the benchmarks both call this, so a benchmark
     measures the code that trains."""
     loss_sum, correct, seen = 0.0, 0, 0
     n_batches = len(batches)
@@ -148,6 +150,8 @@ def train_steps(model, batches, criterion, opt, scaler, device, amp, *, channels
             opt.zero_grad(set_to_none=True)
             if hooks is not None:
                 hooks.on_step_start()
+        if mix is not None:
+            x, y = mix(x, y)
         x, y = to_layout(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True)
         with autocast(device, amp):
             out = model(x)
@@ -183,7 +187,13 @@ class Trainer:
         self.epoch_feed, self.eval_feed, self.step_model = self.train_feed, self.val_feed, state.model
         self.device, self.amp, self.frozen, self.left_out = device, amp, frozen, left_out
         self.setup_seconds, self.resumed = setup_seconds, resumed
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.balance, self.balance_reason = choose_balance(cfg.balance, self.train_feed.split.labels)
+        n_cls = len(src.classes)
+        weight = class_weights(self.train_feed.split.labels, n_cls).to(device) if self.balance == "weights" else None
+        self.sampler_weights = sample_weights(self.train_feed.split.labels, n_cls) if self.balance == "sampler" else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.mixer = make_mixer(cfg, n_cls)
+        self.lr_find = None  # the range test's result when --lr auto ran it
         self.per_epoch = -(-len(self.train_feed.epoch(torch.Generator().manual_seed(0))) // cfg.accumulate)
         self.total_steps = min(cfg.max_steps or cfg.epochs * self.per_epoch, cfg.epochs * self.per_epoch)
         self.schedule = step_schedule  # the per-step schedule's length, which --time-budget may shorten
@@ -283,9 +293,10 @@ class Trainer:
         desc = f"epoch {st.epoch + 1}" + (f"/{-(-self.total_steps // self.per_epoch)}" if budget_known else "")
         t = time.perf_counter()
         loss_sum, correct, seen = train_steps(
-            self.compiled or self.step_model, self.epoch_feed.epoch(self.gen), self.criterion, st.optimizer, st.scaler,
+            self.compiled or self.step_model, self.epoch_feed.epoch(self.gen, self.sampler_weights), self.criterion, st.optimizer, st.scaler,
             self.device, self.amp, channels_last=cfg.channels_last, desc=desc, log_every=cfg.log_every,
             accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, hooks=self,
+            mix=None if self.mixer is None else (lambda x, y: self.mixer(x, y, self.gen)),
             max_steps=self.total_steps - st.step)
         if self.compiled is not None and st.epoch + 1 == self.first_epoch:
             self.info("torch.compile: the first epoch took %.1f s, compilation included", time.perf_counter() - t)
@@ -372,6 +383,13 @@ class Trainer:
         self.info("parameters (%s, freeze=%s):\n%s", cfg.model, cfg.freeze,
                   format_parameter_table(parameter_table(self.state.model, cfg.model)))
         self.info("precision: %s%s", self.state.precision, " (auto)" if cfg.precision == "auto" else "")
+        if cfg.balance != "none":
+            self.info("class balance: %s", self.balance_reason)
+        if self.lr_find is not None:
+            from .lr_find import write_result
+
+            write_result(self.lr_find, self.run_dir.path)
+            self.info("--lr auto: %s (lr_find.png)", self.lr_find["reason"])
 
     def _feature_cache(self) -> None:
         """--freeze backbone: only the head trains, so its inputs are computed once, not once an epoch."""
@@ -406,7 +424,7 @@ class Trainer:
             "train_seconds": round(train_seconds, 2),  # this session: from the first hook to the last epoch
             "steps": st.step, "setup_seconds": round(self.setup_seconds, 2), "model": cfg.model,
             "classes": self.src.classes, "left_out": len(self.left_out), "precision": st.precision,
-            "options_set": sorted(cfg.explicit), "data_fingerprint": self.fingerprint,
+            "options_set": sorted(cfg.explicit), "balance": self.balance, "data_fingerprint": self.fingerprint,
         }
         self.run_dir.write_results(results)
         if self.stop_reason:
@@ -443,6 +461,13 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
     t_setup = time.perf_counter()
     src, prep, feeds, left_out = _open_data(cfg, spec, resume_ckpt)
     cfg = cfg.resolved(img_size=prep.img_size)
+    found = None
+    if cfg.lr == "auto":
+        found = find_lr_for(cfg, spec, src, feeds["train"], device)
+        if found["suggestion"] is None:
+            raise UsageError(f"--lr auto: the range test could not suggest a learning rate ({found['reason']}); "
+                             "pass --lr with a number, or run `imgclf lr-find` to see the curve")
+        cfg = cfg.resolved(lr=found["suggestion"])
     state, frozen, step_schedule = _build_state(cfg, spec, src, device, head_only=uses_feature_cache(cfg, feeds["train"]))
     state.callbacks += list(callbacks)
     amp = _precision(cfg, device, state, prep, resume_ckpt)
@@ -455,12 +480,15 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
         trainer = Trainer(cfg, state, run_dir, src=src, prep=prep, feeds=feeds, device=device, amp=amp, frozen=frozen,
                           left_out=left_out, setup_seconds=time.perf_counter() - t_setup, resumed=resume_ckpt is not None,
                           step_schedule=step_schedule)
+        trainer.lr_find = found
         return trainer.fit()
 
 
 def uses_feature_cache(cfg: TrainConfig, train_feed) -> bool:
     """--freeze backbone on the fast path: the head trains on features computed once (features.py)."""
-    return cfg.freeze == "backbone" and cfg.feature_cache and not cfg.freeze_epochs and isinstance(train_feed, FastFeed)
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0  # mixes images, not features: the backbone runs every epoch
+    return (cfg.freeze == "backbone" and cfg.feature_cache and not cfg.freeze_epochs and not mixing
+            and isinstance(train_feed, FastFeed))
 
 
 def _configure(config, options) -> tuple[TrainConfig, dict | None]:
@@ -505,9 +533,45 @@ def _check_options(cfg: TrainConfig, resume_ckpt: dict | None):
     return spec
 
 
+def find_lr_for(cfg: TrainConfig, spec, src, train_feed, device, **sweep) -> dict:
+    """The learning-rate range test on the run's own model (built as the run builds it: same seed, freezing and
+    parameter groups) and training batches, in fp32; raises when it cannot suggest one."""
+    from .lr_find import lr_range_test
+
+    probe = cfg.resolved(lr=1.0)  # group 0 at the swept lr, the others at their ratios to it
+    state, _, _ = _build_state(probe, spec, src, device, head_only=False)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
+    result = lr_range_test(state.model, train_feed.epoch(gen), criterion, state.optimizer, device, None,
+                           channels_last=cfg.channels_last, **sweep)
+    return result
+
+
+def lr_find(config: TrainConfig | dict | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+            steps: int = 100, **options) -> dict:
+    """`imgclf lr-find`: the learning-rate range test for the run these options describe (its model, freezing,
+    optimizer and batches); writes lr_find.png and lr_find.json into OUT/NAME and returns the result (with
+    `suggestion`, None when the curve gives none, and `run_dir`)."""
+    cfg, _ = _configure(config, options)
+    if cfg.resume:
+        raise UsageError("lr-find starts from the options, not a checkpoint: drop --resume")
+    spec = _check_options(cfg, None)
+    cfg = _resolve(cfg)
+    device = resolve_device(cfg.device)
+    src, prep, feeds, _ = _open_data(cfg, spec, None)
+    cfg = cfg.resolved(img_size=prep.img_size)
+    result = find_lr_for(cfg, spec, src, feeds["train"], device, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    from .lr_find import write_result
+
+    folder = new_run_path(cfg.out, cfg.name, "lr-find-" + cfg.model, cfg.data)
+    os.makedirs(folder, exist_ok=True)
+    write_result(result, folder)
+    return {**result, "run_dir": folder}
+
+
 def _resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the options whose default depends on others."""
-    lr = cfg.lr if cfg.lr is not None else (0.01 if cfg.optimizer == "sgd" else 1e-3)
+    lr = cfg.lr if cfg.lr is not None else (0.01 if cfg.optimizer == "sgd" else 1e-3)  # "auto": found later
     wd = cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if cfg.optimizer == "sgd" else 0.05)
     workers = cfg.workers if cfg.workers is not None else default_workers()
     data = cfg.data
@@ -539,7 +603,8 @@ def _open_data(cfg: TrainConfig, spec, resume_ckpt: dict | None):
     for name in ("train", "val"):
         feed, bad = make_feed(src.splits[name], prep, cache=cfg.cache, workers=max(1, cfg.workers), augment=cfg.augment,
                               batch_size=cfg.batch_size, eval_batch_size=max(cfg.batch_size, 256),
-                              brightness=cfg.brightness, contrast=cfg.contrast, desc=f"decode {name}")
+                              brightness=cfg.brightness, contrast=cfg.contrast, randaugment=cfg.randaugment,
+                              desc=f"decode {name}")
         if len(feed) == 0:
             raise UsageError(f"no readable images left in the {name} split of {cfg.data}; `imgclf check` lists the problems")
         src.splits[name], feeds[name] = feed.split, feed

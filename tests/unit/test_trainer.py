@@ -243,3 +243,36 @@ def test_the_cli_reports_a_diverging_run_in_one_line(tmp_path, data, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("imgclf: error: step ")
     assert not os.path.exists(tmp_path / "runs/boom/last.pt")
+
+
+# ------------------------------------------------------------------------------------------ tools from the tools branch
+
+
+def test_mixup_cutmix_and_sampler_balance_train_and_record(tmp_path, make_folder):
+    data = make_folder(tmp_path / "lt", classes=("a", "b", "c"), n=12, n_val=4, size=16)
+    for p in sorted((data / "train" / "b").iterdir())[2:]:  # 'b' has 2 training images, the others 12: ratio 6
+        p.unlink()
+    res = _train(tmp_path, str(data), "mix", epochs=2, mixup=0.2, cutmix=1.0, balance="auto", freeze="backbone")
+    assert res["balance"] == "weights" and res["epochs"] == 2
+    log_text = open(os.path.join(res["run_dir"], "train.log")).read()
+    assert "class balance: auto" in log_text and "frozen-feature cache" not in log_text  # mixing needs images
+    res = _train(tmp_path, str(data), "sampler", epochs=1, balance="sampler")
+    assert res["balance"] == "sampler"
+
+
+def test_lr_auto_runs_the_range_test_first_and_trains_at_its_suggestion(tmp_path, data):
+    res = _train(tmp_path, data, "auto", epochs=1, lr="auto")
+    saved = yaml.safe_load(open(os.path.join(res["run_dir"], "config.yaml")))
+    found = __import__("json").load(open(os.path.join(res["run_dir"], "lr_find.json")))
+    assert isinstance(saved["lr"], float) and saved["lr"] == pytest.approx(found["suggestion"])
+    assert os.path.exists(os.path.join(res["run_dir"], "lr_find.png"))
+
+
+def test_lr_find_cli_prints_a_suggestion_and_saves_the_curve(tmp_path, data, capsys):
+    from imgclf.cli import main
+
+    code = main(["lr-find", "--data", data, "--model", "test_tiny", "--batch-size", "8", "--workers", "0", "--out",
+                 str(tmp_path / "runs"), "--name", "lrf", "--steps", "40", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "suggested lr: " in out
+    assert (tmp_path / "runs/lrf/lr_find.png").exists() and (tmp_path / "runs/lrf/lr_find.json").exists()
