@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import glob
 import importlib
+import logging
 import os
-import socket
+import shutil
 import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,6 +20,9 @@ import torch
 from torch import nn
 
 from ..errors import UsageError, WeightsUnavailableError, did_you_mean
+from ..fileio import atomic_open
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,20 +66,27 @@ class Weights:
             raise WeightsUnavailableError(f"cannot read pretrained weights '{path}' ({e}): delete it and run again online") from None
 
 
+# A closed network must fail in seconds, not hang: seconds per blocking socket operation (connect, each read),
+# given to this download's own connection, so the process's socket default stays the caller's.
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def _fetch(url: str, path: str, timeout: float) -> None:
+    """`url` to `path`, whole or not at all (a stopped download leaves no partial file to be read later)."""
+    with urllib.request.urlopen(url, timeout=timeout) as r, atomic_open(path, "wb") as f:
+        shutil.copyfileobj(r, f, 1 << 20)  # 1 MiB reads
+
+
 def _download(url: str, path: str, model_name: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)  # a closed network must fail in seconds, not hang
     try:
-        torch.hub.download_url_to_file(url, path, progress=False)
+        _fetch(url, path, DOWNLOAD_TIMEOUT_S)
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise WeightsUnavailableError(
             f"pretrained weights for {model_name} are not cached and cannot be downloaded ({reason}): "
             f"put {os.path.basename(path)} from {url} at {path}"
         ) from None
-    finally:
-        socket.setdefaulttimeout(old)
 
 
 @dataclass(frozen=True)
