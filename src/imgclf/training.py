@@ -284,7 +284,7 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
         raise UsageError("no data given: pass --data with a folder, a CSV, or one of cifar10, cifar100, digits")
     cfg = _resolve(cfg)
     spec = get_spec(cfg.model)
-    if cfg.pretrained and spec.weights is None:
+    if cfg.pretrained and spec.weights is None and not cfg.weights_file:
         raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
     if cfg.img_size is not None and cfg.img_size < spec.min_img_size:
         raise UsageError(_too_small(cfg.img_size, spec))
@@ -312,7 +312,8 @@ def train(config: TrainConfig | dict | None = None, **options) -> dict:
     cfg = replace(cfg, img_size=prep.img_size)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and resume_ckpt is None)
+    model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and resume_ckpt is None,
+                        weights_file=cfg.weights_file if resume_ckpt is None else None)
     frozen = freeze(model, cfg.model, cfg.freeze)
     model = to_layout(model.to(device), cfg.channels_last)
     if not any(p.requires_grad for p in model.parameters()):
