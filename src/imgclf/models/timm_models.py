@@ -72,9 +72,7 @@ class TimmWeights:
 def _stages(model: nn.Module, head: str) -> list[tuple[str, list[str]]]:
     """timm's coarse groups, input first, without the head: [(name, [module or parameter names])].
 
-    Each group's parameters are named by the module that holds them (so that `apply_frozen_eval` can put that
-    module's BatchNorm in eval mode), or by their own name when they sit on the model itself (a ViT's
-    cls_token and pos_embed). Models without a group matcher get one stage per child module."""
+    Models without a group matcher get one stage per child module."""
     from timm.models import group_parameters
 
     try:
@@ -82,21 +80,49 @@ def _stages(model: nn.Module, head: str) -> list[tuple[str, list[str]]]:
     except (AttributeError, NotImplementedError):
         groups = {i: [n for n, _ in c.named_parameters(prefix=name)]
                   for i, (name, c) in enumerate(model.named_children())}
-    stages = []
+    totals = _count_under(n for n, _ in model.named_parameters())
+    kept = []
     for _, names in sorted(groups.items()):
-        prefixes = list(dict.fromkeys(n.rpartition(".")[0] or n for n in names
-                                      if not (n == head or n.startswith(head + "."))))
-        if prefixes:
-            stages.append((_stage_name(prefixes, first=not stages), prefixes))
-    return stages
+        names = [n for n in names if not (n == head or n.startswith(head + "."))]
+        if names:
+            kept.append(_largest_modules(names, totals))
+    return [(_stage_name(ps, [head] + [p for other in kept if other is not ps for p in other], first=i == 0), ps)
+            for i, ps in enumerate(kept)]
 
 
-def _stage_name(prefixes: list[str], *, first: bool) -> str:
-    """'layer1', 'stages.0', 'blocks.4+conv_head+bn2': the common dotted prefix up to its first index, else
-    each prefix so cut, joined."""
-    def cut(parts):
-        n = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts) - 1)
-        return parts[:n + 1]
+def _count_under(names) -> dict[str, int]:
+    """module prefix -> how many of `names` (parameter names) lie under it."""
+    counts: dict[str, int] = {}
+    for n in names:
+        parts = n.split(".")
+        for k in range(1, len(parts)):
+            pre = ".".join(parts[:k])
+            counts[pre] = counts.get(pre, 0) + 1
+    return counts
+
+
+def _largest_modules(names: list[str], totals: dict[str, int]) -> list[str]:
+    """The group's parameters as the largest modules that hold only parameters of the group ('layer1', not its
+    convolutions one by one), so that `apply_frozen_eval` also stops the dropout and drop-path inside them;
+    a parameter held by the model itself keeps its own name."""
+    mine = _count_under(names)
+    out = []
+    for n in names:
+        parts = n.split(".")
+        pre = next((".".join(parts[:k]) for k in range(1, len(parts)) if mine[".".join(parts[:k])] == totals[".".join(parts[:k])]), n)
+        out.append(pre)
+    return list(dict.fromkeys(out))
+
+
+def _stage_name(prefixes: list[str], others: list[str], *, first: bool) -> str:
+    """'layer1', 'stages.0', 'blocks.4+conv_head+bn2': the shortest start of the stage's common dotted prefix
+    that no other stage (nor the head) shares, else the shortest such start of each of its prefixes, joined."""
+    def unique_start(parts: list[str]) -> str:
+        for k in range(1, len(parts) + 1):
+            start = ".".join(parts[:k])
+            if not any(o == start or o.startswith(start + ".") for o in others):
+                return start
+        return ".".join(parts)
 
     parts = [p.split(".") for p in prefixes]
     common = []
@@ -105,10 +131,10 @@ def _stage_name(prefixes: list[str], *, first: bool) -> str:
             break
         common.append(level[0])
     if common:
-        return ".".join(cut(common))
+        return unique_start(common)
     if first:
         return "stem"
-    return "+".join(dict.fromkeys(".".join(cut(p)) for p in parts))
+    return "+".join(dict.fromkeys(unique_start(p) for p in parts))
 
 
 def _pretrained_builder(arch: str, weights: TimmWeights):
