@@ -462,9 +462,9 @@ def cmd_models(a: dict) -> int:
 
 
 def _timm_models(a: dict) -> int:
-    from .models.timm_models import list_timm
+    from .models.registry import list_models
 
-    rows = list_timm(a["timm"])
+    rows = list_models(timm=a["timm"])
     if a.get("json"):
         print(json.dumps(rows, indent=2))
         return 0

@@ -450,9 +450,14 @@ def format_parameter_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def list_models() -> list[dict]:
+def list_models(timm: str | None = None) -> list[dict]:
     """Every registered model: parameter count (computed on the meta device, 1000 classes), default
-    input size, and whether pretrained weights can be loaded right now without a network."""
+    input size, and whether pretrained weights can be loaded right now without a network. With `timm`, a
+    pattern ('resnet*'): the timm models that match it instead, as `timm:NAME`, and whether their weights are cached."""
+    if timm is not None:
+        from .timm_models import list_timm
+
+        return list_timm(timm)
     out = []
     for name, spec in REGISTRY.items():
         with torch.device("meta"):
