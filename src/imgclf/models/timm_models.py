@@ -109,8 +109,8 @@ def _largest_modules(names: list[str], totals: dict[str, int]) -> list[str]:
     out = []
     for n in names:
         parts = n.split(".")
-        pre = next((".".join(parts[:k]) for k in range(1, len(parts)) if mine[".".join(parts[:k])] == totals[".".join(parts[:k])]), n)
-        out.append(pre)
+        starts = (".".join(parts[:k]) for k in range(1, len(parts)))
+        out.append(next((pre for pre in starts if mine[pre] == totals[pre]), n))
     return list(dict.fromkeys(out))
 
 
