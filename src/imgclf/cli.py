@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list models, parameter counts and offline pretrained weights")
     _common(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--timm", metavar="PATTERN", help="list the timm models matching PATTERN ('resnet*', '*vit*'), "
+                                                     "usable as --model timm:NAME (needs pip install timm)")
     _add_serve(sub)
     return parser
 
@@ -473,6 +475,8 @@ def cmd_check(a: dict) -> int:
 
 
 def cmd_models(a: dict) -> int:
+    if a.get("timm") is not None:
+        return _timm_models(a)
     from .models.registry import list_models
 
     rows = list_models()
@@ -483,6 +487,22 @@ def cmd_models(a: dict) -> int:
     for r in rows:
         print(f"{r['name']:<20} {r['params']:>12,} {r['img_size']:>6}  {r['pretrained']:<22} {r['description']}")
     print("params are counted from the model with a 1000-class head; the head is replaced for your classes")
+    return 0
+
+
+def _timm_models(a: dict) -> int:
+    from .models.registry import list_models
+
+    rows = list_models(timm=a["timm"])
+    if a.get("json"):
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        raise UsageError(f"no timm model matches '{a['timm']}': patterns take * wildcards, as in 'resnet*' or '*vit*'")
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'model':<{width}}  pretrained (offline)")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['pretrained']}")
     return 0
 
 

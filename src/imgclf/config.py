@@ -58,6 +58,7 @@ class TrainConfig:
     # model
     model: str = opt("resnet18", "model name; `imgclf models` lists them")
     pretrained: bool = opt(False, "start from ImageNet weights (the head is replaced for the data's classes)")
+    weights_file: str | None = opt(None, "with --pretrained: the pretrained weights from this state dict (.pth or .safetensors) instead of the model's download cache; the head is replaced for the data's classes")
     freeze: str = opt("none", "backbone (only the new head trains), none (all layers train), or N (the first N stages frozen)")
     img_size: int | None = opt(None, "input size in pixels (default: the model's pretrained size with --pretrained, else the data's own size when all images share one, else 224); at least the model's own minimum (32 for ResNet, EfficientNet and VGG)", ge=1)
     augment: str = opt("auto", "training augmentation: small (flip + zero-padded random crop), shift (flip + reflect-padded shift of up to 2 px), large (random resized crop + flip), none, or auto (small up to 64 px)", ("auto", "small", "shift", "large", "none"))
@@ -225,6 +226,18 @@ def check_config(cfg: "TrainConfig", source: str = "options") -> None:
     never saw)."""
     for key in FIELDS:
         check_value(key, getattr(cfg, key), source)
+    check_weights_file(cfg)
+
+
+def check_weights_file(cfg: "TrainConfig") -> None:
+    """--weights-file before any work: it exists, and comes with --pretrained. A resumed run takes its weights
+    from the checkpoint, so the file need not be there any more."""
+    if cfg.weights_file is None or cfg.resume:
+        return
+    if not os.path.isfile(cfg.weights_file):
+        raise UsageError(f"--weights-file '{cfg.weights_file}' does not exist: give the path of a state dict (.pth or .safetensors)")
+    if not cfg.pretrained:
+        raise UsageError(f"--weights-file '{cfg.weights_file}' is where the --pretrained weights come from: add --pretrained")
 
 
 def load_yaml(path: str) -> dict:

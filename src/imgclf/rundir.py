@@ -37,6 +37,7 @@ def new_run_path(out: str, name: str | None, model: str, data: str) -> str:
             raise UsageError(f"run directory '{d}' already exists: choose another --name, or continue it with --resume {d}/last.pt")
         return d
     data = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(str(data))) or "data")
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)  # timm:resnet18 -> timm_resnet18: a colon is no folder name
     base = os.path.join(out, f"{model}-{data}")
     d, n = base, 2
     while os.path.exists(d) and os.listdir(d):

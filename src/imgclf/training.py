@@ -521,7 +521,7 @@ def _check_options(cfg: TrainConfig, resume_ckpt: dict | None):
     if not cfg.data:
         raise UsageError("no data given: pass --data with a folder, a CSV, or one of cifar10, cifar100, digits")
     spec = get_spec(cfg.model)
-    if cfg.pretrained and spec.weights is None:
+    if cfg.pretrained and spec.weights is None and not cfg.weights_file:
         raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
     if cfg.img_size is not None and cfg.img_size < spec.min_img_size:
         raise UsageError(_too_small(cfg.img_size, spec))
@@ -658,7 +658,8 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
     run (a resume then loads its state). `head_only`: only the head trains (frozen-feature cache), so the EMA
     averages the head."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and not cfg.resume)
+    model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and not cfg.resume,
+                        weights_file=cfg.weights_file if not cfg.resume else None)
     frozen = freeze(model, cfg.model, "backbone" if cfg.freeze_epochs else cfg.freeze)
     model = to_layout(model.to(device), cfg.channels_last)
     if not any(p.requires_grad for p in model.parameters()):

@@ -140,7 +140,7 @@ def test_torchvision_pretrained_offline_and_uncached(tmp_path, monkeypatch):
         raise urllib.error.URLError("offline")
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(registry, "_fetch", offline)
     with pytest.raises(WeightsUnavailableError) as ei:
         build_model("resnet18", 3, pretrained=True)
     expected = os.path.join(str(tmp_path), "checkpoints", "resnet18-f37072fd.pth")

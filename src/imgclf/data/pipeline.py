@@ -51,7 +51,8 @@ def resolve_preprocess(spec, *, img_size: int | None, pretrained: bool, own_size
         resize = img_size
     else:
         resize = round(img_size / 0.875)  # the usual 224/256 ratio
-    return Preprocess(img_size=int(img_size), resize=int(resize), mean=list(spec.mean), std=list(spec.std))
+    return Preprocess(img_size=int(img_size), resize=int(resize), mean=list(spec.mean), std=list(spec.std),
+                      interpolation=spec.interpolation)
 
 
 def common_size(split: Split, workers: int = 4) -> int | None:

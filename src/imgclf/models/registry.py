@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import glob
 import importlib
+import logging
 import os
-import socket
+import shutil
 import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,6 +20,10 @@ import torch
 from torch import nn
 
 from ..errors import UsageError, WeightsUnavailableError, did_you_mean
+from ..fileio import atomic_open
+from .timm_models import INSTALL, PREFIX, is_timm_name, timm_spec
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,20 +67,27 @@ class Weights:
             raise WeightsUnavailableError(f"cannot read pretrained weights '{path}' ({e}): delete it and run again online") from None
 
 
+# A closed network must fail in seconds, not hang: seconds per blocking socket operation (connect, each read),
+# given to this download's own connection, so the process's socket default stays the caller's.
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def _fetch(url: str, path: str, timeout: float) -> None:
+    """`url` to `path`, whole or not at all (a stopped download leaves no partial file to be read later)."""
+    with urllib.request.urlopen(url, timeout=timeout) as r, atomic_open(path, "wb") as f:
+        shutil.copyfileobj(r, f, 1 << 20)  # 1 MiB reads
+
+
 def _download(url: str, path: str, model_name: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)  # a closed network must fail in seconds, not hang
     try:
-        torch.hub.download_url_to_file(url, path, progress=False)
+        _fetch(url, path, DOWNLOAD_TIMEOUT_S)
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise WeightsUnavailableError(
             f"pretrained weights for {model_name} are not cached and cannot be downloaded ({reason}): "
             f"put {os.path.basename(path)} from {url} at {path}"
         ) from None
-    finally:
-        socket.setdefaulttimeout(old)
 
 
 @dataclass(frozen=True)
@@ -101,12 +114,39 @@ class ModelSpec:
     # () -> [callbacks.Callback]: what the model needs from the training loop besides gradient steps (airnet's
     # whitening from data, for one); the Trainer runs them first.
     callbacks: Callable[[], list] | None = None
+    interpolation: str = "bilinear"  # of the resize, as the pretrained weights were evaluated
+    # num_classes -> model with pretrained weights and a fresh head, where the weights' own library loads them
+    # (timm: adapts heads and old checkpoints); None: `weights.state_dict` into `builder(1000)`, then a new head
+    pretrained_builder: Callable[[int], nn.Module] | None = None
 
     def preprocess(self) -> dict:
-        return {"img_size": self.img_size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std)}
+        return {"img_size": self.img_size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
 
 
-REGISTRY: dict[str, ModelSpec] = {}
+class _Registry(dict):
+    """name -> ModelSpec: the registered models, and any `timm:NAME` that timm has, made on first use (not
+    listed by iteration: `imgclf models --timm PATTERN` lists those). `"timm:x" in REGISTRY` without timm
+    installed raises the one-line install hint rather than answering that the model does not exist."""
+
+    def __contains__(self, name) -> bool:
+        if is_timm_name(name) and not dict.__contains__(self, name):
+            try:
+                timm_spec(name)
+            except UsageError as e:
+                if str(e) == INSTALL:
+                    raise
+                return False
+            return True
+        return dict.__contains__(self, name)
+
+    def __missing__(self, name):
+        if is_timm_name(name):
+            return timm_spec(name)
+        raise KeyError(name)
+
+
+REGISTRY: dict[str, ModelSpec] = _Registry()
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -115,8 +155,11 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def get_spec(name: str) -> ModelSpec:
+    if is_timm_name(name):
+        return timm_spec(name)  # unknown: one line with timm's closest name
     if name not in REGISTRY:
-        raise UsageError(f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; `imgclf models` lists them")
+        raise UsageError(f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; `imgclf models` lists them "
+                         f"(and `imgclf models --timm PATTERN` the timm models, as {PREFIX}NAME)")
     return REGISTRY[name]
 
 
@@ -135,12 +178,23 @@ def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
         setattr(parent, attr, new)
 
 
-def build_model(name: str, num_classes: int, *, pretrained: bool = False) -> nn.Module:
-    """The model `name` with a `num_classes` head; ImageNet weights first when `pretrained`."""
+def build_model(name: str, num_classes: int, *, pretrained: bool = False, weights_file: str | None = None) -> nn.Module:
+    """The model `name` with a `num_classes` head; ImageNet weights first when `pretrained`, from
+    `weights_file` (a state dict, .pth or .safetensors) instead of the model's own source when that is given."""
     spec = get_spec(name)
+    if weights_file is not None:
+        if not pretrained:
+            raise UsageError(f"--weights-file '{weights_file}' is where the --pretrained weights come from: add --pretrained")
+        state = read_state_dict(weights_file)  # first: a missing or unreadable file costs no model build
+        model = spec.builder(num_classes)
+        load_backbone(model, state, spec, weights_file)
+        return model
     if pretrained:
         if spec.weights is None:
-            raise UsageError(f"{name} has no pretrained weights; drop --pretrained to train it from scratch")
+            raise UsageError(f"{name} has no pretrained weights; drop --pretrained to train it from scratch, "
+                             "or pass --weights-file PATH with a state dict of its backbone")
+        if spec.pretrained_builder is not None:
+            return spec.pretrained_builder(num_classes)
         model = spec.builder(1000)
         state = spec.weights.state_dict(name)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -154,6 +208,58 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = False) -> nn.
         return model
     model = spec.builder(num_classes)
     return model
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a torch file (loaded with weights_only=True: a file from a stranger
+    runs no code). A checkpoint that nests its weights ({"state_dict": ...}, {"model": ...}, an imgclf
+    checkpoint) gives those; a "module." prefix (DataParallel, DDP) is dropped."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--weights-file '{path}' does not exist: give the path of a state dict (.pth or .safetensors)")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UsageError(f"--weights-file '{path}' cannot be read as a state dict ({_first_line(e)}): "
+                         "give a .pth saved with torch.save(model.state_dict()) or a .safetensors file") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"--weights-file '{path}' holds no state dict (names -> tensors): give a .pth saved with "
+                         "torch.save(model.state_dict()) or a .safetensors file")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_backbone(model: nn.Module, state: dict, spec: ModelSpec, path: str) -> None:
+    """Every tensor of `model` but its head from `state` (the head stays new, sized for the data's classes);
+    anything missing, extra or of another shape is one line naming the file."""
+    def backbone(keys):
+        return {k for k in keys if not (k == spec.head or k.startswith(spec.head + "."))}
+
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    have = {k: v.shape for k, v in state.items()}
+    missing = sorted(backbone(want) - set(have))
+    unexpected = sorted(backbone(have) - set(want))
+    other = sorted(k for k in backbone(want) & set(have) if have[k] != want[k])
+    if missing or unexpected or other:
+        parts = [f"{len(missing)} missing, such as '{missing[0]}'" if missing else "",
+                 f"{len(unexpected)} unexpected, such as '{unexpected[0]}'" if unexpected else "",
+                 f"{len(other)} of another shape, such as '{other[0]}' {list(have[other[0]])} where {spec.name} "
+                 f"has {list(want[other[0]])}" if other else ""]
+        raise UsageError(f"--weights-file '{path}' does not fit {spec.name} ({'; '.join(p for p in parts if p)}): "
+                         f"give a state dict of {spec.name}")
+    model.load_state_dict({k: state[k] for k in backbone(want)}, strict=False)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------------------------- torchvision
@@ -314,8 +420,10 @@ def freeze(model: nn.Module, name: str, how: str | int | None) -> list[str]:
 
 def apply_frozen_eval(model: nn.Module, prefixes: list[str]) -> None:
     """Call after model.train(): frozen parts stay in eval mode so BatchNorm statistics and dropout do not move."""
+    modules = dict(model.named_modules())
     for pre in prefixes:
-        model.get_submodule(pre).eval()
+        if pre in modules:  # not a parameter held by the model itself (a ViT's cls_token): no mode to set
+            modules[pre].eval()
 
 
 def parameter_table(model: nn.Module, name: str) -> list[dict]:
@@ -348,9 +456,14 @@ def format_parameter_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def list_models() -> list[dict]:
+def list_models(timm: str | None = None) -> list[dict]:
     """Every registered model: parameter count (computed on the meta device, 1000 classes), default
-    input size, and whether pretrained weights can be loaded right now without a network."""
+    input size, and whether pretrained weights can be loaded right now without a network. With `timm`, a
+    pattern ('resnet*'): the timm models that match it instead, as `timm:NAME`, and whether their weights are cached."""
+    if timm is not None:
+        from .timm_models import list_timm
+
+        return list_timm(timm)
     out = []
     for name, spec in REGISTRY.items():
         with torch.device("meta"):
