@@ -26,17 +26,27 @@ def _cli(args, **kw):
 
 
 def _rows(run_dir):
+    """Every column of metrics.csv but the seconds (VAL_COLUMNS, and the EMA's when it is on)."""
     with open(os.path.join(run_dir, "metrics.csv")) as f:
-        return [{k: r[k] for k in VAL_COLUMNS} for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    assert all(k in r for r in rows for k in VAL_COLUMNS)
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+# The tools whose state must survive a kill too: the weights' moving average, mixup's draws from the epoch's
+# generator, and gradients summed over two batches (a kill between them must not show).
+TOOLS = ["--ema", "--ema-decay", "0.9", "--ema-warmup", "0", "--mixup", "0.2", "--accumulate", "2"]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
-def test_sigkill_during_third_epoch_then_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("tools", [[], TOOLS], ids=["plain", "ema-mixup-accumulate"])
+def test_sigkill_during_third_epoch_then_resume_matches_uninterrupted(tmp_path, tools):
     out = str(tmp_path)
-    full = _cli(ARGS + ["--out", out, "--name", "full"])
+    args = ARGS + tools
+    full = _cli(args + ["--out", out, "--name", "full"])
     assert full.wait(timeout=600) == 0, full.stdout.read()
 
-    victim = _cli(ARGS + ["--out", out, "--name", "killed"])
+    victim = _cli(args + ["--out", out, "--name", "killed"])
     last = os.path.join(out, "killed", "last.pt")
     deadline = time.monotonic() + 600
     # Wait until epoch 2 is complete (last.pt says so), then kill inside epoch 3.
@@ -67,6 +77,8 @@ def test_sigkill_during_third_epoch_then_resume_matches_uninterrupted(tmp_path):
     a, b = _rows(os.path.join(out, "full")), _rows(os.path.join(out, "killed"))
     assert [r["epoch"] for r in b] == ["1", "2", "3", "4"]
     assert a == b
+    if tools:
+        assert all(r["ema_val_acc"] for r in b)
 
 
 # ----------------------------------------------------------------------------------------------- resume on changed data
