@@ -18,8 +18,9 @@ from . import __version__
 from .config import FIELDS, Range, check_output_folder, field_type, out_of_range
 from .errors import ImgclfError, UsageError
 from .fileio import atomic_open, write_json
+from .progress import shown
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 
 class Terminated(BaseException):
@@ -297,8 +298,6 @@ def request_huge_pages() -> bool:
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    from .progress import set_enabled
-
     class Fmt(logging.Formatter):
         def format(self, record):
             msg = record.getMessage()
@@ -306,16 +305,17 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
                 msg += "\n" + self.formatException(record.exc_info)
             return f"warning: {msg}" if record.levelno == logging.WARNING else msg
 
-    for h in list(log.handlers):
+    # The package's logger: every module logs to a child of it (logging.getLogger(__name__)), which propagates here.
+    root = logging.getLogger("imgclf")
+    for h in list(root.handlers):
         if getattr(h, "_imgclf_cli", False):
-            log.removeHandler(h)
+            root.removeHandler(h)
     h = logging.StreamHandler(sys.stderr)
     h._imgclf_cli = True
     h.setFormatter(Fmt())
-    log.addHandler(h)
-    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
-    set_enabled(not quiet)
+    root.addHandler(h)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
 
 
 def cmd_train(a: dict) -> int:
@@ -482,6 +482,10 @@ def cmd_serve(a: dict) -> int:
     from .serve.server import bind, limit_malloc_arenas, run, url_of
 
     limit_malloc_arenas()  # first: before torch and numpy start threads
+    # python-multipart logs a warning for every malformed body before raising; the client gets a 400 that says
+    # so, and a scanner must not be able to fill the server's log. Set here, for this process: the library
+    # leaves an embedding application's loggers alone.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     from .serve.app import ServeSettings, create_app
 
     key = a.get("api_key") if a.get("api_key") is not None else (os.environ.get("IMGCLF_API_KEY") or None)
@@ -534,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         previous = signal.signal(signal.SIGTERM, _raise_terminated)  # `serve` replaces it with uvicorn's own
     try:
-        return COMMANDS[a.pop("command")](a)
+        with shown(not quiet):  # bars and progress lines, for this command only
+            return COMMANDS[a.pop("command")](a)
     except Terminated:
         print("imgclf: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
