@@ -70,7 +70,7 @@ from .runtime import (
     DYNAMIC_INT8_FORMAT, META_KEY, META_NAME, CheckpointRunner, Runner, open_model, quantize_linear_dynamic,
 )
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 # 20: the first opset with a Gelu op (onnxruntime >= 1.17 runs it). At 18, GELU is exported as an Erf expression
 # whose Mul/Add nodes the int8 quantizer quantizes one by one (airnet_small on CIFAR-10: 80% instead of 87.6%).

@@ -58,3 +58,44 @@ def test_new_files_get_the_umask_in_force_when_they_are_written(tmp_path, monkey
     for name in ("r.json", "w.pt"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o640, name
     assert sorted(os.listdir(tmp_path)) == ["r.json", "w.pt"]  # no temporary file left
+
+
+def test_importing_imgclf_leaves_logging_alone():
+    """No handler, level or propagation change on any logger, the package's own included, until the CLI runs."""
+    out = _python("""
+        import json, logging
+        import imgclf, imgclf.cli, imgclf.exporting, imgclf.serve.app, imgclf.serve.server, imgclf.evaluation
+        loggers = {name: (lg.level, len(lg.handlers), lg.propagate) for name, lg in logging.root.manager.loggerDict.items()
+                   if isinstance(lg, logging.Logger) and (lg.level or lg.handlers or not lg.propagate)}
+        print(json.dumps({"root": [logging.root.level, len(logging.root.handlers)], "changed": loggers}))
+    """)
+    got = json.loads(out)
+    assert got["root"] == [30, 0]  # WARNING, no handler: Python's own
+    ours = {k: v for k, v in got["changed"].items() if k.startswith(("imgclf", "python_multipart"))}
+    assert ours == {}
+
+
+def test_quiet_in_one_command_does_not_silence_the_next(caplog):
+    """--quiet turns progress off for its own command only: afterwards progress lines are logged again."""
+    import logging
+
+    from imgclf.cli import main
+    from imgclf.progress import progress
+
+    assert main(["models", "-q", "--json"]) == 0
+    logging.getLogger("imgclf").setLevel(logging.NOTSET)  # the CLI's logging set-up, as conftest undoes it
+    logging.getLogger("imgclf").propagate = True
+    with caplog.at_level(logging.INFO, logger="imgclf"):
+        assert list(progress(range(4), total=4, desc="step", log_every=2)) == [0, 1, 2, 3]
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["step 2/4 it", "step 4/4 it"]
+
+
+def test_every_module_logs_under_its_own_name():
+    """Loggers named by module (imgclf.fileio, imgclf.serve.app, ...), children of the `imgclf` logger the CLI
+    configures."""
+    import importlib
+
+    for name in ("cli", "fileio", "progress", "checkpoint", "evaluation", "exporting", "benchmark", "data.cache",
+                 "data.pipeline", "serve.app", "serve.batcher"):
+        module = importlib.import_module(f"imgclf.{name}")
+        assert module.log.name == f"imgclf.{name}", name

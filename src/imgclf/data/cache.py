@@ -26,7 +26,7 @@ from .images import UnreadableImage
 from .pipeline import decode_one
 from .sources import Split, hash_split
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 VERSION = 1
 
 

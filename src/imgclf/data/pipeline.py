@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 from .images import array_to_uint8, load_image, pil_to_uint8
 from .sources import Split
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 SMALL_MAX = 64  # up to this size, images get the small-image recipe (padded crop) instead of random resized crop
 

@@ -39,10 +39,7 @@ from .decode import FORMATS, BatchTransform, ImageRejected, decode_upload
 from .metrics import Metrics
 from .server import trim_malloc
 
-log = logging.getLogger("imgclf")
-# python-multipart logs a warning for every malformed body before raising; the client gets a 400 that says so,
-# and a scanner must not be able to fill the server's log.
-logging.getLogger("python_multipart").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
 
 # How often the model thread hands freed heap memory back to the kernel (glibc malloc_trim), seconds. Batches of
 # every size from 1 to max_batch_size leave holes in malloc's heaps that are reused but never returned. Measured
