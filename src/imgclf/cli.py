@@ -403,7 +403,7 @@ def _write_predictions(results: list[dict], path: str) -> None:
 
 
 def cmd_export(a: dict) -> int:
-    from .exporting import export, format_report
+    from .exporting import export, format_export_report
 
     if a.get("out"):
         check_output_file(a["out"], "--out")
@@ -411,7 +411,7 @@ def cmd_export(a: dict) -> int:
     r = export(a["weights"], a["format"], out=a.get("out"), calib_data=a.get("calib_data"), calib_method=a["calib_method"],
                reduce_range=a["reduce_range"], verify_data=a.get("verify_data"), data=a.get("data"), split=a["split"],
                data_root=a.get("data_root"), max_eval_images=a.get("max_eval_images"), **given)
-    print(json.dumps(r, indent=2) if a.get("json") else format_report(r))
+    print(json.dumps(r, indent=2) if a.get("json") else format_export_report(r))
     return 0
 
 

@@ -887,7 +887,7 @@ def _int8_lines(q: dict) -> list[str]:
     return lines
 
 
-def format_report(r: dict) -> str:
+def format_export_report(r: dict) -> str:
     v = r["verification"]
     tol = v["tolerance"]
     if "min_top1_agreement" in tol:

@@ -11,7 +11,7 @@ import torch
 
 from imgclf.cli import main
 from imgclf.errors import UsageError
-from imgclf.exporting import FORMATS, VerificationError, compare, export, format_report
+from imgclf.exporting import FORMATS, VerificationError, compare, export, format_export_report
 from imgclf.runtime import CheckpointRunner, open_model
 
 pytestmark = pytest.mark.kernels
@@ -325,7 +325,7 @@ def test_int8_remedy_keeps_the_measured_layers_fp32(tiny_best, tmp_path):
     assert "raised the mean per-channel relative error" in q["fp32_reasons"][0]["why"]
     # the layers kept fp32 are added to the calibration method with the lowest RMSE, whichever it was
     assert chosen["calibration"] in ("minmax", "entropy", "percentile")
-    text = format_report(r)
+    text = format_export_report(r)
     assert "nodes kept fp32" in text and "int8 tries: 1. minmax" in text and f"4. {chosen['calibration']}, " in text
 
 

@@ -8,7 +8,7 @@ Split in two so the expensive part runs in parallel and the cheap part runs once
   KB of PNG can claim 50,000 x 50,000 pixels, 7.5 GB of RGB), and one whose shape resizing would blow up
   (`data.images.check_shape`, the same check every file loader makes: a 1 KB PNG of 400000 x 1 pixels is
   under any pixel limit, but its shorter side resized to 256 px asks for 78 GB).
-- `BatchTransform` (the model thread, on the stacked batch): uint8 N x 3 x S x S -> float32, scaled and
+- `NormalizeUploads` (the model thread, on the stacked batch): uint8 N x 3 x S x S -> float32, scaled and
   normalised with the model's mean and std. `eval_transform` works on batches, and each of its steps is
   elementwise or a crop, so a batch gets bit-for-bit the values `Predictor` computes image by image.
 """
@@ -28,7 +28,7 @@ from ..data.pipeline import Preprocess, eval_transform
 
 # Formats the server opens. Pillow can also open EPS (through Ghostscript, an external interpreter) and a
 # long tail of rare formats; a service facing strangers only needs the ones cameras and browsers produce.
-FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 
 
 class ImageRejected(Exception):
@@ -46,7 +46,7 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF chatter, DecompressionBombWarning: our own limit is below
-            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageRejected(
@@ -72,7 +72,7 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
         raise ImageRejected("too_many_pixels", f"image has {n}, more than the limit of {max_pixels:,} "
                                                f"(--max-pixels)", status=413) from None
     except Image.UnidentifiedImageError:
-        raise ImageRejected("not_an_image", "not an image (accepted formats: " + ", ".join(FORMATS) + ")") from None
+        raise ImageRejected("not_an_image", "not an image (accepted formats: " + ", ".join(IMAGE_FORMATS) + ")") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg or isinstance(e, EOFError):
@@ -98,7 +98,7 @@ def center_crop_hwc(a: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(a[top:top + size, left:left + size], order="C"))  # one copy, writable
 
 
-class BatchTransform:
+class NormalizeUploads:
     """N decoded images (uint8 S x S x 3 each) -> normalised float32 N x 3 x S x S, the model's input
     (in channels_last memory order: what a channels_last model wants, and any runner accepts a strided tensor)."""
 
