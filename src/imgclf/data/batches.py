@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .images import center_crop
 from .pipeline import small_crop_pad
 
 
@@ -21,11 +22,13 @@ class BatchTransform:
     kind: "eval" (centre crop), "small" (zero-padded random crop + flip: the seed's recipe for small images),
     "shift" (reflect-padded random shift of up to 2 px + flip: airbench's translate), "large" (random resized crop, scale 0.08-1, ratio 3/4-4/3, + flip), "none" (= eval).
     brightness / contrast: maximum relative change per sample (0 = off), torchvision ColorJitter semantics.
+    interpolation: the resampling of "large" (`Preprocess.interpolation`: nearest, bilinear or bicubic).
     """
 
     def __init__(self, *, size: int, mean, std, kind: str = "eval", pad: int | None = None,
-                 brightness: float = 0.0, contrast: float = 0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-        self.size, self.kind = size, ("eval" if kind == "none" else kind)
+                 brightness: float = 0.0, contrast: float = 0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 interpolation: str = "bilinear"):
+        self.size, self.kind, self.interpolation = size, ("eval" if kind == "none" else kind), interpolation
         self.pad = small_crop_pad(size) if pad is None else pad
         self.brightness, self.contrast = brightness, contrast
         self.scale, self.ratio = scale, ratio
@@ -46,7 +49,8 @@ class BatchTransform:
         elif self.kind == "shift":
             x = random_crop(center_crop(x, self.size), self.size, SHIFT_PAD, gen, mode="reflect")
         elif self.kind == "large":
-            return self._normalize(self._color(random_resized_crop(x, self.size, self.scale, self.ratio, gen), gen))
+            x = random_resized_crop(x, self.size, self.scale, self.ratio, gen, mode=self.interpolation)
+            return self._normalize(self._color(x.clamp_(0, 255), gen))
         else:
             raise ValueError(f"unknown batch transform {self.kind}")
         x = random_flip(x, gen)
@@ -66,20 +70,6 @@ class BatchTransform:
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.b, x, self.a)
-
-
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x
-    if h < size or w < size:
-        # smaller than the crop: resize up first (the per-image path does the same through Resize)
-        s = size / min(h, w)
-        x = F.interpolate(x.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode="bilinear",
-                          align_corners=False, antialias=False).round_().clamp_(0, 255).to(torch.uint8)
-        h, w = x.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return x[..., top:top + size, left:left + size]
 
 
 def random_flip(x: torch.Tensor, gen) -> torch.Tensor:
@@ -106,8 +96,9 @@ def random_crop(x: torch.Tensor, size: int, pad: int, gen, mode: str = "constant
     return out.gather(3, cols)
 
 
-def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, gen) -> torch.Tensor:
-    """RandomResizedCrop for a batch: per-sample area and aspect ratio, bilinear resampling with grid_sample.
+def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, gen, *, mode: str = "bilinear") -> torch.Tensor:
+    """RandomResizedCrop for a batch: per-sample area and aspect ratio, resampled with grid_sample (`mode`:
+    nearest, bilinear or bicubic; bicubic overshoots, so the caller clamps).
 
     Returns float 0..255. Boxes are drawn as torchvision draws them (area from `scale`, log-uniform ratio),
     in one shot; a box that does not fit is shrunk to fit instead of redrawn."""
@@ -126,7 +117,7 @@ def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, gen) -> torch.
     theta[:, 0, 2] = (2 * cx / w) - 1
     theta[:, 1, 2] = (2 * cy / h) - 1
     grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
-    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(x.float(), grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 class Batches:

@@ -21,9 +21,8 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
-from ..data.images import BadShape, check_shape, resize_shorter, to_rgb
+from ..data.images import BadShape, center_crop, check_shape, resize_shorter, to_rgb
 from ..data.pipeline import Preprocess, eval_transform
 
 # Formats the server opens. Pillow can also open EPS (through Ghostscript, an external interpreter) and a
@@ -82,20 +81,12 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
         raise ImageRejected("unreadable_image", "cannot decode the image (out of memory)") from None
     except Exception as e:  # noqa: BLE001 - a crafted file can make a decoder raise anything; it is the client's
         raise ImageRejected("unreadable_image", f"cannot decode the image ({type(e).__name__}: {e})") from None
-    return center_crop_hwc(np.asarray(resize_shorter(im, preprocess.resize), dtype=np.uint8), preprocess.img_size)
-
-
-def center_crop_hwc(a: np.ndarray, size: int) -> torch.Tensor:
-    """H x W x 3 uint8 -> the size x size centre crop that torchvision's CenterCrop takes, as S x S x 3.
-
-    In numpy, on purpose: a decode thread must not run PyTorch operations, which would start OpenMP teams of
-    their own in every decode thread and spin against the model's threads (on 2 cores that cost as much CPU as
-    the JPEG decode). Channels stay last: the batch is permuted once, in the model thread."""
-    h, w = a.shape[:2]
-    if h < size or w < size:  # padded with zeros: rare (resize below the crop), left to torchvision itself
-        return TF.center_crop(torch.from_numpy(a.copy()).permute(2, 0, 1), [size, size]).permute(1, 2, 0).contiguous()
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))  # torchvision's anchor
-    return torch.from_numpy(np.array(a[top:top + size, left:left + size], order="C"))  # one copy, writable
+    pixels = np.asarray(resize_shorter(im, preprocess.resize, preprocess.interpolation), dtype=np.uint8)
+    # In numpy, on purpose: a decode thread must not run PyTorch operations, which would start OpenMP teams of
+    # their own in every decode thread and spin against the model's threads (on 2 cores that cost as much CPU
+    # as the JPEG decode). Channels stay last: the batch is permuted once, in the model thread.
+    crop = center_crop(pixels, preprocess.img_size, channels_last=True)
+    return torch.from_numpy(np.array(crop, order="C"))  # one copy, writable
 
 
 class NormalizeUploads:
