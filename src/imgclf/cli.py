@@ -137,8 +137,11 @@ def _add_train(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    # defaults live in export.py (not imported here: it imports torch, and `imgclf --help` should not)
-    formats = "torchscript, pt2, onnx, onnx-int8, dynamic-int8"
+    # the formats' table is torch-free; the defaults live in exporting.py (not imported here: it imports torch,
+    # and `imgclf --help` should not)
+    from .export_formats import DEFAULT_OPSET, FORMATS
+
+    formats = ", ".join(FORMATS)
     p = sub.add_parser("export", help="export a checkpoint (TorchScript, pt2, ONNX, int8), verified against PyTorch",
                        description="Export a checkpoint to a deployment format. The file is written only after its logits "
                                    "match eager PyTorch on real images; it carries the class names and preprocessing.")
@@ -162,7 +165,7 @@ def _add_export(sub) -> None:
     p.add_argument("--split", default="val", help="split for --data accuracy [val]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
     p.add_argument("--max-eval-images", type=_number(int, ge=1), help="accuracy on at most this many images of the split (seeded choice)")
-    p.add_argument("--opset", type=int, help="ONNX opset [20]")
+    p.add_argument("--opset", type=int, help=f"ONNX opset [{DEFAULT_OPSET}]")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -171,7 +174,10 @@ def _add_bench(sub) -> None:
                        description="Time checkpoints (eager fp32 NCHW, fp32 channels_last, bf16 autocast channels_last) and "
                                    "exported files on the same images, in one run.")
     _common(p)
-    p.add_argument("inputs", nargs="+", metavar="WEIGHTS_OR_EXPORT", help="checkpoints and/or exported files of one model")
+    from .export_formats import FORMATS
+
+    p.add_argument("inputs", nargs="+", metavar="WEIGHTS_OR_EXPORT",
+                   help=f"checkpoints and/or exported files of one model ({', '.join(FORMATS)})")
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes [1,32]")
     p.add_argument("--data", help="time on real images of this data and report accuracy on --split (default: random inputs, no accuracy)")
     p.add_argument("--split", default="val", help="split for --data [val]")

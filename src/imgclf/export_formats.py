@@ -1,0 +1,57 @@
+"""The export formats, one table (after Ultralytics' `export_formats`): the names `imgclf export --format`
+accepts and its --help lists, each file's suffix, the packages it needs, whether it is int8 (which decides its
+verification rule), the function that writes it (in exporting.py) and the one that opens it as a Runner (in
+runtime.py). A new format is one entry here plus its writer and opener.
+
+Without torch on purpose: the CLI builds its help from this table, and `imgclf --help` must not import torch.
+So the writer and the opener are named ("package.module:function") and imported when first used.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+# 20: the first opset with a Gelu op (onnxruntime >= 1.17 runs it). At 18, GELU is exported as an Erf expression
+# whose Mul/Add nodes the int8 quantizer quantizes one by one (airnet_small on CIFAR-10: 80% instead of 87.6%).
+DEFAULT_OPSET = 20
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    suffix: str  # default file name: <checkpoint stem><suffix>, next to the checkpoint
+    description: str
+    writer: str  # "imgclf.exporting:write_onnx": (ExportContext, path, metadata) -> None, writes the file at path
+    opener: str  # "imgclf.runtime:open_onnx": (path, found, *, device, spin) -> Runner (found: see runtime.open_model)
+    packages: tuple = ()  # (import name, pip name)
+    int8: bool = False
+    note: str = ""
+
+    def write(self, ctx, path: str, meta: dict) -> None:
+        _function(self.writer)(ctx, path, meta)
+
+    def open(self, path: str, found=None, *, device: str = "auto", spin: bool = True):
+        return _function(self.opener)(path, found, device=device, spin=spin)
+
+
+def _function(ref: str):
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+_ONNX = (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript"))
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in [
+    ExportFormat("torchscript", ".ts", "TorchScript (torch.jit.trace + freeze): the seed's format",
+                 "imgclf.exporting:write_torchscript", "imgclf.runtime:open_torchscript",
+                 note="torch.jit is deprecated in current PyTorch; prefer pt2 for new deployments"),
+    ExportFormat("pt2", ".pt2", "torch.export program (ATen graph), the modern replacement for TorchScript",
+                 "imgclf.exporting:write_pt2", "imgclf.runtime:open_pt2"),
+    ExportFormat("onnx", ".onnx", f"ONNX, fp32, opset {DEFAULT_OPSET}, dynamic batch (dynamo exporter)",
+                 "imgclf.exporting:write_onnx", "imgclf.runtime:open_onnx", packages=_ONNX),
+    ExportFormat("onnx-int8", ".int8.onnx", "ONNX int8: onnxruntime static quantization calibrated on real images",
+                 "imgclf.exporting:write_onnx_int8", "imgclf.runtime:open_onnx", packages=_ONNX, int8=True),
+    ExportFormat("dynamic-int8", ".dynamic-int8.pt", "the seed's quantize_dynamic: int8 weights for nn.Linear only",
+                 "imgclf.exporting:write_dynamic_int8", "imgclf.runtime:open_dynamic_int8", int8=True,
+                 note="only Linear layers are quantized: a CNN is almost all convolutions, so this speeds it up very little"),
+]}
