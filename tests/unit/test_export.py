@@ -345,9 +345,11 @@ def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
     CLI's list: an entry added to it alone is exported, verified, opened and listed."""
     from imgclf import export_formats
     from imgclf.cli import build_parser
+    from imgclf.exporting import write_torchscript
+    from imgclf.runtime import open_torchscript
 
     entry = export_formats.ExportFormat("ts-copy", ".copy.ts", "TorchScript again, under another name",
-                                        "imgclf.exporting:write_torchscript", "imgclf.runtime:open_torchscript")
+                                        write_torchscript, open_torchscript)
     monkeypatch.setitem(export_formats.FORMATS, "ts-copy", entry)
     assert "ts-copy" in build_parser()._subparsers._group_actions[0].choices["export"].format_help()
     assert main(["export", tiny_best, "--format", "ts-copy", "--verify-images", "8", "--json",
