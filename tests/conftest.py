@@ -116,9 +116,6 @@ def _reset_cli_logging():
             log.removeHandler(h)
     log.propagate = True
     log.setLevel(logging.NOTSET)
-    from imgclf.progress import set_enabled
-
-    set_enabled(True)
 
 
 TINY_CLASSES = ("cat", "dog", "fox")

@@ -22,7 +22,7 @@ import torch
 from .errors import UsageError, did_you_mean
 from .runtime import CheckpointRunner, Runner, open_model
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 EAGER = {  # name -> (precision, channels_last)
     "fp32": ("fp32", False),

@@ -21,7 +21,7 @@ from torch import nn
 from .errors import CheckpointError, did_you_mean
 from .fileio import atomic_open
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 FORMAT = "imgclf-checkpoint"
 VERSION = 1

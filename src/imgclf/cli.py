@@ -18,8 +18,9 @@ from . import __version__
 from .config import FIELDS, Range, check_output_folder, field_type, out_of_range
 from .errors import ImgclfError, UsageError
 from .fileio import atomic_open, write_json
+from .progress import shown
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 
 class Terminated(BaseException):
@@ -155,8 +156,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_export(sub) -> None:
-    # defaults live in export.py (not imported here: it imports torch, and `imgclf --help` should not)
-    formats = "torchscript, pt2, onnx, onnx-int8, dynamic-int8"
+    # the formats' table is torch-free; the defaults live in exporting.py (not imported here: it imports torch,
+    # and `imgclf --help` should not)
+    from .export_formats import DEFAULT_OPSET, FORMATS
+
+    formats = ", ".join(FORMATS)
     p = sub.add_parser("export", help="export a checkpoint (TorchScript, pt2, ONNX, int8), verified against PyTorch",
                        description="Export a checkpoint to a deployment format. The file is written only after its logits "
                                    "match eager PyTorch on real images; it carries the class names and preprocessing.")
@@ -180,7 +184,7 @@ def _add_export(sub) -> None:
     p.add_argument("--split", default="val", help="split for --data accuracy [val]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
     p.add_argument("--max-eval-images", type=_number(int, ge=1), help="accuracy on at most this many images of the split (seeded choice)")
-    p.add_argument("--opset", type=int, help="ONNX opset [20]")
+    p.add_argument("--opset", type=int, help=f"ONNX opset [{DEFAULT_OPSET}]")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -189,7 +193,10 @@ def _add_bench(sub) -> None:
                        description="Time checkpoints (eager fp32 NCHW, fp32 channels_last, bf16 autocast channels_last) and "
                                    "exported files on the same images, in one run.")
     _common(p)
-    p.add_argument("inputs", nargs="+", metavar="WEIGHTS_OR_EXPORT", help="checkpoints and/or exported files of one model")
+    from .export_formats import FORMATS
+
+    p.add_argument("inputs", nargs="+", metavar="WEIGHTS_OR_EXPORT",
+                   help=f"checkpoints and/or exported files of one model ({', '.join(FORMATS)})")
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes [1,32]")
     p.add_argument("--data", help="time on real images of this data and report accuracy on --split (default: random inputs, no accuracy)")
     p.add_argument("--split", default="val", help="split for --data [val]")
@@ -318,8 +325,6 @@ def request_huge_pages() -> bool:
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    from .progress import set_enabled
-
     class Fmt(logging.Formatter):
         def format(self, record):
             msg = record.getMessage()
@@ -327,16 +332,17 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
                 msg += "\n" + self.formatException(record.exc_info)
             return f"warning: {msg}" if record.levelno == logging.WARNING else msg
 
-    for h in list(log.handlers):
+    # The package's logger: every module logs to a child of it (logging.getLogger(__name__)), which propagates here.
+    root = logging.getLogger("imgclf")
+    for h in list(root.handlers):
         if getattr(h, "_imgclf_cli", False):
-            log.removeHandler(h)
+            root.removeHandler(h)
     h = logging.StreamHandler(sys.stderr)
     h._imgclf_cli = True
     h.setFormatter(Fmt())
-    log.addHandler(h)
-    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
-    set_enabled(not quiet)
+    root.addHandler(h)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
 
 
 def cmd_train(a: dict) -> int:
@@ -434,7 +440,7 @@ def _write_predictions(results: list[dict], path: str) -> None:
 
 
 def cmd_export(a: dict) -> int:
-    from .exporting import export, format_report
+    from .exporting import export, format_export_report
 
     if a.get("out"):
         check_output_file(a["out"], "--out")
@@ -442,7 +448,7 @@ def cmd_export(a: dict) -> int:
     r = export(a["weights"], a["format"], out=a.get("out"), calib_data=a.get("calib_data"), calib_method=a["calib_method"],
                reduce_range=a["reduce_range"], verify_data=a.get("verify_data"), data=a.get("data"), split=a["split"],
                data_root=a.get("data_root"), max_eval_images=a.get("max_eval_images"), **given)
-    print(json.dumps(r, indent=2) if a.get("json") else format_report(r))
+    print(json.dumps(r, indent=2) if a.get("json") else format_export_report(r))
     return 0
 
 
@@ -531,6 +537,10 @@ def cmd_serve(a: dict) -> int:
     from .serve.server import bind, limit_malloc_arenas, run, url_of
 
     limit_malloc_arenas()  # first: before torch and numpy start threads
+    # python-multipart logs a warning for every malformed body before raising; the client gets a 400 that says
+    # so, and a scanner must not be able to fill the server's log. Set here, for this process: the library
+    # leaves an embedding application's loggers alone.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     from .serve.app import ServeSettings, create_app
 
     key = a.get("api_key") if a.get("api_key") is not None else (os.environ.get("IMGCLF_API_KEY") or None)
@@ -583,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         previous = signal.signal(signal.SIGTERM, _raise_terminated)  # `serve` replaces it with uvicorn's own
     try:
-        return COMMANDS[a.pop("command")](a)
+        with shown(not quiet):  # bars and progress lines, for this command only
+            return COMMANDS[a.pop("command")](a)
     except Terminated:
         print("imgclf: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM

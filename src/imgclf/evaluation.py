@@ -17,7 +17,7 @@ from .errors import DataError
 from .fileio import write_json
 from .progress import progress
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()

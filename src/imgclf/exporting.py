@@ -1,7 +1,8 @@
 """Export a checkpoint to deployment formats; every file is checked against eager PyTorch before it exists.
 
-One table of formats (`FORMATS`, after Ultralytics' `export_formats`): name, default suffix, the packages it
-needs, whether it is int8 (which decides its verification rule), and the function that writes it.
+One table of formats (`FORMATS`, in export_formats.py): name, default suffix, the packages it needs, whether
+it is int8 (which decides its verification rule), the function here that writes it and the one in runtime.py
+that opens it.
 
     format        what                                                        runs with
     torchscript   torch.jit.trace + freeze (the seed's format; torch.jit is    torch.jit.load
@@ -65,16 +66,14 @@ import torch
 
 from . import __version__
 from .errors import DataError, ImgclfError, UsageError, did_you_mean
+from .export_formats import DEFAULT_OPSET, FORMATS, ExportFormat
 from .fileio import disk_full_error, human_size, temp_beside, temp_dir
 from .runtime import (
     DYNAMIC_INT8_FORMAT, META_KEY, META_NAME, CheckpointRunner, Runner, open_model, quantize_linear_dynamic,
 )
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
-# 20: the first opset with a Gelu op (onnxruntime >= 1.17 runs it). At 18, GELU is exported as an Erf expression
-# whose Mul/Add nodes the int8 quantizer quantizes one by one (airnet_small on CIFAR-10: 80% instead of 87.6%).
-DEFAULT_OPSET = 20
 MAX_BATCH = 4096  # upper bound of the dynamic batch dimension in torch.export / ONNX
 DEFAULT_CALIB_IMAGES = 256
 DEFAULT_VERIFY_IMAGES = 500  # all of a typical validation split (hymenoptera: 153); the int8 rule's bound tightens with n
@@ -113,17 +112,6 @@ class ExportContext:
         if self._check_logits is None:
             self._check_logits = _batched(self.ref.logits, self.check, 32)
         return self._check_logits
-
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    suffix: str  # default file name: <checkpoint stem><suffix>, next to the checkpoint
-    description: str
-    write: Callable[[ExportContext, str, dict], None]  # (context, path, metadata) -> writes the file at path
-    packages: tuple = ()  # (import name, pip name)
-    int8: bool = False
-    note: str = ""
 
 
 # --------------------------------------------------------------------------------------------- writers
@@ -554,23 +542,7 @@ def write_dynamic_int8(ctx: ExportContext, path: str, meta: dict) -> None:
     torch.save(blob, path)  # plain data, quantized tensors and dtypes: loads with weights_only=True
 
 
-_ONNX = (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript"))
-
-FORMATS: dict[str, Format] = {f.name: f for f in [
-    Format("torchscript", ".ts", "TorchScript (torch.jit.trace + freeze): the seed's format", write_torchscript,
-           note="torch.jit is deprecated in current PyTorch; prefer pt2 for new deployments"),
-    Format("pt2", ".pt2", "torch.export program (ATen graph), the modern replacement for TorchScript", write_pt2),
-    Format("onnx", ".onnx", f"ONNX, fp32, opset {DEFAULT_OPSET}, dynamic batch (dynamo exporter)", write_onnx,
-           packages=_ONNX),
-    Format("onnx-int8", ".int8.onnx", "ONNX int8: onnxruntime static quantization calibrated on real images",
-           write_onnx_int8, packages=_ONNX, int8=True),
-    Format("dynamic-int8", ".dynamic-int8.pt", "the seed's quantize_dynamic: int8 weights for nn.Linear only",
-           write_dynamic_int8, int8=True,
-           note="only Linear layers are quantized: a CNN is almost all convolutions, so this speeds it up very little"),
-]}
-
-
-def get_format(name: str) -> Format:
+def get_format(name: str) -> ExportFormat:
     key = str(name).lower()
     if key not in FORMATS:
         raise UsageError(f"unknown export format '{name}'{did_you_mean(key, FORMATS)}; formats: {', '.join(FORMATS)}")
@@ -613,7 +585,7 @@ def sample_images(data: str, prep, *, split: str, n: int, data_root: str | None 
 
     def load(i):
         try:
-            return tf(decode_one(s, int(i), prep.resize))
+            return tf(decode_one(s, int(i), prep.resize, prep.interpolation))
         except UnreadableImage:
             return None
 
@@ -755,12 +727,12 @@ def accuracy_on(runners: list[Runner], data: str, *, split: str, data_root=None,
 # --------------------------------------------------------------------------------------------- export
 
 
-def default_out(weights: str, fmt: Format) -> str:
+def default_out(weights: str, fmt: ExportFormat) -> str:
     stem, _ = os.path.splitext(os.path.abspath(weights))
     return stem + fmt.suffix
 
 
-def make_metadata(ref: CheckpointRunner, fmt: Format, weights: str) -> dict:
+def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dict:
     ckpt = ref.ckpt
     return {
         "imgclf_export": 1, "format": fmt.name, "model": ref.model_name, "num_classes": len(ref.classes),
@@ -887,7 +859,7 @@ def _int8_lines(q: dict) -> list[str]:
     return lines
 
 
-def format_report(r: dict) -> str:
+def format_export_report(r: dict) -> str:
     v = r["verification"]
     tol = v["tolerance"]
     if "min_top1_agreement" in tol:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -25,11 +26,10 @@ import time
 
 from .errors import DiskFullError
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
-# The process's umask, read once (os.umask can only be read by setting it).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+# The random part of a temporary name: tempfile.mkstemp's alphabet and length, which `_temp_re` matches.
+_RANDOM_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 # A temporary file whose writer cannot be checked here (written on another host or in another PID namespace,
 # or by an imgclf from before writers were named) is stale once untouched this long: no imgclf write holds
@@ -88,17 +88,27 @@ def _temp_re(base: str | None) -> re.Pattern:
 
 def temp_beside(path: str, suffix: str = ".tmp") -> tuple[int, str]:
     """A new, empty, hidden temporary file in `path`'s folder (so that os.replace onto `path` is atomic):
-    (fd, name). mkstemp makes it private (0600); it gets the permissions `open(path, "w")` would give a new
-    file instead (0666 less the umask), so a run's checkpoints and exports are readable like its other files.
+    (fd, name). It gets the permissions `open(path, "w")` would give a new file (0666 less the umask, or the
+    folder's default ACL), so a run's checkpoints and exports are readable like its other files: it is created
+    with mode 0666 and the kernel applies the umask, which is never read here (os.umask can only be read by
+    setting it, a change to the whole process that races with other threads creating files).
     The stale temporary files of earlier writers of `path` that died are removed first. `suffix` starts with
     ".tmp" (".tmp.onnx"); ".tmp" is put in front of one that does not."""
     remove_stale_temps(path)
     if not suffix.startswith(".tmp"):
         suffix = ".tmp" + suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}-{_writer_host()}-", suffix=suffix,
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.fchmod(fd, 0o666 & ~_UMASK)
-    return fd, tmp
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}.{os.getpid()}-{_writer_host()}-"
+    # as mkstemp: exclusive creation (never someone else's file or a planted link), a new name on a clash
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
+        | getattr(os, "O_BINARY", 0)
+    for _ in range(tempfile.TMP_MAX):
+        tmp = os.path.join(folder, prefix + "".join(secrets.choice(_RANDOM_CHARS) for _ in range(8)) + suffix)
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no unused temporary name beside {path}")
 
 
 def remove_stale_temps(folder_or_path: str) -> list[str]:

@@ -52,8 +52,10 @@ class Predictor:
 
     def _load(self, item) -> torch.Tensor:
         if isinstance(item, Image.Image):
-            return self.transform(pil_to_uint8(resize_shorter(to_rgb(item), self.preprocess.resize)))
-        return self.transform(pil_to_uint8(load_image(str(item), resize=self.preprocess.resize)))
+            return self.transform(pil_to_uint8(resize_shorter(to_rgb(item), self.preprocess.resize,
+                                                              self.preprocess.interpolation)))
+        return self.transform(pil_to_uint8(load_image(str(item), resize=self.preprocess.resize,
+                                                      interpolation=self.preprocess.interpolation)))
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self.runner.logits(batch)

@@ -1,28 +1,39 @@
 """Progress is a wrapper around an iterable; library code only logs.
 
 A tqdm bar when stderr is a terminal; otherwise a log line every `log_every` items (none when it is None),
-so CI logs and files stay readable.
+so CI logs and files stay readable. Both are on unless the caller turns them off for a stretch of its own code
+(`with shown(False):`, what the CLI's `--quiet` does for one command); nothing is left switched off after it.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
 import time
 
-log = logging.getLogger("imgclf")
-_enabled = True
+log = logging.getLogger(__name__)
+
+# A context variable, not a module flag: `shown` restores it on the way out, so one quiet call (or test) never
+# silences the next, and a thread started elsewhere sees the default.
+_shown = contextvars.ContextVar("imgclf_progress_shown", default=True)
 
 
-def set_enabled(on: bool) -> None:
-    """Turn bars off (e.g. `--quiet`) for everything that follows."""
-    global _enabled
-    _enabled = on
+@contextlib.contextmanager
+def shown(on: bool):
+    """Progress bars and lines on or off for the code inside the `with` (the CLI: off with --quiet)."""
+    token = _shown.set(bool(on))
+    try:
+        yield
+    finally:
+        _shown.reset(token)
 
 
 def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = "it", log_every: int | None = None,
              postfix=None):
     """Yield from `iterable`, showing progress. `postfix` is a callable returning a short status string."""
-    if _enabled and sys.stderr.isatty():
+    enabled = _shown.get()
+    if enabled and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
@@ -35,7 +46,7 @@ def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = 
     t0 = time.perf_counter()
     for i, x in enumerate(iterable, start=1):
         yield x
-        if log_every and (i % log_every == 0) and _enabled:
+        if log_every and (i % log_every == 0) and enabled:
             rate = i / max(time.perf_counter() - t0, 1e-9)
             extra = f" {postfix()}" if postfix is not None else ""
             log.info("%s %d/%s %s (%.1f %s/s)%s", desc, i, total if total is not None else "?", unit, rate, unit, extra)

@@ -3,7 +3,8 @@
 `open_model(path)` returns a Runner. Every runner knows its class names and preprocessing, so callers
 (Predictor, evaluate, bench, serve) never need the original checkpoint next to an exported file.
 
-How a file is recognised (by content first, the extension only for ONNX, which has no magic bytes):
+How a file is recognised (`_recognise`: by content first, the extension only for ONNX, which has no magic bytes);
+each export format is then opened by the opener its entry in export_formats.FORMATS names:
 - a zip archive holding `*/extra/imgclf.json`: TorchScript (`*/code/` present) or `torch.export` (.pt2);
 - any other zip archive written by `torch.save`: loaded with `weights_only=True` (plain data and tensors
   only) and dispatched on its `format` marker: an imgclf checkpoint, or a dynamic-int8 export (a quantized
@@ -25,6 +26,7 @@ import torch
 
 from .data.pipeline import Preprocess
 from .errors import CheckpointError
+from .export_formats import FORMATS as EXPORT_FORMATS
 
 META_NAME = "imgclf.json"  # extra file in TorchScript / pt2 archives; metadata_props key "imgclf" in ONNX
 META_KEY = "imgclf"
@@ -225,7 +227,7 @@ class OnnxRunner(Runner):
         super().__init__(**_fields_from_meta(path, meta, fmt))
         self.input_name = self.session.get_inputs()[0].name
         self.extra = _export_extra(meta, device="cuda" if providers[0].startswith("CUDA") else "cpu",
-                                   precision="int8" if fmt == "onnx-int8" else "fp32",
+                                   precision="int8" if getattr(EXPORT_FORMATS.get(fmt), "int8", False) else "fp32",
                                    providers=self.session.get_providers(),
                                    threads=int(threads or torch.get_num_threads()))
 
@@ -257,8 +259,9 @@ def open_model(path: str, *, device: str = "auto", precision: str = "auto", form
     """A Runner for `path`: an imgclf checkpoint, or a file written by `imgclf export` (any format).
 
     `precision` applies to checkpoints (autocast); an exported file runs in the precision it was exported in.
-    `format` skips detection (export uses it on its temporary files). `spin=False`: onnxruntime's threads
-    sleep between runs instead of spin-waiting (see `onnx_session_options`)."""
+    `format` ("checkpoint" or an export format) skips recognition (export uses it on its temporary files).
+    `spin=False`: onnxruntime's threads sleep between runs instead of spin-waiting (see `onnx_session_options`).
+    Each export format is opened by the opener its entry in export_formats.FORMATS names."""
     path = str(path)
     if not os.path.exists(path):
         raise CheckpointError(f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model")
@@ -266,37 +269,57 @@ def open_model(path: str, *, device: str = "auto", precision: str = "auto", form
         raise CheckpointError(f"'{path}' is a folder: pass a checkpoint file such as {os.path.join(path, 'best.pt')}")
     if not os.path.isfile(path):  # a FIFO or a device would block the reads below
         raise CheckpointError(f"'{path}' is not a regular file: pass a checkpoint file such as runs/NAME/best.pt")
-    fmt = format
-    meta = None
-    if fmt is None:
-        if path.lower().endswith(".onnx"):
-            fmt = "onnx"
-        else:
-            kind, meta = _zip_meta(path)
-            if kind in ("torchscript", "pt2"):
-                if meta is None:
-                    raise CheckpointError(f"'{path}' is a {kind} archive without imgclf metadata (class names, preprocessing): "
-                                          f"export it with imgclf export")
-                fmt = kind
-            elif kind is None and _looks_like_onnx(path):
-                fmt = "onnx"
-    if fmt in ("onnx", "onnx-int8"):
-        return OnnxRunner(path, device=device, spin=spin)
-    if fmt == "torchscript":
-        return TorchScriptRunner(path, meta if meta is not None else _zip_meta(path)[1] or {}, device=device)
-    if fmt == "pt2":
-        return ExportedProgramRunner(path, meta if meta is not None else _zip_meta(path)[1] or {}, device=device)
+    fmt, found = (format, None) if format is not None else _recognise(path)
+    if fmt == "checkpoint":
+        return CheckpointRunner(path, device=device, precision=precision, ckpt=found)
+    if fmt not in EXPORT_FORMATS:
+        raise CheckpointError(f"'{path}': unknown model format '{fmt}' (formats: checkpoint, {', '.join(EXPORT_FORMATS)})")
+    return EXPORT_FORMATS[fmt].open(path, found, device=device, spin=spin)
+
+
+def _recognise(path: str) -> tuple[str, object]:
+    """(format, what reading it found: the metadata of a zip archive, the checkpoint or the dynamic-int8 dict
+    of a torch.save file, else None), from the content (the extension only for ONNX, which has no magic bytes)."""
+    if path.lower().endswith(".onnx"):
+        return "onnx", None
+    kind, meta = _zip_meta(path)
+    if kind in ("torchscript", "pt2"):
+        if meta is None:
+            raise CheckpointError(f"'{path}' is a {kind} archive without imgclf metadata (class names, preprocessing): "
+                                  f"export it with imgclf export")
+        return kind, meta
+    if kind is None and _looks_like_onnx(path):
+        return "onnx", None
     # torch.save archives: a checkpoint or a dynamic-int8 export, told apart by their format marker
     from .checkpoint import load_checkpoint, validate_checkpoint
 
     blob = _load_plain(path)
     if blob is None:
-        ckpt = load_checkpoint(path)  # raises the precise reason (unsafe pickle, unreadable, ...)
-    elif isinstance(blob, dict) and blob.get("format") == DYNAMIC_INT8_FORMAT:
-        return DynamicInt8Runner(path, blob)
-    else:
-        ckpt = validate_checkpoint(blob, path)
-    return CheckpointRunner(path, device=device, precision=precision, ckpt=ckpt)
+        return "checkpoint", load_checkpoint(path)  # raises the precise reason (unsafe pickle, unreadable, ...)
+    if isinstance(blob, dict) and blob.get("format") == DYNAMIC_INT8_FORMAT:
+        return "dynamic-int8", blob
+    return "checkpoint", validate_checkpoint(blob, path)
+
+
+# Openers, named by the export formats table: (path, what recognising it found or None, device, spin) -> Runner.
+
+def open_onnx(path: str, found, *, device: str, spin: bool) -> Runner:
+    return OnnxRunner(path, device=device, spin=spin)
+
+
+def open_torchscript(path: str, found, *, device: str, spin: bool) -> Runner:
+    return TorchScriptRunner(path, found if found is not None else _zip_meta(path)[1] or {}, device=device)
+
+
+def open_pt2(path: str, found, *, device: str, spin: bool) -> Runner:
+    return ExportedProgramRunner(path, found if found is not None else _zip_meta(path)[1] or {}, device=device)
+
+
+def open_dynamic_int8(path: str, found, *, device: str, spin: bool) -> Runner:
+    blob = found if found is not None else _load_plain(path)
+    if not (isinstance(blob, dict) and blob.get("format") == DYNAMIC_INT8_FORMAT):
+        raise CheckpointError(f"'{path}' is not a dynamic-int8 export: export it again with imgclf export")
+    return DynamicInt8Runner(path, blob)
 
 
 DYNAMIC_INT8_FORMAT = "imgclf-dynamic-int8"

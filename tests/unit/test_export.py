@@ -11,7 +11,7 @@ import torch
 
 from imgclf.cli import main
 from imgclf.errors import UsageError
-from imgclf.exporting import FORMATS, VerificationError, compare, export, format_report
+from imgclf.exporting import FORMATS, VerificationError, compare, export, format_export_report
 from imgclf.runtime import CheckpointRunner, open_model
 
 pytestmark = pytest.mark.kernels
@@ -325,7 +325,7 @@ def test_int8_remedy_keeps_the_measured_layers_fp32(tiny_best, tmp_path):
     assert "raised the mean per-channel relative error" in q["fp32_reasons"][0]["why"]
     # the layers kept fp32 are added to the calibration method with the lowest RMSE, whichever it was
     assert chosen["calibration"] in ("minmax", "entropy", "percentile")
-    text = format_report(r)
+    text = format_export_report(r)
     assert "nodes kept fp32" in text and "int8 tries: 1. minmax" in text and f"4. {chosen['calibration']}, " in text
 
 
@@ -338,3 +338,23 @@ def test_int8_refused_when_the_remedies_are_not_allowed(tiny_best, tmp_path):
     assert os.listdir(out) == []
     with pytest.raises(UsageError, match="--int8-tries"):
         export(bad, "onnx-int8", out=str(out / "bad.int8.onnx"), int8_tries=0, **SMALL)
+
+
+def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
+    """The formats table drives the writer, the runtime that opens the file (verification included) and the
+    CLI's list: an entry added to it alone is exported, verified, opened and listed."""
+    from imgclf import export_formats
+    from imgclf.cli import build_parser
+    from imgclf.exporting import write_torchscript
+    from imgclf.runtime import open_torchscript
+
+    entry = export_formats.ExportFormat("ts-copy", ".copy.ts", "TorchScript again, under another name",
+                                        write_torchscript, open_torchscript)
+    monkeypatch.setitem(export_formats.FORMATS, "ts-copy", entry)
+    assert "ts-copy" in build_parser()._subparsers._group_actions[0].choices["export"].format_help()
+    assert main(["export", tiny_best, "--format", "ts-copy", "--verify-images", "8", "--json",
+                 "--out", str(tmp_path / "m.copy.ts")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "ts-copy" and report["verification"]["ok"]
+    runner = open_model(str(tmp_path / "m.copy.ts"), device="cpu", format="ts-copy")
+    assert runner.classes == CheckpointRunner(tiny_best, device="cpu").classes

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from imgclf.data.batches import BatchTransform, center_crop, random_crop, random_flip, random_resized_crop
+from imgclf.data.batches import BatchTransform, random_crop, random_flip, random_resized_crop
 from imgclf.data.cache import cache_root, load_decoded
 from imgclf.data.feed import make_feed
+from imgclf.data.images import center_crop
 from imgclf.data.pipeline import Preprocess
 from imgclf.data.sources import open_source
 
@@ -139,3 +140,75 @@ def test_frozen_feature_cache_trains_the_head_of_the_whole_model(tmp_path, make_
     assert abs(m["accuracy"] - res["best"]["accuracy"]) < 1e-9
     assert abs(m["loss"] - res["best"]["loss"]) < 1e-4
     assert "frozen-feature cache" in open(os.path.join(res["run_dir"], "train.log")).read()
+
+
+@pytest.mark.parametrize("h,w,size", [(15, 20, 9), (16, 16, 16), (12, 17, 10), (6, 9, 8), (5, 4, 8), (7, 30, 9)])
+def test_one_center_crop_matches_torchvision_on_every_layout(h, w, size):
+    """The one centre crop (per-image transforms, decoded cache, whole batches, the server's numpy decode
+    threads) takes torchvision's CenterCrop window, and pads a smaller image with zeros as torchvision does."""
+    import numpy as np
+
+    x = _batch(n=2, h=h, w=w)
+    ref = v2.CenterCrop(size)(x)
+    torch.testing.assert_close(center_crop(x, size), ref, atol=0, rtol=0)  # N x C x H x W
+    torch.testing.assert_close(center_crop(x[0], size), ref[0], atol=0, rtol=0)  # C x H x W
+    hwc = x[0].permute(1, 2, 0).numpy()
+    got = center_crop(hwc, size, channels_last=True)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, ref[0].permute(1, 2, 0).numpy())
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "nearest", "bilinear"])
+def test_preprocess_interpolation_is_the_resampling_used(tmp_path, mode):
+    """Preprocess.interpolation, saved in every checkpoint, is what resizes the image: on load (files and
+    in-memory arrays), hence the decoded cache, per-image transforms and predict, and the server's decode."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    from imgclf.data.pipeline import decode_one
+    from imgclf.data.sources import Split
+    from imgclf.serve.decode import decode_upload
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "x.png")
+    prep = Preprocess(img_size=16, resize=20, mean=[0.5] * 3, std=[0.5] * 3, interpolation=mode)
+    ref = torch.from_numpy(np.array(TF.resize(Image.fromarray(a), 20, interpolation=TF.InterpolationMode(mode))))
+    ref = ref.permute(2, 0, 1)  # 3 x 20 x 30
+    for split in (Split("s", [0], arrays=a[None]), Split("s", [0], paths=[str(tmp_path / "x.png")])):
+        torch.testing.assert_close(decode_one(split, 0, prep.resize, prep.interpolation), ref, atol=0, rtol=0)
+    with open(tmp_path / "x.png", "rb") as f:
+        served = decode_upload(f.read(), prep, max_pixels=10**6)
+    torch.testing.assert_close(served, v2.CenterCrop(16)(ref).permute(1, 2, 0), atol=0, rtol=0)
+    if mode != "bilinear":  # the choice matters: bilinear would give other pixels
+        bilinear = decode_one(Split("s", [0], arrays=a[None]), 0, 20)
+        assert not torch.equal(bilinear, ref)
+
+
+def test_preprocess_interpolation_reaches_the_feeds(tmp_path, make_folder):
+    """Both feeds (decoded cache and per-image) resize with the checkpoint's interpolation, and the disk cache
+    of one interpolation is never read for another."""
+    root = make_folder(tmp_path / "d", layout="split", classes=("a", "b"), n=4, size=(24, 30))
+    src = open_source(str(root))
+    images = {}
+    for mode in ("bilinear", "bicubic"):
+        prep = Preprocess(img_size=16, resize=16, mean=[0.5] * 3, std=[0.5] * 3, interpolation=mode)
+        fast, _ = make_feed(src.splits["train"], prep, cache="disk", workers=1)
+        slow, _ = make_feed(src.splits["train"], prep, cache="none", workers=0)
+        images[mode] = fast.image(0)
+        torch.testing.assert_close(images[mode], center_crop(slow.image(0), 16), atol=0, rtol=0)
+    assert not torch.equal(images["bilinear"], images["bicubic"])
+
+
+def test_preprocess_refuses_an_unknown_interpolation():
+    from imgclf.errors import CheckpointError
+
+    with pytest.raises(ValueError, match="lanczos"):
+        Preprocess(img_size=8, resize=8, mean=[0.5] * 3, std=[0.5] * 3, interpolation="lanczos")
+    with pytest.raises(CheckpointError, match="not one of nearest, bilinear, bicubic"):
+        Preprocess.from_dict({"img_size": 8, "resize": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "x"})
+    old = Preprocess.from_dict({"img_size": 8, "resize": 8, "mean": [0.5] * 3, "std": [0.5] * 3})
+    assert old.interpolation == "bilinear"  # checkpoints from before it was saved

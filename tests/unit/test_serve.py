@@ -138,7 +138,7 @@ def test_decoding_gives_predictors_pixels(tmp_path, image_of_class):
     the crop (padded)."""
     from imgclf.data.images import load_image, pil_to_uint8
     from imgclf.data.pipeline import Preprocess, eval_transform
-    from imgclf.serve.decode import BatchTransform, decode_upload
+    from imgclf.serve.decode import NormalizeUploads, decode_upload
 
     rng = np.random.default_rng(1)
     photo = image_of_class(2, (300, 200), rng=rng)
@@ -157,7 +157,7 @@ def test_decoding_gives_predictors_pixels(tmp_path, image_of_class):
     }
     for pre in (Preprocess(img_size=64, resize=73, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3]),
                 Preprocess(img_size=32, resize=24, mean=[0.5] * 3, std=[0.5] * 3)):  # resize < crop: padded
-        ref_tf, batch_tf = eval_transform(pre), BatchTransform(pre)
+        ref_tf, batch_tf = eval_transform(pre), NormalizeUploads(pre)
         for name, data in files.items():
             (tmp_path / name).write_bytes(data)
             expected = ref_tf(pil_to_uint8(load_image(str(tmp_path / name), resize=pre.resize)))

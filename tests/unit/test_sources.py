@@ -6,6 +6,7 @@ import os
 import pickle
 import socket
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -330,18 +331,15 @@ def test_cifar_absent_offline_names_the_folder(tmp_path):
 
 
 def test_cifar_download_fails_offline(tmp_path, monkeypatch):
-    import torchvision.datasets.cifar
-    import torchvision.datasets.utils
-
+    """Offline: one line naming the folder, and the time limit goes to the download itself, never through the
+    process's socket default (which another thread of the caller may rely on)."""
     calls = []
 
-    def offline(*args, **kwargs):
-        calls.append(args)
+    def offline(request, *args, timeout=None, **kwargs):
+        calls.append((getattr(request, "full_url", request), timeout, socket.getdefaulttimeout()))
         raise urllib.error.URLError("offline")
 
-    # CIFAR10.download() calls the name imported into torchvision.datasets.cifar; patch both to be sure.
-    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
-    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline, raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     timeout_before = socket.getdefaulttimeout()
     root = tmp_path / "root"
     with pytest.raises(DataError) as ei:
@@ -353,6 +351,58 @@ def test_cifar_download_fails_offline(tmp_path, monkeypatch):
     # raised `from None`: the CLI shows one line, and there is no chained network traceback to show
     assert ei.value.__cause__ is None and ei.value.__suppress_context__
     assert socket.getdefaulttimeout() == timeout_before
+    url, timeout, default_during = calls[0]
+    assert url.endswith("cifar-10-python.tar.gz") and timeout and timeout > 0
+    assert default_during == timeout_before  # the process-wide default was never changed, not even meanwhile
+
+
+def _cifar_archive(tmp_path) -> tuple[bytes, dict]:
+    """A tiny CIFAR-10 in the layout of the real download (cifar-10-python.tar.gz), and its truth."""
+    import tarfile
+
+    src = tmp_path / "made"
+    truth, _ = _write_cifar10(src)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return buf.getvalue(), truth
+
+
+def _serve(monkeypatch, body: bytes) -> list:
+    calls = []
+
+    def urlopen(request, *args, timeout=None, **kwargs):
+        calls.append(timeout)
+        return io.BytesIO(body)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return calls
+
+
+def test_cifar_download_checks_the_md5_then_extracts(tmp_path, monkeypatch):
+    import hashlib
+
+    from imgclf.data.cifar import READERS
+
+    body, truth = _cifar_archive(tmp_path)
+    monkeypatch.setattr(READERS["cifar10"], "tgz_md5", hashlib.md5(body).hexdigest())
+    calls = _serve(monkeypatch, body)
+    root = tmp_path / "root"
+    src = open_source("cifar10", data_root=str(root), download=True, val_fraction=0.5)
+    assert len(calls) == 1 and calls[0] > 0
+    assert set(_by_id(src)) == set(truth)
+    assert sorted(os.listdir(root)) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]  # no temporary file
+
+
+def test_cifar_damaged_download_is_refused_and_removed(tmp_path, monkeypatch):
+    body, _ = _cifar_archive(tmp_path)
+    _serve(monkeypatch, body[: len(body) // 2])  # the MD5 torchvision records is the real file's: this is not it
+    root = tmp_path / "root"
+    with pytest.raises(DataError) as ei:
+        open_source("cifar10", data_root=str(root), download=True)
+    msg = _one_line(ei.value)
+    assert "could not be downloaded" in msg and "damaged" in msg
+    assert os.listdir(root) == []
 
 
 # ----------------------------------------------------------------------------------------------- image modes
@@ -462,3 +512,25 @@ def test_resize_makes_shorter_side(tmp_path, fmt, size, resize, expected):
         assert out.size == expected
     else:
         assert abs(out.size[0] / out.size[1] - size[0] / size[1]) < 0.05
+
+
+def test_data_modules_do_not_import_each_other_in_a_cycle():
+    """data/cifar.py reads, data/sources.py assembles: imports between the data modules form no cycle (module
+    level or inside functions)."""
+    import ast
+
+    import imgclf.data
+
+    folder = Path(imgclf.data.__file__).parent
+    graph = {}
+    for f in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split(".")[0])
+        graph[f.stem] = deps
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in graph.get(start, ()))
+
+    assert [m for m in graph if reaches(m, m)] == []

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .autoaugment import BatchPolicy
 from .balance import weighted_order
+from .images import center_crop
 from .pipeline import small_crop_pad
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,13 @@ class BatchTransform:
     "shift" (reflect-padded random shift of up to 2 px + flip: airbench's translate), "large" (random resized crop, scale 0.08-1, ratio 3/4-4/3, + flip), "none" (= eval).
     brightness / contrast: maximum relative change per sample (0 = off), torchvision ColorJitter semantics.
     randaugment: none, randaugment or trivialaugment, drawn per image after the crop and flip (data/autoaugment.py).
+    interpolation: the resampling of "large" (`Preprocess.interpolation`: nearest, bilinear or bicubic).
     """
 
     def __init__(self, *, size: int, mean, std, kind: str = "eval", pad: int | None = None,
                  brightness: float = 0.0, contrast: float = 0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 randaugment: str = "none"):
-        self.size, self.kind = size, ("eval" if kind == "none" else kind)
+                 randaugment: str = "none", interpolation: str = "bilinear"):
+        self.size, self.kind, self.interpolation = size, ("eval" if kind == "none" else kind), interpolation
         self.policy = None if randaugment == "none" else BatchPolicy(randaugment)
         self.pad = small_crop_pad(size) if pad is None else pad
         self.brightness, self.contrast = brightness, contrast
@@ -54,8 +56,9 @@ class BatchTransform:
         elif self.kind == "shift":
             x = random_crop(center_crop(x, self.size), self.size, SHIFT_PAD, gen, mode="reflect")
         elif self.kind == "large":
-            x = random_resized_crop(x, self.size, self.scale, self.ratio, gen)
-            return self._normalize(self._color(self._policy(x, gen), gen))
+            # flipped as the per-image path's RandomHorizontalFlip does (this path did not flip before)
+            x = random_flip(random_resized_crop(x, self.size, self.scale, self.ratio, gen, mode=self.interpolation), gen)
+            return self._normalize(self._color(self._policy(x.clamp_(0, 255), gen), gen))
         else:
             raise ValueError(f"unknown batch transform {self.kind}")
         x = random_flip(x, gen)
@@ -86,20 +89,6 @@ class BatchTransform:
         return torch.addcmul(self.b, x, self.a)
 
 
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x
-    if h < size or w < size:
-        # smaller than the crop: resize up first (the per-image path does the same through Resize)
-        s = size / min(h, w)
-        x = F.interpolate(x.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode="bilinear",
-                          align_corners=False, antialias=False).round_().clamp_(0, 255).to(torch.uint8)
-        h, w = x.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return x[..., top:top + size, left:left + size]
-
-
 def random_flip(x: torch.Tensor, gen) -> torch.Tensor:
     flip = torch.rand(x.shape[0], generator=gen) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
@@ -124,8 +113,9 @@ def random_crop(x: torch.Tensor, size: int, pad: int, gen, mode: str = "constant
     return out.gather(3, cols)
 
 
-def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, gen) -> torch.Tensor:
-    """RandomResizedCrop for a batch: per-sample area and aspect ratio, bilinear resampling with grid_sample.
+def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, gen, *, mode: str = "bilinear") -> torch.Tensor:
+    """RandomResizedCrop for a batch: per-sample area and aspect ratio, resampled with grid_sample (`mode`:
+    nearest, bilinear or bicubic; bicubic overshoots, so the caller clamps).
 
     Returns float 0..255. Boxes are drawn as torchvision draws them (area from `scale`, log-uniform ratio),
     in one shot; a box that does not fit is shrunk to fit instead of redrawn."""
@@ -144,7 +134,7 @@ def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, gen) -> torch.
     theta[:, 0, 2] = (2 * cx / w) - 1
     theta[:, 1, 2] = (2 * cy / h) - 1
     grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
-    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(x.float(), grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 class Batches:

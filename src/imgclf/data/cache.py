@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from ..fileio import user_cache_home
-from .images import UnreadableImage
+from .images import UnreadableImage, center_crop
 from .pipeline import decode_one
 from .sources import Split, hash_split
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 VERSION = 1
 
 
@@ -36,8 +36,9 @@ def cache_root() -> str:
     return os.path.join(user_cache_home(), "decoded")
 
 
-def split_key(split: Split, size: int) -> str:
-    h = hashlib.sha1(f"v{VERSION}\0{size}\0".encode())
+def split_key(split: Split, size: int, interpolation: str = "bilinear") -> str:
+    # bilinear keys as before it could be chosen, so the caches already on disk stay valid
+    h = hashlib.sha1(f"v{VERSION}\0{size}\0{'' if interpolation == 'bilinear' else interpolation + chr(0)}".encode())
     hash_split(h, split)
     return h.hexdigest()[:24]
 
@@ -50,26 +51,21 @@ class Decoded:
     hit: bool  # read from an existing cache file
 
 
-def _square(t: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = t.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return t[:, top:top + size, left:left + size]
+def _decode(split: Split, i: int, size: int, interpolation: str) -> torch.Tensor:
+    return center_crop(decode_one(split, i, size, interpolation), size)
 
 
-def _decode(split: Split, i: int, size: int) -> torch.Tensor:
-    return _square(decode_one(split, i, size), size)
-
-
-def decode_all(split: Split, size: int, out: np.ndarray | None, *, workers: int, desc: str) -> dict[int, str]:
-    """Decode every image of `split` into out[i] (out=None: only check that it decodes); returns
-    {index: reason} for the images that could not be decoded."""
+def decode_all(split: Split, size: int, out: np.ndarray | None, *, workers: int, desc: str,
+               interpolation: str = "bilinear") -> dict[int, str]:
+    """Decode every image of `split` into out[i] (out=None: only check that it decodes), resizing with
+    `interpolation`; returns {index: reason} for the images that could not be decoded."""
     from ..progress import progress
 
     errors: dict[int, str] = {}
 
     def work(i):
         try:
-            t = _decode(split, i, size)
+            t = _decode(split, i, size, interpolation)
             if out is not None:
                 out[i] = t.numpy()
         except UnreadableImage as e:
@@ -81,17 +77,19 @@ def decode_all(split: Split, size: int, out: np.ndarray | None, *, workers: int,
     return errors
 
 
-def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int = 2, desc: str = "") -> Decoded:
+def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int = 2, desc: str = "",
+                 interpolation: str = "bilinear") -> Decoded:
     """The split as one uint8 tensor. cache: "disk" (memory-mapped file under cache_root(), reused) or "memory"."""
     desc = desc or f"decode {split.name}"
     n = len(split)
+    kw = dict(workers=workers, desc=desc, interpolation=interpolation)
     if cache == "memory":
         arr = np.zeros((n, 3, size, size), dtype=np.uint8)
-        errors = decode_all(split, size, arr, workers=workers, desc=desc)
+        errors = decode_all(split, size, arr, **kw)
         return _result(split, torch.from_numpy(arr), errors, hit=False)
 
     root = cache_root()
-    key = split_key(split, size)
+    key = split_key(split, size, interpolation)
     data_path, meta_path = os.path.join(root, f"{key}.u8"), os.path.join(root, f"{key}.json")
     if os.path.exists(meta_path) and os.path.exists(data_path):
         try:
@@ -110,12 +108,12 @@ def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int =
     if need > free // 2:
         log.warning("decoded cache for %s needs %.1f GB but %s has %.1f GB free; keeping it in memory instead",
                     split.name, need / 1e9, root, free / 1e9)
-        return load_decoded(split, size, cache="memory", workers=workers, desc=desc)
+        return load_decoded(split, size, cache="memory", **kw)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".u8", dir=root)
     os.close(fd)
     try:
         mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, 3, size, size))
-        errors = decode_all(split, size, mm, workers=workers, desc=desc)
+        errors = decode_all(split, size, mm, **kw)
         _, good, bad = drop_unreadable(split, errors)
         if errors:  # compact: the file holds only readable images, in order
             mm2 = np.memmap(tmp + ".c", dtype=np.uint8, mode="w+", shape=(len(good), 3, size, size))
@@ -137,7 +135,7 @@ def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int =
         for p in (tmp, tmp + ".c"):
             if os.path.exists(p):
                 os.unlink(p)
-    built = load_decoded(split, size, cache="disk", workers=workers, desc=desc)  # read back through the mmap
+    built = load_decoded(split, size, cache="disk", **kw)  # read back through the mmap
     built.hit = False
     return built
 

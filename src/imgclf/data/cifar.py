@@ -1,20 +1,31 @@
 """CIFAR-10 and CIFAR-100 by name, through torchvision's readers.
 
 The batches live in a data root (`--data-root`, else $IMGCLF_DATA, else a user cache folder). When they are
-absent, torchvision downloads them; offline, the error names the exact folder to put them in.
+absent, they are downloaded (with a time limit of their own: the process's socket default is left alone),
+checked against the MD5 torchvision records, and extracted by torchvision; offline, the error names the exact
+folder to put them in. This module only reads: data/sources.py turns what it reads into a DataSource.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
-import socket
+import shutil
 import urllib.error
+import urllib.request
 
 import numpy as np
 from torchvision import datasets
+from torchvision.datasets.utils import USER_AGENT, check_integrity, extract_archive
 
 from ..errors import DataError
-from .sources import DataSource, Split
+from ..fileio import atomic_open
+
+log = logging.getLogger(__name__)
+
+# Seconds a download may wait for the server (to connect, then for each read) before it gives up: a closed
+# network must fail in seconds, not hang.
+DOWNLOAD_TIMEOUT = 30
 
 
 def _present(self) -> bool:
@@ -45,7 +56,9 @@ class _CIFAR100(datasets.CIFAR100):
 READERS = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}
 
 
-def cifar_source(name: str, root: str, *, download: bool = True) -> DataSource:
+def read_cifar(name: str, root: str, *, download: bool = True) -> tuple[str, list[str], dict]:
+    """(folder, class names, {"train" | "test": (labels, N x 32 x 32 x 3 uint8)}) of cifar10 or cifar100 in
+    `root`, downloading them first when they are absent and `download` is on."""
     cls = READERS[name]
     folder = os.path.join(root, cls.base_folder)
     probe = cls.__new__(cls)
@@ -53,28 +66,34 @@ def cifar_source(name: str, root: str, *, download: bool = True) -> DataSource:
     if not _present(probe):
         if not download:
             raise DataError(f"{name} is not in '{folder}': put the {cls.base_folder} folder (from {cls.url}) there")
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(30)
         try:
-            os.makedirs(root, exist_ok=True)
-            probe.download()
+            _download(cls, root)
         except (urllib.error.URLError, OSError, RuntimeError) as e:
             reason = getattr(e, "reason", e)
             raise DataError(
                 f"{name} is not in '{folder}' and could not be downloaded ({reason}): "
                 f"put the {cls.base_folder} folder from {cls.url} in '{root}', or set --data-root / IMGCLF_DATA"
             ) from None
-        finally:
-            socket.setdefaulttimeout(old)
     try:
         train = cls(root, train=True)
         test = cls(root, train=False)
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
         raise DataError(f"{name} files in '{folder}' are damaged ({type(e).__name__}: {e}): delete the folder and download again") from None
-    splits = {
-        "train": Split("train", [int(t) for t in train.targets], arrays=np.ascontiguousarray(train.data),
-                       ids=[f"{name}:train:{i}" for i in range(len(train.targets))]),
-        "test": Split("test", [int(t) for t in test.targets], arrays=np.ascontiguousarray(test.data),
-                      ids=[f"{name}:test:{i}" for i in range(len(test.targets))]),
-    }
-    return DataSource(name, folder, list(train.classes), splits)
+    splits = {s: ([int(t) for t in d.targets], np.ascontiguousarray(d.data)) for s, d in (("train", train), ("test", test))}
+    return folder, list(train.classes), splits
+
+
+def _download(cls, root: str) -> None:
+    """The archive into `root` (whole or not at all), checked against torchvision's MD5, then extracted there.
+    An archive already there with the right MD5 is not fetched again."""
+    os.makedirs(root, exist_ok=True)
+    archive = os.path.join(root, cls.filename)
+    if not check_integrity(archive, cls.tgz_md5):
+        log.info("downloading %s to %s", cls.url, root)
+        request = urllib.request.Request(cls.url, headers={"User-Agent": USER_AGENT})
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response, atomic_open(archive, "wb") as f:
+            shutil.copyfileobj(response, f, 2**20)
+        if not check_integrity(archive, cls.tgz_md5):
+            os.unlink(archive)
+            raise RuntimeError(f"the file downloaded from {cls.url} is damaged (its MD5 is not {cls.tgz_md5})")
+    extract_archive(archive, root)

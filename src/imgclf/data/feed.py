@@ -26,7 +26,7 @@ class FastFeed:
         self.split, self.images = split, images
         self.labels = torch.as_tensor(split.labels, dtype=torch.long)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        common = dict(size=prep.img_size, mean=prep.mean, std=prep.std)
+        common = dict(size=prep.img_size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation)
         self.train_tf = BatchTransform(kind=augment_kind(prep, augment), brightness=brightness, contrast=contrast,
                                        randaugment=randaugment, **common)
         self.eval_tf = BatchTransform(kind="eval", **common)
@@ -54,8 +54,9 @@ class LoaderFeed:
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_ds = ImageDataset(split, prep.resize, train_transform(prep, augment_kind(prep, augment),
                                                                          brightness=brightness, contrast=contrast,
-                                                                         randaugment=randaugment))
-        self.eval_ds = ImageDataset(split, prep.resize, eval_transform(prep))
+                                                                         randaugment=randaugment),
+                                     prep.interpolation)
+        self.eval_ds = ImageDataset(split, prep.resize, eval_transform(prep), prep.interpolation)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -80,8 +81,9 @@ def make_feed(split: Split, prep: Preprocess, *, cache: str, workers: int, augme
               contrast=contrast, randaugment=randaugment)
     if cache == "none":
         # still decode everything once up front, so unreadable files are listed and left out before step one
-        errors = decode_all(split, prep.resize, None, workers=workers, desc=desc)
+        errors = decode_all(split, prep.resize, None, workers=workers, desc=desc, interpolation=prep.interpolation)
         kept, _, bad = drop_unreadable(split, errors)
         return LoaderFeed(kept, prep, workers=workers, **kw), bad
-    d = load_decoded(split, prep.resize, cache="memory" if cache == "memory" else "disk", workers=workers, desc=desc)
+    d = load_decoded(split, prep.resize, cache="memory" if cache == "memory" else "disk", workers=workers, desc=desc,
+                     interpolation=prep.interpolation)
     return FastFeed(d.split, d.images, prep, **kw), d.bad

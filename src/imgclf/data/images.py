@@ -14,6 +14,10 @@ from PIL import ExifTags, Image, ImageFile, ImageOps
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+# Resampling filters a Preprocess may name (`Preprocess.interpolation`): each exists in PIL (files), in torch's
+# interpolate and grid_sample (whole batches) and in torchvision's transforms, so every path resizes alike.
+INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
 # EXIF orientations 2-8: mirrored and/or rotated; 1 (or none) is upright.
 _TURNED = frozenset(range(2, 9))
 
@@ -72,8 +76,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str, *, resize: int | None = None) -> Image.Image:
-    """Decode `path` as RGB. With `resize`, the shorter side becomes `resize` pixels (bilinear, antialiased).
+def load_image(path: str, *, resize: int | None = None, interpolation: str = "bilinear") -> Image.Image:
+    """Decode `path` as RGB. With `resize`, the shorter side becomes `resize` pixels (`interpolation`, one of
+    INTERPOLATIONS; antialiased).
 
     Raises UnreadableImage with a short reason (zero-byte, truncated, not an image, ...).
     """
@@ -106,7 +111,7 @@ def load_image(path: str, *, resize: int | None = None) -> Image.Image:
     except Exception as e:  # noqa: BLE001 - a broken file must never stop a run; it is listed instead
         raise UnreadableImage(f"cannot decode ({type(e).__name__}: {e})") from None
     if resize is not None:
-        im = resize_shorter(im, resize)
+        im = resize_shorter(im, resize, interpolation)
     return im
 
 
@@ -121,14 +126,15 @@ def _unidentified_reason(path: str) -> str:
     return "not an image (PIL cannot identify the format)"
 
 
-def resize_shorter(im: Image.Image, size: int) -> Image.Image:
-    """The shorter side becomes `size` pixels. Raises BadShape for an image `check_shape` refuses (files are
-    refused before decoding; this covers images handed over in memory)."""
+def resize_shorter(im: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """The shorter side becomes `size` pixels, resampled with `interpolation` (one of INTERPOLATIONS). Raises
+    BadShape for an image `check_shape` refuses (files are refused before decoding; this covers images handed
+    over in memory)."""
     w, h = im.size
     check_shape(w, h, size)
     if min(w, h) == size:
         return im
-    return im.resize(_resized(w, h, size), Image.BILINEAR, reducing_gap=None)
+    return im.resize(_resized(w, h, size), INTERPOLATIONS[interpolation], reducing_gap=None)
 
 
 def _resized(w: int, h: int, size: int) -> tuple[int, int]:
@@ -144,10 +150,43 @@ def pil_to_uint8(im: Image.Image):
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def array_to_uint8(a: np.ndarray, *, resize: int | None = None):
+def array_to_uint8(a: np.ndarray, *, resize: int | None = None, interpolation: str = "bilinear"):
     """H x W x 3 uint8 array (in-memory datasets) -> 3 x H' x W' uint8 tensor, resized like files are."""
     import torch
 
     if resize is not None and min(a.shape[:2]) != resize:
-        return pil_to_uint8(resize_shorter(Image.fromarray(a), resize))
+        return pil_to_uint8(resize_shorter(Image.fromarray(a), resize, interpolation))
     return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).contiguous()
+
+
+def center_crop(x, size: int, *, channels_last: bool = False):
+    """The size x size centre crop torchvision's CenterCrop takes, for every path that crops (the per-image
+    transforms, the decoded cache, whole batches, the server's decode threads): the window starts at
+    round((side - size) / 2), and a side shorter than `size` is first padded with zeros as torchvision pads it.
+
+    `x`: a numpy array or a torch tensor, ... x H x W (channels first, any leading dimensions), or H x W x C
+    with `channels_last`. Only slicing (a view) unless padding is needed: numpy stays numpy, so a decode
+    thread never runs a PyTorch operation (which would start an OpenMP team of its own)."""
+    hd, wd = (0, 1) if channels_last else (x.ndim - 2, x.ndim - 1)
+    h, w = x.shape[hd], x.shape[wd]
+    if h < size or w < size:
+        x = _pad_to(x, size, hd, wd)
+        h, w = x.shape[hd], x.shape[wd]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    window = [slice(None)] * x.ndim
+    window[hd], window[wd] = slice(top, top + size), slice(left, left + size)
+    return x[tuple(window)]
+
+
+def _pad_to(x, size: int, hd: int, wd: int):
+    """Zeros around `x` until both sides are at least `size`: torchvision's CenterCrop padding (the extra pixel
+    of an odd difference goes after)."""
+    dh, dw = max(0, size - x.shape[hd]), max(0, size - x.shape[wd])
+    pads = [(0, 0)] * x.ndim
+    pads[hd], pads[wd] = (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)
+    if isinstance(x, np.ndarray):
+        return np.pad(x, pads)
+    import torch.nn.functional as F
+
+    flat = [p for pair in reversed(pads) for p in pair]  # F.pad: last dimension first
+    return F.pad(x, flat)

@@ -3,6 +3,7 @@ workers, decoding every file every epoch, as the seed does. The default fast pat
 data/batches.py; both start from the same `Preprocess`."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +14,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
+from ..errors import CheckpointError
 from .autoaugment import policy
-from .images import array_to_uint8, load_image, pil_to_uint8
+from .images import INTERPOLATIONS, array_to_uint8, center_crop, load_image, pil_to_uint8
 from .sources import Split
 
 log = logging.getLogger(__name__)
@@ -30,15 +32,23 @@ class Preprocess:
     resize: int  # shorter side after loading, pixels (then a centre crop of img_size)
     mean: list
     std: list
-    interpolation: str = "bilinear"
+    interpolation: str = "bilinear"  # every resize of the image: on load, in the decoded cache, random resized crops
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation '{self.interpolation}' is not one of {', '.join(INTERPOLATIONS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(**{k: d[k] for k in ("img_size", "resize", "mean", "std") if k in d},
-                   interpolation=d.get("interpolation", "bilinear"))
+        """From a checkpoint or an export's metadata; those from before `interpolation` was saved mean bilinear."""
+        try:
+            return cls(**{k: d[k] for k in ("img_size", "resize", "mean", "std") if k in d},
+                       interpolation=d.get("interpolation", "bilinear"))
+        except ValueError as e:
+            raise CheckpointError(f"preprocessing in this file: {e} (written by a newer imgclf?)") from None
 
 
 def resolve_preprocess(spec, *, img_size: int | None, pretrained: bool, own_size: int | None) -> Preprocess:
@@ -75,32 +85,32 @@ def common_size(split: Split, workers: int = 4) -> int | None:
     return None
 
 
-def decode_one(split: Split, i: int, resize: int) -> torch.Tensor:
+def decode_one(split: Split, i: int, resize: int, interpolation: str = "bilinear") -> torch.Tensor:
     if split.arrays is not None:
-        return array_to_uint8(split.arrays[i], resize=resize)
-    return pil_to_uint8(load_image(split.paths[i], resize=resize))
+        return array_to_uint8(split.arrays[i], resize=resize, interpolation=interpolation)
+    return pil_to_uint8(load_image(split.paths[i], resize=resize, interpolation=interpolation))
 
 
 class ImageDataset(Dataset):
     """(transformed image, label) pairs, decoding each image when it is asked for."""
 
-    def __init__(self, split: Split, resize: int, transform):
-        self.split, self.resize, self.transform = split, resize, transform
+    def __init__(self, split: Split, resize: int, transform, interpolation: str = "bilinear"):
+        self.split, self.resize, self.transform, self.interpolation = split, resize, transform, interpolation
 
     def __len__(self) -> int:
         return len(self.split)
 
     def image(self, i: int) -> torch.Tensor:
-        return decode_one(self.split, i, self.resize)
+        return decode_one(self.split, i, self.resize, self.interpolation)
 
     def __getitem__(self, i: int):
         return self.transform(self.image(i)), self.split.labels[i]
 
 
 def eval_transform(p: Preprocess):
-    """uint8 3 x H x W with shorter side `resize` -> normalised float 3 x img_size x img_size."""
+    """uint8 (N x) 3 x H x W with shorter side `resize` -> normalised float (N x) 3 x img_size x img_size."""
     return v2.Compose([
-        v2.CenterCrop(p.img_size),
+        functools.partial(center_crop, size=p.img_size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(p.mean, p.std),
     ])
@@ -128,10 +138,12 @@ def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float =
         # the seed's recipe: pad, crop back to size, random horizontal flip
         geo = [v2.RandomCrop(p.img_size, padding=small_crop_pad(p.img_size)), v2.RandomHorizontalFlip()]
     elif augment == "shift":
-        geo = [v2.CenterCrop(p.img_size), v2.RandomCrop(p.img_size, padding=2, padding_mode="reflect"),
+        geo = [functools.partial(center_crop, size=p.img_size),
+               v2.RandomCrop(p.img_size, padding=2, padding_mode="reflect"),
                v2.RandomHorizontalFlip()]
     elif augment == "large":
-        geo = [v2.RandomResizedCrop(p.img_size, antialias=True), v2.RandomHorizontalFlip()]
+        geo = [v2.RandomResizedCrop(p.img_size, interpolation=v2.InterpolationMode(p.interpolation), antialias=True),
+               v2.RandomHorizontalFlip()]
     else:
         raise ValueError(augment)
     if aa is not None:

@@ -133,9 +133,7 @@ def open_source(
         if key == "digits":
             src = _digits_source()
         else:
-            from .cifar import cifar_source
-
-            src = cifar_source(key, data_root or default_data_root(), download=download)
+            src = _cifar_source(key, data_root or default_data_root(), download=download)
     else:
         path = Path(data).expanduser()
         if not path.exists():
@@ -269,6 +267,15 @@ def _digits_source() -> DataSource:
     classes = [str(c) for c in d.target_names]
     split = Split("train", [int(t) for t in d.target], arrays=rgb, ids=[f"digits:{i}" for i in range(len(rgb))])
     return DataSource("digits", "digits", classes, {"train": split})
+
+
+def _cifar_source(name: str, root: str, *, download: bool) -> DataSource:
+    from .cifar import read_cifar  # here: it imports torchvision, which `imgclf check` on a folder does not need
+
+    folder, classes, arrays = read_cifar(name, root, download=download)
+    splits = {s: Split(s, labels, arrays=a, ids=[f"{name}:{s}:{i}" for i in range(len(labels))])
+              for s, (labels, a) in arrays.items()}
+    return DataSource(name, folder, classes, splits)
 
 
 # ----------------------------------------------------------------------------------------------- splitting

@@ -35,14 +35,11 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import UsageError
 from .batcher import DynamicBatcher, Overloaded
-from .decode import FORMATS, BatchTransform, ImageRejected, decode_upload
+from .decode import IMAGE_FORMATS, ImageRejected, NormalizeUploads, decode_upload
 from .metrics import Metrics
 from .server import trim_malloc
 
-log = logging.getLogger("imgclf")
-# python-multipart logs a warning for every malformed body before raising; the client gets a 400 that says so,
-# and a scanner must not be able to fill the server's log.
-logging.getLogger("python_multipart").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
 
 # How often the model thread hands freed heap memory back to the kernel (glibc malloc_trim), seconds. Batches of
 # every size from 1 to max_batch_size leave holes in malloc's heaps that are reused but never returned. Measured
@@ -144,7 +141,7 @@ PREDICT_BODY = {
             "required": ["image"],
             "properties": {
                 "image": {"type": "array", "items": {"type": "string", "format": "binary"},
-                          "description": "one or more image files (" + ", ".join(FORMATS) + "); repeat the field"},
+                          "description": "one or more image files (" + ", ".join(IMAGE_FORMATS) + "); repeat the field"},
                 "top_k": {"type": "integer", "minimum": 1, "description": "labels per image (overrides the query)"},
             },
         }}},
@@ -174,7 +171,7 @@ class ServerState:
         self.settings = settings
         self.classes = list(runner.classes)
         self.preprocess = runner.preprocess
-        self.batch_transform = BatchTransform(runner.preprocess)
+        self.batch_transform = NormalizeUploads(runner.preprocess)
         self.metrics = Metrics(settings.max_batch_size)
         self.decode_workers = settings.decode_workers or max(1, min(4, os.cpu_count() or 1))
         self.decode_pool: ThreadPoolExecutor | None = None
@@ -493,7 +490,7 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
         meta["file"] = os.path.basename(str(meta.pop("path", runner.path)))
         meta["serve"] = {k: v for k, v in asdict(settings).items() if k not in ("api_key", "device", "precision")}
         meta["serve"]["api_key_required"] = settings.api_key is not None
-        meta["serve"]["formats"] = list(FORMATS)
+        meta["serve"]["formats"] = list(IMAGE_FORMATS)
         return meta
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={401: ERRORS[401]})

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 
 class Overloaded(Exception):

@@ -8,7 +8,7 @@ Split in two so the expensive part runs in parallel and the cheap part runs once
   KB of PNG can claim 50,000 x 50,000 pixels, 7.5 GB of RGB), and one whose shape resizing would blow up
   (`data.images.check_shape`, the same check every file loader makes: a 1 KB PNG of 400000 x 1 pixels is
   under any pixel limit, but its shorter side resized to 256 px asks for 78 GB).
-- `BatchTransform` (the model thread, on the stacked batch): uint8 N x 3 x S x S -> float32, scaled and
+- `NormalizeUploads` (the model thread, on the stacked batch): uint8 N x 3 x S x S -> float32, scaled and
   normalised with the model's mean and std. `eval_transform` works on batches, and each of its steps is
   elementwise or a crop, so a batch gets bit-for-bit the values `Predictor` computes image by image.
 """
@@ -21,14 +21,13 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
-from ..data.images import BadShape, check_shape, resize_shorter, to_rgb
+from ..data.images import BadShape, center_crop, check_shape, resize_shorter, to_rgb
 from ..data.pipeline import Preprocess, eval_transform
 
 # Formats the server opens. Pillow can also open EPS (through Ghostscript, an external interpreter) and a
 # long tail of rare formats; a service facing strangers only needs the ones cameras and browsers produce.
-FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 
 
 class ImageRejected(Exception):
@@ -46,7 +45,7 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF chatter, DecompressionBombWarning: our own limit is below
-            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageRejected(
@@ -72,7 +71,7 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
         raise ImageRejected("too_many_pixels", f"image has {n}, more than the limit of {max_pixels:,} "
                                                f"(--max-pixels)", status=413) from None
     except Image.UnidentifiedImageError:
-        raise ImageRejected("not_an_image", "not an image (accepted formats: " + ", ".join(FORMATS) + ")") from None
+        raise ImageRejected("not_an_image", "not an image (accepted formats: " + ", ".join(IMAGE_FORMATS) + ")") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg or isinstance(e, EOFError):
@@ -82,23 +81,15 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
         raise ImageRejected("unreadable_image", "cannot decode the image (out of memory)") from None
     except Exception as e:  # noqa: BLE001 - a crafted file can make a decoder raise anything; it is the client's
         raise ImageRejected("unreadable_image", f"cannot decode the image ({type(e).__name__}: {e})") from None
-    return center_crop_hwc(np.asarray(resize_shorter(im, preprocess.resize), dtype=np.uint8), preprocess.img_size)
+    pixels = np.asarray(resize_shorter(im, preprocess.resize, preprocess.interpolation), dtype=np.uint8)
+    # In numpy, on purpose: a decode thread must not run PyTorch operations, which would start OpenMP teams of
+    # their own in every decode thread and spin against the model's threads (on 2 cores that cost as much CPU
+    # as the JPEG decode). Channels stay last: the batch is permuted once, in the model thread.
+    crop = center_crop(pixels, preprocess.img_size, channels_last=True)
+    return torch.from_numpy(np.array(crop, order="C"))  # one copy, writable
 
 
-def center_crop_hwc(a: np.ndarray, size: int) -> torch.Tensor:
-    """H x W x 3 uint8 -> the size x size centre crop that torchvision's CenterCrop takes, as S x S x 3.
-
-    In numpy, on purpose: a decode thread must not run PyTorch operations, which would start OpenMP teams of
-    their own in every decode thread and spin against the model's threads (on 2 cores that cost as much CPU as
-    the JPEG decode). Channels stay last: the batch is permuted once, in the model thread."""
-    h, w = a.shape[:2]
-    if h < size or w < size:  # padded with zeros: rare (resize below the crop), left to torchvision itself
-        return TF.center_crop(torch.from_numpy(a.copy()).permute(2, 0, 1), [size, size]).permute(1, 2, 0).contiguous()
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))  # torchvision's anchor
-    return torch.from_numpy(np.array(a[top:top + size, left:left + size], order="C"))  # one copy, writable
-
-
-class BatchTransform:
+class NormalizeUploads:
     """N decoded images (uint8 S x S x 3 each) -> normalised float32 N x 3 x S x S, the model's input
     (in channels_last memory order: what a channels_last model wants, and any runner accepts a strided tensor)."""
 
