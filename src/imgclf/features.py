@@ -15,7 +15,7 @@ from torch import nn
 from .data.batches import Batches
 from .models.registry import get_spec, get_submodule_parent
 
-log = logging.getLogger("imgclf")
+log = logging.getLogger(__name__)
 
 
 def _swap(model: nn.Module, dotted: str, new: nn.Module) -> nn.Module:
