@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Decoded-image caches go to a temporary folder, never the user's ~/.cache (subprocesses inherit it)."""

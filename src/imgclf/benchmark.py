@@ -102,7 +102,7 @@ def bench(inputs: list[str], *, batch_sizes=(1, 32), data: str | None = None, sp
 
     times: dict[tuple[int, int], list[float]] = {(i, b): [] for i in range(len(settings)) for b in batch_sizes}
     spent: dict[tuple[int, int], float] = {k: 0.0 for k in times}
-    for i, s in enumerate(settings):  # warm-up: first-call allocation, oneDNN primitive / ORT kernel selection
+    for s in settings:  # warm-up: first-call allocation, oneDNN primitive / ORT kernel selection
         for b in batch_sizes:
             for _ in range(warmup):
                 s.runner.logits(batches[b])

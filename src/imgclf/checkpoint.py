@@ -130,7 +130,7 @@ def _load_plain_data(path: str):
         raise CheckpointError(f"'{path}' is truncated (its data ends early): copy it again, or {_USE_ANOTHER}") from None
     except OSError as e:
         raise CheckpointError(f"cannot read '{path}' ({e.strerror or _sentence(str(e))}): check the file and its disk") from None
-    except Exception as e:  # noqa: BLE001 - whatever else a damaged file makes torch raise (RuntimeError mostly)
+    except Exception as e:
         reason = _sentence(str(e)) or type(e).__name__
         raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint ({reason}): {_USE_ANOTHER}") from e
     for w in caught:
@@ -268,7 +268,7 @@ def _closest_model(have: dict[str, tuple], num_classes: int, *, exclude: str) ->
             continue
         try:
             want = _shapes(name, num_classes)
-        except Exception:  # noqa: BLE001 - a builder that needs a missing package: not a candidate
+        except Exception:
             continue
         same = sum(1 for k, s in want.items() if have.get(k) == s)
         score = same / max(len(want), len(have))

@@ -609,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # stdout's reader went away (`| head -1`): stop quietly, as a tool ended by SIGPIPE
         _stdout_to_devnull()
         return EXIT_BROKEN_PIPE
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, unless --verbose
+    except Exception as e:
         if verbose:
             raise
         first = str(e).splitlines()[0] if str(e) else ""

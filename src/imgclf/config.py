@@ -221,7 +221,7 @@ def _or_words(f) -> str:
     return f" (or {', '.join(f.metadata['words'])})" if f.metadata["words"] else ""
 
 
-def check_config(cfg: "TrainConfig", source: str = "options") -> None:
+def check_config(cfg: TrainConfig, source: str = "options") -> None:
     """Every option of `cfg` against its choices and range (for a TrainConfig built in Python, which `coerce`
     never saw)."""
     for key in FIELDS:
@@ -229,7 +229,7 @@ def check_config(cfg: "TrainConfig", source: str = "options") -> None:
     check_weights_file(cfg)
 
 
-def check_weights_file(cfg: "TrainConfig") -> None:
+def check_weights_file(cfg: TrainConfig) -> None:
     """--weights-file before any work: it exists, and comes with --pretrained. A resumed run takes its weights
     from the checkpoint, so the file need not be there any more."""
     if cfg.weights_file is None or cfg.resume:

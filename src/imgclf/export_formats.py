@@ -10,8 +10,8 @@ callable does as well (a test, or a format defined outside imgclf).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # 20: the first opset with a Gelu op (onnxruntime >= 1.17 runs it). At 18, GELU is exported as an Erf expression
 # whose Mul/Add nodes the int8 quantizer quantizes one by one (airnet_small on CIFAR-10: 80% instead of 87.6%).

@@ -56,10 +56,10 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Callable
 
 import numpy as np
 import torch
@@ -69,7 +69,13 @@ from .errors import DataError, ImgclfError, UsageError, did_you_mean
 from .export_formats import DEFAULT_OPSET, FORMATS, ExportFormat
 from .fileio import disk_full_error, human_size, temp_beside, temp_dir
 from .runtime import (
-    DYNAMIC_INT8_FORMAT, META_KEY, META_NAME, CheckpointRunner, Runner, open_model, quantize_linear_dynamic,
+    DYNAMIC_INT8_FORMAT,
+    META_KEY,
+    META_NAME,
+    CheckpointRunner,
+    Runner,
+    open_model,
+    quantize_linear_dynamic,
 )
 
 log = logging.getLogger(__name__)
@@ -172,7 +178,7 @@ def _onnx_fp32(ctx: ExportContext, path: str) -> str:
             torch.onnx.export(ep, (ctx.example,), path, dynamo=True, opset_version=ctx.opset, external_data=False,
                               input_names=["input"], output_names=["logits"], verbose=False)
         exporter = "dynamo"
-    except Exception as e:  # noqa: BLE001 - any failure of the new path: try the old one, say so
+    except Exception as e:
         log.warning("dynamo ONNX exporter failed (%s); using the TorchScript-based exporter",
                     str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
         with _quiet(), torch.no_grad():

@@ -49,7 +49,7 @@ if hasattr(errno, "EDQUOT"):  # not on Windows
 _PROBE_BYTES = 2**20  # more than a block on any file system in use (4 to 64 KiB), so it needs fresh blocks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _host_tag(pid_namespace: str) -> str:
     return hashlib.sha1(f"{socket.gethostname()}\0{pid_namespace}".encode()).hexdigest()[:8]
 

@@ -95,6 +95,6 @@ class Predictor:
             return self._load(item)
         except UnreadableImage as e:
             return str(e)
-        except Exception as e:  # noqa: BLE001 - e.g. MemoryError resizing a 400000 x 1 image: that file's error only
+        except Exception as e:
             detail = str(e).splitlines()[0] if str(e) else ""
             return f"cannot be processed: {type(e).__name__}" + (f": {detail}" if detail else "")

@@ -133,7 +133,7 @@ class ExportedProgramRunner(Runner):
         self.device = _torch_device(device)
         try:
             ep = torch.export.load(str(path))
-        except Exception as e:  # noqa: BLE001 - a damaged or too-new archive: one line, not a traceback
+        except Exception as e:
             raise CheckpointError(f"cannot load torch.export program '{path}' ({str(e).splitlines()[0][:160]}): "
                                   f"export it again with this version of PyTorch") from None
         self.module = ep.module().to(self.device)
@@ -216,7 +216,7 @@ class OnnxRunner(Runner):
                 raise CheckpointError("--device cuda for an ONNX model needs onnxruntime-gpu: pip install onnxruntime-gpu, or use --device cpu")
         try:
             self.session = ort.InferenceSession(str(path), onnx_session_options(threads, spin=spin), providers=providers)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as e:
             raise CheckpointError(f"'{path}' is not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
         custom = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in custom:
@@ -331,7 +331,7 @@ def _load_plain(path: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # quantized-tensor and TypedStorage deprecation notices (dynamic-int8)
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - load_checkpoint re-reads and explains
+    except Exception:
         return None
 
 
@@ -342,5 +342,5 @@ def _looks_like_onnx(path: str) -> bool:
 
         m = onnx.load(path, load_external_data=False)
         return m.ir_version > 0 and len(m.graph.node) > 0
-    except Exception:  # noqa: BLE001 - not ONNX: the checkpoint loader says what it is not
+    except Exception:
         return False

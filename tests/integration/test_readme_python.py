@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from shared_data import DATA, need_hym
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from imgclf.cli import main
 from imgclf.exporting import FORMATS

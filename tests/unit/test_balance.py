@@ -10,8 +10,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from imgclf.data import check as check_module
-from imgclf.data.balance import (NONE_BELOW, SAMPLER_FROM, choose_balance, class_weights, imbalance_ratio,
-                                 sample_weights)
+from imgclf.data.balance import NONE_BELOW, SAMPLER_FROM, choose_balance, class_weights, imbalance_ratio, sample_weights
 from imgclf.data.feed import make_feed
 from imgclf.data.pipeline import Preprocess
 from imgclf.data.sources import Split

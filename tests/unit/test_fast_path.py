@@ -41,7 +41,7 @@ def test_random_crop_windows_come_from_the_zero_padded_image_per_sample():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = set()
     for i in range(len(x)):
-        found = [(t, l) for t in range(5) for l in range(5) if torch.equal(padded[i, :, t:t + 8, l:l + 8], out[i])]
+        found = [(t, left) for t in range(5) for left in range(5) if torch.equal(padded[i, :, t:t + 8, left:left + 8], out[i])]
         assert found, f"sample {i} is not a window of its padded image"
         offsets.add(found[0])
     assert len(offsets) > 5  # per-sample offsets, not one for the batch
@@ -162,7 +162,6 @@ def test_one_center_crop_matches_torchvision_on_every_layout(h, w, size):
 def test_preprocess_interpolation_is_the_resampling_used(tmp_path, mode):
     """Preprocess.interpolation, saved in every checkpoint, is what resizes the image: on load (files and
     in-memory arrays), hence the decoded cache, per-image transforms and predict, and the server's decode."""
-    import io
 
     import numpy as np
     from PIL import Image

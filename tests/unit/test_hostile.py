@@ -3,7 +3,6 @@ full disk, library warnings on the console, a top-5 that means nothing, half-epo
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pickle
 import re
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 import zipfile
 from pathlib import Path
 

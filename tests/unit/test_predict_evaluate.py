@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from imgclf.cli import main
 from imgclf.evaluation import evaluate
 from imgclf.predict import Predictor
-from imgclf.cli import main
 
 TINY_CLASSES = ("cat", "dog", "fox")  # conftest.tiny_data
 EVAL_KEYS = {"accuracy", "loss", "macro_f1", "top5_accuracy", "num_images", "classes", "per_class", "confusion_matrix"}

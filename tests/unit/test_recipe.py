@@ -7,12 +7,11 @@ import pytest
 import torch
 import yaml
 
+from imgclf.callbacks import Lookahead, TimeBudget
 from imgclf.config import make_config
 from imgclf.data.batches import BatchTransform, random_crop
-from imgclf.models.airnet import AirNet
+from imgclf.models.airnet import AirNet, WhiteningBiasWarmup
 from imgclf.recipes import LR_PER_IMAGE, RECIPES, apply_recipe
-from imgclf.callbacks import Lookahead, TimeBudget
-from imgclf.models.airnet import WhiteningBiasWarmup
 from imgclf.training import StepSchedule
 
 
@@ -72,7 +71,7 @@ def test_shift_augmentation_takes_windows_of_the_reflect_padded_image():
     out = random_crop(x, 8, 2, g, mode="reflect")
     padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
     for i in range(len(x)):
-        assert any(torch.equal(padded[i, :, t:t + 8, l:l + 8], out[i]) for t in range(5) for l in range(5))
+        assert any(torch.equal(padded[i, :, t:t + 8, left:left + 8], out[i]) for t in range(5) for left in range(5))
     tf = BatchTransform(size=8, mean=[0.5] * 3, std=[0.25] * 3, kind="shift")
     y = tf(x, torch.Generator().manual_seed(0))
     assert y.shape == (32, 3, 8, 8) and y.dtype == torch.float32

@@ -4,7 +4,6 @@ it fast; nothing is downloaded (a Hugging Face cache is laid out in tmp_path whe
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 
 import pytest

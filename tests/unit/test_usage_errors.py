@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import _in_tmp, _usage_error  # noqa: F401 - the autouse fixture (commands write into tmp_path) and the check
 
 import imgclf.predict
 from imgclf.cli import main
 from imgclf.errors import UsageError
 from imgclf.models.registry import REGISTRY
-from test_cli import _in_tmp, _usage_error  # noqa: F401 - the autouse fixture (commands write into tmp_path) and the check
 
 
 def _nothing_in(folder: Path) -> bool:

@@ -31,7 +31,7 @@ def weights_host():
     seen = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):
             seen.append(socket.getdefaulttimeout())
             self.send_response(200)
             self.send_header("Content-Length", str(len(PAYLOAD)))

@@ -108,7 +108,7 @@ def load_image(path: str, *, resize: int | None = None, interpolation: str = "bi
         if "truncated" in msg:
             msg = "truncated file (" + msg + ")"
         raise UnreadableImage(msg) from None
-    except Exception as e:  # noqa: BLE001 - a broken file must never stop a run; it is listed instead
+    except Exception as e:
         raise UnreadableImage(f"cannot decode ({type(e).__name__}: {e})") from None
     if resize is not None:
         im = resize_shorter(im, resize, interpolation)

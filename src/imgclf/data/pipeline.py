@@ -42,7 +42,7 @@ class Preprocess:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         """From a checkpoint or an export's metadata; those from before `interpolation` was saved mean bilinear."""
         try:
             return cls(**{k: d[k] for k in ("img_size", "resize", "mean", "std") if k in d},

@@ -55,7 +55,7 @@ class Split:
             return self.paths[i]
         return self.ids[i] if self.ids is not None else f"{self.name}[{i}]"
 
-    def subset(self, indices, name: str | None = None) -> "Split":
+    def subset(self, indices, name: str | None = None) -> Split:
         idx = list(indices)
         return Split(
             name=name or self.name,

@@ -13,8 +13,8 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -223,7 +223,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             state = load_file(path, device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+    except Exception as e:
         raise UsageError(f"--weights-file '{path}' cannot be read as a state dict ({_first_line(e)}): "
                          "give a .pth saved with torch.save(model.state_dict()) or a .safetensors file") from None
     for key in ("state_dict", "model", "module"):

@@ -166,7 +166,7 @@ def _check_name(arch: str) -> None:
                          "`imgclf models --timm PATTERN` lists them (PATTERN like 'resnet*')")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def timm_spec(name: str):
     """The ModelSpec of `timm:ARCH` (ARCH may carry a pretrained tag, as in resnet18.a1_in1k)."""
     from .registry import ModelSpec

@@ -74,7 +74,7 @@ class ServeSettings:
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
-    def check(self) -> "ServeSettings":
+    def check(self) -> ServeSettings:
         def need(ok, msg):
             if not ok:
                 raise UsageError(msg)
@@ -215,7 +215,7 @@ class ServerState:
                 for n in warmup_sizes(self.settings.max_batch_size):
                     dummy = [torch.zeros(size, size, 3, dtype=torch.uint8)] * n
                     await self.batcher.run_model(self.predict_batch, dummy)
-        except Exception as e:  # noqa: BLE001 - reported by /ready and the log; the process stays up
+        except Exception as e:
             log.exception("warm-up failed")
             self.not_ready_reason = f"warm-up failed: {type(e).__name__}: {e}"
             return

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import torch
 
@@ -103,7 +103,7 @@ class DynamicBatcher:
             t0 = time.perf_counter()
             try:
                 probs = await loop.run_in_executor(self.executor, self.predict, [x for x, _ in batch])
-            except Exception as e:  # noqa: BLE001 - the model failed: every request in the batch gets a 500
+            except Exception as e:
                 log.exception("model failed on a batch of %d images", len(batch))
                 for _, f in batch:
                     if not f.done():
