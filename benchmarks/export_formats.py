@@ -16,6 +16,7 @@ Steps (all through the `imgclf` command line):
 Run it on an otherwise idle machine if you can: every setting is timed by wall clock (the rounds spread a
 varying load over all of them alike, but a loaded machine lowers every number).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared"
 IMGCLF = [sys.executable, "-m", "imgclf"]
-FORMATS = {"torchscript": ".ts", "pt2": ".pt2", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "dynamic-int8": ".dynamic-int8.pt"}
+FORMATS = {
+    "torchscript": ".ts",
+    "pt2": ".pt2",
+    "onnx": ".onnx",
+    "onnx-int8": ".int8.onnx",
+    "dynamic-int8": ".dynamic-int8.pt",
+}
 
 
 def run(args: list[str], capture: bool = False) -> str:
@@ -54,27 +61,67 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     weights = a.weights
     if not weights:
-        run(["train", "--data", a.data, "--model", "resnet18", "--img-size", "224", "--epochs", "1",
-             "--out", str(out), "--name", "r18", "-q"])
+        run(
+            [
+                "train",
+                "--data",
+                a.data,
+                "--model",
+                "resnet18",
+                "--img-size",
+                "224",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--name",
+                "r18",
+                "-q",
+            ]
+        )
         weights = str(out / "r18" / "best.pt")
     exports = []
     for fmt, suffix in FORMATS.items():
         path = out / f"r18{suffix}"
         report = json.loads(run(["export", weights, "--format", fmt, "--out", str(path), "--json", "-q"], capture=True))
         v = report["verification"]
-        print(f"  {fmt}: max |logit diff| {v['max_abs_diff']:.3g}, top-1 agreement {v['top1_agreement']:.1%} "
-              f"on {v['data']}", flush=True)
+        print(
+            f"  {fmt}: max |logit diff| {v['max_abs_diff']:.3g}, top-1 agreement {v['top1_agreement']:.1%} "
+            f"on {v['data']}",
+            flush=True,
+        )
         exports.append(str(path))
 
-    rows = json.loads(run(["bench", weights, *exports, "--batch-sizes", str(a.batch_size), "--data", a.data,
-                           "--iters", str(a.iters), "--rounds", "4", "--max-seconds", "120", "--json", "-q"],
-                          capture=True))
+    rows = json.loads(
+        run(
+            [
+                "bench",
+                weights,
+                *exports,
+                "--batch-sizes",
+                str(a.batch_size),
+                "--data",
+                a.data,
+                "--iters",
+                str(a.iters),
+                "--rounds",
+                "4",
+                "--max-seconds",
+                "120",
+                "--json",
+                "-q",
+            ],
+            capture=True,
+        )
+    )
     print(f"\nResNet-18, 224 px, batch {a.batch_size}, {rows[0]['threads']} threads, {os.cpu_count()} CPUs")
     print(f"{'format':<15} {'p50 ms':>9} {'p90 ms':>9} {'images/s':>9} {'size MB':>8} {'accuracy':>9}")
     for r in rows:
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
-        print(f"{r['format']:<15} {r['latency_p50_ms']:9.1f} {r['latency_p90_ms']:9.1f} {r['images_per_s']:9.1f} "
-              f"{r['size_mb']:8.1f} {acc:>9}")
+        print(
+            f"{r['format']:<15} {r['latency_p50_ms']:9.1f} {r['latency_p90_ms']:9.1f} {r['images_per_s']:9.1f} "
+            f"{r['size_mb']:8.1f} {acc:>9}"
+        )
     ips = {r["format"]: r["images_per_s"] for r in rows}
     eager_best = max((k for k in ips if k.startswith("eager-")), key=ips.get)
     print(f"\nonnx-int8 / eager-fp32 (the seed's baseline): {ips['onnx-int8'] / ips['eager-fp32']:.2f}x (target >= 6x)")

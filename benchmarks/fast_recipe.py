@@ -11,6 +11,7 @@ time includes validating 1,000 held-out images with test-time augmentation after
 
 Run it on an otherwise idle machine: both sides are timed by wall clock.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ def seed_within(data: str, minutes: float) -> tuple[float | None, int, float]:
     """(test accuracy of the last epoch ended within the budget, that epoch, its elapsed seconds)."""
     budget = minutes * 60
     epochs = 1000  # stopped by the budget, not by this
-    proc = subprocess.Popen([sys.executable, str(SHARED / "bench" / "seed_recipe.py"), data, str(epochs)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SHARED / "bench" / "seed_recipe.py"), data, str(epochs)], stdout=subprocess.PIPE, text=True
+    )
     best = (None, 0, 0.0)
     timer = threading.Timer(budget + 10, proc.kill)  # no epoch can end within the budget after this
     timer.start()
@@ -55,11 +57,33 @@ def seed_within(data: str, minutes: float) -> tuple[float | None, int, float]:
 
 def imgclf_within(data: str, minutes: float, seed: int) -> tuple[float, float, dict]:
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run(IMGCLF + ["-q", "train", "--data", data, "--recipe", "fast", "--time-budget", str(minutes),
-                                 "--seed", str(seed), "--out", out, "--name", "fast"], check=True)
+        subprocess.run(
+            IMGCLF
+            + [
+                "-q",
+                "train",
+                "--data",
+                data,
+                "--recipe",
+                "fast",
+                "--time-budget",
+                str(minutes),
+                "--seed",
+                str(seed),
+                "--out",
+                out,
+                "--name",
+                "fast",
+            ],
+            check=True,
+        )
         results = json.load(open(os.path.join(out, "fast", "results.json")))
-        res = subprocess.run(IMGCLF + ["-q", "evaluate", os.path.join(out, "fast", "best.pt"), "--split", "test",
-                                       "--json"], check=True, capture_output=True, text=True).stdout
+        res = subprocess.run(
+            IMGCLF + ["-q", "evaluate", os.path.join(out, "fast", "best.pt"), "--split", "test", "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     return json.loads(res)["accuracy"], results["train_seconds"], results
 
 
@@ -73,8 +97,11 @@ def main() -> None:
 
     print(env_block(), flush=True)
     acc, train_s, res = imgclf_within(args.data, args.minutes, args.seed)
-    print(f"  imgclf: test_acc {100 * acc:.2f} after {train_s:.0f} s of training ({res['steps']} steps, "
-          f"{res['epochs']} epochs)", flush=True)
+    print(
+        f"  imgclf: test_acc {100 * acc:.2f} after {train_s:.0f} s of training ({res['steps']} steps, "
+        f"{res['epochs']} epochs)",
+        flush=True,
+    )
     s_acc, s_ep, s_el = seed_within(args.data, args.minutes)
     print(f"CIFAR-10 from scratch within {args.minutes:g} minutes of training on {args.data}")
     print(f"  imgclf --recipe fast: test accuracy {acc:.4f} ({train_s:.0f} s)")
@@ -82,8 +109,10 @@ def main() -> None:
         print("  seed recipe:          no epoch finished within the budget")
     else:
         print(f"  seed recipe:          test accuracy {s_acc:.4f} (epoch {s_ep}, {s_el:.0f} s)")
-        print(f"  accuracy ratio {acc / s_acc:.2f}x; error rate {1 - acc:.4f} vs {1 - s_acc:.4f} "
-              f"({(1 - s_acc) / max(1e-9, 1 - acc):.2f}x fewer errors)")
+        print(
+            f"  accuracy ratio {acc / s_acc:.2f}x; error rate {1 - acc:.4f} vs {1 - s_acc:.4f} "
+            f"({(1 - s_acc) / max(1e-9, 1 - acc):.2f}x fewer errors)"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ clock in the same run, followed by `imgclf evaluate` of each best.pt on val:
 
     .venv/bin/python benchmarks/frozen_features.py [--data ../shared/data/hymenoptera] [--epochs 30]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ def run(args, out, name, cache_dir):
     t = time.perf_counter()
     subprocess.run(IMGCLF + ["-q", "train", *args, "--out", out, "--name", name], check=True, env=env)
     seconds = time.perf_counter() - t
-    res = subprocess.run(IMGCLF + ["-q", "evaluate", os.path.join(out, name, "best.pt"), "--split", "val", "--json"],
-                         check=True, capture_output=True, text=True, env=env).stdout
+    res = subprocess.run(
+        IMGCLF + ["-q", "evaluate", os.path.join(out, name, "best.pt"), "--split", "val", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
     return seconds, json.loads(res)["accuracy"]
 
 
@@ -43,8 +49,17 @@ def main() -> None:
     from imgclf.environment import env_block
 
     print(env_block(), flush=True)
-    common = ["--data", args.data, "--model", args.model, "--pretrained", "--freeze", "backbone",
-              "--epochs", str(args.epochs)]
+    common = [
+        "--data",
+        args.data,
+        "--model",
+        args.model,
+        "--pretrained",
+        "--freeze",
+        "backbone",
+        "--epochs",
+        str(args.epochs),
+    ]
     with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cache:
         # a fresh, empty decoded-image cache: the cached run pays for building it
         fast_s, fast_acc = run(common, out, "cached", cache)
@@ -52,8 +67,10 @@ def main() -> None:
     print(f"{args.model} --freeze backbone, {args.epochs} epochs on {args.data}")
     print(f"  feature cache (default): {fast_s:7.1f} s end to end, val accuracy {fast_acc:.4f}")
     print(f"  --cache none:            {slow_s:7.1f} s end to end, val accuracy {slow_acc:.4f}")
-    print(f"  speed-up {slow_s / fast_s:.1f}x, accuracy difference {100 * (fast_acc - slow_acc):+.2f} points "
-          f"[{os.cpu_count()} cores]")
+    print(
+        f"  speed-up {slow_s / fast_s:.1f}x, accuracy difference {100 * (fast_acc - slow_acc):+.2f} points "
+        f"[{os.cpu_count()} cores]"
+    )
 
 
 if __name__ == "__main__":

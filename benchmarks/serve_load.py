@@ -18,6 +18,7 @@
    and the server's resident memory (VmRSS from /proc/PID/status) after the warm-up, its maximum (sampled
    every second) and at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,11 @@ def rss_mb(pid: int) -> float:
 
 
 def image_files(folder: str, limit: int) -> list[str]:
-    files = sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
-                   if p.lower().endswith((".jpg", ".jpeg", ".png")))
+    files = sorted(
+        p
+        for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+        if p.lower().endswith((".jpg", ".jpeg", ".png"))
+    )
     if not files:
         sys.exit(f"no images under {folder}")
     return files[:limit]
@@ -82,8 +86,13 @@ def offline(pred, files: list[str], rounds: int, batch: int = 32) -> dict:
         pred.predict(chunk)
         ptimes.append(time.perf_counter() - t0)
     ptimes.sort()
-    return {"model_images_per_s": model_ips, "pipeline_images_per_s": batch / ptimes[len(ptimes) // 2],
-            "format": pred.runner.format, "model": pred.runner.model_name, "threads": torch.get_num_threads()}
+    return {
+        "model_images_per_s": model_ips,
+        "pipeline_images_per_s": batch / ptimes[len(ptimes) // 2],
+        "format": pred.runner.format,
+        "model": pred.runner.model_name,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def build_request(path: str, host: str, port: int) -> bytes:
@@ -91,10 +100,18 @@ def build_request(path: str, host: str, port: int) -> bytes:
     with open(path, "rb") as f:
         data = f.read()
     name = os.path.basename(path)
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
-            f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
+        f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -106,8 +123,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, body
 
 
-async def load(host: str, port: int, requests: list[bytes], total: int, concurrency: int,
-               keep_latencies: bool = False) -> dict:
+async def load(
+    host: str, port: int, requests: list[bytes], total: int, concurrency: int, keep_latencies: bool = False
+) -> dict:
     counter = {"next": 0}
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -144,9 +162,17 @@ async def load(host: str, port: int, requests: list[bytes], total: int, concurre
     def pct(q):
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
 
-    out = {"requests": total, "seconds": wall, "images_per_s": total / wall, "errors": sum(errors.values()),
-           "error_kinds": errors, "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
-           "max_ms": latencies[-1] * 1000 if latencies else float("nan")}
+    out = {
+        "requests": total,
+        "seconds": wall,
+        "images_per_s": total / wall,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
+    }
     if keep_latencies:
         out["latencies"] = latencies
     return out
@@ -162,7 +188,11 @@ def metrics_summary(host: str, port: int) -> dict:
         return float(m.group(1)) if m else float("nan")
 
     n, s = val("imgclf_batch_size_count"), val("imgclf_batch_size_sum")
-    return {"batches": n, "mean_batch_size": s / n if n else float("nan"), "images": val("imgclf_images_processed_total")}
+    return {
+        "batches": n,
+        "mean_batch_size": s / n if n else float("nan"),
+        "images": val("imgclf_images_processed_total"),
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -175,34 +205,48 @@ def cpu_seconds(pid: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="checkpoint or exported model")
-    ap.add_argument("--images", default=DEFAULT_IMAGES, help="folder of images to send [../shared/data/hymenoptera/val]")
+    ap.add_argument(
+        "--images", default=DEFAULT_IMAGES, help="folder of images to send [../shared/data/hymenoptera/val]"
+    )
     ap.add_argument("--n-images", type=int, default=64, help="distinct images sent, round robin [64]")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--requests", type=int, default=2000, help="counted requests [2000]")
     ap.add_argument("--warmup", type=int, default=200, help="requests before counting and before the first RSS [200]")
-    ap.add_argument("--rounds", type=int, default=5,
-                    help="the counted requests are sent in this many slices, with the offline throughput measured "
-                         "before each and after the last, so both see the same machine even when its load drifts [5]")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="the counted requests are sent in this many slices, with the offline throughput measured "
+        "before each and after the last, so both see the same machine even when its load drifts [5]",
+    )
     ap.add_argument("--offline-batches", type=int, default=6, help="timed batches of 32 per offline measurement [6]")
     ap.add_argument("--skip-offline", action="store_true")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    ap.add_argument("--serve-args", default="", help="extra `imgclf serve` flags, e.g. \"--threads 1\"")
+    ap.add_argument("--serve-args", default="", help='extra `imgclf serve` flags, e.g. "--threads 1"')
     a = ap.parse_args()
     from imgclf.environment import env_block
 
     print(env_block(), flush=True)
 
     files = image_files(a.images, a.n_images)
-    res = {"date": time.strftime("%Y-%m-%d %H:%M"), "model_file": a.model, "concurrency": a.concurrency,
-           "serve_args": a.serve_args, "client": "asyncio streams, keep-alive, one image per request"}
+    res = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "model_file": a.model,
+        "concurrency": a.concurrency,
+        "serve_args": a.serve_args,
+        "client": "asyncio streams, keep-alive, one image per request",
+    }
     pred = None
     if not a.skip_offline:
         from imgclf.predict import Predictor
 
         pred = Predictor(a.model, batch_size=32)
         res["offline_pipeline_images_per_s"] = offline(pred, files, a.offline_batches)["pipeline_images_per_s"]
-        print(f"offline batch-32 whole pipeline (decode + preprocess + model, Predictor): "
-              f"{res['offline_pipeline_images_per_s']:.1f} img/s", flush=True)
+        print(
+            f"offline batch-32 whole pipeline (decode + preprocess + model, Predictor): "
+            f"{res['offline_pipeline_images_per_s']:.1f} img/s",
+            flush=True,
+        )
 
     def measure_offline() -> tuple[float, float, float]:
         """(images/s, images, CPU seconds of this process) for the model alone on batches of 32."""
@@ -263,9 +307,11 @@ def main() -> None:
             r["client_cpu_s"] = (c1.user + c1.system) - (c0.user + c0.system)
             r["server_rss_mb"] = rss_mb(proc.pid)
             served_runs.append(r)
-            print(f"slice {i + 1}/{a.rounds}: served {r['images_per_s']:.1f} img/s, server RSS {r['server_rss_mb']:.0f} MB"
-                  + (f", offline model {offline_runs[-1][0]:.1f} img/s just before" if pred is not None else ""),
-                  flush=True)
+            print(
+                f"slice {i + 1}/{a.rounds}: served {r['images_per_s']:.1f} img/s, server RSS {r['server_rss_mb']:.0f} MB"
+                + (f", offline model {offline_runs[-1][0]:.1f} img/s just before" if pred is not None else ""),
+                flush=True,
+            )
         if pred is not None:
             offline_runs.append(measure_offline())
         res["server_rss_mb_max"] = max(peak[0], rss_mb(proc.pid))
@@ -289,41 +335,70 @@ def main() -> None:
     for r in served_runs:
         for k, v in r["error_kinds"].items():
             kinds[k] = kinds.get(k, 0) + v
-    ld = res["load"] = {"requests": total, "seconds": seconds, "images_per_s": total / seconds, "errors": errors,
-                        "error_kinds": kinds, "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99),
-                        "max_ms": lat[-1] * 1000, "slices": served_runs}
+    ld = res["load"] = {
+        "requests": total,
+        "seconds": seconds,
+        "images_per_s": total / seconds,
+        "errors": errors,
+        "error_kinds": kinds,
+        "p50_ms": pct(0.5),
+        "p90_ms": pct(0.9),
+        "p99_ms": pct(0.99),
+        "max_ms": lat[-1] * 1000,
+        "slices": served_runs,
+    }
     server_cpu = sum(r["server_cpu_s"] for r in served_runs)
     client_cpu = sum(r["client_cpu_s"] for r in served_runs)
     ld["server_cpu_ms_per_image"] = 1000 * server_cpu / total
     ld["client_cpu_ms_per_image"] = 1000 * client_cpu / total
-    print(f"served: {total} requests, {a.concurrency} concurrent clients, {seconds:.1f} s: "
-          f"{ld['images_per_s']:.1f} img/s, errors {errors} {kinds or ''}")
-    print(f"latency p50 {ld['p50_ms']:.0f} ms, p90 {ld['p90_ms']:.0f} ms, p99 {ld['p99_ms']:.0f} ms "
-          f"(p99/p50 {ld['p99_ms'] / ld['p50_ms']:.2f}), max {ld['max_ms']:.0f} ms")
+    print(
+        f"served: {total} requests, {a.concurrency} concurrent clients, {seconds:.1f} s: "
+        f"{ld['images_per_s']:.1f} img/s, errors {errors} {kinds or ''}"
+    )
+    print(
+        f"latency p50 {ld['p50_ms']:.0f} ms, p90 {ld['p90_ms']:.0f} ms, p99 {ld['p99_ms']:.0f} ms "
+        f"(p99/p50 {ld['p99_ms'] / ld['p50_ms']:.2f}), max {ld['max_ms']:.0f} ms"
+    )
     sm = res["server_metrics"]
-    print(f"server: {sm['batches']:.0f} batches, mean batch size {sm['mean_batch_size']:.1f}; CPU per image: server "
-          f"{ld['server_cpu_ms_per_image']:.2f} ms, load client {ld['client_cpu_ms_per_image']:.2f} ms")
+    print(
+        f"server: {sm['batches']:.0f} batches, mean batch size {sm['mean_batch_size']:.1f}; CPU per image: server "
+        f"{ld['server_cpu_ms_per_image']:.2f} ms, load client {ld['client_cpu_ms_per_image']:.2f} ms"
+    )
     w, e, mx = res["server_rss_mb_after_warmup"], res["server_rss_mb_end"], res["server_rss_mb_max"]
-    print(f"server RSS: ready {res['server_rss_mb_ready']:.0f} MB, after warm-up {w:.0f} MB, max {mx:.0f} MB, "
-          f"end {e:.0f} MB (end/warm-up {e / w:.3f}, max/warm-up {mx / w:.3f})")
+    print(
+        f"server RSS: ready {res['server_rss_mb_ready']:.0f} MB, after warm-up {w:.0f} MB, max {mx:.0f} MB, "
+        f"end {e:.0f} MB (end/warm-up {e / w:.3f}, max/warm-up {mx / w:.3f})"
+    )
     if offline_runs:
         off_imgs = sum(n for _, n, _ in offline_runs)
         off_secs = sum(n / ips for ips, n, _ in offline_runs)
         off_cpu = sum(c for _, _, c in offline_runs)
-        o = res["offline"] = {"model_images_per_s": off_imgs / off_secs, "runs": [ips for ips, _, _ in offline_runs],
-                              "cpu_ms_per_image": 1000 * off_cpu / off_imgs}
-        per_slice = [r["images_per_s"] / ((offline_runs[i][0] + offline_runs[i + 1][0]) / 2)
-                     for i, r in enumerate(served_runs)]
+        o = res["offline"] = {
+            "model_images_per_s": off_imgs / off_secs,
+            "runs": [ips for ips, _, _ in offline_runs],
+            "cpu_ms_per_image": 1000 * off_cpu / off_imgs,
+        }
+        per_slice = [
+            r["images_per_s"] / ((offline_runs[i][0] + offline_runs[i + 1][0]) / 2) for i, r in enumerate(served_runs)
+        ]
         res["ratio_to_offline_model"] = ld["images_per_s"] / o["model_images_per_s"]
         res["ratio_per_slice"] = per_slice
         res["ratio_to_offline_pipeline"] = ld["images_per_s"] / res["offline_pipeline_images_per_s"]
-        res["cpu_efficiency_ratio"] = o["cpu_ms_per_image"] / (ld["server_cpu_ms_per_image"] + ld["client_cpu_ms_per_image"])
-        print(f"offline model-only batch-32: {o['model_images_per_s']:.1f} img/s overall ("
-              + ", ".join(f"{x:.0f}" for x in o["runs"]) + f"), CPU {o['cpu_ms_per_image']:.2f} ms per image")
-        print(f"served / offline model-only batch-32: {res['ratio_to_offline_model']:.2f} overall; per slice "
-              + ", ".join(f"{x:.2f}" for x in per_slice) + f"; served / offline pipeline: "
-              f"{res['ratio_to_offline_pipeline']:.2f}; offline CPU per image / served CPU per image (server + "
-              f"client): {res['cpu_efficiency_ratio']:.2f}")
+        res["cpu_efficiency_ratio"] = o["cpu_ms_per_image"] / (
+            ld["server_cpu_ms_per_image"] + ld["client_cpu_ms_per_image"]
+        )
+        print(
+            f"offline model-only batch-32: {o['model_images_per_s']:.1f} img/s overall ("
+            + ", ".join(f"{x:.0f}" for x in o["runs"])
+            + f"), CPU {o['cpu_ms_per_image']:.2f} ms per image"
+        )
+        print(
+            f"served / offline model-only batch-32: {res['ratio_to_offline_model']:.2f} overall; per slice "
+            + ", ".join(f"{x:.2f}" for x in per_slice)
+            + f"; served / offline pipeline: "
+            f"{res['ratio_to_offline_pipeline']:.2f}; offline CPU per image / served CPU per image (server + "
+            f"client): {res['cpu_efficiency_ratio']:.2f}"
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)

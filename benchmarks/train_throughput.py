@@ -8,6 +8,7 @@ the training loop calls. Rounds alternate seed / imgclf; medians and the ratio o
 
     .venv/bin/python benchmarks/train_throughput.py [--root ../shared/data/cifar10-jpg] [--steps 30] [--rounds 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,12 @@ SHARED = HERE.parent.parent / "shared"
 
 
 def seed_images_per_second(root: str, steps: int, workers: int) -> float:
-    out = subprocess.run([sys.executable, str(SHARED / "bench" / "seed_baseline.py"), root, "full", str(steps),
-                          str(workers)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(SHARED / "bench" / "seed_baseline.py"), root, "full", str(steps), str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return float(re.search(r"([\d.]+) train images/s", out).group(1))
 
 
@@ -82,11 +87,15 @@ def main() -> None:
     for r in range(args.rounds):
         seed.append(seed_images_per_second(args.root, args.steps, args.seed_workers))
         ours.append(imgclf_images_per_second(args.root, args.steps, args.precision, True))
-        print(f"round {r + 1}: seed {seed[-1]:.0f} img/s, imgclf {ours[-1]:.0f} img/s, ratio {ours[-1] / seed[-1]:.2f}",
-              flush=True)
+        print(
+            f"round {r + 1}: seed {seed[-1]:.0f} img/s, imgclf {ours[-1]:.0f} img/s, ratio {ours[-1] / seed[-1]:.2f}",
+            flush=True,
+        )
     ms, mo = statistics.median(seed), statistics.median(ours)
-    print(f"median over {args.rounds} rounds ({args.steps} steps each, batch 128): seed {ms:.0f} img/s, "
-          f"imgclf {mo:.0f} img/s, ratio {mo / ms:.2f}x  [{os.cpu_count()} cores]")
+    print(
+        f"median over {args.rounds} rounds ({args.steps} steps each, batch 128): seed {ms:.0f} img/s, "
+        f"imgclf {mo:.0f} img/s, ratio {mo / ms:.2f}x  [{os.cpu_count()} cores]"
+    )
 
 
 if __name__ == "__main__":

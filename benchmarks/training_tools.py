@@ -13,6 +13,7 @@
 
 Accuracy, not speed, is measured; only `ema` depends on the machine's speed (through the time budget).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,18 +66,45 @@ def balance(args) -> None:
         for mode in ("none", "auto"):
             for seed in (0, 1):
                 name = f"{mode}-{seed}"
-                run(["-q", "train", "--data", str(data), "--recipe", "fast", "--epochs", "30", "--batch-size", "256",
-                     "--val-fraction", "0.1", "--balance", mode, "--seed", str(seed), "--out", tmp, "--name", name])
+                run(
+                    [
+                        "-q",
+                        "train",
+                        "--data",
+                        str(data),
+                        "--recipe",
+                        "fast",
+                        "--epochs",
+                        "30",
+                        "--batch-size",
+                        "256",
+                        "--val-fraction",
+                        "0.1",
+                        "--balance",
+                        mode,
+                        "--seed",
+                        str(seed),
+                        "--out",
+                        tmp,
+                        "--name",
+                        name,
+                    ]
+                )
                 res = json.load(open(os.path.join(tmp, name, "results.json")))
                 m = evaluate(os.path.join(tmp, name, "best.pt"), "test")
                 rows.append((mode, seed, res["balance"], m["macro_f1"], m["accuracy"]))
-                print(f"  --balance {mode} seed {seed} (chose {res['balance']}): test macro-F1 {m['macro_f1']:.4f}, "
-                      f"accuracy {m['accuracy']:.4f}", flush=True)
+                print(
+                    f"  --balance {mode} seed {seed} (chose {res['balance']}): test macro-F1 {m['macro_f1']:.4f}, "
+                    f"accuracy {m['accuracy']:.4f}",
+                    flush=True,
+                )
     for mode in ("none", "auto"):
         f1 = [r[3] for r in rows if r[0] == mode]
         acc = [r[4] for r in rows if r[0] == mode]
-        print(f"--balance {mode}: test macro-F1 {', '.join(f'{v:.4f}' for v in f1)} (mean {sum(f1) / len(f1):.4f}); "
-              f"accuracy mean {sum(acc) / len(acc):.4f}")
+        print(
+            f"--balance {mode}: test macro-F1 {', '.join(f'{v:.4f}' for v in f1)} (mean {sum(f1) / len(f1):.4f}); "
+            f"accuracy mean {sum(acc) / len(acc):.4f}"
+        )
 
 
 def finetune(args) -> None:
@@ -86,25 +114,48 @@ def finetune(args) -> None:
         print(run(["-q", "lr-find", *common, "--freeze", "none", "--out", tmp, "--name", "lrf"]).strip())
         lr = json.load(open(os.path.join(tmp, "lrf", "lr_find.json")))["suggestion"]
         print(f"lr-find suggests {lr:.3g}")
-        for name, extra in (("none", ["--freeze", "none"]), ("backbone", ["--freeze", "backbone"]),
-                            ("freeze-epochs-2", ["--freeze-epochs", "2"])):
+        for name, extra in (
+            ("none", ["--freeze", "none"]),
+            ("backbone", ["--freeze", "backbone"]),
+            ("freeze-epochs-2", ["--freeze-epochs", "2"]),
+        ):
             run(["-q", "train", *common, *extra, "--epochs", "10", "--lr", f"{lr:.6g}", "--out", tmp, "--name", name])
             res = json.load(open(os.path.join(tmp, name, "results.json")))
-            print(f"  {name:16s} best val accuracy {res['best']['accuracy']:.4f} (epoch {res['best_epoch']}), "
-                  f"{res['total_seconds']:.0f} s", flush=True)
+            print(
+                f"  {name:16s} best val accuracy {res['best']['accuracy']:.4f} (epoch {res['best_epoch']}), "
+                f"{res['total_seconds']:.0f} s",
+                flush=True,
+            )
 
 
 def ema(args) -> None:
     data = str(args.data or SHARED / "cifar10-jpg")
     with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
         for name, extra in (("plain", []), ("ema", ["--ema"])):
-            run(["-q", "train", "--data", data, "--recipe", "fast", "--time-budget", "5", *extra, "--out", tmp,
-                 "--name", name])
+            run(
+                [
+                    "-q",
+                    "train",
+                    "--data",
+                    data,
+                    "--recipe",
+                    "fast",
+                    "--time-budget",
+                    "5",
+                    *extra,
+                    "--out",
+                    tmp,
+                    "--name",
+                    name,
+                ]
+            )
             res = json.load(open(os.path.join(tmp, name, "results.json")))
             m = evaluate(os.path.join(tmp, name, "best.pt"), "test")
-            print(f"  {name:6s} test accuracy {m['accuracy']:.4f} (best.pt: {res['best_weights']} weights, epoch "
-                  f"{res['best_epoch']} of {res['epochs']}, {res['steps']} steps, {res['train_seconds']:.0f} s)",
-                  flush=True)
+            print(
+                f"  {name:6s} test accuracy {m['accuracy']:.4f} (best.pt: {res['best_weights']} weights, epoch "
+                f"{res['best_epoch']} of {res['epochs']}, {res['steps']} steps, {res['train_seconds']:.0f} s)",
+                flush=True,
+            )
 
 
 def main() -> None:

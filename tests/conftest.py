@@ -2,6 +2,7 @@
 
 Everything here is written into pytest's tmp folders; nothing is downloaded and ../shared is never read.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,14 @@ def _private_cache(tmp_path_factory):
 
 # One clearly different colour per class, so that even `test_tiny` can learn the classes in a few steps.
 PALETTE = [
-    (220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40),
-    (200, 40, 200), (40, 200, 200), (128, 128, 128), (250, 150, 50),
+    (220, 40, 40),
+    (40, 200, 40),
+    (40, 40, 220),
+    (220, 220, 40),
+    (200, 40, 200),
+    (40, 200, 200),
+    (128, 128, 128),
+    (250, 150, 50),
 ]
 
 
@@ -125,8 +132,9 @@ TINY_CLASSES = ("cat", "dog", "fox")
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """3 classes, split layout with train (16 per class), val (6 per class) and test (3 per class), 16x16 px."""
-    return make_image_folder(tmp_path_factory.mktemp("tinydata") / "pets", classes=TINY_CLASSES, n=16, n_val=6,
-                             n_test=3, size=16)
+    return make_image_folder(
+        tmp_path_factory.mktemp("tinydata") / "pets", classes=TINY_CLASSES, n=16, n_val=6, n_test=3, size=16
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,29 @@
 """imgclf: from a folder of images to a trained, evaluated classifier and its predictions.
 
-    import imgclf
-    res = imgclf.train(data="digits", model="smallcnn", epochs=5)
-    metrics = imgclf.evaluate(res["run_dir"] + "/best.pt", split="val")
-    print(imgclf.Predictor(res["run_dir"] + "/best.pt").predict("some.png"))
+import imgclf
+res = imgclf.train(data="digits", model="smallcnn", epochs=5)
+metrics = imgclf.evaluate(res["run_dir"] + "/best.pt", split="val")
+print(imgclf.Predictor(res["run_dir"] + "/best.pt").predict("some.png"))
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "lr_find", "evaluate", "Predictor", "list_models", "check_data", "save_samples", "TrainConfig", "export",
-           "bench", "open_model", "__version__"]
+__all__ = [
+    "train",
+    "lr_find",
+    "evaluate",
+    "Predictor",
+    "list_models",
+    "check_data",
+    "save_samples",
+    "TrainConfig",
+    "export",
+    "bench",
+    "open_model",
+    "__version__",
+]
 
 
 _LAZY = {

@@ -9,6 +9,7 @@ A checkpoint is run eagerly in several settings: `eager-fp32` (NCHW, as the seed
 `eager-fp32-cl` (channels_last, imgclf's default) and `eager-bf16-cl` (bf16 autocast + channels_last, the best
 eager setting on CPUs with native bf16; emulated, hence slow, on CPUs without it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,21 +74,42 @@ def _images(settings: list[Setting], data: str | None, split: str, n: int, data_
     prep = settings[0].runner.preprocess
     for s in settings[1:]:
         if s.runner.preprocess.img_size != prep.img_size:
-            raise UsageError(f"inputs take different image sizes ({prep.img_size} and {s.runner.preprocess.img_size} px): "
-                             f"bench one model at a time")
+            raise UsageError(
+                f"inputs take different image sizes ({prep.img_size} and {s.runner.preprocess.img_size} px): "
+                f"bench one model at a time"
+            )
     if data:
         cfg = settings[0].runner.config
-        x, _ = sample_images(data, prep, split=split, n=n, data_root=data_root or cfg.get("data_root"),
-                             val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+        x, _ = sample_images(
+            data,
+            prep,
+            split=split,
+            n=n,
+            data_root=data_root or cfg.get("data_root"),
+            val_fraction=cfg.get("val_fraction", 0.2),
+            seed=cfg.get("seed", 0),
+        )
         return x
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, 3, prep.img_size, prep.img_size, generator=g)
 
 
-def bench(inputs: list[str], *, batch_sizes=(1, 32), data: str | None = None, split: str = "val",
-          data_root: str | None = None, eager=("fp32", "fp32-cl", "bf16-cl"), warmup: int = 2, iters: int = 10,
-          rounds: int = 3, max_seconds: float = 60.0, accuracy: bool = True, max_eval_images: int | None = None,
-          device: str = "cpu") -> list[dict]:
+def bench(
+    inputs: list[str],
+    *,
+    batch_sizes=(1, 32),
+    data: str | None = None,
+    split: str = "val",
+    data_root: str | None = None,
+    eager=("fp32", "fp32-cl", "bf16-cl"),
+    warmup: int = 2,
+    iters: int = 10,
+    rounds: int = 3,
+    max_seconds: float = 60.0,
+    accuracy: bool = True,
+    max_eval_images: int | None = None,
+    device: str = "cpu",
+) -> list[dict]:
     """One row per (input setting, batch size): latency p50/p90 (ms per batch), images/s, file size, and with
     `data` the top-1 accuracy on `split`. `iters` timed iterations per setting are split over `rounds` rounds;
     a setting whose batches are slow stops early after `max_seconds` of timing (at least 3 iterations)."""
@@ -128,8 +150,9 @@ def bench(inputs: list[str], *, batch_sizes=(1, 32), data: str | None = None, sp
 
         cfg = settings[0].runner.config
         for i, s in enumerate(settings):
-            a, n_eval, _ = accuracy_on([s.runner], data, split=split, data_root=data_root, config=cfg,
-                                       max_images=max_eval_images)
+            a, n_eval, _ = accuracy_on(
+                [s.runner], data, split=split, data_root=data_root, config=cfg, max_images=max_eval_images
+            )
             accs[i] = a[0]
 
     rows = []
@@ -137,29 +160,46 @@ def bench(inputs: list[str], *, batch_sizes=(1, 32), data: str | None = None, sp
         for b in batch_sizes:
             ts = np.asarray(times[(i, b)])
             p50, p90 = float(np.percentile(ts, 50)), float(np.percentile(ts, 90))
-            rows.append({
-                "input": s.input, "format": s.label, "model": s.runner.model_name,
-                "img_size": s.runner.preprocess.img_size, "batch_size": b,
-                "latency_p50_ms": 1000 * p50, "latency_p90_ms": 1000 * p90, "images_per_s": b / p50,
-                "iterations": int(len(ts)), "size_mb": s.size_bytes / 2**20,
-                "accuracy": accs.get(i), "eval_images": n_eval if accs else None,
-                "threads": torch.get_num_threads(),
-            })
+            rows.append(
+                {
+                    "input": s.input,
+                    "format": s.label,
+                    "model": s.runner.model_name,
+                    "img_size": s.runner.preprocess.img_size,
+                    "batch_size": b,
+                    "latency_p50_ms": 1000 * p50,
+                    "latency_p90_ms": 1000 * p90,
+                    "images_per_s": b / p50,
+                    "iterations": int(len(ts)),
+                    "size_mb": s.size_bytes / 2**20,
+                    "accuracy": accs.get(i),
+                    "eval_images": n_eval if accs else None,
+                    "threads": torch.get_num_threads(),
+                }
+            )
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     has_acc = any(r["accuracy"] is not None for r in rows)
-    head = f"{'format':<15} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'images/s':>9} {'size MB':>8}" + (f" {'accuracy':>9}" if has_acc else "") + "  file"
+    head = (
+        f"{'format':<15} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'images/s':>9} {'size MB':>8}"
+        + (f" {'accuracy':>9}" if has_acc else "")
+        + "  file"
+    )
     lines = [head]
     for r in rows:
         acc = (f" {r['accuracy']:9.4f}" if r["accuracy"] is not None else f" {'-':>9}") if has_acc else ""
-        lines.append(f"{r['format']:<15} {r['batch_size']:>5} {r['latency_p50_ms']:9.1f} {r['latency_p90_ms']:9.1f} "
-                     f"{r['images_per_s']:9.1f} {r['size_mb']:8.1f}{acc}  {os.path.basename(r['input'])}")
+        lines.append(
+            f"{r['format']:<15} {r['batch_size']:>5} {r['latency_p50_ms']:9.1f} {r['latency_p90_ms']:9.1f} "
+            f"{r['images_per_s']:9.1f} {r['size_mb']:8.1f}{acc}  {os.path.basename(r['input'])}"
+        )
     base = {r["batch_size"]: r["images_per_s"] for r in rows if r["format"] == "eager-fp32"}
     if base:
         lines.append("speed-up against eager-fp32 (NCHW, the seed's baseline) at the same batch size:")
         for r in rows:
             if r["batch_size"] in base and r["format"] != "eager-fp32":
-                lines.append(f"  {r['format']:<15} batch {r['batch_size']:>3}: {r['images_per_s'] / base[r['batch_size']]:.2f}x")
+                lines.append(
+                    f"  {r['format']:<15} batch {r['batch_size']:>3}: {r['images_per_s'] / base[r['batch_size']]:.2f}x"
+                )
     return "\n".join(lines)

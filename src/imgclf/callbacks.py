@@ -18,6 +18,7 @@ its `name`; `TrainState` saves and restores it with everything else. To end a ru
 Model-specific behaviour (airnet's whitening) comes from the model's registry entry (`ModelSpec.callbacks`),
 so a newcomer finds it beside the model, not as an attribute the loop probes for.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,11 +73,18 @@ class TimeBudget(Callback):
     def on_step_end(self, trainer) -> None:
         if self.total is not None:
             return
-        fixed = self.observe(trainer.state.step - self.first, val_images=trainer.val_images, per_epoch=trainer.per_epoch)
+        fixed = self.observe(
+            trainer.state.step - self.first, val_images=trainer.val_images, per_epoch=trainer.per_epoch
+        )
         if fixed is not None:
             trainer.set_total_steps(min(trainer.total_steps, self.first + fixed))
-            trainer.info("time budget %.1f min: %d optimisation steps (%.2f epochs) at %.0f images/s", self.seconds / 60,
-                     trainer.total_steps, trainer.total_steps / trainer.per_epoch, self.rate * self.batch_images)
+            trainer.info(
+                "time budget %.1f min: %d optimisation steps (%.2f epochs) at %.0f images/s",
+                self.seconds / 60,
+                trainer.total_steps,
+                trainer.total_steps / trainer.per_epoch,
+                self.rate * self.batch_images,
+            )
 
     def observe(self, done: int, *, val_images: int, per_epoch: int) -> int | None:
         """`done` steps taken in this session: None while still measuring, then the steps that fit in all."""
@@ -118,7 +126,7 @@ class Lookahead(Callback):
     def update(self, model: nn.Module, step: int, total: int) -> None:
         if step % self.every:
             return
-        self.merge(model, 0.95 ** 5 * min(1.0, step / max(1, total)) ** 3)
+        self.merge(model, 0.95**5 * min(1.0, step / max(1, total)) ** 3)
 
     @torch.no_grad()
     def merge(self, model: nn.Module, decay: float) -> None:
@@ -161,8 +169,10 @@ class EarlyStopping(Callback):
             return
         self.bad_epochs += 1
         if self.bad_epochs >= self.patience:
-            trainer.stop(f"early stopping: {self.monitor} has not improved on {self.best:.4f} for {self.patience} "
-                         f"epoch{'s' * (self.patience != 1)} (--patience {self.patience})")
+            trainer.stop(
+                f"early stopping: {self.monitor} has not improved on {self.best:.4f} for {self.patience} "
+                f"epoch{'s' * (self.patience != 1)} (--patience {self.patience})"
+            )
 
     def state_dict(self) -> dict:
         return {"best": self.best, "bad_epochs": self.bad_epochs}
@@ -215,6 +225,7 @@ class Histograms(Callback):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor):
                 self.acts[name] = output.detach().float().cpu()
+
         return hook
 
     def on_after_backward(self, trainer) -> None:
@@ -224,8 +235,9 @@ class Histograms(Callback):
         step = trainer.state.step + 1
         loss = float(trainer.loss.detach())
         if not math.isfinite(loss):
-            raise TrainingDiverged(f"step {step}: the loss is {loss}; stopped at the last good checkpoint "
-                              "(lower --lr, or add --clip-grad)")
+            raise TrainingDiverged(
+                f"step {step}: the loss is {loss}; stopped at the last good checkpoint (lower --lr, or add --clip-grad)"
+            )
         grads = {n: p.grad for n, p in trainer.step_model.named_parameters() if p.grad is not None}
         norms = {n: float(g.detach().float().norm()) for n, g in grads.items()}
         total = math.sqrt(sum(v * v for v in norms.values()))
@@ -236,13 +248,17 @@ class Histograms(Callback):
     def _check(self, step: int, total: float, norms: dict) -> None:
         worst = max(norms, key=lambda n: norms[n] if math.isfinite(norms[n]) else math.inf, default="?")
         if not math.isfinite(total):
-            raise TrainingDiverged(f"step {step}: non-finite gradient in layer {worst}; stopped at the last good "
-                              "checkpoint (lower --lr, or add --clip-grad)")
-        history = sorted(self.norms[-self.WINDOW:])
+            raise TrainingDiverged(
+                f"step {step}: non-finite gradient in layer {worst}; stopped at the last good "
+                "checkpoint (lower --lr, or add --clip-grad)"
+            )
+        history = sorted(self.norms[-self.WINDOW :])
         if len(history) >= self.MIN_HISTORY and total > self.EXPLODE * history[len(history) // 2]:
-            raise TrainingDiverged(f"step {step}: the gradient norm exploded to {total:.3g} ({total / history[len(history) // 2]:.0f}x "
-                              f"the median of the last {len(history)} steps), largest in layer {worst}; stopped at "
-                              "the last good checkpoint (lower --lr, or add --clip-grad)")
+            raise TrainingDiverged(
+                f"step {step}: the gradient norm exploded to {total:.3g} ({total / history[len(history) // 2]:.0f}x "
+                f"the median of the last {len(history)} steps), largest in layer {worst}; stopped at "
+                "the last good checkpoint (lower --lr, or add --clip-grad)"
+            )
         self.norms.append(total)
 
     def _write(self, writer, step: int, grads: dict, norms: dict, total: float) -> None:
@@ -256,7 +272,7 @@ class Histograms(Callback):
         self.acts = {}
 
     def state_dict(self) -> dict:
-        return {"norms": self.norms[-self.WINDOW:]}
+        return {"norms": self.norms[-self.WINDOW :]}
 
     def load_state_dict(self, state: dict) -> None:
         self.norms = list(state["norms"])

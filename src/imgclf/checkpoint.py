@@ -5,6 +5,7 @@ index order, preprocessing, the training config, metrics and a fingerprint of th
 `epoch_N.pt` add the optimizer, scheduler and progress needed to resume. Only plain types and tensors, so it
 loads with `torch.load(..., weights_only=True)`: a checkpoint from a stranger cannot run code.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,9 +28,18 @@ FORMAT = "imgclf-checkpoint"
 VERSION = 1
 
 
-def make_checkpoint(model: nn.Module, *, model_name: str, classes: list[str], preprocess: dict, config: dict,
-                    metrics: dict | None = None, data_fingerprint: str | None = None, epoch: int | None = None,
-                    train_state: dict | None = None) -> dict:
+def make_checkpoint(
+    model: nn.Module,
+    *,
+    model_name: str,
+    classes: list[str],
+    preprocess: dict,
+    config: dict,
+    metrics: dict | None = None,
+    data_fingerprint: str | None = None,
+    epoch: int | None = None,
+    train_state: dict | None = None,
+) -> dict:
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
@@ -95,16 +105,24 @@ def _check_file(path: str) -> None:
         with open(path, "rb") as f:
             head = f.read(len(_ZIP_MAGIC))
     except OSError as e:
-        raise CheckpointError(f"cannot read '{path}' ({e.strerror}): make it readable for this user, or copy it somewhere that is") from None
+        raise CheckpointError(
+            f"cannot read '{path}' ({e.strerror}): make it readable for this user, or copy it somewhere that is"
+        ) from None
     if size == 0:
-        raise CheckpointError(f"'{path}' is empty (0 bytes), as a write or copy that was cut short leaves it: {_USE_ANOTHER}")
+        raise CheckpointError(
+            f"'{path}' is empty (0 bytes), as a write or copy that was cut short leaves it: {_USE_ANOTHER}"
+        )
     if head == _ZIP_MAGIC:
         if not zipfile.is_zipfile(path):  # the zip archive's directory, at its end, is missing
-            raise CheckpointError(f"'{path}' is truncated: its zip archive ends after {size} bytes without its directory, "
-                                  f"as a write or copy that was cut short leaves it; copy it again, or {_USE_ANOTHER}")
+            raise CheckpointError(
+                f"'{path}' is truncated: its zip archive ends after {size} bytes without its directory, "
+                f"as a write or copy that was cut short leaves it; copy it again, or {_USE_ANOTHER}"
+            )
     elif not head.startswith(_PICKLE_MAGIC):
-        raise CheckpointError(f"'{path}' is not a PyTorch checkpoint (not a zip archive, nor torch's older pickle format): "
-                              f"pass best.pt or last.pt from an imgclf run")
+        raise CheckpointError(
+            f"'{path}' is not a PyTorch checkpoint (not a zip archive, nor torch's older pickle format): "
+            f"pass best.pt or last.pt from an imgclf run"
+        )
 
 
 def _load_plain_data(path: str):
@@ -118,8 +136,10 @@ def _load_plain_data(path: str):
     except pickle.UnpicklingError as e:
         detail = _unpickler_detail(str(e))
         if detail.startswith("Unsupported operand") or not detail:  # bytes that are no pickle torch.save writes
-            raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (its data is damaged, or was not written "
-                                  f"by torch.save with its default settings): {_USE_ANOTHER}") from None
+            raise CheckpointError(
+                f"'{path}' is not a readable PyTorch checkpoint (its data is damaged, or was not written "
+                f"by torch.save with its default settings): {_USE_ANOTHER}"
+            ) from None
         found = re.search(r"GLOBAL (\S+) was not an allowed global", detail)
         what = f"({found.group(1)})" if found else f"({_sentence(detail)})"
         raise CheckpointError(
@@ -127,9 +147,13 @@ def _load_plain_data(path: str):
             f"could run code; use a checkpoint written by imgclf"
         ) from None
     except EOFError:
-        raise CheckpointError(f"'{path}' is truncated (its data ends early): copy it again, or {_USE_ANOTHER}") from None
+        raise CheckpointError(
+            f"'{path}' is truncated (its data ends early): copy it again, or {_USE_ANOTHER}"
+        ) from None
     except OSError as e:
-        raise CheckpointError(f"cannot read '{path}' ({e.strerror or _sentence(str(e))}): check the file and its disk") from None
+        raise CheckpointError(
+            f"cannot read '{path}' ({e.strerror or _sentence(str(e))}): check the file and its disk"
+        ) from None
     except Exception as e:
         reason = _sentence(str(e)) or type(e).__name__
         raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint ({reason}): {_USE_ANOTHER}") from e
@@ -172,8 +196,9 @@ def validate_checkpoint(ckpt, path: str) -> dict:
         raise CheckpointError(f"'{path}' was written by a newer imgclf (format {version}): upgrade imgclf")
     missing = [k for k in ("model", "classes", "preprocess", "state_dict") if k not in ckpt]
     if missing:
-        raise CheckpointError(f"'{path}' is an incomplete imgclf checkpoint (missing {', '.join(map(repr, missing))}): "
-                              f"{_USE_ANOTHER}")
+        raise CheckpointError(
+            f"'{path}' is an incomplete imgclf checkpoint (missing {', '.join(map(repr, missing))}): {_USE_ANOTHER}"
+        )
     _check_entries(ckpt, path)
     _check_classes(ckpt, path)
     _check_weights(ckpt, path)
@@ -195,7 +220,9 @@ def _check_entries(ckpt: dict, path: str) -> None:
         raise CheckpointError(f"'{path}' has damaged entries, {'; '.join(bad)}: {_USE_ANOTHER}")
     dup = sorted(c for c, k in Counter(classes).items() if k > 1)
     if dup:
-        raise CheckpointError(f"'{path}' names a class twice ({', '.join(dup[:5])}), so its labels are ambiguous: {_USE_ANOTHER}")
+        raise CheckpointError(
+            f"'{path}' names a class twice ({', '.join(dup[:5])}), so its labels are ambiguous: {_USE_ANOTHER}"
+        )
 
 
 def _check_classes(ckpt: dict, path: str) -> None:
@@ -204,16 +231,20 @@ def _check_classes(ckpt: dict, path: str) -> None:
 
     name, n = ckpt["model"]["name"], ckpt["model"]["num_classes"]
     if name not in REGISTRY:
-        raise CheckpointError(f"'{path}' holds a model named '{name}', which this imgclf does not have"
-                              f"{did_you_mean(name, REGISTRY)}: upgrade imgclf (`imgclf models` lists the models it has)")
+        raise CheckpointError(
+            f"'{path}' holds a model named '{name}', which this imgclf does not have"
+            f"{did_you_mean(name, REGISTRY)}: upgrade imgclf (`imgclf models` lists the models it has)"
+        )
     head = REGISTRY[name].head
     w = ckpt["state_dict"].get(head + ".weight")
     rows = int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() else None
     n_names = len(ckpt["classes"])
     if n_names != n or (rows is not None and rows != n):
         outputs = f" and its head ({head}) has {rows} outputs" if rows is not None else ""
-        raise CheckpointError(f"'{path}' is inconsistent: it lists {n_names} class name{'' if n_names == 1 else 's'}, but its model entry says {n} classes"
-                              f"{outputs}; the file was edited or damaged: {_USE_ANOTHER}")
+        raise CheckpointError(
+            f"'{path}' is inconsistent: it lists {n_names} class name{'' if n_names == 1 else 's'}, but its model entry says {n} classes"
+            f"{outputs}; the file was edited or damaged: {_USE_ANOTHER}"
+        )
 
 
 def _check_weights(ckpt: dict, path: str) -> None:
@@ -253,7 +284,9 @@ def weights_mismatch(state: dict, name: str, num_classes: int, want: dict[str, t
         k = other[0]
         parts.append(f"{len(other)} of another shape, such as '{k}' {list(have[k])} where {name} needs {list(want[k])}")
     like = _closest_model(have, num_classes, exclude=name)
-    whose = f"look like {like}'s, not those of the {name} it names" if like else f"do not fit {name}, the model it names"
+    whose = (
+        f"look like {like}'s, not those of the {name} it names" if like else f"do not fit {name}, the model it names"
+    )
     return f"holds weights that {whose} ({len(want)} tensors expected: {'; '.join(parts)})"
 
 
@@ -294,8 +327,9 @@ def _name(path: str | None) -> str:
     return f"'{path}'" if path else "the checkpoint"
 
 
-def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", *, channels_last: bool = True,
-                          path: str | None = None) -> nn.Module:
+def model_from_checkpoint(
+    ckpt: dict, device: torch.device | str = "cpu", *, channels_last: bool = True, path: str | None = None
+) -> nn.Module:
     from .models.registry import build_model
 
     m = ckpt["model"]

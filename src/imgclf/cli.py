@@ -3,6 +3,7 @@
 `main(argv) -> int` is what tests call in-process. Usage errors print one line and return 2; other failures
 print one line and return 1; tracebacks only with --verbose.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,7 +99,9 @@ def _number(t: type, rng: Range | None = None, words: tuple = (), **bounds):
         try:
             value = t(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'a whole number' if t is int else 'a number'}{alt}, not '{text}'") from None
+            raise argparse.ArgumentTypeError(
+                f"must be {'a whole number' if t is int else 'a number'}{alt}, not '{text}'"
+            ) from None
         problem = out_of_range(value, rng, words)
         if problem:
             raise argparse.ArgumentTypeError(problem)
@@ -110,26 +113,40 @@ def _number(t: type, rng: Range | None = None, words: tuple = (), **bounds):
 
 def _add_inference_precision(p: argparse.ArgumentParser) -> None:
     """--precision of the commands that run a model (evaluate, predict, serve); training's comes from config.py."""
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; "
-                        "faster on some GPUs and CPUs with AMX, slightly different answers) [auto]")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; "
+        "faster on some GPUs and CPUs with AMX, slightly different answers) [auto]",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and tracebacks")
-    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                   help="no progress or info lines on stderr, only warnings and errors (train prints nothing else); "
-                        "results on stdout (predictions, reports, JSON) still print")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and tracebacks"
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress or info lines on stderr, only warnings and errors (train prints nothing else); "
+        "results on stdout (predictions, reports, JSON) still print",
+    )
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a classifier", description="Train a classifier; the run goes to OUT/NAME.")
     _add_train_options(p)
-    p = sub.add_parser("lr-find", help="learning-rate range test: loss against lr, a plot and a suggested lr",
-                       description="The learning-rate range test (Smith 2015; fastai's lr_find) for the run the "
-                                   "train options describe: a few steps with the lr rising exponentially, the loss "
-                                   "curve in OUT/NAME/lr_find.png and .json, and a suggested lr (fastai's valley). "
-                                   "`imgclf train --lr auto` runs it first and trains at its suggestion.")
+    p = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test: loss against lr, a plot and a suggested lr",
+        description="The learning-rate range test (Smith 2015; fastai's lr_find) for the run the "
+        "train options describe: a few steps with the lr rising exponentially, the loss "
+        "curve in OUT/NAME/lr_find.png and .json, and a suggested lr (fastai's valley). "
+        "`imgclf train --lr auto` runs it first and trains at its suggestion.",
+    )
     p.add_argument("--start-lr", type=_number(float, gt=0), default=1e-7, help="first lr of the sweep [1e-07]")
     p.add_argument("--end-lr", type=_number(float, gt=0), default=10.0, help="last lr of the sweep [10]")
     p.add_argument("--steps", type=_number(int, ge=2), default=100, help="optimisation steps in the sweep [100]")
@@ -139,20 +156,30 @@ def _add_train(sub) -> None:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     """Every TrainConfig option as a flag (unset flags are not passed on, so defaults stay the config's)."""
     _common(p)
-    p.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS, help="options from a YAML file (flags given here win)")
+    p.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        default=argparse.SUPPRESS,
+        help="options from a YAML file (flags given here win)",
+    )
     for name, f in FIELDS.items():
         t = field_type(name)
         flag = "--" + name.replace("_", "-")
         rng = f.metadata.get("range")
-        kw = {"default": argparse.SUPPRESS, "help": f.metadata["help"] + ("" if f.default is None else f" [{f.default}]")
-              + (f" ({rng})" if rng else "")}
+        kw = {
+            "default": argparse.SUPPRESS,
+            "help": f.metadata["help"]
+            + ("" if f.default is None else f" [{f.default}]")
+            + (f" ({rng})" if rng else ""),
+        }
         if t is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
             if f.metadata.get("choices"):
                 kw["choices"] = f.metadata["choices"]
-            p.add_argument(flag, type=_number(t, rng, f.metadata["words"]) if t in (int, float) else t,
-                           metavar=name.upper(), **kw)
+            p.add_argument(
+                flag, type=_number(t, rng, f.metadata["words"]) if t in (int, float) else t, metavar=name.upper(), **kw
+            )
 
 
 def _add_export(sub) -> None:
@@ -161,53 +188,109 @@ def _add_export(sub) -> None:
     from .export_formats import DEFAULT_OPSET, FORMATS
 
     formats = ", ".join(FORMATS)
-    p = sub.add_parser("export", help="export a checkpoint (TorchScript, pt2, ONNX, int8), verified against PyTorch",
-                       description="Export a checkpoint to a deployment format. The file is written only after its logits "
-                                   "match eager PyTorch on real images; it carries the class names and preprocessing.")
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint (TorchScript, pt2, ONNX, int8), verified against PyTorch",
+        description="Export a checkpoint to a deployment format. The file is written only after its logits "
+        "match eager PyTorch on real images; it carries the class names and preprocessing.",
+    )
     _common(p)
     p.add_argument("weights", help="checkpoint, e.g. runs/NAME/best.pt")
     p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of: {formats}")
-    p.add_argument("--out", metavar="PATH", help="output file (default: next to the checkpoint, e.g. best.onnx, best.int8.onnx)")
-    p.add_argument("--calib-data", metavar="DIR", help="int8 calibration images: a data source (its train split) or a folder "
-                                                       "of images (default: the training data the checkpoint records)")
+    p.add_argument(
+        "--out", metavar="PATH", help="output file (default: next to the checkpoint, e.g. best.onnx, best.int8.onnx)"
+    )
+    p.add_argument(
+        "--calib-data",
+        metavar="DIR",
+        help="int8 calibration images: a data source (its train split) or a folder "
+        "of images (default: the training data the checkpoint records)",
+    )
     p.add_argument("--calib-images", type=_number(int, ge=1), help="images for calibration [256]")
-    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
-                   help="onnx-int8 calibration tried first: minmax, entropy or percentile [minmax]")
-    p.add_argument("--int8-tries", type=_number(int, ge=1),
-                   help="onnx-int8: most quantizations to try when one misses the bar (the other calibration methods, "
-                        "then the layers measured to lose most kept in fp32) [6]; 1: only --calib-method")
-    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
-                   help="onnx-int8: 7-bit weights, no int16 saturation on x86 CPUs without VNNI [on]")
-    p.add_argument("--verify-data", metavar="DIR", help="verification images: val split of this data (default: the recorded data)")
-    p.add_argument("--verify-images", type=_number(int, ge=1), help="images for verification: the whole val split, up to this many [500]")
+    p.add_argument(
+        "--calib-method",
+        default="minmax",
+        choices=("minmax", "entropy", "percentile"),
+        help="onnx-int8 calibration tried first: minmax, entropy or percentile [minmax]",
+    )
+    p.add_argument(
+        "--int8-tries",
+        type=_number(int, ge=1),
+        help="onnx-int8: most quantizations to try when one misses the bar (the other calibration methods, "
+        "then the layers measured to lose most kept in fp32) [6]; 1: only --calib-method",
+    )
+    p.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="onnx-int8: 7-bit weights, no int16 saturation on x86 CPUs without VNNI [on]",
+    )
+    p.add_argument(
+        "--verify-data", metavar="DIR", help="verification images: val split of this data (default: the recorded data)"
+    )
+    p.add_argument(
+        "--verify-images",
+        type=_number(int, ge=1),
+        help="images for verification: the whole val split, up to this many [500]",
+    )
     p.add_argument("--data", help="also report accuracy of the checkpoint and the export on --split of this data")
     p.add_argument("--split", default="val", help="split for --data accuracy [val]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
-    p.add_argument("--max-eval-images", type=_number(int, ge=1), help="accuracy on at most this many images of the split (seeded choice)")
+    p.add_argument(
+        "--max-eval-images",
+        type=_number(int, ge=1),
+        help="accuracy on at most this many images of the split (seeded choice)",
+    )
     p.add_argument("--opset", type=int, help=f"ONNX opset [{DEFAULT_OPSET}]")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="latency, images/s, size (and accuracy) of checkpoints and exported files",
-                       description="Time checkpoints (eager fp32 NCHW, fp32 channels_last, bf16 autocast channels_last) and "
-                                   "exported files on the same images, in one run.")
+    p = sub.add_parser(
+        "bench",
+        help="latency, images/s, size (and accuracy) of checkpoints and exported files",
+        description="Time checkpoints (eager fp32 NCHW, fp32 channels_last, bf16 autocast channels_last) and "
+        "exported files on the same images, in one run.",
+    )
     _common(p)
     from .export_formats import FORMATS
 
-    p.add_argument("inputs", nargs="+", metavar="WEIGHTS_OR_EXPORT",
-                   help=f"checkpoints and/or exported files of one model ({', '.join(FORMATS)})")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="WEIGHTS_OR_EXPORT",
+        help=f"checkpoints and/or exported files of one model ({', '.join(FORMATS)})",
+    )
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes [1,32]")
-    p.add_argument("--data", help="time on real images of this data and report accuracy on --split (default: random inputs, no accuracy)")
+    p.add_argument(
+        "--data",
+        help="time on real images of this data and report accuracy on --split (default: random inputs, no accuracy)",
+    )
     p.add_argument("--split", default="val", help="split for --data [val]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
-    p.add_argument("--eager", default="fp32,fp32-cl,bf16-cl", help="eager settings for checkpoints [fp32,fp32-cl,bf16-cl]")
+    p.add_argument(
+        "--eager", default="fp32,fp32-cl,bf16-cl", help="eager settings for checkpoints [fp32,fp32-cl,bf16-cl]"
+    )
     p.add_argument("--warmup", type=_number(int, ge=0), default=2, help="untimed iterations per setting [2]")
     p.add_argument("--iters", type=_number(int, ge=1), default=10, help="timed iterations per setting [10]")
-    p.add_argument("--rounds", type=_number(int, ge=1), default=3, help="the iterations are spread over this many rounds across settings [3]")
-    p.add_argument("--max-seconds", type=_number(float, gt=0), default=60.0, help="stop timing a slow setting after this long (3 iterations at least) [60]")
-    p.add_argument("--max-eval-images", type=_number(int, ge=1), help="accuracy on at most this many images (seeded choice)")
-    p.add_argument("--threads", type=_number(int, ge=1), help="intra-op threads for PyTorch and onnxruntime [PyTorch's default]")
+    p.add_argument(
+        "--rounds",
+        type=_number(int, ge=1),
+        default=3,
+        help="the iterations are spread over this many rounds across settings [3]",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=_number(float, gt=0),
+        default=60.0,
+        help="stop timing a slow setting after this long (3 iterations at least) [60]",
+    )
+    p.add_argument(
+        "--max-eval-images", type=_number(int, ge=1), help="accuracy on at most this many images (seeded choice)"
+    )
+    p.add_argument(
+        "--threads", type=_number(int, ge=1), help="intra-op threads for PyTorch and onnxruntime [PyTorch's default]"
+    )
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
@@ -235,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("weights", help="checkpoint (runs/NAME/best.pt) or a file from imgclf export")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    p.add_argument("--top-k", type=_number(int, ge=1), default=5, help="labels per image in top_k (clamped to the class count) [5]")
+    p.add_argument(
+        "--top-k", type=_number(int, ge=1), default=5, help="labels per image in top_k (clamped to the class count) [5]"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--output", metavar="FILE", help="also write all predictions to FILE.csv or FILE.json")
     p.add_argument("--batch-size", type=_number(int, ge=1), default=32, help="images per batch [32]")
@@ -259,9 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_number(int, ge=1), default=10, help="number of images [10]")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
 
-    p = sub.add_parser("env", help="this machine as imgclf sees it: CPU instructions, GPU, versions, what auto picks",
-                       description="The machine as imgclf sees it: CPU model and the instruction sets that decide which "
-                                   "kernels run, GPU, versions, threads, and what `auto` picks here.")
+    p = sub.add_parser(
+        "env",
+        help="this machine as imgclf sees it: CPU instructions, GPU, versions, what auto picks",
+        description="The machine as imgclf sees it: CPU model and the instruction sets that decide which "
+        "kernels run, GPU, versions, threads, and what `auto` picks here.",
+    )
     _common(p)
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.add_argument("--probe", metavar="MODEL", help="run (or read the cached) training-precision probe for MODEL now")
@@ -272,37 +360,63 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list models, parameter counts and offline pretrained weights")
     _common(p)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--timm", metavar="PATTERN", help="list the timm models matching PATTERN ('resnet*', '*vit*'), "
-                                                     "usable as --model timm:NAME (needs pip install timm)")
+    p.add_argument(
+        "--timm",
+        metavar="PATTERN",
+        help="list the timm models matching PATTERN ('resnet*', '*vit*'), "
+        "usable as --model timm:NAME (needs pip install timm)",
+    )
     _add_serve(sub)
     return parser
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="HTTP service and web page for a checkpoint or exported model",
-                       description="Serve a model over HTTP: POST /predict, GET /health /ready /metadata /metrics, "
-                                   "a web page at /, OpenAPI docs at /docs.")
+    p = sub.add_parser(
+        "serve",
+        help="HTTP service and web page for a checkpoint or exported model",
+        description="Serve a model over HTTP: POST /predict, GET /health /ready /metadata /metrics, "
+        "a web page at /, OpenAPI docs at /docs.",
+    )
     _common(p)
     p.add_argument("weights", metavar="WEIGHTS_OR_EXPORT", help="checkpoint (runs/NAME/best.pt) or exported model file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface [127.0.0.1]")
-    p.add_argument("--port", type=_number(int, ge=0, le=65535), default=8000, help="TCP port; 0 picks a free one [8000]")
+    p.add_argument(
+        "--port", type=_number(int, ge=0, le=65535), default=8000, help="TCP port; 0 picks a free one [8000]"
+    )
     p.add_argument("--max-batch-size", type=int, default=32, help="images per model batch [32]")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images, ms [5]")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body, MiB [10]")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, pixels (from its header) [40000000]")
+    p.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="largest image, pixels (from its header) [40000000]"
+    )
     p.add_argument("--max-files", type=int, default=64, help="images per request [64]")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request time limit, seconds [30]")
     p.add_argument("--top-k", type=int, default=5, help="default labels per image [5]")
-    p.add_argument("--api-key", default=None, help="require this key on /predict, /metadata and /metrics "
-                                                    "(default: $IMGCLF_API_KEY; none when unset)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require this key on /predict, /metadata and /metrics (default: $IMGCLF_API_KEY; none when unset)",
+    )
     p.add_argument("--decode-workers", type=int, default=None, help="image decoding threads [CPU count, at most 4]")
-    p.add_argument("--threads", type=int, default=None,
-                   help="the model's intra-op threads, PyTorch and onnxruntime [PyTorch's default: the cores, or "
-                        "$OMP_NUM_THREADS]")
-    p.add_argument("--max-concurrency", type=_number(int, ge=1), default=1024,
-                   help="open connections before answering 503 (in JSON) [1024]")
-    p.add_argument("--header-timeout", type=_number(float, gt=0), default=10.0,
-                   help="seconds a client has to send its request headers before it is answered 408 and disconnected [10]")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="the model's intra-op threads, PyTorch and onnxruntime [PyTorch's default: the cores, or "
+        "$OMP_NUM_THREADS]",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=_number(int, ge=1),
+        default=1024,
+        help="open connections before answering 503 (in JSON) [1024]",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_number(float, gt=0),
+        default=10.0,
+        help="seconds a client has to send its request headers before it is answered 408 and disconnected [10]",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     p.add_argument("--device", default="auto")
     _add_inference_precision(p)
@@ -376,8 +490,17 @@ def cmd_evaluate(a: dict) -> int:
 
     if a.get("out"):
         check_output_folder(a["out"], "--out")
-    m = evaluate(a["weights"], a.get("data"), split=a["split"], out=a.get("out"), batch_size=a["batch_size"],
-                 device=a["device"], workers=a.get("workers"), data_root=a.get("data_root"), precision=a["precision"])
+    m = evaluate(
+        a["weights"],
+        a.get("data"),
+        split=a["split"],
+        out=a.get("out"),
+        batch_size=a["batch_size"],
+        device=a["device"],
+        workers=a.get("workers"),
+        data_root=a.get("data_root"),
+        precision=a["precision"],
+    )
     if a.get("json"):
         print(json.dumps(m, indent=2))
     else:
@@ -400,7 +523,7 @@ def cmd_predict(a: dict) -> int:
     stdout = Stdout(keep_going=bool(out))  # with --output, a closed stdout (`| head`) does not stop the file
     try:
         for start in range(0, len(paths), a["batch_size"]):
-            for r in pred.predict(paths[start:start + a["batch_size"]], top_k=a["top_k"]):
+            for r in pred.predict(paths[start : start + a["batch_size"]], top_k=a["top_k"]):
                 results.append(r)
                 stdout.print(_prediction_line(r, a.get("json")))
     finally:
@@ -408,7 +531,9 @@ def cmd_predict(a: dict) -> int:
         if out and results:
             _write_predictions(results, out)
             if len(results) < len(paths):
-                log.warning("stopped after %d of %d images: %s holds those %d", len(results), len(paths), out, len(results))
+                log.warning(
+                    "stopped after %d of %d images: %s holds those %d", len(results), len(paths), out, len(results)
+                )
     failed = sum("error" in r for r in results)
     if failed == len(results):
         raise ImgclfError(f"none of the {failed} images could be read or processed (each one's error is listed above)")
@@ -436,7 +561,15 @@ def _write_predictions(results: list[dict], path: str) -> None:
             w.writerow(["path", "label", "probability", "top_k", "error"])
             for r in results:
                 tk = ";".join(f"{t['label']}:{t['probability']:.6f}" for t in r.get("top_k", []))
-                w.writerow([r["path"], r.get("label", ""), f"{r['probability']:.6f}" if "probability" in r else "", tk, r.get("error", "")])
+                w.writerow(
+                    [
+                        r["path"],
+                        r.get("label", ""),
+                        f"{r['probability']:.6f}" if "probability" in r else "",
+                        tk,
+                        r.get("error", ""),
+                    ]
+                )
 
 
 def cmd_export(a: dict) -> int:
@@ -445,9 +578,20 @@ def cmd_export(a: dict) -> int:
     if a.get("out"):
         check_output_file(a["out"], "--out")
     given = {k: a[k] for k in ("calib_images", "verify_images", "opset", "int8_tries") if a.get(k) is not None}
-    r = export(a["weights"], a["format"], out=a.get("out"), calib_data=a.get("calib_data"), calib_method=a["calib_method"],
-               reduce_range=a["reduce_range"], verify_data=a.get("verify_data"), data=a.get("data"), split=a["split"],
-               data_root=a.get("data_root"), max_eval_images=a.get("max_eval_images"), **given)
+    r = export(
+        a["weights"],
+        a["format"],
+        out=a.get("out"),
+        calib_data=a.get("calib_data"),
+        calib_method=a["calib_method"],
+        reduce_range=a["reduce_range"],
+        verify_data=a.get("verify_data"),
+        data=a.get("data"),
+        split=a["split"],
+        data_root=a.get("data_root"),
+        max_eval_images=a.get("max_eval_images"),
+        **given,
+    )
     print(json.dumps(r, indent=2) if a.get("json") else format_export_report(r))
     return 0
 
@@ -461,10 +605,19 @@ def cmd_bench(a: dict) -> int:
         import torch
 
         torch.set_num_threads(a["threads"])
-    rows = bench(a["inputs"], batch_sizes=parse_batch_sizes(a["batch_sizes"]), data=a.get("data"), split=a["split"],
-                 data_root=a.get("data_root"), eager=[e.strip() for e in a["eager"].split(",") if e.strip()],
-                 warmup=a["warmup"], iters=a["iters"], rounds=a["rounds"], max_seconds=a["max_seconds"],
-                 max_eval_images=a.get("max_eval_images"))
+    rows = bench(
+        a["inputs"],
+        batch_sizes=parse_batch_sizes(a["batch_sizes"]),
+        data=a.get("data"),
+        split=a["split"],
+        data_root=a.get("data_root"),
+        eager=[e.strip() for e in a["eager"].split(",") if e.strip()],
+        warmup=a["warmup"],
+        iters=a["iters"],
+        rounds=a["rounds"],
+        max_seconds=a["max_seconds"],
+        max_eval_images=a.get("max_eval_images"),
+    )
     print(json.dumps(rows, indent=2) if a.get("json") else format_table(rows))
     return 0
 
@@ -544,11 +697,19 @@ def cmd_serve(a: dict) -> int:
     from .serve.app import ServeSettings, create_app
 
     key = a.get("api_key") if a.get("api_key") is not None else (os.environ.get("IMGCLF_API_KEY") or None)
-    settings = ServeSettings(max_batch_size=a["max_batch_size"], max_wait_ms=a["max_wait_ms"],
-                             max_upload_mb=a["max_upload_mb"], max_pixels=a["max_pixels"], max_files=a["max_files"],
-                             timeout_s=a["timeout"], top_k=a["top_k"], api_key=key,
-                             decode_workers=a.get("decode_workers"), device=a["device"],
-                             precision=a["precision"]).check()
+    settings = ServeSettings(
+        max_batch_size=a["max_batch_size"],
+        max_wait_ms=a["max_wait_ms"],
+        max_upload_mb=a["max_upload_mb"],
+        max_pixels=a["max_pixels"],
+        max_files=a["max_files"],
+        timeout_s=a["timeout"],
+        top_k=a["top_k"],
+        api_key=key,
+        decode_workers=a.get("decode_workers"),
+        device=a["device"],
+        precision=a["precision"],
+    ).check()
     threads = a.get("threads")
     if threads is not None:
         if threads < 1:
@@ -561,15 +722,31 @@ def cmd_serve(a: dict) -> int:
     runner = app.state.imgclf.runner
     if key is None and a["host"] not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API key: anyone who can reach it can use it (--api-key)", a["host"])
-    print(f"serving {runner.model_name} ({runner.format}, {len(runner.classes)} classes) on {url_of(sock)} "
-          f"- web page /, API docs /docs; Ctrl-C stops", flush=True)
-    run(app, sock=sock, log_level="warning" if a.get("quiet") else "info", access_log=a["access_log"],
-        max_concurrency=a["max_concurrency"], header_timeout=a["header_timeout"])
+    print(
+        f"serving {runner.model_name} ({runner.format}, {len(runner.classes)} classes) on {url_of(sock)} "
+        f"- web page /, API docs /docs; Ctrl-C stops",
+        flush=True,
+    )
+    run(
+        app,
+        sock=sock,
+        log_level="warning" if a.get("quiet") else "info",
+        access_log=a["access_log"],
+        max_concurrency=a["max_concurrency"],
+        header_timeout=a["header_timeout"],
+    )
     return 0
 
 
-COMMANDS = {"samples": cmd_samples, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "check": cmd_check, "models": cmd_models,
-            "serve": cmd_serve}
+COMMANDS = {
+    "samples": cmd_samples,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "check": cmd_check,
+    "models": cmd_models,
+    "serve": cmd_serve,
+}
 
 COMMANDS.update({"export": cmd_export, "bench": cmd_bench, "env": cmd_env, "lr-find": cmd_lr_find})
 

@@ -4,6 +4,7 @@ The CLI's `train` flags are generated from this dataclass; `--config run.yaml` (
 sets the same keys; flags given on the command line win over the file. An unset option (`None`) means
 "the model's or the data's own default", resolved once at the start of a run and written to config.yaml.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,15 +29,29 @@ class Range:
     lt: float | None = None
 
     def __contains__(self, v) -> bool:
-        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+        return (
+            (self.ge is None or v >= self.ge)
+            and (self.gt is None or v > self.gt)
+            and (self.le is None or v <= self.le)
+            and (self.lt is None or v < self.lt)
+        )
 
     def __str__(self) -> str:
         def num(v):
             return str(v) if isinstance(v, int) else f"{v:g}"
 
-        parts = [f"at least {num(self.ge)}" if self.ge is not None else f"above {num(self.gt)}" if self.gt is not None else "",
-                 f"at most {num(self.le)}" if self.le is not None else f"below {num(self.lt)}" if self.lt is not None else ""]
+        parts = [
+            f"at least {num(self.ge)}"
+            if self.ge is not None
+            else f"above {num(self.gt)}"
+            if self.gt is not None
+            else "",
+            f"at most {num(self.le)}"
+            if self.le is not None
+            else f"below {num(self.lt)}"
+            if self.lt is not None
+            else "",
+        ]
         return " and ".join(p for p in parts if p)
 
 
@@ -44,74 +59,199 @@ def opt(default, help: str, choices: tuple | None = None, flag: str | None = Non
     """One option: its default, help, allowed choices, and for numbers the range (`ge`, `gt`, `le`, `lt`),
     which both the check (`check_value`) and the --help text are made from. `words`: strings a number option
     also takes (`lr: auto`), outside its range and type."""
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "words": words,
-                                            "range": Range(**bounds) if bounds else None})
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "choices": choices,
+            "flag": flag,
+            "words": words,
+            "range": Range(**bounds) if bounds else None,
+        },
+    )
 
 
 @dataclass
 class TrainConfig:
-    recipe: str = opt("none", "a preset of the options below that you do not set yourself: fast (airnet, airbench94-style optimisation, for 32 px images from scratch; pair with --time-budget) or none", ("none", "fast"))
+    recipe: str = opt(
+        "none",
+        "a preset of the options below that you do not set yourself: fast (airnet, airbench94-style optimisation, for 32 px images from scratch; pair with --time-budget) or none",
+        ("none", "fast"),
+    )
     # data
-    data: str | None = opt(None, "folder of class folders (with or without train/val/test), a CSV of path,label[,split], or cifar10, cifar100, digits")
-    data_root: str | None = opt(None, "where cifar10/cifar100 are kept or downloaded (default: $IMGCLF_DATA or ~/.cache/imgclf/data)")
-    val_fraction: float = opt(0.2, "fraction of train held out for validation when the data has no val split (stratified, seeded)", gt=0, lt=1)
+    data: str | None = opt(
+        None,
+        "folder of class folders (with or without train/val/test), a CSV of path,label[,split], or cifar10, cifar100, digits",
+    )
+    data_root: str | None = opt(
+        None, "where cifar10/cifar100 are kept or downloaded (default: $IMGCLF_DATA or ~/.cache/imgclf/data)"
+    )
+    val_fraction: float = opt(
+        0.2, "fraction of train held out for validation when the data has no val split (stratified, seeded)", gt=0, lt=1
+    )
     # model
     model: str = opt("resnet18", "model name; `imgclf models` lists them")
     pretrained: bool = opt(False, "start from ImageNet weights (the head is replaced for the data's classes)")
-    weights_file: str | None = opt(None, "with --pretrained: the pretrained weights from this state dict (.pth or .safetensors) instead of the model's download cache; the head is replaced for the data's classes")
-    freeze: str = opt("none", "backbone (only the new head trains), none (all layers train), or N (the first N stages frozen)")
-    img_size: int | None = opt(None, "input size in pixels (default: the model's pretrained size with --pretrained, else the data's own size when all images share one, else 224); at least the model's own minimum (32 for ResNet, EfficientNet and VGG)", ge=1)
-    augment: str = opt("auto", "training augmentation: small (flip + zero-padded random crop), shift (flip + reflect-padded shift of up to 2 px), large (random resized crop + flip), none, or auto (small up to 64 px)", ("auto", "small", "shift", "large", "none"))
+    weights_file: str | None = opt(
+        None,
+        "with --pretrained: the pretrained weights from this state dict (.pth or .safetensors) instead of the model's download cache; the head is replaced for the data's classes",
+    )
+    freeze: str = opt(
+        "none", "backbone (only the new head trains), none (all layers train), or N (the first N stages frozen)"
+    )
+    img_size: int | None = opt(
+        None,
+        "input size in pixels (default: the model's pretrained size with --pretrained, else the data's own size when all images share one, else 224); at least the model's own minimum (32 for ResNet, EfficientNet and VGG)",
+        ge=1,
+    )
+    augment: str = opt(
+        "auto",
+        "training augmentation: small (flip + zero-padded random crop), shift (flip + reflect-padded shift of up to 2 px), large (random resized crop + flip), none, or auto (small up to 64 px)",
+        ("auto", "small", "shift", "large", "none"),
+    )
     brightness: float = opt(0.0, "random brightness change per image, as a fraction (0: off)", ge=0, le=1)
     contrast: float = opt(0.0, "random contrast change per image, as a fraction (0: off)", ge=0, le=1)
     # `randaugment`, not `auto_augment` with flag metadata: the CLI makes each flag from the field's name
-    randaugment: str = opt("none", "an automatic augmentation policy after the crop and flip, drawn per image: randaugment (2 ops of magnitude 9 of 31, as torchvision's ImageNet recipe), trivialaugment (TrivialAugmentWide: 1 op, random magnitude) or none; made for ImageNet-size images", ("none", "randaugment", "trivialaugment"))
-    mixup: float = opt(0.0, "mixup: alpha of the Beta(alpha, alpha) mixing weight of each batch with itself shifted by one image (0: off; timm's ImageNet recipes use 0.1-0.8)", ge=0)
-    cutmix: float = opt(0.0, "cutmix: alpha of the Beta(alpha, alpha) area kept of each image when a box of its neighbour in the batch is pasted in (0: off; 1.0 as the CutMix paper)", ge=0)
+    randaugment: str = opt(
+        "none",
+        "an automatic augmentation policy after the crop and flip, drawn per image: randaugment (2 ops of magnitude 9 of 31, as torchvision's ImageNet recipe), trivialaugment (TrivialAugmentWide: 1 op, random magnitude) or none; made for ImageNet-size images",
+        ("none", "randaugment", "trivialaugment"),
+    )
+    mixup: float = opt(
+        0.0,
+        "mixup: alpha of the Beta(alpha, alpha) mixing weight of each batch with itself shifted by one image (0: off; timm's ImageNet recipes use 0.1-0.8)",
+        ge=0,
+    )
+    cutmix: float = opt(
+        0.0,
+        "cutmix: alpha of the Beta(alpha, alpha) area kept of each image when a box of its neighbour in the batch is pasted in (0: off; 1.0 as the CutMix paper)",
+        ge=0,
+    )
     mix_prob: float = opt(1.0, "chance that a batch is mixed at all when --mixup or --cutmix is on", ge=0, le=1)
-    mix_switch_prob: float = opt(0.5, "with both --mixup and --cutmix on: chance that a mixed batch gets cutmix instead of mixup", ge=0, le=1)
-    balance: str = opt("none", "class balancing: weights (loss weighted n/(classes x count), as sklearn's 'balanced'), sampler (each epoch drawn with replacement, every class equally likely), none, or auto (from the train split's largest/smallest class ratio, as `imgclf check` reports it: none below 1.5, weights below 10, sampler from 10; the run log says which)", ("none", "weights", "sampler", "auto"))
+    mix_switch_prob: float = opt(
+        0.5, "with both --mixup and --cutmix on: chance that a mixed batch gets cutmix instead of mixup", ge=0, le=1
+    )
+    balance: str = opt(
+        "none",
+        "class balancing: weights (loss weighted n/(classes x count), as sklearn's 'balanced'), sampler (each epoch drawn with replacement, every class equally likely), none, or auto (from the train split's largest/smallest class ratio, as `imgclf check` reports it: none below 1.5, weights below 10, sampler from 10; the run log says which)",
+        ("none", "weights", "sampler", "auto"),
+    )
     # optimisation
     epochs: int = opt(30, "number of epochs", ge=1)
     batch_size: int = opt(128, "images per training batch", ge=1)
     optimizer: str = opt("sgd", "sgd or adamw", ("sgd", "adamw"))
-    lr: float | str | None = opt(None, "learning rate (default: 0.01 for sgd, 0.001 for adamw), or auto: the one a learning-rate range test (`imgclf lr-find`) suggests, run first", gt=0, words=("auto",))
+    lr: float | str | None = opt(
+        None,
+        "learning rate (default: 0.01 for sgd, 0.001 for adamw), or auto: the one a learning-rate range test (`imgclf lr-find`) suggests, run first",
+        gt=0,
+        words=("auto",),
+    )
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
     nesterov: bool = opt(False, "SGD with Nesterov momentum")
     weight_decay: float | None = opt(None, "weight decay (default: 5e-4 for sgd, 0.05 for adamw)", ge=0)
-    scheduler: str = opt("step", "learning-rate schedule: step, cosine, warmup-linear (per step: 0.2x -> 1x over the first 23%% of steps, then down to 0.07x, as airbench) or none", ("step", "cosine", "warmup-linear", "none"))
+    scheduler: str = opt(
+        "step",
+        "learning-rate schedule: step, cosine, warmup-linear (per step: 0.2x -> 1x over the first 23%% of steps, then down to 0.07x, as airbench) or none",
+        ("step", "cosine", "warmup-linear", "none"),
+    )
     step_size: int = opt(10, "step schedule: epochs between decays", ge=1)
     gamma: float = opt(0.5, "step schedule: factor per decay", gt=0, le=1)
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing (1 would make every target uniform)", ge=0, lt=1)
-    bias_lr_scale: float = opt(1.0, "learning-rate multiplier for BatchNorm biases (their weight decay is divided by it, so the decay per step stays the same)", gt=0)
-    lookahead: bool = opt(False, "lookahead on the weights (airbench): every 5 steps, an average of the weights whose decay rises to 0.77 is copied back into the model; the final model is that average")
-    accumulate: int = opt(1, "gradient accumulation: one optimiser step every N batches (an effective batch of N x --batch-size)", ge=1)
-    clip_grad: float | None = opt(None, "clip the gradients' total L2 norm to this before each step (default: no clipping)", gt=0)
-    freeze_epochs: int = opt(0, "train only the new head for the first N epochs (the backbone frozen), then everything (fastai's fine_tune; with --pretrained)", ge=0)
-    backbone_lr_scale: float = opt(1.0, "learning-rate multiplier for the pretrained layers once they train (fastai's fine_tune lowers them; 0.1 is a usual start)", gt=0, le=1)
-    ema: bool = opt(False, "keep an exponential moving average of the weights, evaluated every epoch; best.pt holds the better of the two and says which")
-    ema_decay: float = opt(0.999, "EMA decay per optimisation step: the average spans about 1/(1 - decay) steps (1,000 at 0.999, 2.6 CIFAR-10 epochs at batch 128; timm's 0.9998 is for ImageNet runs of 100,000s of steps)", gt=0, lt=1)
-    ema_warmup: int = opt(1000, "EMA warm-up in optimisation steps: the decay rises linearly from 0 to --ema-decay over them, so the average does not hold on to the first, random weights (0: --ema-decay from the first step)", ge=0)
-    patience: int | None = opt(None, "early stopping: stop when --monitor has not improved for N epochs (default: never)", ge=1)
-    monitor: str = opt("val_acc", "the validation metric that early stopping and best.pt follow", ("val_loss", "val_acc", "val_macro_f1"))
-    time_budget: float | None = opt(None, "minutes of training (the epoch loop, validation included): the schedule is shortened to end within them, from the speed of the first steps; never longer than --epochs", gt=0)
-    max_steps: int | None = opt(None, "optimisation steps in all (the schedule ends there); set from --time-budget when that is given", ge=1)
-    compile: bool = opt(False, "torch.compile the model for training (the compile time is logged; see docs/training.md for when it pays)")
-    precision: str = opt("auto", "auto (the fastest on this machine, never slower than fp32: bf16 or fp16 autocast on CUDA; on a CPU with native bf16 a short probe of the model decides, cached per machine and model - see `imgclf env`; else fp32), fp32, bf16 or fp16", ("auto", "fp32", "bf16", "fp16"))
-    channels_last: bool = opt(True, "channels_last memory layout for the model and batches (faster convolutions on CPU and GPU)")
-    feature_cache: bool = opt(True, "with --freeze backbone: compute the frozen backbone's features once (plus --feature-views augmented views) and train the head on them")
-    feature_views: int = opt(2, "augmented views per training image in the frozen-feature cache, besides the plain one", ge=0)
+    bias_lr_scale: float = opt(
+        1.0,
+        "learning-rate multiplier for BatchNorm biases (their weight decay is divided by it, so the decay per step stays the same)",
+        gt=0,
+    )
+    lookahead: bool = opt(
+        False,
+        "lookahead on the weights (airbench): every 5 steps, an average of the weights whose decay rises to 0.77 is copied back into the model; the final model is that average",
+    )
+    accumulate: int = opt(
+        1, "gradient accumulation: one optimiser step every N batches (an effective batch of N x --batch-size)", ge=1
+    )
+    clip_grad: float | None = opt(
+        None, "clip the gradients' total L2 norm to this before each step (default: no clipping)", gt=0
+    )
+    freeze_epochs: int = opt(
+        0,
+        "train only the new head for the first N epochs (the backbone frozen), then everything (fastai's fine_tune; with --pretrained)",
+        ge=0,
+    )
+    backbone_lr_scale: float = opt(
+        1.0,
+        "learning-rate multiplier for the pretrained layers once they train (fastai's fine_tune lowers them; 0.1 is a usual start)",
+        gt=0,
+        le=1,
+    )
+    ema: bool = opt(
+        False,
+        "keep an exponential moving average of the weights, evaluated every epoch; best.pt holds the better of the two and says which",
+    )
+    ema_decay: float = opt(
+        0.999,
+        "EMA decay per optimisation step: the average spans about 1/(1 - decay) steps (1,000 at 0.999, 2.6 CIFAR-10 epochs at batch 128; timm's 0.9998 is for ImageNet runs of 100,000s of steps)",
+        gt=0,
+        lt=1,
+    )
+    ema_warmup: int = opt(
+        1000,
+        "EMA warm-up in optimisation steps: the decay rises linearly from 0 to --ema-decay over them, so the average does not hold on to the first, random weights (0: --ema-decay from the first step)",
+        ge=0,
+    )
+    patience: int | None = opt(
+        None, "early stopping: stop when --monitor has not improved for N epochs (default: never)", ge=1
+    )
+    monitor: str = opt(
+        "val_acc",
+        "the validation metric that early stopping and best.pt follow",
+        ("val_loss", "val_acc", "val_macro_f1"),
+    )
+    time_budget: float | None = opt(
+        None,
+        "minutes of training (the epoch loop, validation included): the schedule is shortened to end within them, from the speed of the first steps; never longer than --epochs",
+        gt=0,
+    )
+    max_steps: int | None = opt(
+        None, "optimisation steps in all (the schedule ends there); set from --time-budget when that is given", ge=1
+    )
+    compile: bool = opt(
+        False,
+        "torch.compile the model for training (the compile time is logged; see docs/training.md for when it pays)",
+    )
+    precision: str = opt(
+        "auto",
+        "auto (the fastest on this machine, never slower than fp32: bf16 or fp16 autocast on CUDA; on a CPU with native bf16 a short probe of the model decides, cached per machine and model - see `imgclf env`; else fp32), fp32, bf16 or fp16",
+        ("auto", "fp32", "bf16", "fp16"),
+    )
+    channels_last: bool = opt(
+        True, "channels_last memory layout for the model and batches (faster convolutions on CPU and GPU)"
+    )
+    feature_cache: bool = opt(
+        True,
+        "with --freeze backbone: compute the frozen backbone's features once (plus --feature-views augmented views) and train the head on them",
+    )
+    feature_views: int = opt(
+        2, "augmented views per training image in the frozen-feature cache, besides the plain one", ge=0
+    )
     # machinery
     device: str = opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     workers: int | None = opt(None, "data-loading worker processes (default: the number of CPU cores, at most 4)", ge=0)
-    cache: str = opt("auto", "decoded images: auto/disk (decoded once into a memory-mapped file, reused by later runs), memory, or none (decode every image every epoch, per-image transforms)", ("auto", "disk", "memory", "none"))
+    cache: str = opt(
+        "auto",
+        "decoded images: auto/disk (decoded once into a memory-mapped file, reused by later runs), memory, or none (decode every image every epoch, per-image transforms)",
+        ("auto", "disk", "memory", "none"),
+    )
     seed: int = opt(0, "random seed for the split, initialisation, order and augmentation", ge=0, le=2**32 - 1)
     # outputs
     out: str = opt("runs", "folder that holds run directories")
     name: str | None = opt(None, "run directory name (default: MODEL-DATA, numbered if taken)")
     save_every: int = opt(5, "also keep epoch_N.pt every N epochs (0: never)", ge=0)
     resume: str | None = opt(None, "continue a run from its last.pt (or any epoch checkpoint)")
-    log_histograms: int = opt(0, "every N optimisation steps, write per-layer gradient and activation histograms and norms to TensorBoard; a non-finite loss or an exploding gradient norm stops the run naming the step and the layer (0: off)", ge=0)
+    log_histograms: int = opt(
+        0,
+        "every N optimisation steps, write per-layer gradient and activation histograms and norms to TensorBoard; a non-finite loss or an exploding gradient norm stops the run naming the step and the layer (0: off)",
+        ge=0,
+    )
     log_every: int = opt(50, "when stderr is not a terminal, a progress line every N training steps (0: none)", ge=0)
 
     def to_dict(self) -> dict:
@@ -205,7 +345,9 @@ def check_value(key: str, value, source: str) -> None:
     name = "--" + key.replace("_", "-") if source == "command line" else f"'{key}'"
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise UsageError(f"{source}: {name} must be one of {', '.join(choices)}, not '{value}'{did_you_mean(str(value), choices)}")
+        raise UsageError(
+            f"{source}: {name} must be one of {', '.join(choices)}, not '{value}'{did_you_mean(str(value), choices)}"
+        )
     if value in f.metadata["words"]:
         return
     rng = f.metadata.get("range")
@@ -235,9 +377,13 @@ def check_weights_file(cfg: TrainConfig) -> None:
     if cfg.weights_file is None or cfg.resume:
         return
     if not os.path.isfile(cfg.weights_file):
-        raise UsageError(f"--weights-file '{cfg.weights_file}' does not exist: give the path of a state dict (.pth or .safetensors)")
+        raise UsageError(
+            f"--weights-file '{cfg.weights_file}' does not exist: give the path of a state dict (.pth or .safetensors)"
+        )
     if not cfg.pretrained:
-        raise UsageError(f"--weights-file '{cfg.weights_file}' is where the --pretrained weights come from: add --pretrained")
+        raise UsageError(
+            f"--weights-file '{cfg.weights_file}' is where the --pretrained weights come from: add --pretrained"
+        )
 
 
 def load_yaml(path: str) -> dict:

@@ -15,6 +15,7 @@ Precision `auto` means two different things, on purpose:
   `~/.cache/imgclf/precision.json`). Measured so far: on an Intel Xeon with AVX512-BF16 but no AMX, bf16 was
   slower for airnet_small, ResNet-18 and EfficientNet-Lite0 (529/378, 708/616, 17.5/15.2 images/s fp32/bf16).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -125,9 +126,16 @@ def resolve_precision(precision: str | None, device: torch.device) -> torch.dtyp
     return None if p == "auto" else _explicit_precision(p, device)
 
 
-def training_precision(precision: str | None, device: torch.device, model: torch.nn.Module | None = None, *,
-                       img_size: int = 224, batch_size: int = 32, channels_last: bool = True,
-                       key: str | None = None) -> torch.dtype | None:
+def training_precision(
+    precision: str | None,
+    device: torch.device,
+    model: torch.nn.Module | None = None,
+    *,
+    img_size: int = 224,
+    batch_size: int = 32,
+    channels_last: bool = True,
+    key: str | None = None,
+) -> torch.dtype | None:
     """Training: the autocast dtype, or None for fp32. `auto` follows the rule or the probe in the module doc;
     `model` (left untouched: the probe trains a copy) and `key` (e.g. the model's name) are needed only for the
     probe."""
@@ -138,8 +146,9 @@ def training_precision(precision: str | None, device: torch.device, model: torch
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if not cpu_has_native_bf16() or model is None:
         return None
-    result = probe_bf16(model, key=key or type(model).__name__, img_size=img_size, batch_size=batch_size,
-                        channels_last=channels_last)
+    result = probe_bf16(
+        model, key=key or type(model).__name__, img_size=img_size, batch_size=batch_size, channels_last=channels_last
+    )
     return torch.bfloat16 if result["choice"] == "bf16" else None
 
 
@@ -168,12 +177,22 @@ def _read_cache(path: str) -> dict:
 def cached_probes() -> dict:
     """This machine's cached probe results, by model key."""
     mk = machine_key()
-    return {k.split("||", 1)[1]: v for k, v in _read_cache(precision_cache_path()).items()
-            if isinstance(v, dict) and k.startswith(mk + "||")}
+    return {
+        k.split("||", 1)[1]: v
+        for k, v in _read_cache(precision_cache_path()).items()
+        if isinstance(v, dict) and k.startswith(mk + "||")
+    }
 
 
-def probe_bf16(model: torch.nn.Module, *, key: str, img_size: int, batch_size: int, channels_last: bool = True,
-               refresh: bool = False) -> dict:
+def probe_bf16(
+    model: torch.nn.Module,
+    *,
+    key: str,
+    img_size: int,
+    batch_size: int,
+    channels_last: bool = True,
+    refresh: bool = False,
+) -> dict:
     """Time training steps of a copy of `model` in fp32 and bf16 autocast on this CPU; cached.
 
     Returns {"choice": "fp32"|"bf16", "fp32_ms", "bf16_ms", "speedup", "cached": bool}."""
@@ -189,12 +208,26 @@ def probe_bf16(model: torch.nn.Module, *, key: str, img_size: int, batch_size: i
     times, probe_batch = _time_steps(model, img_size=img_size, batch_size=batch_size, channels_last=channels_last)
     fp32, bf16 = statistics.median(times[None]), statistics.median(times[torch.bfloat16])
     speedup = fp32 / bf16
-    result = {"choice": "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32", "fp32_ms": round(1000 * fp32, 2),
-              "bf16_ms": round(1000 * bf16, 2), "speedup": round(speedup, 3), "probe_batch": probe_batch,
-              "rounds": len(times[None]), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    log.info("precision auto: %s (training step %s, timed at batch %d: fp32 %.1f ms, bf16 %.1f ms, %d rounds, "
-             "probe took %.1f s)", result["choice"], model_key, probe_batch, result["fp32_ms"], result["bf16_ms"],
-             len(times[None]), time.perf_counter() - t0)
+    result = {
+        "choice": "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32",
+        "fp32_ms": round(1000 * fp32, 2),
+        "bf16_ms": round(1000 * bf16, 2),
+        "speedup": round(speedup, 3),
+        "probe_batch": probe_batch,
+        "rounds": len(times[None]),
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    log.info(
+        "precision auto: %s (training step %s, timed at batch %d: fp32 %.1f ms, bf16 %.1f ms, %d rounds, "
+        "probe took %.1f s)",
+        result["choice"],
+        model_key,
+        probe_batch,
+        result["fp32_ms"],
+        result["bf16_ms"],
+        len(times[None]),
+        time.perf_counter() - t0,
+    )
     cache[full_key] = result
     try:
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)

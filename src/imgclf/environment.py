@@ -3,6 +3,7 @@
 Numbers measured on one machine hold for its class of CPU only (AVX2, AVX-512 with VNNI and BF16, AMX ...),
 so every measurement is reported next to this block.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -28,8 +29,9 @@ def _memory_gib() -> float | None:
     return None
 
 
-def machine_report(probe_model: str | None = None, *, img_size: int | None = None, batch_size: int = 128,
-                   refresh: bool = False) -> dict:
+def machine_report(
+    probe_model: str | None = None, *, img_size: int | None = None, batch_size: int = 128, refresh: bool = False
+) -> dict:
     """Everything `imgclf env --json` prints. With `probe_model` (a registry name), the training-precision probe
     runs for it now (or its cached result is read), at `img_size` (default: the model's own) and `batch_size`."""
     import torch
@@ -41,8 +43,13 @@ def machine_report(probe_model: str | None = None, *, img_size: int | None = Non
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            gpus.append({"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                         "compute_capability": f"{p.major}.{p.minor}"})
+            gpus.append(
+                {
+                    "name": p.name,
+                    "memory_gib": round(p.total_memory / 2**30, 1),
+                    "compute_capability": f"{p.major}.{p.minor}",
+                }
+            )
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -57,13 +64,20 @@ def machine_report(probe_model: str | None = None, *, img_size: int | None = Non
     isa = cpu_isa()
     report = {
         "imgclf": __version__,
-        "cpu": {"model": cpu_info()["model"], "cores": cores, "isa": isa,
-                "torch_capability": str(torch.backends.cpu.get_cpu_capability()),
-                "caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(k)}},
+        "cpu": {
+            "model": cpu_info()["model"],
+            "cores": cores,
+            "isa": isa,
+            "torch_capability": str(torch.backends.cpu.get_cpu_capability()),
+            "caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(k)},
+        },
         "memory_gib": _memory_gib(),
         "gpus": gpus,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     **{d: _version(d) for d in ("torchvision", "onnxruntime", "onnx", "numpy")}},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            **{d: _version(d) for d in ("torchvision", "onnxruntime", "onnx", "numpy")},
+        },
         "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
         "auto": {
             "device": "cuda" if gpus else "cpu",
@@ -71,7 +85,8 @@ def machine_report(probe_model: str | None = None, *, img_size: int | None = Non
             "inference_precision": "fp32 (the same answers as fp32 exports on every machine; --precision bf16 to opt in)",
             "memory_layout": "channels_last",
             "int8_weights": "7-bit (--reduce-range on: no int16 saturation where there is no VNNI"
-                            + ("; this CPU has VNNI" if isa["VNNI"] else "") + ")",
+            + ("; this CPU has VNNI" if isa["VNNI"] else "")
+            + ")",
         },
         "precision_probes": {"cache": precision_cache_path(), "machine": machine_key(), "results": cached_probes()},
     }
@@ -100,27 +115,37 @@ def summary_line(r: dict) -> str:
     caps = "".join(f" [{k}={v}]" for k, v in r["cpu"]["caps"].items())
     gpu = ", ".join(f"{g['name']} ({g['memory_gib']} GiB, sm {g['compute_capability']})" for g in r["gpus"]) or "no GPU"
     v = r["versions"]
-    return (f"imgclf {r['imgclf']} | {r['cpu']['model']} | {r['cpu']['cores']} cores | {isa}{caps} | "
-            f"{r['memory_gib']} GiB | {gpu} | python {v['python']}, torch {v['torch']}, onnxruntime {v['onnxruntime']}")
+    return (
+        f"imgclf {r['imgclf']} | {r['cpu']['model']} | {r['cpu']['cores']} cores | {isa}{caps} | "
+        f"{r['memory_gib']} GiB | {gpu} | python {v['python']}, torch {v['torch']}, onnxruntime {v['onnxruntime']}"
+    )
 
 
 def format_env(r: dict) -> str:
     c, v, a = r["cpu"], r["versions"], r["auto"]
-    lines = [summary_line(r), "",
-             f"cpu            {c['model']}, {c['cores']} cores",
-             "instructions   " + "  ".join(f"{k} {'yes' if ok else 'no'}" for k, ok in c["isa"].items()),
-             f"torch kernels  {c['torch_capability']}" + "".join(f"  ({k}={val})" for k, val in c["caps"].items()),
-             f"memory         {r['memory_gib']} GiB",
-             "gpu            " + (", ".join(f"{g['name']}, {g['memory_gib']} GiB, compute capability "
-                                           f"{g['compute_capability']}" for g in r["gpus"]) or "none"),
-             "versions       " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
-             f"threads        {r['threads']['intra_op']} intra-op, {r['threads']['inter_op']} inter-op",
-             "auto picks",
-             f"  device               {a['device']}",
-             f"  training precision   {a['train_precision']}",
-             f"  inference precision  {a['inference_precision']}",
-             f"  memory layout        {a['memory_layout']}",
-             f"  int8 weights         {a['int8_weights']}"]
+    lines = [
+        summary_line(r),
+        "",
+        f"cpu            {c['model']}, {c['cores']} cores",
+        "instructions   " + "  ".join(f"{k} {'yes' if ok else 'no'}" for k, ok in c["isa"].items()),
+        f"torch kernels  {c['torch_capability']}" + "".join(f"  ({k}={val})" for k, val in c["caps"].items()),
+        f"memory         {r['memory_gib']} GiB",
+        "gpu            "
+        + (
+            ", ".join(
+                f"{g['name']}, {g['memory_gib']} GiB, compute capability {g['compute_capability']}" for g in r["gpus"]
+            )
+            or "none"
+        ),
+        "versions       " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        f"threads        {r['threads']['intra_op']} intra-op, {r['threads']['inter_op']} inter-op",
+        "auto picks",
+        f"  device               {a['device']}",
+        f"  training precision   {a['train_precision']}",
+        f"  inference precision  {a['inference_precision']}",
+        f"  memory layout        {a['memory_layout']}",
+        f"  int8 weights         {a['int8_weights']}",
+    ]
     probes = r["precision_probes"]
     for key, res in sorted(probes["results"].items()):
         lines.append(f"  probed: {key}: {res['choice']} (fp32 {res['fp32_ms']} ms, bf16 {res['bf16_ms']} ms a step)")

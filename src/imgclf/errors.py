@@ -3,6 +3,7 @@
 `UsageError` (and its subclasses) are mistakes the user can fix by changing the command, the data or the
 file they point at: the CLI prints the message and exits with code 2, with a traceback only under --verbose.
 """
+
 from __future__ import annotations
 
 import difflib

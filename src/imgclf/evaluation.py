@@ -1,4 +1,5 @@
 """Evaluation: accuracy, loss, macro-F1, top-5 (over 5 classes), a per-class report, the confusion matrix and its plots."""
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def infer(model, loader, device=None, amp_dtype=None, desc: str = "eval", channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def infer(
+    model, loader, device=None, amp_dtype=None, desc: str = "eval", channels_last: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N x C, float32, cpu) and labels (N) for every batch of `loader`.
 
     `model` is an nn.Module (run on `device` under `amp_dtype`) or a runtime.Runner (which knows its own)."""
@@ -80,16 +83,20 @@ def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[st
         "top5_accuracy": top5,
         "num_images": int(len(y)),
         "classes": list(classes),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, c in enumerate(classes)},
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(classes)
+        },
         "confusion_matrix": cm,
     }
 
 
 def format_report(m: dict) -> str:
-    lines = [f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro-F1 {m['macro_f1']:.4f}"
-             + (f"  top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else "")
-             + f"  ({m['num_images']} images)"]
+    lines = [
+        f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro-F1 {m['macro_f1']:.4f}"
+        + (f"  top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else "")
+        + f"  ({m['num_images']} images)"
+    ]
     w = max([5] + [len(c) for c in m["classes"]])
     lines.append(f"{'class':<{w}}  precision  recall      f1  support")
     for c, r in m["per_class"].items():
@@ -108,9 +115,20 @@ def align_classes(data_classes: list[str], model_classes: list[str], where: str)
     return [model_classes.index(c) for c in data_classes]
 
 
-def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: str | None = None,
-             batch_size: int = 256, device: str = "auto", workers: int | None = None,
-             data_root: str | None = None, precision: str = "auto", plots: bool = True, cache: str = "auto") -> dict:
+def evaluate(
+    weights: str,
+    data: str | None = None,
+    *,
+    split: str = "val",
+    out: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int | None = None,
+    data_root: str | None = None,
+    precision: str = "auto",
+    plots: bool = True,
+    cache: str = "auto",
+) -> dict:
     """Evaluate a checkpoint or an exported model on a split of `data` (default: the data it was trained on).
 
     Writes eval.json, confusion_matrix.png and misclassified.png into `out` (default: next to the
@@ -123,20 +141,33 @@ def evaluate(weights: str, data: str | None = None, *, split: str = "val", out: 
     if not data:
         raise DataError("no --data given and the model does not record its data: pass --data")
     workers = default_workers() if workers is None else workers
-    src = open_source(data, data_root=data_root or cfg.get("data_root"),
-                      val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+    src = open_source(
+        data,
+        data_root=data_root or cfg.get("data_root"),
+        val_fraction=cfg.get("val_fraction", 0.2),
+        seed=cfg.get("seed", 0),
+    )
     s = src.split(split)
     classes = runner.classes
     mapping = align_classes(src.classes, classes, data)
     prep = runner.preprocess
-    feed, bad = make_feed(s, prep, cache=cache, workers=max(1, workers), eval_batch_size=batch_size, desc=f"decode {split}")
+    feed, bad = make_feed(
+        s, prep, cache=cache, workers=max(1, workers), eval_batch_size=batch_size, desc=f"decode {split}"
+    )
     for path, reason in bad:
         log.warning("left out %s: %s", path, reason)
     logits, labels = infer(runner, feed.batches(), desc=f"evaluate {split}")
     labels = torch.as_tensor(mapping, dtype=torch.long)[labels]  # the data's class order -> the model's
     metrics = compute_metrics(logits, labels, classes)
-    metrics.update({"split": split, "data": src.location, "weights": os.path.abspath(weights), "format": runner.format,
-                    "left_out": [{"path": p, "reason": r} for p, r in bad]})
+    metrics.update(
+        {
+            "split": split,
+            "data": src.location,
+            "weights": os.path.abspath(weights),
+            "format": runner.format,
+            "left_out": [{"path": p, "reason": r} for p, r in bad],
+        }
+    )
 
     # an exported file next to its checkpoint gets its own folder (eval-val-onnx-int8), not the checkpoint's
     tag = split if runner.format == "checkpoint" else f"{split}-{runner.format}"
@@ -158,5 +189,10 @@ def write_eval_plots(metrics, logits, labels, feed, classes, out, title="", n_wo
     wrong = torch.nonzero(pred != labels).flatten()
     order = wrong[conf[wrong].argsort(descending=True)][:n_worst].tolist()
     images = [feed.image(i).permute(1, 2, 0).numpy() for i in order]
-    plot_misclassified(images, [classes[labels[i]] for i in order], [classes[pred[i]] for i in order],
-                       [float(conf[i]) for i in order], os.path.join(out, "misclassified.png"))
+    plot_misclassified(
+        images,
+        [classes[labels[i]] for i in order],
+        [classes[pred[i]] for i in order],
+        [float(conf[i]) for i in order],
+        os.path.join(out, "misclassified.png"),
+    )

@@ -7,6 +7,7 @@ Without torch on purpose: the CLI builds its help from this table, and `imgclf -
 So the table's writers and openers are named ("package.module:function") and imported when first called; any
 callable does as well (a test, or a format defined outside imgclf).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -43,17 +44,49 @@ class Named:
 
 _ONNX = (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript"))
 
-FORMATS: dict[str, ExportFormat] = {f.name: f for f in [
-    ExportFormat("torchscript", ".ts", "TorchScript (torch.jit.trace + freeze): the seed's format",
-                 Named("imgclf.exporting:write_torchscript"), Named("imgclf.runtime:open_torchscript"),
-                 note="torch.jit is deprecated in current PyTorch; prefer pt2 for new deployments"),
-    ExportFormat("pt2", ".pt2", "torch.export program (ATen graph), the modern replacement for TorchScript",
-                 Named("imgclf.exporting:write_pt2"), Named("imgclf.runtime:open_pt2")),
-    ExportFormat("onnx", ".onnx", f"ONNX, fp32, opset {DEFAULT_OPSET}, dynamic batch (dynamo exporter)",
-                 Named("imgclf.exporting:write_onnx"), Named("imgclf.runtime:open_onnx"), packages=_ONNX),
-    ExportFormat("onnx-int8", ".int8.onnx", "ONNX int8: onnxruntime static quantization calibrated on real images",
-                 Named("imgclf.exporting:write_onnx_int8"), Named("imgclf.runtime:open_onnx"), packages=_ONNX, int8=True),
-    ExportFormat("dynamic-int8", ".dynamic-int8.pt", "the seed's quantize_dynamic: int8 weights for nn.Linear only",
-                 Named("imgclf.exporting:write_dynamic_int8"), Named("imgclf.runtime:open_dynamic_int8"), int8=True,
-                 note="only Linear layers are quantized: a CNN is almost all convolutions, so this speeds it up very little"),
-]}
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in [
+        ExportFormat(
+            "torchscript",
+            ".ts",
+            "TorchScript (torch.jit.trace + freeze): the seed's format",
+            Named("imgclf.exporting:write_torchscript"),
+            Named("imgclf.runtime:open_torchscript"),
+            note="torch.jit is deprecated in current PyTorch; prefer pt2 for new deployments",
+        ),
+        ExportFormat(
+            "pt2",
+            ".pt2",
+            "torch.export program (ATen graph), the modern replacement for TorchScript",
+            Named("imgclf.exporting:write_pt2"),
+            Named("imgclf.runtime:open_pt2"),
+        ),
+        ExportFormat(
+            "onnx",
+            ".onnx",
+            f"ONNX, fp32, opset {DEFAULT_OPSET}, dynamic batch (dynamo exporter)",
+            Named("imgclf.exporting:write_onnx"),
+            Named("imgclf.runtime:open_onnx"),
+            packages=_ONNX,
+        ),
+        ExportFormat(
+            "onnx-int8",
+            ".int8.onnx",
+            "ONNX int8: onnxruntime static quantization calibrated on real images",
+            Named("imgclf.exporting:write_onnx_int8"),
+            Named("imgclf.runtime:open_onnx"),
+            packages=_ONNX,
+            int8=True,
+        ),
+        ExportFormat(
+            "dynamic-int8",
+            ".dynamic-int8.pt",
+            "the seed's quantize_dynamic: int8 weights for nn.Linear only",
+            Named("imgclf.exporting:write_dynamic_int8"),
+            Named("imgclf.runtime:open_dynamic_int8"),
+            int8=True,
+            note="only Linear layers are quantized: a CNN is almost all convolutions, so this speeds it up very little",
+        ),
+    ]
+}

@@ -44,6 +44,7 @@ Rules, defended in `tolerance` and `compare`:
   keeps it so at small n.
 A file that fails is deleted and the export raises `VerificationError`: never a warning.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,7 +83,9 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 4096  # upper bound of the dynamic batch dimension in torch.export / ONNX
 DEFAULT_CALIB_IMAGES = 256
-DEFAULT_VERIFY_IMAGES = 500  # all of a typical validation split (hymenoptera: 153); the int8 rule's bound tightens with n
+DEFAULT_VERIFY_IMAGES = (
+    500  # all of a typical validation split (hymenoptera: 153); the int8 rule's bound tightens with n
+)
 FP32_REL_TOL = 1e-3
 INT8_MIN_AGREEMENT = 0.97
 INT8_MAX_REL_RMSE = 0.30
@@ -175,16 +178,34 @@ def _onnx_fp32(ctx: ExportContext, path: str) -> str:
     try:
         ep = _torch_export(ctx)
         with _quiet():
-            torch.onnx.export(ep, (ctx.example,), path, dynamo=True, opset_version=ctx.opset, external_data=False,
-                              input_names=["input"], output_names=["logits"], verbose=False)
+            torch.onnx.export(
+                ep,
+                (ctx.example,),
+                path,
+                dynamo=True,
+                opset_version=ctx.opset,
+                external_data=False,
+                input_names=["input"],
+                output_names=["logits"],
+                verbose=False,
+            )
         exporter = "dynamo"
     except Exception as e:
-        log.warning("dynamo ONNX exporter failed (%s); using the TorchScript-based exporter",
-                    str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
+        log.warning(
+            "dynamo ONNX exporter failed (%s); using the TorchScript-based exporter",
+            str(e).splitlines()[0][:160] if str(e) else type(e).__name__,
+        )
         with _quiet(), torch.no_grad():
-            torch.onnx.export(ctx.model, (ctx.example,), path, dynamo=False, opset_version=ctx.opset,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                ctx.model,
+                (ctx.example,),
+                path,
+                dynamo=False,
+                opset_version=ctx.opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
         exporter = "torchscript-based"
     ctx.info.update(exporter=exporter, opset=ctx.opset)
     return exporter
@@ -213,7 +234,7 @@ class _ImageReader:
     """onnxruntime CalibrationDataReader over real preprocessed images, 32 at a time."""
 
     def __init__(self, images: torch.Tensor, input_name: str, batch: int = 32):
-        self.batches = [{input_name: images[i:i + batch].numpy()} for i in range(0, len(images), batch)]
+        self.batches = [{input_name: images[i : i + batch].numpy()} for i in range(0, len(images), batch)]
         self.set_range(0, len(self.batches))
 
     def __len__(self) -> int:
@@ -233,9 +254,30 @@ class _ImageReader:
 
 # ops that make nothing new of one activation (they move, select, clip or pool it): the quantizer carries a
 # tensor's scale across them, so a tensor kept in fp32 keeps the chain through them in fp32 too
-_PASS_THROUGH = frozenset({"Relu", "Clip", "LeakyRelu", "Identity", "Reshape", "Flatten", "Transpose", "Squeeze",
-                           "Unsqueeze", "MaxPool", "Slice", "Pad", "Concat", "Split", "Gather", "Expand", "Tile",
-                           "Resize", "DepthToSpace", "SpaceToDepth"})
+_PASS_THROUGH = frozenset(
+    {
+        "Relu",
+        "Clip",
+        "LeakyRelu",
+        "Identity",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "MaxPool",
+        "Slice",
+        "Pad",
+        "Concat",
+        "Split",
+        "Gather",
+        "Expand",
+        "Tile",
+        "Resize",
+        "DepthToSpace",
+        "SpaceToDepth",
+    }
+)
 
 
 class _Graph:
@@ -335,7 +377,7 @@ def int8_sensitivity(fp32_path: str, int8_path: str, images: torch.Tensor, work:
             continue
         name = n.input[0]
         if name not in known and name.endswith("_QuantizeLinear_Input"):  # a graph output, renamed by the quantizer
-            name = name[:-len("_QuantizeLinear_Input")]
+            name = name[: -len("_QuantizeLinear_Input")]
         if name in known and n.input[1] in qinit and n.input[2] in qinit:
             taps[name] = (n.output[0], qinit[n.input[1]].astype(np.float32), qinit[n.input[2]])
     if not taps:
@@ -343,7 +385,9 @@ def int8_sensitivity(fp32_path: str, int8_path: str, images: torch.Tensor, work:
     have = {o.name for o in qm.graph.output}
     for qname, _, zp in taps.values():
         if qname not in have:
-            qm.graph.output.append(helper.make_tensor_value_info(qname, helper.np_dtype_to_tensor_dtype(zp.dtype), None))
+            qm.graph.output.append(
+                helper.make_tensor_value_info(qname, helper.np_dtype_to_tensor_dtype(zp.dtype), None)
+            )
     fnames = [t for t in taps if t not in g.inputs]  # graph inputs: the images themselves
     have = {o.name for o in fm.graph.output}
     for t in fnames:
@@ -359,7 +403,7 @@ def int8_sensitivity(fp32_path: str, int8_path: str, images: torch.Tensor, work:
     err: dict[str, np.ndarray] = {}
     sig: dict[str, np.ndarray] = {}
     for i in range(0, len(images), batch):  # a few images at a time: every activation of a batch is held at once
-        x = images[i:i + batch].numpy()
+        x = images[i : i + batch].numpy()
         feed = {g.inputs[0]: x}
         ref = dict(zip(fnames, sf.run(fnames, feed)))
         ref.update({t: x for t in taps if t in g.inputs})
@@ -411,12 +455,20 @@ class _Int8Quantizer:
         out = os.path.join(self.work, f"try{self.made}.onnx")
         kw = {"calibration_cache_path": os.path.join(self.work, f"ranges-{method}.json")} if self.cache else {}
         with _quiet():
-            quantize_static(self.pre, out, _ImageReader(self.images, "input"), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            reduce_range=self.reduce_range,
-                            calibrate_method=getattr(CalibrationMethod, self.METHODS[method]),
-                            nodes_to_exclude=list(exclude),
-                            extra_options={"CalibStridedMinMax": 1}, **kw)  # one batch at a time (see _ImageReader)
+            quantize_static(
+                self.pre,
+                out,
+                _ImageReader(self.images, "input"),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                reduce_range=self.reduce_range,
+                calibrate_method=getattr(CalibrationMethod, self.METHODS[method]),
+                nodes_to_exclude=list(exclude),
+                extra_options={"CalibStridedMinMax": 1},
+                **kw,
+            )  # one batch at a time (see _ImageReader)
         return out
 
 
@@ -424,8 +476,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2g}%" if x < 0.01 else f"{x:.1%}"
 
 
-_TRY_KEYS = ("images", "top1_kept", "top1_agreement", "top1_agreement_upper", "rel_rmse", "rel_rmse_lower",
-             "meets_bar", "ok")
+_TRY_KEYS = (
+    "images",
+    "top1_kept",
+    "top1_agreement",
+    "top1_agreement_upper",
+    "rel_rmse",
+    "rel_rmse_lower",
+    "meets_bar",
+    "ok",
+)
 
 
 def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
@@ -477,13 +537,31 @@ def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
         def attempt(method: str, regions: list[dict]) -> None:
             nodes = list(dict.fromkeys(n for x in regions for n in x["nodes"]))
             file = quantize(method, nodes)
-            r = {"top1_kept": 0, "top1_agreement": 0.0, "rel_rmse": math.inf, "meets_bar": False,
-                 **compare(want, _onnx_logits(file, ctx.check), int8=True)}  # defaults: a wrong output shape
-            tries.append({"calibration": method, "fp32_nodes": nodes, "fp32_tensors": [x["tensor"] for x in regions],
-                          **{k: r.get(k) for k in _TRY_KEYS}, "file": file})
-            log.info("int8 try %d: %s calibration, %s: top-1 agreement %d/%d, RMSE %.1f%% of logit spread",
-                     len(tries), method, f"{len(nodes)} nodes fp32" if nodes else "everything quantized",
-                     r["top1_kept"], r["images"], 100 * r["rel_rmse"])
+            r = {
+                "top1_kept": 0,
+                "top1_agreement": 0.0,
+                "rel_rmse": math.inf,
+                "meets_bar": False,
+                **compare(want, _onnx_logits(file, ctx.check), int8=True),
+            }  # defaults: a wrong output shape
+            tries.append(
+                {
+                    "calibration": method,
+                    "fp32_nodes": nodes,
+                    "fp32_tensors": [x["tensor"] for x in regions],
+                    **{k: r.get(k) for k in _TRY_KEYS},
+                    "file": file,
+                }
+            )
+            log.info(
+                "int8 try %d: %s calibration, %s: top-1 agreement %d/%d, RMSE %.1f%% of logit spread",
+                len(tries),
+                method,
+                f"{len(nodes)} nodes fp32" if nodes else "everything quantized",
+                r["top1_kept"],
+                r["images"],
+                100 * r["rel_rmse"],
+            )
 
         def more() -> bool:
             return len(tries) < ctx.int8_tries and not any(t["meets_bar"] for t in tries)
@@ -505,26 +583,49 @@ def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
                 attempt(base["calibration"], regions[:k])
                 done = k
         best = next((t for t in tries if t["meets_bar"]), None) or max(
-            tries, key=lambda t: (t["ok"], t["top1_kept"], -t["rel_rmse"]))
+            tries, key=lambda t: (t["ok"], t["top1_kept"], -t["rel_rmse"])
+        )
         shutil.copyfile(best["file"], path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     why = {r["tensor"]: r for r in ranking}
-    meta["export"].update(exporter=ctx.info["exporter"], opset=ctx.opset, quantization={
-        "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per-channel",
-        "activations": "uint8 per-tensor", "reduce_range": ctx.reduce_range, "calibration": best["calibration"],
-        "calibration_images": int(len(images)), "calibration_data": ctx.info.get("calib_data"),
-        "plan": "measured-fp32" if best["fp32_nodes"] else "all-int8", "fp32_nodes": best["fp32_nodes"],
-        "fp32_reasons": [
-            {"tensor": t, "nodes": why[t]["nodes"], "error_int8": why[t]["error"], "error_above": why[t]["error_above"],
-             "why": f"quantizing {t} raised the mean per-channel relative error from {_pct(why[t]['error_above'])} "
+    meta["export"].update(
+        exporter=ctx.info["exporter"],
+        opset=ctx.opset,
+        quantization={
+            "tool": "onnxruntime.quantization.quantize_static",
+            "format": "QDQ",
+            "weights": "int8 per-channel",
+            "activations": "uint8 per-tensor",
+            "reduce_range": ctx.reduce_range,
+            "calibration": best["calibration"],
+            "calibration_images": int(len(images)),
+            "calibration_data": ctx.info.get("calib_data"),
+            "plan": "measured-fp32" if best["fp32_nodes"] else "all-int8",
+            "fp32_nodes": best["fp32_nodes"],
+            "fp32_reasons": [
+                {
+                    "tensor": t,
+                    "nodes": why[t]["nodes"],
+                    "error_int8": why[t]["error"],
+                    "error_above": why[t]["error_above"],
+                    "why": f"quantizing {t} raised the mean per-channel relative error from {_pct(why[t]['error_above'])} "
                     f"(the tensors it is computed from) to {_pct(why[t]['error'])} on "
-                    f"{min(len(images), SENSITIVITY_IMAGES)} calibration images"} for t in best["fp32_tensors"]],
-        "tries": [{k: v for k, v in t.items() if k != "file"} for t in tries],
-        "chosen_try": tries.index(best) + 1,
-        "sensitivity": {"images": min(len(images), SENSITIVITY_IMAGES), "measured_on_try": tries.index(base) + 1,
-                        "top": [{k: r[k] for k in ("tensor", "error", "error_above", "added")} for r in ranking[:8]]}
-                       if ranking else None})
+                    f"{min(len(images), SENSITIVITY_IMAGES)} calibration images",
+                }
+                for t in best["fp32_tensors"]
+            ],
+            "tries": [{k: v for k, v in t.items() if k != "file"} for t in tries],
+            "chosen_try": tries.index(best) + 1,
+            "sensitivity": {
+                "images": min(len(images), SENSITIVITY_IMAGES),
+                "measured_on_try": tries.index(base) + 1,
+                "top": [{k: r[k] for k in ("tensor", "error", "error_above", "added")} for r in ranking[:8]],
+            }
+            if ranking
+            else None,
+        },
+    )
     _add_onnx_metadata(path, meta)
 
 
@@ -543,8 +644,12 @@ def write_dynamic_int8(ctx: ExportContext, path: str, meta: dict) -> None:
 
     model = model_from_checkpoint(ctx.ref.ckpt, "cpu", channels_last=False)  # a fresh copy to quantize
     q = quantize_linear_dynamic(model)
-    blob = {"format": DYNAMIC_INT8_FORMAT, "version": 1, "meta": json.loads(_meta_json(meta)),
-            "state_dict": q.state_dict()}
+    blob = {
+        "format": DYNAMIC_INT8_FORMAT,
+        "version": 1,
+        "meta": json.loads(_meta_json(meta)),
+        "state_dict": q.state_dict(),
+    }
     torch.save(blob, path)  # plain data, quantized tensors and dtypes: loads with weights_only=True
 
 
@@ -564,8 +669,17 @@ def get_format(name: str) -> ExportFormat:
 # --------------------------------------------------------------------------------------------- images
 
 
-def sample_images(data: str, prep, *, split: str, n: int, data_root: str | None = None, val_fraction: float = 0.2,
-                  seed: int = 0, workers: int = 4) -> tuple[torch.Tensor, str]:
+def sample_images(
+    data: str,
+    prep,
+    *,
+    split: str,
+    n: int,
+    data_root: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    workers: int = 4,
+) -> tuple[torch.Tensor, str]:
     """Up to `n` real images of `split` of `data` (a seeded random choice), preprocessed as the model expects
     (the same decode and eval transform as evaluate and predict); N x 3 x S x S float32 and a description.
 
@@ -598,7 +712,7 @@ def sample_images(data: str, prep, *, split: str, n: int, data_root: str | None 
     out: list[torch.Tensor] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(order), max(n, 1)):
-            out += [t for t in pool.map(load, order[start:start + n - len(out)]) if t is not None]
+            out += [t for t in pool.map(load, order[start : start + n - len(out)]) if t is not None]
             if len(out) >= n:
                 break
     if not out:
@@ -611,7 +725,11 @@ def sample_images(data: str, prep, *, split: str, n: int, data_root: str | None 
 
 def tolerance(int8: bool, ref: torch.Tensor) -> dict:
     if int8:
-        return {"min_top1_agreement": INT8_MIN_AGREEMENT, "max_rel_rmse": INT8_MAX_REL_RMSE, "confidence": INT8_CONFIDENCE}
+        return {
+            "min_top1_agreement": INT8_MIN_AGREEMENT,
+            "max_rel_rmse": INT8_MAX_REL_RMSE,
+            "confidence": INT8_CONFIDENCE,
+        }
     return {"max_abs_diff": FP32_REL_TOL * max(1.0, float(ref.abs().max()))}
 
 
@@ -642,7 +760,7 @@ def rmse_lower_bound(per_image_sq_err: torch.Tensor, confidence: float = INT8_CO
 
 
 def _batched(logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([logits(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def compare(ref: torch.Tensor, out: torch.Tensor, *, int8: bool) -> dict:
@@ -661,33 +779,58 @@ def compare(ref: torch.Tensor, out: torch.Tensor, *, int8: bool) -> dict:
     per_image = ((out - ref) ** 2).mean(1)  # N: each image's mean squared logit error
     rel_rmse = float(per_image.mean().sqrt()) / spread
     tol = tolerance(int8, ref)
-    r = {"images": n, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-         "top1_agreement": agree, "top1_kept": kept, "rel_rmse": rel_rmse, "logit_scale": float(ref.abs().max()),
-         "tolerance": tol}
+    r = {
+        "images": n,
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "top1_agreement": agree,
+        "top1_kept": kept,
+        "rel_rmse": rel_rmse,
+        "logit_scale": float(ref.abs().max()),
+        "tolerance": tol,
+    }
     if not torch.isfinite(out).all():
         r.update(ok=False, meets_bar=False, reason="non-finite logits")
     elif int8:
         upper = agreement_upper_bound(kept, n, tol["confidence"])
         lower = rmse_lower_bound(per_image, tol["confidence"]) / spread
-        r.update(top1_agreement_upper=upper, rel_rmse_lower=lower,
-                 meets_bar=agree >= tol["min_top1_agreement"] and rel_rmse <= tol["max_rel_rmse"])
+        r.update(
+            top1_agreement_upper=upper,
+            rel_rmse_lower=lower,
+            meets_bar=agree >= tol["min_top1_agreement"] and rel_rmse <= tol["max_rel_rmse"],
+        )
         why = []
         if upper < tol["min_top1_agreement"]:
-            why.append(f"top-1 agreement {kept}/{n} = {agree:.1%}, whose one-sided {tol['confidence']:.0%} upper bound "
-                       f"{upper:.1%} is below {tol['min_top1_agreement']:.0%}")
+            why.append(
+                f"top-1 agreement {kept}/{n} = {agree:.1%}, whose one-sided {tol['confidence']:.0%} upper bound "
+                f"{upper:.1%} is below {tol['min_top1_agreement']:.0%}"
+            )
         if lower > tol["max_rel_rmse"]:
-            why.append(f"logit RMSE {rel_rmse:.1%} of the logits' spread, whose one-sided {tol['confidence']:.0%} "
-                       f"lower bound {lower:.1%} is above {tol['max_rel_rmse']:.0%}")
+            why.append(
+                f"logit RMSE {rel_rmse:.1%} of the logits' spread, whose one-sided {tol['confidence']:.0%} "
+                f"lower bound {lower:.1%} is above {tol['max_rel_rmse']:.0%}"
+            )
         r.update(ok=not why, reason="; ".join(why))
     else:
         ok = r["max_abs_diff"] <= tol["max_abs_diff"]
-        r.update(ok=ok, reason="" if ok else
-                 f"max |logit difference| {r['max_abs_diff']:.3g} > {tol['max_abs_diff']:.3g} (top-1 agreement {agree:.3f})")
+        r.update(
+            ok=ok,
+            reason=""
+            if ok
+            else f"max |logit difference| {r['max_abs_diff']:.3g} > {tol['max_abs_diff']:.3g} (top-1 agreement {agree:.3f})",
+        )
     return r
 
 
-def verify(ref: Runner, exported: Runner, images: torch.Tensor, *, int8: bool, batch_size: int = 32,
-           ref_logits: torch.Tensor | None = None) -> dict:
+def verify(
+    ref: Runner,
+    exported: Runner,
+    images: torch.Tensor,
+    *,
+    int8: bool,
+    batch_size: int = 32,
+    ref_logits: torch.Tensor | None = None,
+) -> dict:
     """Run both on `images` (in batches, then the first image alone) and compare; see the module docstring.
     `ref_logits`: the reference's logits on `images` when already computed."""
     r_ref = _batched(ref.logits, images, batch_size) if ref_logits is None else ref_logits
@@ -695,17 +838,31 @@ def verify(ref: Runner, exported: Runner, images: torch.Tensor, *, int8: bool, b
     report = compare(r_ref, r_out, int8=int8)
     if report["ok"]:
         single = exported.logits(images[:1])
-        if single.shape != r_ref[:1].shape or (single - r_out[:1]).abs().max() > max(1e-3, 1e-3 * report["logit_scale"]) * (50 if int8 else 1):
-            report.update(ok=False, reason="a batch of one image gives other logits than the same image in a batch "
-                                           "(the batch dimension is not really dynamic)")
+        if single.shape != r_ref[:1].shape or (single - r_out[:1]).abs().max() > max(
+            1e-3, 1e-3 * report["logit_scale"]
+        ) * (50 if int8 else 1):
+            report.update(
+                ok=False,
+                reason="a batch of one image gives other logits than the same image in a batch "
+                "(the batch dimension is not really dynamic)",
+            )
     return report
 
 
 # --------------------------------------------------------------------------------------------- accuracy
 
 
-def accuracy_on(runners: list[Runner], data: str, *, split: str, data_root=None, config: dict | None = None,
-                batch_size: int = 64, cache: str = "auto", max_images: int | None = None) -> tuple[list[float], int, str]:
+def accuracy_on(
+    runners: list[Runner],
+    data: str,
+    *,
+    split: str,
+    data_root=None,
+    config: dict | None = None,
+    batch_size: int = 64,
+    cache: str = "auto",
+    max_images: int | None = None,
+) -> tuple[list[float], int, str]:
     """Top-1 accuracy of each runner on the same decoded images of `split` (they share one preprocessing)."""
     from .data.feed import make_feed
     from .data.pipeline import default_workers
@@ -713,14 +870,24 @@ def accuracy_on(runners: list[Runner], data: str, *, split: str, data_root=None,
     from .evaluation import align_classes, infer
 
     cfg = config or {}
-    src = open_source(data, data_root=data_root or cfg.get("data_root"), val_fraction=cfg.get("val_fraction", 0.2),
-                      seed=cfg.get("seed", 0))
+    src = open_source(
+        data,
+        data_root=data_root or cfg.get("data_root"),
+        val_fraction=cfg.get("val_fraction", 0.2),
+        seed=cfg.get("seed", 0),
+    )
     s = src.split(split)
     if max_images is not None and len(s) > max_images:
         s = s.subset(np.random.default_rng(0).permutation(len(s))[:max_images].tolist())
     mapping = torch.as_tensor(align_classes(src.classes, runners[0].classes, data), dtype=torch.long)
-    feed, bad = make_feed(s, runners[0].preprocess, cache=cache, workers=default_workers(), eval_batch_size=batch_size,
-                          desc=f"decode {split}")
+    feed, bad = make_feed(
+        s,
+        runners[0].preprocess,
+        cache=cache,
+        workers=default_workers(),
+        eval_batch_size=batch_size,
+        desc=f"decode {split}",
+    )
     for path, reason in bad:
         log.warning("left out %s: %s", path, reason)
     accs = []
@@ -741,24 +908,52 @@ def default_out(weights: str, fmt: ExportFormat) -> str:
 def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dict:
     ckpt = ref.ckpt
     return {
-        "imgclf_export": 1, "format": fmt.name, "model": ref.model_name, "num_classes": len(ref.classes),
-        "classes": list(ref.classes), "preprocess": ref.preprocess.to_dict(), "config": dict(ref.config),
-        "input": {"name": "input", "shape": ["batch", 3, ref.preprocess.img_size, ref.preprocess.img_size],
-                  "dtype": "float32", "layout": "NCHW, RGB, normalised with preprocess.mean/std"},
+        "imgclf_export": 1,
+        "format": fmt.name,
+        "model": ref.model_name,
+        "num_classes": len(ref.classes),
+        "classes": list(ref.classes),
+        "preprocess": ref.preprocess.to_dict(),
+        "config": dict(ref.config),
+        "input": {
+            "name": "input",
+            "shape": ["batch", 3, ref.preprocess.img_size, ref.preprocess.img_size],
+            "dtype": "float32",
+            "layout": "NCHW, RGB, normalised with preprocess.mean/std",
+        },
         "output": {"name": "logits", "shape": ["batch", len(ref.classes)]},
-        "source": {"checkpoint": os.path.abspath(weights), "epoch": ckpt.get("epoch"),
-                   "metrics": {k: v for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, (int, float, str))},
-                   "data_fingerprint": ckpt.get("data_fingerprint")},
-        "export": {"imgclf_version": __version__, "torch_version": str(torch.__version__),
-                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "source": {
+            "checkpoint": os.path.abspath(weights),
+            "epoch": ckpt.get("epoch"),
+            "metrics": {k: v for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, (int, float, str))},
+            "data_fingerprint": ckpt.get("data_fingerprint"),
+        },
+        "export": {
+            "imgclf_version": __version__,
+            "torch_version": str(torch.__version__),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
     }
 
 
-def export(weights: str, format: str, *, out: str | None = None, calib_data: str | None = None,
-           calib_images: int = DEFAULT_CALIB_IMAGES, calib_method: str = "minmax", reduce_range: bool = True,
-           verify_data: str | None = None, verify_images: int = DEFAULT_VERIFY_IMAGES, data: str | None = None,
-           split: str = "val", data_root: str | None = None, opset: int = DEFAULT_OPSET,
-           max_eval_images: int | None = None, int8_tries: int = DEFAULT_INT8_TRIES) -> dict:
+def export(
+    weights: str,
+    format: str,
+    *,
+    out: str | None = None,
+    calib_data: str | None = None,
+    calib_images: int = DEFAULT_CALIB_IMAGES,
+    calib_method: str = "minmax",
+    reduce_range: bool = True,
+    verify_data: str | None = None,
+    verify_images: int = DEFAULT_VERIFY_IMAGES,
+    data: str | None = None,
+    split: str = "val",
+    data_root: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    max_eval_images: int | None = None,
+    int8_tries: int = DEFAULT_INT8_TRIES,
+) -> dict:
     """Export checkpoint `weights` as `format`, verify it against eager PyTorch, and only then write `out`.
 
     Calibration images (int8): `calib_data` (a data source or a folder of images), default the training split
@@ -769,29 +964,38 @@ def export(weights: str, format: str, *, out: str | None = None, calib_data: str
     of the checkpoint and of the export on its `split`. Returns a report dict (also what `--json` prints)."""
     fmt = get_format(format)
     if calib_method not in ("minmax", "entropy", "percentile"):
-        raise UsageError(f"--calib-method '{calib_method}': use minmax, entropy or percentile{did_you_mean(calib_method, ['minmax', 'entropy', 'percentile'])}")
+        raise UsageError(
+            f"--calib-method '{calib_method}': use minmax, entropy or percentile{did_you_mean(calib_method, ['minmax', 'entropy', 'percentile'])}"
+        )
     for name, v in (("--calib-images", calib_images), ("--verify-images", verify_images), ("--int8-tries", int8_tries)):
         if v < 1:
             raise UsageError(f"{name} must be at least 1, got {v}")
     runner = open_model(weights, device="cpu", precision="fp32")
     if not isinstance(runner, CheckpointRunner):
-        raise UsageError(f"'{weights}' is already an exported model ({runner.format}): export from the checkpoint it came from")
+        raise UsageError(
+            f"'{weights}' is already an exported model ({runner.format}): export from the checkpoint it came from"
+        )
     ref = CheckpointRunner(weights, device="cpu", precision="fp32", channels_last=False, ckpt=runner.ckpt)
     del runner
     out = os.path.abspath(out or default_out(weights, fmt))
     if os.path.isdir(out):
-        raise UsageError(f"--out '{out}' is a folder: give a file name such as {os.path.join(out, 'model' + fmt.suffix)}")
+        raise UsageError(
+            f"--out '{out}' is a folder: give a file name such as {os.path.join(out, 'model' + fmt.suffix)}"
+        )
     if os.path.abspath(out) == os.path.abspath(weights):
         raise UsageError(f"--out '{out}' is the checkpoint itself: choose another file name")
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
     cfg = ref.config
     recorded = cfg.get("data")
-    src_kw = dict(data_root=data_root or cfg.get("data_root"), val_fraction=cfg.get("val_fraction", 0.2),
-                  seed=cfg.get("seed", 0))
+    src_kw = dict(
+        data_root=data_root or cfg.get("data_root"), val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0)
+    )
     vdata = verify_data or recorded or calib_data
     if not vdata:
-        raise DataError("the checkpoint records no data to verify the export on: pass --verify-data (or --calib-data) with images")
+        raise DataError(
+            "the checkpoint records no data to verify the export on: pass --verify-data (or --calib-data) with images"
+        )
     t0 = time.perf_counter()
     vimages, vdesc = sample_images(vdata, ref.preprocess, split="val", n=verify_images, **src_kw)
     cdata = calib_data or recorded or vdata
@@ -799,14 +1003,24 @@ def export(weights: str, format: str, *, out: str | None = None, calib_data: str
 
     def calib() -> torch.Tensor:
         if "x" not in calib_cache:
-            calib_cache["x"], calib_cache["desc"] = sample_images(cdata, ref.preprocess, split="train", n=calib_images, **src_kw)
+            calib_cache["x"], calib_cache["desc"] = sample_images(
+                cdata, ref.preprocess, split="train", n=calib_images, **src_kw
+            )
             ctx.info["calib_data"] = calib_cache["desc"]
         return calib_cache["x"]
 
     # a copy, not a view: torch.export saves its example inputs, and a view would drag the whole batch along
     example = (vimages[:2] if len(vimages) >= 2 else vimages.repeat(2, 1, 1, 1)).clone()
-    ctx = ExportContext(ref=ref, example=example, calib=calib, check=vimages, opset=opset, calib_method=calib_method,
-                        reduce_range=reduce_range, int8_tries=int8_tries)
+    ctx = ExportContext(
+        ref=ref,
+        example=example,
+        calib=calib,
+        check=vimages,
+        opset=opset,
+        calib_method=calib_method,
+        reduce_range=reduce_range,
+        int8_tries=int8_tries,
+    )
     meta = make_metadata(ref, fmt, weights)
 
     # a hidden temporary name with the format's own suffix (torch.export warns about other names)
@@ -818,18 +1032,33 @@ def export(weights: str, format: str, *, out: str | None = None, calib_data: str
         exported = open_model(tmp, device="cpu", format=fmt.name)
         report = verify(ref, exported, vimages, int8=fmt.int8, ref_logits=ctx.check_logits())
         if not report["ok"]:
-            raise VerificationError(f"{fmt.name} export of {weights} failed verification on {vdesc}: {report['reason']}; "
-                                    f"nothing written{_int8_hint(meta)}")
-        result = {"format": fmt.name, "out": out, "weights": os.path.abspath(weights), "model": ref.model_name,
-                  "size_bytes": os.path.getsize(tmp), "verification": {**report, "data": vdesc}, "note": fmt.note,
-                  "export": meta["export"]}
+            raise VerificationError(
+                f"{fmt.name} export of {weights} failed verification on {vdesc}: {report['reason']}; "
+                f"nothing written{_int8_hint(meta)}"
+            )
+        result = {
+            "format": fmt.name,
+            "out": out,
+            "weights": os.path.abspath(weights),
+            "model": ref.model_name,
+            "size_bytes": os.path.getsize(tmp),
+            "verification": {**report, "data": vdesc},
+            "note": fmt.note,
+            "export": meta["export"],
+        }
         if "desc" in calib_cache:
             result["calibration"] = calib_cache["desc"]
         if data:
-            accs, n, where = accuracy_on([ref, exported], data, split=split, data_root=data_root, config=cfg,
-                                         max_images=max_eval_images)
-            result["accuracy"] = {"data": where, "images": n, "checkpoint": accs[0], fmt.name: accs[1],
-                                  "drop_points": 100.0 * (accs[0] - accs[1])}
+            accs, n, where = accuracy_on(
+                [ref, exported], data, split=split, data_root=data_root, config=cfg, max_images=max_eval_images
+            )
+            result["accuracy"] = {
+                "data": where,
+                "images": n,
+                "checkpoint": accs[0],
+                fmt.name: accs[1],
+                "drop_points": 100.0 * (accs[0] - accs[1]),
+            }
         os.replace(tmp, out)
     except BaseException as e:
         full = disk_full_error(e, out, tmp=tmp) if isinstance(e, Exception) else None
@@ -846,22 +1075,37 @@ def _int8_hint(meta: dict) -> str:
     q = meta["export"].get("quantization")
     if not q:
         return ""
-    tried = ", ".join(f"{t['calibration']}{' with ' + str(len(t['fp32_nodes'])) + ' nodes fp32' if t['fp32_nodes'] else ''} "
-                      f"{t['top1_kept']}/{t['images']}" for t in q["tries"])
-    return (f" (int8 tries, labels kept: {tried}; calibrate on images closer to the verification data with "
-            f"--calib-data, or with more --calib-images)")
+    tried = ", ".join(
+        f"{t['calibration']}{' with ' + str(len(t['fp32_nodes'])) + ' nodes fp32' if t['fp32_nodes'] else ''} "
+        f"{t['top1_kept']}/{t['images']}"
+        for t in q["tries"]
+    )
+    return (
+        f" (int8 tries, labels kept: {tried}; calibrate on images closer to the verification data with "
+        f"--calib-data, or with more --calib-images)"
+    )
 
 
 def _int8_lines(q: dict) -> list[str]:
     """What the int8 writer did, for people: the remedy used and the numbers of each try."""
-    how = "every node quantized" if not q["fp32_nodes"] else (
-        f"{len(q['fp32_nodes'])} nodes kept fp32 ({', '.join(q['fp32_nodes'])}): "
-        + "; ".join(r["why"] for r in q["fp32_reasons"]))
+    how = (
+        "every node quantized"
+        if not q["fp32_nodes"]
+        else (
+            f"{len(q['fp32_nodes'])} nodes kept fp32 ({', '.join(q['fp32_nodes'])}): "
+            + "; ".join(r["why"] for r in q["fp32_reasons"])
+        )
+    )
     lines = [f"int8: {q['calibration']} calibration, {how} (try {q['chosen_try']} of {len(q['tries'])})"]
     if len(q["tries"]) > 1:
-        lines.append("int8 tries: " + "; ".join(
-            f"{i}. {t['calibration']}{', ' + str(len(t['fp32_nodes'])) + ' nodes fp32' if t['fp32_nodes'] else ''}: "
-            f"{t['top1_kept']}/{t['images']} labels kept, RMSE {t['rel_rmse']:.1%}" for i, t in enumerate(q["tries"], 1)))
+        lines.append(
+            "int8 tries: "
+            + "; ".join(
+                f"{i}. {t['calibration']}{', ' + str(len(t['fp32_nodes'])) + ' nodes fp32' if t['fp32_nodes'] else ''}: "
+                f"{t['top1_kept']}/{t['images']} labels kept, RMSE {t['rel_rmse']:.1%}"
+                for i, t in enumerate(q["tries"], 1)
+            )
+        )
     return lines
 
 
@@ -869,24 +1113,32 @@ def format_export_report(r: dict) -> str:
     v = r["verification"]
     tol = v["tolerance"]
     if "min_top1_agreement" in tol:
-        numbers = (f"top-1 agreement {v['top1_kept']}/{v['images']} = {v['top1_agreement']:.1%} (one-sided "
-                   f"{tol['confidence']:.0%} upper bound {v['top1_agreement_upper']:.1%}), RMSE {v['rel_rmse']:.1%} of logit "
-                   f"spread (lower bound {v['rel_rmse_lower']:.1%})")
-        rule = (f"refused only if the agreement's upper bound is below {tol['min_top1_agreement']:.0%} "
-                f"or the RMSE's lower bound above {tol['max_rel_rmse']:.0%}")
+        numbers = (
+            f"top-1 agreement {v['top1_kept']}/{v['images']} = {v['top1_agreement']:.1%} (one-sided "
+            f"{tol['confidence']:.0%} upper bound {v['top1_agreement_upper']:.1%}), RMSE {v['rel_rmse']:.1%} of logit "
+            f"spread (lower bound {v['rel_rmse_lower']:.1%})"
+        )
+        rule = (
+            f"refused only if the agreement's upper bound is below {tol['min_top1_agreement']:.0%} "
+            f"or the RMSE's lower bound above {tol['max_rel_rmse']:.0%}"
+        )
     else:
         numbers = f"max |logit diff| {v['max_abs_diff']:.3g}, top-1 agreement {v['top1_agreement']:.1%}"
         rule = f"max |diff| <= {tol['max_abs_diff']:.3g}"
-    lines = [f"wrote {r['out']} ({r['format']}, {human_size(r['size_bytes'])}) in {r['seconds']:.0f} s",
-             f"verified against the checkpoint on {v['data']}: {numbers} ({rule}): passed"]
+    lines = [
+        f"wrote {r['out']} ({r['format']}, {human_size(r['size_bytes'])}) in {r['seconds']:.0f} s",
+        f"verified against the checkpoint on {v['data']}: {numbers} ({rule}): passed",
+    ]
     if r.get("calibration"):
         lines.append(f"calibrated on {r['calibration']}")
     if r.get("export", {}).get("quantization"):
         lines += _int8_lines(r["export"]["quantization"])
     if r.get("accuracy"):
         a = r["accuracy"]
-        lines.append(f"accuracy on {a['data']} ({a['images']} images): checkpoint {a['checkpoint']:.4f}, "
-                     f"{r['format']} {a[r['format']]:.4f} ({-a['drop_points']:+.2f} points)")
+        lines.append(
+            f"accuracy on {a['data']} ({a['images']} images): checkpoint {a['checkpoint']:.4f}, "
+            f"{r['format']} {a[r['format']]:.4f} ({-a['drop_points']:+.2f} points)"
+        )
     if r.get("note"):
         lines.append(f"note: {r['note']}")
     return "\n".join(lines)

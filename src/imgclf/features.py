@@ -5,6 +5,7 @@ The backbone is the model itself with its head swapped for an Identity, in eval 
 parts run in ordinary training (frozen BatchNorm and dropout stay in eval mode there too). The head stays a
 module of the model, so the checkpoint is the whole model, used by predict and export as usual.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,9 @@ def head_of(model: nn.Module, name: str) -> nn.Module:
 
 
 @torch.no_grad()
-def extract(model: nn.Module, name: str, batches, device, amp=None, *, channels_last: bool = True,
-            desc: str = "features") -> torch.Tensor:
+def extract(
+    model: nn.Module, name: str, batches, device, amp=None, *, channels_last: bool = True, desc: str = "features"
+) -> torch.Tensor:
     """Pre-head features (N x D, float32, cpu) of every batch."""
     from .evaluation import infer
 
@@ -70,18 +72,27 @@ class FeatureFeed:
         k, n = self.feats.shape[:2]
         view = torch.randint(0, k, (n,), generator=gen)
         x = self.feats[view, torch.arange(n)]
-        return Batches(x, self.labels, batch_size=self.batch_size, transform=_identity, shuffle=True, generator=gen,
-                       weights=sampler_weights)
+        return Batches(
+            x,
+            self.labels,
+            batch_size=self.batch_size,
+            transform=_identity,
+            shuffle=True,
+            generator=gen,
+            weights=sampler_weights,
+        )
 
     def batches(self):
         return Batches(self.feats[0], self.labels, batch_size=self.eval_batch_size, transform=_identity)
 
 
-def build_feature_feeds(model, name: str, train_feed, val_feed, *, views: int, seed: int, device, amp,
-                        channels_last: bool, batch_size: int):
+def build_feature_feeds(
+    model, name: str, train_feed, val_feed, *, views: int, seed: int, device, amp, channels_last: bool, batch_size: int
+):
     """Features of train (1 + `views` augmented views) and val (1 view), from the image feeds."""
-    plain = [extract(model, name, train_feed.batches(), device, amp, channels_last=channels_last,
-                     desc="features train")]
+    plain = [
+        extract(model, name, train_feed.batches(), device, amp, channels_last=channels_last, desc="features train")
+    ]
     for v in range(views):
         gen = torch.Generator().manual_seed(seed * 7919 + 104729 + v)
         aug = _in_order(train_feed, gen)
@@ -89,15 +100,24 @@ def build_feature_feeds(model, name: str, train_feed, val_feed, *, views: int, s
     train_feats = torch.stack(plain)
     # val in fp32 whatever the training precision: the metrics a run reports (and its final "validate best")
     # must be the ones `imgclf evaluate` gives for the checkpoint, which runs the whole model in fp32
-    val_feats = extract(model, name, val_feed.batches(), device, None, channels_last=channels_last,
-                        desc="features val")[None]
-    log.info("frozen-feature cache: %d train images x %d views, %d val images, %d features each",
-             train_feats.shape[1], train_feats.shape[0], val_feats.shape[1], train_feats.shape[2])
-    return (FeatureFeed(train_feats, train_feed.labels, batch_size=batch_size, eval_batch_size=max(batch_size, 256)),
-            FeatureFeed(val_feats, val_feed.labels, batch_size=batch_size, eval_batch_size=max(batch_size, 256)))
+    val_feats = extract(
+        model, name, val_feed.batches(), device, None, channels_last=channels_last, desc="features val"
+    )[None]
+    log.info(
+        "frozen-feature cache: %d train images x %d views, %d val images, %d features each",
+        train_feats.shape[1],
+        train_feats.shape[0],
+        val_feats.shape[1],
+        train_feats.shape[2],
+    )
+    return (
+        FeatureFeed(train_feats, train_feed.labels, batch_size=batch_size, eval_batch_size=max(batch_size, 256)),
+        FeatureFeed(val_feats, val_feed.labels, batch_size=batch_size, eval_batch_size=max(batch_size, 256)),
+    )
 
 
 def _in_order(feed, gen):
     """The feed's training augmentation, but in image order (features must line up with labels)."""
-    return Batches(feed.images, feed.labels, batch_size=feed.eval_batch_size, transform=feed.train_tf, shuffle=False,
-                   generator=gen)
+    return Batches(
+        feed.images, feed.labels, batch_size=feed.eval_batch_size, transform=feed.train_tf, shuffle=False, generator=gen
+    )

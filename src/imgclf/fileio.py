@@ -8,6 +8,7 @@ with SIGKILL cannot remove its temporary file; the next write of the same path (
 A full disk (or quota, or file size limit) while writing is one `DiskFullError` line that names the file,
 with the temporary file removed and the old file left as it was.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,10 @@ FOREIGN_STALE_SECONDS = 24 * 3600
 # errno values that mean "no room for this file here": (what happened, how to fix it)
 _FULL = {
     errno.ENOSPC: ("no space left on device", "free some space there, or write elsewhere (--out)"),
-    errno.EFBIG: ("file too large for its file system or the size limit (ulimit -f)",
-                  "raise the limit, or write to another file system (--out)"),
+    errno.EFBIG: (
+        "file too large for its file system or the size limit (ulimit -f)",
+        "raise the limit, or write to another file system (--out)",
+    ),
 }
 if hasattr(errno, "EDQUOT"):  # not on Windows
     _FULL[errno.EDQUOT] = ("disk quota exceeded", "free some of your quota, or write elsewhere (--out)")
@@ -100,8 +103,14 @@ def temp_beside(path: str, suffix: str = ".tmp") -> tuple[int, str]:
     folder = os.path.dirname(os.path.abspath(path))
     prefix = f".{os.path.basename(path)}.{os.getpid()}-{_writer_host()}-"
     # as mkstemp: exclusive creation (never someone else's file or a planted link), a new name on a clash
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
+    flags = (
+        os.O_RDWR
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_CLOEXEC", 0)
         | getattr(os, "O_BINARY", 0)
+    )
     for _ in range(tempfile.TMP_MAX):
         tmp = os.path.join(folder, prefix + "".join(secrets.choice(_RANDOM_CHARS) for _ in range(8)) + suffix)
         try:
@@ -186,7 +195,9 @@ def atomic_open(path: str, mode: str = "w", *, need: int | None = None, **kw):
         raise
 
 
-def disk_full_error(err: BaseException, path: str, *, tmp: str | None = None, need: int | None = None) -> DiskFullError | None:
+def disk_full_error(
+    err: BaseException, path: str, *, tmp: str | None = None, need: int | None = None
+) -> DiskFullError | None:
     """A DiskFullError for `err` if it failed a write of `path` for lack of room, else None.
 
     The errno is found in the exception or the exceptions it was raised from (torch's zip writer turns

@@ -11,6 +11,7 @@ with a debiased exponential moving average, the sweep stops once that is `diverg
 tenth of the steps and the last 5 points are left out of the suggestion (the start is flat noise, the end the
 divergence itself).
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,9 +27,21 @@ log = logging.getLogger(__name__)
 TAIL = 5  # points dropped at the end before suggesting, as fastai
 
 
-def lr_range_test(model: torch.nn.Module, batches, criterion, optimizer: torch.optim.Optimizer,
-                  device: torch.device, amp: torch.dtype | None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-                  steps: int = 100, smooth: float = 0.05, diverge: float = 4.0, channels_last: bool = False) -> dict:
+def lr_range_test(
+    model: torch.nn.Module,
+    batches,
+    criterion,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    amp: torch.dtype | None,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    smooth: float = 0.05,
+    diverge: float = 4.0,
+    channels_last: bool = False,
+) -> dict:
     """Sweep the learning rate over `steps` optimisation steps on `batches` (iterated again from the start when
     shorter); returns {"lrs", "losses" (smoothed), "raw_losses", "suggestion" (lr or None), "reason"}.
 
@@ -44,8 +57,20 @@ def lr_range_test(model: torch.nn.Module, batches, criterion, optimizer: torch.o
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):  # dropout's draws here leave the training run's alone
-            lrs, raw, smoothed, stop = _sweep(model, batches, criterion, optimizer, device, amp, start_lr, end_lr,
-                                              steps, smooth, diverge, channels_last)
+            lrs, raw, smoothed, stop = _sweep(
+                model,
+                batches,
+                criterion,
+                optimizer,
+                device,
+                amp,
+                start_lr,
+                end_lr,
+                steps,
+                smooth,
+                diverge,
+                channels_last,
+            )
     finally:
         model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_opt)
@@ -77,8 +102,7 @@ def _batches_forever(batches):
             raise ValueError("the learning-rate range test got no batches")
 
 
-def _sweep(model, batches, criterion, optimizer, device, amp, start_lr, end_lr, steps, smooth, diverge,
-           channels_last):
+def _sweep(model, batches, criterion, optimizer, device, amp, start_lr, end_lr, steps, smooth, diverge, channels_last):
     """(lrs, raw losses, smoothed losses, why it stopped)."""
     base = optimizer.param_groups[0]["lr"]
     ratios = [g["lr"] / base if base else 1.0 for g in optimizer.param_groups]
@@ -108,8 +132,15 @@ def _sweep(model, batches, criterion, optimizer, device, amp, start_lr, end_lr, 
         lrs.append(lr), raw.append(value), smoothed.append(s)
         best = min(best, s)
         if s > diverge * best:
-            return lrs, raw, smoothed, (f"stopped at step {i + 1} of {steps} (lr {lr:.3g}): the smoothed loss "
-                                        f"{s:.3g} is over {diverge:g}x its best {best:.3g}")
+            return (
+                lrs,
+                raw,
+                smoothed,
+                (
+                    f"stopped at step {i + 1} of {steps} (lr {lr:.3g}): the smoothed loss "
+                    f"{s:.3g} is over {diverge:g}x its best {best:.3g}"
+                ),
+            )
     return lrs, raw, smoothed, f"swept all {steps} steps up to lr {lrs[-1]:.3g} without diverging"
 
 
@@ -133,15 +164,19 @@ def suggest(lrs: list[float], losses: list[float], steps: int) -> tuple[float | 
     and the last TAIL points."""
     lo, hi = steps // 10, len(losses) - TAIL
     if hi - lo < 3:
-        return None, (f"no suggestion: the sweep stopped after {len(losses)} steps, too few to find a fall in the "
-                      f"loss (lower start_lr or end_lr, or check the data)")
+        return None, (
+            f"no suggestion: the sweep stopped after {len(losses)} steps, too few to find a fall in the "
+            f"loss (lower start_lr or end_lr, or check the data)"
+        )
     start, end = valley(losses[lo:hi])
     if end - start < 2:
         return None, "no suggestion: the loss never fell over the sweep (check the data, the model and the labels)"
     third = (end - start) / 3
     idx = lo + start + int(third) + int(third / 2)  # about half way down the fall, as fastai's valley
-    return float(lrs[idx]), (f"suggested lr {lrs[idx]:.3g}: half way down the longest fall of the smoothed loss "
-                             f"(lr {lrs[lo + start]:.3g} to {lrs[lo + end]:.3g}; fastai's valley)")
+    return float(lrs[idx]), (
+        f"suggested lr {lrs[idx]:.3g}: half way down the longest fall of the smoothed loss "
+        f"(lr {lrs[lo + start]:.3g} to {lrs[lo + end]:.3g}; fastai's valley)"
+    )
 
 
 def write_result(result: dict, folder: str) -> None:
@@ -151,6 +186,8 @@ def write_result(result: dict, folder: str) -> None:
     from .fileio import write_json
     from .plots import plot_lr_find
 
-    write_json({k: result[k] for k in ("suggestion", "reason", "lrs", "losses", "raw_losses")},
-               os.path.join(folder, "lr_find.json"))
+    write_json(
+        {k: result[k] for k in ("suggestion", "reason", "lrs", "losses", "raw_losses")},
+        os.path.join(folder, "lr_find.json"),
+    )
     plot_lr_find(result, os.path.join(folder, "lr_find.png"))

@@ -3,6 +3,7 @@
 Each figure is a `matplotlib.figure.Figure` drawn by its own Agg canvas: no pyplot and no `matplotlib.use`,
 so the caller's backend, open figures and interactive state are left as they were.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,10 +25,27 @@ log = logging.getLogger(__name__)
 # names in CJK, Arabic, Devanagari... are drawn where the machine has such a font (matplotlib >= 3.6 falls back
 # glyph by glyph along a family list). Those not installed are skipped.
 FALLBACK_FONTS = (
-    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
-    "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "Microsoft YaHei", "SimHei", "Yu Gothic",
-    "Malgun Gothic", "PingFang SC", "Hiragino Sans", "Apple SD Gothic Neo", "Arial Unicode MS", "Noto Sans",
-    "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Devanagari", "Noto Sans Thai",
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Noto Sans CJK TC",
+    "Noto Sans CJK KR",
+    "Source Han Sans",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "Droid Sans Fallback",
+    "Microsoft YaHei",
+    "SimHei",
+    "Yu Gothic",
+    "Malgun Gothic",
+    "PingFang SC",
+    "Hiragino Sans",
+    "Apple SD Gothic Neo",
+    "Arial Unicode MS",
+    "Noto Sans",
+    "Noto Sans Arabic",
+    "Noto Sans Hebrew",
+    "Noto Sans Devanagari",
+    "Noto Sans Thai",
 )
 
 
@@ -151,8 +169,13 @@ def plot_lr_find(result: dict, path: str) -> None:
     lr = result.get("suggestion")
     if lr is not None:
         ax.axvline(lr, color="tab:red", linestyle="--", linewidth=1)
-        ax.plot([lr], [np.interp(np.log(lr), np.log(lrs), result["losses"])], "o", color="tab:red",
-                label=f"suggested lr {lr:.3g}")
+        ax.plot(
+            [lr],
+            [np.interp(np.log(lr), np.log(lrs), result["losses"])],
+            "o",
+            color="tab:red",
+            label=f"suggested lr {lr:.3g}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate"), ax.set_ylabel("training loss"), ax.grid(alpha=0.3, which="both")
     ax.set_title("learning-rate range test" if lr is not None else "learning-rate range test: no suggestion")

@@ -1,4 +1,5 @@
 """Predictor: images or paths in, labelled probabilities out, with the checkpoint's own preprocessing."""
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,15 @@ class Predictor:
     Each result: {"path", "label", "index", "probability", "top_k": [{"label", "probability"}, ...]}, or
     {"path", "error"} for a file that cannot be read or processed (the others still get predictions)."""
 
-    def __init__(self, weights: str, *, device: str = "auto", batch_size: int = 32, precision: str = "auto",
-                 workers: int | None = None):
+    def __init__(
+        self,
+        weights: str,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        precision: str = "auto",
+        workers: int | None = None,
+    ):
         self.runner = open_model(weights, device=device, precision=precision)
         self.classes: list[str] = list(self.runner.classes)
         self.preprocess = self.runner.preprocess
@@ -52,10 +60,14 @@ class Predictor:
 
     def _load(self, item) -> torch.Tensor:
         if isinstance(item, Image.Image):
-            return self.transform(pil_to_uint8(resize_shorter(to_rgb(item), self.preprocess.resize,
-                                                              self.preprocess.interpolation)))
-        return self.transform(pil_to_uint8(load_image(str(item), resize=self.preprocess.resize,
-                                                      interpolation=self.preprocess.interpolation)))
+            return self.transform(
+                pil_to_uint8(resize_shorter(to_rgb(item), self.preprocess.resize, self.preprocess.interpolation))
+            )
+        return self.transform(
+            pil_to_uint8(
+                load_image(str(item), resize=self.preprocess.resize, interpolation=self.preprocess.interpolation)
+            )
+        )
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self.runner.logits(batch)
@@ -69,7 +81,7 @@ class Predictor:
         results: list[dict] = []
         with ThreadPoolExecutor(self.workers) as pool:
             for start in range(0, len(items), self.batch_size):
-                chunk = items[start:start + self.batch_size]
+                chunk = items[start : start + self.batch_size]
                 loaded = list(pool.map(self._try_load, chunk))
                 ok = [t for t in loaded if isinstance(t, torch.Tensor)]
                 probs = self.logits(torch.stack(ok)).softmax(1) if ok else None
@@ -81,13 +93,15 @@ class Predictor:
                         continue
                     p, idx = probs[j].topk(k)
                     j += 1
-                    results.append({
-                        "path": str(name) if name is not None else None,
-                        "label": self.classes[int(idx[0])],
-                        "index": int(idx[0]),
-                        "probability": float(p[0]),
-                        "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
-                    })
+                    results.append(
+                        {
+                            "path": str(name) if name is not None else None,
+                            "label": self.classes[int(idx[0])],
+                            "index": int(idx[0]),
+                            "probability": float(p[0]),
+                            "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
+                        }
+                    )
         return results[0] if single else results
 
     def _try_load(self, item):

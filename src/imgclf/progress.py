@@ -4,6 +4,7 @@ A tqdm bar when stderr is a terminal; otherwise a log line every `log_every` ite
 so CI logs and files stay readable. Both are on unless the caller turns them off for a stretch of its own code
 (`with shown(False):`, what the CLI's `--quiet` does for one command); nothing is left switched off after it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,9 @@ def shown(on: bool):
         _shown.reset(token)
 
 
-def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = "it", log_every: int | None = None,
-             postfix=None):
+def progress(
+    iterable, *, total: int | None = None, desc: str = "", unit: str = "it", log_every: int | None = None, postfix=None
+):
     """Yield from `iterable`, showing progress. `postfix` is a callable returning a short status string."""
     enabled = _shown.get()
     if enabled and sys.stderr.isatty():

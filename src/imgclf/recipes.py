@@ -9,6 +9,7 @@ whitening layer's bias trained only in the first 30% of steps, and flip-and-shif
 airbench states its learning rate and weight decay for a summed loss and "per 1024 examples"; imgclf's loss
 is a mean, so the same optimisation is lr = LR_PER_IMAGE * batch size and a constant weight decay.
 """
+
 from __future__ import annotations
 
 # airbench94: lr 11.5 and weight decay 0.0153 per 1024 examples, momentum 0.85, kilostep scale 1024 * (1 + 1 / (1 - 0.85))

@@ -10,6 +10,7 @@
 Logging is not configured here: the Trainer's own lines go to train.log directly and to the `imgclf.training`
 logger; a handler on the `imgclf` logger (removed on close, no level changed) adds what other modules log.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,7 +35,9 @@ def new_run_path(out: str, name: str | None, model: str, data: str) -> str:
     if name:
         d = os.path.join(out, name)
         if os.path.exists(d) and os.listdir(d):
-            raise UsageError(f"run directory '{d}' already exists: choose another --name, or continue it with --resume {d}/last.pt")
+            raise UsageError(
+                f"run directory '{d}' already exists: choose another --name, or continue it with --resume {d}/last.pt"
+            )
         return d
     data = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(str(data))) or "data")
     model = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)  # timm:resnet18 -> timm_resnet18: a colon is no folder name

@@ -14,6 +14,7 @@ each export format is then opened by the opener its entry in export_formats.FORM
 Every exported file carries the same metadata (see `exporting.make_metadata`): format, model name, classes,
 preprocessing and the training config.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,15 @@ class Runner:
         raise NotImplementedError
 
     def metadata(self) -> dict:
-        return {"path": os.path.abspath(self.path), "format": self.format, "model": self.model_name,
-                "classes": list(self.classes), "num_classes": len(self.classes),
-                "preprocess": self.preprocess.to_dict(), **self.extra}
+        return {
+            "path": os.path.abspath(self.path),
+            "format": self.format,
+            "model": self.model_name,
+            "classes": list(self.classes),
+            "num_classes": len(self.classes),
+            "preprocess": self.preprocess.to_dict(),
+            **self.extra,
+        }
 
 
 class CheckpointRunner(Runner):
@@ -58,22 +65,37 @@ class CheckpointRunner(Runner):
 
     `channels_last=False` runs the default NCHW layout, as the seed did (bench compares both)."""
 
-    def __init__(self, path: str, *, device: str = "auto", precision: str = "auto", channels_last: bool = True,
-                 ckpt: dict | None = None):
+    def __init__(
+        self,
+        path: str,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool = True,
+        ckpt: dict | None = None,
+    ):
         from .checkpoint import load_checkpoint, model_from_checkpoint
         from .device import resolve_device, resolve_precision
 
         ckpt = ckpt if ckpt is not None else load_checkpoint(path)
-        super().__init__(path=str(path), format="checkpoint", model_name=ckpt["model"]["name"],
-                         classes=list(ckpt["classes"]), preprocess=Preprocess.from_dict(ckpt["preprocess"]),
-                         config=dict(ckpt.get("config", {})))
+        super().__init__(
+            path=str(path),
+            format="checkpoint",
+            model_name=ckpt["model"]["name"],
+            classes=list(ckpt["classes"]),
+            preprocess=Preprocess.from_dict(ckpt["preprocess"]),
+            config=dict(ckpt.get("config", {})),
+        )
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.amp = resolve_precision(precision, self.device)
         self.channels_last = channels_last
         self.model = model_from_checkpoint(ckpt, self.device, channels_last=channels_last)
-        self.extra = {"device": str(self.device), "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
-                      "layout": "channels_last" if channels_last else "NCHW"}
+        self.extra = {
+            "device": str(self.device),
+            "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+            "layout": "channels_last" if channels_last else "NCHW",
+        }
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,10 +110,18 @@ class CheckpointRunner(Runner):
 
 def _fields_from_meta(path: str, meta: dict, fmt: str) -> dict:
     try:
-        return dict(path=str(path), format=fmt, model_name=meta["model"], classes=list(meta["classes"]),
-                    preprocess=Preprocess.from_dict(meta["preprocess"]), config=dict(meta.get("config") or {}))
+        return dict(
+            path=str(path),
+            format=fmt,
+            model_name=meta["model"],
+            classes=list(meta["classes"]),
+            preprocess=Preprocess.from_dict(meta["preprocess"]),
+            config=dict(meta.get("config") or {}),
+        )
     except (KeyError, TypeError) as e:
-        raise CheckpointError(f"'{path}' has incomplete imgclf metadata (missing {e}): export it again with imgclf export") from None
+        raise CheckpointError(
+            f"'{path}' has incomplete imgclf metadata (missing {e}): export it again with imgclf export"
+        ) from None
 
 
 def _export_extra(meta: dict, **more) -> dict:
@@ -134,8 +164,10 @@ class ExportedProgramRunner(Runner):
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
-            raise CheckpointError(f"cannot load torch.export program '{path}' ({str(e).splitlines()[0][:160]}): "
-                                  f"export it again with this version of PyTorch") from None
+            raise CheckpointError(
+                f"cannot load torch.export program '{path}' ({str(e).splitlines()[0][:160]}): "
+                f"export it again with this version of PyTorch"
+            ) from None
         self.module = ep.module().to(self.device)
         self.extra = _export_extra(meta, device=str(self.device), precision="fp32")
 
@@ -160,7 +192,9 @@ class DynamicInt8Runner(Runner):
         try:
             self.module.load_state_dict(blob["state_dict"])
         except (RuntimeError, KeyError) as e:
-            raise CheckpointError(f"'{path}' does not fit model {self.model_name} ({str(e).splitlines()[0][:160]})") from None
+            raise CheckpointError(
+                f"'{path}' does not fit model {self.model_name} ({str(e).splitlines()[0][:160]})"
+            ) from None
         self.extra = _export_extra(meta, device="cpu", precision="int8 (Linear weights), fp32 elsewhere")
 
     @torch.no_grad()
@@ -213,23 +247,32 @@ class OnnxRunner(Runner):
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, "CUDAExecutionProvider")
             elif dev.startswith("cuda"):
-                raise CheckpointError("--device cuda for an ONNX model needs onnxruntime-gpu: pip install onnxruntime-gpu, or use --device cpu")
+                raise CheckpointError(
+                    "--device cuda for an ONNX model needs onnxruntime-gpu: pip install onnxruntime-gpu, or use --device cpu"
+                )
         try:
-            self.session = ort.InferenceSession(str(path), onnx_session_options(threads, spin=spin), providers=providers)
+            self.session = ort.InferenceSession(
+                str(path), onnx_session_options(threads, spin=spin), providers=providers
+            )
         except Exception as e:
             raise CheckpointError(f"'{path}' is not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
         custom = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in custom:
-            raise CheckpointError(f"'{path}' is an ONNX model without imgclf metadata (class names, preprocessing): "
-                                  f"export it with imgclf export")
+            raise CheckpointError(
+                f"'{path}' is an ONNX model without imgclf metadata (class names, preprocessing): "
+                f"export it with imgclf export"
+            )
         meta = json.loads(custom[META_KEY])
         fmt = meta.get("format", "onnx")
         super().__init__(**_fields_from_meta(path, meta, fmt))
         self.input_name = self.session.get_inputs()[0].name
-        self.extra = _export_extra(meta, device="cuda" if providers[0].startswith("CUDA") else "cpu",
-                                   precision="int8" if getattr(EXPORT_FORMATS.get(fmt), "int8", False) else "fp32",
-                                   providers=self.session.get_providers(),
-                                   threads=int(threads or torch.get_num_threads()))
+        self.extra = _export_extra(
+            meta,
+            device="cuda" if providers[0].startswith("CUDA") else "cpu",
+            precision="int8" if getattr(EXPORT_FORMATS.get(fmt), "int8", False) else "fp32",
+            providers=self.session.get_providers(),
+            threads=int(threads or torch.get_num_threads()),
+        )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -254,8 +297,9 @@ def _zip_meta(path: str) -> tuple[str | None, dict | None]:
         return "torch-save", meta
 
 
-def open_model(path: str, *, device: str = "auto", precision: str = "auto", format: str | None = None,
-               spin: bool = True) -> Runner:
+def open_model(
+    path: str, *, device: str = "auto", precision: str = "auto", format: str | None = None, spin: bool = True
+) -> Runner:
     """A Runner for `path`: an imgclf checkpoint, or a file written by `imgclf export` (any format).
 
     `precision` applies to checkpoints (autocast); an exported file runs in the precision it was exported in.
@@ -264,7 +308,9 @@ def open_model(path: str, *, device: str = "auto", precision: str = "auto", form
     Each export format is opened by the opener its entry in export_formats.FORMATS names."""
     path = str(path)
     if not os.path.exists(path):
-        raise CheckpointError(f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model")
+        raise CheckpointError(
+            f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model"
+        )
     if os.path.isdir(path):
         raise CheckpointError(f"'{path}' is a folder: pass a checkpoint file such as {os.path.join(path, 'best.pt')}")
     if not os.path.isfile(path):  # a FIFO or a device would block the reads below
@@ -273,7 +319,9 @@ def open_model(path: str, *, device: str = "auto", precision: str = "auto", form
     if fmt == "checkpoint":
         return CheckpointRunner(path, device=device, precision=precision, ckpt=found)
     if fmt not in EXPORT_FORMATS:
-        raise CheckpointError(f"'{path}': unknown model format '{fmt}' (formats: checkpoint, {', '.join(EXPORT_FORMATS)})")
+        raise CheckpointError(
+            f"'{path}': unknown model format '{fmt}' (formats: checkpoint, {', '.join(EXPORT_FORMATS)})"
+        )
     return EXPORT_FORMATS[fmt].open(path, found, device=device, spin=spin)
 
 
@@ -285,8 +333,10 @@ def _recognise(path: str) -> tuple[str, object]:
     kind, meta = _zip_meta(path)
     if kind in ("torchscript", "pt2"):
         if meta is None:
-            raise CheckpointError(f"'{path}' is a {kind} archive without imgclf metadata (class names, preprocessing): "
-                                  f"export it with imgclf export")
+            raise CheckpointError(
+                f"'{path}' is a {kind} archive without imgclf metadata (class names, preprocessing): "
+                f"export it with imgclf export"
+            )
         return kind, meta
     if kind is None and _looks_like_onnx(path):
         return "onnx", None
@@ -302,6 +352,7 @@ def _recognise(path: str) -> tuple[str, object]:
 
 
 # Openers, named by the export formats table: (path, what recognising it found or None, device, spin) -> Runner.
+
 
 def open_onnx(path: str, found, *, device: str, spin: bool) -> Runner:
     return OnnxRunner(path, device=device, spin=spin)

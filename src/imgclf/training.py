@@ -12,6 +12,7 @@ drawn from generators seeded with (seed, E) at the start of that epoch, and last
 So a run resumed after epoch E repeats, bit for bit on the same machine, what an uninterrupted run would have
 done.
 """
+
 from __future__ import annotations
 
 import csv
@@ -103,8 +104,11 @@ class TrainState:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "precision": self.precision, "step": self.step, "epoch": self.epoch,
-            "best": dict(self.best), "rows": [dict(r) for r in self.rows],
+            "precision": self.precision,
+            "step": self.step,
+            "epoch": self.epoch,
+            "best": dict(self.best),
+            "rows": [dict(r) for r in self.rows],
             "callbacks": {cb.name: s for cb in self.callbacks if (s := cb.state_dict()) is not None},
             "rng": {"torch": torch.get_rng_state()},
         }
@@ -131,9 +135,24 @@ class TrainState:
         torch.set_rng_state(state["rng"]["torch"])
 
 
-def train_steps(model, batches, criterion, opt, scaler, device, amp, *, channels_last: bool = True,
-                max_steps: int | None = None, desc: str = "train", log_every: int | None = None, accumulate: int = 1,
-                clip_grad: float | None = None, mix=None, hooks=None):
+def train_steps(
+    model,
+    batches,
+    criterion,
+    opt,
+    scaler,
+    device,
+    amp,
+    *,
+    channels_last: bool = True,
+    max_steps: int | None = None,
+    desc: str = "train",
+    log_every: int | None = None,
+    accumulate: int = 1,
+    clip_grad: float | None = None,
+    mix=None,
+    hooks=None,
+):
     """Optimisation steps over `batches` (each step sums the gradients of `accumulate` batches); returns (summed
     loss, correct, images seen). `hooks` (the Trainer) gets on_step_start, on_after_backward and on_step_end
     (which returns True to end the pass); `mix(x, y) -> (x, soft targets)` is mixup/cutmix. The Trainer and the benchmarks both call this, so a benchmark
@@ -142,7 +161,9 @@ def train_steps(model, batches, criterion, opt, scaler, device, amp, *, channels
     n_batches = len(batches)
     total = n_batches if max_steps is None else min(n_batches, max_steps * accumulate)
     status = lambda: f"loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f}"  # noqa: E731
-    for i, (x, y) in enumerate(progress(batches, total=total, desc=desc, unit="batch", log_every=log_every, postfix=status)):
+    for i, (x, y) in enumerate(
+        progress(batches, total=total, desc=desc, unit="batch", log_every=log_every, postfix=status)
+    ):
         if i >= total:
             break
         group = min(accumulate, n_batches - (i - i % accumulate))  # batches summed into this step
@@ -179,9 +200,23 @@ class Trainer:
     """Runs `fit()` on a TrainState: the epoch loop, validation, checkpoints and logs, with callbacks at the
     named hooks (callbacks.py). Build one with `train()`, which resolves the options and the data first."""
 
-    def __init__(self, cfg: TrainConfig, state: TrainState, run_dir: RunDir, *, src, prep: Preprocess, feeds: dict,
-                 device: torch.device, amp, frozen: list[str], left_out: list, setup_seconds: float, resumed: bool,
-                 step_schedule: StepSchedule | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        state: TrainState,
+        run_dir: RunDir,
+        *,
+        src,
+        prep: Preprocess,
+        feeds: dict,
+        device: torch.device,
+        amp,
+        frozen: list[str],
+        left_out: list,
+        setup_seconds: float,
+        resumed: bool,
+        step_schedule: StepSchedule | None = None,
+    ):
         self.cfg, self.state, self.run_dir, self.src, self.prep = cfg, state, run_dir, src, prep
         self.train_feed, self.val_feed = feeds["train"], feeds["val"]
         self.epoch_feed, self.eval_feed, self.step_model = self.train_feed, self.val_feed, state.model
@@ -190,7 +225,9 @@ class Trainer:
         self.balance, self.balance_reason = choose_balance(cfg.balance, self.train_feed.split.labels)
         n_cls = len(src.classes)
         weight = class_weights(self.train_feed.split.labels, n_cls).to(device) if self.balance == "weights" else None
-        self.sampler_weights = sample_weights(self.train_feed.split.labels, n_cls) if self.balance == "sampler" else None
+        self.sampler_weights = (
+            sample_weights(self.train_feed.split.labels, n_cls) if self.balance == "sampler" else None
+        )
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.mixer = make_mixer(cfg, n_cls)
         self.lr_find = None  # the range test's result when --lr auto ran it
@@ -266,8 +303,14 @@ class Trainer:
                 self._call("on_train_epoch_end")
                 if self.state.scheduler is not None and self.schedule is None:
                     self.state.scheduler.step()  # per-epoch schedules
-                row = {"epoch": self.state.epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-                       **self.evaluate(), "lr": lr, "seconds": time.perf_counter() - t0}
+                row = {
+                    "epoch": self.state.epoch + 1,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    **self.evaluate(),
+                    "lr": lr,
+                    "seconds": time.perf_counter() - t0,
+                }
                 self.state.epoch += 1
                 self.state.rows.append(row)
                 self._call("on_validation_end", row)
@@ -293,11 +336,22 @@ class Trainer:
         desc = f"epoch {st.epoch + 1}" + (f"/{-(-self.total_steps // self.per_epoch)}" if budget_known else "")
         t = time.perf_counter()
         loss_sum, correct, seen = train_steps(
-            self.compiled or self.step_model, self.epoch_feed.epoch(self.gen, self.sampler_weights), self.criterion, st.optimizer, st.scaler,
-            self.device, self.amp, channels_last=cfg.channels_last, desc=desc, log_every=cfg.log_every,
-            accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, hooks=self,
+            self.compiled or self.step_model,
+            self.epoch_feed.epoch(self.gen, self.sampler_weights),
+            self.criterion,
+            st.optimizer,
+            st.scaler,
+            self.device,
+            self.amp,
+            channels_last=cfg.channels_last,
+            desc=desc,
+            log_every=cfg.log_every,
+            accumulate=cfg.accumulate,
+            clip_grad=cfg.clip_grad,
+            hooks=self,
             mix=None if self.mixer is None else (lambda x, y: self.mixer(x, y, self.gen)),
-            max_steps=self.total_steps - st.step)
+            max_steps=self.total_steps - st.step,
+        )
         if self.compiled is not None and st.epoch + 1 == self.first_epoch:
             self.info("torch.compile: the first epoch took %.1f s, compilation included", time.perf_counter() - t)
         return loss_sum / max(seen, 1), correct / max(seen, 1)
@@ -305,13 +359,25 @@ class Trainer:
     def evaluate(self) -> dict:
         """Validation metrics of the model (and of its EMA) in the row's column names."""
         amp = self.amp
-        logits, labels = infer(self.step_model, self.eval_feed.batches(), self.device, amp, desc="validate",
-                               channels_last=self.cfg.channels_last)
+        logits, labels = infer(
+            self.step_model,
+            self.eval_feed.batches(),
+            self.device,
+            amp,
+            desc="validate",
+            channels_last=self.cfg.channels_last,
+        )
         vm = compute_metrics(logits, labels, self.src.classes)
         row = {"val_loss": vm["loss"], "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"]}
         if self.state.ema is not None:
-            logits, labels = infer(self.state.ema.module, self.eval_feed.batches(), self.device, amp,
-                                   desc="validate EMA", channels_last=self.cfg.channels_last)
+            logits, labels = infer(
+                self.state.ema.module,
+                self.eval_feed.batches(),
+                self.device,
+                amp,
+                desc="validate EMA",
+                channels_last=self.cfg.channels_last,
+            )
             em = compute_metrics(logits, labels, self.src.classes)
             row |= {"ema_val_loss": em["loss"], "ema_val_acc": em["accuracy"], "ema_val_macro_f1": em["macro_f1"]}
         return row
@@ -334,10 +400,20 @@ class Trainer:
             self.run_dir.save(with_state, f"epoch_{epoch}.pt")
         self.run_dir.save(with_state, "last.pt")
         ema = f"  ema_val_acc {row['ema_val_acc']:.4f}" if "ema_val_acc" in row else ""
-        self.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  lr %.3g  %.1fs%s",
-                  epoch, -(-self.total_steps // self.per_epoch), row["train_loss"], row["train_acc"], row["val_loss"],
-                  row["val_acc"], row["val_macro_f1"], ema, row["lr"], row["seconds"],
-                  f"  *best*{' (EMA)' if weights == 'ema' else ''}" if improved else "")
+        self.info(
+            "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  lr %.3g  %.1fs%s",
+            epoch,
+            -(-self.total_steps // self.per_epoch),
+            row["train_loss"],
+            row["train_acc"],
+            row["val_loss"],
+            row["val_acc"],
+            row["val_macro_f1"],
+            ema,
+            row["lr"],
+            row["seconds"],
+            f"  *best*{' (EMA)' if weights == 'ema' else ''}" if improved else "",
+        )
 
     def _checkpoint(self, metrics: dict, *, state: dict | None = None, weights: str = "model") -> dict:
         model = self.state.model
@@ -346,9 +422,17 @@ class Trainer:
         train_state = None
         if state is not None:
             train_state = {k: v for k, v in state.items() if k != "model"}  # the weights are the checkpoint's own
-        ckpt = make_checkpoint(model, model_name=self.cfg.model, classes=self.src.classes, preprocess=self.prep.to_dict(),
-                               config=self.cfg.to_dict(), metrics=metrics, data_fingerprint=self.fingerprint,
-                               epoch=self.state.epoch, train_state=train_state)
+        ckpt = make_checkpoint(
+            model,
+            model_name=self.cfg.model,
+            classes=self.src.classes,
+            preprocess=self.prep.to_dict(),
+            config=self.cfg.to_dict(),
+            metrics=metrics,
+            data_fingerprint=self.fingerprint,
+            epoch=self.state.epoch,
+            train_state=train_state,
+        )
         ckpt["weights"] = weights
         return ckpt
 
@@ -372,16 +456,26 @@ class Trainer:
     def _describe(self) -> None:
         src, cfg = self.src, self.cfg
         self.info("run directory: %s", self.run_dir.path)
-        self.info("data: %s (%d classes; train %d, val %d images), preprocessing %s", src.location, len(src.classes),
-                  len(src.splits["train"]), len(src.splits["val"]), self.prep.to_dict())
+        self.info(
+            "data: %s (%d classes; train %d, val %d images), preprocessing %s",
+            src.location,
+            len(src.classes),
+            len(src.splits["train"]),
+            len(src.splits["val"]),
+            self.prep.to_dict(),
+        )
         if self.left_out:
             self.run_dir.warning("left out %d unreadable files:", len(self.left_out))
             for split, p, r in self.left_out[:20]:
                 self.run_dir.warning("  %s: %s (%s)", split, p, r)
             if len(self.left_out) > 20:
                 self.run_dir.warning("  ... and %d more (all in left_out.csv)", len(self.left_out) - 20)
-        self.info("parameters (%s, freeze=%s):\n%s", cfg.model, cfg.freeze,
-                  format_parameter_table(parameter_table(self.state.model, cfg.model)))
+        self.info(
+            "parameters (%s, freeze=%s):\n%s",
+            cfg.model,
+            cfg.freeze,
+            format_parameter_table(parameter_table(self.state.model, cfg.model)),
+        )
         self.info("precision: %s%s", self.state.precision, " (auto)" if cfg.precision == "auto" else "")
         if cfg.balance != "none":
             self.info("class balance: %s", self.balance_reason)
@@ -396,8 +490,17 @@ class Trainer:
         t = time.perf_counter()
         cfg = self.cfg
         self.epoch_feed, self.eval_feed = build_feature_feeds(
-            self.state.model, cfg.model, self.train_feed, self.val_feed, views=cfg.feature_views, seed=cfg.seed,
-            device=self.device, amp=self.amp, channels_last=cfg.channels_last, batch_size=cfg.batch_size)
+            self.state.model,
+            cfg.model,
+            self.train_feed,
+            self.val_feed,
+            views=cfg.feature_views,
+            seed=cfg.seed,
+            device=self.device,
+            amp=self.amp,
+            channels_last=cfg.channels_last,
+            batch_size=cfg.batch_size,
+        )
         self.step_model = head_of(self.state.model, cfg.model)
         self.setup_seconds += time.perf_counter() - t
         self.info("frozen-feature cache built in %.1f s", time.perf_counter() - t)
@@ -408,29 +511,57 @@ class Trainer:
         st, cfg = self.state, self.cfg
         best_path = self.run_dir.file("best.pt")
         load_weights(st.model, load_checkpoint(best_path), best_path)
-        logits, labels = infer(self.step_model, self.eval_feed.batches(), self.device, None, desc="validate best",
-                               channels_last=cfg.channels_last)
+        logits, labels = infer(
+            self.step_model,
+            self.eval_feed.batches(),
+            self.device,
+            None,
+            desc="validate best",
+            channels_last=cfg.channels_last,
+        )
         bm = compute_metrics(logits, labels, self.src.classes)
         from .plots import plot_curves
 
         plot_curves(st.rows, self.run_dir.file("curves.png"))
-        write_eval_plots(bm, logits, labels, self.val_feed, self.src.classes, self.run_dir.path,
-                         title=f"validation, best epoch {st.best['epoch']}")
+        write_eval_plots(
+            bm,
+            logits,
+            labels,
+            self.val_feed,
+            self.src.classes,
+            self.run_dir.path,
+            title=f"validation, best epoch {st.best['epoch']}",
+        )
         results = {
-            "best_epoch": st.best["epoch"], "best_weights": st.best["weights"], "monitor": cfg.monitor,
+            "best_epoch": st.best["epoch"],
+            "best_weights": st.best["weights"],
+            "monitor": cfg.monitor,
             "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images")},
-            "epochs": len(st.rows), "stopped_early": self.stop_reason,
+            "epochs": len(st.rows),
+            "stopped_early": self.stop_reason,
             "total_seconds": round(sum(r["seconds"] for r in st.rows), 2),
             "train_seconds": round(train_seconds, 2),  # this session: from the first hook to the last epoch
-            "steps": st.step, "setup_seconds": round(self.setup_seconds, 2), "model": cfg.model,
-            "classes": self.src.classes, "left_out": len(self.left_out), "precision": st.precision,
-            "options_set": sorted(cfg.explicit), "balance": self.balance, "data_fingerprint": self.fingerprint,
+            "steps": st.step,
+            "setup_seconds": round(self.setup_seconds, 2),
+            "model": cfg.model,
+            "classes": self.src.classes,
+            "left_out": len(self.left_out),
+            "precision": st.precision,
+            "options_set": sorted(cfg.explicit),
+            "balance": self.balance,
+            "data_fingerprint": self.fingerprint,
         }
         self.run_dir.write_results(results)
         if self.stop_reason:
             self.info("%s", self.stop_reason)
-        self.info("best epoch %d%s: val_acc %.4f val_macro_f1 %.4f; weights %s", st.best["epoch"],
-                  " (EMA weights)" if st.best["weights"] == "ema" else "", bm["accuracy"], bm["macro_f1"], best_path)
+        self.info(
+            "best epoch %d%s: val_acc %.4f val_macro_f1 %.4f; weights %s",
+            st.best["epoch"],
+            " (EMA weights)" if st.best["weights"] == "ema" else "",
+            bm["accuracy"],
+            bm["macro_f1"],
+            best_path,
+        )
         return {**results, "run_dir": self.run_dir.path}
 
 
@@ -465,10 +596,14 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
     if cfg.lr == "auto":
         found = find_lr_for(cfg, spec, src, feeds["train"], device)
         if found["suggestion"] is None:
-            raise UsageError(f"--lr auto: the range test could not suggest a learning rate ({found['reason']}); "
-                             "pass --lr with a number, or run `imgclf lr-find` to see the curve")
+            raise UsageError(
+                f"--lr auto: the range test could not suggest a learning rate ({found['reason']}); "
+                "pass --lr with a number, or run `imgclf lr-find` to see the curve"
+            )
         cfg = cfg.resolved(lr=found["suggestion"])
-    state, frozen, step_schedule = _build_state(cfg, spec, src, device, head_only=uses_feature_cache(cfg, feeds["train"]))
+    state, frozen, step_schedule = _build_state(
+        cfg, spec, src, device, head_only=uses_feature_cache(cfg, feeds["train"])
+    )
     state.callbacks += list(callbacks)
     amp = _precision(cfg, device, state, prep, resume_ckpt)
     if resume_ckpt is not None:
@@ -477,9 +612,21 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
     else:
         run_path = new_run_path(cfg.out, cfg.name, cfg.model, cfg.data)
     with RunDir(run_path, ema=cfg.ema) as run_dir:
-        trainer = Trainer(cfg, state, run_dir, src=src, prep=prep, feeds=feeds, device=device, amp=amp, frozen=frozen,
-                          left_out=left_out, setup_seconds=time.perf_counter() - t_setup, resumed=resume_ckpt is not None,
-                          step_schedule=step_schedule)
+        trainer = Trainer(
+            cfg,
+            state,
+            run_dir,
+            src=src,
+            prep=prep,
+            feeds=feeds,
+            device=device,
+            amp=amp,
+            frozen=frozen,
+            left_out=left_out,
+            setup_seconds=time.perf_counter() - t_setup,
+            resumed=resume_ckpt is not None,
+            step_schedule=step_schedule,
+        )
         trainer.lr_find = found
         return trainer.fit()
 
@@ -487,8 +634,13 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
 def uses_feature_cache(cfg: TrainConfig, train_feed) -> bool:
     """--freeze backbone on the fast path: the head trains on features computed once (features.py)."""
     mixing = cfg.mixup > 0 or cfg.cutmix > 0  # mixes images, not features: the backbone runs every epoch
-    return (cfg.freeze == "backbone" and cfg.feature_cache and not cfg.freeze_epochs and not mixing
-            and isinstance(train_feed, FastFeed))
+    return (
+        cfg.freeze == "backbone"
+        and cfg.feature_cache
+        and not cfg.freeze_epochs
+        and not mixing
+        and isinstance(train_feed, FastFeed)
+    )
 
 
 def _configure(config, options) -> tuple[TrainConfig, dict | None]:
@@ -506,7 +658,9 @@ def _configure(config, options) -> tuple[TrainConfig, dict | None]:
         return apply_recipe(cfg, explicit), None
     ckpt = load_checkpoint(cfg.resume)
     if "train_state" not in ckpt:
-        raise CheckpointError(f"'{cfg.resume}' holds no training state (best.pt does not): resume from last.pt or an epoch_N.pt")
+        raise CheckpointError(
+            f"'{cfg.resume}' holds no training state (best.pt does not): resume from last.pt or an epoch_N.pt"
+        )
     saved = make_config(ckpt["config"], source=cfg.resume)
     ignored = sorted(explicit - set(RESUME_OVERRIDES) - {"resume", "data"})
     if ignored:
@@ -526,8 +680,10 @@ def _check_options(cfg: TrainConfig, resume_ckpt: dict | None):
     if cfg.img_size is not None and cfg.img_size < spec.min_img_size:
         raise UsageError(_too_small(cfg.img_size, spec))
     if cfg.freeze_epochs and cfg.freeze != "none":
-        raise UsageError(f"--freeze-epochs {cfg.freeze_epochs} freezes the backbone for the first epochs and then trains "
-                         f"every layer; it cannot be combined with --freeze {cfg.freeze}: drop one of them")
+        raise UsageError(
+            f"--freeze-epochs {cfg.freeze_epochs} freezes the backbone for the first epochs and then trains "
+            f"every layer; it cannot be combined with --freeze {cfg.freeze}: drop one of them"
+        )
     if resume_ckpt is None:
         check_output_folder(cfg.out, "--out")
     return spec
@@ -542,13 +698,27 @@ def find_lr_for(cfg: TrainConfig, spec, src, train_feed, device, **sweep) -> dic
     state, _, _ = _build_state(probe, spec, src, device, head_only=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
-    result = lr_range_test(state.model, train_feed.epoch(gen), criterion, state.optimizer, device, None,
-                           channels_last=cfg.channels_last, **sweep)
+    result = lr_range_test(
+        state.model,
+        train_feed.epoch(gen),
+        criterion,
+        state.optimizer,
+        device,
+        None,
+        channels_last=cfg.channels_last,
+        **sweep,
+    )
     return result
 
 
-def lr_find(config: TrainConfig | dict | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-            steps: int = 100, **options) -> dict:
+def lr_find(
+    config: TrainConfig | dict | None = None,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    **options,
+) -> dict:
     """`imgclf lr-find`: the learning-rate range test for the run these options describe (its model, freezing,
     optimizer and batches); writes lr_find.png and lr_find.json into OUT/NAME and returns the result (with
     `suggestion`, None when the curve gives none, and `run_dir`)."""
@@ -582,9 +752,11 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
 
 def _too_small(img_size: int, spec) -> str:
     other = "" if spec.small else ", or a model for small images such as smallcnn"
-    return (f"--img-size {img_size} is too small for {spec.name}, which takes at least {spec.min_img_size} px (below that "
-            f"its strided and pooling layers leave no real pixels in its last feature map): pass --img-size "
-            f"{spec.min_img_size} or more (smaller images are upscaled){other}")
+    return (
+        f"--img-size {img_size} is too small for {spec.name}, which takes at least {spec.min_img_size} px (below that "
+        f"its strided and pooling layers leave no real pixels in its last feature map): pass --img-size "
+        f"{spec.min_img_size} or more (smaller images are upscaled){other}"
+    )
 
 
 def _open_data(cfg: TrainConfig, spec, resume_ckpt: dict | None):
@@ -592,8 +764,10 @@ def _open_data(cfg: TrainConfig, spec, resume_ckpt: dict | None):
     listed, and the run goes on."""
     src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(src.classes) < 2:
-        raise DataError(f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
-                        "add a folder of images for each other class beside it")
+        raise DataError(
+            f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
+            "add a folder of images for each other class beside it"
+        )
     if resume_ckpt is not None:
         _check_same_data(cfg.resume, resume_ckpt, src, None)
         prep = Preprocess.from_dict(resume_ckpt["preprocess"])
@@ -601,16 +775,29 @@ def _open_data(cfg: TrainConfig, spec, resume_ckpt: dict | None):
         prep = _preprocess(cfg, spec, src)
     left_out, feeds = [], {}
     for name in ("train", "val"):
-        feed, bad = make_feed(src.splits[name], prep, cache=cfg.cache, workers=max(1, cfg.workers), augment=cfg.augment,
-                              batch_size=cfg.batch_size, eval_batch_size=max(cfg.batch_size, 256),
-                              brightness=cfg.brightness, contrast=cfg.contrast, randaugment=cfg.randaugment,
-                              desc=f"decode {name}")
+        feed, bad = make_feed(
+            src.splits[name],
+            prep,
+            cache=cfg.cache,
+            workers=max(1, cfg.workers),
+            augment=cfg.augment,
+            batch_size=cfg.batch_size,
+            eval_batch_size=max(cfg.batch_size, 256),
+            brightness=cfg.brightness,
+            contrast=cfg.contrast,
+            randaugment=cfg.randaugment,
+            desc=f"decode {name}",
+        )
         if len(feed) == 0:
-            raise UsageError(f"no readable images left in the {name} split of {cfg.data}; `imgclf check` lists the problems")
+            raise UsageError(
+                f"no readable images left in the {name} split of {cfg.data}; `imgclf check` lists the problems"
+            )
         src.splits[name], feeds[name] = feed.split, feed
         left_out += [(name, p, r) for p, r in bad]
     if resume_ckpt is not None:  # compared as saved: after the unreadable files were left out
-        _check_same_data(cfg.resume, resume_ckpt, src, os.path.join(os.path.dirname(os.path.abspath(cfg.resume)), "split.csv"))
+        _check_same_data(
+            cfg.resume, resume_ckpt, src, os.path.join(os.path.dirname(os.path.abspath(cfg.resume)), "split.csv")
+        )
     for note in src.notes:  # after the last refusal: a refused command prints one line
         log.info("%s", note)
     return src, prep, feeds, left_out
@@ -619,8 +806,13 @@ def _open_data(cfg: TrainConfig, spec, resume_ckpt: dict | None):
 def _preprocess(cfg: TrainConfig, spec, src) -> Preprocess:
     own = None if (cfg.img_size or cfg.pretrained) else common_size(src.splits["train"], cfg.workers or 1)
     if own is not None and own < spec.min_img_size:
-        log.info("the images are %d px, below the %d px that %s takes: they are upscaled to %d px",
-                 own, spec.min_img_size, cfg.model, spec.min_img_size)
+        log.info(
+            "the images are %d px, below the %d px that %s takes: they are upscaled to %d px",
+            own,
+            spec.min_img_size,
+            cfg.model,
+            spec.min_img_size,
+        )
         own = spec.min_img_size
     return resolve_preprocess(spec, img_size=cfg.img_size, pretrained=cfg.pretrained, own_size=own)
 
@@ -633,13 +825,24 @@ def _check_same_data(resume: str, ckpt: dict, src, split_csv: str | None) -> Non
     old = list(ckpt.get("classes") or [])
     if old and old != list(src.classes):
         added, removed = sorted(set(src.classes) - set(old)), sorted(set(old) - set(src.classes))
-        changed = "; ".join(p for p in (f"classes added: {', '.join(added)}" if added else "",
-                                        f"classes removed: {', '.join(removed)}" if removed else "") if p) or "class order differs"
+        changed = (
+            "; ".join(
+                p
+                for p in (
+                    f"classes added: {', '.join(added)}" if added else "",
+                    f"classes removed: {', '.join(removed)}" if removed else "",
+                )
+                if p
+            )
+            or "class order differs"
+        )
     elif split_csv is not None and ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
         changed = _what_changed(src, split_csv)
     if changed:
-        raise DataError(f"the data changed since '{resume}' was saved ({changed}): resuming would mix two validation "
-                        "sets; start a new run (without --resume), or restore the original data to resume")
+        raise DataError(
+            f"the data changed since '{resume}' was saved ({changed}): resuming would mix two validation "
+            "sets; start a new run (without --resume), or restore the original data to resume"
+        )
 
 
 def _what_changed(src, split_csv: str) -> str:
@@ -649,8 +852,11 @@ def _what_changed(src, split_csv: str) -> str:
         before = {r["path"] for r in csv.DictReader(f)}
     now = {s.describe(i) for s in src.splits.values() for i in range(len(s))}
     added, removed = len(now - before), len(before - now)
-    return (f"{added} file{'s' * (added != 1)} added, {removed} removed" if before != now
-            else "the same files, but some of them modified")
+    return (
+        f"{added} file{'s' * (added != 1)} added, {removed} removed"
+        if before != now
+        else "the same files, but some of them modified"
+    )
 
 
 def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
@@ -658,8 +864,12 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
     run (a resume then loads its state). `head_only`: only the head trains (frozen-feature cache), so the EMA
     averages the head."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(src.classes), pretrained=cfg.pretrained and not cfg.resume,
-                        weights_file=cfg.weights_file if not cfg.resume else None)
+    model = build_model(
+        cfg.model,
+        len(src.classes),
+        pretrained=cfg.pretrained and not cfg.resume,
+        weights_file=cfg.weights_file if not cfg.resume else None,
+    )
     frozen = freeze(model, cfg.model, "backbone" if cfg.freeze_epochs else cfg.freeze)
     model = to_layout(model.to(device), cfg.channels_last)
     if not any(p.requires_grad for p in model.parameters()):
@@ -679,21 +889,30 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
         callbacks.append(Histograms(cfg.log_histograms))
     scheduler, step_schedule = _scheduler(cfg, optimizer)
     averaged = head_of(model, cfg.model) if head_only else model
-    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, callbacks=callbacks,
-                       scaler=torch.amp.GradScaler(device.type, enabled=False),
-                       ema=make_ema(averaged, cfg.ema_decay, cfg.ema_warmup) if cfg.ema else None)
+    state = TrainState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        callbacks=callbacks,
+        scaler=torch.amp.GradScaler(device.type, enabled=False),
+        ema=make_ema(averaged, cfg.ema_decay, cfg.ema_warmup) if cfg.ema else None,
+    )
     return state, frozen, step_schedule
 
 
 def _resume(state: TrainState, ckpt: dict, cfg: TrainConfig, run_path: str) -> None:
     st = dict(ckpt["train_state"])
     if "step" not in st:
-        raise CheckpointError(f"'{cfg.resume}' was written by an older imgclf whose training state this one cannot "
-                              "continue: start a new run (its best.pt still evaluates, predicts and exports)")
+        raise CheckpointError(
+            f"'{cfg.resume}' was written by an older imgclf whose training state this one cannot "
+            "continue: start a new run (its best.pt still evaluates, predicts and exports)"
+        )
     load_weights(state.model, ckpt, cfg.resume)  # one line on a mismatch, not a state-dict dump
     state.load_state_dict(st)
     if state.epoch >= cfg.epochs:
-        raise UsageError(f"'{cfg.resume}' already finished epoch {state.epoch} of {cfg.epochs}: pass --epochs N to train longer")
+        raise UsageError(
+            f"'{cfg.resume}' already finished epoch {state.epoch} of {cfg.epochs}: pass --epochs N to train longer"
+        )
     if not os.path.exists(os.path.join(run_path, "best.pt")):
         log.warning("no best.pt beside '%s': the best epoch is chosen again from the epochs still to run", cfg.resume)
         state.best = {"value": None, "epoch": 0, "weights": "model"}
@@ -707,8 +926,15 @@ def _precision(cfg: TrainConfig, device, state: TrainState, prep: Preprocess, re
     if cfg.precision == "auto" and recorded in ("fp32", "bf16", "fp16"):
         amp = training_precision(recorded, device)
     else:
-        amp = training_precision(cfg.precision, device, state.model, key=cfg.model, img_size=prep.img_size,
-                                 batch_size=cfg.batch_size, channels_last=cfg.channels_last)
+        amp = training_precision(
+            cfg.precision,
+            device,
+            state.model,
+            key=cfg.model,
+            img_size=prep.img_size,
+            batch_size=cfg.batch_size,
+            channels_last=cfg.channels_last,
+        )
     state.precision = precision_name(amp)
     state.scaler = torch.amp.GradScaler(device.type, enabled=(amp == torch.float16))
     return amp
@@ -722,26 +948,38 @@ def _param_groups(cfg: TrainConfig, model: nn.Module, spec, later: list[str]) ->
     """Trainable parameters (and those `later` unfrozen) in groups: the new head at --lr, the rest at --lr x
     --backbone-lr-scale; with --bias-lr-scale, BatchNorm biases at lr x scale and weight decay / scale (so their
     decay per step is unchanged), as airbench does."""
+
     def trains(name, p):
         return p.requires_grad or any(name == f or name.startswith(f + ".") for f in later)
 
-    norm = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    norm = {
+        id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+    }
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if trains(name, p):
             head = name.startswith(spec.head + ".")
-            groups.setdefault((head or cfg.backbone_lr_scale == 1.0, id(p) in norm and cfg.bias_lr_scale != 1.0), []).append(p)
+            groups.setdefault(
+                (head or cfg.backbone_lr_scale == 1.0, id(p) in norm and cfg.bias_lr_scale != 1.0), []
+            ).append(p)
     out = []
     for (head, bias), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
         lr = cfg.lr * (1.0 if head else cfg.backbone_lr_scale) * (cfg.bias_lr_scale if bias else 1.0)
-        out.append({"params": params, "lr": lr, "weight_decay": cfg.weight_decay / (cfg.bias_lr_scale if bias else 1.0)})
+        out.append(
+            {"params": params, "lr": lr, "weight_decay": cfg.weight_decay / (cfg.bias_lr_scale if bias else 1.0)}
+        )
     return out
 
 
 def _optimizer(cfg: TrainConfig, groups) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+        )
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

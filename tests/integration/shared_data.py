@@ -1,5 +1,6 @@
 """Where the real datasets are (../shared/data, beside the repository), and skip markers that say so when a
 machine does not have them."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,7 @@
 """Every export format verified on real data and real models (skipped, with the reason, where ../shared/data
 is absent): an EfficientNet-Lite0 fine-tune on hymenoptera (int8 accuracy against fp32 on all of val), a
 ResNet-18 at 224 px, and airnet (flip-and-shift test-time augmentation inside forward) on CIFAR-10 images."""
+
 from __future__ import annotations
 
 import csv
@@ -37,8 +38,19 @@ def _export_all(capsys, weights, folder, *args) -> dict:
 
 @need_hym
 def test_lite0_finetune_every_format_and_int8_accuracy(tmp_path, capsys):
-    weights = _train(capsys, tmp_path, "--data", str(HYM), "--model", "efficientnet_lite0", "--pretrained", "--freeze", "backbone",
-                     "--epochs", "3")
+    weights = _train(
+        capsys,
+        tmp_path,
+        "--data",
+        str(HYM),
+        "--model",
+        "efficientnet_lite0",
+        "--pretrained",
+        "--freeze",
+        "backbone",
+        "--epochs",
+        "3",
+    )
     # verification on the default images: all of hymenoptera's 153 val images (up to 500), and the int8 rule's
     # bound, so that one image of the CPU's int8 kernels cannot decide it (64 images and a point rule did)
     reports = _export_all(capsys, weights, tmp_path, "--calib-images", "128")
@@ -57,8 +69,22 @@ def test_lite0_finetune_every_format_and_int8_accuracy(tmp_path, capsys):
 
 @need_hym
 def test_resnet18_224_every_format(tmp_path, capsys):
-    weights = _train(capsys, tmp_path, "--data", str(HYM), "--model", "resnet18", "--img-size", "224", "--epochs", "1",
-                     "--max-steps", "3", "--batch-size", "32")
+    weights = _train(
+        capsys,
+        tmp_path,
+        "--data",
+        str(HYM),
+        "--model",
+        "resnet18",
+        "--img-size",
+        "224",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "32",
+    )
     _export_all(capsys, weights, tmp_path, "--verify-images", "32", "--calib-images", "64")
 
 

@@ -1,4 +1,5 @@
 """The README's Python API block runs as written (its shell blocks run in .ci/run; see tests/unit/test_readme.py)."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,14 @@ def test_readme_python_api_block_runs(tmp_path):
     work.mkdir()
     (tmp_path / "shared").symlink_to(DATA.parent, target_is_directory=True)
     for i, code in enumerate(blocks):
-        r = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=900,
-                           env={**os.environ, "PYTHONWARNINGS": "default"})
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "PYTHONWARNINGS": "default"},
+        )
         assert r.returncode == 0, f"README python block {i} failed:\n{r.stderr[-3000:]}"
         assert "'label':" in r.stdout and "'probability':" in r.stdout  # predictions were printed
         assert "hymenoptera" in r.stdout  # and the data check's report

@@ -1,4 +1,5 @@
 """Integration tests on the real datasets in ../shared/data (skipped, with the reason, where it is absent)."""
+
 from __future__ import annotations
 
 import csv
@@ -86,8 +87,28 @@ def test_check_names_planted_faults_and_training_leaves_them_out(tmp_path, capsy
         assert any(k == kind and p.endswith(path) for k, p in found), (kind, path, sorted(found))
 
     # Training on the faulty copy completes and lists what it left out.
-    assert main(["train", "--data", str(root), "--model", "test_tiny", "--img-size", "32", "--epochs", "1",
-                 "--workers", "0", "--out", str(tmp_path / "runs"), "--name", "faulty"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root),
+                "--model",
+                "test_tiny",
+                "--img-size",
+                "32",
+                "--epochs",
+                "1",
+                "--workers",
+                "0",
+                "--out",
+                str(tmp_path / "runs"),
+                "--name",
+                "faulty",
+            ]
+        )
+        == 0
+    )
     with open(tmp_path / "runs" / "faulty" / "left_out.csv") as f:
         left = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
     assert set(left) == {"empty.jpg", "cut.jpg", "notes.jpg"}, left
@@ -105,8 +126,27 @@ def test_check_real_hymenoptera_has_no_errors(capsys):
 def test_finetune_hymenoptera_then_predict_a_bee(tmp_path, capsys):
     """Two epochs of the seed's strategy (frozen backbone, new head) and a bee photo is called a bee."""
     out = tmp_path / "runs"
-    assert main(["train", "--data", str(HYM), "--model", "efficientnet_lite0", "--pretrained", "--freeze", "backbone",
-                 "--epochs", "2", "--out", str(out), "--name", "hym"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(HYM),
+                "--model",
+                "efficientnet_lite0",
+                "--pretrained",
+                "--freeze",
+                "backbone",
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+                "--name",
+                "hym",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()  # the training summary
     best = out / "hym" / "best.pt"
     assert main(["evaluate", str(best), "--split", "val", "--json"]) == 0
@@ -121,8 +161,12 @@ def test_finetune_hymenoptera_then_predict_a_bee(tmp_path, capsys):
 @need_cifar
 def test_cifar10_jpg_train_one_epoch_and_evaluate_test_split(tmp_path, capsys):
     out = tmp_path / "runs"
-    assert main(["train", "--data", str(CIFAR), "--model", "test_tiny", "--epochs", "1", "--out", str(out),
-                 "--name", "c10"]) == 0
+    assert (
+        main(
+            ["train", "--data", str(CIFAR), "--model", "test_tiny", "--epochs", "1", "--out", str(out), "--name", "c10"]
+        )
+        == 0
+    )
     capsys.readouterr()  # the training summary
     cfg = (out / "c10" / "config.yaml").read_text()
     assert "img_size: 32" in cfg  # the data's own size

@@ -3,6 +3,7 @@
 errors, no timing assertions), the web page driven by a real headless Chromium, and a clean shutdown.
 
 The model is the tiny test model (conftest.tiny_best): what is tested is the service, not the classifier."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,9 @@ CHROMIUM = "/usr/bin/chromium"
 API_KEY = "integration-key"
 
 if not HYMENOPTERA.is_dir():
-    pytest.skip(f"real images not found at {HYMENOPTERA} (../shared/data relative to the repo)", allow_module_level=True)
+    pytest.skip(
+        f"real images not found at {HYMENOPTERA} (../shared/data relative to the repo)", allow_module_level=True
+    )
 
 
 def _images(n: int) -> list[Path]:
@@ -40,8 +43,14 @@ def _images(n: int) -> list[Path]:
 def _multipart(paths: list[Path], boundary: str = "integrationboundary") -> tuple[bytes, str]:
     body = b""
     for p in paths:
-        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{p.name}\"\r\n"
-                 f"Content-Type: image/jpeg\r\n\r\n").encode() + p.read_bytes() + b"\r\n"
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{p.name}"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + p.read_bytes()
+            + b"\r\n"
+        )
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -62,8 +71,23 @@ def _request(url: str, data: bytes | None = None, ctype: str | None = None, key:
 def server(tiny_best):
     """`python -m imgclf serve` with an API key from the environment; yields (base url, process)."""
     env = dict(os.environ, IMGCLF_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "imgclf", "serve", tiny_best, "--host", "127.0.0.1", "--port", "0",
-           "--max-batch-size", "8", "--max-wait-ms", "5", "--decode-workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "imgclf",
+        "serve",
+        tiny_best,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--max-batch-size",
+        "8",
+        "--max-wait-ms",
+        "5",
+        "--decode-workers",
+        "2",
+    ]
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server must never block on a full pipe
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
     proc.stderr = log
@@ -114,8 +138,13 @@ def test_bounded_load(server):
     reqs = []
     for p in _images(16):
         body, ctype = _multipart([p])
-        reqs.append((f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
-                     f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+        reqs.append(
+            (
+                f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
     statuses: list[int] = []
     total, concurrency = 200, 8
     sent = [0]
@@ -176,21 +205,27 @@ LAYOUT_JS = """() => {
 
 
 def _inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
-    return (inner["x"] >= outer["x"] - slack and inner["y"] >= outer["y"] - slack
-            and inner["x"] + inner["w"] <= outer["x"] + outer["w"] + slack
-            and inner["y"] + inner["h"] <= outer["y"] + outer["h"] + slack)
+    return (
+        inner["x"] >= outer["x"] - slack
+        and inner["y"] >= outer["y"] - slack
+        and inner["x"] + inner["w"] <= outer["x"] + outer["w"] + slack
+        and inner["y"] + inner["h"] <= outer["y"] + outer["h"] + slack
+    )
 
 
 def _overlap(a: dict, b: dict, slack: float = 0.5) -> bool:
-    return (min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"]) > slack
-            and min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"]) > slack)
+    return (
+        min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"]) > slack
+        and min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"]) > slack
+    )
 
 
 def check_layout(layout: dict) -> None:
     """The drop zone is one box whose inside (within its padding) holds all its text, and no two visible
     controls of the page overlap."""
-    assert len(layout["dropPieces"]) == 1, f"the drop zone is drawn in {len(layout['dropPieces'])} pieces: " \
-                                           f"{layout['dropPieces']}"
+    assert len(layout["dropPieces"]) == 1, (
+        f"the drop zone is drawn in {len(layout['dropPieces'])} pieces: {layout['dropPieces']}"
+    )
     assert {t["text"] for t in layout["texts"]} >= {"Choose an image", "JPEG, PNG, WebP, GIF, BMP, TIFF"}
     for t in layout["texts"]:
         assert _inside(t, layout["dropInner"]), f"'{t['text']}' at {t} is outside the drop zone {layout['dropInner']}"
@@ -198,13 +233,15 @@ def check_layout(layout: dict) -> None:
     assert {"h1", "#drop", "#preview", "#results", "#status"} <= set(boxes), boxes
     names = sorted(boxes)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not _overlap(boxes[a], boxes[b]), f"{a} {boxes[a]} overlaps {b} {boxes[b]}"
     assert layout["overflowX"] <= 0, "the page is wider than the window"
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Chromium not installed at {CHROMIUM} "
-                                                          "(apt-get install chromium; .ci/run does)")
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"Chromium not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
+)
 def test_web_page_in_headless_chromium(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     url, _ = server
@@ -213,14 +250,23 @@ def test_web_page_in_headless_chromium(server, tmp_path):
     import json
 
     expected = json.loads(_request(url + "/predict?top_k=5", body, ctype)[1])["predictions"][0]
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     profile = tempfile.mkdtemp(prefix="imgclf-chromium-")
     try:
         with playwright.sync_playwright() as p:
             # bypass_csp: the page's Content-Security-Policy forbids eval, which playwright's waits use
-            ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=args, headless=True,
-                                                       bypass_csp=True)
+            ctx = p.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, args=args, headless=True, bypass_csp=True
+            )
             try:
                 page = ctx.new_page()
                 page.set_default_timeout(60_000)

@@ -3,6 +3,7 @@
 A tiny image folder in tmp_path (32 px, 3 classes), so it needs no ../shared/data; it is here rather than in
 unit/ for its length (a ResNet-18 trained, exported five times with verification, and served). Skipped, with
 the install line, where timm is not installed."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,7 +21,9 @@ from imgclf.exporting import FORMATS
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.kernels,  # the exports are verified against eager PyTorch
-    pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason='timm is an optional extra: pip install -e ".[timm]"'),
+    pytest.mark.skipif(
+        importlib.util.find_spec("timm") is None, reason='timm is an optional extra: pip install -e ".[timm]"'
+    ),
 ]
 CLASSES = ["cat", "dog", "fox"]
 
@@ -32,9 +35,33 @@ def _json(capsys, argv) -> dict:
 
 def test_timm_resnet18_trains_evaluates_exports_and_serves(tmp_path, capsys, make_folder, image_of_class):
     data = make_folder(tmp_path / "data", classes=tuple(CLASSES), n=8, n_val=4, n_test=2, size=40)
-    assert main(["train", "--data", str(data), "--model", "timm:resnet18", "--epochs", "2", "--batch-size", "8",
-                 "--img-size", "32", "--workers", "0", "--precision", "fp32", "--out", str(tmp_path / "runs"),
-                 "--name", "r18", "-q"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--model",
+                "timm:resnet18",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--img-size",
+                "32",
+                "--workers",
+                "0",
+                "--precision",
+                "fp32",
+                "--out",
+                str(tmp_path / "runs"),
+                "--name",
+                "r18",
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     best = str(tmp_path / "runs" / "r18" / "best.pt")
 

@@ -1,5 +1,6 @@
 """RandAugment / TrivialAugmentWide (data/autoaugment.py): one draw per image on the fast path's uint8 batches,
 from the epoch's generator; the per-image path (`--cache none`) applies the same policy."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,7 +49,9 @@ def test_same_generator_state_same_batch_and_the_global_generator_untouched(name
 
 def test_policy_names():
     assert policy("none") is None
-    assert isinstance(policy("randaugment"), v2.RandAugment) and isinstance(policy("trivialaugment"), v2.TrivialAugmentWide)
+    assert isinstance(policy("randaugment"), v2.RandAugment) and isinstance(
+        policy("trivialaugment"), v2.TrivialAugmentWide
+    )
     with pytest.raises(ValueError, match="randaugment"):
         policy("autoaugment")
     with pytest.raises(TypeError, match="uint8"):
@@ -69,8 +72,10 @@ def test_batch_transform_applies_the_policy_after_the_crop(kind):
 
 def test_eval_transform_has_no_policy():
     x = _images()
-    torch.testing.assert_close(BatchTransform(size=16, mean=MEAN, std=STD, kind="eval")(x),
-                               BatchTransform(size=16, mean=MEAN, std=STD, kind="eval")(x, _gen(0)))
+    torch.testing.assert_close(
+        BatchTransform(size=16, mean=MEAN, std=STD, kind="eval")(x),
+        BatchTransform(size=16, mean=MEAN, std=STD, kind="eval")(x, _gen(0)),
+    )
 
 
 @pytest.mark.parametrize("augment", ["small", "large", "none"])
@@ -87,8 +92,9 @@ def test_make_feed_passes_the_policy_on(cache, kind):
     rng = np.random.default_rng(0)
     split = Split("train", labels=[0, 1] * 4, arrays=rng.integers(0, 256, (8, 24, 24, 3), dtype=np.uint8))
     prep = Preprocess(img_size=16, resize=24, mean=MEAN, std=STD)
-    feed, bad = make_feed(split, prep, cache=cache, workers=0, augment="large", batch_size=4,
-                          randaugment="trivialaugment")
+    feed, bad = make_feed(
+        split, prep, cache=cache, workers=0, augment="large", batch_size=4, randaugment="trivialaugment"
+    )
     assert isinstance(feed, kind) and not bad
     if cache == "memory":
         assert feed.train_tf.policy.name == "trivialaugment"

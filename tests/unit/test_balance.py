@@ -1,5 +1,6 @@
 """Class balancing (data/balance.py): the imbalance ratio `imgclf check` reports, sklearn's balanced class weights,
 weighted epochs on both feeds from the epoch's generator, and what `auto` picks."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -60,10 +61,17 @@ def test_sample_weights_give_every_class_the_same_total():
     torch.testing.assert_close(totals, torch.full((3,), 6.0, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("counts, choice", [
-    ([5, 5], "none"), ([149, 100], "none"), ([3, 2], "weights"), ([999, 100], "weights"),
-    ([10, 1], "sampler"), ([50, 5, 2], "sampler"),
-])
+@pytest.mark.parametrize(
+    "counts, choice",
+    [
+        ([5, 5], "none"),
+        ([149, 100], "none"),
+        ([3, 2], "weights"),
+        ([999, 100], "weights"),
+        ([10, 1], "sampler"),
+        ([50, 5, 2], "sampler"),
+    ],
+)
 def test_auto_picks_from_the_imbalance_ratio(counts, choice):
     labels = [c for c, n in enumerate(counts) for _ in range(n)]
     got, reason = choose_balance("auto", labels)

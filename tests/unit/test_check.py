@@ -86,7 +86,14 @@ def test_every_planted_fault_is_reported(tmp_path):
     assert "truncated" in next(f.detail for f in report.errors if f.kind == "truncated")
 
     errors = {f.kind for f in report.errors}
-    assert errors == {"zero-byte", "truncated", "not-an-image", "leak-across-splits", "duplicate-across-labels", "empty-class"}
+    assert errors == {
+        "zero-byte",
+        "truncated",
+        "not-an-image",
+        "leak-across-splits",
+        "duplicate-across-labels",
+        "empty-class",
+    }
     assert report.summary["hidden_files"] == 1
     assert report.summary["classes_per_split"]["train"] == {"bird": 0, "cat": 3, "dog": 6}
 
@@ -131,8 +138,13 @@ def test_worker_pool_matches_serial(tmp_path, capsys):
 
 def test_csv_manifest(tmp_path):
     root = _clean_tree(tmp_path / "data")
-    rows = ["path,label,split", "train/cat/cat0.png,cat,train", "train/dog/dog0.png,dog,train",
-            "train/cat/cat0.png,cat,val", "val/dog/dog0.png,dog,val"]
+    rows = [
+        "path,label,split",
+        "train/cat/cat0.png,cat,train",
+        "train/dog/dog0.png,dog,train",
+        "train/cat/cat0.png,cat,val",
+        "val/dog/dog0.png,dog,val",
+    ]
     (root / "m.csv").write_text("\n".join(rows) + "\n")
     report = check_data(str(root / "m.csv"))
     assert _found(report)["leak-across-splits"] == [["train/cat/cat0.png", "train/cat/cat0.png"]]
@@ -165,7 +177,9 @@ def test_hymenoptera_has_no_errors():
     assert report.summary["classes_per_split"] == {"train": {"ants": 124, "bees": 121}, "val": {"ants": 70, "bees": 83}}
     # Which files are GIFs, from their magic bytes, independent of the checker: a GIF is a mismatch
     # exactly when its name says otherwise.
-    gifs = sorted(p.relative_to(HYMENOPTERA).as_posix() for p in HYMENOPTERA.rglob("*") if p.is_file() and _head(p) == b"GIF8")
+    gifs = sorted(
+        p.relative_to(HYMENOPTERA).as_posix() for p in HYMENOPTERA.rglob("*") if p.is_file() and _head(p) == b"GIF8"
+    )
     assert gifs, "expected the one GIF of the tutorial data"
     assert report.summary["formats"].get("GIF") == len(gifs)
     mismatched = sorted(p for f in report.warnings if f.kind == "extension-mismatch" for p in f.paths)

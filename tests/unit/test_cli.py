@@ -1,4 +1,5 @@
 """`imgclf.cli.main` in-process: exit codes, one-line errors, refusing unsafe checkpoints, models and check."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -192,7 +193,7 @@ def test_sigterm_removes_temporary_files(tmp_path):
         from imgclf.fileio import atomic_open
 
         def export(a):
-            with atomic_open({str(out / 'model.onnx')!r}, "wb") as f:
+            with atomic_open({str(out / "model.onnx")!r}, "wb") as f:
                 f.write(b"half a model")
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(30)  # the signal arrives here

@@ -1,5 +1,6 @@
 """The options of the training tools (issue 11) in config.py: `lr` takes `auto` as well as a number, and every new
 field has a type, a default, a range or choices, a --help line and a CLI flag made from it."""
+
 from __future__ import annotations
 
 import pytest
@@ -66,8 +67,9 @@ def test_lr_still_takes_numbers():
     assert make_config({}).lr is None
 
 
-@pytest.mark.parametrize("value, expect", [("fast", "must be float (or auto)"), (-1, "above 0 (or auto), not -1"),
-                                           (0, "above 0 (or auto)")])
+@pytest.mark.parametrize(
+    "value, expect", [("fast", "must be float (or auto)"), (-1, "above 0 (or auto), not -1"), (0, "above 0 (or auto)")]
+)
 def test_lr_refuses_other_words_and_numbers(value, expect):
     with pytest.raises(UsageError, match=expect.replace("(", r"\(").replace(")", r"\)")):
         make_config({"lr": value})

@@ -1,4 +1,5 @@
 """Precision `auto`: fp32 for inference everywhere; for training, the rule or the cached probe. And `imgclf env`."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Export formats, their verification, loading every format back, and bench (on the tiny trained model)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,7 +85,9 @@ def test_metadata_is_inside_each_file(exports):
     for name in ("onnx", "onnx-int8"):
         props = {p.key: p.value for p in onnx.load(exports[name]["out"]).metadata_props}
         meta = json.loads(props["imgclf"])
-        assert meta["format"] == name and meta["classes"] == ["cat", "dog", "fox"] and meta["preprocess"]["img_size"] == 16
+        assert (
+            meta["format"] == name and meta["classes"] == ["cat", "dog", "fox"] and meta["preprocess"]["img_size"] == 16
+        )
     assert exports["onnx"]["export"]["opset"] == 20
     for name in ("torchscript", "pt2"):
         with zipfile.ZipFile(exports[name]["out"]) as z:
@@ -97,7 +100,9 @@ def test_metadata_is_inside_each_file(exports):
 def test_int8_plan_is_recorded(exports):
     import onnx
 
-    q = json.loads({p.key: p.value for p in onnx.load(exports["onnx-int8"]["out"]).metadata_props}["imgclf"])["export"]["quantization"]
+    q = json.loads({p.key: p.value for p in onnx.load(exports["onnx-int8"]["out"]).metadata_props}["imgclf"])["export"][
+        "quantization"
+    ]
     assert q["format"] == "QDQ" and q["calibration"] == "minmax" and q["plan"] == "all-int8" and q["fp32_nodes"] == []
     assert q["chosen_try"] == 1 and len(q["tries"]) == 1 and q["tries"][0]["meets_bar"]  # a tiny model needs no remedy
     assert q["tries"][0]["images"] == 18 and q["sensitivity"] is None
@@ -188,17 +193,51 @@ def test_cli_errors(capsys, tiny_best, exports, tmp_path):
 
 def test_cli_export_and_bench(capsys, tiny_best, tiny_data, exports, tmp_path):
     out = tmp_path / "cli.onnx"
-    assert main(["export", tiny_best, "--format", "onnx", "--out", str(out), "--verify-images", "8",
-                 "--data", str(tiny_data), "--json"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                tiny_best,
+                "--format",
+                "onnx",
+                "--out",
+                str(out),
+                "--verify-images",
+                "8",
+                "--data",
+                str(tiny_data),
+                "--json",
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert r["out"] == str(out) and r["verification"]["ok"] and r["accuracy"]["onnx"] == r["accuracy"]["checkpoint"]
 
-    argv = ["bench", tiny_best, exports["onnx-int8"]["out"], exports["pt2"]["out"], "--batch-sizes", "1,4",
-            "--iters", "2", "--rounds", "2", "--warmup", "1", "--eager", "fp32,fp32-cl", "--data", str(tiny_data), "--json"]
+    argv = [
+        "bench",
+        tiny_best,
+        exports["onnx-int8"]["out"],
+        exports["pt2"]["out"],
+        "--batch-sizes",
+        "1,4",
+        "--iters",
+        "2",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        "--eager",
+        "fp32,fp32-cl",
+        "--data",
+        str(tiny_data),
+        "--json",
+    ]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["format"], r["batch_size"]) for r in rows] == [
-        (f, b) for f in ("eager-fp32", "eager-fp32-cl", "onnx-int8", "pt2") for b in (1, 4)]
+        (f, b) for f in ("eager-fp32", "eager-fp32-cl", "onnx-int8", "pt2") for b in (1, 4)
+    ]
     for r in rows:
         assert r["images_per_s"] > 0 and r["latency_p90_ms"] >= r["latency_p50_ms"] > 0 and r["iterations"] == 2
         assert r["size_mb"] > 0 and r["accuracy"] is not None and r["eval_images"] == 18
@@ -333,7 +372,9 @@ def test_int8_refused_when_the_remedies_are_not_allowed(tiny_best, tmp_path):
     bad = _badly_quantizable(tiny_best, tmp_path / "bad.pt")
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(VerificationError, match=r"failed verification.*upper bound.*int8 tries, labels kept: minmax \d+/18"):
+    with pytest.raises(
+        VerificationError, match=r"failed verification.*upper bound.*int8 tries, labels kept: minmax \d+/18"
+    ):
         export(bad, "onnx-int8", out=str(out / "bad.int8.onnx"), int8_tries=1, **SMALL)
     assert os.listdir(out) == []
     with pytest.raises(UsageError, match="--int8-tries"):
@@ -348,12 +389,27 @@ def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
     from imgclf.exporting import write_torchscript
     from imgclf.runtime import open_torchscript
 
-    entry = export_formats.ExportFormat("ts-copy", ".copy.ts", "TorchScript again, under another name",
-                                        write_torchscript, open_torchscript)
+    entry = export_formats.ExportFormat(
+        "ts-copy", ".copy.ts", "TorchScript again, under another name", write_torchscript, open_torchscript
+    )
     monkeypatch.setitem(export_formats.FORMATS, "ts-copy", entry)
     assert "ts-copy" in build_parser()._subparsers._group_actions[0].choices["export"].format_help()
-    assert main(["export", tiny_best, "--format", "ts-copy", "--verify-images", "8", "--json",
-                 "--out", str(tmp_path / "m.copy.ts")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                tiny_best,
+                "--format",
+                "ts-copy",
+                "--verify-images",
+                "8",
+                "--json",
+                "--out",
+                str(tmp_path / "m.copy.ts"),
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["format"] == "ts-copy" and report["verification"]["ok"]
     runner = open_model(str(tmp_path / "m.copy.ts"), device="cpu", format="ts-copy")

@@ -1,4 +1,5 @@
 """The fast path: decoded-image cache and whole-batch augmentation agree with the per-image path."""
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,12 @@ def test_random_crop_windows_come_from_the_zero_padded_image_per_sample():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = set()
     for i in range(len(x)):
-        found = [(t, left) for t in range(5) for left in range(5) if torch.equal(padded[i, :, t:t + 8, left:left + 8], out[i])]
+        found = [
+            (t, left)
+            for t in range(5)
+            for left in range(5)
+            if torch.equal(padded[i, :, t : t + 8, left : left + 8], out[i])
+        ]
         assert found, f"sample {i} is not a window of its padded image"
         offsets.add(found[0])
     assert len(offsets) > 5  # per-sample offsets, not one for the batch
@@ -71,7 +77,9 @@ def test_brightness_and_contrast_change_images_per_sample():
     t = BatchTransform(size=12, mean=[0.5] * 3, std=[0.5] * 3, kind="small", pad=0, brightness=0.5, contrast=0.5)
     a, b = t(x, torch.Generator().manual_seed(0)), t(x, torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
-    plain = BatchTransform(size=12, mean=[0.5] * 3, std=[0.5] * 3, kind="small", pad=0)(x, torch.Generator().manual_seed(0))
+    plain = BatchTransform(size=12, mean=[0.5] * 3, std=[0.5] * 3, kind="small", pad=0)(
+        x, torch.Generator().manual_seed(0)
+    )
     assert not torch.allclose(a, plain)
 
 
@@ -124,12 +132,32 @@ def test_frozen_feature_cache_trains_the_head_of_the_whole_model(tmp_path, make_
     from imgclf.checkpoint import load_checkpoint
 
     root = make_folder(tmp_path / "d", layout="split", classes=("a", "b", "c"), n=8, size=16)
-    res = imgclf.train(data=str(root), model="test_tiny", freeze="backbone", epochs=3, batch_size=8, workers=0,
-                       out=str(tmp_path / "runs"), name="frozen", lr=0.1, precision=precision)
+    res = imgclf.train(
+        data=str(root),
+        model="test_tiny",
+        freeze="backbone",
+        epochs=3,
+        batch_size=8,
+        workers=0,
+        out=str(tmp_path / "runs"),
+        name="frozen",
+        lr=0.1,
+        precision=precision,
+    )
     best = os.path.join(res["run_dir"], "best.pt")
     ck = load_checkpoint(best)
-    first = imgclf.train(data=str(root), model="test_tiny", freeze="backbone", epochs=1, batch_size=8, workers=0,
-                         out=str(tmp_path / "runs"), name="frozen1", lr=0.1, precision=precision)
+    first = imgclf.train(
+        data=str(root),
+        model="test_tiny",
+        freeze="backbone",
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        out=str(tmp_path / "runs"),
+        name="frozen1",
+        lr=0.1,
+        precision=precision,
+    )
     ck1 = load_checkpoint(os.path.join(first["run_dir"], "last.pt"))
     # the backbone never moved; the head did
     for k, v in ck["state_dict"].items():

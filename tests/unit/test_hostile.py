@@ -1,5 +1,6 @@
 """What a hostile user found (issue 10): damaged and mismatched checkpoints, temporary files left by SIGKILL, a
 full disk, library warnings on the console, a top-5 that means nothing, half-epoch ticks and a switched backend."""
+
 from __future__ import annotations
 
 import errno
@@ -35,8 +36,7 @@ def _in_tmp(tmp_path, monkeypatch):
 def _ckpt(model_name: str = "test_tiny", classes=("cat", "dog", "fox"), **kw) -> dict:
     torch.manual_seed(0)
     model = build_model(model_name, len(classes))
-    return make_checkpoint(model, model_name=model_name, classes=list(classes), preprocess=PREPROCESS,
-                           config={}, **kw)
+    return make_checkpoint(model, model_name=model_name, classes=list(classes), preprocess=PREPROCESS, config={}, **kw)
 
 
 def _image(tmp_path: Path) -> str:
@@ -90,14 +90,17 @@ def _write_bad_file(kind: str, tmp_path: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("kind, says", [
-    ("empty", "is empty (0 bytes)"),
-    ("truncated", "is truncated"),
-    ("random", "is not a PyTorch checkpoint (not a zip archive"),
-    ("random-pickle-start", "is not a readable PyTorch checkpoint"),
-    ("plain-pickle", "is not a readable PyTorch checkpoint"),
-    ("zip", "is not a readable PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("empty", "is empty (0 bytes)"),
+        ("truncated", "is truncated"),
+        ("random", "is not a PyTorch checkpoint (not a zip archive"),
+        ("random-pickle-start", "is not a readable PyTorch checkpoint"),
+        ("plain-pickle", "is not a readable PyTorch checkpoint"),
+        ("zip", "is not a readable PyTorch checkpoint"),
+    ],
+)
 def test_damaged_file_is_one_clear_line(kind, says, tmp_path, capsys):
     # Before: the empty file raised "IndexError: list index out of range"; random bytes were "Python objects
     # that could run code" with torch's advice to load them with weights_only=False; a truncated file's message
@@ -143,17 +146,27 @@ def _edited(tmp_path: Path, name: str, edit) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name, edit, says", [
-    # fewer class names than the head has outputs: predicting class 2 raised IndexError before
-    ("short-names.pt", lambda ck: ck.update(classes=["cat", "dog"]), "lists 2 class names, but its model entry says 3"),
-    ("short-head.pt", lambda ck: ck["state_dict"].update({"fc.weight": torch.zeros(2, 8), "fc.bias": torch.zeros(2)}),
-     "its head (fc) has 2 outputs"),
-    ("no-classes.pt", lambda ck: ck.pop("classes"), "missing 'classes'"),
-    ("no-weight.pt", lambda ck: ck["state_dict"].pop("stem.0.weight"), "1 missing, such as 'stem.0.weight'"),
-    ("bad-model.pt", lambda ck: ck.update(model="test_tiny"), "damaged entries, 'model'"),
-    ("twice.pt", lambda ck: ck.update(classes=["cat", "cat", "fox"]), "names a class twice (cat)"),
-    ("unknown.pt", lambda ck: ck["model"].update(name="test_tiny2"), "model named 'test_tiny2'"),
-])
+@pytest.mark.parametrize(
+    "name, edit, says",
+    [
+        # fewer class names than the head has outputs: predicting class 2 raised IndexError before
+        (
+            "short-names.pt",
+            lambda ck: ck.update(classes=["cat", "dog"]),
+            "lists 2 class names, but its model entry says 3",
+        ),
+        (
+            "short-head.pt",
+            lambda ck: ck["state_dict"].update({"fc.weight": torch.zeros(2, 8), "fc.bias": torch.zeros(2)}),
+            "its head (fc) has 2 outputs",
+        ),
+        ("no-classes.pt", lambda ck: ck.pop("classes"), "missing 'classes'"),
+        ("no-weight.pt", lambda ck: ck["state_dict"].pop("stem.0.weight"), "1 missing, such as 'stem.0.weight'"),
+        ("bad-model.pt", lambda ck: ck.update(model="test_tiny"), "damaged entries, 'model'"),
+        ("twice.pt", lambda ck: ck.update(classes=["cat", "cat", "fox"]), "names a class twice (cat)"),
+        ("unknown.pt", lambda ck: ck["model"].update(name="test_tiny2"), "model named 'test_tiny2'"),
+    ],
+)
 def test_inconsistent_checkpoint_is_one_clear_line(name, edit, says, tmp_path, capsys):
     p = _edited(tmp_path, name, edit)
     with pytest.raises(CheckpointError) as e:
@@ -217,8 +230,9 @@ def _killed_writer(target: Path, suffix: str = ".tmp", *, wait: bool = False) ->
             os.kill(os.getpid(), signal.SIGKILL)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
 
 
 def _temp_of(proc: subprocess.Popen) -> Path:
@@ -249,8 +263,15 @@ def test_rewrite_removes_temps_of_killed_writers_only(tmp_path):
     live = _killed_writer(target, wait=True)
     try:
         live_tmp = _temp_of(live)
-        unrelated = [tmp_path / n for n in ("notes.tmp", ".last.pt.mine.tmp", ".last.pt.99999999-0000000a-abcdefgh.txt",
-                                            ".best.pt.1-00000000-abcdefgh.tmp")]
+        unrelated = [
+            tmp_path / n
+            for n in (
+                "notes.tmp",
+                ".last.pt.mine.tmp",
+                ".last.pt.99999999-0000000a-abcdefgh.txt",
+                ".best.pt.1-00000000-abcdefgh.tmp",
+            )
+        ]
         for u in unrelated:
             u.write_text("keep me")
         with atomic_open(str(target), "wb") as f:
@@ -311,8 +332,9 @@ def tiny_fs(tmp_path):
         pytest.skip("mounting a small tmpfs needs root on Linux")
     mnt = tmp_path / "tinyfs"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True, check=False
+    )
     if res.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here: {res.stderr.strip()}")
     try:
@@ -347,8 +369,11 @@ def test_checkpoint_on_a_full_disk(tiny_fs):
         save_checkpoint(big, str(path))
     msg = str(e.value)
     assert e.value.errno == errno.ENOSPC
-    assert re.fullmatch(rf"no space left on device writing {re.escape(str(path))} \(about 1\.1 MiB needed, \d+\.\d MiB free\): "
-                        r"free some space there, or write elsewhere \(--out\)", msg), msg
+    assert re.fullmatch(
+        rf"no space left on device writing {re.escape(str(path))} \(about 1\.1 MiB needed, \d+\.\d MiB free\): "
+        r"free some space there, or write elsewhere \(--out\)",
+        msg,
+    ), msg
     assert path.read_bytes() == old, "the old checkpoint was changed"
     _only(tiny_fs, "last.pt")
 
@@ -382,8 +407,10 @@ def test_json_csv_and_plots_on_a_full_disk(tiny_fs):
     with pytest.raises(DiskFullError, match=r"metrics\.csv"):
         with atomic_open(str(tiny_fs / "metrics.csv"), newline="") as f:
             f.write("epoch,loss\n" * 100_000)
-    rows = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5, "val_acc": 0.5, "val_macro_f1": 0.5}
-            for e in (1, 2)]
+    rows = [
+        {"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5, "val_acc": 0.5, "val_macro_f1": 0.5}
+        for e in (1, 2)
+    ]
     with pytest.raises(DiskFullError, match=r"curves\.png"):
         plot_curves(rows, str(tiny_fs / "curves.png"))
     _only(tiny_fs, "filler", "results.json")
@@ -400,8 +427,23 @@ def test_cli_evaluate_to_a_full_disk_is_one_line_exit_1(tiny_best, tiny_fs, caps
 def test_cli_train_to_a_full_disk_is_one_line_exit_1(tmp_path, tiny_fs, make_folder, capsys):
     # The run's small files fit; its first checkpoint (smallcnn, about 1.1 MiB) does not.
     data = make_folder(tmp_path / "d", classes=("a", "b"), n=4, n_val=2)
-    rc = main(["train", "--data", str(data), "--model", "smallcnn", "--epochs", "1", "--workers", "0",
-               "--batch-size", "4", "--out", str(tiny_fs)])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "smallcnn",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tiny_fs),
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 1, err
     assert "Traceback" not in out + err
@@ -487,8 +529,9 @@ def test_evaluate_cjk_classes_one_never_predicted_no_warning(tmp_path, make_fold
         model.fc.bias.copy_(torch.tensor([1.0, 0.0]))
     ck = make_checkpoint(model, model_name="test_tiny", classes=CJK, preprocess=PREPROCESS, config={"data": str(data)})
     save_checkpoint(ck, str(tmp_path / "one.pt"))
-    m = evaluate(str(tmp_path / "one.pt"), split="val", out=str(tmp_path / "e"), workers=0, device="cpu",
-                 precision="fp32")
+    m = evaluate(
+        str(tmp_path / "one.pt"), split="val", out=str(tmp_path / "e"), workers=0, device="cpu", precision="fp32"
+    )
     assert m["per_class"][CJK[1]]["precision"] == 0.0
     assert {"eval.json", "confusion_matrix.png", "misclassified.png"} <= set(os.listdir(tmp_path / "e"))
     assert [str(w.message) for w in recwarn] == []
@@ -502,8 +545,10 @@ def test_curves_have_whole_epoch_ticks(tmp_path, monkeypatch):
 
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
-    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_acc": 0.5, "val_acc": 0.6, "val_macro_f1": 0.6}
-            for e in (1, 2, 3)]
+    rows = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_acc": 0.5, "val_acc": 0.6, "val_macro_f1": 0.6}
+        for e in (1, 2, 3)
+    ]
     plots.plot_curves(rows, str(tmp_path / "curves.png"))
     (fig,) = figures
     fig.canvas.draw()

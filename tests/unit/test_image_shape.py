@@ -1,6 +1,7 @@
 """Images whose shape resizing would blow up (issue 10, defect 1): a 1 KB PNG of 400000 x 1 pixels is under any
 pixel limit, but resizing its shorter side to 256 px asks for ~78 GB. Every loader refuses it from the header,
 with the reason, and keeps the other images; panoramas still work. (The server's side is in test_serve.py.)"""
+
 from __future__ import annotations
 
 import csv
@@ -75,8 +76,9 @@ def test_training_leaves_the_absurd_image_out_and_lists_it(tmp_path, make_folder
 
     data = make_folder(tmp_path / "d", classes=("cat", "dog"), n=6, n_val=2)
     bad = _save(data / "train" / "cat" / "strip.png", (400_000, 1))
-    res = train(data=str(data), model="test_tiny", epochs=1, out=str(tmp_path / "runs"), workers=0, batch_size=4,
-                cache=cache)
+    res = train(
+        data=str(data), model="test_tiny", epochs=1, out=str(tmp_path / "runs"), workers=0, batch_size=4, cache=cache
+    )
     assert res["left_out"] == 1
     with open(Path(res["run_dir"]) / "left_out.csv", newline="") as f:
         rows = list(csv.reader(f))

@@ -1,5 +1,6 @@
 """The learning-rate range test (lr_find.py): an exponential sweep that stops on divergence, fastai's valley
 suggestion, and the model and optimizer left exactly as they were."""
+
 from __future__ import annotations
 
 import math
@@ -140,8 +141,13 @@ def test_plot(tmp_path, with_suggestion):
     backend = matplotlib.get_backend()
     lrs = [10 ** (-7 + i / 10) for i in range(60)]
     losses = [2.0] * 10 + [2.0 - i / 40 for i in range(40)] + [3.0] * 10
-    result = {"lrs": lrs, "losses": losses, "raw_losses": losses,
-              "suggestion": 1e-4 if with_suggestion else None, "reason": ""}
+    result = {
+        "lrs": lrs,
+        "losses": losses,
+        "raw_losses": losses,
+        "suggestion": 1e-4 if with_suggestion else None,
+        "reason": "",
+    }
     path = tmp_path / "lr_find.png"
     plot_lr_find(result, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -150,8 +156,12 @@ def test_plot(tmp_path, with_suggestion):
 
 def test_bad_arguments():
     model = _model()
-    for kw, match in (({"start_lr": 1.0, "end_lr": 0.1}, "start_lr < end_lr"), ({"steps": 1}, "at least 2"),
-                      ({"smooth": 0.0}, "smooth"), ({"diverge": 1.0}, "diverge")):
+    for kw, match in (
+        ({"start_lr": 1.0, "end_lr": 0.1}, "start_lr < end_lr"),
+        ({"steps": 1}, "at least 2"),
+        ({"smooth": 0.0}, "smooth"),
+        ({"diverge": 1.0}, "diverge"),
+    ):
         with pytest.raises(ValueError, match=match):
             lr_range_test(model, _batches(1), nn.CrossEntropyLoss(), _sgd(model), CPU, None, **kw)
     with pytest.raises(ValueError, match="no batches"):

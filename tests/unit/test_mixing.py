@@ -1,5 +1,6 @@
 """Mixup and CutMix on a batch (data/mixing.py): reproducible from the generator passed in, timm's prob and
 switch_prob, soft targets that nn.CrossEntropyLoss takes, any memory format."""
+
 from __future__ import annotations
 
 import pytest

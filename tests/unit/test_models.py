@@ -1,4 +1,5 @@
 """The model registry: names, parameter counts, heads, freezing and where pretrained weights come from."""
+
 from __future__ import annotations
 
 import os
@@ -44,10 +45,16 @@ def test_list_models_counts_match_built_models():
         assert r["img_size"] == get_spec(r["name"]).img_size
 
 
-@pytest.mark.parametrize("name, head", [
-    ("resnet18", "fc"), ("efficientnet_b0", "classifier.1"), ("efficientnet_lite0", "_fc"), ("test_tiny", "fc"),
-    ("smallcnn", "fc"),
-])
+@pytest.mark.parametrize(
+    "name, head",
+    [
+        ("resnet18", "fc"),
+        ("efficientnet_b0", "classifier.1"),
+        ("efficientnet_lite0", "_fc"),
+        ("test_tiny", "fc"),
+        ("smallcnn", "fc"),
+    ],
+)
 def test_build_model_has_num_classes_head(name, head):
     torch.manual_seed(0)
     m = build_model(name, 3).eval()
@@ -123,8 +130,14 @@ def test_efficientnet_lite0_pretrained_from_the_package():
     ref = torch.load(path, map_location="cpu", weights_only=True)
     m = build_model("efficientnet_lite0", 1000, pretrained=True)
     sd = m.state_dict()
-    for key in ("_conv_stem.weight", "_bn0.running_mean", "_blocks.0._depthwise_conv.weight", "_conv_head.weight",
-                "_fc.weight", "_fc.bias"):
+    for key in (
+        "_conv_stem.weight",
+        "_bn0.running_mean",
+        "_blocks.0._depthwise_conv.weight",
+        "_conv_head.weight",
+        "_fc.weight",
+        "_fc.bias",
+    ):
         assert torch.equal(sd[key], ref[key]), key
     # with another class count the backbone is kept and only the head is new
     m10 = build_model("efficientnet_lite0", 10, pretrained=True)
@@ -173,8 +186,9 @@ def test_airnet_whitening_init_whitens_patches_and_eval_uses_tta():
     g = torch.Generator().manual_seed(0)
     # correlated channels, so that whitening has something to undo
     base = torch.randn(64, 1, 16, 16, generator=g)
-    x = torch.cat([base, 0.8 * base + 0.2 * torch.randn(64, 1, 16, 16, generator=g),
-                   torch.randn(64, 1, 16, 16, generator=g)], 1)
+    x = torch.cat(
+        [base, 0.8 * base + 0.2 * torch.randn(64, 1, 16, 16, generator=g), torch.randn(64, 1, 16, 16, generator=g)], 1
+    )
     m = build_model("airnet", 5)
     m.init_from_data(x)
     out = torch.nn.functional.conv2d(x, m.whiten.weight[:12])  # the 12 positive directions

@@ -1,5 +1,6 @@
 """Prediction and evaluation with the tiny model trained once per session (conftest.tiny_run), and the run
 directory that training leaves behind."""
+
 from __future__ import annotations
 
 import csv
@@ -207,10 +208,12 @@ def test_cli_evaluate_with_workers_0(capsys, tiny_best, tmp_path):
 def five_class_best(tmp_path_factory, make_folder) -> str:
     from imgclf import train
 
-    data = make_folder(tmp_path_factory.mktemp("five") / "colours", classes=("a", "b", "c", "d", "e"), n=6,
-                             n_val=3, size=16)
-    res = train(data=str(data), model="test_tiny", epochs=1, out=str(tmp_path_factory.mktemp("runs5")),
-                       workers=0, batch_size=8)
+    data = make_folder(
+        tmp_path_factory.mktemp("five") / "colours", classes=("a", "b", "c", "d", "e"), n=6, n_val=3, size=16
+    )
+    res = train(
+        data=str(data), model="test_tiny", epochs=1, out=str(tmp_path_factory.mktemp("runs5")), workers=0, batch_size=8
+    )
     return str(Path(res["run_dir"]) / "best.pt")
 
 
@@ -229,8 +232,15 @@ def test_evaluate_five_classes_has_no_top5(five_class_best, tmp_path):
 
 
 def test_run_directory_contents(tiny_run):
-    for name in ("config.yaml", "best.pt", "last.pt", "metrics.csv", "results.json", "curves.png",
-                 "confusion_matrix.png"):
+    for name in (
+        "config.yaml",
+        "best.pt",
+        "last.pt",
+        "metrics.csv",
+        "results.json",
+        "curves.png",
+        "confusion_matrix.png",
+    ):
         assert (tiny_run / name).is_file(), name
     assert list(tiny_run.glob("events.out.tfevents.*")), "no TensorBoard events file"
     lines = (tiny_run / "metrics.csv").read_text().splitlines()

@@ -1,5 +1,6 @@
 """Importing or calling imgclf changes nothing process-wide: the umask, socket timeouts, logging levels and
 handlers stay as the caller set them (the CLI may configure its own process)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
 def _python(code: str) -> str:
     """Run `code` in a fresh interpreter (import-time effects happen once per process); its stdout."""
     env = {**os.environ, "PYTHONPATH": os.path.abspath(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                       check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, check=False
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -95,7 +97,18 @@ def test_every_module_logs_under_its_own_name():
     configures."""
     import importlib
 
-    for name in ("cli", "fileio", "progress", "checkpoint", "evaluation", "exporting", "benchmark", "data.cache",
-                 "data.pipeline", "serve.app", "serve.batcher"):
+    for name in (
+        "cli",
+        "fileio",
+        "progress",
+        "checkpoint",
+        "evaluation",
+        "exporting",
+        "benchmark",
+        "data.cache",
+        "data.pipeline",
+        "serve.app",
+        "serve.batcher",
+    ):
         module = importlib.import_module(f"imgclf.{name}")
         assert module.log.name == f"imgclf.{name}", name

@@ -1,4 +1,5 @@
 """The README is always true: .ci/run runs exactly the README's install, test and quick-start commands."""
+
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,8 +18,11 @@ def _code_lines(text: str) -> list[str]:
 
 def test_ci_runs_the_readme_commands():
     readme = _code_lines((ROOT / "README.md").read_text())
-    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
-          if ln.strip() and not ln.startswith("#") and not ln.startswith(("set ", "cd ", "apt-get "))]
+    ci = [
+        ln.strip()
+        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#") and not ln.startswith(("set ", "cd ", "apt-get "))
+    ]
     install = 'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]"'
     assert ci[0] == install and install in readme
     assert ci[1] == ".venv/bin/pytest" and ci[1] in readme

@@ -1,4 +1,5 @@
 """`--recipe fast`: its presets, the per-step schedule, lookahead, the shift augmentation and --time-budget."""
+
 from __future__ import annotations
 
 import shutil
@@ -19,8 +20,10 @@ def test_recipe_fills_only_the_options_not_given_and_scales_lr_with_the_batch():
     cfg = apply_recipe(make_config({"recipe": "fast", "data": "x"}), {"recipe", "data"})
     assert cfg.model == "airnet_small" and cfg.nesterov and cfg.lookahead and cfg.scheduler == "warmup-linear"
     assert cfg.lr == pytest.approx(LR_PER_IMAGE * 1024)  # airbench: 11.5 per 1024 images of summed loss
-    mine = apply_recipe(make_config({"recipe": "fast", "batch_size": 256, "model": "airnet", "epochs": 3}),
-                        {"recipe", "batch_size", "model", "epochs"})
+    mine = apply_recipe(
+        make_config({"recipe": "fast", "batch_size": 256, "model": "airnet", "epochs": 3}),
+        {"recipe", "batch_size", "model", "epochs"},
+    )
     assert (mine.batch_size, mine.model, mine.epochs) == (256, "airnet", 3)
     assert mine.lr == pytest.approx(LR_PER_IMAGE * 256)
     assert mine.label_smoothing == RECIPES["fast"]["label_smoothing"]
@@ -56,7 +59,7 @@ def test_lookahead_pulls_weights_to_the_running_average_and_ends_on_it():
     look.update(model, step=3, total=10)  # not a multiple of 5: nothing happens
     assert torch.equal(model.weight, start + 1.0)
     look.update(model, step=5, total=10)  # decay 0.95**5 * 0.5**3
-    d = 0.95 ** 5 * 0.125
+    d = 0.95**5 * 0.125
     assert torch.allclose(model.weight, start + (1 - d))
     assert torch.allclose(look.avg["weight"], model.weight)
     with torch.no_grad():
@@ -71,7 +74,7 @@ def test_shift_augmentation_takes_windows_of_the_reflect_padded_image():
     out = random_crop(x, 8, 2, g, mode="reflect")
     padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
     for i in range(len(x)):
-        assert any(torch.equal(padded[i, :, t:t + 8, left:left + 8], out[i]) for t in range(5) for left in range(5))
+        assert any(torch.equal(padded[i, :, t : t + 8, left : left + 8], out[i]) for t in range(5) for left in range(5))
     tf = BatchTransform(size=8, mean=[0.5] * 3, std=[0.25] * 3, kind="shift")
     y = tf(x, torch.Generator().manual_seed(0))
     assert y.shape == (32, 3, 8, 8) and y.dtype == torch.float32

@@ -1,5 +1,6 @@
 """Exact resume: a run killed with SIGKILL during its third epoch and resumed from last.pt ends with the same
 per-epoch validation metrics as a run that was never interrupted. Resume on data that changed is refused."""
+
 from __future__ import annotations
 
 import csv
@@ -15,14 +16,34 @@ import torch
 pytestmark = pytest.mark.kernels
 
 # digits upscaled to 24 px with a small CNN: a few seconds an epoch, long enough to kill inside one.
-ARGS = ["train", "--data", "digits", "--model", "smallcnn", "--img-size", "24", "--epochs", "4", "--batch-size", "64",
-        "--workers", "1", "--seed", "3", "--lr", "0.05", "--step-size", "2"]
+ARGS = [
+    "train",
+    "--data",
+    "digits",
+    "--model",
+    "smallcnn",
+    "--img-size",
+    "24",
+    "--epochs",
+    "4",
+    "--batch-size",
+    "64",
+    "--workers",
+    "1",
+    "--seed",
+    "3",
+    "--lr",
+    "0.05",
+    "--step-size",
+    "2",
+]
 VAL_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr"]
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "imgclf", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "imgclf", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def _rows(run_dir):
@@ -67,7 +88,11 @@ def test_sigkill_during_third_epoch_then_resume_matches_uninterrupted(tmp_path, 
     assert killed_at == 2, f"expected the kill to land in epoch 3, last.pt holds epoch {killed_at}"
     assert len(_rows(os.path.join(out, "killed"))) == 2
     # no temporary checkpoint files left visible as checkpoints
-    assert not [f for f in os.listdir(os.path.join(out, "killed")) if f.endswith(".pt") and not f.startswith((".tmp", "best", "last", "epoch_"))]
+    assert not [
+        f
+        for f in os.listdir(os.path.join(out, "killed"))
+        if f.endswith(".pt") and not f.startswith((".tmp", "best", "last", "epoch_"))
+    ]
 
     resumed = _cli(["train", "--resume", last])
     log = resumed.communicate(timeout=600)[0]
@@ -99,15 +124,34 @@ def one_epoch_run(tmp_path, make_folder):
     from imgclf.cli import main
 
     data = make_folder(tmp_path / "d", layout="flat", classes=("cat", "dog"), n=8)
-    argv = ["train", "--data", str(data), "--model", "test_tiny", "--epochs", "1", "--batch-size", "8", "--workers", "0",
-            "--out", str(tmp_path / "runs"), "--name", "r", "-q"]
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "test_tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "r",
+        "-q",
+    ]
     assert main(argv) == 0
     return data, tmp_path / "runs" / "r"
 
 
-@pytest.mark.parametrize("change, said", [("add", "1 file added, 0 removed"), ("class", "classes added: fox"),
-                                          ("touch", "modified")])
-def test_resume_after_the_data_changed_is_refused_and_touches_nothing(capsys, one_epoch_run, image_of_class, change, said):
+@pytest.mark.parametrize(
+    "change, said", [("add", "1 file added, 0 removed"), ("class", "classes added: fox"), ("touch", "modified")]
+)
+def test_resume_after_the_data_changed_is_refused_and_touches_nothing(
+    capsys, one_epoch_run, image_of_class, change, said
+):
     import numpy as np
 
     from imgclf.cli import main

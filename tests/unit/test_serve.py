@@ -1,6 +1,7 @@
 """The HTTP service in-process (FastAPI's TestClient) with the tiny model trained once per session: every
 endpoint, upload order, every refusal with its status and JSON, decompression bombs, the API key, dynamic
 batching (read off the batch-size histogram, not off timings), timeouts, and the CLI's checks up front."""
+
 from __future__ import annotations
 
 import asyncio
@@ -85,6 +86,7 @@ def _error(r, status: int, code: str, fragment: str = "") -> dict:
 
 # ------------------------------------------------------------------------------------------------- endpoints
 
+
 def test_health_ready_metadata(client):
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json() == {"ready": True}
@@ -155,8 +157,10 @@ def test_decoding_gives_predictors_pixels(tmp_path, image_of_class):
         "deep.png": _bytes(Image.fromarray((rng.integers(0, 65535, (50, 70))).astype(np.uint16)), "PNG"),
         "small.png": _bytes(image_of_class(0, (20, 12), rng=rng), "PNG"),
     }
-    for pre in (Preprocess(img_size=64, resize=73, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3]),
-                Preprocess(img_size=32, resize=24, mean=[0.5] * 3, std=[0.5] * 3)):  # resize < crop: padded
+    for pre in (
+        Preprocess(img_size=64, resize=73, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3]),
+        Preprocess(img_size=32, resize=24, mean=[0.5] * 3, std=[0.5] * 3),
+    ):  # resize < crop: padded
         ref_tf, batch_tf = eval_transform(pre), NormalizeUploads(pre)
         for name, data in files.items():
             (tmp_path / name).write_bytes(data)
@@ -210,9 +214,11 @@ def test_page_and_docs(client):
 
 # ------------------------------------------------------------------------------------------------- refusals
 
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A valid PNG signature and header claiming width x height RGB pixels, then a tiny IDAT: what a
     decompression bomb looks like before anything is decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -221,13 +227,16 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def test_decompression_bombs_refused(client):
-    _error(client.post("/predict", files=[("image", ("bomb.png", _png_header_only(100_000, 100_000)))]),
-           413, "too_many_pixels", "10,000,000,000 pixels")
+    _error(
+        client.post("/predict", files=[("image", ("bomb.png", _png_header_only(100_000, 100_000)))]),
+        413,
+        "too_many_pixels",
+        "10,000,000,000 pixels",
+    )
     # a real one: 7,000 x 7,000 bilevel pixels (49 M, over the default 40 M) compress to a few KB
     real = _bytes(Image.new("1", (7000, 7000)), "PNG")
     assert len(real) < 100_000
-    body = _error(client.post("/predict", files=[("image", ("real.png", real))]), 413, "too_many_pixels",
-                  "49,000,000")
+    body = _error(client.post("/predict", files=[("image", ("real.png", real))]), 413, "too_many_pixels", "49,000,000")
     assert "40,000,000" in body["detail"]
     assert client.get("/health").status_code == 200
 
@@ -281,14 +290,25 @@ def test_request_shape_refused(client, images):
     _error(client.post("/predict", data={"top_k": "2"}, files=[("other", ("", b""))]), 400, "unexpected_field")
     _error(client.post("/predict", files={"top_k": (None, "2")}), 400, "missing_image", "field 'image'")
     _error(client.post("/predict", files={"image": (None, "hello")}), 400, "not_a_file", "file")
-    _error(client.post("/predict", files=[("image", (f"{i}.png", png)) for i in range(MAX_FILES + 1)]),
-           400, "too_many_files", f"at most {MAX_FILES}")
+    _error(
+        client.post("/predict", files=[("image", (f"{i}.png", png)) for i in range(MAX_FILES + 1)]),
+        400,
+        "too_many_files",
+        f"at most {MAX_FILES}",
+    )
     _error(client.post("/predict", json={"image": "x"}), 415, "unsupported_media_type", "multipart/form-data")
     _error(client.post("/predict"), 415, "unsupported_media_type", "no content-type")
-    _error(client.post("/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"}),
-           400, "bad_multipart")
-    _error(client.post("/predict", content=b"x", headers={"content-type": "multipart/form-data"}),
-           400, "bad_multipart", "boundary")
+    _error(
+        client.post("/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"}),
+        400,
+        "bad_multipart",
+    )
+    _error(
+        client.post("/predict", content=b"x", headers={"content-type": "multipart/form-data"}),
+        400,
+        "bad_multipart",
+        "boundary",
+    )
     _error(client.get("/predict"), 405, "method_not_allowed")
     _error(client.get("/nothing-here"), 404, "not_found")
 
@@ -301,17 +321,25 @@ def test_upload_limits(client):
         boundary = b"b0undary"
         yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
         for i in range(0, len(big), 65536):
-            yield big[i:i + 65536]
+            yield big[i : i + 65536]
         yield b"\r\n--" + boundary + b"--\r\n"
 
     r = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b0undary"})
     _error(r, 413, "upload_too_large", "limit")
-    _error(client.post("/predict", content=b"", headers={"content-type": "multipart/form-data; boundary=a",
-                                                          "content-length": "99999999999"}), 413, "upload_too_large")
+    _error(
+        client.post(
+            "/predict",
+            content=b"",
+            headers={"content-type": "multipart/form-data; boundary=a", "content-length": "99999999999"},
+        ),
+        413,
+        "upload_too_large",
+    )
     assert client.get("/health").status_code == 200
 
 
 # ------------------------------------------------------------------------------------------------- API key
+
 
 def test_api_key(runner, images, monkeypatch):
     app = create_app(runner, ServeSettings(api_key="s3cret", warmup=False))
@@ -335,6 +363,7 @@ def test_api_key(runner, images, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------- batching
+
 
 def _bucket(text: str, le: str) -> float:
     return float(re.search(rf'^imgclf_batch_size_bucket\{{le="{le}"\}} ([0-9.]+)$', text, re.M).group(1))
@@ -395,6 +424,7 @@ def test_batcher_splits_merges_and_sheds():
 
 
 # ------------------------------------------------------------------------------------------------- failures
+
 
 class BrokenRunner:
     """The tiny model, or (fail=True) a model that raises, to see the server's own failures."""
@@ -465,6 +495,7 @@ def test_model_failure_is_a_json_500_and_warmup_failure_is_not_ready(runner, ima
 
 # ------------------------------------------------------------------------------------------------- slow clients
 # A real uvicorn server (make_server: what serve.server.run runs) in a thread, on a free loopback port.
+
 
 @contextlib.contextmanager
 def _uvicorn(app, **limits):
@@ -567,9 +598,11 @@ def test_a_slow_upload_is_bounded_by_the_request_timeout(runner, http):
     the connection, which still carries the rest of that body, is closed without a second answer."""
     app = create_app(runner, ServeSettings(warmup=False, timeout_s=1.0))
     with _uvicorn(app, header_timeout=1.0, http=http) as (server, port), _connect(port) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                  b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; "
-                  b"filename=\"a.png\"\r\n\r\n")
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b'Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name="image"; '
+            b'filename="a.png"\r\n\r\n'
+        )
         received = b""
         for _ in range(6000):  # one body byte every 10 ms until the server closes (6,000 bytes at most)
             if select.select([s], [], [], 0.01)[0]:
@@ -608,14 +641,17 @@ def test_over_the_concurrency_limit_is_a_json_503(runner, http):
 
 
 def test_server_limits_are_checked_up_front():
-    for kw, flag in (({"header_timeout": 0}, "--header-timeout"),
-                     ({"header_timeout": float("nan")}, "--header-timeout"),
-                     ({"max_concurrency": 0}, "--max-concurrency")):
+    for kw, flag in (
+        ({"header_timeout": 0}, "--header-timeout"),
+        ({"header_timeout": float("nan")}, "--header-timeout"),
+        ({"max_concurrency": 0}, "--max-concurrency"),
+    ):
         with pytest.raises(UsageError, match=flag):
             make_server(None, **kw)
 
 
 # ------------------------------------------------------------------------------------------------- CLI
+
 
 def test_cli_refuses_before_binding(capsys, tiny_best, tmp_path):
     assert main(["serve", str(tmp_path / "missing.pt"), "--port", "0"]) == 2
@@ -635,13 +671,23 @@ def test_cli_refuses_before_binding(capsys, tiny_best, tmp_path):
 def test_serve_help_lists_the_flags(capsys):
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--host", "--port", "--max-batch-size", "--max-wait-ms", "--api-key", "--max-upload-mb",
-                 "--max-pixels", "--max-files", "--timeout"):
+    for flag in (
+        "--host",
+        "--port",
+        "--max-batch-size",
+        "--max-wait-ms",
+        "--api-key",
+        "--max-upload-mb",
+        "--max-pixels",
+        "--max-files",
+        "--timeout",
+    ):
         assert flag in out
     assert "127.0.0.1" in out
 
 
 # ------------------------------------------------------------------------------------------------- exported files
+
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("fmt", ["onnx-int8", "torchscript", "pt2"])
@@ -667,8 +713,9 @@ def test_serves_exported_files(fmt, tiny_best, images, tmp_path):
         _wait_ready(c)
         ref = c.post("/predict", files=f).json()["predictions"]
     assert [p["label"] for p in got] == [p["label"] for p in ref]
-    assert all(abs(g["probability"] - r["probability"]) < (0.1 if fmt == "onnx-int8" else 1e-4)
-               for g, r in zip(got, ref))
+    assert all(
+        abs(g["probability"] - r["probability"]) < (0.1 if fmt == "onnx-int8" else 1e-4) for g, r in zip(got, ref)
+    )
 
 
 def test_warmup_runs_every_kind_of_batch_largest_first():

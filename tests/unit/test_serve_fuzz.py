@@ -9,6 +9,7 @@ their modes (palette, grey, 1-bit, 16-bit, float, CMYK, LAB, alpha), of every sh
 empty, or a decompression-bomb header. The tiny model is served behind an ImageNet model's preprocessing (shorter
 side resized to 256 px), so that a shape is as dangerous here as it is in production.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,12 +48,17 @@ def _bomb() -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 32)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 32))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _png16(w: int, h: int, channels: int) -> bytes:
     """A 16-bit-per-channel RGB (3) or RGBA (4) PNG, which Pillow reads but cannot write."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -60,8 +66,12 @@ def _png16(w: int, h: int, channels: int) -> bytes:
     pixels = rng.integers(0, 65536, (h, w * channels), dtype=np.uint16).astype(">u2")
     rows = b"".join(b"\0" + row.tobytes() for row in pixels)  # filter type 0 before each row
     color = {3: 2, 4: 6}[channels]
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _exif(size: int, orientation: int = 1) -> bytes:
@@ -106,20 +116,39 @@ HOSTILE = {
     "exif-400k.png": None,
     "exif-400k.webp": None,
 }
-for name, kind, orientation in (("exif-60k-rotated.jpg", "JPEG", 6), ("exif-400k.png", "PNG", 8),
-                                ("exif-400k.webp", "WEBP", 3)):
+for name, kind, orientation in (
+    ("exif-60k-rotated.jpg", "JPEG", 6),
+    ("exif-400k.png", "PNG", 8),
+    ("exif-400k.webp", "WEBP", 3),
+):
     _buf = io.BytesIO()
-    Image.new("RGB", (30, 20), (10, 200, 30)).save(_buf, kind, exif=_exif(60_000 if kind == "JPEG" else 400_000,
-                                                                          orientation))
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(
+        _buf, kind, exif=_exif(60_000 if kind == "JPEG" else 400_000, orientation)
+    )
     HOSTILE[name] = _buf.getvalue()
 
-VALID = [_img("PNG"), _img("JPEG"), _img("GIF", mode="P"), _img("BMP"), _img("PNG", (3, 300), "L"),
-         _img("TIFF"), _img("WEBP"), _img("PNG", (1, 1), "RGBA"), _img("PNG", (9, 9), "I;16")] + list(HOSTILE.values())
+VALID = [
+    _img("PNG"),
+    _img("JPEG"),
+    _img("GIF", mode="P"),
+    _img("BMP"),
+    _img("PNG", (3, 300), "L"),
+    _img("TIFF"),
+    _img("WEBP"),
+    _img("PNG", (1, 1), "RGBA"),
+    _img("PNG", (9, 9), "I;16"),
+] + list(HOSTILE.values())
 
 # What each format can hold: its modes, its largest side (None: no limit below 400000), whether it animates.
-MODES = {"PNG": ["RGB", "RGBA", "L", "LA", "P", "1", "I;16"], "JPEG": ["RGB", "L", "CMYK"], "GIF": ["P", "L"],
-         "BMP": ["RGB", "L", "P", "1"], "WEBP": ["RGB", "RGBA"],
-         "TIFF": ["RGB", "RGBA", "CMYK", "L", "I;16", "F", "LAB", "1", "YCbCr"], "PPM": ["RGB", "L", "1"]}
+MODES = {
+    "PNG": ["RGB", "RGBA", "L", "LA", "P", "1", "I;16"],
+    "JPEG": ["RGB", "L", "CMYK"],
+    "GIF": ["P", "L"],
+    "BMP": ["RGB", "L", "P", "1"],
+    "WEBP": ["RGB", "RGBA"],
+    "TIFF": ["RGB", "RGBA", "CMYK", "L", "I;16", "F", "LAB", "1", "YCbCr"],
+    "PPM": ["RGB", "L", "1"],
+}
 MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383, "GIF": 65_535}
 ANIMATES = ("PNG", "GIF", "WEBP", "TIFF")
 
@@ -146,8 +175,13 @@ def generated_image(draw) -> bytes:
     im = im.convert(mode)
     kw = {}
     if fmt in ANIMATES and draw(st.integers(0, 3)) == 0:
-        kw = {"save_all": True, "append_images": [im.point(lambda v: 255 - v) if im.mode not in ("I;16", "F") else
-                                                  im.copy() for _ in range(draw(st.integers(1, 3)))]}
+        kw = {
+            "save_all": True,
+            "append_images": [
+                im.point(lambda v: 255 - v) if im.mode not in ("I;16", "F") else im.copy()
+                for _ in range(draw(st.integers(1, 3)))
+            ],
+        }
     if fmt in ("JPEG", "PNG", "WEBP", "TIFF") and draw(st.integers(0, 3)) == 0:
         kw["exif"] = _exif(draw(st.sampled_from([0, 100, 20_000])), draw(st.integers(1, 8)))
     buf = io.BytesIO()
@@ -192,18 +226,30 @@ def part(draw):
     name = sometimes(draw, "image", ["top_k", "file", "", "imag", draw(text)], p_bad=12)
     as_file = name != "top_k" if draw(st.integers(0, 9)) else not (name != "top_k")
     if as_file:
-        fname = draw(st.sampled_from(["a.png", "x.jpg", "", "../../etc/passwd", 'q"uote.png', "\u00e9t\u00e9.gif"])
-                     | text)
+        fname = draw(
+            st.sampled_from(["a.png", "x.jpg", "", "../../etc/passwd", 'q"uote.png', "\u00e9t\u00e9.gif"]) | text
+        )
         data = draw(file_bytes())
         ctype = draw(st.sampled_from(["image/png", "application/octet-stream", "", "text/plain"]))
         head = f'Content-Disposition: form-data; name="{name}"; filename="{fname}"'
     else:
         data = draw(st.sampled_from(["3", "1", "0", "-1", "x", "", "999999999999999999999", "1e3"]) | text).encode(
-            "utf-8", "surrogatepass")
+            "utf-8", "surrogatepass"
+        )
         ctype = ""
         head = f'Content-Disposition: form-data; name="{name}"'
-    head = sometimes(draw, head, ["Content-Disposition: form-data", "Content-Disposition: attachment",
-                                  "X-Nothing: 1", "", head.replace("form-data; ", "")], p_bad=25)
+    head = sometimes(
+        draw,
+        head,
+        [
+            "Content-Disposition: form-data",
+            "Content-Disposition: attachment",
+            "X-Nothing: 1",
+            "",
+            head.replace("form-data; ", ""),
+        ],
+        p_bad=25,
+    )
     lines = head + (f"\r\nContent-Type: {ctype}" if ctype else "")
     return lines.encode("utf-8", "surrogatepass"), data
 
@@ -219,10 +265,21 @@ def request(draw):
         body += b"--" + boundary.encode() + b"--\r\n"
     elif ending == "junk":
         body += draw(st.binary(max_size=40))
-    ctype = sometimes(draw, f"multipart/form-data; boundary={boundary}", [
-        "multipart/form-data", f'multipart/form-data; boundary="{boundary}"; charset=latin-1',
-        "application/json", "text/plain", "", "multipart/mixed; boundary=x", "multipart/form-data; boundary=",
-        f"MULTIPART/FORM-DATA; BOUNDARY={boundary}"], p_bad=8)
+    ctype = sometimes(
+        draw,
+        f"multipart/form-data; boundary={boundary}",
+        [
+            "multipart/form-data",
+            f'multipart/form-data; boundary="{boundary}"; charset=latin-1',
+            "application/json",
+            "text/plain",
+            "",
+            "multipart/mixed; boundary=x",
+            "multipart/form-data; boundary=",
+            f"MULTIPART/FORM-DATA; BOUNDARY={boundary}",
+        ],
+        p_bad=8,
+    )
     query = sometimes(draw, None, ["3", "0", "abc", "1" * 30, "-5", "", "2.5", "1"], p_bad=6)
     return ctype, body, query
 
@@ -245,8 +302,10 @@ class ImageNetPreprocess:
 
 @pytest.fixture(scope="module")
 def client(tiny_best):
-    app = create_app(ImageNetPreprocess(open_model(tiny_best, device="cpu")),
-                     ServeSettings(max_files=MAX_FILES, max_upload_mb=2, max_pixels=1_000_000, max_wait_ms=1))
+    app = create_app(
+        ImageNetPreprocess(open_model(tiny_best, device="cpu")),
+        ServeSettings(max_files=MAX_FILES, max_upload_mb=2, max_pixels=1_000_000, max_wait_ms=1),
+    )
     with TestClient(app, raise_server_exceptions=True) as c:  # a server-side exception fails the test
         t0 = time.time()
         while c.get("/ready").status_code != 200:
@@ -257,8 +316,15 @@ def client(tiny_best):
 
 def _well_formed(files: list[tuple[str, bytes]], boundary: str = "fuzzboundary"):
     """A (content type, body, query) request that is right in every part, for explicit examples."""
-    body = b"".join(b"--" + boundary.encode() + f'\r\nContent-Disposition: form-data; name="image"; filename="{n}"'
-                    .encode() + b"\r\n\r\n" + d + b"\r\n" for n, d in files)
+    body = b"".join(
+        b"--"
+        + boundary.encode()
+        + f'\r\nContent-Disposition: form-data; name="image"; filename="{n}"'.encode()
+        + b"\r\n\r\n"
+        + d
+        + b"\r\n"
+        for n, d in files
+    )
     return f"multipart/form-data; boundary={boundary}", body + b"--" + boundary.encode() + b"--\r\n", None
 
 
@@ -274,9 +340,12 @@ def test_hostile_but_valid_images(client, name):
         assert r.json()["predictions"][0]["label"] in ("cat", "dog", "fox")
 
 
-@settings(max_examples=150, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(req=request())
 @example(req=_well_formed([("strip-400000x1.png", HOSTILE["strip-400000x1.png"])]))
 @example(req=_well_formed([("strip-1x400000.png", HOSTILE["strip-1x400000.png"]), ("cmyk.jpg", HOSTILE["cmyk.jpg"])]))

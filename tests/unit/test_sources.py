@@ -1,4 +1,5 @@
 """Data sources (`imgclf.data.sources.open_source`), the CIFAR readers and image decoding, on synthetic data only."""
+
 from __future__ import annotations
 
 import io
@@ -248,8 +249,15 @@ def _write_cifar10(root: Path, per_batch: int = 4, n_test: int = 5):
         for i in range(per_batch):
             truth[f"cifar10:train:{k + i}"] = (labels[i], data[i].copy())
         k += per_batch
-        _dump({"batch_label": f"training batch {b} of 5", "data": data, "labels": labels,
-               "filenames": [f"img{i}.png" for i in range(per_batch)]}, folder / f"data_batch_{b}")
+        _dump(
+            {
+                "batch_label": f"training batch {b} of 5",
+                "data": data,
+                "labels": labels,
+                "filenames": [f"img{i}.png" for i in range(per_batch)],
+            },
+            folder / f"data_batch_{b}",
+        )
     data = _pixel_planes(n_test, rng)
     _plant(data[2])
     labels = [(i * 3) % 10 for i in range(n_test)]
@@ -300,8 +308,16 @@ def test_cifar100_reader_from_files(tmp_path):
     train = _pixel_planes(n_train, rng)
     _plant(train[5])
     fine = [i % 100 for i in range(n_train)]
-    _dump({"filenames": [], "batch_label": "training batch 1 of 1", "fine_labels": fine,
-           "coarse_labels": [f // 5 for f in fine], "data": train}, folder / "train")
+    _dump(
+        {
+            "filenames": [],
+            "batch_label": "training batch 1 of 1",
+            "fine_labels": fine,
+            "coarse_labels": [f // 5 for f in fine],
+            "data": train,
+        },
+        folder / "train",
+    )
     test = _pixel_planes(n_test, rng)
     test_fine = [99 - i for i in range(n_test)]
     _dump({"fine_labels": test_fine, "coarse_labels": [f // 5 for f in test_fine], "data": test}, folder / "test")
@@ -500,8 +516,10 @@ def test_zero_byte_is_unreadable(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg"])
-@pytest.mark.parametrize("size, resize, expected", [((40, 20), 10, (20, 10)), ((20, 40), 10, (10, 20)),
-                                                      ((300, 200), 32, None), ((16, 16), 16, (16, 16))])
+@pytest.mark.parametrize(
+    "size, resize, expected",
+    [((40, 20), 10, (20, 10)), ((20, 40), 10, (10, 20)), ((300, 200), 32, None), ((16, 16), 16, (16, 16))],
+)
 def test_resize_makes_shorter_side(tmp_path, fmt, size, resize, expected):
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / f"x.{fmt}")

@@ -1,6 +1,7 @@
 """timm models as `timm:NAME`: building, freezing by stages, preprocessing from the pretrained config, weights
 from a file or the Hugging Face cache offline, and the one-line errors. timm's own tiny `test_*` models keep
 it fast; nothing is downloaded (a Hugging Face cache is laid out in tmp_path where one is needed)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -42,7 +43,9 @@ def test_without_timm_every_entry_point_says_how_to_install(monkeypatch, capsys,
     with pytest.raises(UsageError, match="pip install"):
         "timm:resnet18" in REGISTRY  # noqa: B015 - what checkpoint.py asks of a checkpoint's model name
     data = make_folder(tmp_path / "d", classes=("a", "b"), n=4)
-    err = _one_line_exit_2(capsys, ["train", "--data", str(data), "--model", "timm:resnet18", "--out", str(tmp_path / "runs")])
+    err = _one_line_exit_2(
+        capsys, ["train", "--data", str(data), "--model", "timm:resnet18", "--out", str(tmp_path / "runs")]
+    )
     assert 'pip install -e ".[timm]"' in err
     assert not (tmp_path / "runs").exists()
     assert 'pip install -e ".[timm]"' in _one_line_exit_2(capsys, ["models", "--timm", "resnet*"])
@@ -98,7 +101,9 @@ def test_freeze_a_vit_whose_stem_holds_bare_parameters():
     name = "timm:test_vit"
     m = build_model(name, 3)
     frozen = freeze(m, name, 1)
-    assert not m.cls_token.requires_grad and not m.pos_embed.requires_grad and not m.patch_embed.proj.weight.requires_grad
+    assert (
+        not m.cls_token.requires_grad and not m.pos_embed.requires_grad and not m.patch_embed.proj.weight.requires_grad
+    )
     assert m.blocks[0].attn.qkv.weight.requires_grad
     m.train()
     apply_frozen_eval(m, frozen)
@@ -174,13 +179,17 @@ def test_train_refuses_a_missing_weights_file_before_any_work(capsys, tmp_path, 
     data = make_folder(tmp_path / "d", classes=("a", "b"), n=4)
     missing = str(tmp_path / "nope.pth")
     out = tmp_path / "runs"
-    err = _one_line_exit_2(capsys, ["train", "--data", str(data), "--model", TINY, "--pretrained", "--weights-file", missing,
-                                    "--out", str(out)])
+    err = _one_line_exit_2(
+        capsys,
+        ["train", "--data", str(data), "--model", TINY, "--pretrained", "--weights-file", missing, "--out", str(out)],
+    )
     assert f"--weights-file '{missing}' does not exist" in err
     assert not out.exists()
     (tmp_path / "w.pth").write_bytes(b"x")
-    err = _one_line_exit_2(capsys, ["train", "--data", str(data), "--model", TINY, "--weights-file", str(tmp_path / "w.pth"),
-                                    "--out", str(out)])
+    err = _one_line_exit_2(
+        capsys,
+        ["train", "--data", str(data), "--model", TINY, "--weights-file", str(tmp_path / "w.pth"), "--out", str(out)],
+    )
     assert "add --pretrained" in err and not out.exists()
 
 
@@ -213,7 +222,9 @@ def test_pretrained_offline_and_not_cached_is_one_line(hf_cache, capsys):
     with pytest.raises(WeightsUnavailableError) as ei:
         build_model(TINY, 3, pretrained=True)
     msg = str(ei.value)
-    assert "timm/test_resnet.r160_in1k" in msg and "--weights-file" in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
+    assert (
+        "timm/test_resnet.r160_in1k" in msg and "--weights-file" in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
+    )
     assert main(["models", "--timm", "test_res*"]) == 0
     assert "timm:test_resnet  not cached" in capsys.readouterr().out
 
@@ -224,6 +235,9 @@ def test_pretrained_from_the_hf_cache_offline(hf_cache, capsys):
     _cache_weights(hf_cache, "timm/test_resnet.r160_in1k", state)
     m = build_model(TINY, 3, pretrained=True)
     got = m.state_dict()
-    assert torch.equal(got["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"]) and got["fc.weight"].shape == (3, 96)
+    assert torch.equal(got["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"]) and got["fc.weight"].shape == (
+        3,
+        96,
+    )
     assert main(["models", "--timm", "test_res*"]) == 0
     assert "timm:test_resnet  yes" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The training engine: options known as set, the Trainer's tools (EMA, early stopping, freeze-then-unfreeze,
 gradient accumulation and clipping, histograms and the anomaly stop), and a library that leaves the caller's
 process as it found it."""
+
 from __future__ import annotations
 
 import csv
@@ -32,8 +33,16 @@ def data(tmp_path, make_folder):
 
 
 def _train(tmp_path, data, name, **kw):
-    opts = dict(data=data, model="test_tiny", batch_size=8, workers=0, out=str(tmp_path / "runs"), name=name,
-                precision="fp32", lr=0.05)
+    opts = dict(
+        data=data,
+        model="test_tiny",
+        batch_size=8,
+        workers=0,
+        out=str(tmp_path / "runs"),
+        name=name,
+        precision="fp32",
+        lr=0.05,
+    )
     return imgclf.train(**{**opts, **kw})
 
 
@@ -42,8 +51,17 @@ def _train(tmp_path, data, name, **kw):
 
 def test_an_option_set_to_its_default_value_is_still_set(tmp_path, data):
     """TrainConfig(recipe="fast", epochs=30): `epochs` was given, so the recipe's 10 must not replace it."""
-    cfg = TrainConfig(recipe="fast", epochs=30, data=data, workers=0, out=str(tmp_path / "runs"), name="r",
-                      batch_size=8, max_steps=1, precision="fp32")
+    cfg = TrainConfig(
+        recipe="fast",
+        epochs=30,
+        data=data,
+        workers=0,
+        out=str(tmp_path / "runs"),
+        name="r",
+        batch_size=8,
+        max_steps=1,
+        precision="fp32",
+    )
     assert cfg.explicit >= {"recipe", "epochs"} and "lr" not in cfg.explicit
     res = imgclf.train(cfg)
     saved = yaml.safe_load(open(os.path.join(res["run_dir"], "config.yaml")))
@@ -61,19 +79,37 @@ def test_replace_adds_to_the_options_set():
 
 def test_training_leaves_logging_umask_and_socket_timeout_as_they_were(tmp_path, data):
     root, pkg = logging.getLogger(), logging.getLogger("imgclf")
-    before = (list(root.handlers), root.level, list(pkg.handlers), pkg.level, pkg.propagate,
-              [h.level for h in root.handlers], os.umask(0o022), socket.getdefaulttimeout())
+    before = (
+        list(root.handlers),
+        root.level,
+        list(pkg.handlers),
+        pkg.level,
+        pkg.propagate,
+        [h.level for h in root.handlers],
+        os.umask(0o022),
+        socket.getdefaulttimeout(),
+    )
     os.umask(before[6])
     _train(tmp_path, data, "quiet", epochs=1)
-    after = (list(root.handlers), root.level, list(pkg.handlers), pkg.level, pkg.propagate,
-             [h.level for h in root.handlers], os.umask(0o022), socket.getdefaulttimeout())
+    after = (
+        list(root.handlers),
+        root.level,
+        list(pkg.handlers),
+        pkg.level,
+        pkg.propagate,
+        [h.level for h in root.handlers],
+        os.umask(0o022),
+        socket.getdefaulttimeout(),
+    )
     os.umask(after[6])
     assert after == before
 
 
 def test_import_changes_neither_umask_nor_matplotlib_backend():
-    code = ("import os, matplotlib; os.umask(0o027); b = matplotlib.get_backend(); import imgclf, imgclf.training, "
-            "imgclf.plots, imgclf.cli; m = os.umask(0); print(oct(m), b == matplotlib.get_backend())")
+    code = (
+        "import os, matplotlib; os.umask(0o027); b = matplotlib.get_backend(); import imgclf, imgclf.training, "
+        "imgclf.plots, imgclf.cli; m = os.umask(0); print(oct(m), b == matplotlib.get_backend())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0o27", "True"]
 
@@ -165,9 +201,18 @@ def test_accumulated_gradients_equal_one_big_batch():
     for batch, accumulate in ((8, 1), (4, 2), (2, 4)):
         m = _copy(base)
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
-        batches = [(x[i:i + batch], y[i:i + batch]) for i in range(0, 8, batch)]
-        train_steps(m, batches, nn.CrossEntropyLoss(), opt, torch.amp.GradScaler("cpu", enabled=False),
-                    torch.device("cpu"), None, channels_last=False, accumulate=accumulate)
+        batches = [(x[i : i + batch], y[i : i + batch]) for i in range(0, 8, batch)]
+        train_steps(
+            m,
+            batches,
+            nn.CrossEntropyLoss(),
+            opt,
+            torch.amp.GradScaler("cpu", enabled=False),
+            torch.device("cpu"),
+            None,
+            channels_last=False,
+            accumulate=accumulate,
+        )
         results.append(m[1].weight.detach().clone())
     torch.testing.assert_close(results[1], results[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(results[2], results[0], atol=1e-6, rtol=1e-5)
@@ -186,8 +231,17 @@ def test_clip_grad_bounds_the_step():
     before = m[1].weight.detach().clone()
     x, y = 1000 * torch.randn(8, 4, 1, 1), torch.randint(0, 3, (8,))
     opt = torch.optim.SGD(m.parameters(), lr=1.0)
-    train_steps(m, [(x, y)], nn.CrossEntropyLoss(), opt, torch.amp.GradScaler("cpu", enabled=False),
-                torch.device("cpu"), None, channels_last=False, clip_grad=0.5)
+    train_steps(
+        m,
+        [(x, y)],
+        nn.CrossEntropyLoss(),
+        opt,
+        torch.amp.GradScaler("cpu", enabled=False),
+        torch.device("cpu"),
+        None,
+        channels_last=False,
+        clip_grad=0.5,
+    )
     moved = torch.cat([(m[1].weight - before).flatten(), m[1].bias.flatten() - _copy_bias(m)])
     assert moved.norm() <= 0.5 + 1e-5
 
@@ -229,17 +283,43 @@ def test_a_diverging_run_stops_with_one_line_naming_step_and_layer(tmp_path, dat
         _train(tmp_path, data, "diverge", epochs=3, log_histograms=1, callbacks=[Poison()])
     run = tmp_path / "runs/diverge"
     assert load_checkpoint(str(run / "last.pt"))["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in load_checkpoint(str(run / "last.pt"))["state_dict"].values()
-               if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in load_checkpoint(str(run / "last.pt"))["state_dict"].values()
+        if v.is_floating_point()
+    )
     assert "ERROR step 6: the loss is nan" in (run / "train.log").read_text()
 
 
 def test_the_cli_reports_a_diverging_run_in_one_line(tmp_path, data, capsys):
     from imgclf.cli import main
 
-    code = main(["train", "--data", data, "--model", "test_tiny", "--batch-size", "8", "--workers", "0", "--out",
-                 str(tmp_path / "runs"), "--name", "boom", "--lr", "1e30", "--epochs", "2", "--log-histograms", "1",
-                 "--precision", "fp32", "-q"])
+    code = main(
+        [
+            "train",
+            "--data",
+            data,
+            "--model",
+            "test_tiny",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "runs"),
+            "--name",
+            "boom",
+            "--lr",
+            "1e30",
+            "--epochs",
+            "2",
+            "--log-histograms",
+            "1",
+            "--precision",
+            "fp32",
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("imgclf: error: step ")
     assert not os.path.exists(tmp_path / "runs/boom/last.pt")
@@ -271,8 +351,26 @@ def test_lr_auto_runs_the_range_test_first_and_trains_at_its_suggestion(tmp_path
 def test_lr_find_cli_prints_a_suggestion_and_saves_the_curve(tmp_path, data, capsys):
     from imgclf.cli import main
 
-    code = main(["lr-find", "--data", data, "--model", "test_tiny", "--batch-size", "8", "--workers", "0", "--out",
-                 str(tmp_path / "runs"), "--name", "lrf", "--steps", "40", "-q"])
+    code = main(
+        [
+            "lr-find",
+            "--data",
+            data,
+            "--model",
+            "test_tiny",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "runs"),
+            "--name",
+            "lrf",
+            "--steps",
+            "40",
+            "-q",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "suggested lr: " in out
     assert (tmp_path / "runs/lrf/lr_find.png").exists() and (tmp_path / "runs/lrf/lr_find.json").exists()

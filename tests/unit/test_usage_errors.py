@@ -1,5 +1,6 @@
 """Usage errors found by a hostile-input sweep (issue 10): each is one line on stderr and exit 2, checked before
 any work and before anything is written; and `predict` keeps every result it computed whatever else happens."""
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,22 @@ def two_classes(tmp_path, make_folder) -> Path:
 
 
 def _train(data, out, *extra) -> list[str]:
-    return ["train", "--data", str(data), "--model", "test_tiny", "--epochs", "1", "--batch-size", "8",
-            "--workers", "0", "--out", str(out), *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "test_tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- train options
@@ -42,23 +57,26 @@ def test_one_class_is_refused_before_any_work(capsys, tmp_path, make_folder):
     assert _nothing_in(tmp_path / "runs")
 
 
-@pytest.mark.parametrize("flag, value, expect", [
-    ("--lr", "-1", "above 0"),
-    ("--lr", "nan", "finite"),
-    ("--img-size", "0", "at least 1"),
-    ("--label-smoothing", "2", "at least 0 and below 1"),
-    ("--momentum", "1", "below 1"),
-    ("--epochs", "0", "at least 1"),
-    ("--batch-size", "0", "at least 1"),
-    ("--val-fraction", "1", "above 0 and below 1"),
-    ("--weight-decay", "-0.1", "at least 0"),
-    ("--gamma", "0", "above 0"),
-    ("--brightness", "1.5", "at most 1"),
-    ("--seed", "-1", "at least 0"),
-    ("--workers", "-1", "at least 0"),
-    ("--time-budget", "0", "above 0"),
-    ("--max-steps", "0", "at least 1"),
-])
+@pytest.mark.parametrize(
+    "flag, value, expect",
+    [
+        ("--lr", "-1", "above 0"),
+        ("--lr", "nan", "finite"),
+        ("--img-size", "0", "at least 1"),
+        ("--label-smoothing", "2", "at least 0 and below 1"),
+        ("--momentum", "1", "below 1"),
+        ("--epochs", "0", "at least 1"),
+        ("--batch-size", "0", "at least 1"),
+        ("--val-fraction", "1", "above 0 and below 1"),
+        ("--weight-decay", "-0.1", "at least 0"),
+        ("--gamma", "0", "above 0"),
+        ("--brightness", "1.5", "at most 1"),
+        ("--seed", "-1", "at least 0"),
+        ("--workers", "-1", "at least 0"),
+        ("--time-budget", "0", "above 0"),
+        ("--max-steps", "0", "at least 1"),
+    ],
+)
 def test_train_option_out_of_range(capsys, tmp_path, two_classes, flag, value, expect):
     line = _usage_error(capsys, _train(two_classes, tmp_path / "runs", flag, value))
     assert flag in line and expect in line
@@ -124,23 +142,26 @@ def test_out_under_a_file_is_refused_before_any_work(capsys, tmp_path, two_class
 # ----------------------------------------------------------------------------------------------- other commands
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["predict", "W", "IMG", "--batch-size", "0"], "--batch-size"),
-    (["predict", "W", "IMG", "--top-k", "0"], "--top-k"),
-    (["predict", "W", "IMG", "--top-k", "-1"], "--top-k"),
-    (["evaluate", "W", "--batch-size", "0"], "--batch-size"),
-    (["evaluate", "W", "--workers", "-1"], "--workers"),
-    (["export", "W", "--format", "onnx", "--verify-images", "0"], "--verify-images"),
-    (["export", "W", "--format", "onnx-int8", "--calib-images", "0"], "--calib-images"),
-    (["export", "W", "--format", "onnx", "--max-eval-images", "0"], "--max-eval-images"),
-    (["bench", "W", "--iters", "0"], "--iters"),
-    (["bench", "W", "--warmup", "-1"], "--warmup"),
-    (["bench", "W", "--max-seconds", "0"], "--max-seconds"),
-    (["bench", "W", "--threads", "0"], "--threads"),
-    (["check", "DATA", "--workers", "-1"], "--workers"),
-    (["samples", "digits", "--out", "OUT", "-n", "0"], "-n"),
-    (["serve", "W", "--port", "70000"], "--port"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["predict", "W", "IMG", "--batch-size", "0"], "--batch-size"),
+        (["predict", "W", "IMG", "--top-k", "0"], "--top-k"),
+        (["predict", "W", "IMG", "--top-k", "-1"], "--top-k"),
+        (["evaluate", "W", "--batch-size", "0"], "--batch-size"),
+        (["evaluate", "W", "--workers", "-1"], "--workers"),
+        (["export", "W", "--format", "onnx", "--verify-images", "0"], "--verify-images"),
+        (["export", "W", "--format", "onnx-int8", "--calib-images", "0"], "--calib-images"),
+        (["export", "W", "--format", "onnx", "--max-eval-images", "0"], "--max-eval-images"),
+        (["bench", "W", "--iters", "0"], "--iters"),
+        (["bench", "W", "--warmup", "-1"], "--warmup"),
+        (["bench", "W", "--max-seconds", "0"], "--max-seconds"),
+        (["bench", "W", "--threads", "0"], "--threads"),
+        (["check", "DATA", "--workers", "-1"], "--workers"),
+        (["samples", "digits", "--out", "OUT", "-n", "0"], "-n"),
+        (["serve", "W", "--port", "70000"], "--port"),
+    ],
+)
 def test_numeric_flags_of_every_command(capsys, tmp_path, tiny_best, tiny_data, argv, flag):
     img = next((tiny_data / "val" / "cat").iterdir())
     subst = {"W": tiny_best, "IMG": str(img), "DATA": str(tiny_data), "OUT": str(tmp_path / "samples")}
@@ -155,12 +176,15 @@ def test_predictor_refuses_top_k_below_one(tiny_best, tiny_data):
         imgclf.predict.Predictor(tiny_best, device="cpu").predict(img, top_k=0)
 
 
-@pytest.mark.parametrize("argv", [
-    ["predict", "W", "DATA", "--output", "BLOCKED/x.csv"],
-    ["evaluate", "W", "--out", "BLOCKED/eval"],
-    ["export", "W", "--format", "torchscript", "--out", "BLOCKED/m.ts"],
-    ["samples", "digits", "--out", "BLOCKED/s"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "W", "DATA", "--output", "BLOCKED/x.csv"],
+        ["evaluate", "W", "--out", "BLOCKED/eval"],
+        ["export", "W", "--format", "torchscript", "--out", "BLOCKED/m.ts"],
+        ["samples", "digits", "--out", "BLOCKED/s"],
+    ],
+)
 def test_output_under_a_file_is_refused_before_any_work(capsys, tmp_path, tiny_best, tiny_data, argv):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
@@ -220,8 +244,12 @@ def test_an_error_late_in_the_run_keeps_the_rows_done(capsys, tmp_path, tiny_bes
 
     monkeypatch.setattr(imgclf.predict.Predictor, "logits", logits)
     out = tmp_path / "o.csv"
-    assert main(["predict", tiny_best, str(tiny_data / "val"), "--output", str(out), "--device", "cpu",
-                 "--batch-size", "4"]) == 1
+    assert (
+        main(
+            ["predict", tiny_best, str(tiny_data / "val"), "--output", str(out), "--device", "cpu", "--batch-size", "4"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "the model broke" in err and "stopped after 4 of 18 images" in err
     assert len(_rows(out)) == 4
@@ -248,8 +276,14 @@ def test_predict_into_a_closed_pipe_ends_quietly(tmp_path, tiny_best, tiny_data,
     r, w = os.pipe()
     os.close(r)  # the reader is gone before the first line: every write to w fails with EPIPE
     argv = [sys.executable, "-m", "imgclf", "predict", tiny_best, str(tiny_data / "val"), "--device", "cpu"]
-    res = subprocess.run(argv + (["--output", str(out)] if with_output else []), stdout=w, stderr=subprocess.PIPE,
-                         text=True, timeout=300, check=False)
+    res = subprocess.run(
+        argv + (["--output", str(out)] if with_output else []),
+        stdout=w,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     os.close(w)
     assert res.returncode == 141, res.stderr
     assert res.stderr == ""

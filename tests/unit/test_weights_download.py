@@ -1,6 +1,7 @@
 """Downloading pretrained weights: a timeout on the download's own connection, never a process-wide one.
 
 A real HTTP server on 127.0.0.1 in a thread stands in for the weights host (nothing leaves the machine)."""
+
 from __future__ import annotations
 
 import http.server

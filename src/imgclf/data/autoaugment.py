@@ -7,6 +7,7 @@ gradient then sees fewer distinct augmentations than the batch size, which is no
 ops each, small beside a forward and backward pass of a model at the sizes these policies are made for
 (ImageNet's 224 px). The draws come from the epoch's generator (data/rng.py), so resume repeats them.
 """
+
 from __future__ import annotations
 
 import logging

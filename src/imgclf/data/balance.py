@@ -12,6 +12,7 @@
 - auto, from the train split's imbalance ratio (largest class / smallest, the number `imgclf check` reports):
   below NONE_BELOW nothing; below SAMPLER_FROM weights; from SAMPLER_FROM the sampler. See `choose_balance`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -97,6 +98,7 @@ def choose_balance(mode: str, labels: Iterable) -> tuple[str, str]:
     if ratio is None or ratio < NONE_BELOW:
         return "none", f"auto: classes close to balanced (largest/smallest {ratio} < {NONE_BELOW:g}), no balancing"
     if ratio < SAMPLER_FROM:
-        return "weights", (f"auto: largest/smallest class {ratio} (from {NONE_BELOW:g} to {SAMPLER_FROM:g}): "
-                           f"class-weighted loss")
+        return "weights", (
+            f"auto: largest/smallest class {ratio} (from {NONE_BELOW:g} to {SAMPLER_FROM:g}): class-weighted loss"
+        )
     return "sampler", f"auto: largest/smallest class {ratio} (at least {SAMPLER_FROM:g}): class-balanced sampler"

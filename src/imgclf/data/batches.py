@@ -5,6 +5,7 @@ operations instead of a PIL pipeline per image: gather, (pad and) crop or resamp
 Randomness is per sample, drawn from a torch.Generator the caller seeds, so an epoch is reproducible and a
 resumed run repeats it exactly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,9 +32,21 @@ class BatchTransform:
     interpolation: the resampling of "large" (`Preprocess.interpolation`: nearest, bilinear or bicubic).
     """
 
-    def __init__(self, *, size: int, mean, std, kind: str = "eval", pad: int | None = None,
-                 brightness: float = 0.0, contrast: float = 0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 randaugment: str = "none", interpolation: str = "bilinear"):
+    def __init__(
+        self,
+        *,
+        size: int,
+        mean,
+        std,
+        kind: str = "eval",
+        pad: int | None = None,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        scale=(0.08, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        randaugment: str = "none",
+        interpolation: str = "bilinear",
+    ):
         self.size, self.kind, self.interpolation = size, ("eval" if kind == "none" else kind), interpolation
         self.policy = None if randaugment == "none" else BatchPolicy(randaugment)
         self.pad = small_crop_pad(size) if pad is None else pad
@@ -57,7 +70,9 @@ class BatchTransform:
             x = random_crop(center_crop(x, self.size), self.size, SHIFT_PAD, gen, mode="reflect")
         elif self.kind == "large":
             # flipped as the per-image path's RandomHorizontalFlip does (this path did not flip before)
-            x = random_flip(random_resized_crop(x, self.size, self.scale, self.ratio, gen, mode=self.interpolation), gen)
+            x = random_flip(
+                random_resized_crop(x, self.size, self.scale, self.ratio, gen, mode=self.interpolation), gen
+            )
             return self._normalize(self._color(self._policy(x.clamp_(0, 255), gen), gen))
         else:
             raise ValueError(f"unknown batch transform {self.kind}")
@@ -144,8 +159,17 @@ class Batches:
     (BatchNorm cannot train on one). weights (with shuffle): the order is drawn with replacement instead, image i
     with chance weights[i] / weights.sum() (data/balance.py)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, transform: BatchTransform,
-                 shuffle: bool = False, generator: torch.Generator | None = None, weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        transform: BatchTransform,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        weights: torch.Tensor | None = None,
+    ):
         if weights is not None and len(weights) != len(labels):
             raise ValueError(f"{len(weights)} sampling weights for {len(labels)} images")
         self.images, self.labels = images, labels
@@ -166,7 +190,7 @@ class Batches:
         else:
             order = torch.randperm(n, generator=self.generator)[: self.n]
         for start in range(0, self.n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             # in order: a contiguous slice (no gather copy); shuffled: one gather of the batch's rows
-            x = self.images[int(idx[0]): int(idx[-1]) + 1] if not self.shuffle else self.images[idx]
+            x = self.images[int(idx[0]) : int(idx[-1]) + 1] if not self.shuffle else self.images[idx]
             yield self.transform(x, self.generator), self.labels[idx]

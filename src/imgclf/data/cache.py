@@ -7,6 +7,7 @@ The file is keyed by the files (paths, sizes, modification times) or the in-memo
 to any of them is a new key, so stale data is never read. Unreadable files are listed in the metadata and
 left out, exactly as the per-image path does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,9 @@ def _decode(split: Split, i: int, size: int, interpolation: str) -> torch.Tensor
     return center_crop(decode_one(split, i, size, interpolation), size)
 
 
-def decode_all(split: Split, size: int, out: np.ndarray | None, *, workers: int, desc: str,
-               interpolation: str = "bilinear") -> dict[int, str]:
+def decode_all(
+    split: Split, size: int, out: np.ndarray | None, *, workers: int, desc: str, interpolation: str = "bilinear"
+) -> dict[int, str]:
     """Decode every image of `split` into out[i] (out=None: only check that it decodes), resizing with
     `interpolation`; returns {index: reason} for the images that could not be decoded."""
     from ..progress import progress
@@ -77,8 +79,9 @@ def decode_all(split: Split, size: int, out: np.ndarray | None, *, workers: int,
     return errors
 
 
-def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int = 2, desc: str = "",
-                 interpolation: str = "bilinear") -> Decoded:
+def load_decoded(
+    split: Split, size: int, *, cache: str = "disk", workers: int = 2, desc: str = "", interpolation: str = "bilinear"
+) -> Decoded:
     """The split as one uint8 tensor. cache: "disk" (memory-mapped file under cache_root(), reused) or "memory"."""
     desc = desc or f"decode {split.name}"
     n = len(split)
@@ -106,8 +109,13 @@ def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int =
     need = n * 3 * size * size
     free = shutil.disk_usage(root).free
     if need > free // 2:
-        log.warning("decoded cache for %s needs %.1f GB but %s has %.1f GB free; keeping it in memory instead",
-                    split.name, need / 1e9, root, free / 1e9)
+        log.warning(
+            "decoded cache for %s needs %.1f GB but %s has %.1f GB free; keeping it in memory instead",
+            split.name,
+            need / 1e9,
+            root,
+            free / 1e9,
+        )
         return load_decoded(split, size, cache="memory", **kw)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".u8", dir=root)
     os.close(fd)
@@ -118,7 +126,7 @@ def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int =
         if errors:  # compact: the file holds only readable images, in order
             mm2 = np.memmap(tmp + ".c", dtype=np.uint8, mode="w+", shape=(len(good), 3, size, size))
             for j in range(0, len(good), 4096):
-                mm2[j:j + 4096] = mm[good[j:j + 4096]]
+                mm2[j : j + 4096] = mm[good[j : j + 4096]]
             mm2.flush()
             del mm, mm2
             os.replace(tmp + ".c", tmp)
@@ -126,8 +134,7 @@ def load_decoded(split: Split, size: int, *, cache: str = "disk", workers: int =
             mm.flush()
             del mm
         os.replace(tmp, data_path)
-        meta = {"version": VERSION, "size": size, "count": n, "good": good,
-                "bad": bad}
+        meta = {"version": VERSION, "size": size, "count": n, "good": good, "bad": bad}
         with open(meta_path + ".tmp", "w") as f:
             json.dump(meta, f)
         os.replace(meta_path + ".tmp", meta_path)

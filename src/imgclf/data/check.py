@@ -4,6 +4,7 @@ Every image is fully decoded (a JPEG cut in half opens fine and only fails on de
 decoded pixels, so byte copies and re-encoded copies with other metadata both count as the same image.
 Paths in findings are relative to the data folder (or to the CSV's folder).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,16 @@ SERIAL_BELOW = 64  # starting worker processes costs more than decoding a handfu
 
 # PIL's format names for each extension. MPO is what cameras write: a JPEG with extra frames.
 _FORMATS_BY_EXT = {
-    ".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".gif": {"GIF"}, ".bmp": {"BMP", "DIB"},
-    ".ppm": {"PPM"}, ".pgm": {"PPM"}, ".tif": {"TIFF"}, ".tiff": {"TIFF"}, ".webp": {"WEBP"},
+    ".jpg": {"JPEG", "MPO"},
+    ".jpeg": {"JPEG", "MPO"},
+    ".png": {"PNG"},
+    ".gif": {"GIF"},
+    ".bmp": {"BMP", "DIB"},
+    ".ppm": {"PPM"},
+    ".pgm": {"PPM"},
+    ".tif": {"TIFF"},
+    ".tiff": {"TIFF"},
+    ".webp": {"WEBP"},
 }
 
 
@@ -72,16 +81,21 @@ class CheckReport:
         s = self.summary
         per_split: dict[str, dict[str, int]] = s.get("classes_per_split", {})
         classes = s.get("classes", [])
-        lines = [f"imgclf check {self.data} ({s.get('layout')} layout, {', '.join(per_split) or 'no splits'}; "
-                 f"{len(classes)} classes, {s.get('images', 0)} images)"]
+        lines = [
+            f"imgclf check {self.data} ({s.get('layout')} layout, {', '.join(per_split) or 'no splits'}; "
+            f"{len(classes)} classes, {s.get('images', 0)} images)"
+        ]
         for label, findings in (("ERROR", self.errors), ("WARN ", self.warnings)):
             shown: Counter = Counter()
             for f in findings:
                 shown[f.kind] += 1
                 if shown[f.kind] <= TEXT_LIMIT_PER_KIND:
                     lines.append(f"{label}  {f.kind}  " + (", ".join(f.paths) + ": " if f.paths else "") + f.detail)
-            lines.extend(f"{label}  {k}  ... and {n - TEXT_LIMIT_PER_KIND} more (see --json)"
-                         for k, n in shown.items() if n > TEXT_LIMIT_PER_KIND)
+            lines.extend(
+                f"{label}  {k}  ... and {n - TEXT_LIMIT_PER_KIND} more (see --json)"
+                for k, n in shown.items()
+                if n > TEXT_LIMIT_PER_KIND
+            )
         if per_split:
             width = max(len(c) for c in ["class", *classes[:TEXT_LIMIT_CLASSES]])
             row = lambda name, cells: "  " + "  ".join([f"{name:<{width}}", *(f"{x:>8}" for x in cells)])  # noqa: E731
@@ -95,8 +109,10 @@ class CheckReport:
         size = s.get("image_size")
         if size:
             w, h = size["width"], size["height"]
-            lines.append(f"image size (min/median/max): width {w['min']}/{w['median']}/{w['max']}, "
-                         f"height {h['min']}/{h['median']}/{h['max']}; {size['distinct']} distinct size{'s' * (size['distinct'] != 1)}")
+            lines.append(
+                f"image size (min/median/max): width {w['min']}/{w['median']}/{w['max']}, "
+                f"height {h['min']}/{h['median']}/{h['max']}; {size['distinct']} distinct size{'s' * (size['distinct'] != 1)}"
+            )
         if s.get("modes"):
             lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in s["modes"].items()))
         if s.get("hidden_files"):
@@ -112,7 +128,6 @@ class _Item:
     label: str
     path: str  # absolute, for decoding
     shown: str  # relative, for findings
-
 
 
 @dataclass
@@ -136,7 +151,9 @@ def check_data(data: str, *, workers: int | None = None, progress: bool = False)
         raise DataError(f"data '{data}' not found: pass a folder of class folders, or a folder holding train/ and val/")
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise DataError(f"data '{data}' is a file, not a folder: pass a folder of class folders (or a CSV of path,label[,split])")
+            raise DataError(
+                f"data '{data}' is a file, not a folder: pass a folder of class folders (or a CSV of path,label[,split])"
+            )
         lst = _list_csv(path.resolve())
     else:
         lst = _list_folder(path.resolve())
@@ -177,14 +194,21 @@ def check_data(data: str, *, workers: int | None = None, progress: bool = False)
             if s == "train":
                 errors.append(Finding("empty-class", [where(s, c)], f"{why} in train: add images or remove the class"))
             else:
-                warns.append(Finding("empty-class", [where(s, c)], f"{why} in {s}: {s} scores will not cover this class"))
+                warns.append(
+                    Finding("empty-class", [where(s, c)], f"{why} in {s}: {s} scores will not cover this class")
+                )
 
     train = {c: n for c, n in per_split.get("train", {}).items() if n}
     ratio = imbalance_ratio(it.label for it, _ in readable if it.split == "train")
     if ratio is not None and ratio > IMBALANCE_WARN_RATIO:
         big, small = max(train, key=train.get), min(train, key=train.get)
-        warns.append(Finding("class-imbalance", [where("train", big), where("train", small)],
-                             f"largest/smallest train class is {ratio} ({train[big]} vs {train[small]} images)"))
+        warns.append(
+            Finding(
+                "class-imbalance",
+                [where("train", big), where("train", small)],
+                f"largest/smallest train class is {ratio} ({train[big]} vs {train[small]} images)",
+            )
+        )
 
     infos = [info for _, info in readable]
     summary = {
@@ -207,9 +231,21 @@ def check_data(data: str, *, workers: int | None = None, progress: bool = False)
 
 
 _KIND_ORDER = (
-    "zero-byte", "truncated", "not-an-image", "bad-shape", "unreadable", "empty-class", "duplicate-across-labels",
-    "leak-across-splits", "extension-mismatch", "duplicate", "class-imbalance", "tiny-image",
-    "non-image-file", "stray-file", "stray-folder",
+    "zero-byte",
+    "truncated",
+    "not-an-image",
+    "bad-shape",
+    "unreadable",
+    "empty-class",
+    "duplicate-across-labels",
+    "leak-across-splits",
+    "extension-mismatch",
+    "duplicate",
+    "class-imbalance",
+    "tiny-image",
+    "non-image-file",
+    "stray-file",
+    "stray-folder",
 )
 
 
@@ -228,8 +264,10 @@ def _list_folder(root: Path) -> _Listing:
     """Walk the folder as sources.list_class_folder does, and note everything that walk would skip."""
     split_dirs = find_split_dirs(root)
     if split_dirs and "train" not in split_dirs:
-        raise DataError(f"'{root}' has {', '.join(p.name for p in split_dirs.values())}/ but no train/ folder: "
-                        "add train/ (with one folder per class) or pass a folder of class folders")
+        raise DataError(
+            f"'{root}' has {', '.join(p.name for p in split_dirs.values())}/ but no train/ folder: "
+            "add train/ (with one folder per class) or pass a folder of class folders"
+        )
     lst = _Listing("splits" if split_dirs else "classes", root, dict(split_dirs) or {"train": root})
     if split_dirs:
         used = {p.name for p in split_dirs.values()}
@@ -238,7 +276,9 @@ def _list_folder(root: Path) -> _Listing:
                 lst.hidden += not p.is_dir()
             elif p.is_dir():
                 if p.name not in used:
-                    lst.warnings.append(Finding("stray-folder", [p.name], "not read as a split (train, val, test): it is ignored"))
+                    lst.warnings.append(
+                        Finding("stray-folder", [p.name], "not read as a split (train, val, test): it is ignored")
+                    )
             else:
                 lst.files += 1
                 lst.warnings.append(Finding("stray-file", [p.name], "a file outside the split folders: it is ignored"))
@@ -251,9 +291,13 @@ def _list_folder(root: Path) -> _Listing:
                 _walk_class(lst, split, p)
             else:
                 lst.files += 1
-                lst.warnings.append(Finding("stray-file", [_shown(p, root)], "a file outside the class folders: it is ignored"))
+                lst.warnings.append(
+                    Finding("stray-file", [_shown(p, root)], "a file outside the class folders: it is ignored")
+                )
     if not lst.classes:
-        raise DataError(f"'{root}' holds no class folders: put the images of each class in a folder of its own (e.g. {root}/cats/1.jpg)")
+        raise DataError(
+            f"'{root}' holds no class folders: put the images of each class in a folder of its own (e.g. {root}/cats/1.jpg)"
+        )
     return lst
 
 
@@ -272,7 +316,9 @@ def _walk_class(lst: _Listing, split: str, folder: Path) -> None:
             if is_image_name(f):
                 lst.items.append(_Item(split, folder.name, full, _shown(full, lst.base)))
             else:
-                lst.warnings.append(Finding("non-image-file", [_shown(full, lst.base)], "no image extension: it is ignored"))
+                lst.warnings.append(
+                    Finding("non-image-file", [_shown(full, lst.base)], "no image extension: it is ignored")
+                )
 
 
 def _list_csv(path: Path) -> _Listing:
@@ -363,10 +409,18 @@ def _same_pixels(readable: list[tuple[_Item, tuple]], errors: list[Finding], war
         splits = sorted({m.split for m in members}, key=_split_order)
         labels = sorted({m.label for m in members})
         if len(splits) > 1:
-            errors.append(Finding("leak-across-splits", paths, f"the same image is in {' and '.join(splits)}: scores on "
-                                                               f"{' and '.join(splits[1:])} will be optimistic"))
+            errors.append(
+                Finding(
+                    "leak-across-splits",
+                    paths,
+                    f"the same image is in {' and '.join(splits)}: scores on "
+                    f"{' and '.join(splits[1:])} will be optimistic",
+                )
+            )
         if len(labels) > 1:
-            errors.append(Finding("duplicate-across-labels", paths, f"the same image is labelled {' and '.join(labels)}"))
+            errors.append(
+                Finding("duplicate-across-labels", paths, f"the same image is labelled {' and '.join(labels)}")
+            )
         by_place: dict[tuple[str, str], list[str]] = defaultdict(list)
         for m in members:
             by_place[(m.split, m.label)].append(m.shown)

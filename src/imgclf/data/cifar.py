@@ -5,6 +5,7 @@ absent, they are downloaded (with a time limit of their own: the process's socke
 checked against the MD5 torchvision records, and extracted by torchvision; offline, the error names the exact
 folder to put them in. This module only reads: data/sources.py turns what it reads into a DataSource.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,9 @@ DOWNLOAD_TIMEOUT = 30
 def _present(self) -> bool:
     # Existence only: torchvision's MD5 check of every batch costs a second a run and would refuse files in
     # the same format written by tests. A damaged file still fails loudly when it is unpickled.
-    return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f, _ in self.train_list + self.test_list)
+    return all(
+        os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f, _ in self.train_list + self.test_list
+    )
 
 
 def _load_meta(self) -> None:
@@ -78,8 +81,12 @@ def read_cifar(name: str, root: str, *, download: bool = True) -> tuple[str, lis
         train = cls(root, train=True)
         test = cls(root, train=False)
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
-        raise DataError(f"{name} files in '{folder}' are damaged ({type(e).__name__}: {e}): delete the folder and download again") from None
-    splits = {s: ([int(t) for t in d.targets], np.ascontiguousarray(d.data)) for s, d in (("train", train), ("test", test))}
+        raise DataError(
+            f"{name} files in '{folder}' are damaged ({type(e).__name__}: {e}): delete the folder and download again"
+        ) from None
+    splits = {
+        s: ([int(t) for t in d.targets], np.ascontiguousarray(d.data)) for s, d in (("train", train), ("test", test))
+    }
     return folder, list(train.classes), splits
 
 

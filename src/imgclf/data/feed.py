@@ -6,6 +6,7 @@
   decoding every file every epoch.
 Both yield normalised float batches and labels and take their randomness from the generator of the epoch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,14 +22,30 @@ log = logging.getLogger(__name__)
 
 
 class FastFeed:
-    def __init__(self, split: Split, images: torch.Tensor, prep: Preprocess, *, augment: str, batch_size: int,
-                 eval_batch_size: int, brightness: float = 0.0, contrast: float = 0.0, randaugment: str = "none"):
+    def __init__(
+        self,
+        split: Split,
+        images: torch.Tensor,
+        prep: Preprocess,
+        *,
+        augment: str,
+        batch_size: int,
+        eval_batch_size: int,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        randaugment: str = "none",
+    ):
         self.split, self.images = split, images
         self.labels = torch.as_tensor(split.labels, dtype=torch.long)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         common = dict(size=prep.img_size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation)
-        self.train_tf = BatchTransform(kind=augment_kind(prep, augment), brightness=brightness, contrast=contrast,
-                                       randaugment=randaugment, **common)
+        self.train_tf = BatchTransform(
+            kind=augment_kind(prep, augment),
+            brightness=brightness,
+            contrast=contrast,
+            randaugment=randaugment,
+            **common,
+        )
         self.eval_tf = BatchTransform(kind="eval", **common)
 
     def __len__(self) -> int:
@@ -37,8 +54,15 @@ class FastFeed:
     def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
         """One training epoch in an order from `gen`: a permutation, or with `sampler_weights` (one per image,
         data/balance.py sample_weights) drawn with replacement."""
-        return Batches(self.images, self.labels, batch_size=self.batch_size, transform=self.train_tf, shuffle=True,
-                       generator=gen, weights=sampler_weights)
+        return Batches(
+            self.images,
+            self.labels,
+            batch_size=self.batch_size,
+            transform=self.train_tf,
+            shuffle=True,
+            generator=gen,
+            weights=sampler_weights,
+        )
 
     def batches(self):
         return Batches(self.images, self.labels, batch_size=self.eval_batch_size, transform=self.eval_tf)
@@ -48,14 +72,29 @@ class FastFeed:
 
 
 class LoaderFeed:
-    def __init__(self, split: Split, prep: Preprocess, *, augment: str, batch_size: int, eval_batch_size: int,
-                 workers: int, brightness: float = 0.0, contrast: float = 0.0, randaugment: str = "none"):
+    def __init__(
+        self,
+        split: Split,
+        prep: Preprocess,
+        *,
+        augment: str,
+        batch_size: int,
+        eval_batch_size: int,
+        workers: int,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        randaugment: str = "none",
+    ):
         self.split, self.workers = split, workers
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.train_ds = ImageDataset(split, prep.resize, train_transform(prep, augment_kind(prep, augment),
-                                                                         brightness=brightness, contrast=contrast,
-                                                                         randaugment=randaugment),
-                                     prep.interpolation)
+        self.train_ds = ImageDataset(
+            split,
+            prep.resize,
+            train_transform(
+                prep, augment_kind(prep, augment), brightness=brightness, contrast=contrast, randaugment=randaugment
+            ),
+            prep.interpolation,
+        )
         self.eval_ds = ImageDataset(split, prep.resize, eval_transform(prep), prep.interpolation)
 
     def __len__(self) -> int:
@@ -63,8 +102,14 @@ class LoaderFeed:
 
     def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
         """As FastFeed.epoch, through a DataLoader (WeightedRandomSampler draws as Batches does)."""
-        return make_loader(self.train_ds, batch_size=self.batch_size, workers=self.workers, shuffle=True, generator=gen,
-                           sampler_weights=sampler_weights)
+        return make_loader(
+            self.train_ds,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            shuffle=True,
+            generator=gen,
+            sampler_weights=sampler_weights,
+        )
 
     def batches(self):
         return make_loader(self.eval_ds, batch_size=self.eval_batch_size, workers=self.workers)
@@ -73,17 +118,40 @@ class LoaderFeed:
         return self.eval_ds.image(i)
 
 
-def make_feed(split: Split, prep: Preprocess, *, cache: str, workers: int, augment: str = "auto",
-              batch_size: int = 128, eval_batch_size: int = 256, brightness: float = 0.0, contrast: float = 0.0,
-              randaugment: str = "none", desc: str = ""):
+def make_feed(
+    split: Split,
+    prep: Preprocess,
+    *,
+    cache: str,
+    workers: int,
+    augment: str = "auto",
+    batch_size: int = 128,
+    eval_batch_size: int = 256,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    randaugment: str = "none",
+    desc: str = "",
+):
     """(feed, [(path, reason)] of the files left out). cache: auto|disk|memory (fast path) or none (per image)."""
-    kw = dict(augment=augment, batch_size=batch_size, eval_batch_size=eval_batch_size, brightness=brightness,
-              contrast=contrast, randaugment=randaugment)
+    kw = dict(
+        augment=augment,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        brightness=brightness,
+        contrast=contrast,
+        randaugment=randaugment,
+    )
     if cache == "none":
         # still decode everything once up front, so unreadable files are listed and left out before step one
         errors = decode_all(split, prep.resize, None, workers=workers, desc=desc, interpolation=prep.interpolation)
         kept, _, bad = drop_unreadable(split, errors)
         return LoaderFeed(kept, prep, workers=workers, **kw), bad
-    d = load_decoded(split, prep.resize, cache="memory" if cache == "memory" else "disk", workers=workers, desc=desc,
-                     interpolation=prep.interpolation)
+    d = load_decoded(
+        split,
+        prep.resize,
+        cache="memory" if cache == "memory" else "disk",
+        workers=workers,
+        desc=desc,
+        interpolation=prep.interpolation,
+    )
     return FastFeed(d.split, d.images, prep, **kw), d.bad

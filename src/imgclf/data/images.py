@@ -3,6 +3,7 @@
 Training, evaluation and prediction all go through `load_image(path, resize=...)`, so an image is turned into
 pixels the same way everywhere (a model evaluated here sees exactly what `predict` will feed it).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -51,8 +52,9 @@ def check_shape(width: int, height: int, resize: int | None = None) -> None:
     if ratio <= MAX_ASPECT_RATIO:
         return
     shown = f"{ratio:,.0f}" if ratio >= 1000 else f"{ratio:.1f}"
-    msg = (f"image is {width:,} x {height:,} pixels, an aspect ratio of {shown}:1, over the limit of "
-           f"{MAX_ASPECT_RATIO}:1")
+    msg = (
+        f"image is {width:,} x {height:,} pixels, an aspect ratio of {shown}:1, over the limit of {MAX_ASPECT_RATIO}:1"
+    )
     if resize is not None:
         w, h = _resized(width, height, resize)
         msg += f" (resizing its shorter side to {resize} px would make it {w:,} x {h:,} pixels)"

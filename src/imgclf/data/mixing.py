@@ -12,6 +12,7 @@ random generator, and exact resume needs every draw from the epoch's own generat
 on the global generator seeded from one draw of `gen`, which is put back afterwards (data/rng.py). That keeps
 torchvision's tested box and label code rather than a copy of it, for one 8-byte draw per batch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,13 +33,21 @@ class Mixer:
     Not mixed (chance 1 - prob): x as it is and one-hot targets, so the loss sees the same kind of target on
     every batch. The same state of `gen` gives the same output."""
 
-    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
-                 switch_prob: float = 0.5):
+    def __init__(
+        self,
+        num_classes: int,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+    ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, not {num_classes}")
         if mixup_alpha < 0 or cutmix_alpha < 0 or not (mixup_alpha > 0 or cutmix_alpha > 0):
-            raise ValueError(f"mixup_alpha and cutmix_alpha must be at least 0 and one of them above 0, "
-                             f"not {mixup_alpha} and {cutmix_alpha}")
+            raise ValueError(
+                f"mixup_alpha and cutmix_alpha must be at least 0 and one of them above 0, "
+                f"not {mixup_alpha} and {cutmix_alpha}"
+            )
         for name, p in (("prob", prob), ("switch_prob", switch_prob)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, not {p}")
@@ -58,8 +67,10 @@ class Mixer:
         return x, F.one_hot(y, self.num_classes).to(torch.float32)
 
     def __repr__(self) -> str:
-        return (f"Mixer(num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, "
-                f"cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, switch_prob={self.switch_prob})")
+        return (
+            f"Mixer(num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, "
+            f"cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, switch_prob={self.switch_prob})"
+        )
 
 
 def make_mixer(cfg, num_classes: int) -> Mixer | None:

@@ -1,6 +1,7 @@
 """Preprocessing, and the per-image path (`--cache none`): a torchvision transform per image in DataLoader
 workers, decoding every file every epoch, as the seed does. The default fast path is data/cache.py and
 data/batches.py; both start from the same `Preprocess`."""
+
 from __future__ import annotations
 
 import functools
@@ -45,8 +46,10 @@ class Preprocess:
     def from_dict(cls, d: dict) -> Preprocess:
         """From a checkpoint or an export's metadata; those from before `interpolation` was saved mean bilinear."""
         try:
-            return cls(**{k: d[k] for k in ("img_size", "resize", "mean", "std") if k in d},
-                       interpolation=d.get("interpolation", "bilinear"))
+            return cls(
+                **{k: d[k] for k in ("img_size", "resize", "mean", "std") if k in d},
+                interpolation=d.get("interpolation", "bilinear"),
+            )
         except ValueError as e:
             raise CheckpointError(f"preprocessing in this file: {e} (written by a newer imgclf?)") from None
 
@@ -61,8 +64,13 @@ def resolve_preprocess(spec, *, img_size: int | None, pretrained: bool, own_size
         resize = img_size
     else:
         resize = round(img_size / 0.875)  # the usual 224/256 ratio
-    return Preprocess(img_size=int(img_size), resize=int(resize), mean=list(spec.mean), std=list(spec.std),
-                      interpolation=spec.interpolation)
+    return Preprocess(
+        img_size=int(img_size),
+        resize=int(resize),
+        mean=list(spec.mean),
+        std=list(spec.std),
+        interpolation=spec.interpolation,
+    )
 
 
 def common_size(split: Split, workers: int = 4) -> int | None:
@@ -109,11 +117,13 @@ class ImageDataset(Dataset):
 
 def eval_transform(p: Preprocess):
     """uint8 (N x) 3 x H x W with shorter side `resize` -> normalised float (N x) 3 x img_size x img_size."""
-    return v2.Compose([
-        functools.partial(center_crop, size=p.img_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(p.mean, p.std),
-    ])
+    return v2.Compose(
+        [
+            functools.partial(center_crop, size=p.img_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(p.mean, p.std),
+        ]
+    )
 
 
 def augment_kind(p: Preprocess, augment: str) -> str:
@@ -128,8 +138,9 @@ def small_crop_pad(size: int) -> int:
     return max(1, size // 8)
 
 
-def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float = 0.0, contrast: float = 0.0,
-                    randaugment: str = "none"):
+def train_transform(
+    p: Preprocess, augment: str = "auto", *, brightness: float = 0.0, contrast: float = 0.0, randaugment: str = "none"
+):
     augment = augment_kind(p, augment)
     aa = policy(randaugment)  # after the crop and flip, on uint8, as the fast path's BatchTransform
     if augment == "none":
@@ -138,12 +149,16 @@ def train_transform(p: Preprocess, augment: str = "auto", *, brightness: float =
         # the seed's recipe: pad, crop back to size, random horizontal flip
         geo = [v2.RandomCrop(p.img_size, padding=small_crop_pad(p.img_size)), v2.RandomHorizontalFlip()]
     elif augment == "shift":
-        geo = [functools.partial(center_crop, size=p.img_size),
-               v2.RandomCrop(p.img_size, padding=2, padding_mode="reflect"),
-               v2.RandomHorizontalFlip()]
+        geo = [
+            functools.partial(center_crop, size=p.img_size),
+            v2.RandomCrop(p.img_size, padding=2, padding_mode="reflect"),
+            v2.RandomHorizontalFlip(),
+        ]
     elif augment == "large":
-        geo = [v2.RandomResizedCrop(p.img_size, interpolation=v2.InterpolationMode(p.interpolation), antialias=True),
-               v2.RandomHorizontalFlip()]
+        geo = [
+            v2.RandomResizedCrop(p.img_size, interpolation=v2.InterpolationMode(p.interpolation), antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
     else:
         raise ValueError(augment)
     if aa is not None:
@@ -157,8 +172,15 @@ def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def make_loader(ds: Dataset, *, batch_size: int, workers: int, shuffle: bool = False,
-                generator: torch.Generator | None = None, sampler_weights: torch.Tensor | None = None) -> DataLoader:
+def make_loader(
+    ds: Dataset,
+    *,
+    batch_size: int,
+    workers: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    sampler_weights: torch.Tensor | None = None,
+) -> DataLoader:
     """sampler_weights (with shuffle): draw the epoch with replacement, item i with chance weights[i] / sum."""
     # A last training batch of one image breaks BatchNorm; drop it only in that case.
     drop_last = shuffle and len(ds) % batch_size == 1 and len(ds) > 1
@@ -167,6 +189,14 @@ def make_loader(ds: Dataset, *, batch_size: int, workers: int, shuffle: bool = F
         if len(sampler_weights) != len(ds):
             raise ValueError(f"{len(sampler_weights)} sampling weights for {len(ds)} images")
         sampler = WeightedRandomSampler(sampler_weights, len(ds), replacement=True, generator=generator)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, generator=generator, drop_last=drop_last, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -6,6 +6,7 @@ generator with it for the length of a `with` block, and puts the caller's global
 (`torch.random.fork_rng`): the same state of `gen` gives the same draws, and the process sees no change. Like any
 use of the global generator it is not meant to run beside another thread that draws from it.
 """
+
 from __future__ import annotations
 
 import contextlib

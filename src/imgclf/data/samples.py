@@ -1,5 +1,6 @@
 """Write a few images of a split to a folder, so that built-in data (digits, cifar10) can be fed to `predict`
 like any folder of files."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,16 @@ from PIL import Image
 from .sources import open_source
 
 
-def save_samples(data: str, out: str, *, split: str = "val", n: int = 10, data_root: str | None = None,
-                 val_fraction: float = 0.2, seed: int = 0) -> list[str]:
+def save_samples(
+    data: str,
+    out: str,
+    *,
+    split: str = "val",
+    n: int = 10,
+    data_root: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> list[str]:
     """Save `n` images of `split`, taken round-robin over the classes, as OUT/CLASS/NAME. Returns the paths."""
     src = open_source(data, data_root=data_root, val_fraction=val_fraction, seed=seed)
     s = src.split(split)

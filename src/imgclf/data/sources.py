@@ -9,6 +9,7 @@ A source is one of
 
 Class indices follow sorted class names and are the same for every split.
 """
+
 from __future__ import annotations
 
 import csv
@@ -79,7 +80,9 @@ class DataSource:
     def split(self, name: str) -> Split:
         if name not in self.splits:
             have = ", ".join(sorted(self.splits))
-            raise DataError(f"split '{name}' is not in {self.location} (it has: {have}){did_you_mean(name, self.splits)}")
+            raise DataError(
+                f"split '{name}' is not in {self.location} (it has: {have}){did_you_mean(name, self.splits)}"
+            )
         return self.splits[name]
 
     def fingerprint(self) -> str:
@@ -144,7 +147,9 @@ def open_source(
             )
         if path.is_file():
             if path.suffix.lower() != ".csv":
-                raise DataError(f"data file '{data}' is not a CSV: pass a CSV with columns path,label[,split] or a folder")
+                raise DataError(
+                    f"data file '{data}' is not a CSV: pass a CSV with columns path,label[,split] or a folder"
+                )
             src = _csv_source(path)
         else:
             src = _folder_source(path)
@@ -191,10 +196,14 @@ def _folder_source(root: Path) -> DataSource:
             f"'{root}' has {', '.join(p.name for p in split_dirs.values())}/ but no train/ folder: "
             "add train/ (with one folder per class) or point --data at a folder of class folders"
         )
-    per_split = {s: list_class_folder(p) for s, p in split_dirs.items()} if split_dirs else {"train": list_class_folder(root)}
+    per_split = (
+        {s: list_class_folder(p) for s, p in split_dirs.items()} if split_dirs else {"train": list_class_folder(root)}
+    )
     classes = sorted(set().union(*[set(v) for v in per_split.values()]))
     if not classes:
-        raise DataError(f"'{root}' holds no class folders: put the images of each class in a folder of its own (e.g. {root}/cats/1.jpg)")
+        raise DataError(
+            f"'{root}' holds no class folders: put the images of each class in a folder of its own (e.g. {root}/cats/1.jpg)"
+        )
     train_classes = per_split["train"]
     where = split_dirs.get("train", root)
     empty = [c for c in classes if not train_classes.get(c)]
@@ -212,7 +221,9 @@ def _folder_source(root: Path) -> DataSource:
             paths.extend(files)
             labels.extend([index[c]] * len(files))
         if not paths:
-            raise DataError(f"split folder '{split_dirs[s]}' holds no images: add class folders with images or remove it")
+            raise DataError(
+                f"split folder '{split_dirs[s]}' holds no images: add class folders with images or remove it"
+            )
         splits[s] = Split(s, labels, paths=paths)
     return DataSource("folder", str(root), classes, splits)
 
@@ -228,7 +239,9 @@ def _csv_source(path: Path) -> DataSource:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
         if "path" not in cols or "label" not in cols:
-            raise DataError(f"CSV '{path}' needs a header with columns path,label (and optionally split); it has: {', '.join(cols) or 'no header'}")
+            raise DataError(
+                f"CSV '{path}' needs a header with columns path,label (and optionally split); it has: {', '.join(cols) or 'no header'}"
+            )
         reader.fieldnames = cols
         for n, row in enumerate(reader, start=2):
             p, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
@@ -237,7 +250,9 @@ def _csv_source(path: Path) -> DataSource:
             split = (row.get("split") or "train").strip().lower() or "train"
             canon = next((k for k, al in SPLIT_ALIASES.items() if split in al), None)
             if canon is None:
-                raise DataError(f"CSV '{path}' line {n}: unknown split '{split}'; use train, val or test{did_you_mean(split, SPLIT_ALIASES)}")
+                raise DataError(
+                    f"CSV '{path}' line {n}: unknown split '{split}'; use train, val or test{did_you_mean(split, SPLIT_ALIASES)}"
+                )
             full = p if os.path.isabs(p) else str(base / p)
             rows_by_split.setdefault(canon, []).append((full, label))
     if "train" not in rows_by_split:
@@ -249,7 +264,8 @@ def _csv_source(path: Path) -> DataSource:
     if missing:
         raise DataError(f"class '{missing[0]}' has no training rows in '{path}': add some or drop its rows")
     splits = {
-        s: Split(s, [index[label] for _, label in rows], paths=[p for p, _ in rows]) for s, rows in rows_by_split.items()
+        s: Split(s, [index[label] for _, label in rows], paths=[p for p, _ in rows])
+        for s, rows in rows_by_split.items()
     }
     return DataSource("csv", str(path), classes, splits)
 
@@ -273,8 +289,10 @@ def _cifar_source(name: str, root: str, *, download: bool) -> DataSource:
     from .cifar import read_cifar  # here: it imports torchvision, which `imgclf check` on a folder does not need
 
     folder, classes, arrays = read_cifar(name, root, download=download)
-    splits = {s: Split(s, labels, arrays=a, ids=[f"{name}:{s}:{i}" for i in range(len(labels))])
-              for s, (labels, a) in arrays.items()}
+    splits = {
+        s: Split(s, labels, arrays=a, ids=[f"{name}:{s}:{i}" for i in range(len(labels))])
+        for s, (labels, a) in arrays.items()
+    }
     return DataSource(name, folder, classes, splits)
 
 
@@ -284,7 +302,9 @@ def _cifar_source(name: str, root: str, *, download: bool) -> DataSource:
 def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None:
     """Stratified, seeded split of `train` into `train` + `val` (in place). Same inputs, same split."""
     if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be between 0 and 1 (got {val_fraction}); e.g. 0.2 keeps 20% for validation")
+        raise DataError(
+            f"--val-fraction must be between 0 and 1 (got {val_fraction}); e.g. 0.2 keeps 20% for validation"
+        )
     from sklearn.model_selection import train_test_split
 
     train = src.splits["train"]
@@ -300,12 +320,16 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None
     try:
         tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
     except ValueError as e:
-        raise DataError(f"cannot split {len(labels)} images into train/val with --val-fraction {val_fraction}: {e}") from None
+        raise DataError(
+            f"cannot split {len(labels)} images into train/val with --val-fraction {val_fraction}: {e}"
+        ) from None
     tr, va = np.sort(tr), np.sort(va)
     src.splits["train"] = train.subset(tr, "train")
     src.splits["val"] = train.subset(va, "val")
     src.val_origin = "carved"
-    src.notes.append(f"validation: {len(va)} images carved from train (stratified, fraction {val_fraction}, seed {seed})")
+    src.notes.append(
+        f"validation: {len(va)} images carved from train (stratified, fraction {val_fraction}, seed {seed})"
+    )
 
 
 def write_split_manifest(src: DataSource, path: str) -> None:

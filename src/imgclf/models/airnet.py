@@ -7,6 +7,7 @@ patch covariance, three conv-pool-BN-GELU groups (64, 256, 256 channels) whose c
 identities (dirac init), BatchNorm with frozen scale, a bias-free linear head scaled by 1/9, and flip-and-shift
 test-time augmentation built into eval mode (so `predict` and exports get it too).
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,13 +61,14 @@ class AirNet(nn.Module):
     def forward(self, x):
         if self.training or not self.tta:
             return self.logits(x)
+
         # flip-and-shift test-time augmentation (airbench's level 2): mirror, and shifts of one pixel
         def mirror(z):
             return 0.5 * (self.logits(z) + self.logits(z.flip(-1)))
 
         h, w = x.shape[-2:]
         p = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = 0.5 * (mirror(p[..., 0:h, 0:w]) + mirror(p[..., 2:h + 2, 2:w + 2]))
+        shifted = 0.5 * (mirror(p[..., 0:h, 0:w]) + mirror(p[..., 2 : h + 2, 2 : w + 2]))
         return 0.5 * mirror(x) + 0.5 * shifted
 
     @torch.no_grad()

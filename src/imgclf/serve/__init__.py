@@ -6,6 +6,7 @@
 
 `imgclf serve WEIGHTS_OR_EXPORT` is the same from the command line.
 """
+
 from __future__ import annotations
 
 __all__ = ["ServeSettings", "create_app", "bind", "run"]

@@ -11,6 +11,7 @@ Checks up front, then decode, batch, predict, encode:
    a 4xx; 5xx are kept for the server's own trouble (503 overloaded or still warming up, 504 too slow,
    500 a bug).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -86,8 +87,10 @@ class ServeSettings:
         need(self.max_files >= 1, f"--max-files must be at least 1, got {self.max_files}")
         need(self.timeout_s > 0, f"--timeout must be positive, got {self.timeout_s}")
         need(self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}")
-        need(self.decode_workers is None or self.decode_workers >= 1,
-             f"--decode-workers must be at least 1, got {self.decode_workers}")
+        need(
+            self.decode_workers is None or self.decode_workers >= 1,
+            f"--decode-workers must be at least 1, got {self.decode_workers}",
+        )
         need(self.max_queue >= self.max_files, f"--max-queue must be at least --max-files ({self.max_files})")
         need(self.api_key is None or self.api_key.strip() != "", "--api-key is empty: give a key or leave it out")
         return self
@@ -110,6 +113,7 @@ def error_response(status: int, code: str, detail: str, headers: dict | None = N
 
 
 # --- response schemas, for the OpenAPI docs (responses are built by hand, not validated per request) ---
+
 
 class LabelProbability(BaseModel):
     label: str
@@ -136,28 +140,46 @@ class ErrorBody(BaseModel):
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["image"],
-            "properties": {
-                "image": {"type": "array", "items": {"type": "string", "format": "binary"},
-                          "description": "one or more image files (" + ", ".join(IMAGE_FORMATS) + "); repeat the field"},
-                "top_k": {"type": "integer", "minimum": 1, "description": "labels per image (overrides the query)"},
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or more image files ("
+                            + ", ".join(IMAGE_FORMATS)
+                            + "); repeat the field",
+                        },
+                        "top_k": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "labels per image (overrides the query)",
+                        },
+                    },
+                }
+            }
+        },
     }
 }
 
 ERRORS = {
-    400: {"model": ErrorBody, "description": "malformed request: no 'image' field, a text instead of a file, too "
-                                             "many files, bad multipart"},
+    400: {
+        "model": ErrorBody,
+        "description": "malformed request: no 'image' field, a text instead of a file, too many files, bad multipart",
+    },
     401: {"model": ErrorBody, "description": "missing or wrong API key"},
     408: {"model": ErrorBody, "description": "the upload did not arrive within the request timeout"},
     413: {"model": ErrorBody, "description": "body over the upload limit, or an image over the pixel limit"},
     415: {"model": ErrorBody, "description": "not multipart/form-data"},
-    422: {"model": ErrorBody, "description": "a file that is not a readable image (empty, truncated, unknown "
-                                             "format), an image too far from square (aspect ratio over 100:1), "
-                                             "or a bad top_k"},
+    422: {
+        "model": ErrorBody,
+        "description": "a file that is not a readable image (empty, truncated, unknown "
+        "format), an image too far from square (aspect ratio over 100:1), "
+        "or a bad top_k",
+    },
     503: {"model": ErrorBody, "description": "overloaded, or the model is still warming up"},
     504: {"model": ErrorBody, "description": "the prediction did not finish within the request timeout"},
 }
@@ -201,9 +223,13 @@ class ServerState:
     async def start(self) -> None:
         s = self.settings
         self.decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="imgclf-decode")
-        self.batcher = DynamicBatcher(self.predict_batch, max_batch_size=s.max_batch_size,
-                                      max_wait_s=s.max_wait_ms / 1000.0, max_queue=s.max_queue,
-                                      on_batch=self.on_batch)
+        self.batcher = DynamicBatcher(
+            self.predict_batch,
+            max_batch_size=s.max_batch_size,
+            max_wait_s=s.max_wait_ms / 1000.0,
+            max_queue=s.max_queue,
+            on_batch=self.on_batch,
+        )
         self.batcher.start()
 
     async def warm_up(self) -> None:
@@ -236,9 +262,12 @@ class ServerState:
         s = self.settings
         ctype = request.headers.get("content-type", "")
         if ctype.split(";", 1)[0].strip().lower() != "multipart/form-data":
-            raise ApiError(415, "unsupported_media_type",
-                           f"send multipart/form-data with the images in the field 'image' (got "
-                           f"'{ctype[:60] or 'no Content-Type'}'); e.g. curl -F image=@photo.jpg URL/predict")
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"send multipart/form-data with the images in the field 'image' (got "
+                f"'{ctype[:60] or 'no Content-Type'}'); e.g. curl -F image=@photo.jpg URL/predict",
+            )
         length = request.headers.get("content-length")
         if length is not None:
             try:
@@ -246,18 +275,26 @@ class ServerState:
             except ValueError:
                 raise ApiError(400, "bad_content_length", f"Content-Length '{length[:40]}' is not a number") from None
             if n > s.max_upload_bytes:
-                raise ApiError(413, "upload_too_large",
-                               f"the upload is {n:,} bytes, more than the limit of {s.max_upload_bytes:,} "
-                               f"(--max-upload-mb {s.max_upload_mb:g})")
+                raise ApiError(
+                    413,
+                    "upload_too_large",
+                    f"the upload is {n:,} bytes, more than the limit of {s.max_upload_bytes:,} "
+                    f"(--max-upload-mb {s.max_upload_mb:g})",
+                )
         phase = ["upload"]
         try:
             return await asyncio.wait_for(self._predict(request, top_k, phase), s.timeout_s)
         except asyncio.TimeoutError:
             if phase[0] == "upload":
-                raise ApiError(408, "upload_timeout",
-                               f"the upload did not arrive within the request timeout of {s.timeout_s:g} s") from None
-            raise ApiError(504, "timeout", f"the prediction did not finish within the request timeout of "
-                                           f"{s.timeout_s:g} s (the server is busy); try again") from None
+                raise ApiError(
+                    408, "upload_timeout", f"the upload did not arrive within the request timeout of {s.timeout_s:g} s"
+                ) from None
+            raise ApiError(
+                504,
+                "timeout",
+                f"the prediction did not finish within the request timeout of "
+                f"{s.timeout_s:g} s (the server is busy); try again",
+            ) from None
 
     async def _body(self, request: Request):
         """The request body as it arrives, refusing to read past the upload limit."""
@@ -270,21 +307,30 @@ class ServerState:
 
     async def _read_form(self, request: Request):
         s = self.settings
-        parser = MultiPartParser(request.headers, self._body(request), max_files=s.max_files, max_fields=8,
-                                 max_part_size=1024)
+        parser = MultiPartParser(
+            request.headers, self._body(request), max_files=s.max_files, max_fields=8, max_part_size=1024
+        )
         try:
             return await parser.parse()
         except UploadTooLarge:
-            raise ApiError(413, "upload_too_large", f"the upload is larger than the limit of "
-                                                   f"{s.max_upload_bytes:,} bytes (--max-upload-mb {s.max_upload_mb:g})") from None
+            raise ApiError(
+                413,
+                "upload_too_large",
+                f"the upload is larger than the limit of "
+                f"{s.max_upload_bytes:,} bytes (--max-upload-mb {s.max_upload_mb:g})",
+            ) from None
         except MultiPartException as e:
             msg = e.message
             if msg.startswith("Too many files"):
-                raise ApiError(400, "too_many_files",
-                               f"too many files: at most {s.max_files} images per request (--max-files)") from None
+                raise ApiError(
+                    400, "too_many_files", f"too many files: at most {s.max_files} images per request (--max-files)"
+                ) from None
             if msg.startswith("Too many fields"):
-                raise ApiError(400, "too_many_fields", "too many form fields: send files in 'image' and at most "
-                                                       "an optional 'top_k'") from None
+                raise ApiError(
+                    400,
+                    "too_many_fields",
+                    "too many form fields: send files in 'image' and at most an optional 'top_k'",
+                ) from None
             raise ApiError(400, "bad_multipart", f"malformed multipart body: {msg}") from None
         except ClientDisconnect:
             raise ApiError(400, "client_disconnected", "the client closed the connection during the upload") from None
@@ -300,19 +346,30 @@ class ServerState:
             for name, value in form.multi_items():
                 if name == "image":
                     if isinstance(value, str):
-                        raise ApiError(400, "not_a_file", "the field 'image' holds text, not a file: upload the "
-                                                          "image as a file (curl -F image=@photo.jpg)")
+                        raise ApiError(
+                            400,
+                            "not_a_file",
+                            "the field 'image' holds text, not a file: upload the "
+                            "image as a file (curl -F image=@photo.jpg)",
+                        )
                     files.append(value)
                 elif name == "top_k":
                     if not isinstance(value, str):
                         raise ApiError(422, "invalid_top_k", "top_k must be a form value, not a file")
                     top_k = parse_top_k(value)
                 else:
-                    raise ApiError(400, "unexpected_field", f"unexpected form field '{name[:40]}': send the images in "
-                                                            f"'image' (repeat it for several) and optionally 'top_k'")
+                    raise ApiError(
+                        400,
+                        "unexpected_field",
+                        f"unexpected form field '{name[:40]}': send the images in "
+                        f"'image' (repeat it for several) and optionally 'top_k'",
+                    )
             if not files:
-                raise ApiError(400, "missing_image", "no image: send one or more files in the multipart field 'image' "
-                                                     "(curl -F image=@photo.jpg)")
+                raise ApiError(
+                    400,
+                    "missing_image",
+                    "no image: send one or more files in the multipart field 'image' (curl -F image=@photo.jpg)",
+                )
             names = [f.filename for f in files]
             datas = [await f.read() for f in files]
         finally:
@@ -320,8 +377,9 @@ class ServerState:
         phase[0] = "decode"
         loop = asyncio.get_running_loop()
         decode = functools.partial(decode_upload, preprocess=self.preprocess, max_pixels=s.max_pixels)
-        results = await asyncio.gather(*[loop.run_in_executor(self.decode_pool, decode, d) for d in datas],
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *[loop.run_in_executor(self.decode_pool, decode, d) for d in datas], return_exceptions=True
+        )
         del datas
         for i, r in enumerate(results):
             if isinstance(r, ImageRejected):
@@ -334,15 +392,23 @@ class ServerState:
         try:
             probs = await self.batcher.submit(results)
         except Overloaded as e:
-            raise ApiError(503, "overloaded", f"the server is overloaded ({e}); retry shortly",
-                           headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                503, "overloaded", f"the server is overloaded ({e}); retry shortly", headers={"Retry-After": "1"}
+            ) from None
         k = max(1, min(top_k or s.top_k, len(self.classes)))
         preds = []
         for name, p in zip(names, probs):
             vals, idx = p.topk(k)
             vals, idx = vals.tolist(), idx.tolist()
-            preds.append({"filename": name, "label": self.classes[idx[0]], "index": idx[0], "probability": vals[0],
-                          "top_k": [{"label": self.classes[i], "probability": v} for v, i in zip(vals, idx)]})
+            preds.append(
+                {
+                    "filename": name,
+                    "label": self.classes[idx[0]],
+                    "index": idx[0],
+                    "probability": vals[0],
+                    "top_k": [{"label": self.classes[i], "probability": v} for v, i in zip(vals, idx)],
+                }
+            )
         return JSONResponse({"predictions": preds})
 
 
@@ -358,7 +424,9 @@ def parse_top_k(value: str) -> int:
     try:
         k = int(value.strip())
     except ValueError:
-        raise ApiError(422, "invalid_top_k", f"top_k must be a whole number of at least 1, got '{value[:20]}'") from None
+        raise ApiError(
+            422, "invalid_top_k", f"top_k must be a whole number of at least 1, got '{value[:20]}'"
+        ) from None
     if k < 1:
         raise ApiError(422, "invalid_top_k", f"top_k must be at least 1, got {k}")
     return k
@@ -397,9 +465,12 @@ class Guard:
         path = scope.get("path", "")
         try:
             if self.key is not None and path in PROTECTED and not self.authorised(scope):
-                resp = error_response(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer "
-                                                           "KEY' or 'X-API-Key: KEY'",
-                                      headers={"WWW-Authenticate": "Bearer"})
+                resp = error_response(
+                    401,
+                    "unauthorized",
+                    "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 await resp(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
@@ -438,10 +509,14 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
                 await warm
             await state.stop()
 
-    app = FastAPI(title="imgclf", version=_version(), lifespan=lifespan,
-                  description=f"Image classifier service: {runner.model_name} ({runner.format}), "
-                              f"{len(state.classes)} classes. Protected with an API key: "
-                              f"{'yes' if settings.api_key else 'no'} ({', '.join(PROTECTED)}).")
+    app = FastAPI(
+        title="imgclf",
+        version=_version(),
+        lifespan=lifespan,
+        description=f"Image classifier service: {runner.model_name} ({runner.format}), "
+        f"{len(state.classes)} classes. Protected with an API key: "
+        f"{'yes' if settings.api_key else 'no'} ({', '.join(PROTECTED)}).",
+    )
     app.state.imgclf = state
 
     @app.exception_handler(ApiError)
@@ -459,8 +534,9 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(e.status_code, codes.get(e.status_code, "http_error"), str(e.detail),
-                              headers=getattr(e, "headers", None))
+        return error_response(
+            e.status_code, codes.get(e.status_code, "http_error"), str(e.detail), headers=getattr(e, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _bug(request, e: Exception):  # the server's own fault; logged with its traceback
@@ -469,10 +545,14 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
-        return HTMLResponse(page, headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-                                       "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
-            "X-Content-Type-Options": "nosniff"})
+        return HTMLResponse(
+            page,
+            headers={
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     @app.get("/health", summary="The process is alive")
     async def health():
@@ -498,10 +578,19 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
         state.metrics.queue.set(state.batcher.waiting if state.batcher else 0)
         return Response(state.metrics.render(), media_type=Metrics.CONTENT_TYPE)
 
-    @app.post("/predict", summary="Classify one or more uploaded images", response_model=PredictResponse,
-              responses=ERRORS, openapi_extra=PREDICT_BODY)
-    async def predict(request: Request, top_k: int | None = Query(
-            None, ge=1, description=f"labels per image (default {settings.top_k}; clamped to the class count)")):
+    @app.post(
+        "/predict",
+        summary="Classify one or more uploaded images",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        openapi_extra=PREDICT_BODY,
+    )
+    async def predict(
+        request: Request,
+        top_k: int | None = Query(
+            None, ge=1, description=f"labels per image (default {settings.top_k}; clamped to the class count)"
+        ),
+    ):
         if state.batcher is None:
             raise ApiError(503, "not_ready", "the server is starting")
         return await state.handle_predict(request, top_k)

@@ -5,6 +5,7 @@ waiting image, then whatever else arrives within `max_wait_s` of it, up to `max_
 the model on them in a single dedicated thread, so the event loop keeps accepting and decoding requests while
 the model computes. Images that queue up while a batch runs form the next batch without waiting.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,15 @@ class Overloaded(Exception):
 
 
 class DynamicBatcher:
-    def __init__(self, predict: Callable[[list], torch.Tensor], *, max_batch_size: int, max_wait_s: float,
-                 max_queue: int, on_batch: Callable[[int, float], None] | None = None):
+    def __init__(
+        self,
+        predict: Callable[[list], torch.Tensor],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
         """`predict`: a list of N uint8 3 x S x S images -> float32 N x C probabilities, run in the model thread
         (stacking there too keeps the copy off the event loop)."""
         self.predict = predict

@@ -12,6 +12,7 @@ Split in two so the expensive part runs in parallel and the cheap part runs once
   normalised with the model's mean and std. `eval_transform` works on batches, and each of its steps is
   elementwise or a crop, so a batch gets bit-for-bit the values `Predictor` computes image by image.
 """
+
 from __future__ import annotations
 
 import io
@@ -51,7 +52,8 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
                     raise ImageRejected(
                         "too_many_pixels",
                         f"image is {w} x {h} = {w * h:,} pixels, more than the limit of {max_pixels:,} (--max-pixels)",
-                        status=413)
+                        status=413,
+                    )
                 try:
                     check_shape(w, h, preprocess.resize)
                 except BadShape as e:
@@ -68,10 +70,13 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
     except Image.DecompressionBombError as e:  # Pillow's own check, at open, above 2 x Image.MAX_IMAGE_PIXELS
         m = re.search(r"\((\d+) pixels\)", str(e))
         n = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
-        raise ImageRejected("too_many_pixels", f"image has {n}, more than the limit of {max_pixels:,} "
-                                               f"(--max-pixels)", status=413) from None
+        raise ImageRejected(
+            "too_many_pixels", f"image has {n}, more than the limit of {max_pixels:,} (--max-pixels)", status=413
+        ) from None
     except Image.UnidentifiedImageError:
-        raise ImageRejected("not_an_image", "not an image (accepted formats: " + ", ".join(IMAGE_FORMATS) + ")") from None
+        raise ImageRejected(
+            "not_an_image", "not an image (accepted formats: " + ", ".join(IMAGE_FORMATS) + ")"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg or isinstance(e, EOFError):

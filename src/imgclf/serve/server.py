@@ -8,6 +8,7 @@ hold their places under --max-concurrency forever, and every request after them 
 `make_server` gives uvicorn its own HTTP protocol class with a deadline for the headers, and with the 503 over the
 concurrency limit answered in JSON like every other refusal.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,16 +90,31 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def run(app, *, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None,
-        log_level: str = "info", access_log: bool = False, max_concurrency: int | None = None,
-        header_timeout: float = HEADER_TIMEOUT_S, http: str = "auto") -> None:
+def run(
+    app,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    sock: socket.socket | None = None,
+    log_level: str = "info",
+    access_log: bool = False,
+    max_concurrency: int | None = None,
+    header_timeout: float = HEADER_TIMEOUT_S,
+    http: str = "auto",
+) -> None:
     """Serve `app` until SIGINT or SIGTERM (then finish the requests in flight, at most 10 s).
 
     max_concurrency: open connections (and requests in progress) before a request is answered 503 (None: no
     limit). header_timeout: seconds a client has to send its request headers before it is disconnected.
     http: uvicorn's HTTP implementation, "auto" (httptools when installed), "httptools" or "h11"."""
-    server = make_server(app, log_level=log_level, access_log=access_log, max_concurrency=max_concurrency,
-                         header_timeout=header_timeout, http=http)
+    server = make_server(
+        app,
+        log_level=log_level,
+        access_log=access_log,
+        max_concurrency=max_concurrency,
+        header_timeout=header_timeout,
+        http=http,
+    )
     sock = sock or bind(host, port)
     # uvicorn re-raises the stopping signal once its graceful shutdown is over. For SIGTERM (what a process
     # manager sends) the server has finished its work by then: it is ignored, and `imgclf serve` exits 0.
@@ -111,8 +127,15 @@ def run(app, *, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket |
             signal.signal(signal.SIGTERM, previous)
 
 
-def make_server(app, *, log_level: str = "info", access_log: bool = False, max_concurrency: int | None = None,
-                header_timeout: float = HEADER_TIMEOUT_S, http: str = "auto"):
+def make_server(
+    app,
+    *,
+    log_level: str = "info",
+    access_log: bool = False,
+    max_concurrency: int | None = None,
+    header_timeout: float = HEADER_TIMEOUT_S,
+    http: str = "auto",
+):
     """The uvicorn.Server `run` runs (`server.run(sockets=[sock])`; `server.should_exit = True` stops it).
     Raises UsageError for a bad limit."""
     import uvicorn
@@ -127,9 +150,18 @@ def make_server(app, *, log_level: str = "info", access_log: bool = False, max_c
         raise UsageError(f"http must be auto, httptools or h11, got '{http}'")
     protocol = guarded_protocol(import_from_string(HTTP_PROTOCOLS[http]), header_timeout=header_timeout)
     # ws="none": the app has no WebSocket routes, and an upgraded connection would escape the header deadline
-    config = uvicorn.Config(app, http=protocol, ws="none", log_level=log_level, access_log=access_log,
-                            server_header=False, limit_concurrency=max_concurrency, timeout_graceful_shutdown=10,
-                            timeout_keep_alive=5, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        http=protocol,
+        ws="none",
+        log_level=log_level,
+        access_log=access_log,
+        server_header=False,
+        limit_concurrency=max_concurrency,
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=5,
+        lifespan="on",
+    )
     return uvicorn.Server(config)
 
 
@@ -200,9 +232,14 @@ class _Guarded:
         if self.transport.is_closing():
             return
         if self._partial and not self._quiet:
-            self.transport.write(_json_response(
-                408, "Request Timeout", "header_timeout",
-                f"the request headers did not arrive within {self.header_timeout:g} s (--header-timeout)"))
+            self.transport.write(
+                _json_response(
+                    408,
+                    "Request Timeout",
+                    "header_timeout",
+                    f"the request headers did not arrive within {self.header_timeout:g} s (--header-timeout)",
+                )
+            )
         self.transport.close()
 
 
@@ -214,11 +251,23 @@ def _limited(app, limit: int, connections: set, tasks: set):
     async def limited(scope, receive, send):
         if scope["type"] == "http" and (len(connections) >= limit or len(tasks) > limit):
             log.warning("Exceeded concurrency limit.")
-            body = _json_body("overloaded", f"the server is at its limit of {limit} open connections and "
-                                            f"requests in progress (--max-concurrency); retry shortly")
-            await send({"type": "http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"), (b"connection", b"close")]})
+            body = _json_body(
+                "overloaded",
+                f"the server is at its limit of {limit} open connections and "
+                f"requests in progress (--max-concurrency); retry shortly",
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", b"1"),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await app(scope, receive, send)
@@ -232,6 +281,8 @@ def _json_body(code: str, detail: str) -> bytes:
 
 def _json_response(status: int, reason: str, code: str, detail: str) -> bytes:
     body = _json_body(code, detail)
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"connection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"connection: close\r\n\r\n"
+    )
     return head.encode() + body
