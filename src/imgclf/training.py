@@ -336,7 +336,7 @@ class Trainer:
         desc = f"epoch {st.epoch + 1}" + (f"/{-(-self.total_steps // self.per_epoch)}" if budget_known else "")
         t = time.perf_counter()
         loss_sum, correct, seen = train_steps(
-            self.compiled or self.step_model,
+            self.step_model if self.compiled is None else self.compiled,
             self.epoch_feed.epoch(self.gen, self.sampler_weights),
             self.criterion,
             st.optimizer,

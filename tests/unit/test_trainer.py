@@ -374,3 +374,15 @@ def test_lr_find_cli_prints_a_suggestion_and_saves_the_curve(tmp_path, data, cap
     out = capsys.readouterr().out
     assert code == 0 and "suggested lr: " in out
     assert (tmp_path / "runs/lrf/lr_find.png").exists() and (tmp_path / "runs/lrf/lr_find.json").exists()
+
+
+def test_compile_trains_the_same_model_and_logs_the_compile_time(tmp_path, data):
+    """--compile: torch.compile for the training steps (inductor; needs a C compiler, as torch does); the
+    checkpoint is the plain model's, and its first-epoch time, compilation included, is logged."""
+    res = _train(tmp_path, data, "compiled", epochs=2, compile=True)
+    text = open(os.path.join(res["run_dir"], "train.log")).read()
+    assert "torch.compile: the first epoch took" in text and "epoch 2/2" in text
+    ck = load_checkpoint(os.path.join(res["run_dir"], "best.pt"))
+    assert not any(k.startswith("_orig_mod.") for k in ck["state_dict"])
+    m = imgclf.evaluate(os.path.join(res["run_dir"], "best.pt"), split="val", workers=0, plots=False)
+    assert abs(m["accuracy"] - res["best"]["accuracy"]) < 1e-9
