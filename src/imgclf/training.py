@@ -882,7 +882,9 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
     if cfg.lookahead:
         callbacks.append(Lookahead(model))
     if cfg.time_budget and not cfg.max_steps:  # first: its clock starts before the model's own set-up
-        callbacks.insert(0, TimeBudget(cfg.time_budget, cfg.batch_size * cfg.accumulate, spec.eval_views))
+        # validation is charged per forward pass: the model's own views, twice with an EMA to validate too
+        views = spec.eval_views * (2 if cfg.ema else 1)
+        callbacks.insert(0, TimeBudget(cfg.time_budget, cfg.batch_size * cfg.accumulate, views))
     if cfg.patience:
         callbacks.append(EarlyStopping(cfg.patience, cfg.monitor))
     if cfg.log_histograms:
