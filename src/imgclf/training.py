@@ -394,7 +394,9 @@ class Trainer:
         self.run_dir.log_epoch(st.rows)
         summary = {"accuracy": row["val_acc"], "loss": row["val_loss"], "macro_f1": row["val_macro_f1"]}
         if improved:
-            self.run_dir.save(self._checkpoint(summary, weights=weights), "best.pt")
+            prefix = "ema_val_" if weights == "ema" else "val_"  # the metrics of the weights best.pt holds
+            kept = {"accuracy": row[prefix + "acc"], "loss": row[prefix + "loss"], "macro_f1": row[prefix + "macro_f1"]}
+            self.run_dir.save(self._checkpoint(kept, weights=weights), "best.pt")
         with_state = self._checkpoint(summary, state=st.state_dict())
         if self.cfg.save_every and epoch % self.cfg.save_every == 0:
             self.run_dir.save(with_state, f"epoch_{epoch}.pt")

@@ -135,6 +135,9 @@ def test_ema_is_evaluated_every_epoch_and_best_pt_says_which_weights(tmp_path, d
     assert len(rows) == 3 and all(r["ema_val_acc"] != "" for r in rows)
     best = load_checkpoint(os.path.join(res["run_dir"], "best.pt"))
     assert best["weights"] in ("model", "ema") and best["weights"] == res["best_weights"]
+    row = rows[best["epoch"] - 1]
+    column = "ema_val_acc" if best["weights"] == "ema" else "val_acc"
+    assert abs(best["metrics"]["accuracy"] - float(row[column])) < 1e-6  # the metrics of the weights it holds
     last = load_checkpoint(os.path.join(res["run_dir"], "last.pt"))
     assert last["train_state"]["ema"]["n_averaged"] > 0
     # evaluate gives back what the run reported for the weights it kept
