@@ -63,7 +63,7 @@ def balance(args) -> None:
         counts = long_tailed(cifar, data)
         print(f"long-tailed CIFAR-10: train counts {counts} (sum {sum(counts)}, ratio {max(counts) / min(counts):.1f})")
         rows = []
-        for mode in ("none", "auto"):
+        for mode in args.modes.split(","):
             for seed in (0, 1):
                 name = f"{mode}-{seed}"
                 run(
@@ -98,7 +98,7 @@ def balance(args) -> None:
                     f"accuracy {m['accuracy']:.4f}",
                     flush=True,
                 )
-    for mode in ("none", "auto"):
+    for mode in args.modes.split(","):
         f1 = [r[3] for r in rows if r[0] == mode]
         acc = [r[4] for r in rows if r[0] == mode]
         print(
@@ -162,6 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("part", choices=("balance", "finetune", "ema"))
     ap.add_argument("--data", default=None)
+    ap.add_argument("--modes", default="none,auto", help="balance: the --balance modes to compare [none,auto]")
     ap.add_argument("--keep", default=None, help="make the temporary run folders under this folder")
     args = ap.parse_args()
     from imgclf.environment import env_block
