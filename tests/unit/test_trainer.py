@@ -32,6 +32,27 @@ def data(tmp_path, make_folder):
     return str(make_folder(tmp_path / "d", classes=("a", "b", "c"), n=12, n_val=4, size=16))
 
 
+def _tiny_cli(data, tmp_path, name) -> list[str]:
+    """The flags of _train's run, for main([...])."""
+    return [
+        "--data",
+        data,
+        "--model",
+        "test_tiny",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        name,
+        "--precision",
+        "fp32",
+        "-q",
+    ]
+
+
 def _train(tmp_path, data, name, **kw):
     opts = dict(
         data=data,
@@ -297,32 +318,7 @@ def test_a_diverging_run_stops_with_one_line_naming_step_and_layer(tmp_path, dat
 def test_the_cli_reports_a_diverging_run_in_one_line(tmp_path, data, capsys):
     from imgclf.cli import main
 
-    code = main(
-        [
-            "train",
-            "--data",
-            data,
-            "--model",
-            "test_tiny",
-            "--batch-size",
-            "8",
-            "--workers",
-            "0",
-            "--out",
-            str(tmp_path / "runs"),
-            "--name",
-            "boom",
-            "--lr",
-            "1e30",
-            "--epochs",
-            "2",
-            "--log-histograms",
-            "1",
-            "--precision",
-            "fp32",
-            "-q",
-        ]
-    )
+    code = main(["train", *_tiny_cli(data, tmp_path, "boom"), "--lr", "1e30", "--epochs", "2", "--log-histograms", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("imgclf: error: step ")
     assert not os.path.exists(tmp_path / "runs/boom/last.pt")
@@ -354,26 +350,7 @@ def test_lr_auto_runs_the_range_test_first_and_trains_at_its_suggestion(tmp_path
 def test_lr_find_cli_prints_a_suggestion_and_saves_the_curve(tmp_path, data, capsys):
     from imgclf.cli import main
 
-    code = main(
-        [
-            "lr-find",
-            "--data",
-            data,
-            "--model",
-            "test_tiny",
-            "--batch-size",
-            "8",
-            "--workers",
-            "0",
-            "--out",
-            str(tmp_path / "runs"),
-            "--name",
-            "lrf",
-            "--steps",
-            "40",
-            "-q",
-        ]
-    )
+    code = main(["lr-find", *_tiny_cli(data, tmp_path, "lrf"), "--steps", "40"])
     out = capsys.readouterr().out
     assert code == 0 and "suggested lr: " in out
     assert (tmp_path / "runs/lrf/lr_find.png").exists() and (tmp_path / "runs/lrf/lr_find.json").exists()
