@@ -442,9 +442,8 @@ class Trainer:
     def _begin(self) -> None:
         cfg, st = self.cfg, self.state
         self._describe()
-        if st.epoch == 0:
-            self.run_dir.write_config(cfg.to_dict())
-        else:
+        self.run_dir.write_config(cfg.to_dict())  # a resumed run may have a new --epochs or --patience
+        if st.epoch > 0:
             self.run_dir.purge_after(st.epoch)
         self.run_dir.write_left_out(self.left_out)
         if self.src.val_origin == "carved" and not self.resumed:  # a resumed run keeps the split it started with
@@ -877,12 +876,13 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
     if not any(p.requires_grad for p in model.parameters()):
         raise UsageError(f"--freeze {cfg.freeze} leaves nothing to train in {cfg.model}")
     optimizer = _optimizer(cfg, _param_groups(cfg, model, spec, frozen if cfg.freeze_epochs else []))
+    averaged = head_of(model, cfg.model) if head_only else model  # what trains, so what lookahead and EMA average
     callbacks = list(spec.callbacks() if spec.callbacks else [])
     if cfg.freeze_epochs:
         callbacks.append(FreezeThenUnfreeze(cfg.freeze_epochs, frozen))
         frozen = []  # FreezeThenUnfreeze sets the Trainer's frozen list each epoch
     if cfg.lookahead:
-        callbacks.append(Lookahead(model))
+        callbacks.append(Lookahead(averaged))
     if cfg.time_budget and not cfg.max_steps:  # first: its clock starts before the model's own set-up
         # validation is charged per forward pass: the model's own views, twice with an EMA to validate too
         views = spec.eval_views * (2 if cfg.ema else 1)
@@ -892,7 +892,6 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
     if cfg.log_histograms:
         callbacks.append(Histograms(cfg.log_histograms))
     scheduler, step_schedule = _scheduler(cfg, optimizer)
-    averaged = head_of(model, cfg.model) if head_only else model
     state = TrainState(
         model=model,
         optimizer=optimizer,

@@ -366,3 +366,14 @@ def test_compile_trains_the_same_model_and_logs_the_compile_time(tmp_path, data)
     assert not any(k.startswith("_orig_mod.") for k in ck["state_dict"])
     m = imgclf.evaluate(os.path.join(res["run_dir"], "best.pt"), split="val", workers=0, plots=False)
     assert abs(m["accuracy"] - res["best"]["accuracy"]) < 1e-9
+
+
+def test_lookahead_and_ema_average_the_head_on_the_frozen_feature_cache(tmp_path, data):
+    """--freeze backbone trains the head on cached features: lookahead and the EMA average what trains."""
+    res = _train(tmp_path, data, "head", epochs=2, freeze="backbone", lookahead=True, ema=True, ema_warmup=0)
+    assert "frozen-feature cache built" in open(os.path.join(res["run_dir"], "train.log")).read()
+    last = load_checkpoint(os.path.join(res["run_dir"], "last.pt"))
+    assert set(last["train_state"]["callbacks"]["lookahead"]) == {"weight", "bias"}  # the head's own tensors
+    resumed = imgclf.train(resume=os.path.join(res["run_dir"], "last.pt"), epochs=3, workers=0)
+    assert resumed["epochs"] == 3
+    assert yaml.safe_load(open(os.path.join(res["run_dir"], "config.yaml")))["epochs"] == 3
