@@ -572,15 +572,15 @@ def _airnet_callbacks() -> list:
     return training_callbacks()
 
 
-AIRNET_EVAL_VIEWS = (
-    6  # AirNet.forward in eval mode: the image and two 1-px shifts (weighted 1/2, 1/4, 1/4), each mirrored
-)
+# AirNet.forward in eval mode: the image and two 1-px shifts (weighted 1/2, 1/4, 1/4), each mirrored
+AIRNET_EVAL_VIEWS = 6
 
 
-register(
-    ModelSpec(
-        "airnet",
-        _airnet,
+def _airnet_spec(name: str, widths: tuple[int, int, int], description: str) -> ModelSpec:
+    """airnet and its narrower variant: the same stages, CIFAR statistics, TTA views and training callbacks."""
+    return ModelSpec(
+        name,
+        lambda n: _airnet(n, widths),
         "fc",
         lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
         img_size=32,
@@ -589,25 +589,15 @@ register(
         std=(0.2470, 0.2435, 0.2616),
         small=True,
         min_img_size=AIRNET_MIN,
-        description="airbench94-style net for 32 px images from scratch",
+        description=description,
         eval_views=AIRNET_EVAL_VIEWS,
         callbacks=_airnet_callbacks,
     )
-)
+
+
+register(_airnet_spec("airnet", (64, 256, 256), "airbench94-style net for 32 px images from scratch"))
 register(
-    ModelSpec(
-        "airnet_small",
-        lambda n: _airnet(n, (64, 128, 256)),
-        "fc",
-        lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
-        img_size=32,
-        resize=32,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-        small=True,
-        min_img_size=AIRNET_MIN,
-        description="airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU",
-        eval_views=AIRNET_EVAL_VIEWS,
-        callbacks=_airnet_callbacks,
+    _airnet_spec(
+        "airnet_small", (64, 128, 256), "airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU"
     )
 )
