@@ -136,9 +136,25 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_nproc(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc",
+        type=_number(int, ge=1),
+        default=argparse.SUPPRESS,
+        help="run as N processes on this machine: the same command under `torchrun --standalone --nproc-per-node N` "
+        "(Gloo on CPUs, NCCL on GPUs; several machines: see the README); each rank gets the cores / N as threads",
+    )
+
+
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a classifier", description="Train a classifier; the run goes to OUT/NAME.")
+    p = sub.add_parser(
+        "train",
+        help="train a classifier",
+        description="Train a classifier; the run goes to OUT/NAME. Under torchrun (or with --nproc N) each rank "
+        "trains on its shard of every epoch (DistributedDataParallel); --batch-size is per rank.",
+    )
     _add_train_options(p)
+    _add_nproc(p)
     p = sub.add_parser(
         "lr-find",
         help="learning-rate range test: loss against lr, a plot and a suggested lr",
@@ -313,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_number(int, ge=0), help="decoding processes (default: the CPU cores, at most 4)")
     _add_inference_precision(p)
     p.add_argument("--json", action="store_true", help="print eval.json instead of the report")
+    _add_nproc(p)
 
     p = sub.add_parser("predict", help="label images or folders of images")
     _common(p)
@@ -459,13 +476,34 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root.propagate = False
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _rank_threads() -> None:
+    """Under torchrun: each rank's threads are the cores divided among this machine's ranks (torchrun's default,
+    OMP_NUM_THREADS=1, would leave most cores idle); an OMP_NUM_THREADS other than 1 is taken as the user's."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("OMP_NUM_THREADS", "1") != "1":
+        return
+    import torch
+
+    from .distributed import rank_threads, world_from_env
+
+    torch.set_num_threads(rank_threads(world_from_env()))
+
+
 def cmd_train(a: dict) -> int:
     from .config import make_config
-    from .training import train
+    from .training import preflight, train
 
     options = {k: v for k, v in a.items() if k in FIELDS}
     # the config records the flags and YAML keys given as the options set (TrainConfig.explicit)
     cfg = make_config(options, source="command line", config_file=a.get("config"))
+    if a.get("nproc"):  # --nproc N: the options checked here, then the same command under torchrun
+        from .distributed import launch
+
+        preflight(cfg, a["nproc"])
+        return launch(a["nproc"], a["argv"])
     # The run directory and the best epoch are logged by `train` (and kept in train.log): not printed again here.
     train(cfg)
     return 0
@@ -748,7 +786,13 @@ COMMANDS = {
     "serve": cmd_serve,
 }
 
-COMMANDS.update({"export": cmd_export, "bench": cmd_bench, "env": cmd_env, "lr-find": cmd_lr_find})
+def cmd_launch(a: dict) -> int:
+    from .distributed import launch
+
+    return launch(a["nproc"], a["argv"])
+
+
+COMMANDS.update({"export": cmd_export, "bench": cmd_bench, "env": cmd_env, "lr-find": cmd_lr_find, "launch": cmd_launch})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -758,14 +802,22 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     a = vars(ns)
+    nproc = a.pop("nproc", None)
     verbose = bool(a.pop("verbose", False))
-    quiet = bool(a.pop("quiet", False))
+    quiet = bool(a.pop("quiet", False)) or _rank() > 0  # under torchrun, rank 0 alone reports progress
     a["quiet"] = quiet
     if not a.get("command"):
         parser.print_help()
         return 2
     _setup_logging(verbose, quiet)
+    if nproc is not None and nproc > 1:  # the same command, N times under torchrun (train checks its options first)
+        from .distributed import strip_nproc
+
+        a |= {"nproc": nproc, "argv": strip_nproc(sys.argv[1:] if argv is None else list(argv))}
+        if a["command"] != "train":
+            a["command"] = "launch"
     request_huge_pages()  # before the command imports torch
+    _rank_threads()
     previous = None
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         previous = signal.signal(signal.SIGTERM, _raise_terminated)  # `serve` replaces it with uvicorn's own

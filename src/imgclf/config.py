@@ -242,6 +242,15 @@ class TrainConfig:
         ("auto", "disk", "memory", "none"),
     )
     seed: int = opt(0, "random seed for the split, initialisation, order and augmentation", ge=0, le=2**32 - 1)
+    sync_bn: bool = opt(
+        False,
+        "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; PyTorch runs it on GPUs only) instead of each rank's own",
+    )
+    dist_timeout: float = opt(
+        300.0,
+        "under torchrun: seconds a rank waits for the others before it stops the run (a rank that died or hangs)",
+        gt=0,
+    )
     # outputs
     out: str = opt("runs", "folder that holds run directories")
     name: str | None = opt(None, "run directory name (default: MODEL-DATA, numbered if taken)")

@@ -186,10 +186,13 @@ def launch(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd += ["-m", "imgclf", *argv]
     log.info("running: %s", " ".join(["torchrun", *cmd[3:]]))
+    proc = subprocess.Popen(cmd, env=env)
     try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:  # torchrun has passed the signal on to its workers and stopped them
-        return 130
+        return proc.wait()
+    except BaseException:  # Ctrl-C (which torchrun gets too) or SIGTERM: torchrun stops its workers, then we stop
+        proc.terminate()
+        proc.wait()
+        raise
 
 
 def strip_nproc(argv: list[str]) -> list[str]:

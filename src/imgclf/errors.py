@@ -29,6 +29,11 @@ class TrainingDiverged(ImgclfError):
     is the last good epoch. Exit code 1: the command was valid; the optimisation, not the input, went wrong."""
 
 
+class RankLost(ImgclfError):
+    """Under torchrun, another rank died or stopped answering within --dist-timeout: this rank stops too (exit
+    code 1), and the run continues from its last.pt with --resume."""
+
+
 class UsageError(ImgclfError):
     """A bad option, path or input: fixable by the user. Exit code 2."""
 

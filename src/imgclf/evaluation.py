@@ -45,6 +45,22 @@ def infer(
     return torch.cat(outs), torch.cat(ys)
 
 
+def infer_sharded(
+    model, feed, device=None, amp=None, *, world=None, desc: str = "eval", channels_last: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`infer` over a feed's evaluation batches. Under torchrun each rank runs its block of whole batches (every
+    image in the batch it has in one process) and every rank gets all the logits and labels, in order."""
+    from .distributed import batch_block, current, gather
+
+    world = world or current()
+    if not world.distributed:
+        return infer(model, feed.batches(), device, amp, desc=desc, channels_last=channels_last)
+    block = batch_block(len(feed.batches()), world.rank, world.size)
+    logits, labels = infer(model, feed.batches(block), device, amp, desc=desc, channels_last=channels_last)
+    parts = [p for p in gather((logits, labels), world) if len(p[1])]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 TOP_K = 5  # the top-k accuracy reported, when there are more than TOP_K classes
 
 
@@ -132,9 +148,34 @@ def evaluate(
     """Evaluate a checkpoint or an exported model on a split of `data` (default: the data it was trained on).
 
     Writes eval.json, confusion_matrix.png and misclassified.png into `out` (default: next to the
-    weights, in eval-SPLIT/) and returns the metrics dict."""
+    weights, in eval-SPLIT/) and returns the metrics dict.
+
+    Under torchrun the ranks split the images (whole batches each, so every image is computed as in one process)
+    and gather the logits: the metrics are those of one process, and rank 0 writes them."""
+    from .device import resolve_device
+    from .distributed import current, setup
+
+    with setup(resolve_device(device)) as dev:
+        return _evaluate(
+            weights,
+            data,
+            split=split,
+            out=out,
+            batch_size=batch_size,
+            device=str(dev) if current().distributed else device,
+            workers=workers,
+            data_root=data_root,
+            precision=precision,
+            plots=plots,
+            cache=cache,
+        )
+
+
+def _evaluate(weights, data, *, split, out, batch_size, device, workers, data_root, precision, plots, cache) -> dict:
+    from .distributed import current
     from .runtime import open_model
 
+    world = current()
     runner = open_model(weights, device=device, precision=precision)
     cfg = runner.config
     data = data or cfg.get("data")
@@ -156,7 +197,7 @@ def evaluate(
     )
     for path, reason in bad:
         log.warning("left out %s: %s", path, reason)
-    logits, labels = infer(runner, feed.batches(), desc=f"evaluate {split}")
+    logits, labels = infer_sharded(runner, feed, world=world, desc=f"evaluate {split}")
     labels = torch.as_tensor(mapping, dtype=torch.long)[labels]  # the data's class order -> the model's
     metrics = compute_metrics(logits, labels, classes)
     metrics.update(
@@ -172,6 +213,8 @@ def evaluate(
     # an exported file next to its checkpoint gets its own folder (eval-val-onnx-int8), not the checkpoint's
     tag = split if runner.format == "checkpoint" else f"{split}-{runner.format}"
     out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"eval-{tag}")
+    if not world.main:  # the same metrics on every rank; rank 0 writes them
+        return {**metrics, "out": out}
     os.makedirs(out, exist_ok=True)
     write_json(metrics, os.path.join(out, "eval.json"))
     if plots:

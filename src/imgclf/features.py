@@ -68,9 +68,10 @@ class FeatureFeed:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
+    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None):
+        """As FastFeed.epoch: the views are augmentation, drawn from `aug` (per rank) when it is given."""
         k, n = self.feats.shape[:2]
-        view = torch.randint(0, k, (n,), generator=gen)
+        view = torch.randint(0, k, (n,), generator=aug if aug is not None else gen)
         x = self.feats[view, torch.arange(n)]
         return Batches(
             x,
@@ -80,10 +81,12 @@ class FeatureFeed:
             shuffle=True,
             generator=gen,
             weights=sampler_weights,
+            shard=shard,
+            aug_generator=aug,
         )
 
-    def batches(self):
-        return Batches(self.feats[0], self.labels, batch_size=self.eval_batch_size, transform=_identity)
+    def batches(self, block: range | None = None):
+        return Batches(self.feats[0], self.labels, batch_size=self.eval_batch_size, transform=_identity, block=block)
 
 
 def build_feature_feeds(

@@ -46,6 +46,9 @@ def apply_recipe(cfg, explicit: set[str]):
         return cfg
     preset = dict(RECIPES[cfg.recipe])
     if cfg.recipe == "fast" and "lr" not in explicit:
-        batch = cfg.batch_size if "batch_size" in explicit else preset["batch_size"]
+        from .distributed import world_from_env
+
+        # under torchrun --batch-size is per rank and the gradient is averaged over the global batch
+        batch = (cfg.batch_size if "batch_size" in explicit else preset["batch_size"]) * world_from_env().size
         preset["lr"] = LR_PER_IMAGE * batch
     return cfg.resolved(**{k: v for k, v in preset.items() if k not in explicit})

@@ -55,13 +55,25 @@ class _NotTrainer(logging.Filter):
         return record.name != log.name
 
 
+class _NoWriter:
+    """TensorBoard on the ranks that do not write (torchrun's rank 0 writes): every call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kw: None
+
+
 class RunDir:
-    def __init__(self, path: str, *, ema: bool = False):
-        self.path = path
+    """`write=False` (the ranks after 0 under torchrun): the same calls, nothing written, lines logged at debug."""
+
+    def __init__(self, path: str, *, ema: bool = False, write: bool = True):
+        self.path, self.writes = path, write
         self.columns = METRIC_COLUMNS + (EMA_COLUMNS if ema else [])
-        self._file = self._handler = self._writer = None
+        self._file = self._handler = None
+        self._writer = None if write else _NoWriter()
 
     def __enter__(self) -> RunDir:
+        if not self.writes:
+            return self
         os.makedirs(self.path, exist_ok=True)
         remove_stale_temps(self.path)  # checkpoints half-written by a run that was killed
         self._file = open(self.file("train.log"), "a")
@@ -72,6 +84,8 @@ class RunDir:
         return self
 
     def __exit__(self, *exc) -> None:
+        if not self.writes:
+            return
         logging.getLogger("imgclf").removeHandler(self._handler)
         if self._writer is not None:
             self._writer.close()
@@ -83,6 +97,9 @@ class RunDir:
     def say(self, level: int, msg: str, *args, echo: bool = True) -> None:
         """One line of the run's story: always into train.log, and (`echo`) to the logger at the caller's level."""
         text = msg % args if args else msg
+        if not self.writes:
+            log.debug("%s", text)
+            return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._file.write(f"{stamp} {logging.getLevelName(level)} {text}\n")
         self._file.flush()
@@ -106,14 +123,19 @@ class RunDir:
 
     def purge_after(self, epoch: int) -> None:
         """A resumed run rewrites epochs after `epoch`: TensorBoard drops what a killed run logged past it."""
+        if not self.writes:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(self.path, purge_step=epoch + 1)
 
     def write_config(self, config: dict) -> None:
-        save_yaml(config, self.file("config.yaml"))
+        if self.writes:
+            save_yaml(config, self.file("config.yaml"))
 
     def write_left_out(self, left_out: list[tuple[str, str, str]]) -> None:
+        if not self.writes:
+            return
         with atomic_open(self.file("left_out.csv"), newline="") as f:
             w = csv.writer(f)
             w.writerow(["split", "path", "reason"])
@@ -121,6 +143,8 @@ class RunDir:
 
     def log_epoch(self, rows: list[dict]) -> None:
         """metrics.csv with every row so far, and the last row's scalars in TensorBoard."""
+        if not self.writes:
+            return
         with atomic_open(self.file("metrics.csv"), newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             w.writeheader()
@@ -133,7 +157,9 @@ class RunDir:
         self.writer.flush()
 
     def save(self, ckpt: dict, name: str) -> None:
-        save_checkpoint(ckpt, self.file(name))
+        if self.writes:
+            save_checkpoint(ckpt, self.file(name))
 
     def write_results(self, results: dict) -> None:
-        write_json(results, self.file("results.json"))
+        if self.writes:
+            write_json(results, self.file("results.json"))

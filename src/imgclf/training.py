@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import distributed
 from .callbacks import EarlyStopping, FreezeThenUnfreeze, Histograms, Lookahead, TimeBudget, improves
 from .checkpoint import load_checkpoint, load_weights, make_checkpoint
 from .config import TrainConfig, check_config, check_output_folder, make_config
@@ -33,8 +34,8 @@ from .data.mixing import make_mixer
 from .data.pipeline import Preprocess, common_size, default_workers, resolve_preprocess
 from .data.sources import open_source, write_split_manifest
 from .device import autocast, resolve_device, to_layout, training_precision
-from .errors import CheckpointError, DataError, TrainingDiverged, UsageError
-from .evaluation import compute_metrics, infer, write_eval_plots
+from .errors import CheckpointError, DataError, RankLost, TrainingDiverged, UsageError
+from .evaluation import compute_metrics, infer, infer_sharded, write_eval_plots
 from .features import build_feature_feeds, head_of
 from .models.registry import apply_frozen_eval, build_model, format_parameter_table, freeze, get_spec, parameter_table
 from .progress import progress
@@ -43,11 +44,16 @@ from .rundir import RunDir, new_run_path
 log = logging.getLogger(__name__)
 
 # What a resumed run may change: its length and the machinery it runs on, never its recipe.
-RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "log_every", "patience")
+RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "log_every", "patience", "dist_timeout")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed per rank from an epoch's seed (rank 0's is the seed itself, so one process draws as before)."""
+    return (seed + rank * 0x9E3779B97F4A7C15) % (2**63)
 
 
 class StepSchedule:
@@ -216,7 +222,9 @@ class Trainer:
         setup_seconds: float,
         resumed: bool,
         step_schedule: StepSchedule | None = None,
+        world: distributed.World | None = None,
     ):
+        self.world = world or distributed.World()
         self.cfg, self.state, self.run_dir, self.src, self.prep = cfg, state, run_dir, src, prep
         self.train_feed, self.val_feed = feeds["train"], feeds["val"]
         self.epoch_feed, self.eval_feed, self.step_model = self.train_feed, self.val_feed, state.model
@@ -237,6 +245,7 @@ class Trainer:
         if self.schedule is not None:
             self.schedule.total = self.total_steps
         self.stop_reason, self.loss, self.compiled = None, None, None
+        self.train_model, self._trains = self.step_model, None  # DistributedDataParallel's wrapper under torchrun
         self.fingerprint = src.fingerprint()
 
     # ---------------------------------------------------------------- what callbacks use
@@ -257,6 +266,7 @@ class Trainer:
 
     def set_total_steps(self, total: int) -> None:
         """Shorten the run (--time-budget): the per-step schedule ends there, and config.yaml says so."""
+        total = distributed.broadcast(total, self.world)  # rank 0's measurement, so every rank stops together
         self.total_steps = total
         if self.schedule is not None:
             self.schedule.total = total
@@ -318,16 +328,28 @@ class Trainer:
         except TrainingDiverged as e:  # the caller reports it; train.log keeps it with the run
             self.run_dir.say(logging.ERROR, "%s", e, echo=False)
             raise
+        except Exception as e:
+            if not (self.world.distributed and distributed.lost_peer(e)):
+                raise
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RankLost(
+                f"rank {self.world.rank}: another rank stopped answering ({first[:200]}); the run stopped after "
+                f"epoch {self.state.epoch}: continue it with --resume {os.path.join(self.run_dir.path, 'last.pt')}"
+            ) from e
         self._call("on_fit_end")
         return self._finish(time.perf_counter() - t_fit)
 
     def _start_epoch(self) -> float:
         seed = epoch_seed(self.cfg.seed, self.state.epoch + 1)
-        torch.manual_seed(seed)  # dropout and, with workers=0, augmentation
-        self.gen = torch.Generator().manual_seed(seed)  # shuffle order and worker seeds
+        own = rank_seed(seed, self.world.rank)
+        torch.manual_seed(own)  # dropout and, with workers=0, augmentation
+        self.gen = torch.Generator().manual_seed(seed)  # the order: the same on every rank, which takes its shard
+        # augmentation and worker seeds: one generator per rank under torchrun, else the order's
+        self.aug = torch.Generator().manual_seed(own) if self.world.distributed else self.gen
         self.state.model.train()
         self._call("on_epoch_start")
         apply_frozen_eval(self.state.model, self.frozen)
+        self._wrap()
         return self.state.optimizer.param_groups[0]["lr"]
 
     def train_one_epoch(self) -> tuple[float, float]:
@@ -335,9 +357,10 @@ class Trainer:
         budget_known = not any(isinstance(cb, TimeBudget) and cb.total is None for cb in st.callbacks)
         desc = f"epoch {st.epoch + 1}" + (f"/{-(-self.total_steps // self.per_epoch)}" if budget_known else "")
         t = time.perf_counter()
+        shard = (self.world.rank, self.world.size) if self.world.distributed else None
         loss_sum, correct, seen = train_steps(
-            self.step_model if self.compiled is None else self.compiled,
-            self.epoch_feed.epoch(self.gen, self.sampler_weights),
+            self.train_model if self.compiled is None else self.compiled,
+            self.epoch_feed.epoch(self.gen, self.sampler_weights, shard=shard, aug=self.aug if shard else None),
             self.criterion,
             st.optimizer,
             st.scaler,
@@ -349,7 +372,7 @@ class Trainer:
             accumulate=cfg.accumulate,
             clip_grad=cfg.clip_grad,
             hooks=self,
-            mix=None if self.mixer is None else (lambda x, y: self.mixer(x, y, self.gen)),
+            mix=None if self.mixer is None else (lambda x, y: self.mixer(x, y, self.aug)),
             max_steps=self.total_steps - st.step,
         )
         if self.compiled is not None and st.epoch + 1 == self.first_epoch:
@@ -359,22 +382,24 @@ class Trainer:
     def evaluate(self) -> dict:
         """Validation metrics of the model (and of its EMA) in the row's column names."""
         amp = self.amp
-        logits, labels = infer(
+        logits, labels = infer_sharded(
             self.step_model,
-            self.eval_feed.batches(),
+            self.eval_feed,
             self.device,
             amp,
+            world=self.world,
             desc="validate",
             channels_last=self.cfg.channels_last,
         )
         vm = compute_metrics(logits, labels, self.src.classes)
         row = {"val_loss": vm["loss"], "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"]}
         if self.state.ema is not None:
-            logits, labels = infer(
+            logits, labels = infer_sharded(
                 self.state.ema.module,
-                self.eval_feed.batches(),
+                self.eval_feed,
                 self.device,
                 amp,
+                world=self.world,
                 desc="validate EMA",
                 channels_last=self.cfg.channels_last,
             )
@@ -391,6 +416,8 @@ class Trainer:
         weights = "ema" if st.ema is not None and value != row[self.cfg.monitor] else "model"
         if improved:
             st.best = {"value": value, "epoch": epoch, "weights": weights}
+        if not self.world.main:  # every rank has the same rows (the validation is gathered), so the same best
+            return
         self.run_dir.log_epoch(st.rows)
         summary = {"accuracy": row["val_acc"], "loss": row["val_loss"], "macro_f1": row["val_macro_f1"]}
         if improved:
@@ -451,8 +478,23 @@ class Trainer:
         self._call("on_fit_start")
         if uses_feature_cache(cfg, self.train_feed):
             self._feature_cache()
-        if cfg.compile:
-            self.compiled, self.first_epoch = torch.compile(self.step_model), st.epoch + 1
+        self.first_epoch = st.epoch + 1
+
+    def _wrap(self) -> None:
+        """Under torchrun the model trains inside DistributedDataParallel, which all-reduces the gradients of the
+        parameters that train when it is built: it is built again when a callback changes which do
+        (freeze-then-unfreeze, airnet's whitening bias). With --compile, what trains is compiled."""
+        trains = (id(self.step_model), *(p.requires_grad for p in self.step_model.parameters()))
+        if trains == self._trains:
+            return
+        first, self._trains, self.train_model = self._trains is None, trains, self.step_model
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.step_model, device_ids=ids)
+        if self.cfg.compile and (first or self.world.distributed):
+            self.compiled = torch.compile(self.train_model)
 
     def _describe(self) -> None:
         src, cfg = self.src, self.cfg
@@ -478,6 +520,14 @@ class Trainer:
             format_parameter_table(parameter_table(self.state.model, cfg.model)),
         )
         self.info("precision: %s%s", self.state.precision, " (auto)" if cfg.precision == "auto" else "")
+        if self.world.distributed:
+            self.info(
+                "distributed: %d ranks (%s), %d images per rank per step: a global batch of %d",
+                self.world.size,
+                distributed.backend_for(self.device),
+                cfg.batch_size * cfg.accumulate,
+                cfg.batch_size * cfg.accumulate * self.world.size,
+            )
         if cfg.balance != "none":
             self.info("class balance: %s", self.balance_reason)
         if self.lr_find is not None:
@@ -510,6 +560,9 @@ class Trainer:
         """The best checkpoint evaluated once more on validation, in fp32 as `imgclf evaluate` runs it (results.json's
         numbers are the ones a user gets back); plots and results.json."""
         st, cfg = self.state, self.cfg
+        if not self.world.main:  # rank 0 evaluates the best checkpoint and writes the results
+            summary = {"best_epoch": st.best["epoch"], "epochs": len(st.rows), "steps": st.step}
+            return {**summary, "rank": self.world.rank, "run_dir": self.run_dir.path}
         best_path = self.run_dir.file("best.pt")
         load_weights(st.model, load_checkpoint(best_path), best_path)
         logits, labels = infer(
@@ -551,6 +604,7 @@ class Trainer:
             "options_set": sorted(cfg.explicit),
             "balance": self.balance,
             "data_fingerprint": self.fingerprint,
+            "world_size": self.world.size,
         }
         self.run_dir.write_results(results)
         if self.stop_reason:
@@ -590,12 +644,21 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
     spec = _check_options(cfg, resume_ckpt)
     cfg = _resolve(cfg)
     device = resolve_device(cfg.device)
+    _check_distributed(cfg, device, distributed.world_from_env())
+    with distributed.setup(device, cfg.dist_timeout) as device:  # under torchrun: joins the process group
+        return _run(cfg, spec, resume_ckpt, device, distributed.current(), list(callbacks))
+
+
+def _run(cfg: TrainConfig, spec, resume_ckpt: dict | None, device, world: distributed.World, callbacks: list) -> dict:
+    """Everything after the options' checks: data, state, run directory, and the Trainer's fit. Under torchrun
+    every rank does this; what a rank might decide differently (a measured precision, the lr the range test
+    suggests, the run's folder) is rank 0's decision, broadcast."""
     t_setup = time.perf_counter()
     src, prep, feeds, left_out = _open_data(cfg, spec, resume_ckpt)
     cfg = cfg.resolved(img_size=prep.img_size)
     found = None
     if cfg.lr == "auto":
-        found = find_lr_for(cfg, spec, src, feeds["train"], device)
+        found = distributed.broadcast(find_lr_for(cfg, spec, src, feeds["train"], device), world)
         if found["suggestion"] is None:
             raise UsageError(
                 f"--lr auto: the range test could not suggest a learning rate ({found['reason']}); "
@@ -603,16 +666,16 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
             )
         cfg = cfg.resolved(lr=found["suggestion"])
     state, frozen, step_schedule = _build_state(
-        cfg, spec, src, device, head_only=uses_feature_cache(cfg, feeds["train"])
+        cfg, spec, src, device, head_only=uses_feature_cache(cfg, feeds["train"]), sync_bn=world.distributed
     )
-    state.callbacks += list(callbacks)
-    amp = _precision(cfg, device, state, prep, resume_ckpt)
+    state.callbacks += callbacks
+    amp = _precision(cfg, device, state, prep, resume_ckpt, world)
     if resume_ckpt is not None:
         run_path = os.path.dirname(os.path.abspath(cfg.resume))
         _resume(state, resume_ckpt, cfg, run_path)
     else:
-        run_path = new_run_path(cfg.out, cfg.name, cfg.model, cfg.data)
-    with RunDir(run_path, ema=cfg.ema) as run_dir:
+        run_path = distributed.broadcast(new_run_path(cfg.out, cfg.name, cfg.model, cfg.data), world)
+    with RunDir(run_path, ema=cfg.ema, write=world.main) as run_dir:
         trainer = Trainer(
             cfg,
             state,
@@ -627,9 +690,30 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
             setup_seconds=time.perf_counter() - t_setup,
             resumed=resume_ckpt is not None,
             step_schedule=step_schedule,
+            world=world,
         )
         trainer.lr_find = found
         return trainer.fit()
+
+
+def preflight(config: TrainConfig, world_size: int) -> None:
+    """The checks `train` makes before any work, for a run of `world_size` ranks (`--nproc` makes them before it
+    starts torchrun, so a mistake is one line, not one per rank and torchrun's report)."""
+    cfg, resume_ckpt = _configure(config, {})
+    _check_options(cfg, resume_ckpt)
+    _check_distributed(_resolve(cfg), resolve_device(cfg.device), distributed.World(size=world_size))
+
+
+def _check_distributed(cfg: TrainConfig, device, world: distributed.World) -> None:
+    if not cfg.sync_bn:
+        return
+    if not world.distributed:
+        log.info("--sync-bn: one process, so nothing to synchronise; BatchNorm runs as usual")
+    elif device.type != "cuda":
+        raise UsageError(
+            "--sync-bn: PyTorch's SyncBatchNorm runs on GPUs only; on CPUs drop --sync-bn (each rank then "
+            "normalises with its own batch, and DDP keeps rank 0's running statistics on every rank)"
+        )
 
 
 def uses_feature_cache(cfg: TrainConfig, train_feed) -> bool:
@@ -860,7 +944,7 @@ def _what_changed(src, split_csv: str) -> str:
     )
 
 
-def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
+def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool, sync_bn: bool = False):
     """(TrainState, frozen layers, per-step schedule): the model, optimizer, schedule, EMA and callbacks of a new
     run (a resume then loads its state). `head_only`: only the head trains (frozen-feature cache), so the EMA
     averages the head."""
@@ -872,6 +956,8 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool):
         weights_file=cfg.weights_file if not cfg.resume else None,
     )
     frozen = freeze(model, cfg.model, "backbone" if cfg.freeze_epochs else cfg.freeze)
+    if sync_bn and cfg.sync_bn:  # before the optimizer: the converted layers keep the same parameters
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = to_layout(model.to(device), cfg.channels_last)
     if not any(p.requires_grad for p in model.parameters()):
         raise UsageError(f"--freeze {cfg.freeze} leaves nothing to train in {cfg.model}")
@@ -921,7 +1007,7 @@ def _resume(state: TrainState, ckpt: dict, cfg: TrainConfig, run_path: str) -> N
         state.best = {"value": None, "epoch": 0, "weights": "model"}
 
 
-def _precision(cfg: TrainConfig, device, state: TrainState, prep: Preprocess, resume_ckpt: dict | None):
+def _precision(cfg: TrainConfig, device, state: TrainState, prep: Preprocess, resume_ckpt: dict | None, world=None):
     """The autocast dtype (None: fp32), set in `state` with the gradient scaler fp16 needs. Once the data has passed
     every check, since `auto` may time a few training steps on a CPU with native bf16; a resumed run keeps the
     precision it started with."""
@@ -938,7 +1024,9 @@ def _precision(cfg: TrainConfig, device, state: TrainState, prep: Preprocess, re
             batch_size=cfg.batch_size,
             channels_last=cfg.channels_last,
         )
-    state.precision = precision_name(amp)
+    chosen = distributed.broadcast(precision_name(amp), world)  # `auto` is measured: rank 0's measurement
+    amp = training_precision(chosen, device) if chosen != precision_name(amp) else amp
+    state.precision = chosen
     state.scaler = torch.amp.GradScaler(device.type, enabled=(amp == torch.float16))
     return amp
 

@@ -152,12 +152,36 @@ def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, gen, *, mode: 
     return F.grid_sample(x.float(), grid, mode=mode, padding_mode="border", align_corners=False)
 
 
+def epoch_order(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    weights: torch.Tensor | None = None,
+    shard: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """One training epoch's order of `n` images: a permutation from `generator`, or with `weights` a draw with
+    replacement (image i with chance weights[i] / weights.sum()). `shard` = (rank, world size): this rank's part
+    of the order every rank draws alike (distributed.shard_order). The last batch is dropped only when it would
+    hold a single image (BatchNorm cannot train on one)."""
+    m = n if shard is None else -(-n // shard[1])
+    keep = m - 1 if (m > 1 and m % batch_size == 1) else m
+    if shard is None:  # one process: draws as before sharding existed, so its runs repeat bit for bit
+        if weights is not None:
+            return weighted_order(weights, keep, generator)
+        return torch.randperm(n, generator=generator)[:keep]
+    from ..distributed import shard_order
+
+    full = weighted_order(weights, n, generator) if weights is not None else torch.randperm(n, generator=generator)
+    return shard_order(full, *shard)[:keep]
+
+
 class Batches:
     """Iterate (images, labels) batches over an in-memory or memory-mapped uint8 tensor.
 
-    shuffle: order from `generator`; the last batch is dropped only when it would hold a single image
-    (BatchNorm cannot train on one). weights (with shuffle): the order is drawn with replacement instead, image i
-    with chance weights[i] / weights.sum() (data/balance.py)."""
+    shuffle: an epoch's order (`epoch_order`) from `generator`, with `weights` drawn with replacement
+    (data/balance.py), with `shard` this rank's part of it. The augmentation draws from `aug_generator` (default:
+    `generator`; under torchrun one seeded per rank, while the order's is the same on every rank).
+    block (without shuffle): only these batches of the in-order sequence (a rank's share of an evaluation)."""
 
     def __init__(
         self,
@@ -169,28 +193,35 @@ class Batches:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         weights: torch.Tensor | None = None,
+        shard: tuple[int, int] | None = None,
+        aug_generator: torch.Generator | None = None,
+        block: range | None = None,
     ):
         if weights is not None and len(weights) != len(labels):
             raise ValueError(f"{len(weights)} sampling weights for {len(labels)} images")
         self.images, self.labels = images, labels
         self.batch_size, self.transform = batch_size, transform
-        self.shuffle, self.generator, self.weights = shuffle, generator, weights
+        self.shuffle, self.generator, self.weights, self.shard = shuffle, generator, weights, shard
+        self.aug_generator = aug_generator if aug_generator is not None else generator
         n = len(labels)
-        self.n = n - 1 if (shuffle and n > 1 and n % batch_size == 1) else n
+        if shuffle:
+            m = n if shard is None else -(-n // shard[1])
+            self.n = m - 1 if (m > 1 and m % batch_size == 1) else m
+        else:
+            self.n = n
+        all_batches = range((self.n + batch_size - 1) // batch_size)
+        self.block = all_batches if block is None or shuffle else all_batches[block.start : block.stop]
 
     def __len__(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
+        return len(self.block)
 
     def __iter__(self):
-        n = len(self.labels)
-        if not self.shuffle:
-            order = torch.arange(self.n)
-        elif self.weights is not None:
-            order = weighted_order(self.weights, self.n, self.generator)
+        if self.shuffle:
+            order = epoch_order(len(self.labels), self.batch_size, self.generator, self.weights, self.shard)
         else:
-            order = torch.randperm(n, generator=self.generator)[: self.n]
-        for start in range(0, self.n, self.batch_size):
-            idx = order[start : start + self.batch_size]
+            order = torch.arange(self.n)
+        for b in self.block:
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             # in order: a contiguous slice (no gather copy); shuffled: one gather of the batch's rows
             x = self.images[int(idx[0]) : int(idx[-1]) + 1] if not self.shuffle else self.images[idx]
-            yield self.transform(x, self.generator), self.labels[idx]
+            yield self.transform(x, self.aug_generator), self.labels[idx]

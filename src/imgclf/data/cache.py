@@ -94,18 +94,36 @@ def load_decoded(
     root = cache_root()
     key = split_key(split, size, interpolation)
     data_path, meta_path = os.path.join(root, f"{key}.u8"), os.path.join(root, f"{key}.json")
-    if os.path.exists(meta_path) and os.path.exists(data_path):
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-            good = meta["good"]
-            mm = np.memmap(data_path, dtype=np.uint8, mode="c", shape=(len(good), 3, size, size))
-            kept = split if len(good) == n else split.subset(good)
-            return Decoded(kept, torch.from_numpy(mm), [tuple(b) for b in meta["bad"]], hit=True)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            log.warning("decoded cache %s unreadable (%s); rebuilding it", data_path, e)
-
+    found = _cached(split, size, data_path, meta_path)
+    if found is not None:
+        return found
     os.makedirs(root, exist_ok=True)
+    from filelock import FileLock
+
+    # Under torchrun every rank asks for the same split at once: one decodes it, the others wait and map its file.
+    with FileLock(os.path.join(root, f"{key}.lock")):
+        found = _cached(split, size, data_path, meta_path)
+        return found if found is not None else _build(split, size, key, root, data_path, meta_path, kw)
+
+
+def _cached(split: Split, size: int, data_path: str, meta_path: str) -> Decoded | None:
+    """The cached decoded split, or None when there is none (or it cannot be read)."""
+    if not (os.path.exists(meta_path) and os.path.exists(data_path)):
+        return None
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        good = meta["good"]
+        mm = np.memmap(data_path, dtype=np.uint8, mode="c", shape=(len(good), 3, size, size))
+        kept = split if len(good) == len(split) else split.subset(good)
+        return Decoded(kept, torch.from_numpy(mm), [tuple(b) for b in meta["bad"]], hit=True)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        log.warning("decoded cache %s unreadable (%s); rebuilding it", data_path, e)
+        return None
+
+
+def _build(split: Split, size: int, key: str, root: str, data_path: str, meta_path: str, kw: dict) -> Decoded:
+    n = len(split)
     need = n * 3 * size * size
     free = shutil.disk_usage(root).free
     if need > free // 2:
@@ -142,7 +160,9 @@ def load_decoded(
         for p in (tmp, tmp + ".c"):
             if os.path.exists(p):
                 os.unlink(p)
-    built = load_decoded(split, size, cache="disk", **kw)  # read back through the mmap
+    built = _cached(split, size, data_path, meta_path)  # read back through the mmap
+    if built is None:
+        raise OSError(f"the decoded cache {data_path} just written cannot be read back")
     built.hit = False
     return built
 

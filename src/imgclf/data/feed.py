@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from .batches import Batches, BatchTransform
+from .batches import Batches, BatchTransform, epoch_order
 from .cache import decode_all, drop_unreadable, load_decoded
 from .pipeline import ImageDataset, Preprocess, augment_kind, eval_transform, make_loader, train_transform
 from .sources import Split
@@ -51,9 +51,10 @@ class FastFeed:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
+    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None):
         """One training epoch in an order from `gen`: a permutation, or with `sampler_weights` (one per image,
-        data/balance.py sample_weights) drawn with replacement."""
+        data/balance.py sample_weights) drawn with replacement. Under torchrun, `shard` = (rank, world size) takes
+        this rank's part of it and `aug` (a generator seeded per rank) draws the augmentation."""
         return Batches(
             self.images,
             self.labels,
@@ -62,10 +63,13 @@ class FastFeed:
             shuffle=True,
             generator=gen,
             weights=sampler_weights,
+            shard=shard,
+            aug_generator=aug,
         )
 
-    def batches(self):
-        return Batches(self.images, self.labels, batch_size=self.eval_batch_size, transform=self.eval_tf)
+    def batches(self, block: range | None = None):
+        """Evaluation batches in order; `block`: only these batch indices (a rank's share)."""
+        return Batches(self.images, self.labels, batch_size=self.eval_batch_size, transform=self.eval_tf, block=block)
 
     def image(self, i: int) -> torch.Tensor:
         return self.images[i]
@@ -100,19 +104,28 @@ class LoaderFeed:
     def __len__(self) -> int:
         return len(self.split)
 
-    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None):
-        """As FastFeed.epoch, through a DataLoader (WeightedRandomSampler draws as Batches does)."""
-        return make_loader(
-            self.train_ds,
-            batch_size=self.batch_size,
-            workers=self.workers,
-            shuffle=True,
-            generator=gen,
-            sampler_weights=sampler_weights,
-        )
+    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None):
+        """As FastFeed.epoch, through a DataLoader (WeightedRandomSampler draws as Batches does). Under torchrun the
+        rank's share of the order is the sampler, and the workers' augmentation seeds come from `aug`."""
+        if shard is None:
+            return make_loader(
+                self.train_ds,
+                batch_size=self.batch_size,
+                workers=self.workers,
+                shuffle=True,
+                generator=gen,
+                sampler_weights=sampler_weights,
+            )
+        order = epoch_order(len(self.split), self.batch_size, gen, sampler_weights, shard)
+        return make_loader(self.train_ds, batch_size=self.batch_size, workers=self.workers, generator=aug, order=order)
 
-    def batches(self):
-        return make_loader(self.eval_ds, batch_size=self.eval_batch_size, workers=self.workers)
+    def batches(self, block: range | None = None):
+        """Evaluation batches in order; `block`: only these batch indices (a rank's share)."""
+        ds = self.eval_ds
+        if block is not None:
+            n, b = len(ds), self.eval_batch_size
+            ds = torch.utils.data.Subset(ds, range(min(n, block.start * b), min(n, block.stop * b)))
+        return make_loader(ds, batch_size=self.eval_batch_size, workers=self.workers)
 
     def image(self, i: int) -> torch.Tensor:
         return self.eval_ds.image(i)

@@ -1,0 +1,256 @@
+"""torch.distributed: shards, torchrun training (2 ranks on Gloo), resume across world sizes, sharded evaluation,
+a rank killed mid-run, and two "nodes" on the loopback address. Every run here is a real torchrun launch of
+`imgclf` on the tiny data (a few seconds each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgclf.data.batches import Batches, epoch_order
+from imgclf.distributed import batch_block, shard_order, strip_nproc
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+TINY = ["--model", "test_tiny", "--batch-size", "8", "--workers", "0", "--precision", "fp32", "--seed", "3"]
+
+
+def torchrun(args: list[str], *, nproc: int = 2, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", "imgclf", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def imgclf(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def weights(path) -> dict:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------------------------------------ shards
+
+
+@pytest.mark.parametrize("n,size", [(10, 2), (11, 2), (7, 3), (3, 4)])
+def test_shards_cover_the_order_with_equal_counts(n, size):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    shards = [shard_order(order, r, size) for r in range(size)]
+    assert len({len(s) for s in shards}) == 1  # the same number of steps on every rank, or DDP would hang
+    assert set(torch.cat(shards).tolist()) == set(range(n))
+    assert sum(len(s) for s in shards) - n < size  # padding: fewer than one image per rank
+
+
+def test_epoch_order_of_one_process_is_unchanged_by_sharding_support():
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert torch.equal(epoch_order(20, 8, gen()), torch.randperm(20, generator=gen()))
+    # every rank draws the same permutation and keeps its own part of it
+    parts = [epoch_order(20, 8, gen(), shard=(r, 2)) for r in range(2)]
+    assert torch.equal(torch.stack(parts, 1).flatten(), torch.randperm(20, generator=gen()))
+
+
+def test_batch_blocks_concatenate_to_all_batches():
+    for n in (0, 1, 5, 6):
+        blocks = [batch_block(n, r, 3) for r in range(3)]
+        assert [b for blk in blocks for b in blk] == list(range(n))
+    images, labels = torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10)
+    part = Batches(images, labels, batch_size=3, transform=lambda x, g: x, block=range(1, 3))
+    assert [y.tolist() for _, y in part] == [[3, 4, 5], [6, 7, 8]]
+
+
+def test_strip_nproc():
+    assert strip_nproc(["train", "--nproc", "2", "--epochs", "1"]) == ["train", "--epochs", "1"]
+    assert strip_nproc(["train", "--nproc=2"]) == ["train"]
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_data, tmp_path_factory) -> Path:
+    """2 epochs of the tiny model on 2 ranks."""
+    out = tmp_path_factory.mktemp("ddp")
+    r = ok(torchrun(["train", "--data", str(tiny_data), *TINY, "--epochs", "2", "--out", str(out), "--name", "r"]))
+    assert "distributed: 2 ranks (gloo), 8 images per rank per step: a global batch of 16" in r.stderr
+    return out / "r"
+
+
+def test_a_distributed_run_writes_one_run_directory(ddp_run):
+    results = json.loads((ddp_run / "results.json").read_text())
+    assert results["world_size"] == 2 and results["epochs"] == 2
+    # 24 train images per rank (48 / 2) in batches of 8: 3 steps an epoch
+    assert results["steps"] == 6
+    lines = (ddp_run / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 3  # a header and one row per epoch: rank 1 wrote nothing
+    assert sorted(p.name for p in ddp_run.parent.iterdir()) == ["r"]
+
+
+def test_distributed_checkpoint_is_an_ordinary_artifact(ddp_run, tiny_data, tmp_path):
+    r = ok(imgclf(["predict", str(ddp_run / "best.pt"), str(tiny_data / "test"), "--json"]))
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 9 and all("label" in row for row in rows)
+    ok(imgclf(["evaluate", str(ddp_run / "best.pt"), "--split", "test", "--out", str(tmp_path / "e")]))
+
+
+def test_distributed_resume_repeats_the_uninterrupted_run(ddp_run, tiny_data, tmp_path):
+    """1 epoch on 2 ranks, then --resume for the second on 2 ranks: the same weights as 2 epochs in one go."""
+    r = ok(torchrun(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--name", "a"]))
+    ok(torchrun(["train", "--resume", str(tmp_path / "a" / "last.pt"), "--epochs", "2"]))
+    assert same_weights(tmp_path / "a" / "last.pt", ddp_run / "last.pt"), r.stderr[-2000:]
+
+
+def test_resume_crosses_world_sizes(ddp_run, tiny_data, tmp_path):
+    """A distributed run's last.pt continues in one process, and a one-process run's under torchrun."""
+    import shutil
+
+    shutil.copytree(ddp_run, tmp_path / "d")
+    ok(imgclf(["train", "--resume", str(tmp_path / "d" / "last.pt"), "--epochs", "3"]))
+    assert json.loads((tmp_path / "d" / "results.json").read_text())["epochs"] == 3
+
+    ok(imgclf(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--name", "s"]))
+    ok(torchrun(["train", "--resume", str(tmp_path / "s" / "last.pt"), "--epochs", "2"]))
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert results["epochs"] == 2 and results["world_size"] == 2
+
+
+def test_nproc_launches_torchrun(tiny_data, tmp_path):
+    r = ok(
+        imgclf(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--nproc", "2"])
+    )
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "results.json").read_text())["world_size"] == 2, r.stderr[-2000:]
+
+
+def test_sync_bn_on_cpu_is_refused_in_one_line(tiny_data, tmp_path):
+    r = torchrun(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--sync-bn"])
+    assert r.returncode != 0
+    assert "imgclf: error: --sync-bn: PyTorch's SyncBatchNorm runs on GPUs only" in r.stderr
+    # torchrun prints its own report of the failed workers; imgclf's lines carry no traceback
+    assert not [line for line in r.stderr.splitlines() if line.strip().startswith("File ") and "imgclf" in line]
+    assert not any(tmp_path.iterdir())
+    # with --nproc the options are checked before torchrun starts: one line, exit 2
+    r = imgclf(["train", "--data", str(tiny_data), *TINY, "--out", str(tmp_path), "--sync-bn", "--nproc", "2"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("imgclf: error: --sync-bn"), r.stderr
+    assert "torch.distributed" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path):
+    """Every number of eval.json equal: each rank runs whole batches, gathered in order."""
+    best = str(ddp_run / "best.pt")
+    common = ["--split", "val", "--batch-size", "4", "--precision", "fp32"]
+    ok(imgclf(["evaluate", best, *common, "--out", str(tmp_path / "one")]))
+    ok(torchrun(["evaluate", best, *common, "--out", str(tmp_path / "two")]))
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    two = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert one == two
+    assert one["num_images"] == 18
+
+
+# ------------------------------------------------------------------------------------------------ failures
+
+
+def test_a_killed_rank_stops_the_run_and_resume_finishes_it(tiny_data, tmp_path):
+    """SIGKILL of rank 1 after the first epoch is saved: every process exits (well within --dist-timeout), and
+    --resume finishes the run from the last whole checkpoint."""
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "400", "--out", str(tmp_path), "--name", "k"]
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "imgclf", *args, "--dist-timeout", "60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    last = tmp_path / "k" / "last.pt"
+    try:
+        deadline = time.monotonic() + 240
+        while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert last.exists(), "the first epoch was never saved"
+        rank1 = _worker_with_rank(proc.pid, 1)
+        os.kill(rank1, signal.SIGKILL)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        waited = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert waited < 60, f"the other rank took {waited:.0f} s to stop"
+    assert all(_gone(pid) for pid in _children(proc.pid))
+    saved = torch.load(last, weights_only=True)["train_state"]["epoch"]
+    assert 1 <= saved < 400
+    ok(torchrun(["train", "--resume", str(last), "--epochs", str(saved + 2)]))
+    results = json.loads((tmp_path / "k" / "results.json").read_text())
+    assert results["epochs"] == saved + 2, err[-2000:]
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def _worker_with_rank(agent: int, rank: int) -> int:
+    for pid in _children(agent):
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no worker with RANK={rank} under torchrun (pid {agent})")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+# ------------------------------------------------------------------------------------------------ two nodes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_the_loopback_address(tiny_data, tmp_path):
+    """Two torchrun launches, one process each, meeting at a c10d rendezvous on 127.0.0.1 as two machines would."""
+    port = _free_port()
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "2", "--out", str(tmp_path), "--name", "n"]
+    node = [
+        *TORCHRUN,
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=imgclf-test",
+        "-m",
+        "imgclf",
+        *args,
+    ]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    procs = [
+        subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[1][-2000:] for o in outs)
+    results = json.loads((tmp_path / "n" / "results.json").read_text())
+    assert results["world_size"] == 2
+    r = ok(imgclf(["predict", str(tmp_path / "n" / "best.pt"), str(tiny_data / "test"), "--json"]))
+    assert len(r.stdout.splitlines()) == 9
