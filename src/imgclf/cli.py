@@ -786,13 +786,16 @@ COMMANDS = {
     "serve": cmd_serve,
 }
 
+
 def cmd_launch(a: dict) -> int:
     from .distributed import launch
 
     return launch(a["nproc"], a["argv"])
 
 
-COMMANDS.update({"export": cmd_export, "bench": cmd_bench, "env": cmd_env, "lr-find": cmd_lr_find, "launch": cmd_launch})
+COMMANDS.update(
+    {"export": cmd_export, "bench": cmd_bench, "env": cmd_env, "lr-find": cmd_lr_find, "launch": cmd_launch}
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,9 +131,7 @@ def test_resume_crosses_world_sizes(ddp_run, tiny_data, tmp_path):
 
 
 def test_nproc_launches_torchrun(tiny_data, tmp_path):
-    r = ok(
-        imgclf(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--nproc", "2"])
-    )
+    r = ok(imgclf(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--nproc", "2"]))
     (run,) = tmp_path.iterdir()
     assert json.loads((run / "results.json").read_text())["world_size"] == 2, r.stderr[-2000:]
 
