@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("entropy", "margin", "least-confidence", "random", "diverse")
 # Candidates per pick for `diverse` (Zhdanov's beta): enough to choose among, few enough that every pick stays
-# among the uncertain images; his experiments used 10 to 50.
+# among the uncertain images.
 DIVERSE_PREFILTER = 10
 # What the score column of selected.csv holds for each strategy, and in which order the rows come.
 SCORE_MEANING = {
@@ -448,19 +448,11 @@ def simulate(
     FeatureModel.check(features)
     src = open_source(data, data_root=data_root, seed=seed)
     eval_split = eval_split or ("test" if "test" in src.splits else "val")
+    if eval_split == "train":
+        raise UsageError("--eval-split train is the pool the simulation labels: measure on val or test")
     pool = _subset(src.split("train"), pool_size, seed, "--pool-size")
     ev = _subset(src.split(eval_split), eval_size, seed, "--eval-size")
-    need = start + rounds * budget
-    if need > len(pool):
-        raise UsageError(
-            f"--start {start} + --rounds {rounds} x --budget {budget} = {need} labels, but the pool (train split) "
-            f"has {len(pool)} images: lower them or raise --pool-size"
-        )
-    if start_mode == "stratified" and start < len(src.classes):
-        raise UsageError(
-            f"--start {start} cannot hold one image of each of the {len(src.classes)} classes: raise it, or use "
-            "--start-mode random"
-        )
+    _check_sizes(len(pool), len(src.classes), start=start, budget=budget, rounds=rounds, start_mode=start_mode)
     check_output_folder(out, "--out")
     extractor = FeatureModel.open(features, len(src.classes), img_size=img_size, device=device)
     os.makedirs(out, exist_ok=True)
@@ -473,12 +465,7 @@ def simulate(
         "eval_split": eval_split,
         "eval": len(ye),
         "classes": len(src.classes),
-        "start": start,
-        "start_mode": start_mode,
-        "budget": budget,
-        "rounds": rounds,
-        "seeds": seeds,
-        "seed": seed,
+        **dict(start=start, start_mode=start_mode, budget=budget, rounds=rounds, seeds=seeds, seed=seed),
         "classifier": "scikit-learn LogisticRegression (lbfgs, C=1) on standardised features",
     }
     rows = _run_all(x, y, xe, ye, strategies, setup)
@@ -499,6 +486,20 @@ def _check_sim_args(strategies, start, budget, rounds, seeds, start_mode) -> lis
     if start_mode not in ("stratified", "random"):
         raise UsageError(f"--start-mode must be stratified or random, not '{start_mode}'")
     return list(dict.fromkeys(strategies))
+
+
+def _check_sizes(pool: int, classes: int, *, start: int, budget: int, rounds: int, start_mode: str) -> None:
+    need = start + rounds * budget
+    if need > pool:
+        raise UsageError(
+            f"--start {start} + --rounds {rounds} x --budget {budget} = {need} labels, but the pool (train split) "
+            f"has {pool} images: lower them or raise --pool-size"
+        )
+    if start_mode == "stratified" and start < classes:
+        raise UsageError(
+            f"--start {start} cannot hold one image of each of the {classes} classes: raise it, or use "
+            "--start-mode random"
+        )
 
 
 def _subset(split, n: int | None, seed: int, flag: str):
@@ -604,6 +605,9 @@ def _split_features(fm: FeatureModel, split, batch_size: int, desc: str):
     from .data.pipeline import default_workers
     from .features import extract
 
+    log.info(
+        "%s: %d images through %s at %d px (once; cached in features.pt)", desc, len(split), fm.name, fm.prep.img_size
+    )
     xs, ys = [], []
     for lo in range(0, len(split), FEATURE_CHUNK):
         part = split.subset(range(lo, min(lo + FEATURE_CHUNK, len(split))))
@@ -778,10 +782,21 @@ def plot_learning_curves(summary: list[dict], path: str, *, title: str) -> None:
 
     fig = _figure(figsize=(7.5, 4.6))
     ax = fig.subplots()
-    for strat in dict.fromkeys(r["strategy"] for r in summary):
+    # a style per strategy: curves that coincide (entropy and margin rank alike with two classes) stay visible
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", (0, (5, 1)))]
+    for i, strat in enumerate(dict.fromkeys(r["strategy"] for r in summary)):
         pts = sorted((r for r in summary if r["strategy"] == strat), key=lambda r: r["labels"])
         xs = [r["labels"] for r in pts]
-        (line,) = ax.plot(xs, [r["mean"] for r in pts], "o-", markersize=3.5, label=label(strat))
+        marker, ls = styles[i % len(styles)]
+        (line,) = ax.plot(
+            xs,
+            [r["mean"] for r in pts],
+            marker=marker,
+            linestyle=ls,
+            markersize=4,
+            fillstyle="none",
+            label=label(strat),
+        )
         ax.fill_between(xs, [r["min"] for r in pts], [r["max"] for r in pts], color=line.get_color(), alpha=0.15)
     ax.set_xlabel("labelled images")
     ax.set_ylabel("accuracy")
