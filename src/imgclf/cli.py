@@ -346,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_export(sub)
     _add_bench(sub)
+    _add_active(sub)
 
     p = sub.add_parser("check", help="find corrupt, truncated, duplicate and leaked files in a data folder")
     _common(p)
@@ -796,6 +797,138 @@ def cmd_launch(a: dict) -> int:
 COMMANDS.update(
     {"export": cmd_export, "bench": cmd_bench, "env": cmd_env, "lr-find": cmd_lr_find, "launch": cmd_launch}
 )
+
+
+# --------------------------------------------------------------------------------------------- active learning
+
+
+def _add_active(sub) -> None:
+    from .active import DIVERSE_PREFILTER, STRATEGIES
+
+    p = sub.add_parser(
+        "select",
+        help="active learning: pick the unlabelled images most worth labelling next",
+        description="Score every image of a pool with a model (any format predict reads) and pick --budget of "
+        "them by a strategy; writes OUT/selected.csv (path, score, predicted_label, probability) and "
+        "OUT/contact_sheet.png. Strategies: entropy, margin, least-confidence (most uncertain first), random, "
+        f"diverse (one pick per k-means cluster of the {DIVERSE_PREFILTER} x N most uncertain images on the "
+        "model's penultimate features; checkpoints only). See docs/active_learning.md.",
+    )
+    _common(p)
+    p.add_argument("weights", help="checkpoint (runs/NAME/best.pt) or a file from imgclf export")
+    p.add_argument(
+        "--pool", required=True, help="unlabelled images: a folder (searched recursively) or a CSV with a path column"
+    )
+    p.add_argument("--budget", type=_number(int, ge=1), required=True, help="images to select")
+    p.add_argument("--strategy", default="entropy", choices=STRATEGIES, help="how to rank the pool [entropy]")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="MANIFEST",
+        help="already-labelled images, left out of the pool: a CSV with a path column (relative to the CSV) or a "
+        "folder; repeat for several",
+    )
+    p.add_argument("--out", help="output folder (default: select-STRATEGY next to the weights)")
+    p.add_argument("--seed", type=int, default=0, help="for random and diverse [0]")
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=32, help="images per batch [32]")
+    p.add_argument("--device", default="auto")
+    _add_inference_precision(p)
+    _add_active_sim(sub)
+
+
+def _add_active_sim(sub) -> None:
+    p = sub.add_parser(
+        "active-sim",
+        help="simulate active learning on labelled data: accuracy against labels, per strategy",
+        description="Hide the labels of the train split, start from --start of them, and each round fit a "
+        "logistic regression on frozen features, select --budget more by each strategy and reveal their labels; "
+        "accuracy on the test (else val) split every round, for --seeds seeds. Writes active_sim.csv, "
+        "active_sim_summary.csv, active_sim.json and active_sim.png (accuracy against labels, one curve per "
+        "strategy with its min-max band) to --out.",
+    )
+    _common(p)
+    p.add_argument("--data", required=True, help="labelled data: a folder, a CSV, or cifar10/cifar100/digits")
+    p.add_argument(
+        "--strategies", default="entropy,margin,diverse,random", help="comma-separated [entropy,margin,diverse,random]"
+    )
+    p.add_argument("--start", type=_number(int, ge=1), default=20, help="labelled images at the start [20]")
+    p.add_argument("--budget", type=_number(int, ge=1), default=20, help="images labelled per round [20]")
+    p.add_argument("--rounds", type=_number(int, ge=1), default=5, help="rounds of selection [5]")
+    p.add_argument("--seeds", type=_number(int, ge=1), default=3, help="repetitions with other start sets [3]")
+    p.add_argument(
+        "--features",
+        default="efficientnet_lite0",
+        metavar="MODEL_OR_CHECKPOINT",
+        help="frozen backbone: a model with pretrained weights (imgclf models) or a checkpoint [efficientnet_lite0]",
+    )
+    p.add_argument("--img-size", type=_number(int, ge=1), help="input size for a registry model [its own]")
+    p.add_argument("--pool-size", type=_number(int, ge=1), help="use a seeded subset of this many train images [all]")
+    p.add_argument("--eval-size", type=_number(int, ge=1), help="evaluate on a seeded subset of this many images [all]")
+    p.add_argument("--eval-split", help="split to measure accuracy on [test if the data has one, else val]")
+    p.add_argument(
+        "--start-mode",
+        default="stratified",
+        choices=("stratified", "random"),
+        help="how the start set is drawn [stratified]",
+    )
+    p.add_argument("--out", default=os.path.join("runs", "active-sim"), help="output folder [runs/active-sim]")
+    p.add_argument("--seed", type=int, default=0, help="first seed; the others follow it [0]")
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=64, help="images per batch for the features [64]")
+    p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def cmd_select(a: dict) -> int:
+    from .active import format_selection, select
+
+    sel = select(
+        a["weights"],
+        a["pool"],
+        budget=a["budget"],
+        strategy=a["strategy"],
+        exclude=a["exclude"],
+        out=a.get("out"),
+        seed=a["seed"],
+        device=a["device"],
+        precision=a["precision"],
+        batch_size=a["batch_size"],
+    )
+    print(format_selection(sel))
+    return 0
+
+
+def cmd_active_sim(a: dict) -> int:
+    from .active import format_simulation, simulate
+
+    res = simulate(
+        a["data"],
+        strategies=a["strategies"],
+        start=a["start"],
+        budget=a["budget"],
+        rounds=a["rounds"],
+        seeds=a["seeds"],
+        features=a["features"],
+        img_size=a.get("img_size"),
+        pool_size=a.get("pool_size"),
+        eval_size=a.get("eval_size"),
+        eval_split=a.get("eval_split"),
+        start_mode=a["start_mode"],
+        out=a["out"],
+        seed=a["seed"],
+        device=a["device"],
+        batch_size=a["batch_size"],
+        data_root=a.get("data_root"),
+    )
+    if a.get("json"):
+        print(json.dumps({"setup": res.setup, "summary": res.summary, "versus_random": res.versus_random}, indent=2))
+    else:
+        print(format_simulation(res))
+    return 0
+
+
+COMMANDS.update({"select": cmd_select, "active-sim": cmd_active_sim})
 
 
 def main(argv: list[str] | None = None) -> int:
