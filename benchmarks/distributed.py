@@ -10,7 +10,7 @@
    2 (N - 1) / N of the tensor through every rank's link); from that, the seconds per step a cluster pays on a
    given network.
 
-    .venv/bin/python benchmarks/distributed.py [--root ../shared/data/cifar10-jpg] [--ranks 2] [--steps 20] [--rounds 3]
+    .venv/bin/python benchmarks/distributed.py [--root ../shared/data/cifar10-jpg] [--ranks 2[,4,8]] [--steps 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ def under_torchrun(nproc: int, args: list[str], threads: int) -> dict:
     return json.loads(re.search(r"RESULT (.*)", out.stdout).group(1))
 
 
-def seed_images_per_second(root: str, steps: int) -> float:
+def seed_images_per_second(script: str, root: str, steps: int) -> float:
     out = subprocess.run(
-        [sys.executable, str(SHARED / "bench" / "seed_baseline.py"), root, "full", str(steps), "4"],
+        [sys.executable, script, root, "full", str(steps), "4"],
         capture_output=True,
         text=True,
         check=True,
@@ -133,7 +133,8 @@ def seed_images_per_second(root: str, steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=str(SHARED / "data" / "cifar10-jpg"))
-    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--ranks", default="2", help="rank counts to compare with 1 process, e.g. 2,4,8 [2]")
+    ap.add_argument("--seed-script", default=str(SHARED / "bench" / "seed_baseline.py"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=256, help="global batch (each rank: batch / ranks) [256]")
@@ -151,38 +152,39 @@ def main() -> None:
     from imgclf.environment import env_block
 
     print(env_block(), flush=True)
-    n, c = args.ranks, cores()
+    counts, c = [int(k) for k in args.ranks.split(",")], cores()
     common = ["--root", args.root, "--batch", str(args.batch), "--steps", str(args.steps)]
     under_torchrun(1, ["--worker", "throughput", "--model", "airnet_small", *common[:2], "--steps", "1"], c)  # cache
-    results = {m: {"seed": [], 1: [], n: []} for m in args.models.split(",")}
+    results = {m: {"seed": [], **{k: [] for k in [1, *counts]}} for m in args.models.split(",")}
     for r in range(args.rounds):
-        seed = seed_images_per_second(args.root, args.steps)
+        seed = seed_images_per_second(args.seed_script, args.root, args.steps)
         for m, res in results.items():
             res["seed"].append(seed)
-            for k in (1, n):
+            for k in [1, *counts]:
                 w = ["--worker", "throughput", "--model", m, *common]
                 res[k].append(under_torchrun(k, w, max(1, c // k))["ips"])
-            print(
-                f"round {r + 1} {m}: 1 process {res[1][-1]:.0f} img/s, {n} ranks {res[n][-1]:.0f} img/s "
-                f"(seed's ResNet-18 pipeline {seed:.0f} img/s)",
-                flush=True,
-            )
+            ranks = ", ".join(f"{k} ranks {res[k][-1]:.0f} img/s" for k in counts)
+            print(f"round {r + 1} {m}: 1 process {res[1][-1]:.0f} img/s, {ranks} (seed {seed:.0f} img/s)", flush=True)
     print(f"\nthroughput, global batch {args.batch}, median of {args.rounds} rounds of {args.steps} steps ({c} cores):")
     for m, res in results.items():
-        one, many, seed = (statistics.median(res[k]) for k in (1, n, "seed"))
-        print(
-            f"  {m:13s} 1 process {one:6.0f} img/s | {n} ranks {many:6.0f} img/s ({many / one:.2f}x) | "
-            f"seed ResNet-18 {seed:.0f} img/s: 1 process {one / seed:.2f}x, {n} ranks {many / seed:.2f}x"
+        one, seed = statistics.median(res[1]), statistics.median(res["seed"])
+        line = (
+            f"  {m:13s} 1 process {one:6.0f} img/s ({one / seed:.2f}x the seed's ResNet-18 pipeline, {seed:.0f} img/s)"
         )
-    ar = under_torchrun(n, ["--worker", "allreduce", "--repeats", str(args.repeats)], max(1, c // n))
-    print(f"\nGloo all-reduce over the loopback, {n} ranks (median of {args.repeats}):")
-    for m, v in ar["models"].items():
-        bus = 2 * (n - 1) / n * v["bytes"] / v["seconds"]
-        print(
-            f"  {m:13s} {v['parameters'] / 1e6:6.2f} M params = {v['bytes'] / 1e6:6.1f} MB: {v['seconds'] * 1e3:7.1f} ms "
-            f"per step (bus bandwidth {bus / 1e9:.2f} GB/s)"
-        )
-    print("\na ring all-reduce on a cluster, 2 (N-1)/N x the gradient per step through each node's link, N = 8:")
+        for k in counts:
+            many = statistics.median(res[k])
+            line += f" | {k} ranks {many:6.0f} img/s ({many / one:.2f}x 1 process, {many / seed:.2f}x the seed)"
+        print(line)
+    for n in counts:
+        ar = under_torchrun(n, ["--worker", "allreduce", "--repeats", str(args.repeats)], max(1, c // n))
+        print(f"\nGloo all-reduce over the loopback, {n} ranks (median of {args.repeats}):")
+        for m, v in ar["models"].items():
+            bus = 2 * (n - 1) / n * v["bytes"] / v["seconds"]
+            print(
+                f"  {m:13s} {v['parameters'] / 1e6:6.2f} M params = {v['bytes'] / 1e6:6.1f} MB: "
+                f"{v['seconds'] * 1e3:7.1f} ms per step (bus bandwidth {bus / 1e9:.2f} GB/s)"
+            )
+    print("\na ring all-reduce on a cluster moves 2 (N-1)/N x the gradient per step through each node's link; N = 8:")
     for gbit in (10, 25, 100):
         link = gbit / 8 * 1e9
         cost = ", ".join(f"{m} {2 * 7 / 8 * v['bytes'] / link * 1e3:.1f} ms" for m, v in ar["models"].items())
