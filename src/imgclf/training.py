@@ -239,7 +239,9 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.mixer = make_mixer(cfg, n_cls)
         self.lr_find = None  # the range test's result when --lr auto ran it
-        self.per_epoch = -(-len(self.train_feed.epoch(torch.Generator().manual_seed(0))) // cfg.accumulate)
+        shard = (self.world.rank, self.world.size) if self.world.distributed else None
+        steps = len(self.train_feed.epoch(torch.Generator().manual_seed(0), shard=shard))  # this rank's batches
+        self.per_epoch = -(-steps // cfg.accumulate)
         self.total_steps = min(cfg.max_steps or cfg.epochs * self.per_epoch, cfg.epochs * self.per_epoch)
         self.schedule = step_schedule  # the per-step schedule's length, which --time-budget may shorten
         if self.schedule is not None:

@@ -20,7 +20,8 @@ from imgclf.data.batches import Batches, epoch_order
 from imgclf.distributed import batch_block, shard_order, strip_nproc
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-TINY = ["--model", "test_tiny", "--batch-size", "8", "--workers", "0", "--precision", "fp32", "--seed", "3"]
+TINY = ["--model", "test_tiny", "--workers", "0", "--precision", "fp32", "--seed", "3", "--scheduler", "warmup-linear"]
+TINY += ["--batch-size", "8"]  # per rank: a global batch of 16 on 2 ranks
 
 
 def torchrun(args: list[str], *, nproc: int = 2, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
@@ -87,7 +88,8 @@ def test_strip_nproc():
 def ddp_run(tiny_data, tmp_path_factory) -> Path:
     """2 epochs of the tiny model on 2 ranks."""
     out = tmp_path_factory.mktemp("ddp")
-    r = ok(torchrun(["train", "--data", str(tiny_data), *TINY, "--epochs", "2", "--out", str(out), "--name", "r"]))
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "2", "--save-every", "1"]
+    r = ok(torchrun([*args, "--out", str(out), "--name", "r"]))
     assert "distributed: 2 ranks (gloo), 8 images per rank per step: a global batch of 16" in r.stderr
     return out / "r"
 
@@ -102,6 +104,18 @@ def test_a_distributed_run_writes_one_run_directory(ddp_run):
     assert sorted(p.name for p in ddp_run.parent.iterdir()) == ["r"]
 
 
+def test_the_schedule_follows_the_global_batch(ddp_run, tiny_data, tmp_path):
+    """A per-step schedule counts each rank's steps: 2 ranks at batch 8 step as one process at batch 16."""
+    one = [*TINY[:-2], "--batch-size", "16"]
+    ok(imgclf(["train", "--data", str(tiny_data), *one, "--epochs", "2", "--out", str(tmp_path), "--name", "one"]))
+
+    def lrs(run):
+        return [row.split(",")[6] for row in (run / "metrics.csv").read_text().splitlines()[1:]]
+
+    assert lrs(ddp_run) == lrs(tmp_path / "one")
+    assert json.loads((tmp_path / "one" / "results.json").read_text())["steps"] == 6
+
+
 def test_distributed_checkpoint_is_an_ordinary_artifact(ddp_run, tiny_data, tmp_path):
     r = ok(imgclf(["predict", str(ddp_run / "best.pt"), str(tiny_data / "test"), "--json"]))
     rows = [json.loads(line) for line in r.stdout.splitlines()]
@@ -109,11 +123,14 @@ def test_distributed_checkpoint_is_an_ordinary_artifact(ddp_run, tiny_data, tmp_
     ok(imgclf(["evaluate", str(ddp_run / "best.pt"), "--split", "test", "--out", str(tmp_path / "e")]))
 
 
-def test_distributed_resume_repeats_the_uninterrupted_run(ddp_run, tiny_data, tmp_path):
-    """1 epoch on 2 ranks, then --resume for the second on 2 ranks: the same weights as 2 epochs in one go."""
-    r = ok(torchrun(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--name", "a"]))
-    ok(torchrun(["train", "--resume", str(tmp_path / "a" / "last.pt"), "--epochs", "2"]))
+def test_distributed_resume_repeats_the_uninterrupted_run(ddp_run, tmp_path):
+    """The run resumed on 2 ranks from its epoch-1 checkpoint ends with the weights of the run that never stopped."""
+    import shutil
+
+    shutil.copytree(ddp_run, tmp_path / "a")
+    r = ok(torchrun(["train", "--resume", str(tmp_path / "a" / "epoch_1.pt")]))
     assert same_weights(tmp_path / "a" / "last.pt", ddp_run / "last.pt"), r.stderr[-2000:]
+    assert not same_weights(ddp_run / "epoch_1.pt", ddp_run / "last.pt")
 
 
 def test_resume_crosses_world_sizes(ddp_run, tiny_data, tmp_path):
