@@ -18,6 +18,7 @@ path appears once. OUTPUT.parts/manifest.json records the command, so that a dif
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import hashlib
 import io
@@ -221,9 +222,7 @@ class LineWork:
         if os.path.exists(self.path):
             with open(self.path, "rb") as f:
                 recs = records(f, self.quoted)
-                if self.header and next(recs, None) != self.header:
-                    recs = iter(())  # no whole header: nothing of this rank's was written
-                else:
+                if not self.header or next(recs, None) == self.header:  # else: killed before its header was whole
                     keep_bytes = offset = len(self.header)
                     for n, rec in enumerate(recs, start=1):
                         offset += len(rec)
@@ -358,7 +357,7 @@ class ParquetReader:
             self.at += piece.num_rows
             want -= piece.num_rows
             pieces.append(piece)
-        return pa.concat_tables(pieces) if pieces else pa.table({}, schema=_parquet_schema()).slice(0, 0)
+        return pa.concat_tables(pieces) if pieces else _parquet_schema().empty_table()
 
     def close(self) -> None:
         self.table = None
@@ -377,13 +376,15 @@ def _final_writer(out: str, kind: str, part_rows: int):
         import pyarrow.parquet as pq
 
         with atomic_open(out, "wb") as f, pq.ParquetWriter(f, _parquet_schema()) as w:
-            group = []
+            group, rows = [], [0]  # row groups of about part_rows rows, not one per chunk
 
             def write(piece):
                 group.append(piece)
-                if sum(p.num_rows for p in group) >= part_rows:
+                rows[0] += piece.num_rows
+                if rows[0] >= part_rows:
                     w.write_table(pa.concat_tables(group))
                     group.clear()
+                    rows[0] = 0
 
             yield write
             if group:
@@ -620,7 +621,7 @@ def predict_files(
     job = Job.plan(weights, inp, out, batch_size=int(batch_size), top_k=top_k, resume=resume, world=world)
     with setup(resolve_device(device), timeout) as dev:
         if isinstance(weights, Predictor):
-            predictor = weights
+            predictor = copy.copy(weights)  # the caller's keeps its batch size
             predictor.batch_size = int(batch_size)
         else:
             predictor = Predictor(
@@ -630,13 +631,15 @@ def predict_files(
         if world.main:
             job.prepare()
         barrier(world)
-        with shown(world.main):  # one bar, rank 0's
+        with contextlib.nullcontext() if world.main else shown(False):  # one bar, rank 0's
             work, done = _predict_share(job, predictor, top_k=top_k, part_rows=int(part_rows), on_row=on_row)
         counts = gather((work.rows, done["predicted"], done["errors"], done["resumed"]), world)
         if world.main and out is not None:
             job.finish(work, [c[0] for c in counts], part_rows=int(part_rows))
         barrier(world)  # no rank reports success before the merged file is there
     rows, predicted, errors, resumed = (sum(c[i] for c in counts) for i in range(4))
+    if out is not None and not rows:
+        log.warning("no image paths came in: %s has no rows", out)
     return {
         "output": out,
         "entries": job.manifest["entries"],

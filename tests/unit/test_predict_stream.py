@@ -138,6 +138,10 @@ def test_python_api(tmp_path, tiny_best, tiny_data):
     )
     assert r["rows"] == r["predicted"] == r["entries"] == len(seen) == 18 and r["errors"] == r["resumed"] == 0
     assert read_output(tmp_path / "p.parquet") == seen
+    # a Predictor works as well, and keeps its own batch size
+    pred = Predictor(tiny_best, device="cpu", batch_size=7)
+    r = imgclf.predict_files(pred, tiny_data / "val", tmp_path / "p.csv", batch_size=4, top_k=1)
+    assert pred.batch_size == 7 and [x["path"] for x in read_output(tmp_path / "p.csv")] == [x["path"] for x in seen]
 
 
 # ----------------------------------------------------------------------------------------------- resume
