@@ -7,7 +7,6 @@ print one line and return 1; tracebacks only with --verbose.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ import threading
 from . import __version__
 from .config import FIELDS, Range, check_output_folder, field_type, out_of_range
 from .errors import ImgclfError, UsageError
-from .fileio import atomic_open, write_json
 from .progress import shown
 
 log = logging.getLogger(__name__)
@@ -331,19 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print eval.json instead of the report")
     _add_nproc(p)
 
-    p = sub.add_parser("predict", help="label images or folders of images")
-    _common(p)
-    p.add_argument("weights", help="checkpoint (runs/NAME/best.pt) or a file from imgclf export")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    p.add_argument(
-        "--top-k", type=_number(int, ge=1), default=5, help="labels per image in top_k (clamped to the class count) [5]"
-    )
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--output", metavar="FILE", help="also write all predictions to FILE.csv or FILE.json")
-    p.add_argument("--batch-size", type=_number(int, ge=1), default=32, help="images per batch [32]")
-    p.add_argument("--device", default="auto")
-    _add_inference_precision(p)
-
+    _add_predict(sub)
     _add_export(sub)
     _add_bench(sub)
     _add_active(sub)
@@ -548,36 +534,91 @@ def cmd_evaluate(a: dict) -> int:
     return 0
 
 
+class _IntermixedParser(Parser):
+    """predict's parser: PATHs may follow options (`predict W --top-k 2 photos/`). PATH is optional (--files-from
+    may list every image), and argparse gives an optional positional its empty list as soon as an option follows
+    WEIGHTS, then refuses the PATHs after it; intermixed parsing reads the options first, then the positionals."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_intermixed", False):  # parse_known_intermixed_args calls back here, twice
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="label images, folders of images or a list of millions of files",
+        description="Label images. With --output the rows are written as each batch finishes (bounded memory); "
+        "a stopped run continues with --resume; under torchrun each rank predicts its share and rank 0 merges "
+        "them into the one --output file.",
+    )
+    p.__class__ = _IntermixedParser  # add_parser makes every subcommand's parser of one class
+    _common(p)
+    p.add_argument("weights", help="checkpoint (runs/NAME/best.pt) or a file from imgclf export")
+    p.add_argument("paths", nargs="*", default=[], metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument(
+        "--files-from",
+        metavar="LIST",
+        help="also predict the images listed in LIST, one path a line (blank and # lines skipped; - reads stdin)",
+    )
+    p.add_argument(
+        "--top-k", type=_number(int, ge=1), default=5, help="labels per image in top_k (clamped to the class count) [5]"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="also write the predictions to FILE: .csv, .json (an array), .jsonl (JSON lines) or .parquet",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped run of the same command: keep the rows in FILE.parts and predict the rest",
+    )
+    p.add_argument(
+        "--part-rows",
+        type=_number(int, ge=1),
+        default=10_000,
+        help="Parquet: rows per part file written as the run goes (a kill loses at most these) [10000]",
+    )
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=32, help="images per batch [32]")
+    p.add_argument("--device", default="auto")
+    _add_inference_precision(p)
+
+
 def cmd_predict(a: dict) -> int:
-    from .predict import Predictor, expand_paths
+    from .batch_predict import predict_files
+    from .distributed import world_from_env
 
     out = a.get("output")
     if out:
-        if not out.lower().endswith((".csv", ".json")):
-            raise UsageError(f"--output '{out}' must end in .csv or .json")
         check_output_file(out, "--output")
-    paths = expand_paths(a["paths"])
-    pred = Predictor(a["weights"], device=a["device"], batch_size=a["batch_size"], precision=a["precision"])
-    results: list[dict] = []
     stdout = Stdout(keep_going=bool(out))  # with --output, a closed stdout (`| head`) does not stop the file
-    try:
-        for start in range(0, len(paths), a["batch_size"]):
-            for r in pred.predict(paths[start : start + a["batch_size"]], top_k=a["top_k"]):
-                results.append(r)
-                stdout.print(_prediction_line(r, a.get("json")))
-    finally:
-        # Whatever stops the run (an error, Ctrl-C, SIGTERM), the images done keep their results.
-        if out and results:
-            _write_predictions(results, out)
-            if len(results) < len(paths):
-                log.warning(
-                    "stopped after %d of %d images: %s holds those %d", len(results), len(paths), out, len(results)
-                )
-    failed = sum("error" in r for r in results)
-    if failed == len(results):
+    # under torchrun the rows go to the merged --output only: two ranks' lines on one stdout would interleave
+    printing = not world_from_env().distributed
+    r = predict_files(
+        a["weights"],
+        a["paths"],
+        out,
+        files_from=a.get("files_from"),
+        top_k=a["top_k"],
+        batch_size=a["batch_size"],
+        device=a["device"],
+        precision=a["precision"],
+        resume=a["resume"],
+        part_rows=a["part_rows"],
+        on_row=(lambda row: stdout.print(_prediction_line(row, a.get("json")))) if printing else None,
+    )
+    failed, done = r["errors"], r["predicted"]
+    if done and failed == done:
         raise ImgclfError(f"none of the {failed} images could be read or processed (each one's error is listed above)")
     if failed:
-        log.warning("%d of %d images could not be read or processed", failed, len(results))
+        log.warning("%d of %d images could not be read or processed", failed, done)
     return EXIT_BROKEN_PIPE if stdout.closed else 0
 
 
@@ -588,27 +629,6 @@ def _prediction_line(r: dict, as_json: bool) -> str:
         return f"{r['path']}\tERROR\t{r['error']}"
     others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
     return f"{r['path']}\t{r['label']}\t{r['probability']:.3f}" + (f"\t({others})" if others else "")
-
-
-def _write_predictions(results: list[dict], path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked up front by check_output_file
-    if path.lower().endswith(".json"):
-        write_json(results, path)
-    else:
-        with atomic_open(path, newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "probability", "top_k", "error"])
-            for r in results:
-                tk = ";".join(f"{t['label']}:{t['probability']:.6f}" for t in r.get("top_k", []))
-                w.writerow(
-                    [
-                        r["path"],
-                        r.get("label", ""),
-                        f"{r['probability']:.6f}" if "probability" in r else "",
-                        tk,
-                        r.get("error", ""),
-                    ]
-                )
 
 
 def cmd_export(a: dict) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,25 +17,57 @@ from .data.sources import is_image_name
 from .errors import UsageError
 from .runtime import open_model
 
+log = logging.getLogger(__name__)
+
 
 def expand_paths(paths) -> list[str]:
     """Files as given; folders walked recursively for image files, in sorted order."""
-    out = []
+    return list(iter_paths(paths))
+
+
+def iter_paths(paths):
+    """`expand_paths`, one path at a time: a folder is walked as it is read, never listed whole."""
     for p in paths:
         p = str(p)
         if os.path.isdir(p):
-            found = []
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found += [os.path.join(dirpath, f) for f in filenames if is_image_name(f) and not f.startswith(".")]
+            found = False
+            for f in walk_images(p):
+                found = True
+                yield f
             if not found:
                 raise UsageError(f"folder '{p}' holds no image files ({', '.join(('.jpg', '.png', '...'))})")
-            out += sorted(found)
         elif os.path.exists(p):
-            out.append(p)
+            yield p
         else:
             raise UsageError(f"'{p}' not found: pass image files or folders of images")
-    return out
+
+
+def walk_images(folder: str):
+    """The image files under `folder` (hidden names and links to folders left out), in the order of their sorted
+    full paths, one folder's listing in memory at a time. Sorting a folder's entries with "/" after each
+    subfolder's name puts them where sorting the full paths would (".", "-" sort before "/", "0" after it)."""
+    try:
+        with os.scandir(folder) as it:
+            entries = [e for e in it if not e.name.startswith(".")]
+    except OSError as e:
+        log.warning("cannot list %s: %s", folder, e.strerror or e)
+        return
+    keyed = []
+    for e in entries:
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            continue
+        if is_dir and not e.is_symlink():
+            keyed.append((e.name + "/", e.path, True))
+        elif not is_dir and is_image_name(e.name):
+            keyed.append((e.name, e.path, False))
+    keyed.sort()
+    for _, path, is_dir in keyed:
+        if is_dir:
+            yield from walk_images(path)
+        else:
+            yield path
 
 
 class Predictor:
@@ -74,35 +108,57 @@ class Predictor:
 
     def predict(self, inputs, *, top_k: int = 5) -> list[dict]:
         single = isinstance(inputs, (str, Path, Image.Image))
-        items = [inputs] if single else list(inputs)
+        results = list(self.predict_iter([inputs] if single else inputs, top_k=top_k))
+        return results[0] if single else results
+
+    def predict_iter(self, inputs, *, top_k: int = 5):
+        """The results of `predict`, one at a time, as each batch finishes: `inputs` (paths or PIL images, any
+        iterable, read lazily) is never held whole, so millions of files take the memory of two batches."""
+        for batch in self.predict_batches(inputs, top_k=top_k):
+            yield from batch
+
+    def predict_batches(self, inputs, *, top_k: int = 5):
+        """One list of results per `batch_size` consecutive inputs. The next batch decodes in the worker threads
+        while the model runs this one."""
+        k = self._k(top_k)
+        it = iter(inputs)
+        with ThreadPoolExecutor(self.workers) as pool:
+            ahead = self._submit(pool, it)
+            while ahead is not None:
+                chunk, futures = ahead
+                ahead = self._submit(pool, it)
+                yield self._results(chunk, [f.result() for f in futures], k)
+
+    def _k(self, top_k: int) -> int:
         if int(top_k) < 1:  # as the server's 422: a request for no labels is a mistake, not an empty answer
             raise UsageError(f"top_k must be at least 1, got {top_k}")
-        k = min(int(top_k), len(self.classes))  # more than the classes: clamp, not crash
-        results: list[dict] = []
-        with ThreadPoolExecutor(self.workers) as pool:
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start : start + self.batch_size]
-                loaded = list(pool.map(self._try_load, chunk))
-                ok = [t for t in loaded if isinstance(t, torch.Tensor)]
-                probs = self.logits(torch.stack(ok)).softmax(1) if ok else None
-                j = 0
-                for item, t in zip(chunk, loaded):
-                    name = item if not isinstance(item, Image.Image) else None
-                    if not isinstance(t, torch.Tensor):
-                        results.append({"path": str(name) if name is not None else None, "error": t})
-                        continue
-                    p, idx = probs[j].topk(k)
-                    j += 1
-                    results.append(
-                        {
-                            "path": str(name) if name is not None else None,
-                            "label": self.classes[int(idx[0])],
-                            "index": int(idx[0]),
-                            "probability": float(p[0]),
-                            "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
-                        }
-                    )
-        return results[0] if single else results
+        return min(int(top_k), len(self.classes))  # more than the classes: clamp, not crash
+
+    def _submit(self, pool: ThreadPoolExecutor, it):
+        chunk = list(itertools.islice(it, self.batch_size))
+        return (chunk, [pool.submit(self._try_load, x) for x in chunk]) if chunk else None
+
+    def _results(self, chunk: list, loaded: list, k: int) -> list[dict]:
+        ok = [t for t in loaded if isinstance(t, torch.Tensor)]
+        probs = self.logits(torch.stack(ok)).softmax(1) if ok else None
+        results, j = [], 0
+        for item, t in zip(chunk, loaded):
+            name = str(item) if not isinstance(item, Image.Image) else None
+            if not isinstance(t, torch.Tensor):
+                results.append({"path": name, "error": t})
+                continue
+            p, idx = probs[j].topk(k)
+            j += 1
+            results.append(
+                {
+                    "path": name,
+                    "label": self.classes[int(idx[0])],
+                    "index": int(idx[0]),
+                    "probability": float(p[0]),
+                    "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
+                }
+            )
+        return results
 
     def _try_load(self, item):
         try:
