@@ -526,6 +526,8 @@ def cmd_evaluate(a: dict) -> int:
         data_root=a.get("data_root"),
         precision=a["precision"],
     )
+    if _rank() > 0:  # under torchrun: every rank has the metrics, rank 0 reports them
+        return 0
     if a.get("json"):
         print(json.dumps(m, indent=2))
     else:
@@ -589,6 +591,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=_number(int, ge=1), default=32, help="images per batch [32]")
     p.add_argument("--device", default="auto")
     _add_inference_precision(p)
+    _add_nproc(p)
 
 
 def cmd_predict(a: dict) -> int:

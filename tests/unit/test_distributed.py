@@ -153,6 +153,21 @@ def test_nproc_launches_torchrun(tiny_data, tmp_path):
     assert json.loads((run / "results.json").read_text())["world_size"] == 2, r.stderr[-2000:]
 
 
+def test_time_budget_and_frozen_feature_cache_under_torchrun(tiny_data, tmp_path):
+    """--time-budget: rank 0's measurement of the steps that fit is every rank's (else one rank would stop first
+    and the other wait for it forever); --freeze backbone: each rank trains the head on the cached features."""
+    base = ["train", "--data", str(tiny_data), *TINY, "--out", str(tmp_path)]
+    r = ok(torchrun([*base, "--epochs", "50", "--time-budget", "0.1", "--name", "budget"], timeout=240))
+    config = (tmp_path / "budget" / "config.yaml").read_text()
+    assert "max_steps:" in config and "max_steps: null" not in config, r.stderr[-2000:]
+    results = json.loads((tmp_path / "budget" / "results.json").read_text())
+    assert results["world_size"] == 2 and results["steps"] < 50 * 3
+
+    r = ok(torchrun([*base, "--epochs", "2", "--freeze", "backbone", "--name", "frozen"]))
+    assert "frozen-feature cache built" in r.stderr
+    assert json.loads((tmp_path / "frozen" / "results.json").read_text())["steps"] == 6
+
+
 def test_sync_bn_on_cpu_is_refused_in_one_line(tiny_data, tmp_path):
     r = torchrun(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--sync-bn"])
     assert r.returncode != 0
