@@ -984,7 +984,15 @@ def main(argv: list[str] | None = None) -> int:
         with shown(not quiet):  # bars and progress lines, for this command only
             return COMMANDS[a.pop("command")](a)
     except Terminated:
-        print("imgclf: terminated", file=sys.stderr)
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun stops the ranks when one of them fails
+            print(
+                f"imgclf: rank {_rank()} terminated (torchrun stops every rank when one fails or the job is stopped; "
+                "its report follows): a training run continues from its last whole checkpoint with --resume "
+                "RUN_DIR/last.pt",
+                file=sys.stderr,
+            )
+        else:
+            print("imgclf: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except ImgclfError as e:
         if verbose:

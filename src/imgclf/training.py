@@ -102,6 +102,7 @@ class TrainState:
     best: dict = field(default_factory=lambda: {"value": None, "epoch": 0, "weights": "model"})
     rows: list[dict] = field(default_factory=list)
     callbacks: list = field(default_factory=list)
+    world_size: int = 1  # the ranks the run trains on (after a resume: until the Trainer sets the new one)
 
     def state_dict(self) -> dict:
         return {
@@ -115,6 +116,7 @@ class TrainState:
             "epoch": self.epoch,
             "best": dict(self.best),
             "rows": [dict(r) for r in self.rows],
+            "world_size": self.world_size,
             "callbacks": {cb.name: s for cb in self.callbacks if (s := cb.state_dict()) is not None},
             "rng": {"torch": torch.get_rng_state()},
         }
@@ -134,6 +136,7 @@ class TrainState:
             self.ema.load_state_dict(state["ema"])
         self.precision, self.step, self.epoch = state["precision"], int(state["step"]), int(state["epoch"])
         self.best, self.rows = dict(state["best"]), [dict(r) for r in state["rows"]]
+        self.world_size = int(state.get("world_size", 1))
         saved = state.get("callbacks") or {}
         for cb in self.callbacks:
             if cb.name in saved:
@@ -243,6 +246,12 @@ class Trainer:
         steps = len(self.train_feed.epoch(torch.Generator().manual_seed(0), shard=shard))  # this rank's batches
         self.per_epoch = -(-steps // cfg.accumulate)
         self.total_steps = min(cfg.max_steps or cfg.epochs * self.per_epoch, cfg.epochs * self.per_epoch)
+        self.world_changed = resumed and state.world_size != self.world.size
+        if self.world_changed and not cfg.max_steps:
+            # resumed on another number of ranks: an epoch is another number of steps; the epochs still to run
+            # take the steps they now take, and a per-step schedule is stretched or shrunk to end there
+            self.total_steps = state.step + (cfg.epochs - state.epoch) * self.per_epoch
+        state.world_size = self.world.size
         self.schedule = step_schedule  # the per-step schedule's length, which --time-budget may shorten
         if self.schedule is not None:
             self.schedule.total = self.total_steps
@@ -522,6 +531,8 @@ class Trainer:
             format_parameter_table(parameter_table(self.state.model, cfg.model)),
         )
         self.info("precision: %s%s", self.state.precision, " (auto)" if cfg.precision == "auto" else "")
+        if self.world_changed:
+            self.info("resumed on %d rank(s), after %d steps on another number", self.world.size, self.state.step)
         if self.world.distributed:
             self.info(
                 "distributed: %d ranks (%s), %d images per rank per step: a global batch of %d",
