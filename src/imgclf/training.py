@@ -342,9 +342,12 @@ class Trainer:
         except Exception as e:
             if not (self.world.distributed and distributed.lost_peer(e)):
                 raise
+            import re
+
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # gloo's "[file:line] what. hint"
             raise RankLost(
-                f"rank {self.world.rank}: another rank stopped answering ({first[:200]}); the run stopped after "
+                f"rank {self.world.rank}: another rank stopped answering ({first[:160]}); the run stopped after "
                 f"epoch {self.state.epoch}: continue it with --resume {os.path.join(self.run_dir.path, 'last.pt')}"
             ) from e
         self._call("on_fit_end")

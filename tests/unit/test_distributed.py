@@ -238,8 +238,7 @@ def _children(pid: int) -> list[int]:
 
 def _worker_with_rank(agent: int, rank: int) -> int:
     for pid in _children(agent):
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        if f"RANK={rank}".encode() in env:
+        if _has_rank(pid, rank):
             return pid
     raise AssertionError(f"no worker with RANK={rank} under torchrun (pid {agent})")
 
@@ -286,3 +285,31 @@ def test_two_nodes_on_the_loopback_address(tiny_data, tmp_path):
     assert results["world_size"] == 2
     r = ok(imgclf(["predict", str(tmp_path / "n" / "best.pt"), str(tiny_data / "test"), "--json"]))
     assert len(r.stdout.splitlines()) == 9
+
+
+def test_a_lost_node_stops_the_other_with_one_line(tiny_data, tmp_path):
+    """Across machines no torchrun stops the survivors: rank 0 finds its peer gone at the next collective and
+    says so in one line, naming the checkpoint to resume."""
+    port = _free_port()
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "4000", "--out", str(tmp_path), "--name", "n"]
+    node = [*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}"]
+    node += ["--rdzv-id=imgclf-lost", "-m", "imgclf", *args, "--dist-timeout", "60"]
+    procs = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "n" / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rank1 = next(pid for p in procs for pid in _children(p.pid) if _has_rank(pid, 1))
+        os.kill(rank1, signal.SIGKILL)
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    err = "".join(o[1] for o in outs)
+    assert "imgclf: error: rank 0: another rank stopped answering (" in err, err[-3000:]
+    assert f"continue it with --resume {tmp_path / 'n' / 'last.pt'}" in err
+
+
+def _has_rank(pid: int, rank: int) -> bool:
+    return f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
