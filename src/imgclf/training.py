@@ -690,7 +690,8 @@ def _run(cfg: TrainConfig, spec, resume_ckpt: dict | None, device, world: distri
         run_path = os.path.dirname(os.path.abspath(cfg.resume))
         _resume(state, resume_ckpt, cfg, run_path)
     else:
-        run_path = distributed.broadcast(new_run_path(cfg.out, cfg.name, cfg.model, cfg.data), world)
+        # rank 0 names it (the others could see its folder appear on a shared filesystem and take another)
+        run_path = distributed.broadcast(new_run_path(cfg.out, cfg.name, cfg.model, cfg.data) if world.main else None)
     with RunDir(run_path, ema=cfg.ema, write=world.main) as run_dir:
         trainer = Trainer(
             cfg,
@@ -717,6 +718,8 @@ def preflight(config: TrainConfig, world_size: int) -> None:
     starts torchrun, so a mistake is one line, not one per rank and torchrun's report)."""
     cfg, resume_ckpt = _configure(config, {})
     _check_options(cfg, resume_ckpt)
+    if resume_ckpt is None:
+        new_run_path(cfg.out, cfg.name, cfg.model, cfg.data)  # refuses a --name that is taken
     _check_distributed(_resolve(cfg), resolve_device(cfg.device), distributed.World(size=world_size))
 
 
