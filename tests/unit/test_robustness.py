@@ -123,7 +123,14 @@ def test_a_model_with_test_time_augmentation_is_attacked_through_it(tmp_path, ma
     r = robustness(str(tmp_path / "air.pt"), str(data), attacks="fgsm", eps="8/255", out=str(tmp_path / "r"), workers=0)
     assert r["attacks"]["eval_views"] == 6 and "6 views" in r["attacks"]["forward"]
     runner = open_model(str(tmp_path / "air.pt"))
-    assert not runner.model.training and runner.model.tta
+    p = runner.preprocess
+    x = torch.rand(2, 3, 32, 32)
+    normalised = (x - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        attacked = PixelModel(runner.model, p.mean, p.std)(x)
+        one_view = runner.model.logits(normalised)
+    torch.testing.assert_close(attacked, runner.logits(normalised), rtol=1e-4, atol=1e-5)  # the eval forward
+    assert not torch.allclose(attacked, one_view, atol=1e-4)  # which is not the plain one-view forward
 
 
 # ----------------------------------------------------------------------------------------------- corruptions
