@@ -778,7 +778,7 @@ def _add_robustness(sub) -> None:
     p.add_argument("--step-size", metavar="ALPHA", help="PGD step in pixel units, as in 2/255 [2.5 * eps / steps]")
     p.add_argument("--corruptions", action="store_true", help="accuracy under common corruptions (any format)")
     p.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, of 1-5 [1,2,3,4,5]")
-    p.add_argument("--limit", type=_number(int, ge=1), help="measure on the first N images of the split")
+    p.add_argument("--limit", type=_number(int, ge=1), help="measure on N images of the split (a seeded choice, the same every run)")
     p.add_argument("--seed", type=int, default=0, help="seeds PGD's random start and the corruptions' noise [0]")
     p.add_argument("--out", help="output folder (default: robustness-SPLIT next to the weights)")
     p.add_argument("--data-root", help="where cifar10/cifar100 are kept")

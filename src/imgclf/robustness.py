@@ -208,7 +208,8 @@ def robustness(
 ) -> dict:
     """Accuracy of `weights` on `split` of `data` (default: the data it was trained on) under `attacks`
     (fgsm, pgd) at each eps (pixel units; eps 0, the clean accuracy, is always included) and, with
-    `corruptions`, under each common corruption at `severities`. `limit`: the first N images of the split.
+    `corruptions`, under each common corruption at `severities`. `limit`: N images of the split (a seeded
+    choice, the same for every run: limit_indices).
 
     Writes robustness.json and robustness.png into `out` (default: next to the weights, in robustness-SPLIT/)
     and returns what robustness.json holds, plus `out`."""
@@ -317,7 +318,7 @@ def _load_split(runner, data, split, limit, data_root, workers, cache):
     s = src.split(split)
     mapping = torch.as_tensor(align_classes(src.classes, runner.classes, data), dtype=torch.long)
     if limit is not None and limit < len(s):
-        s, cache = s.subset(range(limit)), "memory"  # a cache file per --limit would only fill the disk
+        s, cache = s.subset(limit_indices(len(s), limit)), "memory"  # a cache file per --limit would fill the disk
     prep = runner.preprocess
     d = load_decoded(
         s,
@@ -333,6 +334,17 @@ def _load_split(runner, data, split, limit, data_root, workers, cache):
         raise DataError(f"no readable image in the {split} split of {src.location}: each one's reason is listed above")
     labels = mapping[torch.as_tensor(d.split.labels, dtype=torch.long)]
     return center_crop(d.images, prep.img_size), labels, src, d.bad
+
+
+LIMIT_SEED = 0  # the --limit choice, fixed: a checkpoint and its exports are measured on the same images
+
+
+def limit_indices(n: int, limit: int) -> list[int]:
+    """`limit` of the split's `n` images, a seeded choice kept in split order. Not the first `limit`: a folder
+    split is sorted by class, and CIFAR-10's first 1000 test images are all airplanes."""
+    import numpy as np
+
+    return sorted(np.random.default_rng(LIMIT_SEED).permutation(n)[:limit].tolist())
 
 
 def _eval_transform(runner):

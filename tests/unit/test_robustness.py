@@ -225,6 +225,18 @@ def test_cli_writes_json_plot_and_table(tiny_best, tiny_data, tmp_path, capsys):
     assert (out / "robustness.png").stat().st_size > 0
 
 
+def test_limit_takes_images_of_every_class_not_the_first_n(tiny_best, tiny_data, tmp_path):
+    """A folder split is sorted by class: the first 3 of the tiny test split are all cats."""
+    r = robustness(tiny_best, str(tiny_data), corruptions=True, severities="1", limit=3, out=str(tmp_path), workers=0)
+    runner = open_model(tiny_best)
+    from imgclf.robustness import _load_split
+
+    _, labels, _, _ = _load_split(runner, str(tiny_data), "test", 3, None, 0, "memory")
+    assert r["num_images"] == 3 and len(set(labels.tolist())) > 1
+    again = _load_split(runner, str(tiny_data), "test", 3, None, 0, "memory")[1]
+    assert torch.equal(labels, again)  # the same choice every time
+
+
 @pytest.mark.parametrize(
     "extra, words",
     [
