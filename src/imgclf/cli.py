@@ -333,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_bench(sub)
     _add_active(sub)
+    _add_robustness(sub)
 
     p = sub.add_parser("check", help="find corrupt, truncated, duplicate and leaked files in a data folder")
     _common(p)
@@ -952,6 +953,84 @@ def cmd_active_sim(a: dict) -> int:
 
 
 COMMANDS.update({"select": cmd_select, "active-sim": cmd_active_sim})
+
+
+# ------------------------------------------------------------------------------------------------ robustness
+
+
+def _add_robustness(sub) -> None:
+    p = sub.add_parser(
+        "robustness",
+        help="accuracy under FGSM / PGD attacks and common corruptions, with a JSON report and a plot",
+        description="Accuracy of a model under L-infinity attacks (FGSM, PGD; checkpoints only: they need "
+        "gradients) at each eps in pixel units of the [0, 1] image, and under common corruptions at severities "
+        "1-5 after CIFAR-10-C (every format). Writes robustness.json and robustness.png.",
+    )
+    _common(p)
+    p.add_argument("weights", help="checkpoint (runs/NAME/best.pt), or a file from imgclf export (corruptions only)")
+    p.add_argument("--data", help="data to measure on (default: the data the model was trained on)")
+    p.add_argument("--split", default="test", help="val, test or train [test]")
+    p.add_argument("--attack", metavar="fgsm,pgd", help="attacks, comma-separated: fgsm, pgd")
+    p.add_argument(
+        "--eps",
+        metavar="LIST",
+        help="L-infinity radii in pixel units of the [0, 1] image, as fractions or decimals; eps 0 (clean) is "
+        "always measured [1/255,2/255,4/255,8/255]",
+    )
+    p.add_argument("--steps", type=_number(int, ge=1), default=10, help="PGD steps [10]")
+    p.add_argument("--step-size", metavar="ALPHA", help="PGD step in pixel units, as in 2/255 [2.5 * eps / steps]")
+    p.add_argument("--corruptions", action="store_true", help="accuracy under common corruptions (any format)")
+    p.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, of 1-5 [1,2,3,4,5]")
+    p.add_argument(
+        "--limit",
+        type=_number(int, ge=1),
+        help="measure on N images of the split (a seeded choice, the same every run)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds PGD's random start and the corruptions' noise [0]")
+    p.add_argument("--out", help="output folder (default: robustness-SPLIT next to the weights)")
+    p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=256, help="images per batch [256]")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=_number(int, ge=0), help="decoding processes (default: the CPU cores, at most 4)")
+    p.add_argument("--json", action="store_true", help="print robustness.json instead of the table")
+
+
+def cmd_robustness(a: dict) -> int:
+    from .robustness import format_table, parse_eps, robustness
+
+    if a.get("out"):
+        check_output_folder(a["out"], "--out")
+    step = a.get("step_size")
+    if step is not None:
+        values = parse_eps(step)
+        if len(values) != 1:
+            raise UsageError(f"--step-size '{step}': give one value, as in 2/255")
+        step = values[0]
+    r = robustness(
+        a["weights"],
+        a.get("data"),
+        split=a["split"],
+        attacks=a.get("attack") or (),
+        eps=a.get("eps"),
+        steps=a["steps"],
+        step_size=step,
+        corruptions=a["corruptions"],
+        severities=a["severities"],
+        limit=a.get("limit"),
+        out=a.get("out"),
+        batch_size=a["batch_size"],
+        device=a["device"],
+        seed=a["seed"],
+        data_root=a.get("data_root"),
+        workers=a.get("workers"),
+    )
+    print(json.dumps(r, indent=2) if a.get("json") else format_table(r))
+    if not a.get("json"):
+        log.info("wrote robustness.json and robustness.png to %s", r["out"])
+    return 0
+
+
+COMMANDS["robustness"] = cmd_robustness
 
 
 def main(argv: list[str] | None = None) -> int:
