@@ -120,6 +120,22 @@ def format_report(m: dict) -> str:
     return "\n".join(lines)
 
 
+def open_model_data(config: dict | None, data: str | None, split: str, data_root: str | None = None):
+    """(source, split) of `data`, default the data the model was trained on, opened as its training opened it
+    (the same carved validation split, from the recorded fraction and seed)."""
+    cfg = config or {}
+    data = data or cfg.get("data")
+    if not data:
+        raise DataError("no --data given and the model does not record its data: pass --data")
+    src = open_source(
+        data,
+        data_root=data_root or cfg.get("data_root"),
+        val_fraction=cfg.get("val_fraction", 0.2),
+        seed=cfg.get("seed", 0),
+    )
+    return src, src.split(split)
+
+
 def align_classes(data_classes: list[str], model_classes: list[str], where: str) -> list[int]:
     """Map the data's class indices to the model's, by name."""
     missing = [c for c in data_classes if c not in model_classes]
@@ -177,18 +193,9 @@ def _evaluate(weights, data, *, split, out, batch_size, device, workers, data_ro
 
     world = current()
     runner = open_model(weights, device=device, precision=precision)
-    cfg = runner.config
-    data = data or cfg.get("data")
-    if not data:
-        raise DataError("no --data given and the model does not record its data: pass --data")
+    src, s = open_model_data(runner.config, data, split, data_root)
+    data = data or runner.config.get("data")
     workers = default_workers() if workers is None else workers
-    src = open_source(
-        data,
-        data_root=data_root or cfg.get("data_root"),
-        val_fraction=cfg.get("val_fraction", 0.2),
-        seed=cfg.get("seed", 0),
-    )
-    s = src.split(split)
     classes = runner.classes
     mapping = align_classes(src.classes, classes, data)
     prep = runner.preprocess

@@ -866,17 +866,9 @@ def accuracy_on(
     """Top-1 accuracy of each runner on the same decoded images of `split` (they share one preprocessing)."""
     from .data.feed import make_feed
     from .data.pipeline import default_workers
-    from .data.sources import open_source
-    from .evaluation import align_classes, infer
+    from .evaluation import align_classes, infer, open_model_data
 
-    cfg = config or {}
-    src = open_source(
-        data,
-        data_root=data_root or cfg.get("data_root"),
-        val_fraction=cfg.get("val_fraction", 0.2),
-        seed=cfg.get("seed", 0),
-    )
-    s = src.split(split)
+    src, s = open_model_data(config, data, split, data_root)
     if max_images is not None and len(s) > max_images:
         s = s.subset(np.random.default_rng(0).permutation(len(s))[:max_images].tolist())
     mapping = torch.as_tensor(align_classes(src.classes, runners[0].classes, data), dtype=torch.long)

@@ -302,20 +302,10 @@ def _load_split(runner, data, split, limit, data_root, workers, cache):
     from .data.cache import load_decoded
     from .data.images import center_crop
     from .data.pipeline import default_workers
-    from .data.sources import open_source
-    from .evaluation import align_classes
+    from .evaluation import align_classes, open_model_data
 
-    cfg = runner.config
-    data = data or cfg.get("data")
-    if not data:
-        raise DataError("no --data given and the model does not record its data: pass --data")
-    src = open_source(
-        data,
-        data_root=data_root or cfg.get("data_root"),
-        val_fraction=cfg.get("val_fraction", 0.2),
-        seed=cfg.get("seed", 0),
-    )
-    s = src.split(split)
+    src, s = open_model_data(runner.config, data, split, data_root)
+    data = data or runner.config.get("data")
     mapping = torch.as_tensor(align_classes(src.classes, runner.classes, data), dtype=torch.long)
     if limit is not None and limit < len(s):
         s, cache = s.subset(limit_indices(len(s), limit)), "memory"  # a cache file per --limit would fill the disk
