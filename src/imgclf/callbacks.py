@@ -57,13 +57,14 @@ class TimeBudget(Callback):
 
     The first step is not timed (warm-up). Validation after each epoch is charged too: its images, at the
     training step's cost per image divided by 3 (forward only), times the model's evaluation views (test-time
-    augmentation)."""
+    augmentation), plus `val_extra` training images' worth of other per-epoch validation (--adv-train's attacks)."""
 
     name = "time_budget"
     PROBE = 6
 
-    def __init__(self, minutes: float, batch_size: int, eval_views: int = 1):
+    def __init__(self, minutes: float, batch_size: int, eval_views: int = 1, val_extra: float = 0.0):
         self.seconds, self.batch_images, self.eval_views = minutes * 60.0, batch_size, eval_views
+        self.val_extra = val_extra
         self.t0 = self.t1 = self.rate = None
         self.total, self.first = None, None
 
@@ -99,7 +100,7 @@ class TimeBudget(Callback):
         steps = done + max(0, int(left * self.rate))
         epochs = max(1, -(-steps // per_epoch))
         # per-epoch validation: forward only (~1/3 of a training step per image), times the evaluation views
-        val_steps = epochs * val_images * self.eval_views / 3 / max(1, self.batch_images)
+        val_steps = epochs * (val_images * self.eval_views / 3 + self.val_extra) / max(1, self.batch_images)
         self.total = max(done, int(steps - val_steps))
         return self.total
 
@@ -143,7 +144,7 @@ class Lookahead(Callback):
             self.avg[k].copy_(v)
 
 
-MONITOR_MODE = {"val_loss": "min", "val_acc": "max", "val_macro_f1": "max"}
+MONITOR_MODE = {"val_loss": "min", "val_acc": "max", "val_macro_f1": "max", "val_robust_acc": "max"}
 
 
 def improves(value: float, best: float | None, monitor: str) -> bool:

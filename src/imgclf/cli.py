@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_active(sub)
     _add_robustness(sub)
+    _add_score(sub)
 
     p = sub.add_parser("check", help="find corrupt, truncated, duplicate and leaked files in a data folder")
     _common(p)
@@ -1031,6 +1032,49 @@ def cmd_robustness(a: dict) -> int:
 
 
 COMMANDS["robustness"] = cmd_robustness
+
+
+# ------------------------------------------------------------------------------------------------ score
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="each training image's difficulty (a model's loss on it), for train --curriculum --difficulty FILE",
+        description="The loss of a model on each training image, without augmentation, as a CSV "
+        "path,label,split,loss,p_true,predicted,confidence: the training split, and the validation images carved "
+        "from it when the data has no val split of its own. `imgclf train --curriculum easy-first --difficulty "
+        "FILE` orders the images by it.",
+    )
+    _common(p)
+    p.add_argument("weights", help="a reference model: checkpoint (runs/NAME/best.pt) or a file from imgclf export")
+    p.add_argument("--data", help="data to score (default: the data the model was trained on)")
+    p.add_argument("--out", help="CSV to write (default: difficulty.csv next to the weights)")
+    p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=256, help="images per batch [256]")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=_number(int, ge=0), help="decoding processes (default: the CPU cores, at most 4)")
+
+
+def cmd_score(a: dict) -> int:
+    from .curriculum import score
+
+    r = score(
+        a["weights"],
+        a.get("data"),
+        out=a.get("out"),
+        batch_size=a["batch_size"],
+        device=a["device"],
+        workers=a.get("workers"),
+        data_root=a.get("data_root"),
+    )
+    for path, reason in r["left_out"]:
+        log.warning("left out %s: %s", path, reason)
+    print(f"scored {r['images']} images (mean loss {r['mean_loss']:.4f}): {r['out']}")
+    return 0
+
+
+COMMANDS["score"] = cmd_score
 
 
 def main(argv: list[str] | None = None) -> int:

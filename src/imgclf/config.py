@@ -204,7 +204,7 @@ class TrainConfig:
     monitor: str = opt(
         "val_acc",
         "the validation metric that early stopping and best.pt follow",
-        ("val_loss", "val_acc", "val_macro_f1"),
+        ("val_loss", "val_acc", "val_macro_f1", "val_robust_acc"),
     )
     time_budget: float | None = opt(
         None,
@@ -232,6 +232,47 @@ class TrainConfig:
     )
     feature_views: int = opt(
         2, "augmented views per training image in the frozen-feature cache, besides the plain one", ge=0
+    )
+    # adversarial training and curriculum learning (docs/adversarial.md, docs/curriculum.md)
+    adv_train: str = opt(
+        "none",
+        "adversarial training: train on attacked images - fgsm (one step from a random start, step 1.25 x eps: Wong, Rice and Kolter 2020) or pgd (--adv-steps steps of 2.5 x eps / steps from a random start: Madry et al. 2018) - or none",
+        ("none", "fgsm", "pgd"),
+    )
+    adv_eps: str = opt(
+        "8/255",
+        "with --adv-train: the attack's L-infinity radius in pixel units (0-1, before normalisation), e.g. 8/255 or 0.03",
+    )
+    adv_steps: int = opt(
+        7, "with --adv-train pgd: attack steps per training batch (Madry et al. used 7 on CIFAR-10)", ge=1
+    )
+    adv_val_images: int = opt(
+        1000,
+        "with --adv-train: validation images (a seeded subset) attacked with PGD-10 at --adv-eps after each epoch, for the val_robust_acc column (0: none)",
+        ge=0,
+    )
+    curriculum: str = opt(
+        "none",
+        "curriculum learning: easy-first (batches drawn from the easiest images, the pool growing to all of them by --pacing), hard-first (the hardest first), or none",
+        ("none", "easy-first", "hard-first"),
+    )
+    pacing: str = opt(
+        "linear",
+        "with --curriculum: how the pool grows from --pacing-start of the images to all of them at --pacing-full of the steps: linear, root (square root, Platanios et al. 2019) or step (four equal steps)",
+        ("linear", "root", "step"),
+    )
+    pacing_start: float = opt(
+        0.2, "with --curriculum: the fraction of the images in the pool at the first step", gt=0, le=1
+    )
+    pacing_full: float = opt(
+        0.8,
+        "with --curriculum: the fraction of the optimisation steps after which every image is in the pool",
+        gt=0,
+        le=1,
+    )
+    difficulty: str = opt(
+        "auto",
+        "with --curriculum: each training image's difficulty - a CSV with columns path,loss (as `imgclf score` writes it) or auto (a short reference run of the same options first, one epoch or a fifth of --time-budget, scored as `imgclf score` does)",
     )
     # machinery
     device: str = opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")

@@ -68,7 +68,9 @@ class FeatureFeed:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None):
+    def epoch(
+        self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None, paced=None
+    ):
         """As FastFeed.epoch: the views are augmentation, drawn from `aug` (per rank) when it is given."""
         k, n = self.feats.shape[:2]
         view = torch.randint(0, k, (n,), generator=aug if aug is not None else gen)
@@ -83,6 +85,7 @@ class FeatureFeed:
             weights=sampler_weights,
             shard=shard,
             aug_generator=aug,
+            paced=paced,
         )
 
     def batches(self, block: range | None = None):

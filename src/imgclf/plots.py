@@ -106,6 +106,8 @@ def plot_curves(rows: list[dict], path: str) -> None:
     b.plot(ep, [r["train_acc"] for r in rows], "o-", label="train")
     b.plot(ep, [r["val_acc"] for r in rows], "o-", label="val")
     b.plot(ep, [r["val_macro_f1"] for r in rows], "--", label="val macro-F1")
+    if any("val_robust_acc" in r for r in rows):
+        b.plot(ep, [r.get("val_robust_acc") for r in rows], "o:", label="val under PGD-10 (--adv-train)")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
     for ax in (a, b):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5

@@ -7,6 +7,8 @@ same for every model whatever its mean and std. The model runs in eval mode in f
 augmentation in its eval forward (airnet's flip-and-shift) is attacked through that same forward.
 
 - FGSM (Goodfellow, Shlens and Szegedy, ICLR 2015): x + eps * sign(grad_x loss), clipped to [0, 1].
+- FGSM with a random start (`fgsm_rs`, for adversarial training: Wong, Rice and Kolter, ICLR 2020): PGD's
+  random start, then one step of 1.25 eps.
 - PGD (Madry, Makelov, Schmidt, Tsipras and Vladu, ICLR 2018): a uniform random start in the eps-ball, then
   `steps` steps x <- P(x + alpha * sign(grad_x loss)), P the projection onto the eps-ball around the clean
   image and onto [0, 1]; alpha = 2.5 * eps / steps by default, a rule common in later work: the iterates can
@@ -141,6 +143,21 @@ def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     if eps == 0:
         return x.clone()
     return (x + eps * _input_grad(model, x, y).sign()).clamp_(0.0, 1.0).detach()
+
+
+FGSM_RS_STEP_FACTOR = 1.25  # Wong, Rice and Kolter's alpha = 1.25 eps: larger steps overfit "catastrophically"
+
+
+def fgsm_rs(
+    model, x: torch.Tensor, y: torch.Tensor, eps: float, *, step_size: float | None = None, generator=None
+) -> torch.Tensor:
+    """FGSM from a random start (Wong, Rice and Kolter, ICLR 2020, "Fast is better than free"): a uniform start in
+    the eps-ball, one step of alpha = 1.25 eps along sign(grad), projected back onto the ball and [0, 1]. The start
+    is drawn on the CPU from `generator`, as `pgd`'s."""
+    if eps == 0:
+        return x.clone()
+    alpha = FGSM_RS_STEP_FACTOR * eps if step_size is None else step_size
+    return pgd(model, x, y, eps, steps=1, step_size=alpha, generator=generator)
 
 
 def pgd(

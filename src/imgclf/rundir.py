@@ -28,6 +28,7 @@ log = logging.getLogger("imgclf.training")
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds"]
 EMA_COLUMNS = ["ema_val_loss", "ema_val_acc", "ema_val_macro_f1"]
+ROBUST_COLUMNS = ["val_robust_acc"]  # --adv-train's PGD-10 accuracy on validation images
 
 
 def new_run_path(out: str, name: str | None, model: str, data: str) -> str:
@@ -65,9 +66,9 @@ class _NoWriter:
 class RunDir:
     """`write=False` (the ranks after 0 under torchrun): the same calls, nothing written, lines logged at debug."""
 
-    def __init__(self, path: str, *, ema: bool = False, write: bool = True):
+    def __init__(self, path: str, *, ema: bool = False, robust: bool = False, write: bool = True):
         self.path, self.writes = path, write
-        self.columns = METRIC_COLUMNS + (EMA_COLUMNS if ema else [])
+        self.columns = METRIC_COLUMNS + (EMA_COLUMNS if ema else []) + (ROBUST_COLUMNS if robust else [])
         self._file = self._handler = None
         self._writer = None if write else _NoWriter()
 

@@ -161,10 +161,12 @@ def train_steps(
     clip_grad: float | None = None,
     mix=None,
     hooks=None,
+    perturb=None,
 ):
     """Optimisation steps over `batches` (each step sums the gradients of `accumulate` batches); returns (summed
     loss, correct, images seen). `hooks` (the Trainer) gets on_step_start, on_after_backward and on_step_end
-    (which returns True to end the pass); `mix(x, y) -> (x, soft targets)` is mixup/cutmix. The Trainer and the benchmarks both call this, so a benchmark
+    (which returns True to end the pass); `mix(x, y) -> (x, soft targets)` is mixup/cutmix; `perturb(x, y) -> x`
+    the adversarial training's attack (adversarial.py). The Trainer and the benchmarks both call this, so a benchmark
     measures the code that trains."""
     loss_sum, correct, seen = 0.0, 0, 0
     n_batches = len(batches)
@@ -183,6 +185,8 @@ def train_steps(
         if mix is not None:
             x, y = mix(x, y)
         x, y = to_layout(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True)
+        if perturb is not None:
+            x = perturb(x, y)
         with autocast(device, amp):
             out = model(x)
             loss = criterion(out, y)
@@ -257,6 +261,8 @@ class Trainer:
             self.schedule.total = self.total_steps
         self.stop_reason, self.loss, self.compiled = None, None, None
         self.train_model, self._trains = self.step_model, None  # DistributedDataParallel's wrapper under torchrun
+        self.paced = None  # this epoch's curriculum (curriculum.Curriculum sets it while the pool is growing)
+        self.perturb, self.robust_subset = self._adversarial()
         self.fingerprint = src.fingerprint()
 
     # ---------------------------------------------------------------- what callbacks use
@@ -360,6 +366,8 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(seed)  # the order: the same on every rank, which takes its shard
         # augmentation and worker seeds: one generator per rank under torchrun, else the order's
         self.aug = torch.Generator().manual_seed(own) if self.world.distributed else self.gen
+        if self.perturb is not None:  # the attack's random starts: per epoch and rank, so a resume draws them again
+            self.perturb.generator = torch.Generator().manual_seed((own * 31 + 17) % 2**63)
         self.state.model.train()
         self._call("on_epoch_start")
         apply_frozen_eval(self.state.model, self.frozen)
@@ -374,7 +382,9 @@ class Trainer:
         shard = (self.world.rank, self.world.size) if self.world.distributed else None
         loss_sum, correct, seen = train_steps(
             self.train_model if self.compiled is None else self.compiled,
-            self.epoch_feed.epoch(self.gen, self.sampler_weights, shard=shard, aug=self.aug if shard else None),
+            self.epoch_feed.epoch(
+                self.gen, self.sampler_weights, shard=shard, aug=self.aug if shard else None, paced=self.paced
+            ),
             self.criterion,
             st.optimizer,
             st.scaler,
@@ -388,6 +398,7 @@ class Trainer:
             hooks=self,
             mix=None if self.mixer is None else (lambda x, y: self.mixer(x, y, self.aug)),
             max_steps=self.total_steps - st.step,
+            perturb=self.perturb,
         )
         if self.compiled is not None and st.epoch + 1 == self.first_epoch:
             self.info("torch.compile: the first epoch took %.1f s, compilation included", time.perf_counter() - t)
@@ -419,7 +430,48 @@ class Trainer:
             )
             em = compute_metrics(logits, labels, self.src.classes)
             row |= {"ema_val_loss": em["loss"], "ema_val_acc": em["accuracy"], "ema_val_macro_f1": em["macro_f1"]}
+        if self.robust_subset is not None:
+            row["val_robust_acc"] = self.robust_accuracy()
         return row
+
+    def robust_accuracy(self) -> float:
+        """PGD-10 accuracy at --adv-eps on the seeded subset of validation images (adversarial.py)."""
+        from .adversarial import adv_eps, robust_correct
+
+        correct, seen = robust_correct(
+            self.step_model,
+            self.eval_feed,
+            self.robust_subset,
+            adv_eps(self.cfg.adv_eps),
+            mean=self.prep.mean,
+            std=self.prep.std,
+            channels_last=self.cfg.channels_last,
+            device=self.device,
+            amp=self.amp,
+            world=self.world,
+        )
+        return correct / max(1, seen)
+
+    def _adversarial(self):
+        """(the training batches' attack, the validation images attacked after each epoch), for --adv-train."""
+        if self.cfg.adv_train == "none":
+            return None, None
+        from .adversarial import Perturb, adv_eps, robust_subset
+
+        cfg = self.cfg
+        perturb = Perturb(
+            self.step_model,
+            cfg.adv_train,
+            adv_eps(cfg.adv_eps),
+            cfg.adv_steps,
+            mean=self.prep.mean,
+            std=self.prep.std,
+            channels_last=cfg.channels_last,
+            device=self.device,
+            amp=self.amp,
+        )
+        subset = robust_subset(len(self.eval_feed), cfg.adv_val_images) if cfg.adv_val_images else None
+        return perturb, subset
 
     def save(self, row: dict) -> None:
         """metrics.csv and TensorBoard, then best.pt (if this epoch is the best), epoch_N.pt, last.pt: last.pt is
@@ -434,15 +486,21 @@ class Trainer:
             return
         self.run_dir.log_epoch(st.rows)
         summary = {"accuracy": row["val_acc"], "loss": row["val_loss"], "macro_f1": row["val_macro_f1"]}
+        if "val_robust_acc" in row:
+            summary["robust_accuracy"] = row["val_robust_acc"]
         if improved:
             prefix = "ema_val_" if weights == "ema" else "val_"  # the metrics of the weights best.pt holds
             kept = {"accuracy": row[prefix + "acc"], "loss": row[prefix + "loss"], "macro_f1": row[prefix + "macro_f1"]}
+            if weights == "model" and "val_robust_acc" in row:
+                kept["robust_accuracy"] = row["val_robust_acc"]
             self.run_dir.save(self._checkpoint(kept, weights=weights), "best.pt")
         with_state = self._checkpoint(summary, state=st.state_dict())
         if self.cfg.save_every and epoch % self.cfg.save_every == 0:
             self.run_dir.save(with_state, f"epoch_{epoch}.pt")
         self.run_dir.save(with_state, "last.pt")
         ema = f"  ema_val_acc {row['ema_val_acc']:.4f}" if "ema_val_acc" in row else ""
+        if "val_robust_acc" in row:
+            ema += f"  val_robust_acc {row['val_robust_acc']:.4f}"
         self.info(
             "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  lr %.3g  %.1fs%s",
             epoch,
@@ -622,6 +680,15 @@ class Trainer:
             "data_fingerprint": self.fingerprint,
             "world_size": self.world.size,
         }
+        if self.robust_subset is not None:
+            best_row = st.rows[st.best["epoch"] - 1] if st.best["epoch"] else {}
+            results["robust"] = {
+                "attack": "pgd",
+                "steps": 10,
+                "eps": cfg.adv_eps,
+                "images": len(self.robust_subset),
+                "val_robust_acc": best_row.get("val_robust_acc"),
+            }
         self.run_dir.write_results(results)
         if self.stop_reason:
             self.info("%s", self.stop_reason)
@@ -688,11 +755,16 @@ def _run(cfg: TrainConfig, spec, resume_ckpt: dict | None, device, world: distri
     amp = _precision(cfg, device, state, prep, resume_ckpt, world)
     if resume_ckpt is not None:
         run_path = os.path.dirname(os.path.abspath(cfg.resume))
+        if cfg.curriculum != "none":  # its difficulties come back from the checkpoint
+            state.callbacks.append(_curriculum(cfg, None))
         _resume(state, resume_ckpt, cfg, run_path)
     else:
         # rank 0 names it (the others could see its folder appear on a shared filesystem and take another)
         run_path = distributed.broadcast(new_run_path(cfg.out, cfg.name, cfg.model, cfg.data) if world.main else None)
-    with RunDir(run_path, ema=cfg.ema, write=world.main) as run_dir:
+        if cfg.curriculum != "none":
+            state.callbacks.append(_curriculum(cfg, _difficulty(cfg, feeds["train"].split, run_path)))
+    robust = cfg.adv_train != "none" and cfg.adv_val_images > 0
+    with RunDir(run_path, ema=cfg.ema, robust=robust, write=world.main) as run_dir:
         trainer = Trainer(
             cfg,
             state,
@@ -713,6 +785,51 @@ def _run(cfg: TrainConfig, spec, resume_ckpt: dict | None, device, world: distri
         return trainer.fit()
 
 
+def _curriculum(cfg: TrainConfig, difficulty):
+    from .curriculum import Curriculum
+
+    return Curriculum(difficulty, cfg.curriculum, cfg.pacing, cfg.pacing_start, cfg.pacing_full)
+
+
+def _difficulty(cfg: TrainConfig, split, run_path: str) -> torch.Tensor:
+    """--difficulty: each training image's, from the file, or (auto) from a short reference run of the same
+    options without the curriculum (OUT/NAME-reference: one epoch, or a fifth of --time-budget or --max-steps),
+    scored as `imgclf score` scores."""
+    from .curriculum import read_difficulty, score_split
+
+    if cfg.difficulty != "auto":
+        return read_difficulty(cfg.difficulty, split)
+    short = {"time_budget": cfg.time_budget / 5} if cfg.time_budget else {"epochs": 1}
+    if cfg.max_steps:
+        short["max_steps"] = max(1, cfg.max_steps // 5)
+    # replace(): these count as set, so the recipe does not put its own epochs back
+    ref = cfg.replace(
+        curriculum="none", name=os.path.basename(run_path) + "-reference", out=os.path.dirname(run_path), **short
+    )
+    log.info(
+        "--difficulty auto: a reference run first (%s)",
+        ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in short.items()),
+    )
+    result = train(ref)
+    from .runtime import open_model
+
+    best = os.path.join(result["run_dir"], "best.pt")
+    runner = open_model(best, device=cfg.device)
+    kept, _, losses, _, bad = score_split(
+        runner,
+        split,
+        runner.classes,
+        batch_size=256,
+        workers=default_workers() if cfg.workers is None else cfg.workers,
+        cache=cfg.cache,
+        desc="score train",
+    )
+    if bad or len(kept) != len(split):
+        raise DataError(f"--difficulty auto: {len(bad)} training images could not be scored again")
+    log.info("--difficulty auto: training images scored by %s (mean loss %.4f)", best, float(losses.mean()))
+    return losses.float()
+
+
 def preflight(config: TrainConfig, world_size: int) -> None:
     """The checks `train` makes before any work, for a run of `world_size` ranks (`--nproc` makes them before it
     starts torchrun, so a mistake is one line, not one per rank and torchrun's report)."""
@@ -724,6 +841,11 @@ def preflight(config: TrainConfig, world_size: int) -> None:
 
 
 def _check_distributed(cfg: TrainConfig, device, world: distributed.World) -> None:
+    if cfg.curriculum != "none" and cfg.difficulty == "auto" and world.distributed and not cfg.resume:
+        raise UsageError(
+            "--difficulty auto runs its reference training in one process: under torchrun, train a reference "
+            "model first, `imgclf score RUN/best.pt` it, and pass --difficulty RUN/difficulty.csv"
+        )
     if not cfg.sync_bn:
         return
     if not world.distributed:
@@ -739,7 +861,8 @@ def uses_feature_cache(cfg: TrainConfig, train_feed) -> bool:
     """--freeze backbone on the fast path: the head trains on features computed once (features.py)."""
     mixing = cfg.mixup > 0 or cfg.cutmix > 0  # mixes images, not features: the backbone runs every epoch
     return (
-        cfg.freeze == "backbone"
+        cfg.adv_train == "none"  # the attack changes the images, so the backbone runs on them every step
+        and cfg.freeze == "backbone"
         and cfg.feature_cache
         and not cfg.freeze_epochs
         and not mixing
@@ -788,9 +911,34 @@ def _check_options(cfg: TrainConfig, resume_ckpt: dict | None):
             f"--freeze-epochs {cfg.freeze_epochs} freezes the backbone for the first epochs and then trains "
             f"every layer; it cannot be combined with --freeze {cfg.freeze}: drop one of them"
         )
+    _check_adv_curriculum(cfg)
     if resume_ckpt is None:
         check_output_folder(cfg.out, "--out")
     return spec
+
+
+def _check_adv_curriculum(cfg: TrainConfig) -> None:
+    if cfg.adv_train != "none":
+        from .adversarial import adv_eps
+
+        adv_eps(cfg.adv_eps)
+    if cfg.monitor == "val_robust_acc" and (cfg.adv_train == "none" or not cfg.adv_val_images):
+        raise UsageError(
+            "--monitor val_robust_acc follows the robust validation of --adv-train: add --adv-train fgsm or pgd "
+            "(with --adv-val-images above 0), or monitor val_acc"
+        )
+    if cfg.curriculum == "none":
+        return
+    if cfg.balance in ("sampler", "auto"):
+        raise UsageError(
+            f"--curriculum draws each batch from its pool of images, --balance {cfg.balance} may draw them by class: "
+            "use --balance weights (or none) with a curriculum"
+        )
+    if cfg.difficulty != "auto" and not cfg.resume and not os.path.isfile(cfg.difficulty):
+        raise UsageError(
+            f"--difficulty '{cfg.difficulty}' not found: give a CSV of path,loss (`imgclf score WEIGHTS --data D` "
+            "writes one) or auto"
+        )
 
 
 def find_lr_for(cfg: TrainConfig, spec, src, train_feed, device, **sweep) -> dict:
@@ -991,7 +1139,8 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool, sync_b
     if cfg.time_budget and not cfg.max_steps:  # first: its clock starts before the model's own set-up
         # validation is charged per forward pass: the model's own views, twice with an EMA to validate too
         views = spec.eval_views * (2 if cfg.ema else 1)
-        callbacks.insert(0, TimeBudget(cfg.time_budget, cfg.batch_size * cfg.accumulate, views))
+        budget = TimeBudget(cfg.time_budget, cfg.batch_size * cfg.accumulate, views, robust_val_images(cfg, spec))
+        callbacks.insert(0, budget)
     if cfg.patience:
         callbacks.append(EarlyStopping(cfg.patience, cfg.monitor))
     if cfg.log_histograms:
@@ -1006,6 +1155,20 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool, sync_b
         ema=make_ema(averaged, cfg.ema_decay, cfg.ema_warmup) if cfg.ema else None,
     )
     return state, frozen, step_schedule
+
+
+def robust_val_images(cfg: TrainConfig, spec) -> float:
+    """--adv-train's robust validation after each epoch, in training images of the same cost: PGD-10 is 10 forward
+    and backward passes and a forward (1/3) per image and view, a training step (attack included) is
+    adversarial.passes_per_step of them."""
+    if cfg.adv_train == "none" or not cfg.adv_val_images:
+        return 0.0
+    from .adversarial import passes_per_step
+    from .robustness import DEFAULT_STEPS
+
+    return (
+        cfg.adv_val_images * spec.eval_views * (DEFAULT_STEPS + 1 / 3) / passes_per_step(cfg.adv_train, cfg.adv_steps)
+    )
 
 
 def _resume(state: TrainState, ckpt: dict, cfg: TrainConfig, run_path: str) -> None:

@@ -158,13 +158,20 @@ def epoch_order(
     generator: torch.Generator | None,
     weights: torch.Tensor | None = None,
     shard: tuple[int, int] | None = None,
+    paced=None,
 ) -> torch.Tensor:
     """One training epoch's order of `n` images: a permutation from `generator`, or with `weights` a draw with
-    replacement (image i with chance weights[i] / weights.sum()). `shard` = (rank, world size): this rank's part
-    of the order every rank draws alike (distributed.shard_order). The last batch is dropped only when it would
-    hold a single image (BatchNorm cannot train on one)."""
+    replacement (image i with chance weights[i] / weights.sum()), or with `paced` (curriculum.Curriculum) the
+    curriculum's draw from uniforms of `generator`. `shard` = (rank, world size): this rank's part of the order
+    every rank draws alike (distributed.shard_order). The last batch is dropped only when it would hold a single
+    image (BatchNorm cannot train on one)."""
     m = n if shard is None else -(-n // shard[1])
     keep = m - 1 if (m > 1 and m % batch_size == 1) else m
+    if paced is not None:
+        from ..distributed import shard_order
+
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return paced.order((u if shard is None else shard_order(u, *shard))[:keep])
     if shard is None:  # one process: draws as before sharding existed, so its runs repeat bit for bit
         if weights is not None:
             return weighted_order(weights, keep, generator)
@@ -179,7 +186,7 @@ class Batches:
     """Iterate (images, labels) batches over an in-memory or memory-mapped uint8 tensor.
 
     shuffle: an epoch's order (`epoch_order`) from `generator`, with `weights` drawn with replacement
-    (data/balance.py), with `shard` this rank's part of it. The augmentation draws from `aug_generator` (default:
+    (data/balance.py), or through `paced` (a curriculum), with `shard` this rank's part of it. The augmentation draws from `aug_generator` (default:
     `generator`; under torchrun one seeded per rank, while the order's is the same on every rank).
     block (without shuffle): only these batches of the in-order sequence (a rank's share of an evaluation)."""
 
@@ -196,12 +203,14 @@ class Batches:
         shard: tuple[int, int] | None = None,
         aug_generator: torch.Generator | None = None,
         block: range | None = None,
+        paced=None,
     ):
         if weights is not None and len(weights) != len(labels):
             raise ValueError(f"{len(weights)} sampling weights for {len(labels)} images")
         self.images, self.labels = images, labels
         self.batch_size, self.transform = batch_size, transform
         self.shuffle, self.generator, self.weights, self.shard = shuffle, generator, weights, shard
+        self.paced = paced
         self.aug_generator = aug_generator if aug_generator is not None else generator
         n = len(labels)
         if shuffle:
@@ -217,7 +226,7 @@ class Batches:
 
     def __iter__(self):
         if self.shuffle:
-            order = epoch_order(len(self.labels), self.batch_size, self.generator, self.weights, self.shard)
+            order = epoch_order(len(self.labels), self.batch_size, self.generator, self.weights, self.shard, self.paced)
         else:
             order = torch.arange(self.n)
         for b in self.block:

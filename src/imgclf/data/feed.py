@@ -51,10 +51,13 @@ class FastFeed:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None):
+    def epoch(
+        self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None, paced=None
+    ):
         """One training epoch in an order from `gen`: a permutation, or with `sampler_weights` (one per image,
-        data/balance.py sample_weights) drawn with replacement. Under torchrun, `shard` = (rank, world size) takes
-        this rank's part of it and `aug` (a generator seeded per rank) draws the augmentation."""
+        data/balance.py sample_weights) drawn with replacement, or `paced` by a curriculum (curriculum.py). Under
+        torchrun, `shard` = (rank, world size) takes this rank's part of it and `aug` (a generator seeded per rank)
+        draws the augmentation."""
         return Batches(
             self.images,
             self.labels,
@@ -65,6 +68,7 @@ class FastFeed:
             weights=sampler_weights,
             shard=shard,
             aug_generator=aug,
+            paced=paced,
         )
 
     def batches(self, block: range | None = None):
@@ -104,9 +108,16 @@ class LoaderFeed:
     def __len__(self) -> int:
         return len(self.split)
 
-    def epoch(self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None):
+    def epoch(
+        self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None, paced=None
+    ):
         """As FastFeed.epoch, through a DataLoader (WeightedRandomSampler draws as Batches does). Under torchrun the
         rank's share of the order is the sampler, and the workers' augmentation seeds come from `aug`."""
+        if paced is not None:
+            order = epoch_order(len(self.split), self.batch_size, gen, None, shard, paced)
+            return make_loader(
+                self.train_ds, batch_size=self.batch_size, workers=self.workers, generator=aug or gen, order=order
+            )
         if shard is None:
             return make_loader(
                 self.train_ds,

@@ -180,13 +180,14 @@ def make_loader(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     sampler_weights: torch.Tensor | None = None,
-    order: torch.Tensor | None = None,
+    order=None,
 ) -> DataLoader:
     """sampler_weights (with shuffle): draw the epoch with replacement, item i with chance weights[i] / sum.
     order: the items in this order (a rank's share of an epoch, data/batches.py epoch_order), as drawn."""
     # A last training batch of one image breaks BatchNorm; drop it only in that case.
     drop_last = shuffle and len(ds) % batch_size == 1 and len(ds) > 1
-    sampler = order.tolist() if order is not None else None
+    # a tensor is drawn up front; another sequence (a curriculum's PacedOrder) yields each index as it is read
+    sampler = order.tolist() if isinstance(order, torch.Tensor) else order
     if shuffle and sampler_weights is not None:
         if len(sampler_weights) != len(ds):
             raise ValueError(f"{len(sampler_weights)} sampling weights for {len(ds)} images")

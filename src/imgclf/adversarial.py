@@ -1,0 +1,107 @@
+"""Adversarial training (`imgclf train --adv-train fgsm|pgd --adv-eps 8/255`) and its robust validation.
+
+Each training batch is replaced by its attacked version before the forward pass that trains, so the model learns
+on the worst images within eps (per pixel and channel, in [0, 1] pixel units, as `imgclf robustness` measures):
+
+- fgsm: FGSM from a uniform random start, one step of 1.25 eps (Wong, Rice and Kolter, ICLR 2020, "Fast is better
+  than free"): one extra forward and backward pass per batch, about 2x the cost of a normal step.
+- pgd: `--adv-steps` steps of 2.5 eps / steps from a uniform random start (Madry et al., ICLR 2018): steps + 1
+  passes per batch.
+
+The attack runs on the model as it trains (train mode, the run's precision, the model itself rather than its
+DistributedDataParallel wrapper: the input gradient needs no all-reduce), against the cross-entropy of the
+batch's targets (mixup's soft ones too). Its random starts come from a generator seeded per epoch and rank, so
+a resumed run draws the same ones.
+
+After each epoch, a seeded subset of `--adv-val-images` validation images is attacked with PGD-10 at eps: its
+accuracy is the `val_robust_acc` column (what `--monitor val_robust_acc` follows), the clean one `val_acc`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .device import autocast
+from .robustness import DEFAULT_STEPS, PixelModel, fgsm_rs, parse_eps, pgd
+
+log = logging.getLogger(__name__)
+
+ROBUST_VAL_SEED = 7_368_787  # the subset and the PGD starts of the robust validation: the same every epoch
+
+
+def adv_eps(text: str) -> float:
+    """--adv-eps as a number: one value in (0, 1] (8/255 or 0.03)."""
+    from .errors import UsageError
+
+    values = parse_eps(text)
+    if len(values) != 1 or values[0] <= 0:
+        raise UsageError(f"--adv-eps '{text}' must be one value above 0, as in 8/255 or 0.03")
+    return values[0]
+
+
+def passes_per_step(kind: str, steps: int) -> int:
+    """Forward and backward passes per training batch: the attack's, plus the one that trains."""
+    return 1 + {"none": 0, "fgsm": 1, "pgd": steps}[kind]
+
+
+class Perturb:
+    """The training batches' attack: `perturb(x, y)` on a normalised batch returns its attacked version,
+    normalised the same way."""
+
+    def __init__(self, model, kind: str, eps: float, steps: int, *, mean, std, channels_last: bool, device, amp):
+        self.pixel = PixelModel(model, mean, std, channels_last=channels_last).to(device)
+        self.kind, self.eps, self.steps, self.amp, self.device = kind, eps, steps, amp, device
+        self.generator: torch.Generator | None = None  # set per epoch by the Trainer
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pixels = to_pixels(self.pixel, x)
+        with autocast(self.device, self.amp):
+            if self.kind == "fgsm":
+                adv = fgsm_rs(self.pixel, pixels, y, self.eps, generator=self.generator)
+            else:
+                adv = pgd(self.pixel, pixels, y, self.eps, steps=self.steps, generator=self.generator)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return torch.addcmul(self.pixel.b, adv * 255.0, self.pixel.a).contiguous(memory_format=layout)
+
+
+def to_pixels(pixel: PixelModel, x: torch.Tensor) -> torch.Tensor:
+    """A normalised batch back in [0, 1] pixel units: the inverse of PixelModel's x255 * a + b."""
+    return ((x.float() - pixel.b) / (255.0 * pixel.a)).clamp_(0.0, 1.0)
+
+
+def robust_subset(n: int, k: int) -> torch.Tensor:
+    """The validation images the robust accuracy is measured on: k of n, seeded, sorted."""
+    gen = torch.Generator().manual_seed(ROBUST_VAL_SEED)
+    return torch.randperm(n, generator=gen)[: min(k, n)].sort().values
+
+
+def robust_correct(model, feed, subset: torch.Tensor, eps: float, *, mean, std, channels_last, device, amp, world):
+    """(correct, attacked) of PGD-10 at `eps` on the `subset` of `feed`'s evaluation images, in eval mode; under
+    torchrun each rank attacks those in its block of batches and the counts are summed."""
+    from .distributed import batch_block, gather
+
+    model.eval()
+    pixel = PixelModel(model, mean, std, channels_last=channels_last).to(device)
+    size = feed.eval_batch_size
+    n_batches = len(feed.batches())
+    block = batch_block(n_batches, world.rank, world.size) if world.distributed else range(n_batches)
+    chosen = torch.zeros(len(feed), dtype=torch.bool)
+    chosen[subset] = True
+    correct = seen = 0
+    for b, (x, y) in zip(block, feed.batches(block if world.distributed else None)):
+        rows = chosen[b * size : b * size + len(y)].nonzero().flatten()
+        if not len(rows):
+            continue
+        pixels, target = to_pixels(pixel, x[rows].to(device)), y[rows].to(device)
+        gen = torch.Generator().manual_seed(ROBUST_VAL_SEED + b)  # per batch: the same for any number of ranks
+        with autocast(device, amp):
+            adv = pgd(pixel, pixels, target, eps, steps=DEFAULT_STEPS, generator=gen)
+            with torch.no_grad():
+                correct += int((pixel(adv).argmax(1) == target).sum())
+        seen += len(rows)
+    if world.distributed:
+        parts = gather((correct, seen), world)
+        correct, seen = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    return correct, seen
