@@ -1,0 +1,289 @@
+"""Adversarial training (--adv-train) and curriculum learning (--curriculum, imgclf score): the attacks' bounds,
+the training hook, the robust validation column, the pacing functions and the curriculum's draw, the difficulty
+files, exact resume of both, and their usage errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import imgclf
+from imgclf.adversarial import Perturb, robust_subset, to_pixels
+from imgclf.checkpoint import load_checkpoint
+from imgclf.cli import main
+from imgclf.curriculum import Curriculum, PacedOrder, pace, ranking, read_difficulty
+from imgclf.data.sources import open_source
+from imgclf.errors import DataError
+from imgclf.robustness import PixelModel, fgsm_rs
+from imgclf.training import train_steps
+
+MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+@pytest.fixture
+def data(tmp_path, make_folder):
+    return str(make_folder(tmp_path / "d", classes=("a", "b", "c"), n=12, n_val=4, size=16))
+
+
+def _train(tmp_path, data, name, **kw):
+    opts = dict(
+        data=data,
+        model="test_tiny",
+        batch_size=8,
+        workers=0,
+        out=str(tmp_path / "runs"),
+        name=name,
+        precision="fp32",
+        lr=0.05,
+    )
+    return imgclf.train(**{**opts, **kw})
+
+
+def _rows(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def _same_weights(a: str, b: str) -> None:
+    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+# ------------------------------------------------------------------------------------------ attacks
+
+
+def test_fgsm_with_a_random_start_stays_in_the_eps_ball_and_the_image():
+    x = torch.rand(4, 3, 8, 8)
+    x[0] = 0.0  # at the edge of [0, 1]: the projection keeps it inside
+    y = torch.tensor([0, 1, 2, 0])
+    model = PixelModel(_Tiny(), MEAN, STD, channels_last=False)
+    eps = 8 / 255
+    adv = fgsm_rs(model, x, y, eps, generator=torch.Generator().manual_seed(1))
+    assert (adv - x).abs().max() <= eps + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert (adv - x).abs().max() > eps / 2  # it moved
+    again = fgsm_rs(model, x, y, eps, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(adv, again)  # the random start comes from the generator
+
+
+def test_perturb_returns_a_normalised_batch_within_eps_in_pixel_units():
+    model = _Tiny()
+    pixels = torch.rand(4, 3, 8, 8)
+    pm = PixelModel(model, MEAN, STD, channels_last=False)
+    x = torch.addcmul(pm.b, pixels * 255.0, pm.a)  # as the batches normalise
+    assert torch.allclose(to_pixels(pm, x), pixels, atol=1e-5)
+    p = Perturb(model, "pgd", 4 / 255, 3, mean=MEAN, std=STD, channels_last=False, device=torch.device("cpu"), amp=None)
+    p.generator = torch.Generator().manual_seed(0)
+    out = p(x, torch.tensor([0, 1, 2, 0]))
+    moved = to_pixels(pm, out) - pixels
+    assert moved.abs().max() <= 4 / 255 + 1e-5 and moved.abs().max() > 1 / 255
+
+
+def test_train_steps_trains_on_the_perturbed_batch():
+    """The hook sits before the forward pass that trains: training through a perturb that swaps the batch for a
+    constant one gives the weights of training on the constant batch."""
+    x, y = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    const = torch.full_like(x, 0.5)
+    runs = []
+    for batch, perturb in ((x, lambda a, b: const), (const, None)):
+        model = _Tiny()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        train_steps(
+            model, [(batch, y)], nn.CrossEntropyLoss(), opt, scaler, torch.device("cpu"), None,
+            channels_last=False, perturb=perturb,
+        )  # fmt: skip
+        runs.append(model.state_dict())
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+
+
+def test_robust_subset_is_seeded_and_within_the_split():
+    a, b = robust_subset(50, 10), robust_subset(50, 10)
+    assert torch.equal(a, b) and len(a) == 10 and a.max() < 50
+    assert len(robust_subset(5, 10)) == 5
+
+
+# ------------------------------------------------------------------------------------------ adversarial runs
+
+
+def test_adv_train_logs_the_robust_validation_and_resumes_exactly(tmp_path, data):
+    whole = _train(tmp_path, data, "whole", epochs=3, adv_train="fgsm", adv_val_images=6)
+    rows = _rows(whole["run_dir"])
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert all(0.0 <= float(r["val_robust_acc"]) <= 1.0 for r in rows)
+    assert whole["robust"]["images"] == 6 and whole["robust"]["eps"] == "8/255"
+    assert "robust_accuracy" in load_checkpoint(os.path.join(whole["run_dir"], "last.pt"))["metrics"]
+
+    part = _train(tmp_path, data, "part", epochs=2, adv_train="fgsm", adv_val_images=6)
+    imgclf.train(resume=os.path.join(part["run_dir"], "epoch_2.pt" if False else "last.pt"), epochs=3, workers=0)
+    _same_weights(os.path.join(whole["run_dir"], "last.pt"), os.path.join(part["run_dir"], "last.pt"))
+    assert _rows(part["run_dir"])[2]["val_robust_acc"] == rows[2]["val_robust_acc"]
+
+
+def test_pgd_adv_train_changes_the_training_and_can_be_monitored(tmp_path, data):
+    plain = _train(tmp_path, data, "plain", epochs=1)
+    adv = _train(tmp_path, data, "pgd", epochs=1, adv_train="pgd", adv_steps=2, monitor="val_robust_acc")
+    assert adv["monitor"] == "val_robust_acc"
+    a = load_checkpoint(os.path.join(plain["run_dir"], "last.pt"))["state_dict"]
+    b = load_checkpoint(os.path.join(adv["run_dir"], "last.pt"))["state_dict"]
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------ curriculum
+
+
+def test_pacing_functions_start_at_b_and_reach_all_at_a():
+    p = torch.tensor([0.0, 0.2, 0.4, 0.8, 1.0], dtype=torch.float64)
+    assert torch.allclose(pace("linear", p, 0.2, 0.8), torch.tensor([0.2, 0.4, 0.6, 1.0, 1.0], dtype=torch.float64))
+    root = pace("root", p, 0.2, 0.8)
+    assert root[0] == pytest.approx(0.2) and root[3] == pytest.approx(1.0) and root[1] > 0.4  # faster early
+    step = pace("step", p, 0.2, 0.8)
+    assert step.tolist() == pytest.approx([0.2, 0.4, 0.6, 1.0, 1.0])
+    flat = pace("step", torch.tensor([0.19], dtype=torch.float64), 0.2, 0.8).item()
+    assert flat == pytest.approx(0.2)  # flat between stairs
+
+
+def test_ranking_orders_easy_or_hard_first_with_ties_by_index():
+    d = torch.tensor([0.5, 0.1, 0.5, 0.9])
+    assert ranking(d, "easy-first").tolist() == [1, 0, 2, 3]
+    assert ranking(d, "hard-first").tolist() == [3, 0, 2, 1]
+
+
+def test_paced_order_draws_only_from_the_pool_of_its_step():
+    ranked = torch.arange(100).flip(0)  # image 99 is the easiest
+    u = torch.rand(40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def pool(steps):  # 10 images at step 0, all 100 from step 2
+        return torch.where(steps >= 2, 100, 10)
+
+    order = PacedOrder(ranked, u, step0=0, per_step=10, pool=pool)
+    first, later = order[:20], order[20:]
+    assert set(first.tolist()) <= set(range(90, 100))
+    assert later.min() < 90  # the whole set from step 2
+    assert list(order) == order[:].tolist()  # a DataLoader's sampler reads the same
+    assert len(order) == 40
+
+
+def test_curriculum_trains_on_the_easiest_images_first(tmp_path, data, monkeypatch):
+    """Class a's images are the easy third: while the pool is a third of the images, every batch is class a."""
+    split = open_source(data).split("train")
+    scores = tmp_path / "scores.csv"
+    with open(scores, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "loss"])
+        for p, y in zip(split.paths, split.labels):
+            w.writerow([os.path.relpath(p, tmp_path), 0.0 if y == 0 else 1.0 + len(p) % 3])  # relative to the CSV
+    labels = []
+    import imgclf.training as training
+
+    real = training.train_steps
+
+    def spy(model, batches, *a, **kw):
+        batches = list(batches)  # the draw depends on the positions, not on when it is read
+        labels.append(torch.cat([y for _, y in batches]))
+        return real(model, batches, *a, **kw)
+
+    monkeypatch.setattr(training, "train_steps", spy)
+    kw = dict(curriculum="easy-first", pacing="step", pacing_start=1 / 3, pacing_full=0.7, difficulty=str(scores))
+    _train(tmp_path, data, "cur", epochs=5, **kw)  # 5 steps an epoch: steps 0-4 are below the first stair (0.175)
+    assert len(labels[0]) == 36 and set(labels[0].tolist()) == {0}  # epoch 1: the pool is class a alone
+    assert set(labels[-1].tolist()) == {0, 1, 2}
+    assert sorted(labels[-1].tolist()) == sorted(split.labels)  # the last epoch is a permutation of all
+
+
+def test_curriculum_resumes_exactly_without_its_difficulty_file(tmp_path, data):
+    scores = tmp_path / "scores.csv"
+    split = open_source(data).split("train")
+    with open(scores, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "loss"])
+        for i, p in enumerate(split.paths):
+            w.writerow([os.path.abspath(p), (i * 7) % 11])
+    kw = dict(curriculum="hard-first", pacing="root", difficulty=str(scores), save_every=1)
+    whole = _train(tmp_path, data, "whole", epochs=3, **kw)
+    part = os.path.join(tmp_path, "runs", "part")
+    shutil.copytree(whole["run_dir"], part)  # as if the run had stopped after epoch 2
+    os.remove(scores)  # the difficulties are in the checkpoint
+    imgclf.train(resume=os.path.join(part, "epoch_2.pt"), workers=0)
+    _same_weights(os.path.join(whole["run_dir"], "last.pt"), os.path.join(part, "last.pt"))
+
+
+def test_difficulty_auto_trains_a_reference_run_first(tmp_path, data):
+    res = _train(tmp_path, data, "auto", epochs=2, curriculum="easy-first")
+    assert os.path.isfile(os.path.join(tmp_path, "runs", "auto-reference", "best.pt"))
+    state = load_checkpoint(os.path.join(res["run_dir"], "last.pt"))["train_state"]["callbacks"]["curriculum"]
+    assert len(state["difficulty"]) == 36 and torch.isfinite(state["difficulty"]).all()
+
+
+def test_read_difficulty_names_what_is_missing(tmp_path, data):
+    split = open_source(data).split("train")
+    bad = tmp_path / "few.csv"
+    bad.write_text("path,loss\n" + f"{os.path.abspath(split.paths[0])},1.0\n")
+    with pytest.raises(DataError, match="scores 1 of the 36 training images"):
+        read_difficulty(str(bad), split)
+    cols = tmp_path / "cols.csv"
+    cols.write_text("file,score\nx,1\n")
+    with pytest.raises(DataError, match="needs columns path and loss"):
+        read_difficulty(str(cols), split)
+
+
+def test_score_cli_writes_every_training_image(tmp_path, tiny_best, tiny_data, capsys):
+    out = tmp_path / "difficulty.csv"
+    assert main(["score", tiny_best, "--data", str(tiny_data), "--out", str(out), "--workers", "0"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == len(open_source(str(tiny_data)).split("train"))
+    assert all(float(r["loss"]) >= 0 and 0 <= float(r["p_true"]) <= 1 for r in rows)
+    assert "scored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--adv-train", "fgsm", "--adv-eps", "eight"], "--eps 'eight' is not a number"),
+        (["--adv-train", "fgsm", "--adv-eps", "0"], "must be one value above 0"),
+        (["--monitor", "val_robust_acc"], "add --adv-train"),
+        (["--curriculum", "easy-first", "--balance", "sampler"], "use --balance weights"),
+        (["--curriculum", "easy-first", "--difficulty", "nowhere.csv"], "'nowhere.csv' not found"),
+    ],
+)
+def test_usage_errors_exit_2_before_any_work(tmp_path, data, capsys, flags, message):
+    argv = ["train", "--data", data, "--model", "test_tiny", "--workers", "0", "--out", str(tmp_path / "r"), *flags]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "r") or not os.listdir(tmp_path / "r")
+
+
+def test_curriculum_callback_stops_pacing_once_the_pool_is_whole():
+    class T:
+        class state:
+            step = 0
+
+        total_steps = 10
+        paced = "unset"
+
+    c = Curriculum(torch.zeros(4), "easy-first", "linear", 0.5, 0.5)
+    c.trainer, c.ranked = T, ranking(c.difficulty, "easy-first")
+    c.on_epoch_start(T)
+    assert T.paced is c
+    T.state.step = 5  # half the steps: the pool is whole
+    c.on_epoch_start(T)
+    assert T.paced is None
