@@ -150,3 +150,29 @@ def tiny_run(tmp_path_factory, tiny_data) -> Path:
 @pytest.fixture(scope="session")
 def tiny_best(tiny_run) -> str:
     return str(tiny_run / "best.pt")
+
+
+def metrics_rows(run_dir) -> list[dict]:
+    """A run's metrics.csv, one dict per epoch (values as written)."""
+    import csv
+    import os
+
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def train_tiny(tmp_path, data, name, **kw) -> dict:
+    """`imgclf.train` of the `test_tiny` model: batch 8, fp32, no workers, into tmp_path/runs/NAME; `kw` wins."""
+    import imgclf
+
+    opts = dict(
+        data=data,
+        model="test_tiny",
+        batch_size=8,
+        workers=0,
+        out=str(tmp_path / "runs"),
+        name=name,
+        precision="fp32",
+        lr=0.05,
+    )
+    return imgclf.train(**{**opts, **kw})

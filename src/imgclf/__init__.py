@@ -23,6 +23,10 @@ __all__ = [
     "export",
     "bench",
     "open_model",
+    "select",
+    "simulate_active_learning",
+    "robustness",
+    "score",
     "__version__",
 ]
 
@@ -40,6 +44,10 @@ _LAZY = {
     "export": ("exporting", "export"),
     "bench": ("benchmark", "bench"),
     "open_model": ("runtime", "open_model"),
+    "select": ("active", "select"),
+    "simulate_active_learning": ("active", "simulate"),
+    "robustness": ("robustness", "robustness"),
+    "score": ("curriculum", "score"),
 }
 
 

@@ -10,6 +10,8 @@ import shutil
 
 import pytest
 import torch
+from conftest import metrics_rows as _rows
+from conftest import train_tiny as _train
 from torch import nn
 
 import imgclf
@@ -28,25 +30,6 @@ MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 @pytest.fixture
 def data(tmp_path, make_folder):
     return str(make_folder(tmp_path / "d", classes=("a", "b", "c"), n=12, n_val=4, size=16))
-
-
-def _train(tmp_path, data, name, **kw):
-    opts = dict(
-        data=data,
-        model="test_tiny",
-        batch_size=8,
-        workers=0,
-        out=str(tmp_path / "runs"),
-        name=name,
-        precision="fp32",
-        lr=0.05,
-    )
-    return imgclf.train(**{**opts, **kw})
-
-
-def _rows(run_dir):
-    with open(os.path.join(run_dir, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
 
 
 def _same_weights(a: str, b: str) -> None:

@@ -4,7 +4,6 @@ process as it found it."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import socket
@@ -14,17 +13,14 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import metrics_rows as _rows
+from conftest import train_tiny as _train
 from torch import nn
 
 import imgclf
 from imgclf.checkpoint import load_checkpoint
 from imgclf.config import TrainConfig
 from imgclf.errors import TrainingDiverged
-
-
-def _rows(run_dir):
-    with open(os.path.join(run_dir, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture
@@ -51,20 +47,6 @@ def _tiny_cli(data, tmp_path, name) -> list[str]:
         "fp32",
         "-q",
     ]
-
-
-def _train(tmp_path, data, name, **kw):
-    opts = dict(
-        data=data,
-        model="test_tiny",
-        batch_size=8,
-        workers=0,
-        out=str(tmp_path / "runs"),
-        name=name,
-        precision="fp32",
-        lr=0.05,
-    )
-    return imgclf.train(**{**opts, **kw})
 
 
 # ------------------------------------------------------------------------------------------ options known as set
