@@ -254,7 +254,7 @@ def cam_on_image(
     """A map over the model's input (S x S) as a map over the original image: (H x W float32 in [0, 1], the box
     (left, top, right, bottom) in image pixels that the model saw). `resized`: (height, width) of the image
     after the preprocessing's resize, before the crop; `image_size`: (width, height) of the original. Outside
-    the box the map is 0: the model never saw those pixels."""
+    the box the map is 0: the model never saw those pixels. Scaled to its peak (1), or all 0 like the input's."""
     s = int(cam.shape[-1])
     hr, wr = resized
     top, left = crop_box(resized, s)
@@ -266,7 +266,13 @@ def cam_on_image(
     full = F.interpolate(canvas, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0.0, 1.0)
     sy, sx = h / hr, w / wr
     box = (round(c0 * sx), round(r0 * sy), round(c1 * sx), round(r1 * sy))
-    return full.numpy(), box
+    seen = torch.zeros_like(full, dtype=torch.bool)
+    seen[box[1] : box[3], box[0] : box[2]] = True
+    full = full.where(seen, 0.0)  # the interpolation would bleed a pixel past the crop's edge
+    peak = float(full.max())
+    # resampling can miss the peak between two sample points (or average it away on an image smaller than the
+    # resize): scaled to 1 again, so that every overlay spans the whole colormap as the map over the input does
+    return (full / peak if peak > 0 else full).numpy(), box
 
 
 def overlay(
@@ -504,10 +510,10 @@ def explain(
 
     if out:
         check_output_folder(out, "--out")
+    items = _inputs(images)
     explainer = Explainer(weights, device=device, batch_size=batch_size)
     if target is not None:
         explainer.class_index(target)
-    items = _inputs(images)
     out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), "explain")
     os.makedirs(out, exist_ok=True)
     rows, thumbs, taken = [], [], set()
