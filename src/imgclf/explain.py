@@ -376,7 +376,7 @@ class Explainer:
         name = None if isinstance(item, Image.Image) else str(item)
         try:
             u8 = self.predictor.load_uint8(item)
-            original = item.convert("RGB") if isinstance(item, Image.Image) else _original(str(item))
+            original = _original(item)
         except Exception as e:  # the reason, one line, as predict lists an unreadable file
             from .data.images import UnreadableImage
 
@@ -430,11 +430,11 @@ def _ok(wanted: list, read: list[dict]) -> list:
     return [t for t, r in zip(wanted, read) if "u8" in r]
 
 
-def _original(path: str) -> Image.Image:
-    """The whole image, upright and RGB, as `load_image` decodes it before resizing."""
-    from .data.images import load_image
+def _original(item) -> Image.Image:
+    """The whole image, upright (its EXIF orientation applied) and RGB, as the model's input was made from it."""
+    from .data.images import load_image, to_rgb
 
-    return load_image(path)
+    return to_rgb(item) if isinstance(item, Image.Image) else load_image(str(item))
 
 
 def _summary(r: dict) -> dict:

@@ -95,6 +95,19 @@ def test_maps_have_the_image_size_and_lie_in_0_1(tiny_best, tmp_path, image_of_c
         assert r["cam"].max() in (0.0, pytest.approx(1.0, abs=1e-3))  # each map scaled to its own peak, or all 0
 
 
+def test_a_turned_photo_is_explained_upright_from_a_file_and_from_memory(tiny_best, tmp_path):
+    """EXIF orientation 6 (turned 90 degrees): the model sees the photo upright, so the map is upright too."""
+    path = tmp_path / "turned.jpg"
+    im = Image.new("RGB", (40, 24), (200, 40, 40))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(path, exif=exif)
+    with Image.open(path) as opened:
+        from_file, from_memory = Explainer(tiny_best, device="cpu").explain([str(path), opened])
+    assert from_file["cam"].shape == from_memory["cam"].shape == (40, 24)
+    assert from_file["image"].size == from_memory["image"].size == (24, 40)
+
+
 def test_the_explained_input_is_what_predict_sees(tiny_best, tiny_data):
     from imgclf import Predictor
 
