@@ -163,17 +163,22 @@ def _maker(events: list[_Event], t: torch.Tensor) -> str | None:
 
 @contextlib.contextmanager
 def _single_view(model: nn.Module):
-    """A model with test-time augmentation built into its eval forward (airnet's `tta`: six views, flipped and
-    shifted) runs its plain view only, so that the map is of the image as given, not a sum over moved copies."""
+    """The model as `predict` runs it, with one view, and as it was afterwards: eval mode (BatchNorm's running
+    statistics, which a forward pass in training mode would move, and no dropout), and a model with test-time
+    augmentation built into its eval forward (airnet's `tta`: six views, flipped and shifted) runs its plain view
+    only, so that the map is of the image as given, not a sum over moved copies."""
+    modes = [(m, m.training) for m in model.modules()]
     tta = getattr(model, "tta", None)
-    if isinstance(tta, bool) and tta:
+    model.eval()
+    if isinstance(tta, bool):
         model.tta = False
-        try:
-            yield
-        finally:
-            model.tta = tta
-    else:
+    try:
         yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        if isinstance(tta, bool):
+            model.tta = tta
 
 
 # --------------------------------------------------------------------------------------------- Grad-CAM
@@ -393,10 +398,10 @@ class Explainer:
 
         x = torch.stack([self.predictor.transform(r["u8"]) for r in ok])
         x = to_layout(x.to(self.runner.device), self.runner.channels_last)
-        probs = self.runner.logits(x).softmax(1)  # the prediction exactly as `predict` makes it
-        pred = probs.argmax(1)
-        idx = [self.class_index(t) if t is not None else int(p) for t, p in zip(_ok(wanted, read), pred)]
-        with self._lock:
+        with self._lock:  # the hooks below would also see another thread's forward pass through the model
+            probs = self.runner.logits(x).softmax(1)  # the prediction exactly as `predict` makes it
+            pred = probs.argmax(1)
+            idx = [self.class_index(t) if t is not None else int(p) for t, p in zip(_ok(wanted, read), pred)]
             cams, _, _ = gradcam_logits(self.model, x, idx, layer=self.find_layer(x[:1]))
         for j, r in enumerate(ok):
             u8 = r.pop("u8")

@@ -183,6 +183,17 @@ def test_built_in_test_time_augmentation_is_off_for_the_map_and_back_on_after():
     assert model.tta is True  # one view for the map (six would each run the hooked layer), restored after
 
 
+def test_a_model_in_training_mode_is_explained_in_eval_mode_and_left_as_it_was():
+    model = _built("smallcnn", False).train()
+    bn = model.block1[0][1]
+    before = bn.running_mean.clone(), int(bn.num_batches_tracked)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    maps = gradcam(model, x)
+    assert model.training and bn.training
+    assert torch.equal(bn.running_mean, before[0]) and int(bn.num_batches_tracked) == before[1]
+    torch.testing.assert_close(maps, gradcam(model.eval(), x))
+
+
 @pytest.mark.parametrize(
     "name, module, source",
     [
