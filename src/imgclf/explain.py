@@ -131,9 +131,9 @@ def find_target(model: nn.Module, x: torch.Tensor, name: str = "the model") -> T
     if odd is not None:
         shape = list(odd.output.shape) if isinstance(odd.output, torch.Tensor) else type(odd.output).__name__
         raise NoFeatureMap(
-            f"{name} works on other than a convolutional feature map after its last one ({events[last].name}, "
-            f"{c} x {h} x {w}): {odd.name} returns {shape}, so Grad-CAM has no map before the classifier "
-            "(vision transformers and other token models are not supported)"
+            f"{name} has no convolutional feature map before its classifier: after its last 4-D tensor "
+            f"({events[last].name}, {c} x {h} x {w}) comes {odd.name}, which returns {shape} (tokens, as in a vision "
+            "transformer); Grad-CAM needs a channels-first map that the classifier pools"
         )
     if not after:  # the map is pooled and classified by functions alone: its own module is the target
         return _target(events, last, "output", (c, h, w))
@@ -293,12 +293,25 @@ def overlay(
     from matplotlib import colormaps  # the registry of colormaps: a lookup, no pyplot and no global state
 
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    heat = colormaps[cmap](np.asarray(cam, dtype=np.float32))[..., :3] * 255.0  # H x W x 3
+    heat = colormaps[cmap](np.asarray(cam, dtype=np.float32), bytes=True)[..., :3].astype(np.float32)  # H x W x 3
     out = rgb * 0.5
     left, top, right, bottom = box if box is not None else (0, 0, rgb.shape[1], rgb.shape[0])
     inside = (slice(top, bottom), slice(left, right))
     out[inside] = (1.0 - alpha) * rgb[inside] + alpha * heat[inside]
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def fit(image: Image.Image, cam: np.ndarray, box, max_side: int | None):
+    """(image, cam, box) scaled down together so that the image's longer side is at most `max_side` pixels: an
+    overlay drawn at the size it is shown, not at a 12-megapixel photo's (whose colour layers alone take ~150 MB)."""
+    small = shrink(image, max_side)
+    if small.size == image.size:
+        return image, cam, box
+    t = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    cam = F.interpolate(t, size=(small.height, small.width), mode="bilinear", align_corners=False)[0, 0].numpy()
+    sx, sy = small.width / image.width, small.height / image.height
+    box = None if box is None else (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+    return small, cam, box
 
 
 def shrink(image: Image.Image, max_side: int | None) -> Image.Image:
@@ -427,7 +440,7 @@ class Explainer:
         if "error" in r:
             raise UsageError(f"cannot explain the image: {r['error']}")
         buf = io.BytesIO()
-        shrink(overlay(r["image"], r["cam"], r["box"]), max_side).save(buf, format="PNG")
+        overlay(*fit(r["image"], r["cam"], r["box"], max_side)).save(buf, format="PNG")
         return buf.getvalue(), _summary(r)
 
 
@@ -524,9 +537,9 @@ def explain(
     rows, thumbs, taken = [], [], set()
     for i, r in enumerate(explainer.explain_iter(items, target)):
         if "error" not in r:
-            picture = overlay(r["image"], r["cam"], r["box"])
+            picture = overlay(*fit(r["image"], r["cam"], r["box"], max_side))
             r["overlay"] = os.path.join(out, _overlay_name(r, i, taken))
-            _save_png(shrink(picture, max_side), r["overlay"])
+            _save_png(picture, r["overlay"])
             if sheet:
                 thumbs.append((shrink(picture, SHEET_THUMB), _summary(r)))
         row = _summary(r)

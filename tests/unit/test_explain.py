@@ -295,3 +295,19 @@ def test_usage_errors_are_one_line_and_exit_2(args, words, tiny_best, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(w in err for w in words), err
     assert not (tmp_path / "explain").exists() and not os.path.exists(os.path.join(os.path.dirname(weights), "explain"))
+
+
+def test_overlays_are_drawn_at_the_size_they_are_shown(tiny_best, tmp_path, image_of_class):
+    import io
+
+    from imgclf.explain import explain
+
+    picture = _picture(tmp_path / "wide.png", image_of_class, size=(40, 24))
+    r = explain(tiny_best, [picture], out=str(tmp_path / "cams"), max_side=20)
+    with Image.open(r["rows"][0]["overlay"]) as im:
+        assert im.size == (20, 12)
+    png, info = Explainer(tiny_best, device="cpu").overlay_png(Image.open(picture), target="fox", max_side=30)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG" and im.size == (30, 18)
+    assert info["target"] == "fox" and "cam" not in info and "image" not in info
+    json.dumps(info)  # plain types, for a JSON answer
