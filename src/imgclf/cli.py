@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_active(sub)
     _add_robustness(sub)
     _add_score(sub)
+    _add_explain(sub)
 
     p = sub.add_parser("check", help="find corrupt, truncated, duplicate and leaked files in a data folder")
     _common(p)
@@ -1075,6 +1076,65 @@ def cmd_score(a: dict) -> int:
 
 
 COMMANDS["score"] = cmd_score
+
+
+# ------------------------------------------------------------------------------------------------ explain
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="Grad-CAM overlays: where in each image a checkpoint finds its evidence for a class",
+        description="Grad-CAM (Selvaraju et al., 2017) on the model's last convolutional feature map, for the "
+        "predicted class or --target LABEL, drawn over each original image: OUT/STEM_gradcam.png per image, "
+        "OUT/explain.json, and with --sheet all of them on OUT/gradcam_sheet.png. Checkpoints only (exports give "
+        "no gradients).",
+    )
+    _common(p)
+    p.add_argument("weights", help="checkpoint (runs/NAME/best.pt)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
+    p.add_argument("--target", metavar="LABEL", help="explain this class for every image [the predicted class]")
+    p.add_argument("--out", help="output folder (default: explain/ next to the weights)")
+    p.add_argument("--sheet", action="store_true", help="also write every overlay on one contact sheet")
+    p.add_argument(
+        "--max-side", type=_number(int, ge=16), default=1024, help="overlay PNGs scaled down to this longer side [1024]"
+    )
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=8, help="images per batch [8]")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+
+
+def cmd_explain(a: dict) -> int:
+    from .explain import explain
+
+    stdout = Stdout(keep_going=True)  # the overlays are the result: a closed stdout does not stop them
+
+    def line(r: dict) -> str:
+        if a.get("json"):
+            return json.dumps(r)
+        if "error" in r:
+            return f"{r['path']}\tERROR\t{r['error']}"
+        return f"{r['path']}\t{r['label']}\t{r['probability']:.3f}\tmap for {r['target']}\t{r['overlay']}"
+
+    r = explain(
+        a["weights"],
+        a["images"],
+        target=a.get("target"),
+        out=a.get("out"),
+        device=a["device"],
+        sheet=a["sheet"],
+        max_side=a["max_side"],
+        batch_size=a["batch_size"],
+        on_row=lambda row: stdout.print(line(row)),
+    )
+    done = len(r["rows"]) - r["errors"]
+    log.info("wrote %d overlays to %s (Grad-CAM on %s)", done, r["out"], r["layer"] or "no layer")
+    if r["errors"]:
+        raise ImgclfError(f"{r['errors']} of {len(r['rows'])} images could not be explained (listed above)")
+    return EXIT_BROKEN_PIPE if stdout.closed else 0
+
+
+COMMANDS["explain"] = cmd_explain
 
 
 def main(argv: list[str] | None = None) -> int:

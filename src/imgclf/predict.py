@@ -92,16 +92,16 @@ class Predictor:
         self.batch_size = batch_size
         self.workers = workers or min(4, os.cpu_count() or 1)
 
-    def _load(self, item) -> torch.Tensor:
+    def load_uint8(self, item) -> torch.Tensor:
+        """A path or PIL image as 3 x H x W uint8, its shorter side resized as the model's preprocessing says:
+        what `transform` crops and normalises into the model's input (explain maps its heat back through it)."""
+        p = self.preprocess
         if isinstance(item, Image.Image):
-            return self.transform(
-                pil_to_uint8(resize_shorter(to_rgb(item), self.preprocess.resize, self.preprocess.interpolation))
-            )
-        return self.transform(
-            pil_to_uint8(
-                load_image(str(item), resize=self.preprocess.resize, interpolation=self.preprocess.interpolation)
-            )
-        )
+            return pil_to_uint8(resize_shorter(to_rgb(item), p.resize, p.interpolation))
+        return pil_to_uint8(load_image(str(item), resize=p.resize, interpolation=p.interpolation))
+
+    def _load(self, item) -> torch.Tensor:
+        return self.transform(self.load_uint8(item))
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self.runner.logits(batch)
