@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +120,10 @@ def test_slim_answers_equal_imgclf_predict(int8_export, image_files):
     app = create_app(int8_export, ServeSettings(max_wait_ms=1))
     assert type(app.state.imgclf.model).__name__ == "OnnxModel"
     with TestClient(app) as c:
+        t0 = time.time()
         while c.get("/ready").status_code != 200:
-            pass
+            assert time.time() - t0 < 60, c.get("/ready").json()  # a guard against a hang, not a timing
+            time.sleep(0.02)
         r = c.post("/predict", files=[("image", (p.name, p.read_bytes())) for p in image_files], data={"top_k": "3"})
     got = r.json()["predictions"]
     assert [g["label"] for g in got] == [e["label"] for e in expected]
