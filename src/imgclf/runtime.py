@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import onnxrt
 from .data.pipeline import Preprocess
 from .errors import CheckpointError
 from .export_formats import FORMATS as EXPORT_FORMATS
 
 META_NAME = "imgclf.json"  # extra file in TorchScript / pt2 archives; metadata_props key "imgclf" in ONNX
-META_KEY = "imgclf"
+META_KEY = onnxrt.META_KEY
 
 
 @dataclass
@@ -212,66 +213,28 @@ def quantize_linear_dynamic(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def onnx_session_options(threads: int | None = None, *, spin: bool = True):
-    """onnxruntime options: all graph optimisations, intra-op threads = PyTorch's thread count (the cores
-    PyTorch would use, honouring OMP_NUM_THREADS / torch.set_num_threads), one inter-op thread.
-
-    No memory pattern: ORT plans and keeps one per input shape, so a server seeing every batch size from 1 to
-    32 grew by 57% (Lite0 int8: 202 -> 317 MB over 400 random batch sizes; 201 -> 215 MB without it), at no
-    measured cost in speed at batch 1, 16 or 32. `spin=False` stops the intra-op threads from spin-waiting
-    between runs: the right thing when other threads of the process need the cores (the server decodes
-    images while the model runs: 15.0 -> 12.7 ms of CPU per served image)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(threads or torch.get_num_threads())
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3  # errors only: ORT warns about initializers it folds
-    so.enable_mem_pattern = False
-    if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
+    """onnxruntime options (`onnxrt.session_options`, shared with the slim server) with intra-op threads =
+    PyTorch's thread count (the cores PyTorch would use, honouring OMP_NUM_THREADS / torch.set_num_threads)."""
+    return onnxrt.session_options(int(threads or torch.get_num_threads()), spin=spin)
 
 
 class OnnxRunner(Runner):
     """An ONNX model in an onnxruntime InferenceSession (CUDA provider when asked for and available)."""
 
     def __init__(self, path: str, *, device: str = "auto", threads: int | None = None, spin: bool = True):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise CheckpointError(f"'{path}' is an ONNX model: pip install onnxruntime to run it") from None
-        dev = str(device or "auto").lower()
-        providers = ["CPUExecutionProvider"]
-        if dev.startswith("cuda") or (dev == "auto" and torch.cuda.is_available()):
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-            elif dev.startswith("cuda"):
-                raise CheckpointError(
-                    "--device cuda for an ONNX model needs onnxruntime-gpu: pip install onnxruntime-gpu, or use --device cpu"
-                )
-        try:
-            self.session = ort.InferenceSession(
-                str(path), onnx_session_options(threads, spin=spin), providers=providers
-            )
-        except Exception as e:
-            raise CheckpointError(f"'{path}' is not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
-        custom = self.session.get_modelmeta().custom_metadata_map
-        if META_KEY not in custom:
-            raise CheckpointError(
-                f"'{path}' is an ONNX model without imgclf metadata (class names, preprocessing): "
-                f"export it with imgclf export"
-            )
-        meta = json.loads(custom[META_KEY])
+        threads = int(threads or torch.get_num_threads())
+        self.session, meta = onnxrt.open_session(
+            path, device=device, threads=threads, spin=spin, cuda_by_default=torch.cuda.is_available()
+        )
         fmt = meta.get("format", "onnx")
         super().__init__(**_fields_from_meta(path, meta, fmt))
         self.input_name = self.session.get_inputs()[0].name
         self.extra = _export_extra(
             meta,
-            device="cuda" if providers[0].startswith("CUDA") else "cpu",
+            device="cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu",
             precision="int8" if getattr(EXPORT_FORMATS.get(fmt), "int8", False) else "fp32",
             providers=self.session.get_providers(),
-            threads=int(threads or torch.get_num_threads()),
+            threads=threads,
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@
     app = create_app("runs/ants/best.pt", ServeSettings(max_batch_size=32))   # any file open_model reads
     run(app, host="127.0.0.1", port=8000)
 
-`imgclf serve WEIGHTS_OR_EXPORT` is the same from the command line.
+`imgclf serve WEIGHTS_OR_EXPORT` is the same from the command line, and `imgclf-serve MODEL.onnx` (main.py) too,
+without PyTorch: the command of the slim install (deploy/slim, docs/deployment.md).
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ Checks up front, then decode, batch, predict, encode:
    it arrives while its bytes are counted (never more than `max_upload_mb` is read); every file is decoded in
    a thread pool, with the pixel count checked from the header first; the decoded images go to the dynamic
    batcher; the whole request runs under `timeout_s`.
-3. Every refusal is JSON: {"error": CODE, "detail": "what is wrong and how to fix it"}. A client's input gives
+3. The model: `model.open_served` picks it. A `.onnx` export runs in onnxruntime with NumPy preprocessing and
+   this module never imports torch (the slim install, `imgclf-serve`); anything else goes through a PyTorch
+   Runner. The endpoints only see `probabilities(images)` and the Runner's descriptive attributes.
+4. Every refusal is JSON: {"error": CODE, "detail": "what is wrong and how to fix it"}. A client's input gives
    a 4xx; 5xx are kept for the server's own trouble (503 overloaded or still warming up, 504 too slow,
    500 a bug).
 """
@@ -25,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
 
-import torch
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -36,8 +39,9 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import UsageError
 from .batcher import DynamicBatcher, Overloaded
-from .decode import IMAGE_FORMATS, ImageRejected, NormalizeUploads, decode_upload
+from .decode import IMAGE_FORMATS, ImageRejected, decode_upload
 from .metrics import Metrics
+from .model import open_served
 from .server import trim_malloc
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,7 @@ class ServeSettings:
     warmup: bool = True  # run the model on dummy batches before /ready says yes
     device: str = "auto"  # used when create_app opens a path itself
     precision: str = "auto"
+    threads: int | None = None  # onnxruntime intra-op threads for a .onnx path (None: see onnx_model.default_threads)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -93,6 +98,7 @@ class ServeSettings:
         )
         need(self.max_queue >= self.max_files, f"--max-queue must be at least --max-files ({self.max_files})")
         need(self.api_key is None or self.api_key.strip() != "", "--api-key is empty: give a key or leave it out")
+        need(self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}")
         return self
 
 
@@ -186,14 +192,16 @@ ERRORS = {
 
 
 class ServerState:
-    """What the endpoints share: the model, the limits, the pools, the batcher and the metrics."""
+    """What the endpoints share: the model, the limits, the pools, the batcher and the metrics.
 
-    def __init__(self, runner, settings: ServeSettings):
+    `runner`: what create_app was given or opened; `model`: the same with `probabilities` (see model.py)."""
+
+    def __init__(self, runner, model, settings: ServeSettings):
         self.runner = runner
+        self.model = model
         self.settings = settings
-        self.classes = list(runner.classes)
-        self.preprocess = runner.preprocess
-        self.batch_transform = NormalizeUploads(runner.preprocess)
+        self.classes = list(model.classes)
+        self.preprocess = model.preprocess
         self.metrics = Metrics(settings.max_batch_size)
         self.decode_workers = settings.decode_workers or max(1, min(4, os.cpu_count() or 1))
         self.decode_pool: ThreadPoolExecutor | None = None
@@ -203,12 +211,9 @@ class ServerState:
         self._last_trim = time.monotonic()
 
     # -- the model thread --
-    @torch.no_grad()
-    def predict_batch(self, images: list[torch.Tensor]) -> torch.Tensor:
+    def predict_batch(self, images: list[np.ndarray]) -> np.ndarray:
         """uint8 images (S x S x 3 each) -> float32 N x C probabilities."""
-        x = self.batch_transform(images)
-        probs = self.runner.logits(x).float().softmax(1)
-        del x
+        probs = self.model.probabilities(images)
         now = time.monotonic()
         if now - self._last_trim > TRIM_EVERY_S:
             self._last_trim = now
@@ -239,7 +244,7 @@ class ServerState:
             if self.settings.warmup:
                 size = self.preprocess.img_size
                 for n in warmup_sizes(self.settings.max_batch_size):
-                    dummy = [torch.zeros(size, size, 3, dtype=torch.uint8)] * n
+                    dummy = [np.zeros((size, size, 3), dtype=np.uint8)] * n
                     await self.batcher.run_model(self.predict_batch, dummy)
         except Exception as e:
             log.exception("warm-up failed")
@@ -396,20 +401,23 @@ class ServerState:
                 503, "overloaded", f"the server is overloaded ({e}); retry shortly", headers={"Retry-After": "1"}
             ) from None
         k = max(1, min(top_k or s.top_k, len(self.classes)))
-        preds = []
-        for name, p in zip(names, probs):
-            vals, idx = p.topk(k)
-            vals, idx = vals.tolist(), idx.tolist()
-            preds.append(
-                {
-                    "filename": name,
-                    "label": self.classes[idx[0]],
-                    "index": idx[0],
-                    "probability": vals[0],
-                    "top_k": [{"label": self.classes[i], "probability": v} for v, i in zip(vals, idx)],
-                }
-            )
-        return JSONResponse({"predictions": preds})
+        return JSONResponse(
+            {"predictions": [encode_prediction(name, p, self.classes, k) for name, p in zip(names, probs)]}
+        )
+
+
+def encode_prediction(filename: str | None, probs: np.ndarray, classes: list[str], k: int) -> dict:
+    """One image's answer: its most probable label and the k best (label, probability), best first (ties: the
+    lower class index first). Options that change the answer (a confidence threshold) belong here."""
+    idx = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")[:k].tolist()
+    vals = [float(probs[i]) for i in idx]
+    return {
+        "filename": filename,
+        "label": classes[idx[0]],
+        "index": idx[0],
+        "probability": vals[0],
+        "top_k": [{"label": classes[i], "probability": v} for v, i in zip(vals, idx)],
+    }
 
 
 def warmup_sizes(max_batch_size: int) -> list[int]:
@@ -483,18 +491,13 @@ def _page() -> str:
 
 
 def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI:
-    """A FastAPI app serving `runner_or_path`: a Runner from `runtime.open_model`, or a path to open with it.
+    """A FastAPI app serving `runner_or_path`: a Runner from `runtime.open_model`, or a path (a `.onnx` export is
+    opened without torch, anything else with `runtime.open_model`; see model.open_served).
 
     The model is warmed up in the background after startup; /ready answers 200 once it is done."""
     settings = (settings or ServeSettings()).check()
-    if isinstance(runner_or_path, (str, os.PathLike)):
-        from ..runtime import open_model
-
-        # spin=False: onnxruntime's threads must not spin-wait on the cores the decode threads need
-        runner = open_model(str(runner_or_path), device=settings.device, precision=settings.precision, spin=False)
-    else:
-        runner = runner_or_path
-    state = ServerState(runner, settings)
+    runner, model = open_served(runner_or_path, settings)
+    state = ServerState(runner, model, settings)
     page = _page()
 
     @contextlib.asynccontextmanager
@@ -568,7 +571,9 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
     async def metadata():
         meta = _without_paths(dict(runner.metadata()))  # file names, not the server's directory layout
         meta["file"] = os.path.basename(str(meta.pop("path", runner.path)))
-        meta["serve"] = {k: v for k, v in asdict(settings).items() if k not in ("api_key", "device", "precision")}
+        meta["serve"] = {
+            k: v for k, v in asdict(settings).items() if k not in ("api_key", "device", "precision", "threads")
+        }
         meta["serve"]["api_key_required"] = settings.api_key is not None
         meta["serve"]["formats"] = list(IMAGE_FORMATS)
         return meta

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +24,16 @@ class Overloaded(Exception):
 class DynamicBatcher:
     def __init__(
         self,
-        predict: Callable[[list], torch.Tensor],
+        predict: Callable[[list], Sequence],
         *,
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
     ):
-        """`predict`: a list of N uint8 3 x S x S images -> float32 N x C probabilities, run in the model thread
-        (stacking there too keeps the copy off the event loop)."""
+        """`predict`: a list of N decoded images -> N probability vectors (float32 N x C), run in the model
+        thread (stacking there too keeps the copy off the event loop). Any array type: no torch here, so the
+        slim ONNX server never loads it."""
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -70,7 +69,7 @@ class DynamicBatcher:
         """Run `fn` in the model thread (warm-up uses this, so nothing else ever calls the model concurrently)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def submit(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    async def submit(self, images: list) -> list:
         """Probabilities (one C-vector per image, in order). Raises Overloaded when the queue is full."""
         if self._queue is None or self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")

@@ -8,23 +8,27 @@ Split in two so the expensive part runs in parallel and the cheap part runs once
   KB of PNG can claim 50,000 x 50,000 pixels, 7.5 GB of RGB), and one whose shape resizing would blow up
   (`data.images.check_shape`, the same check every file loader makes: a 1 KB PNG of 400000 x 1 pixels is
   under any pixel limit, but its shorter side resized to 256 px asks for 78 GB).
-- `NormalizeUploads` (the model thread, on the stacked batch): uint8 N x 3 x S x S -> float32, scaled and
-  normalised with the model's mean and std. `eval_transform` works on batches, and each of its steps is
-  elementwise or a crop, so a batch gets bit-for-bit the values `Predictor` computes image by image.
+- the model thread, on the stacked batch: uint8 N x S x S x 3 -> float32 N x 3 x S x S, scaled and normalised
+  with the model's mean and std. `NormalizeUploads` (PyTorch models) runs `eval_transform`, which works on
+  batches and whose steps are elementwise or a crop, so a batch gets bit-for-bit the values `Predictor` computes
+  image by image; `normalize_batch` (the slim ONNX path) does the same arithmetic in NumPy.
+
+Without torch at import: the slim ONNX server (`imgclf-serve`) uses this module and never loads PyTorch.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..data.images import BadShape, center_crop, check_shape, resize_shorter, to_rgb
-from ..data.pipeline import Preprocess, eval_transform
+
+log = logging.getLogger(__name__)
 
 # Formats the server opens. Pillow can also open EPS (through Ghostscript, an external interpreter) and a
 # long tail of rare formats; a service facing strangers only needs the ones cameras and browsers produce.
@@ -39,8 +43,10 @@ class ImageRejected(Exception):
         self.code, self.status = code, status
 
 
-def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> torch.Tensor:
-    """One uploaded file -> uint8 S x S x 3 (S = preprocess.img_size; channels last). Raises ImageRejected."""
+def decode_upload(data: bytes, preprocess, *, max_pixels: int) -> np.ndarray:
+    """One uploaded file -> uint8 S x S x 3 array (S = preprocess.img_size; channels last, C-contiguous).
+    `preprocess`: anything with img_size, resize and interpolation (data.pipeline.Preprocess, onnx_model.Prep).
+    Raises ImageRejected."""
     if not data:
         raise ImageRejected("empty_file", "empty file (0 bytes)")
     try:
@@ -91,15 +97,32 @@ def decode_upload(data: bytes, preprocess: Preprocess, *, max_pixels: int) -> to
     # their own in every decode thread and spin against the model's threads (on 2 cores that cost as much CPU
     # as the JPEG decode). Channels stay last: the batch is permuted once, in the model thread.
     crop = center_crop(pixels, preprocess.img_size, channels_last=True)
-    return torch.from_numpy(np.array(crop, order="C"))  # one copy, writable
+    return np.array(crop, order="C")  # one copy, writable
 
 
 class NormalizeUploads:
-    """N decoded images (uint8 S x S x 3 each) -> normalised float32 N x 3 x S x S, the model's input
-    (in channels_last memory order: what a channels_last model wants, and any runner accepts a strided tensor)."""
+    """N decoded images (uint8 S x S x 3 each) -> normalised float32 N x 3 x S x S torch tensor, the model's input
+    (in channels_last memory order: what a channels_last model wants, and any runner accepts a strided tensor).
+    For PyTorch runners; imports torch when built."""
 
-    def __init__(self, preprocess: Preprocess):
+    def __init__(self, preprocess):
+        from ..data.pipeline import eval_transform
+
         self.transform = eval_transform(preprocess)
 
-    def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
-        return self.transform(torch.stack(images).permute(0, 3, 1, 2))
+    def __call__(self, images: list):
+        import torch
+
+        return self.transform(torch.stack([torch.as_tensor(x) for x in images]).permute(0, 3, 1, 2))
+
+
+def normalize_batch(images: list[np.ndarray], mean, std) -> np.ndarray:
+    """N decoded images (uint8 S x S x 3 each) -> float32 N x 3 x S x S, C-contiguous: the ONNX input.
+
+    The arithmetic of `eval_transform` in float32, in its order: x * (1/255) (torchvision's ToDtype(scale=True)),
+    then (x - mean) / std (its Normalize)."""
+    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32, order="C")  # one copy, in NCHW order
+    x *= np.float32(1.0 / 255.0)
+    x -= np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    x /= np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return x

@@ -1,0 +1,73 @@
+"""What the app serves, chosen from what it is given, without importing torch for an ONNX export.
+
+A served model has the `runtime.Runner` attributes the app shows (`path`, `format`, `model_name`, `classes`,
+`preprocess`, `metadata()`) and `probabilities(images)`: decoded uint8 S x S x 3 NumPy arrays in, float32
+N x C NumPy probabilities out. Two kinds:
+
+- `onnx_model.OnnxModel`: a `.onnx` file (onnx or onnx-int8 export) in onnxruntime with NumPy preprocessing.
+  The only kind the slim install (`imgclf-serve`, no PyTorch) has, and the one `imgclf serve` uses for `.onnx`
+  files too, so both answer alike.
+- `runner_model.RunnerModel`: any other file (`runtime.open_model`: checkpoints, TorchScript, pt2,
+  dynamic-int8) or a Runner object handed to `create_app`, through PyTorch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..errors import CheckpointError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+def is_onnx_path(path: str) -> bool:
+    """ONNX files have no magic bytes: the slim path knows them by name, as `runtime.open_model` does first."""
+    return str(path).lower().endswith(".onnx")
+
+
+def check_model_file(path: str) -> None:
+    """The checks `runtime.open_model` makes before reading, with its messages."""
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model"
+        )
+    if os.path.isdir(path):
+        raise CheckpointError(f"'{path}' is a folder: pass a checkpoint file such as {os.path.join(path, 'best.pt')}")
+    if not os.path.isfile(path):  # a FIFO or a device would block the reads
+        raise CheckpointError(f"'{path}' is not a regular file: pass a checkpoint file such as runs/NAME/best.pt")
+
+
+def open_served(runner_or_path, settings):
+    """(runner, served model) for `create_app`: `runner` is what was given or opened (the CLI prints its name,
+    format and classes), `served` the object with `probabilities`. Raises ImgclfError for a bad file."""
+    if isinstance(runner_or_path, (str, os.PathLike)):
+        path = str(runner_or_path)
+        check_model_file(path)
+        if is_onnx_path(path):
+            from .onnx_model import OnnxModel
+
+            # spin=False: onnxruntime's threads must not spin-wait on the cores the decode threads need
+            model = OnnxModel(path, device=settings.device, threads=settings.threads, spin=False)
+            return model, model
+        runner = _open_with_torch(path, settings)
+    else:
+        runner = runner_or_path
+    if callable(getattr(runner, "probabilities", None)):
+        return runner, runner
+    from .runner_model import RunnerModel
+
+    return runner, RunnerModel(runner)
+
+
+def _open_with_torch(path: str, settings):
+    try:
+        from ..runtime import open_model
+    except ModuleNotFoundError as e:  # the slim install
+        raise UsageError(
+            f"'{path}' is not an ONNX export (its name does not end in .onnx), and this install has no "
+            f"{e.name or 'PyTorch'}, so it serves ONNX exports only: serve the file `imgclf export {path} "
+            f"--format onnx-int8` writes (or rename an ONNX file to *.onnx), or pip install imgclf"
+        ) from None
+    # settings.threads is for onnxruntime sessions only: PyTorch's thread count is the process's to set (the CLI does)
+    return open_model(path, device=settings.device, precision=settings.precision, spin=False)

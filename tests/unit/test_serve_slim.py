@@ -1,0 +1,278 @@
+"""The slim serving path (deploy/slim, `imgclf-serve`): an ONNX export served without torch, answering as
+`imgclf predict` does; and the deployment files (Containerfile, deploy/k8s.yaml) agreeing with the server."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from imgclf.serve import ServeSettings, create_app
+
+pytest.importorskip("onnxruntime")
+from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
+TINY_CLASSES = ["cat", "dog", "fox"]  # conftest.tiny_data
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_best, tmp_path_factory) -> str:
+    from imgclf.exporting import export
+
+    out = tmp_path_factory.mktemp("slim") / "tiny.int8.onnx"
+    export(tiny_best, "onnx-int8", out=str(out), calib_images=32, verify_images=24)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def image_files(image_of_class, tmp_path_factory) -> list[Path]:
+    """One PNG per class and a JPEG of another size (reduced-scale decode, resize, crop)."""
+    d = tmp_path_factory.mktemp("slim_images")
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, c in enumerate(TINY_CLASSES):
+        p = d / f"{c}.png"
+        p.write_bytes(_png(image_of_class(i, 16, rng=rng)))
+        paths.append(p)
+    p = d / "photo.jpg"
+    image_of_class(1, (60, 45), rng=rng).save(p, "JPEG", quality=90)
+    return paths + [p]
+
+
+def _slim_modules() -> set[str]:
+    """Module names of the files deploy/slim/MODULES puts into imgclf-serve."""
+    names = set()
+    for line in (ROOT / "deploy" / "slim" / "MODULES").read_text().splitlines():
+        line = line.strip()
+        if line.endswith(".py") and not line.startswith("#"):
+            names.add(line[: -len(".py")].replace("/", ".").removesuffix(".__init__"))
+    return names
+
+
+SERVE_ONNX = textwrap.dedent(
+    """
+    import json, sys, time
+    from fastapi.testclient import TestClient
+    from imgclf.serve import ServeSettings, create_app
+
+    app = create_app(sys.argv[1], ServeSettings(max_wait_ms=1, max_batch_size=4))
+    with TestClient(app) as c:
+        t0 = time.time()
+        while c.get("/ready").status_code != 200:
+            assert time.time() - t0 < 60, c.get("/ready").json()  # a guard against a hang, not a timing
+            time.sleep(0.02)
+        files = [("image", (p, open(p, "rb").read())) for p in sys.argv[2:]]
+        r = c.post("/predict", files=files)
+        assert r.status_code == 200, r.text
+    print(json.dumps({
+        "torch": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")),
+        "imgclf": sorted(m for m in sys.modules if m.split(".")[0] == "imgclf"),
+        "labels": [p["label"] for p in r.json()["predictions"]],
+    }))
+    """
+)
+
+
+def test_serving_an_onnx_export_never_imports_torch(int8_export, image_files):
+    """A fresh process builds the app for an onnx-int8 export and answers a request; torch is never imported,
+    and every imgclf module it loads is one the slim distribution ships."""
+    out = subprocess.run(
+        [sys.executable, "-c", SERVE_ONNX, int8_export, *map(str, image_files)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] == []
+    assert set(got["imgclf"]) <= _slim_modules(), set(got["imgclf"]) - _slim_modules()
+    assert len(got["labels"]) == len(image_files)
+
+
+@pytest.mark.kernels
+def test_slim_answers_equal_imgclf_predict(int8_export, image_files):
+    """The slim path (NumPy preprocessing, its own session) against `imgclf predict`'s Predictor on the same
+    export: the same labels, probabilities within 1e-4 (the same onnxruntime kernels; batches may differ)."""
+    from imgclf.predict import Predictor
+
+    expected = Predictor(int8_export, device="cpu").predict([str(p) for p in image_files], top_k=3)
+    app = create_app(int8_export, ServeSettings(max_wait_ms=1))
+    assert type(app.state.imgclf.model).__name__ == "OnnxModel"
+    with TestClient(app) as c:
+        t0 = time.time()
+        while c.get("/ready").status_code != 200:
+            assert time.time() - t0 < 60, c.get("/ready").json()  # a guard against a hang, not a timing
+            time.sleep(0.02)
+        r = c.post("/predict", files=[("image", (p.name, p.read_bytes())) for p in image_files], data={"top_k": "3"})
+    got = r.json()["predictions"]
+    assert [g["label"] for g in got] == [e["label"] for e in expected]
+    for e, g in zip(expected, got):
+        assert [t["label"] for t in g["top_k"]] == [t["label"] for t in e["top_k"]]
+        for te, tg in zip(e["top_k"], g["top_k"]):
+            assert tg["probability"] == pytest.approx(te["probability"], abs=1e-4)
+
+
+def test_numpy_normalisation_is_eval_transforms(image_files):
+    """normalize_batch (the slim path) computes eval_transform's float32 values, to rounding."""
+    from imgclf.data.images import load_image, pil_to_uint8
+    from imgclf.data.pipeline import Preprocess, eval_transform
+    from imgclf.serve.decode import decode_upload, normalize_batch
+
+    pre = Preprocess(img_size=24, resize=28, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    decoded = [decode_upload(p.read_bytes(), pre, max_pixels=10**7) for p in image_files]
+    got = normalize_batch(decoded, pre.mean, pre.std)
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and got.shape == (len(image_files), 3, 24, 24)
+    ref = torch.stack([eval_transform(pre)(pil_to_uint8(load_image(str(p), resize=pre.resize))) for p in image_files])
+    np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-6)
+
+
+def test_prep_mirrors_preprocess():
+    """The torch-free Prep reads what Preprocess writes, field for field."""
+    from imgclf.data.pipeline import Preprocess
+    from imgclf.errors import CheckpointError
+    from imgclf.serve.onnx_model import Prep
+
+    assert [f.name for f in dataclasses.fields(Prep)] == [f.name for f in dataclasses.fields(Preprocess)]
+    p = Preprocess(img_size=32, resize=36, mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6], interpolation="bicubic")
+    assert Prep.from_dict(p.to_dict(), "x.onnx").to_dict() == p.to_dict()
+    with pytest.raises(CheckpointError, match="interpolation 'lanczos'"):
+        Prep.from_dict({**p.to_dict(), "interpolation": "lanczos"}, "x.onnx")
+    with pytest.raises(CheckpointError, match="incomplete imgclf metadata"):
+        Prep.from_dict({"img_size": 32}, "x.onnx")
+
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import sys
+    sys.modules["torch"] = None  # as in an install without PyTorch: `import torch` raises ModuleNotFoundError
+    from imgclf.serve.main import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_without_torch_a_checkpoint_is_a_one_line_usage_error(tiny_best):
+    out = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, tiny_best, "--port", "0"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "serves ONNX exports only" in lines[0] and "imgclf export" in lines[0], lines
+
+
+def test_console_script_errors(tmp_path, capsys):
+    from imgclf.serve.main import main
+
+    assert main([str(tmp_path / "missing.onnx"), "--port", "0"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main([str(tmp_path), "--port", "0"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    assert main([str(tmp_path / "bad.onnx"), "--port", "0"]) == 2
+    assert "not a loadable ONNX model" in capsys.readouterr().err
+    assert main([str(tmp_path / "bad.onnx"), "--port", "70000"]) == 2
+    assert "--port must be 0..65535" in capsys.readouterr().err
+
+
+def _flags(parser) -> set[str]:
+    return {o for action in parser._actions for o in action.option_strings if o.startswith("--")}
+
+
+def test_console_script_has_the_flags_of_imgclf_serve():
+    import argparse
+
+    from imgclf.cli import build_parser as cli_parser
+    from imgclf.serve.main import build_parser
+
+    sub = next(a for a in cli_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    full, slim = _flags(sub.choices["serve"]), _flags(build_parser())
+    # --precision: an export runs in the precision it was exported in
+    assert full - slim == {"--precision"} and slim - full == set(), (full - slim, slim - full)
+
+
+def test_slim_distribution_dependencies_are_the_full_ones():
+    """deploy/slim's requirements are lines of the main pyproject, so the two installs never drift apart, and
+    torch is not one of them."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    full = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    slim = tomllib.loads((ROOT / "deploy" / "slim" / "pyproject.toml").read_text())["project"]
+    assert set(slim["dependencies"]) <= set(full["dependencies"])
+    assert not any(d.startswith(("torch", "torchvision")) for d in slim["dependencies"])
+    assert slim["scripts"]["imgclf-serve"] == full["scripts"]["imgclf-serve"]
+    for line in (ROOT / "deploy" / "slim" / "MODULES").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert (SRC / line.strip()).is_file(), line
+
+
+def test_deployment_files_match_the_server():
+    """deploy/k8s.yaml probes /ready and /health on the port the Containerfile serves and exposes; both routes
+    exist in the app."""
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s.yaml").read_text()) if d]
+    kinds = {d["kind"]: d for d in docs}
+    assert {"Deployment", "Service"} <= set(kinds)
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    port = c["ports"][0]["containerPort"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["port"] in (port, c["ports"][0].get("name"))
+    assert set(c["resources"]["requests"]) >= {"cpu", "memory"} and set(c["resources"]["limits"]) >= {"memory"}
+    sc = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    svc = kinds["Service"]["spec"]
+    assert svc["ports"][0]["targetPort"] in (port, c["ports"][0].get("name"))
+    assert svc["selector"].items() <= kinds["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+
+    containerfile = (ROOT / "Containerfile").read_text()
+    assert re.search(rf"^EXPOSE {port}$", containerfile, re.M)
+    assert re.search(rf"IMGCLF_PORT={port}\b", containerfile)
+    assert re.search(r"^USER 10001", containerfile, re.M) and sc["runAsUser"] == 10001
+    assert "HEALTHCHECK" in containerfile and "/health" in containerfile
+
+    app = create_app(_StubModel(), ServeSettings(warmup=False))
+    paths = {r.path for r in app.routes}
+    assert {"/ready", "/health", "/predict"} <= paths
+
+
+class _StubModel:
+    """Enough of a served model to build the app's routes (no file, no weights)."""
+
+    path, format, model_name, classes, config, extra = "stub.onnx", "onnx", "stub", ["a", "b"], {}, {}
+
+    def __init__(self):
+        from imgclf.serve.onnx_model import Prep
+
+        self.preprocess = Prep(img_size=8, resize=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+    def metadata(self):
+        return {"model": self.model_name}
+
+    def probabilities(self, images):
+        return np.full((len(images), 2), 0.5, dtype=np.float32)
