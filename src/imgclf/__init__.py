@@ -23,6 +23,7 @@ __all__ = [
     "export",
     "bench",
     "open_model",
+    "calibrate",
     "__version__",
 ]
 
@@ -40,6 +41,7 @@ _LAZY = {
     "export": ("exporting", "export"),
     "bench": ("benchmark", "bench"),
     "open_model": ("runtime", "open_model"),
+    "calibrate": ("calibration", "calibrate"),
 }
 
 

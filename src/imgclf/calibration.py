@@ -170,8 +170,10 @@ def calibrate(
     `temperature` entry and a `calibration` record (where it was fitted, ECE and NLL before and after) added,
     everything else as it was. ECE and NLL "before" are with the temperature the checkpoint had (1.0 if none).
 
-    What training calls at its end with the run's best checkpoint (`train --calibrate`)."""
+    What training calls at its end with the run's best checkpoint (`train --calibrate`), on rank 0 only under
+    torchrun: it runs in this process alone."""
     from .checkpoint import save_checkpoint, temperature_of
+    from .distributed import World
     from .evaluation import split_logits
     from .runtime import CheckpointRunner, open_model
 
@@ -185,8 +187,9 @@ def calibrate(
     # the fit needs the network's own logits (T = 1), in fp32 on every device
     raw = CheckpointRunner(weights, device=device, precision="fp32", ckpt=ckpt, temperature=1.0)
     del runner
+    # one process, whatever the process group: training calls this on rank 0 alone (it also writes the file)
     logits, labels, _, _, src = split_logits(
-        raw, data, split, data_root, batch_size=batch_size, workers=workers, cache=cache
+        raw, data, split, data_root, batch_size=batch_size, workers=workers, cache=cache, world=World()
     )
     if not len(labels):
         raise DataError(f"the {split} split of {data or raw.config.get('data')} has no images to calibrate on")

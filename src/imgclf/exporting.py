@@ -1156,7 +1156,7 @@ def format_export_report(r: dict) -> str:
         with_tta = f" with --tta {a['tta']}" if a.get("tta") else ""
         lines.append(
             f"accuracy on {a['data']} ({a['images']} images): checkpoint{with_tta} {a['checkpoint']:.4f}, "
-            f"{r['format']} {a[r['format']]:.4f} ({-a['drop_points']:+.2f} points)"
+            f"{r['format']} {a[r['format']]:.4f} ({0.0 - a['drop_points']:+.2f} points)"  # 0.0 - x: never "-0.00"
         )
         if a.get("tta"):
             lines.append(
