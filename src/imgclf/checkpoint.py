@@ -2,7 +2,8 @@
 
 A checkpoint holds the weights and everything needed to use them: model name and arguments, class names in
 index order, preprocessing, the training config, metrics and a fingerprint of the data it saw; `last.pt` and
-`epoch_N.pt` add the optimizer, scheduler and progress needed to resume. Only plain types and tensors, so it
+`epoch_N.pt` add the optimizer, scheduler and progress needed to resume. `imgclf calibrate` adds a `temperature`
+(a float; absent means 1.0) and its `calibration` record. Only plain types and tensors, so it
 loads with `torch.load(..., weights_only=True)`: a checkpoint from a stranger cannot run code.
 """
 

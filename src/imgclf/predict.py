@@ -86,6 +86,17 @@ def check_min_confidence(p) -> float | None:
     return v
 
 
+def mark_unsure(result: dict, min_confidence: float | None) -> dict:
+    """`result` (with "label" and "probability", the top one) answered "unsure" below `min_confidence`: an
+    "unsure" field (true / false) and, when true, "label" None; the rest (index, probability, top_k) kept, so
+    the top label stays visible. Unchanged without a threshold. The one rule for predict and the server."""
+    if min_confidence is not None:
+        result["unsure"] = float(result["probability"]) < min_confidence
+        if result["unsure"]:
+            result["label"] = None
+    return result
+
+
 class Predictor:
     """`Predictor("runs/x/best.pt").predict(["a.jpg", "b.png"], top_k=3)`.
 
@@ -180,11 +191,7 @@ class Predictor:
                 "probability": float(p[0]),
                 "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
             }
-            if self.min_confidence is not None:
-                r["unsure"] = float(p[0]) < self.min_confidence
-                if r["unsure"]:
-                    r["label"] = None
-            results.append(r)
+            results.append(mark_unsure(r, self.min_confidence))
         return results
 
     def _try_load(self, item):
