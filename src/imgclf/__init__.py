@@ -27,6 +27,7 @@ __all__ = [
     "simulate_active_learning",
     "robustness",
     "score",
+    "calibrate",
     "__version__",
 ]
 
@@ -48,6 +49,7 @@ _LAZY = {
     "simulate_active_learning": ("active", "simulate"),
     "robustness": ("robustness", "robustness"),
     "score": ("curriculum", "score"),
+    "calibrate": ("calibration", "calibrate"),
 }
 
 

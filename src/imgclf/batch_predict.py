@@ -131,20 +131,22 @@ def shard_rows(total: int, batch_size: int, world: World, rank: int | None = Non
 
 def csv_row(r: dict) -> list:
     if "error" in r:
-        return [r["path"], "", "", "", "", "", r["error"]]
+        return [r["path"], "", "", "", "", "", r["error"], ""]
     tk = r["top_k"]
     return [
         r["path"],
-        r["label"],
+        "" if r["label"] is None else r["label"],
         r["index"],
         repr(r["probability"]),
         json.dumps([t["label"] for t in tk], ensure_ascii=False),
         json.dumps([t["probability"] for t in tk]),
         "",
+        "" if "unsure" not in r else str(r["unsure"]).lower(),
     ]
 
 
-CSV_HEADER = ["path", "label", "index", "probability", "top_k_labels", "top_k_probabilities", "error"]
+# unsure: true / false with --min-confidence (label then empty where true), empty without it
+CSV_HEADER = ["path", "label", "index", "probability", "top_k_labels", "top_k_probabilities", "error", "unsure"]
 
 
 def _parquet_schema():
@@ -159,6 +161,7 @@ def _parquet_schema():
             ("top_k_labels", pa.list_(pa.string())),
             ("top_k_probabilities", pa.list_(pa.float32())),
             ("error", pa.string()),
+            ("unsure", pa.bool_()),
         ]
     )
 
@@ -175,6 +178,7 @@ def parquet_table(rows: list[dict]):
         "top_k_labels": [[t["label"] for t in r["top_k"]] if good else None for r, good in zip(rows, ok)],
         "top_k_probabilities": [[t["probability"] for t in r["top_k"]] if good else None for r, good in zip(rows, ok)],
         "error": [r.get("error") for r in rows],
+        "unsure": [r.get("unsure") for r in rows],
     }
     return pa.table(cols, schema=_parquet_schema())
 
@@ -464,7 +468,9 @@ class Job:
         return self.out + ".parts"
 
     @classmethod
-    def plan(cls, weights, inputs: Inputs, out, *, batch_size, top_k, resume, world) -> Job:
+    def plan(
+        cls, weights, inputs: Inputs, out, *, batch_size, top_k, resume, world, tta=None, min_confidence=None
+    ) -> Job:
         if int(top_k) < 1:
             raise UsageError(f"top_k must be at least 1, got {top_k}")
         if world.distributed and out is None:
@@ -487,6 +493,8 @@ class Job:
             "stdin": inputs.files_from == "-",
             "batch_size": batch_size,
             "top_k": int(top_k),
+            "tta": tta,
+            "min_confidence": min_confidence,
             "world_size": world.size,
             "entries": entries,
             "digest": digest,
@@ -535,6 +543,8 @@ class Job:
             ("stdin", "--files-from -"),
             ("batch_size", "--batch-size"),
             ("top_k", "--top-k"),
+            ("tta", "--tta"),
+            ("min_confidence", "--min-confidence"),
             ("world_size", "number of processes"),
         ):
             if before.get(key) != now[key]:
@@ -601,6 +611,8 @@ def predict_files(
     part_rows: int = PART_ROWS,
     on_row=None,
     timeout: float = DEFAULT_TIMEOUT,
+    tta: str | None = None,
+    min_confidence: float | None = None,
 ) -> dict:
     """Predict every image of `inputs` (files and folders) and of the list `files_from`, writing each batch's rows
     to `output` (.csv, .jsonl, .json or .parquet) as it finishes; see the module's docstring.
@@ -608,9 +620,13 @@ def predict_files(
     `weights`: a checkpoint or exported model (or a Predictor). `resume`: keep the rows a stopped run of the same
     call wrote and predict the rest. `on_row(result)`: called with each new result (the dicts of
     Predictor.predict) in this process. Under torchrun each rank predicts its share and rank 0 merges them.
+    `tta`, `min_confidence`: as Predictor's (a Predictor passed as `weights` keeps its own).
     Returns {"output", "entries", "rows", "predicted", "errors", "resumed"}; the counts are over all ranks."""
     from .device import resolve_device
+    from .predict import check_min_confidence
+    from .tta import check_mode
 
+    tta, min_confidence = check_mode(tta), check_min_confidence(min_confidence)  # before any work
     world = world_from_env()
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -618,14 +634,30 @@ def predict_files(
     out = None if output is None else str(output)
     if int(batch_size) < 1 or int(part_rows) < 1:
         raise UsageError(f"batch_size and part_rows must be at least 1, got {batch_size} and {part_rows}")
-    job = Job.plan(weights, inp, out, batch_size=int(batch_size), top_k=top_k, resume=resume, world=world)
+    job = Job.plan(
+        weights,
+        inp,
+        out,
+        batch_size=int(batch_size),
+        top_k=top_k,
+        resume=resume,
+        world=world,
+        tta=tta,
+        min_confidence=min_confidence,
+    )
     with setup(resolve_device(device), timeout) as dev:
         if isinstance(weights, Predictor):
             predictor = copy.copy(weights)  # the caller's keeps its batch size
             predictor.batch_size = int(batch_size)
         else:
             predictor = Predictor(
-                str(weights), device=str(dev), batch_size=int(batch_size), precision=precision, workers=workers
+                str(weights),
+                device=str(dev),
+                batch_size=int(batch_size),
+                precision=precision,
+                workers=workers,
+                tta=tta,
+                min_confidence=min_confidence,
             )
         barrier(world)  # every rank has checked the output before rank 0 creates anything
         if world.main:

@@ -2,7 +2,8 @@
 
 A checkpoint holds the weights and everything needed to use them: model name and arguments, class names in
 index order, preprocessing, the training config, metrics and a fingerprint of the data it saw; `last.pt` and
-`epoch_N.pt` add the optimizer, scheduler and progress needed to resume. Only plain types and tensors, so it
+`epoch_N.pt` add the optimizer, scheduler and progress needed to resume. `imgclf calibrate` adds a `temperature`
+(a float; absent means 1.0) and its `calibration` record. Only plain types and tensors, so it
 loads with `torch.load(..., weights_only=True)`: a checkpoint from a stranger cannot run code.
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from .errors import CheckpointError, did_you_mean
 from .fileio import atomic_open
+from .tta import is_temperature
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,13 @@ def _tensor_bytes(obj) -> int:
 _USE_ANOTHER = "use another checkpoint of the run (best.pt, last.pt or an epoch_N.pt), or train again"
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6 is a zip archive
 _PICKLE_MAGIC = b"\x80"  # the older torch.save format (and any pickle) starts with the PROTO opcode
+
+
+def temperature_of(ckpt: dict) -> float:
+    """The temperature `imgclf calibrate` stored (softmax(logits / T) are the calibrated probabilities); 1.0
+    for a checkpoint that was never calibrated."""
+    t = ckpt.get("temperature")
+    return 1.0 if t is None else float(t)
 
 
 def load_checkpoint(path: str) -> dict:
@@ -214,6 +223,8 @@ def _check_entries(ckpt: dict, path: str) -> None:
         bad.append("'classes' (a list of names)")
     if not isinstance(ckpt["preprocess"], dict):
         bad.append("'preprocess' (a dict)")
+    if ckpt.get("temperature") is not None and not is_temperature(ckpt["temperature"]):
+        bad.append("'temperature' (a number above 0; run imgclf calibrate again)")
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         bad.append("'state_dict' (tensors by name)")
     if bad:

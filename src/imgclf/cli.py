@@ -257,6 +257,7 @@ def _add_export(sub) -> None:
     )
     p.add_argument("--opset", type=int, help=f"ONNX opset [{DEFAULT_OPSET}]")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_tta(p, export=True)
 
 
 def _add_bench(sub) -> None:
@@ -328,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_precision(p)
     p.add_argument("--json", action="store_true", help="print eval.json instead of the report")
     _add_nproc(p)
+    _add_tta(p)
 
     _add_predict(sub)
     _add_export(sub)
@@ -336,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_robustness(sub)
     _add_score(sub)
     _add_explain(sub)
+    _add_calibrate(sub)
 
     p = sub.add_parser("check", help="find corrupt, truncated, duplicate and leaked files in a data folder")
     _common(p)
@@ -528,6 +531,7 @@ def cmd_evaluate(a: dict) -> int:
         workers=a.get("workers"),
         data_root=a.get("data_root"),
         precision=a["precision"],
+        tta=a.get("tta"),
     )
     if _rank() > 0:  # under torchrun: every rank has the metrics, rank 0 reports them
         return 0
@@ -535,7 +539,7 @@ def cmd_evaluate(a: dict) -> int:
         print(json.dumps(m, indent=2))
     else:
         print(format_report(m))
-        log.info("wrote eval.json, confusion_matrix.png, misclassified.png to %s", m["out"])
+        log.info("wrote eval.json, confusion_matrix.png, misclassified.png, reliability.png to %s", m["out"])
     return 0
 
 
@@ -595,6 +599,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--device", default="auto")
     _add_inference_precision(p)
     _add_nproc(p)
+    _add_tta(p, min_confidence=True)
 
 
 def cmd_predict(a: dict) -> int:
@@ -618,6 +623,8 @@ def cmd_predict(a: dict) -> int:
         precision=a["precision"],
         resume=a["resume"],
         part_rows=a["part_rows"],
+        tta=a.get("tta"),
+        min_confidence=a.get("min_confidence"),
         on_row=(lambda row: stdout.print(_prediction_line(row, a.get("json")))) if printing else None,
     )
     failed, done = r["errors"], r["predicted"]
@@ -634,7 +641,8 @@ def _prediction_line(r: dict, as_json: bool) -> str:
     if "error" in r:
         return f"{r['path']}\tERROR\t{r['error']}"
     others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
-    return f"{r['path']}\t{r['label']}\t{r['probability']:.3f}" + (f"\t({others})" if others else "")
+    shown = r["label"] if not r.get("unsure") else f"unsure ({r['top_k'][0]['label']})"
+    return f"{r['path']}\t{shown}\t{r['probability']:.3f}" + (f"\t({others})" if others else "")
 
 
 def cmd_export(a: dict) -> int:
@@ -655,6 +663,7 @@ def cmd_export(a: dict) -> int:
         split=a["split"],
         data_root=a.get("data_root"),
         max_eval_images=a.get("max_eval_images"),
+        tta=a.get("tta"),
         **given,
     )
     print(json.dumps(r, indent=2) if a.get("json") else format_export_report(r))
@@ -823,6 +832,71 @@ def cmd_launch(a: dict) -> int:
 COMMANDS.update(
     {"export": cmd_export, "bench": cmd_bench, "env": cmd_env, "lr-find": cmd_lr_find, "launch": cmd_launch}
 )
+
+
+# --------------------------------------------------------------------------------------------- trust
+
+
+def _add_tta(p: argparse.ArgumentParser, *, min_confidence: bool = False, export: bool = False) -> None:
+    """--tta (evaluate, predict, export) and predict's --min-confidence: see calibration.py and tta.py."""
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip", "flip-crop"),
+        help=(
+            "bake test-time augmentation into the exported graph, and print the accuracy with and without it: "
+            if export
+            else "test-time augmentation: "
+        )
+        + "flip (the image and its mirror) or flip-crop (and two shifted crops, mirrored: 6 passes); their "
+        "calibrated probabilities averaged; none: also switch off a model's built-in TTA (airnet) [the model's own]",
+    )
+    if min_confidence:
+        p.add_argument(
+            "--min-confidence",
+            type=_number(float, gt=0, le=1),
+            metavar="P",
+            help='answer unsure (label null, "unsure": true; the top label and probability still given) when '
+            "the top probability is below P, in (0, 1]",
+        )
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a temperature on the validation split and store it in the checkpoint (ECE before and after)",
+        description="Temperature scaling (Guo et al. 2017): one T > 0 that minimises the negative log-likelihood "
+        "of softmax(logits / T) on a split; stored in the checkpoint, where predict, evaluate, serve and every "
+        "export apply it. Labels and accuracy do not change; the expected calibration error (ECE, 15 bins) "
+        "before and after is printed. See docs/trust.md.",
+    )
+    _common(p)
+    p.add_argument("weights", help="checkpoint to calibrate (rewritten in place), e.g. runs/NAME/best.pt")
+    p.add_argument("--data", help="data to fit on (default: the data the model was trained on)")
+    p.add_argument("--split", default="val", help="split to fit on: never the one you report results on [val]")
+    p.add_argument("--data-root", help="where cifar10/cifar100 are kept")
+    p.add_argument("--batch-size", type=_number(int, ge=1), default=256, help="images per batch [256]")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=_number(int, ge=0), help="decoding processes (default: the CPU cores, at most 4)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def cmd_calibrate(a: dict) -> int:
+    from .calibration import calibrate, format_calibration
+
+    r = calibrate(
+        a["weights"],
+        a.get("data"),
+        split=a["split"],
+        data_root=a.get("data_root"),
+        batch_size=a["batch_size"],
+        device=a["device"],
+        workers=a.get("workers"),
+    )
+    print(json.dumps(r.to_dict(), indent=2) if a.get("json") else format_calibration(r))
+    return 0
+
+
+COMMANDS["calibrate"] = cmd_calibrate
 
 
 # --------------------------------------------------------------------------------------------- active learning

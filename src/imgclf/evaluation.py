@@ -1,4 +1,5 @@
-"""Evaluation: accuracy, loss, macro-F1, top-5 (over 5 classes), a per-class report, the confusion matrix and its plots."""
+"""Evaluation: accuracy, loss, macro-F1, top-5 (over 5 classes), a per-class report, the confusion matrix, the
+calibration error, coverage at confidence thresholds (calibration.py) and their plots."""
 
 from __future__ import annotations
 
@@ -113,11 +114,30 @@ def format_report(m: dict) -> str:
         + (f"  top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else "")
         + f"  ({m['num_images']} images)"
     ]
+    lines += _trust_lines(m)
     w = max([5] + [len(c) for c in m["classes"]])
     lines.append(f"{'class':<{w}}  precision  recall      f1  support")
     for c, r in m["per_class"].items():
         lines.append(f"{c:<{w}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}")
     return "\n".join(lines)
+
+
+def _trust_lines(m: dict) -> list[str]:
+    """ECE and the coverage table, where the metrics have them (evaluate's do; training's do not)."""
+    if "calibration" not in m:
+        return []
+    c = m["calibration"]
+    how = [f"temperature {c['temperature']:.4g}" if c["temperature"] != 1.0 else "not calibrated"]
+    if m.get("tta"):
+        how.append(f"--tta {m['tta']}")
+    lines = [f"ECE ({c['ece_bins']} bins) {c['ece']:.4f}  ({', '.join(how)})"]
+    cells = [
+        f">= {s['threshold']:g}: {s['coverage']:.1%} of images"
+        + (f", accuracy {s['accuracy']:.4f}" if s["accuracy"] is not None else "")
+        for s in c["selective"]
+    ]
+    lines.append("confidence " + "; ".join(cells))
+    return lines
 
 
 def open_model_data(config: dict | None, data: str | None, split: str, data_root: str | None = None):
@@ -160,11 +180,13 @@ def evaluate(
     precision: str = "auto",
     plots: bool = True,
     cache: str = "auto",
+    tta: str | None = None,
 ) -> dict:
     """Evaluate a checkpoint or an exported model on a split of `data` (default: the data it was trained on).
 
-    Writes eval.json, confusion_matrix.png and misclassified.png into `out` (default: next to the
-    weights, in eval-SPLIT/) and returns the metrics dict.
+    Writes eval.json, confusion_matrix.png, misclassified.png and reliability.png into `out` (default: next to
+    the weights, in eval-SPLIT/) and returns the metrics dict. Probabilities are calibrated with the checkpoint's
+    temperature (imgclf calibrate); `tta`: test-time augmentation (none, flip, flip-crop; see tta.py).
 
     Under torchrun the ranks split the images (whole batches each, so every image is computed as in one process)
     and gather the logits: the metrics are those of one process, and rank 0 writes them."""
@@ -184,28 +206,41 @@ def evaluate(
             precision=precision,
             plots=plots,
             cache=cache,
+            tta=tta,
         )
 
 
-def _evaluate(weights, data, *, split, out, batch_size, device, workers, data_root, precision, plots, cache) -> dict:
-    from .distributed import current
-    from .runtime import open_model
-
-    world = current()
-    runner = open_model(weights, device=device, precision=precision)
+def split_logits(runner, data, split, data_root=None, *, batch_size=256, workers=None, cache="auto", world=None):
+    """(logits, labels in the model's class order, feed, left-out files, source) of `runner` on `split` of `data`
+    (default: the data the model was trained on, opened as its training opened it)."""
     src, s = open_model_data(runner.config, data, split, data_root)
     data = data or runner.config.get("data")
     workers = default_workers() if workers is None else workers
-    classes = runner.classes
-    mapping = align_classes(src.classes, classes, data)
-    prep = runner.preprocess
+    mapping = align_classes(src.classes, runner.classes, data)
     feed, bad = make_feed(
-        s, prep, cache=cache, workers=max(1, workers), eval_batch_size=batch_size, desc=f"decode {split}"
+        s, runner.preprocess, cache=cache, workers=max(1, workers), eval_batch_size=batch_size, desc=f"decode {split}"
     )
     for path, reason in bad:
         log.warning("left out %s: %s", path, reason)
     logits, labels = infer_sharded(runner, feed, world=world, desc=f"evaluate {split}")
     labels = torch.as_tensor(mapping, dtype=torch.long)[labels]  # the data's class order -> the model's
+    return logits, labels, feed, bad, src
+
+
+def _evaluate(
+    weights, data, *, split, out, batch_size, device, workers, data_root, precision, plots, cache, tta=None
+) -> dict:
+    from .calibration import trust_metrics
+    from .distributed import current
+    from .runtime import open_model
+
+    world = current()
+    runner = open_model(weights, device=device, precision=precision, tta=tta)
+    logits, labels, feed, bad, src = split_logits(
+        runner, data, split, data_root, batch_size=batch_size, workers=workers, cache=cache, world=world
+    )
+    data = data or runner.config.get("data")
+    classes = runner.classes
     metrics = compute_metrics(logits, labels, classes)
     metrics.update(
         {
@@ -213,12 +248,17 @@ def _evaluate(weights, data, *, split, out, batch_size, device, workers, data_ro
             "data": src.location,
             "weights": os.path.abspath(weights),
             "format": runner.format,
+            "tta": runner.tta,
+            # softmax of the logits above: the checkpoint's temperature (or the export's, in its graph) applied
+            "calibration": {"temperature": runner.temperature, **trust_metrics(logits, labels)},
             "left_out": [{"path": p, "reason": r} for p, r in bad],
         }
     )
 
-    # an exported file next to its checkpoint gets its own folder (eval-val-onnx-int8), not the checkpoint's
+    # an exported file next to its checkpoint gets its own folder (eval-val-onnx-int8), not the checkpoint's;
+    # a --tta evaluation its own too (eval-val-tta-flip), beside the plain one
     tag = split if runner.format == "checkpoint" else f"{split}-{runner.format}"
+    tag += f"-tta-{tta}" if tta else ""
     out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"eval-{tag}")
     if not world.main:  # the same metrics on every rank; rank 0 writes them
         return {**metrics, "out": out}
@@ -231,9 +271,12 @@ def _evaluate(weights, data, *, split, out, batch_size, device, workers, data_ro
 
 
 def write_eval_plots(metrics, logits, labels, feed, classes, out, title="", n_worst: int = 24) -> None:
-    from .plots import plot_confusion, plot_misclassified
+    from .plots import plot_confusion, plot_misclassified, plot_reliability
 
     plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, os.path.join(out, "confusion_matrix.png"), title)
+    if "calibration" in metrics:
+        c = metrics["calibration"]
+        plot_reliability(c["reliability"], c["ece"], os.path.join(out, "reliability.png"), title)
     prob = logits.softmax(1)
     conf, pred = prob.max(1)
     wrong = torch.nonzero(pred != labels).flatten()

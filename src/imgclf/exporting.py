@@ -114,7 +114,8 @@ class ExportContext:
 
     @property
     def model(self) -> torch.nn.Module:
-        return self.ref.model
+        """What is exported: the network with its temperature and test-time augmentation (tta.Trusted)."""
+        return self.ref.net
 
     def check_logits(self) -> torch.Tensor:
         """The reference's logits on the verification images, computed once (eager fp32 is the slow part)."""
@@ -914,6 +915,10 @@ def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dic
             "layout": "NCHW, RGB, normalised with preprocess.mean/std",
         },
         "output": {"name": "logits", "shape": ["batch", len(ref.classes)]},
+        # in the graph (dynamic-int8: applied by its runner): softmax(output) = the calibrated probabilities,
+        # averaged over the test-time views when tta is set
+        "temperature": ref.temperature,
+        "tta": ref.tta,
         "source": {
             "checkpoint": os.path.abspath(weights),
             "epoch": ckpt.get("epoch"),
@@ -945,6 +950,7 @@ def export(
     opset: int = DEFAULT_OPSET,
     max_eval_images: int | None = None,
     int8_tries: int = DEFAULT_INT8_TRIES,
+    tta: str | None = None,
 ) -> dict:
     """Export checkpoint `weights` as `format`, verify it against eager PyTorch, and only then write `out`.
 
@@ -953,8 +959,14 @@ def export(
     the recorded data (or the calibration data when the checkpoint records none), all of it up to
     `verify_images`. onnx-int8 starts with `calib_method` and makes at most `int8_tries` quantizations
     (1: that one only) before it settles for its best (see write_onnx_int8). With `data`, the accuracy
-    of the checkpoint and of the export on its `split`. Returns a report dict (also what `--json` prints)."""
+    of the checkpoint and of the export on its `split`. The checkpoint's temperature (imgclf calibrate) is in
+    the exported graph; `tta` (flip, flip-crop, none: tta.py) puts test-time augmentation there too, and then the
+    accuracy of the checkpoint without it is measured as well (on `data`, default the recorded data).
+    Returns a report dict (also what `--json` prints)."""
+    from .tta import check_mode
+
     fmt = get_format(format)
+    tta = check_mode(tta)
     if calib_method not in ("minmax", "entropy", "percentile"):
         raise UsageError(
             f"--calib-method '{calib_method}': use minmax, entropy or percentile{did_you_mean(calib_method, ['minmax', 'entropy', 'percentile'])}"
@@ -967,7 +979,7 @@ def export(
         raise UsageError(
             f"'{weights}' is already an exported model ({runner.format}): export from the checkpoint it came from"
         )
-    ref = CheckpointRunner(weights, device="cpu", precision="fp32", channels_last=False, ckpt=runner.ckpt)
+    ref = CheckpointRunner(weights, device="cpu", precision="fp32", channels_last=False, ckpt=runner.ckpt, tta=tta)
     del runner
     out = os.path.abspath(out or default_out(weights, fmt))
     if os.path.isdir(out):
@@ -980,6 +992,7 @@ def export(
 
     cfg = ref.config
     recorded = cfg.get("data")
+    data = data or (recorded if tta is not None else None)  # --tta: what it changes is always measured
     src_kw = dict(
         data_root=data_root or cfg.get("data_root"), val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0)
     )
@@ -1037,20 +1050,13 @@ def export(
             "verification": {**report, "data": vdesc},
             "note": fmt.note,
             "export": meta["export"],
+            "temperature": ref.temperature,
+            "tta": ref.tta,
         }
         if "desc" in calib_cache:
             result["calibration"] = calib_cache["desc"]
         if data:
-            accs, n, where = accuracy_on(
-                [ref, exported], data, split=split, data_root=data_root, config=cfg, max_images=max_eval_images
-            )
-            result["accuracy"] = {
-                "data": where,
-                "images": n,
-                "checkpoint": accs[0],
-                fmt.name: accs[1],
-                "drop_points": 100.0 * (accs[0] - accs[1]),
-            }
+            result["accuracy"] = _accuracies(ref, exported, fmt, data, split, data_root, max_eval_images)
         os.replace(tmp, out)
     except BaseException as e:
         full = disk_full_error(e, out, tmp=tmp) if isinstance(e, Exception) else None
@@ -1061,6 +1067,26 @@ def export(
         raise
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+def _accuracies(ref, exported, fmt, data, split, data_root, max_eval_images) -> dict:
+    """The accuracy of the checkpoint and of the export (and, with --tta, of the checkpoint without it)."""
+    runners = [ref, exported]
+    if ref.tta is not None:
+        runners.append(CheckpointRunner(ref.path, device="cpu", precision="fp32", channels_last=False, ckpt=ref.ckpt))
+    accs, n, where = accuracy_on(
+        runners, data, split=split, data_root=data_root, config=ref.config, max_images=max_eval_images
+    )
+    r = {
+        "data": where,
+        "images": n,
+        "checkpoint": accs[0],
+        fmt.name: accs[1],
+        "drop_points": 100.0 * (accs[0] - accs[1]),
+    }
+    if ref.tta is not None:
+        r.update(tta=ref.tta, checkpoint_without_tta=accs[2], tta_gain_points=100.0 * (accs[1] - accs[2]))
+    return r
 
 
 def _int8_hint(meta: dict) -> str:
@@ -1127,10 +1153,18 @@ def format_export_report(r: dict) -> str:
         lines += _int8_lines(r["export"]["quantization"])
     if r.get("accuracy"):
         a = r["accuracy"]
+        with_tta = f" with --tta {a['tta']}" if a.get("tta") else ""
         lines.append(
-            f"accuracy on {a['data']} ({a['images']} images): checkpoint {a['checkpoint']:.4f}, "
-            f"{r['format']} {a[r['format']]:.4f} ({-a['drop_points']:+.2f} points)"
+            f"accuracy on {a['data']} ({a['images']} images): checkpoint{with_tta} {a['checkpoint']:.4f}, "
+            f"{r['format']} {a[r['format']]:.4f} ({0.0 - a['drop_points']:+.2f} points)"  # 0.0 - x: never "-0.00"
         )
+        if a.get("tta"):
+            lines.append(
+                f"test-time augmentation {a['tta']}: checkpoint without it {a['checkpoint_without_tta']:.4f}, "
+                f"{r['format']} with it {a[r['format']]:.4f} ({a['tta_gain_points']:+.2f} points)"
+            )
+    if r.get("temperature", 1.0) != 1.0:
+        lines.append(f"temperature {r['temperature']:.4g} (from imgclf calibrate) is in the exported graph")
     if r.get("note"):
         lines.append(f"note: {r['note']}")
     return "\n".join(lines)

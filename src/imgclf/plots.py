@@ -184,3 +184,38 @@ def plot_lr_find(result: dict, path: str) -> None:
     if lrs:
         ax.legend()
     _save(fig, path)
+
+
+def plot_reliability(bins: list[dict], ece: float, path: str, title: str = "") -> None:
+    """The reliability diagram (calibration.reliability's bins): accuracy against confidence per confidence bin,
+    with the diagonal a calibrated model follows and, below, how many images each bin holds."""
+    fig = _figure(figsize=(5, 5.6))
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    lo = np.array([b["low"] for b in bins])
+    width = np.array([b["high"] - b["low"] for b in bins])
+    full = [b["images"] > 0 for b in bins]
+    acc = np.array([b["accuracy"] if f else 0.0 for b, f in zip(bins, full)])
+    conf = np.array([b["confidence"] if f else 0.0 for b, f in zip(bins, full)])
+    ax.bar(lo, acc, width, align="edge", color="tab:blue", edgecolor="white", label="accuracy")
+    # the gap to the bin's mean confidence, hatched: above the bar where the model is over-confident, inside it
+    # where it is under-confident
+    ax.bar(
+        lo,
+        conf - acc,
+        width,
+        bottom=acc,
+        align="edge",
+        facecolor="none",
+        edgecolor="tab:red",
+        hatch="//",
+        linewidth=0.8,
+        label="gap to mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], "--", color="0.4", linewidth=1, label="calibrated")
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy"), ax.grid(alpha=0.3), ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(label(f"{title}  ECE {ece:.4f}" if title else f"ECE {ece:.4f}"))
+    hist.bar(lo, [b["images"] for b in bins], width, align="edge", color="0.6", edgecolor="white")
+    hist.set_xlabel("confidence (top-1 probability)"), hist.set_ylabel("images"), hist.grid(alpha=0.3)
+    hist.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    _save(fig, path)

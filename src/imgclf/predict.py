@@ -70,11 +70,43 @@ def walk_images(folder: str):
             yield path
 
 
+def check_min_confidence(p) -> float | None:
+    """`p` as a float in (0, 1], None for None; anything else is a UsageError."""
+    if p is None:
+        return None
+    try:
+        v = float(p)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not 0.0 < v <= 1.0:  # nan fails too
+        raise UsageError(
+            f"--min-confidence {p}: give a probability above 0 and at most 1, such as 0.7 "
+            "(predictions whose top probability is below it are answered 'unsure')"
+        )
+    return v
+
+
+def mark_unsure(result: dict, min_confidence: float | None) -> dict:
+    """`result` (with "label" and "probability", the top one) answered "unsure" below `min_confidence`: an
+    "unsure" field (true / false) and, when true, "label" None; the rest (index, probability, top_k) kept, so
+    the top label stays visible. Unchanged without a threshold. The one rule for predict and the server."""
+    if min_confidence is not None:
+        result["unsure"] = float(result["probability"]) < min_confidence
+        if result["unsure"]:
+            result["label"] = None
+    return result
+
+
 class Predictor:
     """`Predictor("runs/x/best.pt").predict(["a.jpg", "b.png"], top_k=3)`.
 
     Each result: {"path", "label", "index", "probability", "top_k": [{"label", "probability"}, ...]}, or
-    {"path", "error"} for a file that cannot be read or processed (the others still get predictions)."""
+    {"path", "error"} for a file that cannot be read or processed (the others still get predictions).
+
+    Probabilities are calibrated with the checkpoint's temperature (imgclf calibrate). `tta`: test-time
+    augmentation (none, flip, flip-crop; tta.py). `min_confidence` P in (0, 1]: every result gets "unsure", true
+    when its top probability is below P, and then its "label" is None; "index", "probability" and "top_k" still
+    give the top label and its probability."""
 
     def __init__(
         self,
@@ -84,8 +116,11 @@ class Predictor:
         batch_size: int = 32,
         precision: str = "auto",
         workers: int | None = None,
+        tta: str | None = None,
+        min_confidence: float | None = None,
     ):
-        self.runner = open_model(weights, device=device, precision=precision)
+        self.min_confidence = check_min_confidence(min_confidence)
+        self.runner = open_model(weights, device=device, precision=precision, tta=tta)
         self.classes: list[str] = list(self.runner.classes)
         self.preprocess = self.runner.preprocess
         self.transform = eval_transform(self.preprocess)
@@ -149,15 +184,14 @@ class Predictor:
                 continue
             p, idx = probs[j].topk(k)
             j += 1
-            results.append(
-                {
-                    "path": name,
-                    "label": self.classes[int(idx[0])],
-                    "index": int(idx[0]),
-                    "probability": float(p[0]),
-                    "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
-                }
-            )
+            r = {
+                "path": name,
+                "label": self.classes[int(idx[0])],
+                "index": int(idx[0]),
+                "probability": float(p[0]),
+                "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
+            }
+            results.append(mark_unsure(r, self.min_confidence))
         return results
 
     def _try_load(self, item):

@@ -18,6 +18,7 @@ preprocessing and the training config.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 import zipfile
@@ -27,8 +28,10 @@ import torch
 
 from . import onnxrt
 from .data.pipeline import Preprocess
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError
 from .export_formats import FORMATS as EXPORT_FORMATS
+
+log = logging.getLogger(__name__)
 
 META_NAME = "imgclf.json"  # extra file in TorchScript / pt2 archives; metadata_props key "imgclf" in ONNX
 META_KEY = onnxrt.META_KEY
@@ -45,6 +48,10 @@ class Runner:
     preprocess: Preprocess
     config: dict = field(default_factory=dict)  # the training config (data, data_root, val_fraction, seed, ...)
     extra: dict = field(default_factory=dict)  # anything format-specific worth showing (opset, precision, ...)
+    # softmax(logits) are calibrated probabilities: `logits` divides by this temperature (a checkpoint's, from
+    # imgclf calibrate; 1.0 if none), or an export has the division in its graph
+    temperature: float = 1.0
+    tta: str | None = None  # test-time augmentation in `logits` (tta.py): None (the model's own), none, flip, flip-crop
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
@@ -57,6 +64,8 @@ class Runner:
             "classes": list(self.classes),
             "num_classes": len(self.classes),
             "preprocess": self.preprocess.to_dict(),
+            "temperature": self.temperature,
+            "tta": self.tta,
             **self.extra,
         }
 
@@ -64,7 +73,10 @@ class Runner:
 class CheckpointRunner(Runner):
     """Eager PyTorch from an imgclf checkpoint (loaded with weights_only=True).
 
-    `channels_last=False` runs the default NCHW layout, as the seed did (bench compares both)."""
+    `channels_last=False` runs the default NCHW layout, as the seed did (bench compares both). `temperature`:
+    None for the checkpoint's own (1.0 if it has none), or one to use instead (calibrate fits T on T=1 logits).
+    `tta`: test-time augmentation (tta.py). `model` is the bare network (what attacks and feature hooks need);
+    `net` is what `logits` runs: the network with its temperature and test-time augmentation."""
 
     def __init__(
         self,
@@ -74,9 +86,12 @@ class CheckpointRunner(Runner):
         precision: str = "auto",
         channels_last: bool = True,
         ckpt: dict | None = None,
+        temperature: float | None = None,
+        tta: str | None = None,
     ):
-        from .checkpoint import load_checkpoint, model_from_checkpoint
+        from .checkpoint import load_checkpoint, model_from_checkpoint, temperature_of
         from .device import resolve_device, resolve_precision
+        from .tta import check_mode, wrap
 
         ckpt = ckpt if ckpt is not None else load_checkpoint(path)
         super().__init__(
@@ -86,12 +101,15 @@ class CheckpointRunner(Runner):
             classes=list(ckpt["classes"]),
             preprocess=Preprocess.from_dict(ckpt["preprocess"]),
             config=dict(ckpt.get("config", {})),
+            temperature=temperature_of(ckpt) if temperature is None else float(temperature),
+            tta=check_mode(tta),
         )
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.amp = resolve_precision(precision, self.device)
         self.channels_last = channels_last
         self.model = model_from_checkpoint(ckpt, self.device, channels_last=channels_last)
+        self.net = wrap(self.model, temperature=self.temperature, tta=self.tta, img_size=self.preprocess.img_size)
         self.extra = {
             "device": str(self.device),
             "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
@@ -103,7 +121,7 @@ class CheckpointRunner(Runner):
         from .device import autocast, to_layout
 
         with autocast(self.device, self.amp):
-            return self.model(to_layout(x.to(self.device), self.channels_last)).float().cpu()
+            return self.net(to_layout(x.to(self.device), self.channels_last)).float().cpu()
 
 
 # --------------------------------------------------------------------------------------------- exported files
@@ -118,8 +136,10 @@ def _fields_from_meta(path: str, meta: dict, fmt: str) -> dict:
             classes=list(meta["classes"]),
             preprocess=Preprocess.from_dict(meta["preprocess"]),
             config=dict(meta.get("config") or {}),
+            temperature=float(meta.get("temperature") or 1.0),  # in the graph already, recorded for people
+            tta=meta.get("tta"),
         )
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
             f"'{path}' has incomplete imgclf metadata (missing {e}): export it again with imgclf export"
         ) from None
@@ -196,11 +216,15 @@ class DynamicInt8Runner(Runner):
             raise CheckpointError(
                 f"'{path}' does not fit model {self.model_name} ({str(e).splitlines()[0][:160]})"
             ) from None
+        from .tta import wrap
+
+        # a quantized state dict holds no graph: the temperature and TTA of its metadata are applied here
+        self.net = wrap(self.module, temperature=self.temperature, tta=self.tta, img_size=self.preprocess.img_size)
         self.extra = _export_extra(meta, device="cpu", precision="int8 (Linear weights), fp32 elsewhere")
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.cpu()).float()
+        return self.net(x.cpu()).float()
 
 
 def quantize_linear_dynamic(model: torch.nn.Module) -> torch.nn.Module:
@@ -242,6 +266,39 @@ class OnnxRunner(Runner):
         return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0]).float()
 
 
+class TTARunner(Runner):
+    """Test-time augmentation (tta.py) around an exported file's runner: the file's own calibrated logits on
+    each view, their probabilities averaged. (A checkpoint does it inside its network instead, and `imgclf
+    export --tta` puts it in the exported graph.)"""
+
+    def __init__(self, inner: Runner, tta: str):
+        from dataclasses import fields
+
+        super().__init__(**{f.name: getattr(inner, f.name) for f in fields(Runner)})
+        self.inner, self.tta = inner, tta
+        self.extra = {**inner.extra, "tta_outside_graph": True}
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        from .tta import shift_for, tta_logits
+
+        return tta_logits(self.inner.logits, x, self.tta, shift_for(self.preprocess.img_size))
+
+
+def _with_tta(runner: Runner, tta: str | None) -> Runner:
+    """An exported file's runner with `tta` (checked), which it cannot have twice."""
+    from .tta import check_mode
+
+    tta = check_mode(tta)
+    if tta is None:
+        return runner
+    if runner.tta is not None:
+        raise UsageError(
+            f"'{runner.path}' was exported with --tta {runner.tta} in its graph: drop --tta, or export the "
+            f"checkpoint again with the test-time augmentation you want"
+        )
+    return TTARunner(runner, tta)
+
+
 # --------------------------------------------------------------------------------------------- recognising files
 
 
@@ -261,13 +318,21 @@ def _zip_meta(path: str) -> tuple[str | None, dict | None]:
 
 
 def open_model(
-    path: str, *, device: str = "auto", precision: str = "auto", format: str | None = None, spin: bool = True
+    path: str,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    format: str | None = None,
+    spin: bool = True,
+    tta: str | None = None,
 ) -> Runner:
     """A Runner for `path`: an imgclf checkpoint, or a file written by `imgclf export` (any format).
 
     `precision` applies to checkpoints (autocast); an exported file runs in the precision it was exported in.
     `format` ("checkpoint" or an export format) skips recognition (export uses it on its temporary files).
     `spin=False`: onnxruntime's threads sleep between runs instead of spin-waiting (see `onnx_session_options`).
+    `tta`: test-time augmentation (tta.py: none, flip, flip-crop; None: the model's own). A checkpoint's runner
+    applies its temperature (from imgclf calibrate) in `logits`; an exported file has it in its graph.
     Each export format is opened by the opener its entry in export_formats.FORMATS names."""
     path = str(path)
     if not os.path.exists(path):
@@ -280,12 +345,12 @@ def open_model(
         raise CheckpointError(f"'{path}' is not a regular file: pass a checkpoint file such as runs/NAME/best.pt")
     fmt, found = (format, None) if format is not None else _recognise(path)
     if fmt == "checkpoint":
-        return CheckpointRunner(path, device=device, precision=precision, ckpt=found)
+        return CheckpointRunner(path, device=device, precision=precision, ckpt=found, tta=tta)
     if fmt not in EXPORT_FORMATS:
         raise CheckpointError(
             f"'{path}': unknown model format '{fmt}' (formats: checkpoint, {', '.join(EXPORT_FORMATS)})"
         )
-    return EXPORT_FORMATS[fmt].open(path, found, device=device, spin=spin)
+    return _with_tta(EXPORT_FORMATS[fmt].open(path, found, device=device, spin=spin), tta)
 
 
 def _recognise(path: str) -> tuple[str, object]:

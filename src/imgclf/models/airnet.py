@@ -10,11 +10,16 @@ test-time augmentation built into eval mode (so `predict` and exports get it too
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..callbacks import Callback
+from ..tta import flip_crop
+
+log = logging.getLogger(__name__)
 
 
 class _BN(nn.BatchNorm2d):
@@ -62,14 +67,9 @@ class AirNet(nn.Module):
         if self.training or not self.tta:
             return self.logits(x)
 
-        # flip-and-shift test-time augmentation (airbench's level 2): mirror, and shifts of one pixel
-        def mirror(z):
-            return 0.5 * (self.logits(z) + self.logits(z.flip(-1)))
-
-        h, w = x.shape[-2:]
-        p = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = 0.5 * (mirror(p[..., 0:h, 0:w]) + mirror(p[..., 2 : h + 2, 2 : w + 2]))
-        return 0.5 * mirror(x) + 0.5 * shifted
+        # flip-and-shift test-time augmentation (airbench's level 2): mirror, and shifts of one pixel; the same
+        # views as `--tta flip-crop` for any model (tta.py), averaged here as logits, as airbench does
+        return flip_crop(self.logits, x, 1)
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
