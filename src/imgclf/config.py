@@ -233,6 +233,10 @@ class TrainConfig:
     feature_views: int = opt(
         2, "augmented views per training image in the frozen-feature cache, besides the plain one", ge=0
     )
+    calibrate: bool = opt(
+        False,
+        "after training: fit a temperature on the validation split (temperature scaling, as `imgclf calibrate`) and store it in best.pt; predict, evaluate, serve and exports then give calibrated probabilities",
+    )
     # adversarial training and curriculum learning (docs/adversarial.md, docs/curriculum.md)
     adv_train: str = opt(
         "none",

@@ -689,6 +689,8 @@ class Trainer:
                 "images": len(self.robust_subset),
                 "val_robust_acc": best_row.get("val_robust_acc"),
             }
+        if cfg.calibrate:
+            results["calibration"] = self._calibrate(best_path)
         self.run_dir.write_results(results)
         if self.stop_reason:
             self.info("%s", self.stop_reason)
@@ -701,6 +703,15 @@ class Trainer:
             best_path,
         )
         return {**results, "run_dir": self.run_dir.path}
+
+    def _calibrate(self, best_path: str) -> dict:
+        """--calibrate: the temperature of best.pt, fitted on the validation split (calibration.py)."""
+        from .calibration import calibrate, format_calibration
+
+        r = calibrate(best_path, data_root=self.cfg.data_root, workers=self.cfg.workers, cache=self.cfg.cache)
+        for line in format_calibration(r).splitlines():
+            self.info("%s", line)
+        return {k: v for k, v in r.to_dict().items() if k not in ("weights", "data")}
 
 
 def _with_part_state(model: nn.Module, part: nn.Module, part_state: dict) -> nn.Module:

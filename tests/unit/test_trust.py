@@ -304,3 +304,18 @@ def test_tta_and_calibrate_usage_errors(tiny_best, tiny_data, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--tta"):
         CheckpointRunner(tiny_best, device="cpu", tta="sideways")
+
+
+def test_train_calibrate_stores_the_fitted_temperature_in_best_pt(tmp_path, make_folder):
+    from conftest import train_tiny
+
+    from imgclf.checkpoint import temperature_of
+
+    data = str(make_folder(tmp_path / "d", classes=("a", "b", "c"), n=12, n_val=4, size=16))
+    res = train_tiny(tmp_path, data, "cal", epochs=2, calibrate=True)
+    cal = res["calibration"]
+    best = load_checkpoint(f"{res['run_dir']}/best.pt")
+    assert temperature_of(best) == pytest.approx(cal["temperature"]) and cal["temperature"] != 1.0
+    assert cal["split"] == "val" and cal["images"] == 12 and cal["nll_after"] <= cal["nll_before"] + 1e-6
+    assert "ECE (15 bins)" in open(f"{res['run_dir']}/train.log").read()
+    assert temperature_of(load_checkpoint(f"{res['run_dir']}/last.pt")) == 1.0  # only best.pt is calibrated
