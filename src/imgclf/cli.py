@@ -430,6 +430,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     p.add_argument("--device", default="auto")
     _add_inference_precision(p)
+    from .serve.main import add_trust_flags
+
+    add_trust_flags(p)  # --min-confidence, --no-explain: one definition for `imgclf serve` and `imgclf-serve`
 
 
 def request_huge_pages() -> bool:
@@ -783,6 +786,8 @@ def cmd_serve(a: dict) -> int:
         decode_workers=a.get("decode_workers"),
         device=a["device"],
         precision=a["precision"],
+        min_confidence=a.get("min_confidence"),
+        explain=not a.get("no_explain"),
     ).check()
     threads = a.get("threads")
     if threads is not None:

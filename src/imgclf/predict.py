@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .confidence import check_min_confidence, mark_unsure
 from .data.images import UnreadableImage, load_image, pil_to_uint8, resize_shorter, to_rgb
 from .data.pipeline import eval_transform
 from .data.sources import is_image_name
@@ -68,33 +69,6 @@ def walk_images(folder: str):
             yield from walk_images(path)
         else:
             yield path
-
-
-def check_min_confidence(p) -> float | None:
-    """`p` as a float in (0, 1], None for None; anything else is a UsageError."""
-    if p is None:
-        return None
-    try:
-        v = float(p)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not 0.0 < v <= 1.0:  # nan fails too
-        raise UsageError(
-            f"--min-confidence {p}: give a probability above 0 and at most 1, such as 0.7 "
-            "(predictions whose top probability is below it are answered 'unsure')"
-        )
-    return v
-
-
-def mark_unsure(result: dict, min_confidence: float | None) -> dict:
-    """`result` (with "label" and "probability", the top one) answered "unsure" below `min_confidence`: an
-    "unsure" field (true / false) and, when true, "label" None; the rest (index, probability, top_k) kept, so
-    the top label stays visible. Unchanged without a threshold. The one rule for predict and the server."""
-    if min_confidence is not None:
-        result["unsure"] = float(result["probability"]) < min_confidence
-        if result["unsure"]:
-            result["label"] = None
-    return result
 
 
 class Predictor:

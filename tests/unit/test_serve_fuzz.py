@@ -1,4 +1,4 @@
-"""Property-based fuzz of POST /predict (hypothesis): whatever a client sends, the answer is never a 5xx,
+"""Property-based fuzz of POST /predict (hypothesis), and hostile images sent to POST /explain: whatever a client sends, the answer is never a 5xx,
 a refusal is JSON with an error code and a sentence, and a success has one prediction per image.
 
 Requests are built from parts that are each sometimes right and sometimes wrong: the content type, the
@@ -338,6 +338,20 @@ def test_hostile_but_valid_images(client, name):
     else:
         assert r.status_code == 200, r.text
         assert r.json()["predictions"][0]["label"] in ("cat", "dog", "fox")
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_explain_takes_hostile_images_without_a_5xx(client, name):
+    """/explain decodes the whole image (the overlay is drawn on it) with the same checks: a PNG, or the same
+    JSON 4xx as /predict."""
+    ctype, body, _ = _well_formed([(name, HOSTILE[name])])
+    r = client.post("/explain", content=body, headers={"content-type": ctype})
+    if name.startswith("strip-"):
+        assert r.status_code == 422 and r.json()["error"] == "bad_shape", r.text
+    else:
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text[:300]
+        with Image.open(io.BytesIO(r.content)) as im:
+            assert max(im.size) <= 1024
 
 
 @settings(

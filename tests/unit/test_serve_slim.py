@@ -84,7 +84,12 @@ SERVE_ONNX = textwrap.dedent(
         files = [("image", (p, open(p, "rb").read())) for p in sys.argv[2:]]
         r = c.post("/predict", files=files)
         assert r.status_code == 200, r.text
+        unsure = c.post("/predict", files=files[:1], data={"min_confidence": "1"}).json()["predictions"][0]
+        explained = c.post("/explain", files=files[:1])
+        explain_meta = c.get("/metadata").json()["explain"]
     print(json.dumps({
+        "unsure": unsure,
+        "explain": [explained.status_code, explained.json(), explain_meta],
         "torch": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")),
         "imgclf": sorted(m for m in sys.modules if m.split(".")[0] == "imgclf"),
         "labels": [p["label"] for p in r.json()["predictions"]],
@@ -94,8 +99,9 @@ SERVE_ONNX = textwrap.dedent(
 
 
 def test_serving_an_onnx_export_never_imports_torch(int8_export, image_files):
-    """A fresh process builds the app for an onnx-int8 export and answers a request; torch is never imported,
-    and every imgclf module it loads is one the slim distribution ships."""
+    """A fresh process builds the app for an onnx-int8 export and answers requests (/predict with and without
+    min_confidence, /explain, /metadata); torch is never imported, and every imgclf module it loads is one the
+    slim distribution ships."""
     out = subprocess.run(
         [sys.executable, "-c", SERVE_ONNX, int8_export, *map(str, image_files)],
         capture_output=True,
@@ -108,6 +114,11 @@ def test_serving_an_onnx_export_never_imports_torch(int8_export, image_files):
     assert got["torch"] == []
     assert set(got["imgclf"]) <= _slim_modules(), set(got["imgclf"]) - _slim_modules()
     assert len(got["labels"]) == len(image_files)
+    # min_confidence answers without torch; /explain (gradients) says it needs the checkpoint, in a 4xx
+    assert got["unsure"]["unsure"] is (got["unsure"]["probability"] < 1.0)
+    status, body, meta = got["explain"]
+    assert status == 400 and body["error"] == "explain_unavailable" and "checkpoint" in body["detail"], body
+    assert meta["available"] is False and "onnx-int8" in meta["reason"]
 
 
 @pytest.mark.kernels

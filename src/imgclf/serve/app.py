@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import json
 import logging
 import os
 import time
@@ -37,11 +38,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from ..confidence import check_min_confidence, mark_unsure
 from ..errors import UsageError
 from .batcher import DynamicBatcher, Overloaded
-from .decode import IMAGE_FORMATS, ImageRejected, decode_upload
+from .decode import IMAGE_FORMATS, ImageRejected, decode_upload, open_upload
 from .metrics import Metrics
-from .model import open_served
+from .model import OVERLAY_MAX_SIDE, open_explainer, open_served
 from .server import trim_malloc
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ TRIM_EVERY_S = 5.0
 
 # Paths that need the API key when one is set. /, /health, /ready and the OpenAPI docs stay open: a load
 # balancer probes health without secrets, and the page and docs hold nothing but code.
-PROTECTED = ("/predict", "/metadata", "/metrics")
+PROTECTED = ("/predict", "/explain", "/metadata", "/metrics")
 
 
 @dataclass
@@ -75,6 +77,8 @@ class ServeSettings:
     device: str = "auto"  # used when create_app opens a path itself
     precision: str = "auto"
     threads: int | None = None  # onnxruntime intra-op threads for a .onnx path (None: see onnx_model.default_threads)
+    min_confidence: float | None = None  # default threshold under which a prediction is "unsure" (confidence.py)
+    explain: bool = True  # load a second copy of a checkpoint's model for Grad-CAM (/explain); exports never
 
     @property
     def max_upload_bytes(self) -> int:
@@ -99,6 +103,7 @@ class ServeSettings:
         need(self.max_queue >= self.max_files, f"--max-queue must be at least --max-files ({self.max_files})")
         need(self.api_key is None or self.api_key.strip() != "", "--api-key is empty: give a key or leave it out")
         need(self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}")
+        self.min_confidence = check_min_confidence(self.min_confidence)  # a UsageError naming --min-confidence
         return self
 
 
@@ -128,10 +133,11 @@ class LabelProbability(BaseModel):
 
 class Prediction(BaseModel):
     filename: str | None
-    label: str
+    label: str | None  # None when unsure
     index: int
     probability: float
     top_k: list[LabelProbability]
+    unsure: bool | None = None  # only with a min_confidence: the top probability is below it
 
 
 class PredictResponse(BaseModel):
@@ -164,6 +170,12 @@ PREDICT_BODY = {
                             "minimum": 1,
                             "description": "labels per image (overrides the query)",
                         },
+                        "min_confidence": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "maximum": 1,
+                            "description": "answer 'unsure' below this top probability (overrides the query)",
+                        },
                     },
                 }
             }
@@ -184,10 +196,49 @@ ERRORS = {
         "model": ErrorBody,
         "description": "a file that is not a readable image (empty, truncated, unknown "
         "format), an image too far from square (aspect ratio over 100:1), "
-        "or a bad top_k",
+        "or a bad top_k or min_confidence",
     },
     503: {"model": ErrorBody, "description": "overloaded, or the model is still warming up"},
     504: {"model": ErrorBody, "description": "the prediction did not finish within the request timeout"},
+}
+
+EXPLAIN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "one image file"},
+                        "target": {
+                            "type": "string",
+                            "description": "the class label to explain (overrides the query; default: the predicted one)",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+EXPLAIN_ERRORS = {
+    200: {
+        "content": {"image/png": {}},
+        "description": "the image with its Grad-CAM heat map drawn over it (longer side at most "
+        f"{OVERLAY_MAX_SIDE} px); the X-Explanation header holds the prediction and the class explained as JSON",
+    },
+    **{k: v for k, v in ERRORS.items() if k != 422},
+    400: {
+        "model": ErrorBody,
+        "description": "explanations are not available (an exported model gives no gradients: serve the "
+        "checkpoint), or a malformed request: no 'image' field, more than one file, bad multipart",
+    },
+    422: {
+        "model": ErrorBody,
+        "description": "not a readable image, an image too far from square, or an unknown target",
+    },
 }
 
 
@@ -196,10 +247,13 @@ class ServerState:
 
     `runner`: what create_app was given or opened; `model`: the same with `probabilities` (see model.py)."""
 
-    def __init__(self, runner, model, settings: ServeSettings):
+    def __init__(self, runner, model, settings: ServeSettings, explainer=None, explain_info: dict | None = None):
         self.runner = runner
         self.model = model
         self.settings = settings
+        self.explainer = explainer  # explain.Explainer for a checkpoint, else None (see model.open_explainer)
+        self.explain_info = explain_info or {"available": False, "reason": "no explainer"}
+        self.explain_pool: ThreadPoolExecutor | None = None
         self.classes = list(model.classes)
         self.preprocess = model.preprocess
         self.metrics = Metrics(settings.max_batch_size)
@@ -228,6 +282,10 @@ class ServerState:
     async def start(self) -> None:
         s = self.settings
         self.decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="imgclf-decode")
+        if self.explainer is not None:
+            # one thread: one explanation at a time holds a full-size image and its map (the Explainer's lock
+            # would serialise them anyway), and requests waiting their turn hold only their bytes
+            self.explain_pool = ThreadPoolExecutor(1, thread_name_prefix="imgclf-explain")
         self.batcher = DynamicBatcher(
             self.predict_batch,
             max_batch_size=s.max_batch_size,
@@ -259,11 +317,13 @@ class ServerState:
         self.metrics.ready.set(0)
         if self.batcher is not None:
             await self.batcher.stop()
-        if self.decode_pool is not None:
-            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.decode_pool, self.explain_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
-    # -- /predict --
-    async def handle_predict(self, request: Request, top_k: int | None) -> JSONResponse:
+    # -- the upload, shared by /predict and /explain --
+    def check_upload_headers(self, request: Request) -> None:
+        """Content type and Content-Length, before any of the body is read."""
         s = self.settings
         ctype = request.headers.get("content-type", "")
         if ctype.split(";", 1)[0].strip().lower() != "multipart/form-data":
@@ -271,7 +331,7 @@ class ServerState:
                 415,
                 "unsupported_media_type",
                 f"send multipart/form-data with the images in the field 'image' (got "
-                f"'{ctype[:60] or 'no Content-Type'}'); e.g. curl -F image=@photo.jpg URL/predict",
+                f"'{ctype[:60] or 'no Content-Type'}'); e.g. curl -F image=@photo.jpg URL{request.url.path}",
             )
         length = request.headers.get("content-length")
         if length is not None:
@@ -286,9 +346,13 @@ class ServerState:
                     f"the upload is {n:,} bytes, more than the limit of {s.max_upload_bytes:,} "
                     f"(--max-upload-mb {s.max_upload_mb:g})",
                 )
-        phase = ["upload"]
+
+    async def within_timeout(self, work, phase: list, what: str):
+        """`work` (a coroutine that moves phase[0] from "upload" on) under the request timeout: 408 while the
+        upload is still arriving, 504 after."""
+        s = self.settings
         try:
-            return await asyncio.wait_for(self._predict(request, top_k, phase), s.timeout_s)
+            return await asyncio.wait_for(work, s.timeout_s)
         except asyncio.TimeoutError:
             if phase[0] == "upload":
                 raise ApiError(
@@ -297,9 +361,15 @@ class ServerState:
             raise ApiError(
                 504,
                 "timeout",
-                f"the prediction did not finish within the request timeout of "
-                f"{s.timeout_s:g} s (the server is busy); try again",
+                f"{what} did not finish within the request timeout of {s.timeout_s:g} s (the server is busy); try again",
             ) from None
+
+    # -- /predict --
+    async def handle_predict(self, request: Request, top_k: int | None, min_confidence: str | None) -> JSONResponse:
+        threshold = parse_min_confidence(min_confidence) if min_confidence is not None else self.settings.min_confidence
+        self.check_upload_headers(request)
+        phase = ["upload"]
+        return await self.within_timeout(self._predict(request, top_k, threshold, phase), phase, "the prediction")
 
     async def _body(self, request: Request):
         """The request body as it arrives, refusing to read past the upload limit."""
@@ -310,10 +380,10 @@ class ServerState:
                 raise UploadTooLarge()
             yield chunk
 
-    async def _read_form(self, request: Request):
+    async def _read_form(self, request: Request, max_files: int):
         s = self.settings
         parser = MultiPartParser(
-            request.headers, self._body(request), max_files=s.max_files, max_fields=8, max_part_size=1024
+            request.headers, self._body(request), max_files=max_files, max_fields=8, max_part_size=1024
         )
         try:
             return await parser.parse()
@@ -327,14 +397,18 @@ class ServerState:
         except MultiPartException as e:
             msg = e.message
             if msg.startswith("Too many files"):
-                raise ApiError(
-                    400, "too_many_files", f"too many files: at most {s.max_files} images per request (--max-files)"
-                ) from None
+                at_most = (
+                    f"at most {s.max_files} images per request (--max-files)"
+                    if max_files == s.max_files
+                    else f"{request.url.path} takes {max_files} image per request"
+                )
+                raise ApiError(400, "too_many_files", f"too many files: {at_most}") from None
             if msg.startswith("Too many fields"):
                 raise ApiError(
                     400,
                     "too_many_fields",
-                    "too many form fields: send files in 'image' and at most an optional 'top_k'",
+                    "too many form fields: send files in 'image' and at most the optional fields "
+                    "(top_k and min_confidence for /predict, target for /explain)",
                 ) from None
             raise ApiError(400, "bad_multipart", f"malformed multipart body: {msg}") from None
         except ClientDisconnect:
@@ -343,10 +417,11 @@ class ServerState:
             # Bad headers inside the body (python-multipart and Starlette raise these for some malformations).
             raise ApiError(400, "bad_multipart", f"malformed multipart body ({type(e).__name__})") from None
 
-    async def _predict(self, request: Request, top_k: int | None, phase: list) -> JSONResponse:
-        s = self.settings
-        form = await self._read_form(request)
-        files = []
+    async def _upload(self, request: Request, fields: dict, max_files: int) -> tuple[list, list, dict]:
+        """(file names, file bytes, {field: parsed value}) of the multipart body: files in 'image', and the text
+        fields named in `fields`, each parsed by its function (which raises ApiError) as it arrives."""
+        form = await self._read_form(request, max_files)
+        files, values = [], {}
         try:
             for name, value in form.multi_items():
                 if name == "image":
@@ -358,16 +433,17 @@ class ServerState:
                             "image as a file (curl -F image=@photo.jpg)",
                         )
                     files.append(value)
-                elif name == "top_k":
+                elif name in fields:
                     if not isinstance(value, str):
-                        raise ApiError(422, "invalid_top_k", "top_k must be a form value, not a file")
-                    top_k = parse_top_k(value)
+                        raise ApiError(422, f"invalid_{name}", f"{name} must be a form value, not a file")
+                    values[name] = fields[name](value)
                 else:
+                    optional = " or ".join(f"'{f}'" for f in fields)
                     raise ApiError(
                         400,
                         "unexpected_field",
                         f"unexpected form field '{name[:40]}': send the images in "
-                        f"'image' (repeat it for several) and optionally 'top_k'",
+                        f"'image' (repeat it for several) and optionally {optional}",
                     )
             if not files:
                 raise ApiError(
@@ -379,6 +455,15 @@ class ServerState:
             datas = [await f.read() for f in files]
         finally:
             await form.close()
+        return names, datas, values
+
+    async def _predict(self, request: Request, top_k: int | None, threshold: float | None, phase: list) -> JSONResponse:
+        s = self.settings
+        names, datas, values = await self._upload(
+            request, {"top_k": parse_top_k, "min_confidence": parse_min_confidence}, s.max_files
+        )
+        top_k = values.get("top_k", top_k)
+        threshold = values.get("min_confidence", threshold)
         phase[0] = "decode"
         loop = asyncio.get_running_loop()
         decode = functools.partial(decode_upload, preprocess=self.preprocess, max_pixels=s.max_pixels)
@@ -402,22 +487,65 @@ class ServerState:
             ) from None
         k = max(1, min(top_k or s.top_k, len(self.classes)))
         return JSONResponse(
-            {"predictions": [encode_prediction(name, p, self.classes, k) for name, p in zip(names, probs)]}
+            {"predictions": [encode_prediction(n, p, self.classes, k, threshold) for n, p in zip(names, probs)]}
         )
 
+    # -- /explain --
+    async def handle_explain(self, request: Request, target: str | None) -> Response:
+        if self.explainer is None:
+            raise ApiError(400, "explain_unavailable", self.explain_info["reason"])
+        if target is not None:
+            self.check_target(target)
+        self.check_upload_headers(request)
+        phase = ["upload"]
+        return await self.within_timeout(self._explain(request, target, phase), phase, "the explanation")
 
-def encode_prediction(filename: str | None, probs: np.ndarray, classes: list[str], k: int) -> dict:
+    def check_target(self, label: str) -> str:
+        try:
+            self.explainer.class_index(label)
+        except UsageError as e:
+            raise ApiError(422, "unknown_target", str(e)) from None
+        return label
+
+    async def _explain(self, request: Request, target: str | None, phase: list) -> Response:
+        names, datas, values = await self._upload(request, {"target": self.check_target}, max_files=1)
+        target = values.get("target", target)
+        phase[0] = "model"
+        loop = asyncio.get_running_loop()
+        try:
+            png, info = await loop.run_in_executor(self.explain_pool, self._explain_one, datas[0], target)
+        except ImageRejected as r:
+            self.metrics.rejected.labels(r.code).inc()
+            where = f" ('{names[0][:80]}')" if names[0] else ""
+            raise ApiError(r.status, r.code, f"the image{where}: {r}", filename=names[0]) from None
+        info = mark_unsure({k: v for k, v in info.items() if k != "path"}, self.settings.min_confidence)
+        # ensure_ascii: a header is Latin-1, and a class name may be anything
+        return Response(png, media_type="image/png", headers={"X-Explanation": json.dumps(info, ensure_ascii=True)})
+
+    def _explain_one(self, data: bytes, target: str | None) -> tuple[bytes, dict]:
+        """In the explain thread: decode with the upload checks, then Grad-CAM and the overlay (PNG bytes)."""
+        image = open_upload(data, resize=self.preprocess.resize, max_pixels=self.settings.max_pixels)
+        try:
+            return self.explainer.overlay_png(image, target, max_side=OVERLAY_MAX_SIDE)
+        except UsageError as e:  # an image Pillow opened but the explainer could not process
+            raise ImageRejected("unreadable_image", str(e)) from None
+
+
+def encode_prediction(
+    filename: str | None, probs: np.ndarray, classes: list[str], k: int, min_confidence: float | None = None
+) -> dict:
     """One image's answer: its most probable label and the k best (label, probability), best first (ties: the
-    lower class index first). Options that change the answer (a confidence threshold) belong here."""
+    lower class index first); "unsure" below `min_confidence` (confidence.mark_unsure, as `imgclf predict`)."""
     idx = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")[:k].tolist()
     vals = [float(probs[i]) for i in idx]
-    return {
+    answer = {
         "filename": filename,
         "label": classes[idx[0]],
         "index": idx[0],
         "probability": vals[0],
         "top_k": [{"label": classes[i], "probability": v} for v, i in zip(vals, idx)],
     }
+    return mark_unsure(answer, min_confidence)
 
 
 def warmup_sizes(max_batch_size: int) -> list[int]:
@@ -426,6 +554,13 @@ def warmup_sizes(max_batch_size: int) -> list[int]:
     m = max_batch_size
     mixed = [1, m // 2 + 1, m, m // 4 + 1, (3 * m) // 4 + 1, m, 2, m // 8 + 1, m]
     return [m] + [n for n in mixed if 1 <= n <= m]
+
+
+def parse_min_confidence(value: str) -> float:
+    try:
+        return check_min_confidence(value.strip(), "min_confidence")
+    except UsageError as e:
+        raise ApiError(422, "invalid_min_confidence", str(e)) from None
 
 
 def parse_top_k(value: str) -> int:
@@ -497,7 +632,8 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
     The model is warmed up in the background after startup; /ready answers 200 once it is done."""
     settings = (settings or ServeSettings()).check()
     runner, model = open_served(runner_or_path, settings)
-    state = ServerState(runner, model, settings)
+    explainer, explain_info = open_explainer(runner, settings)
+    state = ServerState(runner, model, settings, explainer, explain_info)
     page = _page()
 
     @contextlib.asynccontextmanager
@@ -572,10 +708,13 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
         meta = _without_paths(dict(runner.metadata()))  # file names, not the server's directory layout
         meta["file"] = os.path.basename(str(meta.pop("path", runner.path)))
         meta["serve"] = {
-            k: v for k, v in asdict(settings).items() if k not in ("api_key", "device", "precision", "threads")
+            k: v
+            for k, v in asdict(settings).items()
+            if k not in ("api_key", "device", "precision", "threads", "explain")
         }
         meta["serve"]["api_key_required"] = settings.api_key is not None
         meta["serve"]["formats"] = list(IMAGE_FORMATS)
+        meta["explain"] = dict(state.explain_info)  # {"available": true, "method", "layer"} or {false, "reason"}
         return meta
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={401: ERRORS[401]})
@@ -595,10 +734,31 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
         top_k: int | None = Query(
             None, ge=1, description=f"labels per image (default {settings.top_k}; clamped to the class count)"
         ),
+        min_confidence: str | None = Query(
+            None,
+            description="a probability in (0, 1]: a prediction whose top probability is below it answers "
+            '"unsure": true and "label": null (index, probability and top_k still show the top class); '
+            f"default {settings.min_confidence} (--min-confidence)",
+        ),
     ):
         if state.batcher is None:
             raise ApiError(503, "not_ready", "the server is starting")
-        return await state.handle_predict(request, top_k)
+        return await state.handle_predict(request, top_k, min_confidence)
+
+    @app.post(
+        "/explain",
+        summary="Where the model looks: a Grad-CAM overlay (PNG) of one uploaded image, for a checkpoint",
+        response_class=Response,
+        responses=EXPLAIN_ERRORS,
+        openapi_extra=EXPLAIN_BODY,
+    )
+    async def explain(
+        request: Request,
+        target: str | None = Query(None, description="the class label to explain (default: the predicted one)"),
+    ):
+        if state.batcher is None:
+            raise ApiError(503, "not_ready", "the server is starting")
+        return await state.handle_explain(request, target)
 
     app.add_middleware(Guard, state=state)
     return app

@@ -47,6 +47,21 @@ def decode_upload(data: bytes, preprocess, *, max_pixels: int) -> np.ndarray:
     """One uploaded file -> uint8 S x S x 3 array (S = preprocess.img_size; channels last, C-contiguous).
     `preprocess`: anything with img_size, resize and interpolation (data.pipeline.Preprocess, onnx_model.Prep).
     Raises ImageRejected."""
+    im = open_upload(data, resize=preprocess.resize, max_pixels=max_pixels, draft=True)
+    pixels = np.asarray(resize_shorter(im, preprocess.resize, preprocess.interpolation), dtype=np.uint8)
+    # In numpy, on purpose: a decode thread must not run PyTorch operations, which would start OpenMP teams of
+    # their own in every decode thread and spin against the model's threads (on 2 cores that cost as much CPU
+    # as the JPEG decode). Channels stay last: the batch is permuted once, in the model thread.
+    crop = center_crop(pixels, preprocess.img_size, channels_last=True)
+    return np.array(crop, order="C")  # one copy, writable
+
+
+def open_upload(data: bytes, *, resize: int, max_pixels: int, draft: bool = False) -> Image.Image:
+    """One uploaded file -> the whole image, decoded, upright and RGB, with every check of `decode_upload`
+    (formats, the pixel limit from the header, the shape `resize` px on the shorter side allows). `draft`: let
+    libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale where that still covers `resize` (what `decode_upload` and
+    `Predictor` do for a file); off, the full image (what an explanation overlay is drawn on).
+    Raises ImageRejected."""
     if not data:
         raise ImageRejected("empty_file", "empty file (0 bytes)")
     try:
@@ -61,13 +76,13 @@ def decode_upload(data: bytes, preprocess, *, max_pixels: int) -> np.ndarray:
                         status=413,
                     )
                 try:
-                    check_shape(w, h, preprocess.resize)
+                    check_shape(w, h, resize)
                 except BadShape as e:
                     raise ImageRejected("bad_shape", str(e)) from None
-                if im.format == "JPEG":
+                if draft and im.format == "JPEG":
                     # As data.images.load_image: let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result
                     # still covers `resize`, which gives the same pixels Predictor gets from the same file.
-                    s = preprocess.resize / min(w, h)
+                    s = resize / min(w, h)
                     im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
                 im.load()
                 im = to_rgb(im)
@@ -92,12 +107,7 @@ def decode_upload(data: bytes, preprocess, *, max_pixels: int) -> np.ndarray:
         raise ImageRejected("unreadable_image", "cannot decode the image (out of memory)") from None
     except Exception as e:
         raise ImageRejected("unreadable_image", f"cannot decode the image ({type(e).__name__}: {e})") from None
-    pixels = np.asarray(resize_shorter(im, preprocess.resize, preprocess.interpolation), dtype=np.uint8)
-    # In numpy, on purpose: a decode thread must not run PyTorch operations, which would start OpenMP teams of
-    # their own in every decode thread and spin against the model's threads (on 2 cores that cost as much CPU
-    # as the JPEG decode). Channels stay last: the batch is permuted once, in the model thread.
-    crop = center_crop(pixels, preprocess.img_size, channels_last=True)
-    return np.array(crop, order="C")  # one copy, writable
+    return im
 
 
 class NormalizeUploads:

@@ -34,6 +34,36 @@ def _positive(kind):
     return parse
 
 
+def _min_confidence(text: str) -> float:
+    from ..confidence import check_min_confidence
+    from ..errors import UsageError
+
+    try:
+        return check_min_confidence(text)
+    except UsageError:
+        raise argparse.ArgumentTypeError(
+            f"give a probability above 0 and at most 1, such as 0.7, not '{text}'"
+        ) from None
+
+
+def add_trust_flags(p: argparse.ArgumentParser) -> None:
+    """--min-confidence and --no-explain, for this parser and `imgclf serve`'s (cli.py) alike."""
+    p.add_argument(
+        "--min-confidence",
+        type=_min_confidence,
+        default=None,
+        metavar="P",
+        help='answer "unsure" (label null, "unsure": true; the top class still shown) when the top probability is '
+        "below P, in (0, 1]; a request's min_confidence overrides it [none]",
+    )
+    p.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="no POST /explain (Grad-CAM overlays for a checkpoint, which keep a second copy of the model in memory; "
+        "an export never has it)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imgclf-serve",
@@ -59,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--header-timeout", type=_positive(float), default=10.0, help="seconds to send the headers [10]")
     p.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda needs onnxruntime-gpu) [auto]")
+    add_trust_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
@@ -80,6 +111,8 @@ def settings_from(a: argparse.Namespace):
         decode_workers=a.decode_workers,
         device=a.device,
         threads=a.threads,
+        min_confidence=a.min_confidence,
+        explain=not a.no_explain,
     ).check()
 
 

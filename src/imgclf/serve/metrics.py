@@ -12,6 +12,7 @@ disable_created_metrics()  # no `_created` timestamp series next to every counte
 PATHS = (
     "/",
     "/predict",
+    "/explain",
     "/health",
     "/ready",
     "/metadata",

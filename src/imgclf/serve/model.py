@@ -71,3 +71,25 @@ def _open_with_torch(path: str, settings):
         ) from None
     # settings.threads is for onnxruntime sessions only: PyTorch's thread count is the process's to set (the CLI does)
     return open_model(path, device=settings.device, precision=settings.precision, spin=False)
+
+
+# The longer side of an explanation overlay, pixels: what a web page shows, never a 12-megapixel PNG.
+OVERLAY_MAX_SIDE = 1024
+
+
+def open_explainer(runner, settings) -> tuple[object | None, dict]:
+    """(explain.Explainer or None, what /metadata says about it) for `runner`: an Explainer (Grad-CAM, its own
+    copy of the model) for a checkpoint only, since an export gives no gradients. Decided here, by the format's
+    name, so that serving an ONNX export never imports torch."""
+    fmt = getattr(runner, "format", None)
+    if fmt != "checkpoint":
+        return None, {
+            "available": False,
+            "reason": f"explanations need the model's gradients, which an exported file ({fmt}) does not give: "
+            f"serve the checkpoint it was exported from (runs/NAME/best.pt) to use /explain",
+        }
+    if not settings.explain:
+        return None, {"available": False, "reason": "explanations are switched off on this server (--no-explain)"}
+    from .runner_model import open_explainer as open_checkpoint_explainer
+
+    return open_checkpoint_explainer(runner, settings)
