@@ -194,7 +194,8 @@ LAYOUT_JS = """() => {
     for (const t of range.getClientRects()) texts.push({text: walk.currentNode.textContent.trim(), ...box(t)});
   }
   const controls = {};
-  for (const sel of ['h1', '#model', '#keyrow', '#drop', '#preview', '#results', '#status', 'main > p:last-child']) {
+  for (const sel of ['h1', '#model', '#keyrow', '#drop', '#preview', '#overlay', '#results', '#status',
+                     'main > p:last-child']) {
     const el = document.querySelector(sel);
     const b = el && el.getBoundingClientRect();
     if (b && b.width > 0 && b.height > 0 && getComputedStyle(el).display !== 'none') controls[sel] = box(b);
@@ -230,7 +231,7 @@ def check_layout(layout: dict) -> None:
     for t in layout["texts"]:
         assert _inside(t, layout["dropInner"]), f"'{t['text']}' at {t} is outside the drop zone {layout['dropInner']}"
     boxes = layout["controls"]
-    assert {"h1", "#drop", "#preview", "#results", "#status"} <= set(boxes), boxes
+    assert {"h1", "#drop", "#preview", "#overlay", "#results", "#status"} <= set(boxes), boxes
     names = sorted(boxes)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -283,6 +284,16 @@ def test_web_page_in_headless_chromium(server, tmp_path):
                 assert page.evaluate("document.getElementById('preview').naturalWidth") > 0
                 assert "error" not in (page.get_attribute("#status", "class") or "")
                 page.wait_for_function("document.getElementById('status').textContent.length > 0")
+                # a checkpoint is served: "Where does it look?" shows the Grad-CAM overlay next to the image
+                assert page.is_visible("#explain") and page.inner_text("#explain") == "Where does it look?"
+                page.click("#explain")
+                page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+                assert page.locator("#overlay").get_attribute("src").startswith("blob:")
+                overlay_size = page.evaluate(
+                    "((o) => [o.naturalWidth, o.naturalHeight])(document.getElementById('overlay'))"
+                )
+                caption = page.inner_text("#overlaycap")
+                assert "error" not in (page.get_attribute("#status", "class") or ""), page.inner_text("#status")
                 layouts = {}
                 for width in (1000, 360):  # a desktop window and a phone
                     page.set_viewport_size({"width": width, "height": 900})
@@ -294,6 +305,11 @@ def test_web_page_in_headless_chromium(server, tmp_path):
         shutil.rmtree(profile, ignore_errors=True)
     assert shown.split(" (")[0] == expected["label"]
     assert labels == [t["label"] for t in expected["top_k"]]
+    from PIL import Image
+
+    with Image.open(image) as im:  # drawn over the whole photo, at its size (under 1024 px here)
+        assert tuple(overlay_size) == im.size
+    assert caption == f"evidence for {expected['label']}"
     for width, layout in layouts.items():
         print(f"layout at {width} px (screenshot {tmp_path / f'page-{width}.png'}): {layout}")
         check_layout(layout)
