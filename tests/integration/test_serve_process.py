@@ -7,6 +7,7 @@ The model is the tiny test model (conftest.tiny_best): what is tested is the ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -67,27 +68,15 @@ def _request(url: str, data: bytes | None = None, ctype: str | None = None, key:
         return e.code, e.read()
 
 
-@pytest.fixture(scope="module")
-def server(tiny_best):
-    """`python -m imgclf serve` with an API key from the environment; yields (base url, process)."""
-    env = dict(os.environ, IMGCLF_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "imgclf",
-        "serve",
-        tiny_best,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--max-batch-size",
-        "8",
-        "--max-wait-ms",
-        "5",
-        "--decode-workers",
-        "2",
-    ]
+@contextlib.contextmanager
+def _serving(weights: str, *flags: str, key: str | None = API_KEY):
+    """`python -m imgclf serve WEIGHTS FLAGS` on a free port, with `key` as $IMGCLF_API_KEY; yields (base url,
+    process) once /ready says yes, and stops it with SIGTERM afterwards."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("IMGCLF_API_KEY", None)
+    if key:
+        env["IMGCLF_API_KEY"] = key
+    cmd = [sys.executable, "-m", "imgclf", "serve", weights, "--host", "127.0.0.1", "--port", "0", *flags]
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server must never block on a full pipe
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
     proc.stderr = log
@@ -114,6 +103,13 @@ def server(tiny_best):
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_best):
+    """`python -m imgclf serve` with an API key from the environment; yields (base url, process)."""
+    with _serving(tiny_best, "--max-batch-size", "8", "--max-wait-ms", "5", "--decode-workers", "2") as served:
+        yield served
 
 
 def test_real_images_in_upload_order(server):
@@ -239,18 +235,16 @@ def check_layout(layout: dict) -> None:
     assert layout["overflowX"] <= 0, "the page is wider than the window"
 
 
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
     reason=f"Chromium not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
 )
-def test_web_page_in_headless_chromium(server, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    url, _ = server
-    image = _images(2)[1]
-    body, ctype = _multipart([image])
-    import json
 
-    expected = json.loads(_request(url + "/predict?top_k=5", body, ctype)[1])["predictions"][0]
+
+@contextlib.contextmanager
+def _chromium_page():
+    """A page of a headless Chromium with a profile of its own, removed afterwards."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     args = [
         "--headless",
         "--no-sandbox",
@@ -271,38 +265,48 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             try:
                 page = ctx.new_page()
                 page.set_default_timeout(60_000)
-                page.goto(url + "/")
-                page.wait_for_selector("#apikey", state="visible")  # the server wants a key: the page asks for it
-                page.fill("#apikey", API_KEY)
-                page.dispatch_event("#apikey", "change")
-                page.wait_for_function("document.getElementById('model').textContent.includes('test_tiny')")
-                page.set_input_files("#file", str(image))
-                page.wait_for_function("document.getElementById('label').textContent.length > 0")
-                shown = page.inner_text("#label")
-                labels = page.locator(".topk-label").all_inner_texts()
-                assert page.locator("#preview").get_attribute("src").startswith("blob:")
-                assert page.evaluate("document.getElementById('preview').naturalWidth") > 0
-                assert "error" not in (page.get_attribute("#status", "class") or "")
-                page.wait_for_function("document.getElementById('status').textContent.length > 0")
-                # a checkpoint is served: "Where does it look?" shows the Grad-CAM overlay next to the image
-                assert page.is_visible("#explain") and page.inner_text("#explain") == "Where does it look?"
-                page.click("#explain")
-                page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
-                assert page.locator("#overlay").get_attribute("src").startswith("blob:")
-                overlay_size = page.evaluate(
-                    "((o) => [o.naturalWidth, o.naturalHeight])(document.getElementById('overlay'))"
-                )
-                caption = page.inner_text("#overlaycap")
-                assert "error" not in (page.get_attribute("#status", "class") or ""), page.inner_text("#status")
-                layouts = {}
-                for width in (1000, 360):  # a desktop window and a phone
-                    page.set_viewport_size({"width": width, "height": 900})
-                    layouts[width] = page.evaluate(LAYOUT_JS)
-                    page.screenshot(path=str(tmp_path / f"page-{width}.png"), full_page=True)
+                yield page
             finally:
                 ctx.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@needs_chromium
+def test_web_page_in_headless_chromium(server, tmp_path):
+    url, _ = server
+    image = _images(2)[1]
+    body, ctype = _multipart([image])
+    import json
+
+    expected = json.loads(_request(url + "/predict?top_k=5", body, ctype)[1])["predictions"][0]
+    with _chromium_page() as page:
+        page.goto(url + "/")
+        page.wait_for_selector("#apikey", state="visible")  # the server wants a key: the page asks for it
+        page.fill("#apikey", API_KEY)
+        page.dispatch_event("#apikey", "change")
+        page.wait_for_function("document.getElementById('model').textContent.includes('test_tiny')")
+        page.set_input_files("#file", str(image))
+        page.wait_for_function("document.getElementById('label').textContent.length > 0")
+        shown = page.inner_text("#label")
+        labels = page.locator(".topk-label").all_inner_texts()
+        assert page.locator("#preview").get_attribute("src").startswith("blob:")
+        assert page.evaluate("document.getElementById('preview').naturalWidth") > 0
+        assert "error" not in (page.get_attribute("#status", "class") or "")
+        page.wait_for_function("document.getElementById('status').textContent.length > 0")
+        # a checkpoint is served: "Where does it look?" shows the Grad-CAM overlay next to the image
+        assert page.is_visible("#explain") and page.inner_text("#explain") == "Where does it look?"
+        page.click("#explain")
+        page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+        assert page.locator("#overlay").get_attribute("src").startswith("blob:")
+        overlay_size = page.evaluate("((o) => [o.naturalWidth, o.naturalHeight])(document.getElementById('overlay'))")
+        caption = page.inner_text("#overlaycap")
+        assert "error" not in (page.get_attribute("#status", "class") or ""), page.inner_text("#status")
+        layouts = {}
+        for width in (1000, 360):  # a desktop window and a phone
+            page.set_viewport_size({"width": width, "height": 900})
+            layouts[width] = page.evaluate(LAYOUT_JS)
+            page.screenshot(path=str(tmp_path / f"page-{width}.png"), full_page=True)
     assert shown.split(" (")[0] == expected["label"]
     assert labels == [t["label"] for t in expected["top_k"]]
     from PIL import Image
@@ -313,6 +317,30 @@ def test_web_page_in_headless_chromium(server, tmp_path):
     for width, layout in layouts.items():
         print(f"layout at {width} px (screenshot {tmp_path / f'page-{width}.png'}): {layout}")
         check_layout(layout)
+
+
+@needs_chromium
+def test_web_page_shows_unsure_and_no_explain_for_an_export(tiny_best, tmp_path):
+    """Below --min-confidence the page says "unsure" and still names the top class; for a TorchScript export
+    (no gradients) it has no "Where does it look?" button, as /metadata says."""
+    from imgclf.exporting import export
+
+    exported = tmp_path / "tiny.ts"
+    export(tiny_best, "torchscript", out=str(exported), verify_images=8)
+    image = _images(1)[0]
+    with _serving(str(exported), "--min-confidence", "1", key=None) as (url, _):
+        status, meta = _request(url + "/metadata", key=None)
+        assert status == 200 and b'"available":false' in meta
+        with _chromium_page() as page:
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('model').textContent.includes('test_tiny')")
+            page.set_input_files("#file", str(image))
+            page.wait_for_function("document.getElementById('label').textContent.length > 0")
+            shown = page.inner_text("#label")
+            top = page.locator(".topk-label").all_inner_texts()[0]
+            assert page.get_attribute("#label", "class") == "unsure"
+            assert not page.is_visible("#explain")
+    assert shown.startswith(f"unsure ({top} "), shown
 
 
 def test_sigterm_shuts_down_cleanly(server):
