@@ -6,7 +6,10 @@ Checks up front, then decode, batch, predict, encode:
 2. /predict: content type and Content-Length checked before the body is read; the multipart body is parsed as
    it arrives while its bytes are counted (never more than `max_upload_mb` is read); every file is decoded in
    a thread pool, with the pixel count checked from the header first; the decoded images go to the dynamic
-   batcher; the whole request runs under `timeout_s`.
+   batcher; the whole request runs under `timeout_s`. Below `min_confidence` (the server's default or the
+   request's) a prediction answers "unsure", by `confidence.mark_unsure`, the rule of `imgclf predict`.
+   /explain (a checkpoint only): the same upload checks for one image, then Grad-CAM (`explain.Explainer`, made
+   once at start-up by `model.open_explainer`) in a thread of its own, answering the overlay as a PNG.
 3. The model: `model.open_served` picks it. A `.onnx` export runs in onnxruntime with NumPy preprocessing and
    this module never imports torch (the slim install, `imgclf-serve`); anything else goes through a PyTorch
    Runner. The endpoints only see `probabilities(images)` and the Runner's descriptive attributes.

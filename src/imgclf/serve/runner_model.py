@@ -40,18 +40,18 @@ class RunnerModel:
 def open_explainer(runner, settings) -> tuple[object | None, dict]:
     """(explain.Explainer, what /metadata says) for a checkpoint runner: the Explainer reads the checkpoint again
     into a model of its own (Grad-CAM's hooks see every forward pass, so it cannot share the served one), on
-    the runner's device (or settings.device for a runner object without one), and finds its Grad-CAM layer now, on a blank image, so that a model without one (a
-    vision transformer) is known at start-up and /explain says so instead of failing per request."""
+    the runner's device (settings.device for a runner object without one). Its Grad-CAM layer is found now, on
+    a blank image, so that a model without one (a vision transformer) is known at start-up: (None, the reason),
+    and /explain says so instead of failing on every request."""
     from ..device import to_layout
-    from ..errors import UsageError
-    from ..explain import Explainer
+    from ..explain import Explainer, NoFeatureMap
 
     explainer = Explainer(runner.path, device=str(getattr(runner, "device", settings.device)), batch_size=1)
     size = explainer.predictor.preprocess.img_size
     blank = to_layout(torch.zeros(1, 3, size, size, device=explainer.runner.device), explainer.runner.channels_last)
     try:
         layer = explainer.find_layer(blank)
-    except UsageError as e:  # explain.NoFeatureMap: the model has no convolutional map to weigh
+    except NoFeatureMap as e:
         log.warning("/explain is not available: %s", e)
         return None, {"available": False, "reason": str(e)}
     return explainer, {"available": True, "method": "Grad-CAM (Selvaraju et al., 2017)", "layer": layer.describe()}
