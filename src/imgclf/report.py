@@ -182,13 +182,18 @@ def _open_split(runner, data: str | None, split: str):
     """The split the folder was made on: the model's recorded data opened as its training opened it when that
     is where `data` points (an evaluation records the resolved location, which for cifar10 is not a name
     open_source takes), else `data` itself."""
+    from .errors import DataError
     from .evaluation import open_model_data
 
-    recorded = runner.config.get("data")
-    if recorded:
-        src, s = open_model_data(runner.config, None, split)
-        if data is None or os.path.abspath(str(src.location)) == os.path.abspath(str(data)):
-            return src, s
+    if runner.config.get("data"):
+        try:
+            src, s = open_model_data(runner.config, None, split)
+        except DataError:  # the training data moved: what the evaluation names may still be there
+            if data is None:
+                raise
+        else:
+            if data is None or os.path.abspath(str(src.location)) == os.path.abspath(str(data)):
+                return src, s
     return open_model_data(runner.config, data, split)
 
 

@@ -128,6 +128,43 @@ def test_an_evaluation_folder_alone_is_escaped_and_needs_no_weights(tmp_path):
     assert all(u.startswith(("data:", "#")) for u in _urls(page))
 
 
+def _mistakes(page: str) -> list[str]:
+    body = re.search(r'<section id="mistakes">(.*?)</section>', page, re.S).group(1)
+    return re.findall(r"<figure>(.*?)</figure>", body, re.S)
+
+
+def test_gallery_of_in_memory_images_with_grad_cam_and_of_an_export_without(tiny_best, tmp_path, image_of_class):
+    """Images with no file (digits, CIFAR by name) go to Grad-CAM as PIL images; an export shows them alone."""
+    import numpy as np
+    import torch
+
+    from imgclf import export
+    from imgclf.data.sources import Split
+    from imgclf.runtime import open_model
+
+    rng = np.random.default_rng(0)
+    labels = torch.tensor([i % 3 for i in range(6)])
+    arrays = np.stack([np.asarray(image_of_class(int(c), 16, rng=rng)) for c in labels])
+    split = Split("val", labels.tolist(), arrays=arrays, ids=[f"mem:{i}" for i in range(6)])
+    # every image wrong, image i with logit i + 1 for the class after its own: image 5 the surest mistake
+    logits = torch.nn.functional.one_hot((labels + 1) % 3, 3).float() * torch.arange(1.0, 7.0)[:, None]
+    ts = export(tiny_best, "torchscript", out=str(tmp_path / "m.ts"), verify_images=6)["out"]
+    for weights, per_card in ((tiny_best, 2), (ts, 1)):
+        ev = tmp_path / f"eval-{per_card}"
+        ev.mkdir()
+        (ev / "eval.json").write_text(
+            json.dumps({"split": "val", "weights": weights, "classes": ["cat", "dog", "fox"]})
+        )
+        runner = open_model(weights, device="cpu")
+        page = open(build_report(str(ev), predictions=(logits, labels, split, runner)), encoding="utf-8").read()
+        cards = _mistakes(page)
+        assert len(cards) == 6
+        assert "mem:5" in cards[0] and "mem:0" in cards[-1]  # surest first
+        assert 'true <b>fox</b>, predicted <b class="bad">cat</b>' in cards[0]
+        assert all(c.count("<img ") == per_card and 'class="pixelated"' in c for c in cards)
+        assert ("no gradients" in page) == (per_card == 1)
+
+
 def test_confused_pairs_largest_first_with_the_share_of_the_true_class():
     pairs = confused_pairs([[5, 3, 2], [0, 9, 1], [4, 0, 6]], ["a", "b", "c"])
     assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
