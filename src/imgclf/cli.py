@@ -339,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_explain(sub)
     _add_calibrate(sub)
+    _add_report(sub)
 
     p = sub.add_parser("check", help="find corrupt, truncated, duplicate and leaked files in a data folder")
     _common(p)
@@ -1214,6 +1215,31 @@ def cmd_explain(a: dict) -> int:
 
 
 COMMANDS["explain"] = cmd_explain
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="rebuild report.html of a run or an evaluation folder (one self-contained page to look at)",
+        description="Write FOLDER/report.html: the machine and data, the curves, the confusion matrix, the "
+        "per-class table, calibration, the surest mistakes with their Grad-CAM, the data check and the exports, "
+        "in one file that opens offline. Training and evaluate write it too.",
+    )
+    _common(p)
+    p.add_argument("folder", metavar="RUN_OR_EVAL_DIR", help="runs/NAME, or an eval-SPLIT folder")
+
+
+def cmd_report(a: dict) -> int:
+    from .report import build_report
+
+    print(build_report(a["folder"]))
+    return 0
+
+
+COMMANDS["report"] = cmd_report
 
 
 def main(argv: list[str] | None = None) -> int:

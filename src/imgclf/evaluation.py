@@ -266,6 +266,12 @@ def _evaluate(
     write_json(metrics, os.path.join(out, "eval.json"))
     if plots:
         write_eval_plots(metrics, logits, labels, feed, classes, out, title=f"{os.path.basename(str(data))} {split}")
+        try:  # report.html is a convenience: it never fails the evaluation
+            from .report import build_report
+
+            build_report(out, predictions=(logits, labels, feed.split, runner))
+        except Exception as e:
+            log.warning("report.html not written: %s: %s", type(e).__name__, e)
     metrics["out"] = out
     return metrics
 

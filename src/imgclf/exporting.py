@@ -1066,7 +1066,19 @@ def export(
             raise full from e
         raise
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    _write_record(result, out)
     return result
+
+
+def _write_record(result: dict, out: str) -> None:
+    """OUT.json beside the export: this report (its verification numbers), which report.html's parity table
+    reads. The export itself is done: a record that cannot be written is a warning, not a failed export."""
+    from .fileio import write_json
+
+    try:
+        write_json(result, out + ".json")
+    except (OSError, ImgclfError) as e:
+        log.warning("could not write %s.json (the export's verification record): %s", out, e)
 
 
 def _accuracies(ref, exported, fmt, data, split, data_root, max_eval_images) -> dict:

@@ -692,6 +692,12 @@ class Trainer:
         if cfg.calibrate:
             results["calibration"] = self._calibrate(best_path)
         self.run_dir.write_results(results)
+        try:  # report.html is a convenience: it never fails the run
+            from .report import build_report
+
+            build_report(self.run_dir.path)
+        except Exception as e:
+            self.run_dir.warning("report.html not written: %s: %s", type(e).__name__, e)
         if self.stop_reason:
             self.info("%s", self.stop_reason)
         self.info(
