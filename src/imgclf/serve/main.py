@@ -148,8 +148,14 @@ def serve(a: argparse.Namespace) -> int:
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     # This process's own logging (a console script, not a library call): imgclf's messages on stderr.
+    # the handler is marked as imgclf.cli marks its own, so a second main() in one process replaces it (the
+    # console script runs once; tests and embedding callers run it many times)
     root = logging.getLogger("imgclf")
+    for old in list(root.handlers):
+        if getattr(old, "_imgclf_cli", False):
+            root.removeHandler(old)
     h = logging.StreamHandler(sys.stderr)
+    h._imgclf_cli = True
     h.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(h)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
