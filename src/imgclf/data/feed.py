@@ -112,13 +112,9 @@ class LoaderFeed:
         self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None, paced=None
     ):
         """As FastFeed.epoch, through a DataLoader (WeightedRandomSampler draws as Batches does). Under torchrun the
-        rank's share of the order is the sampler, and the workers' augmentation seeds come from `aug`."""
-        if paced is not None:
-            order = epoch_order(len(self.split), self.batch_size, gen, None, shard, paced)
-            return make_loader(
-                self.train_ds, batch_size=self.batch_size, workers=self.workers, generator=aug or gen, order=order
-            )
-        if shard is None:
+        rank's share of the order (or a curriculum's `paced` order) is the sampler, and the workers' augmentation
+        seeds come from `aug` (else `gen`)."""
+        if shard is None and paced is None:
             return make_loader(
                 self.train_ds,
                 batch_size=self.batch_size,
@@ -127,8 +123,11 @@ class LoaderFeed:
                 generator=gen,
                 sampler_weights=sampler_weights,
             )
-        order = epoch_order(len(self.split), self.batch_size, gen, sampler_weights, shard)
-        return make_loader(self.train_ds, batch_size=self.batch_size, workers=self.workers, generator=aug, order=order)
+        order = epoch_order(len(self.split), self.batch_size, gen, sampler_weights, shard, paced)
+        workers_gen = aug if aug is not None else gen
+        return make_loader(
+            self.train_ds, batch_size=self.batch_size, workers=self.workers, generator=workers_gen, order=order
+        )
 
     def batches(self, block: range | None = None):
         """Evaluation batches in order; `block`: only these batch indices (a rank's share)."""
