@@ -188,7 +188,8 @@ def test_curriculum_trains_on_the_easiest_images_first(tmp_path, data, monkeypat
 
     monkeypatch.setattr(training, "train_steps", spy)
     kw = dict(curriculum="easy-first", pacing="step", pacing_start=1 / 3, pacing_full=0.7, difficulty=str(scores))
-    _train(tmp_path, data, "cur", epochs=5, cache=cache, **kw)  # 5 steps an epoch: steps 0-4 are below the first stair (0.175)
+    # 5 steps an epoch: steps 0-4 are below the first stair (0.175)
+    _train(tmp_path, data, "cur", epochs=5, cache=cache, **kw)
     assert len(labels[0]) == 36 and set(labels[0].tolist()) == {0}  # epoch 1: the pool is class a alone
     assert set(labels[-1].tolist()) == {0, 1, 2}
     assert sorted(labels[-1].tolist()) == sorted(split.labels)  # the last epoch is a permutation of all
