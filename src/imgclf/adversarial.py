@@ -5,6 +5,9 @@ on the worst images within eps (per pixel and channel, in [0, 1] pixel units, as
 
 - fgsm: FGSM from a uniform random start, one step of 1.25 eps (Wong, Rice and Kolter, ICLR 2020, "Fast is better
   than free"): one extra forward and backward pass per batch, about 2x the cost of a normal step.
+- nfgsm: N-FGSM (de Jorge et al., NeurIPS 2022): uniform noise of twice eps, one step of eps, no projection back
+  onto the eps-ball; FGSM's cost, and its authors found it free of the catastrophic overfitting that FGSM from a
+  random start falls into at large eps (docs/adversarial_training.md measures both on the fast recipe).
 - pgd: `--adv-steps` steps of 2.5 eps / steps from a uniform random start (Madry et al., ICLR 2018): steps + 1
   passes per batch.
 
@@ -24,7 +27,7 @@ import logging
 import torch
 
 from .device import autocast
-from .robustness import DEFAULT_STEPS, PixelModel, fgsm_rs, parse_eps, pgd
+from .robustness import DEFAULT_STEPS, PixelModel, fgsm_rs, n_fgsm, parse_eps, pgd
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +44,43 @@ def adv_eps(text: str) -> float:
     return values[0]
 
 
+def adv_step(text: str) -> float | None:
+    """--adv-step as a number, or None (empty: the attack's own default)."""
+    from .errors import UsageError
+
+    if not text:
+        return None
+    values = parse_eps(text)
+    if len(values) != 1 or values[0] <= 0:
+        raise UsageError(f"--adv-step '{text}' must be one value above 0, as in 10/255 or 0.04 (or leave it out)")
+    return values[0]
+
+
 def passes_per_step(kind: str, steps: int) -> int:
     """Forward and backward passes per training batch: the attack's, plus the one that trains."""
-    return 1 + {"none": 0, "fgsm": 1, "pgd": steps}[kind]
+    return 1 + {"none": 0, "fgsm": 1, "nfgsm": 1, "pgd": steps}[kind]
 
 
 class Perturb:
     """The training batches' attack: `perturb(x, y)` on a normalised batch returns its attacked version,
     normalised the same way."""
 
-    def __init__(self, model, kind: str, eps: float, steps: int, *, mean, std, channels_last: bool, device, amp):
+    def __init__(
+        self, model, kind: str, eps: float, steps: int, *, step_size=None, mean, std, channels_last: bool, device, amp
+    ):
         self.pixel = PixelModel(model, mean, std, channels_last=channels_last).to(device)
         self.kind, self.eps, self.steps, self.amp, self.device = kind, eps, steps, amp, device
+        self.step_size = step_size  # None: each attack's own default
         self.generator: torch.Generator | None = None  # set per epoch by the Trainer
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         pixels = to_pixels(self.pixel, x)
         with autocast(self.device, self.amp):
-            if self.kind == "fgsm":
-                adv = fgsm_rs(self.pixel, pixels, y, self.eps, generator=self.generator)
+            kw = {"step_size": self.step_size, "generator": self.generator}
+            if self.kind == "pgd":
+                adv = pgd(self.pixel, pixels, y, self.eps, steps=self.steps, **kw)
             else:
-                adv = pgd(self.pixel, pixels, y, self.eps, steps=self.steps, generator=self.generator)
+                adv = (fgsm_rs if self.kind == "fgsm" else n_fgsm)(self.pixel, pixels, y, self.eps, **kw)
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         return torch.addcmul(self.pixel.b, adv * 255.0, self.pixel.a).contiguous(memory_format=layout)
 

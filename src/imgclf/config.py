@@ -240,12 +240,16 @@ class TrainConfig:
     # adversarial training and curriculum learning (docs/adversarial.md, docs/curriculum.md)
     adv_train: str = opt(
         "none",
-        "adversarial training: train on attacked images - fgsm (one step from a random start, step 1.25 x eps: Wong, Rice and Kolter 2020) or pgd (--adv-steps steps of 2.5 x eps / steps from a random start: Madry et al. 2018) - or none",
-        ("none", "fgsm", "pgd"),
+        "adversarial training: train on attacked images - fgsm (one step from a random start, step 1.25 x eps: Wong, Rice and Kolter 2020), nfgsm (noise of 2 x eps, one step of eps, no projection: de Jorge et al. 2022; FGSM's cost, less prone to catastrophic overfitting) or pgd (--adv-steps steps of 2.5 x eps / steps from a random start: Madry et al. 2018) - or none",
+        ("none", "fgsm", "nfgsm", "pgd"),
     )
     adv_eps: str = opt(
         "8/255",
         "with --adv-train: the attack's L-infinity radius in pixel units (0-1, before normalisation), e.g. 8/255 or 0.03",
+    )
+    adv_step: str = opt(
+        "",
+        "with --adv-train: the attack's step size in pixel units, e.g. 10/255 (default: 1.25 x eps for fgsm, eps for nfgsm, 2.5 x eps / --adv-steps for pgd)",
     )
     adv_steps: int = opt(
         7, "with --adv-train pgd: attack steps per training batch (Madry et al. used 7 on CIFAR-10)", ge=1

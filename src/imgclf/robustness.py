@@ -160,6 +160,25 @@ def fgsm_rs(
     return pgd(model, x, y, eps, steps=1, step_size=alpha, generator=generator)
 
 
+N_FGSM_NOISE_FACTOR = 2.0  # de Jorge et al.'s k: noise from U(-2 eps, 2 eps), then one step of eps, no projection
+
+
+def n_fgsm(
+    model, x: torch.Tensor, y: torch.Tensor, eps: float, *, step_size: float | None = None, generator=None
+) -> torch.Tensor:
+    """N-FGSM (de Jorge et al., NeurIPS 2022, "Make Some Noise: Reliable and Efficient Single-Step Adversarial
+    Training"): uniform noise in a ball twice eps wide, then one step of alpha = eps along sign(grad), clipped to
+    [0, 1] but not projected back onto the eps-ball (the training perturbation reaches 3 eps). The stronger noise
+    and the missing projection are what keep single-step training from overfitting catastrophically; the cost is
+    FGSM's. The noise is drawn on the CPU from `generator`, as `pgd`'s start."""
+    if eps == 0:
+        return x.clone()
+    alpha = eps if step_size is None else step_size
+    k = N_FGSM_NOISE_FACTOR * eps
+    noisy = (x + torch.empty(x.shape, dtype=x.dtype).uniform_(-k, k, generator=generator).to(x.device)).clamp_(0, 1)
+    return (noisy + alpha * _input_grad(model, noisy, y).sign()).clamp_(0.0, 1.0).detach()
+
+
 def pgd(
     model,
     x: torch.Tensor,

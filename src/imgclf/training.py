@@ -456,7 +456,7 @@ class Trainer:
         """(the training batches' attack, the validation images attacked after each epoch), for --adv-train."""
         if self.cfg.adv_train == "none":
             return None, None
-        from .adversarial import Perturb, adv_eps, robust_subset
+        from .adversarial import Perturb, adv_eps, adv_step, robust_subset
 
         cfg = self.cfg
         perturb = Perturb(
@@ -464,6 +464,7 @@ class Trainer:
             cfg.adv_train,
             adv_eps(cfg.adv_eps),
             cfg.adv_steps,
+            step_size=adv_step(cfg.adv_step),
             mean=self.prep.mean,
             std=self.prep.std,
             channels_last=cfg.channels_last,
@@ -936,12 +937,13 @@ def _check_options(cfg: TrainConfig, resume_ckpt: dict | None):
 
 def _check_adv_curriculum(cfg: TrainConfig) -> None:
     if cfg.adv_train != "none":
-        from .adversarial import adv_eps
+        from .adversarial import adv_eps, adv_step
 
         adv_eps(cfg.adv_eps)
+        adv_step(cfg.adv_step)
     if cfg.monitor == "val_robust_acc" and (cfg.adv_train == "none" or not cfg.adv_val_images):
         raise UsageError(
-            "--monitor val_robust_acc follows the robust validation of --adv-train: add --adv-train fgsm or pgd "
+            "--monitor val_robust_acc follows the robust validation of --adv-train: add --adv-train fgsm, nfgsm or pgd "
             "(with --adv-val-images above 0), or monitor val_acc"
         )
     if cfg.curriculum == "none":

@@ -21,7 +21,7 @@ from imgclf.cli import main
 from imgclf.curriculum import Curriculum, PacedOrder, pace, ranking, read_difficulty
 from imgclf.data.sources import open_source
 from imgclf.errors import DataError
-from imgclf.robustness import PixelModel, fgsm_rs
+from imgclf.robustness import PixelModel, fgsm_rs, n_fgsm
 from imgclf.training import train_steps
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
@@ -67,6 +67,22 @@ def test_fgsm_with_a_random_start_stays_in_the_eps_ball_and_the_image():
     assert torch.equal(adv, again)  # the random start comes from the generator
 
 
+def test_n_fgsm_steps_eps_from_noise_of_twice_eps_without_projecting_back():
+    x = torch.full((4, 3, 8, 8), 0.5)
+    y = torch.tensor([0, 1, 2, 0])
+    model = PixelModel(_Tiny(), MEAN, STD, channels_last=False)
+    eps = 8 / 255
+    adv = n_fgsm(model, x, y, eps, generator=torch.Generator().manual_seed(1))
+    d = (adv - x).abs()
+    assert d.max() <= 3 * eps + 1e-6  # noise up to 2 eps plus one step of eps
+    assert d.max() > 1.5 * eps  # not projected onto the eps-ball: FGSM-RS could never leave it
+    assert torch.equal(adv, n_fgsm(model, x, y, eps, generator=torch.Generator().manual_seed(1)))
+    small = n_fgsm(model, x, y, eps, step_size=1 / 255, generator=torch.Generator().manual_seed(1))
+    assert (small - x).abs().max() <= 2 * eps + 1 / 255 + 1e-6  # --adv-step sets the step
+    edge = n_fgsm(model, torch.zeros_like(x), y, eps, generator=torch.Generator().manual_seed(1))
+    assert edge.min() >= 0 and edge.max() <= 1
+
+
 def test_perturb_returns_a_normalised_batch_within_eps_in_pixel_units():
     model = _Tiny()
     pixels = torch.rand(4, 3, 8, 8)
@@ -78,6 +94,12 @@ def test_perturb_returns_a_normalised_batch_within_eps_in_pixel_units():
     out = p(x, torch.tensor([0, 1, 2, 0]))
     moved = to_pixels(pm, out) - pixels
     assert moved.abs().max() <= 4 / 255 + 1e-5 and moved.abs().max() > 1 / 255
+    n = Perturb(
+        model, "nfgsm", 4 / 255, 1, mean=MEAN, std=STD, channels_last=False, device=torch.device("cpu"), amp=None
+    )
+    n.generator = torch.Generator().manual_seed(0)
+    moved = to_pixels(pm, n(x, torch.tensor([0, 1, 2, 0]))) - pixels
+    assert moved.abs().max() <= 12 / 255 + 1e-5 and moved.abs().max() > 4 / 255
 
 
 def test_train_steps_trains_on_the_perturbed_batch():
@@ -245,6 +267,7 @@ def test_score_cli_writes_every_training_image(tmp_path, tiny_best, tiny_data, c
     [
         (["--adv-train", "fgsm", "--adv-eps", "eight"], "--eps 'eight' is not a number"),
         (["--adv-train", "fgsm", "--adv-eps", "0"], "must be one value above 0"),
+        (["--adv-train", "nfgsm", "--adv-step", "0"], "--adv-step '0' must be one value above 0"),
         (["--monitor", "val_robust_acc"], "add --adv-train"),
         (["--curriculum", "easy-first", "--balance", "sampler"], "use --balance weights"),
         (["--curriculum", "easy-first", "--difficulty", "nowhere.csv"], "'nowhere.csv' not found"),
