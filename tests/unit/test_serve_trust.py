@@ -245,6 +245,25 @@ def test_explain_refusals_are_json_4xx(explaining, image_of_class):
     )
 
 
+def test_explain_out_of_memory_is_a_503_to_retry_not_a_500(explaining, image_of_class, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(explaining.app.state.imgclf.explainer, "overlay_png", exhausted)
+    r = explaining.post(
+        "/explain", files={"image": ("a.png", _bytes(image_of_class(0, 24, rng=np.random.default_rng(5))))}
+    )
+    _error(r, 503, "overloaded", "out of memory")
+    assert r.headers["retry-after"] == "1"
+    monkeypatch.undo()
+    assert (
+        explaining.post(
+            "/explain", files={"image": ("a.png", _bytes(image_of_class(0, 24, rng=np.random.default_rng(5))))}
+        ).status_code
+        == 200
+    )
+
+
 def test_explain_needs_the_api_key(runner, image_of_class):
     data = _bytes(image_of_class(2, 24, rng=np.random.default_rng(4)))
     app = create_app(runner, ServeSettings(api_key="s3cret", warmup=False))

@@ -521,6 +521,13 @@ class ServerState:
             self.metrics.rejected.labels(r.code).inc()
             where = f" ('{names[0][:80]}')" if names[0] else ""
             raise ApiError(r.status, r.code, f"the image{where}: {r}", filename=names[0]) from None
+        except MemoryError:  # the server's trouble, as an overloaded queue: never a 500
+            raise ApiError(
+                503,
+                "overloaded",
+                "the server ran out of memory explaining this image; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
         info = mark_unsure({k: v for k, v in info.items() if k != "path"}, self.settings.min_confidence)
         # ensure_ascii: a header is Latin-1, and a class name may be anything
         return Response(png, media_type="image/png", headers={"X-Explanation": json.dumps(info, ensure_ascii=True)})
