@@ -87,6 +87,8 @@ def image(context):
     _podman(
         "build", "--layers=false", "--format", "docker", *ULIMITS, "--build-arg", f"BASE_IMAGE={BASE}", "-t", tag, str(context)
     )  # fmt: skip
+    size = int(_podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
+    print(f"\nimage {tag}: {size / 1e6:.0f} MB (base {BASE})")  # shown with pytest -s, for the deployment page
     yield tag
     _podman("rmi", "-f", tag, check=False)
 
