@@ -765,57 +765,21 @@ def cmd_samples(a: dict) -> int:
 
 
 def cmd_serve(a: dict) -> int:
-    from .serve.server import bind, limit_malloc_arenas, run, url_of
+    """`imgclf serve`: imgclf-serve's own path (serve/main.py), plus --precision and PyTorch's thread count."""
+    import argparse
+
+    from .serve.main import serve
+    from .serve.server import limit_malloc_arenas
 
     limit_malloc_arenas()  # first: before torch and numpy start threads
-    # python-multipart logs a warning for every malformed body before raising; the client gets a 400 that says
-    # so, and a scanner must not be able to fill the server's log. Set here, for this process: the library
-    # leaves an embedding application's loggers alone.
-    logging.getLogger("python_multipart").setLevel(logging.ERROR)
-    from .serve.app import ServeSettings, create_app
-
-    key = a.get("api_key") if a.get("api_key") is not None else (os.environ.get("IMGCLF_API_KEY") or None)
-    settings = ServeSettings(
-        max_batch_size=a["max_batch_size"],
-        max_wait_ms=a["max_wait_ms"],
-        max_upload_mb=a["max_upload_mb"],
-        max_pixels=a["max_pixels"],
-        max_files=a["max_files"],
-        timeout_s=a["timeout"],
-        top_k=a["top_k"],
-        api_key=key,
-        decode_workers=a.get("decode_workers"),
-        device=a["device"],
-        precision=a["precision"],
-        min_confidence=a.get("min_confidence"),
-        explain=not a.get("no_explain"),
-    ).check()
     threads = a.get("threads")
     if threads is not None:
         if threads < 1:
             raise UsageError(f"--threads must be at least 1, got {threads}")
         import torch
 
-        torch.set_num_threads(threads)  # before open_model: onnxruntime sessions take PyTorch's thread count
-    app = create_app(a["weights"], settings)  # opens the model: a bad file fails here, before any port is bound
-    sock = bind(a["host"], a["port"])
-    runner = app.state.imgclf.runner
-    if key is None and a["host"] not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s without an API key: anyone who can reach it can use it (--api-key)", a["host"])
-    print(
-        f"serving {runner.model_name} ({runner.format}, {len(runner.classes)} classes) on {url_of(sock)} "
-        f"- web page /, API docs /docs; Ctrl-C stops",
-        flush=True,
-    )
-    run(
-        app,
-        sock=sock,
-        log_level="warning" if a.get("quiet") else "info",
-        access_log=a["access_log"],
-        max_concurrency=a["max_concurrency"],
-        header_timeout=a["header_timeout"],
-    )
-    return 0
+        torch.set_num_threads(threads)  # a checkpoint runs on PyTorch's threads; onnxruntime sessions get the same
+    return serve(argparse.Namespace(**a))
 
 
 COMMANDS = {

@@ -111,16 +111,20 @@ def settings_from(a: argparse.Namespace):
         decode_workers=a.decode_workers,
         device=a.device,
         threads=a.threads,
+        precision=getattr(a, "precision", "auto"),  # `imgclf serve --precision`; an export runs as exported
         min_confidence=a.min_confidence,
         explain=not a.no_explain,
     ).check()
 
 
 def serve(a: argparse.Namespace) -> int:
+    """Open the model, bind, serve until stopped: imgclf-serve's and `imgclf serve`'s (cli.cmd_serve) one path."""
     from .server import bind, limit_malloc_arenas, run, url_of
 
     limit_malloc_arenas()  # first: before numpy and onnxruntime start threads
-    # As `imgclf serve`: a malformed body is the client's 400, not a line in this process's log.
+    # python-multipart logs a warning for every malformed body before raising; the client gets a 400 that says
+    # so, and a scanner must not be able to fill the server's log. Set here, for this process (a command's, not
+    # a library call's): the library leaves an embedding application's loggers alone.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     from .app import create_app
 
