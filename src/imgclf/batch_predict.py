@@ -45,7 +45,7 @@ DEFAULT_TIMEOUT = 1800.0
 PART_ROWS = 10_000  # Parquet rows per part file: ~1 MB of results held at most before they are on disk
 LOG_EVERY = 1000  # images between progress lines when stderr is not a terminal
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the rows gained "unsure" (--min-confidence); a stopped run of another version is refused
 
 # -------------------------------------------------------------------------------------------------- inputs
 
@@ -536,6 +536,11 @@ class Job:
                 f"--resume: '{parts}' is not a stopped imgclf predict run (no {MANIFEST}): remove it"
             ) from None
         now = self.manifest
+        if before.get("version") != now["version"]:
+            raise UsageError(
+                f"--resume: '{parts}' was written by another version of imgclf predict (its rows have other "
+                f"columns: work files version {before.get('version')}, this one {now['version']}): remove it to start again"
+            )
         for key, what in (
             ("weights", "weights"),
             ("inputs", "PATHs"),

@@ -380,5 +380,11 @@ def test_resume_refuses_a_different_command(tmp_path, tiny_best, tiny_data, caps
         assert main([*argv, *change, "--resume"]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
+    manifest = tmp_path / "o.jsonl.parts" / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"version": 2', '"version": 1'))  # a stopped run of an older imgclf
+    assert main([*argv, "--resume"]) == 2
+    assert "another version of imgclf predict" in capsys.readouterr().err
+    manifest.write_text(text)
     assert main([*argv, "--resume"]) == 0
     assert len(read_output(out)) == 18
