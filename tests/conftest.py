@@ -5,7 +5,11 @@ Everything here is written into pytest's tmp folders; nothing is downloaded and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +180,46 @@ def train_tiny(tmp_path, data, name, **kw) -> dict:
         lr=0.05,
     )
     return imgclf.train(**{**opts, **kw})
+
+
+# ------------------------------------------------------------------------------------------ headless Chromium
+
+CHROMIUM = "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"Chromium not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
+)
+
+
+@contextlib.contextmanager
+def chromium_page(viewport: dict | None = None):
+    """A page of a headless Chromium (the system's, driven by playwright) with a profile of its own, removed
+    afterwards; no network of its own (no updates, sync or QUIC). Skips the test without playwright."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    profile = tempfile.mkdtemp(prefix="imgclf-chromium-")
+    try:
+        with playwright.sync_playwright() as p:
+            # bypass_csp: the pages' Content-Security-Policy forbids eval, which playwright's evaluate and waits use
+            ctx = p.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, args=args, headless=True, bypass_csp=True
+            )
+            try:
+                page = ctx.new_page()
+                page.set_default_timeout(60_000)
+                if viewport:
+                    page.set_viewport_size(viewport)
+                yield page
+            finally:
+                ctx.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)

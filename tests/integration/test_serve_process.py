@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,12 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import chromium_page, needs_chromium
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
-CHROMIUM = "/usr/bin/chromium"
 API_KEY = "integration-key"
 
 if not HYMENOPTERA.is_dir():
@@ -235,43 +234,6 @@ def check_layout(layout: dict) -> None:
     assert layout["overflowX"] <= 0, "the page is wider than the window"
 
 
-needs_chromium = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"Chromium not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
-)
-
-
-@contextlib.contextmanager
-def _chromium_page():
-    """A page of a headless Chromium with a profile of its own, removed afterwards."""
-    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
-    profile = tempfile.mkdtemp(prefix="imgclf-chromium-")
-    try:
-        with playwright.sync_playwright() as p:
-            # bypass_csp: the page's Content-Security-Policy forbids eval, which playwright's waits use
-            ctx = p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, args=args, headless=True, bypass_csp=True
-            )
-            try:
-                page = ctx.new_page()
-                page.set_default_timeout(60_000)
-                yield page
-            finally:
-                ctx.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
 @needs_chromium
 def test_web_page_in_headless_chromium(server, tmp_path):
     url, _ = server
@@ -280,7 +242,7 @@ def test_web_page_in_headless_chromium(server, tmp_path):
     import json
 
     expected = json.loads(_request(url + "/predict?top_k=5", body, ctype)[1])["predictions"][0]
-    with _chromium_page() as page:
+    with chromium_page() as page:
         page.goto(url + "/")
         page.wait_for_selector("#apikey", state="visible")  # the server wants a key: the page asks for it
         page.fill("#apikey", API_KEY)
@@ -331,7 +293,7 @@ def test_web_page_shows_unsure_and_no_explain_for_an_export(tiny_best, tmp_path)
     with _serving(str(exported), "--min-confidence", "1", key=None) as (url, _):
         status, meta = _request(url + "/metadata", key=None)
         assert status == 200 and b'"available":false' in meta
-        with _chromium_page() as page:
+        with chromium_page() as page:
             page.goto(url + "/")
             page.wait_for_function("document.getElementById('model').textContent.includes('test_tiny')")
             page.set_input_files("#file", str(image))

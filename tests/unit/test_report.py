@@ -8,15 +8,14 @@ import json
 import os
 import re
 import shutil
-import tempfile
 
 import pytest
+from conftest import chromium_page, needs_chromium
 
 from imgclf.cli import main
 from imgclf.report import REPORT_NAME, build_report, confused_pairs
 
 SECTIONS = ("machine", "data", "curves", "confusion", "per-class", "reliability", "mistakes", "check", "exports")
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _sections(page: str) -> dict[str, str]:
@@ -211,49 +210,23 @@ def open_in_chromium(page_path: str, screenshot: str, click: str | None = None) 
     """Open `page_path` as file:// in headless Chromium: every request and console message, each <img>'s
     naturalWidth, the first column of table `click` before and after a click on its second header and after two
     clicks on its first, and a full-page screenshot."""
-    from playwright.sync_api import sync_playwright
-
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
     seen: dict = {"requests": [], "console": [], "errors": []}
-    profile = tempfile.mkdtemp(prefix="imgclf-chromium-")
-    try:
-        with sync_playwright() as p:
-            # bypass_csp: the page's Content-Security-Policy forbids eval, which playwright's evaluate uses
-            ctx = p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, args=args, headless=True, bypass_csp=True
-            )
-            try:
-                page = ctx.new_page()
-                page.set_default_timeout(60_000)
-                page.on("request", lambda r: seen["requests"].append(r.url))
-                page.on("console", lambda m: seen["console"].append((m.type, m.text)))
-                page.on("pageerror", lambda e: seen["errors"].append(str(e)))
-                page.set_viewport_size({"width": 1280, "height": 900})
-                page.goto("file://" + os.path.abspath(page_path))
-                page.wait_for_load_state("load")
-                seen["widths"] = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth)")
-                if click:
-                    col = f"Array.from(document.querySelectorAll('{click} tbody tr')).map(r => r.cells[0].textContent)"
-                    seen["before"] = page.evaluate(col)
-                    page.click(f"{click} th:nth-child(2)")
-                    seen["after"] = page.evaluate(col)
-                    page.click(f"{click} th:nth-child(1)")  # by name, ascending
-                    page.click(f"{click} th:nth-child(1)")  # and again: descending
-                    seen["by_name_descending"] = page.evaluate(col)
-                page.screenshot(path=screenshot, full_page=True)
-            finally:
-                ctx.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    with chromium_page({"width": 1280, "height": 900}) as page:
+        page.on("request", lambda r: seen["requests"].append(r.url))
+        page.on("console", lambda m: seen["console"].append((m.type, m.text)))
+        page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+        page.goto("file://" + os.path.abspath(page_path))
+        page.wait_for_load_state("load")
+        seen["widths"] = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth)")
+        if click:
+            col = f"Array.from(document.querySelectorAll('{click} tbody tr')).map(r => r.cells[0].textContent)"
+            seen["before"] = page.evaluate(col)
+            page.click(f"{click} th:nth-child(2)")
+            seen["after"] = page.evaluate(col)
+            page.click(f"{click} th:nth-child(1)")  # by name, ascending
+            page.click(f"{click} th:nth-child(1)")  # and again: descending
+            seen["by_name_descending"] = page.evaluate(col)
+        page.screenshot(path=screenshot, full_page=True)
     return seen
 
 
@@ -268,10 +241,7 @@ def check_in_browser(seen: dict, screenshot: str) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"Chromium not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
-)
+@needs_chromium
 def test_report_in_headless_chromium(tiny_run, tmp_path):
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     page = build_report(_copy_run(tiny_run, tmp_path))
