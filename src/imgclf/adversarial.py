@@ -1,4 +1,4 @@
-"""Adversarial training (`imgclf train --adv-train fgsm|pgd --adv-eps 8/255`) and its robust validation.
+"""Adversarial training (`imgclf train --adv-train fgsm|nfgsm|pgd --adv-eps 8/255`) and its robust validation.
 
 Each training batch is replaced by its attacked version before the forward pass that trains, so the model learns
 on the worst images within eps (per pixel and channel, in [0, 1] pixel units, as `imgclf robustness` measures):
