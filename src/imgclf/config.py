@@ -237,7 +237,7 @@ class TrainConfig:
         False,
         "after training: fit a temperature on the validation split (temperature scaling, as `imgclf calibrate`) and store it in best.pt; predict, evaluate, serve and exports then give calibrated probabilities",
     )
-    # adversarial training and curriculum learning (docs/adversarial.md, docs/curriculum.md)
+    # adversarial training and curriculum learning (docs/adversarial_training.md, docs/curriculum.md)
     adv_train: str = opt(
         "none",
         "adversarial training: train on attacked images - fgsm (one step from a random start, step 1.25 x eps: Wong, Rice and Kolter 2020), nfgsm (noise of 2 x eps, one step of eps, no projection: de Jorge et al. 2022; FGSM's cost, less prone to catastrophic overfitting) or pgd (--adv-steps steps of 2.5 x eps / steps from a random start: Madry et al. 2018) - or none",

@@ -167,10 +167,10 @@ def n_fgsm(
     model, x: torch.Tensor, y: torch.Tensor, eps: float, *, step_size: float | None = None, generator=None
 ) -> torch.Tensor:
     """N-FGSM (de Jorge et al., NeurIPS 2022, "Make Some Noise: Reliable and Efficient Single-Step Adversarial
-    Training"): uniform noise in a ball twice eps wide, then one step of alpha = eps along sign(grad), clipped to
-    [0, 1] but not projected back onto the eps-ball (the training perturbation reaches 3 eps). The stronger noise
-    and the missing projection are what keep single-step training from overfitting catastrophically; the cost is
-    FGSM's. The noise is drawn on the CPU from `generator`, as `pgd`'s start."""
+    Training"): uniform noise in [-2 eps, 2 eps], then one step of alpha = eps along sign(grad), clipped to [0, 1]
+    but not projected back onto the eps-ball (the training perturbation reaches 3 eps). In the authors'
+    experiments the stronger noise and the missing projection kept single-step training from overfitting
+    catastrophically; the cost is FGSM's. The noise is drawn on the CPU from `generator`, as `pgd`'s start."""
     if eps == 0:
         return x.clone()
     alpha = eps if step_size is None else step_size
