@@ -1164,6 +1164,10 @@ def _build_state(cfg: TrainConfig, spec, src, device, *, head_only: bool, sync_b
         callbacks.append(EarlyStopping(cfg.patience, cfg.monitor))
     if cfg.log_histograms:
         callbacks.append(Histograms(cfg.log_histograms))
+    if cfg.adv_train != "none" and cfg.adv_val_images:
+        from .adversarial import OverfitWarning
+
+        callbacks.append(OverfitWarning(cfg.adv_train))
     scheduler, step_schedule = _scheduler(cfg, optimizer)
     state = TrainState(
         model=model,

@@ -5,6 +5,7 @@ files, exact resume of both, and their usage errors."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
 
@@ -15,7 +16,7 @@ from conftest import train_tiny as _train
 from torch import nn
 
 import imgclf
-from imgclf.adversarial import Perturb, robust_subset, to_pixels
+from imgclf.adversarial import OverfitWarning, Perturb, robust_subset, to_pixels
 from imgclf.checkpoint import load_checkpoint
 from imgclf.cli import main
 from imgclf.curriculum import Curriculum, PacedOrder, pace, ranking, read_difficulty
@@ -81,6 +82,27 @@ def test_n_fgsm_steps_eps_from_noise_of_twice_eps_without_projecting_back():
     assert (small - x).abs().max() <= 2 * eps + 1 / 255 + 1e-6  # --adv-step sets the step
     edge = n_fgsm(model, torch.zeros_like(x), y, eps, generator=torch.Generator().manual_seed(1))
     assert edge.min() >= 0 and edge.max() <= 1
+
+
+def test_overfit_warning_fires_once_on_catastrophic_overfitting_only():
+    said = []
+
+    class Run:
+        def say(self, level, msg, *args):
+            said.append((level, msg % args))
+
+    trainer = type("T", (), {"run_dir": Run()})()
+    warn = OverfitWarning("fgsm")
+    # the logged epochs of PGD-3 and N-FGSM training of the fast recipe (docs/adversarial_training.md): no warning
+    for train_acc, robust in ((0.12, 0.123), (0.47, 0.275), (0.43, 0.057), (0.30, 0.08)):
+        warn.on_validation_end(trainer, {"epoch": 1, "train_acc": train_acc, "val_robust_acc": robust})
+    warn.on_validation_end(trainer, {"epoch": 1, "train_acc": 0.9, "val_acc": 0.5})  # no robust validation
+    assert said == []
+    # FGSM training's epochs 1-3: the second is the first with the signature
+    for epoch, train_acc, robust in ((1, 0.329, 0.004), (2, 0.514, 0.0), (3, 0.822, 0.0)):
+        warn.on_validation_end(trainer, {"epoch": epoch, "train_acc": train_acc, "val_robust_acc": robust})
+    assert len(said) == 1 and said[0][0] == logging.WARNING
+    assert "epoch 2: catastrophic overfitting" in said[0][1] and "--adv-train pgd or nfgsm" in said[0][1]
 
 
 def test_perturb_returns_a_normalised_batch_within_eps_in_pixel_units():
