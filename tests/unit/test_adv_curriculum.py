@@ -103,6 +103,11 @@ def test_overfit_warning_fires_once_on_catastrophic_overfitting_only():
         warn.on_validation_end(trainer, {"epoch": epoch, "train_acc": train_acc, "val_robust_acc": robust})
     assert len(said) == 1 and said[0][0] == logging.WARNING
     assert "epoch 2: catastrophic overfitting" in said[0][1] and "--adv-train pgd or nfgsm" in said[0][1]
+    # FGSM with a step of eps (--adv-step 8/255): the signature from its third epoch
+    warn, said[:] = OverfitWarning("fgsm"), []
+    for epoch, train_acc, robust in ((1, 0.273, 0.006), (2, 0.386, 0.006), (3, 0.591, 0.007), (4, 0.816, 0.0)):
+        warn.on_validation_end(trainer, {"epoch": epoch, "train_acc": train_acc, "val_robust_acc": robust})
+    assert len(said) == 1 and "epoch 3: catastrophic overfitting" in said[0][1]
 
 
 def test_perturb_returns_a_normalised_batch_within_eps_in_pixel_units():
