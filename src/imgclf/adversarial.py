@@ -90,8 +90,8 @@ class OverfitWarning(Callback):
     """One warning, in the log and train.log, when an epoch shows catastrophic overfitting's signature (Wong et al.
     2020): the model fits its own attacked training batches (`train_acc`) far better than PGD-10 can be resisted
     on validation (`val_robust_acc` below MAX_ROBUST, at least GAP under train_acc). FGSM training of the fast
-    recipe showed it from its second epoch (train_acc 0.51, val_robust_acc 0.000); PGD and N-FGSM training did
-    not (gaps of at most 0.37). It changes nothing in the run."""
+    recipe showed it from its second epoch (train_acc 0.51, val_robust_acc 0.000), and with a step of eps from
+    its third; PGD and N-FGSM training did not (gaps of at most 0.37). It changes nothing in the run."""
 
     name = "adv_overfit_warning"
     GAP, MAX_ROBUST = 0.5, 0.05
@@ -109,7 +109,8 @@ class OverfitWarning(Callback):
                 logging.WARNING,
                 "epoch %d: catastrophic overfitting: %.3f of the attacked training images right, %.3f of the "
                 "validation images under PGD-10 - the model learnt the one attack it trains on, not robustness; "
-                "try --adv-train %s, a smaller --adv-step or --lr, and see docs/adversarial_training.md",
+                "try --adv-train %s (for the fast recipe a smaller --adv-step or --lr did not prevent it: "
+                "docs/adversarial_training.md)",
                 row["epoch"],
                 fitted,
                 robust,
