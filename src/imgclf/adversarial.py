@@ -35,26 +35,26 @@ log = logging.getLogger(__name__)
 ROBUST_VAL_SEED = 7_368_787  # the subset and the PGD starts of the robust validation: the same every epoch
 
 
-def adv_eps(text: str) -> float:
-    """--adv-eps as a number: one value in (0, 1] (8/255 or 0.03)."""
+def _one_pixel_value(text: str, flag: str, example: str, extra: str = "") -> float:
+    """One value in (0, 1] in pixel units, as parse_eps reads it, or a one-line usage error naming `flag`."""
     from .errors import UsageError
 
     values = parse_eps(text)
     if len(values) != 1 or values[0] <= 0:
-        raise UsageError(f"--adv-eps '{text}' must be one value above 0, as in 8/255 or 0.03")
+        raise UsageError(f"{flag} '{text}' must be one value above 0, as in {example}{extra}")
     return values[0]
+
+
+def adv_eps(text: str) -> float:
+    """--adv-eps as a number: one value in (0, 1] (8/255 or 0.03)."""
+    return _one_pixel_value(text, "--adv-eps", "8/255 or 0.03")
 
 
 def adv_step(text: str) -> float | None:
     """--adv-step as a number, or None (empty: the attack's own default)."""
-    from .errors import UsageError
-
     if not text:
         return None
-    values = parse_eps(text)
-    if len(values) != 1 or values[0] <= 0:
-        raise UsageError(f"--adv-step '{text}' must be one value above 0, as in 10/255 or 0.04 (or leave it out)")
-    return values[0]
+    return _one_pixel_value(text, "--adv-step", "10/255 or 0.04", " (or leave it out)")
 
 
 def passes_per_step(kind: str, steps: int) -> int:
@@ -95,6 +95,7 @@ class OverfitWarning(Callback):
 
     name = "adv_overfit_warning"
     GAP, MAX_ROBUST = 0.5, 0.05
+    ALTERNATIVES = {"fgsm": "pgd or nfgsm", "nfgsm": "pgd"}  # what to try instead of each attack
 
     def __init__(self, kind: str):
         self.kind, self.warned = kind, False
@@ -114,11 +115,7 @@ class OverfitWarning(Callback):
                 row["epoch"],
                 fitted,
                 robust,
-                "pgd or nfgsm"
-                if self.kind == "fgsm"
-                else "pgd"
-                if self.kind == "nfgsm"
-                else "pgd with more --adv-steps",
+                self.ALTERNATIVES.get(self.kind, "pgd with more --adv-steps"),
             )
 
 
