@@ -695,8 +695,14 @@ class Trainer:
         self.run_dir.write_results(results)
         try:  # report.html is a convenience: it never fails the run
             from .report import build_report
+            from .runtime import open_model
 
-            build_report(self.run_dir.path)
+            # the validation logits above, not a second pass: the runner gives the page the classes and the
+            # temperature (--calibrate's, which its runner would have divided the logits by)
+            runner = open_model(best_path, device="cpu", precision="fp32")
+            build_report(
+                self.run_dir.path, predictions=(logits / runner.temperature, labels, self.val_feed.split, runner)
+            )
         except Exception as e:
             self.run_dir.warning("report.html not written: %s: %s", type(e).__name__, e)
         if self.stop_reason:

@@ -10,7 +10,7 @@ import re
 import shutil
 
 import pytest
-from conftest import chromium_page, needs_chromium
+from conftest import chromium_page, needs_chromium, train_tiny
 
 from imgclf.cli import main
 from imgclf.report import REPORT_NAME, build_report, confused_pairs
@@ -50,6 +50,23 @@ def test_training_and_evaluate_write_it_and_a_run_has_every_section(tiny_run, tm
     assert "imgclf " in page and " cores " in page  # environment.summary_line
     assert "train 48, val 18" in page  # tiny_data's splits
     assert page.count('<img class="plot"') == 3  # curves, confusion, reliability (drawn here: a run has none)
+
+
+def test_training_builds_it_from_its_own_validation_pass(tiny_data, tmp_path, monkeypatch):
+    """The page at the end of a run is made from the logits training computed for results.json (divided by the
+    temperature --calibrate fitted), not from a second pass over the validation images."""
+    import imgclf.report as report
+
+    def second_pass(*a, **k):
+        raise AssertionError("the report opened the validation split again")
+
+    monkeypatch.setattr(report, "_open_split", second_pass)
+    res = train_tiny(tmp_path, str(tiny_data), "own-pass", epochs=1, calibrate=True)
+    run, best = res["run_dir"], res["best"]
+    assert "report.html not written" not in open(os.path.join(run, "train.log"), encoding="utf-8").read()
+    page = open(os.path.join(run, REPORT_NAME), encoding="utf-8").read()
+    assert f"accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}, {best['num_images']} images" in page
+    assert f"temperature {res['calibration']['temperature']:.4g} (imgclf calibrate)" in page
 
 
 def test_evaluation_page(tiny_best, tmp_path):
