@@ -180,6 +180,27 @@ def test_pgd_adv_train_changes_the_training_and_can_be_monitored(tmp_path, data)
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
 
 
+def test_airnet_whitening_is_bounded_by_the_attack_under_adv_train(tmp_path, make_folder):
+    """With --adv-train, airnet's whitening layer moves by at most 1 along any of its channels for a perturbation
+    inside the eps-ball (adversarial_whitening_eps); without, airbench's regulariser amplifies far more."""
+    from imgclf.models.airnet import adversarial_whitening_eps
+
+    assert adversarial_whitening_eps(8 / 255, [0.247, 0.2435, 0.2616]) == pytest.approx(0.1992, abs=1e-4)
+    assert adversarial_whitening_eps(1e-4, [0.25] * 3) == 5e-4  # never below airbench's
+    d = str(make_folder(tmp_path / "d32", classes=("a", "b"), n=8, n_val=2, size=32))
+
+    def reach(run, eps=8 / 255) -> float:  # the most a perturbation of L-infinity eps moves a whitened channel
+        ck = load_checkpoint(os.path.join(run["run_dir"], "last.pt"))
+        std = torch.tensor(ck["preprocess"]["std"]).view(1, 3, 1, 1)
+        return float((ck["state_dict"]["whiten.weight"].abs() * eps / std).sum((1, 2, 3)).max())
+
+    opts = dict(model="airnet_small", img_size=32, epochs=1, max_steps=1)
+    plain = _train(tmp_path, d, "plain", **opts)
+    adv = _train(tmp_path, d, "adv", adv_train="fgsm", adv_val_images=2, **opts)
+    assert reach(adv) <= 1.0 + 1e-5 < reach(plain)
+    assert "whitening regulariser 0.1" in open(os.path.join(adv["run_dir"], "train.log"), encoding="utf-8").read()
+
+
 # ------------------------------------------------------------------------------------------ curriculum
 
 

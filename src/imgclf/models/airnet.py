@@ -22,6 +22,22 @@ from ..tta import flip_crop
 log = logging.getLogger(__name__)
 
 
+WHITENING_EPS = 5e-4  # airbench94's: directions with less variance than this are not amplified further
+
+
+def adversarial_whitening_eps(eps: float, std, patch_values: int = 12) -> float:
+    """The whitening regulariser for adversarial training at L-infinity radius `eps` (pixel units of the [0, 1]
+    image; `std`: the per-channel normalisation): the smallest that keeps every perturbation inside the eps-ball
+    within one unit (the data's standard deviation after whitening) along every direction of the layer.
+
+    A perturbation moves a patch direction v (a unit vector of `patch_values` = 3 x 2 x 2 normalised values) by
+    at most |v|_1 * eps / min(std) <= sqrt(patch_values) * eps / min(std), which the layer scales by
+    1 / sqrt(variance + reg). With airbench's reg of 5e-4, CIFAR-10's least-varying directions (variance ~1e-4)
+    are amplified ~40x and 8/255 reaches ~18 units there: one-step (FGSM) training then fitted its own attack and
+    not PGD from the first epoch (docs/adversarial_training.md)."""
+    return max(WHITENING_EPS, patch_values * (eps / min(float(v) for v in std)) ** 2)
+
+
 class _BN(nn.BatchNorm2d):
     def __init__(self, c: int):
         # airbench: momentum 0.6 in its convention = 0.4 in PyTorch's; tiny eps; the scale is not trained
@@ -72,8 +88,9 @@ class AirNet(nn.Module):
         return flip_crop(self.logits, x, 1)
 
     @torch.no_grad()
-    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Set the whitening layer from normalised training images (N x 3 x H x W, a few thousand)."""
+    def init_from_data(self, images: torch.Tensor, eps: float = WHITENING_EPS) -> None:
+        """Set the whitening layer from normalised training images (N x 3 x H x W, a few thousand): each patch
+        direction scaled by 1 / sqrt(its variance + `eps`)."""
         c, (kh, kw) = images.shape[1], self.whiten.weight.shape[2:]
         patches = images.float().unfold(2, kh, 1).unfold(3, kw, 1).transpose(1, 3).reshape(-1, c, kh, kw)
         flat = patches.reshape(len(patches), -1)
@@ -86,7 +103,8 @@ class AirNet(nn.Module):
 
 class WhiteningFromData(Callback):
     """Before the first epoch of a run (not on resume): the whitening layer from the patch covariance of up to
-    `images` plain (unaugmented) training images."""
+    `images` plain (unaugmented) training images; under --adv-train with the regulariser that bounds what the
+    attack's eps-ball can do to it (`adversarial_whitening_eps`)."""
 
     name = "airnet_whitening"
 
@@ -102,7 +120,19 @@ class WhiteningFromData(Callback):
             n += len(x)
             if n >= self.images:
                 break
-        trainer.state.model.init_from_data(torch.cat(xs)[: self.images].to(trainer.device))
+        model, reg = trainer.state.model, WHITENING_EPS
+        if trainer.cfg.adv_train != "none":
+            from ..adversarial import adv_eps
+
+            w = model.whiten.weight
+            reg = adversarial_whitening_eps(adv_eps(trainer.cfg.adv_eps), trainer.prep.std, w[0].numel())
+            trainer.info(
+                "whitening regulariser %.3g for adversarial training at %s (airbench's: %g)",
+                reg,
+                trainer.cfg.adv_eps,
+                WHITENING_EPS,
+            )
+        model.init_from_data(torch.cat(xs)[: self.images].to(trainer.device), eps=reg)
 
 
 class WhiteningBiasWarmup(Callback):
