@@ -93,21 +93,21 @@ def test_overfit_warning_fires_once_on_catastrophic_overfitting_only():
 
     trainer = type("T", (), {"run_dir": Run()})()
     warn = OverfitWarning("fgsm")
-    # the logged epochs of PGD-3 and N-FGSM training of the fast recipe (docs/adversarial_training.md): no warning
-    for train_acc, robust in ((0.12, 0.123), (0.47, 0.275), (0.43, 0.057), (0.30, 0.08)):
+    # logged epochs of PGD-3, N-FGSM and FGSM training of the fast recipe (docs/adversarial_training.md): no warning
+    for train_acc, robust in ((0.12, 0.123), (0.47, 0.275), (0.43, 0.057), (0.30, 0.08), (0.185, 0.255), (0.37, 0.387)):
         warn.on_validation_end(trainer, {"epoch": 1, "train_acc": train_acc, "val_robust_acc": robust})
     warn.on_validation_end(trainer, {"epoch": 1, "train_acc": 0.9, "val_acc": 0.5})  # no robust validation
     assert said == []
-    # FGSM training's epochs 1-3: the second is the first with the signature
+    # FGSM training with airbench's whitening: the signature from its first epoch
     for epoch, train_acc, robust in ((1, 0.329, 0.004), (2, 0.514, 0.0), (3, 0.822, 0.0)):
         warn.on_validation_end(trainer, {"epoch": epoch, "train_acc": train_acc, "val_robust_acc": robust})
     assert len(said) == 1 and said[0][0] == logging.WARNING
-    assert "epoch 2: catastrophic overfitting" in said[0][1] and "--adv-train pgd or nfgsm" in said[0][1]
-    # FGSM with a step of eps (--adv-step 8/255): the signature from its third epoch
+    assert "epoch 1: catastrophic overfitting" in said[0][1] and "--adv-train pgd or nfgsm" in said[0][1]
+    # with a tenth of the bounded whitening regulariser: robust after its first epoch, not after its second
     warn, said[:] = OverfitWarning("fgsm"), []
-    for epoch, train_acc, robust in ((1, 0.273, 0.006), (2, 0.386, 0.006), (3, 0.591, 0.007), (4, 0.816, 0.0)):
+    for epoch, train_acc, robust in ((1, 0.194, 0.22), (2, 0.415, 0.014), (3, 0.6, 0.0)):
         warn.on_validation_end(trainer, {"epoch": epoch, "train_acc": train_acc, "val_robust_acc": robust})
-    assert len(said) == 1 and "epoch 3: catastrophic overfitting" in said[0][1]
+    assert len(said) == 1 and "epoch 2: catastrophic overfitting" in said[0][1]
 
 
 def test_perturb_returns_a_normalised_batch_within_eps_in_pixel_units():
