@@ -97,11 +97,17 @@ class TimeBudget(Callback):
             return None
         self.rate = (done - 1) / (now - self.t1)  # steps per second
         left = self.seconds - (now - self.t0)
-        steps = done + max(0, int(left * self.rate))
-        epochs = max(1, -(-steps // per_epoch))
-        # per-epoch validation: forward only (~1/3 of a training step per image), times the evaluation views
-        val_steps = epochs * (val_images * self.eval_views / 3 + self.val_extra) / max(1, self.batch_images)
-        self.total = max(done, int(steps - val_steps))
+        steps = done + max(0, int(left * self.rate))  # the time there is, in training steps
+        # one validation after each epoch begun: forward only (~1/3 of a training step per image), times the
+        # evaluation views, plus the extra (--adv-train's attacks), in training steps
+        val = (val_images * self.eval_views / 3 + self.val_extra) / max(1, self.batch_images)
+        # the most training steps that fit with their validations: for each number of epochs, as many steps as
+        # fit beside that many validations, if that is more steps than one epoch fewer would hold
+        self.total = done
+        for epochs in range(1, -(-steps // per_epoch) + 1):
+            fit = min(epochs * per_epoch, int(steps - epochs * val))
+            if fit > (epochs - 1) * per_epoch:
+                self.total = max(self.total, fit)
         return self.total
 
 

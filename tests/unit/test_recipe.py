@@ -107,6 +107,22 @@ def test_budget_turns_minutes_into_steps():
     assert total == 7 + 45
 
 
+def test_budget_charges_one_validation_per_epoch_it_keeps():
+    """60 steps' worth of time, 20 steps an epoch, each validation worth 10 steps (--adv-train's attacks): two
+    epochs and their two validations fill it (40 steps), not three epochs' validations charged to 30 steps."""
+    import imgclf.callbacks as cb
+
+    b = TimeBudget(minutes=1.0, batch_size=100, val_extra=1000)
+    b.t0, b.t1 = 0.0, 1.0
+    real = cb.time.perf_counter
+    try:
+        cb.time.perf_counter = lambda: 7.0  # 6 timed steps in 6 s: 1 step a second, 53 s left
+        total = b.observe(1 + TimeBudget.PROBE, val_images=0, per_epoch=20)
+    finally:
+        cb.time.perf_counter = real
+    assert total == 40
+
+
 @pytest.mark.kernels
 def test_fast_recipe_trains_resumes_exactly_and_keeps_to_a_time_budget(tmp_path, make_folder):
     from imgclf import train
