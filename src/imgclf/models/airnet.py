@@ -33,8 +33,8 @@ def adversarial_whitening_eps(eps: float, std, patch_values: int = 12) -> float:
     A perturbation moves a patch direction v (a unit vector of `patch_values` = 3 x 2 x 2 normalised values) by
     at most |v|_1 * eps / min(std) <= sqrt(patch_values) * eps / min(std), which the layer scales by
     1 / sqrt(variance + reg). With airbench's reg of 5e-4, CIFAR-10's least-varying directions (variance ~1e-4)
-    are amplified ~40x and 8/255 reaches ~18 units there: one-step (FGSM) training then fitted its own attack and
-    not PGD from the first epoch (docs/adversarial_training.md)."""
+    are amplified ~40x and 8/255 reaches up to 16.7 units there: one-step (FGSM) training then fitted its own
+    attack and not PGD from the first epoch (docs/adversarial_training.md)."""
     return max(WHITENING_EPS, patch_values * (eps / min(float(v) for v in std)) ** 2)
 
 
