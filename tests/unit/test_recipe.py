@@ -92,34 +92,26 @@ def test_airnet_whitening_bias_trains_only_early():
     assert not m.whiten.bias.requires_grad
 
 
-def test_budget_turns_minutes_into_steps():
-    b = TimeBudget(minutes=1.0, batch_size=100)
-    b.t0 = b.t1 = 0.0
+def test_budget_turns_minutes_into_steps(monkeypatch):
     import imgclf.callbacks as cb
 
-    real = cb.time.perf_counter
-    try:
-        cb.time.perf_counter = lambda: 7.0  # 6 timed steps in 7 s after the first: 6/7 steps per second
-        total = b.observe(1 + TimeBudget.PROBE, val_images=0, per_epoch=1000)
-    finally:
-        cb.time.perf_counter = real
+    b = TimeBudget(minutes=1.0, batch_size=100)
+    b.t0 = b.t1 = 0.0
+    monkeypatch.setattr(cb.time, "perf_counter", lambda: 7.0)  # 6 timed steps in 7 s after the first: 6/7 a second
+    total = b.observe(1 + TimeBudget.PROBE, val_images=0, per_epoch=1000)
     # 60 s budget, 7 s gone: 53 s left at 6/7 steps/s = 45 more steps
     assert total == 7 + 45
 
 
-def test_budget_charges_one_validation_per_epoch_it_keeps():
+def test_budget_charges_one_validation_per_epoch_it_keeps(monkeypatch):
     """60 steps' worth of time, 20 steps an epoch, each validation worth 10 steps (--adv-train's attacks): two
     epochs and their two validations fill it (40 steps), not three epochs' validations charged to 30 steps."""
     import imgclf.callbacks as cb
 
     b = TimeBudget(minutes=1.0, batch_size=100, val_extra=1000)
     b.t0, b.t1 = 0.0, 1.0
-    real = cb.time.perf_counter
-    try:
-        cb.time.perf_counter = lambda: 7.0  # 6 timed steps in 6 s: 1 step a second, 53 s left
-        total = b.observe(1 + TimeBudget.PROBE, val_images=0, per_epoch=20)
-    finally:
-        cb.time.perf_counter = real
+    monkeypatch.setattr(cb.time, "perf_counter", lambda: 7.0)  # 6 timed steps in 6 s: 1 step a second, 53 s left
+    total = b.observe(1 + TimeBudget.PROBE, val_images=0, per_epoch=20)
     assert total == 40
 
 

@@ -124,8 +124,8 @@ class WhiteningFromData(Callback):
         if trainer.cfg.adv_train != "none":
             from ..adversarial import adv_eps
 
-            w = model.whiten.weight
-            reg = adversarial_whitening_eps(adv_eps(trainer.cfg.adv_eps), trainer.prep.std, w[0].numel())
+            patch_values = model.whiten.weight[0].numel()
+            reg = adversarial_whitening_eps(adv_eps(trainer.cfg.adv_eps), trainer.prep.std, patch_values)
             trainer.info(
                 "whitening regulariser %.3g for adversarial training at %s (airbench's: %g)",
                 reg,
