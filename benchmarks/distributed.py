@@ -37,13 +37,13 @@ def worker_throughput(root: str, model: str, global_batch: int, steps: int) -> N
     import torch
     from torch import nn
 
-    from imgclf import distributed
+    from imgclf.compute import distributed
+    from imgclf.compute.device import to_layout
+    from imgclf.core.artifact import Preprocess
     from imgclf.data.feed import make_feed
-    from imgclf.data.pipeline import Preprocess
     from imgclf.data.sources import open_source
-    from imgclf.device import to_layout
     from imgclf.models.registry import build_model
-    from imgclf.training import train_steps
+    from imgclf.training.engine import train_steps
 
     dev = torch.device("cpu")
     with distributed.setup(dev):
@@ -82,7 +82,7 @@ def worker_allreduce(repeats: int) -> None:
     import torch
     import torch.distributed as dist
 
-    from imgclf import distributed
+    from imgclf.compute import distributed
     from imgclf.models.registry import build_model
 
     with distributed.setup(torch.device("cpu")):
@@ -148,8 +148,8 @@ def main() -> None:
     if args.worker == "allreduce":
         return worker_allreduce(args.repeats)
 
-    from imgclf.distributed import cores
-    from imgclf.environment import env_block
+    from imgclf.compute.distributed import cores
+    from imgclf.compute.machine import env_block
 
     print(env_block(), flush=True)
     counts, c = [int(k) for k in args.ranks.split(",")], cores()

@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=12, help="timed iterations per setting")
     ap.add_argument("--out", help="folder for the checkpoint and exports (default: a temporary folder)")
     a = ap.parse_args()
-    from imgclf.environment import env_block
+    from imgclf.compute.machine import env_block
 
     print(env_block(), flush=True)
 

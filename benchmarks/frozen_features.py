@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--epochs", type=int, default=30)
     args = ap.parse_args()
-    from imgclf.environment import env_block
+    from imgclf.compute.machine import env_block
 
     print(env_block(), flush=True)
     common = [

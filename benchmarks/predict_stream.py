@@ -57,7 +57,7 @@ def rss_mib(pid: int) -> float | None:
 
 def write_list(data: str, n: int, path: str) -> list[str]:
     sys.path.insert(0, os.path.join(ROOT, "src"))
-    from imgclf.predict import walk_images
+    from imgclf.infer.predict import walk_images
 
     base = sorted(os.path.relpath(p, data) for p in walk_images(data))
     if not base:

@@ -224,7 +224,7 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--serve-args", default="", help='extra `imgclf serve` flags, e.g. "--threads 1"')
     a = ap.parse_args()
-    from imgclf.environment import env_block
+    from imgclf.compute.machine import env_block
 
     print(env_block(), flush=True)
 
@@ -238,7 +238,7 @@ def main() -> None:
     }
     pred = None
     if not a.skip_offline:
-        from imgclf.predict import Predictor
+        from imgclf.infer.predict import Predictor
 
         pred = Predictor(a.model, batch_size=32)
         res["offline_pipeline_images_per_s"] = offline(pred, files, a.offline_batches)["pipeline_images_per_s"]

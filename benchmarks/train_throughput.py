@@ -42,14 +42,14 @@ def imgclf_images_per_second(root: str, steps: int, precision: str, channels_las
     code = f"""
 import os, time, torch
 from torch import nn
-from imgclf.cli import request_huge_pages
+from imgclf.cli.main import request_huge_pages
 request_huge_pages()
 from imgclf.data.feed import make_feed
-from imgclf.data.pipeline import Preprocess
+from imgclf.core.artifact import Preprocess
 from imgclf.data.sources import open_source
-from imgclf.device import to_layout, training_precision
+from imgclf.compute.device import to_layout, training_precision
 from imgclf.models.registry import build_model
-from imgclf.training import train_steps
+from imgclf.training.engine import train_steps
 src = open_source({root!r})
 prep = Preprocess(img_size=32, resize=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 feed, _ = make_feed(src.splits["train"], prep, cache="disk", workers=2, batch_size=128)
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--compile", action="store_true", help="also time imgclf with torch.compile each round")
     args = ap.parse_args()
-    from imgclf.environment import env_block
+    from imgclf.compute.machine import env_block
 
     print(env_block(), flush=True)
     # build the decoded cache once, untimed (a run does this once; later runs reuse the file)

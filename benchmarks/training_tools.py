@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--modes", default="none,auto", help="balance: the --balance modes to compare [none,auto]")
     ap.add_argument("--keep", default=None, help="make the temporary run folders under this folder")
     args = ap.parse_args()
-    from imgclf.environment import env_block
+    from imgclf.compute.machine import env_block
 
     print(env_block(), flush=True)
     {"balance": balance, "finetune": finetune, "ema": ema}[args.part](args)

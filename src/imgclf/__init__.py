@@ -33,23 +33,23 @@ __all__ = [
 
 
 _LAZY = {
-    "train": ("training", "train"),
-    "lr_find": ("training", "lr_find"),
-    "evaluate": ("evaluation", "evaluate"),
-    "Predictor": ("predict", "Predictor"),
-    "predict_files": ("batch_predict", "predict_files"),
+    "train": ("training.engine", "train"),
+    "lr_find": ("training.engine", "lr_find"),
+    "evaluate": ("evaluation.command", "evaluate"),
+    "Predictor": ("infer.predict", "Predictor"),
+    "predict_files": ("infer.stream", "predict_files"),
     "list_models": ("models.registry", "list_models"),
     "check_data": ("data.check", "check_data"),
     "save_samples": ("data.samples", "save_samples"),
-    "TrainConfig": ("config", "TrainConfig"),
-    "export": ("exporting", "export"),
-    "bench": ("benchmark", "bench"),
-    "open_model": ("runtime", "open_model"),
-    "select": ("active", "select"),
-    "simulate_active_learning": ("active", "simulate"),
-    "robustness": ("robustness", "robustness"),
-    "score": ("curriculum", "score"),
-    "calibrate": ("calibration", "calibrate"),
+    "TrainConfig": ("training.options", "TrainConfig"),
+    "export": ("exporting.export", "export"),
+    "bench": ("exporting.bench", "bench"),
+    "open_model": ("infer.runtime", "open_model"),
+    "select": ("studies.active", "select"),
+    "simulate_active_learning": ("studies.active", "simulate"),
+    "robustness": ("evaluation.robustness", "robustness"),
+    "score": ("training.curriculum", "score"),
+    "calibrate": ("evaluation.calibration", "calibrate"),
 }
 
 

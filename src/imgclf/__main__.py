@@ -1,3 +1,3 @@
-from .cli import run
+from imgclf.cli.main import run
 
 run()

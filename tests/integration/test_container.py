@@ -95,7 +95,7 @@ def image(context):
 
 @pytest.fixture(scope="module")
 def export(tiny_best, tmp_path_factory) -> Path:
-    from imgclf.exporting import export
+    from imgclf.exporting.export import export
 
     out = tmp_path_factory.mktemp("container_model") / "tiny.int8.onnx"
     export(tiny_best, "onnx-int8", out=str(out), calib_images=32, verify_images=24)
@@ -139,7 +139,7 @@ def _post_images(url: str, paths: list[Path]) -> dict:
 
 
 def test_image_serves_the_export_like_imgclf_predict(image, export):
-    from imgclf.predict import Predictor
+    from imgclf.infer.predict import Predictor
 
     name, port = f"imgclf-test-{uuid.uuid4().hex[:12]}", _free_port()
     _podman(

@@ -10,8 +10,8 @@ import json
 import pytest
 from shared_data import CIFAR, HYM, need_cifar, need_hym
 
-from imgclf.cli import main
-from imgclf.exporting import FORMATS
+from imgclf.cli.main import main
+from imgclf.exporting.export import FORMATS
 
 pytestmark = [pytest.mark.integration, pytest.mark.kernels]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from shared_data import CIFAR, HYM, need_cifar, need_hym
 
-from imgclf.cli import main
+from imgclf.cli.main import main
 
 pytestmark = pytest.mark.integration
 

@@ -285,7 +285,7 @@ def test_web_page_in_headless_chromium(server, tmp_path):
 def test_web_page_shows_unsure_and_no_explain_for_an_export(tiny_best, tmp_path):
     """Below --min-confidence the page says "unsure" and still names the top class; for a TorchScript export
     (no gradients) it has no "Where does it look?" button, as /metadata says."""
-    from imgclf.exporting import export
+    from imgclf.exporting.export import export
 
     exported = tmp_path / "tiny.ts"
     export(tiny_best, "torchscript", out=str(exported), verify_images=8)

@@ -15,8 +15,8 @@ import warnings
 import numpy as np
 import pytest
 
-from imgclf.cli import main
-from imgclf.exporting import FORMATS
+from imgclf.cli.main import main
+from imgclf.exporting.export import FORMATS
 
 pytestmark = [
     pytest.mark.integration,
@@ -76,7 +76,7 @@ def test_timm_resnet18_trains_evaluates_exports_and_serves(tmp_path, capsys, mak
         files[name] = out
     assert set(files) == set(FORMATS)
 
-    from imgclf.runtime import open_model
+    from imgclf.infer.runtime import open_model
     from imgclf.serve import ServeSettings, create_app
 
     with warnings.catch_warnings():

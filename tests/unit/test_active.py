@@ -10,18 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.active import (
-    SHEET_COLS,
-    diverse,
-    entropy,
-    least_confidence,
-    margin,
-    rank,
-    select,
-    sheet_figure,
-)
-from imgclf.cli import main
-from imgclf.predict import Predictor
+from imgclf.cli.main import main
+from imgclf.infer.predict import Predictor
+from imgclf.studies.active import SHEET_COLS, diverse, entropy, least_confidence, margin, rank, select, sheet_figure
 
 # Known probabilities, one row per image. Row 4 has a lower top probability than row 0 would suggest is
 # "less sure" by least-confidence (1 - 0.55 < 1 - 0.5) yet a higher entropy: the two strategies disagree on it.
@@ -195,7 +186,7 @@ def test_select_bad_input_is_one_line_before_any_work(capsys, tiny_best, pool, t
 
 def test_diverse_with_an_export_says_it_needs_a_checkpoint(capsys, tiny_best, pool, tmp_path):
     pytest.importorskip("onnxruntime")
-    from imgclf.exporting import export
+    from imgclf.exporting.export import export
 
     onnx = export(tiny_best, "onnx", out=str(tmp_path / "m.onnx"), calib_images=32, verify_images=24)["out"]
     out = tmp_path / "never"

@@ -16,14 +16,14 @@ from conftest import train_tiny as _train
 from torch import nn
 
 import imgclf
-from imgclf.adversarial import OverfitWarning, Perturb, robust_subset, to_pixels
-from imgclf.checkpoint import load_checkpoint
-from imgclf.cli import main
-from imgclf.curriculum import Curriculum, PacedOrder, pace, ranking, read_difficulty
+from imgclf.cli.main import main
+from imgclf.core.errors import DataError
 from imgclf.data.sources import open_source
-from imgclf.errors import DataError
-from imgclf.robustness import PixelModel, fgsm_rs, n_fgsm
-from imgclf.training import train_steps
+from imgclf.evaluation.robustness import PixelModel, fgsm_rs, n_fgsm
+from imgclf.models.checkpoint import load_checkpoint
+from imgclf.training.adversarial import OverfitWarning, Perturb, robust_subset, to_pixels
+from imgclf.training.curriculum import Curriculum, PacedOrder, pace, ranking, read_difficulty
+from imgclf.training.engine import train_steps
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
@@ -247,7 +247,7 @@ def test_curriculum_trains_on_the_easiest_images_first(tmp_path, data, monkeypat
         for p, y in zip(split.paths, split.labels):
             w.writerow([os.path.relpath(p, tmp_path), 0.0 if y == 0 else 1.0 + len(p) % 3])  # relative to the CSV
     labels = []
-    import imgclf.training as training
+    import imgclf.training.engine as training
 
     real = training.train_steps
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from imgclf.core.artifact import Preprocess
 from imgclf.data.autoaugment import BatchPolicy, policy
 from imgclf.data.batches import BatchTransform
 from imgclf.data.feed import FastFeed, LoaderFeed, make_feed
-from imgclf.data.pipeline import Preprocess, train_transform
+from imgclf.data.pipeline import train_transform
 from imgclf.data.sources import Split
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]

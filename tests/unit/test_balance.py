@@ -10,10 +10,10 @@ import pytest
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
+from imgclf.core.artifact import Preprocess
 from imgclf.data import check as check_module
 from imgclf.data.balance import NONE_BELOW, SAMPLER_FROM, choose_balance, class_weights, imbalance_ratio, sample_weights
 from imgclf.data.feed import make_feed
-from imgclf.data.pipeline import Preprocess
 from imgclf.data.sources import Split
 
 LABELS = [0] * 12 + [1] * 4 + [2] * 2  # 6:2:1

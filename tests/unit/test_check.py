@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from imgclf.core.errors import DataError
 from imgclf.data.check import CheckReport, check_data
-from imgclf.errors import DataError
 
 HYMENOPTERA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hymenoptera"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgclf.cli import main
+from imgclf.cli.main import main
 from imgclf.models.registry import REGISTRY
 
 
@@ -189,8 +189,8 @@ def test_sigterm_removes_temporary_files(tmp_path):
     out.mkdir()
     script = textwrap.dedent(f"""
         import os, signal, sys, time
-        import imgclf.cli as cli
-        from imgclf.fileio import atomic_open
+        import imgclf.cli.main as cli
+        from imgclf.core.fileio import atomic_open
 
         def export(a):
             with atomic_open({str(out / "model.onnx")!r}, "wb") as f:

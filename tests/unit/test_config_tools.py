@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from test_cli import _in_tmp, _usage_error  # noqa: F401 - the autouse fixture and the one-line check
 
-from imgclf.cli import main
-from imgclf.config import FIELDS, TrainConfig, check_config, make_config
-from imgclf.errors import UsageError
+from imgclf.cli.main import main
+from imgclf.core.errors import UsageError
+from imgclf.training.options import FIELDS, TrainConfig, check_config, make_config
 
 TOOLS = {  # field: (default, a value it takes, a value it refuses)
     "mixup": (0.0, 0.2, -0.1),

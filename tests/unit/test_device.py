@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from imgclf import device as dev
-from imgclf.cli import main
+from imgclf.cli.main import main
+from imgclf.compute import device as dev
 from imgclf.models.registry import build_model
 
 pytestmark = pytest.mark.kernels

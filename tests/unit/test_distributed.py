@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from imgclf.compute.distributed import batch_block, shard_order, strip_nproc
 from imgclf.data.batches import Batches, epoch_order
-from imgclf.distributed import batch_block, shard_order, strip_nproc
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 TINY = ["--model", "test_tiny", "--workers", "0", "--precision", "fp32", "--seed", "3", "--scheduler", "warmup-linear"]

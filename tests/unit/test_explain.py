@@ -1,4 +1,4 @@
-"""Grad-CAM (imgclf.explain): the maps, the layer found in each model family, and `imgclf explain`."""
+"""Grad-CAM (imgclf.evaluation.explain): the maps, the layer found in each model family, and `imgclf explain`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclf.checkpoint import make_checkpoint, save_checkpoint
-from imgclf.cli import main
-from imgclf.errors import UsageError
-from imgclf.explain import Explainer, NoFeatureMap, cam_on_image, find_target, gradcam, gradcam_logits
+from imgclf.cli.main import main
+from imgclf.core.errors import UsageError
+from imgclf.evaluation.explain import Explainer, NoFeatureMap, cam_on_image, find_target, gradcam, gradcam_logits
+from imgclf.models.checkpoint import make_checkpoint, save_checkpoint
 from imgclf.models.registry import build_model, get_spec
 
 # ------------------------------------------------------------------------------------------ a model that can be read
@@ -120,7 +120,7 @@ def test_the_explained_input_is_what_predict_sees(tiny_best, tiny_data):
 
 
 def test_gradcam_runs_the_same_forward_pass_as_the_model(tiny_best):
-    from imgclf.runtime import open_model
+    from imgclf.infer.runtime import open_model
 
     runner = open_model(tiny_best, device="cpu", precision="fp32")
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -268,7 +268,7 @@ def test_cli_explains_the_good_images_and_fails_at_the_end_for_the_bad(tiny_best
 
 @pytest.fixture(scope="module")
 def exported(tiny_best, tmp_path_factory):
-    from imgclf.exporting import export
+    from imgclf.exporting.export import export
 
     out = tmp_path_factory.mktemp("explain_export") / "m.ts"
     return export(tiny_best, "torchscript", out=str(out), calib_images=8, verify_images=4)["out"]
@@ -300,7 +300,7 @@ def test_usage_errors_are_one_line_and_exit_2(args, words, tiny_best, tmp_path, 
 def test_overlays_are_drawn_at_the_size_they_are_shown(tiny_best, tmp_path, image_of_class):
     import io
 
-    from imgclf.explain import explain
+    from imgclf.evaluation.explain import explain
 
     picture = _picture(tmp_path / "wide.png", image_of_class, size=(40, 24))
     r = explain(tiny_best, [picture], out=str(tmp_path / "cams"), max_side=20)

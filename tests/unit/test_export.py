@@ -10,10 +10,10 @@ import zipfile
 import pytest
 import torch
 
-from imgclf.cli import main
-from imgclf.errors import UsageError
-from imgclf.exporting import FORMATS, VerificationError, compare, export, format_export_report
-from imgclf.runtime import CheckpointRunner, open_model
+from imgclf.cli.main import main
+from imgclf.core.errors import UsageError
+from imgclf.exporting.export import FORMATS, VerificationError, compare, export, format_export_report
+from imgclf.infer.runtime import CheckpointRunner, open_model
 
 pytestmark = pytest.mark.kernels
 
@@ -123,7 +123,7 @@ def test_batch_dimension_is_dynamic(exports, tiny_best):
 
 @pytest.mark.parametrize("name", ["onnx", "pt2"])
 def test_export_that_disagrees_is_an_error_and_leaves_no_file(tiny_best, tmp_path, monkeypatch, name):
-    import imgclf.exporting as ex
+    import imgclf.exporting.export as ex
 
     real_open = ex.open_model
 
@@ -142,7 +142,7 @@ def test_export_that_disagrees_is_an_error_and_leaves_no_file(tiny_best, tmp_pat
 
 def test_perturbed_weights_fail_the_fp32_rule(tiny_best, tmp_path, monkeypatch):
     """A real export of slightly wrong weights (1% noise on the first convolution) is caught."""
-    import imgclf.exporting as ex
+    import imgclf.exporting.export as ex
 
     real_write = ex.FORMATS["onnx"].write
 
@@ -266,7 +266,7 @@ def _logits_losing(n: int, lost: int, *, classes: int = 5, noise: float = 0.001,
 def test_int8_rule_passes_a_file_near_the_bar(n, lost):
     """At or a little below 97% on a sample, the agreement's upper bound is still above the bar: 62 of 64
     (96.9%, the failure seen on an AVX-512 VNNI Xeon) and 2 of hymenoptera's 153 val images pass."""
-    from imgclf.exporting import compare
+    from imgclf.exporting.export import compare
 
     r = compare(*_logits_losing(n, lost), int8=True)
     assert r["top1_agreement"] == pytest.approx((n - lost) / n)
@@ -277,7 +277,7 @@ def test_int8_rule_passes_a_file_near_the_bar(n, lost):
 
 @pytest.mark.parametrize("n", [18, 153, 500])
 def test_int8_rule_refuses_a_clearly_bad_file(n):
-    from imgclf.exporting import compare
+    from imgclf.exporting.export import compare
 
     lost = round(0.2 * n)  # 80% agreement
     r = compare(*_logits_losing(n, lost), int8=True)
@@ -288,7 +288,7 @@ def test_int8_rule_refuses_a_clearly_bad_file(n):
 def test_int8_rule_is_decided_by_the_bound_not_by_one_image():
     """Around the bar itself one image more or less changes nothing; the verdict changes only where the bound
     crosses the bar, far below it (here 9 of 153 lost, 94.1%), where a file truly at 97% lands < 5% of the time."""
-    from imgclf.exporting import agreement_upper_bound, compare
+    from imgclf.exporting.export import agreement_upper_bound, compare
 
     verdicts = {lost: compare(*_logits_losing(153, lost), int8=True)["ok"] for lost in range(0, 13)}
     assert all(verdicts[lost] for lost in range(0, 9)) and not any(verdicts[lost] for lost in range(9, 13))
@@ -303,7 +303,7 @@ def test_int8_rule_is_decided_by_the_bound_not_by_one_image():
 def test_int8_rmse_rule_uses_a_lower_bound():
     """The RMSE rule is a bound too: noise at 25% of the logits' spread passes it, at 60% fails it, on every
     image count; the bound lies below the point estimate and closes in on it as n grows."""
-    from imgclf.exporting import compare
+    from imgclf.exporting.export import compare
 
     g = torch.Generator().manual_seed(1)
     gaps = []
@@ -326,7 +326,7 @@ def _badly_quantizable(tiny_best: str, path) -> str:
     fp32 model computes exactly what it did, but a per-tensor uint8 scale for the stem's output now spans 0 to
     ~10,000 and rounds the 7 channels that matter to 0, whatever the calibration method or the CPU. The cure
     is to keep that tensor in fp32: the stem conv and the body conv that reads it."""
-    from imgclf.checkpoint import load_checkpoint, save_checkpoint
+    from imgclf.models.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(tiny_best)
     sd = ckpt["state_dict"]
@@ -384,10 +384,10 @@ def test_int8_refused_when_the_remedies_are_not_allowed(tiny_best, tmp_path):
 def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
     """The formats table drives the writer, the runtime that opens the file (verification included) and the
     CLI's list: an entry added to it alone is exported, verified, opened and listed."""
-    from imgclf import export_formats
-    from imgclf.cli import build_parser
-    from imgclf.exporting import write_torchscript
-    from imgclf.runtime import open_torchscript
+    from imgclf.cli.main import build_parser
+    from imgclf.core import formats as export_formats
+    from imgclf.exporting.export import write_torchscript
+    from imgclf.infer.runtime import open_torchscript
 
     entry = export_formats.ExportFormat(
         "ts-copy", ".copy.ts", "TorchScript again, under another name", write_torchscript, open_torchscript

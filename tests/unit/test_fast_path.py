@@ -9,11 +9,11 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from imgclf.core.artifact import Preprocess
 from imgclf.data.batches import BatchTransform, random_crop, random_flip, random_resized_crop
 from imgclf.data.cache import cache_root, load_decoded
 from imgclf.data.feed import make_feed
 from imgclf.data.images import center_crop
-from imgclf.data.pipeline import Preprocess
 from imgclf.data.sources import open_source
 
 
@@ -129,7 +129,7 @@ def test_frozen_feature_cache_trains_the_head_of_the_whole_model(tmp_path, make_
     evaluating it image by image gives exactly the validation metrics the run reported, whatever precision it
     trained in (bf16 is what `auto` picks on some CPUs: CI once failed on that)."""
     import imgclf
-    from imgclf.checkpoint import load_checkpoint
+    from imgclf.models.checkpoint import load_checkpoint
 
     root = make_folder(tmp_path / "d", layout="split", classes=("a", "b", "c"), n=8, size=16)
     res = imgclf.train(
@@ -232,7 +232,7 @@ def test_preprocess_interpolation_reaches_the_feeds(tmp_path, make_folder):
 
 
 def test_preprocess_refuses_an_unknown_interpolation():
-    from imgclf.errors import CheckpointError
+    from imgclf.core.errors import CheckpointError
 
     with pytest.raises(ValueError, match="lanczos"):
         Preprocess(img_size=8, resize=8, mean=[0.5] * 3, std=[0.5] * 3, interpolation="lanczos")

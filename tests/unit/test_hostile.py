@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from imgclf.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from imgclf.cli import main
-from imgclf.errors import CheckpointError, DiskFullError
+from imgclf.cli.main import main
+from imgclf.core.errors import CheckpointError, DiskFullError
+from imgclf.models.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from imgclf.models.registry import build_model
 
 PREPROCESS = {"img_size": 16, "resize": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -195,7 +195,7 @@ def test_weights_of_another_architecture_say_which(tmp_path, capsys):
 def test_load_weights_explains_a_mismatch_after_validation(tmp_path):
     # The last line of defence (a model built for other data, as a resumed run with changed classes would):
     # load_state_dict's many-line report becomes one line.
-    from imgclf.checkpoint import load_weights
+    from imgclf.models.checkpoint import load_weights
 
     ck = _ckpt()
     with pytest.raises(CheckpointError) as e:
@@ -220,7 +220,7 @@ def _killed_writer(target: Path, suffix: str = ".tmp", *, wait: bool = False) ->
     `wait`, stays alive until its stdin closes). Its temporary file's name is its first line of output."""
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from imgclf.fileio import temp_beside
+        from imgclf.core.fileio import temp_beside
         fd, tmp = temp_beside({str(target)!r}, suffix={suffix!r})
         os.write(fd, b"half a checkpoint")
         print(tmp, flush=True)
@@ -242,7 +242,7 @@ def _temp_of(proc: subprocess.Popen) -> Path:
 
 
 def test_temp_name_carries_its_writer(tmp_path):
-    from imgclf.fileio import temp_beside
+    from imgclf.core.fileio import temp_beside
 
     fd, tmp = temp_beside(str(tmp_path / "last.pt"))
     os.close(fd)
@@ -254,7 +254,7 @@ def test_temp_name_carries_its_writer(tmp_path):
 
 def test_rewrite_removes_temps_of_killed_writers_only(tmp_path):
     # Before: `.last.pt.XXXX.tmp` of a run killed with SIGKILL stayed forever, through --resume and re-exports.
-    from imgclf.fileio import atomic_open
+    from imgclf.core.fileio import atomic_open
 
     target = tmp_path / "last.pt"
     dead = _killed_writer(target)
@@ -288,7 +288,7 @@ def test_rewrite_removes_temps_of_killed_writers_only(tmp_path):
 def test_export_temp_of_killed_writer_removed_on_reexport(tmp_path):
     # exporting names its temporary file with temp_beside(out, suffix=".tmp" + format suffix): the next
     # temp_beside for the same output (the re-export) removes the dead one.
-    from imgclf.fileio import temp_beside
+    from imgclf.core.fileio import temp_beside
 
     out = tmp_path / "model.int8.onnx"
     dead = _killed_writer(out, suffix=".tmp.int8.onnx")
@@ -303,7 +303,7 @@ def test_export_temp_of_killed_writer_removed_on_reexport(tmp_path):
 
 def test_remove_stale_temps_of_a_folder(tmp_path):
     # What a resumed run calls on its run directory: every dead writer's temporary file, whatever its target.
-    from imgclf.fileio import FOREIGN_STALE_SECONDS, remove_stale_temps
+    from imgclf.core.fileio import FOREIGN_STALE_SECONDS, remove_stale_temps
 
     dead = [_killed_writer(tmp_path / name) for name in ("last.pt", "epoch_3.pt", "metrics.csv")]
     dead_tmps = [_temp_of(p) for p in dead]
@@ -381,7 +381,7 @@ def test_checkpoint_on_a_full_disk(tiny_fs):
 def test_probe_finds_a_full_disk_behind_an_error_without_errno(tiny_fs):
     # A RuntimeError that carries no OSError at all (as other torch versions may raise): the probe write
     # asks the file system.
-    from imgclf.fileio import atomic_open
+    from imgclf.core.fileio import atomic_open
 
     _fill(tiny_fs)
     with pytest.raises(DiskFullError):
@@ -396,8 +396,8 @@ def test_probe_finds_a_full_disk_behind_an_error_without_errno(tiny_fs):
 
 
 def test_json_csv_and_plots_on_a_full_disk(tiny_fs):
-    from imgclf.fileio import atomic_open, write_json
-    from imgclf.plots import plot_curves
+    from imgclf.core.fileio import atomic_open, write_json
+    from imgclf.evaluation.plots import plot_curves
 
     (tiny_fs / "results.json").write_text("{}")
     _fill(tiny_fs)
@@ -458,7 +458,7 @@ def test_cli_train_to_a_full_disk_is_one_line_exit_1(tmp_path, tiny_fs, make_fol
 
 def test_metrics_two_classes_one_never_predicted_no_warning(recwarn):
     # A model that always answers class 0: precision and F1 of class 1 are 0/0, reported as 0.
-    from imgclf.evaluation import compute_metrics
+    from imgclf.evaluation.metrics import compute_metrics
 
     m = compute_metrics(torch.tensor([[2.0, 0.0]] * 6), torch.tensor([0, 0, 0, 1, 1, 1]), ["a", "b"])
     assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 3}
@@ -469,7 +469,7 @@ def test_metrics_two_classes_one_never_predicted_no_warning(recwarn):
 def test_top5_only_above_five_classes(recwarn):
     # Before: with exactly 5 classes top-5 was 1.0 whatever the model did (and sklearn said so with an
     # UndefinedMetricWarning on the console).
-    from imgclf.evaluation import compute_metrics, format_report
+    from imgclf.evaluation.metrics import compute_metrics, format_report
 
     g = torch.Generator().manual_seed(0)
     for n, has_top5 in ((5, False), (6, True)):
@@ -484,7 +484,7 @@ def test_top5_only_above_five_classes(recwarn):
 
 
 def test_metrics_one_class_no_warning(recwarn):
-    from imgclf.evaluation import compute_metrics
+    from imgclf.evaluation.metrics import compute_metrics
 
     m = compute_metrics(torch.tensor([[1.0]] * 3), torch.tensor([0, 0, 0]), ["only"])
     assert m["confusion_matrix"] == [[3]]
@@ -496,7 +496,7 @@ CJK = ["猫", "狗"]
 
 def test_plots_with_cjk_class_names_no_warning(tmp_path, recwarn):
     # Before: "Glyph 29483 (\N{CJK UNIFIED IDEOGRAPH-732B}) missing from font(s) DejaVu Sans." for every label.
-    from imgclf import plots
+    from imgclf.evaluation import plots
 
     plots.plot_confusion(np.array([[3, 1], [0, 2]]), CJK, str(tmp_path / "cm.png"), title="宠物 val")
     img = np.zeros((16, 16, 3), np.uint8)
@@ -510,7 +510,7 @@ def test_plots_with_cjk_class_names_no_warning(tmp_path, recwarn):
 def test_plots_draw_class_names_as_plain_text(tmp_path):
     # Two `$` in a class name made matplotlib parse it as mathtext: "ParseSyntaxException: Expected
     # \frac{num}{den}" ended `evaluate` after every image had been scored.
-    from imgclf import plots
+    from imgclf.evaluation import plots
 
     names = ["a$\\frac{$b", "$5 & $10"]
     plots.plot_confusion(np.array([[1, 0], [0, 1]]), names, str(tmp_path / "cm.png"), title="$x$")
@@ -520,7 +520,7 @@ def test_plots_draw_class_names_as_plain_text(tmp_path):
 
 def test_evaluate_cjk_classes_one_never_predicted_no_warning(tmp_path, make_folder, recwarn):
     # The whole `evaluate` path, plots included, for a model that never predicts its second class.
-    from imgclf.evaluation import evaluate
+    from imgclf.evaluation.command import evaluate
 
     data = make_folder(tmp_path / "d", classes=tuple(CJK), n=4, n_val=3)
     model = build_model("test_tiny", 2)
@@ -541,7 +541,7 @@ def test_evaluate_cjk_classes_one_never_predicted_no_warning(tmp_path, make_fold
 
 
 def test_curves_have_whole_epoch_ticks(tmp_path, monkeypatch):
-    from imgclf import plots
+    from imgclf.evaluation import plots
 
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
@@ -559,13 +559,13 @@ def test_curves_have_whole_epoch_ticks(tmp_path, monkeypatch):
 
 
 def test_plots_leave_the_callers_backend_alone(tmp_path):
-    # Before: importing imgclf.plots called matplotlib.use("Agg"), switching a notebook's or GUI's backend.
+    # Before: importing imgclf.evaluation.plots called matplotlib.use("Agg"), switching a notebook's or GUI's backend.
     script = textwrap.dedent(f"""
         import sys
         import matplotlib
         matplotlib.use("svg")
         import numpy as np
-        from imgclf import plots
+        from imgclf.evaluation import plots
         rows = [{{"epoch": 1, "train_loss": 1, "val_loss": 1, "train_acc": 0.5, "val_acc": 0.5, "val_macro_f1": 0.5}}]
         plots.plot_curves(rows, {str(tmp_path / "c.png")!r})
         plots.plot_confusion(np.eye(2, dtype=int), ["a", "b"], {str(tmp_path / "m.png")!r})
@@ -583,7 +583,7 @@ def test_a_fifo_named_as_weights_is_refused_without_blocking(tmp_path, tiny_data
     # open_model used to read it and wait for a writer forever
     import os
 
-    from imgclf.cli import main
+    from imgclf.cli.main import main
 
     fifo = tmp_path / "model.pt"
     os.mkfifo(fifo)
@@ -597,7 +597,7 @@ def test_scratch_folders_of_killed_commands_are_removed_by_the_next(tmp_path, mo
     # an onnx-int8 export killed with SIGKILL left /tmp/imgclf-int8-XXXX behind for good
     import tempfile
 
-    from imgclf.fileio import _writer_host, temp_dir
+    from imgclf.core.fileio import _writer_host, temp_dir
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

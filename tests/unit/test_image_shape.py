@@ -58,7 +58,7 @@ def test_panoramas_still_load(tmp_path, size, fmt):
 
 
 def test_predictor_lists_the_absurd_image_and_keeps_the_others(tiny_best, tmp_path, image_of_class):
-    from imgclf.predict import Predictor
+    from imgclf.infer.predict import Predictor
 
     good = tmp_path / "good.png"
     image_of_class(0, 16, rng=np.random.default_rng(0)).save(good)

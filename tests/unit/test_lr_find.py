@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from imgclf.lr_find import lr_range_test, suggest, valley
-from imgclf.plots import plot_lr_find
+from imgclf.evaluation.plots import plot_lr_find
+from imgclf.training.lr_find import lr_range_test, suggest, valley
 
 CPU = torch.device("cpu")
 

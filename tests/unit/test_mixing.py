@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imgclf.config import make_config
 from imgclf.data.mixing import Mixer, make_mixer
+from imgclf.training.options import make_config
 
 N, C = 8, 8  # classes 0..7 in order, so that image i's own class and its partner's (i - 1) are both visible
 

@@ -8,7 +8,7 @@ import urllib.error
 import pytest
 import torch
 
-from imgclf.errors import UsageError, WeightsUnavailableError
+from imgclf.core.errors import UsageError, WeightsUnavailableError
 from imgclf.models import registry
 from imgclf.models.registry import REGISTRY, build_model, freeze, get_spec, list_models
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclf.cli import main
-from imgclf.evaluation import evaluate
-from imgclf.predict import Predictor
+from imgclf.cli.main import main
+from imgclf.evaluation.command import evaluate
+from imgclf.infer.predict import Predictor
 
 TINY_CLASSES = ("cat", "dog", "fox")  # conftest.tiny_data
 EVAL_KEYS = {"accuracy", "loss", "macro_f1", "top5_accuracy", "num_images", "classes", "per_class", "confusion_matrix"}
@@ -45,8 +45,8 @@ def test_package_api_names_are_functions(tiny_run):
     # trained a model, so the implementing submodules are imported by now, as they are in any real program
     # after its first call; the names must still be the functions.
     import imgclf
-    import imgclf.evaluation as evaluate_module
-    import imgclf.training as train_module
+    import imgclf.evaluation.command as evaluate_module
+    import imgclf.training.engine as train_module
 
     assert imgclf.train is train_module.train, f"imgclf.train is {imgclf.train!r}"
     assert imgclf.evaluate is evaluate_module.evaluate, f"imgclf.evaluate is {imgclf.evaluate!r}"

@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import imgclf
-import imgclf.predict
-from imgclf.batch_predict import LineWork, records
-from imgclf.cli import main
-from imgclf.predict import Predictor, expand_paths, iter_paths
+import imgclf.infer.predict
+from imgclf.cli.main import main
+from imgclf.infer.predict import Predictor, expand_paths, iter_paths
+from imgclf.infer.stream import LineWork, records
 
 SRC = str(Path(imgclf.__file__).resolve().parents[1])
 
@@ -229,7 +229,7 @@ def test_resume_after_sigkill_writes_each_path_once(tmp_path, tiny_best, tiny_da
 
 def test_an_error_keeps_the_rows_done_and_resume_finishes(capsys, tmp_path, tiny_best, tiny_data, monkeypatch):
     calls = []
-    real = imgclf.predict.Predictor.logits
+    real = imgclf.infer.predict.Predictor.logits
 
     def logits(self, batch):
         calls.append(len(batch))
@@ -237,7 +237,7 @@ def test_an_error_keeps_the_rows_done_and_resume_finishes(capsys, tmp_path, tiny
             raise RuntimeError("the model broke")
         return real(self, batch)
 
-    monkeypatch.setattr(imgclf.predict.Predictor, "logits", logits)
+    monkeypatch.setattr(imgclf.infer.predict.Predictor, "logits", logits)
     out = tmp_path / "o.parquet"
     argv = _cli(tiny_best, tiny_data / "val", "--output", out, "--batch-size", 4, "-q")
     assert main(argv) == 1
@@ -245,7 +245,7 @@ def test_an_error_keeps_the_rows_done_and_resume_finishes(capsys, tmp_path, tiny
     assert len(read_output(out)) == 8  # usable now
     assert main(argv) == 2  # the rows of the stopped run are not overwritten without --resume
     assert "pass --resume" in capsys.readouterr().err
-    monkeypatch.setattr(imgclf.predict.Predictor, "logits", real)
+    monkeypatch.setattr(imgclf.infer.predict.Predictor, "logits", real)
     assert main([*argv, "--resume"]) == 0
     assert read_output(out) == Predictor(tiny_best, device="cpu", batch_size=4).predict(
         _images(tiny_data / "val"), top_k=5
@@ -266,8 +266,8 @@ def _row(i: int) -> dict:
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_rows_merge_in_input_order(tmp_path, ext, world):
     """Each rank's chunks (chunk i on rank i % world) merge back into the input's order, whatever the format."""
-    from imgclf.batch_predict import Job, merge, shard
-    from imgclf.distributed import World
+    from imgclf.compute.distributed import World
+    from imgclf.infer.stream import Job, merge, shard
 
     rows, batch = [_row(i) for i in range(17)], 3  # 6 chunks, the last of 2 rows
     folder = tmp_path / f"o.{ext}.parts"
@@ -367,10 +367,12 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, tiny_best, 
 def test_resume_refuses_a_different_command(tmp_path, tiny_best, tiny_data, capsys, monkeypatch):
     out = tmp_path / "o.jsonl"
     argv = _cli(tiny_best, tiny_data / "val", "--output", out, "--batch-size", 4, "-q")
-    real = imgclf.predict.Predictor.logits
-    monkeypatch.setattr(imgclf.predict.Predictor, "logits", lambda self, b: (_ for _ in ()).throw(KeyboardInterrupt))
+    real = imgclf.infer.predict.Predictor.logits
+    monkeypatch.setattr(
+        imgclf.infer.predict.Predictor, "logits", lambda self, b: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
     assert main(argv) == 130
-    monkeypatch.setattr(imgclf.predict.Predictor, "logits", real)
+    monkeypatch.setattr(imgclf.infer.predict.Predictor, "logits", real)
     capsys.readouterr()
     for change, words in (
         (["--batch-size", "8"], "--batch-size 4, this one 8"),

@@ -33,7 +33,7 @@ def test_importing_imgclf_never_calls_umask():
         calls = []
         real = os.umask
         os.umask = lambda mask: (calls.append(mask), real(mask))[1]
-        import imgclf, imgclf.cli, imgclf.fileio, imgclf.checkpoint, imgclf.exporting, imgclf.serve.app
+        import imgclf, imgclf.cli.main, imgclf.core.fileio, imgclf.models.checkpoint, imgclf.exporting.export, imgclf.serve.app
         print(json.dumps(calls))
     """)
     assert json.loads(out) == []
@@ -42,8 +42,8 @@ def test_importing_imgclf_never_calls_umask():
 def test_new_files_get_the_umask_in_force_when_they_are_written(tmp_path, monkeypatch):
     """Checkpoints and JSON written through atomic_open get 0666 less the umask of the moment (here 0o027, set
     after imgclf was imported), and writing them does not touch the umask."""
-    from imgclf.checkpoint import save_checkpoint  # imported before the umask changes
-    from imgclf.fileio import write_json
+    from imgclf.core.fileio import write_json
+    from imgclf.models.checkpoint import save_checkpoint  # imported before the umask changes
 
     calls = []
     real = os.umask
@@ -66,7 +66,7 @@ def test_importing_imgclf_leaves_logging_alone():
     """No handler, level or propagation change on any logger, the package's own included, until the CLI runs."""
     out = _python("""
         import json, logging
-        import imgclf, imgclf.cli, imgclf.exporting, imgclf.serve.app, imgclf.serve.server, imgclf.evaluation
+        import imgclf, imgclf.cli.main, imgclf.exporting.export, imgclf.serve.app, imgclf.serve.server, imgclf.evaluation.command
         loggers = {name: (lg.level, len(lg.handlers), lg.propagate) for name, lg in logging.root.manager.loggerDict.items()
                    if isinstance(lg, logging.Logger) and (lg.level or lg.handlers or not lg.propagate)}
         print(json.dumps({"root": [logging.root.level, len(logging.root.handlers)], "changed": loggers}))
@@ -81,8 +81,8 @@ def test_quiet_in_one_command_does_not_silence_the_next(caplog):
     """--quiet turns progress off for its own command only: afterwards progress lines are logged again."""
     import logging
 
-    from imgclf.cli import main
-    from imgclf.progress import progress
+    from imgclf.cli.main import main
+    from imgclf.core.progress import progress
 
     assert main(["models", "-q", "--json"]) == 0
     logging.getLogger("imgclf").setLevel(logging.NOTSET)  # the CLI's logging set-up, as conftest undoes it
@@ -93,18 +93,18 @@ def test_quiet_in_one_command_does_not_silence_the_next(caplog):
 
 
 def test_every_module_logs_under_its_own_name():
-    """Loggers named by module (imgclf.fileio, imgclf.serve.app, ...), children of the `imgclf` logger the CLI
+    """Loggers named by module (imgclf.core.fileio, imgclf.serve.app, ...), children of the `imgclf` logger the CLI
     configures."""
     import importlib
 
     for name in (
-        "cli",
-        "fileio",
-        "progress",
-        "checkpoint",
-        "evaluation",
-        "exporting",
-        "benchmark",
+        "cli.main",
+        "core.fileio",
+        "core.progress",
+        "models.checkpoint",
+        "evaluation.command",
+        "exporting.export",
+        "exporting.bench",
         "data.cache",
         "data.pipeline",
         "serve.app",

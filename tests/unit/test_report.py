@@ -12,8 +12,8 @@ import shutil
 import pytest
 from conftest import chromium_page, needs_chromium, train_tiny
 
-from imgclf.cli import main
-from imgclf.report import REPORT_NAME, build_report, confused_pairs
+from imgclf.cli.main import main
+from imgclf.evaluation.report import REPORT_NAME, build_report, confused_pairs
 
 SECTIONS = ("machine", "data", "curves", "confusion", "per-class", "reliability", "mistakes", "check", "exports")
 
@@ -55,7 +55,7 @@ def test_training_and_evaluate_write_it_and_a_run_has_every_section(tiny_run, tm
 def test_training_builds_it_from_its_own_validation_pass(tiny_data, tmp_path, monkeypatch):
     """The page at the end of a run is made from the logits training computed for results.json (divided by the
     temperature --calibrate fitted), not from a second pass over the validation images."""
-    import imgclf.report as report
+    import imgclf.evaluation.report as report
 
     def second_pass(*a, **k):
         raise AssertionError("the report opened the validation split again")
@@ -156,7 +156,7 @@ def test_gallery_of_in_memory_images_with_grad_cam_and_of_an_export_without(tiny
 
     from imgclf import export
     from imgclf.data.sources import Split
-    from imgclf.runtime import open_model
+    from imgclf.infer.runtime import open_model
 
     rng = np.random.default_rng(0)
     labels = torch.tensor([i % 3 for i in range(6)])

@@ -121,7 +121,7 @@ def _folder_state(d) -> dict:
 @pytest.fixture
 def one_epoch_run(tmp_path, make_folder):
     """A 1-epoch test_tiny run on a flat folder (validation carved, so the run has a split.csv)."""
-    from imgclf.cli import main
+    from imgclf.cli.main import main
 
     data = make_folder(tmp_path / "d", layout="flat", classes=("cat", "dog"), n=8)
     argv = [
@@ -154,7 +154,7 @@ def test_resume_after_the_data_changed_is_refused_and_touches_nothing(
 ):
     import numpy as np
 
-    from imgclf.cli import main
+    from imgclf.cli.main import main
 
     data, run = one_epoch_run
     before = _folder_state(run)
@@ -177,7 +177,7 @@ def test_resume_after_the_data_changed_is_refused_and_touches_nothing(
 
 
 def test_resume_on_the_same_data_keeps_its_split_file(capsys, one_epoch_run):
-    from imgclf.cli import main
+    from imgclf.cli.main import main
 
     data, run = one_epoch_run
     split = _folder_state(run)["split.csv"]

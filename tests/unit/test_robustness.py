@@ -11,12 +11,13 @@ import torch
 from conftest import TINY_CLASSES
 from test_cli import _usage_error
 
-from imgclf.cli import main
-from imgclf.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from imgclf.errors import UsageError
-from imgclf.evaluation import evaluate
-from imgclf.robustness import PixelModel, fgsm, parse_eps, pgd, robustness
-from imgclf.runtime import open_model
+from imgclf.cli.main import main
+from imgclf.core.errors import UsageError
+from imgclf.core.options import parse_eps
+from imgclf.evaluation.command import evaluate
+from imgclf.evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from imgclf.evaluation.robustness import PixelModel, fgsm, pgd, robustness
+from imgclf.infer.runtime import open_model
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def many(tmp_path_factory, make_folder):
 
 def _batch(tiny_best, data, n=12):
     """(PixelModel, [0, 1] images, labels) of the first n test images, as robustness() decodes them."""
-    from imgclf.robustness import _load_split
+    from imgclf.evaluation.robustness import _load_split
 
     runner = open_model(tiny_best, precision="fp32")
     images, labels, _, _ = _load_split(runner, str(data), "test", n, None, 0, "memory")
@@ -107,7 +108,7 @@ def test_accuracy_falls_with_eps_and_pgd_is_at_most_fgsm(tiny_best, many, tmp_pa
 
 def test_a_model_with_test_time_augmentation_is_attacked_through_it(tmp_path, make_folder):
     """airnet's eval forward averages 6 flipped and shifted views: the attack goes through that forward."""
-    from imgclf.checkpoint import make_checkpoint, save_checkpoint
+    from imgclf.models.checkpoint import make_checkpoint, save_checkpoint
     from imgclf.models.registry import build_model, get_spec
 
     spec = get_spec("airnet_small")
@@ -192,7 +193,7 @@ def test_corruption_table_is_reproducible(tiny_best, tiny_data, tmp_path):
 
 def test_an_export_gets_corruptions_and_a_one_line_refusal_for_attacks(tiny_best, tiny_data, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    from imgclf.exporting import export
+    from imgclf.exporting.export import export
 
     onnx = export(tiny_best, "onnx", out=str(tmp_path / "m.onnx"), calib_images=16, verify_images=8)["out"]
     r = robustness(onnx, str(tiny_data), corruptions=True, severities="1,3", workers=0, out=str(tmp_path / "c"))
@@ -229,7 +230,7 @@ def test_limit_takes_images_of_every_class_not_the_first_n(tiny_best, tiny_data,
     """A folder split is sorted by class: the first 3 of the tiny test split are all cats."""
     r = robustness(tiny_best, str(tiny_data), corruptions=True, severities="1", limit=3, out=str(tmp_path), workers=0)
     runner = open_model(tiny_best)
-    from imgclf.robustness import _load_split
+    from imgclf.evaluation.robustness import _load_split
 
     _, labels, _, _ = _load_split(runner, str(tiny_data), "test", 3, None, 0, "memory")
     assert r["num_images"] == 3 and len(set(labels.tolist())) > 1

@@ -26,10 +26,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx vs httpx2, whichever is installed
     from fastapi.testclient import TestClient
 
-from imgclf.cli import main
-from imgclf.errors import UsageError
-from imgclf.predict import Predictor
-from imgclf.runtime import open_model
+from imgclf.cli.main import main
+from imgclf.core.errors import UsageError
+from imgclf.infer.predict import Predictor
+from imgclf.infer.runtime import open_model
 from imgclf.serve import ServeSettings, create_app
 from imgclf.serve.batcher import DynamicBatcher, Overloaded
 from imgclf.serve.server import bind, make_server
@@ -138,8 +138,9 @@ def test_decoding_gives_predictors_pixels(tmp_path, image_of_class):
     """The server's decode (crop before the channel move, normalise per batch) is bit-for-bit Predictor's input,
     for JPEGs decoded at reduced scale, palette/grey/alpha/16-bit PNGs, EXIF rotation, and an image smaller than
     the crop (padded)."""
+    from imgclf.core.artifact import Preprocess
     from imgclf.data.images import load_image, pil_to_uint8
-    from imgclf.data.pipeline import Preprocess, eval_transform
+    from imgclf.data.pipeline import eval_transform
     from imgclf.serve.decode import NormalizeUploads, decode_upload
 
     rng = np.random.default_rng(1)
@@ -695,7 +696,7 @@ def test_serves_exported_files(fmt, tiny_best, images, tmp_path):
     """The app only uses the Runner interface, so an exported file serves like the checkpoint it came from."""
     if fmt.startswith("onnx"):
         pytest.importorskip("onnxruntime")
-    from imgclf.exporting import FORMATS, export
+    from imgclf.exporting.export import FORMATS, export
 
     out = tmp_path / f"model{FORMATS[fmt].suffix}"
     export(tiny_best, fmt, out=str(out), calib_images=32, verify_images=24)
@@ -731,7 +732,7 @@ def test_warmup_runs_every_kind_of_batch_largest_first():
 def test_server_sessions_do_not_spin_or_keep_memory_patterns():
     """The server's onnxruntime session sleeps between runs (the decode threads need the cores) and plans no
     memory per input shape (a pattern per batch size grew the resident memory by half)."""
-    from imgclf.runtime import onnx_session_options
+    from imgclf.infer.runtime import onnx_session_options
 
     served = onnx_session_options(2, spin=False)
     assert served.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -29,7 +29,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from imgclf.runtime import open_model
+from imgclf.infer.runtime import open_model
 from imgclf.serve import ServeSettings, create_app
 
 MAX_FILES = 6

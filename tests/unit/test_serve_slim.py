@@ -37,7 +37,7 @@ def _png(im: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def int8_export(tiny_best, tmp_path_factory) -> str:
-    from imgclf.exporting import export
+    from imgclf.exporting.export import export
 
     out = tmp_path_factory.mktemp("slim") / "tiny.int8.onnx"
     export(tiny_best, "onnx-int8", out=str(out), calib_images=32, verify_images=24)
@@ -125,7 +125,7 @@ def test_serving_an_onnx_export_never_imports_torch(int8_export, image_files):
 def test_slim_answers_equal_imgclf_predict(int8_export, image_files):
     """The slim path (NumPy preprocessing, its own session) against `imgclf predict`'s Predictor on the same
     export: the same labels, probabilities within 1e-4 (the same onnxruntime kernels; batches may differ)."""
-    from imgclf.predict import Predictor
+    from imgclf.infer.predict import Predictor
 
     expected = Predictor(int8_export, device="cpu").predict([str(p) for p in image_files], top_k=3)
     app = create_app(int8_export, ServeSettings(max_wait_ms=1))
@@ -146,8 +146,9 @@ def test_slim_answers_equal_imgclf_predict(int8_export, image_files):
 
 def test_numpy_normalisation_is_eval_transforms(image_files):
     """normalize_batch (the slim path) computes eval_transform's float32 values, to rounding."""
+    from imgclf.core.artifact import Preprocess
     from imgclf.data.images import load_image, pil_to_uint8
-    from imgclf.data.pipeline import Preprocess, eval_transform
+    from imgclf.data.pipeline import eval_transform
     from imgclf.serve.decode import decode_upload, normalize_batch
 
     pre = Preprocess(img_size=24, resize=28, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
@@ -160,8 +161,8 @@ def test_numpy_normalisation_is_eval_transforms(image_files):
 
 def test_prep_mirrors_preprocess():
     """The torch-free Prep reads what Preprocess writes, field for field."""
-    from imgclf.data.pipeline import Preprocess
-    from imgclf.errors import CheckpointError
+    from imgclf.core.artifact import Preprocess
+    from imgclf.core.errors import CheckpointError
     from imgclf.serve.onnx_model import Prep
 
     assert [f.name for f in dataclasses.fields(Prep)] == [f.name for f in dataclasses.fields(Preprocess)]
@@ -217,7 +218,7 @@ def _flags(parser) -> set[str]:
 def test_console_script_has_the_flags_of_imgclf_serve():
     import argparse
 
-    from imgclf.cli import build_parser as cli_parser
+    from imgclf.cli.main import build_parser as cli_parser
     from imgclf.serve.main import build_parser
 
     sub = next(a for a in cli_parser()._actions if isinstance(a, argparse._SubParsersAction))

@@ -17,11 +17,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx vs httpx2, whichever is installed
     from fastapi.testclient import TestClient
 
-from imgclf.cli import main
-from imgclf.errors import UsageError
-from imgclf.explain import Explainer
-from imgclf.predict import Predictor
-from imgclf.runtime import open_model
+from imgclf.cli.main import main
+from imgclf.core.errors import UsageError
+from imgclf.evaluation.explain import Explainer
+from imgclf.infer.predict import Predictor
+from imgclf.infer.runtime import open_model
 from imgclf.serve import ServeSettings, create_app
 
 TINY_CLASSES = ["cat", "dog", "fox"]  # conftest.tiny_data

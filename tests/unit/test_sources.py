@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclf.core.errors import DataError, UsageError
 from imgclf.data.images import UnreadableImage, load_image
 from imgclf.data.sources import DataSource, open_source
-from imgclf.errors import DataError, UsageError
 
 
 def _class_of(path: str) -> str:

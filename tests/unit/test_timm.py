@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from imgclf.cli import main
+from imgclf.cli.main import main
+from imgclf.core.errors import UsageError, WeightsUnavailableError
 from imgclf.data.pipeline import resolve_preprocess
-from imgclf.errors import UsageError, WeightsUnavailableError
 from imgclf.models import timm_models
 from imgclf.models.registry import REGISTRY, apply_frozen_eval, build_model, freeze, get_spec, parameter_table
 

@@ -18,9 +18,9 @@ from conftest import train_tiny as _train
 from torch import nn
 
 import imgclf
-from imgclf.checkpoint import load_checkpoint
-from imgclf.config import TrainConfig
-from imgclf.errors import TrainingDiverged
+from imgclf.core.errors import TrainingDiverged
+from imgclf.models.checkpoint import load_checkpoint
+from imgclf.training.options import TrainConfig
 
 
 @pytest.fixture
@@ -110,8 +110,8 @@ def test_training_leaves_logging_umask_and_socket_timeout_as_they_were(tmp_path,
 
 def test_import_changes_neither_umask_nor_matplotlib_backend():
     code = (
-        "import os, matplotlib; os.umask(0o027); b = matplotlib.get_backend(); import imgclf, imgclf.training, "
-        "imgclf.plots, imgclf.cli; m = os.umask(0); print(oct(m), b == matplotlib.get_backend())"
+        "import os, matplotlib; os.umask(0o027); b = matplotlib.get_backend(); import imgclf, imgclf.training.engine, "
+        "imgclf.evaluation.plots, imgclf.cli.main; m = os.umask(0); print(oct(m), b == matplotlib.get_backend())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0o27", "True"]
@@ -149,7 +149,7 @@ def test_ema_is_evaluated_every_epoch_and_best_pt_says_which_weights(tmp_path, d
 
 
 def test_ema_weights_are_the_average_of_the_steps():
-    from imgclf.training import make_ema
+    from imgclf.training.engine import make_ema
 
     m = nn.Linear(2, 1, bias=False)
     ema = make_ema(m, decay=0.5, warmup=0)
@@ -193,12 +193,12 @@ def test_freeze_epochs_train_the_head_first_then_everything_at_the_backbone_scal
 
 
 def test_freeze_epochs_refuses_a_freeze_option_beside_it(tmp_path, data):
-    with pytest.raises(imgclf.errors.UsageError, match="--freeze-epochs"):
+    with pytest.raises(imgclf.core.errors.UsageError, match="--freeze-epochs"):
         _train(tmp_path, data, "both", epochs=2, freeze_epochs=1, freeze="backbone")
 
 
 def test_accumulated_gradients_equal_one_big_batch():
-    from imgclf.training import train_steps
+    from imgclf.training.engine import train_steps
 
     torch.manual_seed(0)
     x, y = torch.randn(8, 4, 1, 1), torch.randint(0, 3, (8,))
@@ -230,7 +230,7 @@ def test_accumulate_counts_optimizer_steps(tmp_path, data):
 
 
 def test_clip_grad_bounds_the_step():
-    from imgclf.training import train_steps
+    from imgclf.training.engine import train_steps
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -277,7 +277,7 @@ def test_histograms_are_written_to_tensorboard(tmp_path, data):
 def test_a_diverging_run_stops_with_one_line_naming_step_and_layer(tmp_path, data):
     """With --log-histograms a non-finite gradient stops the run: one line naming the step and the layer, and
     last.pt stays the last good epoch's."""
-    from imgclf.callbacks import Callback
+    from imgclf.core.callback import Callback
 
     class Poison(Callback):  # in epoch 2, one weight of the first conv becomes NaN
         def on_step_start(self, trainer):
@@ -298,7 +298,7 @@ def test_a_diverging_run_stops_with_one_line_naming_step_and_layer(tmp_path, dat
 
 
 def test_the_cli_reports_a_diverging_run_in_one_line(tmp_path, data, capsys):
-    from imgclf.cli import main
+    from imgclf.cli.main import main
 
     code = main(["train", *_tiny_cli(data, tmp_path, "boom"), "--lr", "1e30", "--epochs", "2", "--log-histograms", "1"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -330,7 +330,7 @@ def test_lr_auto_runs_the_range_test_first_and_trains_at_its_suggestion(tmp_path
 
 
 def test_lr_find_cli_prints_a_suggestion_and_saves_the_curve(tmp_path, data, capsys):
-    from imgclf.cli import main
+    from imgclf.cli.main import main
 
     code = main(["lr-find", *_tiny_cli(data, tmp_path, "lrf"), "--steps", "40"])
     out = capsys.readouterr().out

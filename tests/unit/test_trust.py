@@ -9,7 +9,9 @@ import shutil
 import pytest
 import torch
 
-from imgclf.calibration import (
+from imgclf.cli.main import main
+from imgclf.core.errors import UsageError
+from imgclf.evaluation.calibration import (
     calibrate,
     expected_calibration_error,
     fit_temperature,
@@ -17,12 +19,10 @@ from imgclf.calibration import (
     reliability,
     selective,
 )
-from imgclf.checkpoint import load_checkpoint, save_checkpoint
-from imgclf.cli import main
-from imgclf.errors import UsageError
-from imgclf.predict import Predictor
-from imgclf.runtime import CheckpointRunner, open_model
-from imgclf.tta import average
+from imgclf.infer.predict import Predictor
+from imgclf.infer.runtime import CheckpointRunner, open_model
+from imgclf.models.checkpoint import load_checkpoint, save_checkpoint
+from imgclf.models.tta import average
 
 # probabilities of a calibrated path against the same numbers computed by hand, both fp32 on one machine
 PROB_TOL = 1e-5
@@ -181,7 +181,7 @@ def test_evaluate_reports_ece_and_coverage(tiny_best, tmp_path, capsys):
 @pytest.mark.kernels
 def test_temperature_is_in_the_onnx_graph(calibrated, mislabelled, tmp_path):
     pytest.importorskip("onnxruntime")
-    from imgclf.exporting import export
+    from imgclf.exporting.export import export
 
     path, r = calibrated
     rep = export(path, "onnx", out=str(tmp_path / "m.onnx"), verify_data=str(mislabelled), verify_images=18)
@@ -309,7 +309,7 @@ def test_tta_and_calibrate_usage_errors(tiny_best, tiny_data, tmp_path, capsys):
 def test_train_calibrate_stores_the_fitted_temperature_in_best_pt(tmp_path, make_folder):
     from conftest import train_tiny
 
-    from imgclf.checkpoint import temperature_of
+    from imgclf.models.checkpoint import temperature_of
 
     data = str(make_folder(tmp_path / "d", classes=("a", "b", "c"), n=12, n_val=4, size=16))
     res = train_tiny(tmp_path, data, "cal", epochs=2, calibrate=True)

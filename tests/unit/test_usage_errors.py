@@ -13,9 +13,9 @@ import pytest
 import torch
 from test_cli import _in_tmp, _usage_error  # noqa: F401 - the autouse fixture (commands write into tmp_path) and the check
 
-import imgclf.predict
-from imgclf.cli import main
-from imgclf.errors import UsageError
+import imgclf.infer.predict
+from imgclf.cli.main import main
+from imgclf.core.errors import UsageError
 from imgclf.models.registry import REGISTRY
 
 
@@ -173,7 +173,7 @@ def test_numeric_flags_of_every_command(capsys, tmp_path, tiny_best, tiny_data, 
 def test_predictor_refuses_top_k_below_one(tiny_best, tiny_data):
     img = next((tiny_data / "val" / "cat").iterdir())
     with pytest.raises(UsageError, match="top_k must be at least 1"):
-        imgclf.predict.Predictor(tiny_best, device="cpu").predict(img, top_k=0)
+        imgclf.infer.predict.Predictor(tiny_best, device="cpu").predict(img, top_k=0)
 
 
 @pytest.mark.parametrize(
@@ -214,14 +214,14 @@ def test_a_file_that_raises_anything_loses_only_its_own_result(capsys, tmp_path,
     """A MemoryError while resizing one file (a 400000 x 1 PNG did this) is that file's error; the rest is kept."""
     folder = tiny_data / "val" / "dog"
     victim = sorted(folder.iterdir())[2]
-    real = imgclf.predict.load_image
+    real = imgclf.infer.predict.load_image
 
     def load_image(path, *a, **kw):
         if Path(path) == victim:
             raise MemoryError()
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(imgclf.predict, "load_image", load_image)
+    monkeypatch.setattr(imgclf.infer.predict, "load_image", load_image)
     out = tmp_path / "o.csv"
     assert main(["predict", tiny_best, str(folder), "--output", str(out), "--device", "cpu", "--batch-size", "4"]) == 0
     err = capsys.readouterr().err
@@ -234,7 +234,7 @@ def test_a_file_that_raises_anything_loses_only_its_own_result(capsys, tmp_path,
 
 def test_an_error_late_in_the_run_keeps_the_rows_done(capsys, tmp_path, tiny_best, tiny_data, monkeypatch):
     calls = []
-    real = imgclf.predict.Predictor.logits
+    real = imgclf.infer.predict.Predictor.logits
 
     def logits(self, batch):
         calls.append(len(batch))
@@ -242,7 +242,7 @@ def test_an_error_late_in_the_run_keeps_the_rows_done(capsys, tmp_path, tiny_bes
             raise RuntimeError("the model broke")
         return real(self, batch)
 
-    monkeypatch.setattr(imgclf.predict.Predictor, "logits", logits)
+    monkeypatch.setattr(imgclf.infer.predict.Predictor, "logits", logits)
     out = tmp_path / "o.csv"
     assert (
         main(

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from imgclf.errors import WeightsUnavailableError
+from imgclf.core.errors import WeightsUnavailableError
 from imgclf.models import registry
 
 PAYLOAD = b"not really weights, but bytes to copy" * 1000

@@ -15,7 +15,7 @@ import logging
 import torch
 from torchvision.transforms import v2
 
-from .rng import global_rng_from
+from imgclf.data.rng import global_rng_from
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..fileio import user_cache_home
-from .images import UnreadableImage, center_crop
-from .pipeline import decode_one
-from .sources import Split, hash_split
+from imgclf.core.fileio import user_cache_home
+from imgclf.data.images import UnreadableImage, center_crop
+from imgclf.data.pipeline import decode_one
+from imgclf.data.sources import Split, hash_split
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -61,7 +61,7 @@ def decode_all(
 ) -> dict[int, str]:
     """Decode every image of `split` into out[i] (out=None: only check that it decodes), resizing with
     `interpolation`; returns {index: reason} for the images that could not be decoded."""
-    from ..progress import progress
+    from imgclf.core.progress import progress
 
     errors: dict[int, str] = {}
 

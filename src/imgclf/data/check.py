@@ -21,10 +21,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import DataError
-from .balance import SAMPLER_FROM, imbalance_ratio
-from .images import BadShape, UnreadableImage, check_shape, load_image, to_rgb
-from .sources import find_split_dirs, is_image_name
+from imgclf.core.errors import DataError
+from imgclf.data.balance import SAMPLER_FROM, imbalance_ratio
+from imgclf.data.images import BadShape, UnreadableImage, check_shape, load_image, to_rgb
+from imgclf.data.sources import find_split_dirs, is_image_name
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ def _walk_class(lst: _Listing, split: str, folder: Path) -> None:
 
 
 def _list_csv(path: Path) -> _Listing:
-    from .sources import _csv_source  # the loader's own CSV rules: same columns, splits and path resolution
+    from imgclf.data.sources import _csv_source  # the loader's own CSV rules: same columns, splits and path resolution
 
     src = _csv_source(path)
     lst = _Listing("csv", path.parent, classes=set(src.classes))

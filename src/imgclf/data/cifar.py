@@ -19,8 +19,8 @@ import numpy as np
 from torchvision import datasets
 from torchvision.datasets.utils import USER_AGENT, check_integrity, extract_archive
 
-from ..errors import DataError
-from ..fileio import atomic_open
+from imgclf.core.errors import DataError
+from imgclf.core.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 

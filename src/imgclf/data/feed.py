@@ -13,10 +13,11 @@ import logging
 
 import torch
 
-from .batches import Batches, BatchTransform, epoch_order
-from .cache import decode_all, drop_unreadable, load_decoded
-from .pipeline import ImageDataset, Preprocess, augment_kind, eval_transform, make_loader, train_transform
-from .sources import Split
+from imgclf.core.artifact import Preprocess
+from imgclf.data.batches import Batches, BatchTransform, epoch_order
+from imgclf.data.cache import decode_all, drop_unreadable, load_decoded
+from imgclf.data.pipeline import ImageDataset, augment_kind, eval_transform, make_loader, train_transform
+from imgclf.data.sources import Split
 
 log = logging.getLogger(__name__)
 

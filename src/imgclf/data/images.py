@@ -11,13 +11,14 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
+from imgclf.core.artifact import INTERPOLATION_NAMES
+
 # Truncated files must fail, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-# Resampling filters a Preprocess may name (`Preprocess.interpolation`): each exists in PIL (files), in torch's
-# interpolate and grid_sample (whole batches) and in torchvision's transforms, so every path resizes alike.
-INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+# PIL's filter for each resampling name a Preprocess may take (core/artifact.py's INTERPOLATION_NAMES)
+INTERPOLATIONS = {name: getattr(Image, name.upper()) for name in INTERPOLATION_NAMES}
 
 # EXIF orientations 2-8: mirrored and/or rotated; 1 (or none) is upright.
 _TURNED = frozenset(range(2, 9))

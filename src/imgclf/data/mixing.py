@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from .rng import global_rng_from
+from imgclf.data.rng import global_rng_from
 
 log = logging.getLogger(__name__)
 

@@ -8,50 +8,20 @@ import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
-from ..errors import CheckpointError
-from .autoaugment import policy
-from .images import INTERPOLATIONS, array_to_uint8, center_crop, load_image, pil_to_uint8
-from .sources import Split
+from imgclf.core.artifact import Preprocess
+from imgclf.data.autoaugment import policy
+from imgclf.data.images import array_to_uint8, center_crop, load_image, pil_to_uint8
+from imgclf.data.sources import Split
 
 log = logging.getLogger(__name__)
 
 SMALL_MAX = 64  # up to this size, images get the small-image recipe (padded crop) instead of random resized crop
-
-
-@dataclass
-class Preprocess:
-    """How a file becomes model input. Stored in every checkpoint; `predict` and exports use it as is."""
-
-    img_size: int  # square crop fed to the model, pixels
-    resize: int  # shorter side after loading, pixels (then a centre crop of img_size)
-    mean: list
-    std: list
-    interpolation: str = "bilinear"  # every resize of the image: on load, in the decoded cache, random resized crops
-
-    def __post_init__(self):
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation '{self.interpolation}' is not one of {', '.join(INTERPOLATIONS)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocess:
-        """From a checkpoint or an export's metadata; those from before `interpolation` was saved mean bilinear."""
-        try:
-            return cls(
-                **{k: d[k] for k in ("img_size", "resize", "mean", "std") if k in d},
-                interpolation=d.get("interpolation", "bilinear"),
-            )
-        except ValueError as e:
-            raise CheckpointError(f"preprocessing in this file: {e} (written by a newer imgclf?)") from None
 
 
 def resolve_preprocess(spec, *, img_size: int | None, pretrained: bool, own_size: int | None) -> Preprocess:

@@ -8,7 +8,7 @@ import shutil
 
 from PIL import Image
 
-from .sources import open_source
+from imgclf.data.sources import open_source
 
 
 def save_samples(

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, did_you_mean
-from ..fileio import user_cache_home
+from imgclf.core.errors import DataError, did_you_mean
+from imgclf.core.fileio import user_cache_home
 
 # torchvision's list plus GIF: anything PIL reads that people keep photos in.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -286,7 +286,9 @@ def _digits_source() -> DataSource:
 
 
 def _cifar_source(name: str, root: str, *, download: bool) -> DataSource:
-    from .cifar import read_cifar  # here: it imports torchvision, which `imgclf check` on a folder does not need
+    from imgclf.data.cifar import (
+        read_cifar,  # here: it imports torchvision, which `imgclf check` on a folder does not need
+    )
 
     folder, classes, arrays = read_cifar(name, root, download=download)
     splits = {
@@ -334,7 +336,7 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None
 
 def write_split_manifest(src: DataSource, path: str) -> None:
     """The split as a CSV (path or index, label, split), so a run's split can be read back exactly."""
-    from ..fileio import atomic_open
+    from imgclf.core.fileio import atomic_open
 
     with atomic_open(path, newline="") as f:
         w = csv.writer(f)

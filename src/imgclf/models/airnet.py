@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..callbacks import Callback
-from ..tta import flip_crop
+from imgclf.core.callback import Callback
+from imgclf.models.tta import flip_crop
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class WhiteningFromData(Callback):
                 break
         model, reg = trainer.state.model, WHITENING_EPS
         if trainer.cfg.adv_train != "none":
-            from ..adversarial import adv_eps
+            from imgclf.core.options import adv_eps
 
             patch_values = model.whiten.weight[0].numel()
             reg = adversarial_whitening_eps(adv_eps(trainer.cfg.adv_eps), trainer.prep.std, patch_values)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import UsageError, WeightsUnavailableError, did_you_mean
-from ..fileio import atomic_open
-from .timm_models import INSTALL, PREFIX, is_timm_name, timm_spec
+from imgclf.core.errors import UsageError, WeightsUnavailableError, did_you_mean
+from imgclf.core.fileio import atomic_open
+from imgclf.models.timm_models import INSTALL, PREFIX, is_timm_name, timm_spec
 
 log = logging.getLogger(__name__)
 
@@ -532,7 +532,7 @@ def list_models(timm: str | None = None) -> list[dict]:
     input size, and whether pretrained weights can be loaded right now without a network. With `timm`, a
     pattern ('resnet*'): the timm models that match it instead, as `timm:NAME`, and whether their weights are cached."""
     if timm is not None:
-        from .timm_models import list_timm
+        from imgclf.models.timm_models import list_timm
 
         return list_timm(timm)
     out = []
@@ -561,13 +561,13 @@ AIRNET_MIN = 25
 
 
 def _airnet(num_classes: int, widths=(64, 256, 256)) -> nn.Module:
-    from .airnet import AirNet
+    from imgclf.models.airnet import AirNet
 
     return AirNet(num_classes, widths)
 
 
 def _airnet_callbacks() -> list:
-    from .airnet import training_callbacks
+    from imgclf.models.airnet import training_callbacks
 
     return training_callbacks()
 

@@ -18,7 +18,7 @@ import os
 import torch
 from torch import nn
 
-from ..errors import UsageError, WeightsUnavailableError, did_you_mean
+from imgclf.core.errors import UsageError, WeightsUnavailableError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _check_name(arch: str) -> None:
 @functools.cache
 def timm_spec(name: str):
     """The ModelSpec of `timm:ARCH` (ARCH may carry a pretrained tag, as in resnet18.a1_in1k)."""
-    from .registry import ModelSpec
+    from imgclf.models.registry import ModelSpec
 
     arch = name[len(PREFIX) :]
     _check_name(arch)

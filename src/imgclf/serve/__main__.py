@@ -1,3 +1,3 @@
-from .main import run
+from imgclf.serve.main import run
 
 run()

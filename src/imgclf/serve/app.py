@@ -41,13 +41,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from ..confidence import check_min_confidence, mark_unsure
-from ..errors import UsageError
-from .batcher import DynamicBatcher, Overloaded
-from .decode import IMAGE_FORMATS, ImageRejected, decode_upload, open_upload
-from .metrics import Metrics
-from .model import OVERLAY_MAX_SIDE, open_explainer, open_served
-from .server import trim_malloc
+from imgclf.core.confidence import check_min_confidence, mark_unsure
+from imgclf.core.errors import UsageError
+from imgclf.serve.batcher import DynamicBatcher, Overloaded
+from imgclf.serve.decode import IMAGE_FORMATS, ImageRejected, decode_upload, open_upload
+from imgclf.serve.metrics import Metrics
+from imgclf.serve.model import OVERLAY_MAX_SIDE, open_explainer, open_served
+from imgclf.serve.server import trim_malloc
 
 log = logging.getLogger(__name__)
 
@@ -786,6 +786,6 @@ def _without_paths(obj):
 
 
 def _version() -> str:
-    from .. import __version__
+    from imgclf import __version__
 
     return __version__

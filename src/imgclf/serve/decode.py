@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from ..data.images import BadShape, center_crop, check_shape, resize_shorter, to_rgb
+from imgclf.data.images import BadShape, center_crop, check_shape, resize_shorter, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class NormalizeUploads:
     For PyTorch runners; imports torch when built."""
 
     def __init__(self, preprocess):
-        from ..data.pipeline import eval_transform
+        from imgclf.data.pipeline import eval_transform
 
         self.transform = eval_transform(preprocess)
 

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from ..errors import ImgclfError, UsageError
+from imgclf.core.errors import ImgclfError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def _positive(kind):
 
 
 def _min_confidence(text: str) -> float:
-    from ..confidence import check_min_confidence
-    from ..errors import UsageError
+    from imgclf.core.confidence import check_min_confidence
+    from imgclf.core.errors import UsageError
 
     try:
         return check_min_confidence(text)
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(a: argparse.Namespace):
-    from .app import ServeSettings
+    from imgclf.serve.app import ServeSettings
 
     key = a.api_key if a.api_key is not None else (os.environ.get("IMGCLF_API_KEY") or None)
     return ServeSettings(
@@ -119,14 +119,14 @@ def settings_from(a: argparse.Namespace):
 
 def serve(a: argparse.Namespace) -> int:
     """Open the model, bind, serve until stopped: imgclf-serve's and `imgclf serve`'s (cli.cmd_serve) one path."""
-    from .server import bind, limit_malloc_arenas, run, url_of
+    from imgclf.serve.server import bind, limit_malloc_arenas, run, url_of
 
     limit_malloc_arenas()  # first: before numpy and onnxruntime start threads
     # python-multipart logs a warning for every malformed body before raising; the client gets a 400 that says
     # so, and a scanner must not be able to fill the server's log. Set here, for this process (a command's, not
     # a library call's): the library leaves an embedding application's loggers alone.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
-    from .app import create_app
+    from imgclf.serve.app import create_app
 
     settings = settings_from(a)
     app = create_app(a.weights, settings)  # opens the model: a bad file fails here, before any port is bound
@@ -152,7 +152,7 @@ def serve(a: argparse.Namespace) -> int:
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     # This process's own logging (a console script, not a library call): imgclf's messages on stderr.
-    # the handler is marked as imgclf.cli marks its own, so a second main() in one process replaces it (the
+    # the handler is marked as imgclf.cli.main marks its own, so a second main() in one process replaces it (the
     # console script runs once; tests and embedding callers run it many times)
     root = logging.getLogger("imgclf")
     for old in list(root.handlers):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..errors import CheckpointError, UsageError
+from imgclf.core.errors import CheckpointError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def open_served(runner_or_path, settings):
         path = str(runner_or_path)
         check_model_file(path)
         if is_onnx_path(path):
-            from .onnx_model import OnnxModel
+            from imgclf.serve.onnx_model import OnnxModel
 
             # spin=False: onnxruntime's threads must not spin-wait on the cores the decode threads need
             model = OnnxModel(path, device=settings.device, threads=settings.threads, spin=False)
@@ -55,14 +55,14 @@ def open_served(runner_or_path, settings):
         runner = runner_or_path
     if callable(getattr(runner, "probabilities", None)):
         return runner, runner
-    from .runner_model import RunnerModel
+    from imgclf.serve.runner_model import RunnerModel
 
     return runner, RunnerModel(runner)
 
 
 def _open_with_torch(path: str, settings):
     try:
-        from ..runtime import open_model
+        from imgclf.infer.runtime import open_model
     except ModuleNotFoundError as e:  # the slim install
         raise UsageError(
             f"'{path}' is not an ONNX export (its name does not end in .onnx), and this install has no "
@@ -90,6 +90,6 @@ def open_explainer(runner, settings) -> tuple[object | None, dict]:
         }
     if not settings.explain:
         return None, {"available": False, "reason": "explanations are switched off on this server (--no-explain)"}
-    from .runner_model import open_explainer as open_checkpoint_explainer
+    from imgclf.serve.runner_model import open_explainer as open_checkpoint_explainer
 
     return open_checkpoint_explainer(runner, settings)

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..data.images import INTERPOLATIONS
-from ..errors import CheckpointError
-from ..export_formats import FORMATS
-from ..onnxrt import open_session
-from .decode import normalize_batch
+from imgclf.core.errors import CheckpointError
+from imgclf.core.formats import FORMATS
+from imgclf.core.onnxrt import open_session
+from imgclf.data.images import INTERPOLATIONS
+from imgclf.serve.decode import normalize_batch
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import torch
 
-from .decode import NormalizeUploads
+from imgclf.serve.decode import NormalizeUploads
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def open_explainer(runner, settings) -> tuple[object | None, dict]:
     the runner's device (settings.device for a runner object without one). Its Grad-CAM layer is found now, on
     a blank image, so that a model without one (a vision transformer) is known at start-up: (None, the reason),
     and /explain says so instead of failing on every request."""
-    from ..device import to_layout
-    from ..explain import Explainer, NoFeatureMap
+    from imgclf.compute.device import to_layout
+    from imgclf.evaluation.explain import Explainer, NoFeatureMap
 
     explainer = Explainer(runner.path, device=str(getattr(runner, "device", settings.device)), batch_size=1)
     size = explainer.predictor.preprocess.img_size

@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 
-from ..errors import UsageError
+from imgclf.core.errors import UsageError
 
 # Seconds a client has to send a request's headers, from the moment the connection opens or its previous response
 # ends. A real client sends them in one packet, a slow mobile link in well under a second; the body's upload is

@@ -1,0 +1,231 @@
+"""How far to trust a model's probabilities: calibration error, temperature scaling and selective prediction.
+
+- Expected calibration error (ECE; Naeini et al. 2015, as Guo et al. 2017 measure it): the top-1 confidence
+  c_i = max_k p_ik of each of the n images is put in one of B = 15 equal-width bins, bin m holding
+  c in ((m-1)/B, m/B]; ECE = sum over bins of |B_m| / n * |accuracy(B_m) - mean confidence(B_m)|. 0 is a model
+  whose confidence is its accuracy; a model that says 90% and is right 70% of the time has 0.2.
+- Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks"): one scalar T > 0 fitted on
+  the validation split's logits z by minimising the negative log-likelihood of softmax(z / T). Dividing every
+  logit by the same positive number keeps their order, so the predicted labels (and the accuracy) are unchanged;
+  only the confidence moves. `imgclf calibrate` stores T in the checkpoint; every runner applies it (runtime.py)
+  and every export has it in its graph (exporting.py).
+- Selective prediction: the coverage (fraction of images whose top-1 confidence is at least P) and the accuracy
+  on those, at a few thresholds P: what `predict --min-confidence P` would answer and how often it is right.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imgclf.core.errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
+
+ECE_BINS = 15
+THRESHOLDS = (0.5, 0.7, 0.9)  # evaluate's coverage / accuracy table
+# bounds of the fitted temperature: NLL(T) is unimodal in T (convex in 1/T), so the minimum inside is found; a
+# fit that ends on a bound means the split is too easy (every image right: T -> 0) or the model is noise
+T_MIN, T_MAX = 0.05, 20.0
+
+
+def _top1(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 confidence, whether the top-1 label is right), float64 and bool arrays of length N."""
+    p = probs.double() if isinstance(probs, torch.Tensor) else torch.as_tensor(np.asarray(probs, dtype=np.float64))
+    conf, pred = p.max(1)
+    return conf.numpy(), (pred == torch.as_tensor(labels)).numpy()
+
+
+def reliability(probs, labels, bins: int = ECE_BINS) -> list[dict]:
+    """Per bin m (confidence in ((m-1)/bins, m/bins]): its edges, its images, their accuracy and mean confidence
+    (None where the bin is empty)."""
+    conf, right = _top1(probs, labels)
+    idx = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    rows = []
+    for m in range(bins):
+        sel = idx == m
+        k = int(sel.sum())
+        rows.append(
+            {
+                "low": m / bins,
+                "high": (m + 1) / bins,
+                "images": k,
+                "accuracy": float(right[sel].mean()) if k else None,
+                "confidence": float(conf[sel].mean()) if k else None,
+            }
+        )
+    return rows
+
+
+def expected_calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
+    """ECE of N x C probabilities against N labels, with `bins` equal-width bins of the top-1 confidence (module
+    docstring); nan for no images."""
+    rows = reliability(probs, labels, bins)
+    n = sum(r["images"] for r in rows)
+    if not n:
+        return float("nan")
+    return float(sum(r["images"] / n * abs(r["accuracy"] - r["confidence"]) for r in rows if r["images"]))
+
+
+def selective(probs, labels, thresholds=THRESHOLDS) -> list[dict]:
+    """For each threshold P: coverage (fraction of images with top-1 confidence >= P) and accuracy on those
+    (None when none is covered)."""
+    conf, right = _top1(probs, labels)
+    out = []
+    for t in thresholds:
+        sel = conf >= t
+        k = int(sel.sum())
+        out.append(
+            {
+                "threshold": float(t),
+                "coverage": float(k / len(conf)) if len(conf) else float("nan"),
+                "covered": k,
+                "accuracy": float(right[sel].mean()) if k else None,
+            }
+        )
+    return out
+
+
+def trust_metrics(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict:
+    """What evaluate adds to eval.json: ECE, its reliability bins and the coverage table, from logits whose
+    softmax is the probability the model reports (its temperature and TTA already in)."""
+    probs = logits.float().softmax(1)
+    return {
+        "ece": expected_calibration_error(probs, labels, bins),
+        "ece_bins": bins,
+        "reliability": reliability(probs, labels, bins),
+        "selective": selective(probs, labels),
+    }
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood (nats) of softmax(logits / temperature), in float64."""
+    return float(F.cross_entropy(logits.double() / temperature, labels))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The T in [T_MIN, T_MAX] that minimises nll(logits, labels, T).
+
+    scipy's bounded Brent minimiser on log T (scipy is installed already: scikit-learn needs it): NLL is convex
+    in 1/T, so unimodal in log T, and Brent finds its minimum to 1e-6 in log T in a few dozen evaluations with
+    no learning rate or iteration count to choose (LBFGS on log T, as Guo et al., needs both) and no randomness."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = logits.double(), labels.long()
+    res = minimize_scalar(
+        lambda s: float(F.cross_entropy(z / math.exp(s), y)),
+        bounds=(math.log(T_MIN), math.log(T_MAX)),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
+    t = float(math.exp(res.x))
+    if min(t / T_MIN, T_MAX / t) < 1.01:
+        log.warning(
+            "the fitted temperature %.3g is at its bound [%g, %g]: the split is too easy (every image right) or "
+            "too small to calibrate on",
+            t,
+            T_MIN,
+            T_MAX,
+        )
+    return t
+
+
+@dataclass
+class CalibrationResult:
+    temperature: float  # fitted, now in the checkpoint
+    previous_temperature: float  # the checkpoint's before (1.0 if it had none): what "before" was measured with
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    accuracy: float  # top-1 on the split, the same before and after (checked)
+    images: int
+    split: str
+    data: str
+    weights: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibrate(
+    weights: str,
+    data: str | None = None,
+    split: str = "val",
+    data_root: str | None = None,
+    *,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int | None = None,
+    cache: str = "auto",
+) -> CalibrationResult:
+    """Fit the temperature of checkpoint `weights` on `split` of `data` (default: the data it was trained on,
+    opened as training opened it) and store it in the checkpoint: the file is rewritten atomically with a
+    `temperature` entry and a `calibration` record (where it was fitted, ECE and NLL before and after) added,
+    everything else as it was. ECE and NLL "before" are with the temperature the checkpoint had (1.0 if none).
+
+    What training calls at its end with the run's best checkpoint (`train --calibrate`), on rank 0 only under
+    torchrun: it runs in this process alone."""
+    from imgclf.compute.distributed import World
+    from imgclf.infer.logits import split_logits
+    from imgclf.infer.runtime import CheckpointRunner, open_model
+    from imgclf.models.checkpoint import save_checkpoint, temperature_of
+
+    runner = open_model(weights, device="cpu", precision="fp32")
+    if not isinstance(runner, CheckpointRunner):
+        raise UsageError(
+            f"'{weights}' is an exported model ({runner.format}): calibrate the checkpoint it came from, then "
+            f"export again (the temperature goes into the exported graph)"
+        )
+    ckpt = runner.ckpt
+    # the fit needs the network's own logits (T = 1), in fp32 on every device
+    raw = CheckpointRunner(weights, device=device, precision="fp32", ckpt=ckpt, temperature=1.0)
+    del runner
+    # one process, whatever the process group: training calls this on rank 0 alone (it also writes the file)
+    logits, labels, _, _, src = split_logits(
+        raw, data, split, data_root, batch_size=batch_size, workers=workers, cache=cache, world=World()
+    )
+    if not len(labels):
+        raise DataError(f"the {split} split of {data or raw.config.get('data')} has no images to calibrate on")
+    before, t = temperature_of(ckpt), fit_temperature(logits, labels)
+    result = _measure(logits, labels, before, t, split=split, data=src.location, weights=os.path.abspath(weights))
+    ckpt["temperature"] = t
+    ckpt["calibration"] = {k: v for k, v in result.to_dict().items() if k != "weights"}
+    save_checkpoint(ckpt, weights)
+    log.info("temperature %.4g stored in %s", t, weights)
+    return result
+
+
+def _measure(logits, labels, before: float, after: float, **where) -> CalibrationResult:
+    acc = [float((logits.div(t).argmax(1) == labels).double().mean()) for t in (before, after)]
+    if acc[0] != acc[1]:  # only where float32 rounding makes two logits of an image tie after the division
+        log.warning("temperature scaling changed the accuracy: %.6f -> %.6f (ties after rounding)", acc[0], acc[1])
+    return CalibrationResult(
+        temperature=after,
+        previous_temperature=before,
+        ece_before=expected_calibration_error(logits.double().div(before).softmax(1), labels),
+        ece_after=expected_calibration_error(logits.double().div(after).softmax(1), labels),
+        nll_before=nll(logits, labels, before),
+        nll_after=nll(logits, labels, after),
+        accuracy=acc[1],
+        images=int(len(labels)),
+        **where,
+    )
+
+
+def format_calibration(r: CalibrationResult) -> str:
+    prev = f" (replacing {r.previous_temperature:.4g})" if r.previous_temperature != 1.0 else ""
+    return "\n".join(
+        [
+            f"temperature {r.temperature:.4g}{prev} fitted on {r.data} {r.split} ({r.images} images), "
+            f"stored in {r.weights}",
+            f"ECE ({ECE_BINS} bins) {r.ece_before:.4f} -> {r.ece_after:.4f}   NLL {r.nll_before:.4f} -> "
+            f"{r.nll_after:.4f}   accuracy {r.accuracy:.4f} (unchanged)",
+        ]
+    )

@@ -1,0 +1,128 @@
+"""`imgclf evaluate`: a checkpoint or an export on a split of its data; eval.json, the plots and report.html."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from imgclf.core.fileio import write_json
+from imgclf.evaluation.metrics import compute_metrics
+from imgclf.infer.logits import split_logits
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    weights: str,
+    data: str | None = None,
+    *,
+    split: str = "val",
+    out: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int | None = None,
+    data_root: str | None = None,
+    precision: str = "auto",
+    plots: bool = True,
+    cache: str = "auto",
+    tta: str | None = None,
+) -> dict:
+    """Evaluate a checkpoint or an exported model on a split of `data` (default: the data it was trained on).
+
+    Writes eval.json, confusion_matrix.png, misclassified.png and reliability.png into `out` (default: next to
+    the weights, in eval-SPLIT/) and returns the metrics dict. Probabilities are calibrated with the checkpoint's
+    temperature (imgclf calibrate); `tta`: test-time augmentation (none, flip, flip-crop; see tta.py).
+
+    Under torchrun the ranks split the images (whole batches each, so every image is computed as in one process)
+    and gather the logits: the metrics are those of one process, and rank 0 writes them."""
+    from imgclf.compute.device import resolve_device
+    from imgclf.compute.distributed import current, setup
+
+    with setup(resolve_device(device)) as dev:
+        return _evaluate(
+            weights,
+            data,
+            split=split,
+            out=out,
+            batch_size=batch_size,
+            device=str(dev) if current().distributed else device,
+            workers=workers,
+            data_root=data_root,
+            precision=precision,
+            plots=plots,
+            cache=cache,
+            tta=tta,
+        )
+
+
+def _evaluate(
+    weights, data, *, split, out, batch_size, device, workers, data_root, precision, plots, cache, tta=None
+) -> dict:
+    from imgclf.compute.distributed import current
+    from imgclf.evaluation.calibration import trust_metrics
+    from imgclf.infer.runtime import open_model
+
+    world = current()
+    runner = open_model(weights, device=device, precision=precision, tta=tta)
+    logits, labels, feed, bad, src = split_logits(
+        runner, data, split, data_root, batch_size=batch_size, workers=workers, cache=cache, world=world
+    )
+    data = data or runner.config.get("data")
+    classes = runner.classes
+    metrics = compute_metrics(logits, labels, classes)
+    metrics.update(
+        {
+            "split": split,
+            "data": src.location,
+            "weights": os.path.abspath(weights),
+            "format": runner.format,
+            "tta": runner.tta,
+            # softmax of the logits above: the checkpoint's temperature (or the export's, in its graph) applied
+            "calibration": {"temperature": runner.temperature, **trust_metrics(logits, labels)},
+            "left_out": [{"path": p, "reason": r} for p, r in bad],
+        }
+    )
+
+    # an exported file next to its checkpoint gets its own folder (eval-val-onnx-int8), not the checkpoint's;
+    # a --tta evaluation its own too (eval-val-tta-flip), beside the plain one
+    tag = split if runner.format == "checkpoint" else f"{split}-{runner.format}"
+    tag += f"-tta-{tta}" if tta else ""
+    out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"eval-{tag}")
+    if not world.main:  # the same metrics on every rank; rank 0 writes them
+        return {**metrics, "out": out}
+    os.makedirs(out, exist_ok=True)
+    write_json(metrics, os.path.join(out, "eval.json"))
+    if plots:
+        write_eval_plots(metrics, logits, labels, feed, classes, out, title=f"{os.path.basename(str(data))} {split}")
+        try:  # report.html is a convenience: it never fails the evaluation
+            from imgclf.evaluation.report import build_report
+
+            build_report(out, predictions=(logits, labels, feed.split, runner))
+        except Exception as e:
+            log.warning("report.html not written: %s: %s", type(e).__name__, e)
+    metrics["out"] = out
+    return metrics
+
+
+def write_eval_plots(metrics, logits, labels, feed, classes, out, title="", n_worst: int = 24) -> None:
+    from imgclf.evaluation.plots import plot_confusion, plot_misclassified, plot_reliability
+
+    plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, os.path.join(out, "confusion_matrix.png"), title)
+    if "calibration" in metrics:
+        c = metrics["calibration"]
+        plot_reliability(c["reliability"], c["ece"], os.path.join(out, "reliability.png"), title)
+    prob = logits.softmax(1)
+    conf, pred = prob.max(1)
+    wrong = torch.nonzero(pred != labels).flatten()
+    order = wrong[conf[wrong].argsort(descending=True)][:n_worst].tolist()
+    images = [feed.image(i).permute(1, 2, 0).numpy() for i in order]
+    plot_misclassified(
+        images,
+        [classes[labels[i]] for i in order],
+        [classes[pred[i]] for i in order],
+        [float(conf[i]) for i in order],
+        os.path.join(out, "misclassified.png"),
+    )

@@ -1,0 +1,178 @@
+"""Predictor: images or paths in, labelled probabilities out, with the checkpoint's own preprocessing."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from imgclf.core.confidence import check_min_confidence, mark_unsure
+from imgclf.core.errors import UsageError
+from imgclf.data.images import UnreadableImage, load_image, pil_to_uint8, resize_shorter, to_rgb
+from imgclf.data.pipeline import eval_transform
+from imgclf.data.sources import is_image_name
+from imgclf.infer.runtime import open_model
+
+log = logging.getLogger(__name__)
+
+
+def expand_paths(paths) -> list[str]:
+    """Files as given; folders walked recursively for image files, in sorted order."""
+    return list(iter_paths(paths))
+
+
+def iter_paths(paths):
+    """`expand_paths`, one path at a time: a folder is walked as it is read, never listed whole."""
+    for p in paths:
+        p = str(p)
+        if os.path.isdir(p):
+            found = False
+            for f in walk_images(p):
+                found = True
+                yield f
+            if not found:
+                raise UsageError(f"folder '{p}' holds no image files ({', '.join(('.jpg', '.png', '...'))})")
+        elif os.path.exists(p):
+            yield p
+        else:
+            raise UsageError(f"'{p}' not found: pass image files or folders of images")
+
+
+def walk_images(folder: str):
+    """The image files under `folder` (hidden names and links to folders left out), in the order of their sorted
+    full paths, one folder's listing in memory at a time. Sorting a folder's entries with "/" after each
+    subfolder's name puts them where sorting the full paths would (".", "-" sort before "/", "0" after it)."""
+    try:
+        with os.scandir(folder) as it:
+            entries = [e for e in it if not e.name.startswith(".")]
+    except OSError as e:
+        log.warning("cannot list %s: %s", folder, e.strerror or e)
+        return
+    keyed = []
+    for e in entries:
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            continue
+        if is_dir and not e.is_symlink():
+            keyed.append((e.name + "/", e.path, True))
+        elif not is_dir and is_image_name(e.name):
+            keyed.append((e.name, e.path, False))
+    keyed.sort()
+    for _, path, is_dir in keyed:
+        if is_dir:
+            yield from walk_images(path)
+        else:
+            yield path
+
+
+class Predictor:
+    """`Predictor("runs/x/best.pt").predict(["a.jpg", "b.png"], top_k=3)`.
+
+    Each result: {"path", "label", "index", "probability", "top_k": [{"label", "probability"}, ...]}, or
+    {"path", "error"} for a file that cannot be read or processed (the others still get predictions).
+
+    Probabilities are calibrated with the checkpoint's temperature (imgclf calibrate). `tta`: test-time
+    augmentation (none, flip, flip-crop; tta.py). `min_confidence` P in (0, 1]: every result gets "unsure", true
+    when its top probability is below P, and then its "label" is None; "index", "probability" and "top_k" still
+    give the top label and its probability."""
+
+    def __init__(
+        self,
+        weights: str,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        precision: str = "auto",
+        workers: int | None = None,
+        tta: str | None = None,
+        min_confidence: float | None = None,
+    ):
+        self.min_confidence = check_min_confidence(min_confidence)
+        self.runner = open_model(weights, device=device, precision=precision, tta=tta)
+        self.classes: list[str] = list(self.runner.classes)
+        self.preprocess = self.runner.preprocess
+        self.transform = eval_transform(self.preprocess)
+        self.batch_size = batch_size
+        self.workers = workers or min(4, os.cpu_count() or 1)
+
+    def load_uint8(self, item) -> torch.Tensor:
+        """A path or PIL image as 3 x H x W uint8, its shorter side resized as the model's preprocessing says:
+        what `transform` crops and normalises into the model's input (explain maps its heat back through it)."""
+        p = self.preprocess
+        if isinstance(item, Image.Image):
+            return pil_to_uint8(resize_shorter(to_rgb(item), p.resize, p.interpolation))
+        return pil_to_uint8(load_image(str(item), resize=p.resize, interpolation=p.interpolation))
+
+    def _load(self, item) -> torch.Tensor:
+        return self.transform(self.load_uint8(item))
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.runner.logits(batch)
+
+    def predict(self, inputs, *, top_k: int = 5) -> list[dict]:
+        single = isinstance(inputs, (str, Path, Image.Image))
+        results = list(self.predict_iter([inputs] if single else inputs, top_k=top_k))
+        return results[0] if single else results
+
+    def predict_iter(self, inputs, *, top_k: int = 5):
+        """The results of `predict`, one at a time, as each batch finishes: `inputs` (paths or PIL images, any
+        iterable, read lazily) is never held whole, so millions of files take the memory of two batches."""
+        for batch in self.predict_batches(inputs, top_k=top_k):
+            yield from batch
+
+    def predict_batches(self, inputs, *, top_k: int = 5):
+        """One list of results per `batch_size` consecutive inputs. The next batch decodes in the worker threads
+        while the model runs this one."""
+        k = self._k(top_k)
+        it = iter(inputs)
+        with ThreadPoolExecutor(self.workers) as pool:
+            ahead = self._submit(pool, it)
+            while ahead is not None:
+                chunk, futures = ahead
+                ahead = self._submit(pool, it)
+                yield self._results(chunk, [f.result() for f in futures], k)
+
+    def _k(self, top_k: int) -> int:
+        if int(top_k) < 1:  # as the server's 422: a request for no labels is a mistake, not an empty answer
+            raise UsageError(f"top_k must be at least 1, got {top_k}")
+        return min(int(top_k), len(self.classes))  # more than the classes: clamp, not crash
+
+    def _submit(self, pool: ThreadPoolExecutor, it):
+        chunk = list(itertools.islice(it, self.batch_size))
+        return (chunk, [pool.submit(self._try_load, x) for x in chunk]) if chunk else None
+
+    def _results(self, chunk: list, loaded: list, k: int) -> list[dict]:
+        ok = [t for t in loaded if isinstance(t, torch.Tensor)]
+        probs = self.logits(torch.stack(ok)).softmax(1) if ok else None
+        results, j = [], 0
+        for item, t in zip(chunk, loaded):
+            name = str(item) if not isinstance(item, Image.Image) else None
+            if not isinstance(t, torch.Tensor):
+                results.append({"path": name, "error": t})
+                continue
+            p, idx = probs[j].topk(k)
+            j += 1
+            r = {
+                "path": name,
+                "label": self.classes[int(idx[0])],
+                "index": int(idx[0]),
+                "probability": float(p[0]),
+                "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
+            }
+            results.append(mark_unsure(r, self.min_confidence))
+        return results
+
+    def _try_load(self, item):
+        try:
+            return self._load(item)
+        except UnreadableImage as e:
+            return str(e)
+        except Exception as e:
+            detail = str(e).splitlines()[0] if str(e) else ""
+            return f"cannot be processed: {type(e).__name__}" + (f": {detail}" if detail else "")

@@ -1,0 +1,425 @@
+"""One way to run any model imgclf can load: a checkpoint, or a file written by `imgclf export`.
+
+`open_model(path)` returns a Runner. Every runner knows its class names and preprocessing, so callers
+(Predictor, evaluate, bench, serve) never need the original checkpoint next to an exported file.
+
+How a file is recognised (`_recognise`: by content first, the extension only for ONNX, which has no magic bytes);
+each export format is then opened by the opener its entry in export_formats.FORMATS names:
+- a zip archive holding `*/extra/imgclf.json`: TorchScript (`*/code/` present) or `torch.export` (.pt2);
+- any other zip archive written by `torch.save`: loaded with `weights_only=True` (plain data and tensors
+  only) and dispatched on its `format` marker: an imgclf checkpoint, or a dynamic-int8 export (a quantized
+  state dict that is rebuilt through the model registry and `quantize_dynamic`, so no pickled code runs);
+- a `.onnx` file (or any file that parses as an ONNX model): onnxruntime, with the metadata in
+  `metadata_props["imgclf"]`.
+Every exported file carries the same metadata (see `exporting.make_metadata`): format, model name, classes,
+preprocessing and the training config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+
+import torch
+
+from imgclf.core import onnxrt
+from imgclf.core.artifact import Preprocess
+from imgclf.core.errors import CheckpointError, UsageError
+from imgclf.core.formats import FORMATS as EXPORT_FORMATS
+
+log = logging.getLogger(__name__)
+
+META_NAME = "imgclf.json"  # extra file in TorchScript / pt2 archives; metadata_props key "imgclf" in ONNX
+META_KEY = onnxrt.META_KEY
+
+
+@dataclass
+class Runner:
+    """A loaded model. `logits(x)` takes a normalised float32 N x 3 x S x S batch and returns N x C float32 on cpu."""
+
+    path: str
+    format: str  # "checkpoint", or an export format name
+    model_name: str
+    classes: list[str]
+    preprocess: Preprocess
+    config: dict = field(default_factory=dict)  # the training config (data, data_root, val_fraction, seed, ...)
+    extra: dict = field(default_factory=dict)  # anything format-specific worth showing (opset, precision, ...)
+    # softmax(logits) are calibrated probabilities: `logits` divides by this temperature (a checkpoint's, from
+    # imgclf calibrate; 1.0 if none), or an export has the division in its graph
+    temperature: float = 1.0
+    tta: str | None = None  # test-time augmentation in `logits` (tta.py): None (the model's own), none, flip, flip-crop
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    def metadata(self) -> dict:
+        return {
+            "path": os.path.abspath(self.path),
+            "format": self.format,
+            "model": self.model_name,
+            "classes": list(self.classes),
+            "num_classes": len(self.classes),
+            "preprocess": self.preprocess.to_dict(),
+            "temperature": self.temperature,
+            "tta": self.tta,
+            **self.extra,
+        }
+
+
+class CheckpointRunner(Runner):
+    """Eager PyTorch from an imgclf checkpoint (loaded with weights_only=True).
+
+    `channels_last=False` runs the default NCHW layout, as the seed did (bench compares both). `temperature`:
+    None for the checkpoint's own (1.0 if it has none), or one to use instead (calibrate fits T on T=1 logits).
+    `tta`: test-time augmentation (tta.py). `model` is the bare network (what attacks and feature hooks need);
+    `net` is what `logits` runs: the network with its temperature and test-time augmentation."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool = True,
+        ckpt: dict | None = None,
+        temperature: float | None = None,
+        tta: str | None = None,
+    ):
+        from imgclf.compute.device import resolve_device, resolve_precision
+        from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint, temperature_of
+        from imgclf.models.tta import check_mode, wrap
+
+        ckpt = ckpt if ckpt is not None else load_checkpoint(path)
+        super().__init__(
+            path=str(path),
+            format="checkpoint",
+            model_name=ckpt["model"]["name"],
+            classes=list(ckpt["classes"]),
+            preprocess=Preprocess.from_dict(ckpt["preprocess"]),
+            config=dict(ckpt.get("config", {})),
+            temperature=temperature_of(ckpt) if temperature is None else float(temperature),
+            tta=check_mode(tta),
+        )
+        self.ckpt = ckpt
+        self.device = resolve_device(device)
+        self.amp = resolve_precision(precision, self.device)
+        self.channels_last = channels_last
+        self.model = model_from_checkpoint(ckpt, self.device, channels_last=channels_last)
+        self.net = wrap(self.model, temperature=self.temperature, tta=self.tta, img_size=self.preprocess.img_size)
+        self.extra = {
+            "device": str(self.device),
+            "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+            "layout": "channels_last" if channels_last else "NCHW",
+        }
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        from imgclf.compute.device import autocast, to_layout
+
+        with autocast(self.device, self.amp):
+            return self.net(to_layout(x.to(self.device), self.channels_last)).float().cpu()
+
+
+# --------------------------------------------------------------------------------------------- exported files
+
+
+def _fields_from_meta(path: str, meta: dict, fmt: str) -> dict:
+    try:
+        return dict(
+            path=str(path),
+            format=fmt,
+            model_name=meta["model"],
+            classes=list(meta["classes"]),
+            preprocess=Preprocess.from_dict(meta["preprocess"]),
+            config=dict(meta.get("config") or {}),
+            temperature=float(meta.get("temperature") or 1.0),  # in the graph already, recorded for people
+            tta=meta.get("tta"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"'{path}' has incomplete imgclf metadata (missing {e}): export it again with imgclf export"
+        ) from None
+
+
+def _export_extra(meta: dict, **more) -> dict:
+    keep = ("source", "export", "verification")
+    return {**{k: meta[k] for k in keep if k in meta}, **more}
+
+
+def _torch_device(device: str) -> torch.device:
+    from imgclf.compute.device import resolve_device
+
+    return resolve_device(device)
+
+
+class TorchScriptRunner(Runner):
+    """A TorchScript archive (`torch.jit.save`; the seed's format). torch.jit is deprecated in current PyTorch:
+    kept because existing deployments load it; `pt2` is the modern replacement."""
+
+    def __init__(self, path: str, meta: dict, *, device: str = "auto"):
+        super().__init__(**_fields_from_meta(path, meta, "torchscript"))
+        self.device = _torch_device(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": we know, see above
+            self.module = torch.jit.load(str(path), map_location=self.device)
+        self.module.eval()
+        self.extra = _export_extra(meta, device=str(self.device), precision="fp32")
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.device)).float().cpu()
+
+
+class ExportedProgramRunner(Runner):
+    """A `torch.export` program (.pt2), run as the GraphModule `ExportedProgram.module()` returns.
+
+    Loading deserialises an ATen graph and tensors, not Python code."""
+
+    def __init__(self, path: str, meta: dict, *, device: str = "auto"):
+        super().__init__(**_fields_from_meta(path, meta, "pt2"))
+        self.device = _torch_device(device)
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as e:
+            raise CheckpointError(
+                f"cannot load torch.export program '{path}' ({str(e).splitlines()[0][:160]}): "
+                f"export it again with this version of PyTorch"
+            ) from None
+        self.module = ep.module().to(self.device)
+        self.extra = _export_extra(meta, device=str(self.device), precision="fp32")
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.device)).float().cpu()
+
+
+class DynamicInt8Runner(Runner):
+    """`quantize_dynamic` on the Linear layers (the seed's int8), stored as a quantized state dict.
+
+    Rebuilt as registry model -> quantize_dynamic -> load_state_dict, so the file loads with
+    weights_only=True like a checkpoint. Quantized kernels are CPU-only: it always runs on the CPU."""
+
+    def __init__(self, path: str, blob: dict):
+        from imgclf.models.registry import build_model
+
+        meta = blob.get("meta") or {}
+        super().__init__(**_fields_from_meta(path, meta, "dynamic-int8"))
+        model = build_model(self.model_name, len(self.classes), pretrained=False).eval()
+        self.module = quantize_linear_dynamic(model)
+        try:
+            self.module.load_state_dict(blob["state_dict"])
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(
+                f"'{path}' does not fit model {self.model_name} ({str(e).splitlines()[0][:160]})"
+            ) from None
+        from imgclf.models.tta import wrap
+
+        # a quantized state dict holds no graph: the temperature and TTA of its metadata are applied here
+        self.net = wrap(self.module, temperature=self.temperature, tta=self.tta, img_size=self.preprocess.img_size)
+        self.extra = _export_extra(meta, device="cpu", precision="int8 (Linear weights), fp32 elsewhere")
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.cpu()).float()
+
+
+def quantize_linear_dynamic(model: torch.nn.Module) -> torch.nn.Module:
+    """The seed's dynamic quantization: int8 weights for nn.Linear, activations quantized on the fly."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def onnx_session_options(threads: int | None = None, *, spin: bool = True):
+    """onnxruntime options (`onnxrt.session_options`, shared with the slim server) with intra-op threads =
+    PyTorch's thread count (the cores PyTorch would use, honouring OMP_NUM_THREADS / torch.set_num_threads)."""
+    return onnxrt.session_options(int(threads or torch.get_num_threads()), spin=spin)
+
+
+class OnnxRunner(Runner):
+    """An ONNX model in an onnxruntime InferenceSession (CUDA provider when asked for and available)."""
+
+    def __init__(self, path: str, *, device: str = "auto", threads: int | None = None, spin: bool = True):
+        threads = int(threads or torch.get_num_threads())
+        self.session, meta = onnxrt.open_session(
+            path, device=device, threads=threads, spin=spin, cuda_by_default=torch.cuda.is_available()
+        )
+        fmt = meta.get("format", "onnx")
+        super().__init__(**_fields_from_meta(path, meta, fmt))
+        self.input_name = self.session.get_inputs()[0].name
+        self.extra = _export_extra(
+            meta,
+            device="cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu",
+            precision="int8" if getattr(EXPORT_FORMATS.get(fmt), "int8", False) else "fp32",
+            providers=self.session.get_providers(),
+            threads=threads,
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0]).float()
+
+
+class TTARunner(Runner):
+    """Test-time augmentation (tta.py) around an exported file's runner: the file's own calibrated logits on
+    each view, their probabilities averaged. (A checkpoint does it inside its network instead, and `imgclf
+    export --tta` puts it in the exported graph.)"""
+
+    def __init__(self, inner: Runner, tta: str):
+        from dataclasses import fields
+
+        super().__init__(**{f.name: getattr(inner, f.name) for f in fields(Runner)})
+        self.inner, self.tta = inner, tta
+        self.extra = {**inner.extra, "tta_outside_graph": True}
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        from imgclf.models.tta import shift_for, tta_logits
+
+        return tta_logits(self.inner.logits, x, self.tta, shift_for(self.preprocess.img_size))
+
+
+def _with_tta(runner: Runner, tta: str | None) -> Runner:
+    """An exported file's runner with `tta` (checked), which it cannot have twice."""
+    from imgclf.models.tta import check_mode
+
+    tta = check_mode(tta)
+    if tta is None:
+        return runner
+    if runner.tta is not None:
+        raise UsageError(
+            f"'{runner.path}' was exported with --tta {runner.tta} in its graph: drop --tta, or export the "
+            f"checkpoint again with the test-time augmentation you want"
+        )
+    return TTARunner(runner, tta)
+
+
+# --------------------------------------------------------------------------------------------- recognising files
+
+
+def _zip_meta(path: str) -> tuple[str | None, dict | None]:
+    """('torchscript' | 'pt2' | 'torch-save', metadata or None) for a zip archive, (None, None) otherwise."""
+    if not zipfile.is_zipfile(path):
+        return None, None
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        meta_names = [n for n in names if n.endswith("/extra/" + META_NAME)]
+        meta = json.loads(z.read(meta_names[0]).decode()) if meta_names else None
+        if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
+            return "torchscript", meta
+        if any(n.endswith("/archive_format") for n in names) or any(n.endswith("/models/model.json") for n in names):
+            return "pt2", meta
+        return "torch-save", meta
+
+
+def open_model(
+    path: str,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    format: str | None = None,
+    spin: bool = True,
+    tta: str | None = None,
+) -> Runner:
+    """A Runner for `path`: an imgclf checkpoint, or a file written by `imgclf export` (any format).
+
+    `precision` applies to checkpoints (autocast); an exported file runs in the precision it was exported in.
+    `format` ("checkpoint" or an export format) skips recognition (export uses it on its temporary files).
+    `spin=False`: onnxruntime's threads sleep between runs instead of spin-waiting (see `onnx_session_options`).
+    `tta`: test-time augmentation (tta.py: none, flip, flip-crop; None: the model's own). A checkpoint's runner
+    applies its temperature (from imgclf calibrate) in `logits`; an exported file has it in its graph.
+    Each export format is opened by the opener its entry in export_formats.FORMATS names."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model"
+        )
+    if os.path.isdir(path):
+        raise CheckpointError(f"'{path}' is a folder: pass a checkpoint file such as {os.path.join(path, 'best.pt')}")
+    if not os.path.isfile(path):  # a FIFO or a device would block the reads below
+        raise CheckpointError(f"'{path}' is not a regular file: pass a checkpoint file such as runs/NAME/best.pt")
+    fmt, found = (format, None) if format is not None else _recognise(path)
+    if fmt == "checkpoint":
+        return CheckpointRunner(path, device=device, precision=precision, ckpt=found, tta=tta)
+    if fmt not in EXPORT_FORMATS:
+        raise CheckpointError(
+            f"'{path}': unknown model format '{fmt}' (formats: checkpoint, {', '.join(EXPORT_FORMATS)})"
+        )
+    return _with_tta(EXPORT_FORMATS[fmt].open(path, found, device=device, spin=spin), tta)
+
+
+def _recognise(path: str) -> tuple[str, object]:
+    """(format, what reading it found: the metadata of a zip archive, the checkpoint or the dynamic-int8 dict
+    of a torch.save file, else None), from the content (the extension only for ONNX, which has no magic bytes)."""
+    if path.lower().endswith(".onnx"):
+        return "onnx", None
+    kind, meta = _zip_meta(path)
+    if kind in ("torchscript", "pt2"):
+        if meta is None:
+            raise CheckpointError(
+                f"'{path}' is a {kind} archive without imgclf metadata (class names, preprocessing): "
+                f"export it with imgclf export"
+            )
+        return kind, meta
+    if kind is None and _looks_like_onnx(path):
+        return "onnx", None
+    # torch.save archives: a checkpoint or a dynamic-int8 export, told apart by their format marker
+    from imgclf.models.checkpoint import load_checkpoint, validate_checkpoint
+
+    blob = _load_plain(path)
+    if blob is None:
+        return "checkpoint", load_checkpoint(path)  # raises the precise reason (unsafe pickle, unreadable, ...)
+    if isinstance(blob, dict) and blob.get("format") == DYNAMIC_INT8_FORMAT:
+        return "dynamic-int8", blob
+    return "checkpoint", validate_checkpoint(blob, path)
+
+
+# Openers, named by the export formats table: (path, what recognising it found or None, device, spin) -> Runner.
+
+
+def open_onnx(path: str, found, *, device: str, spin: bool) -> Runner:
+    return OnnxRunner(path, device=device, spin=spin)
+
+
+def open_torchscript(path: str, found, *, device: str, spin: bool) -> Runner:
+    return TorchScriptRunner(path, found if found is not None else _zip_meta(path)[1] or {}, device=device)
+
+
+def open_pt2(path: str, found, *, device: str, spin: bool) -> Runner:
+    return ExportedProgramRunner(path, found if found is not None else _zip_meta(path)[1] or {}, device=device)
+
+
+def open_dynamic_int8(path: str, found, *, device: str, spin: bool) -> Runner:
+    blob = found if found is not None else _load_plain(path)
+    if not (isinstance(blob, dict) and blob.get("format") == DYNAMIC_INT8_FORMAT):
+        raise CheckpointError(f"'{path}' is not a dynamic-int8 export: export it again with imgclf export")
+    return DynamicInt8Runner(path, blob)
+
+
+DYNAMIC_INT8_FORMAT = "imgclf-dynamic-int8"
+
+
+def _load_plain(path: str):
+    """torch.load(weights_only=True), or None to let load_checkpoint produce its own precise error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized-tensor and TypedStorage deprecation notices (dynamic-int8)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+
+
+def _looks_like_onnx(path: str) -> bool:
+    """An ONNX file under another name: parses as a ModelProto with a graph (random bytes rarely do)."""
+    try:
+        import onnx
+
+        m = onnx.load(path, load_external_data=False)
+        return m.ir_version > 0 and len(m.graph.node) > 0
+    except Exception:
+        return False

@@ -1,0 +1,243 @@
+"""Curriculum learning (`imgclf train --curriculum easy-first|hard-first --pacing linear|root|step`) and the
+difficulty scores it orders by (`imgclf score WEIGHTS --data D`).
+
+A training image's difficulty is a reference model's cross-entropy loss on it, without augmentation (Hacohen and
+Weinshall, ICML 2019, "On the power of curriculum learning in training deep networks", score by a reference
+network; Wu, Dyer and Neyshabur, ICLR 2021, "When do curricula work?", score by loss). The images are ranked by
+it (easy-first: lowest loss first; hard-first: highest first; ties by index), and the batch at optimisation step
+t is drawn uniformly, with replacement, from the first g(t / T) of the ranking, T the run's steps. The pacing
+function g grows from b = --pacing-start to 1 at a = --pacing-full of the steps:
+
+    linear  g(p) = b + (1 - b) p / a
+    root    g(p) = sqrt(b^2 + (1 - b^2) p / a)     (Platanios et al., NAACL 2019, "competence-based" root-2)
+    step    g(p) = b + (1 - b) floor(4 p / a) / 4  (four equal steps, after Hacohen and Weinshall's staircase)
+
+capped at 1. An epoch keeps its usual number of steps; once every image is in the pool, epochs are the usual
+permutations again. The pool follows the step as training goes (a --time-budget that shortens the run mid-epoch
+is followed too), and the draw comes from the epoch's generator, so a resumed run draws the same batches; the
+difficulties are kept in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+
+import torch
+
+from imgclf.core.callback import Callback
+from imgclf.core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+STEP_STAIRS = 4
+
+
+def pace(kind: str, progress: torch.Tensor, start: float, full: float) -> torch.Tensor:
+    """The fraction of the ranking in the pool at `progress` (steps done / steps in all, a tensor)."""
+    p = (progress / full).clamp(0.0, 1.0)
+    if kind == "linear":
+        g = start + (1 - start) * p
+    elif kind == "root":
+        g = torch.sqrt(start**2 + (1 - start**2) * p)
+    elif kind == "step":
+        g = start + (1 - start) * torch.floor(p * STEP_STAIRS) / STEP_STAIRS
+    else:
+        raise ValueError(f"pacing must be linear, root or step, not '{kind}'")
+    return g.clamp(max=1.0)
+
+
+def ranking(difficulty: torch.Tensor, mode: str) -> torch.Tensor:
+    """Image indices from the first to be trained on to the last: by difficulty, ties by index."""
+    d = difficulty.double()
+    key = d if mode == "easy-first" else -d
+    return torch.from_numpy(key.numpy().argsort(kind="stable"))
+
+
+class PacedOrder:
+    """One epoch's order under a curriculum, worked out as it is read: this rank's k-th image is trained at step
+    step0 + k // per_step, when the pool is the first pool(step) images of the ranking; it is the one at
+    floor(u_k * pool) of them, u_k uniform from the epoch's generator. A DataLoader can take it as its sampler."""
+
+    def __init__(self, ranked: torch.Tensor, u: torch.Tensor, step0: int, per_step: int, pool):
+        self.ranked, self.u, self.step0, self.per_step, self.pool = ranked, u, step0, per_step, pool
+
+    def __len__(self) -> int:
+        return len(self.u)
+
+    def __getitem__(self, k) -> torch.Tensor:
+        pos = torch.arange(len(self.u))[k]
+        size = self.pool(self.step0 + pos // self.per_step)
+        return self.ranked[torch.minimum((self.u[pos] * size).long(), size - 1)]
+
+    def __iter__(self):
+        for start in range(0, len(self), self.per_step):  # one step's images at a time, each when it is drawn
+            yield from self[start : start + self.per_step].tolist()
+
+
+class Curriculum(Callback):
+    """The Trainer's curriculum: holds the difficulties (saved with the run), and at each epoch's start tells the
+    Trainer to draw that epoch's batches through `order` while the pool is not yet every image."""
+
+    name = "curriculum"
+
+    def __init__(self, difficulty: torch.Tensor | None, mode: str, pacing: str, start: float, full: float):
+        self.mode, self.pacing, self.start, self.full = mode, pacing, start, full
+        self.difficulty = difficulty
+        self.trainer = None
+
+    def state_dict(self) -> dict:
+        return {"difficulty": self.difficulty}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.difficulty = state["difficulty"]
+
+    def on_fit_start(self, trainer) -> None:
+        n = len(trainer.train_feed.split)
+        have = 0 if self.difficulty is None else len(self.difficulty)
+        if have != n:
+            raise DataError(f"--curriculum: {n} training images but difficulties for {have}")
+        self.trainer, self.ranked = trainer, ranking(self.difficulty, self.mode)
+
+    def on_epoch_start(self, trainer) -> None:
+        full = float(self.fraction(torch.tensor([trainer.state.step]))[0]) >= 1.0
+        trainer.paced = None if full else self
+
+    def fraction(self, steps: torch.Tensor) -> torch.Tensor:
+        return pace(self.pacing, steps.double() / max(1, self.trainer.total_steps), self.start, self.full)
+
+    def order(self, u: torch.Tensor) -> PacedOrder:
+        """The order of the epoch that starts now, for this rank's uniforms `u` (data/batches.py epoch_order)."""
+        n, cfg = len(self.ranked), self.trainer.cfg
+
+        def pool(steps):
+            return (self.fraction(steps) * n).ceil().long().clamp(1, n)
+
+        return PacedOrder(self.ranked, u, self.trainer.state.step, cfg.batch_size * cfg.accumulate, pool)
+
+
+# --------------------------------------------------------------------------------------------- difficulty files
+
+
+def image_key(split, i: int) -> str:
+    """How a difficulty file names image i of `split`: its absolute path, or its id for in-memory images."""
+    if split.paths is not None:
+        return os.path.abspath(split.paths[i])
+    return split.describe(i)
+
+
+def read_difficulty(path: str, split) -> torch.Tensor:
+    """Each image of `split`'s difficulty from a CSV with columns path and loss (or difficulty); paths relative to
+    the CSV's folder, or the ids of in-memory images (digits:17)."""
+    if not os.path.isfile(path):
+        raise DataError(
+            f"--difficulty '{path}' not found: give a CSV of path,loss (`imgclf score WEIGHTS --data D` writes "
+            "one) or auto"
+        )
+    here = os.path.dirname(os.path.abspath(path))  # relative paths are relative to the CSV, as in a manifest
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        column = "loss" if "loss" in fields else "difficulty" if "difficulty" in fields else None
+        if "path" not in fields or column is None:
+            raise DataError(f"--difficulty '{path}' needs columns path and loss (or difficulty); it has {fields}")
+        scores = {}
+        for row in reader:
+            try:
+                value = float(row[column])
+            except (TypeError, ValueError):
+                raise DataError(f"--difficulty '{path}': '{row[column]}' for {row['path']} is not a number") from None
+            if not math.isfinite(value):
+                raise DataError(f"--difficulty '{path}': {row['path']} has difficulty {value}; give a finite number")
+            scores[row["path"] if split.paths is None else os.path.abspath(os.path.join(here, row["path"]))] = value
+    keys = [image_key(split, i) for i in range(len(split))]
+    missing = [k for k in keys if k not in scores]
+    if missing:
+        raise DataError(
+            f"--difficulty '{path}' scores {len(keys) - len(missing)} of the {len(keys)} training images "
+            f"(not {missing[0]}); score this data with `imgclf score WEIGHTS --data ...`"
+        )
+    return torch.tensor([scores[k] for k in keys], dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+def score_split(runner, split, classes: list[str], *, batch_size: int, workers: int, cache: str, desc: str):
+    """(the readable images, labels, losses, probabilities, left out) of every image of `split` under `runner` (any format `evaluate` reads),
+    without augmentation: the per-image cross-entropy against its label. Left-out (unreadable) images score NaN."""
+    import torch.nn.functional as F
+
+    from imgclf.data.feed import make_feed
+    from imgclf.infer.logits import align_classes, infer
+
+    mapping = torch.as_tensor(align_classes(classes, runner.classes, desc), dtype=torch.long)
+    feed, bad = make_feed(split, runner.preprocess, cache=cache, workers=max(1, workers), eval_batch_size=batch_size)
+    logits, labels = infer(runner, feed.batches(), desc=desc)
+    labels = mapping[labels]
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    prob = logits.softmax(1)
+    return feed.split, labels, losses, prob, bad  # the feed's split: the readable images
+
+
+def score(
+    weights: str,
+    data: str | None = None,
+    *,
+    out: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int | None = None,
+    data_root: str | None = None,
+    cache: str = "auto",
+) -> dict:
+    """Write each training image's difficulty (`imgclf score`): the loss of the model in `weights` on it, as a CSV
+    path,label,split,loss,p_true,predicted,confidence (default: difficulty.csv next to the weights). The training
+    images are the train split, and the validation images carved from it when the data has no val split of its
+    own (another seed carves others). Returns {"out", "images", "mean_loss", "left_out"}."""
+    from imgclf.core.fileio import atomic_open
+    from imgclf.data.pipeline import default_workers
+    from imgclf.infer.logits import open_model_data
+    from imgclf.infer.runtime import open_model
+
+    out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), "difficulty.csv")
+    from imgclf.core.options import check_output_folder
+
+    check_output_folder(os.path.dirname(os.path.abspath(out)), "--out")
+    runner = open_model(weights, device=device)
+    src, _ = open_model_data(runner.config, data, "train", data_root)
+    names = ["train"] + (["val"] if src.val_origin == "carved" else [])
+    workers = default_workers() if workers is None else workers
+    rows, left_out = [], []
+    for name in names:
+        split, labels, losses, prob, bad = score_split(
+            runner,
+            src.splits[name],
+            src.classes,
+            batch_size=batch_size,
+            workers=workers,
+            cache=cache,
+            desc=f"score {name}",
+        )
+        left_out += bad
+        conf, pred = prob.max(1)
+        for i in range(len(split)):
+            rows.append(
+                [
+                    image_key(split, i),
+                    runner.classes[int(labels[i])],
+                    name,
+                    f"{float(losses[i]):.6g}",
+                    f"{float(prob[i, labels[i]]):.6g}",
+                    runner.classes[int(pred[i])],
+                    f"{float(conf[i]):.6g}",
+                ]
+            )
+    with atomic_open(out, newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split", "loss", "p_true", "predicted", "confidence"])
+        w.writerows(rows)
+    mean = sum(float(r[3]) for r in rows) / max(1, len(rows))
+    return {"out": out, "images": len(rows), "mean_loss": mean, "left_out": left_out}

@@ -1,0 +1,54 @@
+"""Named presets of training options (`--recipe NAME`). Options the user sets explicitly always win.
+
+`fast`: from-scratch training of small (32 px) images with `airnet_small`, after Keller Jordan's airbench94
+(https://github.com/KellerJordan/cifar10-airbench, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024):
+Nesterov SGD with momentum 0.85, a per-step warm-up then linear decay, BatchNorm biases at 64x the learning
+rate, label smoothing 0.2, lookahead on the weights, flip and a reflect-padded shift of up to 2 px, the
+whitening layer's bias trained only in the first 30% of steps, and flip-and-shift test-time augmentation.
+
+airbench states its learning rate and weight decay for a summed loss and "per 1024 examples"; imgclf's loss
+is a mean, so the same optimisation is lr = LR_PER_IMAGE * batch size and a constant weight decay.
+"""
+
+from __future__ import annotations
+
+# airbench94: lr 11.5 and weight decay 0.0153 per 1024 examples, momentum 0.85, kilostep scale 1024 * (1 + 1 / (1 - 0.85))
+_KILOSTEP = 1024 * (1 + 1 / (1 - 0.85))
+LR_PER_IMAGE = 11.5 / _KILOSTEP
+WEIGHT_DECAY = 0.0153 / 11.5  # per step: lr * wd = 0.0153 * batch / kilostep, as airbench
+
+RECIPES = {
+    "fast": {
+        # airbench94's widths are 64/256/256 (`airnet`); on a 2-core CPU the narrower middle block trains ~1.7x
+        # faster and, in a 5-minute budget on CIFAR-10 JPEGs, reached 79.6% test accuracy against 69.2%
+        "model": "airnet_small",
+        "augment": "shift",
+        "epochs": 10,
+        "batch_size": 1024,
+        "optimizer": "sgd",
+        "momentum": 0.85,
+        "nesterov": True,
+        "weight_decay": WEIGHT_DECAY,
+        "scheduler": "warmup-linear",
+        "label_smoothing": 0.2,
+        "bias_lr_scale": 64.0,
+        "lookahead": True,
+        # CIFAR-10 has no val split: keep 1,000 training images aside to pick and report on, not 10,000
+        "val_fraction": 0.02,
+        "save_every": 1,
+    },
+}
+
+
+def apply_recipe(cfg, explicit: set[str]):
+    """`cfg` with the recipe's values for every option the user did not set."""
+    if cfg.recipe == "none":
+        return cfg
+    preset = dict(RECIPES[cfg.recipe])
+    if cfg.recipe == "fast" and "lr" not in explicit:
+        from imgclf.compute.distributed import world_from_env
+
+        # under torchrun --batch-size is per rank and the gradient is averaged over the global batch
+        batch = (cfg.batch_size if "batch_size" in explicit else preset["batch_size"]) * world_from_env().size
+        preset["lr"] = LR_PER_IMAGE * batch
+    return cfg.resolved(**{k: v for k, v in preset.items() if k not in explicit})
