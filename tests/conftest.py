@@ -132,6 +132,11 @@ def _reset_cli_logging():
 
 TINY_CLASSES = ("cat", "dog", "fox")
 
+# The tiny training run, the one set of options every test that trains a model starts from: the `test_tiny`
+# model, batches of 8, no worker processes, fp32 (the same numbers on every CPU). `tiny_run` trains it once per
+# session, `train_tiny` through the Python API with a test's own options, `tiny_argv` spells it as CLI flags.
+TINY_RUN = {"model": "test_tiny", "batch_size": 8, "workers": 0, "precision": "fp32"}
+
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
@@ -143,11 +148,11 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
-    """One `test_tiny` model trained for 2 epochs through the Python API (`imgclf.train`); the run directory."""
-    from imgclf import train
+    """One tiny run (TINY_RUN) of 2 epochs through the Python API (`imgclf.train`); the run directory."""
+    import imgclf
 
     out = tmp_path_factory.mktemp("runs")
-    res = train(data=str(tiny_data), model="test_tiny", epochs=2, out=str(out), workers=0, batch_size=8)
+    res = imgclf.train(**{**TINY_RUN, "data": str(tiny_data), "epochs": 2, "out": str(out)})
     return Path(res["run_dir"])
 
 
@@ -166,20 +171,19 @@ def metrics_rows(run_dir) -> list[dict]:
 
 
 def train_tiny(tmp_path, data, name, **kw) -> dict:
-    """`imgclf.train` of the `test_tiny` model: batch 8, fp32, no workers, into tmp_path/runs/NAME; `kw` wins."""
+    """`imgclf.train` of TINY_RUN at lr 0.05 into tmp_path/runs/NAME; `kw` wins."""
     import imgclf
 
-    opts = dict(
-        data=data,
-        model="test_tiny",
-        batch_size=8,
-        workers=0,
-        out=str(tmp_path / "runs"),
-        name=name,
-        precision="fp32",
-        lr=0.05,
-    )
-    return imgclf.train(**{**opts, **kw})
+    return imgclf.train(**{**TINY_RUN, "lr": 0.05, "data": data, "out": str(tmp_path / "runs"), "name": name, **kw})
+
+
+def tiny_argv(**options) -> list[str]:
+    """TINY_RUN with `options` as `imgclf train` (or `lr-find`) flags: keyword names, True for a bare flag."""
+    argv = []
+    for key, value in {**TINY_RUN, **options}.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
 
 
 # ------------------------------------------------------------------------------------------ headless Chromium

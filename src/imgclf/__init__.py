@@ -8,7 +8,7 @@ print(imgclf.Predictor(res["run_dir"] + "/best.pt").predict("some.png"))
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from imgclf.core.version import __version__
 
 __all__ = [
     "train",
@@ -33,8 +33,8 @@ __all__ = [
 
 
 _LAZY = {
-    "train": ("training.engine", "train"),
-    "lr_find": ("training.engine", "lr_find"),
+    "train": ("training.api", "train"),
+    "lr_find": ("training.api", "lr_find"),
     "evaluate": ("evaluation.command", "evaluate"),
     "Predictor": ("infer.predict", "Predictor"),
     "predict_files": ("infer.stream", "predict_files"),

@@ -60,7 +60,7 @@ def test_lite0_finetune_every_format_and_int8_accuracy(tmp_path, capsys):
     r = _export(capsys, weights, "onnx-int8", tmp_path / "acc.int8.onnx", "--data", str(HYM))
     a = r["accuracy"]
     assert a["images"] == 153
-    # The target is at most 1.0 point, measured on the 10-epoch fine-tune in docs/benchmarks.md. One val
+    # The target is at most 1.0 point, measured on the 10-epoch fine-tune in docs/benchmarks.md. One val
     # image is 0.65 points, so this 3-epoch model is held to at most 3 images (2 points) to stay a stable test.
     assert a["drop_points"] <= 2.0, a
     for name in ("torchscript", "pt2", "onnx"):

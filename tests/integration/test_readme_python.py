@@ -1,4 +1,4 @@
-"""The README's Python API block runs as written (its shell blocks run in .ci/run; see tests/unit/test_readme.py)."""
+"""The README's Python API block runs as written (its shell blocks run in .ci/run; see tests/docs/test_readme.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from imgclf import __version__
+from imgclf.core.version import __version__
 from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.options import Range, check_output_folder, out_of_range
 from imgclf.core.progress import shown
@@ -491,7 +491,7 @@ def _rank_threads() -> None:
 
 
 def cmd_train(a: dict) -> int:
-    from imgclf.training.engine import preflight, train
+    from imgclf.training.api import preflight, train
     from imgclf.training.options import make_config
 
     options = {k: v for k, v in a.items() if k in FIELDS}
@@ -508,7 +508,7 @@ def cmd_train(a: dict) -> int:
 
 
 def cmd_lr_find(a: dict) -> int:
-    from imgclf.training.engine import lr_find
+    from imgclf.training.api import lr_find
     from imgclf.training.options import make_config
 
     options = {k: v for k, v in a.items() if k in FIELDS}
@@ -754,7 +754,7 @@ def cmd_env(a: dict) -> int:
         get_spec(a["probe"])  # an unknown name: one line with 'did you mean', before any work
     probe = None
     if a.get("probe"):
-        from imgclf.training.engine import probe_precision
+        from imgclf.training.api import probe_precision
 
         probe = probe_precision(a["probe"], a.get("img_size"), a["batch_size"], a["refresh"])
     r = machine_report(probe)

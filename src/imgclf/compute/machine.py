@@ -34,7 +34,7 @@ def machine_report(probe: dict | None = None) -> dict:
     (`train.training.probe_precision`), shown under precision_probes.now."""
     import torch
 
-    from imgclf import __version__
+    from imgclf.core.version import __version__
     from imgclf.compute.device import (
         cached_probes,
         cpu_has_native_bf16,

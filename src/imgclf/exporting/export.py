@@ -65,7 +65,7 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from imgclf import __version__
+from imgclf.core.version import __version__
 from imgclf.core.errors import DataError, ImgclfError, UsageError, did_you_mean
 from imgclf.core.fileio import disk_full_error, human_size, temp_beside, temp_dir
 from imgclf.core.formats import DEFAULT_OPSET, FORMATS, ExportFormat

@@ -786,6 +786,6 @@ def _without_paths(obj):
 
 
 def _version() -> str:
-    from imgclf import __version__
+    from imgclf.core.version import __version__
 
     return __version__

@@ -7,7 +7,7 @@
     train.log       the run's story: the Trainer's lines always, other imgclf modules' at the caller's log level
     last.pt, best.pt, epoch_N.pt, results.json, curves.png and the validation plots
 
-Logging is not configured here: the Trainer's own lines go to train.log directly and to the `imgclf.training.engine`
+Logging is not configured here: the Trainer's own lines go to train.log directly and to the `imgclf.training.api`
 logger; a handler on the `imgclf` logger (removed on close, no level changed) adds what other modules log.
 """
 
@@ -24,7 +24,7 @@ from imgclf.core.fileio import atomic_open, remove_stale_temps, write_json
 from imgclf.core.options import save_yaml
 from imgclf.models.checkpoint import save_checkpoint
 
-log = logging.getLogger("imgclf.training.engine")
+log = logging.getLogger("imgclf.training.api")
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds"]
 EMA_COLUMNS = ["ema_val_loss", "ema_val_acc", "ema_val_macro_f1"]

@@ -12,7 +12,7 @@ from PIL import Image, PngImagePlugin
 from imgclf.core.errors import DataError
 from imgclf.data.check import CheckReport, check_data
 
-HYMENOPTERA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hymenoptera"
+HYMENOPTERA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "hymenoptera"
 
 
 def _image(seed: int, size: int = 16) -> Image.Image:

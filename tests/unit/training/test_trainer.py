@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from conftest import metrics_rows as _rows
+from conftest import tiny_argv
 from conftest import train_tiny as _train
 from torch import nn
 
@@ -30,23 +31,7 @@ def data(tmp_path, make_folder):
 
 def _tiny_cli(data, tmp_path, name) -> list[str]:
     """The flags of _train's run, for main([...])."""
-    return [
-        "--data",
-        data,
-        "--model",
-        "test_tiny",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--out",
-        str(tmp_path / "runs"),
-        "--name",
-        name,
-        "--precision",
-        "fp32",
-        "-q",
-    ]
+    return [*tiny_argv(data=data, out=tmp_path / "runs", name=name), "-q"]
 
 
 # ------------------------------------------------------------------------------------------ options known as set
@@ -110,7 +95,7 @@ def test_training_leaves_logging_umask_and_socket_timeout_as_they_were(tmp_path,
 
 def test_import_changes_neither_umask_nor_matplotlib_backend():
     code = (
-        "import os, matplotlib; os.umask(0o027); b = matplotlib.get_backend(); import imgclf, imgclf.training.engine, "
+        "import os, matplotlib; os.umask(0o027); b = matplotlib.get_backend(); import imgclf, imgclf.training.api, "
         "imgclf.evaluation.plots, imgclf.cli.main; m = os.umask(0); print(oct(m), b == matplotlib.get_backend())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -149,7 +134,7 @@ def test_ema_is_evaluated_every_epoch_and_best_pt_says_which_weights(tmp_path, d
 
 
 def test_ema_weights_are_the_average_of_the_steps():
-    from imgclf.training.engine import make_ema
+    from imgclf.training.api import make_ema
 
     m = nn.Linear(2, 1, bias=False)
     ema = make_ema(m, decay=0.5, warmup=0)
@@ -198,7 +183,7 @@ def test_freeze_epochs_refuses_a_freeze_option_beside_it(tmp_path, data):
 
 
 def test_accumulated_gradients_equal_one_big_batch():
-    from imgclf.training.engine import train_steps
+    from imgclf.training.api import train_steps
 
     torch.manual_seed(0)
     x, y = torch.randn(8, 4, 1, 1), torch.randint(0, 3, (8,))
@@ -230,7 +215,7 @@ def test_accumulate_counts_optimizer_steps(tmp_path, data):
 
 
 def test_clip_grad_bounds_the_step():
-    from imgclf.training.engine import train_steps
+    from imgclf.training.api import train_steps
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))

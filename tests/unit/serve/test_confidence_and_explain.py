@@ -1,6 +1,6 @@
-"""The server's trust features (issue 14), in-process with the tiny checkpoint: `min_confidence` ("unsure" rows,
+"""The server's trust features, in-process with the tiny checkpoint: `min_confidence` ("unsure" rows,
 the server's default, a request's override, bad values) and `POST /explain` (a Grad-CAM overlay as PNG, its
-limits, its errors, the API key). The ONNX side (no /explain, no torch) is in test_serve_slim.py."""
+limits, its errors, the API key). The ONNX side (no /explain, no torch) is in serve/test_slim.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Usage errors found by a hostile-input sweep (issue 10): each is one line on stderr and exit 2, checked before
+"""Usage errors of every command: each is one line on stderr and exit 2, checked before
 any work and before anything is written; and `predict` keeps every result it computed whatever else happens."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_argv
 from test_cli import _in_tmp, _usage_error  # noqa: F401 - the autouse fixture (commands write into tmp_path) and the check
 
 import imgclf.infer.predict
@@ -29,22 +30,7 @@ def two_classes(tmp_path, make_folder) -> Path:
 
 
 def _train(data, out, *extra) -> list[str]:
-    return [
-        "train",
-        "--data",
-        str(data),
-        "--model",
-        "test_tiny",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return ["train", *tiny_argv(data=data, epochs=1, out=out), *extra]
 
 
 # ----------------------------------------------------------------------------------------------- train options

@@ -1,4 +1,4 @@
-"""The options of the training tools (issue 11) in config.py: `lr` takes `auto` as well as a number, and every new
+"""The options of the training tools in training/options.py: `lr` takes `auto` as well as a number, and every new
 field has a type, a default, a range or choices, a --help line and a CLI flag made from it."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import textwrap
 
 import torch
 
-SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+SRC = os.path.join(os.path.dirname(__file__), "..", "..", "..", "src")
 
 
 def _python(code: str) -> str:

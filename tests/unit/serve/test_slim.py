@@ -24,7 +24,7 @@ from imgclf.serve import ServeSettings, create_app
 pytest.importorskip("onnxruntime")
 from fastapi.testclient import TestClient
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SRC = ROOT / "src"
 TINY_CLASSES = ["cat", "dog", "fox"]  # conftest.tiny_data
 

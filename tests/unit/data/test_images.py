@@ -1,6 +1,6 @@
-"""Images whose shape resizing would blow up (issue 10, defect 1): a 1 KB PNG of 400000 x 1 pixels is under any
+"""Images whose shape resizing would blow up: a 1 KB PNG of 400000 x 1 pixels is under any
 pixel limit, but resizing its shorter side to 256 px asks for ~78 GB. Every loader refuses it from the header,
-with the reason, and keeps the other images; panoramas still work. (The server's side is in test_serve.py.)"""
+with the reason, and keeps the other images; panoramas still work. (The server's side is in serve/test_app.py.)"""
 
 from __future__ import annotations
 

@@ -1,0 +1,139 @@
+"""Prediction with the tiny model trained once per session (conftest.tiny_run): the Python API and imgclf predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.cli.main import main
+from imgclf.infer.predict import Predictor
+
+TINY_CLASSES = ("cat", "dog", "fox")  # conftest.tiny_data
+
+
+def _images(tiny_data: Path, split: str = "test") -> list[str]:
+    return sorted(str(p) for p in (tiny_data / split).rglob("*") if p.is_file())
+
+
+def _check_result(r: dict, classes: list[str], k: int) -> None:
+    assert set(r) == {"path", "label", "index", "probability", "top_k"}
+    assert r["label"] in classes and classes[r["index"]] == r["label"]
+    assert len(r["top_k"]) == k
+    probs = [t["probability"] for t in r["top_k"]]
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    assert probs == sorted(probs, reverse=True)
+    assert sum(probs) <= 1.0 + 1e-5
+    assert r["top_k"][0] == {"label": r["label"], "probability": r["probability"]}
+    assert len({t["label"] for t in r["top_k"]}) == k
+
+
+@pytest.fixture
+def nested_folder(tmp_path, image_of_class) -> tuple[Path, list[Path]]:
+    rng = np.random.default_rng(5)
+    root = tmp_path / "to_label"
+    files = [root / "a.png", root / "sub" / "b.jpg", root / "sub" / "deeper" / "c.png", root / "z" / "d.JPEG"]
+    for i, f in enumerate(files):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        image_of_class(i % 3, 16, rng=rng).save(f, format="JPEG" if f.suffix.lower() in (".jpg", ".jpeg") else "PNG")
+    (root / "sub" / "notes.txt").write_text("not an image\n")
+    return root, files
+
+
+def test_package_api_names_are_functions(tiny_run):
+    # The documented API: `imgclf.train(...)`, `imgclf.evaluate(...)`, `imgclf.Predictor(...)`. tiny_run has
+    # trained a model, so the implementing submodules are imported by now, as they are in any real program
+    # after its first call; the names must still be the functions.
+    import imgclf
+    import imgclf.evaluation.command as evaluate_module
+    import imgclf.training.api as train_module
+
+    assert imgclf.train is train_module.train, f"imgclf.train is {imgclf.train!r}"
+    assert imgclf.evaluate is evaluate_module.evaluate, f"imgclf.evaluate is {imgclf.evaluate!r}"
+    assert imgclf.Predictor is Predictor
+
+
+def test_predict_paths_top_k(tiny_best, tiny_data):
+    paths = _images(tiny_data)
+    pred = Predictor(tiny_best, device="cpu")
+    assert pred.classes == sorted(TINY_CLASSES)
+    res = pred.predict(paths, top_k=2)
+    assert [r["path"] for r in res] == paths
+    for r in res:
+        _check_result(r, pred.classes, 2)
+    res3 = pred.predict(paths, top_k=3)
+    for r in res3:
+        _check_result(r, pred.classes, 3)
+        assert math.isclose(sum(t["probability"] for t in r["top_k"]), 1.0, abs_tol=1e-4)  # all classes
+
+
+def test_top_k_is_clamped_to_class_count(tiny_best, tiny_data):
+    pred = Predictor(tiny_best, device="cpu")
+    res = pred.predict(_images(tiny_data)[:2], top_k=100)
+    for r in res:
+        _check_result(r, pred.classes, len(TINY_CLASSES))
+
+
+def test_unreadable_file_gets_error_and_others_predict(tiny_best, tiny_data, tmp_path):
+    good = _images(tiny_data)[:3]
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image\n")
+    paths = [good[0], str(bad), good[1], good[2]]
+    res = Predictor(tiny_best, device="cpu").predict(paths, top_k=2)
+    assert len(res) == 4
+    assert set(res[1]) == {"path", "error"} and res[1]["path"] == str(bad)
+    assert "not an image" in res[1]["error"]
+    for i in (0, 2, 3):
+        assert res[i]["path"] == paths[i]
+        _check_result(res[i], sorted(TINY_CLASSES), 2)
+
+
+def test_pil_image_and_single_path(tiny_best, tiny_data, image_of_class):
+    pred = Predictor(tiny_best, device="cpu")
+    path = next(p for p in _images(tiny_data) if p.endswith(".png"))
+    by_path = pred.predict(path, top_k=3)
+    assert isinstance(by_path, dict) and by_path["path"] == path
+    with Image.open(path) as im:
+        by_image = pred.predict(im.copy(), top_k=3)
+    assert isinstance(by_image, dict)
+    _check_result(by_image, pred.classes, 3)
+    # the same pixels through either door give the same answer
+    assert by_image["label"] == by_path["label"]
+    assert math.isclose(by_image["probability"], by_path["probability"], rel_tol=1e-5)
+    # a PIL image in another mode and size is converted and resized like a file would be
+    grey = image_of_class(0, (40, 24), rng=np.random.default_rng(0)).convert("L")
+    _check_result(pred.predict(grey, top_k=2), pred.classes, 2)
+
+
+def test_cli_predict_json_lines_recursive(capsys, tiny_best, nested_folder):
+    root, files = nested_folder
+    assert main(["predict", tiny_best, str(root), "--json", "--device", "cpu", "--top-k", "2"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == len(files)
+    objs = [json.loads(ln) for ln in lines]
+    assert sorted(o["path"] for o in objs) == sorted(str(f) for f in files)
+    for o in objs:
+        assert {"path", "label", "probability", "top_k"} <= set(o)
+        assert o["label"] in TINY_CLASSES and len(o["top_k"]) == 2
+
+
+def test_cli_predict_output_csv_and_json(capsys, tiny_best, nested_folder, tmp_path):
+    root, files = nested_folder
+    out_csv, out_json = tmp_path / "preds.csv", tmp_path / "preds.json"
+    assert main(["predict", tiny_best, str(root), "--output", str(out_csv), "--device", "cpu"]) == 0
+    assert main(["predict", tiny_best, str(root), "--output", str(out_json), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    with open(out_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(files)
+    assert sorted(r["path"] for r in rows) == sorted(str(f) for f in files)
+    assert all(r["label"] in TINY_CLASSES and 0 <= float(r["probability"]) <= 1 for r in rows)
+    entries = json.loads(out_json.read_text())
+    assert isinstance(entries, list) and len(entries) == len(files)
+    assert sorted(e["path"] for e in entries) == sorted(str(f) for f in files)
+    assert all(len(e["top_k"]) == len(TINY_CLASSES) for e in entries)  # default 5, clamped to 3

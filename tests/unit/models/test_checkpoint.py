@@ -1,0 +1,215 @@
+"""Damaged and mismatched checkpoints: each a clear line, no library warning, nothing unpickled that is not
+plain data; a FIFO named as weights refused without blocking."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgclf.cli.main import main
+from imgclf.core.errors import CheckpointError
+from imgclf.models.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from imgclf.models.registry import build_model
+
+PREPROCESS = {"img_size": 16, "resize": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything a command writes by default lands in the test's own folder
+
+
+def _ckpt(model_name: str = "test_tiny", classes=("cat", "dog", "fox"), **kw) -> dict:
+    torch.manual_seed(0)
+    model = build_model(model_name, len(classes))
+    return make_checkpoint(model, model_name=model_name, classes=list(classes), preprocess=PREPROCESS, config={}, **kw)
+
+
+def _image(tmp_path: Path) -> str:
+    from PIL import Image
+
+    p = tmp_path / "one.png"
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(p)
+    return str(p)
+
+
+def _cli_error(capsys, argv, code: int = 2) -> str:
+    """Run the CLI; it must fail with `code` and exactly one line on stderr, no traceback."""
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == code, f"exit {rc}, stderr: {err!r}"
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert "Traceback" not in err + out
+    return lines[0]
+
+
+def _one_clear_line(message: str) -> None:
+    """One line, ending in a fix (after a colon or a semicolon), never torch's unsafe advice."""
+    assert "\n" not in message, message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message, message
+    assert not message.endswith((":", ",", "(")), message
+    assert re.search(r"[:;] (use|pass|copy|upgrade|check|make)\b", message), f"no fix in: {message}"
+
+
+def _write_bad_file(kind: str, tmp_path: Path) -> Path:
+    p = tmp_path / f"{kind}.pt"
+    rng = np.random.default_rng(3)
+    if kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "truncated":  # a real checkpoint cut in half, as an interrupted copy leaves it
+        save_checkpoint(_ckpt(), str(p))
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+    elif kind == "random":  # random bytes named .pt (first byte neither a zip's 'P' nor a pickle's 0x80)
+        p.write_bytes(b"\x17" + rng.bytes(4095))
+    elif kind == "random-pickle-start":  # random bytes that happen to start like torch's older format
+        p.write_bytes(b"\x80\x02" + rng.bytes(4094))
+    elif kind == "plain-pickle":  # pickle.dump of plain data, not torch.save
+        p.write_bytes(pickle.dumps({"classes": ["a"]}, protocol=4))
+    elif kind == "zip":  # a zip archive that torch.save did not write
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("notes.txt", "hello")
+    return p
+
+
+def _edited(tmp_path: Path, name: str, edit) -> Path:
+    ck = _ckpt()
+    edit(ck)
+    p = tmp_path / name
+    save_checkpoint(ck, str(p))
+    return p
+
+
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("empty", "is empty (0 bytes)"),
+        ("truncated", "is truncated"),
+        ("random", "is not a PyTorch checkpoint (not a zip archive"),
+        ("random-pickle-start", "is not a readable PyTorch checkpoint"),
+        ("plain-pickle", "is not a readable PyTorch checkpoint"),
+        ("zip", "is not a readable PyTorch checkpoint"),
+    ],
+)
+def test_damaged_file_is_one_clear_line(kind, says, tmp_path, capsys):
+    # Before: the empty file raised "IndexError: list index out of range"; random bytes were "Python objects
+    # that could run code" with torch's advice to load them with weights_only=False; a truncated file's message
+    # stopped mid-sentence.
+    p = _write_bad_file(kind, tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(str(p))
+    msg = str(e.value)
+    assert says in msg and str(p) in msg, msg
+    assert "could run code" not in msg and "refused" not in msg, msg
+    _one_clear_line(msg)
+    for argv in (["predict", str(p), _image(tmp_path)], ["evaluate", str(p)]):
+        line = _cli_error(capsys, argv)
+        assert says in line, line
+
+
+def test_load_shows_no_library_warning(tmp_path, recwarn):
+    # torch warns "Detected pickle protocol 4 ..." (a UserWarning) while it reads such a file; that reached the
+    # console of `imgclf predict` without --verbose.
+    p = _write_bad_file("plain-pickle", tmp_path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(str(p))
+    save_checkpoint(_ckpt(), str(tmp_path / "good.pt"))
+    load_checkpoint(str(tmp_path / "good.pt"))
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_unsafe_pickle_is_refused_by_name(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"format": "imgclf-checkpoint", "payload": zipfile.ZipInfo("x")}, p)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(str(p))
+    msg = str(e.value)
+    assert msg.startswith(f"refused to load '{p}'") and "(zipfile.ZipInfo)" in msg, msg
+    _one_clear_line(msg)
+
+
+@pytest.mark.parametrize(
+    "name, edit, says",
+    [
+        # fewer class names than the head has outputs: predicting class 2 raised IndexError before
+        (
+            "short-names.pt",
+            lambda ck: ck.update(classes=["cat", "dog"]),
+            "lists 2 class names, but its model entry says 3",
+        ),
+        (
+            "short-head.pt",
+            lambda ck: ck["state_dict"].update({"fc.weight": torch.zeros(2, 8), "fc.bias": torch.zeros(2)}),
+            "its head (fc) has 2 outputs",
+        ),
+        ("no-classes.pt", lambda ck: ck.pop("classes"), "missing 'classes'"),
+        ("no-weight.pt", lambda ck: ck["state_dict"].pop("stem.0.weight"), "1 missing, such as 'stem.0.weight'"),
+        ("bad-model.pt", lambda ck: ck.update(model="test_tiny"), "damaged entries, 'model'"),
+        ("twice.pt", lambda ck: ck.update(classes=["cat", "cat", "fox"]), "names a class twice (cat)"),
+        ("unknown.pt", lambda ck: ck["model"].update(name="test_tiny2"), "model named 'test_tiny2'"),
+    ],
+)
+def test_inconsistent_checkpoint_is_one_clear_line(name, edit, says, tmp_path, capsys):
+    p = _edited(tmp_path, name, edit)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(str(p))
+    msg = str(e.value)
+    assert says in msg and str(p) in msg, msg
+    _one_clear_line(msg)
+    line = _cli_error(capsys, ["predict", str(p), _image(tmp_path)])
+    assert says in line
+
+
+def test_weights_of_another_architecture_say_which(tmp_path, capsys):
+    # smallcnn's weights under test_tiny's name. Before: "checkpoint weights do not fit model test_tiny: Error(s)
+    # in loading state_dict for TestTiny:" and nothing more.
+    ck = _ckpt("smallcnn")
+    ck["model"]["name"] = "test_tiny"
+    p = tmp_path / "other.pt"
+    save_checkpoint(ck, str(p))
+    line = _cli_error(capsys, ["predict", str(p), _image(tmp_path)])
+    assert "look like smallcnn's, not those of the test_tiny it names" in line, line
+    assert re.search(r"\d+ missing, such as '[\w.]+'; \d+ unexpected, such as '[\w.]+'", line), line
+    assert "Error(s) in loading" not in line
+    _one_clear_line(line)
+
+
+def test_load_weights_explains_a_mismatch_after_validation(tmp_path):
+    # The last line of defence (a model built for other data, as a resumed run with changed classes would):
+    # load_state_dict's many-line report becomes one line.
+    from imgclf.models.checkpoint import load_weights
+
+    ck = _ckpt()
+    with pytest.raises(CheckpointError) as e:
+        load_weights(build_model("test_tiny", 5), ck, "last.pt")
+    msg = str(e.value)
+    assert "'fc.weight' [3, 8] where test_tiny needs [5, 8]" in msg, msg
+    _one_clear_line(msg)
+
+
+def test_good_checkpoint_still_loads(tmp_path):
+    p = tmp_path / "good.pt"
+    save_checkpoint(_ckpt(), str(p))
+    model = model_from_checkpoint(load_checkpoint(str(p)))
+    assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+
+
+def test_a_fifo_named_as_weights_is_refused_without_blocking(tmp_path, tiny_data, capsys):
+    # open_model used to read it and wait for a writer forever
+
+    from imgclf.cli.main import main
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    img = next((tiny_data / "val" / "cat").iterdir())
+    assert main(["predict", str(fifo), str(img)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a regular file" in err and len(err.splitlines()) == 1
