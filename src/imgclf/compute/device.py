@@ -4,16 +4,14 @@ Precision `auto` means two different things, on purpose:
 
 - **Inference** (`predict`, `evaluate`, `serve`, `bench`, exports' reference): fp32 on every device, so a
   checkpoint answers the same as its fp32 exports (within 1e-4 in probability) on every machine. bf16 is there
-  for those who ask (`--precision bf16`): on an Intel Xeon with AVX512-BF16 it changed one label of 153 on
-  hymenoptera val and moved probabilities by up to 0.024.
+  for those who ask (`--precision bf16`): it can change answers (docs/benchmarks.md, the Intel Xeon class).
 - **Training**: whatever is fastest on the machine at hand, never slower than fp32. On CUDA, bf16 autocast where
   the GPU supports it, else fp16 with a gradient scaler. On a CPU without native bf16 (no AVX512-BF16, no AMX)
-  fp32, without measuring: bf16 is emulated there, ResNet-18 at 32 px trained about 8x slower (2-core AMD EPYC,
-  AVX2). On a CPU with native bf16, a short probe decides: a few interleaved training steps of the very model,
-  batch size and input size in fp32 and in bf16 autocast, on random tensors; bf16 only when it is at least 5%
-  faster. The result is cached per machine and model in `$IMGCLF_CACHE/precision.json` (default
-  `~/.cache/imgclf/precision.json`). Measured so far: on an Intel Xeon with AVX512-BF16 but no AMX, bf16 was
-  slower for airnet_small, ResNet-18 and EfficientNet-Lite0 (529/378, 708/616, 17.5/15.2 images/s fp32/bf16).
+  fp32, without measuring: bf16 is emulated there, several times slower. On a CPU with native bf16, a short
+  probe decides: a few interleaved training steps of the very model, batch size and input size in fp32 and in
+  bf16 autocast, on random tensors; bf16 only when it is at least 5% faster, because whether it is depends on
+  the CPU class and the model (docs/benchmarks.md has the figures per class). The result is cached per machine
+  and model in `$IMGCLF_CACHE/precision.json` (default `~/.cache/imgclf/precision.json`).
 """
 
 from __future__ import annotations
@@ -24,12 +22,14 @@ import functools
 import json
 import logging
 import os
+import platform
 import statistics
 import time
 
 import torch
 
 from imgclf.core.errors import UsageError
+from imgclf.core.fileio import user_cache_home, write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 BF16_MIN_SPEEDUP = 1.05
 PROBE_ROUNDS = 3  # timed steps per precision, interleaved fp32 / bf16 so that load and clock drift cancel
 # A step slower than this is probed at a proportionally smaller batch (at least 8), so that every probe gets its
-# PROBE_ROUNDS rounds within seconds: ResNet-18 at 224 px, batch 128, takes ~20 s a step on 2 cores, and a
-# single round of it, taken while another job ran, once chose fp32 where bf16 inference ran 1.9x faster.
+# PROBE_ROUNDS rounds within seconds: a large model's full-batch step can take many seconds on a small CPU, and a
+# single round of it, taken while another job ran, once chose the wrong precision (docs/benchmarks.md, Zen 4).
 PROBE_STEP_SECONDS = 1.5
 
 
@@ -71,8 +71,6 @@ ISA_FLAGS = {
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> dict:
     """{"model": CPU model name, "flags": set of /proc/cpuinfo flags} (empty flags where there is no such file)."""
-    import platform
-
     model, flags, ids = platform.processor() or platform.machine(), set(), {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -160,8 +158,6 @@ def machine_key() -> str:
 
 
 def precision_cache_path() -> str:
-    from imgclf.core.fileio import user_cache_home
-
     return os.path.join(os.environ.get("IMGCLF_CACHE") or user_cache_home(), "precision.json")
 
 
@@ -196,8 +192,6 @@ def probe_bf16(
     """Time training steps of a copy of `model` in fp32 and bf16 autocast on this CPU; cached.
 
     Returns {"choice": "fp32"|"bf16", "fp32_ms", "bf16_ms", "speedup", "cached": bool}."""
-    from imgclf.core.fileio import write_json
-
     model_key = f"{key}|{img_size}px|batch {batch_size}|{'channels_last' if channels_last else 'NCHW'}"
     cache_path = precision_cache_path()
     full_key = f"{machine_key()}||{model_key}"
@@ -278,8 +272,8 @@ def _time_steps(model: torch.nn.Module, *, img_size: int, batch_size: int, chann
 
 
 def to_layout(x, channels_last: bool):
-    """Models and 4-d batches in channels_last: on this CPU it trains EfficientNet-Lite0 ~1.6x and ResNet-18
-    at 32 px ~1.1x faster than the default layout (oneDNN's depthwise and 3x3 kernels prefer NHWC)."""
+    """Models and 4-d batches in channels_last: oneDNN's depthwise and 3x3 kernels prefer NHWC, so models train
+    faster than in the default layout (by how much, per model: docs/benchmarks.md)."""
     if channels_last and (isinstance(x, torch.nn.Module) or x.dim() == 4):
         return x.to(memory_format=torch.channels_last)
     return x

@@ -10,6 +10,19 @@ import importlib.metadata
 import os
 import platform
 
+import torch
+
+from imgclf.compute.device import (
+    cached_probes,
+    cpu_has_native_bf16,
+    cpu_info,
+    cpu_isa,
+    machine_key,
+    precision_cache_path,
+)
+from imgclf.compute.distributed import cores
+from imgclf.core.version import __version__
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -32,46 +45,13 @@ def _memory_gib() -> float | None:
 def machine_report(probe: dict | None = None) -> dict:
     """Everything `imgclf env --json` prints; `probe`: a model's training-precision probe run now
     (`train.training.probe_precision`), shown under precision_probes.now."""
-    import torch
-
-    from imgclf.core.version import __version__
-    from imgclf.compute.device import (
-        cached_probes,
-        cpu_has_native_bf16,
-        cpu_info,
-        cpu_isa,
-        machine_key,
-        precision_cache_path,
-    )
-
-    gpus = []
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            p = torch.cuda.get_device_properties(i)
-            gpus.append(
-                {
-                    "name": p.name,
-                    "memory_gib": round(p.total_memory / 2**30, 1),
-                    "compute_capability": f"{p.major}.{p.minor}",
-                }
-            )
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    native_bf16 = cpu_has_native_bf16()
-    if gpus:
-        train_auto = "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp16 autocast + gradient scaler"
-    elif native_bf16:
-        train_auto = "measured per model: a short fp32/bf16 probe, cached (bf16 only when >= 5% faster)"
-    else:
-        train_auto = "fp32 (no native bf16 on this CPU: bf16 would be emulated)"
+    gpus = gpu_report()
     isa = cpu_isa()
     report = {
         "imgclf": __version__,
         "cpu": {
             "model": cpu_info()["model"],
-            "cores": cores,
+            "cores": cores(),
             "isa": isa,
             "torch_capability": str(torch.backends.cpu.get_cpu_capability()),
             "caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(k)},
@@ -84,20 +64,47 @@ def machine_report(probe: dict | None = None) -> dict:
             **{d: _version(d) for d in ("torchvision", "onnxruntime", "onnx", "numpy")},
         },
         "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
-        "auto": {
-            "device": "cuda" if gpus else "cpu",
-            "train_precision": train_auto,
-            "inference_precision": "fp32 (the same answers as fp32 exports on every machine; --precision bf16 to opt in)",
-            "memory_layout": "channels_last",
-            "int8_weights": "7-bit (--reduce-range on: no int16 saturation where there is no VNNI"
-            + ("; this CPU has VNNI" if isa["VNNI"] else "")
-            + ")",
-        },
+        "auto": auto_picks(gpus, isa),
         "precision_probes": {"cache": precision_cache_path(), "machine": machine_key(), "results": cached_probes()},
     }
     if probe is not None:
         report["precision_probes"]["now"] = probe
     return report
+
+
+def gpu_report() -> list[dict]:
+    """Name, memory (GiB) and compute capability of each CUDA GPU; [] without one."""
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append(
+                {
+                    "name": p.name,
+                    "memory_gib": round(p.total_memory / 2**30, 1),
+                    "compute_capability": f"{p.major}.{p.minor}",
+                }
+            )
+    return gpus
+
+
+def auto_picks(gpus: list[dict], isa: dict) -> dict:
+    """What each `auto` setting resolves to on this machine, in words."""
+    if gpus:
+        train_auto = "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp16 autocast + gradient scaler"
+    elif cpu_has_native_bf16():
+        train_auto = "measured per model: a short fp32/bf16 probe, cached (bf16 only when >= 5% faster)"
+    else:
+        train_auto = "fp32 (no native bf16 on this CPU: bf16 would be emulated)"
+    return {
+        "device": "cuda" if gpus else "cpu",
+        "train_precision": train_auto,
+        "inference_precision": "fp32 (the same answers as fp32 exports on every machine; --precision bf16 to opt in)",
+        "memory_layout": "channels_last",
+        "int8_weights": "7-bit (--reduce-range on: no int16 saturation where there is no VNNI"
+        + ("; this CPU has VNNI" if isa["VNNI"] else "")
+        + ")",
+    }
 
 
 def summary_line(r: dict) -> str:

@@ -56,3 +56,10 @@ def did_you_mean(word: str, choices) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def first_line(e: BaseException, empty: str | None = None) -> str:
+    """The first line of an exception's message, for a one-line error of our own; `empty` (default: the
+    exception's type name) when it has no message."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else (empty or type(e).__name__)

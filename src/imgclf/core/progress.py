@@ -13,6 +13,8 @@ import logging
 import sys
 import time
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 # A context variable, not a module flag: `shown` restores it on the way out, so one quiet call (or test) never
@@ -36,8 +38,6 @@ def progress(
     """Yield from `iterable`, showing progress. `postfix` is a callable returning a short status string."""
     enabled = _shown.get()
     if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
         bar = tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
         for i, x in enumerate(bar):
             yield x

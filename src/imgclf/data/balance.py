@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# torch and sklearn are imported by the functions that use them: `imgclf check` imports this module for
-# imbalance_ratio and starts without either.
+# torch and sklearn are imported by the functions that use them (both heavy): `imgclf check` imports this module
+# for imbalance_ratio and starts without either.
 
 MODES = ("none", "weights", "sampler", "auto")
 
@@ -58,8 +58,8 @@ def imbalance_ratio(labels: Iterable) -> float | None:
 def class_weights(labels: Iterable[int], num_classes: int) -> torch.Tensor:
     """float32 [num_classes]: sklearn's compute_class_weight("balanced") over the classes that occur; a class
     with no images gets 1 (it has no images to weigh, and a label-smoothing share is left as it is)."""
-    import torch
-    from sklearn.utils.class_weight import compute_class_weight
+    import torch  # noqa: PLC0415 - heavy: `imgclf check` goes without (see above)
+    from sklearn.utils.class_weight import compute_class_weight  # noqa: PLC0415 - heavy, as torch
 
     y = np.asarray(list(labels), dtype=np.int64)
     if y.size == 0:
@@ -74,7 +74,7 @@ def class_weights(labels: Iterable[int], num_classes: int) -> torch.Tensor:
 
 def sample_weights(labels: Iterable[int], num_classes: int) -> torch.Tensor:
     """float64 [len(labels)]: each image's class weight, for a sampler where every class is equally likely."""
-    import torch
+    import torch  # noqa: PLC0415 - heavy: `imgclf check` goes without (see above)
 
     y = torch.as_tensor(list(labels), dtype=torch.long)
     return class_weights(y.tolist(), num_classes).double()[y]
@@ -82,7 +82,7 @@ def sample_weights(labels: Iterable[int], num_classes: int) -> torch.Tensor:
 
 def weighted_order(weights: torch.Tensor, n: int, gen: torch.Generator | None) -> torch.Tensor:
     """n indices drawn with replacement, index i with chance weights[i] / weights.sum(), from `gen`."""
-    import torch
+    import torch  # noqa: PLC0415 - heavy: `imgclf check` goes without (see above)
 
     return torch.multinomial(weights, n, replacement=True, generator=gen)
 

@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from imgclf.compute.distributed import shard_order
 from imgclf.data.autoaugment import BatchPolicy
 from imgclf.data.balance import weighted_order
 from imgclf.data.images import center_crop
@@ -168,16 +169,12 @@ def epoch_order(
     m = n if shard is None else -(-n // shard[1])
     keep = m - 1 if (m > 1 and m % batch_size == 1) else m
     if paced is not None:
-        from imgclf.compute.distributed import shard_order
-
         u = torch.rand(n, generator=generator, dtype=torch.float64)
         return paced.order((u if shard is None else shard_order(u, *shard))[:keep])
     if shard is None:  # one process: draws as before sharding existed, so its runs repeat bit for bit
         if weights is not None:
             return weighted_order(weights, keep, generator)
         return torch.randperm(n, generator=generator)[:keep]
-    from imgclf.compute.distributed import shard_order
-
     full = weighted_order(weights, n, generator) if weights is not None else torch.randperm(n, generator=generator)
     return shard_order(full, *shard)[:keep]
 

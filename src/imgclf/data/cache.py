@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from imgclf.core.fileio import user_cache_home
+from imgclf.core.progress import progress
 from imgclf.data.images import UnreadableImage, center_crop
 from imgclf.data.pipeline import decode_one
 from imgclf.data.sources import Split, hash_split
@@ -61,8 +63,6 @@ def decode_all(
 ) -> dict[int, str]:
     """Decode every image of `split` into out[i] (out=None: only check that it decodes), resizing with
     `interpolation`; returns {index: reason} for the images that could not be decoded."""
-    from imgclf.core.progress import progress
-
     errors: dict[int, str] = {}
 
     def work(i):
@@ -98,8 +98,6 @@ def load_decoded(
     if found is not None:
         return found
     os.makedirs(root, exist_ok=True)
-    from filelock import FileLock
-
     # Under torchrun every rank asks for the same split at once: one decodes it, the others wait and map its file.
     with FileLock(os.path.join(root, f"{key}.lock")):
         found = _cached(split, size, data_path, meta_path)

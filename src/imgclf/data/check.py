@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image
+from tqdm import tqdm
 
 from imgclf.core.errors import DataError
 from imgclf.data.balance import SAMPLER_FROM, imbalance_ratio
 from imgclf.data.images import BadShape, UnreadableImage, check_shape, load_image, to_rgb
-from imgclf.data.sources import find_split_dirs, is_image_name
+from imgclf.data.sources import csv_source, find_split_dirs, is_image_name
 
 log = logging.getLogger(__name__)
 
@@ -142,73 +143,27 @@ class _Listing:
     files: int = 0
     hidden: int = 0
 
+    def place(self, split: str, cls: str) -> str:
+        """Where a class of a split is, as findings show it: its folder, or split:class in a CSV."""
+        return _shown(self.split_dirs[split] / cls, self.base) if split in self.split_dirs else f"{split}:{cls}"
+
 
 def check_data(data: str, *, workers: int | None = None, progress: bool = False) -> CheckReport:
     """Decode every image under `data`; errors are what would break or falsify training, warnings what may spoil it."""
     start = time.perf_counter()
     path = Path(str(data)).expanduser()
-    if not path.exists():
-        raise DataError(f"data '{data}' not found: pass a folder of class folders, or a folder holding train/ and val/")
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DataError(
-                f"data '{data}' is a file, not a folder: pass a folder of class folders (or a CSV of path,label[,split])"
-            )
-        lst = _list_csv(path.resolve())
-    else:
-        lst = _list_folder(path.resolve())
-
+    lst = _list_data(path, data)
     results = _decode_all([it.path for it in lst.items], workers=workers, progress=progress)
-    errors, warns = lst.errors, lst.warnings
-    readable: list[tuple[_Item, tuple]] = []
-    failed: Counter = Counter()
-    for it, (status, info) in zip(lst.items, results):
-        if status != "ok":
-            errors.append(Finding(status, [it.shown], info))
-            failed[(it.split, it.label)] += 1
-            continue
-        readable.append((it, info))
-        fmt, _, w, h, _ = info
-        ext = os.path.splitext(it.path)[1].lower()
-        if ext in _FORMATS_BY_EXT and fmt not in _FORMATS_BY_EXT[ext]:
-            warns.append(Finding("extension-mismatch", [it.shown], f"named {ext} but the file is {fmt}"))
-        if w < TINY_PIXELS or h < TINY_PIXELS:
-            warns.append(Finding("tiny-image", [it.shown], f"{w}x{h} pixels"))
-    _same_pixels(readable, errors, warns)
+    readable, failed = _per_image(lst, results)
+    _same_pixels(readable, lst.errors, lst.warnings)
 
     classes = sorted(lst.classes)
     splits = sorted({it.split for it in lst.items} | set(lst.split_dirs), key=_split_order)
     per_split = {s: {c: 0 for c in classes} for s in splits}
     for it, _ in readable:
         per_split[it.split][it.label] += 1
-
-    def where(s: str, c: str) -> str:
-        return _shown(lst.split_dirs[s] / c, lst.base) if s in lst.split_dirs else f"{s}:{c}"
-
-    for s in splits:
-        for c in classes:
-            if per_split[s][c]:
-                continue
-            n = failed[(s, c)]
-            why = f"no readable images ({n} file{'s' * (n != 1)} failed)" if n else "no images"
-            if s == "train":
-                errors.append(Finding("empty-class", [where(s, c)], f"{why} in train: add images or remove the class"))
-            else:
-                warns.append(
-                    Finding("empty-class", [where(s, c)], f"{why} in {s}: {s} scores will not cover this class")
-                )
-
-    train = {c: n for c, n in per_split.get("train", {}).items() if n}
-    ratio = imbalance_ratio(it.label for it, _ in readable if it.split == "train")
-    if ratio is not None and ratio > IMBALANCE_WARN_RATIO:
-        big, small = max(train, key=train.get), min(train, key=train.get)
-        warns.append(
-            Finding(
-                "class-imbalance",
-                [where("train", big), where("train", small)],
-                f"largest/smallest train class is {ratio} ({train[big]} vs {train[small]} images)",
-            )
-        )
+    _empty_classes(lst, per_split, failed)
+    ratio = _imbalance(lst, readable, per_split)
 
     infos = [info for _, info in readable]
     summary = {
@@ -227,7 +182,74 @@ def check_data(data: str, *, workers: int | None = None, progress: bool = False)
     }
     order = {k: i for i, k in enumerate(_KIND_ORDER)}
     key = lambda f: (order.get(f.kind, len(order)), f.paths)  # noqa: E731
-    return CheckReport(str(path.resolve()), sorted(errors, key=key), sorted(warns, key=key), summary)
+    return CheckReport(str(path.resolve()), sorted(lst.errors, key=key), sorted(lst.warnings, key=key), summary)
+
+
+def _list_data(path: Path, data: str) -> _Listing:
+    """What `check` reads: a folder (of class folders, or of split folders) or a CSV manifest."""
+    if not path.exists():
+        raise DataError(f"data '{data}' not found: pass a folder of class folders, or a folder holding train/ and val/")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(
+                f"data '{data}' is a file, not a folder: pass a folder of class folders (or a CSV of path,label[,split])"
+            )
+        return _list_csv(path.resolve())
+    return _list_folder(path.resolve())
+
+
+def _per_image(lst: _Listing, results: list[tuple[str, object]]) -> tuple[list[tuple[_Item, tuple]], Counter]:
+    """(the readable items with what decoding found, failures by (split, class)); what is wrong with each file
+    goes to the listing's errors and warnings."""
+    readable: list[tuple[_Item, tuple]] = []
+    failed: Counter = Counter()
+    for it, (status, info) in zip(lst.items, results):
+        if status != "ok":
+            lst.errors.append(Finding(status, [it.shown], info))
+            failed[(it.split, it.label)] += 1
+            continue
+        readable.append((it, info))
+        fmt, _, w, h, _ = info
+        ext = os.path.splitext(it.path)[1].lower()
+        if ext in _FORMATS_BY_EXT and fmt not in _FORMATS_BY_EXT[ext]:
+            lst.warnings.append(Finding("extension-mismatch", [it.shown], f"named {ext} but the file is {fmt}"))
+        if w < TINY_PIXELS or h < TINY_PIXELS:
+            lst.warnings.append(Finding("tiny-image", [it.shown], f"{w}x{h} pixels"))
+    return readable, failed
+
+
+def _empty_classes(lst: _Listing, per_split: dict[str, dict[str, int]], failed: Counter) -> None:
+    """A class without readable images: an error in train, a warning in the other splits."""
+    for s, counts in per_split.items():
+        for c, n_readable in counts.items():
+            if n_readable:
+                continue
+            n = failed[(s, c)]
+            why = f"no readable images ({n} file{'s' * (n != 1)} failed)" if n else "no images"
+            if s == "train":
+                lst.errors.append(
+                    Finding("empty-class", [lst.place(s, c)], f"{why} in train: add images or remove the class")
+                )
+            else:
+                lst.warnings.append(
+                    Finding("empty-class", [lst.place(s, c)], f"{why} in {s}: {s} scores will not cover this class")
+                )
+
+
+def _imbalance(lst: _Listing, readable: list[tuple[_Item, tuple]], per_split: dict) -> float | None:
+    """The train split's imbalance ratio (largest class / smallest); a warning from IMBALANCE_WARN_RATIO."""
+    train = {c: n for c, n in per_split.get("train", {}).items() if n}
+    ratio = imbalance_ratio(it.label for it, _ in readable if it.split == "train")
+    if ratio is not None and ratio > IMBALANCE_WARN_RATIO:
+        big, small = max(train, key=train.get), min(train, key=train.get)
+        lst.warnings.append(
+            Finding(
+                "class-imbalance",
+                [lst.place("train", big), lst.place("train", small)],
+                f"largest/smallest train class is {ratio} ({train[big]} vs {train[small]} images)",
+            )
+        )
+    return ratio
 
 
 _KIND_ORDER = (
@@ -322,9 +344,7 @@ def _walk_class(lst: _Listing, split: str, folder: Path) -> None:
 
 
 def _list_csv(path: Path) -> _Listing:
-    from imgclf.data.sources import _csv_source  # the loader's own CSV rules: same columns, splits and path resolution
-
-    src = _csv_source(path)
+    src = csv_source(path)  # the loader's own CSV rules: same columns, splits and path resolution
     lst = _Listing("csv", path.parent, classes=set(src.classes))
     for s, split in src.splits.items():
         for p, y in zip(split.paths, split.labels):
@@ -334,8 +354,6 @@ def _list_csv(path: Path) -> _Listing:
 
 
 def _decode_all(paths: list[str], *, workers: int | None, progress: bool) -> list[tuple[str, object]]:
-    from tqdm import tqdm
-
     n = workers or os.cpu_count() or 1
     out: list[tuple[str, object]] = []
     with tqdm(total=len(paths), desc="check", unit="img", file=sys.stderr, disable=not progress) as bar:
@@ -344,7 +362,8 @@ def _decode_all(paths: list[str], *, workers: int | None, progress: bool) -> lis
                 out.append(_inspect(p))
                 bar.update()
             return out
-        # Processes, not threads: decoding tiny JPEGs is GIL-bound (threads measured ~1.4x slower on CIFAR-10).
+        # Processes, not threads: decoding tiny JPEGs is GIL-bound (threads were slower on CIFAR-10: see
+        # docs/benchmarks.md).
         # Chunks amortise the pickling, but stay small enough that a few large photos spread over all workers.
         chunk = max(1, min(256, len(paths) // (n * 8)))
         with ProcessPoolExecutor(n) as ex:

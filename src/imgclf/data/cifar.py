@@ -4,10 +4,14 @@ The batches live in a data root (`--data-root`, else $IMGCLF_DATA, else a user c
 absent, they are downloaded (with a time limit of their own: the process's socket default is left alone),
 checked against the MD5 torchvision records, and extracted by torchvision; offline, the error names the exact
 folder to put them in. This module only reads: data/sources.py turns what it reads into a DataSource.
+
+torchvision is imported when a CIFAR set is read, not with this module: `imgclf check` on a folder imports
+data/sources.py, and with it this module, and stays free of torch.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -16,8 +20,6 @@ import urllib.error
 import urllib.request
 
 import numpy as np
-from torchvision import datasets
-from torchvision.datasets.utils import USER_AGENT, check_integrity, extract_archive
 
 from imgclf.core.errors import DataError
 from imgclf.core.fileio import atomic_open
@@ -46,23 +48,23 @@ def _load_meta(self) -> None:
     self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
-class _CIFAR10(datasets.CIFAR10):
-    _check_integrity = _present
-    _load_meta = _load_meta
+NAMES = ("cifar10", "cifar100")
 
 
-class _CIFAR100(datasets.CIFAR100):
-    _check_integrity = _present
-    _load_meta = _load_meta
+@functools.cache
+def reader(name: str) -> type:
+    """torchvision's dataset class for `name` (one of NAMES), with our existence check and metadata reading;
+    made once, on first use."""
+    from torchvision import datasets  # noqa: PLC0415 - heavy (imports torch); only for a CIFAR set
 
-
-READERS = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}
+    base = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
+    return type(f"_{base.__name__}", (base,), {"_check_integrity": _present, "_load_meta": _load_meta})
 
 
 def read_cifar(name: str, root: str, *, download: bool = True) -> tuple[str, list[str], dict]:
     """(folder, class names, {"train" | "test": (labels, N x 32 x 32 x 3 uint8)}) of cifar10 or cifar100 in
     `root`, downloading them first when they are absent and `download` is on."""
-    cls = READERS[name]
+    cls = reader(name)
     folder = os.path.join(root, cls.base_folder)
     probe = cls.__new__(cls)
     probe.root = root
@@ -93,6 +95,9 @@ def read_cifar(name: str, root: str, *, download: bool = True) -> tuple[str, lis
 def _download(cls, root: str) -> None:
     """The archive into `root` (whole or not at all), checked against torchvision's MD5, then extracted there.
     An archive already there with the right MD5 is not fetched again."""
+    # heavy (imports torch): only for a CIFAR set
+    from torchvision.datasets.utils import USER_AGENT, check_integrity, extract_archive  # noqa: PLC0415
+
     os.makedirs(root, exist_ok=True)
     archive = os.path.join(root, cls.filename)
     if not check_integrity(archive, cls.tgz_md5):

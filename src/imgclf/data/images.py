@@ -2,6 +2,9 @@
 
 Training, evaluation and prediction all go through `load_image(path, resize=...)`, so an image is turned into
 pixels the same way everywhere (a model evaluated here sees exactly what `predict` will feed it).
+
+torch is imported only by the functions that make tensors: the torch-free server (imgclf-serve) and
+`imgclf check` use this module without it.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def check_shape(width: int, height: int, resize: int | None = None) -> None:
 
 def to_rgb(im: Image.Image) -> Image.Image:
     # exif_transpose copies an image that needs no turning: call it only when the orientation tag asks for a
-    # turn or a flip (a 500 x 375 JPEG's decode and resize: 3.50 -> 3.42 ms).
+    # turn or a flip (the saving per JPEG: docs/benchmarks.md).
     if im.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:
         im = ImageOps.exif_transpose(im)
     if im.mode == "RGB":
@@ -92,7 +95,7 @@ def load_image(path: str, *, resize: int | None = None, interpolation: str = "bi
                 check_shape(*im.size, resize)  # from the header, before a pixel is decoded
                 if resize is not None and im.format == "JPEG":
                     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result still covers `resize`:
-                    # a 2592x1944 photo headed for 256 px decodes ~8x faster.
+                    # fewer pixels to decode (a large photo headed for 256 px: docs/benchmarks.md).
                     w, h = im.size
                     s = resize / min(w, h)
                     im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
@@ -148,14 +151,14 @@ def _resized(w: int, h: int, size: int) -> tuple[int, int]:
 
 def pil_to_uint8(im: Image.Image):
     """RGB PIL image -> 3 x H x W uint8 tensor."""
-    import torch  # here, so that `imgclf check` does not pay for importing torch
+    import torch  # noqa: PLC0415 - heavy: imgclf-serve and `imgclf check` use this module without torch
 
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def array_to_uint8(a: np.ndarray, *, resize: int | None = None, interpolation: str = "bilinear"):
     """H x W x 3 uint8 array (in-memory datasets) -> 3 x H' x W' uint8 tensor, resized like files are."""
-    import torch
+    import torch  # noqa: PLC0415 - heavy: imgclf-serve and `imgclf check` use this module without torch
 
     if resize is not None and min(a.shape[:2]) != resize:
         return pil_to_uint8(resize_shorter(Image.fromarray(a), resize, interpolation))
@@ -189,7 +192,7 @@ def _pad_to(x, size: int, hd: int, wd: int):
     pads[hd], pads[wd] = (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)
     if isinstance(x, np.ndarray):
         return np.pad(x, pads)
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # noqa: PLC0415 - heavy: a tensor is padded only where torch is loaded
 
     flat = [p for pair in reversed(pads) for p in pair]  # F.pad: last dimension first
     return F.pad(x, flat)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.core.errors import DataError, did_you_mean
-from imgclf.core.fileio import user_cache_home
+from imgclf.core.fileio import atomic_open, user_cache_home
+from imgclf.data.cifar import read_cifar
 
 # torchvision's list plus GIF: anything PIL reads that people keep photos in.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -150,7 +151,7 @@ def open_source(
                 raise DataError(
                     f"data file '{data}' is not a CSV: pass a CSV with columns path,label[,split] or a folder"
                 )
-            src = _csv_source(path)
+            src = csv_source(path)
         else:
             src = _folder_source(path)
     if "val" not in src.splits:
@@ -231,7 +232,9 @@ def _folder_source(root: Path) -> DataSource:
 # ----------------------------------------------------------------------------------------------- CSV
 
 
-def _csv_source(path: Path) -> DataSource:
+def csv_source(path: Path) -> DataSource:
+    """The DataSource of a CSV manifest (path,label[,split]; paths relative to the CSV's folder); `imgclf check`
+    lists a CSV by the same rules."""
     path = path.resolve()
     base = path.parent
     rows_by_split: dict[str, list[tuple[str, str]]] = {}
@@ -274,7 +277,7 @@ def _csv_source(path: Path) -> DataSource:
 
 
 def _digits_source() -> DataSource:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # noqa: PLC0415 - heavy: only for the digits set
 
     d = load_digits()
     # 8x8 grey levels 0..16 -> 0..255 RGB, so that every source hands the pipeline the same kind of image.
@@ -286,10 +289,6 @@ def _digits_source() -> DataSource:
 
 
 def _cifar_source(name: str, root: str, *, download: bool) -> DataSource:
-    from imgclf.data.cifar import (
-        read_cifar,  # here: it imports torchvision, which `imgclf check` on a folder does not need
-    )
-
     folder, classes, arrays = read_cifar(name, root, download=download)
     splits = {
         s: Split(s, labels, arrays=a, ids=[f"{name}:{s}:{i}" for i in range(len(labels))])
@@ -307,7 +306,7 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None
         raise DataError(
             f"--val-fraction must be between 0 and 1 (got {val_fraction}); e.g. 0.2 keeps 20% for validation"
         )
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415 - heavy: only to carve validation
 
     train = src.splits["train"]
     labels = np.asarray(train.labels)
@@ -336,8 +335,6 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None
 
 def write_split_manifest(src: DataSource, path: str) -> None:
     """The split as a CSV (path or index, label, split), so a run's split can be read back exactly."""
-    from imgclf.core.fileio import atomic_open
-
     with atomic_open(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "split"])

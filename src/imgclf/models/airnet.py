@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.core.callback import Callback
+from imgclf.models.registry import ModelSpec, register
 from imgclf.models.tta import flip_crop
 
 log = logging.getLogger(__name__)
@@ -152,3 +153,36 @@ class WhiteningBiasWarmup(Callback):
 def training_callbacks() -> list[Callback]:
     """What an airnet needs from the training loop (its registry entry names this)."""
     return [WhiteningFromData(), WhiteningBiasWarmup()]
+
+
+# --------------------------------------------------------------------------------------------- registry entries
+
+# 2x2 whitening conv without padding (-1 px), three 2x max-pools, then a 3x3 max-pool: (s - 1) // 8 >= 3
+AIRNET_MIN = 25
+# AirNet.forward in eval mode: the image and two 1-px shifts (weighted 1/2, 1/4, 1/4), each mirrored
+AIRNET_EVAL_VIEWS = 6
+
+
+def _spec(name: str, widths: tuple[int, int, int], description: str) -> ModelSpec:
+    """airnet and its narrower variant: the same stages, CIFAR statistics, TTA views and training callbacks."""
+    return ModelSpec(
+        name,
+        lambda n: AirNet(n, widths),
+        "fc",
+        lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
+        img_size=32,
+        resize=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        small=True,
+        min_img_size=AIRNET_MIN,
+        description=description,
+        eval_views=AIRNET_EVAL_VIEWS,
+        callbacks=training_callbacks,
+    )
+
+
+register(_spec("airnet", (64, 256, 256), "airbench94-style net for 32 px images from scratch"))
+register(
+    _spec("airnet_small", (64, 128, 256), "airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU")
+)

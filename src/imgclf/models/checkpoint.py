@@ -20,8 +20,10 @@ from collections import Counter
 import torch
 from torch import nn
 
+from imgclf.compute.device import to_layout
 from imgclf.core.errors import CheckpointError, did_you_mean
 from imgclf.core.fileio import atomic_open
+from imgclf.models.registry import REGISTRY, build_model, get_spec
 from imgclf.models.tta import is_temperature
 
 log = logging.getLogger(__name__)
@@ -238,8 +240,6 @@ def _check_entries(ckpt: dict, path: str) -> None:
 
 def _check_classes(ckpt: dict, path: str) -> None:
     """len(classes) == the model entry's num_classes == the rows of the head's weight."""
-    from imgclf.models.registry import REGISTRY
-
     name, n = ckpt["model"]["name"], ckpt["model"]["num_classes"]
     if name not in REGISTRY:
         raise CheckpointError(
@@ -267,8 +267,6 @@ def _check_weights(ckpt: dict, path: str) -> None:
 
 def _shapes(name: str, num_classes: int) -> dict[str, tuple]:
     """Name -> shape of model `name`'s state dict, built on the meta device (no memory, no initialisation)."""
-    from imgclf.models.registry import get_spec
-
     with torch.device("meta"):
         model = get_spec(name).builder(num_classes)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -304,8 +302,6 @@ def weights_mismatch(state: dict, name: str, num_classes: int, want: dict[str, t
 def _closest_model(have: dict[str, tuple], num_classes: int, *, exclude: str) -> str | None:
     """The registered model whose state dict has most of these names and shapes (at least 90% of both),
     or None."""
-    from imgclf.models.registry import REGISTRY
-
     best, best_score = None, 0.9
     for name in REGISTRY:
         if name == exclude:
@@ -341,11 +337,7 @@ def _name(path: str | None) -> str:
 def model_from_checkpoint(
     ckpt: dict, device: torch.device | str = "cpu", *, channels_last: bool = True, path: str | None = None
 ) -> nn.Module:
-    from imgclf.models.registry import build_model
-
     m = ckpt["model"]
     model = build_model(m["name"], m["num_classes"], pretrained=False)
     load_weights(model, ckpt, path)
-    from imgclf.compute.device import to_layout
-
     return to_layout(model.to(device), channels_last).eval()

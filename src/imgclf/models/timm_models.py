@@ -18,7 +18,8 @@ import os
 import torch
 from torch import nn
 
-from imgclf.core.errors import UsageError, WeightsUnavailableError, did_you_mean
+from imgclf.core.errors import UsageError, WeightsUnavailableError, did_you_mean, first_line
+from imgclf.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, OnUse, register_on_use
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,9 @@ HF_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 BUILD_KWARGS = {"exportable": True}
 
 
-def is_timm_name(name: str) -> bool:
-    return isinstance(name, str) and name.startswith(PREFIX)
-
-
 def import_timm():
     try:
-        import timm
+        import timm  # noqa: PLC0415 - an optional extra
     except ImportError:
         raise UsageError(INSTALL) from None
     return timm
@@ -53,8 +50,8 @@ class TimmWeights:
 
     def path(self) -> str:
         if self.hf_hub_id:
-            from huggingface_hub import try_to_load_from_cache
-            from huggingface_hub.constants import HF_HUB_CACHE
+            from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - optional: comes with timm
+            from huggingface_hub.constants import HF_HUB_CACHE  # noqa: PLC0415 - optional: comes with timm
 
             for filename in HF_WEIGHTS_FILES:
                 found = try_to_load_from_cache(self.hf_hub_id, filename)
@@ -74,7 +71,7 @@ def _stages(model: nn.Module, head: str) -> list[tuple[str, list[str]]]:
     """timm's coarse groups, input first, without the head: [(name, [module or parameter names])].
 
     Models without a group matcher get one stage per child module."""
-    from timm.models import group_parameters
+    from timm.models import group_parameters  # noqa: PLC0415 - an optional extra
 
     try:
         groups = group_parameters(model, model.group_matcher(coarse=True))
@@ -151,16 +148,11 @@ def _pretrained_builder(arch: str, weights: TimmWeights):
             offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
             raise WeightsUnavailableError(
                 f"pretrained weights for {PREFIX}{arch} ({weights.describe()}) are not in the local cache and cannot "
-                f"be downloaded{offline}: {type(e).__name__}: {_first_line(e)}; run once online to cache them, "
+                f"be downloaded{offline}: {type(e).__name__}: {first_line(e, 'no detail')}; run once online to cache them, "
                 f"or pass --weights-file PATH with a state dict of {arch}"
             ) from None
 
     return build
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else "no detail"
 
 
 def _check_name(arch: str) -> None:
@@ -174,10 +166,8 @@ def _check_name(arch: str) -> None:
 
 
 @functools.cache
-def timm_spec(name: str):
+def timm_spec(name: str) -> ModelSpec:
     """The ModelSpec of `timm:ARCH` (ARCH may carry a pretrained tag, as in resnet18.a1_in1k)."""
-    from imgclf.models.registry import ModelSpec
-
     arch = name[len(PREFIX) :]
     _check_name(arch)
     timm = import_timm()
@@ -197,8 +187,8 @@ def timm_spec(name: str):
         functools.partial(_stages, head=head),
         img_size=img_size,
         resize=resize,
-        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
         interpolation=str(cfg.get("interpolation") or "bilinear"),
         weights=weights,
         pretrained_builder=_pretrained_builder(arch, weights) if weights else None,
@@ -216,7 +206,7 @@ def list_timm(pattern: str) -> list[dict]:
     """timm models matching `pattern` (timm.list_models: '*' wildcards), with whether their default pretrained
     weights are in the local cache (a file lookup, no network)."""
     timm = import_timm()
-    from timm.models import get_pretrained_cfg
+    from timm.models import get_pretrained_cfg  # noqa: PLC0415 - an optional extra
 
     rows = []
     for arch in timm.list_models(pattern):
@@ -231,3 +221,26 @@ def list_timm(pattern: str) -> list[dict]:
             }
         )
     return rows
+
+
+def has_model(name: str) -> bool:
+    """Whether timm has `timm:ARCH` (what `name in REGISTRY` answers); without timm, the install hint."""
+    try:
+        timm_spec(name)
+    except UsageError as e:
+        if str(e) == INSTALL:
+            raise
+        return False
+    return True
+
+
+register_on_use(
+    OnUse(
+        name="timm",
+        prefix=PREFIX,
+        spec=timm_spec,
+        has=has_model,
+        listing=list_timm,
+        hint=f"`imgclf models --timm PATTERN` the timm models, as {PREFIX}NAME",
+    )
+)

@@ -398,10 +398,10 @@ def _serve(monkeypatch, body: bytes) -> list:
 def test_cifar_download_checks_the_md5_then_extracts(tmp_path, monkeypatch):
     import hashlib
 
-    from imgclf.data.cifar import READERS
+    from imgclf.data.cifar import reader
 
     body, truth = _cifar_archive(tmp_path)
-    monkeypatch.setattr(READERS["cifar10"], "tgz_md5", hashlib.md5(body).hexdigest())
+    monkeypatch.setattr(reader("cifar10"), "tgz_md5", hashlib.md5(body).hexdigest())
     calls = _serve(monkeypatch, body)
     root = tmp_path / "root"
     src = open_source("cifar10", data_root=str(root), download=True, val_fraction=0.5)

@@ -29,6 +29,23 @@ def test_registry_has_the_models():
     assert EXPECTED <= names
 
 
+def test_models_are_listed_family_by_family_in_their_order():
+    """models/__init__.py imports the families in this order; `imgclf models` lists them so."""
+    assert [r["name"] for r in list_models()] == [
+        "resnet18",
+        "resnet50",
+        "vgg16",
+        "efficientnet_b0",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "smallcnn",
+        "test_tiny",
+        "airnet",
+        "airnet_small",
+    ]
+
+
 def test_unknown_model_suggests():
     with pytest.raises(UsageError) as ei:
         get_spec("resnet19")
