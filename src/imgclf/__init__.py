@@ -8,6 +8,8 @@ print(imgclf.Predictor(res["run_dir"] + "/best.pt").predict("some.png"))
 
 from __future__ import annotations
 
+import importlib
+
 from imgclf.core.version import __version__
 
 __all__ = [
@@ -57,7 +59,5 @@ def __getattr__(name):
     # Lazy, so that `imgclf --help` and `imgclf check` do not pay for importing torch models they never use.
     if name not in _LAZY:
         raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
-    import importlib
-
     module, attr = _LAZY[name]
     return getattr(importlib.import_module(f".{module}", __name__), attr)
