@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from imgclf.data.images import BadShape, center_crop, check_shape, resize_shorter, to_rgb
+from imgclf.data.images import BadShape, center_crop, check_shape, draft_for, resize_shorter, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,8 @@ def open_upload(data: bytes, *, resize: int, max_pixels: int, draft: bool = Fals
                     check_shape(w, h, resize)
                 except BadShape as e:
                     raise ImageRejected("bad_shape", str(e)) from None
-                if draft and im.format == "JPEG":
-                    # As data.images.load_image: let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result
-                    # still covers `resize`, which gives the same pixels Predictor gets from the same file.
-                    s = resize / min(w, h)
-                    im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
+                if draft:  # as data.images.load_image: the same pixels Predictor gets from the same file
+                    draft_for(im, resize)
                 im.load()
                 im = to_rgb(im)
     except ImageRejected:
