@@ -27,11 +27,11 @@ import torch
 from torch.ao.quantization import quantize_dynamic
 
 from imgclf.compute.device import autocast, resolve_device, resolve_precision, to_layout
-from imgclf.core import onnxrt
+from imgclf.core import modelfile, onnxrt
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import CheckpointError, UsageError
 from imgclf.core.formats import FORMATS as EXPORT_FORMATS
-from imgclf.core.modelfile import check_model_file, export_extra, is_onnx_path, metadata
+from imgclf.core.modelfile import check_model_file, export_extra, is_onnx_path
 from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint, temperature_of, validate_checkpoint
 from imgclf.models.registry import build_model
 from imgclf.models.tta import check_mode, shift_for, tta_logits, wrap
@@ -62,7 +62,7 @@ class Runner:
         raise NotImplementedError
 
     def metadata(self) -> dict:
-        return metadata(self, temperature=self.temperature, tta=self.tta)
+        return modelfile.metadata(self, temperature=self.temperature, tta=self.tta)
 
 
 class CheckpointRunner(Runner):

@@ -14,9 +14,10 @@ import logging
 
 import numpy as np
 
+from imgclf.core import modelfile
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import CheckpointError
-from imgclf.core.modelfile import export_extra, metadata
+from imgclf.core.modelfile import export_extra
 from imgclf.core.onnxrt import open_export
 from imgclf.serve.decode import normalize_batch
 
@@ -48,7 +49,7 @@ class OnnxModel:
         self.extra = export_extra(meta, **runs_on)
 
     def metadata(self) -> dict:
-        return metadata(self)
+        return modelfile.metadata(self)
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         x = normalize_batch(images, self.preprocess.mean, self.preprocess.std)
