@@ -73,6 +73,7 @@ SERVE_ONNX = textwrap.dedent(
     import json, sys, time
     from fastapi.testclient import TestClient
     from imgclf.serve import ServeSettings, create_app
+    import imgclf.serve.main  # the console script's module: what it imports ships too
 
     app = create_app(sys.argv[1], ServeSettings(max_wait_ms=1, max_batch_size=4))
     with TestClient(app) as c:
