@@ -2,16 +2,22 @@
 
 Shared by `runtime.OnnxRunner` (the full install: predict, evaluate, export's verification) and the slim server
 (`serve.onnx_model`, which must never import torch), so an ONNX export runs with the same session options, on
-the same providers and with the same metadata checks wherever it is opened: the same graph optimisations give
-the same numbers.
+the same providers, with the same thread count and the same metadata checks wherever it is opened
+(`open_export`): the same graph optimisations give the same numbers.
+
+onnxruntime is imported when first needed: it is an optional package of the full install, and this module is
+imported by every command.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 
 from imgclf.core.errors import CheckpointError
+from imgclf.core.formats import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +33,7 @@ def session_options(threads: int = 0, *, spin: bool = True):
     measured cost in speed at batch 1, 16 or 32. `spin=False` stops the intra-op threads from spin-waiting
     between runs: the right thing when other threads of the process need the cores (the server decodes
     images while the model runs: 15.0 -> 12.7 ms of CPU per served image)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 - optional package, see the module's docstring
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -43,7 +49,7 @@ def session_options(threads: int = 0, *, spin: bool = True):
 def providers_for(device: str | None, *, cuda_by_default: bool) -> list[str]:
     """Execution providers for `device` ("auto", "cpu", "cuda", "cuda:N"). "auto" takes CUDA when
     `cuda_by_default` (the caller knows a GPU is there) and onnxruntime-gpu is installed."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 - optional package, see the module's docstring
 
     dev = str(device or "auto").lower()
     providers = ["CPUExecutionProvider"]
@@ -60,7 +66,7 @@ def providers_for(device: str | None, *, cuda_by_default: bool) -> list[str]:
 def open_session(path: str, *, device: str | None, threads: int = 0, spin: bool = True, cuda_by_default: bool):
     """(InferenceSession, imgclf metadata dict) for the ONNX file at `path`. Raises CheckpointError."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 - optional package: a missing one is a one-line error
     except ImportError:
         raise CheckpointError(f"'{path}' is an ONNX model: pip install onnxruntime to run it") from None
     providers = providers_for(device, cuda_by_default=cuda_by_default)
@@ -81,3 +87,40 @@ def open_session(path: str, *, device: str | None, threads: int = 0, spin: bool 
     if not isinstance(meta, dict):
         raise CheckpointError(f"'{path}' has unreadable imgclf metadata: export it again with imgclf export")
     return session, meta
+
+
+def default_threads() -> int:
+    """Intra-op threads when none are given: PyTorch's count when this process already runs PyTorch (the cores
+    PyTorch would use, honouring OMP_NUM_THREADS and torch.set_num_threads, which `imgclf serve --threads` sets),
+    else $OMP_NUM_THREADS, else 0 (onnxruntime's default, one per physical core: the same number PyTorch would
+    pick). Never imports torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
+
+
+def cuda_by_default() -> bool:
+    """Whether "auto" should take CUDA: where PyTorch is loaded, whether it sees a GPU; without it (the slim
+    server) yes, wherever onnxruntime-gpu is installed (`providers_for` checks that)."""
+    torch = sys.modules.get("torch")
+    return bool(torch.cuda.is_available()) if torch is not None else True
+
+
+def open_export(path: str, *, device: str | None, threads: int | None = None, spin: bool = True):
+    """(InferenceSession, imgclf metadata dict, what it runs on) for the ONNX export at `path`: `threads` None
+    takes `default_threads()`, 0 onnxruntime's own. What it runs on: {"device", "precision", "providers",
+    "threads"} ("auto" for onnxruntime's own count), shown by /metadata. Raises CheckpointError."""
+    threads = default_threads() if threads is None else int(threads)
+    session, meta = open_session(path, device=device, threads=threads, spin=spin, cuda_by_default=cuda_by_default())
+    providers = session.get_providers()
+    runs_on = {
+        "device": "cuda" if providers[0].startswith("CUDA") else "cpu",
+        "precision": "int8" if getattr(FORMATS.get(meta.get("format", "onnx")), "int8", False) else "fp32",
+        "providers": providers,
+        "threads": threads or "auto",  # auto: onnxruntime's, one per physical core
+    }
+    return session, meta, runs_on

@@ -82,6 +82,18 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def draft_for(im: Image.Image, resize: int) -> None:
+    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when the result still covers `resize` pixels on the
+    shorter side (far fewer pixels to decode for a large photo: docs/benchmarks.md); other formats are left as
+    they are.
+    Before `im.load()`. Files (`load_image`) and the server's uploads (serve/decode.py) both decode through this,
+    so they get the same pixels."""
+    if im.format == "JPEG":
+        w, h = im.size
+        s = resize / min(w, h)
+        im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
+
+
 def load_image(path: str, *, resize: int | None = None, interpolation: str = "bilinear") -> Image.Image:
     """Decode `path` as RGB. With `resize`, the shorter side becomes `resize` pixels (`interpolation`, one of
     INTERPOLATIONS; antialiased).
@@ -93,12 +105,8 @@ def load_image(path: str, *, resize: int | None = None, interpolation: str = "bi
             warnings.simplefilter("ignore")  # EXIF and palette chatter; real failures raise
             with Image.open(path) as im:
                 check_shape(*im.size, resize)  # from the header, before a pixel is decoded
-                if resize is not None and im.format == "JPEG":
-                    # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result still covers `resize`:
-                    # fewer pixels to decode (a large photo headed for 256 px: docs/benchmarks.md).
-                    w, h = im.size
-                    s = resize / min(w, h)
-                    im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
+                if resize is not None:
+                    draft_for(im, resize)
                 im.load()
                 im = to_rgb(im)
     except UnreadableImage:

@@ -19,17 +19,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
+from torch.ao.quantization import quantize_dynamic
 
-from imgclf.core import onnxrt
+from imgclf.compute.device import autocast, resolve_device, resolve_precision, to_layout
+from imgclf.core import modelfile, onnxrt
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import CheckpointError, UsageError
 from imgclf.core.formats import FORMATS as EXPORT_FORMATS
+from imgclf.core.modelfile import check_model_file, export_extra, is_onnx_path
+from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint, temperature_of, validate_checkpoint
+from imgclf.models.registry import build_model
+from imgclf.models.tta import check_mode, shift_for, tta_logits, wrap
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +62,7 @@ class Runner:
         raise NotImplementedError
 
     def metadata(self) -> dict:
-        return {
-            "path": os.path.abspath(self.path),
-            "format": self.format,
-            "model": self.model_name,
-            "classes": list(self.classes),
-            "num_classes": len(self.classes),
-            "preprocess": self.preprocess.to_dict(),
-            "temperature": self.temperature,
-            "tta": self.tta,
-            **self.extra,
-        }
+        return modelfile.metadata(self, temperature=self.temperature, tta=self.tta)
 
 
 class CheckpointRunner(Runner):
@@ -89,10 +84,6 @@ class CheckpointRunner(Runner):
         temperature: float | None = None,
         tta: str | None = None,
     ):
-        from imgclf.compute.device import resolve_device, resolve_precision
-        from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint, temperature_of
-        from imgclf.models.tta import check_mode, wrap
-
         ckpt = ckpt if ckpt is not None else load_checkpoint(path)
         super().__init__(
             path=str(path),
@@ -118,8 +109,6 @@ class CheckpointRunner(Runner):
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        from imgclf.compute.device import autocast, to_layout
-
         with autocast(self.device, self.amp):
             return self.net(to_layout(x.to(self.device), self.channels_last)).float().cpu()
 
@@ -145,29 +134,18 @@ def _fields_from_meta(path: str, meta: dict, fmt: str) -> dict:
         ) from None
 
 
-def _export_extra(meta: dict, **more) -> dict:
-    keep = ("source", "export", "verification")
-    return {**{k: meta[k] for k in keep if k in meta}, **more}
-
-
-def _torch_device(device: str) -> torch.device:
-    from imgclf.compute.device import resolve_device
-
-    return resolve_device(device)
-
-
 class TorchScriptRunner(Runner):
     """A TorchScript archive (`torch.jit.save`; the seed's format). torch.jit is deprecated in current PyTorch:
     kept because existing deployments load it; `pt2` is the modern replacement."""
 
     def __init__(self, path: str, meta: dict, *, device: str = "auto"):
         super().__init__(**_fields_from_meta(path, meta, "torchscript"))
-        self.device = _torch_device(device)
+        self.device = resolve_device(device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": we know, see above
             self.module = torch.jit.load(str(path), map_location=self.device)
         self.module.eval()
-        self.extra = _export_extra(meta, device=str(self.device), precision="fp32")
+        self.extra = export_extra(meta, device=str(self.device), precision="fp32")
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,7 +159,7 @@ class ExportedProgramRunner(Runner):
 
     def __init__(self, path: str, meta: dict, *, device: str = "auto"):
         super().__init__(**_fields_from_meta(path, meta, "pt2"))
-        self.device = _torch_device(device)
+        self.device = resolve_device(device)
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
@@ -190,7 +168,7 @@ class ExportedProgramRunner(Runner):
                 f"export it again with this version of PyTorch"
             ) from None
         self.module = ep.module().to(self.device)
-        self.extra = _export_extra(meta, device=str(self.device), precision="fp32")
+        self.extra = export_extra(meta, device=str(self.device), precision="fp32")
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,8 +182,6 @@ class DynamicInt8Runner(Runner):
     weights_only=True like a checkpoint. Quantized kernels are CPU-only: it always runs on the CPU."""
 
     def __init__(self, path: str, blob: dict):
-        from imgclf.models.registry import build_model
-
         meta = blob.get("meta") or {}
         super().__init__(**_fields_from_meta(path, meta, "dynamic-int8"))
         model = build_model(self.model_name, len(self.classes), pretrained=False).eval()
@@ -216,11 +192,9 @@ class DynamicInt8Runner(Runner):
             raise CheckpointError(
                 f"'{path}' does not fit model {self.model_name} ({str(e).splitlines()[0][:160]})"
             ) from None
-        from imgclf.models.tta import wrap
-
         # a quantized state dict holds no graph: the temperature and TTA of its metadata are applied here
         self.net = wrap(self.module, temperature=self.temperature, tta=self.tta, img_size=self.preprocess.img_size)
-        self.extra = _export_extra(meta, device="cpu", precision="int8 (Linear weights), fp32 elsewhere")
+        self.extra = export_extra(meta, device="cpu", precision="int8 (Linear weights), fp32 elsewhere")
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,8 +203,6 @@ class DynamicInt8Runner(Runner):
 
 def quantize_linear_dynamic(model: torch.nn.Module) -> torch.nn.Module:
     """The seed's dynamic quantization: int8 weights for nn.Linear, activations quantized on the fly."""
-    from torch.ao.quantization import quantize_dynamic
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -238,28 +210,21 @@ def quantize_linear_dynamic(model: torch.nn.Module) -> torch.nn.Module:
 
 def onnx_session_options(threads: int | None = None, *, spin: bool = True):
     """onnxruntime options (`onnxrt.session_options`, shared with the slim server) with intra-op threads =
-    PyTorch's thread count (the cores PyTorch would use, honouring OMP_NUM_THREADS / torch.set_num_threads)."""
-    return onnxrt.session_options(int(threads or torch.get_num_threads()), spin=spin)
+    PyTorch's thread count (`onnxrt.default_threads`: the cores PyTorch would use, honouring OMP_NUM_THREADS /
+    torch.set_num_threads)."""
+    return onnxrt.session_options(int(threads or onnxrt.default_threads()), spin=spin)
 
 
 class OnnxRunner(Runner):
-    """An ONNX model in an onnxruntime InferenceSession (CUDA provider when asked for and available)."""
+    """An ONNX model in an onnxruntime InferenceSession (CUDA provider when asked for and available), opened
+    as the slim server opens it (`onnxrt.open_export`)."""
 
     def __init__(self, path: str, *, device: str = "auto", threads: int | None = None, spin: bool = True):
-        threads = int(threads or torch.get_num_threads())
-        self.session, meta = onnxrt.open_session(
-            path, device=device, threads=threads, spin=spin, cuda_by_default=torch.cuda.is_available()
-        )
-        fmt = meta.get("format", "onnx")
-        super().__init__(**_fields_from_meta(path, meta, fmt))
+        # threads 0 or None: PyTorch's thread count (this process runs PyTorch), never onnxruntime's own
+        self.session, meta, runs_on = onnxrt.open_export(path, device=device, threads=threads or None, spin=spin)
+        super().__init__(**_fields_from_meta(path, meta, meta.get("format", "onnx")))
         self.input_name = self.session.get_inputs()[0].name
-        self.extra = _export_extra(
-            meta,
-            device="cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu",
-            precision="int8" if getattr(EXPORT_FORMATS.get(fmt), "int8", False) else "fp32",
-            providers=self.session.get_providers(),
-            threads=threads,
-        )
+        self.extra = export_extra(meta, **runs_on)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -272,22 +237,16 @@ class TTARunner(Runner):
     export --tta` puts it in the exported graph.)"""
 
     def __init__(self, inner: Runner, tta: str):
-        from dataclasses import fields
-
         super().__init__(**{f.name: getattr(inner, f.name) for f in fields(Runner)})
         self.inner, self.tta = inner, tta
         self.extra = {**inner.extra, "tta_outside_graph": True}
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        from imgclf.models.tta import shift_for, tta_logits
-
         return tta_logits(self.inner.logits, x, self.tta, shift_for(self.preprocess.img_size))
 
 
 def _with_tta(runner: Runner, tta: str | None) -> Runner:
     """An exported file's runner with `tta` (checked), which it cannot have twice."""
-    from imgclf.models.tta import check_mode
-
     tta = check_mode(tta)
     if tta is None:
         return runner
@@ -335,14 +294,7 @@ def open_model(
     applies its temperature (from imgclf calibrate) in `logits`; an exported file has it in its graph.
     Each export format is opened by the opener its entry in export_formats.FORMATS names."""
     path = str(path)
-    if not os.path.exists(path):
-        raise CheckpointError(
-            f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model"
-        )
-    if os.path.isdir(path):
-        raise CheckpointError(f"'{path}' is a folder: pass a checkpoint file such as {os.path.join(path, 'best.pt')}")
-    if not os.path.isfile(path):  # a FIFO or a device would block the reads below
-        raise CheckpointError(f"'{path}' is not a regular file: pass a checkpoint file such as runs/NAME/best.pt")
+    check_model_file(path)  # before a byte is read: a FIFO or a device would block the reads below
     fmt, found = (format, None) if format is not None else _recognise(path)
     if fmt == "checkpoint":
         return CheckpointRunner(path, device=device, precision=precision, ckpt=found, tta=tta)
@@ -356,7 +308,7 @@ def open_model(
 def _recognise(path: str) -> tuple[str, object]:
     """(format, what reading it found: the metadata of a zip archive, the checkpoint or the dynamic-int8 dict
     of a torch.save file, else None), from the content (the extension only for ONNX, which has no magic bytes)."""
-    if path.lower().endswith(".onnx"):
+    if is_onnx_path(path):
         return "onnx", None
     kind, meta = _zip_meta(path)
     if kind in ("torchscript", "pt2"):
@@ -369,8 +321,6 @@ def _recognise(path: str) -> tuple[str, object]:
     if kind is None and _looks_like_onnx(path):
         return "onnx", None
     # torch.save archives: a checkpoint or a dynamic-int8 export, told apart by their format marker
-    from imgclf.models.checkpoint import load_checkpoint, validate_checkpoint
-
     blob = _load_plain(path)
     if blob is None:
         return "checkpoint", load_checkpoint(path)  # raises the precise reason (unsafe pickle, unreadable, ...)
@@ -417,7 +367,7 @@ def _load_plain(path: str):
 def _looks_like_onnx(path: str) -> bool:
     """An ONNX file under another name: parses as a ModelProto with a graph (random bytes rarely do)."""
     try:
-        import onnx
+        import onnx  # noqa: PLC0415 - optional package (the onnx extra), needed only for a file like this
 
         m = onnx.load(path, load_external_data=False)
         return m.ir_version > 0 and len(m.graph.node) > 0

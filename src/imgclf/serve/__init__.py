@@ -10,15 +10,15 @@ without PyTorch: the command of the slim install (deploy/slim, docs/deployment.m
 
 from __future__ import annotations
 
+import importlib
+
 __all__ = ["ServeSettings", "create_app", "bind", "run"]
 
-_LAZY = {"ServeSettings": "app", "create_app": "app", "bind": "server", "run": "server"}
+_LAZY = {"ServeSettings": "settings", "create_app": "app", "bind": "server", "run": "server"}
 
 
 def __getattr__(name):
     # Lazy, so that `imgclf.serve.server` can be imported (and malloc set up) before torch and FastAPI are.
     if name not in _LAZY:
         raise AttributeError(f"module 'imgclf.serve' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

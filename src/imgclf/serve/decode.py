@@ -9,9 +9,8 @@ Split in two so the expensive part runs in parallel and the cheap part runs once
   (`data.images.check_shape`, the same check every file loader makes: a 1 KB PNG of 400000 x 1 pixels is
   under any pixel limit, but its shorter side resized to 256 px asks for 78 GB).
 - the model thread, on the stacked batch: uint8 N x S x S x 3 -> float32 N x 3 x S x S, scaled and normalised
-  with the model's mean and std. `NormalizeUploads` (PyTorch models) runs `eval_transform`, which works on
-  batches and whose steps are elementwise or a crop, so a batch gets bit-for-bit the values `Predictor` computes
-  image by image; `normalize_batch` (the slim ONNX path) does the same arithmetic in NumPy.
+  with the model's mean and std. `normalize_batch` (the ONNX path) does `eval_transform`'s arithmetic in NumPy;
+  PyTorch models run `eval_transform` itself (`runner_model.NormalizeUploads`, bit-for-bit `Predictor`'s input).
 
 Without torch at import: the slim ONNX server (`imgclf-serve`) uses this module and never loads PyTorch.
 """
@@ -26,7 +25,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from imgclf.data.images import BadShape, center_crop, check_shape, resize_shorter, to_rgb
+from imgclf.data.images import BadShape, center_crop, check_shape, draft_for, resize_shorter, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class ImageRejected(Exception):
 
 def decode_upload(data: bytes, preprocess, *, max_pixels: int) -> np.ndarray:
     """One uploaded file -> uint8 S x S x 3 array (S = preprocess.img_size; channels last, C-contiguous).
-    `preprocess`: anything with img_size, resize and interpolation (data.pipeline.Preprocess, onnx_model.Prep).
+    `preprocess`: a core.artifact.Preprocess (anything with img_size, resize and interpolation).
     Raises ImageRejected."""
     im = open_upload(data, resize=preprocess.resize, max_pixels=max_pixels, draft=True)
     pixels = np.asarray(resize_shorter(im, preprocess.resize, preprocess.interpolation), dtype=np.uint8)
@@ -79,11 +78,8 @@ def open_upload(data: bytes, *, resize: int, max_pixels: int, draft: bool = Fals
                     check_shape(w, h, resize)
                 except BadShape as e:
                     raise ImageRejected("bad_shape", str(e)) from None
-                if draft and im.format == "JPEG":
-                    # As data.images.load_image: let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result
-                    # still covers `resize`, which gives the same pixels Predictor gets from the same file.
-                    s = resize / min(w, h)
-                    im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
+                if draft:  # as data.images.load_image: the same pixels Predictor gets from the same file
+                    draft_for(im, resize)
                 im.load()
                 im = to_rgb(im)
     except ImageRejected:
@@ -108,22 +104,6 @@ def open_upload(data: bytes, *, resize: int, max_pixels: int, draft: bool = Fals
     except Exception as e:
         raise ImageRejected("unreadable_image", f"cannot decode the image ({type(e).__name__}: {e})") from None
     return im
-
-
-class NormalizeUploads:
-    """N decoded images (uint8 S x S x 3 each) -> normalised float32 N x 3 x S x S torch tensor, the model's input
-    (in channels_last memory order: what a channels_last model wants, and any runner accepts a strided tensor).
-    For PyTorch runners; imports torch when built."""
-
-    def __init__(self, preprocess):
-        from imgclf.data.pipeline import eval_transform
-
-        self.transform = eval_transform(preprocess)
-
-    def __call__(self, images: list):
-        import torch
-
-        return self.transform(torch.stack([torch.as_tensor(x) for x in images]).permute(0, 3, 1, 2))
 
 
 def normalize_batch(images: list[np.ndarray], mean, std) -> np.ndarray:

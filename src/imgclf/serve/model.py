@@ -9,6 +9,10 @@ N x C NumPy probabilities out. Two kinds:
   files too, so both answer alike.
 - `runner_model.RunnerModel`: any other file (`runtime.open_model`: checkpoints, TorchScript, pt2,
   dynamic-int8) or a Runner object handed to `create_app`, through PyTorch.
+
+A path is checked (`core.modelfile.check_model_file`) and known as ONNX (`is_onnx_path`) by the functions
+`runtime.open_model` uses, so both refuse a bad path in the same words. What imports torch (`infer.runtime`,
+`runner_model`) is imported only when a file or runner needs it: the slim install has no torch.
 """
 
 from __future__ import annotations
@@ -16,26 +20,11 @@ from __future__ import annotations
 import logging
 import os
 
-from imgclf.core.errors import CheckpointError, UsageError
+from imgclf.core.errors import UsageError
+from imgclf.core.modelfile import check_model_file, is_onnx_path
+from imgclf.serve.onnx_model import OnnxModel
 
 log = logging.getLogger(__name__)
-
-
-def is_onnx_path(path: str) -> bool:
-    """ONNX files have no magic bytes: the slim path knows them by name, as `runtime.open_model` does first."""
-    return str(path).lower().endswith(".onnx")
-
-
-def check_model_file(path: str) -> None:
-    """The checks `runtime.open_model` makes before reading, with its messages."""
-    if not os.path.exists(path):
-        raise CheckpointError(
-            f"weights file '{path}' not found: pass a checkpoint such as runs/NAME/best.pt or an exported model"
-        )
-    if os.path.isdir(path):
-        raise CheckpointError(f"'{path}' is a folder: pass a checkpoint file such as {os.path.join(path, 'best.pt')}")
-    if not os.path.isfile(path):  # a FIFO or a device would block the reads
-        raise CheckpointError(f"'{path}' is not a regular file: pass a checkpoint file such as runs/NAME/best.pt")
 
 
 def open_served(runner_or_path, settings):
@@ -45,8 +34,6 @@ def open_served(runner_or_path, settings):
         path = str(runner_or_path)
         check_model_file(path)
         if is_onnx_path(path):
-            from imgclf.serve.onnx_model import OnnxModel
-
             # spin=False: onnxruntime's threads must not spin-wait on the cores the decode threads need
             model = OnnxModel(path, device=settings.device, threads=settings.threads, spin=False)
             return model, model
@@ -55,14 +42,14 @@ def open_served(runner_or_path, settings):
         runner = runner_or_path
     if callable(getattr(runner, "probabilities", None)):
         return runner, runner
-    from imgclf.serve.runner_model import RunnerModel
+    from imgclf.serve.runner_model import RunnerModel  # noqa: PLC0415 - imports torch: never on the slim path
 
     return runner, RunnerModel(runner)
 
 
 def _open_with_torch(path: str, settings):
     try:
-        from imgclf.infer.runtime import open_model
+        from imgclf.infer.runtime import open_model  # noqa: PLC0415 - imports torch: never on the slim path
     except ModuleNotFoundError as e:  # the slim install
         raise UsageError(
             f"'{path}' is not an ONNX export (its name does not end in .onnx), and this install has no "
@@ -90,6 +77,6 @@ def open_explainer(runner, settings) -> tuple[object | None, dict]:
         }
     if not settings.explain:
         return None, {"available": False, "reason": "explanations are switched off on this server (--no-explain)"}
-    from imgclf.serve.runner_model import open_explainer as open_checkpoint_explainer
+    from imgclf.serve.runner_model import open_explainer as open_checkpoint_explainer  # noqa: PLC0415 - torch
 
     return open_checkpoint_explainer(runner, settings)

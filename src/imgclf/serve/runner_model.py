@@ -1,7 +1,9 @@
 """Any `runtime.Runner` served through PyTorch: checkpoints and every export format (the full install).
 
-Checkpoint-only features of the service (an explanation overlay needs the eager model and its gradients)
-belong here, next to the model they need, never in the torch-free app or the ONNX path.
+The torch side of the service: the batch normalisation PyTorch models get (`NormalizeUploads`), and the
+checkpoint-only features (an explanation overlay needs the eager model and its gradients), next to the model
+they need, never in the torch-free app or the ONNX path. `model.py` imports this module only when it serves
+a PyTorch model.
 """
 
 from __future__ import annotations
@@ -11,9 +13,24 @@ import logging
 import numpy as np
 import torch
 
-from imgclf.serve.decode import NormalizeUploads
+from imgclf.compute.device import to_layout
+from imgclf.data.pipeline import eval_transform
+from imgclf.evaluation.explain import Explainer, NoFeatureMap
 
 log = logging.getLogger(__name__)
+
+
+class NormalizeUploads:
+    """N decoded images (uint8 S x S x 3 each) -> normalised float32 N x 3 x S x S torch tensor, the model's input
+    (in channels_last memory order: what a channels_last model wants, and any runner accepts a strided tensor).
+    `eval_transform` works on batches and its steps are elementwise or a crop, so a batch gets bit-for-bit the
+    values `Predictor` computes image by image."""
+
+    def __init__(self, preprocess):
+        self.transform = eval_transform(preprocess)
+
+    def __call__(self, images: list):
+        return self.transform(torch.stack([torch.as_tensor(x) for x in images]).permute(0, 3, 1, 2))
 
 
 class RunnerModel:
@@ -43,9 +60,6 @@ def open_explainer(runner, settings) -> tuple[object | None, dict]:
     the runner's device (settings.device for a runner object without one). Its Grad-CAM layer is found now, on
     a blank image, so that a model without one (a vision transformer) is known at start-up: (None, the reason),
     and /explain says so instead of failing on every request."""
-    from imgclf.compute.device import to_layout
-    from imgclf.evaluation.explain import Explainer, NoFeatureMap
-
     explainer = Explainer(runner.path, device=str(getattr(runner, "device", settings.device)), batch_size=1)
     size = explainer.predictor.preprocess.img_size
     blank = to_layout(torch.zeros(1, 3, size, size, device=explainer.runner.device), explainer.runner.channels_last)

@@ -11,11 +11,18 @@ concurrency limit answered in JSON like every other refusal.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
+import os
 import signal
 import socket
 import threading
+
+import uvicorn
+from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.importer import import_from_string
 
 from imgclf.core.errors import UsageError
 
@@ -34,8 +41,6 @@ def limit_malloc_arenas(n: int = 2) -> bool:
     over 3,000 requests after warm-up (EfficientNet-Lite0 int8, 2 cores) and kept creeping; with 2 arenas it
     stayed flat, at the same speed. Must run before torch or numpy start threads (a limit set later is
     ignored); MALLOC_ARENA_MAX in the environment wins. Returns whether the limit was set."""
-    import os
-
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
     libc = _glibc()
@@ -57,9 +62,6 @@ def _glibc():
     """The C library when it is glibc (it has mallopt and malloc_trim), else None (macOS, musl). Loaded once."""
     global _LIBC
     if _LIBC is None:
-        import ctypes
-        import ctypes.util
-
         try:
             _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _LIBC.mallopt, _LIBC.malloc_trim  # noqa: B018 - AttributeError when it is not glibc
@@ -138,10 +140,6 @@ def make_server(
 ):
     """The uvicorn.Server `run` runs (`server.run(sockets=[sock])`; `server.should_exit = True` stops it).
     Raises UsageError for a bad limit."""
-    import uvicorn
-    from uvicorn.config import HTTP_PROTOCOLS
-    from uvicorn.importer import import_from_string
-
     if max_concurrency is not None and max_concurrency < 1:
         raise UsageError(f"--max-concurrency must be at least 1, got {max_concurrency}")
     if not header_timeout > 0:

@@ -20,7 +20,8 @@ import imgclf
 import imgclf.infer.predict
 from imgclf.cli.main import main
 from imgclf.infer.predict import Predictor, expand_paths, iter_paths
-from imgclf.infer.stream import LineWork, records
+from imgclf.infer.stream.rows import records
+from imgclf.infer.stream.work import LineWork
 
 SRC = str(Path(imgclf.__file__).resolve().parents[1])
 
@@ -267,7 +268,9 @@ def _row(i: int) -> dict:
 def test_ranks_rows_merge_in_input_order(tmp_path, ext, world):
     """Each rank's chunks (chunk i on rank i % world) merge back into the input's order, whatever the format."""
     from imgclf.compute.distributed import World
-    from imgclf.infer.stream import Job, merge, shard
+    from imgclf.infer.stream.inputs import shard
+    from imgclf.infer.stream.job import Job
+    from imgclf.infer.stream.merge import merge
 
     rows, batch = [_row(i) for i in range(17)], 3  # 6 chunks, the last of 2 rows
     folder = tmp_path / f"o.{ext}.parts"

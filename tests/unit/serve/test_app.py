@@ -141,7 +141,8 @@ def test_decoding_gives_predictors_pixels(tmp_path, image_of_class):
     from imgclf.core.artifact import Preprocess
     from imgclf.data.images import load_image, pil_to_uint8
     from imgclf.data.pipeline import eval_transform
-    from imgclf.serve.decode import NormalizeUploads, decode_upload
+    from imgclf.serve.decode import decode_upload
+    from imgclf.serve.runner_model import NormalizeUploads
 
     rng = np.random.default_rng(1)
     photo = image_of_class(2, (300, 200), rng=rng)
@@ -720,7 +721,7 @@ def test_serves_exported_files(fmt, tiny_best, images, tmp_path):
 
 
 def test_warmup_runs_every_kind_of_batch_largest_first():
-    from imgclf.serve.app import warmup_sizes
+    from imgclf.serve.state import warmup_sizes
 
     for m in (1, 2, 3, 8, 32, 64):
         sizes = warmup_sizes(m)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import re
@@ -74,6 +73,7 @@ SERVE_ONNX = textwrap.dedent(
     import json, sys, time
     from fastapi.testclient import TestClient
     from imgclf.serve import ServeSettings, create_app
+    import imgclf.serve.main  # the console script's module: what it imports ships too
 
     app = create_app(sys.argv[1], ServeSettings(max_wait_ms=1, max_batch_size=4))
     with TestClient(app) as c:
@@ -159,19 +159,23 @@ def test_numpy_normalisation_is_eval_transforms(image_files):
     np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-6)
 
 
-def test_prep_mirrors_preprocess():
-    """The torch-free Prep reads what Preprocess writes, field for field."""
+def test_the_slim_path_reads_preprocessing_with_the_one_preprocess(int8_export):
+    """The slim server reads an export's preprocessing with core.artifact.Preprocess, as checkpoints, exports and
+    predict do (no copy of it): what Preprocess writes reads back field for field, and a damaged one is refused in
+    the slim server's words, naming the file."""
     from imgclf.core.artifact import Preprocess
     from imgclf.core.errors import CheckpointError
-    from imgclf.serve.onnx_model import Prep
+    from imgclf.serve.onnx_model import OnnxModel
 
-    assert [f.name for f in dataclasses.fields(Prep)] == [f.name for f in dataclasses.fields(Preprocess)]
+    served = OnnxModel(int8_export, device="cpu", threads=1)
+    assert type(served.preprocess) is Preprocess
+    assert served.preprocess == Preprocess.from_dict(served.metadata()["preprocess"])
     p = Preprocess(img_size=32, resize=36, mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6], interpolation="bicubic")
-    assert Prep.from_dict(p.to_dict(), "x.onnx").to_dict() == p.to_dict()
+    assert Preprocess.from_dict(p.to_dict(), "x.onnx").to_dict() == p.to_dict()
     with pytest.raises(CheckpointError, match="interpolation 'lanczos'"):
-        Prep.from_dict({**p.to_dict(), "interpolation": "lanczos"}, "x.onnx")
+        Preprocess.from_dict({**p.to_dict(), "interpolation": "lanczos"}, "x.onnx")
     with pytest.raises(CheckpointError, match="incomplete imgclf metadata"):
-        Prep.from_dict({"img_size": 32}, "x.onnx")
+        Preprocess.from_dict({"img_size": 32}, "x.onnx")
 
 
 BLOCK_TORCH = textwrap.dedent(
@@ -279,9 +283,9 @@ class _StubModel:
     path, format, model_name, classes, config, extra = "stub.onnx", "onnx", "stub", ["a", "b"], {}, {}
 
     def __init__(self):
-        from imgclf.serve.onnx_model import Prep
+        from imgclf.core.artifact import Preprocess
 
-        self.preprocess = Prep(img_size=8, resize=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+        self.preprocess = Preprocess(img_size=8, resize=8, mean=[0.5] * 3, std=[0.5] * 3)
 
     def metadata(self):
         return {"model": self.model_name}

@@ -1,0 +1,87 @@
+"""One result as a row of each output: CSV (`csv_row`, CSV_HEADER), JSON lines, Parquet (`parquet_table`), and the
+complete records of a CSV or JSON-lines work file (`records`: a line a kill cut short is left out)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+
+def csv_row(r: dict) -> list:
+    if "error" in r:
+        return [r["path"], "", "", "", "", "", r["error"], ""]
+    tk = r["top_k"]
+    return [
+        r["path"],
+        "" if r["label"] is None else r["label"],
+        r["index"],
+        repr(r["probability"]),
+        json.dumps([t["label"] for t in tk], ensure_ascii=False),
+        json.dumps([t["probability"] for t in tk]),
+        "",
+        "" if "unsure" not in r else str(r["unsure"]).lower(),
+    ]
+
+
+# unsure: true / false with --min-confidence (label then empty where true), empty without it
+CSV_HEADER = ["path", "label", "index", "probability", "top_k_labels", "top_k_probabilities", "error", "unsure"]
+
+
+def parquet_schema():
+    import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
+
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("index", pa.int32()),
+            ("probability", pa.float32()),
+            ("top_k_labels", pa.list_(pa.string())),
+            ("top_k_probabilities", pa.list_(pa.float32())),
+            ("error", pa.string()),
+            ("unsure", pa.bool_()),
+        ]
+    )
+
+
+def parquet_table(rows: list[dict]):
+    import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
+
+    ok = ["error" not in r for r in rows]
+    cols = {
+        "path": [r["path"] for r in rows],
+        "label": [r["label"] if good else None for r, good in zip(rows, ok)],
+        "index": [r["index"] if good else None for r, good in zip(rows, ok)],
+        "probability": [r["probability"] if good else None for r, good in zip(rows, ok)],
+        "top_k_labels": [[t["label"] for t in r["top_k"]] if good else None for r, good in zip(rows, ok)],
+        "top_k_probabilities": [[t["probability"] for t in r["top_k"]] if good else None for r, good in zip(rows, ok)],
+        "error": [r.get("error") for r in rows],
+        "unsure": [r.get("unsure") for r in rows],
+    }
+    return pa.table(cols, schema=parquet_schema())
+
+
+def csv_bytes(rows) -> bytes:
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue().encode("utf-8", "surrogateescape")
+
+
+def json_bytes(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8", "surrogateescape")
+
+
+def records(f, quoted: bool):
+    """The complete records of a CSV (`quoted`: a record ends where its quotes balance, so a path holding a
+    newline stays one record) or JSON-lines file opened in binary; a last line without its newline is one a kill
+    cut short, and is left out."""
+    rec = b""
+    for line in f:
+        if not line.endswith(b"\n"):
+            return
+        rec += line
+        if quoted and rec.count(b'"') % 2:
+            continue
+        yield rec
+        rec = b""

@@ -1,0 +1,132 @@
+"""What /predict and /explain do with a request, after the checks up front: upload, decode, batch, encode.
+
+/predict: every file is decoded in a thread pool, with the pixel count checked from the header first; the decoded
+images go to the dynamic batcher; the whole request runs under `timeout_s`. Below `min_confidence` (the server's
+default or the request's) a prediction answers "unsure", by `confidence.mark_unsure`, the rule of `imgclf predict`.
+/explain (a checkpoint only): the same upload checks for one image, then Grad-CAM (`explain.Explainer`, made once
+at start-up by `model.open_explainer`) in a thread of its own, answering the overlay as a PNG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from imgclf.core.confidence import mark_unsure
+from imgclf.core.errors import UsageError
+from imgclf.serve.batcher import Overloaded
+from imgclf.serve.decode import ImageRejected, decode_upload, open_upload
+from imgclf.serve.model import OVERLAY_MAX_SIDE
+from imgclf.serve.responses import ApiError, encode_prediction
+from imgclf.serve.state import ServerState
+from imgclf.serve.upload import (
+    Phase,
+    check_upload_headers,
+    parse_min_confidence,
+    parse_top_k,
+    read_upload,
+    within_timeout,
+)
+
+
+async def handle_predict(state: ServerState, request: Request, top_k: int | None, min_confidence: str | None):
+    s = state.settings
+    threshold = parse_min_confidence(min_confidence) if min_confidence is not None else s.min_confidence
+    check_upload_headers(request, s)
+    phase = Phase()
+    return await within_timeout(predict(state, request, top_k, threshold, phase), phase, "the prediction", s)
+
+
+async def predict(
+    state: ServerState, request: Request, top_k: int | None, threshold: float | None, phase: Phase
+) -> JSONResponse:
+    s = state.settings
+    up = await read_upload(request, s, {"top_k": parse_top_k, "min_confidence": parse_min_confidence}, s.max_files)
+    top_k = up.values.get("top_k", top_k)
+    threshold = up.values.get("min_confidence", threshold)
+    phase.name = "decode"
+    images = await decode_all(state, up.names, up.datas)
+    up.datas = []  # the uploaded bytes, freed before the images wait for the model
+    phase.name = "model"
+    try:
+        probs = await state.batcher.submit(images)
+    except Overloaded as e:
+        raise ApiError(
+            503, "overloaded", f"the server is overloaded ({e}); retry shortly", headers={"Retry-After": "1"}
+        ) from None
+    k = max(1, min(top_k or s.top_k, len(state.classes)))
+    return JSONResponse(
+        {"predictions": [encode_prediction(n, p, state.classes, k, threshold) for n, p in zip(up.names, probs)]}
+    )
+
+
+async def decode_all(state: ServerState, names: list, datas: list) -> list:
+    """Every file decoded in the decode threads; the first one refused is the request's answer."""
+    loop = asyncio.get_running_loop()
+    decode = functools.partial(decode_upload, preprocess=state.preprocess, max_pixels=state.settings.max_pixels)
+    results = await asyncio.gather(
+        *[loop.run_in_executor(state.decode_pool, decode, d) for d in datas], return_exceptions=True
+    )
+    for i, r in enumerate(results):
+        if isinstance(r, ImageRejected):
+            state.metrics.rejected.labels(r.code).inc()
+            where = f"image {i + 1} of {len(results)}" + (f" ('{names[i][:80]}')" if names[i] else "")
+            raise ApiError(r.status, r.code, f"{where}: {r}", index=i, filename=names[i])
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
+async def handle_explain(state: ServerState, request: Request, target: str | None) -> Response:
+    if state.explainer is None:
+        raise ApiError(400, "explain_unavailable", state.explain_info["reason"])
+    if target is not None:
+        check_target(state, target)
+    check_upload_headers(request, state.settings)
+    phase = Phase()
+    return await within_timeout(explain(state, request, target, phase), phase, "the explanation", state.settings)
+
+
+def check_target(state: ServerState, label: str) -> str:
+    try:
+        state.explainer.class_index(label)
+    except UsageError as e:
+        raise ApiError(422, "unknown_target", str(e)) from None
+    return label
+
+
+async def explain(state: ServerState, request: Request, target: str | None, phase: Phase) -> Response:
+    up = await read_upload(request, state.settings, {"target": functools.partial(check_target, state)}, max_files=1)
+    target = up.values.get("target", target)
+    phase.name = "model"
+    loop = asyncio.get_running_loop()
+    name = up.names[0]
+    try:
+        png, info = await loop.run_in_executor(state.explain_pool, explain_one, state, up.datas[0], target)
+    except ImageRejected as r:
+        state.metrics.rejected.labels(r.code).inc()
+        where = f" ('{name[:80]}')" if name else ""
+        raise ApiError(r.status, r.code, f"the image{where}: {r}", filename=name) from None
+    except MemoryError:  # the server's trouble, as an overloaded queue: never a 500
+        raise ApiError(
+            503,
+            "overloaded",
+            "the server ran out of memory explaining this image; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
+    info = mark_unsure({k: v for k, v in info.items() if k != "path"}, state.settings.min_confidence)
+    # ensure_ascii: a header is Latin-1, and a class name may be anything
+    return Response(png, media_type="image/png", headers={"X-Explanation": json.dumps(info, ensure_ascii=True)})
+
+
+def explain_one(state: ServerState, data: bytes, target: str | None) -> tuple[bytes, dict]:
+    """In the explain thread: decode with the upload checks, then Grad-CAM and the overlay (PNG bytes)."""
+    image = open_upload(data, resize=state.preprocess.resize, max_pixels=state.settings.max_pixels)
+    try:
+        return state.explainer.overlay_png(image, target, max_side=OVERLAY_MAX_SIDE)
+    except UsageError as e:  # an image Pillow opened but the explainer could not process
+        raise ImageRejected("unreadable_image", str(e)) from None
