@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from imgclf.core.formats import DEFAULT_OPSET, FORMATS
+from imgclf.core.errors import UsageError
+from imgclf.core.formats import DEFAULT_OPSET, FORMATS, format_options
 from imgclf.core.options import Opt, Range, flag_of, opt
 from imgclf.core.shared_options import (
     BATCH_SIZE,
@@ -305,6 +306,19 @@ class ExportOptions:
         ge=1,
     )
     reduce_range: bool = opt(True, "onnx-int8: 7-bit weights, no int16 saturation on x86 CPUs without VNNI")
+
+    def check(self, given: frozenset[str]) -> None:
+        """Before any work: an option given to a format that does not take it (the table says which do)."""
+        fmt = FORMATS.get(str(self.format).lower())
+        if fmt is None:  # export() names the unknown format, with 'did you mean'
+            return
+        taken = format_options()
+        wrong = [name for name in taken if name in given and name not in fmt.options]
+        if wrong:
+            no = [
+                f"no {flag_of(n)} (only {', '.join(taken[n])} {'does' if len(taken[n]) == 1 else 'do'})" for n in wrong
+            ]
+            raise UsageError(f"--format {fmt.name} takes {', '.join(no)}")
 
 
 @dataclass(frozen=True, kw_only=True)
