@@ -14,10 +14,21 @@ from dataclasses import dataclass, fields
 
 from imgclf.core.errors import UsageError, did_you_mean
 from imgclf.core.options import load_yaml, opt, out_of_range
+from imgclf.core.shared_options import BATCH_SIZE, DATA_ROOT, DEVICE, WORKERS
 
 
 @dataclass
 class TrainConfig:
+    # the groups of `imgclf train --help`: each starts at the option named, in the order of the fields below
+    SECTIONS = {
+        "data": "data",
+        "model": "model",
+        "optimisation": "epochs",
+        "adversarial training and curriculum learning": "adv_train",
+        "machinery": "device",
+        "outputs": "out",
+    }
+
     recipe: str = opt(
         "none",
         "a preset of the options below that you do not set yourself: fast (airnet, airbench94-style optimisation, for 32 px images from scratch; pair with --time-budget) or none",
@@ -28,9 +39,7 @@ class TrainConfig:
         None,
         "folder of class folders (with or without train/val/test), a CSV of path,label[,split], or cifar10, cifar100, digits",
     )
-    data_root: str | None = opt(
-        None, "where cifar10/cifar100 are kept or downloaded (default: $IMGCLF_DATA or ~/.cache/imgclf/data)"
-    )
+    data_root: str | None = DATA_ROOT.field()
     val_fraction: float = opt(
         0.2, "fraction of train held out for validation when the data has no val split (stratified, seeded)", gt=0, lt=1
     )
@@ -56,7 +65,7 @@ class TrainConfig:
     )
     brightness: float = opt(0.0, "random brightness change per image, as a fraction (0: off)", ge=0, le=1)
     contrast: float = opt(0.0, "random contrast change per image, as a fraction (0: off)", ge=0, le=1)
-    # `randaugment`, not `auto_augment` with flag metadata: the CLI makes each flag from the field's name
+    # `randaugment`, not `auto_augment`: the CLI makes each flag from the field's name
     randaugment: str = opt(
         "none",
         "an automatic augmentation policy after the crop and flip, drawn per image: randaugment (2 ops of magnitude 9 of 31, as torchvision's ImageNet recipe), trivialaugment (TrivialAugmentWide: 1 op, random magnitude) or none; made for ImageNet-size images",
@@ -83,7 +92,7 @@ class TrainConfig:
     )
     # optimisation
     epochs: int = opt(30, "number of epochs", ge=1)
-    batch_size: int = opt(128, "images per training batch", ge=1)
+    batch_size: int = BATCH_SIZE.field(128, help="images per training batch")
     optimizer: str = opt("sgd", "sgd or adamw", ("sgd", "adamw"))
     lr: float | str | None = opt(
         None,
@@ -228,8 +237,8 @@ class TrainConfig:
         "with --curriculum: each training image's difficulty - a CSV with columns path,loss (as `imgclf score` writes it) or auto (a short reference run of the same options first, one epoch or a fifth of --time-budget, scored as `imgclf score` does)",
     )
     # machinery
-    device: str = opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    workers: int | None = opt(None, "data-loading worker processes (default: the number of CPU cores, at most 4)", ge=0)
+    device: str = DEVICE.field()
+    workers: int | None = WORKERS.field()
     cache: str = opt(
         "auto",
         "decoded images: auto/disk (decoded once into a memory-mapped file, reused by later runs), memory, or none (decode every image every epoch, per-image transforms)",

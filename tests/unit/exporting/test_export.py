@@ -389,9 +389,7 @@ def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
     from imgclf.exporting.export import write_torchscript
     from imgclf.infer.runtime import open_torchscript
 
-    entry = export_formats.ExportFormat(
-        "ts-copy", ".copy.ts", "TorchScript again, under another name", write_torchscript, open_torchscript
-    )
+    entry = export_formats.ExportFormat("ts-copy", ".copy.ts", write_torchscript, open_torchscript)
     monkeypatch.setitem(export_formats.FORMATS, "ts-copy", entry)
     assert "ts-copy" in build_parser()._subparsers._group_actions[0].choices["export"].format_help()
     assert (

@@ -1,0 +1,386 @@
+"""Each command's options object: a dataclass of option fields, from which its flags, checks and --help are
+generated (core/options.py). Options several commands share are declared once in core/shared_options.py (or
+below, for those only the CLI has) and taken with `.field()`; train's options are TrainConfig's
+(training/options.py) and serve's the server's (serve/options.py).
+
+Torch-free: `imgclf --help` and `imgclf check` import this module and nothing that imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from imgclf.core.errors import UsageError
+from imgclf.core.formats import DEFAULT_OPSET, FORMATS, format_options
+from imgclf.core.options import Opt, Range, flag_of, opt
+from imgclf.core.shared_options import (
+    BATCH_SIZE,
+    DATA_ROOT,
+    DEVICE,
+    JSON,
+    MIN_CONFIDENCE,
+    PRECISION,
+    SPLIT,
+    TTA,
+    TTA_MODES,
+    WEIGHTS,
+    WORKERS,
+    Console,
+)
+from imgclf.studies.active import DIVERSE_PREFILTER, STRATEGIES
+from imgclf.training.options import TrainConfig
+
+NPROC = Opt(
+    None,
+    "run as N processes on this machine: the same command under `torchrun --standalone --nproc-per-node N` "
+    "(Gloo on CPUs, NCCL on GPUs; several machines: see the README); each rank gets the cores / N as threads",
+    range=Range(ge=1),
+)
+MAX_EVAL_IMAGES = Opt(None, "accuracy on at most this many images of the split (seeded choice)", range=Range(ge=1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Launch:
+    """--nproc, for the commands that run under torchrun (the table's `nproc`); main starts torchrun with it."""
+
+    nproc: int | None = NPROC.field()
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """train: every TrainConfig option as a flag (the table's `train`), and --config; `train` is the TrainConfig
+    made from the YAML file and the flags given (they win), as `make_config` makes it."""
+
+    config: str | None = opt(None, "options from a YAML file (flags given here win)", metavar="FILE.yaml")
+    train: TrainConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LrFindOptions(TrainOptions):
+    SECTIONS = {"the sweep": "start_lr"}
+
+    start_lr: float = opt(1e-7, "first lr of the sweep", gt=0)
+    end_lr: float = opt(10.0, "last lr of the sweep", gt=0)
+    steps: int = opt(100, "optimisation steps in the sweep", ge=2)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions:
+    weights: str = WEIGHTS.field()
+    data: str | None = opt(None, "data to evaluate on (default: the data the model was trained on)")
+    split: str = SPLIT.field()
+    out: str | None = opt(None, "output folder (default: eval-SPLIT next to the weights)")
+    data_root: str | None = DATA_ROOT.field()
+    batch_size: int = BATCH_SIZE.field(256)
+    device: str = DEVICE.field()
+    workers: int | None = WORKERS.field()
+    precision: str = PRECISION.field()
+    json: bool = JSON.field(help="print eval.json instead of the report")
+    tta: str | None = TTA.field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrateOptions:
+    weights: str = WEIGHTS.field(help="checkpoint to calibrate (rewritten in place), e.g. runs/NAME/best.pt")
+    data: str | None = opt(None, "data to fit on (default: the data the model was trained on)")
+    split: str = SPLIT.field(help="split to fit on: never the one you report results on")
+    data_root: str | None = DATA_ROOT.field()
+    batch_size: int = BATCH_SIZE.field(256)
+    device: str = DEVICE.field()
+    workers: int | None = WORKERS.field()
+    json: bool = JSON.field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RobustnessOptions:
+    SECTIONS = {"attacks": "attack", "corruptions": "corruptions", "the run": "limit"}
+
+    weights: str = WEIGHTS.field(help="checkpoint (runs/NAME/best.pt), or a file from imgclf export (corruptions only)")
+    data: str | None = opt(None, "data to measure on (default: the data the model was trained on)")
+    split: str = SPLIT.field("test")
+    attack: str | None = opt(None, "attacks, comma-separated: fgsm, pgd", metavar="fgsm,pgd")
+    eps: str | None = opt(
+        None,
+        "L-infinity radii in pixel units of the [0, 1] image, as fractions or decimals; eps 0 (clean) is always "
+        "measured [1/255,2/255,4/255,8/255]",
+        metavar="LIST",
+    )
+    steps: int = opt(10, "PGD steps", ge=1)
+    step_size: str | None = opt(None, "PGD step in pixel units, as in 2/255 [2.5 * eps / steps]", metavar="ALPHA")
+    corruptions: bool = opt(False, "accuracy under common corruptions (any format)")
+    severities: str = opt("1,2,3,4,5", "corruption severities, of 1-5")
+    limit: int | None = opt(None, "measure on N images of the split (a seeded choice, the same every run)", ge=1)
+    seed: int = opt(0, "seeds PGD's random start and the corruptions' noise")
+    out: str | None = opt(None, "output folder (default: robustness-SPLIT next to the weights)")
+    data_root: str | None = DATA_ROOT.field()
+    batch_size: int = BATCH_SIZE.field(256)
+    device: str = DEVICE.field()
+    workers: int | None = WORKERS.field()
+    json: bool = JSON.field(help="print robustness.json instead of the table")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreOptions:
+    weights: str = WEIGHTS.field(help="a reference model: checkpoint (runs/NAME/best.pt) or a file from imgclf export")
+    data: str | None = opt(None, "data to score (default: the data the model was trained on)")
+    out: str | None = opt(None, "CSV to write (default: difficulty.csv next to the weights)")
+    data_root: str | None = DATA_ROOT.field()
+    batch_size: int = BATCH_SIZE.field(256)
+    device: str = DEVICE.field()
+    workers: int | None = WORKERS.field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExplainOptions:
+    weights: str = WEIGHTS.field(help="checkpoint (runs/NAME/best.pt)")
+    images: list[str] = opt(
+        help="image files or folders (searched recursively)", positional=True, nargs="+", metavar="IMAGE"
+    )
+    target: str | None = opt(None, "explain this class for every image [the predicted class]", metavar="LABEL")
+    out: str | None = opt(None, "output folder (default: explain/ next to the weights)")
+    sheet: bool = opt(False, "also write every overlay on one contact sheet")
+    max_side: int = opt(1024, "overlay PNGs scaled down to this longer side", ge=16)
+    batch_size: int = BATCH_SIZE.field(8)
+    device: str = DEVICE.field()
+    json: bool = JSON.field(help="one JSON object per image")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions:
+    folder: str = opt(help="runs/NAME, or an eval-SPLIT folder", positional=True, metavar="RUN_OR_EVAL_DIR")
+
+
+# ------------------------------------------------------------------------------------------------ prediction
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions:
+    SECTIONS = {"output": "json", "the model": "batch_size"}
+
+    weights: str = WEIGHTS.field()
+    paths: list[str] = opt(
+        [], "image files or folders (searched recursively)", positional=True, nargs="*", metavar="PATH"
+    )
+    files_from: str | None = opt(
+        None,
+        "also predict the images listed in LIST, one path a line (blank and # lines skipped; - reads stdin)",
+        metavar="LIST",
+    )
+    top_k: int = opt(5, "labels per image in top_k (clamped to the class count)", ge=1)
+    json: bool = JSON.field(help="one JSON object per line")
+    output: str | None = opt(
+        None,
+        "also write the predictions to FILE: .csv, .json (an array), .jsonl (JSON lines) or .parquet",
+        metavar="FILE",
+    )
+    resume: bool = opt(
+        False, "continue a stopped run of the same command: keep the rows in FILE.parts and predict the rest"
+    )
+    part_rows: int = opt(
+        10_000, "Parquet: rows per part file written as the run goes (a kill loses at most these)", ge=1
+    )
+    batch_size: int = BATCH_SIZE.field(32)
+    device: str = DEVICE.field()
+    precision: str = PRECISION.field()
+    tta: str | None = TTA.field()
+    min_confidence: float | None = MIN_CONFIDENCE.field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectOptions:
+    weights: str = WEIGHTS.field()
+    pool: str = opt(help="unlabelled images: a folder (searched recursively) or a CSV with a path column")
+    budget: int = opt(help="images to select", ge=1)
+    strategy: str = opt("entropy", f"how to rank the pool: {', '.join(STRATEGIES)}", STRATEGIES)
+    exclude: list[str] = opt(
+        [],
+        "already-labelled images, left out of the pool: a CSV with a path column (relative to the CSV) or a "
+        "folder; repeat for several",
+        metavar="MANIFEST",
+        repeat=True,
+    )
+    out: str | None = opt(None, "output folder (default: select-STRATEGY next to the weights)")
+    seed: int = opt(0, "for random and diverse")
+    batch_size: int = BATCH_SIZE.field(32)
+    device: str = DEVICE.field()
+    precision: str = PRECISION.field()
+
+
+SELECT_DESCRIPTION = (
+    "Score every image of a pool with a model (any format predict reads) and pick --budget of them by a "
+    "strategy; writes OUT/selected.csv (path, score, predicted_label, probability) and OUT/contact_sheet.png. "
+    "Strategies: entropy, margin, least-confidence (most uncertain first), random, diverse (one pick per k-means "
+    f"cluster of the {DIVERSE_PREFILTER} x N most uncertain images on the model's penultimate features; "
+    "checkpoints only). See docs/active_learning.md."
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActiveSimOptions:
+    SECTIONS = {"the features": "features", "the run": "out"}
+
+    data: str = opt(help="labelled data: a folder, a CSV, or cifar10/cifar100/digits")
+    strategies: str = opt("entropy,margin,diverse,random", "comma-separated")
+    start: int = opt(20, "labelled images at the start", ge=1)
+    budget: int = opt(20, "images labelled per round", ge=1)
+    rounds: int = opt(5, "rounds of selection", ge=1)
+    seeds: int = opt(3, "repetitions with other start sets", ge=1)
+    start_mode: str = opt("stratified", "how the start set is drawn: stratified or random", ("stratified", "random"))
+    pool_size: int | None = opt(None, "use a seeded subset of this many train images [all]", ge=1)
+    eval_size: int | None = opt(None, "evaluate on a seeded subset of this many images [all]", ge=1)
+    eval_split: str | None = opt(None, "split to measure accuracy on [test if the data has one, else val]")
+    features: str = opt(
+        "efficientnet_lite0",
+        "frozen backbone: a model with pretrained weights (imgclf models) or a checkpoint",
+        metavar="MODEL_OR_CHECKPOINT",
+    )
+    img_size: int | None = opt(None, "input size for a registry model [its own]", ge=1)
+    batch_size: int = BATCH_SIZE.field(64, help="images per batch for the features")
+    out: str = opt(os.path.join("runs", "active-sim"), "output folder")
+    seed: int = opt(0, "first seed; the others follow it")
+    data_root: str | None = DATA_ROOT.field()
+    device: str = DEVICE.field()
+    json: bool = JSON.field(help="print the summary as JSON")
+
+
+# ------------------------------------------------------------------------------------------------ exporting
+
+
+def format_help() -> str:
+    """--format's help: the formats in the table as it is when --help is built, and the options each takes."""
+    own = "; ".join(f"{f.name} takes {', '.join(map(flag_of, f.options))}" for f in FORMATS.values() if f.options)
+    return f"one of: {', '.join(FORMATS)} ({own}; every format takes the others)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    SECTIONS = {
+        "verification": "verify_data",
+        "accuracy": "data",
+        "options only some formats take (see --format)": "opset",
+    }
+
+    weights: str = WEIGHTS.field(help="checkpoint, e.g. runs/NAME/best.pt")
+    format: str = opt(help=format_help, metavar="FORMAT")
+    out: str | None = opt(
+        None, "output file (default: next to the checkpoint, e.g. best.onnx, best.int8.onnx)", metavar="PATH"
+    )
+    json: bool = JSON.field(help="print the report as JSON")
+    tta: str | None = TTA.field(
+        help="bake test-time augmentation into the exported graph, and print the accuracy with and without it: "
+        + TTA_MODES
+    )
+    verify_data: str | None = opt(
+        None, "verification images: val split of this data (default: the recorded data)", metavar="DIR"
+    )
+    verify_images: int | None = opt(None, "images for verification: the whole val split, up to this many [500]", ge=1)
+    calib_data: str | None = opt(
+        None,
+        "int8 calibration images: a data source (its train split) or a folder of images (default: the training "
+        "data the checkpoint records); the verification images too when neither --verify-data nor the checkpoint "
+        "names any",
+        metavar="DIR",
+    )
+    data: str | None = opt(None, "also report accuracy of the checkpoint and the export on --split of this data")
+    split: str = SPLIT.field(help="split for --data accuracy")
+    data_root: str | None = DATA_ROOT.field()
+    max_eval_images: int | None = MAX_EVAL_IMAGES.field()
+    opset: int = opt(DEFAULT_OPSET, "ONNX opset")
+    calib_images: int | None = opt(None, "int8: images for calibration [256]", ge=1)
+    calib_method: str = opt(
+        "minmax",
+        "onnx-int8 calibration tried first: minmax, entropy or percentile",
+        ("minmax", "entropy", "percentile"),
+    )
+    int8_tries: int | None = opt(
+        None,
+        "onnx-int8: most quantizations to try when one misses the bar (the other calibration methods, then the "
+        "layers measured to lose most kept in fp32) [6]; 1: only --calib-method",
+        ge=1,
+    )
+    reduce_range: bool = opt(True, "onnx-int8: 7-bit weights, no int16 saturation on x86 CPUs without VNNI")
+
+    def check(self, given: frozenset[str]) -> None:
+        """Before any work: an option given to a format that does not take it (the table says which do)."""
+        fmt = FORMATS.get(str(self.format).lower())
+        if fmt is None:  # export() names the unknown format, with 'did you mean'
+            return
+        taken = format_options()
+        wrong = [name for name in taken if name in given and name not in fmt.options]
+        if wrong:
+            no = [
+                f"no {flag_of(n)} (only {', '.join(taken[n])} {'does' if len(taken[n]) == 1 else 'do'})" for n in wrong
+            ]
+            raise UsageError(f"--format {fmt.name} takes {', '.join(no)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    SECTIONS = {"timing": "eager"}
+
+    inputs: list[str] = opt(
+        help=lambda: f"checkpoints and/or exported files of one model ({', '.join(FORMATS)})",
+        positional=True,
+        nargs="+",
+        metavar="WEIGHTS_OR_EXPORT",
+    )
+    batch_sizes: str = opt("1,32", "comma-separated batch sizes")
+    data: str | None = opt(
+        None, "time on real images of this data and report accuracy on --split (default: random inputs, no accuracy)"
+    )
+    split: str = SPLIT.field(help="split for --data")
+    data_root: str | None = DATA_ROOT.field()
+    max_eval_images: int | None = MAX_EVAL_IMAGES.field()
+    json: bool = JSON.field(help="print the rows as JSON")
+    eager: str = opt("fp32,fp32-cl,bf16-cl", "eager settings for checkpoints")
+    warmup: int = opt(2, "untimed iterations per setting", ge=0)
+    iters: int = opt(10, "timed iterations per setting", ge=1)
+    rounds: int = opt(3, "the iterations are spread over this many rounds across settings", ge=1)
+    max_seconds: float = opt(60.0, "stop timing a slow setting after this long (3 iterations at least)", gt=0)
+    threads: int | None = opt(None, "intra-op threads for PyTorch and onnxruntime [PyTorch's default]", ge=1)
+
+
+# ------------------------------------------------------------------------------------------------ data and tools
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckOptions(Console):
+    data: str = opt(help="folder of class folders (with or without train/val/test)", positional=True)
+    json: bool = JSON.field(help="print the report as JSON")
+    workers: int | None = opt(None, "decoding processes (default: all cores)", ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplesOptions:
+    data: str = opt(help="a data source, e.g. digits or cifar10", positional=True)
+    out: str = opt(help="folder to write CLASS/NAME image files into")
+    split: str = SPLIT.field(help="split to take images from")
+    n: int = opt(10, "number of images", ge=1)
+    data_root: str | None = DATA_ROOT.field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvOptions:
+    json: bool = JSON.field(help="print it as JSON")
+    probe: str | None = opt(None, "run (or read the cached) training-precision probe for MODEL now", metavar="MODEL")
+    img_size: int | None = opt(None, "input size for --probe (default: the model's own)", ge=1)
+    batch_size: int = BATCH_SIZE.field(128, help="batch size for --probe")
+    refresh: bool = opt(False, "with --probe: measure again instead of reading the cache")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelsOptions:
+    json: bool = JSON.field(help="print the list as JSON")
+    timm: str | None = opt(
+        None,
+        "list the timm models matching PATTERN ('resnet*', '*vit*'), usable as --model timm:NAME (needs pip "
+        "install timm)",
+        metavar="PATTERN",
+    )

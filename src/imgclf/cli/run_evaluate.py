@@ -1,0 +1,149 @@
+"""What `imgclf evaluate`, `calibrate`, `robustness`, `score`, `explain` and `report` run: each calls its API
+function and prints the result. Imported only when one of them runs (cli/commands.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, rank
+from imgclf.cli.options import (
+    CalibrateOptions,
+    EvaluateOptions,
+    ExplainOptions,
+    ReportOptions,
+    RobustnessOptions,
+    ScoreOptions,
+)
+from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.core.options import check_output_folder, parse_eps
+from imgclf.evaluation.calibration import calibrate, format_calibration
+from imgclf.evaluation.command import evaluate
+from imgclf.evaluation.explain import explain
+from imgclf.evaluation.metrics import format_report
+from imgclf.evaluation.report import build_report
+from imgclf.evaluation.robustness import format_table, robustness
+from imgclf.training.curriculum import score
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_command(o: EvaluateOptions) -> int:
+    if o.out:
+        check_output_folder(o.out, "--out")
+    m = evaluate(
+        o.weights,
+        o.data,
+        split=o.split,
+        out=o.out,
+        batch_size=o.batch_size,
+        device=o.device,
+        workers=o.workers,
+        data_root=o.data_root,
+        precision=o.precision,
+        tta=o.tta,
+    )
+    if rank() > 0:  # under torchrun: every rank has the metrics, rank 0 reports them
+        return 0
+    if o.json:
+        print(json.dumps(m, indent=2))
+    else:
+        print(format_report(m))
+        log.info("wrote eval.json, confusion_matrix.png, misclassified.png, reliability.png to %s", m["out"])
+    return 0
+
+
+def calibrate_command(o: CalibrateOptions) -> int:
+    r = calibrate(
+        o.weights,
+        o.data,
+        split=o.split,
+        data_root=o.data_root,
+        batch_size=o.batch_size,
+        device=o.device,
+        workers=o.workers,
+    )
+    print(json.dumps(r.to_dict(), indent=2) if o.json else format_calibration(r))
+    return 0
+
+
+def robustness_command(o: RobustnessOptions) -> int:
+    if o.out:
+        check_output_folder(o.out, "--out")
+    step = o.step_size
+    if step is not None:
+        values = parse_eps(step)
+        if len(values) != 1:
+            raise UsageError(f"--step-size '{step}': give one value, as in 2/255")
+        step = values[0]
+    r = robustness(
+        o.weights,
+        o.data,
+        split=o.split,
+        attacks=o.attack or (),
+        eps=o.eps,
+        steps=o.steps,
+        step_size=step,
+        corruptions=o.corruptions,
+        severities=o.severities,
+        limit=o.limit,
+        out=o.out,
+        batch_size=o.batch_size,
+        device=o.device,
+        seed=o.seed,
+        data_root=o.data_root,
+        workers=o.workers,
+    )
+    print(json.dumps(r, indent=2) if o.json else format_table(r))
+    if not o.json:
+        log.info("wrote robustness.json and robustness.png to %s", r["out"])
+    return 0
+
+
+def score_command(o: ScoreOptions) -> int:
+    r = score(
+        o.weights,
+        o.data,
+        out=o.out,
+        batch_size=o.batch_size,
+        device=o.device,
+        workers=o.workers,
+        data_root=o.data_root,
+    )
+    for path, reason in r["left_out"]:
+        log.warning("left out %s: %s", path, reason)
+    print(f"scored {r['images']} images (mean loss {r['mean_loss']:.4f}): {r['out']}")
+    return 0
+
+
+def explain_command(o: ExplainOptions) -> int:
+    stdout = Stdout(keep_going=True)  # the overlays are the result: a closed stdout does not stop them
+
+    def line(r: dict) -> str:
+        if o.json:
+            return json.dumps(r)
+        if "error" in r:
+            return f"{r['path']}\tERROR\t{r['error']}"
+        return f"{r['path']}\t{r['label']}\t{r['probability']:.3f}\tmap for {r['target']}\t{r['overlay']}"
+
+    r = explain(
+        o.weights,
+        o.images,
+        target=o.target,
+        out=o.out,
+        device=o.device,
+        sheet=o.sheet,
+        max_side=o.max_side,
+        batch_size=o.batch_size,
+        on_row=lambda row: stdout.print(line(row)),
+    )
+    done = len(r["rows"]) - r["errors"]
+    log.info("wrote %d overlays to %s (Grad-CAM on %s)", done, r["out"], r["layer"] or "no layer")
+    if r["errors"]:
+        raise ImgclfError(f"{r['errors']} of {len(r['rows'])} images could not be explained (listed above)")
+    return EXIT_BROKEN_PIPE if stdout.closed else 0
+
+
+def report_command(o: ReportOptions) -> int:
+    print(build_report(o.folder))
+    return 0

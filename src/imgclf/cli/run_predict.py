@@ -1,0 +1,100 @@
+"""What `imgclf predict`, `select` and `active-sim` run: each calls its API function and prints the result.
+Imported only when one of them runs (cli/commands.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_output_file
+from imgclf.cli.options import ActiveSimOptions, PredictOptions, SelectOptions
+from imgclf.compute.distributed import world_from_env
+from imgclf.core.errors import ImgclfError
+from imgclf.infer.stream import predict_files
+from imgclf.studies.active import format_selection, format_simulation, select, simulate
+
+log = logging.getLogger(__name__)
+
+
+def predict_command(o: PredictOptions) -> int:
+    if o.output:
+        check_output_file(o.output, "--output")
+    stdout = Stdout(keep_going=bool(o.output))  # with --output, a closed stdout (`| head`) does not stop the file
+    # under torchrun the rows go to the merged --output only: two ranks' lines on one stdout would interleave
+    printing = not world_from_env().distributed
+    r = predict_files(
+        o.weights,
+        o.paths,
+        o.output,
+        files_from=o.files_from,
+        top_k=o.top_k,
+        batch_size=o.batch_size,
+        device=o.device,
+        precision=o.precision,
+        resume=o.resume,
+        part_rows=o.part_rows,
+        tta=o.tta,
+        min_confidence=o.min_confidence,
+        on_row=(lambda row: stdout.print(prediction_line(row, o.json))) if printing else None,
+    )
+    failed, done = r["errors"], r["predicted"]
+    if done and failed == done:
+        raise ImgclfError(f"none of the {failed} images could be read or processed (each one's error is listed above)")
+    if failed:
+        log.warning("%d of %d images could not be read or processed", failed, done)
+    return EXIT_BROKEN_PIPE if stdout.closed else 0
+
+
+def prediction_line(r: dict, as_json: bool) -> str:
+    """One row of `imgclf predict`'s stdout: PATH, label (or unsure), probability and the other top labels."""
+    if as_json:
+        return json.dumps(r)
+    if "error" in r:
+        return f"{r['path']}\tERROR\t{r['error']}"
+    others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
+    shown = r["label"] if not r.get("unsure") else f"unsure ({r['top_k'][0]['label']})"
+    return f"{r['path']}\t{shown}\t{r['probability']:.3f}" + (f"\t({others})" if others else "")
+
+
+def select_command(o: SelectOptions) -> int:
+    sel = select(
+        o.weights,
+        o.pool,
+        budget=o.budget,
+        strategy=o.strategy,
+        exclude=o.exclude,
+        out=o.out,
+        seed=o.seed,
+        device=o.device,
+        precision=o.precision,
+        batch_size=o.batch_size,
+    )
+    print(format_selection(sel))
+    return 0
+
+
+def active_sim_command(o: ActiveSimOptions) -> int:
+    res = simulate(
+        o.data,
+        strategies=o.strategies,
+        start=o.start,
+        budget=o.budget,
+        rounds=o.rounds,
+        seeds=o.seeds,
+        features=o.features,
+        img_size=o.img_size,
+        pool_size=o.pool_size,
+        eval_size=o.eval_size,
+        eval_split=o.eval_split,
+        start_mode=o.start_mode,
+        out=o.out,
+        seed=o.seed,
+        device=o.device,
+        batch_size=o.batch_size,
+        data_root=o.data_root,
+    )
+    if o.json:
+        print(json.dumps({"setup": res.setup, "summary": res.summary, "versus_random": res.versus_random}, indent=2))
+    else:
+        print(format_simulation(res))
+    return 0

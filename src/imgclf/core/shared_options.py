@@ -1,0 +1,58 @@
+"""The options several commands share, each declared once: a command's options object takes one with
+`DEVICE.field()`, or `BATCH_SIZE.field(256)` with a default (or a help) of its own, which still names this
+declaration as its origin (tests/unit/cli checks that every command's --device, --batch-size, ... come from here).
+
+Here, below training/, serve/ and cli/, because TrainConfig, the server's options and the CLI's commands all use
+them; torch-free, as everything in core/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imgclf.core.options import Opt, Range
+
+DEVICE = Opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+BATCH_SIZE = Opt(help="images per batch", range=Range(ge=1))  # no default: each command gives its own
+WORKERS = Opt(None, "data-loading worker processes (default: the number of CPU cores, at most 4)", range=Range(ge=0))
+DATA_ROOT = Opt(None, "where cifar10/cifar100 are kept or downloaded (default: $IMGCLF_DATA or ~/.cache/imgclf/data)")
+# the precision of the commands that run a trained model (evaluate, predict, select, serve); training's own
+# (auto: the fastest on this machine) is TrainConfig.precision
+PRECISION = Opt(
+    "auto",
+    "auto (fp32: the same answers as the fp32 exports on every machine), fp32 or bf16 (checkpoints; faster on some "
+    "GPUs and CPUs with AMX, slightly different answers)",
+    choices=("auto", "fp32", "bf16", "fp16"),
+)
+SPLIT = Opt("val", "val, test or train")
+WEIGHTS = Opt(help="checkpoint (runs/NAME/best.pt) or a file from imgclf export", positional=True)
+JSON = Opt(False, "print the result as JSON")
+
+TTA_MODES = (
+    "flip (the image and its mirror) or flip-crop (and two shifted crops, mirrored: 6 passes); their calibrated "
+    "probabilities averaged; none: also switch off a model's built-in TTA (airnet) [the model's own]"
+)
+TTA = Opt(None, "test-time augmentation: " + TTA_MODES, choices=("none", "flip", "flip-crop"))
+MIN_CONFIDENCE = Opt(
+    None,
+    'answer unsure (label null, "unsure": true; the top label and probability still given) when the top '
+    "probability is below P",
+    metavar="P",
+    range=Range(gt=0, le=1),
+)
+
+VERBOSE = Opt(False, "show debug logs and tracebacks", short="-v")
+QUIET = Opt(
+    False,
+    "no progress or info lines on stderr, only warnings and errors; results on stdout (predictions, reports, "
+    "JSON) still print",
+    short="-q",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Console:
+    """-v and -q, on every parser (imgclf's, each of its commands', imgclf-serve's)."""
+
+    verbose: bool = VERBOSE.field()
+    quiet: bool = QUIET.field()
