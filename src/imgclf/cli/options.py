@@ -8,10 +8,10 @@ Torch-free: `imgclf --help` and `imgclf check` import this module and nothing th
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
-from imgclf.core.errors import UsageError
 from imgclf.core.formats import DEFAULT_OPSET, FORMATS, format_options
 from imgclf.core.options import Opt, Range, flag_of, opt
 from imgclf.core.shared_options import (
@@ -30,6 +30,8 @@ from imgclf.core.shared_options import (
 )
 from imgclf.studies.active import DIVERSE_PREFILTER, STRATEGIES
 from imgclf.training.options import TrainConfig
+
+log = logging.getLogger(__name__)
 
 NPROC = Opt(
     None,
@@ -308,17 +310,19 @@ class ExportOptions:
     reduce_range: bool = opt(True, "onnx-int8: 7-bit weights, no int16 saturation on x86 CPUs without VNNI")
 
     def check(self, given: frozenset[str]) -> None:
-        """Before any work: an option given to a format that does not take it (the table says which do)."""
+        """Before any work: an option given to a format that does not take it (the table says which do) is said in
+        one warning, not refused: a script may export several formats with one set of options."""
         fmt = FORMATS.get(str(self.format).lower())
         if fmt is None:  # export() names the unknown format, with 'did you mean'
             return
         taken = format_options()
         wrong = [name for name in taken if name in given and name not in fmt.options]
         if wrong:
-            no = [
-                f"no {flag_of(n)} (only {', '.join(taken[n])} {'does' if len(taken[n]) == 1 else 'do'})" for n in wrong
+            unused = [
+                f"{flag_of(n)} (only {', '.join(taken[n])} {'takes' if len(taken[n]) == 1 else 'take'} it)"
+                for n in wrong
             ]
-            raise UsageError(f"--format {fmt.name} takes {', '.join(no)}")
+            log.warning("--format %s ignores %s", fmt.name, ", ".join(unused))
 
 
 @dataclass(frozen=True, kw_only=True)
