@@ -130,6 +130,27 @@ def _reset_cli_logging():
     log.setLevel(logging.NOTSET)
 
 
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """The test runs in its own tmp_path: what a command writes by default (runs/, eval folders) lands there. A
+    module that needs it for every test says `pytestmark = pytest.mark.usefixtures("in_tmp")`."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def usage_error(capsys, argv) -> str:
+    """`imgclf` with `argv`, in-process, must be a usage error: exit 2, one line on stderr, no traceback; that line."""
+    from imgclf.cli.main import main
+
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2, f"exit {rc}, stderr: {err!r}"
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert "Traceback" not in err and "Traceback" not in out
+    return lines[0]
+
+
 TINY_CLASSES = ("cat", "dog", "fox")
 
 # The tiny training run, the one set of options every test that trains a model starts from: the `test_tiny`

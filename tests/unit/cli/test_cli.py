@@ -6,41 +6,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import usage_error
 
 from imgclf.cli.main import main
 from imgclf.models.registry import REGISTRY
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    # Anything a command writes by default (runs/, eval folders) lands in the test's own folder.
-    monkeypatch.chdir(tmp_path)
-
-
-def _usage_error(capsys, argv) -> str:
-    rc = main(argv)
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert rc == 2, f"exit {rc}, stderr: {err!r}"
-    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
-    assert "Traceback" not in err and "Traceback" not in out
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write into the test's own folder
 
 
 def test_train_missing_data(capsys, tmp_path):
-    line = _usage_error(capsys, ["train", "--data", "/nonexistent", "--out", str(tmp_path / "runs")])
+    line = usage_error(capsys, ["train", "--data", "/nonexistent", "--out", str(tmp_path / "runs")])
     assert "/nonexistent" in line and "not found" in line
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_train_unknown_model(capsys, tmp_path, make_folder):
     data = make_folder(tmp_path / "d", n=4)
-    line = _usage_error(capsys, ["train", "--data", str(data), "--model", "resnet19", "--out", str(tmp_path / "runs")])
+    line = usage_error(capsys, ["train", "--data", str(data), "--model", "resnet19", "--out", str(tmp_path / "runs")])
     assert "resnet19" in line and "resnet18" in line
 
 
 def test_evaluate_unknown_split(capsys, tiny_best):
-    line = _usage_error(capsys, ["evaluate", tiny_best, "--split", "tset", "--workers", "1"])
+    line = usage_error(capsys, ["evaluate", tiny_best, "--split", "tset", "--workers", "1"])
     assert "tset" in line and "did you mean 'test'" in line
 
 
@@ -48,12 +35,12 @@ def test_train_empty_class(capsys, tmp_path, make_folder):
     data = make_folder(tmp_path / "d", n=4)
     for f in (data / "train" / "cat").iterdir():
         f.unlink()
-    line = _usage_error(capsys, ["train", "--data", str(data), "--model", "test_tiny", "--out", str(tmp_path / "runs")])
+    line = usage_error(capsys, ["train", "--data", str(data), "--model", "test_tiny", "--out", str(tmp_path / "runs")])
     assert "'cat'" in line and "no images" in line
 
 
 def test_unknown_option_typo(capsys):
-    line = _usage_error(capsys, ["train", "--data", "/nonexistent", "--epcohs", "3"])
+    line = usage_error(capsys, ["train", "--data", "/nonexistent", "--epcohs", "3"])
     assert "--epcohs" in line
 
 
@@ -61,14 +48,14 @@ def test_abbreviated_option_is_not_silently_accepted(capsys):
     # `--epoch` is a typo of --epochs. argparse's allow_abbrev would quietly read it as --epochs; the run
     # must instead stop with a usage error about the option (here the data does not exist either, so a run
     # that accepted the option would fail later with a data error instead, and this test would see that).
-    line = _usage_error(capsys, ["train", "--data", "/nonexistent", "--epoch", "3"])
+    line = usage_error(capsys, ["train", "--data", "/nonexistent", "--epoch", "3"])
     assert "--epoch" in line
 
 
 def test_config_yaml_misspelled_key(capsys, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("data: /nonexistent\nepoch: 3\n")
-    line = _usage_error(capsys, ["train", "--config", str(cfg)])
+    line = usage_error(capsys, ["train", "--config", str(cfg)])
     assert "'epoch'" in line and "did you mean 'epochs'" in line
 
 
@@ -106,7 +93,7 @@ def test_malicious_checkpoint_is_refused(capsys, tmp_path):
 
     img = _image(tmp_path)
     for argv in (["predict", str(evil), img], ["evaluate", str(evil)]):
-        line = _usage_error(capsys, argv)
+        line = usage_error(capsys, argv)
         assert "refused" in line and "evil.pt" in line
         assert not marker.exists(), f"{argv[0]} ran code from the checkpoint"
 
@@ -116,12 +103,12 @@ def test_plain_state_dict_is_not_a_checkpoint(capsys, tmp_path):
     torch.save(torch.nn.Linear(2, 2).state_dict(), p)
     img = _image(tmp_path)
     for argv in (["predict", str(p), img], ["evaluate", str(p)]):
-        line = _usage_error(capsys, argv)
+        line = usage_error(capsys, argv)
         assert "not an imgclf checkpoint" in line
 
 
 def test_missing_checkpoint(capsys, tmp_path):
-    line = _usage_error(capsys, ["evaluate", str(tmp_path / "nope.pt")])
+    line = usage_error(capsys, ["evaluate", str(tmp_path / "nope.pt")])
     assert "nope.pt" in line and "not found" in line
 
 
@@ -155,8 +142,8 @@ def test_check_clean_then_zero_byte(capsys, tmp_path, make_folder):
     assert "zero-byte" in out and "train/dog/empty.jpg" in out
 
 
-def test_check_missing_folder_is_usage_error(capsys, tmp_path):
-    _usage_error(capsys, ["check", str(tmp_path / "nope")])
+def test_check_missing_folder_isusage_error(capsys, tmp_path):
+    usage_error(capsys, ["check", str(tmp_path / "nope")])
 
 
 @pytest.mark.parametrize("where", ["sub", "top"])

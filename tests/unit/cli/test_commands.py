@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_cli import _in_tmp, _usage_error  # noqa: F401 - the autouse fixture (commands write into tmp_path) and the check
 
 from imgclf.cli import commands
 from imgclf.cli.main import COMMANDS, build_parser, main
@@ -24,6 +23,8 @@ from imgclf.core.options import declared
 from imgclf.serve import main as slim
 from imgclf.serve.options import ServeCommandOptions, ServeOptions
 from imgclf.training.options import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write into the test's own folder
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_argv
-from test_cli import _in_tmp, _usage_error  # noqa: F401 - the autouse fixture (commands write into tmp_path) and the check
+from conftest import tiny_argv, usage_error
 
 import imgclf.infer.predict
 from imgclf.cli.main import main
 from imgclf.core.errors import UsageError
 from imgclf.models.registry import REGISTRY
+
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write into the test's own folder
 
 
 def _nothing_in(folder: Path) -> bool:
@@ -38,7 +39,7 @@ def _train(data, out, *extra) -> list[str]:
 
 def test_one_class_is_refused_before_any_work(capsys, tmp_path, make_folder):
     data = make_folder(tmp_path / "one", layout="flat", classes=("cat",), n=6)
-    line = _usage_error(capsys, _train(data, tmp_path / "runs"))
+    line = usage_error(capsys, _train(data, tmp_path / "runs"))
     assert "one class, 'cat'" in line and "at least two" in line
     assert _nothing_in(tmp_path / "runs")
 
@@ -64,7 +65,7 @@ def test_one_class_is_refused_before_any_work(capsys, tmp_path, make_folder):
     ],
 )
 def test_train_option_out_of_range(capsys, tmp_path, two_classes, flag, value, expect):
-    line = _usage_error(capsys, _train(two_classes, tmp_path / "runs", flag, value))
+    line = usage_error(capsys, _train(two_classes, tmp_path / "runs", flag, value))
     assert flag in line and expect in line
     assert _nothing_in(tmp_path / "runs"), "a run folder was made for options that were refused"
 
@@ -78,7 +79,7 @@ def test_train_help_shows_the_ranges(capsys):
 def test_range_from_a_config_file(capsys, tmp_path, two_classes):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"data: {two_classes}\nlabel_smoothing: 2\n")
-    line = _usage_error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "runs")])
+    line = usage_error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "runs")])
     assert "'label_smoothing'" in line and "below 1" in line and "run.yaml" in line
     assert _nothing_in(tmp_path / "runs")
 
@@ -95,7 +96,7 @@ def test_range_through_the_python_api(tmp_path, two_classes):
 def test_img_size_below_the_models_minimum(capsys, tmp_path, two_classes, model, size, minimum):
     argv = _train(two_classes, tmp_path / "runs", "--img-size", str(size))
     argv[argv.index("test_tiny")] = model
-    line = _usage_error(capsys, argv)
+    line = usage_error(capsys, argv)
     assert f"--img-size {size}" in line and model in line and f"at least {minimum} px" in line
     assert _nothing_in(tmp_path / "runs")
 
@@ -121,7 +122,7 @@ def test_images_smaller_than_the_model_takes_are_upscaled(capsys, tmp_path, make
 def test_out_under_a_file_is_refused_before_any_work(capsys, tmp_path, two_classes):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    line = _usage_error(capsys, _train(two_classes, blocker / "runs"))
+    line = usage_error(capsys, _train(two_classes, blocker / "runs"))
     assert "--out" in line and "is a file" in line
 
 
@@ -151,7 +152,7 @@ def test_out_under_a_file_is_refused_before_any_work(capsys, tmp_path, two_class
 def test_numeric_flags_of_every_command(capsys, tmp_path, tiny_best, tiny_data, argv, flag):
     img = next((tiny_data / "val" / "cat").iterdir())
     subst = {"W": tiny_best, "IMG": str(img), "DATA": str(tiny_data), "OUT": str(tmp_path / "samples")}
-    line = _usage_error(capsys, [subst.get(x, x) for x in argv])
+    line = usage_error(capsys, [subst.get(x, x) for x in argv])
     assert f"argument {flag}" in line and ("at least" in line or "above" in line or "at most" in line)
     assert _nothing_in(tmp_path / "samples")
 
@@ -176,7 +177,7 @@ def test_output_under_a_file_is_refused_before_any_work(capsys, tmp_path, tiny_b
     blocker.write_text("x")
     subst = {"W": tiny_best, "DATA": str(tiny_data)}
     argv = [subst.get(x, x.replace("BLOCKED", str(blocker))) for x in argv]
-    line = _usage_error(capsys, argv)
+    line = usage_error(capsys, argv)
     assert str(blocker) in line and "is a file" in line
     assert capsys.readouterr().out == ""
 

@@ -23,12 +23,9 @@ from imgclf.core.errors import DiskFullError
 from imgclf.models.checkpoint import make_checkpoint, save_checkpoint
 from imgclf.models.registry import build_model
 
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write into the test's own folder
+
 PREPROCESS = {"img_size": 16, "resize": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # anything a command writes by default lands in the test's own folder
 
 
 def _ckpt(model_name: str = "test_tiny", classes=("cat", "dog", "fox"), **kw) -> dict:

@@ -17,6 +17,8 @@ from imgclf.evaluation.command import evaluate
 from imgclf.models.checkpoint import make_checkpoint, save_checkpoint
 from imgclf.models.registry import build_model
 
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write into the test's own folder
+
 TINY_CLASSES = ("cat", "dog", "fox")  # conftest.tiny_data
 
 
@@ -97,11 +99,6 @@ def test_evaluate_five_classes_has_no_top5(five_class_best, tmp_path):
 
 
 PREPROCESS = {"img_size": 16, "resize": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # anything a command writes by default lands in the test's own folder
 
 
 CJK = ["猫", "狗"]

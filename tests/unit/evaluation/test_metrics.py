@@ -6,10 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # anything a command writes by default lands in the test's own folder
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write into the test's own folder
 
 
 def test_metrics_two_classes_one_never_predicted_no_warning(recwarn):

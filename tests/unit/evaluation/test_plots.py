@@ -11,10 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # anything a command writes by default lands in the test's own folder
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write into the test's own folder
 
 
 CJK = ["猫", "狗"]

@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLASSES
-from test_cli import _usage_error
+from conftest import TINY_CLASSES, usage_error
 
 from imgclf.cli.main import main
 from imgclf.core.errors import UsageError
@@ -204,7 +203,7 @@ def test_an_export_gets_corruptions_and_a_one_line_refusal_for_attacks(tiny_best
     )
     for row in r["corruptions"]["results"].values():
         assert set(row["accuracy"]) == {"1", "3"} and all(0 <= v <= 1 for v in row["accuracy"].values())
-    line = _usage_error(
+    line = usage_error(
         capsys, ["robustness", onnx, "--data", str(tiny_data), "--attack", "pgd", "--out", str(tmp_path / "x")]
     )
     assert "gradients" in line and "onnx" in line and "checkpoint" in line
@@ -254,13 +253,13 @@ def test_limit_takes_images_of_every_class_not_the_first_n(tiny_best, tiny_data,
 )
 def test_usage_errors_are_one_line_before_any_work(extra, words, tiny_best, tiny_data, tmp_path, capsys):
     out = tmp_path / "r"
-    line = _usage_error(capsys, ["robustness", tiny_best, "--data", str(tiny_data), "--out", str(out), *extra])
+    line = usage_error(capsys, ["robustness", tiny_best, "--data", str(tiny_data), "--out", str(out), *extra])
     assert all(w in line for w in words), line
     assert not out.exists()
 
 
 def test_missing_data_is_one_line(tiny_best, tmp_path, capsys):
-    line = _usage_error(capsys, ["robustness", tiny_best, "--data", str(tmp_path / "nope"), "--corruptions"])
+    line = usage_error(capsys, ["robustness", tiny_best, "--data", str(tmp_path / "nope"), "--corruptions"])
     assert "nope" in line
 
 

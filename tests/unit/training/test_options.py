@@ -4,11 +4,13 @@ field has a type, a default, a range or choices, a --help line and a CLI flag ma
 from __future__ import annotations
 
 import pytest
-from test_cli import _in_tmp, _usage_error  # noqa: F401 - the autouse fixture and the one-line check
+from conftest import usage_error
 
 from imgclf.cli.main import main
 from imgclf.core.errors import UsageError
 from imgclf.training.options import FIELDS, TrainConfig, check_config, make_config
+
+pytestmark = pytest.mark.usefixtures("in_tmp")  # commands write into the test's own folder
 
 TOOLS = {  # field: (default, a value it takes, a value it refuses)
     "mixup": (0.0, 0.2, -0.1),
@@ -84,7 +86,7 @@ def test_lr_from_python_is_a_number_or_auto(value):
 
 def test_lr_auto_on_the_command_line(capsys):
     # parsed, then refused for the missing data: proof that `--lr auto` itself passed the parser
-    line = _usage_error(capsys, ["train", "--data", "/nonexistent", "--lr", "auto"])
+    line = usage_error(capsys, ["train", "--data", "/nonexistent", "--lr", "auto"])
     assert "/nonexistent" in line
-    line = _usage_error(capsys, ["train", "--data", "/nonexistent", "--lr", "automatic"])
+    line = usage_error(capsys, ["train", "--data", "/nonexistent", "--lr", "automatic"])
     assert "--lr" in line and "(or auto)" in line

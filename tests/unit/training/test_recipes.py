@@ -10,8 +10,8 @@ import yaml
 
 from imgclf.data.batches import BatchTransform, random_crop
 from imgclf.models.airnet import AirNet, WhiteningBiasWarmup
-from imgclf.training.callbacks import Lookahead, TimeBudget
 from imgclf.training.api import StepSchedule
+from imgclf.training.callbacks import Lookahead, TimeBudget
 from imgclf.training.options import make_config
 from imgclf.training.recipes import LR_PER_IMAGE, RECIPES, apply_recipe
 
