@@ -12,7 +12,8 @@ import torch
 
 from imgclf.cli.main import main
 from imgclf.core.errors import UsageError
-from imgclf.exporting.export import FORMATS, VerificationError, compare, export, format_export_report
+from imgclf.exporting.export import FORMATS, VerificationError, export, format_export_report
+from imgclf.exporting.verify import compare
 from imgclf.infer.runtime import CheckpointRunner, open_model
 
 pytestmark = pytest.mark.kernels
@@ -266,7 +267,7 @@ def _logits_losing(n: int, lost: int, *, classes: int = 5, noise: float = 0.001,
 def test_int8_rule_passes_a_file_near_the_bar(n, lost):
     """At or a little below 97% on a sample, the agreement's upper bound is still above the bar: 62 of 64
     (96.9%, the failure seen on an AVX-512 VNNI Xeon) and 2 of hymenoptera's 153 val images pass."""
-    from imgclf.exporting.export import compare
+    from imgclf.exporting.verify import compare
 
     r = compare(*_logits_losing(n, lost), int8=True)
     assert r["top1_agreement"] == pytest.approx((n - lost) / n)
@@ -277,7 +278,7 @@ def test_int8_rule_passes_a_file_near_the_bar(n, lost):
 
 @pytest.mark.parametrize("n", [18, 153, 500])
 def test_int8_rule_refuses_a_clearly_bad_file(n):
-    from imgclf.exporting.export import compare
+    from imgclf.exporting.verify import compare
 
     lost = round(0.2 * n)  # 80% agreement
     r = compare(*_logits_losing(n, lost), int8=True)
@@ -288,7 +289,7 @@ def test_int8_rule_refuses_a_clearly_bad_file(n):
 def test_int8_rule_is_decided_by_the_bound_not_by_one_image():
     """Around the bar itself one image more or less changes nothing; the verdict changes only where the bound
     crosses the bar, far below it (here 9 of 153 lost, 94.1%), where a file truly at 97% lands < 5% of the time."""
-    from imgclf.exporting.export import agreement_upper_bound, compare
+    from imgclf.exporting.verify import agreement_upper_bound, compare
 
     verdicts = {lost: compare(*_logits_losing(153, lost), int8=True)["ok"] for lost in range(0, 13)}
     assert all(verdicts[lost] for lost in range(0, 9)) and not any(verdicts[lost] for lost in range(9, 13))
@@ -303,7 +304,7 @@ def test_int8_rule_is_decided_by_the_bound_not_by_one_image():
 def test_int8_rmse_rule_uses_a_lower_bound():
     """The RMSE rule is a bound too: noise at 25% of the logits' spread passes it, at 60% fails it, on every
     image count; the bound lies below the point estimate and closes in on it as n grows."""
-    from imgclf.exporting.export import compare
+    from imgclf.exporting.verify import compare
 
     g = torch.Generator().manual_seed(1)
     gaps = []
@@ -386,7 +387,7 @@ def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
     CLI's list: an entry added to it alone is exported, verified, opened and listed."""
     from imgclf.cli.main import build_parser
     from imgclf.core import formats as export_formats
-    from imgclf.exporting.export import write_torchscript
+    from imgclf.exporting.writers import write_torchscript
     from imgclf.infer.runtime import open_torchscript
 
     entry = export_formats.ExportFormat(
