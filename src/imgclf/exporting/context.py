@@ -28,6 +28,11 @@ DEFAULT_INT8_TRIES = 6  # quantizations at most: the 3 calibration methods, then
 
 @dataclass
 class ExportContext:
+    """What a format's writer gets: `model` (the checkpoint's network with its temperature and test-time
+    augmentation) to trace or export on `example`; real images (`calib()` for calibration, `check` with the
+    reference's `check_logits()` for a writer that judges what it makes, as int8.py does); the export's options
+    (`opset`, the int8 settings). A writer records what it did in `info`."""
+
     ref: CheckpointRunner  # the checkpoint, eager fp32, NCHW, on the cpu
     check: torch.Tensor  # the verification images (real, preprocessed): the int8 writer judges its tries on them
     calibration: ImageSample  # real preprocessed images for int8 calibration (read on the first `calib()`)

@@ -1,15 +1,6 @@
-"""The writers of the fp32 formats and of dynamic-int8, named by the formats table (core/formats.py); onnx-int8's
-is in int8.py. Each is `write(ctx, path, meta)` (see context.py) and puts `meta` inside the file, where the
-format's opener in infer/runtime.py reads it back.
-
-    format        what                                                        runs with
-    torchscript   torch.jit.trace + freeze (the seed's format; torch.jit is    torch.jit.load
-                  deprecated in current PyTorch, kept for existing users)
-    pt2           torch.export program, the modern replacement                 torch.export.load(...).module()
-    onnx          ONNX, dynamo exporter, opset 20, dynamic batch, fp32         onnxruntime
-    dynamic-int8  the seed's quantize_dynamic on nn.Linear (a quantized       imgclf (registry + quantize_dynamic)
-                  state dict, loads with weights_only=True)
-"""
+"""The writers of torchscript, pt2, onnx and dynamic-int8 (export.py describes the formats); onnx-int8's is in
+int8.py. Each is named by its entry in the formats table (core/formats.py), is `write(ctx, path, meta)` (see
+context.py) and puts `meta` inside the file, where the format's opener in infer/runtime.py reads it back."""
 
 from __future__ import annotations
 

@@ -1,20 +1,9 @@
 """Active learning: which unlabelled images to label next (`select`), and the loop simulated on labelled data
 (`simulate`), to see whether a strategy beats labelling at random.
 
-Strategies (each ranks the pool by the model's predicted probabilities p, most useful to label first):
-- entropy: highest entropy -sum p log p first (uncertainty sampling with Shannon's entropy; Settles 2009,
-  "Active Learning Literature Survey", section 3.1).
-- margin: smallest gap between the two most probable classes first (Scheffer, Decomain and Wrobel 2001).
-- least-confidence: lowest top probability first (Lewis and Gale 1994; Culotta and McCallum 2005).
-- random: a seeded uniform draw, the baseline every study compares with.
-- diverse: uncertainty spread over the feature space, after Zhdanov 2019, "Diverse mini-batch Active
-  Learning": the DIVERSE_PREFILTER x N most uncertain images (by margin) are clustered into N groups by k-means on
-  the model's penultimate features, weighted by their uncertainty, and the image nearest each centre is picked,
-  so that a batch is not N near-copies of one confusing scene.
-
-The features are the input of the model's head (the classifier layer its registry entry names), the same
-pre-head features the frozen-feature cache trains on; only a checkpoint exposes them (an exported graph gives
-logits alone), so `diverse` needs a checkpoint.
+The strategies (entropy, margin, least-confidence, random, diverse) are in strategies.py; the pool and its
+scores in pool.py; the simulation's features, loop and summary in simulation.py; the contact sheet and the
+learning curves in figures.py.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 import zipfile
 
 import pytest
@@ -415,3 +416,61 @@ def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
     assert report["format"] == "ts-copy" and report["verification"]["ok"]
     runner = open_model(str(tmp_path / "m.copy.ts"), device="cpu", format="ts-copy")
     assert runner.classes == CheckpointRunner(tiny_best, device="cpu").classes
+
+
+def test_a_new_format_is_a_writer_an_opener_and_one_entry(tiny_best, tmp_path, monkeypatch):
+    """Adding a format as docs/architecture.md tells it, with a throwaway one: a writer, an opener and one entry
+    in the formats table, nothing else. `export` writes the file through the entry, opens it through the entry,
+    verifies it against the checkpoint and records it; `open_model` opens it by its name."""
+    from imgclf.core.artifact import Preprocess
+    from imgclf.core.formats import FORMATS
+    from imgclf.exporting.context import meta_json, quiet
+    from imgclf.infer.runtime import Runner
+
+    def write_traced(ctx, path, meta):  # (ExportContext, path, metadata): the file at path, metadata inside
+        with quiet(), torch.no_grad():  # the exporters' own progress lines and deprecation notices go to debug
+            traced = torch.jit.trace(ctx.model, ctx.example, check_trace=False)  # not frozen: torchscript's is
+            torch.jit.save(traced, path, _extra_files={"meta.json": meta_json(meta)})
+
+    class TracedRunner(Runner):
+        def __init__(self, path, module, meta):
+            super().__init__(
+                path=path,
+                format=meta["format"],
+                model_name=meta["model"],
+                classes=meta["classes"],
+                preprocess=Preprocess.from_dict(meta["preprocess"]),
+                config=meta["config"],
+                temperature=meta["temperature"],
+                tta=meta["tta"],
+            )
+            self.module = module
+
+        def logits(self, x):
+            with torch.no_grad():
+                return self.module(x).float()
+
+    def open_traced(path, found, *, device, spin):  # -> a Runner (found: what recognising the file read, or None)
+        extra = {"meta.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
+            module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+        return TracedRunner(path, module, json.loads(extra["meta.json"]))
+
+    # the entry: the table's other fields (packages, int8, ...) as torchscript's, whatever they are
+    entry = dataclasses.replace(
+        FORMATS["torchscript"], name="traced", suffix=".traced.pt", write=write_traced, open=open_traced, note=""
+    )
+    monkeypatch.setitem(FORMATS, "traced", entry)
+    r = export(tiny_best, "traced", out=str(tmp_path / "m.traced.pt"), **SMALL)
+    assert r["format"] == "traced" and r["out"] == str(tmp_path / "m.traced.pt") and r["verification"]["ok"]
+    assert (
+        r["verification"]["images"] == 18
+        and r["verification"]["max_abs_diff"] <= r["verification"]["tolerance"]["max_abs_diff"]
+    )
+    assert json.load(open(r["out"] + ".json", encoding="utf-8"))["verification"]["ok"]  # the record beside it
+    runner = open_model(r["out"], device="cpu", format="traced")
+    ckpt = CheckpointRunner(tiny_best, device="cpu", precision="fp32", channels_last=False)
+    assert runner.format == "traced" and runner.classes == ckpt.classes and runner.preprocess == ckpt.preprocess
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(runner.logits(x), ckpt.logits(x), atol=1e-4, rtol=1e-4)
