@@ -30,13 +30,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared"
 IMGCLF = [sys.executable, "-m", "imgclf"]
-FORMATS = {
-    "torchscript": ".ts",
-    "pt2": ".pt2",
-    "onnx": ".onnx",
-    "onnx-int8": ".int8.onnx",
-    "dynamic-int8": ".dynamic-int8.pt",
-}
 
 
 def run(args: list[str], capture: bool = False) -> str:
@@ -80,9 +73,11 @@ def main() -> int:
             ]
         )
         weights = str(out / "r18" / "best.pt")
+    from imgclf.core.formats import FORMATS  # every format imgclf exports, with its default suffix
+
     exports = []
-    for fmt, suffix in FORMATS.items():
-        path = out / f"r18{suffix}"
+    for fmt, entry in FORMATS.items():
+        path = out / f"r18{entry.suffix}"
         report = json.loads(run(["export", weights, "--format", fmt, "--out", str(path), "--json", "-q"], capture=True))
         v = report["verification"]
         print(

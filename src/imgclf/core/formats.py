@@ -1,7 +1,7 @@
 """The export formats, one table (after Ultralytics' `export_formats`): the names `imgclf export --format`
 accepts and its --help lists, each file's suffix, the packages it needs, whether it is int8 (which decides its
 verification rule), the options it takes besides those every format takes, the function that writes it (in
-exporting/export.py) and the one that opens it as a Runner (in infer/runtime.py). A new format is one entry here
+exporting/writers.py, or exporting/int8.py) and the one that opens it as a Runner (in infer/runtime.py). A new format is one entry here
 plus its writer and opener.
 
 Without torch on purpose: the CLI builds its help from this table, and `imgclf --help` must not import torch.
@@ -53,7 +53,7 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat(
             "torchscript",
             ".ts",
-            Named("imgclf.exporting.export:write_torchscript"),
+            Named("imgclf.exporting.writers:write_torchscript"),
             Named("imgclf.infer.runtime:open_torchscript"),
             note="torch.jit is deprecated in current PyTorch; prefer pt2 for new deployments",
         ),
@@ -61,14 +61,14 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat(
             "pt2",
             ".pt2",
-            Named("imgclf.exporting.export:write_pt2"),
+            Named("imgclf.exporting.writers:write_pt2"),
             Named("imgclf.infer.runtime:open_pt2"),
         ),
         # ONNX, fp32, opset DEFAULT_OPSET, dynamic batch (dynamo exporter)
         ExportFormat(
             "onnx",
             ".onnx",
-            Named("imgclf.exporting.export:write_onnx"),
+            Named("imgclf.exporting.writers:write_onnx"),
             Named("imgclf.infer.runtime:open_onnx"),
             packages=_ONNX,
             options=("opset",),
@@ -77,7 +77,7 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat(
             "onnx-int8",
             ".int8.onnx",
-            Named("imgclf.exporting.export:write_onnx_int8"),
+            Named("imgclf.exporting.int8:write_onnx_int8"),
             Named("imgclf.infer.runtime:open_onnx"),
             packages=_ONNX,
             int8=True,
@@ -87,7 +87,7 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat(
             "dynamic-int8",
             ".dynamic-int8.pt",
-            Named("imgclf.exporting.export:write_dynamic_int8"),
+            Named("imgclf.exporting.writers:write_dynamic_int8"),
             Named("imgclf.infer.runtime:open_dynamic_int8"),
             int8=True,
             note="only Linear layers are quantized: a CNN is almost all convolutions, so this speeds it up very little",

@@ -8,7 +8,7 @@
   the validation split's logits z by minimising the negative log-likelihood of softmax(z / T). Dividing every
   logit by the same positive number keeps their order, so the predicted labels (and the accuracy) are unchanged;
   only the confidence moves. `imgclf calibrate` stores T in the checkpoint; every runner applies it (runtime.py)
-  and every export has it in its graph (exporting.py).
+  and every export has it in its graph (exporting/export.py).
 - Selective prediction: the coverage (fraction of images whose top-1 confidence is at least P) and the accuracy
   on those, at a few thresholds P: what `predict --min-confidence P` would answer and how often it is right.
 """
@@ -24,7 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgclf.compute.distributed import World
 from imgclf.core.errors import DataError, UsageError
+from imgclf.infer.logits import split_logits
+from imgclf.infer.runtime import CheckpointRunner, open_model
+from imgclf.models.checkpoint import save_checkpoint, temperature_of
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     scipy's bounded Brent minimiser on log T (scipy is installed already: scikit-learn needs it): NLL is convex
     in 1/T, so unimodal in log T, and Brent finds its minimum to 1e-6 in log T in a few dozen evaluations with
     no learning rate or iteration count to choose (LBFGS on log T, as Guo et al., needs both) and no randomness."""
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar  # noqa: PLC0415 - heavy; only calibrate fits a temperature
 
     z, y = logits.double(), labels.long()
     res = minimize_scalar(
@@ -172,11 +176,6 @@ def calibrate(
 
     What training calls at its end with the run's best checkpoint (`train --calibrate`), on rank 0 only under
     torchrun: it runs in this process alone."""
-    from imgclf.compute.distributed import World
-    from imgclf.infer.logits import split_logits
-    from imgclf.infer.runtime import CheckpointRunner, open_model
-    from imgclf.models.checkpoint import save_checkpoint, temperature_of
-
     runner = open_model(weights, device="cpu", precision="fp32")
     if not isinstance(runner, CheckpointRunner):
         raise UsageError(

@@ -8,9 +8,15 @@ import os
 import numpy as np
 import torch
 
+from imgclf.compute.device import resolve_device
+from imgclf.compute.distributed import current, setup
 from imgclf.core.fileio import write_json
+from imgclf.evaluation.calibration import trust_metrics
 from imgclf.evaluation.metrics import compute_metrics
+from imgclf.evaluation.plots import plot_confusion, plot_misclassified, plot_reliability
+from imgclf.evaluation.report import build_report
 from imgclf.infer.logits import split_logits
+from imgclf.infer.runtime import open_model
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +44,6 @@ def evaluate(
 
     Under torchrun the ranks split the images (whole batches each, so every image is computed as in one process)
     and gather the logits: the metrics are those of one process, and rank 0 writes them."""
-    from imgclf.compute.device import resolve_device
-    from imgclf.compute.distributed import current, setup
-
     with setup(resolve_device(device)) as dev:
         return _evaluate(
             weights,
@@ -61,10 +64,6 @@ def evaluate(
 def _evaluate(
     weights, data, *, split, out, batch_size, device, workers, data_root, precision, plots, cache, tta=None
 ) -> dict:
-    from imgclf.compute.distributed import current
-    from imgclf.evaluation.calibration import trust_metrics
-    from imgclf.infer.runtime import open_model
-
     world = current()
     runner = open_model(weights, device=device, precision=precision, tta=tta)
     logits, labels, feed, bad, src = split_logits(
@@ -98,8 +97,6 @@ def _evaluate(
     if plots:
         write_eval_plots(metrics, logits, labels, feed, classes, out, title=f"{os.path.basename(str(data))} {split}")
         try:  # report.html is a convenience: it never fails the evaluation
-            from imgclf.evaluation.report import build_report
-
             build_report(out, predictions=(logits, labels, feed.split, runner))
         except Exception as e:
             log.warning("report.html not written: %s: %s", type(e).__name__, e)
@@ -108,8 +105,8 @@ def _evaluate(
 
 
 def write_eval_plots(metrics, logits, labels, feed, classes, out, title="", n_worst: int = 24) -> None:
-    from imgclf.evaluation.plots import plot_confusion, plot_misclassified, plot_reliability
-
+    """confusion_matrix.png, reliability.png (where the metrics have calibration) and misclassified.png (the
+    `n_worst` mistakes the model was surest of) into `out`."""
     plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, os.path.join(out, "confusion_matrix.png"), title)
     if "calibration" in metrics:
         c = metrics["calibration"]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def gaussian_blur(x: torch.Tensor, sigma: float, gens=None) -> torch.Tensor:
     """A Gaussian blur of `sigma` pixels. skimage (theirs) extends the border by repeating the edge pixel
     ('nearest'); torchvision reflects it, so the edge is replicated first and torchvision's blur, whose
     reflection then only touches the padding, is cropped back: the same result as theirs."""
-    from torchvision.transforms.v2 import functional as TF
-
     r = int(BLUR_TRUNCATE * sigma + 0.5)
     padded = F.pad(_to_unit(x), (r, r, r, r), mode="replicate")
     blurred = TF.gaussian_blur(padded, kernel_size=[2 * r + 1, 2 * r + 1], sigma=[sigma, sigma])

@@ -21,6 +21,7 @@ and the layer it hooks must be named per architecture, while `find_target` below
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
@@ -30,10 +31,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps  # the registry of colormaps: a lookup, no pyplot and no global state
 from PIL import Image
 from torch import nn
 
+from imgclf.compute.device import to_layout
 from imgclf.core.errors import UsageError, did_you_mean
+from imgclf.core.fileio import atomic_open, write_json
+from imgclf.core.options import check_output_folder
+from imgclf.data.images import UnreadableImage, load_image, to_rgb
+from imgclf.evaluation.plots import label, new_figure, save_figure
+from imgclf.infer.predict import Predictor, walk_images
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +298,6 @@ def overlay(
 ) -> Image.Image:
     """`image` (RGB) with `cam` (H x W in [0, 1], the image's size) drawn over it in matplotlib colormap `cmap`
     at opacity `alpha`; outside `box` (what the model did not see) the image is darkened to half instead."""
-    from matplotlib import colormaps  # the registry of colormaps: a lookup, no pyplot and no global state
-
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     heat = colormaps[cmap](np.asarray(cam, dtype=np.float32), bytes=True)[..., :3].astype(np.float32)  # H x W x 3
     out = rgb * 0.5
@@ -334,8 +340,6 @@ class Explainer:
     map sees every forward pass through its layer."""
 
     def __init__(self, weights: str, *, device: str = "auto", batch_size: int = 8):
-        from imgclf.infer.predict import Predictor
-
         self.predictor = Predictor(weights, device=device, batch_size=batch_size, precision="fp32", workers=1)
         runner = self.predictor.runner
         if runner.format != "checkpoint":
@@ -396,8 +400,6 @@ class Explainer:
             u8 = self.predictor.load_uint8(item)
             original = _original(item)
         except Exception as e:  # the reason, one line, as predict lists an unreadable file
-            from imgclf.data.images import UnreadableImage
-
             reason = str(e) if isinstance(e, UnreadableImage) else f"cannot be processed: {type(e).__name__}: {e}"
             return {"path": name, "error": reason.splitlines()[0] if reason else type(e).__name__}
         return {"path": name, "u8": u8, "image": original}
@@ -407,8 +409,6 @@ class Explainer:
         ok = [r for r in read if "u8" in r]
         if not ok:
             return read
-        from imgclf.compute.device import to_layout
-
         x = torch.stack([self.predictor.transform(r["u8"]) for r in ok])
         x = to_layout(x.to(self.runner.device), self.runner.channels_last)
         with self._lock:  # the hooks below would also see another thread's forward pass through the model
@@ -434,8 +434,6 @@ class Explainer:
     def overlay_png(self, image, target: str | None = None, *, max_side: int | None = 1024) -> tuple[bytes, dict]:
         """(PNG bytes of the overlay, the result without its arrays) for one path or PIL image: what a web page
         shows. Raises UsageError for an unknown target label or an image that cannot be read."""
-        import io
-
         (r,) = self.explain([image], target)
         if "error" in r:
             raise UsageError(f"cannot explain the image: {r['error']}")
@@ -450,8 +448,6 @@ def _ok(wanted: list, read: list[dict]) -> list:
 
 def _original(item) -> Image.Image:
     """The whole image, upright (its EXIF orientation applied) and RGB, as the model's input was made from it."""
-    from imgclf.data.images import load_image, to_rgb
-
     return to_rgb(item) if isinstance(item, Image.Image) else load_image(str(item))
 
 
@@ -469,8 +465,6 @@ SHEET_THUMB = 320  # pixels, the longer side of each image on the contact sheet
 def _inputs(images) -> list:
     """PIL images as they are; folders walked (sorted, recursively) for image files; any other path kept as given,
     so that a missing or unreadable file becomes that file's error line, not the end of the command."""
-    from imgclf.infer.predict import walk_images
-
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     out: list = []
@@ -497,8 +491,6 @@ def _overlay_name(r: dict, i: int, taken: set[str]) -> str:
 
 
 def _save_png(image: Image.Image, path: str) -> None:
-    from imgclf.core.fileio import atomic_open
-
     with atomic_open(path, "wb") as f:
         image.save(f, format="PNG")
 
@@ -523,9 +515,6 @@ def explain(
 
     An image that cannot be read is a row {"path", "error"} and the others are still explained. Returns
     {"out", "layer", "rows", "errors", "sheet"}; `on_row(row)` is called as each row is done."""
-    from imgclf.core.fileio import write_json
-    from imgclf.core.options import check_output_folder
-
     if out:
         check_output_folder(out, "--out")
     items = _inputs(images)
@@ -567,11 +556,9 @@ def explain(
 def plot_sheet(thumbs: list[tuple[Image.Image, dict]], path: str) -> None:
     """The overlays on one page, each titled with its file, the prediction and, where it differs, the class the
     map is for."""
-    from imgclf.evaluation.plots import _figure, _save, label
-
     cols = min(4, len(thumbs))
     rows = -(-len(thumbs) // cols)
-    fig = _figure(figsize=(3.2 * cols, 3.4 * rows))
+    fig = new_figure(figsize=(3.2 * cols, 3.4 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -581,4 +568,4 @@ def plot_sheet(thumbs: list[tuple[Image.Image, dict]], path: str) -> None:
         if r["target"] != r["label"]:
             title += f"\nmap for {label(r['target'])} ({r['target_probability']:.2f})"
         ax.set_title(title, fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

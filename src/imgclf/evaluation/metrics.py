@@ -14,8 +14,8 @@ TOP_K = 5  # the top-k accuracy reported, when there are more than TOP_K classes
 def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     """Metrics as plain types. Accuracies are fractions in [0, 1]. top5 is None unless there are more than 5
     classes: with 5 or fewer the true class is always among the top 5, a score of 1.0 that says nothing."""
-    from sklearn.exceptions import UndefinedMetricWarning
-    from sklearn.metrics import (
+    from sklearn.exceptions import UndefinedMetricWarning  # noqa: PLC0415 - heavy (scipy); not needed to import imgclf
+    from sklearn.metrics import (  # noqa: PLC0415 - as above
         confusion_matrix,
         f1_score,
         precision_recall_fscore_support,

@@ -49,15 +49,19 @@ FALLBACK_FONTS = (
 )
 
 
-def _figure(**kw) -> Figure:
+def new_figure(**kw) -> Figure:
+    """A Figure drawn by its own Agg canvas (no pyplot): `Figure(**kw)`, to be written by `save_figure`."""
     fig = Figure(**kw)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _font_family() -> list[str]:
+@functools.cache
+def _font_family() -> tuple[str, ...]:
+    """The default font family, then the installed fallback fonts: looked up once per process (`label` asks for
+    it for every name it draws, and the installed fonts do not change while imgclf runs)."""
     installed = {f.name for f in font_manager.fontManager.ttflist}
-    return list(rcParams["font.family"]) + [f for f in FALLBACK_FONTS if f in installed]
+    return tuple(rcParams["font.family"]) + tuple(f for f in FALLBACK_FONTS if f in installed)
 
 
 @functools.lru_cache(maxsize=8)
@@ -74,13 +78,14 @@ def label(name: str) -> str:
     """`name` as it can be drawn here, as plain text: a character that no installed font has becomes U+XXXX,
     so that class names in a script without a font stay readable and distinct instead of a row of identical
     boxes, and `$` is escaped (two of them would start mathtext, which a name like "a$\\frac{$b" breaks)."""
-    ok = _drawable(tuple(_font_family()))
+    ok = _drawable(_font_family())
     drawn = "".join(c if ord(c) in ok or not c.isprintable() else f"U+{ord(c):04X}" for c in name)
     return drawn.replace("$", r"\$")
 
 
-def _save(fig: Figure, path: str) -> None:
-    family = _font_family()
+def save_figure(fig: Figure, path: str) -> None:
+    """`fig` as a PNG at `path` (written atomically), every text in the font family that can draw it."""
+    family = list(_font_family())
     for t in fig.findobj(Text):
         t.set_fontfamily(family)
     for ax in fig.axes:
@@ -98,7 +103,7 @@ def _save(fig: Figure, path: str) -> None:
 def plot_curves(rows: list[dict], path: str) -> None:
     """Loss and accuracy per epoch, train against validation."""
     ep = [r["epoch"] for r in rows]
-    fig = _figure(figsize=(10, 3.8))
+    fig = new_figure(figsize=(10, 3.8))
     a, b = fig.subplots(1, 2)
     a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
     a.plot(ep, [r["val_loss"] for r in rows], "o-", label="val")
@@ -111,7 +116,7 @@ def plot_curves(rows: list[dict], path: str) -> None:
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
     for ax in (a, b):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: str, title: str = "") -> None:
@@ -120,7 +125,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str, title: str = "
     cm = np.asarray(cm)
     n = len(classes)
     size = min(max(4.0, 0.45 * n + 2), 30)
-    fig = _figure(figsize=(size, size))
+    fig = new_figure(figsize=(size, size))
     ax = fig.subplots()
     im = ax.imshow(cm, interpolation="nearest", cmap="Blues")
     if n <= 30:  # more and the numbers overlap
@@ -134,35 +139,35 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str, title: str = "
     ax.set_xlabel("Predicted label")
     ax.set_ylabel("True label")
     ax.set_title(label(title))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_misclassified(images: list, true: list[str], pred: list[str], prob: list[float], path: str) -> None:
     """A grid of the most confident mistakes: each image with its true and predicted label."""
     n = len(images)
     if n == 0:
-        fig = _figure(figsize=(4, 1.5))
+        fig = new_figure(figsize=(4, 1.5))
         ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-        _save(fig, path)
+        save_figure(fig, path)
         return
     cols = min(6, n)
     rows = (n + cols - 1) // cols
-    fig = _figure(figsize=(2.3 * cols, 2.6 * rows))
+    fig = new_figure(figsize=(2.3 * cols, 2.6 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, t, p, pr in zip(axes.flat, images, true, pred, prob):
         ax.imshow(img, interpolation="nearest" if min(img.shape[:2]) < 64 else "antialiased")
         ax.set_title(f"true: {label(t)}\npred: {label(p)} ({pr:.2f})", fontsize=8, color="firebrick")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_lr_find(result: dict, path: str) -> None:
     """The learning-rate range test (lr_find.py): loss against learning rate on a log axis, the smoothed curve
     over the raw one, and the suggested learning rate marked."""
-    fig = _figure(figsize=(6.5, 4))
+    fig = new_figure(figsize=(6.5, 4))
     ax = fig.subplots()
     lrs = result["lrs"]
     if result.get("raw_losses"):
@@ -183,13 +188,13 @@ def plot_lr_find(result: dict, path: str) -> None:
     ax.set_title("learning-rate range test" if lr is not None else "learning-rate range test: no suggestion")
     if lrs:
         ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_reliability(bins: list[dict], ece: float, path: str, title: str = "") -> None:
     """The reliability diagram (calibration.reliability's bins): accuracy against confidence per confidence bin,
     with the diagonal a calibrated model follows and, below, how many images each bin holds."""
-    fig = _figure(figsize=(5, 5.6))
+    fig = new_figure(figsize=(5, 5.6))
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     lo = np.array([b["low"] for b in bins])
     width = np.array([b["high"] - b["low"] for b in bins])
@@ -218,4 +223,4 @@ def plot_reliability(bins: list[dict], ece: float, path: str, title: str = "") -
     hist.bar(lo, [b["images"] for b in bins], width, align="edge", color="0.6", edgecolor="white")
     hist.set_xlabel("confidence (top-1 probability)"), hist.set_ylabel("images"), hist.grid(alpha=0.3)
     hist.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
-    _save(fig, path)
+    save_figure(fig, path)

@@ -25,15 +25,26 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgclf.compute.device import to_layout
 from imgclf.core.errors import DataError, UsageError, did_you_mean
 from imgclf.core.fileio import write_json
-from imgclf.core.options import parse_eps
+from imgclf.core.options import check_output_folder, parse_eps
 from imgclf.core.progress import progress
+from imgclf.data.batches import BatchTransform
+from imgclf.data.cache import load_decoded
+from imgclf.data.images import center_crop
+from imgclf.data.pipeline import default_workers
 from imgclf.evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from imgclf.evaluation.plots import new_figure, save_figure
+from imgclf.infer.logits import align_classes, open_model_data
+from imgclf.infer.runtime import open_model
+from imgclf.models.registry import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +111,6 @@ class PixelModel(torch.nn.Module):
         self.register_buffer("b", -mean_t / std_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from imgclf.compute.device import to_layout
-
         return self.model(to_layout(torch.addcmul(self.b, x * 255.0, self.a), self.channels_last))
 
 
@@ -182,8 +191,7 @@ def pgd(
 
 
 def attack_views(model_name: str) -> int:
-    from imgclf.models.registry import REGISTRY
-
+    """The views a model's eval forward averages (airnet's built-in test-time augmentation: 6), 1 for others."""
     try:
         return int(REGISTRY[model_name].eval_views)
     except (KeyError, AttributeError):
@@ -195,6 +203,51 @@ def _seed_for(seed: int, *parts) -> int:
 
 
 # --------------------------------------------------------------------------------------------- the measurement
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `robustness` measures and how, checked before the model or the data is opened."""
+
+    attacks: list[str]
+    eps: list[float]  # pixel units
+    steps: int
+    step_size: float | None  # PGD's alpha; None: PGD_STEP_FACTOR * eps / steps
+    corruptions: bool
+    severities: list[int]
+    limit: int | None
+    seed: int
+    batch_size: int
+
+    @classmethod
+    def checked(
+        cls, *, attacks, eps, steps, step_size, corruptions, severities, limit, seed, batch_size, cache
+    ) -> Settings:
+        """The settings as `robustness` takes them, each checked: one UsageError line for the first bad one."""
+        attacks = parse_attacks(attacks) if isinstance(attacks, str) else [a.lower() for a in attacks]
+        if attacks:
+            parse_attacks(",".join(attacks))  # unknown names are refused here, whatever form they came in
+        eps = parse_eps(DEFAULT_EPS if eps is None else eps if isinstance(eps, str) else ",".join(map(repr, eps)))
+        severities = parse_severities(severities if isinstance(severities, str) else ",".join(map(str, severities)))
+        if not attacks and not corruptions:
+            raise UsageError("nothing to measure: pass --attack fgsm,pgd and/or --corruptions")
+        if int(steps) < 1:
+            raise UsageError(f"--steps must be at least 1, got {steps}")
+        if step_size is not None and not (0 < float(step_size) <= 1):
+            raise UsageError(f"--step-size {step_size} is outside (0, 1]: it is in pixel units, as in 2/255")
+        if limit is not None and int(limit) < 1:
+            raise UsageError(f"--limit must be at least 1, got {limit}")
+        if int(batch_size) < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        if cache not in ("auto", "disk", "memory"):
+            raise UsageError(f"cache '{cache}': use auto, disk or memory")
+        return cls(attacks, eps, steps, step_size, corruptions, severities, limit, seed, batch_size)
+
+    def alpha(self, attack: str, eps: float) -> float:
+        """The step of `attack` at `eps`: FGSM steps eps once."""
+        if attack != "pgd":
+            return eps
+        return PGD_STEP_FACTOR * eps / self.steps if self.step_size is None else self.step_size
 
 
 def robustness(
@@ -225,12 +278,20 @@ def robustness(
 
     Writes robustness.json and robustness.png into `out` (default: next to the weights, in robustness-SPLIT/)
     and returns what robustness.json holds, plus `out`."""
-    from imgclf.infer.runtime import open_model
-
-    settings = _check_settings(attacks, eps, steps, step_size, corruptions, severities, limit, batch_size, cache)
-    attacks, eps = settings["attacks"], settings["eps"]
+    s = Settings.checked(
+        attacks=attacks,
+        eps=eps,
+        steps=steps,
+        step_size=step_size,
+        corruptions=corruptions,
+        severities=severities,
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        cache=cache,
+    )
     runner = open_model(weights, device=device, precision="fp32")
-    if attacks and runner.format != "checkpoint":
+    if s.attacks and runner.format != "checkpoint":
         raise UsageError(
             f"attacks need the model's gradients, which an exported file ({runner.format}) does not give: pass the "
             f"checkpoint it was exported from, or ask for --corruptions only"
@@ -240,16 +301,8 @@ def robustness(
     out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"robustness-{tag}")
     _make_folder(out)
 
-    result = _describe(weights, runner, src.location, split, len(labels), limit, seed, batch_size, bad)
-    result["clean_accuracy"] = _correct(runner, images, labels, batch_size, desc=f"clean {split}") / len(labels)
-    if attacks:
-        result["attacks"] = _run_attacks(runner, images, labels, attacks, eps, steps, step_size, seed, batch_size)
-        result["attacks"]["results"] = {
-            a: [{"eps": 0.0, "eps_label": "0", "accuracy": result["clean_accuracy"]}] + rows
-            for a, rows in result["attacks"]["results"].items()
-        }
-    if corruptions:
-        result["corruptions"] = _run_corruptions(runner, images, labels, settings["severities"], seed, batch_size)
+    result = _describe(weights, runner, s, data=src.location, split=split, n=len(labels), bad=bad)
+    result.update(_measure(runner, images, labels, s, split))
     write_json(result, os.path.join(out, "robustness.json"))
     if plots:
         plot_robustness(result, os.path.join(out, "robustness.png"))
@@ -257,7 +310,21 @@ def robustness(
     return result
 
 
-def _describe(weights, runner, data, split, n, limit, seed, batch_size, bad) -> dict:
+def _measure(runner, images, labels, s: Settings, split: str) -> dict:
+    """The clean accuracy, then the accuracy under each attack (eps 0 first: the clean accuracy) and corruption."""
+    r = {"clean_accuracy": _correct(runner, images, labels, s.batch_size, desc=f"clean {split}") / len(labels)}
+    if s.attacks:
+        r["attacks"] = _run_attacks(runner, images, labels, s)
+        r["attacks"]["results"] = {
+            a: [{"eps": 0.0, "eps_label": "0", "accuracy": r["clean_accuracy"]}] + rows
+            for a, rows in r["attacks"]["results"].items()
+        }
+    if s.corruptions:
+        r["corruptions"] = _run_corruptions(runner, images, labels, s)
+    return r
+
+
+def _describe(weights, runner, s: Settings, *, data, split, n, bad) -> dict:
     """What was measured, and how: the head of robustness.json."""
     return {
         "weights": os.path.abspath(weights),
@@ -266,9 +333,9 @@ def _describe(weights, runner, data, split, n, limit, seed, batch_size, bad) -> 
         "data": data,
         "split": split,
         "num_images": n,
-        "limit": limit,
-        "seed": int(seed),
-        "batch_size": int(batch_size),
+        "limit": s.limit,
+        "seed": int(s.seed),
+        "batch_size": int(s.batch_size),
         "preprocess": runner.preprocess.to_dict(),
         "device": str(runner.extra.get("device", "cpu")),
         "precision": "fp32" if runner.format == "checkpoint" else runner.extra.get("precision", "fp32"),
@@ -276,31 +343,7 @@ def _describe(weights, runner, data, split, n, limit, seed, batch_size, bad) -> 
     }
 
 
-def _check_settings(attacks, eps, steps, step_size, corruptions, severities, limit, batch_size, cache) -> dict:
-    """Every setting checked before the model or the data is opened: one UsageError line for the first bad one."""
-    attacks = parse_attacks(attacks) if isinstance(attacks, str) else [a.lower() for a in attacks]
-    if attacks:
-        parse_attacks(",".join(attacks))  # unknown names are refused here, whatever form they came in
-    eps = parse_eps(DEFAULT_EPS if eps is None else eps if isinstance(eps, str) else ",".join(map(repr, eps)))
-    severities = parse_severities(severities if isinstance(severities, str) else ",".join(map(str, severities)))
-    if not attacks and not corruptions:
-        raise UsageError("nothing to measure: pass --attack fgsm,pgd and/or --corruptions")
-    if int(steps) < 1:
-        raise UsageError(f"--steps must be at least 1, got {steps}")
-    if step_size is not None and not (0 < float(step_size) <= 1):
-        raise UsageError(f"--step-size {step_size} is outside (0, 1]: it is in pixel units, as in 2/255")
-    if limit is not None and int(limit) < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}")
-    if int(batch_size) < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if cache not in ("auto", "disk", "memory"):
-        raise UsageError(f"cache '{cache}': use auto, disk or memory")
-    return {"attacks": attacks, "eps": eps, "severities": severities}
-
-
 def _make_folder(out: str) -> None:
-    from imgclf.core.options import check_output_folder
-
     check_output_folder(out, "--out")
     try:
         os.makedirs(out, exist_ok=True)
@@ -311,11 +354,6 @@ def _make_folder(out: str) -> None:
 def _load_split(runner, data, split, limit, data_root, workers, cache):
     """(uint8 N x 3 x S x S at the model's input size, labels in the model's class order, source, left out):
     decoded and centre-cropped exactly as `evaluate` does (the same decoded cache)."""
-    from imgclf.data.cache import load_decoded
-    from imgclf.data.images import center_crop
-    from imgclf.data.pipeline import default_workers
-    from imgclf.infer.logits import align_classes, open_model_data
-
     src, s = open_model_data(runner.config, data, split, data_root)
     data = data or runner.config.get("data")
     mapping = torch.as_tensor(align_classes(src.classes, runner.classes, data), dtype=torch.long)
@@ -344,14 +382,10 @@ LIMIT_SEED = 0  # the --limit choice, fixed: a checkpoint and its exports are me
 def limit_indices(n: int, limit: int) -> list[int]:
     """`limit` of the split's `n` images, a seeded choice kept in split order. Not the first `limit`: a folder
     split is sorted by class, and CIFAR-10's first 1000 test images are all airplanes."""
-    import numpy as np
-
     return sorted(np.random.default_rng(LIMIT_SEED).permutation(n)[:limit].tolist())
 
 
 def _eval_transform(runner):
-    from imgclf.data.batches import BatchTransform
-
     p = runner.preprocess
     return BatchTransform(kind="eval", size=p.img_size, mean=p.mean, std=p.std, interpolation=p.interpolation)
 
@@ -370,21 +404,20 @@ def _correct(runner, images, labels, batch_size, *, desc: str, change=None) -> i
     return right
 
 
-def _run_attacks(runner, images, labels, attacks, eps, steps, step_size, seed, batch_size) -> dict:
+def _run_attacks(runner, images, labels, s: Settings) -> dict:
     views = attack_views(runner.model_name)
     p = runner.preprocess
     model = PixelModel(runner.model, p.mean, p.std, channels_last=runner.channels_last).to(runner.device).eval()
     for w in model.parameters():
         w.requires_grad_(False)  # gradients for the image only (this runner's own copy of the model)
     results = {}
-    for attack in attacks:
+    for attack in s.attacks:
         rows = []
-        for e in (e for e in eps if e > 0):
-            alpha = (PGD_STEP_FACTOR * e / steps if step_size is None else step_size) if attack == "pgd" else e
-            right = _attacked_correct(model, runner.device, images, labels, attack, e, steps, alpha, seed, batch_size)
+        for e in (e for e in s.eps if e > 0):
+            right = _attacked_correct(model, runner.device, images, labels, attack, e, s)
             row = {"eps": e, "eps_label": eps_label(e), "accuracy": right / len(labels)}
             if attack == "pgd":
-                row.update(steps=int(steps), step_size=alpha)
+                row.update(steps=int(s.steps), step_size=s.alpha(attack, e))
             rows.append(row)
         results[attack] = rows
     forward = "the model's eval-mode forward"
@@ -397,8 +430,8 @@ def _run_attacks(runner, images, labels, attacks, eps, steps, step_size, seed, b
         "forward": forward,
         "eval_views": views,
         "pgd": {
-            "steps": int(steps),
-            "step_size": "2.5 * eps / steps" if step_size is None else step_size,
+            "steps": int(s.steps),
+            "step_size": "2.5 * eps / steps" if s.step_size is None else s.step_size,
             "random_start": "uniform in the eps-ball",
             "restarts": 0,
         },
@@ -406,44 +439,44 @@ def _run_attacks(runner, images, labels, attacks, eps, steps, step_size, seed, b
     }
 
 
-def _attacked_correct(model, device, images, labels, attack, eps, steps, alpha, seed, batch_size) -> int:
-    gen = torch.Generator().manual_seed(_seed_for(seed, attack, eps))  # PGD's random starts
-    right, n = 0, len(labels)
+def _attacked_correct(model, device, images, labels, attack: str, eps: float, s: Settings) -> int:
+    gen = torch.Generator().manual_seed(_seed_for(s.seed, attack, eps))  # PGD's random starts
+    right, n, bs = 0, len(labels), s.batch_size
     desc = f"{attack} eps {eps_label(eps)}"
     # an attacked batch takes minutes on a CPU: a line per batch where there is no bar
-    batches = progress(range(0, n, batch_size), total=-(-n // batch_size), desc=desc, unit="batch", log_every=1)
+    batches = progress(range(0, n, bs), total=-(-n // bs), desc=desc, unit="batch", log_every=1)
     for start in batches:
-        x = images[start : start + batch_size].float().div_(255.0).to(device)
-        y = labels[start : start + batch_size].to(device)
+        x = images[start : start + bs].float().div_(255.0).to(device)
+        y = labels[start : start + bs].to(device)
         if attack == "fgsm":
             adv = fgsm(model, x, y, eps)
         else:
-            adv = pgd(model, x, y, eps, steps=steps, step_size=alpha, generator=gen)
+            adv = pgd(model, x, y, eps, steps=s.steps, step_size=s.alpha(attack, eps), generator=gen)
         with torch.no_grad():
             right += int((model(adv).argmax(1) == y).sum())
     return right
 
 
-def _run_corruptions(runner, images, labels, severities, seed, batch_size) -> dict:
+def _run_corruptions(runner, images, labels, s: Settings) -> dict:
     results = {}
     for name, c in CORRUPTIONS.items():
         acc = {}
-        for sev in severities:
+        for sev in s.severities:
 
             def change(x, start, name=name, sev=sev):
-                return corrupt(x, name, sev, seed=seed, indices=range(start, start + len(x)))
+                return corrupt(x, name, sev, seed=s.seed, indices=range(start, start + len(x)))
 
-            right = _correct(runner, images, labels, batch_size, desc=f"{name} {sev}", change=change)
+            right = _correct(runner, images, labels, s.batch_size, desc=f"{name} {sev}", change=change)
             acc[str(sev)] = right / len(labels)
         results[name] = {
             "parameter": c.what,
-            "values": {str(s): c.params[s - 1] for s in severities},
+            "values": {str(v): c.params[v - 1] for v in s.severities},
             "accuracy": acc,
             "mean_accuracy": sum(acc.values()) / len(acc),
         }
     return {
         "source": CORRUPTION_SOURCE,
-        "severities": list(severities),
+        "severities": list(s.severities),
         "applied_to": "the model's input image (after the resize and centre crop), stored as uint8, then normalised",
         "results": results,
         "mean_accuracy": sum(r["mean_accuracy"] for r in results.values()) / len(results),
@@ -477,15 +510,13 @@ def format_table(r: dict) -> str:
 
 def plot_robustness(r: dict, path: str) -> None:
     """Accuracy against eps (one line per attack), and accuracy by corruption and severity (a heatmap)."""
-    from imgclf.evaluation.plots import _figure, _save
-
     panels = [k for k in ("attacks", "corruptions") if k in r]
-    fig = _figure(figsize=(6.2 * len(panels), 4.2), layout="constrained")
+    fig = new_figure(figsize=(6.2 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, kind in zip(axes, panels):
         (_plot_attacks if kind == "attacks" else _plot_corruptions)(ax, r)
     fig.suptitle(f"{r['model']} ({r['format']}), {r['split']}: {r['num_images']} images")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_attacks(ax, r: dict) -> None:

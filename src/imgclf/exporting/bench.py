@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from imgclf.core.errors import UsageError, did_you_mean
+from imgclf.exporting.verify import accuracy_on, sample_images
 from imgclf.infer.runtime import CheckpointRunner, Runner, open_model
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,6 @@ def open_settings(inputs: list[str], *, eager: list[str], device: str = "cpu") -
 
 
 def _images(settings: list[Setting], data: str | None, split: str, n: int, data_root: str | None) -> torch.Tensor:
-    from imgclf.exporting.export import sample_images
-
     prep = settings[0].runner.preprocess
     for s in settings[1:]:
         if s.runner.preprocess.img_size != prep.img_size:
@@ -121,20 +120,51 @@ def bench(
     settings = open_settings(list(inputs), eager=list(eager), device=device)
     x = _images(settings, data, split, max(batch_sizes), data_root)
     batches = {b: x[torch.arange(b) % len(x)].contiguous() for b in batch_sizes}
+    times = _time(settings, batch_sizes, batches, Rounds(warmup, iters, rounds, max_seconds))
+    accs: dict[int, float | None] = {}
+    n_eval = None
+    if data and accuracy:
+        cfg = settings[0].runner.config
+        for i, s in enumerate(settings):
+            a, n_eval, _ = accuracy_on(
+                [s.runner], data, split=split, data_root=data_root, config=cfg, max_images=max_eval_images
+            )
+            accs[i] = a[0]
+    return [
+        _row(s, b, np.asarray(times[(i, b)]), accs.get(i), n_eval if accs else None)
+        for i, s in enumerate(settings)
+        for b in batch_sizes
+    ]
 
+
+@dataclass(frozen=True)
+class Rounds:
+    """How each setting is timed: `warmup` untimed calls, then `iters` timed ones spread over `rounds` rounds
+    that visit every setting in turn, a setting stopping after `max_seconds` of timing (at least 3 calls)."""
+
+    warmup: int
+    iters: int
+    rounds: int
+    max_seconds: float
+
+
+def _time(
+    settings: list[Setting], batch_sizes: list[int], batches: dict, how: Rounds
+) -> dict[tuple[int, int], list[float]]:
+    """Seconds per call of each (setting index, batch size); `batches`: the input of each batch size."""
     times: dict[tuple[int, int], list[float]] = {(i, b): [] for i in range(len(settings)) for b in batch_sizes}
     spent: dict[tuple[int, int], float] = {k: 0.0 for k in times}
     for s in settings:  # warm-up: first-call allocation, oneDNN primitive / ORT kernel selection
         for b in batch_sizes:
-            for _ in range(warmup):
+            for _ in range(how.warmup):
                 s.runner.logits(batches[b])
-    per_round = max(1, -(-iters // rounds))
-    for _ in range(rounds):
+    per_round = max(1, -(-how.iters // how.rounds))
+    for _ in range(how.rounds):
         for i, s in enumerate(settings):
             for b in batch_sizes:
                 key = (i, b)
                 for _ in range(per_round):
-                    if len(times[key]) >= iters or (spent[key] >= max_seconds and len(times[key]) >= 3):
+                    if len(times[key]) >= how.iters or (spent[key] >= how.max_seconds and len(times[key]) >= 3):
                         break
                     t = time.perf_counter()
                     s.runner.logits(batches[b])
@@ -142,42 +172,26 @@ def bench(
                     times[key].append(dt)
                     spent[key] += dt
         log.debug("bench round done")
+    return times
 
-    accs: dict[int, float | None] = {}
-    n_eval = None
-    if data and accuracy:
-        from imgclf.exporting.export import accuracy_on
 
-        cfg = settings[0].runner.config
-        for i, s in enumerate(settings):
-            a, n_eval, _ = accuracy_on(
-                [s.runner], data, split=split, data_root=data_root, config=cfg, max_images=max_eval_images
-            )
-            accs[i] = a[0]
-
-    rows = []
-    for i, s in enumerate(settings):
-        for b in batch_sizes:
-            ts = np.asarray(times[(i, b)])
-            p50, p90 = float(np.percentile(ts, 50)), float(np.percentile(ts, 90))
-            rows.append(
-                {
-                    "input": s.input,
-                    "format": s.label,
-                    "model": s.runner.model_name,
-                    "img_size": s.runner.preprocess.img_size,
-                    "batch_size": b,
-                    "latency_p50_ms": 1000 * p50,
-                    "latency_p90_ms": 1000 * p90,
-                    "images_per_s": b / p50,
-                    "iterations": int(len(ts)),
-                    "size_mb": s.size_bytes / 2**20,
-                    "accuracy": accs.get(i),
-                    "eval_images": n_eval if accs else None,
-                    "threads": torch.get_num_threads(),
-                }
-            )
-    return rows
+def _row(s: Setting, b: int, ts: np.ndarray, accuracy: float | None, eval_images: int | None) -> dict:
+    p50, p90 = float(np.percentile(ts, 50)), float(np.percentile(ts, 90))
+    return {
+        "input": s.input,
+        "format": s.label,
+        "model": s.runner.model_name,
+        "img_size": s.runner.preprocess.img_size,
+        "batch_size": b,
+        "latency_p50_ms": 1000 * p50,
+        "latency_p90_ms": 1000 * p90,
+        "images_per_s": b / p50,
+        "iterations": int(len(ts)),
+        "size_mb": s.size_bytes / 2**20,
+        "accuracy": accuracy,
+        "eval_images": eval_images,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def format_table(rows: list[dict]) -> str:

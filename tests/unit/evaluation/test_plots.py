@@ -45,7 +45,7 @@ def test_curves_have_whole_epoch_ticks(tmp_path, monkeypatch):
     from imgclf.evaluation import plots
 
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
     rows = [
         {"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_acc": 0.5, "val_acc": 0.6, "val_macro_f1": 0.6}
         for e in (1, 2, 3)

@@ -13,7 +13,8 @@ import pytest
 from conftest import chromium_page, needs_chromium, train_tiny
 
 from imgclf.cli.main import main
-from imgclf.evaluation.report import REPORT_NAME, build_report, confused_pairs
+from imgclf.evaluation.report import REPORT_NAME, build_report
+from imgclf.evaluation.report_sections import confused_pairs
 
 SECTIONS = ("machine", "data", "curves", "confusion", "per-class", "reliability", "mistakes", "check", "exports")
 
@@ -55,12 +56,12 @@ def test_training_and_evaluate_write_it_and_a_run_has_every_section(tiny_run, tm
 def test_training_builds_it_from_its_own_validation_pass(tiny_data, tmp_path, monkeypatch):
     """The page at the end of a run is made from the logits training computed for results.json (divided by the
     temperature --calibrate fitted), not from a second pass over the validation images."""
-    import imgclf.evaluation.report as report
+    import imgclf.evaluation.report_folder as report_folder
 
     def second_pass(*a, **k):
         raise AssertionError("the report opened the validation split again")
 
-    monkeypatch.setattr(report, "_open_split", second_pass)
+    monkeypatch.setattr(report_folder, "_open_split", second_pass)
     res = train_tiny(tmp_path, str(tiny_data), "own-pass", epochs=1, calibrate=True)
     run, best = res["run_dir"], res["best"]
     assert "report.html not written" not in open(os.path.join(run, "train.log"), encoding="utf-8").read()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 import zipfile
 
 import pytest
@@ -12,7 +13,8 @@ import torch
 
 from imgclf.cli.main import main
 from imgclf.core.errors import UsageError
-from imgclf.exporting.export import FORMATS, VerificationError, compare, export, format_export_report
+from imgclf.exporting.export import FORMATS, VerificationError, export, format_export_report
+from imgclf.exporting.verify import compare
 from imgclf.infer.runtime import CheckpointRunner, open_model
 
 pytestmark = pytest.mark.kernels
@@ -266,7 +268,7 @@ def _logits_losing(n: int, lost: int, *, classes: int = 5, noise: float = 0.001,
 def test_int8_rule_passes_a_file_near_the_bar(n, lost):
     """At or a little below 97% on a sample, the agreement's upper bound is still above the bar: 62 of 64
     (96.9%, the failure seen on an AVX-512 VNNI Xeon) and 2 of hymenoptera's 153 val images pass."""
-    from imgclf.exporting.export import compare
+    from imgclf.exporting.verify import compare
 
     r = compare(*_logits_losing(n, lost), int8=True)
     assert r["top1_agreement"] == pytest.approx((n - lost) / n)
@@ -277,7 +279,7 @@ def test_int8_rule_passes_a_file_near_the_bar(n, lost):
 
 @pytest.mark.parametrize("n", [18, 153, 500])
 def test_int8_rule_refuses_a_clearly_bad_file(n):
-    from imgclf.exporting.export import compare
+    from imgclf.exporting.verify import compare
 
     lost = round(0.2 * n)  # 80% agreement
     r = compare(*_logits_losing(n, lost), int8=True)
@@ -288,7 +290,7 @@ def test_int8_rule_refuses_a_clearly_bad_file(n):
 def test_int8_rule_is_decided_by_the_bound_not_by_one_image():
     """Around the bar itself one image more or less changes nothing; the verdict changes only where the bound
     crosses the bar, far below it (here 9 of 153 lost, 94.1%), where a file truly at 97% lands < 5% of the time."""
-    from imgclf.exporting.export import agreement_upper_bound, compare
+    from imgclf.exporting.verify import agreement_upper_bound, compare
 
     verdicts = {lost: compare(*_logits_losing(153, lost), int8=True)["ok"] for lost in range(0, 13)}
     assert all(verdicts[lost] for lost in range(0, 9)) and not any(verdicts[lost] for lost in range(9, 13))
@@ -303,7 +305,7 @@ def test_int8_rule_is_decided_by_the_bound_not_by_one_image():
 def test_int8_rmse_rule_uses_a_lower_bound():
     """The RMSE rule is a bound too: noise at 25% of the logits' spread passes it, at 60% fails it, on every
     image count; the bound lies below the point estimate and closes in on it as n grows."""
-    from imgclf.exporting.export import compare
+    from imgclf.exporting.verify import compare
 
     g = torch.Generator().manual_seed(1)
     gaps = []
@@ -386,7 +388,7 @@ def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
     CLI's list: an entry added to it alone is exported, verified, opened and listed."""
     from imgclf.cli.main import build_parser
     from imgclf.core import formats as export_formats
-    from imgclf.exporting.export import write_torchscript
+    from imgclf.exporting.writers import write_torchscript
     from imgclf.infer.runtime import open_torchscript
 
     entry = export_formats.ExportFormat("ts-copy", ".copy.ts", write_torchscript, open_torchscript)
@@ -412,3 +414,61 @@ def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
     assert report["format"] == "ts-copy" and report["verification"]["ok"]
     runner = open_model(str(tmp_path / "m.copy.ts"), device="cpu", format="ts-copy")
     assert runner.classes == CheckpointRunner(tiny_best, device="cpu").classes
+
+
+def test_a_new_format_is_a_writer_an_opener_and_one_entry(tiny_best, tmp_path, monkeypatch):
+    """Adding a format as docs/architecture.md tells it, with a throwaway one: a writer, an opener and one entry
+    in the formats table, nothing else. `export` writes the file through the entry, opens it through the entry,
+    verifies it against the checkpoint and records it; `open_model` opens it by its name."""
+    from imgclf.core.artifact import Preprocess
+    from imgclf.core.formats import FORMATS
+    from imgclf.exporting.context import meta_json, quiet
+    from imgclf.infer.runtime import Runner
+
+    def write_traced(ctx, path, meta):  # (ExportContext, path, metadata): the file at path, metadata inside
+        with quiet(), torch.no_grad():  # the exporters' own progress lines and deprecation notices go to debug
+            traced = torch.jit.trace(ctx.model, ctx.example, check_trace=False)  # not frozen: torchscript's is
+            torch.jit.save(traced, path, _extra_files={"meta.json": meta_json(meta)})
+
+    class TracedRunner(Runner):
+        def __init__(self, path, module, meta):
+            super().__init__(
+                path=path,
+                format=meta["format"],
+                model_name=meta["model"],
+                classes=meta["classes"],
+                preprocess=Preprocess.from_dict(meta["preprocess"]),
+                config=meta["config"],
+                temperature=meta["temperature"],
+                tta=meta["tta"],
+            )
+            self.module = module
+
+        def logits(self, x):
+            with torch.no_grad():
+                return self.module(x).float()
+
+    def open_traced(path, found, *, device, spin):  # -> a Runner (found: what recognising the file read, or None)
+        extra = {"meta.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
+            module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+        return TracedRunner(path, module, json.loads(extra["meta.json"]))
+
+    # the entry: the table's other fields (packages, int8, ...) as torchscript's, whatever they are
+    entry = dataclasses.replace(
+        FORMATS["torchscript"], name="traced", suffix=".traced.pt", write=write_traced, open=open_traced, note=""
+    )
+    monkeypatch.setitem(FORMATS, "traced", entry)
+    r = export(tiny_best, "traced", out=str(tmp_path / "m.traced.pt"), **SMALL)
+    assert r["format"] == "traced" and r["out"] == str(tmp_path / "m.traced.pt") and r["verification"]["ok"]
+    assert (
+        r["verification"]["images"] == 18
+        and r["verification"]["max_abs_diff"] <= r["verification"]["tolerance"]["max_abs_diff"]
+    )
+    assert json.load(open(r["out"] + ".json", encoding="utf-8"))["verification"]["ok"]  # the record beside it
+    runner = open_model(r["out"], device="cpu", format="traced")
+    ckpt = CheckpointRunner(tiny_best, device="cpu", precision="fp32", channels_last=False)
+    assert runner.format == "traced" and runner.classes == ckpt.classes and runner.preprocess == ckpt.preprocess
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(runner.logits(x), ckpt.logits(x), atol=1e-4, rtol=1e-4)

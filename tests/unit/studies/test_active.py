@@ -12,7 +12,9 @@ from PIL import Image
 
 from imgclf.cli.main import main
 from imgclf.infer.predict import Predictor
-from imgclf.studies.active import SHEET_COLS, diverse, entropy, least_confidence, margin, rank, select, sheet_figure
+from imgclf.studies.active import select
+from imgclf.studies.figures import SHEET_COLS, sheet_figure
+from imgclf.studies.strategies import diverse, entropy, least_confidence, margin, rank
 
 # Known probabilities, one row per image. Row 4 has a lower top probability than row 0 would suggest is
 # "less sure" by least-confidence (1 - 0.55 < 1 - 0.5) yet a higher entropy: the two strategies disagree on it.

@@ -1,0 +1,276 @@
+"""onnx-int8: onnxruntime's static quantization of the fp32 ONNX graph (QDQ, per-channel int8 weights, uint8
+activations, calibrated on real images preprocessed as the model expects), tried until one meets the bar.
+
+fp32 ONNX -> quant_pre_process (symbolic shape inference, onnxruntime's basic graph optimisations: Conv+BatchNorm
+fusion, constant folding) -> quantize_static. The settings were chosen by measuring speed and accuracy (the
+numbers, and the CPUs they come from, are in docs/benchmarks.md): QDQ with uint8 activations and int8 weights was
+faster than int8 activations (S8S8) and than uint8 weights (U8U8); per-channel weights cost nothing in speed and
+are kinder to accuracy; the QOperator format was much slower (its per-channel QLinearConv takes a reference
+path). onnxruntime fuses the QDQ pairs into int8 convolutions when the session is created. GELU stays fp32
+(opset 20 has a Gelu op; at opset 18 it is an Erf expression whose Mul/Add nodes the quantizer would quantize one
+by one).
+
+The tries (`Tries`), each judged by `compare` against eager PyTorch on the verification images (the numbers the
+verification then reports), stopping at the first whose agreement and RMSE meet the bar themselves (not only the
+refusal rule's bounds), at most `ctx.int8_tries` (default 6) quantizations:
+  1-3. everything quantized, calibrated with `ctx.calib_method` (default minmax), then the other methods
+       (entropy, percentile: they clip outliers that minmax lets stretch a tensor's scale);
+  4-6. the best of those (lowest RMSE) with the tensors where it loses most kept fp32, found by measuring
+       (`int8_sensitivity`, on 32 calibration images): the 1, 2, then 4 tensors that added most error.
+If none meets the bar, the best try (passing the refusal rule, then most labels kept, then lowest RMSE) is
+written and the verification decides. A model that meets it on the first try costs one quantization; one that
+does not, at most two more calibrations, one measurement and three quantizations. The file's metadata
+(`export.quantization`) records the calibration method, the fp32 nodes and why, and every try's numbers.
+
+`reduce_range` (default on): weights use 7 bits. On x86 CPUs without VNNI, onnxruntime's uint8 x int8 kernels
+add pairs of products in int16 (VPMADDUBSW), which saturates with 8-bit weights: a model with large weights (such
+as airnet's patch-whitening stem) fully quantized with 8-bit weights lost most of its accuracy, and with 7-bit
+weights kept it, at the same speed (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+
+import torch
+
+from imgclf.core.fileio import temp_dir
+from imgclf.exporting.context import CALIB_METHODS, ExportContext, quiet
+from imgclf.exporting.sensitivity import fp32_regions, int8_sensitivity
+from imgclf.exporting.verify import batched, compare
+from imgclf.exporting.writers import add_onnx_metadata, onnx_fp32
+from imgclf.infer.runtime import onnx_session_options
+
+log = logging.getLogger(__name__)
+
+SENSITIVITY_IMAGES = 32  # calibration images on which each quantized activation is compared with fp32
+FP32_TENSORS = (1, 2, 4)  # tries 4-6: how many of the tensors measured to add most error are kept fp32
+# what the metadata records of each try, beside its calibration method and fp32 nodes
+TRY_KEYS = (
+    "images",
+    "top1_kept",
+    "top1_agreement",
+    "top1_agreement_upper",
+    "rel_rmse",
+    "rel_rmse_lower",
+    "meets_bar",
+    "ok",
+)
+
+
+class ImageReader:
+    """onnxruntime CalibrationDataReader over real preprocessed images, 32 at a time."""
+
+    def __init__(self, images: torch.Tensor, input_name: str, batch: int = 32):
+        self.batches = [{input_name: images[i : i + batch].numpy()} for i in range(0, len(images), batch)]
+        self.set_range(0, len(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        # with CalibStridedMinMax, onnxruntime calibrates one stride (here: one batch) at a time, so the
+        # histogram methods never hold every activation of every calibration image at once
+        self.it = iter(self.batches[start_index:end_index])
+
+    def get_next(self):
+        return next(self.it, None)
+
+    def rewind(self):
+        self.set_range(0, len(self.batches))
+
+
+class Quantizer:
+    """quantize_static with this project's settings (module docstring). Each calibration method calibrates
+    once: with onnxruntime's calibration cache (`calibration_cache_path`, where the installed version has it)
+    a later try with other nodes left out only quantizes again."""
+
+    METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+    def __init__(self, pre: str, images: torch.Tensor, work: str, *, reduce_range: bool):
+        from onnxruntime.quantization import quantize_static  # noqa: PLC0415 - heavy; only int8 export needs it
+
+        self.pre, self.images, self.work, self.reduce_range = pre, images, work, reduce_range
+        self.cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
+        self.made = 0
+
+    def __call__(self, method: str, exclude: list[str]) -> str:
+        from onnxruntime.quantization import (  # noqa: PLC0415 - heavy; only int8 export needs it
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        self.made += 1
+        out = os.path.join(self.work, f"try{self.made}.onnx")
+        kw = {"calibration_cache_path": os.path.join(self.work, f"ranges-{method}.json")} if self.cache else {}
+        with quiet():
+            quantize_static(
+                self.pre,
+                out,
+                ImageReader(self.images, "input"),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                reduce_range=self.reduce_range,
+                calibrate_method=getattr(CalibrationMethod, self.METHODS[method]),
+                nodes_to_exclude=list(exclude),
+                extra_options={"CalibStridedMinMax": 1},
+                **kw,
+            )  # one batch at a time (see ImageReader)
+        return out
+
+
+def onnx_logits(path: str, x: torch.Tensor) -> torch.Tensor:
+    """Logits of a candidate ONNX file that has no imgclf metadata yet (so not an OnnxRunner)."""
+    import onnxruntime as ort  # noqa: PLC0415 - heavy; only the ONNX formats need it
+
+    sess = ort.InferenceSession(path, onnx_session_options(), providers=["CPUExecutionProvider"])
+    return batched(lambda b: torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]).float(), x, 32)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2g}%" if x < 0.01 else f"{x:.1%}"
+
+
+@dataclass
+class Tries:
+    """The quantizations made so far (module docstring), each judged against the reference's logits `want` on
+    the verification images."""
+
+    ctx: ExportContext
+    quantize: Quantizer
+    want: torch.Tensor
+    made: list[dict] = field(default_factory=list)
+    ranking: list[dict] = field(default_factory=list)  # int8_sensitivity's rows, where it was measured
+    base: dict | None = None  # the try it was measured on
+
+    def more(self) -> bool:
+        return len(self.made) < self.ctx.int8_tries and not any(t["meets_bar"] for t in self.made)
+
+    def attempt(self, method: str, regions: list[dict]) -> None:
+        """One quantization with `method`, the nodes of `regions` (fp32_regions rows) left out, judged."""
+        nodes = list(dict.fromkeys(n for x in regions for n in x["nodes"]))
+        file = self.quantize(method, nodes)
+        r = {
+            "top1_kept": 0,
+            "top1_agreement": 0.0,
+            "rel_rmse": math.inf,
+            "meets_bar": False,
+            **compare(self.want, onnx_logits(file, self.ctx.check), int8=True),
+        }  # defaults: a wrong output shape
+        self.made.append(
+            {
+                "calibration": method,
+                "fp32_nodes": nodes,
+                "fp32_tensors": [x["tensor"] for x in regions],
+                **{k: r.get(k) for k in TRY_KEYS},
+                "file": file,
+            }
+        )
+        log.info(
+            "int8 try %d: %s calibration, %s: top-1 agreement %d/%d, RMSE %.1f%% of logit spread",
+            len(self.made),
+            method,
+            f"{len(nodes)} nodes fp32" if nodes else "everything quantized",
+            r["top1_kept"],
+            r["images"],
+            100 * r["rel_rmse"],
+        )
+
+    def calibrations(self) -> None:
+        """Tries 1-3: everything quantized, `ctx.calib_method` first, then the other methods."""
+        for method in [self.ctx.calib_method] + [m for m in CALIB_METHODS if m != self.ctx.calib_method]:
+            if self.made and not self.more():
+                break
+            self.attempt(method, [])
+
+    def fp32_tensors(self) -> None:
+        """Tries 4-6: the best calibration (lowest RMSE) with the tensors measured to add most error kept fp32."""
+        if not self.more():
+            return
+        self.base = min(self.made, key=lambda t: t["rel_rmse"])
+        q = self.quantize
+        self.ranking = int8_sensitivity(q.pre, self.base["file"], q.images[:SENSITIVITY_IMAGES], q.work)
+        regions = fp32_regions(self.ranking)
+        done = 0
+        for k in FP32_TENSORS:
+            k = min(k, len(regions))
+            if k <= done or not self.more():
+                break
+            self.attempt(self.base["calibration"], regions[:k])
+            done = k
+
+    def best(self) -> dict:
+        """The first try that meets the bar, else the one passing the refusal rule, then most labels kept, then
+        lowest RMSE."""
+        return next((t for t in self.made if t["meets_bar"]), None) or max(
+            self.made, key=lambda t: (t["ok"], t["top1_kept"], -t["rel_rmse"])
+        )
+
+    def record(self, best: dict) -> dict:
+        """What the metadata says of the quantization (`export.quantization`)."""
+        images, why = len(self.quantize.images), {r["tensor"]: r for r in self.ranking}
+        measured_on = min(images, SENSITIVITY_IMAGES)
+        return {
+            "tool": "onnxruntime.quantization.quantize_static",
+            "format": "QDQ",
+            "weights": "int8 per-channel",
+            "activations": "uint8 per-tensor",
+            "reduce_range": self.ctx.reduce_range,
+            "calibration": best["calibration"],
+            "calibration_images": int(images),
+            "calibration_data": self.ctx.info.get("calib_data"),
+            "plan": "measured-fp32" if best["fp32_nodes"] else "all-int8",
+            "fp32_nodes": best["fp32_nodes"],
+            "fp32_reasons": [
+                {
+                    "tensor": t,
+                    "nodes": why[t]["nodes"],
+                    "error_int8": why[t]["error"],
+                    "error_above": why[t]["error_above"],
+                    "why": f"quantizing {t} raised the mean per-channel relative error from {_pct(why[t]['error_above'])} "
+                    f"(the tensors it is computed from) to {_pct(why[t]['error'])} on {measured_on} calibration images",
+                }
+                for t in best["fp32_tensors"]
+            ],
+            "tries": [{k: v for k, v in t.items() if k != "file"} for t in self.made],
+            "chosen_try": self.made.index(best) + 1,
+            "sensitivity": {
+                "images": measured_on,
+                "measured_on_try": self.made.index(self.base) + 1,
+                "top": [{k: r[k] for k in ("tensor", "error", "error_above", "added")} for r in self.ranking[:8]],
+            }
+            if self.ranking
+            else None,
+        }
+
+
+def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
+    """The onnx-int8 writer: the tries of the module docstring, the best written to `path` with its record."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415 - heavy; int8 only
+
+    images = ctx.calib()
+    want = ctx.check_logits()
+    work = temp_dir("imgclf-int8-")  # removed below; one left by a killed export goes at the next int8 export
+    try:
+        fp32, pre = os.path.join(work, "fp32.onnx"), os.path.join(work, "pre.onnx")
+        onnx_fp32(ctx, fp32)
+        with quiet():
+            quant_pre_process(fp32, pre)
+        tries = Tries(ctx, Quantizer(pre, images, work, reduce_range=ctx.reduce_range), want)
+        tries.calibrations()
+        tries.fp32_tensors()
+        best = tries.best()
+        shutil.copyfile(best["file"], path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta["export"].update(exporter=ctx.info["exporter"], opset=ctx.opset, quantization=tries.record(best))
+    add_onnx_metadata(path, meta)
