@@ -28,7 +28,7 @@ from imgclf.core.shared_options import (
     WORKERS,
     Console,
 )
-from imgclf.studies.active import DIVERSE_PREFILTER, STRATEGIES
+from imgclf.studies.strategies import DIVERSE_PREFILTER, STRATEGIES  # numpy only: --help imports no torch
 from imgclf.training.options import TrainConfig
 
 log = logging.getLogger(__name__)
