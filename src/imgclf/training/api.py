@@ -5,9 +5,8 @@ A run goes through each module once, in order:
 
     plan = resolve(config, options)           plan.py      options, YAML, recipe, resume, checks, defaults
     data = open_run_data(plan)                rundata.py   the source, split, decoded feeds, left-out files
-    model = make_model(plan, data)            state.py     seeded, on the device
-    plan = decide(plan, data, model)          plan.py      --freeze, --lr auto, precision, run folder, steps:
-                                                           rank 0's decisions, taken by every rank
+    plan, model = decide(plan, data)          plan.py      the model built; --freeze, --lr auto, precision, run
+                                                           folder, steps: rank 0's decisions, taken by every rank
     state = build_state(plan, data, model)    state.py     optimizer, schedule, EMA, a resumed run's state
     Trainer(plan, state, data, run_dir, callbacks).fit()   trainer.py, callbacks/, writing through rundir.py
 """
@@ -23,12 +22,13 @@ from imgclf.compute.device import cpu_has_native_bf16, probe_bf16
 from imgclf.core.callback import arrange
 from imgclf.core.errors import UsageError
 from imgclf.models.registry import build_model, get_spec
+from imgclf.training.build import make_model
 from imgclf.training.lr_find import find_lr, write_result
 from imgclf.training.options import TrainConfig
 from imgclf.training.plan import decide, freeze_layers, resolve
 from imgclf.training.rundata import open_run_data
 from imgclf.training.rundir import RunDir, new_run_path
-from imgclf.training.state import build_state, make_model
+from imgclf.training.state import build_state
 from imgclf.training.trainer import Trainer
 
 
@@ -49,8 +49,7 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
     plan = resolve(config, options)
     with distributed.setup(plan.device, plan.cfg.dist_timeout):  # under torchrun: joins the process group
         data = open_run_data(plan)
-        model = make_model(plan, data)
-        plan = decide(plan, data, model, train=train)
+        plan, model = decide(plan, data, train=train)
         state = build_state(plan, data, model)
         cfg = plan.cfg
         run_dir = RunDir(plan.run_path, ema=cfg.ema, robust=plan.robust_validation, write=plan.world.main)
@@ -80,11 +79,11 @@ def lr_find(
     if plan.resumed:
         raise UsageError("lr-find starts from the options, not a checkpoint: drop --resume")
     data = open_run_data(plan)
-    model = make_model(plan, data)
-    freeze_layers(plan.cfg, model)  # as the run would freeze it
-    sweep = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps}
-    result = find_lr(plan.cfg, plan.spec, model, data.train, plan.device, **sweep)
     cfg = plan.cfg
+    model = make_model(cfg, len(data.source.classes), plan.device)
+    freeze_layers(cfg, model)  # as the run would freeze it
+    sweep = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps}
+    result = find_lr(cfg, plan.spec, model, data.train, plan.device, **sweep)
     folder = new_run_path(cfg.out, cfg.name, "lr-find-" + cfg.model, cfg.data)
     os.makedirs(folder, exist_ok=True)
     write_result(result, folder)

@@ -1,5 +1,5 @@
-"""The parts a run trains with, built from its options: parameter groups, optimizer, learning-rate schedule and
-the weights' moving average (EMA); and the seeds of each epoch's random draws.
+"""The parts a run trains with, built from its options: the model, parameter groups, optimizer, learning-rate
+schedule and the weights' moving average (EMA); and the seeds of each epoch's random draws.
 
 Exact resume: every source of randomness in epoch E (shuffle order, augmentation, dropout, worker seeds, the
 attack's random starts) is drawn from generators seeded with (seed, E, rank) at the start of that epoch, and
@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from imgclf.compute.device import to_layout
+from imgclf.models.registry import build_model
 from imgclf.training.options import TrainConfig
 
 
@@ -28,6 +30,19 @@ def epoch_seeds(seed: int, epoch: int, rank: int) -> tuple[int, int]:
     """(the seed of epoch `epoch`'s order, the same on every rank; this rank's own seed of that epoch)."""
     order = epoch_seed(seed, epoch)
     return order, rank_seed(order, rank)
+
+
+def make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+    """The model a run trains, seeded, on its device and memory layout: pretrained weights for a new run that asks
+    for them (a resumed run's come from its checkpoint)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(
+        cfg.model,
+        num_classes,
+        pretrained=cfg.pretrained and not cfg.resume,
+        weights_file=cfg.weights_file if not cfg.resume else None,
+    )
+    return to_layout(model.to(device), cfg.channels_last)
 
 
 class StepSchedule:

@@ -88,7 +88,7 @@ def lr_range_test(
 
 
 def find_lr(cfg: TrainConfig, spec, model: nn.Module, train_feed, device, **sweep) -> dict:
-    """The range test for a run: on its own model (as make_model built it and --freeze froze it; put back as it
+    """The range test for a run: on its own model (as build.make_model built it and --freeze froze it; put back as it
     was afterwards), with an optimizer of the run's parameter groups at lr 1 (group 0 at the swept lr, the others
     at their ratios to it), on the run's first training batches of epoch 0's order, in fp32."""
     probe = cfg.resolved(lr=1.0)

@@ -4,9 +4,8 @@ what needs the data and the model; `decide_steps` is --time-budget's decision, m
     plan = resolve(config, options)        options, YAML, recipe, a resumed run's own options, checks, derived
                                            defaults, device and ranks: no data read, no folder made
     data = open_run_data(plan)             (rundata.py)
-    model = make_model(plan, data)         (state.py)
-    plan = decide(plan, data, model)       --freeze's layers, --lr auto, the precision, the run folder, class
-                                           balance, steps, curriculum difficulties
+    plan, model = decide(plan, data)       the model built, --freeze's layers, --lr auto, the precision, the run
+                                           folder, class balance, steps, curriculum difficulties
     state = build_state(plan, data, model) (state.py)
 
 Under torchrun every rank resolves and decides; what a rank could decide differently (the lr the range test
@@ -33,6 +32,7 @@ from imgclf.data.pipeline import default_workers
 from imgclf.data.sources import DataSource
 from imgclf.models.checkpoint import load_checkpoint
 from imgclf.models.registry import ModelSpec, freeze, get_spec
+from imgclf.training.build import make_model
 from imgclf.training.curriculum import read_difficulty, reference_difficulty
 from imgclf.training.lr_find import find_lr
 from imgclf.training.options import (
@@ -168,10 +168,12 @@ def derived_defaults(cfg: TrainConfig) -> TrainConfig:
 # ---------------------------------------------------------------------------------------------- decide
 
 
-def decide(plan: RunPlan, data: RunData, model: torch.nn.Module, *, train: Callable | None = None) -> RunPlan:
-    """The plan completed with what needs the data and the model: `model` (make_model's) is frozen here as
-    --freeze asks. `train`: how --difficulty auto trains its reference run (api.train)."""
+def decide(plan: RunPlan, data: RunData, *, train: Callable | None = None) -> tuple[RunPlan, torch.nn.Module]:
+    """The plan completed with what needs the data and a model, and that model: the run's, built once here
+    (seeded, on its device), frozen as --freeze asks, swept by --lr auto and timed by `auto` precision; it goes on
+    to build_state. `train`: how --difficulty auto trains its reference run (api.train)."""
     cfg = plan.cfg.resolved(img_size=data.preprocess.img_size)
+    model = make_model(cfg, len(data.source.classes), plan.device)
     frozen = freeze_layers(cfg, model)
     lr_search = None
     if cfg.lr == "auto":  # every rank runs the test; rank 0's result counts
@@ -199,7 +201,7 @@ def decide(plan: RunPlan, data: RunData, model: torch.nn.Module, *, train: Calla
         balance_reason=reason,
         feature_cache=uses_feature_cache(cfg, data.train),
     )
-    return replace(_with_steps(plan, data), difficulty=difficulty(plan, data, train))
+    return replace(_with_steps(plan, data), difficulty=difficulty(plan, data, train)), model
 
 
 def decide_steps(plan: RunPlan, total: int) -> RunPlan:

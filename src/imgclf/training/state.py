@@ -1,7 +1,5 @@
-"""A run's state: the model it trains and `TrainState`, everything a run needs to continue exactly where it stopped.
-
-    model = make_model(plan, data)          seeded, on its device and memory layout
-    state = build_state(plan, data, model)  optimizer, schedule, gradient scaler, EMA; a resumed run's state loaded
+"""A run's state: `TrainState`, everything a run needs to continue exactly where it stopped, and `build_state`,
+which makes it for a decided plan (optimizer, schedule, gradient scaler, EMA; a resumed run's state loaded).
 
 A checkpoint is `TrainState.state_dict()` (plain types and tensors: checkpoints load with weights_only=True) beside
 the artifact's description (models/checkpoint.py); `--resume` is `load_state_dict()`.
@@ -16,9 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from imgclf.compute.device import to_layout
 from imgclf.models.checkpoint import load_weights
-from imgclf.models.registry import build_model
 from imgclf.training.build import StepSchedule, make_ema, make_optimizer, make_scheduler, param_groups
 from imgclf.training.features import head_of
 from imgclf.training.plan import RunData, RunPlan
@@ -93,27 +89,14 @@ class TrainState:
                 cb.load_state_dict(self.saved_callbacks.pop(cb.state_key))
 
 
-def make_model(plan: RunPlan, data: RunData) -> nn.Module:
-    """The model a run trains, seeded, on its device and memory layout (`decide` freezes what --freeze asks)."""
-    cfg = plan.cfg
-    torch.manual_seed(cfg.seed)
-    model = build_model(
-        cfg.model,
-        len(data.source.classes),
-        pretrained=cfg.pretrained and not cfg.resume,
-        weights_file=cfg.weights_file if not cfg.resume else None,
-    )
-    return to_layout(model.to(plan.device), cfg.channels_last)
-
-
 def trained_part(plan: RunPlan, model: nn.Module) -> nn.Module:
     """What trains, so what lookahead and the EMA average: the head alone on the frozen-feature cache."""
     return head_of(model, plan.cfg.model) if plan.feature_cache else model
 
 
 def build_state(plan: RunPlan, data: RunData, model: nn.Module) -> TrainState:
-    """The TrainState of a decided plan, on `model` (make_model's, frozen by decide): a new run's, or the state a
-    resumed run saved."""
+    """The TrainState of a decided plan, on `model` (the one `decide` built and froze): a new run's, or the state
+    a resumed run saved."""
     cfg = plan.cfg
     if plan.world.distributed and cfg.sync_bn:  # before the optimizer: the converted layers keep the parameters
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -116,7 +116,7 @@ class Trainer:
 
     def __init__(self, plan: RunPlan, state: TrainState, data: RunData, run_dir: RunDir, callbacks=()):
         if not plan.decided:
-            raise ValueError("a Trainer runs a decided plan: plan = decide(plan, data, model) first")
+            raise ValueError("a Trainer runs a decided plan: plan, model = decide(plan, data) first")
         self.plan, self.state, self.data, self.run_dir = plan, state, data, run_dir
         self.callbacks = arrange([*standard(plan, data, state), *callbacks])
         state.attach(self.callbacks)  # a resumed run's callbacks take back their saved states

@@ -20,7 +20,7 @@ from imgclf.training.options import make_config
 from imgclf.training.plan import decide, resolve
 from imgclf.training.rundata import open_run_data
 from imgclf.training.rundir import RunDir
-from imgclf.training.state import build_state, make_model
+from imgclf.training.state import build_state
 from imgclf.training.trainer import Trainer
 
 
@@ -55,8 +55,7 @@ def test_decide_completes_the_plan_with_the_data_and_the_model(tmp_path, data):
     plan = resolve(_options(tmp_path, data, "d", freeze="backbone", feature_cache=False, adv_train="fgsm"))
     assert plan.adv_eps == pytest.approx(8 / 255) and plan.adv_step is None
     run_data = open_run_data(plan)
-    model = make_model(plan, run_data)
-    plan = decide(plan, run_data, model)
+    plan, model = decide(plan, run_data)
     assert plan.decided and plan.run_path == os.path.join(str(tmp_path / "runs"), "d")
     assert plan.cfg.img_size == 16 == run_data.preprocess.img_size and plan.precision == "fp32"
     assert plan.frozen and not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("fc."))
@@ -82,8 +81,7 @@ def test_a_trainer_built_from_a_test_trains_as_imgclf_train_does(tmp_path, data)
 
     plan = resolve(_options(tmp_path, data, "direct", epochs=2))
     run_data = open_run_data(plan)
-    model = make_model(plan, run_data)
-    plan = decide(plan, run_data, model)
+    plan, model = decide(plan, run_data)
     state = build_state(plan, run_data, model)
     with RunDir(plan.run_path) as run_dir:
         res = Trainer(plan, state, run_data, run_dir, [Seen()]).fit()
