@@ -43,7 +43,7 @@ def worker_throughput(root: str, model: str, global_batch: int, steps: int) -> N
     from imgclf.data.feed import make_feed
     from imgclf.data.sources import open_source
     from imgclf.models.registry import build_model
-    from imgclf.training.api import train_steps
+    from imgclf.training.trainer import train_steps
 
     dev = torch.device("cpu")
     with distributed.setup(dev):

@@ -49,7 +49,7 @@ from imgclf.core.artifact import Preprocess
 from imgclf.data.sources import open_source
 from imgclf.compute.device import to_layout, training_precision
 from imgclf.models.registry import build_model
-from imgclf.training.api import train_steps
+from imgclf.training.trainer import train_steps
 src = open_source({root!r})
 prep = Preprocess(img_size=32, resize=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 feed, _ = make_feed(src.splits["train"], prep, cache="disk", workers=2, batch_size=128)

@@ -162,7 +162,7 @@ def epoch_order(
     paced=None,
 ) -> torch.Tensor:
     """One training epoch's order of `n` images: a permutation from `generator`, or with `weights` a draw with
-    replacement (image i with chance weights[i] / weights.sum()), or with `paced` (curriculum.Curriculum) the
+    replacement (image i with chance weights[i] / weights.sum()), or with `paced` (training's Curriculum) the
     curriculum's draw from uniforms of `generator`. `shard` = (rank, world size): this rank's part of the order
     every rank draws alike (distributed.shard_order). The last batch is dropped only when it would hold a single
     image (BatchNorm cannot train on one)."""
@@ -170,7 +170,7 @@ def epoch_order(
     keep = m - 1 if (m > 1 and m % batch_size == 1) else m
     if paced is not None:
         u = torch.rand(n, generator=generator, dtype=torch.float64)
-        return paced.order((u if shard is None else shard_order(u, *shard))[:keep])
+        return paced.draw((u if shard is None else shard_order(u, *shard))[:keep])
     if shard is None:  # one process: draws as before sharding existed, so its runs repeat bit for bit
         if weights is not None:
             return weighted_order(weights, keep, generator)

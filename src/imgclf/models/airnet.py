@@ -107,7 +107,8 @@ class WhiteningFromData(Callback):
     `images` plain (unaugmented) training images; under --adv-train with the regulariser that bounds what the
     attack's eps-ball can do to it (`adversarial_whitening_eps`)."""
 
-    name = "airnet_whitening"
+    order = 20  # the model's own set-up: after the time budget's clock starts, before the frozen-feature cache
+    state_key = "airnet_whitening"
 
     def __init__(self, images: int = 5000):
         self.images = images
@@ -116,31 +117,30 @@ class WhiteningFromData(Callback):
         if trainer.state.epoch > 0:
             return
         xs, n = [], 0
-        for x, _ in trainer.train_feed.batches():
+        for x, _ in trainer.data.train.batches():
             xs.append(x)
             n += len(x)
             if n >= self.images:
                 break
-        model, reg = trainer.state.model, WHITENING_EPS
-        if trainer.cfg.adv_train != "none":
-            from imgclf.core.options import adv_eps
-
+        model, reg, plan = trainer.state.model, WHITENING_EPS, trainer.plan
+        if plan.adv_eps is not None:  # --adv-train
             patch_values = model.whiten.weight[0].numel()
-            reg = adversarial_whitening_eps(adv_eps(trainer.cfg.adv_eps), trainer.prep.std, patch_values)
+            reg = adversarial_whitening_eps(plan.adv_eps, trainer.data.preprocess.std, patch_values)
             trainer.info(
                 "whitening regulariser %.3g for adversarial training at %s (airbench's: %g)",
                 reg,
-                trainer.cfg.adv_eps,
+                plan.cfg.adv_eps,
                 WHITENING_EPS,
             )
-        model.init_from_data(torch.cat(xs)[: self.images].to(trainer.device), eps=reg)
+        model.init_from_data(torch.cat(xs)[: self.images].to(plan.device), eps=reg)
 
 
 class WhiteningBiasWarmup(Callback):
     """airbench: the whitening layer's bias trains in the first `fraction` of the optimisation steps only,
     switched at epoch starts."""
 
-    name = "airnet_whitening_bias"
+    order = 20
+    state_key = "airnet_whitening_bias"
 
     def __init__(self, fraction: float = 0.3):
         self.fraction = fraction

@@ -18,19 +18,17 @@ a resumed run draws the same ones.
 
 After each epoch, a seeded subset of `--adv-val-images` validation images is attacked with PGD-10 at eps: its
 accuracy is the `val_robust_acc` column (what `--monitor val_robust_acc` follows), the clean one `val_acc`.
+The Trainer's side is training/callbacks/adversarial.py.
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from imgclf.compute.device import autocast
-from imgclf.core.callback import Callback
+from imgclf.compute.distributed import batch_block, gather
 from imgclf.evaluation.robustness import DEFAULT_STEPS, PixelModel, fgsm_rs, n_fgsm, pgd
-
-log = logging.getLogger(__name__)
+from imgclf.training.options import TrainConfig
 
 ROBUST_VAL_SEED = 7_368_787  # the subset and the PGD starts of the robust validation: the same every epoch
 
@@ -38,6 +36,17 @@ ROBUST_VAL_SEED = 7_368_787  # the subset and the PGD starts of the robust valid
 def passes_per_step(kind: str, steps: int) -> int:
     """Forward and backward passes per training batch: the attack's, plus the one that trains."""
     return 1 + {"none": 0, "fgsm": 1, "nfgsm": 1, "pgd": steps}[kind]
+
+
+def robust_val_images(cfg: TrainConfig, spec) -> float:
+    """--adv-train's robust validation after each epoch, in training images of the same cost: PGD-10 is 10 forward
+    and backward passes and a forward (1/3) per image and view, a training step (attack included) is
+    passes_per_step of them."""
+    if cfg.adv_train == "none" or not cfg.adv_val_images:
+        return 0.0
+    return (
+        cfg.adv_val_images * spec.eval_views * (DEFAULT_STEPS + 1 / 3) / passes_per_step(cfg.adv_train, cfg.adv_steps)
+    )
 
 
 class Perturb:
@@ -64,40 +73,6 @@ class Perturb:
         return torch.addcmul(self.pixel.b, adv * 255.0, self.pixel.a).contiguous(memory_format=layout)
 
 
-class OverfitWarning(Callback):
-    """One warning, in the log and train.log, when an epoch shows catastrophic overfitting's signature (Wong et al.
-    2020): the model fits its own attacked training batches (`train_acc`) far better than PGD-10 can be resisted
-    on validation (`val_robust_acc` below MAX_ROBUST, at least GAP under train_acc). Measured on the fast recipe
-    (docs/adversarial_training.md): FGSM training with airbench's whitening showed it from its first epoch
-    (train_acc 0.33, val_robust_acc 0.004) and with a tenth of the bounded whitening regulariser from its second
-    (0.41, 0.014); PGD, N-FGSM and FGSM with the bounded whitening did not (val_robust_acc above 0.05 at every
-    epoch). It changes nothing in the run."""
-
-    name = "adv_overfit_warning"
-    GAP, MAX_ROBUST = 0.3, 0.05
-    ALTERNATIVES = {"fgsm": "pgd or nfgsm", "nfgsm": "pgd"}  # what to try instead of each attack
-
-    def __init__(self, kind: str):
-        self.kind, self.warned = kind, False
-
-    def on_validation_end(self, trainer, row: dict) -> None:
-        robust, fitted = row.get("val_robust_acc"), row.get("train_acc")
-        if self.warned or robust is None or fitted is None:
-            return
-        if robust < self.MAX_ROBUST and fitted - robust >= self.GAP:
-            self.warned = True
-            trainer.run_dir.say(
-                logging.WARNING,
-                "epoch %d: catastrophic overfitting: %.3f of the attacked training images right, %.3f of the "
-                "validation images under PGD-10 - the model learnt the one attack it trains on, not robustness; "
-                "try --adv-train %s, a smaller --adv-step or a lower --lr (docs/adversarial_training.md)",
-                row["epoch"],
-                fitted,
-                robust,
-                self.ALTERNATIVES.get(self.kind, "pgd with more --adv-steps"),
-            )
-
-
 def to_pixels(pixel: PixelModel, x: torch.Tensor) -> torch.Tensor:
     """A normalised batch back in [0, 1] pixel units: the inverse of PixelModel's x255 * a + b."""
     return ((x.float() - pixel.b) / (255.0 * pixel.a)).clamp_(0.0, 1.0)
@@ -112,8 +87,6 @@ def robust_subset(n: int, k: int) -> torch.Tensor:
 def robust_correct(model, feed, subset: torch.Tensor, eps: float, *, mean, std, channels_last, device, amp, world):
     """(correct, attacked) of PGD-10 at `eps` on the `subset` of `feed`'s evaluation images, in eval mode; under
     torchrun each rank attacks those in its block of batches and the counts are summed."""
-    from imgclf.compute.distributed import batch_block, gather
-
     model.eval()
     pixel = PixelModel(model, mean, std, channels_last=channels_last).to(device)
     size = feed.eval_batch_size

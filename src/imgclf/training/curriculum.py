@@ -15,7 +15,8 @@ function g grows from b = --pacing-start to 1 at a = --pacing-full of the steps:
 capped at 1. An epoch keeps its usual number of steps; once every image is in the pool, epochs are the usual
 permutations again. The pool follows the step as training goes (a --time-budget that shortens the run mid-epoch
 is followed too), and the draw comes from the epoch's generator, so a resumed run draws the same batches; the
-difficulties are kept in the checkpoint.
+difficulties are kept in the checkpoint. The Trainer's side is the Curriculum callback
+(training/callbacks/curriculum.py).
 """
 
 from __future__ import annotations
@@ -24,11 +25,18 @@ import csv
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-from imgclf.core.callback import Callback
 from imgclf.core.errors import DataError
+from imgclf.core.fileio import atomic_open
+from imgclf.core.options import check_output_folder
+from imgclf.data.feed import make_feed
+from imgclf.data.pipeline import default_workers
+from imgclf.infer.logits import align_classes, infer, open_model_data
+from imgclf.infer.runtime import open_model
 
 log = logging.getLogger(__name__)
 
@@ -75,47 +83,6 @@ class PacedOrder:
     def __iter__(self):
         for start in range(0, len(self), self.per_step):  # one step's images at a time, each when it is drawn
             yield from self[start : start + self.per_step].tolist()
-
-
-class Curriculum(Callback):
-    """The Trainer's curriculum: holds the difficulties (saved with the run), and at each epoch's start tells the
-    Trainer to draw that epoch's batches through `order` while the pool is not yet every image."""
-
-    name = "curriculum"
-
-    def __init__(self, difficulty: torch.Tensor | None, mode: str, pacing: str, start: float, full: float):
-        self.mode, self.pacing, self.start, self.full = mode, pacing, start, full
-        self.difficulty = difficulty
-        self.trainer = None
-
-    def state_dict(self) -> dict:
-        return {"difficulty": self.difficulty}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.difficulty = state["difficulty"]
-
-    def on_fit_start(self, trainer) -> None:
-        n = len(trainer.train_feed.split)
-        have = 0 if self.difficulty is None else len(self.difficulty)
-        if have != n:
-            raise DataError(f"--curriculum: {n} training images but difficulties for {have}")
-        self.trainer, self.ranked = trainer, ranking(self.difficulty, self.mode)
-
-    def on_epoch_start(self, trainer) -> None:
-        full = float(self.fraction(torch.tensor([trainer.state.step]))[0]) >= 1.0
-        trainer.paced = None if full else self
-
-    def fraction(self, steps: torch.Tensor) -> torch.Tensor:
-        return pace(self.pacing, steps.double() / max(1, self.trainer.total_steps), self.start, self.full)
-
-    def order(self, u: torch.Tensor) -> PacedOrder:
-        """The order of the epoch that starts now, for this rank's uniforms `u` (data/batches.py epoch_order)."""
-        n, cfg = len(self.ranked), self.trainer.cfg
-
-        def pool(steps):
-            return (self.fraction(steps) * n).ceil().long().clamp(1, n)
-
-        return PacedOrder(self.ranked, u, self.trainer.state.step, cfg.batch_size * cfg.accumulate, pool)
 
 
 # --------------------------------------------------------------------------------------------- difficulty files
@@ -165,14 +132,42 @@ def read_difficulty(path: str, split) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- scoring
 
 
+def reference_difficulty(cfg, split, run_path: str, train: Callable) -> torch.Tensor:
+    """--difficulty auto: each training image's, from a short reference run of the same options without the
+    curriculum (OUT/NAME-reference: one epoch, or a fifth of --time-budget or --max-steps) that `train` trains,
+    scored as `imgclf score` scores."""
+    short = {"time_budget": cfg.time_budget / 5} if cfg.time_budget else {"epochs": 1}
+    if cfg.max_steps:
+        short["max_steps"] = max(1, cfg.max_steps // 5)
+    # replace(): these count as set, so the recipe does not put its own epochs back
+    ref = cfg.replace(
+        curriculum="none", name=os.path.basename(run_path) + "-reference", out=os.path.dirname(run_path), **short
+    )
+    log.info(
+        "--difficulty auto: a reference run first (%s)",
+        ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in short.items()),
+    )
+    result = train(ref)
+    best = os.path.join(result["run_dir"], "best.pt")
+    runner = open_model(best, device=cfg.device)
+    kept, _, losses, _, bad = score_split(
+        runner,
+        split,
+        runner.classes,
+        batch_size=256,
+        workers=default_workers() if cfg.workers is None else cfg.workers,
+        cache=cfg.cache,
+        desc="score train",
+    )
+    if bad or len(kept) != len(split):
+        raise DataError(f"--difficulty auto: {len(bad)} training images could not be scored again")
+    log.info("--difficulty auto: training images scored by %s (mean loss %.4f)", best, float(losses.mean()))
+    return losses.float()
+
+
 def score_split(runner, split, classes: list[str], *, batch_size: int, workers: int, cache: str, desc: str):
     """(the readable images, labels, losses, probabilities, left out) of every image of `split` under `runner` (any format `evaluate` reads),
     without augmentation: the per-image cross-entropy against its label. Left-out (unreadable) images score NaN."""
-    import torch.nn.functional as F
-
-    from imgclf.data.feed import make_feed
-    from imgclf.infer.logits import align_classes, infer
-
     mapping = torch.as_tensor(align_classes(classes, runner.classes, desc), dtype=torch.long)
     feed, bad = make_feed(split, runner.preprocess, cache=cache, workers=max(1, workers), eval_batch_size=batch_size)
     logits, labels = infer(runner, feed.batches(), desc=desc)
@@ -197,14 +192,7 @@ def score(
     path,label,split,loss,p_true,predicted,confidence (default: difficulty.csv next to the weights). The training
     images are the train split, and the validation images carved from it when the data has no val split of its
     own (another seed carves others). Returns {"out", "images", "mean_loss", "left_out"}."""
-    from imgclf.core.fileio import atomic_open
-    from imgclf.data.pipeline import default_workers
-    from imgclf.infer.logits import open_model_data
-    from imgclf.infer.runtime import open_model
-
     out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), "difficulty.csv")
-    from imgclf.core.options import check_output_folder
-
     check_output_folder(os.path.dirname(os.path.abspath(out)), "--out")
     runner = open_model(weights, device=device)
     src, _ = open_model_data(runner.config, data, "train", data_root)

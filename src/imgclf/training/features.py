@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from imgclf.data.batches import Batches
+from imgclf.infer.logits import infer
 from imgclf.models.registry import get_spec, get_submodule_parent
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ def extract(
     model: nn.Module, name: str, batches, device, amp=None, *, channels_last: bool = True, desc: str = "features"
 ) -> torch.Tensor:
     """Pre-head features (N x D, float32, cpu) of every batch."""
-    from imgclf.infer.logits import infer
-
     head_name = get_spec(name).head
     head = _swap(model, head_name, nn.Identity())
     was_training = model.training

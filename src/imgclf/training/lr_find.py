@@ -17,10 +17,16 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 
 import torch
+from torch import nn
 
 from imgclf.compute.device import autocast, to_layout
+from imgclf.core.fileio import write_json
+from imgclf.evaluation.plots import plot_lr_find
+from imgclf.training.build import epoch_seed, make_optimizer, param_groups
+from imgclf.training.options import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,21 @@ def lr_range_test(
     reason = f"{why}; {stop}"
     log.info("lr range test: %s", reason)
     return {"lrs": lrs, "losses": smoothed, "raw_losses": raw, "suggestion": suggestion, "reason": reason}
+
+
+def find_lr(cfg: TrainConfig, spec, model: nn.Module, train_feed, device, **sweep) -> dict:
+    """The range test for a run: on its own model (as build.make_model built it and --freeze froze it; put back as it
+    was afterwards), with an optimizer of the run's parameter groups at lr 1 (group 0 at the swept lr, the others
+    at their ratios to it), on the run's first training batches of epoch 0's order, in fp32."""
+    probe = cfg.resolved(lr=1.0)
+    optimizer = make_optimizer(probe, param_groups(probe, model, spec, []))  # frozen parameters take no step anyway
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
+    result = lr_range_test(
+        model, train_feed.epoch(gen), criterion, optimizer, device, None, channels_last=cfg.channels_last, **sweep
+    )
+    model.zero_grad(set_to_none=True)  # the run starts from the model as built, gradients included
+    return result
 
 
 def _check_args(start_lr, end_lr, steps, smooth, diverge) -> None:
@@ -181,11 +202,6 @@ def suggest(lrs: list[float], losses: list[float], steps: int) -> tuple[float | 
 
 def write_result(result: dict, folder: str) -> None:
     """lr_find.json (the curve, the suggestion and why) and lr_find.png in `folder`."""
-    import os
-
-    from imgclf.core.fileio import write_json
-    from imgclf.evaluation.plots import plot_lr_find
-
     write_json(
         {k: result[k] for k in ("suggestion", "reason", "lrs", "losses", "raw_losses")},
         os.path.join(folder, "lr_find.json"),

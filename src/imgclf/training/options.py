@@ -8,13 +8,17 @@ sets the same keys; flags given on the command line win over the file. An unset 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from imgclf.core.errors import UsageError, did_you_mean
-from imgclf.core.options import load_yaml, opt, out_of_range
+from imgclf.core.errors import CheckpointError, UsageError, did_you_mean
+from imgclf.core.options import adv_eps, adv_step, check_output_folder, load_yaml, opt, out_of_range
 from imgclf.core.shared_options import BATCH_SIZE, DATA_ROOT, DEVICE, WORKERS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -403,3 +407,111 @@ def make_config(values: dict | None = None, *, source: str = "options", config_f
                 raise UsageError(f"{where}: unknown option '{k}'{did_you_mean(k, FIELDS)}")
             merged[k] = coerce(k, v, where)
     return TrainConfig(**merged)
+
+
+# ---------------------------------------------------------------------------------------------- the checks
+# Every check of a run's options that needs no data, in the order a user meets them: each option alone
+# (check_config), the options together and with the model's limits (check_options), a checkpoint to resume
+# (check_resumable), the machine and the ranks the run starts on (check_machine). training/plan.py calls them.
+
+
+def check_options(cfg: TrainConfig, resume: dict | None, model_spec: Callable[[str], object]):
+    """Every check that needs no data, first: a bad option must not cost a decode or leave a run folder. `resume`:
+    the checkpoint a resumed run continues; `model_spec`: the registry's lookup (models.registry.get_spec, which
+    refuses an unknown name; passed in so that this module stays torch-free). Returns the model's spec."""
+    check_config(cfg)
+    if not cfg.data:
+        raise UsageError("no data given: pass --data with a folder, a CSV, or one of cifar10, cifar100, digits")
+    spec = model_spec(cfg.model)
+    if cfg.pretrained and spec.weights is None and not cfg.weights_file:
+        raise UsageError(f"{cfg.model} has no pretrained weights; drop --pretrained to train it from scratch")
+    if cfg.img_size is not None and cfg.img_size < spec.min_img_size:
+        raise UsageError(too_small(cfg.img_size, spec))
+    if cfg.freeze_epochs and cfg.freeze != "none":
+        raise UsageError(
+            f"--freeze-epochs {cfg.freeze_epochs} freezes the backbone for the first epochs and then trains "
+            f"every layer; it cannot be combined with --freeze {cfg.freeze}: drop one of them"
+        )
+    check_adv_curriculum(cfg)
+    if resume is None:
+        check_output_folder(cfg.out, "--out")
+    else:
+        check_unfinished(cfg, resume)
+    return spec
+
+
+def attack_values(cfg: TrainConfig) -> tuple[float | None, float | None]:
+    """(--adv-eps, --adv-step) in pixel units (None: no --adv-train, or the attack's own step); a value that is
+    not one number in (0, 1] is refused with one line."""
+    if cfg.adv_train == "none":
+        return None, None
+    return adv_eps(cfg.adv_eps), adv_step(cfg.adv_step)
+
+
+def check_adv_curriculum(cfg: TrainConfig) -> None:
+    attack_values(cfg)
+    if cfg.monitor == "val_robust_acc" and (cfg.adv_train == "none" or not cfg.adv_val_images):
+        raise UsageError(
+            "--monitor val_robust_acc follows the robust validation of --adv-train: add --adv-train fgsm, nfgsm or pgd "
+            "(with --adv-val-images above 0), or monitor val_acc"
+        )
+    if cfg.curriculum == "none":
+        return
+    if cfg.balance in ("sampler", "auto"):
+        raise UsageError(
+            f"--curriculum draws each batch from its pool of images, --balance {cfg.balance} may draw them by class: "
+            "use --balance weights (or none) with a curriculum"
+        )
+    if cfg.difficulty != "auto" and not cfg.resume and not os.path.isfile(cfg.difficulty):
+        raise UsageError(
+            f"--difficulty '{cfg.difficulty}' not found: give a CSV of path,loss (`imgclf score WEIGHTS --data D` "
+            "writes one) or auto"
+        )
+
+
+def too_small(img_size: int, spec) -> str:
+    other = "" if spec.small else ", or a model for small images such as smallcnn"
+    return (
+        f"--img-size {img_size} is too small for {spec.name}, which takes at least {spec.min_img_size} px (below that "
+        f"its strided and pooling layers leave no real pixels in its last feature map): pass --img-size "
+        f"{spec.min_img_size} or more (smaller images are upscaled){other}"
+    )
+
+
+def check_resumable(path: str, ckpt: dict) -> None:
+    """--resume: a checkpoint with a training state this imgclf can continue."""
+    if "train_state" not in ckpt:
+        raise CheckpointError(
+            f"'{path}' holds no training state (best.pt does not): resume from last.pt or an epoch_N.pt"
+        )
+    if "step" not in ckpt["train_state"]:
+        raise CheckpointError(
+            f"'{path}' was written by an older imgclf whose training state this one cannot "
+            "continue: start a new run (its best.pt still evaluates, predicts and exports)"
+        )
+
+
+def check_unfinished(cfg: TrainConfig, ckpt: dict) -> None:
+    done = int(ckpt["train_state"]["epoch"])
+    if done >= cfg.epochs:
+        raise UsageError(
+            f"'{cfg.resume}' already finished epoch {done} of {cfg.epochs}: pass --epochs N to train longer"
+        )
+
+
+def check_machine(cfg: TrainConfig, device, world) -> None:
+    """What the device and the ranks allow (`world`: torchrun's, or the one --nproc is about to start)."""
+    if cfg.curriculum != "none" and cfg.difficulty == "auto" and world.distributed and not cfg.resume:
+        raise UsageError(
+            "--difficulty auto runs its reference training in one process: under torchrun, train a reference "
+            "model first, `imgclf score RUN/best.pt` it, and pass --difficulty RUN/difficulty.csv"
+        )
+    if not cfg.sync_bn:
+        return
+    if not world.distributed:
+        log.info("--sync-bn: one process, so nothing to synchronise; BatchNorm runs as usual")
+    elif device.type != "cuda":
+        raise UsageError(
+            "--sync-bn: PyTorch's SyncBatchNorm runs on GPUs only; on CPUs drop --sync-bn (each rank then "
+            "normalises with its own batch, and DDP keeps rank 0's running statistics on every rank)"
+        )

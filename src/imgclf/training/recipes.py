@@ -12,6 +12,8 @@ is a mean, so the same optimisation is lr = LR_PER_IMAGE * batch size and a cons
 
 from __future__ import annotations
 
+from imgclf.compute.distributed import world_from_env
+
 # airbench94: lr 11.5 and weight decay 0.0153 per 1024 examples, momentum 0.85, kilostep scale 1024 * (1 + 1 / (1 - 0.85))
 _KILOSTEP = 1024 * (1 + 1 / (1 - 0.85))
 LR_PER_IMAGE = 11.5 / _KILOSTEP
@@ -46,8 +48,6 @@ def apply_recipe(cfg, explicit: set[str]):
         return cfg
     preset = dict(RECIPES[cfg.recipe])
     if cfg.recipe == "fast" and "lr" not in explicit:
-        from imgclf.compute.distributed import world_from_env
-
         # under torchrun --batch-size is per rank and the gradient is averaged over the global batch
         batch = (cfg.batch_size if "batch_size" in explicit else preset["batch_size"]) * world_from_env().size
         preset["lr"] = LR_PER_IMAGE * batch

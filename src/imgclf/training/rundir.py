@@ -7,8 +7,9 @@
     train.log       the run's story: the Trainer's lines always, other imgclf modules' at the caller's log level
     last.pt, best.pt, epoch_N.pt, results.json, curves.png and the validation plots
 
-Logging is not configured here: the Trainer's own lines go to train.log directly and to the `imgclf.training.api`
-logger; a handler on the `imgclf` logger (removed on close, no level changed) adds what other modules log.
+Logging is not configured here: the Trainer's own lines go to train.log directly and to the
+`imgclf.training.trainer` logger; a handler on the `imgclf` logger (removed on close, no level changed) adds what
+other modules log.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from imgclf.core.fileio import atomic_open, remove_stale_temps, write_json
 from imgclf.core.options import save_yaml
 from imgclf.models.checkpoint import save_checkpoint
 
-log = logging.getLogger("imgclf.training.api")
+log = logging.getLogger("imgclf.training.trainer")  # the run's own lines (train.log has them already)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds"]
 EMA_COLUMNS = ["ema_val_loss", "ema_val_acc", "ema_val_macro_f1"]
@@ -117,7 +118,7 @@ class RunDir:
     def writer(self):
         """TensorBoard events; opened on first use."""
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - tensorboard: only when a run logs
 
             self._writer = SummaryWriter(self.path)
         return self._writer
@@ -126,7 +127,7 @@ class RunDir:
         """A resumed run rewrites epochs after `epoch`: TensorBoard drops what a killed run logged past it."""
         if not self.writes:
             return
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - tensorboard: only when a run logs
 
         self._writer = SummaryWriter(self.path, purge_step=epoch + 1)
 

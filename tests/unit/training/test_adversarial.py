@@ -15,8 +15,9 @@ from torch import nn
 import imgclf
 from imgclf.evaluation.robustness import PixelModel, fgsm_rs, n_fgsm
 from imgclf.models.checkpoint import load_checkpoint
-from imgclf.training.adversarial import OverfitWarning, Perturb, robust_subset, to_pixels
-from imgclf.training.api import train_steps
+from imgclf.training.adversarial import Perturb, robust_subset, to_pixels
+from imgclf.training.callbacks.adversarial import OverfitWarning
+from imgclf.training.trainer import train_steps
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 

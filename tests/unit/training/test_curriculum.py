@@ -16,7 +16,8 @@ from imgclf.cli.main import main
 from imgclf.core.errors import DataError
 from imgclf.data.sources import open_source
 from imgclf.models.checkpoint import load_checkpoint
-from imgclf.training.curriculum import Curriculum, PacedOrder, pace, ranking, read_difficulty
+from imgclf.training.callbacks.curriculum import Curriculum
+from imgclf.training.curriculum import PacedOrder, pace, ranking, read_difficulty
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_curriculum_trains_on_the_easiest_images_first(tmp_path, data, monkeypat
         for p, y in zip(split.paths, split.labels):
             w.writerow([os.path.relpath(p, tmp_path), 0.0 if y == 0 else 1.0 + len(p) % 3])  # relative to the CSV
     labels = []
-    import imgclf.training.api as training
+    import imgclf.training.trainer as training
 
     real = training.train_steps
 

@@ -10,7 +10,7 @@ import yaml
 
 from imgclf.data.batches import BatchTransform, random_crop
 from imgclf.models.airnet import AirNet, WhiteningBiasWarmup
-from imgclf.training.api import StepSchedule
+from imgclf.training.build import StepSchedule
 from imgclf.training.callbacks import Lookahead, TimeBudget
 from imgclf.training.options import make_config
 from imgclf.training.recipes import LR_PER_IMAGE, RECIPES, apply_recipe
@@ -93,7 +93,7 @@ def test_airnet_whitening_bias_trains_only_early():
 
 
 def test_budget_turns_minutes_into_steps(monkeypatch):
-    import imgclf.training.callbacks as cb
+    import imgclf.training.callbacks.budget as cb
 
     b = TimeBudget(minutes=1.0, batch_size=100)
     b.t0 = b.t1 = 0.0
@@ -106,7 +106,7 @@ def test_budget_turns_minutes_into_steps(monkeypatch):
 def test_budget_charges_one_validation_per_epoch_it_keeps(monkeypatch):
     """60 steps' worth of time, 20 steps an epoch, each validation worth 10 steps (--adv-train's attacks): two
     epochs and their two validations fill it (40 steps), not three epochs' validations charged to 30 steps."""
-    import imgclf.training.callbacks as cb
+    import imgclf.training.callbacks.budget as cb
 
     b = TimeBudget(minutes=1.0, batch_size=100, val_extra=1000)
     b.t0, b.t1 = 0.0, 1.0

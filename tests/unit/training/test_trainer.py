@@ -134,7 +134,7 @@ def test_ema_is_evaluated_every_epoch_and_best_pt_says_which_weights(tmp_path, d
 
 
 def test_ema_weights_are_the_average_of_the_steps():
-    from imgclf.training.api import make_ema
+    from imgclf.training.build import make_ema
 
     m = nn.Linear(2, 1, bias=False)
     ema = make_ema(m, decay=0.5, warmup=0)
@@ -183,7 +183,7 @@ def test_freeze_epochs_refuses_a_freeze_option_beside_it(tmp_path, data):
 
 
 def test_accumulated_gradients_equal_one_big_batch():
-    from imgclf.training.api import train_steps
+    from imgclf.training.trainer import train_steps
 
     torch.manual_seed(0)
     x, y = torch.randn(8, 4, 1, 1), torch.randint(0, 3, (8,))
@@ -215,7 +215,7 @@ def test_accumulate_counts_optimizer_steps(tmp_path, data):
 
 
 def test_clip_grad_bounds_the_step():
-    from imgclf.training.api import train_steps
+    from imgclf.training.trainer import train_steps
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))

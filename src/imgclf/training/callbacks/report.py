@@ -1,0 +1,114 @@
+"""The run's end (rank 0): best.pt validated once more, the plots, --calibrate, results.json, report.html."""
+
+from __future__ import annotations
+
+import time
+
+from imgclf.core.callback import Callback
+from imgclf.evaluation.calibration import calibrate, format_calibration
+from imgclf.evaluation.command import write_eval_plots
+from imgclf.evaluation.metrics import compute_metrics
+from imgclf.evaluation.plots import plot_curves
+from imgclf.evaluation.report import build_report
+from imgclf.infer.logits import infer
+from imgclf.infer.runtime import open_model
+from imgclf.models.checkpoint import load_checkpoint, load_weights
+
+
+class FinalReport(Callback):
+    """After the last epoch: the best checkpoint evaluated once more on validation, in fp32 as `imgclf evaluate`
+    runs it (results.json's numbers are the ones a user gets back); curves.png and the validation plots;
+    --calibrate's temperature; results.json (with what earlier callbacks put in `trainer.results`), report.html
+    and the run's last lines. On the other ranks, a short summary."""
+
+    order = 1000  # the last at on_fit_end: it reports what the others left
+
+    def on_fit_end(self, trainer) -> None:
+        st, world = trainer.state, trainer.plan.world
+        train_seconds = time.perf_counter() - trainer.started  # this session: from fit() to the last epoch
+        if not world.main:  # rank 0 evaluates the best checkpoint and writes the results
+            trainer.results = {
+                "best_epoch": st.best["epoch"],
+                "epochs": len(st.rows),
+                "steps": st.step,
+                "rank": world.rank,
+            }
+            return
+        best_path = trainer.run_dir.file("best.pt")
+        logits, labels, bm = validate_best(trainer, best_path)
+        results = {**summary(trainer, bm, train_seconds), **trainer.results}
+        if trainer.plan.cfg.calibrate:
+            results["calibration"] = calibration(trainer, best_path)
+        trainer.run_dir.write_results(results)
+        try:  # report.html is a convenience: it never fails the run
+            # the validation logits above, not a second pass: the runner gives the page the classes and the
+            # temperature (--calibrate's, which its runner would have divided the logits by)
+            runner = open_model(best_path, device="cpu", precision="fp32")
+            predictions = (logits / runner.temperature, labels, trainer.data.val.split, runner)
+            build_report(trainer.run_dir.path, predictions=predictions)
+        except Exception as e:
+            trainer.run_dir.warning("report.html not written: %s: %s", type(e).__name__, e)
+        if trainer.stop_reason:
+            trainer.info("%s", trainer.stop_reason)
+        trainer.info(
+            "best epoch %d%s: val_acc %.4f val_macro_f1 %.4f; weights %s",
+            st.best["epoch"],
+            " (EMA weights)" if st.best["weights"] == "ema" else "",
+            bm["accuracy"],
+            bm["macro_f1"],
+            best_path,
+        )
+        trainer.results = results
+
+
+def validate_best(trainer, best_path: str):
+    """(logits, labels, metrics) of best.pt's weights on validation, in fp32; curves.png and the validation plots."""
+    st, cfg, data = trainer.state, trainer.plan.cfg, trainer.data
+    load_weights(st.model, load_checkpoint(best_path), best_path)
+    logits, labels = infer(
+        trainer.step_model,
+        trainer.eval_feed.batches(),
+        trainer.plan.device,
+        None,
+        desc="validate best",
+        channels_last=cfg.channels_last,
+    )
+    bm = compute_metrics(logits, labels, data.source.classes)
+    plot_curves(st.rows, trainer.run_dir.file("curves.png"))
+    title = f"validation, best epoch {st.best['epoch']}"
+    write_eval_plots(bm, logits, labels, data.val, data.source.classes, trainer.run_dir.path, title=title)
+    return logits, labels, bm
+
+
+def summary(trainer, bm: dict, train_seconds: float) -> dict:
+    """results.json's own part: the best epoch and its metrics, the run's length, time and set-up."""
+    st, plan, data = trainer.state, trainer.plan, trainer.data
+    return {
+        "best_epoch": st.best["epoch"],
+        "best_weights": st.best["weights"],
+        "monitor": plan.cfg.monitor,
+        "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images")},
+        "epochs": len(st.rows),
+        "stopped_early": trainer.stop_reason,
+        "total_seconds": round(sum(r["seconds"] for r in st.rows), 2),
+        "train_seconds": round(train_seconds, 2),  # this session: from the first hook to the last epoch
+        "steps": st.step,
+        "setup_seconds": round(trainer.setup_seconds, 2),
+        "model": plan.cfg.model,
+        "classes": data.source.classes,
+        "left_out": len(data.left_out),
+        "precision": st.precision,
+        "options_set": sorted(plan.cfg.explicit),
+        "balance": plan.balance,
+        "data_fingerprint": data.fingerprint,
+        "world_size": plan.world.size,
+    }
+
+
+def calibration(trainer, best_path: str) -> dict:
+    """--calibrate: the temperature of best.pt, fitted on the validation split (calibration.py) and kept in it."""
+    cfg = trainer.plan.cfg
+    r = calibrate(best_path, data_root=cfg.data_root, workers=cfg.workers, cache=cfg.cache)
+    for line in format_calibration(r).splitlines():
+        trainer.info("%s", line)
+    return {k: v for k, v in r.to_dict().items() if k not in ("weights", "data")}

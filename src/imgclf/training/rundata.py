@@ -1,0 +1,113 @@
+"""A run's data, opened once: the source and its split, the preprocessing, the decoded feeds, what was left out;
+and the refusal to resume on data other than the run's."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+
+from imgclf.core.artifact import Preprocess
+from imgclf.core.errors import DataError, UsageError
+from imgclf.data.feed import make_feed
+from imgclf.data.pipeline import common_size, resolve_preprocess
+from imgclf.data.sources import open_source
+from imgclf.training.plan import RunData, RunPlan
+
+log = logging.getLogger(__name__)
+
+
+def open_run_data(plan: RunPlan) -> RunData:
+    """The data of `plan`, decoded once; files that cannot be read are left out and listed, and the run goes on."""
+    opened_at, cfg = time.perf_counter(), plan.cfg
+    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if len(src.classes) < 2:
+        raise DataError(
+            f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
+            "add a folder of images for each other class beside it"
+        )
+    if plan.resumed:
+        check_same_data(cfg.resume, plan.resume, src, None)
+        prep = Preprocess.from_dict(plan.resume["preprocess"])
+    else:
+        prep = preprocess_for(plan, src)
+    left_out, feeds = [], {}
+    for name in ("train", "val"):
+        feed, bad = make_feed(
+            src.splits[name],
+            prep,
+            cache=cfg.cache,
+            workers=max(1, cfg.workers),
+            augment=cfg.augment,
+            batch_size=cfg.batch_size,
+            eval_batch_size=max(cfg.batch_size, 256),
+            brightness=cfg.brightness,
+            contrast=cfg.contrast,
+            randaugment=cfg.randaugment,
+            desc=f"decode {name}",
+        )
+        if len(feed) == 0:
+            raise UsageError(
+                f"no readable images left in the {name} split of {cfg.data}; `imgclf check` lists the problems"
+            )
+        src.splits[name], feeds[name] = feed.split, feed
+        left_out += [(name, p, r) for p, r in bad]
+    if plan.resumed:  # compared as saved: after the unreadable files were left out
+        split_csv = os.path.join(os.path.dirname(os.path.abspath(cfg.resume)), "split.csv")
+        check_same_data(cfg.resume, plan.resume, src, split_csv)
+    for note in src.notes:  # after the last refusal: a refused command prints one line
+        log.info("%s", note)
+    return RunData(src, prep, feeds["train"], feeds["val"], left_out, src.fingerprint(), opened_at)
+
+
+def preprocess_for(plan: RunPlan, src) -> Preprocess:
+    """The preprocessing of a new run: the model's, at --img-size, the pretrained size, or the data's own."""
+    cfg, spec = plan.cfg, plan.spec
+    own = None if (cfg.img_size or cfg.pretrained) else common_size(src.splits["train"], cfg.workers or 1)
+    if own is not None and own < spec.min_img_size:
+        log.info(
+            "the images are %d px, below the %d px that %s takes: they are upscaled to %d px",
+            own,
+            spec.min_img_size,
+            cfg.model,
+            spec.min_img_size,
+        )
+        own = spec.min_img_size
+    return resolve_preprocess(spec, img_size=cfg.img_size, pretrained=cfg.pretrained, own_size=own)
+
+
+def check_same_data(resume: str, ckpt: dict, src, split_csv: str | None) -> None:
+    """Refuse to resume on data other than the run's: its metrics, best epoch and split would mix two datasets.
+    Called twice: with the class names before decoding (cheap), then with the fingerprint after (`split_csv`
+    given), which is computed as saved, once unreadable files are left out."""
+    changed = None
+    old = list(ckpt.get("classes") or [])
+    if old and old != list(src.classes):
+        added, removed = sorted(set(src.classes) - set(old)), sorted(set(old) - set(src.classes))
+        parts = [
+            f"classes added: {', '.join(added)}" if added else "",
+            f"classes removed: {', '.join(removed)}" if removed else "",
+        ]
+        changed = "; ".join(p for p in parts if p) or "class order differs"
+    elif split_csv is not None and ckpt.get("data_fingerprint") not in (None, src.fingerprint()):
+        changed = what_changed(src, split_csv)
+    if changed:
+        raise DataError(
+            f"the data changed since '{resume}' was saved ({changed}): resuming would mix two validation "
+            "sets; start a new run (without --resume), or restore the original data to resume"
+        )
+
+
+def what_changed(src, split_csv: str) -> str:
+    if not os.path.exists(split_csv):
+        return "files were added, removed or modified"
+    with open(split_csv, newline="") as f:
+        before = {r["path"] for r in csv.DictReader(f)}
+    now = {s.describe(i) for s in src.splits.values() for i in range(len(s))}
+    added, removed = len(now - before), len(before - now)
+    return (
+        f"{added} file{'s' * (added != 1)} added, {removed} removed"
+        if before != now
+        else "the same files, but some of them modified"
+    )

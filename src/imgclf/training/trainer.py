@@ -1,0 +1,339 @@
+"""The training loop: `Trainer(plan, state, data, run_dir, callbacks).fit()`, and `train_steps`, the optimisation
+steps the Trainer and the benchmarks both run.
+
+    fit():  on_fit_start
+            for each epoch:  seeds; on_epoch_start; train_one_epoch (per batch: on_batch, on_device_batch; per
+                             step: on_step_start, on_after_backward, on_step_end); on_train_epoch_end;
+                             validate (on_validate); on_validation_end
+            on_fit_end
+
+Everything beyond the loop, its seeds and the model's own validation is a callback (training/callbacks/: the
+built-in ones and their order; imgclf.core.callback: the hooks and what a callback may read and change).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from imgclf.compute import distributed
+from imgclf.compute.device import autocast, to_layout
+from imgclf.core.callback import arrange
+from imgclf.core.errors import RankLost, TrainingDiverged
+from imgclf.core.progress import progress
+from imgclf.data.balance import class_weights, sample_weights
+from imgclf.data.sources import write_split_manifest
+from imgclf.models.registry import apply_frozen_eval, format_parameter_table, parameter_table
+from imgclf.training.build import epoch_seeds
+from imgclf.training.callbacks import standard
+from imgclf.training.lr_find import write_result
+from imgclf.training.plan import RunData, RunPlan, decide_steps
+from imgclf.training.rundir import RunDir
+from imgclf.training.state import TrainState
+from imgclf.training.validate import validation_columns
+
+
+def train_steps(
+    model,
+    batches,
+    criterion,
+    opt,
+    scaler,
+    device,
+    amp,
+    *,
+    channels_last: bool = True,
+    max_steps: int | None = None,
+    desc: str = "train",
+    log_every: int | None = None,
+    accumulate: int = 1,
+    clip_grad: float | None = None,
+    mix=None,
+    hooks=None,
+    perturb=None,
+):
+    """Optimisation steps over `batches` (each step sums the gradients of `accumulate` batches); returns (summed
+    loss, correct, images seen). `hooks` (the Trainer) gets on_step_start, on_after_backward and on_step_end
+    (which returns True to end the pass); `mix(x, y) -> (x, targets)` changes a batch before it moves to the
+    device (mixup/cutmix), `perturb(x, y) -> x` after (the adversarial training's attack)."""
+    loss_sum, correct, seen = 0.0, 0, 0
+    n_batches = len(batches)
+    total = n_batches if max_steps is None else min(n_batches, max_steps * accumulate)
+    status = lambda: f"loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f}"  # noqa: E731
+    for i, (x, y) in enumerate(
+        progress(batches, total=total, desc=desc, unit="batch", log_every=log_every, postfix=status)
+    ):
+        if i >= total:
+            break
+        group = min(accumulate, n_batches - (i - i % accumulate))  # batches summed into this step
+        if i % accumulate == 0:
+            opt.zero_grad(set_to_none=True)
+            if hooks is not None:
+                hooks.on_step_start()
+        if mix is not None:
+            x, y = mix(x, y)
+        x, y = to_layout(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True)
+        if perturb is not None:
+            x = perturb(x, y)
+        with autocast(device, amp):
+            out = model(x)
+            loss = criterion(out, y)
+        scaler.scale(loss if group == 1 else loss / group).backward()
+        n = y.size(0)
+        loss_sum += float(loss.detach()) * n
+        correct += int((out.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum())
+        seen += n
+        if (i + 1) % accumulate and i + 1 < n_batches:
+            continue
+        if hooks is not None:
+            hooks.on_after_backward(loss)
+        apply_gradients(opt, scaler, clip_grad)
+        if hooks is not None and hooks.on_step_end():
+            break
+    return loss_sum, correct, seen
+
+
+def apply_gradients(opt, scaler, clip_grad: float | None) -> None:
+    """The optimizer step on the summed gradients, their total L2 norm clipped to `clip_grad` first (unscaled)."""
+    if clip_grad is not None:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip_grad)
+    scaler.step(opt)
+    scaler.update()
+
+
+class Trainer:
+    """Runs `fit()` on a decided plan's state and data, writing into `run_dir`; `callbacks` are yours, called
+    beside the built-in ones the plan asks for (callbacks.standard), all by `order`. The members a callback may
+    use are imgclf.core.callback.Run's."""
+
+    def __init__(self, plan: RunPlan, state: TrainState, data: RunData, run_dir: RunDir, callbacks=()):
+        if not plan.decided:
+            raise ValueError("a Trainer runs a decided plan: plan, model = decide(plan, data) first")
+        self.plan, self.state, self.data, self.run_dir = plan, state, data, run_dir
+        self.callbacks = arrange([*standard(plan, data, state), *callbacks])
+        state.attach(self.callbacks)  # a resumed run's callbacks take back their saved states
+        self.criterion, self.sampler_weights = objective(plan, data)
+        self.train_feed, self.eval_feed, self.step_model = data.train, data.val, state.model
+        self.paced = self.loss = self.aug = self.stop_reason = None
+        self.results, self.started, self.setup_seconds = {}, time.perf_counter(), 0.0
+        self._gen, self._train_model, self._compiled, self._trains, self._first_epoch = None, state.model, None, None, 0
+
+    # ---------------------------------------------------------------- what callbacks use (core/callback.py Run)
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
+
+    @property
+    def per_epoch(self) -> int:
+        return self.plan.per_epoch
+
+    def info(self, msg: str, *args) -> None:
+        self.run_dir.info(msg, *args)
+
+    def stop(self, reason: str) -> None:
+        """End the run after this epoch (it is still validated and saved)."""
+        self.stop_reason = self.stop_reason or reason
+
+    def set_total_steps(self, total: int) -> None:
+        """Shorten the run (--time-budget): rank 0's number (plan.decide_steps), the per-step schedule ends there,
+        and config.yaml says so."""
+        self.plan = decide_steps(self.plan, total)
+        if self.state.step_schedule is not None:
+            self.state.step_schedule.total = self.plan.total_steps
+        self.run_dir.write_config(self.plan.cfg.to_dict())
+
+    def call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> dict:
+        self.started = time.perf_counter()  # --time-budget counts from here: the epoch loop and what it needs first
+        self._begin()
+        with self._failures():
+            while (
+                self.state.epoch < self.plan.cfg.epochs and self.state.step < self.total_steps and not self.stop_reason
+            ):
+                t0 = time.perf_counter()
+                lr = self._start_epoch()
+                train_loss, train_acc = self.train_one_epoch()
+                self.call("on_train_epoch_end")
+                if self.state.scheduler is not None and self.state.step_schedule is None:
+                    self.state.scheduler.step()  # per-epoch schedules
+                row = {"epoch": self.state.epoch + 1, "train_loss": train_loss, "train_acc": train_acc}
+                row |= {**self.validate(), "lr": lr, "seconds": time.perf_counter() - t0}
+                self.state.epoch += 1
+                self.state.rows.append(row)
+                self.call("on_validation_end", row)
+        self.call("on_fit_end")
+        return {**self.results, "run_dir": self.run_dir.path}
+
+    def _begin(self) -> None:
+        describe(self)
+        rd, src = self.run_dir, self.data.source
+        rd.write_config(self.plan.cfg.to_dict())  # a resumed run may have a new --epochs or --patience
+        if self.state.epoch > 0:
+            rd.purge_after(self.state.epoch)
+        rd.write_left_out(self.data.left_out)
+        if src.val_origin == "carved" and not self.plan.resumed:  # a resumed run keeps the split it started with
+            write_split_manifest(src, rd.file("split.csv"))
+        self.call("on_fit_start")
+        self.setup_seconds = time.perf_counter() - self.data.opened_at
+        self._first_epoch = self.state.epoch + 1
+
+    def _start_epoch(self) -> float:
+        seed, own = epoch_seeds(self.plan.cfg.seed, self.state.epoch + 1, self.plan.world.rank)
+        torch.manual_seed(own)  # dropout and, with workers=0, augmentation
+        self._gen = torch.Generator().manual_seed(seed)  # the order: the same on every rank, which takes its shard
+        # augmentation and worker seeds: one generator per rank under torchrun, else the order's
+        self.aug = torch.Generator().manual_seed(own) if self.plan.world.distributed else self._gen
+        self.state.model.train()
+        self.call("on_epoch_start")
+        if not self.plan.cfg.freeze_epochs:  # FreezeThenUnfreeze sets the modes of what it freezes
+            apply_frozen_eval(self.state.model, list(self.plan.frozen))
+        self._wrap()
+        return self.state.optimizer.param_groups[0]["lr"]
+
+    def train_one_epoch(self) -> tuple[float, float]:
+        cfg, st, world = self.plan.cfg, self.state, self.plan.world
+        epochs = "" if self.plan.budget_pending else f"/{-(-self.total_steps // self.per_epoch)}"
+        shard = (world.rank, world.size) if world.distributed else None
+        aug = self.aug if shard else None
+        t = time.perf_counter()
+        loss_sum, correct, seen = train_steps(
+            self._train_model if self._compiled is None else self._compiled,
+            self.train_feed.epoch(self._gen, self.sampler_weights, shard=shard, aug=aug, paced=self.paced),
+            self.criterion,
+            st.optimizer,
+            st.scaler,
+            self.plan.device,
+            self.plan.amp,
+            channels_last=cfg.channels_last,
+            desc=f"epoch {st.epoch + 1}{epochs}",
+            log_every=cfg.log_every,
+            accumulate=cfg.accumulate,
+            clip_grad=cfg.clip_grad,
+            hooks=self,
+            mix=self._on_batch,
+            max_steps=self.total_steps - st.step,
+            perturb=self._on_device_batch,
+        )
+        if self._compiled is not None and st.epoch + 1 == self._first_epoch:
+            self.info("torch.compile: the first epoch took %.1f s, compilation included", time.perf_counter() - t)
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def validate(self) -> dict:
+        """The epoch's validation columns: the model's, then the callbacks' (on_validate: the EMA's, robust)."""
+        row = validation_columns(self.step_model, self.eval_feed, self.plan, self.data.source.classes, desc="validate")
+        self.call("on_validate", row)
+        return row
+
+    # ---------------------------------------------------------------- hooks train_steps calls
+    def on_step_start(self) -> None:
+        self.call("on_step_start")
+
+    def on_after_backward(self, loss) -> None:
+        self.loss = loss
+        self.call("on_after_backward")
+
+    def on_step_end(self) -> bool:
+        st = self.state
+        st.step += 1
+        if st.step_schedule is not None:
+            st.scheduler.step()
+        self.call("on_step_end")
+        return st.step >= self.total_steps
+
+    def _on_batch(self, x, y):
+        for cb in self.callbacks:
+            x, y = cb.on_batch(self, x, y)
+        return x, y
+
+    def _on_device_batch(self, x, y):
+        for cb in self.callbacks:
+            x = cb.on_device_batch(self, x, y)
+        return x
+
+    # ---------------------------------------------------------------- the machinery
+    def _wrap(self) -> None:
+        """Under torchrun the model trains inside DistributedDataParallel, which all-reduces the gradients of the
+        parameters that train when it is built: it is built again when a callback changes which do
+        (freeze-then-unfreeze, airnet's whitening bias). With --compile, what trains is compiled."""
+        trains = (id(self.step_model), *(p.requires_grad for p in self.step_model.parameters()))
+        if trains == self._trains:
+            return
+        first, self._trains, self._train_model = self._trains is None, trains, self.step_model
+        if self.plan.world.distributed:
+            ids = [self.plan.device] if self.plan.device.type == "cuda" else None
+            self._train_model = DistributedDataParallel(self.step_model, device_ids=ids)
+        if self.plan.cfg.compile and (first or self.plan.world.distributed):
+            self._compiled = torch.compile(self._train_model)
+
+    @contextlib.contextmanager
+    def _failures(self):
+        """A diverged run's line into train.log; a rank that stopped answering as one line saying how to go on."""
+        try:
+            yield
+        except TrainingDiverged as e:  # the caller reports it; train.log keeps it with the run
+            self.run_dir.say(logging.ERROR, "%s", e, echo=False)
+            raise
+        except Exception as e:
+            if not (self.plan.world.distributed and distributed.lost_peer(e)):
+                raise
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # gloo's "[file:line] what. hint"
+            raise RankLost(
+                f"rank {self.plan.world.rank}: another rank stopped answering ({first[:160]}); the run stopped after "
+                f"epoch {self.state.epoch}: continue it with --resume {os.path.join(self.run_dir.path, 'last.pt')}"
+            ) from e
+
+
+def objective(plan: RunPlan, data: RunData):
+    """(the loss, the sampler's per-image weights or None), as --balance (decided) and --label-smoothing ask."""
+    labels, n_cls = data.train.split.labels, len(data.source.classes)
+    weight = class_weights(labels, n_cls).to(plan.device) if plan.balance == "weights" else None
+    sampler = sample_weights(labels, n_cls) if plan.balance == "sampler" else None
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=plan.cfg.label_smoothing), sampler
+
+
+def describe(trainer: Trainer) -> None:
+    """The run's first lines: where it writes, its data, what was left out, the model, precision and machinery."""
+    plan, data, cfg, rd = trainer.plan, trainer.data, trainer.plan.cfg, trainer.run_dir
+    src = data.source
+    rd.info("run directory: %s", rd.path)
+    splits = (src.location, len(src.classes), len(src.splits["train"]), len(src.splits["val"]))
+    rd.info("data: %s (%d classes; train %d, val %d images), preprocessing %s", *splits, data.preprocess.to_dict())
+    if data.left_out:
+        rd.warning("left out %d unreadable files:", len(data.left_out))
+        for split, p, r in data.left_out[:20]:
+            rd.warning("  %s: %s (%s)", split, p, r)
+        if len(data.left_out) > 20:
+            rd.warning("  ... and %d more (all in left_out.csv)", len(data.left_out) - 20)
+    table = format_parameter_table(parameter_table(trainer.state.model, cfg.model))
+    rd.info("parameters (%s, freeze=%s):\n%s", cfg.model, cfg.freeze, table)
+    rd.info("precision: %s%s", trainer.state.precision, " (auto)" if cfg.precision == "auto" else "")
+    if plan.resized_world:
+        rd.info("resumed on %d rank(s), after %d steps on another number", plan.world.size, trainer.state.step)
+    if plan.world.distributed:
+        per_rank = cfg.batch_size * cfg.accumulate
+        backend = distributed.backend_for(plan.device)
+        rd.info(
+            "distributed: %d ranks (%s), %d images per rank per step: a global batch of %d",
+            plan.world.size,
+            backend,
+            per_rank,
+            per_rank * plan.world.size,
+        )
+    if cfg.balance != "none":
+        rd.info("class balance: %s", plan.balance_reason)
+    if plan.lr_search is not None:
+        write_result(plan.lr_search, rd.path)
+        rd.info("--lr auto: %s (lr_find.png)", plan.lr_search["reason"])
