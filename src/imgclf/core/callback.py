@@ -23,7 +23,8 @@ optimizer's learning rates; nothing else of the Trainer is part of the contract.
 
 A callback whose state a resumed run needs returns it from `state_dict()` (plain types and tensors) and takes it
 back in `load_state_dict()`; the checkpoint keeps it under `state_key`, the class name unless the class sets
-another. Two callbacks with one key are refused (`arrange`), so one can never overwrite the other's state.
+another (or, for a callback written before `state_key` existed, its `name`). Two callbacks with one key are
+refused (`arrange`), so one can never overwrite the other's state.
 
 The built-in callbacks and their orders are listed in imgclf.training.callbacks (and in `train()`'s docstring).
 """
@@ -79,7 +80,9 @@ class Callback:
 
     @property
     def state_key(self) -> str:
-        return type(self).__name__
+        # A class that still sets `name` (the key callbacks saved under before `state_key`) keeps it, so that its
+        # state in an older last.pt is found again on resume.
+        return getattr(type(self), "name", None) or type(self).__name__
 
     def on_fit_start(self, trainer: Run) -> None: ...
     def on_epoch_start(self, trainer: Run) -> None: ...

@@ -30,16 +30,18 @@ def data(tmp_path, make_folder):
     return str(make_folder(tmp_path / "d", classes=("a", "b", "c"), n=12, n_val=4, size=16))
 
 
-class LogLR(Callback):
-    """The learning rate each epoch trains at, in the log and train.log (docs/architecture.md's example)."""
+class LogLearningRate(Callback):
+    """The first parameter group's learning rate at the start of every epoch, in the run's log (train.log)."""
+
+    order = 150  # after the built-in callbacks that shape a step, before checkpointing (900)
 
     def on_epoch_start(self, trainer):
         lr = trainer.state.optimizer.param_groups[0]["lr"]
-        trainer.info("epoch %d: lr %.3g", trainer.state.epoch + 1, lr)
+        trainer.info("epoch %d: lr %.4g", trainer.state.epoch + 1, lr)
 
 
 def test_the_learning_rate_logging_example_works(tmp_path, data):
-    res = _train(tmp_path, data, "loglr", epochs=3, step_size=1, gamma=0.5, callbacks=[LogLR()])
+    res = _train(tmp_path, data, "loglr", epochs=3, step_size=1, gamma=0.5, callbacks=[LogLearningRate()])
     lines = open(os.path.join(res["run_dir"], "train.log")).read().splitlines()
     said = [line.split(" INFO ")[1] for line in lines if ": lr " in line]
     assert said == ["epoch 1: lr 0.05", "epoch 2: lr 0.025", "epoch 3: lr 0.0125"]
@@ -73,7 +75,11 @@ def test_a_state_key_is_the_class_name_unless_set_and_a_duplicate_is_refused_in_
     class Renamed(Counter):
         state_key = "counter_2"
 
+    class Named(Counter):  # written before state_key: its `name` was the key its state was saved under
+        name = "my_counter"
+
     assert Counter().state_key == "Counter" and Renamed().state_key == "counter_2"
+    assert Named().state_key == "my_counter"
     assert len(arrange([Counter(), Renamed()])) == 2
     with pytest.raises(UsageError) as e:
         arrange([Counter(), Counter()])
