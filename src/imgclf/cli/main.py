@@ -36,8 +36,8 @@ def request_huge_pages() -> bool:
     """Ask PyTorch's CPU allocator for transparent huge pages (THP_MEM_ALLOC_ENABLE), before torch is imported.
 
     Freed activations above glibc's mmap threshold go back to the kernel and are faulted in and zeroed again on
-    the next step, 4 KiB at a time: on this 2-core machine EfficientNet-Lite0 training (224 px, batch 64) spent
-    as much time in the kernel as in user code. 2 MiB pages cut that: ~11 -> ~19 images/s in the same run.
+    the next step, 4 KiB at a time: EfficientNet-Lite0 training at 224 px spent as much time in the kernel as in
+    user code on a 2-core machine, and 2 MiB pages cut that (docs/benchmarks.md, "Where the CPU time went").
     (Keeping freed memory in the heap with mallopt was faster still but grew the heap until the OOM killer
     ended a 10-epoch fine-tune, so it is not used.) Only possible before torch's first allocation; returns
     whether the setting is in effect. IMGCLF_NO_THP=1 leaves the environment alone."""

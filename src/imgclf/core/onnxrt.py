@@ -29,10 +29,9 @@ def session_options(threads: int = 0, *, spin: bool = True):
     per physical core), one inter-op thread.
 
     No memory pattern: ORT plans and keeps one per input shape, so a server seeing every batch size from 1 to
-    32 grew by 57% (Lite0 int8: 202 -> 317 MB over 400 random batch sizes; 201 -> 215 MB without it), at no
-    measured cost in speed at batch 1, 16 or 32. `spin=False` stops the intra-op threads from spin-waiting
-    between runs: the right thing when other threads of the process need the cores (the server decodes
-    images while the model runs: 15.0 -> 12.7 ms of CPU per served image)."""
+    32 grew much more with it, at no measured cost in speed without it. `spin=False` stops the intra-op threads
+    from spin-waiting between runs: the right thing when other threads of the process need the cores (the
+    server decodes images while the model runs). The figures: docs/benchmarks.md."""
     import onnxruntime as ort  # noqa: PLC0415 - optional package, see the module's docstring
 
     so = ort.SessionOptions()

@@ -184,5 +184,5 @@ def _spec(name: str, widths: tuple[int, int, int], description: str) -> ModelSpe
 
 register(_spec("airnet", (64, 256, 256), "airbench94-style net for 32 px images from scratch"))
 register(
-    _spec("airnet_small", (64, 128, 256), "airnet with a narrower middle block (64/128/256): ~1.7x faster on a CPU")
+    _spec("airnet_small", (64, 128, 256), "airnet with a narrower middle block (64/128/256): faster to train on a CPU")
 )

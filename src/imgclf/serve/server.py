@@ -37,9 +37,8 @@ def limit_malloc_arenas(n: int = 2) -> bool:
 
     glibc gives each thread that allocates under contention an arena of its own, up to 8 per core, and
     memory freed into one arena is not reused by the others. In the server, decode threads, the model thread
-    and the event loop all allocate and free image-sized buffers: with the default, resident memory grew by 11%
-    over 3,000 requests after warm-up (EfficientNet-Lite0 int8, 2 cores) and kept creeping; with 2 arenas it
-    stayed flat, at the same speed. Must run before torch or numpy start threads (a limit set later is
+    and the event loop all allocate and free image-sized buffers: with the default, resident memory kept
+    creeping under load; with 2 arenas it stayed flat, at the same speed (docs/benchmarks.md). Must run before torch or numpy start threads (a limit set later is
     ignored); MALLOC_ARENA_MAX in the environment wins. Returns whether the limit was set."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False

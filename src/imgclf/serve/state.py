@@ -18,9 +18,8 @@ from imgclf.serve.settings import ServeSettings
 log = logging.getLogger(__name__)
 
 # How often the model thread hands freed heap memory back to the kernel (glibc malloc_trim), seconds. Batches of
-# every size from 1 to max_batch_size leave holes in malloc's heaps that are reused but never returned. Measured
-# over 10,000 requests after warm-up (EfficientNet-Lite0 int8, 32 clients): resident memory +2.9% without it,
-# +0.9% with it, at the same speed.
+# every size from 1 to max_batch_size leave holes in malloc's heaps that are reused but never returned: resident
+# memory grew less with it, at the same speed (docs/benchmarks.md).
 TRIM_EVERY_S = 5.0
 
 
