@@ -16,6 +16,7 @@ import threading
 from imgclf.cli.commands import COMMANDS, build_parser, dispatch
 from imgclf.cli.console import EXIT_BROKEN_PIPE, rank, stdout_to_devnull, world_size
 from imgclf.core.errors import ImgclfError
+from imgclf.core.logs import console_logging
 from imgclf.core.progress import shown
 
 __all__ = ["COMMANDS", "build_parser", "main", "request_huge_pages", "run"]
@@ -56,20 +57,6 @@ class _Format(logging.Formatter):
         return f"warning: {msg}" if record.levelno == logging.WARNING else msg
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    # The package's logger: every module logs to a child of it (logging.getLogger(__name__)), which propagates here.
-    root = logging.getLogger("imgclf")
-    for h in list(root.handlers):
-        if getattr(h, "_imgclf_cli", False):
-            root.removeHandler(h)
-    h = logging.StreamHandler(sys.stderr)
-    h._imgclf_cli = True
-    h.setFormatter(_Format())
-    root.addHandler(h)
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    root.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -83,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         parser.print_help()
         return 2
-    _setup_logging(verbose, quiet)
+    console_logging(verbose, quiet, _Format())
     argv = sys.argv[1:] if argv is None else list(argv)  # --nproc N runs this command line again under torchrun
     request_huge_pages()  # before the command imports torch
     previous = None

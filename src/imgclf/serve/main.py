@@ -15,6 +15,7 @@ import os
 import sys
 
 from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.core.logs import console_logging
 from imgclf.core.options import add_options, check_options, options_from
 from imgclf.serve.options import ServeOptions
 from imgclf.serve.server import bind, limit_malloc_arenas, url_of
@@ -91,26 +92,10 @@ def serve(a: ServeOptions) -> int:
     return 0
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    # This process's own logging (a console script, not a library call): imgclf's messages on stderr.
-    # the handler is marked as imgclf.cli.main marks its own, so a second main() in one process replaces it (the
-    # console script runs once; tests and embedding callers run it many times)
-    root = logging.getLogger("imgclf")
-    for old in list(root.handlers):
-        if getattr(old, "_imgclf_cli", False):
-            root.removeHandler(old)
-    h = logging.StreamHandler(sys.stderr)
-    h._imgclf_cli = True
-    h.setFormatter(logging.Formatter("%(message)s"))
-    root.addHandler(h)
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    root.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse, serve until SIGINT/SIGTERM; 0 on a clean stop, 2 with one line on stderr for a usage error."""
     a = options_from(ServeOptions, vars(build_parser().parse_args(argv)))
-    _setup_logging(a.verbose, a.quiet)
+    console_logging(a.verbose, a.quiet)
     try:
         if not 0 <= a.port <= 65535:  # before check_options: the message this script has always given
             raise UsageError(f"--port must be 0..65535, got {a.port}")
