@@ -3,7 +3,7 @@
     torchrun --standalone --nproc-per-node 2 -m imgclf train ...     (or: imgclf train --nproc 2 ...)
 
 torchrun starts the processes and sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE; `setup()` joins the
-group (Gloo on CPUs, NCCL on GPUs). Training wraps the same Trainer (training.py): each rank takes its shard of
+group (Gloo on CPUs, NCCL on GPUs). Training wraps the same Trainer (training/trainer.py): each rank takes its shard of
 every epoch's order (DistributedSampler semantics: one permutation from (seed, epoch), padded to a multiple of
 the world size, rank r takes every world-th entry from r), the model is wrapped in DistributedDataParallel, and
 rank 0 alone writes. Evaluation and prediction split the work into whole batches, so every image is computed in

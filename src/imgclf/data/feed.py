@@ -56,8 +56,8 @@ class FastFeed:
         self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None, paced=None
     ):
         """One training epoch in an order from `gen`: a permutation, or with `sampler_weights` (one per image,
-        data/balance.py sample_weights) drawn with replacement, or `paced` by a curriculum (curriculum.py). Under
-        torchrun, `shard` = (rank, world size) takes this rank's part of it and `aug` (a generator seeded per rank)
+        data/balance.py sample_weights) drawn with replacement, or `paced` by a curriculum
+        (training/callbacks/curriculum.py). Under torchrun, `shard` = (rank, world size) takes this rank's part of it and `aug` (a generator seeded per rank)
         draws the augmentation."""
         return Batches(
             self.images,

@@ -7,7 +7,7 @@
 - Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks"): one scalar T > 0 fitted on
   the validation split's logits z by minimising the negative log-likelihood of softmax(z / T). Dividing every
   logit by the same positive number keeps their order, so the predicted labels (and the accuracy) are unchanged;
-  only the confidence moves. `imgclf calibrate` stores T in the checkpoint; every runner applies it (runtime.py)
+  only the confidence moves. `imgclf calibrate` stores T in the checkpoint; every runner applies it (infer/runtime.py)
   and every export has it in its graph (exporting/export.py).
 - Selective prediction: the coverage (fraction of images whose top-1 confidence is at least P) and the accuracy
   on those, at a few thresholds P: what `predict --min-confidence P` would answer and how often it is right.

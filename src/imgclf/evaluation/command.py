@@ -40,7 +40,7 @@ def evaluate(
 
     Writes eval.json, confusion_matrix.png, misclassified.png and reliability.png into `out` (default: next to
     the weights, in eval-SPLIT/) and returns the metrics dict. Probabilities are calibrated with the checkpoint's
-    temperature (imgclf calibrate); `tta`: test-time augmentation (none, flip, flip-crop; see tta.py).
+    temperature (imgclf calibrate); `tta`: test-time augmentation (none, flip, flip-crop; see models/tta.py).
 
     Under torchrun the ranks split the images (whole batches each, so every image is computed as in one process)
     and gather the logits: the metrics are those of one process, and rank 0 writes them."""

@@ -165,7 +165,7 @@ def plot_misclassified(images: list, true: list[str], pred: list[str], prob: lis
 
 
 def plot_lr_find(result: dict, path: str) -> None:
-    """The learning-rate range test (lr_find.py): loss against learning rate on a log axis, the smoothed curve
+    """The learning-rate range test (training/lr_find.py): loss against learning rate on a log axis, the smoothed curve
     over the raw one, and the suggested learning rate marked."""
     fig = new_figure(figsize=(6.5, 4))
     ax = fig.subplots()

@@ -134,7 +134,7 @@ def export(
     `verify_images`. onnx-int8 starts with `calib_method` and makes at most `int8_tries` quantizations
     (1: that one only) before it settles for its best (see int8.py). With `data`, the accuracy
     of the checkpoint and of the export on its `split`. The checkpoint's temperature (imgclf calibrate) is in
-    the exported graph; `tta` (flip, flip-crop, none: tta.py) puts test-time augmentation there too, and then the
+    the exported graph; `tta` (flip, flip-crop, none: models/tta.py) puts test-time augmentation there too, and then the
     accuracy of the checkpoint without it is measured as well (on `data`, default the recorded data).
     Returns a report dict (also what `--json` prints)."""
     fmt, tta = get_format(format), check_mode(tta)

@@ -78,7 +78,7 @@ class Predictor:
     {"path", "error"} for a file that cannot be read or processed (the others still get predictions).
 
     Probabilities are calibrated with the checkpoint's temperature (imgclf calibrate). `tta`: test-time
-    augmentation (none, flip, flip-crop; tta.py). `min_confidence` P in (0, 1]: every result gets "unsure", true
+    augmentation (none, flip, flip-crop; models/tta.py). `min_confidence` P in (0, 1]: every result gets "unsure", true
     when its top probability is below P, and then its "label" is None; "index", "probability" and "top_k" still
     give the top label and its probability."""
 

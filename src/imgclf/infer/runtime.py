@@ -56,7 +56,7 @@ class Runner:
     # softmax(logits) are calibrated probabilities: `logits` divides by this temperature (a checkpoint's, from
     # imgclf calibrate; 1.0 if none), or an export has the division in its graph
     temperature: float = 1.0
-    tta: str | None = None  # test-time augmentation in `logits` (tta.py): None (the model's own), none, flip, flip-crop
+    tta: str | None = None  # test-time augmentation in `logits` (models/tta.py): None (its own), none, flip, flip-crop
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
@@ -70,7 +70,7 @@ class CheckpointRunner(Runner):
 
     `channels_last=False` runs the default NCHW layout, as the seed did (bench compares both). `temperature`:
     None for the checkpoint's own (1.0 if it has none), or one to use instead (calibrate fits T on T=1 logits).
-    `tta`: test-time augmentation (tta.py). `model` is the bare network (what attacks and feature hooks need);
+    `tta`: test-time augmentation (models/tta.py). `model` is the bare network (what attacks and feature hooks need);
     `net` is what `logits` runs: the network with its temperature and test-time augmentation."""
 
     def __init__(
@@ -232,7 +232,7 @@ class OnnxRunner(Runner):
 
 
 class TTARunner(Runner):
-    """Test-time augmentation (tta.py) around an exported file's runner: the file's own calibrated logits on
+    """Test-time augmentation (models/tta.py) around an exported file's runner: the file's own calibrated logits on
     each view, their probabilities averaged. (A checkpoint does it inside its network instead, and `imgclf
     export --tta` puts it in the exported graph.)"""
 
@@ -290,7 +290,7 @@ def open_model(
     `precision` applies to checkpoints (autocast); an exported file runs in the precision it was exported in.
     `format` ("checkpoint" or an export format) skips recognition (export uses it on its temporary files).
     `spin=False`: onnxruntime's threads sleep between runs instead of spin-waiting (see `onnx_session_options`).
-    `tta`: test-time augmentation (tta.py: none, flip, flip-crop; None: the model's own). A checkpoint's runner
+    `tta`: test-time augmentation (models/tta.py: none, flip, flip-crop; None: the model's own). A checkpoint's runner
     applies its temperature (from imgclf calibrate) in `logits`; an exported file has it in its graph.
     Each export format is opened by the opener its entry in export_formats.FORMATS names."""
     path = str(path)

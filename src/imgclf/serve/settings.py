@@ -26,7 +26,7 @@ class ServeSettings:
     device: str = "auto"  # used when create_app opens a path itself
     precision: str = "auto"
     threads: int | None = None  # onnxruntime intra-op threads for a .onnx path (None: onnxrt.default_threads)
-    min_confidence: float | None = None  # default threshold under which a prediction is "unsure" (confidence.py)
+    min_confidence: float | None = None  # default threshold under which a prediction is "unsure" (core/confidence.py)
     explain: bool = True  # load a second copy of a checkpoint's model for Grad-CAM (/explain); exports never
 
     @property

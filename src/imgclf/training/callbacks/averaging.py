@@ -12,7 +12,7 @@ from imgclf.training.validate import validation_columns
 class EMA(Callback):
     """--ema: the moving average of the weights (TrainState.ema, training/build.py make_ema) takes each step's
     weights, and is validated beside the model after each epoch (the ema_val_* columns); best.pt then holds
-    whichever is better by --monitor (callbacks/checkpoint.py). Its state is the TrainState's own."""
+    whichever is better by --monitor (training/callbacks/checkpoint.py). Its state is the TrainState's own."""
 
     order = 5  # the first at on_step_end: it averages the step's weights before lookahead moves them
 

@@ -32,7 +32,7 @@ class FreezeThenUnfreeze(Callback):
 
 class FeatureCache(Callback):
     """--freeze backbone (on the fast path, without mixing or an attack): nothing before the head changes, so its
-    outputs are computed once (features.py), not once an epoch; the epochs and validation read them, and the
+    outputs are computed once (training/features.py), not once an epoch; the epochs and validation read them, and the
     head alone is the step's model."""
 
     order = 200  # after every on_fit_start that may change the model (airnet's whitening from data, yours)

@@ -106,7 +106,7 @@ def summary(trainer, bm: dict, train_seconds: float) -> dict:
 
 
 def calibration(trainer, best_path: str) -> dict:
-    """--calibrate: the temperature of best.pt, fitted on the validation split (calibration.py) and kept in it."""
+    """--calibrate: the temperature of best.pt, fitted on the validation split (evaluation/calibration.py) and kept in it."""
     cfg = trainer.plan.cfg
     r = calibrate(best_path, data_root=cfg.data_root, workers=cfg.workers, cache=cfg.cache)
     for line in format_calibration(r).splitlines():
