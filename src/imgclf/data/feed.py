@@ -57,8 +57,8 @@ class FastFeed:
     ):
         """One training epoch in an order from `gen`: a permutation, or with `sampler_weights` (one per image,
         data/balance.py sample_weights) drawn with replacement, or `paced` by a curriculum
-        (training/callbacks/curriculum.py). Under torchrun, `shard` = (rank, world size) takes this rank's part of it and `aug` (a generator seeded per rank)
-        draws the augmentation."""
+        (training/callbacks/curriculum.py). Under torchrun, `shard` = (rank, world size) takes this rank's part
+        of it and `aug` (a generator seeded per rank) draws the augmentation."""
         return Batches(
             self.images,
             self.labels,
