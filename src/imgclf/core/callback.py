@@ -58,7 +58,7 @@ class Run(Protocol):
     train_feed: Any  # what the epochs draw their batches from (the frozen-feature cache sets its own)
     eval_feed: Any  # what validation reads
     paced: Any  # this epoch's curriculum (an object with `draw(u)`: data/batches.py), or None: a permutation
-    results: dict  # what fit() returns and results.json holds: on_fit_end adds to it
+    results: dict  # what fit() returns and results.json holds: add keys of your own; the run's own keys win
 
     def info(self, msg: str, *args) -> None:
         """A line of the run's story: train.log and the log."""

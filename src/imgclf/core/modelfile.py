@@ -14,7 +14,7 @@ import os
 from imgclf.core.errors import CheckpointError
 
 # What an exported file's metadata records that a reader shows as it is: where the export came from, how it was
-# made and how well it matched the checkpoint (see exporting.make_metadata)
+# made and how well it matched the checkpoint (see exporting/export.py's make_metadata)
 EXPORT_EXTRA = ("source", "export", "verification")
 
 

@@ -21,7 +21,7 @@ from imgclf.core.formats import FORMATS
 
 log = logging.getLogger(__name__)
 
-META_KEY = "imgclf"  # metadata_props key of the JSON every ONNX export carries (exporting.make_metadata)
+META_KEY = "imgclf"  # metadata_props key of the JSON every ONNX export carries (exporting/export.py's make_metadata)
 
 
 def session_options(threads: int = 0, *, spin: bool = True):

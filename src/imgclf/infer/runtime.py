@@ -4,15 +4,16 @@
 (Predictor, evaluate, bench, serve) never need the original checkpoint next to an exported file.
 
 How a file is recognised (`_recognise`: by content first, the extension only for ONNX, which has no magic bytes);
-each export format is then opened by the opener its entry in export_formats.FORMATS names:
-- a zip archive holding `*/extra/imgclf.json`: TorchScript (`*/code/` present) or `torch.export` (.pt2);
+each export format is then opened by the opener its entry in core/formats.py's FORMATS names:
+- a zip archive holding `*/extra/imgclf.json`: TorchScript (`*/code/` present) or `torch.export` (.pt2), or the
+  format that metadata records when it is another of the table's (one that shares the container);
 - any other zip archive written by `torch.save`: loaded with `weights_only=True` (plain data and tensors
   only) and dispatched on its `format` marker: an imgclf checkpoint, or a dynamic-int8 export (a quantized
   state dict that is rebuilt through the model registry and `quantize_dynamic`, so no pickled code runs);
 - a `.onnx` file (or any file that parses as an ONNX model): onnxruntime, with the metadata in
   `metadata_props["imgclf"]`.
-Every exported file carries the same metadata (see `exporting.make_metadata`): format, model name, classes,
-preprocessing and the training config.
+Every exported file carries the same metadata (see `exporting/export.py`'s `make_metadata`): format, model name,
+classes, preprocessing and the training config.
 """
 
 from __future__ import annotations
@@ -292,7 +293,7 @@ def open_model(
     `spin=False`: onnxruntime's threads sleep between runs instead of spin-waiting (see `onnx_session_options`).
     `tta`: test-time augmentation (models/tta.py: none, flip, flip-crop; None: the model's own). A checkpoint's runner
     applies its temperature (from imgclf calibrate) in `logits`; an exported file has it in its graph.
-    Each export format is opened by the opener its entry in export_formats.FORMATS names."""
+    Each export format is opened by the opener its entry in core/formats.py's FORMATS names."""
     path = str(path)
     check_model_file(path)  # before a byte is read: a FIFO or a device would block the reads below
     fmt, found = (format, None) if format is not None else _recognise(path)
@@ -317,7 +318,10 @@ def _recognise(path: str) -> tuple[str, object]:
                 f"'{path}' is a {kind} archive without imgclf metadata (class names, preprocessing): "
                 f"export it with imgclf export"
             )
-        return kind, meta
+        # the format its metadata records, where it names one of the table's: a format that shares a container
+        # (another kind of TorchScript, say) is opened by its own opener without `format=`
+        recorded = meta.get("format") if isinstance(meta, dict) else None
+        return (recorded if recorded in EXPORT_FORMATS else kind), meta
     if kind is None and _looks_like_onnx(path):
         return "onnx", None
     # torch.save archives: a checkpoint or a dynamic-int8 export, told apart by their format marker

@@ -419,16 +419,16 @@ def test_a_format_is_one_table_entry(tiny_best, tmp_path, monkeypatch, capsys):
 def test_a_new_format_is_a_writer_an_opener_and_one_entry(tiny_best, tmp_path, monkeypatch):
     """Adding a format as docs/architecture.md tells it, with a throwaway one: a writer, an opener and one entry
     in the formats table, nothing else. `export` writes the file through the entry, opens it through the entry,
-    verifies it against the checkpoint and records it; `open_model` opens it by its name."""
+    verifies it against the checkpoint and records it; `open_model` opens it by its name, and by its content."""
     from imgclf.core.artifact import Preprocess
     from imgclf.core.formats import FORMATS
     from imgclf.exporting.context import meta_json, quiet
-    from imgclf.infer.runtime import Runner
+    from imgclf.infer.runtime import META_NAME, Runner
 
     def write_traced(ctx, path, meta):  # (ExportContext, path, metadata): the file at path, metadata inside
         with quiet(), torch.no_grad():  # the exporters' own progress lines and deprecation notices go to debug
             traced = torch.jit.trace(ctx.model, ctx.example, check_trace=False)  # not frozen: torchscript's is
-            torch.jit.save(traced, path, _extra_files={"meta.json": meta_json(meta)})
+            torch.jit.save(traced, path, _extra_files={META_NAME: meta_json(meta)})  # where open_model looks
 
     class TracedRunner(Runner):
         def __init__(self, path, module, meta):
@@ -449,11 +449,11 @@ def test_a_new_format_is_a_writer_an_opener_and_one_entry(tiny_best, tmp_path, m
                 return self.module(x).float()
 
     def open_traced(path, found, *, device, spin):  # -> a Runner (found: what recognising the file read, or None)
-        extra = {"meta.json": ""}
+        extra = {META_NAME: ""}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
             module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-        return TracedRunner(path, module, json.loads(extra["meta.json"]))
+        return TracedRunner(path, module, json.loads(extra[META_NAME]))
 
     # the entry: the table's other fields (packages, int8, ...) as torchscript's, whatever they are
     entry = dataclasses.replace(
@@ -470,5 +470,8 @@ def test_a_new_format_is_a_writer_an_opener_and_one_entry(tiny_best, tmp_path, m
     runner = open_model(r["out"], device="cpu", format="traced")
     ckpt = CheckpointRunner(tiny_best, device="cpu", precision="fp32", channels_last=False)
     assert runner.format == "traced" and runner.classes == ckpt.classes and runner.preprocess == ckpt.preprocess
+    # recognised by its content without `format=` (what predict, evaluate, bench and serve do): a TorchScript
+    # archive whose metadata records "traced" is opened by traced's opener, not torchscript's
+    assert open_model(r["out"], device="cpu").format == "traced"
     x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(runner.logits(x), ckpt.logits(x), atol=1e-4, rtol=1e-4)

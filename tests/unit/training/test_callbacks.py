@@ -4,6 +4,7 @@ keys and orders, and the example of docs/architecture.md (a callback that logs t
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import pytest
@@ -144,3 +145,16 @@ def test_a_callback_with_a_built_in_key_is_refused_before_the_run_folder_is_made
     with pytest.raises(UsageError, match="state key 'lookahead'"):
         _train(tmp_path, data, "clash", epochs=1, lookahead=True, callbacks=[MyLookahead()])
     assert not (tmp_path / "runs" / "clash").exists()
+
+
+def test_a_callbacks_results_join_results_json_without_replacing_the_runs_own(tmp_path, data):
+    class Adds(Callback):
+        def on_fit_end(self, trainer):
+            trainer.results |= {"mine": 1, "best_epoch": 99}
+
+    res = _train(tmp_path, data, "adds", epochs=2, callbacks=[Adds()])
+    with open(os.path.join(res["run_dir"], "results.json")) as f:
+        written = json.load(f)
+    assert written["mine"] == res["mine"] == 1
+    assert written["best_epoch"] == res["best_epoch"] != 99
+    assert "results.json keeps its own ['best_epoch']" in open(os.path.join(res["run_dir"], "train.log")).read()

@@ -27,16 +27,12 @@ class FinalReport(Callback):
         st, world = trainer.state, trainer.plan.world
         train_seconds = time.perf_counter() - trainer.started  # this session: from fit() to the last epoch
         if not world.main:  # rank 0 evaluates the best checkpoint and writes the results
-            trainer.results = {
-                "best_epoch": st.best["epoch"],
-                "epochs": len(st.rows),
-                "steps": st.step,
-                "rank": world.rank,
-            }
+            own = {"best_epoch": st.best["epoch"], "epochs": len(st.rows), "steps": st.step, "rank": world.rank}
+            trainer.results = with_callbacks(trainer, own)
             return
         best_path = trainer.run_dir.file("best.pt")
         logits, labels, bm = validate_best(trainer, best_path)
-        results = {**summary(trainer, bm, train_seconds), **trainer.results}
+        results = with_callbacks(trainer, summary(trainer, bm, train_seconds))
         if trainer.plan.cfg.calibrate:
             results["calibration"] = calibration(trainer, best_path)
         trainer.run_dir.write_results(results)
@@ -59,6 +55,15 @@ class FinalReport(Callback):
             best_path,
         )
         trainer.results = results
+
+
+def with_callbacks(trainer, own: dict) -> dict:
+    """results.json's own keys, then what callbacks put in `trainer.results`; a callback's key never replaces one
+    of the run's own (a warning says which were left out)."""
+    clash = sorted(set(own) & set(trainer.results))
+    if clash:
+        trainer.run_dir.warning("results.json keeps its own %s: a callback's values for them are left out", clash)
+    return {**own, **{k: v for k, v in trainer.results.items() if k not in own}}
 
 
 def validate_best(trainer, best_path: str):
