@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps  # the registry of colormaps: a lookup, no pyplot and no global state
 from PIL import Image
 from torch import nn
 
@@ -299,6 +298,9 @@ def overlay(
     """`image` (RGB) with `cam` (H x W in [0, 1], the image's size) drawn over it in matplotlib colormap `cmap`
     at opacity `alpha`; outside `box` (what the model did not see) the image is darkened to half instead."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    # the registry of colormaps: a lookup, no pyplot and no global state; matplotlib is heavy (plots.py says why)
+    from matplotlib import colormaps  # noqa: PLC0415 - heavy: only when an overlay is drawn
+
     heat = colormaps[cmap](np.asarray(cam, dtype=np.float32), bytes=True)[..., :3].astype(np.float32)  # H x W x 3
     out = rgb * 0.5
     left, top, right, bottom = box if box is not None else (0, 0, rgb.shape[1], rgb.shape[0])

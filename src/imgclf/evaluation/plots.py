@@ -11,11 +11,6 @@ import logging
 import warnings
 
 import numpy as np
-from matplotlib import font_manager, rcParams
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.text import Text
-from matplotlib.ticker import MaxNLocator
 
 from imgclf.core.fileio import atomic_open
 
@@ -49,8 +44,13 @@ FALLBACK_FONTS = (
 )
 
 
-def new_figure(**kw) -> Figure:
+def new_figure(**kw):
     """A Figure drawn by its own Agg canvas (no pyplot): `Figure(**kw)`, to be written by `save_figure`."""
+    # matplotlib (~0.75 s of imports) only when a figure is drawn: every training process, each torchrun rank
+    # included, imports this module, and most draw nothing until the run's end
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - heavy, see above
+    from matplotlib.figure import Figure  # noqa: PLC0415 - heavy, see above
+
     fig = Figure(**kw)
     FigureCanvasAgg(fig)
     return fig
@@ -60,6 +60,8 @@ def new_figure(**kw) -> Figure:
 def _font_family() -> tuple[str, ...]:
     """The default font family, then the installed fallback fonts: looked up once per process (`label` asks for
     it for every name it draws, and the installed fonts do not change while imgclf runs)."""
+    from matplotlib import font_manager, rcParams  # noqa: PLC0415 - heavy: only when a figure is drawn
+
     installed = {f.name for f in font_manager.fontManager.ttflist}
     return tuple(rcParams["font.family"]) + tuple(f for f in FALLBACK_FONTS if f in installed)
 
@@ -67,6 +69,8 @@ def _font_family() -> tuple[str, ...]:
 @functools.lru_cache(maxsize=8)
 def _drawable(family: tuple[str, ...]) -> frozenset[int]:
     """The code points that the fonts of `family` have glyphs for."""
+    from matplotlib import font_manager  # noqa: PLC0415 - heavy: only when a figure is drawn
+
     points: set[int] = set()
     for name in family:
         path = font_manager.findfont(font_manager.FontProperties(family=[name]))
@@ -83,8 +87,10 @@ def label(name: str) -> str:
     return drawn.replace("$", r"\$")
 
 
-def save_figure(fig: Figure, path: str) -> None:
+def save_figure(fig, path: str) -> None:
     """`fig` as a PNG at `path` (written atomically), every text in the font family that can draw it."""
+    from matplotlib.text import Text  # noqa: PLC0415 - heavy: only when a figure is drawn
+
     family = list(_font_family())
     for t in fig.findobj(Text):
         t.set_fontfamily(family)
@@ -102,6 +108,8 @@ def save_figure(fig: Figure, path: str) -> None:
 
 def plot_curves(rows: list[dict], path: str) -> None:
     """Loss and accuracy per epoch, train against validation."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - heavy: only when a figure is drawn
+
     ep = [r["epoch"] for r in rows]
     fig = new_figure(figsize=(10, 3.8))
     a, b = fig.subplots(1, 2)
@@ -194,6 +202,8 @@ def plot_lr_find(result: dict, path: str) -> None:
 def plot_reliability(bins: list[dict], ece: float, path: str, title: str = "") -> None:
     """The reliability diagram (calibration.reliability's bins): accuracy against confidence per confidence bin,
     with the diagonal a calibrated model follows and, below, how many images each bin holds."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - heavy: only when a figure is drawn
+
     fig = new_figure(figsize=(5, 5.6))
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     lo = np.array([b["low"] for b in bins])
