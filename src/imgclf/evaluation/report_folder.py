@@ -4,6 +4,7 @@ and metrics of its model on its split, computed once and shared by the sections.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from imgclf.evaluation.metrics import compute_metrics
 from imgclf.infer.logits import align_classes, infer, open_model_data
 from imgclf.infer.runtime import open_model
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Folder:
@@ -29,6 +32,7 @@ class Folder:
     config: dict | None = None
     eval: dict | None = None
     weights: str | None = None
+    left_out: list[str] = field(default_factory=list)  # the folder's files that could not be read, each with why
     cache: dict = field(default_factory=dict)  # computed once, shared by the sections (predictions)
 
     def file(self, name: str) -> str:
@@ -68,12 +72,31 @@ def open_folder(path: str) -> Folder:
             f"'{path}' holds neither results.json, config.yaml, metrics.csv (a run) nor eval.json (an evaluation): "
             "pass runs/NAME or an eval-SPLIT folder"
         )
-    f.results = read_json(f.file("results.json")) if f.has("results.json") else None
-    if f.has("config.yaml"):
-        with open(f.file("config.yaml"), encoding="utf-8") as fh:
-            f.config = yaml.safe_load(fh) or {}
+    f.results = _read_run_file(f, "results.json", json.load)
+    f.config = _read_run_file(f, "config.yaml", lambda fh: yaml.safe_load(fh) or {})
     f.weights = next((f.file(n) for n in ("best.pt", "last.pt") if f.has(n)), None)
+    if f.left_out and f.results is None and f.config is None and not f.weights and not f.has("metrics.csv"):
+        raise UsageError(f"nothing to report in '{path}': {'; '.join(f.left_out)}")
+    for why in f.left_out:
+        log.warning("report: left out %s; the report shows what the folder's other files hold", why)
     return f
+
+
+def _read_run_file(f: Folder, name: str, load) -> dict | None:
+    """A run's results.json or config.yaml as a dict; one that is there but unreadable (not UTF-8, not JSON or
+    YAML, not a mapping) is left out of the report with one warning line naming it (issue 22)."""
+    if not f.has(name):
+        return None
+    try:
+        with open(f.file(name), encoding="utf-8") as fh:
+            data = load(fh)
+        if not isinstance(data, dict):
+            raise ValueError(f"holds a {type(data).__name__}, not a mapping")
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        f.left_out.append(f"{f.file(name)}: not readable ({why})")
+        return None
+    return data
 
 
 def data_of(f: Folder) -> str | None:

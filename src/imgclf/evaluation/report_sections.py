@@ -134,7 +134,7 @@ def section_data(f: Folder) -> str:
     else:
         cfg, res = f.config or {}, f.results or {}
         if not cfg and not res:
-            raise Missing("no config.yaml or results.json in the run folder")
+            raise Missing("; ".join(f.left_out) or "no config.yaml or results.json in the run folder")
         classes = res.get("classes") or []
         rows = [
             ("data", cfg.get("data")),
@@ -147,6 +147,7 @@ def section_data(f: Folder) -> str:
         ]
     left = _left_out_rows(f)
     rows.append(("files left out", len(left)))
+    rows.extend(("not read", why) for why in f.left_out)
     out = _kv(rows)
     if left:
         out += "<table><thead><tr><th>split</th><th>file</th><th>reason</th></tr></thead><tbody>"

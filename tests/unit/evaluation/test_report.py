@@ -276,3 +276,30 @@ def test_report_in_headless_chromium(tiny_run, tmp_path):
     assert [precision[c] for c in seen["after"]] == sorted(precision.values())
     assert seen["before"] == ["cat", "dog", "fox"]  # the model's class order
     assert seen["by_name_descending"] == ["fox", "dog", "cat"]  # the order changed
+
+
+def test_an_unreadable_results_json_is_left_out_with_one_warning_line(tiny_run, tmp_path, capsys):
+    """Issue 22, defect 9: `imgclf report` on a run whose results.json is not JSON wrote the page and said
+    nothing. Now one warning line names the file and that it was left out; the page is still built from the
+    other files (exit 0) and says so; a folder with nothing else readable is one line and exit 2."""
+    run = _copy_run(tiny_run, tmp_path)
+    results = os.path.join(run, "results.json")
+    for content in (b"{not json", b"\xff\xfe\x00binary", b"[1, 2]"):
+        with open(results, "wb") as fh:
+            fh.write(content)
+        assert main(["report", run]) == 0
+        cap = capsys.readouterr()
+        assert cap.out.strip() == os.path.join(run, REPORT_NAME)
+        warned = [ln for ln in cap.err.splitlines() if "results.json" in ln]
+        assert len(warned) == 1 and "left out" in warned[0] and results in warned[0], cap.err
+        assert "Traceback" not in cap.err
+        got = _sections(open(os.path.join(run, REPORT_NAME), encoding="utf-8").read())
+        assert got["data"] == got["curves"] == got["confusion"] == "shown"
+        assert "results.json: not readable" in open(os.path.join(run, REPORT_NAME), encoding="utf-8").read()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "results.json").write_text("{not json")
+    assert main(["report", str(alone)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("imgclf: error: nothing to report") and "results.json" in err[0], err
+    assert not (alone / REPORT_NAME).exists()
