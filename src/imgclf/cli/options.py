@@ -106,7 +106,7 @@ class RobustnessOptions:
 
     weights: str = WEIGHTS.field(help="checkpoint (runs/NAME/best.pt), or a file from imgclf export (corruptions only)")
     data: str | None = opt(None, "data to measure on (default: the data the model was trained on)")
-    split: str = SPLIT.field("test")
+    split: str | None = SPLIT.field(None, help="val, test or train [test if the data has one, else val]")
     attack: str | None = opt(None, "attacks, comma-separated: fgsm, pgd", metavar="fgsm,pgd")
     eps: str | None = opt(
         None,

@@ -78,6 +78,11 @@ class DataSource:
     val_origin: str = "folder"
     notes: list[str] = field(default_factory=list)
 
+    def held_out_split(self) -> str:
+        """The split a trained model is measured on when the user names none: test where the data has one, else
+        val (the split training validated on; digits and a folder without a test folder have no test)."""
+        return "test" if "test" in self.splits else "val"
+
     def split(self, name: str) -> Split:
         if name not in self.splits:
             have = ", ".join(sorted(self.splits))

@@ -254,7 +254,7 @@ def robustness(
     weights: str,
     data: str | None = None,
     *,
-    split: str = "test",
+    split: str | None = None,
     attacks=(),
     eps=None,
     steps: int = DEFAULT_STEPS,
@@ -271,7 +271,8 @@ def robustness(
     cache: str = "auto",
     plots: bool = True,
 ) -> dict:
-    """Accuracy of `weights` on `split` of `data` (default: the data it was trained on) under `attacks`
+    """Accuracy of `weights` on `split` of `data` (default: the data it was trained on; the split: test where the
+    data has one, else val) under `attacks`
     (fgsm, pgd) at each eps (pixel units; eps 0, the clean accuracy, is always included) and, with
     `corruptions`, under each common corruption at `severities`. `limit`: N images of the split (a seeded
     choice, the same for every run: limit_indices).
@@ -297,6 +298,7 @@ def robustness(
             f"checkpoint it was exported from, or ask for --corruptions only"
         )
     images, labels, src, bad = _load_split(runner, data, split, limit, data_root, workers, cache)
+    split = split or src.held_out_split()
     tag = split if runner.format == "checkpoint" else f"{split}-{runner.format}"
     out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), f"robustness-{tag}")
     _make_folder(out)
@@ -355,6 +357,7 @@ def _load_split(runner, data, split, limit, data_root, workers, cache):
     """(uint8 N x 3 x S x S at the model's input size, labels in the model's class order, source, left out):
     decoded and centre-cropped exactly as `evaluate` does (the same decoded cache)."""
     src, s = open_model_data(runner.config, data, split, data_root)
+    split = split or src.held_out_split()
     data = data or runner.config.get("data")
     mapping = torch.as_tensor(align_classes(src.classes, runner.classes, data), dtype=torch.long)
     if limit is not None and limit < len(s):

@@ -60,9 +60,10 @@ def infer_sharded(
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def open_model_data(config: dict | None, data: str | None, split: str, data_root: str | None = None):
+def open_model_data(config: dict | None, data: str | None, split: str | None, data_root: str | None = None):
     """(source, split) of `data`, default the data the model was trained on, opened as its training opened it
-    (the same carved validation split, from the recorded fraction and seed)."""
+    (the same carved validation split, from the recorded fraction and seed). `split` None: the data's held-out
+    split (`DataSource.held_out_split`: test where there is one, else val)."""
     cfg = config or {}
     data = data or cfg.get("data")
     if not data:
@@ -73,7 +74,7 @@ def open_model_data(config: dict | None, data: str | None, split: str, data_root
         val_fraction=cfg.get("val_fraction", 0.2),
         seed=cfg.get("seed", 0),
     )
-    return src, src.split(split)
+    return src, src.split(split or src.held_out_split())
 
 
 def align_classes(data_classes: list[str], model_classes: list[str], where: str) -> list[int]:

@@ -188,7 +188,7 @@ def simulate(
     strategies = _check_sim_args(strategies, start, budget, rounds, seeds, start_mode)
     FeatureModel.check(features)
     src = open_source(data, data_root=data_root, seed=seed)
-    eval_split = eval_split or ("test" if "test" in src.splits else "val")
+    eval_split = eval_split or src.held_out_split()
     if eval_split == "train":
         raise UsageError("--eval-split train is the pool the simulation labels: measure on val or test")
     pool = subset(src.split("train"), pool_size, seed, "--pool-size")

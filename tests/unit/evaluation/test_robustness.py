@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLASSES, usage_error
+from conftest import TINY_CLASSES, train_tiny, usage_error
 
 from imgclf.cli.main import main
 from imgclf.core.errors import UsageError
@@ -223,6 +223,18 @@ def test_cli_writes_json_plot_and_table(tiny_best, tiny_data, tmp_path, capsys):
     assert r["num_images"] == 5 and r["limit"] == 5 and r["split"] == "test" and r["format"] == "checkpoint"
     assert [row["eps"] for row in r["attacks"]["results"]["pgd"]] == pytest.approx([0, 4 / 255, 0.1])
     assert (out / "robustness.png").stat().st_size > 0
+
+
+def test_the_default_split_is_test_where_there_is_one_else_val(tmp_path, capsys):
+    """Issue 22, defect 13: `imgclf robustness W --attack fgsm,pgd` on a digits run (train and val, no test)
+    failed on the default --split test. The default is now the data's held-out split: val for digits (test where
+    the data has one: the tiny data's, in the test above)."""
+    train_tiny(tmp_path, "digits", "d", epochs=1)
+    best = str(tmp_path / "runs" / "d" / "best.pt")
+    rc = main(["robustness", best, "--attack", "fgsm,pgd", "--eps", "4/255", "--steps", "2", "--limit", "12", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 0 and r["split"] == "val" and r["num_images"] == 12
+    assert r["out"].endswith("robustness-val") and set(r["attacks"]["results"]) == {"fgsm", "pgd"}
 
 
 def test_limit_takes_images_of_every_class_not_the_first_n(tiny_best, tiny_data, tmp_path):
