@@ -2,7 +2,8 @@
 
 Checks up front, then decode, batch, predict, encode:
 
-1. the guard (outermost, pure ASGI; guard.py): API key, then per-path metrics for every answer, errors included;
+1. the guard (outermost, pure ASGI; guard.py): the security headers of every answer (no framing, no sniffing),
+   the API key, then per-path metrics for every answer, errors included;
 2. /predict and /explain (routes.py, endpoints.py): content type and Content-Length checked before the body is
    read, the multipart body parsed as it arrives within the upload limit (upload.py), every file decoded in a
    thread pool (decode.py), the images batched with other requests' (batcher.py), the whole request under
@@ -24,7 +25,7 @@ import logging
 from fastapi import FastAPI
 
 from imgclf.core.version import __version__
-from imgclf.serve.guard import PROTECTED, Guard
+from imgclf.serve.guard import PROTECTED, Guard, SecurityHeaders
 from imgclf.serve.model import open_explainer, open_served
 from imgclf.serve.responses import add_error_handlers
 from imgclf.serve.routes import add_info_routes, add_model_routes
@@ -71,4 +72,5 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
     add_info_routes(app, state)
     add_model_routes(app, state)
     app.add_middleware(Guard, api_key=settings.api_key, metrics=state.metrics)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so the guard's 401s carry the headers too
     return app

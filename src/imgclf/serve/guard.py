@@ -1,5 +1,5 @@
-"""The outermost layer of the app (pure ASGI): the API key check, then per-path metrics for every answer, errors
-included."""
+"""The outermost layers of the app (pure ASGI): the headers every answer carries (no framing by another site,
+no content sniffing), then the API key check and per-path metrics for every answer, errors included."""
 
 from __future__ import annotations
 
@@ -7,8 +7,20 @@ import hmac
 import time
 from dataclasses import dataclass
 
+from starlette.datastructures import MutableHeaders
+
 from imgclf.serve.metrics import Metrics
 from imgclf.serve.responses import error_response
+
+# On every answer, errors and /docs included (OWASP's headers for an API): no other site may frame a page of
+# this origin (the web page holds an API-key field: clickjacking), and no browser guesses a content type. A
+# response that sets its own Content-Security-Policy (the web page's, routes.PAGE_HEADERS) keeps it, and that one
+# says frame-ancestors 'none' too.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 # Paths that need the API key when one is set. /, /health, /ready and the OpenAPI docs stay open: a load
 # balancer probes health without secrets, and the page and docs hold nothing but code.
@@ -27,6 +39,28 @@ class StatusSeen:
         if message["type"] == "http.response.start":
             self.status = message["status"]
         await self.send(message)
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: SECURITY_HEADERS on every HTTP response, unless the response set that header
+    itself."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
 
 
 class Guard:

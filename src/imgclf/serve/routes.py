@@ -17,10 +17,11 @@ from imgclf.serve.responses import ApiError, error_response
 from imgclf.serve.schemas import ERRORS, EXPLAIN_BODY, EXPLAIN_ERRORS, PREDICT_BODY, ErrorBody, PredictResponse
 from imgclf.serve.state import ServerState
 
-# The web page's own headers: it runs its inline script and shows the images it is given, nothing from elsewhere
+# The web page's own headers: it runs its inline script and shows the images it is given, nothing from elsewhere,
+# and no other site may frame it (it holds an API-key field; guard.SECURITY_HEADERS adds X-Frame-Options: DENY)
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
+    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
 
@@ -58,7 +59,8 @@ def served_metadata(state: ServerState) -> dict:
 def add_info_routes(app: FastAPI, state: ServerState) -> None:
     html = page()
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    # HEAD as GET, without the body (Starlette's own routes add HEAD to GET; FastAPI's need it named)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index():
         return HTMLResponse(html, headers=PAGE_HEADERS)
 

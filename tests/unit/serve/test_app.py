@@ -553,6 +553,38 @@ def _get(port: int, path: str = "/health") -> tuple[int, dict, bytes]:
         return _read_response(s, until_close=True)
 
 
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_no_page_can_be_framed_and_head_answers_like_get(runner, http):
+    """Issue 22, defect 10: the page (which holds an API-key field) could be framed by another site, and HEAD /
+    was 405. Now every answer (the page, JSON, /docs, a 404, the guard's 401) says X-Frame-Options: DENY and
+    CSP frame-ancestors 'none', and HEAD / is GET's 200 without the body, through a real uvicorn."""
+    app = create_app(runner, ServeSettings(warmup=False, api_key="k"))
+    with _uvicorn(app, http=http) as (_, port):
+        status, page_headers, page = _get(port, "/")
+        assert status == 200 and b'id="file"' in page
+        with _connect(port) as s:
+            s.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            status, headers, body = _read_response(s, until_close=True)
+        assert status == 200 and body == b"", (status, body[:100])
+        assert headers["content-type"] == page_headers["content-type"] and headers["content-length"] == str(len(page))
+        assert headers["content-security-policy"] == page_headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert "default-src 'self'" in headers["content-security-policy"]  # the page's own policy, kept
+        for path, want in (
+            ("/", 200),
+            ("/health", 200),
+            ("/docs", 200),
+            ("/openapi.json", 200),
+            ("/nope", 404),
+            ("/metadata", 401),
+        ):
+            status, headers, _ = _get(port, path)
+            assert status == want, path
+            assert headers["x-frame-options"] == "deny", path  # _read_response lower-cases header lines
+            assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+            assert headers["x-content-type-options"] == "nosniff", path
+
+
 PARTIAL = b"GET /health HTTP/1.1\r\nHost: x\r\n"  # the blank line that ends the headers never comes
 
 

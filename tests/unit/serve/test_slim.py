@@ -87,7 +87,11 @@ SERVE_ONNX = textwrap.dedent(
         unsure = c.post("/predict", files=files[:1], data={"min_confidence": "1"}).json()["predictions"][0]
         explained = c.post("/explain", files=files[:1])
         explain_meta = c.get("/metadata").json()["explain"]
+        head = c.head("/")
+        framing = [head.status_code, head.content.decode(), head.headers["x-frame-options"],
+                   c.get("/health").headers["content-security-policy"]]
     print(json.dumps({
+        "framing": framing,
         "unsure": unsure,
         "explain": [explained.status_code, explained.json(), explain_meta],
         "torch": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")),
@@ -119,6 +123,8 @@ def test_serving_an_onnx_export_never_imports_torch(int8_export, image_files):
     status, body, meta = got["explain"]
     assert status == 400 and body["error"] == "explain_unavailable" and "checkpoint" in body["detail"], body
     assert meta["available"] is False and "onnx-int8" in meta["reason"]
+    # the slim server's page cannot be framed and answers HEAD / (issue 22, defect 10)
+    assert got["framing"] == [200, "", "DENY", "frame-ancestors 'none'"], got["framing"]
 
 
 @pytest.mark.kernels
