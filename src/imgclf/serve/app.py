@@ -24,6 +24,11 @@ import logging
 
 from fastapi import FastAPI
 
+try:  # Swagger UI's and ReDoc's files in a package, served by the app itself (a dependency; see _fastapi)
+    from fastapi_offline import FastAPIOffline
+except ImportError:  # pragma: no cover - an install without it: no /docs page rather than a CDN's
+    FastAPIOffline = None
+
 from imgclf.core.version import __version__
 from imgclf.serve.guard import PROTECTED, Guard, SecurityHeaders
 from imgclf.serve.model import open_explainer, open_served
@@ -59,7 +64,7 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
                 await warm
             await state.stop()
 
-    app = FastAPI(
+    app = _fastapi(
         title="imgclf",
         version=__version__,
         lifespan=lifespan,
@@ -74,3 +79,19 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
     app.add_middleware(Guard, api_key=settings.api_key, metrics=state.metrics)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so the guard's 401s carry the headers too
     return app
+
+
+DOCS_ASSETS = "/docs-assets"  # where /docs and /redoc load Swagger UI's and ReDoc's scripts, CSS and icon from
+
+
+def _fastapi(**kwargs) -> FastAPI:
+    """The FastAPI app, its /docs (Swagger UI) and /redoc pages loading their scripts from the app itself, out of
+    the fastapi-offline package (FastAPI's documented self-hosting of the docs' assets, packaged): an air-gapped
+    server has working docs, and no third-party script runs on the model's origin, next to the page's API-key
+    field. FastAPI's own pages would load them from a CDN by major version, without an integrity hash. Where the
+    package is missing (an install that left it out), there is no /docs nor /redoc, never the CDN's:
+    /openapi.json still describes the API."""
+    if FastAPIOffline is not None:
+        return FastAPIOffline(static_url=DOCS_ASSETS, **kwargs)
+    log.warning("no /docs page: the fastapi-offline package is not installed (/openapi.json describes the API)")
+    return FastAPI(docs_url=None, redoc_url=None, **kwargs)

@@ -21,6 +21,10 @@ PATHS = (
     "/redoc",
     "/openapi.json",
     "/docs/oauth2-redirect",
+    "/docs-assets/swagger-ui-bundle.js",
+    "/docs-assets/swagger-ui.css",
+    "/docs-assets/redoc.standalone.js",
+    "/docs-assets/favicon.png",
     "/favicon.ico",
 )
 METHODS = ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH")

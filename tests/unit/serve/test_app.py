@@ -26,6 +26,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx vs httpx2, whichever is installed
     from fastapi.testclient import TestClient
 
+from conftest import chromium_page, needs_chromium
+
 from imgclf.cli.main import main
 from imgclf.core.errors import UsageError
 from imgclf.infer.predict import Predictor
@@ -212,6 +214,30 @@ def test_page_and_docs(client):
     assert body["properties"]["image"]["items"]["format"] == "binary"
     assert {"/health", "/ready", "/metadata", "/metrics"} <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
+
+
+def test_docs_pages_load_nothing_from_elsewhere(client, runner, monkeypatch):
+    """Issue 22, defect 11: /docs loaded Swagger UI from a CDN by major version, without an integrity hash (blank
+    when air-gapped; a third-party script on the model's origin). Now /docs and /redoc load their scripts, CSS
+    and icon from the app (the fastapi-offline package's copies), and every one of them answers; without that
+    package there is no /docs at all rather than the CDN's."""
+    for page, wanted in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        r = client.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), page
+        urls = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)["\']', r.text)
+        urls += re.findall(r'(?:url|spec-url)\s*[:=]\s*["\']([^"\']+)["\']', r.text)
+        assert any(u.endswith(wanted) for u in urls), (page, urls)
+        assert "cdn" not in r.text.lower() and "fonts.googleapis" not in r.text, page
+        for u in urls:
+            assert u.startswith("/") and not u.startswith("//"), (page, u)  # this origin only
+            asset = client.get(u)
+            assert asset.status_code == 200 and len(asset.content) > 100, (page, u, asset.status_code)
+    assert "javascript" in client.get("/docs-assets/swagger-ui-bundle.js").headers["content-type"]
+
+    monkeypatch.setattr("imgclf.serve.app.FastAPIOffline", None)
+    with TestClient(create_app(runner, ServeSettings(warmup=False))) as c:
+        assert c.get("/docs").status_code == 404 and c.get("/redoc").status_code == 404
+        assert c.get("/openapi.json").status_code == 200
 
 
 # ------------------------------------------------------------------------------------------------- refusals
@@ -583,6 +609,25 @@ def test_no_page_can_be_framed_and_head_answers_like_get(runner, http):
             assert headers["x-frame-options"] == "deny", path  # _read_response lower-cases header lines
             assert "frame-ancestors 'none'" in headers["content-security-policy"], path
             assert headers["x-content-type-options"] == "nosniff", path
+
+
+@pytest.mark.integration
+@needs_chromium
+def test_docs_render_offline_and_no_site_can_frame_the_page_in_chromium(runner):
+    """In a real browser (issue 22, defects 10 and 11): /docs renders the API's operations with every request
+    to the server itself, and a page of another origin that frames the web page gets no page in its frame."""
+    app = create_app(runner, ServeSettings(warmup=False))
+    with _uvicorn(app) as (_, port), chromium_page() as page:
+        base = f"http://127.0.0.1:{port}"
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(base + "/docs")
+        page.wait_for_selector(".opblock-summary-path[data-path='/predict']")
+        assert requests and all(u.startswith(base + "/") for u in requests), requests
+        page.goto(f"http://localhost:{port}/health")  # another origin than 127.0.0.1's
+        page.set_content(f'<iframe id="f" src="{base}/" width="600" height="400"></iframe>')
+        framed = [f for f in page.frames if f != page.main_frame]
+        assert framed and all(f.query_selector("#file") is None for f in framed), [f.url for f in framed]
 
 
 PARTIAL = b"GET /health HTTP/1.1\r\nHost: x\r\n"  # the blank line that ends the headers never comes
