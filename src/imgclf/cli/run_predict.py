@@ -10,6 +10,7 @@ from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_output_file
 from imgclf.cli.options import ActiveSimOptions, PredictOptions, SelectOptions
 from imgclf.compute.distributed import world_from_env
 from imgclf.core.errors import ImgclfError
+from imgclf.core.escape import one_line
 from imgclf.infer.stream import predict_files
 from imgclf.studies.active import format_selection, format_simulation, select, simulate
 
@@ -46,14 +47,17 @@ def predict_command(o: PredictOptions) -> int:
 
 
 def prediction_line(r: dict, as_json: bool) -> str:
-    """One row of `imgclf predict`'s stdout: PATH, label (or unsure), probability and the other top labels."""
+    """One row of `imgclf predict`'s stdout: PATH, label (or unsure), probability and the other top labels; the
+    path, labels and error escaped (`one_line`), so a name holding a newline, tab or NUL stays one row."""
     if as_json:
         return json.dumps(r)
+    path = one_line(r["path"])
     if "error" in r:
-        return f"{r['path']}\tERROR\t{r['error']}"
-    others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
-    shown = r["label"] if not r.get("unsure") else f"unsure ({r['top_k'][0]['label']})"
-    return f"{r['path']}\t{shown}\t{r['probability']:.3f}" + (f"\t({others})" if others else "")
+        return f"{path}\tERROR\t{one_line(r['error'])}"
+    others = ", ".join(f"{one_line(t['label'])} {t['probability']:.3f}" for t in r["top_k"][1:])
+    top = one_line(r["top_k"][0]["label"])
+    shown = one_line(r["label"]) if not r.get("unsure") else f"unsure ({top})"
+    return f"{path}\t{shown}\t{r['probability']:.3f}" + (f"\t({others})" if others else "")
 
 
 def select_command(o: SelectOptions) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.core.errors import DataError, did_you_mean
+from imgclf.core.escape import csv_cell, csv_value
 from imgclf.core.fileio import atomic_open, user_cache_home
 from imgclf.data.cifar import read_cifar
 
@@ -252,7 +253,7 @@ def csv_source(path: Path) -> DataSource:
             )
         reader.fieldnames = cols
         for n, row in enumerate(reader, start=2):
-            p, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            p, label = csv_value((row.get("path") or "").strip()), csv_value((row.get("label") or "").strip())
             if not p or not label:
                 raise DataError(f"CSV '{path}' line {n}: empty path or label; every row needs both")
             split = (row.get("split") or "train").strip().lower() or "train"
@@ -345,4 +346,4 @@ def write_split_manifest(src: DataSource, path: str) -> None:
         w.writerow(["path", "label", "split"])
         for name, s in src.splits.items():
             for i, y in enumerate(s.labels):
-                w.writerow([s.describe(i), src.classes[y], name])
+                w.writerow([csv_cell(s.describe(i)), csv_cell(src.classes[y]), name])

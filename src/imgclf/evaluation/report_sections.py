@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from imgclf.compute.machine import machine_report, summary_line
+from imgclf.core.escape import csv_value
 from imgclf.core.fileio import human_size
 from imgclf.core.formats import FORMATS
 from imgclf.data.check import check_data
@@ -118,7 +119,8 @@ def _left_out_rows(f: Folder) -> list[tuple[str, str, str]]:
     if not f.has("left_out.csv"):
         return []
     with open(f.file("left_out.csv"), newline="", encoding="utf-8") as fh:
-        return [(r.get("split", ""), r.get("path", ""), r.get("reason", "")) for r in csv.DictReader(fh)]
+        rows = csv.DictReader(fh)
+        return [(r.get("split", ""), csv_value(r.get("path", "")), csv_value(r.get("reason", ""))) for r in rows]
 
 
 def section_data(f: Folder) -> str:

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from imgclf.core.errors import CheckpointError, DataError, UsageError
+from imgclf.core.escape import csv_cell
 from imgclf.core.fileio import atomic_open
 from imgclf.core.options import check_output_folder
 from imgclf.data.sources import open_source
@@ -121,12 +122,13 @@ def _write_selection(sel: Selection, budget: int) -> None:
         w = csv.writer(f)
         w.writerow(["path", "score", "predicted_label", "probability"])
         for r in sel.rows:
-            w.writerow([r["path"], f"{r['score']:.6f}", r["predicted_label"], f"{r['probability']:.6f}"])
+            row = [csv_cell(r["path"]), f"{r['score']:.6f}", csv_cell(r["predicted_label"]), f"{r['probability']:.6f}"]
+            w.writerow(row)
     if sel.unreadable:
         with atomic_open(os.path.join(sel.out, "unreadable.csv"), newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "reason"])
-            w.writerows(sel.unreadable)
+            w.writerows([csv_cell(p), csv_cell(why)] for p, why in sel.unreadable)
     sel.sheet = os.path.join(sel.out, "contact_sheet.png")
     if len(sel.rows) < budget:
         log.warning(

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from imgclf.core.errors import DataError
+from imgclf.core.escape import csv_value
 from imgclf.core.progress import progress
 from imgclf.data.sources import is_image_name
 from imgclf.infer.predict import expand_paths
@@ -31,7 +32,7 @@ def _csv_paths(path: str, what: str) -> list[str]:
                 )
             reader.fieldnames = cols
             for row in reader:
-                p = (row.get("path") or "").strip()
+                p = csv_value((row.get("path") or "").strip())  # selected.csv's cells as `select` wrote them
                 if p:
                     out.append(os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p)))
     except (OSError, UnicodeDecodeError, csv.Error) as e:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.core.errors import DataError
+from imgclf.core.escape import csv_cell, csv_value
 from imgclf.core.fileio import atomic_open
 from imgclf.core.options import check_output_folder
 from imgclf.data.feed import make_feed
@@ -118,7 +119,8 @@ def read_difficulty(path: str, split) -> torch.Tensor:
                 raise DataError(f"--difficulty '{path}': '{row[column]}' for {row['path']} is not a number") from None
             if not math.isfinite(value):
                 raise DataError(f"--difficulty '{path}': {row['path']} has difficulty {value}; give a finite number")
-            scores[row["path"] if split.paths is None else os.path.abspath(os.path.join(here, row["path"]))] = value
+            p = csv_value(row["path"])  # as `score` wrote it (csv_cell)
+            scores[p if split.paths is None else os.path.abspath(os.path.join(here, p))] = value
     keys = [image_key(split, i) for i in range(len(split))]
     missing = [k for k in keys if k not in scores]
     if missing:
@@ -214,12 +216,12 @@ def score(
         for i in range(len(split)):
             rows.append(
                 [
-                    image_key(split, i),
-                    runner.classes[int(labels[i])],
+                    csv_cell(image_key(split, i)),
+                    csv_cell(runner.classes[int(labels[i])]),
                     name,
                     f"{float(losses[i]):.6g}",
                     f"{float(prob[i, labels[i]]):.6g}",
-                    runner.classes[int(pred[i])],
+                    csv_cell(runner.classes[int(pred[i])]),
                     f"{float(conf[i]):.6g}",
                 ]
             )

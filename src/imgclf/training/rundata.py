@@ -10,6 +10,7 @@ import time
 
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import DataError, UsageError
+from imgclf.core.escape import csv_value
 from imgclf.data.feed import make_feed
 from imgclf.data.pipeline import common_size, resolve_preprocess
 from imgclf.data.sources import open_source
@@ -103,7 +104,7 @@ def what_changed(src, split_csv: str) -> str:
     if not os.path.exists(split_csv):
         return "files were added, removed or modified"
     with open(split_csv, newline="") as f:
-        before = {r["path"] for r in csv.DictReader(f)}
+        before = {csv_value(r["path"]) for r in csv.DictReader(f)}
     now = {s.describe(i) for s in src.splits.values() for i in range(len(s))}
     added, removed = len(now - before), len(before - now)
     return (

@@ -21,6 +21,7 @@ import re
 import time
 
 from imgclf.core.errors import UsageError
+from imgclf.core.escape import csv_cell
 from imgclf.core.fileio import atomic_open, remove_stale_temps, write_json
 from imgclf.core.options import save_yaml
 from imgclf.models.checkpoint import save_checkpoint
@@ -141,7 +142,7 @@ class RunDir:
         with atomic_open(self.file("left_out.csv"), newline="") as f:
             w = csv.writer(f)
             w.writerow(["split", "path", "reason"])
-            w.writerows(left_out)
+            w.writerows([split, csv_cell(path), csv_cell(why)] for split, path, why in left_out)
 
     def log_epoch(self, rows: list[dict]) -> None:
         """metrics.csv with every row so far, and the last row's scalars in TensorBoard."""

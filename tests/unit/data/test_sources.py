@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import pickle
@@ -16,7 +17,7 @@ from PIL import Image
 
 from imgclf.core.errors import DataError, UsageError
 from imgclf.data.images import UnreadableImage, load_image
-from imgclf.data.sources import DataSource, open_source
+from imgclf.data.sources import DataSource, open_source, write_split_manifest
 
 
 def _class_of(path: str) -> str:
@@ -552,3 +553,31 @@ def test_data_modules_do_not_import_each_other_in_a_cycle():
         return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in graph.get(start, ()))
 
     assert [m for m in graph if reaches(m, m)] == []
+
+
+def test_split_manifest_neutralises_formula_cells_and_a_manifest_reads_them_back(tmp_path):
+    """Issue 22, defect 12: split.csv (and every CSV imgclf writes from names) writes a class or file name that
+    starts with = + - @ with a quote in front, so a spreadsheet shows it as text; a class named -1 stays a
+    number; the CSV reads back (as a manifest) with the names as they were."""
+    names = {"=HYPERLINK(1)": "=a.png", "-1": "-b.png", "@cmd": "c.png"}
+    for name in names.values():
+        for i in range(2):
+            Image.new("RGB", (8, 8), (40 * i, 80, 120)).save(tmp_path / f"{i}{name}")
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for label, name in names.items():
+            w.writerow([f"0{name}", label, "train"])
+            w.writerow([f"1{name}", label, "val"])
+    src = open_source(str(manifest))
+    assert src.classes == sorted(names)
+    out = tmp_path / "split.csv"
+    write_split_manifest(src, str(out))
+    with open(out, newline="", encoding="utf-8") as f:
+        cells = list(csv.reader(f))
+    labels = {row[1] for row in cells[1:]}
+    assert labels == {"'=HYPERLINK(1)", "-1", "'@cmd"}, labels
+    again = open_source(str(out))  # split.csv is a manifest: the names come back as they were
+    assert again.classes == src.classes
+    assert sorted(again.splits["train"].paths) == sorted(src.splits["train"].paths)

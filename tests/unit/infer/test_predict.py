@@ -137,3 +137,34 @@ def test_cli_predict_output_csv_and_json(capsys, tiny_best, nested_folder, tmp_p
     assert isinstance(entries, list) and len(entries) == len(files)
     assert sorted(e["path"] for e in entries) == sorted(str(f) for f in files)
     assert all(len(e["top_k"]) == len(TINY_CLASSES) for e in entries)  # default 5, clamped to 3
+
+
+def test_cli_predict_escapes_names_on_stdout_and_neutralises_formula_cells(
+    capsys, tiny_best, tmp_path, image_of_class, monkeypatch
+):
+    """Issue 22, defect 12: a file name with a newline or NUL printed raw in predict's stdout table (a forged row),
+    and a CSV cell starting with = + - @ was written as is (a spreadsheet runs it). Now every stdout row is one
+    line with the name escaped, and the CSV's formula cells start with a quote; the probabilities stay numbers."""
+    monkeypatch.chdir(tmp_path)  # relative names, as a user types them: the cells start with the name itself
+    rng = np.random.default_rng(2)
+    names = ["=HYPERLINK(1).png", "-x.png", "@y.png", "+z.png", "new\nline.png", "tab\tname.png", "plain.png"]
+    for i, n in enumerate(names):
+        image_of_class(i % 3, 16, rng=rng).save(tmp_path / n, format="PNG")
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(n + "\n" for n in names if "\n" not in n) + "nul\0name.png\n", encoding="utf-8")
+    out = tmp_path / "preds.csv"
+    argv = ["predict", tiny_best, "new\nline.png", "--files-from", str(listing), "--output", str(out)]
+    assert main(argv + ["--device", "cpu"]) == 0
+    stdout = capsys.readouterr().out
+    lines = stdout.splitlines()
+    assert len(lines) == len(names) + 1, stdout  # one line per entry: no name breaks a row
+    assert lines[0].startswith("new\\nline.png\t") and lines[-1].startswith("nul\\0name.png\tERROR\t")
+    assert any(ln.startswith("tab\\tname.png\t") for ln in lines) and "\0" not in stdout
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    paths = [r["path"] for r in rows]
+    assert paths[:1] == ["new\nline.png"]  # a CSV holds any name exactly (quoted); only formulas are changed
+    for n in ("=HYPERLINK(1).png", "-x.png", "@y.png", "+z.png"):
+        assert "'" + n in paths and n not in paths, (n, paths)
+    assert "plain.png" in paths and "nul\0name.png" in paths
+    assert all(0 <= float(r["probability"]) <= 1 for r in rows if not r["error"])

@@ -7,14 +7,18 @@ import csv
 import io
 import json
 
+from imgclf.core.escape import csv_cell
+
 
 def csv_row(r: dict) -> list:
+    """The CSV row of one result; the path, label and error (a user's strings) as cells no spreadsheet runs as
+    a formula (`csv_cell`); the top-k labels are a JSON list (it starts with `[`)."""
     if "error" in r:
-        return [r["path"], "", "", "", "", "", r["error"], ""]
+        return [csv_cell(r["path"]), "", "", "", "", "", csv_cell(r["error"]), ""]
     tk = r["top_k"]
     return [
-        r["path"],
-        "" if r["label"] is None else r["label"],
+        csv_cell(r["path"]),
+        "" if r["label"] is None else csv_cell(r["label"]),
         r["index"],
         repr(r["probability"]),
         json.dumps([t["label"] for t in tk], ensure_ascii=False),
