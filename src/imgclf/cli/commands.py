@@ -16,7 +16,7 @@ from imgclf.cli import options as o
 from imgclf.cli.console import world_size
 from imgclf.core.lazy import Named
 from imgclf.core.options import add_options, options_from
-from imgclf.core.shared_options import Console
+from imgclf.core.shared_options import MAX_PIXELS, Console, PixelLimit
 from imgclf.core.version import __version__
 from imgclf.serve.options import ServeCommandOptions
 from imgclf.training.options import FIELDS, TrainConfig, make_config
@@ -34,6 +34,7 @@ class Command:
     train: bool = False  # also every TrainConfig option and --config; the options object's `train` holds them
     nproc: bool = False  # --nproc N: the same command under torchrun, N processes on this machine
     intermixed: bool = False  # PATHs may follow options (predict)
+    decodes: bool = True  # it decodes image files: --max-pixels, the one pixel limit (core/shared_options.py)
 
 
 TABLE = [
@@ -169,12 +170,14 @@ TABLE = [
         "save a few images of a split as files (e.g. digits), to try predict on",
         o.SamplesOptions,
         "imgclf.cli.run_tools:samples_command",
+        decodes=False,  # copies files, writes in-memory arrays
     ),
     Command(
         "env",
         "this machine as imgclf sees it: CPU instructions, GPU, versions, what auto picks",
         o.EnvOptions,
         "imgclf.cli.run_tools:env_command",
+        decodes=False,
         description="The machine as imgclf sees it: CPU model and the instruction sets that decide which "
         "kernels run, GPU, versions, threads, and what `auto` picks here.",
     ),
@@ -183,12 +186,14 @@ TABLE = [
         "list models, parameter counts and offline pretrained weights",
         o.ModelsOptions,
         "imgclf.cli.run_tools:models_command",
+        decodes=False,
     ),
     Command(
         "serve",
         "HTTP service and web page for a checkpoint or exported model",
         ServeCommandOptions,
         "imgclf.cli.run_serve:serve_command",
+        decodes=False,  # its own --max-pixels (the same declaration), applied to every upload
         description="Serve a model over HTTP: POST /predict, GET /health /ready /metadata /metrics, "
         "a web page at /, OpenAPI docs at /docs.",
     ),
@@ -198,6 +203,7 @@ BY_NAME = {c.name: c for c in TABLE}
 COMMANDS = {c.name: Named(c.run) for c in TABLE}
 LAUNCH = Named("imgclf.cli.run_train:launch")  # --nproc N: the pre-checks, then torchrun
 RANK_THREADS = Named("imgclf.cli.run_train:rank_threads")
+PIXEL_LIMIT = Named("imgclf.data.images:pixel_limit")  # PIL and NumPy: imported only when a command runs
 
 
 class Parser(argparse.ArgumentParser):
@@ -243,6 +249,8 @@ def add_command(sub, cmd: Command) -> None:
         p.__class__ = IntermixedParser  # add_parser makes every subcommand's parser of one class
     add_options(p, Console, skip={f.name for f in dataclasses.fields(cmd.options)})
     add_options(p, cmd.options)
+    if cmd.decodes:
+        add_options(p, PixelLimit)
     if cmd.train:
         add_options(p, TrainConfig, negatable=True)
     if cmd.nproc:
@@ -270,4 +278,7 @@ def dispatch(name: str, values: dict, *, nproc: int | None, argv: list[str]) -> 
         return LAUNCH(options, nproc, argv)
     if world_size() > 1:
         RANK_THREADS()
-    return COMMANDS[name](options)
+    if not BY_NAME[name].decodes:
+        return COMMANDS[name](options)
+    with PIXEL_LIMIT(values.get("max_pixels", MAX_PIXELS.default)):  # --max-pixels, for every image decoded
+        return COMMANDS[name](options)

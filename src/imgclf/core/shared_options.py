@@ -41,6 +41,16 @@ MIN_CONFIDENCE = Opt(
     range=Range(gt=0, le=1),
 )
 
+# The pixel limit of every command that decodes image files (data/images.MAX_PIXELS is its default, applied by
+# load_image); serve's --max-pixels is this one too
+MAX_PIXELS = Opt(
+    40_000_000,
+    "largest image to decode, in pixels (width x height, read from its header before decoding; a larger one is "
+    "left out with one line): raise it for larger photos",
+    metavar="N",
+    range=Range(ge=1),
+)
+
 VERBOSE = Opt(False, "show debug logs and tracebacks", short="-v")
 QUIET = Opt(
     False,
@@ -48,6 +58,13 @@ QUIET = Opt(
     "JSON) still print",
     short="-q",
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PixelLimit:
+    """--max-pixels, on the parser of every command that decodes image files (cli/commands.py)."""
+
+    max_pixels: int = MAX_PIXELS.field()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,7 +25,7 @@ from filelock import FileLock
 
 from imgclf.core.fileio import user_cache_home
 from imgclf.core.progress import progress
-from imgclf.data.images import UnreadableImage, center_crop
+from imgclf.data.images import MAX_PIXELS, UnreadableImage, center_crop, max_pixels
 from imgclf.data.pipeline import decode_one
 from imgclf.data.sources import Split, hash_split
 
@@ -40,8 +40,11 @@ def cache_root() -> str:
 
 
 def split_key(split: Split, size: int, interpolation: str = "bilinear") -> str:
-    # bilinear keys as before it could be chosen, so the caches already on disk stay valid
-    h = hashlib.sha1(f"v{VERSION}\0{size}\0{'' if interpolation == 'bilinear' else interpolation + chr(0)}".encode())
+    # bilinear keys as before it could be chosen, so the caches already on disk stay valid; so does the default
+    # pixel limit (a file over --max-pixels is left out, so another limit is another cache)
+    extra = "" if interpolation == "bilinear" else interpolation + "\0"
+    extra += "" if max_pixels() == MAX_PIXELS else f"px{max_pixels()}\0"
+    h = hashlib.sha1(f"v{VERSION}\0{size}\0{extra}".encode())
     hash_split(h, split)
     return h.hexdigest()[:24]
 

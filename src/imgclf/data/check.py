@@ -8,6 +8,7 @@ Paths in findings are relative to the data folder (or to the CSV's folder).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import statistics
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from imgclf.core.errors import DataError
 from imgclf.data.balance import SAMPLER_FROM, imbalance_ratio
-from imgclf.data.images import BadShape, UnreadableImage, check_shape, load_image, to_rgb
+from imgclf.data.images import BadShape, UnreadableImage, check_pixels, check_shape, load_image, max_pixels, to_rgb
 from imgclf.data.sources import csv_source, find_split_dirs, is_image_name
 
 log = logging.getLogger(__name__)
@@ -359,7 +360,7 @@ def _decode_all(paths: list[str], *, workers: int | None, progress: bool) -> lis
     with tqdm(total=len(paths), desc="check", unit="img", file=sys.stderr, disable=not progress) as bar:
         if n <= 1 or len(paths) < SERIAL_BELOW:
             for p in paths:
-                out.append(_inspect(p))
+                out.append(_inspect(p, max_pixels()))
                 bar.update()
             return out
         # Processes, not threads: decoding tiny JPEGs is GIL-bound (threads were slower on CIFAR-10: see
@@ -367,14 +368,15 @@ def _decode_all(paths: list[str], *, workers: int | None, progress: bool) -> lis
         # Chunks amortise the pickling, but stay small enough that a few large photos spread over all workers.
         chunk = max(1, min(256, len(paths) // (n * 8)))
         with ProcessPoolExecutor(n) as ex:
-            for r in ex.map(_inspect, paths, chunksize=chunk):
+            for r in ex.map(_inspect, paths, itertools.repeat(max_pixels()), chunksize=chunk):
                 out.append(r)
                 bar.update()
     return out
 
 
-def _inspect(path: str) -> tuple[str, object]:
-    """("ok", (format, mode, width, height, pixel hash)) or (error kind, reason). Runs in worker processes."""
+def _inspect(path: str, limit: int) -> tuple[str, object]:
+    """("ok", (format, mode, width, height, pixel hash)) or (error kind, reason). Runs in worker processes;
+    `limit`: the pixel limit (--max-pixels), passed along as a worker may not share this process's."""
     try:
         if os.path.getsize(path) == 0:
             return "zero-byte", "zero-byte file"
@@ -385,7 +387,8 @@ def _inspect(path: str) -> tuple[str, object]:
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 fmt, mode = im.format, im.mode
-                check_shape(*im.size)  # what training would refuse: before decoding, which could take gigabytes
+                check_pixels(*im.size, limit)  # what training would refuse: before decoding, which could take
+                check_shape(*im.size)  # gigabytes
                 im.load()  # the full decode: open() and verify() both pass a JPEG cut in half
                 rgb = to_rgb(im)
     except BadShape as e:

@@ -9,12 +9,14 @@ torch is imported only by the functions that make tensors: the torch-free server
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from imgclf.core.artifact import INTERPOLATION_NAMES
+from imgclf.core.shared_options import MAX_PIXELS as PIXEL_OPTION
 
 # Truncated files must fail, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -33,6 +35,55 @@ class UnreadableImage(Exception):
 
 class BadShape(UnreadableImage):
     """An image whose width and height make it unusable (see `check_shape`); refused from its header."""
+
+
+class TooManyPixels(BadShape):
+    """An image over the pixel limit (`check_pixels`); refused from its header."""
+
+
+# The largest image any command decodes, in pixels (width x height), read from the file's header before a pixel
+# is decoded: an 81 MP JPEG costs ~1.7 GB to decode (and a decompression bomb of a few KB far more). The default
+# of every command's --max-pixels (core/shared_options.py), the server's included.
+MAX_PIXELS = PIXEL_OPTION.default  # 40,000,000
+_limit = {"max_pixels": MAX_PIXELS}
+
+
+def set_max_pixels(n: int) -> None:
+    """The pixel limit of every image this process decodes from a file (`load_image`, `imgclf check`), for the
+    CLI's --max-pixels (the CLI owns the process; library callers keep MAX_PIXELS, or use `pixel_limit`).
+    Above Pillow's own decompression-bomb limit, that one is raised to match, so that the flag is the limit."""
+    if n < 1:
+        raise ValueError(f"the pixel limit must be positive, got {n}")
+    _limit["max_pixels"] = int(n)
+    if Image.MAX_IMAGE_PIXELS is not None and n > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = int(n)
+
+
+@contextlib.contextmanager
+def pixel_limit(n: int):
+    """`set_max_pixels(n)` while the block runs (a command), then the limits as they were (Pillow's too): a
+    program that calls `imgclf.cli.main` twice gets each call's own."""
+    before = _limit["max_pixels"], Image.MAX_IMAGE_PIXELS
+    set_max_pixels(n)
+    try:
+        yield
+    finally:
+        _limit["max_pixels"], Image.MAX_IMAGE_PIXELS = before
+
+
+def max_pixels() -> int:
+    return _limit["max_pixels"]
+
+
+def check_pixels(width: int, height: int, limit: int | None = None) -> None:
+    """Refuse, from the header size alone, an image of more than `limit` (default: this process's limit)
+    pixels: TooManyPixels (an UnreadableImage) with the size, the limit and the flag that raises it."""
+    limit = max_pixels() if limit is None else limit
+    if width * height > limit:
+        raise TooManyPixels(
+            f"image is {width:,} x {height:,} = {width * height:,} pixels, more than the limit of {limit:,}: "
+            "pass --max-pixels N to decode it"
+        )
 
 
 # The longest side may be at most this many times the shorter one. Every image is resized so that its shorter
@@ -104,7 +155,8 @@ def load_image(path: str, *, resize: int | None = None, interpolation: str = "bi
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette chatter; real failures raise
             with Image.open(path) as im:
-                check_shape(*im.size, resize)  # from the header, before a pixel is decoded
+                check_pixels(*im.size)  # from the header, before a pixel is decoded
+                check_shape(*im.size, resize)
                 if resize is not None:
                     draft_for(im, resize)
                 im.load()

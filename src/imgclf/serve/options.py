@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgclf.core.options import opt
-from imgclf.core.shared_options import DEVICE, MIN_CONFIDENCE, PRECISION, Console
+from imgclf.core.shared_options import DEVICE, MAX_PIXELS, MIN_CONFIDENCE, PRECISION, Console
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +39,9 @@ class ServeOptions(Console):
     max_batch_size: int = opt(32, "images per model batch")
     max_wait_ms: float = opt(5.0, "how long a batch waits for more images, ms")
     max_upload_mb: float = opt(10.0, "largest request body, MiB")
-    max_pixels: int = opt(40_000_000, "largest image, pixels (from its header)")
+    max_pixels: int = MAX_PIXELS.field(
+        help="largest image, pixels (from its header, before decoding; 413 above it)", range=None
+    )
     max_files: int = opt(64, "images per request")
     timeout: float = opt(30.0, "per-request time limit, seconds")
     top_k: int = opt(5, "default labels per image")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from imgclf.core.confidence import check_min_confidence
 from imgclf.core.errors import UsageError
+from imgclf.data.images import MAX_PIXELS
 
 
 @dataclass
@@ -15,7 +16,7 @@ class ServeSettings:
     max_batch_size: int = 32  # images per model batch
     max_wait_ms: float = 5.0  # how long the first image of a batch waits for others
     max_upload_mb: float = 10.0  # request body, MiB
-    max_pixels: int = 40_000_000  # per image, from its header, before decoding
+    max_pixels: int = MAX_PIXELS  # per image, from its header, before decoding: every command's limit
     max_files: int = 64  # images per request
     timeout_s: float = 30.0  # whole request: upload, decode, queue, model
     api_key: str | None = None  # when set: Authorization: Bearer KEY, or X-API-Key: KEY

@@ -50,6 +50,7 @@ SHARED = {
     "tta": shared.TTA,
     "min_confidence": shared.MIN_CONFIDENCE,
     "json": shared.JSON,
+    "max_pixels": shared.MAX_PIXELS,
     "verbose": shared.VERBOSE,
     "quiet": shared.QUIET,
 }
@@ -68,6 +69,61 @@ def test_shared_options_come_from_one_declaration():
                 seen[name] += 1
     # --device in 13 commands, --batch-size in 10, --data-root in 11, ...: each from its one declaration
     assert seen["device"] >= 10 and seen["batch_size"] >= 9 and seen["data_root"] >= 8, seen
+
+
+# every command that decodes image files (issue 22, defect 18: explain had no pixel limit, serve had 40 MP)
+DECODERS = {
+    "train",
+    "lr-find",
+    "evaluate",
+    "predict",
+    "export",
+    "bench",
+    "select",
+    "active-sim",
+    "robustness",
+    "score",
+    "explain",
+    "calibrate",
+    "report",
+    "check",
+}
+
+
+def test_every_command_that_decodes_images_takes_the_one_pixel_limit(tiny_best, tmp_path, capsys):
+    """--max-pixels on every command that decodes files (serve's is the same declaration), 40 MP by default, the
+    same as serve's; over it an image is left out with one line, from its header, and the others are kept."""
+    parsers = _subparsers()
+    have = {name for name, p in parsers.items() if any("--max-pixels" in a.option_strings for a in p._actions)}
+    assert have == DECODERS | {"serve"}, have ^ (DECODERS | {"serve"})
+    for name in DECODERS:
+        (flag,) = [a for a in parsers[name]._actions if "--max-pixels" in a.option_strings]
+        assert "[40000000]" in flag.help and shared.MAX_PIXELS.default == 40_000_000, name
+    assert next(s for n, s, _ in declared(ServeOptions) if n == "max_pixels").origin is shared.MAX_PIXELS
+    from PIL import Image
+
+    from imgclf.data.images import max_pixels
+
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(small)
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(large)  # 1,600 pixels
+    assert main(["predict", tiny_best, str(small), str(large), "--max-pixels", "1000"]) == 0
+    out = capsys.readouterr()
+    rows = out.out.splitlines()
+    assert rows[0].startswith(f"{small}\t") and "ERROR" not in rows[0]
+    assert (
+        rows[1] == f"{large}\tERROR\timage is 40 x 40 = 1,600 pixels, more than the limit of 1,000: pass "
+        "--max-pixels N to decode it"
+    ), rows
+    assert max_pixels() == 40_000_000  # the command's own limit ends with it
+    assert main(["predict", tiny_best, str(small), str(large)]) == 0 and "ERROR" not in capsys.readouterr().out
+    folder = tmp_path / "data" / "a"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(folder / "large.png")
+    Image.new("RGB", (16, 16)).save(folder / "small.png")
+    assert main(["check", str(tmp_path / "data"), "--json", "--max-pixels", "1000"]) in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    assert "more than the limit of 1,000" in json.dumps(report) and "small.png" not in json.dumps(report["errors"])
 
 
 def test_inference_precision_is_one_declaration():

@@ -311,3 +311,27 @@ def test_overlays_are_drawn_at_the_size_they_are_shown(tiny_best, tmp_path, imag
         assert im.format == "PNG" and im.size == (30, 18)
     assert info["target"] == "fox" and "cam" not in info and "image" not in info
     json.dumps(info)  # plain types, for a JSON answer
+
+
+def test_an_81_megapixel_jpeg_is_refused_by_default_and_the_others_explained(tiny_best, tmp_path, capsys):
+    """Issue 22, defect 18: `explain` on an 81 MP JPEG decoded it whole (1.7 GB at its peak): the CLI had no pixel
+    limit while `serve` had 40 MP. Now every command that decodes files refuses it from its header, one line for
+    it, the other images explained; --max-pixels raises the limit (here lowered, to refuse a small one too)."""
+    big = tmp_path / "big.jpg"
+    Image.new("L", (9000, 9000), 128).save(big, "JPEG", quality=50)  # 81 MP, flat: small on disk
+    assert big.stat().st_size < 3_000_000
+    good = str(tmp_path / "good.png")
+    Image.new("RGB", (20, 24), (200, 40, 40)).save(good)
+    out = tmp_path / "cams"
+    assert main(["explain", tiny_best, str(big), good, "--out", str(out), "-q"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert lines[0] == (
+        f"{big}\tERROR\timage is 9,000 x 9,000 = 81,000,000 pixels, more than the limit of 40,000,000: "
+        "pass --max-pixels N to decode it"
+    )
+    assert lines[1].startswith(good + "\t") and (out / "good_gradcam.png").is_file()
+    assert "1 of 2 images could not be explained" in captured.err and "Traceback" not in captured.err
+    # the flag is the limit: 400 pixels refuse the 480-pixel image too
+    assert main(["explain", tiny_best, good, "--out", str(tmp_path / "c2"), "-q", "--max-pixels", "400"]) == 1
+    assert "more than the limit of 400" in capsys.readouterr().out
