@@ -16,6 +16,7 @@ from imgclf.cli.options import (
     ScoreOptions,
 )
 from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.core.escape import one_line
 from imgclf.core.options import check_output_folder, parse_eps
 from imgclf.evaluation.calibration import calibrate, format_calibration
 from imgclf.evaluation.command import evaluate
@@ -122,9 +123,11 @@ def explain_command(o: ExplainOptions) -> int:
     def line(r: dict) -> str:
         if o.json:
             return json.dumps(r)
+        path = one_line(r["path"])  # as predict's table: a name with a newline or NUL stays one row
         if "error" in r:
-            return f"{r['path']}\tERROR\t{r['error']}"
-        return f"{r['path']}\t{r['label']}\t{r['probability']:.3f}\tmap for {r['target']}\t{r['overlay']}"
+            return f"{path}\tERROR\t{one_line(r['error'])}"
+        label, target, overlay = (one_line(r[k]) for k in ("label", "target", "overlay"))
+        return f"{path}\t{label}\t{r['probability']:.3f}\tmap for {target}\t{overlay}"
 
     r = explain(
         o.weights,

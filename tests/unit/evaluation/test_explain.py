@@ -335,3 +335,12 @@ def test_an_81_megapixel_jpeg_is_refused_by_default_and_the_others_explained(tin
     # the flag is the limit: 400 pixels refuse the 480-pixel image too
     assert main(["explain", tiny_best, good, "--out", str(tmp_path / "c2"), "-q", "--max-pixels", "400"]) == 1
     assert "more than the limit of 400" in capsys.readouterr().out
+
+
+def test_cli_rows_escape_names_as_predicts_do(tiny_best, tmp_path, capsys):
+    """Issue 22, defect 12, for explain's table too: a file name with a newline prints as one escaped row."""
+    odd = tmp_path / "new\nline.png"
+    Image.new("RGB", (20, 24), (40, 200, 40)).save(odd)
+    assert main(["explain", tiny_best, str(odd), "--out", str(tmp_path / "cams"), "-q"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(str(odd).replace("\n", "\\n") + "\t"), lines
