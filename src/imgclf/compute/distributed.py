@@ -174,8 +174,9 @@ def batch_block(n_batches: int, rank: int, size: int) -> range:
 # ------------------------------------------------------------------------------------------------ the launcher
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """`imgclf ... --nproc N`: the same command under `torchrun --standalone --nproc-per-node N`; its exit code.
+def launch(nproc: int, argv: list[str], *, max_restarts: int = 0) -> int:
+    """`imgclf ... --nproc N`: the same command under `torchrun --standalone --nproc-per-node N` (and
+    `--max-restarts`, when given); its exit code.
 
     Each rank gets the cores divided by N as its threads (OMP_NUM_THREADS, unless set), not torchrun's default of
     one."""
@@ -184,6 +185,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd += [f"--max-restarts={max_restarts}"] if max_restarts else []
     cmd += ["-m", "imgclf", *argv]
     log.info("running: %s", " ".join(["torchrun", *cmd[3:]]))
     proc = subprocess.Popen(cmd, env=env)
@@ -195,15 +197,15 @@ def launch(nproc: int, argv: list[str]) -> int:
         raise
 
 
-def strip_nproc(argv: list[str]) -> list[str]:
-    """argv without `--nproc N` / `--nproc=N`."""
+def strip_nproc(argv: list[str], flags: tuple[str, ...] = ("--nproc",)) -> list[str]:
+    """argv without `--nproc N` / `--nproc=N` (and the other `flags` that take a value, the same way)."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--nproc":
+        elif a in flags:
             skip = True
-        elif not a.startswith("--nproc="):
+        elif not a.startswith(tuple(f + "=" for f in flags)):
             out.append(a)
     return out
 
