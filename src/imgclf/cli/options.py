@@ -63,12 +63,10 @@ class TrainConfigOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions(TrainConfigOptions):
-    """train: the TrainConfig options, and --max-restarts for the torchrun that --nproc starts."""
-
     max_restarts: int | None = opt(
         None,
-        "with --nproc: torchrun's --max-restarts N: when a rank dies, every rank is started again (up to N times) "
-        "and the run continues from its latest checkpoint (as --resume auto)",
+        "with --nproc: torchrun's --max-restarts N: a rank that dies restarts every rank (up to N times), and they "
+        "continue from the run's latest checkpoint (as --resume auto)",
         ge=0,
     )
 

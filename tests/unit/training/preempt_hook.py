@@ -32,5 +32,8 @@ class Hook(Callback):
 
 
 if __name__ == "__main__":
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1)
     run_train.train = functools.partial(train, callbacks=[Hook()])
     run()
