@@ -103,15 +103,33 @@ def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT):
     device = rank_device(device, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend_for(device),
-        timeout=datetime.timedelta(seconds=timeout),
-        **({"device_id": device} if device.type == "cuda" else {}),
-    )
+    kw = {"device_id": device} if device.type == "cuda" else {}
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt > 0:
+        kw |= {"store": restart_store(world, timeout, attempt), "rank": world.rank, "world_size": world.size}
+    dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=timeout), **kw)
     try:
         yield device
     finally:
         dist.destroy_process_group()
+
+
+def restart_store(world: World, timeout: float, attempt: int):
+    """The store of a worker group that torchrun restarted (--max-restarts): the one torchrun names in
+    MASTER_ADDR:MASTER_PORT, under a prefix of this attempt's own. torchrun may keep that store across restarts, and
+    then the keys the failed attempt left there (each rank's Gloo address) can be read before the new ranks write
+    theirs: a rank then connects to a peer that is gone, and the restarted group fails or hangs in
+    init_process_group (seen here about one restart in three on a loaded machine)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)  # the agent serves the store itself
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world.size,
+        is_master=not agent and world.rank == 0,
+        timeout=datetime.timedelta(seconds=timeout),
+        multi_tenant=True,
+    )
+    return dist.PrefixStore(f"imgclf/attempt_{attempt}/", base)
 
 
 def rank_threads(world: World) -> int:
