@@ -63,8 +63,8 @@ def train_steps(
     totals=(0.0, 0, 0),
 ):
     """Optimisation steps over `batches` (each step sums the gradients of `accumulate` batches); returns (summed
-    loss, correct, images seen), added to `totals` (those of the part of the epoch before a stop). `hooks` (the Trainer) gets on_step_start, on_after_backward and on_step_end
-    (which returns True to end the pass); `mix(x, y) -> (x, targets)` changes a batch before it moves to the
+    loss, correct, images seen), counted on from `totals` (the part of an epoch done before a stop). `hooks` (the
+    Trainer) gets on_step_start, on_after_backward and on_step_end (which returns True to end the pass); `mix(x, y) -> (x, targets)` changes a batch before it moves to the
     device (mixup/cutmix), `perturb(x, y) -> x` after (the adversarial training's attack)."""
     loss_sum, correct, seen = totals
     n_batches = len(batches)
@@ -398,6 +398,9 @@ class Trainer:
             yield
         except TrainingDiverged as e:  # the caller reports it; train.log keeps it with the run
             self.run_dir.say(logging.ERROR, "%s", e, echo=False)
+            raise
+        except Preempted as e:
+            self.run_dir.say(logging.WARNING, "%s", e, echo=False)
             raise
         except Exception as e:
             if not (self.plan.world.distributed and distributed.lost_peer(e)):

@@ -226,23 +226,28 @@ def test_a_rank_killed_under_max_restarts_restarts_the_group_and_ends_as_uninter
 
 
 def test_one_rank_s_sigterm_stops_every_rank_at_one_step(tiny_data, tmp_path):
-    """SIGTERM to rank 1 alone: the ranks agree (an all-reduce every few steps) and stop at the same step, last.pt
-    holds both ranks' positions; --resume on 2 ranks ends as the uninterrupted run."""
-    base = ["-m", "imgclf", "train", "--data", str(tiny_data), *DDP, "--epochs", "8", "--out", str(tmp_path)]
+    """SIGTERM to rank 1 alone, at step 3: the ranks agree (an all-reduce of a flag every 8 steps) and both stop at
+    step 8, inside the first epoch (12 steps of 2 images a rank); last.pt holds both ranks' positions, and --resume
+    on 2 ranks ends as the uninterrupted run."""
+    base = ["-m", "imgclf", "train", "--data", str(tiny_data), *DDP, "--batch-size", "2", "--epochs", "2"]
+    base += ["--out", str(tmp_path)]
     full = subprocess.run([*TORCHRUN, *base, "--name", "full"], capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-3000:]
-    env = {**os.environ, "IMGCLF_TEST_TERM_AT": "10", "PYTHONPATH": os.path.dirname(__file__)}
+    env = {**os.environ, "IMGCLF_TEST_TERM_AT": "3", "PYTHONPATH": os.path.dirname(__file__)}
     cmd = [*TORCHRUN, "-m", "preempt_hook", *base[2:], "--name", "t"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode != 0
-    state = torch.load(tmp_path / "t" / "last.pt", weights_only=True)["train_state"]
-    assert state["step"] == 16 and len(state["position"]["ranks"]) == 2, r.stderr[-3000:]  # the next check step
-    assert "imgclf: rank 0: stopped at step 16" in r.stderr and "imgclf: rank 1: stopped at step 16" in r.stderr
+    last = tmp_path / "t" / "last.pt"
+    state = torch.load(last, weights_only=True)["train_state"]
+    assert state["step"] == 8 and state["epoch"] == 0, r.stderr[-3000:]
+    assert [p["seen"] for p in state["position"]["ranks"]] == [16, 16]
+    assert "imgclf: rank 0: stopped at step 8" in r.stderr and "imgclf: rank 1: stopped at step 8" in r.stderr
     r = subprocess.run(
-        [*TORCHRUN, "-m", "imgclf", "train", "--resume", str(tmp_path / "t" / "last.pt")],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [*TORCHRUN, "-m", "imgclf", "train", "--resume", str(last)], capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert rows(tmp_path / "t") == rows(tmp_path / "full")
+    assert torch.equal(
+        torch.load(last, weights_only=True)["state_dict"]["fc.weight"],
+        torch.load(tmp_path / "full" / "last.pt", weights_only=True)["state_dict"]["fc.weight"],
+    )
