@@ -89,7 +89,6 @@ def test_sigterm_inside_the_third_epoch_then_resume_matches_uninterrupted(
     state = torch.load(last, weights_only=True)["train_state"]
     assert state["epoch"] == 2 and state["step"] == stop_at and state["position"]["batches"] > 0
     assert len(rows(os.path.join(out, "stopped"))) == 2
-    assert signal.getsignal(signal.SIGTERM) is not None  # main put its handler back (checked below by type)
     monkeypatch.undo()
 
     assert main(["train", "--resume", last, "-q"]) == 0
@@ -199,6 +198,20 @@ def test_max_restarts_needs_nproc(capsys, tiny_data, tmp_path):
     assert main(args) == 2
     assert "--max-restarts restarts the ranks that --nproc starts" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_nproc_passes_max_restarts_to_torchrun(monkeypatch, tiny_data, tmp_path):
+    """`--nproc 2 --max-restarts 1`: torchrun gets --max-restarts=1, the ranks' command line neither option."""
+    seen = {}
+
+    def fake_launch(nproc, argv, *, max_restarts=0):
+        seen.update(nproc=nproc, argv=argv, max_restarts=max_restarts)
+        return 0
+
+    monkeypatch.setattr(run_train, "launch_torchrun", fake_launch)
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--name", "n"]
+    assert main([*args, "--nproc", "2", "--max-restarts", "1"]) == 0
+    assert seen == {"nproc": 2, "argv": args, "max_restarts": 1}
 
 
 # ------------------------------------------------------------------------------------------------ torchrun
