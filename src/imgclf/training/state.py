@@ -127,7 +127,7 @@ def resume(state: TrainState, plan: RunPlan) -> None:
     """Load the checkpoint `plan` resumes into `state`: weights, optimizer, schedule, step, epoch, best, rows."""
     load_weights(state.model, plan.resume, plan.cfg.resume)  # one line on a mismatch, not a state-dict dump
     state.load_state_dict(dict(plan.resume["train_state"]))
-    if not os.path.exists(os.path.join(plan.run_path, "best.pt")):
+    if state.epoch > 0 and not os.path.exists(os.path.join(plan.run_path, "best.pt")):  # (inside epoch 1: none yet)
         log.warning(
             "no best.pt beside '%s': the best epoch is chosen again from the epochs still to run", plan.cfg.resume
         )

@@ -135,12 +135,14 @@ def test_resume_auto_rerun_until_it_exits_0(monkeypatch, capsys, tiny_data, tmp_
     the end; a further run is a no-op that says the run is finished. The metrics are the uninterrupted run's."""
     args = ["train", "--data", str(tiny_data), *TINY, *RUNS["plain"], "--out", str(tmp_path), "--name", "auto"]
     args += ["--resume", "auto"]
-    codes = []
+    codes, errs = [], []
     for stop_at in (4, 15, None):
         train_with(monkeypatch, *([SigtermAt(stop_at)] if stop_at else []))
         codes.append(main(args))
+        errs.append(capsys.readouterr().err)
         monkeypatch.undo()
     assert codes == [143, 143, 0]
+    assert "no best.pt" not in errs[1]  # stopped inside the first epoch: there is no best epoch yet to miss
     assert rows(tmp_path / "auto") == rows(full_run / "plain")
     capsys.readouterr()
     assert main([*args[:-1], "auto", "-v"]) == 0
