@@ -15,7 +15,7 @@ import threading
 
 from imgclf.cli.commands import COMMANDS, build_parser, dispatch
 from imgclf.cli.console import EXIT_BROKEN_PIPE, rank, stdout_to_devnull, world_size
-from imgclf.core.errors import ImgclfError
+from imgclf.core.errors import ImgclfError, Preempted
 from imgclf.core.logs import console_logging
 from imgclf.core.progress import shown
 
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("imgclf: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except Preempted as e:  # SIGTERM during training: saved at a step boundary (training/preempt.py)
+        print(f"imgclf: {e}" if world_size() <= 1 else f"imgclf: rank {rank()}: {e}", file=sys.stderr)
+        return e.exit_code
     except ImgclfError as e:
         if verbose:
             log.exception("error")

@@ -53,16 +53,26 @@ class Launch:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainOptions:
-    """train: every TrainConfig option as a flag (the table's `train`), and --config; `train` is the TrainConfig
-    made from the YAML file and the flags given (they win), as `make_config` makes it."""
+class TrainConfigOptions:
+    """The commands that take every TrainConfig option as a flag (the table's `train`), and --config; `train` is
+    the TrainConfig made from the YAML file and the flags given (they win), as `make_config` makes it."""
 
     config: str | None = opt(None, "options from a YAML file (flags given here win)", metavar="FILE.yaml")
     train: TrainConfig | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class LrFindOptions(TrainOptions):
+class TrainOptions(TrainConfigOptions):
+    max_restarts: int | None = opt(
+        None,
+        "with --nproc: torchrun's --max-restarts N: a rank that dies restarts every rank (up to N times), and they "
+        "continue from the run's latest checkpoint (as --resume auto)",
+        ge=0,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LrFindOptions(TrainConfigOptions):
     SECTIONS = {"the sweep": "start_lr"}
 
     start_lr: float = opt(1e-7, "first lr of the sweep", gt=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_output_file
 from imgclf.cli.options import ActiveSimOptions, PredictOptions, SelectOptions
@@ -38,6 +39,14 @@ def predict_command(o: PredictOptions) -> int:
         min_confidence=o.min_confidence,
         on_row=(lambda row: stdout.print(prediction_line(row, o.json))) if printing else None,
     )
+    if r.get("finished"):
+        if world_from_env().main:
+            print(
+                f"imgclf: --resume: '{o.output}' is finished (there is no '{o.output}.parts' of a stopped run): "
+                "nothing to do; remove it to predict again",
+                file=sys.stderr,
+            )
+        return 0
     failed, done = r["errors"], r["predicted"]
     if done and failed == done:
         raise ImgclfError(f"none of the {failed} images could be read or processed (each one's error is listed above)")

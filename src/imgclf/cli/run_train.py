@@ -4,7 +4,11 @@ pre-checks, then the same command under torchrun) and each rank's threads. Impor
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
+import threading
 
 import torch
 
@@ -12,13 +16,46 @@ from imgclf.cli.options import LrFindOptions, TrainOptions
 from imgclf.compute.distributed import launch as launch_torchrun
 from imgclf.compute.distributed import rank_threads as threads_per_rank
 from imgclf.compute.distributed import strip_nproc, world_from_env
+from imgclf.core.errors import UsageError
 from imgclf.training.api import lr_find, preflight, train
+from imgclf.training.preempt import RunFinished, StopRequest
+
+log = logging.getLogger(__name__)
 
 
 def train_command(o: TrainOptions) -> int:
     # The run directory and the best epoch are logged by `train` (and kept in train.log): not printed again here.
-    train(o.train)
+    if o.max_restarts is not None:
+        raise UsageError(
+            "--max-restarts restarts the ranks that --nproc starts: add --nproc N (under torchrun itself, give "
+            "torchrun --max-restarts N)"
+        )
+    request = StopRequest()
+    with sigterm_stops(request):
+        train(o.train, stop=request)
     return 0
+
+
+@contextlib.contextmanager
+def sigterm_stops(request: StopRequest):
+    """While training runs its epochs, SIGTERM (a spot machine's notice, a scheduler's stop, torchrun stopping
+    its workers) asks the run to stop at the next step boundary, saved there (exit 143); before the first step
+    and after the last, it stops at once as before. The handler before is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        if request.armed or not callable(previous):
+            request.set(signum)
+        else:
+            previous(signum, frame)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def lr_find_command(o: LrFindOptions) -> int:
@@ -33,9 +70,15 @@ def lr_find_command(o: LrFindOptions) -> int:
 def launch(o, nproc: int, argv: list[str]) -> int:
     """`--nproc N`: the same command line, less --nproc, under torchrun; a training run's options are checked
     first (preflight: data, model, output folder), so that a mistake is one line here, not N ranks' tracebacks."""
+    restarts = 0
     if isinstance(o, TrainOptions):
-        preflight(o.train, nproc)
-    return launch_torchrun(nproc, strip_nproc(argv))
+        try:
+            preflight(o.train, nproc)
+        except RunFinished as done:  # --resume auto on a finished run: nothing to start
+            log.info("%s", done)
+            return 0
+        restarts = o.max_restarts or 0
+    return launch_torchrun(nproc, strip_nproc(argv, ("--nproc", "--max-restarts")), max_restarts=restarts)
 
 
 def rank_threads() -> None:

@@ -103,15 +103,33 @@ def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT):
     device = rank_device(device, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend_for(device),
-        timeout=datetime.timedelta(seconds=timeout),
-        **({"device_id": device} if device.type == "cuda" else {}),
-    )
+    kw = {"device_id": device} if device.type == "cuda" else {}
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt > 0:
+        kw |= {"store": restart_store(world, timeout, attempt), "rank": world.rank, "world_size": world.size}
+    dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=timeout), **kw)
     try:
         yield device
     finally:
         dist.destroy_process_group()
+
+
+def restart_store(world: World, timeout: float, attempt: int):
+    """The store of a worker group that torchrun restarted (--max-restarts): the one torchrun names in
+    MASTER_ADDR:MASTER_PORT, under a prefix of this attempt's own. torchrun may keep that store across restarts, and
+    then the keys the failed attempt left there (each rank's Gloo address) can be read before the new ranks write
+    theirs: a rank then connects to a peer that is gone, and the restarted group fails or hangs in
+    init_process_group (seen here about one restart in three on a loaded machine)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)  # the agent serves the store itself
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world.size,
+        is_master=not agent and world.rank == 0,
+        timeout=datetime.timedelta(seconds=timeout),
+        multi_tenant=True,
+    )
+    return dist.PrefixStore(f"imgclf/attempt_{attempt}/", base)
 
 
 def rank_threads(world: World) -> int:
@@ -174,8 +192,9 @@ def batch_block(n_batches: int, rank: int, size: int) -> range:
 # ------------------------------------------------------------------------------------------------ the launcher
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """`imgclf ... --nproc N`: the same command under `torchrun --standalone --nproc-per-node N`; its exit code.
+def launch(nproc: int, argv: list[str], *, max_restarts: int = 0) -> int:
+    """`imgclf ... --nproc N`: the same command under `torchrun --standalone --nproc-per-node N` (and
+    `--max-restarts`, when given); its exit code.
 
     Each rank gets the cores divided by N as its threads (OMP_NUM_THREADS, unless set), not torchrun's default of
     one."""
@@ -184,6 +203,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd += [f"--max-restarts={max_restarts}"] if max_restarts else []
     cmd += ["-m", "imgclf", *argv]
     log.info("running: %s", " ".join(["torchrun", *cmd[3:]]))
     proc = subprocess.Popen(cmd, env=env)
@@ -195,15 +215,15 @@ def launch(nproc: int, argv: list[str]) -> int:
         raise
 
 
-def strip_nproc(argv: list[str]) -> list[str]:
-    """argv without `--nproc N` / `--nproc=N`."""
+def strip_nproc(argv: list[str], flags: tuple[str, ...] = ("--nproc",)) -> list[str]:
+    """argv without `--nproc N` / `--nproc=N` (and the other `flags` that take a value, the same way)."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--nproc":
+        elif a in flags:
             skip = True
-        elif not a.startswith("--nproc="):
+        elif not a.startswith(tuple(f + "=" for f in flags)):
             out.append(a)
     return out
 

@@ -34,6 +34,13 @@ class RankLost(ImgclfError):
     code 1), and the run continues from its last.pt with --resume."""
 
 
+class Preempted(ImgclfError):
+    """Training stopped because a stop was asked for (SIGTERM through the CLI): the run saved where it was, inside
+    an epoch if need be, and continues with --resume (or --resume auto). Exit code 143 (128 + SIGTERM)."""
+
+    exit_code = 143
+
+
 class UsageError(ImgclfError):
     """A bad option, path or input: fixable by the user. Exit code 2."""
 

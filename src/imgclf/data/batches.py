@@ -185,7 +185,9 @@ class Batches:
     shuffle: an epoch's order (`epoch_order`) from `generator`, with `weights` drawn with replacement
     (data/balance.py), or through `paced` (a curriculum), with `shard` this rank's part of it. The augmentation draws from `aug_generator` (default:
     `generator`; under torchrun one seeded per rank, while the order's is the same on every rank).
-    block (without shuffle): only these batches of the in-order sequence (a rank's share of an evaluation)."""
+    block (without shuffle): only these batches of the in-order sequence (a rank's share of an evaluation).
+    start (shuffled): the epoch from its batch `start` on (a run resumed inside it), `restore()` called once the
+    epoch's order is drawn, before the first batch (it puts the generators back where the stopped epoch left them)."""
 
     def __init__(
         self,
@@ -201,6 +203,8 @@ class Batches:
         aug_generator: torch.Generator | None = None,
         block: range | None = None,
         paced=None,
+        start: int = 0,
+        restore=None,
     ):
         if weights is not None and len(weights) != len(labels):
             raise ValueError(f"{len(weights)} sampling weights for {len(labels)} images")
@@ -217,16 +221,19 @@ class Batches:
             self.n = n
         all_batches = range((self.n + batch_size - 1) // batch_size)
         self.block = all_batches if block is None or shuffle else all_batches[block.start : block.stop]
+        self.start, self.restore = start, restore
 
     def __len__(self) -> int:
-        return len(self.block)
+        return len(self.block) - self.start
 
     def __iter__(self):
         if self.shuffle:
             order = epoch_order(len(self.labels), self.batch_size, self.generator, self.weights, self.shard, self.paced)
         else:
             order = torch.arange(self.n)
-        for b in self.block:
+        if self.restore is not None:
+            self.restore()
+        for b in self.block[self.start :]:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             # in order: a contiguous slice (no gather copy); shuffled: one gather of the batch's rows
             x = self.images[int(idx[0]) : int(idx[-1]) + 1] if not self.shuffle else self.images[idx]

@@ -53,12 +53,21 @@ class FastFeed:
         return len(self.labels)
 
     def epoch(
-        self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None, paced=None
+        self,
+        gen: torch.Generator,
+        sampler_weights: torch.Tensor | None = None,
+        *,
+        shard=None,
+        aug=None,
+        paced=None,
+        start: int = 0,
+        restore=None,
     ):
         """One training epoch in an order from `gen`: a permutation, or with `sampler_weights` (one per image,
         data/balance.py sample_weights) drawn with replacement, or `paced` by a curriculum
         (training/callbacks/curriculum.py). Under torchrun, `shard` = (rank, world size) takes this rank's part
-        of it and `aug` (a generator seeded per rank) draws the augmentation."""
+        of it and `aug` (a generator seeded per rank) draws the augmentation. `start`, `restore`: the epoch from
+        its batch `start` on, the generators put back by `restore()` once the order is drawn (a resumed run)."""
         return Batches(
             self.images,
             self.labels,
@@ -70,6 +79,8 @@ class FastFeed:
             shard=shard,
             aug_generator=aug,
             paced=paced,
+            start=start,
+            restore=restore,
         )
 
     def batches(self, block: range | None = None):
@@ -110,11 +121,24 @@ class LoaderFeed:
         return len(self.split)
 
     def epoch(
-        self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None, paced=None
+        self,
+        gen: torch.Generator,
+        sampler_weights: torch.Tensor | None = None,
+        *,
+        shard=None,
+        aug=None,
+        paced=None,
+        start: int = 0,
+        restore=None,
     ):
         """As FastFeed.epoch, through a DataLoader (WeightedRandomSampler draws as Batches does). Under torchrun the
         rank's share of the order (or a curriculum's `paced` order) is the sampler, and the workers' augmentation
-        seeds come from `aug` (else `gen`)."""
+        seeds come from `aug` (else `gen`). From batch `start` on, the batches before it are read and dropped (so
+        that every random draw of the workers is the whole epoch's), then `restore()` is called."""
+        loader = self._loader(gen, sampler_weights, shard, aug, paced)
+        return loader if not (start or restore) else Resumed(loader, start, restore)
+
+    def _loader(self, gen, sampler_weights, shard, aug, paced):
         if shard is None and paced is None:
             return make_loader(
                 self.train_ds,
@@ -140,6 +164,25 @@ class LoaderFeed:
 
     def image(self, i: int) -> torch.Tensor:
         return self.eval_ds.image(i)
+
+
+class Resumed:
+    """A DataLoader's epoch from its batch `start` on: the batches before it are read and dropped, then
+    `restore()` (if any) runs before the first batch given."""
+
+    def __init__(self, loader, start: int, restore=None):
+        self.loader, self.start, self.restore = loader, start, restore
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.start
+
+    def __iter__(self):
+        it = iter(self.loader)
+        for _ in range(self.start):
+            next(it)
+        if self.restore is not None:
+            self.restore()
+        yield from it
 
 
 def make_feed(

@@ -114,7 +114,7 @@ class WhiteningFromData(Callback):
         self.images = images
 
     def on_fit_start(self, trainer) -> None:
-        if trainer.state.epoch > 0:
+        if trainer.state.epoch > 0 or trainer.state.step > 0:  # a resumed run (also inside its first epoch)
             return
         xs, n = [], 0
         for x, _ in trainer.data.train.batches():

@@ -13,6 +13,7 @@ A run goes through each module once, in order:
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -26,13 +27,18 @@ from imgclf.training.build import make_model
 from imgclf.training.lr_find import find_lr, write_result
 from imgclf.training.options import TrainConfig
 from imgclf.training.plan import decide, freeze_layers, resolve
+from imgclf.training.preempt import RunFinished, StopRequest
 from imgclf.training.rundata import open_run_data
 from imgclf.training.rundir import RunDir, new_run_path
 from imgclf.training.state import build_state
 from imgclf.training.trainer import Trainer
 
+log = logging.getLogger(__name__)
 
-def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) -> dict:
+
+def train(
+    config: TrainConfig | dict | None = None, *, callbacks=(), stop: StopRequest | None = None, **options
+) -> dict:
     """Train a classifier; returns results.json's content (plus `run_dir`).
 
     `imgclf.train(data="digits", model="smallcnn", epochs=5)` or `imgclf.train(TrainConfig(...), epochs=5)`.
@@ -44,23 +50,34 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
     whitening) 20, freeze-then-unfreeze 30, lookahead 40, early stopping 50, histograms 60, the overfitting
     warning 70, the curriculum 80 -, then yours (100 unless a class sets `order`), then the frozen-feature cache
     200, checkpointing 900 and the final report 1000 (training/callbacks/__init__.py lists them).
+
+    `stop`: a StopRequest (training/preempt.py); once it is set (`imgclf train` sets it on SIGTERM) the run stops
+    at the next step boundary with last.pt saved there, and Preempted is raised. `resume="auto"`: the run folder
+    OUT/NAME's latest checkpoint, a new run there when it has none, or (finished) its results.json, trained no more.
     """
     callbacks = arrange(callbacks)  # two of yours with one state key: refused before any work
-    plan = resolve(config, options)
+    try:
+        plan = resolve(config, options)
+    except RunFinished as done:
+        log.info("%s", done)
+        return done.results
     with distributed.setup(plan.device, plan.cfg.dist_timeout):  # under torchrun: joins the process group
         data = open_run_data(plan)
         plan, model = decide(plan, data, train=train)
         state = build_state(plan, data, model)
         cfg = plan.cfg
         run_dir = RunDir(plan.run_path, ema=cfg.ema, robust=plan.robust_validation, write=plan.world.main)
-        trainer = Trainer(plan, state, data, run_dir, callbacks)  # before the folder exists: a refusal leaves none
+        trainer = Trainer(
+            plan, state, data, run_dir, callbacks, stop=stop
+        )  # before the folder exists: a refusal leaves none
         with run_dir:
             return trainer.fit()
 
 
 def preflight(config: TrainConfig, world_size: int) -> None:
     """The checks `train` makes before any work, for a run of `world_size` ranks (`--nproc` makes them before it
-    starts torchrun, so a mistake is one line, not one per rank and torchrun's report)."""
+    starts torchrun, so a mistake is one line, not one per rank and torchrun's report). RunFinished: --resume
+    auto on a finished run, nothing to start."""
     resolve(config, {}, world=distributed.World(size=world_size))
 
 

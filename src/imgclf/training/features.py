@@ -68,7 +68,15 @@ class FeatureFeed:
         return len(self.labels)
 
     def epoch(
-        self, gen: torch.Generator, sampler_weights: torch.Tensor | None = None, *, shard=None, aug=None, paced=None
+        self,
+        gen: torch.Generator,
+        sampler_weights: torch.Tensor | None = None,
+        *,
+        shard=None,
+        aug=None,
+        paced=None,
+        start: int = 0,
+        restore=None,
     ):
         """As FastFeed.epoch: the views are augmentation, drawn from `aug` (per rank) when it is given."""
         k, n = self.feats.shape[:2]
@@ -85,6 +93,8 @@ class FeatureFeed:
             shard=shard,
             aug_generator=aug,
             paced=paced,
+            start=start,
+            restore=restore,
         )
 
     def batches(self, block: range | None = None):

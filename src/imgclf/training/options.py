@@ -262,7 +262,12 @@ class TrainConfig:
     out: str = opt("runs", "folder that holds run directories")
     name: str | None = opt(None, "run directory name (default: MODEL-DATA, numbered if taken)")
     save_every: int = opt(5, "also keep epoch_N.pt every N epochs (0: never)", ge=0)
-    resume: str | None = opt(None, "continue a run from its last.pt (or any epoch checkpoint)")
+    resume: str | None = opt(
+        None,
+        "continue a run from its last.pt (or any epoch checkpoint); auto: the latest checkpoint in OUT/NAME, or a new "
+        "run there when it has none, and nothing to do (exit 0) when it has finished: a command to re-run until it "
+        "succeeds",
+    )
     log_histograms: int = opt(
         0,
         "every N optimisation steps, write per-layer gradient and activation histograms and norms to TensorBoard; a non-finite loss or an exploding gradient norm stops the run naming the step and the layer (0: off)",
@@ -493,7 +498,7 @@ def check_resumable(path: str, ckpt: dict) -> None:
 
 def check_unfinished(cfg: TrainConfig, ckpt: dict) -> None:
     done = int(ckpt["train_state"]["epoch"])
-    if done >= cfg.epochs:
+    if done >= cfg.epochs and not ckpt.get("resume_auto"):  # --resume auto: a run not yet reported reports
         raise UsageError(
             f"'{cfg.resume}' already finished epoch {done} of {cfg.epochs}: pass --epochs N to train longer"
         )

@@ -43,6 +43,7 @@ from imgclf.training.options import (
     check_resumable,
     make_config,
 )
+from imgclf.training.preempt import auto_resume, check_position, elastic_name, wants_auto
 from imgclf.training.recipes import apply_recipe
 from imgclf.training.rundir import new_run_path
 
@@ -77,6 +78,7 @@ class RunPlan:
     per_epoch: int = 0  # optimisation steps an epoch on this rank
     total_steps: int = 0  # optimisation steps in all (decide_steps may shorten it)
     resized_world: bool = False  # resumed on another number of ranks than it ran on
+    again: bool = False  # --resume auto found no checkpoint: the run starts in its folder, which may hold a start
     difficulty: torch.Tensor | None = field(default=None, repr=False)  # --curriculum's, per training image
 
     @property
@@ -121,37 +123,46 @@ class RunData:
 def resolve(config=None, options: dict | None = None, *, world: distributed.World | None = None) -> RunPlan:
     """The run that `config` (a TrainConfig, a dict or None) and `options` describe, checked before any work.
     `world`: the ranks it runs on (default: torchrun's, if any; preflight passes the one --nproc starts)."""
-    cfg, resume = configure(config, options or {})
+    cfg, resume, again = configure(config, options or {})
     spec = check_options(cfg, resume, get_spec)
     cfg = derived_defaults(cfg)
     world = world or distributed.world_from_env()
+    check_position(resume, world, cfg.resume)
     device = distributed.rank_device(resolve_device(cfg.device), world)
     check_machine(cfg, device, world)
     if resume is None:
-        new_run_path(cfg.out, cfg.name, cfg.model, cfg.data)  # refuses a --name that is taken
+        new_run_path(cfg.out, cfg.name, cfg.model, cfg.data, again=again)  # refuses a --name that is taken
     eps, step = attack_values(cfg)
-    return RunPlan(cfg=cfg, spec=spec, device=device, world=world, resume=resume, adv_eps=eps, adv_step=step)
+    return RunPlan(
+        cfg=cfg, spec=spec, device=device, world=world, resume=resume, adv_eps=eps, adv_step=step, again=again
+    )
 
 
-def configure(config, options: dict) -> tuple[TrainConfig, dict | None]:
-    """The options of this run, and the checkpoint it resumes (None for a new run). Only the options the caller
-    set count as set: a recipe fills the others, and a resumed run takes its own for everything but
-    RESUME_OVERRIDES."""
+def configure(config, options: dict) -> tuple[TrainConfig, dict | None, bool]:
+    """The options of this run, the checkpoint it resumes (None for a new run), and whether a new run may take
+    its folder again (--resume auto, preempt.auto_resume). Only the options the caller set count as set: a
+    recipe fills the others, and a resumed run takes its own for everything but RESUME_OVERRIDES."""
     if isinstance(config, TrainConfig):
         cfg = config.replace(**options) if options else config
     else:
         cfg = make_config({**(config or {}), **options})
-    explicit = cfg.explicit
+    explicit, again, ckpt, auto = cfg.explicit, False, None, wants_auto(cfg)
+    if auto:  # --resume auto, or a worker torchrun restarted: the run folder's latest checkpoint, if any
+        cfg, again, ckpt = auto_resume(cfg)
+    elif not cfg.resume:
+        cfg = cfg.resolved(name=elastic_name(cfg))  # under torchrun --max-restarts: a name restarts find again
     if not cfg.resume:
-        return apply_recipe(cfg, explicit), None
-    ckpt = load_checkpoint(cfg.resume)
+        return apply_recipe(cfg, explicit), None, again
+    ckpt = ckpt or load_checkpoint(cfg.resume)
     check_resumable(cfg.resume, ckpt)
     saved = make_config(ckpt["config"], source=cfg.resume)
     ignored = sorted(explicit - set(RESUME_OVERRIDES) - {"resume", "data"})
+    if auto:  # the same command run again: only the options that differ from the run's own are ignored
+        ignored = [k for k in ignored if getattr(cfg, k) != getattr(saved, k)]
     if ignored:
         log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
     keep = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in explicit}
-    return saved.resolved(resume=cfg.resume, **keep), ckpt
+    return saved.resolved(resume=cfg.resume, **keep), ckpt, False
 
 
 def derived_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -188,7 +199,8 @@ def decide(plan: RunPlan, data: RunData, *, train: Callable | None = None) -> tu
     if plan.resumed:
         run_path = os.path.dirname(os.path.abspath(cfg.resume))
     else:  # rank 0 names it (the others could see its folder appear on a shared filesystem and take another)
-        run_path = _agree(new_run_path(cfg.out, cfg.name, cfg.model, cfg.data) if plan.world.main else None, plan.world)
+        path = new_run_path(cfg.out, cfg.name, cfg.model, cfg.data, again=plan.again) if plan.world.main else None
+        run_path = _agree(path, plan.world)
     balance, reason = choose_balance(cfg.balance, data.train.split.labels)
     plan = replace(
         plan,

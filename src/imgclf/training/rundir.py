@@ -33,11 +33,23 @@ EMA_COLUMNS = ["ema_val_loss", "ema_val_acc", "ema_val_macro_f1"]
 ROBUST_COLUMNS = ["val_robust_acc"]  # --adv-train's PGD-10 accuracy on validation images
 
 
-def new_run_path(out: str, name: str | None, model: str, data: str) -> str:
-    """OUT/NAME (refused if it holds files), or OUT/MODEL-DATA numbered to the first free one."""
+# what a run writes before its first checkpoint: --resume auto starts a folder holding only these again
+STARTED_FILES = re.compile(
+    r"^(config\.yaml|train\.log|split\.csv|left_out\.csv|lr_find\.(png|json)|events\.out\..*|\..*\.tmp)$"
+)
+
+
+def only_started(folder: str) -> bool:
+    """Whether `folder` holds nothing but what a run writes before its first checkpoint (or nothing)."""
+    return not os.path.isdir(folder) or all(STARTED_FILES.match(f) for f in os.listdir(folder))
+
+
+def new_run_path(out: str, name: str | None, model: str, data: str, *, again: bool = False) -> str:
+    """OUT/NAME (refused if it holds files; `again`, --resume auto: unless they are only those of a run stopped
+    before its first checkpoint), or OUT/MODEL-DATA numbered to the first free one."""
     if name:
         d = os.path.join(out, name)
-        if os.path.exists(d) and os.listdir(d):
+        if os.path.exists(d) and os.listdir(d) and not (again and only_started(d)):
             raise UsageError(
                 f"run directory '{d}' already exists: choose another --name, or continue it with --resume {d}/last.pt"
             )

@@ -43,6 +43,8 @@ class TrainState:
     world_size: int = field(default=1, init=False)  # the ranks it trains on (after a resume: until build_state's)
     callbacks: list = field(default_factory=list, init=False)  # attach() sets them
     saved_callbacks: dict = field(default_factory=dict, init=False)  # saved states not yet taken back
+    # a run stopped inside an epoch: where (training/preempt.py Position.to_dict()); None at an epoch's end
+    position: dict | None = field(default=None, init=False)
 
     def state_dict(self) -> dict:
         return {
@@ -59,7 +61,7 @@ class TrainState:
             "world_size": self.world_size,
             "callbacks": {cb.state_key: s for cb in self.callbacks if (s := cb.state_dict()) is not None},
             "rng": {"torch": torch.get_rng_state()},
-        }
+        } | ({"position": self.position} if self.position is not None else {})
 
     def load_state_dict(self, state: dict) -> None:
         if "model" in state:  # a checkpoint keeps the weights beside the training state, at its top level
@@ -78,6 +80,7 @@ class TrainState:
         self.best, self.rows = dict(state["best"]), [dict(r) for r in state["rows"]]
         self.world_size = int(state.get("world_size", 1))
         self.saved_callbacks = dict(state.get("callbacks") or {})
+        self.position = state.get("position")
         self.attach(self.callbacks)
         torch.set_rng_state(state["rng"]["torch"])
 
@@ -124,7 +127,7 @@ def resume(state: TrainState, plan: RunPlan) -> None:
     """Load the checkpoint `plan` resumes into `state`: weights, optimizer, schedule, step, epoch, best, rows."""
     load_weights(state.model, plan.resume, plan.cfg.resume)  # one line on a mismatch, not a state-dict dump
     state.load_state_dict(dict(plan.resume["train_state"]))
-    if not os.path.exists(os.path.join(plan.run_path, "best.pt")):
+    if state.epoch > 0 and not os.path.exists(os.path.join(plan.run_path, "best.pt")):  # (inside epoch 1: none yet)
         log.warning(
             "no best.pt beside '%s': the best epoch is chosen again from the epochs still to run", plan.cfg.resume
         )

@@ -26,15 +26,17 @@ from torch.nn.parallel import DistributedDataParallel
 from imgclf.compute import distributed
 from imgclf.compute.device import autocast, to_layout
 from imgclf.core.callback import arrange
-from imgclf.core.errors import RankLost, TrainingDiverged
+from imgclf.core.errors import Preempted, RankLost, TrainingDiverged
 from imgclf.core.progress import progress
 from imgclf.data.balance import class_weights, sample_weights
 from imgclf.data.sources import write_split_manifest
 from imgclf.models.registry import apply_frozen_eval, format_parameter_table, parameter_table
 from imgclf.training.build import epoch_seeds
 from imgclf.training.callbacks import standard
+from imgclf.training.callbacks.checkpoint import run_checkpoint
 from imgclf.training.lr_find import write_result
 from imgclf.training.plan import RunData, RunPlan, decide_steps
+from imgclf.training.preempt import Position, StopRequest, agreed, check_step, rank_part, restore_rng
 from imgclf.training.rundir import RunDir
 from imgclf.training.state import TrainState
 from imgclf.training.validate import validation_columns
@@ -58,12 +60,13 @@ def train_steps(
     mix=None,
     hooks=None,
     perturb=None,
+    totals=(0.0, 0, 0),
 ):
     """Optimisation steps over `batches` (each step sums the gradients of `accumulate` batches); returns (summed
-    loss, correct, images seen). `hooks` (the Trainer) gets on_step_start, on_after_backward and on_step_end
-    (which returns True to end the pass); `mix(x, y) -> (x, targets)` changes a batch before it moves to the
+    loss, correct, images seen), counted on from `totals` (the part of an epoch done before a stop). `hooks` (the
+    Trainer) gets on_step_start, on_after_backward and on_step_end (which returns True to end the pass); `mix(x, y) -> (x, targets)` changes a batch before it moves to the
     device (mixup/cutmix), `perturb(x, y) -> x` after (the adversarial training's attack)."""
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen = totals
     n_batches = len(batches)
     total = n_batches if max_steps is None else min(n_batches, max_steps * accumulate)
     status = lambda: f"loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f}"  # noqa: E731
@@ -112,9 +115,19 @@ def apply_gradients(opt, scaler, clip_grad: float | None) -> None:
 class Trainer:
     """Runs `fit()` on a decided plan's state and data, writing into `run_dir`; `callbacks` are yours, called
     beside the built-in ones the plan asks for (callbacks.standard), all by `order`. The members a callback may
-    use are imgclf.core.callback.Run's."""
+    use are imgclf.core.callback.Run's. `stop`: a StopRequest (training/preempt.py) that, once set, ends the run at
+    the next step boundary with last.pt saved there (Preempted is raised)."""
 
-    def __init__(self, plan: RunPlan, state: TrainState, data: RunData, run_dir: RunDir, callbacks=()):
+    def __init__(
+        self,
+        plan: RunPlan,
+        state: TrainState,
+        data: RunData,
+        run_dir: RunDir,
+        callbacks=(),
+        *,
+        stop: StopRequest | None = None,
+    ):
         if not plan.decided:
             raise ValueError("a Trainer runs a decided plan: plan, model = decide(plan, data) first")
         self.plan, self.state, self.data, self.run_dir = plan, state, data, run_dir
@@ -125,6 +138,7 @@ class Trainer:
         self.paced = self.loss = self.aug = self.stop_reason = None
         self.results, self.started, self.setup_seconds = {}, time.perf_counter(), 0.0
         self._gen, self._train_model, self._compiled, self._trains, self._first_epoch = None, state.model, None, None, 0
+        self.stop_request, self._step0, self._sums, self._preempted = stop, 0, (0.0, 0, 0), False
 
     # ---------------------------------------------------------------- what callbacks use (core/callback.py Run)
     @property
@@ -158,13 +172,16 @@ class Trainer:
     def fit(self) -> dict:
         self.started = time.perf_counter()  # --time-budget counts from here: the epoch loop and what it needs first
         self._begin()
-        with self._failures():
+        with self._failures(), self._armed():
             while (
                 self.state.epoch < self.plan.cfg.epochs and self.state.step < self.total_steps and not self.stop_reason
             ):
-                t0 = time.perf_counter()
-                lr = self._start_epoch()
-                train_loss, train_acc = self.train_one_epoch()
+                pos = self._take_position()  # the epoch a resumed run stopped inside, or None
+                t0 = time.perf_counter() - (pos.seconds if pos else 0.0)
+                lr = self._start_epoch(pos)
+                train_loss, train_acc = self.train_one_epoch(pos)
+                if self._preempted:
+                    self._save_position(lr, time.perf_counter() - t0)
                 self.call("on_train_epoch_end")
                 if self.state.scheduler is not None and self.state.step_schedule is None:
                     self.state.scheduler.step()  # per-epoch schedules
@@ -173,6 +190,7 @@ class Trainer:
                 self.state.epoch += 1
                 self.state.rows.append(row)
                 self.call("on_validation_end", row)
+                self._stop_after_epoch()
         self.call("on_fit_end")
         return {**self.results, "run_dir": self.run_dir.path}
 
@@ -185,11 +203,35 @@ class Trainer:
         rd.write_left_out(self.data.left_out)
         if src.val_origin == "carved" and not self.plan.resumed:  # a resumed run keeps the split it started with
             write_split_manifest(src, rd.file("split.csv"))
+        if self.state.position:
+            pos = self.state.position
+            self.info(
+                "continuing epoch %d from its batch %d (step %d)", self.state.epoch + 1, pos["batches"], self.state.step
+            )
         self.call("on_fit_start")
         self.setup_seconds = time.perf_counter() - self.data.opened_at
         self._first_epoch = self.state.epoch + 1
 
-    def _start_epoch(self) -> float:
+    def _start_epoch(self, pos: Position | None = None) -> float:
+        """The epoch's seeds, generators, on_epoch_start and model; its learning rate. `pos`: a run resumed inside
+        the epoch, whose on_epoch_start sees `state.step` at the epoch's first step, as it did then, and whose
+        callbacks then take back their states of the moment it stopped."""
+        st = self.state
+        self._step0 = pos.step0 if pos else st.step
+        now, st.step = st.step, self._step0
+        try:
+            lr = self._seed_epoch()
+        finally:
+            st.step = now
+        if pos is not None:
+            mine = pos.ranks[self.plan.world.rank]["callbacks"]
+            for cb in self.callbacks:
+                if cb.state_key in mine:
+                    cb.load_state_dict(mine[cb.state_key])
+            lr = pos.lr
+        return lr
+
+    def _seed_epoch(self) -> float:
         seed, own = epoch_seeds(self.plan.cfg.seed, self.state.epoch + 1, self.plan.world.rank)
         torch.manual_seed(own)  # dropout and, with workers=0, augmentation
         self._gen = torch.Generator().manual_seed(seed)  # the order: the same on every rank, which takes its shard
@@ -202,15 +244,22 @@ class Trainer:
         self._wrap()
         return self.state.optimizer.param_groups[0]["lr"]
 
-    def train_one_epoch(self) -> tuple[float, float]:
+    def train_one_epoch(self, pos: Position | None = None) -> tuple[float, float]:
+        """The epoch's steps (from where `pos` says it stopped, for a resumed run): (train_loss, train_acc)."""
         cfg, st, world = self.plan.cfg, self.state, self.plan.world
         epochs = "" if self.plan.budget_pending else f"/{-(-self.total_steps // self.per_epoch)}"
         shard = (world.rank, world.size) if world.distributed else None
         aug = self.aug if shard else None
         t = time.perf_counter()
+        part = pos.ranks[world.rank] if pos else None
+        resume = {}
+        if part is not None:
+            restore = lambda: restore_rng(part, self._gen, self.aug, self.plan.device)  # noqa: E731
+            resume = {"start": pos.batches, "restore": restore}
+        totals = (part["loss_sum"], part["correct"], part["seen"]) if part else (0.0, 0, 0)
         loss_sum, correct, seen = train_steps(
             self._train_model if self._compiled is None else self._compiled,
-            self.train_feed.epoch(self._gen, self.sampler_weights, shard=shard, aug=aug, paced=self.paced),
+            self.train_feed.epoch(self._gen, self.sampler_weights, shard=shard, aug=aug, paced=self.paced, **resume),
             self.criterion,
             st.optimizer,
             st.scaler,
@@ -225,7 +274,9 @@ class Trainer:
             mix=self._on_batch,
             max_steps=self.total_steps - st.step,
             perturb=self._on_device_batch,
+            totals=totals,
         )
+        self._sums = (loss_sum, correct, seen)
         if self._compiled is not None and st.epoch + 1 == self._first_epoch:
             self.info("torch.compile: the first epoch took %.1f s, compilation included", time.perf_counter() - t)
         return loss_sum / max(seen, 1), correct / max(seen, 1)
@@ -250,7 +301,10 @@ class Trainer:
         if st.step_schedule is not None:
             st.scheduler.step()
         self.call("on_step_end")
-        return st.step >= self.total_steps
+        if st.step >= self.total_steps:
+            return True
+        self._preempted = self._stop_now()
+        return self._preempted
 
     def _on_batch(self, x, y):
         for cb in self.callbacks:
@@ -261,6 +315,55 @@ class Trainer:
         for cb in self.callbacks:
             x = cb.on_device_batch(self, x, y)
         return x
+
+    # ---------------------------------------------------------------- a stop asked for (training/preempt.py)
+    def _take_position(self) -> Position | None:
+        pos, self.state.position = self.state.position, None
+        return Position.from_dict(pos) if pos else None
+
+    def _stop_now(self) -> bool:
+        """Whether to stop after this step (not the epoch's last: then the stop comes once the epoch is saved).
+        Every rank asks at the same steps, and stops at the same one."""
+        st, world = self.state, self.plan.world
+        if self.stop_request is None or st.step - self._step0 >= self.per_epoch or not check_step(st.step, world):
+            return False
+        return agreed(self.stop_request, world, self.plan.device)
+
+    def _save_position(self, lr: float, seconds: float) -> None:
+        """last.pt at this step boundary, with the position inside the epoch (every rank's part), then Preempted."""
+        st, world, cfg = self.state, self.plan.world, self.plan.cfg
+        batches = (st.step - self._step0) * cfg.accumulate
+        part = rank_part(self._sums, self._gen, self.aug, self.plan.device, self.callbacks)
+        st.position = Position(batches, self._step0, lr, seconds, distributed.gather(part, world)).to_dict()
+        last = st.rows[-1] if st.rows else {}
+        metrics = {
+            k: last[c]
+            for k, c in (("accuracy", "val_acc"), ("loss", "val_loss"), ("macro_f1", "val_macro_f1"))
+            if c in last
+        }
+        try:
+            self.run_dir.save(run_checkpoint(self, metrics, state=st.state_dict()), "last.pt")
+        finally:
+            st.position = None
+        distributed.barrier(world)  # no rank ends before last.pt is whole
+        path = self.run_dir.file("last.pt")
+        raise Preempted(
+            f"stopped at step {st.step} (epoch {st.epoch + 1}, after {st.step - self._step0} of its {self.per_epoch} "
+            f"steps), as asked (signal {int(self.stop_request.signum)}): {path} holds the run there; continue it with "
+            f"--resume {path} (or --resume auto)"
+        )
+
+    def _stop_after_epoch(self) -> None:
+        """A stop asked for while the epoch ended: its last.pt is written; stop unless the run ends now anyway."""
+        st = self.state
+        more = st.epoch < self.plan.cfg.epochs and st.step < self.total_steps and not self.stop_reason
+        if self.stop_request is None or not more or not agreed(self.stop_request, self.plan.world, self.plan.device):
+            return
+        path = self.run_dir.file("last.pt")
+        raise Preempted(
+            f"stopped after epoch {st.epoch}, as asked (signal {int(self.stop_request.signum)}): {path} holds it; "
+            f"continue the run with --resume {path} (or --resume auto)"
+        )
 
     # ---------------------------------------------------------------- the machinery
     def _wrap(self) -> None:
@@ -278,12 +381,26 @@ class Trainer:
             self._compiled = torch.compile(self._train_model)
 
     @contextlib.contextmanager
+    def _armed(self):
+        """While the epochs run, a stop asked for waits for the next step boundary (StopRequest.armed)."""
+        if self.stop_request is not None:
+            self.stop_request.armed = True
+        try:
+            yield
+        finally:
+            if self.stop_request is not None:
+                self.stop_request.armed = False
+
+    @contextlib.contextmanager
     def _failures(self):
         """A diverged run's line into train.log; a rank that stopped answering as one line saying how to go on."""
         try:
             yield
         except TrainingDiverged as e:  # the caller reports it; train.log keeps it with the run
             self.run_dir.say(logging.ERROR, "%s", e, echo=False)
+            raise
+        except Preempted as e:
+            self.run_dir.say(logging.WARNING, "%s", e, echo=False)
             raise
         except Exception as e:
             if not (self.plan.world.distributed and distributed.lost_peer(e)):

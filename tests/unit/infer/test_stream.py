@@ -354,7 +354,6 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, tiny_best, 
         (_cli(tiny_best), "nothing to predict"),
         (_cli(tiny_best, tiny_data, "--output", tmp_path / "o.txt"), "must end in .csv or .json"),
         (_cli(tiny_best, tiny_data, "--output", existing), "exists"),
-        (_cli(tiny_best, tiny_data, "--output", existing, "--resume"), "is finished"),
         (_cli(tiny_best, tiny_data, "--resume"), "--resume continues an --output"),
         (_cli(tiny_best, tiny_data, "--output", other, "--resume"), "not a stopped imgclf predict run"),
     ]
@@ -365,6 +364,25 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, tiny_best, 
         err = captured.err.strip()
         assert words in err and len(err.splitlines()) == 1 and captured.out == "", (argv, err)
     assert sorted(os.listdir(tmp_path)) == before and existing.read_text() == "path\n"
+
+
+def test_resume_of_a_finished_run_is_a_no_op_that_says_so(tmp_path, tiny_best, tiny_data, capsys):
+    """Issue 22: a retry loop may run a finished `predict --resume` again: exit 0, one line saying it is finished,
+    OUTPUT untouched (it used to be refused with exit 2)."""
+    out = tmp_path / "o.csv"
+    argv = _cli(tiny_best, tiny_data / "val", "--output", out, "--batch-size", 4, "-q")
+    assert main(argv) == 0
+    before = (out.read_bytes(), out.stat().st_mtime_ns)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip().splitlines() == [
+        f"imgclf: --resume: '{out}' is finished (there is no '{out}.parts' of a stopped run): nothing to do; remove "
+        "it to predict again"
+    ]
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == before and sorted(os.listdir(tmp_path)) == ["o.csv"]
+    r = imgclf.predict_files(tiny_best, [tiny_data / "val"], out, batch_size=4, resume=True)
+    assert r["finished"] and r["predicted"] == 0
 
 
 def test_resume_refuses_a_different_command(tmp_path, tiny_best, tiny_data, capsys, monkeypatch):

@@ -42,6 +42,7 @@ class Job:
     manifest: dict
     world: World
     resume: bool  # an earlier run's rows are in `parts` and are kept
+    finished: bool = False  # --resume of a run that finished: OUTPUT is there whole, nothing to do
 
     @property
     def parts(self) -> str:
@@ -97,10 +98,10 @@ class Job:
                 raise UsageError(f"--output '{out}' exists: remove it, or write to another file")
             return False
         if not os.path.exists(parts):
-            if os.path.exists(out):
-                raise UsageError(
-                    f"--resume: '{out}' is finished (there is no '{parts}' of a stopped run): remove it to predict again"
-                )
+            # a finished run (a retry loop's last try succeeded): nothing to do, and OUTPUT is left as it is
+            self.finished = os.path.exists(out)
+            if self.finished:
+                return False
             log.info("nothing to resume in %s: starting from the first image", parts)
             return False
         self._check_manifest()

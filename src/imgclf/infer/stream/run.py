@@ -55,7 +55,8 @@ def predict_files(
     call wrote and predict the rest. `on_row(result)`: called with each new result (the dicts of
     Predictor.predict) in this process. Under torchrun each rank predicts its share and rank 0 merges them.
     `tta`, `min_confidence`: as Predictor's (a Predictor passed as `weights` keeps its own).
-    Returns {"output", "entries", "rows", "predicted", "errors", "resumed"}; the counts are over all ranks."""
+    Returns {"output", "entries", "rows", "predicted", "errors", "resumed"}; the counts are over all ranks. With
+    `resume` and an OUTPUT that is finished (no OUTPUT.parts of a stopped run), nothing is done: "finished": True."""
     tta, min_confidence = check_mode(tta), check_min_confidence(min_confidence)  # before any work
     world = world_from_env()
     if isinstance(inputs, str | os.PathLike):
@@ -75,6 +76,8 @@ def predict_files(
         tta=tta,
         min_confidence=min_confidence,
     )
+    if job.finished:  # --resume of a finished run: a no-op, so that a retry loop may run it again
+        return {**summary(job, [(0, 0, 0, 0)]), "finished": True}
     with setup(resolve_device(device), timeout) as dev:
         predictor = open_predictor(
             weights,
@@ -92,7 +95,7 @@ def predict_files(
 def summary(job: Job, counts: list[tuple]) -> dict:
     """What `predict_files` returns, from every rank's (rows, predicted, errors, resumed)."""
     rows, predicted, errors, resumed = (sum(c[i] for c in counts) for i in range(4))
-    if job.out is not None and not rows:
+    if job.out is not None and not rows and not job.finished:
         log.warning("no image paths came in: %s has no rows", job.out)
     return {
         "output": job.out,

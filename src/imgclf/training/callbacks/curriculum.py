@@ -20,7 +20,7 @@ class Curriculum(Callback):
     def __init__(self, difficulty: torch.Tensor | None, mode: str, pacing: str, start: float, full: float):
         self.mode, self.pacing, self.start, self.full = mode, pacing, start, full
         self.difficulty = difficulty
-        self.trainer = None
+        self.trainer, self.step0 = None, 0
 
     def state_dict(self) -> dict:
         return {"difficulty": self.difficulty}
@@ -36,7 +36,8 @@ class Curriculum(Callback):
         self.trainer, self.ranked = trainer, ranking(self.difficulty, self.mode)
 
     def on_epoch_start(self, trainer) -> None:
-        full = float(self.fraction(torch.tensor([trainer.state.step]))[0]) >= 1.0
+        self.step0 = trainer.state.step  # the epoch's first step (a run resumed inside the epoch sees it here too)
+        full = float(self.fraction(torch.tensor([self.step0]))[0]) >= 1.0
         trainer.paced = None if full else self
 
     def fraction(self, steps: torch.Tensor) -> torch.Tensor:
@@ -49,4 +50,4 @@ class Curriculum(Callback):
         def pool(steps):
             return (self.fraction(steps) * n).ceil().long().clamp(1, n)
 
-        return PacedOrder(self.ranked, u, self.trainer.state.step, cfg.batch_size * cfg.accumulate, pool)
+        return PacedOrder(self.ranked, u, self.step0, cfg.batch_size * cfg.accumulate, pool)
