@@ -31,11 +31,13 @@ from imgclf.core.errors import UsageError
 log = logging.getLogger(__name__)
 
 WARN_AT = 0.8  # an estimate above this fraction of what is available is said in a warning
-TRAIN_SLACK = 1.25  # a training step's peak over what autograd keeps for backward (measured: 1.06 to 1.23)
+TRAIN_SLACK = 1.15  # a training step's peak over what autograd keeps for backward (measured: 1.06 to 1.23)
 
 
 def gb(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 # ------------------------------------------------------------------------------------------------ what there is
@@ -223,9 +225,10 @@ class Estimate:
         return self.per_rank * self.ranks + sum(self.shared.values())
 
     def describe(self) -> str:
-        parts = ", ".join(f"{k} {gb(v)}" for k, v in self.parts.items() if v >= 5e6)
+        small = 0.01 * self.total  # parts under 1% of the whole are left out of the line
+        parts = ", ".join(f"{k} {gb(v)}" for k, v in self.parts.items() if v and v >= small)
         head = f"{self.ranks} ranks x {gb(self.per_rank)}: " if self.ranks > 1 else ""
-        extra = "".join(f", {k} {gb(v)}" for k, v in self.shared.items() if v >= 5e6)
+        extra = "".join(f", {k} {gb(v)}" for k, v in self.shared.items() if v and v >= small)
         return f"{head}{parts}{extra}"
 
 

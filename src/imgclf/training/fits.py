@@ -67,7 +67,7 @@ def estimate(
     act = per_image(cfg, size, num_classes)
     amp = cfg.precision in ("bf16", "fp16") or (cfg.precision == "auto" and device.type == "cuda")
     scale = 0.5 if amp else 1.0
-    train_b = cfg.batch_size * act.train * memory.TRAIN_SLACK * scale
+    train_b = cfg.batch_size * act.train * scale
     eval_b = max(cfg.batch_size, EVAL_BATCH) * act.infer * scale
     parts = {
         "weights, gradients and optimizer state": every * (1 + int(cfg.ema)) + trainable * copies,
@@ -81,7 +81,7 @@ def estimate(
 
 
 def lower_hint(cfg: TrainConfig, est: memory.Estimate, room: int, ranks: int) -> str:
-    """What to change: a --batch-size that would fit (with --accumulate keeping the images per step)."""
+    """What to change, with a --batch-size that would fit (and the --accumulate that keeps the images a step)."""
     act_key = next(k for k in est.parts if k.startswith("activations"))
     per_img = est.parts[act_key] / max(cfg.batch_size, 1)
     fixed = est.per_rank - est.parts[act_key]
@@ -89,16 +89,13 @@ def lower_hint(cfg: TrainConfig, est: memory.Estimate, room: int, ranks: int) ->
     b = 1
     while b * 2 <= min(fits, cfg.batch_size):
         b *= 2
-    hints = []
+    batch = "--batch-size"
     if fits >= 1 and b < cfg.batch_size:
         k = -(-cfg.batch_size // b) * cfg.accumulate
-        hints.append(f"--batch-size {b} --accumulate {k} (the same {cfg.batch_size * cfg.accumulate} images a step)")
-    hints.append("a smaller --img-size" if not hints else "--img-size")
-    if ranks > 1:
-        hints.append("--nproc")
-    if cfg.cache == "memory":
-        hints.append("--cache disk")
-    return "lower " + ", ".join(hints[:-1]) + (" or " if len(hints) > 1 else "") + hints[-1]
+        batch += f" (--batch-size {b} --accumulate {k} keeps {cfg.batch_size * cfg.accumulate} images a step)"
+    said = [batch, "--img-size"] + (["--nproc"] if ranks > 1 else [])
+    hint = "lower " + ", ".join(said[:-1]) + " or " + said[-1]
+    return hint + ("; --cache disk keeps the decoded images out of it" if cfg.cache == "memory" else "")
 
 
 def check_run_memory(
