@@ -8,8 +8,10 @@ Reports, for the process tree of COMMAND (it and all its descendants, followed w
   process, so this can exceed what the machine gives up; it is what `top`/`ps` users add up.
 - tree PSS peak: the same with proportional set size (/proc/PID/smaps_rollup): a page shared by k processes counts
   1/k in each, so the sum is what the tree takes from the machine's memory (sampled less often: it costs more).
-- largest process: resource.getrusage(RUSAGE_CHILDREN).ru_maxrss after the command ends - the peak VmRSS of the
-  single largest descendant that was waited for, not a sum; exact (the kernel's high-water mark, not sampled).
+- largest process: the largest VmHWM (the kernel's own high-water mark of one process's resident memory, exact,
+  not sampled) seen in the tree while it ran: one process, not a sum. Also resource.getrusage(RUSAGE_CHILDREN)
+  .ru_maxrss after the command ends, the same mark for the waited-for children of this process, which is a
+  maximum over everything this process ran so far (None when an earlier command's was larger).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def measure(cmd: list[str], *, interval: float = 0.05, pss_every: int = 4, timel
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, **popen)
-    peak_rss = peak_pss = 0
+    peak_rss = peak_pss = peak_hwm = 0
     peak_procs = 0
     n = 0
     while proc.poll() is None:
@@ -78,6 +80,7 @@ def measure(cmd: list[str], *, interval: float = 0.05, pss_every: int = 4, timel
         total = sum(rss(p) for p in pids)
         peak_rss = max(peak_rss, total)
         peak_procs = max(peak_procs, len(pids))
+        peak_hwm = max([peak_hwm] + [_field(f"/proc/{p}/status", "VmHWM:") for p in pids])
         if n % pss_every == 0:
             peak_pss = max(peak_pss, sum(pss(p) for p in pids))
         if timeline is not None:
@@ -91,6 +94,7 @@ def measure(cmd: list[str], *, interval: float = 0.05, pss_every: int = 4, timel
         "seconds": round(wall, 1),
         "tree_rss_peak": peak_rss,
         "tree_pss_peak": peak_pss,
+        "largest_process_hwm": peak_hwm,
         "largest_process_maxrss": after if after > before * 1024 else None,  # None: an earlier child was larger
         "processes_max": peak_procs,
         "samples": n,
@@ -111,7 +115,7 @@ def main(argv=None) -> int:
         if tl:
             tl.close()
     gb = {
-        k: (f"{v / 2**30:.2f} GiB" if isinstance(v, int) and k.endswith(("peak", "maxrss")) else v)
+        k: (f"{v / 2**30:.2f} GiB" if isinstance(v, int) and k.endswith(("peak", "maxrss", "hwm")) else v)
         for k, v in r.items()
     }
     print(gb, file=sys.stderr)
