@@ -7,10 +7,14 @@ import logging
 import os
 
 import pytest
-
 from conftest import TINY_RUN, tiny_argv, usage_error
+
+import imgclf.cli.run_train as run_train
+import imgclf.exporting.bench as bench
 from imgclf.cli.main import main
 from imgclf.compute import memory
+from imgclf.core.artifact import Preprocess
+from imgclf.core.errors import UsageError
 from imgclf.training import fits
 from imgclf.training.plan import resolve
 
@@ -30,8 +34,6 @@ def machine(monkeypatch):
 
 def _estimate(tiny_data, **options):
     plan = resolve(None, {**TINY_RUN, "data": str(tiny_data), **options})
-    from imgclf.core.artifact import Preprocess  # noqa: PLC0415 - only this helper needs it
-
     prep = Preprocess(img_size=16, resize=16, mean=(0.5,) * 3, std=(0.5,) * 3)
     return plan, prep
 
@@ -84,16 +86,14 @@ def test_lite0_fine_tuning_at_224_px_is_estimated_as_measured(tiny_data, tmp_pat
     """EfficientNet-Lite0 fully fine-tuned at 224 px, batch 128, fp32: the estimate against the resident memory
     measured on this project's CPU machine (docs/benchmarks.md, "Memory": 10.8 GB before LeanReLU6)."""
     plan, _ = _estimate(tiny_data, out=str(tmp_path), model="efficientnet_lite0", batch_size=128)
-    from imgclf.core.artifact import Preprocess  # noqa: PLC0415
-
     prep = Preprocess(img_size=224, resize=256, mean=(0.5,) * 3, std=(0.5,) * 3)
     est = fits.estimate(plan.cfg, prep, (318, 80), 2, ranks=1, starting=0, device=plan.device)
     assert 8e9 < est.total < 14e9
 
 
-def test_nproc_checks_the_memory_of_every_rank_before_torchrun_starts(machine, tiny_data, tmp_path, capsys, monkeypatch):
-    import imgclf.cli.run_train as run_train  # noqa: PLC0415
-
+def test_nproc_checks_the_memory_of_every_rank_before_torchrun_starts(
+    machine, tiny_data, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(run_train, "launch_torchrun", lambda *a: pytest.fail("torchrun started"))
     plan, prep = _estimate(tiny_data, out=str(tmp_path))
     one = fits.estimate(plan.cfg, prep, (48, 18), 3, ranks=1, starting=1, device=plan.device).total
@@ -106,8 +106,6 @@ def test_nproc_checks_the_memory_of_every_rank_before_torchrun_starts(machine, t
 
 def test_bench_refuses_batch_sizes_that_do_not_fit(tiny_best, machine, capsys, monkeypatch):
     """`imgclf bench W --batch-sizes 100000` (defect 15): refused before the images are made."""
-    import imgclf.exporting.bench as bench  # noqa: PLC0415
-
     monkeypatch.setattr(bench, "_images", lambda *a: pytest.fail("images made"))
     machine(256 * MB)  # 100,000 images of 16x16 px, and their copy, are 614 MB
     line = usage_error(capsys, ["bench", tiny_best, "--batch-sizes", "100000"])
@@ -116,3 +114,13 @@ def test_bench_refuses_batch_sizes_that_do_not_fit(tiny_best, machine, capsys, m
     with pytest.raises(pytest.fail.Exception, match="images made"):
         main(["bench", tiny_best, "--batch-sizes", "100000", "--no-memory-check"])
     assert "starting anyway" in capsys.readouterr().err
+
+
+def test_a_hundred_ranks_on_this_machine_are_refused_for_memory(machine, tiny_data, tmp_path):
+    """`--nproc 100` (defect 5's memory part): 100 fresh processes of 300 MB each do not fit in 24 GB."""
+    machine(24 * 2**30)
+    plan, prep = _estimate(tiny_data, out=str(tmp_path))
+    with pytest.raises(UsageError) as e:
+        fits.check_run_memory(plan, prep, (48, 18), 3, ranks=100, starting=100)
+    assert "100 ranks x " in str(e.value) and "or --nproc" in str(e.value)
+    assert fits.check_run_memory(plan, prep, (48, 18), 3, ranks=8, starting=8) is None  # 8 tiny ranks fit
