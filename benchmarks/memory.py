@@ -26,6 +26,7 @@ The steps, in order (later ones use what earlier ones wrote, under --out):
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -48,25 +49,25 @@ def imgclf(*args: str) -> list[str]:
 
 
 def make_files(folder: str, n: int) -> tuple[str, int]:
-    """`n` 8x8 grey PNG files (digits-like) under folder, 1,000 a subfolder, and a list of them; (list, bytes)."""
+    """`n` 8x8 grey PNG files (digits-like) under folder, 1,000 a subfolder, and a list of them; (list, bytes).
+    256 distinct images are encoded once and written in turn (each file is still read and decoded by predict)."""
     listing = os.path.join(folder, "files.txt")
-    if os.path.exists(listing):
-        with open(listing) as f:
-            paths = f.read().split()
-        if len(paths) == n:
-            return listing, sum(os.path.getsize(p) for p in paths[:1000]) * n // 1000
     rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        sub = os.path.join(folder, f"{i // 1000:04d}")
-        if i % 1000 == 0:
-            os.makedirs(sub, exist_ok=True)
-        p = os.path.join(sub, f"{i:06d}.png")
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(p)
-        paths.append(p)
-    with open(listing, "w") as f:
-        f.write("\n".join(paths) + "\n")
-    return listing, sum(os.path.getsize(p) for p in paths[:1000]) * n // 1000
+    blobs = []
+    for _ in range(256):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    paths = [os.path.join(folder, f"{i // 1000:04d}", f"{i:06d}.png") for i in range(n)]
+    if not (os.path.exists(listing) and all(os.path.exists(p) for p in paths[-10:])):
+        for i, p in enumerate(paths):
+            if i % 1000 == 0:
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+            with open(p, "wb") as f:
+                f.write(blobs[i % 256])
+        with open(listing, "w") as f:
+            f.write("\n".join(paths) + "\n")
+    return listing, sum(len(blobs[i % 256]) for i in range(n))
 
 
 def steps(a, out: str) -> list[tuple[str, list[str], str]]:
