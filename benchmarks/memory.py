@@ -157,7 +157,7 @@ def steps(a, out: str) -> list[tuple[str, list[str], str]]:
             [
                 PY,
                 os.path.join(ROOT, "benchmarks", "serve_load.py"),
-                f"{out}/ants.int8.onnx",
+                a.serve_model or f"{out}/ants.int8.onnx",
                 "--concurrency",
                 "32",
                 "--requests",
@@ -179,6 +179,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fast-minutes", type=float, default=2.0)
     ap.add_argument("--files", type=int, default=200_000)
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--serve-model", help="what serve serves (default: the export step's ants.int8.onnx)")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     print(subprocess.run(imgclf("env"), capture_output=True, text=True).stdout.splitlines()[0], flush=True)
