@@ -359,6 +359,10 @@ class BenchOptions:
     rounds: int = opt(3, "the iterations are spread over this many rounds across settings", ge=1)
     max_seconds: float = opt(60.0, "stop timing a slow setting after this long (3 iterations at least)", gt=0)
     threads: int | None = opt(None, "intra-op threads for PyTorch and onnxruntime [PyTorch's default]", ge=1)
+    memory_check: bool = opt(
+        True,
+        "refuse batch sizes whose images and activations will not fit in the memory available, before any is made (--no-memory-check: warn and go on)",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ data and tools

@@ -52,6 +52,7 @@ def bench_command(o: BenchOptions) -> int:
         rounds=o.rounds,
         max_seconds=o.max_seconds,
         max_eval_images=o.max_eval_images,
+        memory_check=o.memory_check,
     )
     print(json.dumps(rows, indent=2) if o.json else format_table(rows))
     return 0

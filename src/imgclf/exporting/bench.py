@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from imgclf.compute import memory
 from imgclf.core.errors import UsageError, did_you_mean
 from imgclf.exporting.verify import accuracy_on, sample_images
 from imgclf.infer.runtime import CheckpointRunner, Runner, open_model
+from imgclf.models.registry import build_model
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +110,19 @@ def bench(
     accuracy: bool = True,
     max_eval_images: int | None = None,
     device: str = "cpu",
+    memory_check: bool = True,
 ) -> list[dict]:
     """One row per (input setting, batch size): latency p50/p90 (ms per batch), images/s, file size, and with
     `data` the top-1 accuracy on `split`. `iters` timed iterations per setting are split over `rounds` rounds;
-    a setting whose batches are slow stops early after `max_seconds` of timing (at least 3 iterations)."""
+    a setting whose batches are slow stops early after `max_seconds` of timing (at least 3 iterations).
+    Batch sizes that will not fit in memory are refused before any is made (`memory_check=False`: a warning)."""
     if not inputs:
         raise UsageError("bench needs at least one checkpoint or exported file")
     batch_sizes = [int(b) for b in batch_sizes]
     if iters < 1 or rounds < 1 or warmup < 0:
         raise UsageError("--iters and --rounds must be at least 1, --warmup at least 0")
     settings = open_settings(list(inputs), eager=list(eager), device=device)
+    check_memory(settings, batch_sizes, allow=not memory_check)
     x = _images(settings, data, split, max(batch_sizes), data_root)
     batches = {b: x[torch.arange(b) % len(x)].contiguous() for b in batch_sizes}
     times = _time(settings, batch_sizes, batches, Rounds(warmup, iters, rounds, max_seconds))
@@ -135,6 +140,41 @@ def bench(
         for i, s in enumerate(settings)
         for b in batch_sizes
     ]
+
+
+def estimate(settings: list[Setting], batch_sizes: list[int]) -> tuple[memory.Estimate, int]:
+    """(what bench takes, bytes per image of the largest batch). It holds the input images in host memory (one
+    tensor of the largest batch, and a copy per batch size) and runs the largest batch through the model (its
+    activations per image as measured on the meta device for the model the inputs hold: compute/memory.py;
+    counted where the model runs on the CPU)."""
+    r = settings[0].runner
+    image = 3 * r.preprocess.img_size**2 * 4  # float32 pixels
+    per = 0
+    if all(getattr(s.runner, "device", torch.device("cpu")).type == "cpu" for s in settings):
+        try:
+            per = memory.cached_activation_bytes(
+                (r.model_name, len(r.classes), "eval"),
+                lambda: build_model(r.model_name, len(r.classes), pretrained=False),
+                r.preprocess.img_size,
+                True,
+            ).infer
+        except Exception as e:  # a model the registry cannot build: the images alone
+            log.debug("bench: activations not estimated (%s)", e)
+    top = max(batch_sizes)
+    parts = {
+        f"{top + sum(batch_sizes)} input images at {r.preprocess.img_size} px": (top + sum(batch_sizes)) * image,
+        f"activations of {top} images": top * per,
+    }
+    return memory.Estimate("bench", parts), 2 * image + per
+
+
+def check_memory(settings: list[Setting], batch_sizes: list[int], *, allow: bool = False) -> None:
+    """Refuse batch sizes that will not fit in the memory available (one line, exit 2), before any is made."""
+    est, per_image = estimate(settings, batch_sizes)
+    room, source = memory.available()
+    fits = int(memory.WARN_AT * room // per_image) if room else 0
+    lower = f"lower --batch-sizes (about {fits} images in the largest batch fit)" if fits else "lower --batch-sizes"
+    memory.check(est, room, source, lower=lower, allow=allow)
 
 
 @dataclass(frozen=True)

@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import torch
 
 from imgclf.compute import distributed
 from imgclf.compute.device import cpu_has_native_bf16, probe_bf16
+from imgclf.core.artifact import Preprocess
 from imgclf.core.callback import arrange
 from imgclf.core.errors import UsageError
+from imgclf.data.sources import open_source
 from imgclf.models.registry import build_model, get_spec
 from imgclf.training.build import make_model
+from imgclf.training.fits import check_run_memory
 from imgclf.training.lr_find import find_lr, write_result
 from imgclf.training.options import TrainConfig
 from imgclf.training.plan import decide, freeze_layers, resolve
 from imgclf.training.preempt import RunFinished, StopRequest
-from imgclf.training.rundata import open_run_data
+from imgclf.training.rundata import open_run_data, preprocess_for
 from imgclf.training.rundir import RunDir, new_run_path
 from imgclf.training.state import build_state
 from imgclf.training.trainer import Trainer
@@ -76,9 +80,16 @@ def train(
 
 def preflight(config: TrainConfig, world_size: int) -> None:
     """The checks `train` makes before any work, for a run of `world_size` ranks (`--nproc` makes them before it
-    starts torchrun, so a mistake is one line, not one per rank and torchrun's report). RunFinished: --resume
-    auto on a finished run, nothing to start."""
-    resolve(config, {}, world=distributed.World(size=world_size))
+    starts torchrun, so a mistake is one line, not one per rank and torchrun's report), the memory of all its ranks
+    included (training/fits.py: the data is listed, and image headers read where their size decides the run's; no
+    image is decoded). RunFinished: --resume auto on a finished run, nothing to start."""
+    plan = resolve(config, {}, world=distributed.World(size=world_size))
+    cfg = plan.cfg
+    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    prep = Preprocess.from_dict(plan.resume["preprocess"]) if plan.resumed else preprocess_for(plan, src)
+    counts = (len(src.splits["train"]), len(src.splits["val"]))
+    here = replace(plan, world=distributed.World())  # decided here, in this one process, for all the ranks
+    check_run_memory(here, prep, counts, len(src.classes), ranks=world_size, starting=world_size)
 
 
 def lr_find(

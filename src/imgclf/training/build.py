@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from imgclf.compute.device import to_layout
+from imgclf.models.activations import lean_activations
 from imgclf.models.registry import build_model
 from imgclf.training.options import TrainConfig
 
@@ -33,8 +34,8 @@ def epoch_seeds(seed: int, epoch: int, rank: int) -> tuple[int, int]:
 
 
 def make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
-    """The model a run trains, seeded, on its device and memory layout: pretrained weights for a new run that asks
-    for them (a resumed run's come from its checkpoint)."""
+    """The model a run trains, seeded, on its device and memory layout, its ReLU6 layers lean (models/activations.py):
+    pretrained weights for a new run that asks for them (a resumed run's come from its checkpoint)."""
     torch.manual_seed(cfg.seed)
     model = build_model(
         cfg.model,
@@ -42,6 +43,7 @@ def make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.M
         pretrained=cfg.pretrained and not cfg.resume,
         weights_file=cfg.weights_file if not cfg.resume else None,
     )
+    lean_activations(model)  # ReLU6 layers keep their output, not their input, for backward: same numbers, less memory
     return to_layout(model.to(device), cfg.channels_last)
 
 

@@ -248,6 +248,10 @@ class TrainConfig:
         "decoded images: auto/disk (decoded once into a memory-mapped file, reused by later runs), memory, or none (decode every image every epoch, per-image transforms)",
         ("auto", "disk", "memory", "none"),
     )
+    memory_check: bool = opt(
+        True,
+        "before any work, estimate the run's memory (weights, optimizer state, activations at --batch-size and the image size, per rank) and refuse a run that will not fit in what is available (--no-memory-check: warn and start anyway)",
+    )
     seed: int = opt(0, "random seed for the split, initialisation, order and augmentation", ge=0, le=2**32 - 1)
     sync_bn: bool = opt(
         False,

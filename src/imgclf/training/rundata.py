@@ -14,6 +14,7 @@ from imgclf.core.escape import csv_value
 from imgclf.data.feed import make_feed
 from imgclf.data.pipeline import common_size, resolve_preprocess
 from imgclf.data.sources import open_source
+from imgclf.training.fits import check_run_memory
 from imgclf.training.plan import RunData, RunPlan
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def open_run_data(plan: RunPlan) -> RunData:
         prep = Preprocess.from_dict(plan.resume["preprocess"])
     else:
         prep = preprocess_for(plan, src)
+    counts = (len(src.splits["train"]), len(src.splits["val"]))
+    check_run_memory(plan, prep, counts, len(src.classes))  # before anything is decoded: refused or warned
     left_out, feeds = [], {}
     for name in ("train", "val"):
         feed, bad = make_feed(
