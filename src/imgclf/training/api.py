@@ -85,8 +85,9 @@ def lr_find(
     sweep = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps}
     result = find_lr(cfg, plan.spec, model, data.train, plan.device, **sweep)
     folder = new_run_path(cfg.out, cfg.name, "lr-find-" + cfg.model, cfg.data)
-    os.makedirs(folder, exist_ok=True)
-    write_result(result, folder)
+    if plan.world.main:  # under torchrun every rank runs the same test; rank 0 writes it
+        os.makedirs(folder, exist_ok=True)
+        write_result(result, folder)
     return {**result, "run_dir": folder}
 
 

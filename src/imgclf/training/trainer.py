@@ -29,11 +29,9 @@ from imgclf.core.callback import arrange
 from imgclf.core.errors import RankLost, TrainingDiverged
 from imgclf.core.progress import progress
 from imgclf.data.balance import class_weights, sample_weights
-from imgclf.data.sources import write_split_manifest
 from imgclf.models.registry import apply_frozen_eval, format_parameter_table, parameter_table
 from imgclf.training.build import epoch_seeds
 from imgclf.training.callbacks import standard
-from imgclf.training.lr_find import write_result
 from imgclf.training.plan import RunData, RunPlan, decide_steps
 from imgclf.training.rundir import RunDir
 from imgclf.training.state import TrainState
@@ -184,7 +182,7 @@ class Trainer:
             rd.purge_after(self.state.epoch)
         rd.write_left_out(self.data.left_out)
         if src.val_origin == "carved" and not self.plan.resumed:  # a resumed run keeps the split it started with
-            write_split_manifest(src, rd.file("split.csv"))
+            rd.write_split(src)
         self.call("on_fit_start")
         self.setup_seconds = time.perf_counter() - self.data.opened_at
         self._first_epoch = self.state.epoch + 1
@@ -335,5 +333,5 @@ def describe(trainer: Trainer) -> None:
     if cfg.balance != "none":
         rd.info("class balance: %s", plan.balance_reason)
     if plan.lr_search is not None:
-        write_result(plan.lr_search, rd.path)
+        rd.write_lr_find(plan.lr_search)
         rd.info("--lr auto: %s (lr_find.png)", plan.lr_search["reason"])

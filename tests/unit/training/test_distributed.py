@@ -153,6 +153,21 @@ def test_nproc_launches_torchrun(tiny_data, tmp_path):
     assert json.loads((run / "results.json").read_text())["world_size"] == 2, r.stderr[-2000:]
 
 
+def test_four_ranks_on_data_without_a_val_split(make_folder, tmp_path):
+    """Issue 22 (1): data without a val split (its validation carved from train) on 4 ranks: every rank wrote
+    split.csv, and three died on each other's temporary files. Rank 0 alone writes the run folder."""
+    data = make_folder(tmp_path / "flat", layout="flat", classes=("cat", "dog", "fox"), n=12)
+    out = tmp_path / "runs"
+    r = ok(
+        torchrun(["train", "--data", str(data), *TINY, "--epochs", "1", "--out", str(out), "--name", "four"], nproc=4)
+    )
+    run = out / "four"
+    assert json.loads((run / "results.json").read_text())["world_size"] == 4, r.stderr[-2000:]
+    assert (run / "split.csv").read_text().count("\n") == 1 + 36  # the header and every image, once
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert sorted(p.name for p in out.iterdir()) == ["four"]
+
+
 def test_time_budget_and_frozen_feature_cache_under_torchrun(tiny_data, tmp_path):
     """--time-budget: rank 0's measurement of the steps that fit is every rank's (else one rank would stop first
     and the other wait for it forever); --freeze backbone: each rank trains the head on the cached features."""
