@@ -8,10 +8,12 @@ import os
 
 import torch
 
+from imgclf.cli.console import after_stop
 from imgclf.cli.options import LrFindOptions, TrainOptions
+from imgclf.compute.device import resolve_device
+from imgclf.compute.distributed import check_ranks, strip_nproc, world_from_env
 from imgclf.compute.distributed import launch as launch_torchrun
 from imgclf.compute.distributed import rank_threads as threads_per_rank
-from imgclf.compute.distributed import strip_nproc, world_from_env
 from imgclf.training.api import lr_find, preflight, train
 
 
@@ -31,11 +33,17 @@ def lr_find_command(o: LrFindOptions) -> int:
 
 
 def launch(o, nproc: int, argv: list[str]) -> int:
-    """`--nproc N`: the same command line, less --nproc, under torchrun; a training run's options are checked
-    first (preflight: data, model, output folder), so that a mistake is one line here, not N ranks' tracebacks."""
-    if isinstance(o, TrainOptions):
-        preflight(o.train, nproc)
-    return launch_torchrun(nproc, strip_nproc(argv))
+    """`--nproc N`: the same command line, less --nproc, under torchrun; checked first, so that a mistake is one
+    line here, not N ranks' lines and torchrun's report: the ranks against the cores (CPU runs), and a training
+    run's options, data, model and output folder (preflight). The per-rank memory estimate goes beside
+    check_ranks."""
+    train_config = o.train if isinstance(o, TrainOptions) else None
+    device = resolve_device(train_config.device if train_config else getattr(o, "device", "auto"))
+    check_ranks(nproc, device)
+    if train_config is not None:
+        preflight(train_config, nproc)
+    command = argv[0] if argv else ""
+    return launch_torchrun(nproc, strip_nproc(argv), advice=after_stop(command, {"output": getattr(o, "output", None)}))
 
 
 def rank_threads() -> None:

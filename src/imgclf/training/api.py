@@ -26,7 +26,7 @@ from imgclf.training.build import make_model
 from imgclf.training.lr_find import find_lr, write_result
 from imgclf.training.options import TrainConfig
 from imgclf.training.plan import decide, freeze_layers, resolve
-from imgclf.training.rundata import open_run_data
+from imgclf.training.rundata import open_checked_source, open_run_data
 from imgclf.training.rundir import RunDir, new_run_path
 from imgclf.training.state import build_state
 from imgclf.training.trainer import Trainer
@@ -59,9 +59,13 @@ def train(config: TrainConfig | dict | None = None, *, callbacks=(), **options) 
 
 
 def preflight(config: TrainConfig, world_size: int) -> None:
-    """The checks `train` makes before any work, for a run of `world_size` ranks (`--nproc` makes them before it
-    starts torchrun, so a mistake is one line, not one per rank and torchrun's report)."""
-    resolve(config, {}, world=distributed.World(size=world_size))
+    """The checks `train` makes before any work, for a run of `world_size` ranks on this machine (`--nproc` makes
+    them before it starts torchrun, so a mistake is one line, not one per rank and torchrun's report): the options,
+    the model, the output folder, the ranks the device allows (resolve), and the data: found, listed, of two
+    classes or more, its validation split carved (a built-in set such as cifar10 is downloaded here, once,
+    rather than by every rank at once)."""
+    plan = resolve(config, {}, world=distributed.World(size=world_size, local_size=world_size))
+    open_checked_source(plan.cfg)
 
 
 def lr_find(

@@ -29,8 +29,9 @@ def torchrun(args: list[str], *, nproc: int = 2, timeout: float = 300, **kw) -> 
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def imgclf(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, timeout=timeout)
+def imgclf(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "imgclf", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -148,9 +149,15 @@ def test_resume_crosses_world_sizes(ddp_run, tiny_data, tmp_path):
 
 
 def test_nproc_launches_torchrun(tiny_data, tmp_path):
-    r = ok(imgclf(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--nproc", "2"]))
-    (run,) = tmp_path.iterdir()
+    temp = tmp_path / "temp"  # the system temp folder of this launch
+    temp.mkdir()
+    out = tmp_path / "runs"
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(out), "--nproc", "2"]
+    r = ok(imgclf(args, env={**os.environ, "TMPDIR": str(temp)}))
+    (run,) = out.iterdir()
     assert json.loads((run / "results.json").read_text())["world_size"] == 2, r.stderr[-2000:]
+    # issue 22 (16): torchrun left a torchelastic_* log folder in the temp folder on every run
+    assert not [p.name for p in temp.iterdir() if p.name.startswith("torchelastic_")]
 
 
 def test_four_ranks_on_data_without_a_val_split(make_folder, tmp_path):
@@ -244,6 +251,59 @@ def test_a_killed_rank_stops_the_run_and_resume_finishes_it(tiny_data, tmp_path)
     ok(torchrun(["train", "--resume", str(last), "--epochs", str(saved + 2)]))
     results = json.loads((tmp_path / "k" / "results.json").read_text())
     assert results["epochs"] == saved + 2, err[-2000:]
+
+
+def _launched(args: list[str], until, tmp_path) -> tuple[subprocess.Popen, str]:
+    """`imgclf ARGS --nproc 2` in a session of its own, as a terminal runs it, started in a temp folder of its own;
+    `until(proc)` does what the test does to it once its first epoch is saved; (the process, its stderr)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    cmd = [sys.executable, "-m", "imgclf", *args, "--nproc", "2"]
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob("runs/*/last.pt")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(tmp_path.glob("runs/*/last.pt")), "the first epoch was never saved"
+        until(proc)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not list(temp.iterdir()), "torchrun left files in the temp folder"
+    return proc, err
+
+
+def _imgclf_lines(err: str) -> list[str]:
+    """The lines of stderr that report a stop or failure (imgclf's, torchrun's, Python's)."""
+    marks = ("imgclf: ", "Traceback", "Error", "SIGINT", "SIGTERM", "SIGKILL", "signal")
+    return [line for line in err.splitlines() if any(m in line for m in marks)]
+
+
+def test_nproc_ctrl_c_is_one_line(tiny_data, tmp_path):
+    """Issue 22 (5): Ctrl-C of an --nproc run printed every rank's lines and torchrun's traceback (~700 lines for
+    100 ranks); now the launcher passes it on, the ranks stop, and one line says so, exit 130."""
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "4000", "--out", str(tmp_path / "runs")]
+    proc, err = _launched(args, lambda p: os.killpg(p.pid, signal.SIGINT), tmp_path)  # the terminal's Ctrl-C
+    assert proc.returncode == 130, err[-3000:]
+    assert _imgclf_lines(err) == ["imgclf: interrupted"], err[-3000:]
+
+
+def test_nproc_a_killed_rank_is_one_line(tiny_data, tmp_path):
+    """Issue 22 (6): a rank killed under --nproc: one line naming it and how to go on, not torchrun's report."""
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "4000", "--out", str(tmp_path / "runs")]
+    args += ["--dist-timeout", "60"]
+    proc, err = _launched(args, lambda p: os.kill(_worker_with_rank(_agent(p.pid), 1), signal.SIGKILL), tmp_path)
+    assert proc.returncode == 1
+    (line,) = _imgclf_lines(err)
+    assert line.startswith("imgclf: error: rank 1 (pid ") and "was stopped by SIGKILL" in line, err[-3000:]
+    assert line.endswith("continues from its last whole checkpoint with --resume RUN_DIR/last.pt")
+
+
+def _agent(launcher: int) -> int:
+    (pid,) = _children(launcher)
+    return pid
 
 
 def _children(pid: int) -> list[int]:
