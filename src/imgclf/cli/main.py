@@ -15,7 +15,7 @@ import threading
 
 from imgclf.cli.commands import COMMANDS, build_parser, dispatch
 from imgclf.cli.console import EXIT_BROKEN_PIPE, after_stop, launched, rank, stdout_to_devnull, world_size
-from imgclf.core.errors import ImgclfError, RankLost
+from imgclf.core.errors import ImgclfError, RankLost, TrainingDiverged
 from imgclf.core.logs import console_logging
 from imgclf.core.progress import shown
 
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImgclfError as e:
         if isinstance(e, RankLost) and launched() and not verbose:
             return e.launched_exit_code  # the launcher names the rank that was lost, in one line
+        if isinstance(e, TrainingDiverged) and rank() > 0 and not verbose:
+            return e.exit_code  # every rank stops at the same step with the same line: rank 0 says it
         if verbose:
             log.exception("error")
         print(f"imgclf: error: {e}", file=sys.stderr)

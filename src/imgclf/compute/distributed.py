@@ -143,6 +143,16 @@ def gather(obj, world: World | None = None) -> list:
     return out
 
 
+def all_min(value: float, device: torch.device, world: World | None = None) -> float:
+    """The least of every rank's `value` (one all-reduce of one number; `value` itself in one process)."""
+    world = world or current()
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t.item())
+
+
 def barrier(world: World | None = None) -> None:
     world = world or current()
     if world.distributed:

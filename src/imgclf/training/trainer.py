@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import time
@@ -36,6 +37,9 @@ from imgclf.training.plan import RunData, RunPlan, decide_steps
 from imgclf.training.rundir import RunDir
 from imgclf.training.state import TrainState
 from imgclf.training.validate import validation_columns
+
+# Under torchrun the ranks agree whether a loss went non-finite every this many steps (and at each epoch's end).
+NONFINITE_EVERY = 25
 
 
 def train_steps(
@@ -83,9 +87,12 @@ def train_steps(
         with autocast(device, amp):
             out = model(x)
             loss = criterion(out, y)
+        value = float(loss.detach())  # read every step already (the loss column): checking it costs nothing
+        if hooks is not None and not math.isfinite(value):
+            hooks.on_nonfinite_loss(value)
         scaler.scale(loss if group == 1 else loss / group).backward()
         n = y.size(0)
-        loss_sum += float(loss.detach()) * n
+        loss_sum += value * n
         correct += int((out.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum())
         seen += n
         if (i + 1) % accumulate and i + 1 < n_batches:
@@ -123,6 +130,7 @@ class Trainer:
         self.paced = self.loss = self.aug = self.stop_reason = None
         self.results, self.started, self.setup_seconds = {}, time.perf_counter(), 0.0
         self._gen, self._train_model, self._compiled, self._trains, self._first_epoch = None, state.model, None, None, 0
+        self._nonfinite: tuple[int, float] | None = None  # (the step, the loss) where this rank's loss went non-finite
 
     # ---------------------------------------------------------------- what callbacks use (core/callback.py Run)
     @property
@@ -224,14 +232,20 @@ class Trainer:
             max_steps=self.total_steps - st.step,
             perturb=self._on_device_batch,
         )
+        self._check_finite()  # before validation: every rank together
         if self._compiled is not None and st.epoch + 1 == self._first_epoch:
             self.info("torch.compile: the first epoch took %.1f s, compilation included", time.perf_counter() - t)
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
     def validate(self) -> dict:
         """The epoch's validation columns: the model's, then the callbacks' (on_validate: the EMA's, robust)."""
-        row = validation_columns(self.step_model, self.eval_feed, self.plan, self.data.source.classes, desc="validate")
-        self.call("on_validate", row)
+        try:
+            row = validation_columns(
+                self.step_model, self.eval_feed, self.plan, self.data.source.classes, desc="validate"
+            )
+            self.call("on_validate", row)
+        except TrainingDiverged as e:  # the last steps' loss was finite, the weights they left are not
+            raise TrainingDiverged(diverged(self, f"after epoch {self.state.epoch + 1}: {e}")) from None
         return row
 
     # ---------------------------------------------------------------- hooks train_steps calls
@@ -242,9 +256,30 @@ class Trainer:
         self.loss = loss
         self.call("on_after_backward")
 
+    def on_nonfinite_loss(self, value: float) -> None:
+        """A non-finite loss on this rank: the run stops, in one process before this step changes anything;
+        under torchrun when the ranks next agree (_check_finite), so that none waits for a rank that left."""
+        self._nonfinite = self._nonfinite or (self.state.step + 1, value)
+        if not self.plan.world.distributed:
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Stop the run if a rank's loss went non-finite. Under torchrun the ranks agree on the first such step in
+        one all-reduce of one number, every NONFINITE_EVERY steps and at the end of each epoch's training (a
+        rank that saw it keeps stepping until then: DDP's all-reduce spreads its gradients to every rank anyway)."""
+        step = self._nonfinite[0] if self._nonfinite else math.inf
+        step = distributed.all_min(step, self.plan.device, self.plan.world)
+        if step == math.inf:
+            return
+        value = self._nonfinite[1] if self._nonfinite and self._nonfinite[0] == step else "not finite"
+        epoch = self.state.epoch + 1
+        raise TrainingDiverged(diverged(self, f"step {int(step)}: the loss is {value}, in epoch {epoch}"))
+
     def on_step_end(self) -> bool:
         st = self.state
         st.step += 1
+        if self.plan.world.distributed and st.step % NONFINITE_EVERY == 0:
+            self._check_finite()
         if st.step_schedule is not None:
             st.scheduler.step()
         self.call("on_step_end")
@@ -292,6 +327,19 @@ class Trainer:
                 f"rank {self.plan.world.rank}: another rank stopped answering ({first[:160]}); the run stopped after "
                 f"epoch {self.state.epoch}: continue it with --resume {os.path.join(self.run_dir.path, 'last.pt')}"
             ) from e
+
+
+def diverged(trainer: Trainer, what: str) -> str:
+    """The line of a run stopped by a non-finite loss or output: what, the last good checkpoint, what to do."""
+    st, cfg = trainer.state, trainer.plan.cfg
+    if st.epoch >= trainer._first_epoch:  # saved by this run: last.pt is its last whole epoch
+        kept = f"the last good checkpoint is {trainer.run_dir.file('last.pt')} (epoch {st.epoch})"
+    elif trainer.plan.resumed:
+        kept = f"the last good checkpoint is {cfg.resume} (epoch {st.epoch})"
+    else:
+        kept = "no checkpoint was saved: it diverged in its first epoch"
+    lr = f"{cfg.lr:g}" if isinstance(cfg.lr, float) else str(cfg.lr)
+    return f"{what}; the run stopped; {kept}; train with a lower --lr (this run's was {lr}), or add --clip-grad"
 
 
 def objective(plan: RunPlan, data: RunData):

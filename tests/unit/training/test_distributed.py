@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import imgclf as imgclf_package
 from imgclf.compute.distributed import batch_block, shard_order, strip_nproc
 from imgclf.data.batches import Batches, epoch_order
 
@@ -194,13 +195,53 @@ def test_sync_bn_on_cpu_is_refused_in_one_line(tiny_data, tmp_path):
     r = torchrun(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--sync-bn"])
     assert r.returncode != 0
     assert "imgclf: error: --sync-bn: PyTorch's SyncBatchNorm runs on GPUs only" in r.stderr
-    # torchrun prints its own report of the failed workers; imgclf's lines carry no traceback
-    assert not [line for line in r.stderr.splitlines() if line.strip().startswith("File ") and "imgclf" in line]
+    # torchrun prints its own report of the failed workers; imgclf's lines carry no traceback. imgclf's own frames
+    # are those in its package folder: a checkout in a folder named imgclf has torch's frames under imgclf/ too
+    package = str(Path(imgclf_package.__file__).parent)
+    assert not [line for line in r.stderr.splitlines() if line.strip().startswith("File ") and package in line]
     assert not any(tmp_path.iterdir())
     # with --nproc the options are checked before torchrun starts: one line, exit 2
     r = imgclf(["train", "--data", str(tiny_data), *TINY, "--out", str(tmp_path), "--sync-bn", "--nproc", "2"])
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("imgclf: error: --sync-bn"), r.stderr
     assert "torch.distributed" not in r.stderr
+
+
+NAN_ON_RANK_1 = """
+import os, sys
+import imgclf
+from imgclf.core.callback import Callback
+from imgclf.core.errors import TrainingDiverged
+
+class NanOnRank1(Callback):  # rank 1's first batch of epoch 2 is NaN: its loss alone goes non-finite
+    def on_device_batch(self, trainer, x, y):
+        if os.environ["RANK"] == "1" and trainer.state.step == 3:
+            return x * float("nan")
+        return x
+
+try:
+    imgclf.train(data=sys.argv[1], out=sys.argv[2], name="nan", callbacks=[NanOnRank1()], model="test_tiny",
+                 workers=0, precision="fp32", batch_size=8, epochs=3, dist_timeout=240)
+except TrainingDiverged as e:
+    print(f"rank {os.environ['RANK']}: {e}", flush=True)
+    sys.exit(1)
+"""
+
+
+def test_a_rank_local_non_finite_loss_stops_every_rank_together(tiny_data, tmp_path):
+    """Issue 22 (3) under torchrun: a non-finite loss on one rank stops every rank at the same point (the ranks
+    agree in one all-reduce), naming the same step and checkpoint, well within --dist-timeout (240 s here): none
+    waits for a rank that left (the run is given 200 s)."""
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_ON_RANK_1)
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node=2", str(script), str(tiny_data), str(tmp_path / "runs")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
+    lines = sorted(line for line in r.stdout.splitlines() if line.startswith("rank "))
+    assert r.returncode != 0 and len(lines) == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    last = tmp_path / "runs" / "nan" / "last.pt"
+    assert lines[1].startswith("rank 1: step 4: the loss is nan, in epoch 2; the run stopped; ")
+    assert lines[0].startswith("rank 0: step 4: the loss is not finite, in epoch 2; the run stopped; ")
+    assert all(f"the last good checkpoint is {last} (epoch 1)" in line for line in lines)
+    assert torch.load(last, weights_only=True)["train_state"]["epoch"] == 1
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
