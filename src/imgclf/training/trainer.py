@@ -87,11 +87,10 @@ def train_steps(
         with autocast(device, amp):
             out = model(x)
             loss = criterion(out, y)
-        value = float(loss.detach())  # read every step already (the loss column): checking it costs nothing
-        if hooks is not None and not math.isfinite(value):
-            hooks.on_nonfinite_loss(value)
         scaler.scale(loss if group == 1 else loss / group).backward()
-        n = y.size(0)
+        value, n = float(loss.detach()), y.size(0)  # read every step already (the loss column): checked for free
+        if hooks is not None and not math.isfinite(value):
+            hooks.on_nonfinite_loss(value)  # before the optimizer step
         loss_sum += value * n
         correct += int((out.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum())
         seen += n
