@@ -55,9 +55,24 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def launched() -> bool:
+    """A rank that `--nproc` started (its launcher reports a stop for every rank; compute/distributed.launch)."""
+    return world_size() > 1 and os.environ.get("IMGCLF_LAUNCHED") == "1"
+
+
 def check_output_file(path: str, flag: str) -> None:
     """Before any work: an output file's folder is created when it is written (as train, evaluate, export and
     samples create theirs), so it need not exist, but it must be possible to make and write."""
     if os.path.isdir(path):
         raise UsageError(f"{flag} '{path}' is a folder: give a file name")
     check_output_folder(os.path.dirname(os.path.abspath(path)), flag)  # names the folder that is wrong
+
+
+def after_stop(command: str, values: dict) -> str:
+    """What to do after a run of `command` was stopped (a rank killed, the job stopped): the words of the one
+    line that says so. `values`: the command's parsed options."""
+    if command == "train":
+        return "a training run continues from its last whole checkpoint with --resume RUN_DIR/last.pt"
+    if command == "predict" and values.get("output"):
+        return "run the same predict command again with --resume: it keeps the rows written and predicts the rest"
+    return f"run the same {command} command again"

@@ -14,8 +14,8 @@ import sys
 import threading
 
 from imgclf.cli.commands import COMMANDS, build_parser, dispatch
-from imgclf.cli.console import EXIT_BROKEN_PIPE, rank, stdout_to_devnull, world_size
-from imgclf.core.errors import ImgclfError, Preempted
+from imgclf.cli.console import EXIT_BROKEN_PIPE, after_stop, launched, rank, stdout_to_devnull, world_size
+from imgclf.core.errors import ImgclfError, Preempted, RankLost, TrainingDiverged
 from imgclf.core.logs import console_logging
 from imgclf.core.progress import shown
 
@@ -80,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         with shown(not quiet):  # bars and progress lines, for this command only
             return dispatch(command, values, nproc=nproc if nproc and nproc > 1 else None, argv=argv)
     except Terminated:
-        if world_size() > 1:  # torchrun stops the ranks when one of them fails
+        if launched():  # --nproc's launcher says what happened, in one line
+            pass
+        elif world_size() > 1:  # torchrun stops the ranks when one of them fails
             print(
                 f"imgclf: rank {rank()} terminated (torchrun stops every rank when one fails or the job is stopped; "
-                "its report follows): a training run continues from its last whole checkpoint with --resume "
-                "RUN_DIR/last.pt",
+                f"its report follows): {after_stop(command, values)}",
                 file=sys.stderr,
             )
         else:
@@ -94,12 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imgclf: {e}" if world_size() <= 1 else f"imgclf: rank {rank()}: {e}", file=sys.stderr)
         return e.exit_code
     except ImgclfError as e:
+        if isinstance(e, RankLost) and launched() and not verbose:
+            return e.launched_exit_code  # the launcher names the rank that was lost, in one line
+        if isinstance(e, TrainingDiverged) and rank() > 0 and not verbose:
+            return e.exit_code  # every rank stops at the same step with the same line: rank 0 says it
         if verbose:
             log.exception("error")
         print(f"imgclf: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("imgclf: interrupted", file=sys.stderr)
+        if not launched():
+            print("imgclf: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout's reader went away (`| head -1`): stop quietly, as a tool ended by SIGPIPE
         stdout_to_devnull()

@@ -12,10 +12,12 @@ import threading
 
 import torch
 
+from imgclf.cli.console import after_stop
 from imgclf.cli.options import LrFindOptions, TrainOptions
+from imgclf.compute.device import resolve_device
+from imgclf.compute.distributed import check_ranks, strip_nproc, world_from_env
 from imgclf.compute.distributed import launch as launch_torchrun
 from imgclf.compute.distributed import rank_threads as threads_per_rank
-from imgclf.compute.distributed import strip_nproc, world_from_env
 from imgclf.core.errors import UsageError
 from imgclf.training.api import lr_find, preflight, train
 from imgclf.training.preempt import RunFinished, StopRequest
@@ -68,17 +70,25 @@ def lr_find_command(o: LrFindOptions) -> int:
 
 
 def launch(o, nproc: int, argv: list[str]) -> int:
-    """`--nproc N`: the same command line, less --nproc, under torchrun; a training run's options are checked
-    first (preflight: data, model, output folder), so that a mistake is one line here, not N ranks' tracebacks."""
+    """`--nproc N`: the same command line, less --nproc (and --max-restarts, passed to torchrun), under torchrun;
+    checked first, so that a mistake is one line here, not N ranks' lines and torchrun's report: the ranks against
+    the cores (CPU runs), and a training run's options, data, model, output folder and memory (preflight)."""
+    train_config = o.train if isinstance(o, TrainOptions) else None
+    device = resolve_device(train_config.device if train_config else getattr(o, "device", "auto"))
+    check_ranks(nproc, device)
     restarts = 0
-    if isinstance(o, TrainOptions):
+    if train_config is not None:
         try:
-            preflight(o.train, nproc)
+            preflight(train_config, nproc)
         except RunFinished as done:  # --resume auto on a finished run: nothing to start
             log.info("%s", done)
             return 0
         restarts = o.max_restarts or 0
-    return launch_torchrun(nproc, strip_nproc(argv, ("--nproc", "--max-restarts")), max_restarts=restarts)
+    command = argv[0] if argv else ""
+    advice = after_stop(command, {"output": getattr(o, "output", None)})
+    return launch_torchrun(
+        nproc, strip_nproc(argv, ("--nproc", "--max-restarts")), max_restarts=restarts, advice=advice
+    )
 
 
 def rank_threads() -> None:

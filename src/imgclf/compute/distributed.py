@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from imgclf.core.errors import UsageError
+from imgclf.core.errors import RankLost, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,16 @@ def gather(obj, world: World | None = None) -> list:
     return out
 
 
+def all_min(value: float, device: torch.device, world: World | None = None) -> float:
+    """The least of every rank's `value` (one all-reduce of one number; `value` itself in one process)."""
+    world = world or current()
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t.item())
+
+
 def barrier(world: World | None = None) -> None:
     world = world or current()
     if world.distributed:
@@ -192,27 +203,103 @@ def batch_block(n_batches: int, rank: int, size: int) -> range:
 # ------------------------------------------------------------------------------------------------ the launcher
 
 
-def launch(nproc: int, argv: list[str], *, max_restarts: int = 0) -> int:
+# The launcher's torchrun agent: torch.distributed.run's own main, whose failures become one line (`agent`).
+AGENT = "from imgclf.compute.distributed import agent; agent()"
+LAUNCHED = "IMGCLF_LAUNCHED"  # set for the agent and its ranks: the launcher speaks for them when they are stopped
+ADVICE = "IMGCLF_RANK_ADVICE"  # what to do after a rank was killed, for the command being run
+OVERSUBSCRIBE = "IMGCLF_OVERSUBSCRIBE"  # =1: start more CPU ranks than cores
+
+
+def check_ranks(nproc: int, device: torch.device) -> None:
+    """--nproc N on CPUs: at most one rank per core (each rank holds its own model, data and threads: more ranks
+    than cores only share the same cores, slower, in more memory). IMGCLF_OVERSUBSCRIBE=1 starts them anyway.
+    (The per-rank memory estimate belongs beside this check.)"""
+    n = cores()
+    if device.type == "cpu" and nproc > n and os.environ.get(OVERSUBSCRIBE) != "1":
+        raise UsageError(
+            f"--nproc {nproc}: this machine has {n} CPU core{'s' * (n != 1)} for the ranks, and more ranks than "
+            f"cores only share them, slower and in more memory: pass --nproc {n} or fewer (or set "
+            f"{OVERSUBSCRIBE}=1 to start {nproc} anyway)"
+        )
+
+
+def launch(nproc: int, argv: list[str], *, max_restarts: int = 0, advice: str = "") -> int:
     """`imgclf ... --nproc N`: the same command under `torchrun --standalone --nproc-per-node N` (and
     `--max-restarts`, when given); its exit code.
 
     Each rank gets the cores divided by N as its threads (OMP_NUM_THREADS, unless set), not torchrun's default of
-    one."""
+    one. torchrun writes no log folder (`--log-dir /dev/null`: by default it leaves a torchelastic_* folder in the
+    temp folder on every run). The agent runs in a session of its own: Ctrl-C reaches this process, which passes
+    one SIGINT on and waits for the ranks to stop; the agent and the ranks stop quietly (this process says
+    "interrupted"), and a rank that fails is one line (`agent`). `advice`: what to do after a rank was killed."""
     if world_from_env().distributed:
         raise UsageError("--nproc starts torchrun itself: drop it when the command already runs under torchrun")
-    env = dict(os.environ)
+    env = dict(os.environ, **{LAUNCHED: "1", ADVICE: advice})
     env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    cmd += [f"--max-restarts={max_restarts}"] if max_restarts else []
-    cmd += ["-m", "imgclf", *argv]
-    log.info("running: %s", " ".join(["torchrun", *cmd[3:]]))
-    proc = subprocess.Popen(cmd, env=env)
+    opts = ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={os.devnull}"]
+    opts += [f"--max-restarts={max_restarts}"] if max_restarts else []
+    log.info("running: %s", " ".join(["torchrun", *opts, "-m", "imgclf", *argv]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AGENT, *opts, "-m", "imgclf", *argv], env=env, start_new_session=True
+    )
     try:
         return proc.wait()
-    except BaseException:  # Ctrl-C (which torchrun gets too) or SIGTERM: torchrun stops its workers, then we stop
-        proc.terminate()
-        proc.wait()
+    except BaseException as e:  # Ctrl-C or SIGTERM: passed on once; torchrun stops its ranks, then we stop
+        proc.send_signal(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
+        while proc.poll() is None:
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: the ranks are already stopping
+                proc.wait()
         raise
+
+
+def agent() -> None:
+    """The launcher's torchrun (a process of its own): torch.distributed.run's main with the command line given,
+    its log lines at CRITICAL unless --verbose, and its ending as one line: a rank that failed on its own has
+    said why (its exit code is the agent's); a rank killed by a signal is named here with the launcher's advice;
+    a stop the launcher asked for (SIGINT, SIGTERM) is silent."""
+    args = sys.argv[1:]
+    from torch.distributed.elastic.multiprocessing.api import SignalException  # noqa: PLC0415 - the agent only
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
+    from torch.distributed.run import main  # noqa: PLC0415
+
+    if not {"-v", "--verbose"} & set(args):  # torch.distributed.elastic's loggers take their level when made
+        for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        main(args)
+    except ChildFailedError as e:
+        code, line = failure(e, os.environ.get(ADVICE, ""))
+        if line:
+            print(line, file=sys.stderr)
+        sys.exit(code)
+    except SignalException as e:
+        sys.exit(128 + int(e.sigval))
+
+
+def failure(err, advice: str = "") -> tuple[int, str]:
+    """(exit code, the line to print or "") for torchrun's ChildFailedError. A rank killed or stopped by a signal
+    is named (the ranks that then lost it said nothing: RankLost.launched_exit_code); else a rank that ended on
+    its own with an error (a refusal, a full disk) has said so in its line; else the ranks lost each other.
+    `advice`: what to do next, for the command that ran."""
+    stopped = {128 + signal.SIGINT: "SIGINT", 128 + signal.SIGTERM: "SIGTERM"}
+    quits = (*stopped, -signal.SIGINT, -signal.SIGTERM)  # how a rank that torchrun stopped ends
+    by_signal = [(r, f) for r, f in sorted(err.failures.items()) if f.exitcode < 0 or f.exitcode in stopped]
+    lost = [r for r, f in sorted(err.failures.items()) if f.exitcode == RankLost.launched_exit_code]
+    advice = f": {advice}" if advice else ""
+    if by_signal:
+        # the rank that died first, not those torchrun then stopped (with SIGTERM) or that lost it (exit 75)
+        rank, first = min(by_signal, key=lambda rf: (rf[1].exitcode in quits, rf[1].timestamp, rf[0]))
+        name = stopped.get(first.exitcode) or first.signal_name()
+        why = " (the kernel's out-of-memory killer, or a kill)" if first.exitcode == -signal.SIGKILL else ""
+        return (
+            1,
+            f"imgclf: error: rank {rank} (pid {first.pid}) was stopped by {name}{why}; the others were too{advice}",
+        )
+    spoke = [f for f in err.failures.values() if f.exitcode != RankLost.launched_exit_code]
+    if spoke:
+        return spoke[0].exitcode, ""
+    who = f"rank{'s' * (len(lost) > 1)} {', '.join(map(str, lost))}"
+    return 1, f"imgclf: error: {who}: the other ranks stopped answering within --dist-timeout{advice}"
 
 
 def strip_nproc(argv: list[str], flags: tuple[str, ...] = ("--nproc",)) -> list[str]:

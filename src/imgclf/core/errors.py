@@ -31,7 +31,10 @@ class TrainingDiverged(ImgclfError):
 
 class RankLost(ImgclfError):
     """Under torchrun, another rank died or stopped answering within --dist-timeout: this rank stops too (exit
-    code 1), and the run continues from its last.pt with --resume."""
+    code 1), and the run continues from its last.pt with --resume. Under --nproc the rank says nothing and exits
+    with `launched_exit_code`: the launcher's agent, which sees which rank died, says it in one line."""
+
+    launched_exit_code = 75
 
 
 class Preempted(ImgclfError):

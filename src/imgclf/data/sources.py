@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,6 +324,7 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None
             f"class '{few[0]}' has fewer than 2 images, too few to hold one out for validation: "
             "add images, or give a val/ folder (or a split column)"
         )
+    check_carvable(len(labels), len(src.classes), val_fraction)
     idx = np.arange(len(labels))
     try:
         tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
@@ -336,6 +338,27 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None
     src.val_origin = "carved"
     src.notes.append(
         f"validation: {len(va)} images carved from train (stratified, fraction {val_fraction}, seed {seed})"
+    )
+
+
+def check_carvable(n: int, n_classes: int, val_fraction: float) -> None:
+    """A stratified split of `n` images keeps ceil(fraction x n) for validation (scikit-learn's rounding) and
+    needs at least one image of each class on both sides; refused in one line that says what would work."""
+    n_val = math.ceil(val_fraction * n)
+    if n_classes <= n_val <= n - n_classes:
+        return
+    fix = "add images, or give a val/ folder (or a split column)"
+    lo, hi = math.ceil(100 * n_classes / n) / 100, math.floor(100 * (n - n_classes) / n) / 100
+    if lo <= hi:
+        fix = (
+            f"pass --val-fraction {lo:g}, " + fix
+            if lo == hi
+            else f"pass a --val-fraction from {lo:g} to {hi:g}, " + fix
+        )
+    raise DataError(
+        f"--val-fraction {val_fraction:g} of {n} images keeps {n_val} for validation, but a split that keeps every "
+        f"one of the {n_classes} classes on both sides needs at least {n_classes} there and {n_classes} left to "
+        f"train on: {fix}"
     )
 
 

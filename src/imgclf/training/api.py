@@ -24,7 +24,6 @@ from imgclf.compute.device import cpu_has_native_bf16, probe_bf16
 from imgclf.core.artifact import Preprocess
 from imgclf.core.callback import arrange
 from imgclf.core.errors import UsageError
-from imgclf.data.sources import open_source
 from imgclf.models.registry import build_model, get_spec
 from imgclf.training.build import make_model
 from imgclf.training.fits import check_run_memory
@@ -32,7 +31,7 @@ from imgclf.training.lr_find import find_lr, write_result
 from imgclf.training.options import TrainConfig
 from imgclf.training.plan import decide, freeze_layers, resolve
 from imgclf.training.preempt import RunFinished, StopRequest
-from imgclf.training.rundata import open_run_data, preprocess_for
+from imgclf.training.rundata import open_checked_source, open_run_data, preprocess_for
 from imgclf.training.rundir import RunDir, new_run_path
 from imgclf.training.state import build_state
 from imgclf.training.trainer import Trainer
@@ -79,13 +78,14 @@ def train(
 
 
 def preflight(config: TrainConfig, world_size: int) -> None:
-    """The checks `train` makes before any work, for a run of `world_size` ranks (`--nproc` makes them before it
-    starts torchrun, so a mistake is one line, not one per rank and torchrun's report), the memory of all its ranks
-    included (training/fits.py: the data is listed, and image headers read where their size decides the run's; no
-    image is decoded). RunFinished: --resume auto on a finished run, nothing to start."""
-    plan = resolve(config, {}, world=distributed.World(size=world_size))
-    cfg = plan.cfg
-    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    """The checks `train` makes before any work, for a run of `world_size` ranks on this machine (`--nproc` makes
+    them before it starts torchrun, so a mistake is one line, not one per rank and torchrun's report): the options,
+    the model, the output folder, the ranks the device allows (resolve), the data (found, listed, of two classes or
+    more, its validation split carved; a built-in set such as cifar10 is downloaded here, once, rather than by every
+    rank at once), and the memory of all its ranks (training/fits.py: image headers read where their size decides
+    the run's; no image is decoded). RunFinished: --resume auto on a finished run, nothing to start."""
+    plan = resolve(config, {}, world=distributed.World(size=world_size, local_size=world_size))
+    src = open_checked_source(plan.cfg)
     prep = Preprocess.from_dict(plan.resume["preprocess"]) if plan.resumed else preprocess_for(plan, src)
     counts = (len(src.splits["train"]), len(src.splits["val"]))
     here = replace(plan, world=distributed.World())  # decided here, in this one process, for all the ranks
@@ -113,8 +113,9 @@ def lr_find(
     sweep = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps}
     result = find_lr(cfg, plan.spec, model, data.train, plan.device, **sweep)
     folder = new_run_path(cfg.out, cfg.name, "lr-find-" + cfg.model, cfg.data)
-    os.makedirs(folder, exist_ok=True)
-    write_result(result, folder)
+    if plan.world.main:  # under torchrun every rank runs the same test; rank 0 writes it
+        os.makedirs(folder, exist_ok=True)
+        write_result(result, folder)
     return {**result, "run_dir": folder}
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from imgclf.compute.device import autocast, to_layout
+from imgclf.compute.distributed import world_from_env
 from imgclf.core.fileio import write_json
 from imgclf.evaluation.plots import plot_lr_find
 from imgclf.training.build import epoch_seed, make_optimizer, param_groups
@@ -91,6 +92,9 @@ def find_lr(cfg: TrainConfig, spec, model: nn.Module, train_feed, device, **swee
     """The range test for a run: on its own model (as build.make_model built it and --freeze froze it; put back as it
     was afterwards), with an optimizer of the run's parameter groups at lr 1 (group 0 at the swept lr, the others
     at their ratios to it), on the run's first training batches of epoch 0's order, in fp32."""
+    few = few_images(len(train_feed.split), cfg.batch_size)
+    if few and world_from_env().main:  # under torchrun (--lr auto) every rank runs the test: rank 0 says it
+        log.warning("%s", few)
     probe = cfg.resolved(lr=1.0)
     optimizer = make_optimizer(probe, param_groups(probe, model, spec, []))  # frozen parameters take no step anyway
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -100,6 +104,19 @@ def find_lr(cfg: TrainConfig, spec, model: nn.Module, train_feed, device, **swee
     )
     model.zero_grad(set_to_none=True)  # the run starts from the model as built, gradients included
     return result
+
+
+def few_images(n: int, batch_size: int) -> str | None:
+    """The warning for a range test on fewer training images than one batch, or None. Then every step of the
+    sweep trains on the same images, all of them: the curve shows how fast the model memorises those few, not
+    which learning rate suits the task, and the suggestion follows it (2 images gave a confident 0.0123)."""
+    if n >= batch_size:
+        return None
+    return (
+        f"the learning-rate range test sees only {n} training image{'s' * (n != 1)}, fewer than one batch of "
+        f"{batch_size}: every step trains on the same images, so its suggestion is unreliable; add images, or "
+        "choose --lr yourself"
+    )
 
 
 def _check_args(start_lr, end_lr, steps, smooth, diverge) -> None:

@@ -23,12 +23,7 @@ log = logging.getLogger(__name__)
 def open_run_data(plan: RunPlan) -> RunData:
     """The data of `plan`, decoded once; files that cannot be read are left out and listed, and the run goes on."""
     opened_at, cfg = time.perf_counter(), plan.cfg
-    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    if len(src.classes) < 2:
-        raise DataError(
-            f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
-            "add a folder of images for each other class beside it"
-        )
+    src = open_checked_source(cfg)
     if plan.resumed:
         check_same_data(cfg.resume, plan.resume, src, None)
         prep = Preprocess.from_dict(plan.resume["preprocess"])
@@ -63,6 +58,18 @@ def open_run_data(plan: RunPlan) -> RunData:
     for note in src.notes:  # after the last refusal: a refused command prints one line
         log.info("%s", note)
     return RunData(src, prep, feeds["train"], feeds["val"], left_out, src.fingerprint(), opened_at)
+
+
+def open_checked_source(cfg):
+    """The data `--data` names, listed (not decoded), with its validation split: refused in one line when it is not
+    found, unreadable as a source, or of one class. `--nproc` runs it before torchrun starts (api.preflight)."""
+    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if len(src.classes) < 2:
+        raise DataError(
+            f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
+            "add a folder of images for each other class beside it"
+        )
+    return src
 
 
 def preprocess_for(plan: RunPlan, src) -> Preprocess:

@@ -2,6 +2,7 @@
 
     config.yaml     the resolved options (rewritten when --time-budget fixes the number of steps)
     split.csv       the validation split carved from train, when the data had none
+    lr_find.json, lr_find.png   --lr auto's range test
     left_out.csv    files that could not be read, with the reason
     metrics.csv     one row per epoch; TensorBoard events beside it (scalars, and histograms if asked)
     train.log       the run's story: the Trainer's lines always, other imgclf modules' at the caller's log level
@@ -24,7 +25,9 @@ from imgclf.core.errors import UsageError
 from imgclf.core.escape import csv_cell
 from imgclf.core.fileio import atomic_open, remove_stale_temps, write_json
 from imgclf.core.options import save_yaml
+from imgclf.data.sources import write_split_manifest
 from imgclf.models.checkpoint import save_checkpoint
+from imgclf.training.lr_find import write_result as write_lr_find
 
 log = logging.getLogger("imgclf.training.trainer")  # the run's own lines (train.log has them already)
 
@@ -78,7 +81,9 @@ class _NoWriter:
 
 
 class RunDir:
-    """`write=False` (the ranks after 0 under torchrun): the same calls, nothing written, lines logged at debug."""
+    """`write=False` (the ranks after 0 under torchrun): the same calls, nothing written, lines logged at debug.
+    Every file of the run folder is written through a method here, so that rank 0 alone writes: ranks that each
+    wrote the same file raced over the folder and each other's temporary files (issue 22)."""
 
     def __init__(self, path: str, *, ema: bool = False, robust: bool = False, write: bool = True):
         self.path, self.writes = path, write
@@ -147,6 +152,16 @@ class RunDir:
     def write_config(self, config: dict) -> None:
         if self.writes:
             save_yaml(config, self.file("config.yaml"))
+
+    def write_split(self, source) -> None:
+        """split.csv: the validation split carved from train (every rank carves the same one; rank 0 writes it)."""
+        if self.writes:
+            write_split_manifest(source, self.file("split.csv"))
+
+    def write_lr_find(self, result: dict) -> None:
+        """--lr auto's range test: lr_find.json and lr_find.png."""
+        if self.writes:
+            write_lr_find(result, self.path)
 
     def write_left_out(self, left_out: list[tuple[str, str, str]]) -> None:
         if not self.writes:

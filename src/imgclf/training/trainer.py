@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import time
@@ -29,17 +30,18 @@ from imgclf.core.callback import arrange
 from imgclf.core.errors import Preempted, RankLost, TrainingDiverged
 from imgclf.core.progress import progress
 from imgclf.data.balance import class_weights, sample_weights
-from imgclf.data.sources import write_split_manifest
 from imgclf.models.registry import apply_frozen_eval, format_parameter_table, parameter_table
 from imgclf.training.build import epoch_seeds
 from imgclf.training.callbacks import standard
 from imgclf.training.callbacks.checkpoint import run_checkpoint
-from imgclf.training.lr_find import write_result
 from imgclf.training.plan import RunData, RunPlan, decide_steps
 from imgclf.training.preempt import Position, StopRequest, agreed, check_step, rank_part, restore_rng
 from imgclf.training.rundir import RunDir
 from imgclf.training.state import TrainState
 from imgclf.training.validate import validation_columns
+
+# Under torchrun the ranks agree whether a loss went non-finite every this many steps (and at each epoch's end).
+NONFINITE_EVERY = 25
 
 
 def train_steps(
@@ -89,8 +91,10 @@ def train_steps(
             out = model(x)
             loss = criterion(out, y)
         scaler.scale(loss if group == 1 else loss / group).backward()
-        n = y.size(0)
-        loss_sum += float(loss.detach()) * n
+        value, n = float(loss.detach()), y.size(0)  # read every step already (the loss column): checked for free
+        if hooks is not None and not math.isfinite(value):
+            hooks.on_nonfinite_loss(value)  # before the optimizer step
+        loss_sum += value * n
         correct += int((out.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum())
         seen += n
         if (i + 1) % accumulate and i + 1 < n_batches:
@@ -139,6 +143,7 @@ class Trainer:
         self.results, self.started, self.setup_seconds = {}, time.perf_counter(), 0.0
         self._gen, self._train_model, self._compiled, self._trains, self._first_epoch = None, state.model, None, None, 0
         self.stop_request, self._step0, self._sums, self._preempted = stop, 0, (0.0, 0, 0), False
+        self._nonfinite: tuple[int, float] | None = None  # (the step, the loss) where this rank's loss went non-finite
 
     # ---------------------------------------------------------------- what callbacks use (core/callback.py Run)
     @property
@@ -202,7 +207,7 @@ class Trainer:
             rd.purge_after(self.state.epoch)
         rd.write_left_out(self.data.left_out)
         if src.val_origin == "carved" and not self.plan.resumed:  # a resumed run keeps the split it started with
-            write_split_manifest(src, rd.file("split.csv"))
+            rd.write_split(src)
         if self.state.position:
             pos = self.state.position
             self.info(
@@ -277,14 +282,20 @@ class Trainer:
             totals=totals,
         )
         self._sums = (loss_sum, correct, seen)
+        self._check_finite()  # before validation: every rank together
         if self._compiled is not None and st.epoch + 1 == self._first_epoch:
             self.info("torch.compile: the first epoch took %.1f s, compilation included", time.perf_counter() - t)
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
     def validate(self) -> dict:
         """The epoch's validation columns: the model's, then the callbacks' (on_validate: the EMA's, robust)."""
-        row = validation_columns(self.step_model, self.eval_feed, self.plan, self.data.source.classes, desc="validate")
-        self.call("on_validate", row)
+        try:
+            row = validation_columns(
+                self.step_model, self.eval_feed, self.plan, self.data.source.classes, desc="validate"
+            )
+            self.call("on_validate", row)
+        except TrainingDiverged as e:  # the last steps' loss was finite, the weights they left are not
+            raise TrainingDiverged(diverged(self, f"after epoch {self.state.epoch + 1}: {e}")) from None
         return row
 
     # ---------------------------------------------------------------- hooks train_steps calls
@@ -295,9 +306,30 @@ class Trainer:
         self.loss = loss
         self.call("on_after_backward")
 
+    def on_nonfinite_loss(self, value: float) -> None:
+        """A non-finite loss on this rank: the run stops, in one process before this step changes anything;
+        under torchrun when the ranks next agree (_check_finite), so that none waits for a rank that left."""
+        self._nonfinite = self._nonfinite or (self.state.step + 1, value)
+        if not self.plan.world.distributed:
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Stop the run if a rank's loss went non-finite. Under torchrun the ranks agree on the first such step in
+        one all-reduce of one number, every NONFINITE_EVERY steps and at the end of each epoch's training (a
+        rank that saw it keeps stepping until then: DDP's all-reduce spreads its gradients to every rank anyway)."""
+        step = self._nonfinite[0] if self._nonfinite else math.inf
+        step = distributed.all_min(step, self.plan.device, self.plan.world)
+        if step == math.inf:
+            return
+        value = self._nonfinite[1] if self._nonfinite and self._nonfinite[0] == step else "not finite"
+        epoch = self.state.epoch + 1
+        raise TrainingDiverged(diverged(self, f"step {int(step)}: the loss is {value}, in epoch {epoch}"))
+
     def on_step_end(self) -> bool:
         st = self.state
         st.step += 1
+        if self.plan.world.distributed and st.step % NONFINITE_EVERY == 0:
+            self._check_finite()
         if st.step_schedule is not None:
             st.scheduler.step()
         self.call("on_step_end")
@@ -413,6 +445,19 @@ class Trainer:
             ) from e
 
 
+def diverged(trainer: Trainer, what: str) -> str:
+    """The line of a run stopped by a non-finite loss or output: what, the last good checkpoint, what to do."""
+    st, cfg = trainer.state, trainer.plan.cfg
+    if st.epoch >= trainer._first_epoch:  # saved by this run: last.pt is its last whole epoch
+        kept = f"the last good checkpoint is {trainer.run_dir.file('last.pt')} (epoch {st.epoch})"
+    elif trainer.plan.resumed:
+        kept = f"the last good checkpoint is {cfg.resume} (epoch {st.epoch})"
+    else:
+        kept = "no checkpoint was saved: it diverged in its first epoch"
+    lr = f"{cfg.lr:g}" if isinstance(cfg.lr, float) else str(cfg.lr)
+    return f"{what}; the run stopped; {kept}; train with a lower --lr (this run's was {lr}), or add --clip-grad"
+
+
 def objective(plan: RunPlan, data: RunData):
     """(the loss, the sampler's per-image weights or None), as --balance (decided) and --label-smoothing ask."""
     labels, n_cls = data.train.split.labels, len(data.source.classes)
@@ -452,5 +497,5 @@ def describe(trainer: Trainer) -> None:
     if cfg.balance != "none":
         rd.info("class balance: %s", plan.balance_reason)
     if plan.lr_search is not None:
-        write_result(plan.lr_search, rd.path)
+        rd.write_lr_find(plan.lr_search)
         rd.info("--lr auto: %s (lr_find.png)", plan.lr_search["reason"])

@@ -3,6 +3,9 @@ under torchrun, every rank all the metrics)."""
 
 from __future__ import annotations
 
+import torch
+
+from imgclf.core.errors import TrainingDiverged
 from imgclf.evaluation.metrics import compute_metrics
 from imgclf.infer.logits import infer_sharded
 from imgclf.training.plan import RunPlan
@@ -14,5 +17,8 @@ def validation_columns(module, feed, plan: RunPlan, classes: list[str], *, desc:
     logits, labels = infer_sharded(
         module, feed, plan.device, plan.amp, world=plan.world, desc=desc, channels_last=plan.cfg.channels_last
     )
+    if not bool(torch.isfinite(logits).all()):  # the same logits on every rank (gathered): every rank stops
+        whose = "EMA's" if prefix == "ema_" else "model's"
+        raise TrainingDiverged(f"the {whose} outputs on the validation images are not finite")
     m = compute_metrics(logits, labels, classes)
     return {prefix + "val_loss": m["loss"], prefix + "val_acc": m["accuracy"], prefix + "val_macro_f1": m["macro_f1"]}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import imgclf as imgclf_package
 from imgclf.compute.distributed import batch_block, shard_order, strip_nproc
 from imgclf.data.batches import Batches, epoch_order
 
@@ -29,8 +30,9 @@ def torchrun(args: list[str], *, nproc: int = 2, timeout: float = 300, **kw) -> 
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def imgclf(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, timeout=timeout)
+def imgclf(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "imgclf", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -148,9 +150,30 @@ def test_resume_crosses_world_sizes(ddp_run, tiny_data, tmp_path):
 
 
 def test_nproc_launches_torchrun(tiny_data, tmp_path):
-    r = ok(imgclf(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--nproc", "2"]))
-    (run,) = tmp_path.iterdir()
+    temp = tmp_path / "temp"  # the system temp folder of this launch
+    temp.mkdir()
+    out = tmp_path / "runs"
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(out), "--nproc", "2"]
+    r = ok(imgclf(args, env={**os.environ, "TMPDIR": str(temp)}))
+    (run,) = out.iterdir()
     assert json.loads((run / "results.json").read_text())["world_size"] == 2, r.stderr[-2000:]
+    # issue 22 (16): torchrun left a torchelastic_* log folder in the temp folder on every run
+    assert not [p.name for p in temp.iterdir() if p.name.startswith("torchelastic_")]
+
+
+def test_four_ranks_on_data_without_a_val_split(make_folder, tmp_path):
+    """Issue 22 (1): data without a val split (its validation carved from train) on 4 ranks: every rank wrote
+    split.csv, and three died on each other's temporary files. Rank 0 alone writes the run folder."""
+    data = make_folder(tmp_path / "flat", layout="flat", classes=("cat", "dog", "fox"), n=12)
+    out = tmp_path / "runs"
+    r = ok(
+        torchrun(["train", "--data", str(data), *TINY, "--epochs", "1", "--out", str(out), "--name", "four"], nproc=4)
+    )
+    run = out / "four"
+    assert json.loads((run / "results.json").read_text())["world_size"] == 4, r.stderr[-2000:]
+    assert (run / "split.csv").read_text().count("\n") == 1 + 36  # the header and every image, once
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert sorted(p.name for p in out.iterdir()) == ["four"]
 
 
 def test_time_budget_and_frozen_feature_cache_under_torchrun(tiny_data, tmp_path):
@@ -172,13 +195,53 @@ def test_sync_bn_on_cpu_is_refused_in_one_line(tiny_data, tmp_path):
     r = torchrun(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--sync-bn"])
     assert r.returncode != 0
     assert "imgclf: error: --sync-bn: PyTorch's SyncBatchNorm runs on GPUs only" in r.stderr
-    # torchrun prints its own report of the failed workers; imgclf's lines carry no traceback
-    assert not [line for line in r.stderr.splitlines() if line.strip().startswith("File ") and "imgclf" in line]
+    # torchrun prints its own report of the failed workers; imgclf's lines carry no traceback. imgclf's own frames
+    # are those in its package folder: a checkout in a folder named imgclf has torch's frames under imgclf/ too
+    package = str(Path(imgclf_package.__file__).parent)
+    assert not [line for line in r.stderr.splitlines() if line.strip().startswith("File ") and package in line]
     assert not any(tmp_path.iterdir())
     # with --nproc the options are checked before torchrun starts: one line, exit 2
     r = imgclf(["train", "--data", str(tiny_data), *TINY, "--out", str(tmp_path), "--sync-bn", "--nproc", "2"])
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("imgclf: error: --sync-bn"), r.stderr
     assert "torch.distributed" not in r.stderr
+
+
+NAN_ON_RANK_1 = """
+import os, sys
+import imgclf
+from imgclf.core.callback import Callback
+from imgclf.core.errors import TrainingDiverged
+
+class NanOnRank1(Callback):  # rank 1's first batch of epoch 2 is NaN: its loss alone goes non-finite
+    def on_device_batch(self, trainer, x, y):
+        if os.environ["RANK"] == "1" and trainer.state.step == 3:
+            return x * float("nan")
+        return x
+
+try:
+    imgclf.train(data=sys.argv[1], out=sys.argv[2], name="nan", callbacks=[NanOnRank1()], model="test_tiny",
+                 workers=0, precision="fp32", batch_size=8, epochs=3, dist_timeout=240)
+except TrainingDiverged as e:
+    print(f"rank {os.environ['RANK']}: {e}", flush=True)
+    sys.exit(1)
+"""
+
+
+def test_a_rank_local_non_finite_loss_stops_every_rank_together(tiny_data, tmp_path):
+    """Issue 22 (3) under torchrun: a non-finite loss on one rank stops every rank at the same point (the ranks
+    agree in one all-reduce), naming the same step and checkpoint, well within --dist-timeout (240 s here): none
+    waits for a rank that left (the run is given 200 s)."""
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_ON_RANK_1)
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node=2", str(script), str(tiny_data), str(tmp_path / "runs")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
+    lines = sorted(line for line in r.stdout.splitlines() if line.startswith("rank "))
+    assert r.returncode != 0 and len(lines) == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    last = tmp_path / "runs" / "nan" / "last.pt"
+    assert lines[1].startswith("rank 1: step 4: the loss is nan, in epoch 2; the run stopped; ")
+    assert lines[0].startswith("rank 0: step 4: the loss is not finite, in epoch 2; the run stopped; ")
+    assert all(f"the last good checkpoint is {last} (epoch 1)" in line for line in lines)
+    assert torch.load(last, weights_only=True)["train_state"]["epoch"] == 1
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -229,6 +292,60 @@ def test_a_killed_rank_stops_the_run_and_resume_finishes_it(tiny_data, tmp_path)
     ok(torchrun(["train", "--resume", str(last), "--epochs", str(saved + 2)]))
     results = json.loads((tmp_path / "k" / "results.json").read_text())
     assert results["epochs"] == saved + 2, err[-2000:]
+
+
+def _launched(args: list[str], until, tmp_path) -> tuple[subprocess.Popen, str]:
+    """`imgclf ARGS --nproc 2` in a session of its own, as a terminal runs it, started in a temp folder of its own;
+    `until(proc)` does what the test does to it once its first epoch is saved; (the process, its stderr)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    cmd = [sys.executable, "-m", "imgclf", *args, "--nproc", "2"]
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob("runs/*/last.pt")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(tmp_path.glob("runs/*/last.pt")), "the first epoch was never saved"
+        until(proc)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc, err
+
+
+def _imgclf_lines(err: str) -> list[str]:
+    """The lines of stderr that report a stop or failure (imgclf's, torchrun's, Python's)."""
+    marks = ("imgclf: ", "Traceback", "Error", "SIGINT", "SIGTERM", "SIGKILL", "signal")
+    return [line for line in err.splitlines() if any(m in line for m in marks)]
+
+
+def test_nproc_ctrl_c_is_one_line(tiny_data, tmp_path):
+    """Issue 22 (5): Ctrl-C of an --nproc run printed every rank's lines and torchrun's traceback (~700 lines for
+    100 ranks); now the launcher passes it on, the ranks stop, and one line says so, exit 130."""
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "4000", "--out", str(tmp_path / "runs")]
+    proc, err = _launched(args, lambda p: os.killpg(p.pid, signal.SIGINT), tmp_path)  # the terminal's Ctrl-C
+    assert proc.returncode == 130, err[-3000:]
+    assert _imgclf_lines(err) == ["imgclf: interrupted"], err[-3000:]
+    assert not list((tmp_path / "temp").iterdir()), "torchrun left files in the temp folder"
+
+
+def test_nproc_a_killed_rank_is_one_line(tiny_data, tmp_path):
+    """Issue 22 (6): a rank killed under --nproc: one line naming it and how to go on, not torchrun's report."""
+    args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "4000", "--out", str(tmp_path / "runs")]
+    args += ["--dist-timeout", "60"]
+    proc, err = _launched(args, lambda p: os.kill(_worker_with_rank(_agent(p.pid), 1), signal.SIGKILL), tmp_path)
+    assert proc.returncode == 1
+    (line,) = _imgclf_lines(err)
+    assert line.startswith("imgclf: error: rank 1 (pid ") and "was stopped by SIGKILL" in line, err[-3000:]
+    assert line.endswith("continues from its last whole checkpoint with --resume RUN_DIR/last.pt")
+    assert not list((tmp_path / "temp").iterdir()), "torchrun left files in the temp folder"
+
+
+def _agent(launcher: int) -> int:
+    (pid,) = _children(launcher)
+    return pid
 
 
 def _children(pid: int) -> list[int]:

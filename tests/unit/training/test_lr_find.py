@@ -166,3 +166,30 @@ def test_bad_arguments():
             lr_range_test(model, _batches(1), nn.CrossEntropyLoss(), _sgd(model), CPU, None, **kw)
     with pytest.raises(ValueError, match="no batches"):
         lr_range_test(model, [], nn.CrossEntropyLoss(), _sgd(model), CPU, None)
+
+
+def test_a_range_test_on_fewer_images_than_a_batch_warns(capsys, tmp_path, make_folder, monkeypatch):
+    """Issue 22 (14): `lr-find` on 2 training images suggested an lr with no warning. Below one batch every step
+    of the sweep trains on the same images: one warning line says the suggestion is unreliable."""
+    from imgclf.cli.main import main
+    from imgclf.training.lr_find import few_images
+
+    assert few_images(128, 128) is None and few_images(2, 128).startswith("the learning-rate range test sees only 2")
+    monkeypatch.chdir(tmp_path)
+    data = make_folder(tmp_path / "two", classes=("a", "b"), n=1, n_val=1)
+    assert main(["lr-find", "--data", str(data), "--model", "test_tiny", "--workers", "0", "--steps", "20"]) in (0, 1)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: {few_images(2, 128)}"]
+
+
+def test_lr_auto_on_four_images_is_refused_in_imgclfs_own_words(capsys, tmp_path, make_folder):
+    """`train --lr auto` on 4 images (2 classes, no val folder) was refused in scikit-learn's words ("The
+    test_size = 1 should be greater or equal to the number of classes = 2"); now in imgclf's, with a fix."""
+    from conftest import usage_error
+
+    data = make_folder(tmp_path / "four", layout="flat", classes=("a", "b"), n=2)
+    line = usage_error(
+        capsys, ["train", "--data", str(data), "--model", "test_tiny", "--lr", "auto", "--out", str(tmp_path)]
+    )
+    assert "test_size" not in line and "--val-fraction 0.2 of 4 images keeps 1 for validation" in line
+    assert "pass --val-fraction 0.5, add images, or give a val/ folder" in line

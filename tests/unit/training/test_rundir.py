@@ -45,3 +45,24 @@ def test_checkpoints_load_weights_only(tiny_run, name):
     assert {"img_size", "resize", "mean", "std"} <= set(ckpt["preprocess"])
     assert ckpt["preprocess"]["img_size"] == 16
     assert all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values())
+
+
+def test_a_rank_that_does_not_write_writes_nothing(tmp_path):
+    """Issue 22 (1): under torchrun rank 0 alone writes the run folder, split.csv and --lr auto's lr_find.* included:
+    every rank wrote split.csv and they raced over the folder and each other's temporary files."""
+    from imgclf.data.sources import DataSource, Split
+    from imgclf.training.rundir import RunDir
+
+    src = DataSource("folder", str(tmp_path), ["a", "b"], {"train": Split("train", [0, 1], paths=["x", "y"])})
+    lr = {"suggestion": 0.1, "reason": "r", "lrs": [0.01, 0.1], "losses": [1.0, 0.5], "raw_losses": [1.0, 0.5]}
+    folder = tmp_path / "run"
+    with RunDir(str(folder), write=False) as rd:
+        rd.write_split(src)
+        rd.write_lr_find(lr)
+        rd.write_config({"a": 1})
+        rd.write_left_out([])
+    assert not folder.exists()
+    with RunDir(str(folder)) as rd:
+        rd.write_split(src)
+        rd.write_lr_find(lr)
+    assert {"split.csv", "lr_find.json", "lr_find.png"} <= {p.name for p in folder.iterdir()}

@@ -344,3 +344,54 @@ def test_lookahead_and_ema_average_the_head_on_the_frozen_feature_cache(tmp_path
     resumed = imgclf.train(resume=os.path.join(res["run_dir"], "last.pt"), epochs=3, workers=0)
     assert resumed["epochs"] == 3
     assert yaml.safe_load(open(os.path.join(res["run_dir"], "config.yaml")))["epochs"] == 3
+
+
+def test_a_non_finite_loss_stops_any_run_in_one_line(tmp_path, data, capsys):
+    """Issue 22 (3): `train --lr 1e9` died in its first validation with scikit-learn's "Input contains NaN" and
+    no checkpoint. A non-finite loss now stops any run (no --log-histograms needed) at that step, before it
+    changes the weights: one line naming the step, the last good checkpoint (or that there is none) and a lower
+    --lr; exit 1 (the command was valid: the optimisation went wrong)."""
+    from imgclf.cli.main import main
+
+    code = main(["train", *_tiny_cli(data, tmp_path, "boom"), "--lr", "1e9", "--epochs", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("imgclf: error: step ") and ": the loss is nan, in epoch 1; the run stopped; " in err[0]
+    assert "no checkpoint was saved: it diverged in its first epoch" in err[0]
+    assert err[0].endswith("train with a lower --lr (this run's was 1e+09), or add --clip-grad")
+    assert not os.path.exists(tmp_path / "runs/boom/last.pt")
+
+
+def test_a_run_that_diverges_later_keeps_its_last_good_epoch(tmp_path, data):
+    """A loss that goes non-finite in epoch 2 names the last good checkpoint, last.pt of epoch 1, which holds
+    finite weights; train.log has the line."""
+    from imgclf.core.callback import Callback
+
+    class Poison(Callback):  # in epoch 2, one weight of the first conv becomes NaN
+        def on_step_start(self, trainer):
+            if trainer.state.epoch == 1:
+                with torch.no_grad():
+                    next(trainer.step_model.parameters())[0, 0, 0, 0] = float("nan")
+
+    run = tmp_path / "runs/later"
+    with pytest.raises(TrainingDiverged, match=r"^step 6: the loss is nan, in epoch 2; the run stopped; ") as e:
+        _train(tmp_path, data, "later", epochs=3, callbacks=[Poison()])
+    assert f"the last good checkpoint is {run / 'last.pt'} (epoch 1)" in str(e.value)
+    last = load_checkpoint(str(run / "last.pt"))
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert "ERROR step 6: the loss is nan" in (run / "train.log").read_text()
+
+
+def test_non_finite_weights_after_a_finite_last_step_stop_at_validation(tmp_path, data):
+    """The last step's loss was finite but the weights it left are not: validation stops the run in one line
+    (it was scikit-learn's ValueError)."""
+    from imgclf.core.callback import Callback
+
+    class PoisonLast(Callback):
+        def on_train_epoch_end(self, trainer):
+            with torch.no_grad():
+                next(trainer.step_model.parameters()).fill_(float("inf"))
+
+    with pytest.raises(TrainingDiverged, match=r"^after epoch 1: the model's outputs on the validation images are"):
+        _train(tmp_path, data, "late", epochs=2, callbacks=[PoisonLast()])
