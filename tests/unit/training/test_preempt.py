@@ -206,7 +206,7 @@ def test_nproc_passes_max_restarts_to_torchrun(monkeypatch, tiny_data, tmp_path)
     """`--nproc 2 --max-restarts 1`: torchrun gets --max-restarts=1, the ranks' command line neither option."""
     seen = {}
 
-    def fake_launch(nproc, argv, *, max_restarts=0):
+    def fake_launch(nproc, argv, *, max_restarts=0, advice=""):
         seen.update(nproc=nproc, argv=argv, max_restarts=max_restarts)
         return 0
 
