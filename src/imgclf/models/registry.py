@@ -171,6 +171,7 @@ class OnUse:
     has: Callable[[str], bool]  # whether the library has the full name (UsageError when the library is missing)
     listing: Callable[[str], list[dict]]  # pattern -> list_models' rows for the names that match it
     hint: str  # how to list them, the end of the unknown-model message
+    example: str = ""  # a name of the family, for the message of a prefix with no name after it ("timm:")
 
 
 ON_USE: dict[str, OnUse] = {}  # name -> OnUse
@@ -217,11 +218,18 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def get_spec(name: str) -> ModelSpec:
+    hints = "".join(f" (and {f.hint})" for f in ON_USE.values())
+    if not str(name).strip():
+        raise UsageError(f"the model name is empty: give one, such as smallcnn; `imgclf models` lists them{hints}")
     family = on_use_family(name)
     if family is not None:
+        if not name[len(family.prefix) :].strip():
+            raise UsageError(
+                f"model '{name}' has no {family.name} model name after '{family.prefix}': give one, such as "
+                f"{family.example or family.prefix + 'NAME'}; {family.hint.replace(' the ', ' lists the ', 1)}"
+            )
         return family.spec(name)  # unknown: one line with the library's closest name
     if name not in REGISTRY:
-        hints = "".join(f" (and {f.hint})" for f in ON_USE.values())
         raise UsageError(f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; `imgclf models` lists them{hints}")
     return REGISTRY[name]
 
