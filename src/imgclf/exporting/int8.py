@@ -9,11 +9,12 @@ dynamic batch, whose every shape ONNX's own shape inference finds. And it breaks
 input since opset 18: onnxruntime's symbolic inference has handlers for ReduceSum, ReduceMean and ReduceProd only,
 so a ReduceMax (what `AdaptiveMaxPool2d(1)` exports to, in smallcnn) comes out without a shape and the Reshape
 after it raised TypeError (onnxruntime PR #32376). Without it, the quantized graph of every other model family was
-node for node and weight for weight the same as with it. The settings were chosen by measuring speed and accuracy (the
-numbers, and the CPUs they come from, are in docs/benchmarks.md): QDQ with uint8 activations and int8 weights was
-faster than int8 activations (S8S8) and than uint8 weights (U8U8); per-channel weights cost nothing in speed and
-are kinder to accuracy; the QOperator format was much slower (its per-channel QLinearConv takes a reference
-path). onnxruntime fuses the QDQ pairs into int8 convolutions when the session is created. GELU stays fp32
+node for node and weight for weight the same as with it.
+
+The settings were chosen by measuring speed and accuracy (the numbers, and the CPUs they come from, are in
+docs/benchmarks.md): QDQ with uint8 activations and int8 weights was faster than int8 activations (S8S8) and than
+uint8 weights (U8U8); per-channel weights cost nothing in speed and are kinder to accuracy; the QOperator format
+was much slower (its per-channel QLinearConv takes a reference path). onnxruntime fuses the QDQ pairs into int8 convolutions when the session is created. GELU stays fp32
 (opset 20 has a Gelu op; at opset 18 it is an Erf expression whose Mul/Add nodes the quantizer would quantize one
 by one).
 
