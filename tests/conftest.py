@@ -207,6 +207,84 @@ def tiny_argv(**options) -> list[str]:
     return argv
 
 
+# ------------------------------------------------------------------------------------ every family, every format
+
+# Every registry model family exports to every format (issue 22: onnx-int8 failed for every smallcnn checkpoint):
+# one model of each family, the smallest member at the smallest input the family allows, with random weights. The
+# cheap ones are exported in tests/unit/exporting/test_every_family.py, the others (seconds to minutes each) in
+# tests/integration/test_export_families.py, by the same `export_cell`. name: (input px, the registry models it
+# stands for (a name ending in ':' stands for every model of that prefix), where its cells run).
+EXPORT_FAMILIES = {
+    "test_tiny": (2, ("test_tiny",), "unit"),
+    "smallcnn": (4, ("smallcnn",), "unit"),
+    "airnet_small": (25, ("airnet", "airnet_small"), "integration"),  # 25: airnet's smallest input
+    "efficientnet_lite0": (32, ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"), "integration"),
+    "resnet18": (32, ("resnet18", "resnet50"), "integration"),
+    "efficientnet_b0": (32, ("efficientnet_b0",), "integration"),
+    "vgg16": (32, ("vgg16",), "integration"),
+    # timm (optional): its own tiny test models, a ResNet, a ConvNeXt (LayerNorm, GELU) and a ViT (attention; its
+    # position embeddings fix the input at 160 px)
+    "timm:test_resnet": (32, ("timm:",), "integration"),
+    "timm:test_convnext": (32, ("timm:",), "integration"),
+    "timm:test_vit": (160, ("timm:",), "integration"),
+}
+
+
+def export_families(where: str) -> list[str]:
+    """The EXPORT_FAMILIES whose cells run in `where` ("unit" or "integration")."""
+    return [name for name, (_, _, at) in EXPORT_FAMILIES.items() if at == where]
+
+
+def random_checkpoint(folder: Path, name: str) -> str:
+    """A checkpoint of registry model `name` with random weights (seeded) at its EXPORT_FAMILIES input size, which
+    records as its data a folder of 3 classes (4 training and 4 validation images each) written beside it."""
+    import torch
+
+    from imgclf.models.checkpoint import make_checkpoint, save_checkpoint
+    from imgclf.models.registry import build_model, get_spec
+
+    size = EXPORT_FAMILIES[name][0]
+    data = make_image_folder(folder / "data", classes=("a", "b", "c"), n=4, n_val=4, size=size)
+    pre = {**get_spec(name).preprocess(), "img_size": size, "resize": size}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(name, 3).eval()
+    ckpt = make_checkpoint(model, model_name=name, classes=["a", "b", "c"], preprocess=pre, config={"data": str(data)})
+    path = folder / "random.pt"
+    save_checkpoint(ckpt, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def family_checkpoint(tmp_path_factory):
+    """`family_checkpoint(name)`: `random_checkpoint` of EXPORT_FAMILIES' `name`, made once per test module."""
+    made: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in made:
+            made[name] = random_checkpoint(tmp_path_factory.mktemp(name.replace(":", "_")), name)
+        return made[name]
+
+    return get
+
+
+def export_cell(capsys, weights: str, fmt: str, out: Path) -> dict:
+    """`imgclf export WEIGHTS --format FMT` (few calibration images) must exit 0 with its file verified against
+    the checkpoint, as every export is (verified on all 12 validation images); its report."""
+    import json
+
+    from imgclf.cli.main import main
+
+    argv = ["export", weights, "--format", fmt, "--out", str(out), "--calib-images", "8", "--json", "-q"]
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 0, f"exit {rc}: {captured.err}"
+    report = json.loads(captured.out)
+    assert report["format"] == fmt and report["verification"]["ok"] and report["verification"]["images"] == 12, report
+    assert out.is_file() and report["size_bytes"] == out.stat().st_size
+    return report
+
+
 # ------------------------------------------------------------------------------------------ headless Chromium
 
 CHROMIUM = "/usr/bin/chromium"

@@ -25,7 +25,7 @@ def samples_command(o: SamplesOptions) -> int:
 
 def env_command(o: EnvOptions) -> int:
     probe = None
-    if o.probe:
+    if o.probe is not None:
         get_spec(o.probe)  # an unknown name: one line with 'did you mean', before any work
         probe = probe_precision(o.probe, o.img_size, o.batch_size, o.refresh)
     r = machine_report(probe)

@@ -11,6 +11,7 @@ with the temporary file removed and the old file left as it was.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import functools
@@ -25,7 +26,7 @@ import socket
 import tempfile
 import time
 
-from imgclf.core.errors import DiskFullError
+from imgclf.core.errors import DiskFullError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -261,3 +262,62 @@ def user_cache_home() -> str:
     CIFAR download, the precision probes each have a place under it or an environment variable of their own)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "imgclf")
+
+
+# ------------------------------------------------------------------------------------- the user's text files
+
+
+@contextlib.contextmanager
+def open_text(path: str, what: str, *, fix: str = "save it as UTF-8", newline: str | None = None, error=UsageError):
+    """`with open_text(path, "--config") as f:` - a text file the user gave (a YAML config, a CSV manifest, a
+    list of files), read as UTF-8 (a byte order mark skipped), checked first: a file that is not UTF-8 text (a
+    binary file, text in another encoding, a NUL byte) is one `error` line (a UsageError: exit 2) that names
+    the file (`what` 'PATH'), the line and the byte, and says `fix`; so is a file that cannot be opened."""
+    check_text(path, what, fix=fix, error=error)
+    try:
+        f = open(path, encoding="utf-8-sig", newline=newline)
+    except OSError as e:
+        raise error(f"cannot read {what} '{path}' ({e.strerror or e}): check the path and its permissions") from None
+    with f:
+        try:
+            yield f
+        except UnicodeDecodeError:  # changed since it was checked
+            raise error(_not_text(path, what, fix)) from None
+
+
+def check_text(path: str, what: str, *, fix: str = "save it as UTF-8", error=UsageError) -> None:
+    """Refuse, before any work, a file that is not UTF-8 text (`open_text`'s message); one that cannot be read
+    is left to whoever opens it."""
+    if _first_non_text(path) is not None:
+        raise error(_not_text(path, what, fix))
+
+
+def _not_text(path: str, what: str, fix: str) -> str:
+    where = _first_non_text(path)
+    at = f" (line {where[0]}: byte 0x{where[1]:02x})" if where else ""
+    return f"{what} '{path}' is not UTF-8 text{at}: {fix}"
+
+
+def _first_non_text(path: str) -> tuple[int, int] | None:
+    """(line, byte) of the first byte of `path` that is not UTF-8 or is NUL (no text holds one; UTF-16 text is
+    full of them), or None; read in blocks, whatever the file's size. None too when it cannot be read."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 1
+    try:
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(1 << 20)
+                at, byte = block.find(b"\0"), 0
+                try:
+                    decoder.decode(block, final=not block)
+                except UnicodeDecodeError as e:  # e.object: the bytes held back from the last block, then this one
+                    held = len(e.object) - len(block)  # an unfinished character: no newline, no NUL
+                    if at < 0 or e.start - held < at:
+                        at, byte = max(e.start - held, 0), e.object[e.start]
+                if at >= 0:
+                    return lines + block[:at].count(b"\n"), byte
+                if not block:
+                    return None
+                lines += block.count(b"\n")
+    except OSError:
+        return None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from imgclf.core.errors import UsageError
-from imgclf.core.fileio import atomic_open
+from imgclf.core.fileio import atomic_open, open_text
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def load_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise UsageError(f"config file '{path}' not found: pass the path of a YAML file with training options")
     try:
-        with open(path) as f:
+        with open_text(path, "config file", fix="save it as UTF-8 text (YAML)") as f:
             raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise UsageError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None

@@ -23,7 +23,7 @@ import numpy as np
 
 from imgclf.core.errors import DataError, did_you_mean
 from imgclf.core.escape import csv_cell, csv_value
-from imgclf.core.fileio import atomic_open, user_cache_home
+from imgclf.core.fileio import atomic_open, open_text, user_cache_home
 from imgclf.data.cifar import read_cifar
 
 # torchvision's list plus GIF: anything PIL reads that people keep photos in.
@@ -245,7 +245,7 @@ def csv_source(path: Path) -> DataSource:
     path = path.resolve()
     base = path.parent
     rows_by_split: dict[str, list[tuple[str, str]]] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open_text(str(path), "CSV", fix="save it as UTF-8 (path,label[,split])", newline="", error=DataError) as f:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
         if "path" not in cols or "label" not in cols:

@@ -1,12 +1,20 @@
 """onnx-int8: onnxruntime's static quantization of the fp32 ONNX graph (QDQ, per-channel int8 weights, uint8
 activations, calibrated on real images preprocessed as the model expects), tried until one meets the bar.
 
-fp32 ONNX -> quant_pre_process (symbolic shape inference, onnxruntime's basic graph optimisations: Conv+BatchNorm
-fusion, constant folding) -> quantize_static. The settings were chosen by measuring speed and accuracy (the
-numbers, and the CPUs they come from, are in docs/benchmarks.md): QDQ with uint8 activations and int8 weights was
-faster than int8 activations (S8S8) and than uint8 weights (U8U8); per-channel weights cost nothing in speed and
-are kinder to accuracy; the QOperator format was much slower (its per-channel QLinearConv takes a reference
-path). onnxruntime fuses the QDQ pairs into int8 convolutions when the session is created. GELU stays fp32
+fp32 ONNX -> quant_pre_process (onnxruntime's basic graph optimisations: Conv+BatchNorm fusion, constant folding;
+then ONNX shape inference) -> quantize_static. quant_pre_process runs without its symbolic shape inference
+(`skip_symbolic_shape=True`, the option onnxruntime documents for it): that pass is for graphs with symbolic
+dimensions inside (transformers' sequence lengths), while imgclf's graphs have a static input size and only a
+dynamic batch, whose every shape ONNX's own shape inference finds. And it breaks on reductions whose axes are an
+input since opset 18: onnxruntime's symbolic inference has handlers for ReduceSum, ReduceMean and ReduceProd only,
+so a ReduceMax (what `AdaptiveMaxPool2d(1)` exports to, in smallcnn) comes out without a shape and the Reshape
+after it raised TypeError (onnxruntime PR #32376). Without it, the quantized graph of every other model family was
+node for node and weight for weight the same as with it.
+
+The settings were chosen by measuring speed and accuracy (the numbers, and the CPUs they come from, are in
+docs/benchmarks.md): QDQ with uint8 activations and int8 weights was faster than int8 activations (S8S8) and than
+uint8 weights (U8U8); per-channel weights cost nothing in speed and are kinder to accuracy; the QOperator format
+was much slower (its per-channel QLinearConv takes a reference path). onnxruntime fuses the QDQ pairs into int8 convolutions when the session is created. GELU stays fp32
 (opset 20 has a Gelu op; at opset 18 it is an Erf expression whose Mul/Add nodes the quantizer would quantize one
 by one).
 
@@ -264,7 +272,7 @@ def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
         fp32, pre = os.path.join(work, "fp32.onnx"), os.path.join(work, "pre.onnx")
         onnx_fp32(ctx, fp32)
         with quiet():
-            quant_pre_process(fp32, pre)
+            quant_pre_process(fp32, pre, skip_symbolic_shape=True)  # why: the module docstring
         tries = Tries(ctx, Quantizer(pre, images, work, reduce_range=ctx.reduce_range), want)
         tries.calibrations()
         tries.fp32_tensors()

@@ -23,7 +23,7 @@ from torch import nn
 from imgclf.compute.device import to_layout
 from imgclf.core.errors import CheckpointError, did_you_mean
 from imgclf.core.fileio import atomic_open
-from imgclf.models.registry import REGISTRY, build_model, get_spec
+from imgclf.models.registry import REGISTRY, build_model, get_spec, refused_content
 from imgclf.models.tta import is_temperature
 
 log = logging.getLogger(__name__)
@@ -145,18 +145,7 @@ def _load_plain_data(path: str):
             warnings.simplefilter("always")  # recorded here, shown with --verbose, never on the console
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = _unpickler_detail(str(e))
-        if detail.startswith("Unsupported operand") or not detail:  # bytes that are no pickle torch.save writes
-            raise CheckpointError(
-                f"'{path}' is not a readable PyTorch checkpoint (its data is damaged, or was not written "
-                f"by torch.save with its default settings): {_USE_ANOTHER}"
-            ) from None
-        found = re.search(r"GLOBAL (\S+) was not an allowed global", detail)
-        what = f"({found.group(1)})" if found else f"({_sentence(detail)})"
-        raise CheckpointError(
-            f"refused to load '{path}': it holds Python objects {what} beyond tensors and plain data, and loading those "
-            f"could run code; use a checkpoint written by imgclf"
-        ) from None
+        raise _refusal(str(e), path) from None
     except EOFError:
         raise CheckpointError(
             f"'{path}' is truncated (its data ends early): copy it again, or {_USE_ANOTHER}"
@@ -171,6 +160,26 @@ def _load_plain_data(path: str):
     for w in caught:
         log.debug("loading %s: %s", path, w.message)
     return ckpt
+
+
+def _refusal(message: str, path: str) -> CheckpointError:
+    """The one line for torch's weights-only refusal `message`: code or Python objects refused for safety
+    (named), or bytes that are no pickle torch.save writes (damaged)."""
+    held = refused_content(message)
+    if held:
+        return CheckpointError(
+            f"refused to load '{path}' for safety: it holds {held}; use a checkpoint written by imgclf"
+        )
+    detail = _unpickler_detail(message)
+    if detail.startswith("Unsupported operand") or not detail:  # bytes that are no pickle torch.save writes
+        return CheckpointError(
+            f"'{path}' is not a readable PyTorch checkpoint (its data is damaged, or was not written "
+            f"by torch.save with its default settings): {_USE_ANOTHER}"
+        )
+    return CheckpointError(
+        f"refused to load '{path}' for safety: it holds Python objects or code ({_sentence(detail)}) beyond tensors "
+        "and plain data, and loading those could run code; use a checkpoint written by imgclf"
+    )
 
 
 def _unpickler_detail(message: str) -> str:

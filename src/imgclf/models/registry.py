@@ -15,6 +15,8 @@ import glob
 import importlib
 import logging
 import os
+import pickle
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -66,8 +68,35 @@ class Weights:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a damaged cache file: say which and how to get a fresh one
             raise WeightsUnavailableError(
-                f"cannot read pretrained weights '{path}' ({e}): delete it and run again online"
+                f"cannot read pretrained weights '{path}' ({_weights_problem(e)}): delete it and run again online"
             ) from None
+
+
+# torch's weights-only unpickler names what it refused: a global it does not allow, or one of a module it blocks
+# outright because its functions run commands (os, sys, posix, nt: an os.system payload)
+_DISALLOWED = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module (\S+) is blocked)")
+
+
+def refused_content(message: str) -> str | None:
+    """What torch's weights-only refusal `message` says a file holds beyond tensors and plain data, to end
+    "refused to load X for safety: it holds ...", the global named; None when it names none (damaged bytes).
+    torch's own advice in `message`, to load the file with weights_only=False, is never passed on."""
+    found = _DISALLOWED.search(message)
+    if found is None:
+        return None
+    if found.group(2):
+        return f"code ({found.group(1)}, from module {found.group(2)}, which runs commands) that loading would run"
+    return f"Python objects or code ({found.group(1)}) beyond tensors and plain data, and loading those could run code"
+
+
+def _weights_problem(e: Exception) -> str:
+    """The reason a torch file of weights could not be loaded, in a few words."""
+    held = refused_content(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+    if held:
+        return f"refused for safety: it holds {held}"
+    if isinstance(e, pickle.UnpicklingError):
+        return "its data is damaged, or not torch.save's"
+    return first_line(e)
 
 
 # A closed network must fail in seconds, not hang: seconds per blocking socket operation (connect, each read),
@@ -142,6 +171,7 @@ class OnUse:
     has: Callable[[str], bool]  # whether the library has the full name (UsageError when the library is missing)
     listing: Callable[[str], list[dict]]  # pattern -> list_models' rows for the names that match it
     hint: str  # how to list them, the end of the unknown-model message
+    example: str = ""  # a name of the family, for the message of a prefix with no name after it ("timm:")
 
 
 ON_USE: dict[str, OnUse] = {}  # name -> OnUse
@@ -188,11 +218,18 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def get_spec(name: str) -> ModelSpec:
+    hints = "".join(f" (and {f.hint})" for f in ON_USE.values())
+    if not str(name).strip():
+        raise UsageError(f"the model name is empty: give one, such as smallcnn; `imgclf models` lists them{hints}")
     family = on_use_family(name)
     if family is not None:
+        if not name[len(family.prefix) :].strip():
+            raise UsageError(
+                f"model '{name}' has no {family.name} model name after '{family.prefix}': give one, such as "
+                f"{family.example or family.prefix + 'NAME'}; {family.hint.replace(' the ', ' lists the ', 1)}"
+            )
         return family.spec(name)  # unknown: one line with the library's closest name
     if name not in REGISTRY:
-        hints = "".join(f" (and {f.hint})" for f in ON_USE.values())
         raise UsageError(f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; `imgclf models` lists them{hints}")
     return REGISTRY[name]
 
@@ -265,7 +302,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UsageError(
-            f"--weights-file '{path}' cannot be read as a state dict ({first_line(e)}): "
+            f"--weights-file '{path}' cannot be read as a state dict ({_weights_problem(e)}): "
             "give a .pth saved with torch.save(model.state_dict()) or a .safetensors file"
         ) from None
     for key in ("state_dict", "model", "module"):

@@ -242,5 +242,6 @@ register_on_use(
         has=has_model,
         listing=list_timm,
         hint=f"`imgclf models --timm PATTERN` the timm models, as {PREFIX}NAME",
+        example=f"{PREFIX}resnet18",
     )
 )

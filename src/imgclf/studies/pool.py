@@ -12,6 +12,7 @@ import torch
 
 from imgclf.core.errors import DataError
 from imgclf.core.escape import csv_value
+from imgclf.core.fileio import open_text
 from imgclf.core.progress import progress
 from imgclf.data.sources import is_image_name
 from imgclf.infer.predict import expand_paths
@@ -22,8 +23,9 @@ def _csv_paths(path: str, what: str) -> list[str]:
     """The `path` column of a CSV, relative paths taken relative to the CSV's folder."""
     base = os.path.dirname(os.path.abspath(path))
     out = []
+    fix = "give a UTF-8 CSV with a path column"
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open_text(path, what, fix=fix, newline="", error=DataError) as f:
             reader = csv.DictReader(f)
             cols = [c.strip().lower() for c in (reader.fieldnames or [])]
             if "path" not in cols:
@@ -35,8 +37,8 @@ def _csv_paths(path: str, what: str) -> list[str]:
                 p = csv_value((row.get("path") or "").strip())  # selected.csv's cells as `select` wrote them
                 if p:
                     out.append(os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p)))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read {what} '{path}' ({e}): give a UTF-8 CSV with a path column") from None
+    except (OSError, csv.Error) as e:
+        raise DataError(f"cannot read {what} '{path}' ({e}): {fix}") from None
     return out
 
 

@@ -32,12 +32,13 @@ import torch.nn.functional as F
 
 from imgclf.core.errors import DataError
 from imgclf.core.escape import csv_cell, csv_value
-from imgclf.core.fileio import atomic_open
+from imgclf.core.fileio import atomic_open, open_text
 from imgclf.core.options import check_output_folder
 from imgclf.data.feed import make_feed
 from imgclf.data.pipeline import default_workers
 from imgclf.infer.logits import align_classes, infer, open_model_data
 from imgclf.infer.runtime import open_model
+from imgclf.training.options import DIFFICULTY_FIX
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def read_difficulty(path: str, split) -> torch.Tensor:
             "one) or auto"
         )
     here = os.path.dirname(os.path.abspath(path))  # relative paths are relative to the CSV, as in a manifest
-    with open(path, newline="") as f:
+    with open_text(path, "--difficulty", fix=DIFFICULTY_FIX, newline="", error=DataError) as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         column = "loss" if "loss" in fields else "difficulty" if "difficulty" in fields else None

@@ -15,10 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from imgclf.core.errors import CheckpointError, UsageError, did_you_mean
+from imgclf.core.fileio import check_text
 from imgclf.core.options import adv_eps, adv_step, check_output_folder, load_yaml, opt, out_of_range
 from imgclf.core.shared_options import BATCH_SIZE, DATA_ROOT, DEVICE, WORKERS
 
 log = logging.getLogger(__name__)
+
+# how to fix a --difficulty file that cannot be used
+DIFFICULTY_FIX = "give a UTF-8 CSV of path,loss (`imgclf score WEIGHTS --data D` writes one) or auto"
 
 
 @dataclass
@@ -471,11 +475,13 @@ def check_adv_curriculum(cfg: TrainConfig) -> None:
             f"--curriculum draws each batch from its pool of images, --balance {cfg.balance} may draw them by class: "
             "use --balance weights (or none) with a curriculum"
         )
-    if cfg.difficulty != "auto" and not cfg.resume and not os.path.isfile(cfg.difficulty):
-        raise UsageError(
-            f"--difficulty '{cfg.difficulty}' not found: give a CSV of path,loss (`imgclf score WEIGHTS --data D` "
-            "writes one) or auto"
-        )
+    if cfg.difficulty != "auto" and not cfg.resume:
+        if not os.path.isfile(cfg.difficulty):
+            raise UsageError(
+                f"--difficulty '{cfg.difficulty}' not found: give a CSV of path,loss (`imgclf score WEIGHTS --data D` "
+                "writes one) or auto"
+            )
+        check_text(cfg.difficulty, "--difficulty", fix=DIFFICULTY_FIX)
 
 
 def too_small(img_size: int, spec) -> str:

@@ -294,3 +294,59 @@ def test_predict_quiet_still_prints_the_predictions(capsys, tiny_best, tiny_data
     assert main(["predict", tiny_best, str(tiny_data / "val" / "cat"), "-q", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 6 and err == ""
+
+
+# ------------------------------------------------------------------------------------------ the user's text files
+
+# issue 22, defect 8: a text file the user names that is not UTF-8 text (a binary file, Latin-1, UTF-16, a NUL
+# byte) raised a raw UnicodeDecodeError (exit 1), or torch's "embedded null byte". Each is one line, exit 2, that
+# names the file, the line and the byte, before any work.
+NOT_TEXT = {
+    "latin-1": b"path,label\ncaf\xe9.png,cat\n",  # line 2: byte 0xe9
+    "binary": b"path,label\n\x89PNG\r\n\x1a\n\x00\x00",  # a PNG's signature on line 2: byte 0x89
+    "nul": b"path,label\na\x00b.png,cat\n",  # valid UTF-8, but no text holds a NUL: line 2, byte 0x00
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_TEXT))
+@pytest.mark.parametrize(
+    "argv, what",
+    [
+        (["train", "--config", "F", "--data", "DATA"], "config file"),
+        (
+            ["train", *tiny_argv(data="DATA", epochs=1, out="OUT"), "--curriculum", "easy-first", "--difficulty", "F"],
+            "--difficulty",
+        ),
+        (["train", *tiny_argv(data="F", epochs=1, out="OUT")], "CSV"),
+        (["check", "F"], "CSV"),
+        (["evaluate", "W", "--data", "F", "--out", "OUT"], "CSV"),
+        (["predict", "W", "--files-from", "F", "--output", "OUT/p.csv"], "--files-from"),
+        (["select", "W", "--pool", "F", "--budget", "1", "--out", "OUT"], "pool CSV"),
+        (
+            ["select", "W", "--pool", "DATA/val", "--budget", "1", "--exclude", "F", "--out", "OUT"],
+            "--exclude manifest",
+        ),
+    ],
+)
+def test_a_file_that_is_not_utf8_text_is_one_line_naming_it(capsys, tmp_path, tiny_best, tiny_data, argv, what, kind):
+    f = tmp_path / "given.csv"
+    f.write_bytes(NOT_TEXT[kind])
+    out = tmp_path / "out"
+    subst = {"F": str(f), "DATA": str(tiny_data), "W": tiny_best, "OUT": str(out)}
+    argv = [subst.get(a, a.replace("DATA/", f"{tiny_data}/").replace("OUT/", f"{out}/")) for a in argv]
+    line = usage_error(capsys, argv)
+    byte = {"latin-1": "0xe9", "binary": "0x89", "nul": "0x00"}[kind]
+    assert f"{what} '{f}' is not UTF-8 text (line 2: byte {byte}): " in line, line
+    assert _nothing_in(out)
+
+
+def test_utf8_with_a_byte_order_mark_is_text(capsys, tmp_path, tiny_data):
+    """What Excel writes as "CSV UTF-8": a byte order mark first, skipped."""
+    rows = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted((tiny_data / "train").rglob("*.png"))]
+    f = tmp_path / "bom.csv"
+    f.write_bytes(b"\xef\xbb\xbf" + "\n".join(rows).encode())
+    config = tmp_path / "bom.yaml"
+    config.write_bytes(b"\xef\xbb\xbfepochs: 1\n")
+    assert main(["check", str(f)]) == 0
+    assert main(["train", "--config", str(config), *tiny_argv(data=str(f), out=str(tmp_path / "runs"))]) == 0
+    capsys.readouterr()

@@ -301,3 +301,35 @@ def test_scratch_folders_of_killed_commands_are_removed_by_the_next(tmp_path, mo
     assert os.path.isdir(new) and os.path.dirname(new) == str(tmp_path)
     assert not stale.exists()
     assert live.exists() and foreign.exists() and other.exists()
+
+
+# ------------------------------------------------------------------------------------- the user's text files
+
+
+@pytest.mark.parametrize(
+    "data, where",
+    [
+        ("ok é\n€\n".encode(), None),
+        (b"x: 1\ny: \xe9t\xe9\n", (2, 0xE9)),  # Latin-1
+        ("path,label\n".encode("utf-16"), (1, 0xFF)),  # UTF-16's byte order mark
+        (b"ok\nok\na\x00\n\xff", (3, 0x00)),  # a NUL byte before the bad one
+        (b"fine\n\xe2\x82", (2, 0xE2)),  # a character cut short at the end
+        # across the 1 MiB blocks it is read in: a character split between them, and a bad byte after it
+        (b"a" * ((1 << 20) - 1) + "é".encode() + b"\nok\nbad \xff\n", (3, 0xFF)),
+        (b"a" * ((1 << 20) - 1) + b"\xc3\nzz", (1, 0xC3)),  # the unfinished character is on line 1
+    ],
+)
+def test_open_text_refuses_what_is_not_utf8_text_naming_line_and_byte(tmp_path, data, where):
+    from imgclf.core.errors import UsageError
+    from imgclf.core.fileio import open_text
+
+    p = tmp_path / "f.txt"
+    p.write_bytes(data)
+    if where is None:
+        with open_text(str(p), "--list") as f:
+            assert f.read() == data.decode()
+        return
+    with pytest.raises(UsageError) as e:
+        with open_text(str(p), "--list", fix="save it as UTF-8") as f:
+            f.read()
+    assert str(e.value) == f"--list '{p}' is not UTF-8 text (line {where[0]}: byte 0x{where[1]:02x}): save it as UTF-8"

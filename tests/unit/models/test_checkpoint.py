@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from imgclf.cli.main import main
-from imgclf.core.errors import CheckpointError
+from imgclf.core.errors import CheckpointError, UsageError
 from imgclf.models.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from imgclf.models.registry import build_model
 
@@ -131,6 +131,52 @@ def test_unsafe_pickle_is_refused_by_name(tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"refused to load '{p}'") and "(zipfile.ZipInfo)" in msg, msg
     _one_clear_line(msg)
+
+
+class _Payload:
+    """What an attacker's checkpoint holds: unpickling it calls `func(*args)`."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize(
+    "func, named",
+    [
+        (os.system, f"{os.system.__module__}.system"),  # posix.system: a module torch blocks outright
+        (eval, "eval"),  # builtins.eval: a global torch does not allow
+    ],
+)
+def test_a_checkpoint_holding_code_is_refused_for_safety_by_name(func, named, tmp_path, capsys):
+    # Before: an os.system payload was refused as "damaged, or not written by torch.save" (issue 22, defect 7).
+    marker = tmp_path / "ran"
+    p = tmp_path / "evil.pt"
+    arg = f"touch {marker}" if func is os.system else f"open({str(marker)!r}, 'w')"
+    torch.save({"format": "imgclf-checkpoint", "payload": _Payload(func, arg)}, p)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(str(p))
+    msg = str(e.value)
+    assert msg.startswith(f"refused to load '{p}' for safety: it holds ") and "code" in msg, msg
+    assert f"({named}" in msg and "damaged" not in msg, msg
+    _one_clear_line(msg)
+    for argv in (["predict", str(p), _image(tmp_path)], ["evaluate", str(p)], ["export", str(p), "--format", "onnx"]):
+        assert _cli_error(capsys, argv) == f"imgclf: error: {msg}"
+    assert not marker.exists()  # nothing ran
+
+
+def test_a_weights_file_holding_code_is_refused_for_safety_by_name(tmp_path):
+    # Before: torch's own first line, which advises loading the file with weights_only set to False
+    marker = tmp_path / "ran"
+    p = tmp_path / "evil.pth"
+    torch.save({"stem.0.weight": torch.zeros(1), "x": _Payload(os.system, f"touch {marker}")}, p)
+    with pytest.raises(UsageError) as e:
+        build_model("test_tiny", 3, pretrained=True, weights_file=str(p))
+    msg = str(e.value)
+    assert f"'{p}'" in msg and f"refused for safety: it holds code ({os.system.__module__}.system" in msg, msg
+    assert "weights_only" not in msg and "\n" not in msg and not marker.exists()
 
 
 @pytest.mark.parametrize(

@@ -224,3 +224,26 @@ def test_airnet_whitening_init_whitens_patches_and_eval_uses_tta():
         m.tta = False
         torch.testing.assert_close(m(img), m.logits(img))
         assert not torch.allclose(mirror, m.logits(img))
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        # issue 22, defect 17: "timm:" was "unknown timm model 'timm:' (did you mean 'timm:vgg19'?)"
+        ("timm:", "model 'timm:' has no timm model name after 'timm:': give one, such as timm:resnet18; "),
+        ("timm:  ", "model 'timm:  ' has no timm model name after 'timm:': give one, such as timm:resnet18; "),
+        ("", "the model name is empty: give one, such as smallcnn; `imgclf models` lists them"),
+        ("  ", "the model name is empty: give one, such as smallcnn; `imgclf models` lists them"),
+    ],
+)
+def test_an_empty_model_name_says_so_with_an_example(name, says, capsys, tmp_path, make_folder):
+    from conftest import usage_error
+
+    data = make_folder(tmp_path / "d", classes=("a", "b"), n=4)
+    for argv in (
+        ["train", "--data", str(data), "--model", name, "--out", str(tmp_path / "runs")],
+        ["env", "--probe", name],
+    ):
+        line = usage_error(capsys, argv)
+        assert line.startswith(f"imgclf: error: {says}") and "did you mean" not in line, line
+    assert not (tmp_path / "runs").exists()

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 from imgclf.compute.distributed import World
 from imgclf.core.errors import UsageError
+from imgclf.core.fileio import open_text
 from imgclf.infer.predict import iter_paths
+
+FILES_FROM_FIX = "save it as UTF-8 text, one image path a line"
 
 
 def read_list(f):
@@ -34,7 +37,7 @@ class Inputs:
         if self.files_from == "-":
             yield from read_list(sys.stdin)
         elif self.files_from is not None:
-            with open(self.files_from, encoding="utf-8") as f:
+            with open_text(self.files_from, "--files-from", fix=FILES_FROM_FIX) as f:
                 yield from read_list(f)
 
     def check(self) -> None:
@@ -64,8 +67,6 @@ class Inputs:
             for entry in self:
                 digest.update(entry.encode("utf-8", "surrogateescape") + b"\0")
                 n += 1
-        except UnicodeDecodeError as e:
-            raise UsageError(f"--files-from '{self.files_from}' is not UTF-8 text ({e.reason}): convert it") from None
         except OSError as e:
             raise UsageError(f"cannot read --files-from '{self.files_from}': {e.strerror or e}") from None
         if n == 0:
