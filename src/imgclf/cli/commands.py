@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from imgclf.cli import options as o
 from imgclf.cli.console import world_size
+from imgclf.cli.export_options import BenchOptions, ExportOptions
 from imgclf.core.lazy import Named
 from imgclf.core.options import add_options, options_from
 from imgclf.core.shared_options import MAX_PIXELS, Console, PixelLimit
@@ -80,7 +81,7 @@ TABLE = [
     Command(
         "export",
         "export a checkpoint (TorchScript, pt2, ONNX, int8), verified against PyTorch",
-        o.ExportOptions,
+        ExportOptions,
         "imgclf.cli.run_export:export_command",
         description="Export a checkpoint to a deployment format. The file is written only after its logits "
         "match eager PyTorch on real images; it carries the class names and preprocessing.",
@@ -88,7 +89,7 @@ TABLE = [
     Command(
         "bench",
         "latency, images/s, size (and accuracy) of checkpoints and exported files",
-        o.BenchOptions,
+        BenchOptions,
         "imgclf.cli.run_export:bench_command",
         description="Time checkpoints (eager fp32 NCHW, fp32 channels_last, bf16 autocast channels_last) and "
         "exported files on the same images, in one run.",

@@ -57,6 +57,33 @@ class _Format(logging.Formatter):
         return f"warning: {msg}" if record.levelno == logging.WARNING else msg
 
 
+def _terminated(command: str, values: dict) -> int:
+    """SIGTERM outside a training loop's step boundary: one line (none when --nproc's launcher speaks for us)."""
+    if launched():  # --nproc's launcher says what happened, in one line
+        pass
+    elif world_size() > 1:  # torchrun stops the ranks when one of them fails
+        print(
+            f"imgclf: rank {rank()} terminated (torchrun stops every rank when one fails or the job is stopped; "
+            f"its report follows): {after_stop(command, values)}",
+            file=sys.stderr,
+        )
+    else:
+        print("imgclf: terminated", file=sys.stderr)
+    return 128 + signal.SIGTERM
+
+
+def _error(e: ImgclfError, verbose: bool) -> int:
+    """imgclf's own error: one line (the traceback with --verbose), or nothing where another process says it."""
+    if isinstance(e, RankLost) and launched() and not verbose:
+        return e.launched_exit_code  # the launcher names the rank that was lost, in one line
+    if isinstance(e, TrainingDiverged) and rank() > 0 and not verbose:
+        return e.exit_code  # every rank stops at the same step with the same line: rank 0 says it
+    if verbose:
+        log.exception("error")
+    print(f"imgclf: error: {e}", file=sys.stderr)
+    return e.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -80,29 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         with shown(not quiet):  # bars and progress lines, for this command only
             return dispatch(command, values, nproc=nproc if nproc and nproc > 1 else None, argv=argv)
     except Terminated:
-        if launched():  # --nproc's launcher says what happened, in one line
-            pass
-        elif world_size() > 1:  # torchrun stops the ranks when one of them fails
-            print(
-                f"imgclf: rank {rank()} terminated (torchrun stops every rank when one fails or the job is stopped; "
-                f"its report follows): {after_stop(command, values)}",
-                file=sys.stderr,
-            )
-        else:
-            print("imgclf: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return _terminated(command, values)
     except Preempted as e:  # SIGTERM during training: saved at a step boundary (training/preempt.py)
         print(f"imgclf: {e}" if world_size() <= 1 else f"imgclf: rank {rank()}: {e}", file=sys.stderr)
         return e.exit_code
     except ImgclfError as e:
-        if isinstance(e, RankLost) and launched() and not verbose:
-            return e.launched_exit_code  # the launcher names the rank that was lost, in one line
-        if isinstance(e, TrainingDiverged) and rank() > 0 and not verbose:
-            return e.exit_code  # every rank stops at the same step with the same line: rank 0 says it
-        if verbose:
-            log.exception("error")
-        print(f"imgclf: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _error(e, verbose)
     except KeyboardInterrupt:
         if not launched():
             print("imgclf: interrupted", file=sys.stderr)

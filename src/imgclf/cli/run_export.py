@@ -7,7 +7,7 @@ import json
 import torch
 
 from imgclf.cli.console import check_output_file
-from imgclf.cli.options import BenchOptions, ExportOptions
+from imgclf.cli.export_options import BenchOptions, ExportOptions
 from imgclf.exporting.bench import bench, format_table, parse_batch_sizes
 from imgclf.exporting.export import export, format_export_report
 

@@ -64,10 +64,9 @@ def train_steps(
     perturb=None,
     totals=(0.0, 0, 0),
 ):
-    """Optimisation steps over `batches` (each step sums the gradients of `accumulate` batches); returns (summed
-    loss, correct, images seen), counted on from `totals` (the part of an epoch done before a stop). `hooks` (the
-    Trainer) gets on_step_start, on_after_backward and on_step_end (which returns True to end the pass); `mix(x, y) -> (x, targets)` changes a batch before it moves to the
-    device (mixup/cutmix), `perturb(x, y) -> x` after (the adversarial training's attack)."""
+    """Optimisation steps over `batches` (`accumulate` batches a step): (summed loss, correct, seen), counted on
+    from `totals` (an epoch's part done before a stop). `hooks`: the Trainer's step hooks (on_step_end True ends the
+    pass); `mix(x, y) -> (x, targets)` before the device (mixup, cutmix), `perturb(x, y) -> x` after (adversarial)."""
     loss_sum, correct, seen = totals
     n_batches = len(batches)
     total = n_batches if max_steps is None else min(n_batches, max_steps * accumulate)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from imgclf.cli import commands
+from imgclf.cli.export_options import ExportOptions
 from imgclf.cli.main import COMMANDS, build_parser, main
-from imgclf.cli.options import ExportOptions
 from imgclf.core import shared_options as shared
 from imgclf.core.formats import FORMATS, format_options
 from imgclf.core.options import declared
