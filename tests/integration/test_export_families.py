@@ -25,9 +25,12 @@ NO_TIMM = importlib.util.find_spec("timm") is None
     [
         pytest.param(
             n,
-            marks=pytest.mark.skipif(
-                n.startswith("timm:") and NO_TIMM, reason='timm is an optional extra: pip install -e ".[timm]"'
-            ),
+            marks=[
+                pytest.mark.skipif(
+                    n.startswith("timm:") and NO_TIMM, reason='timm is an optional extra: pip install -e ".[timm]"'
+                ),
+                *([pytest.mark.heavy] if n == "vgg16" else []),  # 138 M parameters: minutes a cell; .ci/run runs it
+            ],
         )
         for n in export_families("integration")
     ],
