@@ -21,6 +21,7 @@ from imgclf.compute.device import (
     precision_cache_path,
 )
 from imgclf.compute.distributed import cores
+from imgclf.compute.memory import proc_bytes
 from imgclf.core.version import __version__
 
 
@@ -32,14 +33,8 @@ def _version(dist: str) -> str | None:
 
 
 def _memory_gib() -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
+    total = proc_bytes("/proc/meminfo", "MemTotal")
+    return None if total is None else round(total / 2**30, 1)
 
 
 def machine_report(probe: dict | None = None) -> dict:

@@ -64,14 +64,22 @@ def _cgroup_room() -> int | None:
     return None
 
 
-def _mem_available() -> int | None:
+def proc_bytes(path: str, key: str) -> int | None:
+    """A `Key:   N kB` field of a Linux /proc file (/proc/meminfo, /proc/self/status) in bytes, or None."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _mem_available() -> int | None:
+    mem = proc_bytes("/proc/meminfo", "MemAvailable")
+    if mem is not None:
+        return mem
     try:  # not Linux: free pages (a lower bound of what could be had)
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -91,14 +99,7 @@ def available(device: torch.device | None = None) -> tuple[int | None, str]:
 
 def resident() -> int:
     """This process's resident memory now (VmRSS), 0 where it cannot be read."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return proc_bytes("/proc/self/status", "VmRSS") or 0
 
 
 # ------------------------------------------------------------------------------------------------ what it takes
