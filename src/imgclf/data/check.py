@@ -30,6 +30,8 @@ from imgclf.data.sources import csv_source, find_split_dirs, is_image_name
 
 log = logging.getLogger(__name__)
 
+_ALWAYS = ("kind", "paths", "detail")
+
 IMBALANCE_WARN_RATIO = SAMPLER_FROM  # where check warns is where `--balance auto` turns to the sampler
 TINY_PIXELS = 8
 # The text report stays readable on a folder with thousands of stray files or classes; --json has everything.
@@ -54,9 +56,21 @@ _FORMATS_BY_EXT = {
 
 @dataclass
 class Finding:
+    """One thing found. The deep checks (`check --deep`) also fill the review fields: `label` (the label given),
+    `suggested` (the label the model prefers), `score` (how sure the finding is; its meaning is per kind) and
+    `group` (a near-duplicate cluster or a group that names the finding's images together)."""
+
     kind: str
     paths: list[str]
     detail: str
+    label: str | None = None
+    suggested: str | None = None
+    score: float | None = None
+    group: str | None = None
+
+    def to_dict(self) -> dict:
+        """The finding as JSON: the review fields only where they are set."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k in _ALWAYS}
 
 
 @dataclass
@@ -74,8 +88,8 @@ class CheckReport:
         return {
             "data": self.data,
             "ok": self.ok,
-            "errors": [asdict(f) for f in self.errors],
-            "warnings": [asdict(f) for f in self.warnings],
+            "errors": [f.to_dict() for f in self.errors],
+            "warnings": [f.to_dict() for f in self.warnings],
             "summary": self.summary,
         }
 
