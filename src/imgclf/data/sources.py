@@ -134,8 +134,10 @@ def open_source(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     seed: int = 0,
     download: bool = True,
+    carve: bool = True,
 ) -> DataSource:
-    """Resolve `--data` into a DataSource with at least `train` and `val` splits."""
+    """Resolve `--data` into a DataSource with at least `train` and `val` splits (`carve` False: a source without
+    a val split is returned as it is, for the caller to change, e.g. apply fixes, before it carves one)."""
     if data is None or str(data).strip() == "":
         raise DataError("no data given: pass --data with a folder, a CSV file, or one of " + ", ".join(BUILTIN))
     data = str(data)
@@ -161,7 +163,7 @@ def open_source(
             src = csv_source(path)
         else:
             src = _folder_source(path)
-    if "val" not in src.splits:
+    if carve and "val" not in src.splits:
         carve_validation(src, val_fraction=val_fraction, seed=seed)
     return src
 
