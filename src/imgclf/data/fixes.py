@@ -184,6 +184,7 @@ class Applied:
     # an image no row groups is a group of its own (its path or id), so that carving can keep clusters together
     groups: list[str] = field(default_factory=list)
     grouped: bool = False  # whether any row matched gave a group
+    warning: str | None = None  # the one line about rows that matched no image
 
     def record(self) -> dict:
         """results.json's and eval.json's `fixes` entry."""
@@ -236,9 +237,10 @@ def plan_rows(fixes: Fixes, base: str | None) -> dict[str, list[FixRow]]:
     return by_key
 
 
-def apply_fixes(src, fixes: Fixes) -> Applied:
+def apply_fixes(src, fixes: Fixes, *, warn: bool = True) -> Applied:
     """Drop and relabel images in every split of `src` (a DataSource; in place, its files untouched). Rows whose
-    image is not in the data are counted and warned about in one line; `keep` rows change nothing."""
+    image is not in the data are counted and warned about in one line (`warn` False: the caller logs
+    `Applied.warning` itself, after its last refusal); `keep` rows change nothing."""
     check_classes(fixes, src.classes)
     by_key = plan_rows(fixes, _base(src))
     index = {c: i for i, c in enumerate(src.classes)}
@@ -254,15 +256,13 @@ def apply_fixes(src, fixes: Fixes) -> Applied:
     out.unmatched = sum(len(rows) for k, rows in by_key.items() if k not in matched)
     if out.unmatched:
         first = next(rows[0].path for k, rows in by_key.items() if k not in matched)
-        log.warning(
-            "%s: %d row%s name images not in %s (the first: %s): skipped; a fixes file of an earlier version of "
-            "the data applies to the images still there",
-            fixes.file,
-            out.unmatched,
-            "s" * (out.unmatched != 1),
-            src.location,
-            first,
+        n = out.unmatched
+        out.warning = (
+            f"{fixes.file}: {n} row{'s' * (n != 1)} name{'s' * (n == 1)} images not in {src.location} (the first: "
+            f"{first}): skipped; a fixes file of an earlier version of the data applies to the images still there"
         )
+        if warn:
+            log.warning("%s", out.warning)
     src.notes.append(out.summary())
     return out
 

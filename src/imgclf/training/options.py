@@ -51,6 +51,11 @@ class TrainConfig:
     val_fraction: float = opt(
         0.2, "fraction of train held out for validation when the data has no val split (stratified, seeded)", gt=0, lt=1
     )
+    apply_fixes: str | None = opt(
+        None,
+        "a fixes.csv (`imgclf check --deep --fixes F` writes one; review and edit it): drop and relabel the images it names before validation is carved, the data's files untouched; the run keeps a copy of the rows applied (fixes_applied.csv) and results.json records them",
+        metavar="FIXES_CSV",
+    )
     # model
     model: str = opt("resnet18", "model name; `imgclf models` lists them")
     pretrained: bool = opt(False, "start from ImageNet weights (the head is replaced for the data's classes)")

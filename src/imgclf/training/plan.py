@@ -15,6 +15,7 @@ in `_agree`, the one place where ranks are made to agree.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import UsageError
 from imgclf.data.balance import choose_balance
 from imgclf.data.feed import FastFeed, LoaderFeed
+from imgclf.data.fixes import Applied, read_fixes
 from imgclf.data.pipeline import default_workers
 from imgclf.data.sources import DataSource
 from imgclf.models.checkpoint import load_checkpoint
@@ -115,6 +117,7 @@ class RunData:
     left_out: list[tuple[str, str, str]]  # (split, path, reason) of every file that could not be read
     fingerprint: str  # what the data is (checkpoints keep it; a resume on other data is refused)
     opened_at: float  # time.perf_counter() when opening began: the run's set-up counts from here
+    fixes: Applied | None = None  # what --apply-fixes did to the data
 
 
 # ---------------------------------------------------------------------------------------------- resolve
@@ -125,6 +128,8 @@ def resolve(config=None, options: dict | None = None, *, world: distributed.Worl
     `world`: the ranks it runs on (default: torchrun's, if any; preflight passes the one --nproc starts)."""
     cfg, resume, again = configure(config, options or {})
     spec = check_options(cfg, resume, get_spec)
+    if cfg.apply_fixes:
+        read_fixes(cfg.apply_fixes)  # the file and every row, before any work (a relabel's class: once data is listed)
     cfg = derived_defaults(cfg)
     world = world or distributed.world_from_env()
     check_position(resume, world, cfg.resume)
@@ -156,6 +161,9 @@ def configure(config, options: dict) -> tuple[TrainConfig, dict | None, bool]:
     ckpt = ckpt or load_checkpoint(cfg.resume)
     check_resumable(cfg.resume, ckpt)
     saved = make_config(ckpt["config"], source=cfg.resume)
+    if "apply_fixes" in explicit:
+        check_same_fixes(cfg.resume, cfg.apply_fixes, saved.apply_fixes)
+        explicit = explicit - {"apply_fixes"}
     ignored = sorted(explicit - set(RESUME_OVERRIDES) - {"resume", "data"})
     if auto:  # the same command run again: only the options that differ from the run's own are ignored
         ignored = [k for k in ignored if getattr(cfg, k) != getattr(saved, k)]
@@ -163,6 +171,27 @@ def configure(config, options: dict) -> tuple[TrainConfig, dict | None, bool]:
         log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
     keep = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in explicit}
     return saved.resolved(resume=cfg.resume, **keep), ckpt, False
+
+
+def check_same_fixes(resume: str, given: str | None, saved: str | None) -> None:
+    """A resumed run applies the fixes it started with: --apply-fixes on resume names that file (or one with the
+    same content), or it is refused in one line."""
+    if not given and not saved:
+        return
+    if given and saved and os.path.abspath(given) == os.path.abspath(saved):
+        return
+    if given and saved and os.path.isfile(given) and os.path.isfile(saved) and _sha256(given) == _sha256(saved):
+        return
+    started = f"with --apply-fixes {saved}" if saved else "without --apply-fixes"
+    raise UsageError(
+        f"--apply-fixes {given or '(none)'}: '{resume}' was started {started}, and a resumed run keeps its data: "
+        "resume without --apply-fixes (the run applies its own), or start a new run with the new fixes"
+    )
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def derived_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -173,7 +202,8 @@ def derived_defaults(cfg: TrainConfig) -> TrainConfig:
     data = cfg.data
     if data and os.path.exists(data):
         data = os.path.abspath(data)  # so that evaluate and resume find it from any folder
-    return cfg.resolved(lr=lr, weight_decay=wd, workers=workers, data=data)
+    fixes = os.path.abspath(cfg.apply_fixes) if cfg.apply_fixes else cfg.apply_fixes
+    return cfg.resolved(lr=lr, weight_decay=wd, workers=workers, data=data, apply_fixes=fixes)
 
 
 # ---------------------------------------------------------------------------------------------- decide

@@ -12,19 +12,23 @@ from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import DataError, UsageError
 from imgclf.core.escape import csv_value
 from imgclf.data.feed import make_feed
+from imgclf.data.fixes import Applied, apply_fixes, read_fixes
 from imgclf.data.pipeline import common_size, resolve_preprocess
-from imgclf.data.sources import open_source
+from imgclf.data.sources import carve_validation, open_source
 from imgclf.training.fits import check_run_memory
 from imgclf.training.plan import RunData, RunPlan
 
 log = logging.getLogger(__name__)
 
+FIXES_APPLIED = "fixes_applied.csv"  # the rows --apply-fixes applied, in the run folder
+
 
 def open_run_data(plan: RunPlan) -> RunData:
     """The data of `plan`, decoded once; files that cannot be read are left out and listed, and the run goes on."""
     opened_at, cfg = time.perf_counter(), plan.cfg
-    src = open_checked_source(cfg)
+    src, fixes = open_fixed_source(cfg)
     if plan.resumed:
+        check_same_fixes_applied(cfg.resume, fixes)
         check_same_data(cfg.resume, plan.resume, src, None)
         prep = Preprocess.from_dict(plan.resume["preprocess"])
     else:
@@ -57,19 +61,46 @@ def open_run_data(plan: RunPlan) -> RunData:
         check_same_data(cfg.resume, plan.resume, src, split_csv)
     for note in src.notes:  # after the last refusal: a refused command prints one line
         log.info("%s", note)
-    return RunData(src, prep, feeds["train"], feeds["val"], left_out, src.fingerprint(), opened_at)
+    if fixes is not None and fixes.warning:
+        log.warning("%s", fixes.warning)
+    return RunData(src, prep, feeds["train"], feeds["val"], left_out, src.fingerprint(), opened_at, fixes)
 
 
 def open_checked_source(cfg):
     """The data `--data` names, listed (not decoded), with its validation split: refused in one line when it is not
     found, unreadable as a source, or of one class. `--nproc` runs it before torchrun starts (api.preflight)."""
-    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    return open_fixed_source(cfg)[0]
+
+
+def open_fixed_source(cfg) -> tuple:
+    """(the source, what --apply-fixes did to it or None): open_checked_source's source, with the fixes applied to
+    every split before validation is carved from train."""
+    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed, carve=False)
+    fixes = apply_fixes(src, read_fixes(cfg.apply_fixes, src.classes), warn=False) if cfg.apply_fixes else None
+    if "val" not in src.splits:
+        # TODO(merge): carve_validation(..., groups=fixes.groups) once data/groups.py's group-aware carving is in
+        carve_validation(src, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(src.classes) < 2:
         raise DataError(
             f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
             "add a folder of images for each other class beside it"
         )
-    return src
+    return src, fixes
+
+
+def check_same_fixes_applied(resume: str, fixes: Applied | None) -> None:
+    """A resumed run applies the rows it started with: its fixes_applied.csv, against what the fixes file gives
+    now (edited since the run started: refused in one line)."""
+    kept = os.path.join(os.path.dirname(os.path.abspath(resume)), FIXES_APPLIED)
+    if fixes is None or not os.path.isfile(kept):
+        return
+    before = [r for _, r in read_fixes(kept).rows]
+    if before != fixes.rows:
+        raise DataError(
+            f"--apply-fixes {fixes.file} changed since '{resume}' started (its {FIXES_APPLIED} holds {len(before)} "
+            f"rows applied, the file now gives {len(fixes.rows)}{' others' if len(before) == len(fixes.rows) else ''}): "
+            "restore the file to resume, or start a new run with it"
+        )
 
 
 def preprocess_for(plan: RunPlan, src) -> Preprocess:

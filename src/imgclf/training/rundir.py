@@ -2,6 +2,7 @@
 
     config.yaml     the resolved options (rewritten when --time-budget fixes the number of steps)
     split.csv       the validation split carved from train, when the data had none
+    fixes_applied.csv   the rows of --apply-fixes's file that were applied
     lr_find.json, lr_find.png   --lr auto's range test
     left_out.csv    files that could not be read, with the reason
     metrics.csv     one row per epoch; TensorBoard events beside it (scalars, and histograms if asked)
@@ -25,6 +26,7 @@ from imgclf.core.errors import UsageError
 from imgclf.core.escape import csv_cell
 from imgclf.core.fileio import atomic_open, remove_stale_temps, write_json
 from imgclf.core.options import save_yaml
+from imgclf.data.fixes import write_applied
 from imgclf.data.sources import write_split_manifest
 from imgclf.models.checkpoint import save_checkpoint
 from imgclf.training.lr_find import write_result as write_lr_find
@@ -38,7 +40,7 @@ ROBUST_COLUMNS = ["val_robust_acc"]  # --adv-train's PGD-10 accuracy on validati
 
 # what a run writes before its first checkpoint: --resume auto starts a folder holding only these again
 STARTED_FILES = re.compile(
-    r"^(config\.yaml|train\.log|split\.csv|left_out\.csv|lr_find\.(png|json)|events\.out\..*|\..*\.tmp)$"
+    r"^(config\.yaml|train\.log|split\.csv|fixes_applied\.csv|left_out\.csv|lr_find\.(png|json)|events\.out\..*|\..*\.tmp)$"
 )
 
 
@@ -157,6 +159,11 @@ class RunDir:
         """split.csv: the validation split carved from train (every rank carves the same one; rank 0 writes it)."""
         if self.writes:
             write_split_manifest(source, self.file("split.csv"))
+
+    def write_fixes(self, applied) -> None:
+        """fixes_applied.csv: exactly the rows --apply-fixes applied (data/fixes.Applied)."""
+        if self.writes:
+            write_applied(applied, self.file("fixes_applied.csv"))
 
     def write_lr_find(self, result: dict) -> None:
         """--lr auto's range test: lr_find.json and lr_find.png."""

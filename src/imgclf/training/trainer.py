@@ -205,6 +205,9 @@ class Trainer:
         if self.state.epoch > 0:
             rd.purge_after(self.state.epoch)
         rd.write_left_out(self.data.left_out)
+        if self.data.fixes is not None:
+            rd.write_fixes(self.data.fixes)
+            self.results["fixes"] = self.data.fixes.record()
         if src.val_origin == "carved" and not self.plan.resumed:  # a resumed run keeps the split it started with
             rd.write_split(src)
         if self.state.position:

@@ -126,7 +126,7 @@ def test_apply_on_a_class_folder_drops_relabels_and_leaves_the_files_alone(tmp_p
     assert applied.groups[i] == "nd-1"
     assert len(set(applied.groups)) == len(applied.groups)
     warned = [r.getMessage() for r in caplog.records if "not in" in r.getMessage()]
-    assert len(warned) == 1 and "1 row name" in warned[0] and "gone.png" in warned[0]
+    assert len(warned) == 1 and "1 row names images not in" in warned[0] and "gone.png" in warned[0]
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing of the user's touched
     out = tmp_path / "applied.csv"
     write_applied(applied, str(out))
