@@ -91,6 +91,11 @@ class EvaluateOptions:
     precision: str = PRECISION.field()
     json: bool = JSON.field(help="print eval.json instead of the report")
     tta: str | None = TTA.field()
+    apply_fixes: str | None = opt(
+        None,
+        "a fixes.csv (`imgclf check --deep --fixes F`, reviewed): drop and relabel the images it names before evaluating, the files untouched; eval.json records it (default: the fixes the model was trained with, on its own data)",
+        metavar="FIXES_CSV",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,6 +270,11 @@ class CheckOptions(Console):
     data: str = opt(help="folder of class folders (with or without train/val/test)", positional=True)
     json: bool = JSON.field(help="print the report as JSON")
     workers: int | None = opt(None, "decoding processes (default: all cores)", ge=1)
+    apply_fixes: str | None = opt(
+        None,
+        "a fixes.csv (reviewed): check the data as it would be with it, dropped images skipped and relabelled ones counted under their new label; the files untouched",
+        metavar="FIXES_CSV",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -43,6 +43,7 @@ def evaluate_command(o: EvaluateOptions) -> int:
         data_root=o.data_root,
         precision=o.precision,
         tta=o.tta,
+        fixes=o.apply_fixes,
     )
     if rank() > 0:  # under torchrun: every rank has the metrics, rank 0 reports them
         return 0

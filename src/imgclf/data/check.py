@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from imgclf.core.errors import DataError
 from imgclf.data.balance import SAMPLER_FROM, imbalance_ratio
+from imgclf.data.fixes import plan_rows, read_fixes
 from imgclf.data.images import BadShape, UnreadableImage, check_pixels, check_shape, load_image, max_pixels, to_rgb
 from imgclf.data.sources import csv_source, find_split_dirs, is_image_name
 
@@ -133,6 +134,12 @@ class CheckReport:
             lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in s["modes"].items()))
         if s.get("hidden_files"):
             lines.append(f"hidden files skipped: {s['hidden_files']}")
+        if s.get("fixes"):
+            fx = s["fixes"]
+            lines.append(
+                f"fixes applied from {fx['file']}: {fx['dropped']} dropped, {fx['relabelled']} relabelled, "
+                f"{fx['unmatched']} rows not in the data"
+            )
         ne, nw = len(self.errors), len(self.warnings)
         lines.append(f"{ne} error{'s' * (ne != 1)}, {nw} warning{'s' * (nw != 1)} in {s.get('files', 0)} files")
         return "\n".join(lines)
@@ -163,11 +170,16 @@ class _Listing:
         return _shown(self.split_dirs[split] / cls, self.base) if split in self.split_dirs else f"{split}:{cls}"
 
 
-def check_data(data: str, *, workers: int | None = None, progress: bool = False) -> CheckReport:
-    """Decode every image under `data`; errors are what would break or falsify training, warnings what may spoil it."""
+def check_data(
+    data: str, *, workers: int | None = None, progress: bool = False, fixes: str | None = None
+) -> CheckReport:
+    """Decode every image under `data`; errors are what would break or falsify training, warnings what may spoil it.
+    `fixes`: a fixes.csv; the data is checked as it would be with it (dropped images skipped, relabelled ones
+    under their new label), the files untouched."""
     start = time.perf_counter()
     path = Path(str(data)).expanduser()
     lst = _list_data(path, data)
+    applied = _apply_fixes(lst, fixes) if fixes else None
     results = _decode_all([it.path for it in lst.items], workers=workers, progress=progress)
     readable, failed = _per_image(lst, results)
     _same_pixels(readable, lst.errors, lst.warnings)
@@ -195,6 +207,8 @@ def check_data(data: str, *, workers: int | None = None, progress: bool = False)
         "formats": dict(Counter(i[0] for i in infos).most_common()),
         "seconds": round(time.perf_counter() - start, 2),
     }
+    if applied is not None:
+        summary["fixes"] = applied
     order = {k: i for i, k in enumerate(_KIND_ORDER)}
     key = lambda f: (order.get(f.kind, len(order)), f.paths)  # noqa: E731
     return CheckReport(str(path.resolve()), sorted(lst.errors, key=key), sorted(lst.warnings, key=key), summary)
@@ -211,6 +225,36 @@ def _list_data(path: Path, data: str) -> _Listing:
             )
         return _list_csv(path.resolve())
     return _list_folder(path.resolve())
+
+
+def _apply_fixes(lst: _Listing, path: str) -> dict:
+    """The listing as `fixes` leaves it: dropped images out, relabelled ones under their new label (checked before
+    anything is decoded); what it did, for the summary."""
+    fixes = read_fixes(path, sorted(lst.classes))
+    by_key = plan_rows(fixes, str(lst.base))
+    items, matched = [], set()
+    dropped = relabelled = 0
+    for it in lst.items:
+        key = os.path.normpath(os.path.abspath(it.path))
+        rows = by_key.get(key, [])
+        matched.update([key] if rows else [])
+        if any(r.action == "drop" for r in rows):
+            dropped += 1
+            continue
+        to = next((r.to for r in rows if r.action == "relabel"), it.label)
+        relabelled += to != it.label
+        items.append(_Item(it.split, to, it.path, it.shown))
+    lst.items = items
+    unmatched = sum(len(rows) for k, rows in by_key.items() if k not in matched)
+    if unmatched:
+        log.warning("%s: %d row(s) name images not in %s: skipped", fixes.file, unmatched, lst.base)
+    return {
+        "file": fixes.file,
+        "sha256": fixes.sha256,
+        "dropped": dropped,
+        "relabelled": relabelled,
+        "unmatched": unmatched,
+    }
 
 
 def _per_image(lst: _Listing, results: list[tuple[str, object]]) -> tuple[list[tuple[_Item, tuple]], Counter]:

@@ -264,6 +264,7 @@ def apply_fixes(src, fixes: Fixes, *, warn: bool = True) -> Applied:
         if warn:
             log.warning("%s", out.warning)
     src.notes.append(out.summary())
+    src.fixes = out.record()
     return out
 
 

@@ -79,6 +79,7 @@ class DataSource:
     # How validation was obtained: "folder" (its own split), "carved" (from train by a seeded split).
     val_origin: str = "folder"
     notes: list[str] = field(default_factory=list)
+    fixes: dict | None = None  # what --apply-fixes did to the splits (data/fixes.Applied.record())
 
     def held_out_split(self) -> str:
         """The split a trained model is measured on when the user names none: test where the data has one, else

@@ -11,6 +11,7 @@ import torch
 from imgclf.compute.device import resolve_device
 from imgclf.compute.distributed import current, setup
 from imgclf.core.fileio import write_json
+from imgclf.data.fixes import read_fixes
 from imgclf.evaluation.calibration import trust_metrics
 from imgclf.evaluation.metrics import compute_metrics
 from imgclf.evaluation.plots import plot_confusion, plot_misclassified, plot_reliability
@@ -35,12 +36,14 @@ def evaluate(
     plots: bool = True,
     cache: str = "auto",
     tta: str | None = None,
+    fixes: str | None = None,
 ) -> dict:
     """Evaluate a checkpoint or an exported model on a split of `data` (default: the data it was trained on).
 
     Writes eval.json, confusion_matrix.png, misclassified.png and reliability.png into `out` (default: next to
     the weights, in eval-SPLIT/) and returns the metrics dict. Probabilities are calibrated with the checkpoint's
-    temperature (imgclf calibrate); `tta`: test-time augmentation (none, flip, flip-crop; see models/tta.py).
+    temperature (imgclf calibrate); `tta`: test-time augmentation (none, flip, flip-crop; see models/tta.py);
+    `fixes`: a fixes.csv applied to the data first (eval.json's `fixes` records what it did).
 
     Under torchrun the ranks split the images (whole batches each, so every image is computed as in one process)
     and gather the logits: the metrics are those of one process, and rank 0 writes them."""
@@ -58,16 +61,19 @@ def evaluate(
             plots=plots,
             cache=cache,
             tta=tta,
+            fixes=fixes,
         )
 
 
 def _evaluate(
-    weights, data, *, split, out, batch_size, device, workers, data_root, precision, plots, cache, tta=None
+    weights, data, *, split, out, batch_size, device, workers, data_root, precision, plots, cache, tta=None, fixes=None
 ) -> dict:
     world = current()
+    if fixes:
+        read_fixes(fixes)  # the file and its rows, before the model is opened
     runner = open_model(weights, device=device, precision=precision, tta=tta)
     logits, labels, feed, bad, src = split_logits(
-        runner, data, split, data_root, batch_size=batch_size, workers=workers, cache=cache, world=world
+        runner, data, split, data_root, batch_size=batch_size, workers=workers, cache=cache, world=world, fixes=fixes
     )
     data = data or runner.config.get("data")
     classes = runner.classes
@@ -84,6 +90,8 @@ def _evaluate(
             "left_out": [{"path": p, "reason": r} for p, r in bad],
         }
     )
+    if src.fixes is not None:
+        metrics["fixes"] = src.fixes
 
     # an exported file next to its checkpoint gets its own folder (eval-val-onnx-int8), not the checkpoint's;
     # a --tta evaluation its own too (eval-val-tta-flip), beside the plain one

@@ -16,8 +16,9 @@ from imgclf.compute.distributed import batch_block, current, gather
 from imgclf.core.errors import DataError
 from imgclf.core.progress import progress
 from imgclf.data.feed import make_feed
+from imgclf.data.fixes import apply_fixes, read_fixes
 from imgclf.data.pipeline import default_workers
-from imgclf.data.sources import open_source
+from imgclf.data.sources import carve_validation, open_source
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +61,29 @@ def infer_sharded(
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def open_model_data(config: dict | None, data: str | None, split: str | None, data_root: str | None = None):
+def open_model_data(
+    config: dict | None, data: str | None, split: str | None, data_root: str | None = None, fixes: str | None = None
+):
     """(source, split) of `data`, default the data the model was trained on, opened as its training opened it
-    (the same carved validation split, from the recorded fraction and seed). `split` None: the data's held-out
-    split (`DataSource.held_out_split`: test where there is one, else val)."""
+    (the same carved validation split, from the recorded fraction and seed, and the run's --apply-fixes). `split`
+    None: the data's held-out split (`DataSource.held_out_split`: test where there is one, else val). `fixes`: a
+    fixes.csv applied to every split before validation is carved (`source.fixes` records what it did)."""
     cfg = config or {}
+    own = data is None
     data = data or cfg.get("data")
     if not data:
         raise DataError("no --data given and the model does not record its data: pass --data")
+    val_fraction, seed = cfg.get("val_fraction", 0.2), cfg.get("seed", 0)
     src = open_source(
-        data,
-        data_root=data_root or cfg.get("data_root"),
-        val_fraction=cfg.get("val_fraction", 0.2),
-        seed=cfg.get("seed", 0),
+        data, data_root=data_root or cfg.get("data_root"), val_fraction=val_fraction, seed=seed, carve=False
     )
+    what = "--apply-fixes"
+    if not fixes and own and cfg.get("apply_fixes"):  # the data as the model was trained on it
+        fixes, what = cfg["apply_fixes"], "the model's --apply-fixes"
+    if fixes:
+        apply_fixes(src, read_fixes(fixes, src.classes, what=what))
+    if "val" not in src.splits:
+        carve_validation(src, val_fraction=val_fraction, seed=seed)
     return src, src.split(split or src.held_out_split())
 
 
@@ -88,10 +98,12 @@ def align_classes(data_classes: list[str], model_classes: list[str], where: str)
     return [model_classes.index(c) for c in data_classes]
 
 
-def split_logits(runner, data, split, data_root=None, *, batch_size=256, workers=None, cache="auto", world=None):
+def split_logits(
+    runner, data, split, data_root=None, *, batch_size=256, workers=None, cache="auto", world=None, fixes=None
+):
     """(logits, labels in the model's class order, feed, left-out files, source) of `runner` on `split` of `data`
-    (default: the data the model was trained on, opened as its training opened it)."""
-    src, s = open_model_data(runner.config, data, split, data_root)
+    (default: the data the model was trained on, opened as its training opened it; `fixes`: a fixes.csv applied)."""
+    src, s = open_model_data(runner.config, data, split, data_root, fixes)
     data = data or runner.config.get("data")
     workers = default_workers() if workers is None else workers
     mapping = align_classes(src.classes, runner.classes, data)
