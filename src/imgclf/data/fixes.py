@@ -225,6 +225,16 @@ def fix_key(path: str, base: str | None) -> str:
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
 
 
+def locate(shown: str, data: str | None) -> str | None:
+    """The file of an image as a finding or a fixes row shows it: an absolute path as it is, a relative one under
+    the data folder (or the CSV manifest's folder); None for an in-memory id (`digits:17`) or unknown data."""
+    if os.path.isabs(shown):
+        return shown
+    if not data or not os.path.exists(data):
+        return None
+    return os.path.join(data if os.path.isdir(data) else os.path.dirname(os.path.abspath(data)), shown)
+
+
 def image_key(split, i: int) -> str:
     return os.path.normpath(os.path.abspath(split.paths[i])) if split.paths is not None else split.describe(i)
 

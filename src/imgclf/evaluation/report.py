@@ -46,7 +46,7 @@ SECTIONS = (
     ("per-class", "Per class", section_per_class),
     ("reliability", "Calibration", section_reliability),
     ("mistakes", "Most confident mistakes", section_gallery),
-    ("check", "Data check", section_check),
+    ("check", "Data checks", section_check),
     ("exports", "Exports: parity and speed", section_exports),
 )
 
@@ -68,10 +68,16 @@ def _left_out(key: str, title: str, why) -> str:
     return f'<section class="missing" id="{key}"><h2>{escape(title)}</h2><p>left out: {escape(why)}</p></section>'
 
 
+# a check folder (`imgclf check --deep --out DIR`: check.json and no model) shows these alone
+CHECK_SECTIONS = ("machine", "check")
+
+
 def render(f: Folder) -> str:
     """The page for folder `f`, as a string."""
     parts, shown = [], []
     for key, title, fill in SECTIONS:
+        if f.kind == "check" and key not in CHECK_SECTIONS:
+            continue
         part, ok = _section(f, key, title, fill)
         parts.append(part)
         if ok:
@@ -90,16 +96,25 @@ def render(f: Folder) -> str:
     return page.substitute(title=escape(title), body=header + "<main>" + "".join(parts) + "</main>")
 
 
-def build_report(path: str, *, predictions: tuple | None = None) -> str:
-    """Write PATH/report.html for a run folder (runs/NAME) or an evaluation folder (eval-SPLIT) and return its
-    path. `predictions`: (logits, labels in the model's class order, the Split they are of, the runner), when the
-    caller has them already (evaluate), so that they are not computed again."""
+def build_report(path: str, *, predictions: tuple | None = None, images: dict | None = None) -> str:
+    """Write PATH/report.html for a run folder (runs/NAME), an evaluation folder (eval-SPLIT) or a check folder
+    (check.json) and return its path. `predictions`: (logits, labels in the model's class order, the Split they
+    are of, the runner), when the caller has them already (evaluate), so that they are not computed again.
+    `images`: {id: H x W x 3 uint8} for the data checks' thumbnails of in-memory images (digits, cifar10)."""
     f = open_folder(path)
     if predictions is not None:
         set_predictions(f, *predictions)
+    if images is not None:
+        f.cache["images"] = images
     page = render(f)
     out = f.file(REPORT_NAME)
     with atomic_open(out, "w", encoding="utf-8") as fh:
         fh.write(page)
     log.info("wrote %s", out)
     return out
+
+
+def write_check_report(folder: str, *, images: dict | None = None) -> str:
+    """report.html for a folder that holds check.json (a `CheckReport.to_dict()`): the data checks, a table per
+    finding kind with thumbnails. `images`: in-memory images by id, for a source named (digits, cifar10)."""
+    return build_report(folder, images=images)

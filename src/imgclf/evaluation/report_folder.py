@@ -27,7 +27,7 @@ class Folder:
     """What a run or evaluation folder holds, read once."""
 
     path: str
-    kind: str  # "run" or "evaluation"
+    kind: str  # "run", "evaluation" or "check" (check.json alone: `imgclf check --deep --out DIR`)
     results: dict | None = None
     config: dict | None = None
     eval: dict | None = None
@@ -68,6 +68,9 @@ def open_folder(path: str) -> Folder:
         f.weights = f.eval.get("weights")
         return f
     if not any(f.has(n) for n in ("results.json", "config.yaml", "metrics.csv")):
+        if f.has("check.json"):
+            f.kind = "check"
+            return f
         raise UsageError(
             f"'{path}' holds neither results.json, config.yaml, metrics.csv (a run) nor eval.json (an evaluation): "
             "pass runs/NAME or an eval-SPLIT folder"
@@ -100,6 +103,8 @@ def _read_run_file(f: Folder, name: str, load) -> dict | None:
 
 
 def data_of(f: Folder) -> str | None:
+    if f.kind == "check":
+        return (read_json(f.file("check.json")) or {}).get("data")
     if f.kind == "evaluation":
         return f.eval.get("data")
     return (f.config or {}).get("data")

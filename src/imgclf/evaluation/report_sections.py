@@ -20,6 +20,7 @@ from imgclf.core.escape import csv_value
 from imgclf.core.fileio import human_size
 from imgclf.core.formats import FORMATS
 from imgclf.data.check import check_data
+from imgclf.data.fixes import locate
 from imgclf.data.images import load_image
 from imgclf.data.sources import open_source
 from imgclf.evaluation.explain import Explainer, fit, overlay, shrink
@@ -334,6 +335,9 @@ def _check_json(f: Folder) -> dict | None:
 
 
 def section_check(f: Folder) -> str:
+    """The data checks: check.json in the folder (`imgclf check --json`, or `check --deep`'s), else a check run
+    for the page; a table per finding kind with a thumbnail of each image, its path, the label given, the label
+    suggested, the score and the group, at most CHECK_PER_KIND rows a kind."""
     found = _check_json(f)
     where = f"from {found['_file']} in this folder" if found else ""
     if found is None:
@@ -351,21 +355,79 @@ def section_check(f: Folder) -> str:
             )
         found = check_data(str(data)).to_dict()
         where = f"imgclf check {data}, run for this page"
-    rows = [("error", x) for x in found.get("errors", [])] + [("warning", x) for x in found.get("warnings", [])]
+    by_kind: dict[str, list[tuple[str, dict]]] = {}
+    for sev, key in (("error", "errors"), ("warning", "warnings")):
+        for x in found.get(key) or []:
+            by_kind.setdefault(str(x.get("kind")), []).append((sev, x))
     s = found.get("summary") or {}
     summary = ", ".join(f"{k} {v}" for k, v in s.items() if isinstance(v, (int, float, str)))
     out = f'<p class="note">{escape(where)}</p>' + (f"<p>{escape(summary)}</p>" if summary else "")
-    if not rows:
+    if not by_kind:
         return out + "<p>no findings: every file decodes, no duplicates, no leaks, no empty class</p>"
-    out += "<table><thead><tr><th>severity</th><th>kind</th><th>detail</th><th>files</th></tr></thead><tbody>"
-    for sev, x in rows:
-        paths = x.get("paths") or []
-        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-        out += (
-            f"<tr><td class='{'bad' if sev == 'error' else ''}'>{sev}</td><td>{escape(x.get('kind'))}</td>"
-            f"<td>{escape(x.get('detail'))}</td><td>{escape(shown)}</td></tr>"
-        )
-    return out + "</tbody></table>"
+    thumbs = _Thumbs(found.get("data"), f.cache.get("images"))
+    return out + "".join(_kind_table(kind, rows, thumbs) for kind, rows in by_kind.items())
+
+
+CHECK_PER_KIND = 24  # findings shown per kind; check.json has them all
+CHECK_THUMBS = 4  # images shown per finding (a cluster of near-duplicates may hold many)
+CHECK_THUMB_SIDE = 96  # pixels, the longer side of a finding's thumbnail
+
+
+class _Thumbs:
+    """A finding's images as thumbnails: files under the check's data folder, or in-memory images the caller
+    gave (`images`: {id: H x W x 3 uint8}); each decoded once."""
+
+    def __init__(self, data: str | None, images: dict | None):
+        self.data, self.images, self.done = data, images or {}, {}
+
+    def __call__(self, shown: str) -> str:
+        if shown not in self.done:
+            self.done[shown] = self._make(shown)
+        return self.done[shown]
+
+    def _make(self, shown: str) -> str:
+        if shown in self.images:
+            image = Image.fromarray(np.asarray(self.images[shown], dtype=np.uint8))
+        else:
+            path = locate(shown, self.data)
+            if path is None or not os.path.isfile(path):
+                return '<span class="note">no image</span>'
+            try:
+                image = load_image(path)
+            except Exception:  # an unreadable file is what some findings are about
+                return '<span class="note">unreadable</span>'
+        return _pil(image, max_side=CHECK_THUMB_SIDE)[0]
+
+
+def _kind_table(kind: str, rows: list[tuple[str, dict]], thumbs) -> str:
+    """One finding kind: its findings (the first CHECK_PER_KIND), each with its images' thumbnails."""
+    review = any(x.get(k) is not None for _, x in rows for k in ("label", "suggested", "score", "group"))
+    head = ["severity", "images", "files", "detail"] + (["label", "suggested", "score", "group"] if review else [])
+    body = []
+    for sev, x in rows[:CHECK_PER_KIND]:
+        paths = [str(p) for p in x.get("paths") or []]
+        pics = "".join(thumbs(p) for p in paths[:CHECK_THUMBS])
+        more = len(paths) - CHECK_THUMBS
+        files = "<br>".join(escape(p) for p in paths[:CHECK_THUMBS]) + (f"<br>and {more} more" if more > 0 else "")
+        cells = [f"<td class='{'bad' if sev == 'error' else ''}'>{sev}</td>", f"<td>{pics}</td>", f"<td>{files}</td>"]
+        cells.append(f"<td>{escape(x.get('detail', ''))}</td>")
+        if review:
+            score = x.get("score")
+            cells += [f"<td>{escape(x.get(k) if x.get(k) is not None else '')}</td>" for k in ("label", "suggested")]
+            cells.append(f"<td>{'' if score is None else f'{float(score):.3f}'}</td>")
+            cells.append(f"<td>{escape(x.get('group') or '')}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    rest = len(rows) - CHECK_PER_KIND
+    tail = f'<p class="note">and {rest} more (check.json lists them all)</p>' if rest > 0 else ""
+    n = len(rows)
+    return (
+        f"<h3>{escape(kind)} ({n} finding{'s' * (n != 1)})</h3><table><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table>"
+        + tail
+    )
 
 
 def _exports(folder: str, stem: str) -> list[tuple[str, str]]:

@@ -19,7 +19,8 @@ SHEET_MAX = 200
 
 def contact_sheet(rows: list[dict], path: str, *, title: str) -> None:
     """A PNG grid of the chosen images in the order asked, each with its rank, file name, predicted label,
-    probability and score under it."""
+    probability and score under it. A row may give its pixels (`image`: H x W x 3 uint8, for an in-memory image)
+    instead of reading `path`, and its own `caption` line instead of the predicted label, probability and score."""
     save_figure(sheet_figure(rows, title=title), path)
 
 
@@ -34,22 +35,32 @@ def sheet_figure(rows: list[dict], *, title: str):
         ax.axis("off")
     for i, (ax, r) in enumerate(zip(axes.flat, shown), start=1):
         try:
-            im = np.asarray(load_image(r["path"], resize=THUMB_PX))
+            im = (
+                np.asarray(r["image"])
+                if r.get("image") is not None
+                else np.asarray(load_image(r["path"], resize=THUMB_PX))
+            )
             ax.imshow(im, interpolation="nearest" if min(im.shape[:2]) < THUMB_PX else "antialiased")
         except UnreadableImage as e:  # changed since it was scored: say so in its cell
             ax.text(0.5, 0.5, f"unreadable\n{e}"[:60], ha="center", va="center", fontsize=7, transform=ax.transAxes)
         name = os.path.basename(r["path"])
         name = name if len(name) <= 22 else name[:9] + "..." + name[-10:]
+        caption = (
+            label(r["caption"])
+            if "caption" in r
+            else f"{label(r['predicted_label'])} {r['probability']:.2f}, score {r['score']:.3f}"
+        )
         ax.text(
             0.5,
             -0.03,
-            f"{i}. {label(name)}\n{label(r['predicted_label'])} {r['probability']:.2f}, score {r['score']:.3f}",
+            f"{i}. {label(name)}\n{caption}",
             ha="center",
             va="top",
             fontsize=7,
             transform=ax.transAxes,
         )
-    more = f" (the first {SHEET_MAX} of {len(rows)}: selected.csv lists them all)" if len(rows) > SHEET_MAX else ""
+    listed = rows[0].get("listed_in", "selected.csv") if rows else "selected.csv"
+    more = f" (the first {SHEET_MAX} of {len(rows)}: {listed} lists them all)" if len(rows) > SHEET_MAX else ""
     fig.suptitle(label(title) + more, fontsize=10)
     return fig
 
