@@ -183,6 +183,8 @@ class Applied:
     # the train split's near-duplicate cluster per image (the `group` column), aligned with src.splits["train"];
     # an image no row groups is a group of its own (its path or id), so that carving can keep clusters together
     groups: list[str] = field(default_factory=list)
+    # the same clusters with None where no row groups the image (for data/groups.merge_groups)
+    clusters: list[str | None] = field(default_factory=list)
     grouped: bool = False  # whether any row matched gave a group
     warning: str | None = None  # the one line about rows that matched no image
 
@@ -279,7 +281,7 @@ def apply_fixes(src, fixes: Fixes, *, warn: bool = True) -> Applied:
 
 
 def _apply_split(split, name: str, by_key, index, out: Applied, matched: set) -> object:
-    keep, labels, groups = [], list(split.labels), []
+    keep, labels, groups, clusters = [], list(split.labels), [], []
     dropped = relabelled = 0
     for i in range(len(split)):
         key = image_key(split, i)
@@ -287,6 +289,7 @@ def _apply_split(split, name: str, by_key, index, out: Applied, matched: set) ->
         if not rows:
             keep.append(i)
             groups.append(split.describe(i))
+            clusters.append(None)
             continue
         matched.add(key)
         group = next((r.group for r in rows if r.group), "")
@@ -302,11 +305,12 @@ def _apply_split(split, name: str, by_key, index, out: Applied, matched: set) ->
             relabelled += 1
         keep.append(i)
         groups.append(group or split.describe(i))
+        clusters.append(group or None)
     new = split.subset(keep, name)
     new.labels = [labels[i] for i in keep]
     out.dropped[name], out.relabelled[name] = dropped, relabelled
     if name == "train":
-        out.groups = groups
+        out.groups, out.clusters = groups, clusters
     return new
 
 

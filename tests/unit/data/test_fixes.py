@@ -123,7 +123,8 @@ def test_apply_on_a_class_folder_drops_relabels_and_leaves_the_files_alone(tmp_p
     # groups: aligned with the train split; the kept near-duplicate keeps its cluster, the others their own ids
     assert len(applied.groups) == len(src.splits["train"]) and applied.grouped
     i = src.splits["train"].paths.index(str(root / "train/dog/tr002.png"))
-    assert applied.groups[i] == "nd-1"
+    assert applied.groups[i] == "nd-1" and applied.clusters[i] == "nd-1"
+    assert sum(c is not None for c in applied.clusters) == 1 and len(applied.clusters) == len(applied.groups)
     assert len(set(applied.groups)) == len(applied.groups)
     warned = [r.getMessage() for r in caplog.records if "not in" in r.getMessage()]
     assert len(warned) == 1 and "1 row names images not in" in warned[0] and "gone.png" in warned[0]
