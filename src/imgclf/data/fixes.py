@@ -23,7 +23,7 @@ import os
 from dataclasses import astuple, dataclass, field
 
 from imgclf.core.errors import UsageError, did_you_mean
-from imgclf.core.escape import csv_cell, csv_value
+from imgclf.core.escape import csv_cell, csv_value, one_line
 from imgclf.core.fileio import atomic_open, open_text
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,10 @@ def read_fixes(path: str, classes=None, *, what: str = "--apply-fixes") -> Fixes
                 f"(it has: {', '.join(c for c in cols if c) or 'no header'}): {FIX_HINT}"
             )
         reader.fieldnames = cols
+        start = reader.line_num + 1  # the line a row starts on (a quoted cell may hold line breaks)
         for row in reader:
-            rows.append((reader.line_num, _row(row, path, reader.line_num, cols, classes, what)))
+            rows.append((start, _row(row, path, start, cols, classes, what)))
+            start = reader.line_num + 1
     fixes = Fixes(os.path.abspath(path), digest, tuple(rows))
     _check_agreement(fixes, what)
     return fixes
@@ -116,14 +118,16 @@ def _row(row: dict, path: str, line: int, cols: list[str], classes, what: str) -
         raise UsageError(f"{where}: empty path; every row names the image it fixes")
     if action not in ACTIONS:
         raise UsageError(
-            f"{where}: unknown action '{action}' for {p}; use {', '.join(ACTIONS)}{did_you_mean(action, ACTIONS)}"
+            f"{where}: unknown action '{one_line(action)}' for {one_line(p)}; use {', '.join(ACTIONS)}{did_you_mean(action, ACTIONS)}"
         )
     to = _cell(row, "to")
     if action == "relabel":
         if "to" not in cols:
             raise UsageError(f"{where}: relabel needs a `to` column with the new label; add one, or use drop or keep")
         if not to:
-            raise UsageError(f"{where}: relabel {p} to what? Put the new label in its `to` cell, or use drop or keep")
+            raise UsageError(
+                f"{where}: relabel {one_line(p)} to what? Put the new label in its `to` cell, or use drop or keep"
+            )
         check_label(to, classes, where)
     try:
         score = float(_cell(row, "score")) if _cell(row, "score") else None
@@ -138,7 +142,7 @@ def check_label(to: str, classes, where: str) -> None:
     """A relabel's `to` is one of the data's classes (a fix never makes a class)."""
     if classes is not None and to not in classes:
         shown = ", ".join(list(classes)[:10]) + (" ..." if len(classes) > 10 else "")
-        raise UsageError(f"{where}: '{to}' is not a class of the data ({shown}){did_you_mean(to, classes)}")
+        raise UsageError(f"{where}: '{one_line(to)}' is not a class of the data ({shown}){did_you_mean(to, classes)}")
 
 
 def check_classes(fixes: Fixes, classes, what: str = "--apply-fixes") -> None:
@@ -158,7 +162,8 @@ def _check_agreement(fixes: Fixes, what: str) -> None:
         if r.path in seen and seen[r.path][1] != does:
             first, before = seen[r.path]
             raise UsageError(
-                f"{what} '{fixes.file}' line {line}: {r.path}: {does}, but line {first} says {before}: "
+                f"{what} '{fixes.file}' line {line}: {one_line(r.path)}: {one_line(does)}, but line {first} says "
+                f"{one_line(before)}: "
                 "keep one of the two rows"
             )
         seen.setdefault(r.path, (line, does))

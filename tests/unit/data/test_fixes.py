@@ -63,6 +63,7 @@ def test_extra_columns_are_ignored_and_columns_read_by_name(tmp_path):
         ),
         (",action\n,drop\n", "no column path"),
         ("path,action\n,drop\n", "line 2: empty path"),
+        ('path,action,to\n"a\nb.png",relabel,"x\ny"\n', "line 2: 'x\\ny' is not a class of the data"),
     ],
 )
 def test_a_bad_file_is_refused_in_one_line_naming_the_file_and_line(tmp_path, text, says):
