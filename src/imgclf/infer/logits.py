@@ -73,6 +73,7 @@ def open_model_data(config: dict | None, data: str | None, split: str | None, da
         data_root=data_root or cfg.get("data_root"),
         val_fraction=cfg.get("val_fraction", 0.2),
         seed=cfg.get("seed", 0),
+        group_by=cfg.get("group_by") if data == cfg.get("data") else None,  # the run's own split, carved again
     )
     return src, src.split(split or src.held_out_split())
 

@@ -51,6 +51,11 @@ class TrainConfig:
     val_fraction: float = opt(
         0.2, "fraction of train held out for validation when the data has no val split (stratified, seeded)", gt=0, lt=1
     )
+    group_by: str | None = opt(
+        None,
+        "keep groups of images on one side of the carved validation split: a column of the CSV manifest naming each image's group (patient, video, object), or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group; with the data's own val split, the groups it puts on both sides are reported",
+        metavar="COLUMN|REGEX",
+    )
     # model
     model: str = opt("resnet18", "model name; `imgclf models` lists them")
     pretrained: bool = opt(False, "start from ImageNet weights (the head is replaced for the data's classes)")

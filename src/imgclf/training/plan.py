@@ -28,6 +28,7 @@ from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import UsageError
 from imgclf.data.balance import choose_balance
 from imgclf.data.feed import FastFeed, LoaderFeed
+from imgclf.data.groups import check_group_by
 from imgclf.data.pipeline import default_workers
 from imgclf.data.sources import DataSource
 from imgclf.models.checkpoint import load_checkpoint
@@ -125,6 +126,8 @@ def resolve(config=None, options: dict | None = None, *, world: distributed.Worl
     `world`: the ranks it runs on (default: torchrun's, if any; preflight passes the one --nproc starts)."""
     cfg, resume, again = configure(config, options or {})
     spec = check_options(cfg, resume, get_spec)
+    if cfg.group_by is not None:  # a column of the manifest, or a pattern that compiles; matched once listed
+        check_group_by(cfg.group_by, cfg.data)
     cfg = derived_defaults(cfg)
     world = world or distributed.world_from_env()
     check_position(resume, world, cfg.resume)

@@ -57,19 +57,37 @@ def open_run_data(plan: RunPlan) -> RunData:
         check_same_data(cfg.resume, plan.resume, src, split_csv)
     for note in src.notes:  # after the last refusal: a refused command prints one line
         log.info("%s", note)
+    warn_group_leaks(src.grouping)
     return RunData(src, prep, feeds["train"], feeds["val"], left_out, src.fingerprint(), opened_at)
 
 
 def open_checked_source(cfg):
     """The data `--data` names, listed (not decoded), with its validation split: refused in one line when it is not
     found, unreadable as a source, or of one class. `--nproc` runs it before torchrun starts (api.preflight)."""
-    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    src = open_source(
+        cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed, group_by=cfg.group_by
+    )
     if len(src.classes) < 2:
         raise DataError(
             f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
             "add a folder of images for each other class beside it"
         )
     return src
+
+
+def warn_group_leaks(grouping: dict | None) -> None:
+    """--group-by on data with its own val split: that split is kept, and the groups it puts on both sides said."""
+    if not grouping or not grouping["on_several_splits"]:
+        return
+    log.warning(
+        "--group-by %s: the data's own split puts %d of its %d groups on more than one split (e.g. %s): "
+        "validation scores will be optimistic; move each group to one split (`imgclf check DATA --group-by` "
+        "lists them), or remove the val split and let imgclf carve one by group",
+        grouping["by"],
+        grouping["on_several_splits"],
+        grouping["groups"],
+        ", ".join(f"'{g}'" for g in grouping["examples"]),
+    )
 
 
 def preprocess_for(plan: RunPlan, src) -> Preprocess:
