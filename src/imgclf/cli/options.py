@@ -265,6 +265,11 @@ class CheckOptions(Console):
     data: str = opt(help="folder of class folders (with or without train/val/test)", positional=True)
     json: bool = JSON.field(help="print the report as JSON")
     workers: int | None = opt(None, "decoding processes (default: all cores)", ge=1)
+    group_by: str | None = opt(
+        None,
+        "report groups of images found on more than one split (group-leak): a column of the CSV manifest naming each image's group, or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group",
+        metavar="COLUMN|REGEX",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
