@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +231,24 @@ def test_merge_groups_joins_images_linked_by_either_grouping():
     assert Counter(merge_groups([None, None], [None, "x"])) == Counter(["#0", "x"])
     with pytest.raises(ValueError, match="same images"):
         merge_groups(["a"], [])
+
+
+def test_check_group_by_imports_no_torch(tmp_path, image_of_class):
+    d = objects_folder(tmp_path / "d", image_of_class, shots=(2, 2))
+    script = (
+        "import contextlib, io, sys\n"
+        "from imgclf.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    rc = main(sys.argv[1:])\n"
+        "print(rc, sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    src = Path(__file__).resolve().parents[3] / "src"
+    res = subprocess.run(
+        [sys.executable, "-c", script, "check", str(d), "-q", "--group-by", r"(o\d+)_s"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "IMGCLF_CACHE": str(tmp_path / "cache")},
+        timeout=120,
+        check=False,
+    )
+    assert res.stdout.strip().splitlines()[-1] == "0 []", res.stderr
