@@ -13,6 +13,8 @@ import pytest
 import yaml
 from conftest import tiny_argv, train_tiny, usage_error
 
+from imgclf.infer.logits import open_model_data
+
 PATTERN = r"(o\d+)_s"
 
 
@@ -36,14 +38,18 @@ def test_train_group_by_carves_by_group_and_records_it(tmp_path, objects, caplog
     groups = r["groups"]
     assert groups["on_several_splits"] == 0 and groups["groups"] == 15 and groups["split"] == "carved by group"
     with open(run / "split.csv", newline="") as f:
-        sides: dict[str, set] = {}
-        for row in csv.DictReader(f):
-            sides.setdefault(re.search(PATTERN, row["path"]).group(1), set()).add(row["split"])
+        rows = [(row["path"], row["split"]) for row in csv.DictReader(f)]
+    sides: dict[str, set] = {}
+    for path, split in rows:
+        sides.setdefault(re.search(PATTERN, path).group(1), set()).add(split)
     assert len(sides) == 15 and all(len(s) == 1 for s in sides.values())
     assert {"train", "val"} == set().union(*sides.values())
     log = (run / "train.log").read_text()
     assert "groups (--group-by pattern '(o\\d+)_s'): 15; train 12, val 3; on more than one split: 0" in log
     assert "StratifiedGroupKFold" in caplog.text
+    # evaluate, export, ... open the run's data as it did: the same grouped split, carved again
+    _, val = open_model_data(yaml.safe_load((run / "config.yaml").read_text()), None, "val")
+    assert set(val.paths) == {p for p, s in rows if s == "val"} and len(val) == r["best"]["num_images"]
     plain = train_tiny(tmp_path, str(objects), "plain", epochs=1)
     assert "groups" not in plain  # results.json as before without --group-by
 
