@@ -139,6 +139,7 @@ class CheckReport:
                 + ", ".join(f"{k} {n}" for k, n in g["per_split"].items())
                 + f"; on more than one split: {g['on_several_splits']}"
             )
+            lines.extend(g.get("own_notes", []))
         if s.get("hidden_files"):
             lines.append(f"hidden files skipped: {s['hidden_files']}")
         ne, nw = len(self.errors), len(self.warnings)
@@ -293,7 +294,6 @@ _KIND_ORDER = (
     "extension-mismatch",
     "duplicate",
     "class-imbalance",
-    "ungrouped",
     "tiny-image",
     "non-image-file",
     "stray-file",
@@ -405,10 +405,9 @@ def _group_leaks(lst: _Listing, group_by: str) -> dict:
             "optimistic; move its images to one split"
         )
         lst.errors.append(Finding("group-leak", members[k], detail, group=k))
-    for s, g in keyed.items():
-        if g.own:
-            lst.warnings.append(Finding("ungrouped", [g.own_example], g.own_note(s)))
-    return grouping_summary(group_by, keyed, carved=False)
+    summary = grouping_summary(group_by, keyed, carved=False)
+    summary["own_notes"] = [g.own_note(s) for s, g in keyed.items() if g.own]  # each a group of its own
+    return summary
 
 
 def _decode_all(paths: list[str], *, workers: int | None, progress: bool) -> list[tuple[str, object]]:

@@ -197,14 +197,16 @@ def test_check_reports_a_group_leak_per_group_on_several_splits(tmp_path, image_
     assert len(leaks) == 1 and leaks[0].group == "o04"
     assert leaks[0].paths == ["train/dog/o04_s1.png", "val/dog/o04_s0.png"]
     assert "is in train and val" in leaks[0].detail
-    assert [f.paths for f in report.warnings if f.kind == "ungrouped"] == [["train/cat/stray.png"]]
-    assert report.summary["groups"]["on_several_splits"] == 1
+    assert report.summary["groups"]["on_several_splits"] == 1 and report.summary["groups"]["own_groups"] == 1
+    assert (
+        "1 of the 18 train images do not match pattern '(o\\d+)_s' (e.g. 'train/cat/stray.png')" in report.format_text()
+    )
     assert main(["check", str(d), "--group-by", r"(o\d+)_s", "--json", "--workers", "1"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert [f["group"] for f in out["errors"] if f["kind"] == "group-leak"] == ["o04"]
     # without --group-by: no group findings, no groups in the summary
     plain = check_data(str(d), workers=1)
-    assert not [f for f in plain.errors + plain.warnings if f.kind in ("group-leak", "ungrouped")]
+    assert not [f for f in plain.errors + plain.warnings if f.kind == "group-leak"]
     assert "groups" not in plain.summary
 
 
