@@ -12,8 +12,8 @@ near-identical shots, and does `--group-by` give an honest validation score?
    group-leak errors), the best validation accuracy (results.json) and the accuracy on the test set
    (`imgclf evaluate --split test`).
 
-    .venv/bin/python benchmarks/groups.py [--root ../shared/data/cifar10-jpg] [--objects 200] [--shots 5]
-        [--model smallcnn] [--epochs 15] [--seed 0] [--out /tmp/imgclf-groups]
+    .venv/bin/python benchmarks/groups.py [--root ../shared/data/cifar10-jpg] [--objects 100] [--shots 4]
+        [--model smallcnn] [--epochs 8] [--seed 0] [--out /tmp/imgclf-groups]
 """
 
 from __future__ import annotations
@@ -101,10 +101,10 @@ def one_run(manifest: Path, runs: Path, name: str, a, extra: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(SHARED / "data" / "cifar10-jpg"))
-    p.add_argument("--objects", type=int, default=200, help="objects per class")
-    p.add_argument("--shots", type=int, default=5, help="shots per object")
+    p.add_argument("--objects", type=int, default=100, help="objects per class")
+    p.add_argument("--shots", type=int, default=4, help="shots per object")
     p.add_argument("--model", default="smallcnn")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="/tmp/imgclf-groups")
     a = p.parse_args()
