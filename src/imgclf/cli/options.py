@@ -275,6 +275,11 @@ class CheckOptions(Console):
         "a fixes.csv (reviewed): check the data as it would be with it, dropped images skipped and relabelled ones counted under their new label; the files untouched",
         metavar="FIXES_CSV",
     )
+    group_by: str | None = opt(
+        None,
+        "report groups of images found on more than one split (group-leak): a column of the CSV manifest naming each image's group, or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group",
+        metavar="COLUMN|REGEX",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,12 @@ from imgclf.data.check import check_data
 
 
 def check_command(o: CheckOptions) -> int:
-    report = check_data(o.data, workers=o.workers, progress=not o.quiet and sys.stderr.isatty(), fixes=o.apply_fixes)
+    report = check_data(
+        o.data,
+        workers=o.workers,
+        progress=not o.quiet and sys.stderr.isatty(),
+        fixes=o.apply_fixes,
+        group_by=o.group_by,
+    )
     print(json.dumps(report.to_dict(), indent=2) if o.json else report.format_text())
     return 0 if report.ok else 1

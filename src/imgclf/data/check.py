@@ -26,6 +26,7 @@ from tqdm import tqdm
 from imgclf.core.errors import DataError
 from imgclf.data.balance import SAMPLER_FROM, imbalance_ratio
 from imgclf.data.fixes import plan_rows, read_fixes
+from imgclf.data.groups import check_matched, group_keys, grouping_summary, leaked_groups, parse_group_by
 from imgclf.data.images import BadShape, UnreadableImage, check_pixels, check_shape, load_image, max_pixels, to_rgb
 from imgclf.data.sources import csv_source, find_split_dirs, is_image_name
 
@@ -132,6 +133,14 @@ class CheckReport:
             )
         if s.get("modes"):
             lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in s["modes"].items()))
+        if s.get("groups"):
+            g = s["groups"]
+            lines.append(
+                f"groups ({g['by']}): {g['groups']}; "
+                + ", ".join(f"{k} {n}" for k, n in g["per_split"].items())
+                + f"; on more than one split: {g['on_several_splits']}"
+            )
+            lines.extend(g.get("own_notes", []))
         if s.get("hidden_files"):
             lines.append(f"hidden files skipped: {s['hidden_files']}")
         if s.get("fixes"):
@@ -164,6 +173,7 @@ class _Listing:
     warnings: list[Finding] = field(default_factory=list)
     files: int = 0
     hidden: int = 0
+    columns: dict[str, list[str]] = field(default_factory=dict)  # a manifest's other columns, a cell per item
 
     def place(self, split: str, cls: str) -> str:
         """Where a class of a split is, as findings show it: its folder, or split:class in a CSV."""
@@ -171,15 +181,22 @@ class _Listing:
 
 
 def check_data(
-    data: str, *, workers: int | None = None, progress: bool = False, fixes: str | None = None
+    data: str,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    fixes: str | None = None,
+    group_by: str | None = None,
 ) -> CheckReport:
     """Decode every image under `data`; errors are what would break or falsify training, warnings what may spoil it.
     `fixes`: a fixes.csv; the data is checked as it would be with it (dropped images skipped, relabelled ones
-    under their new label), the files untouched."""
+    under their new label), the files untouched. `group_by` (data/groups.py): a group on more than one split is a
+    `group-leak` error."""
     start = time.perf_counter()
     path = Path(str(data)).expanduser()
     lst = _list_data(path, data)
     applied = _apply_fixes(lst, fixes) if fixes else None
+    grouping = _group_leaks(lst, group_by) if group_by is not None else None  # refused before any decoding
     results = _decode_all([it.path for it in lst.items], workers=workers, progress=progress)
     readable, failed = _per_image(lst, results)
     _same_pixels(readable, lst.errors, lst.warnings)
@@ -206,7 +223,7 @@ def check_data(
         "modes": dict(Counter(i[1] for i in infos).most_common()),
         "formats": dict(Counter(i[0] for i in infos).most_common()),
         "seconds": round(time.perf_counter() - start, 2),
-    }
+    } | ({"groups": grouping} if grouping else {})
     if applied is not None:
         summary["fixes"] = applied
     order = {k: i for i, k in enumerate(_KIND_ORDER)}
@@ -320,6 +337,7 @@ _KIND_ORDER = (
     "empty-class",
     "duplicate-across-labels",
     "leak-across-splits",
+    "group-leak",
     "extension-mismatch",
     "duplicate",
     "class-imbalance",
@@ -408,8 +426,35 @@ def _list_csv(path: Path) -> _Listing:
     for s, split in src.splits.items():
         for p, y in zip(split.paths, split.labels):
             lst.items.append(_Item(s, src.classes[y], p, _shown(p, lst.base)))
+        for c, cells in (split.columns or {}).items():
+            lst.columns.setdefault(c, []).extend(cells)
     lst.files = len(lst.items)
     return lst
+
+
+def _group_leaks(lst: _Listing, group_by: str) -> dict:
+    """--group-by: a `group-leak` error per group on more than one split; what the summary says of the groups."""
+    by = parse_group_by(group_by, lst.columns, where=str(lst.base))
+    splits = sorted({it.split for it in lst.items}, key=_split_order)
+    index = {s: [i for i, it in enumerate(lst.items) if it.split == s] for s in splits}
+    keyed = {
+        s: group_keys([lst.items[i].shown for i in mine], by, {c: [v[i] for i in mine] for c, v in lst.columns.items()})
+        for s, mine in index.items()
+    }
+    check_matched(by, keyed, where=str(lst.base))
+    members: dict[str, list[str]] = defaultdict(list)
+    for s, mine in index.items():
+        for k, i in zip(keyed[s].keys, mine):
+            members[k].append(lst.items[i].shown)
+    for k, on in leaked_groups({s: g.keys for s, g in keyed.items()}).items():
+        detail = (
+            f"group '{k}' ({by.describe()}) is in {' and '.join(on)}: scores on {' and '.join(on[1:])} will be "
+            "optimistic; move its images to one split"
+        )
+        lst.errors.append(Finding("group-leak", members[k], detail, group=k))
+    summary = grouping_summary(group_by, keyed, carved=False)
+    summary["own_notes"] = [g.own_note(s) for s, g in keyed.items() if g.own]  # each a group of its own
+    return summary
 
 
 def _decode_all(paths: list[str], *, workers: int | None, progress: bool) -> list[tuple[str, object]]:

@@ -25,6 +25,7 @@ from imgclf.core.errors import DataError, did_you_mean
 from imgclf.core.escape import csv_cell, csv_value
 from imgclf.core.fileio import atomic_open, open_text, user_cache_home
 from imgclf.data.cifar import read_cifar
+from imgclf.data.groups import grouped_split, grouping_summary, keyed_groups, merge_groups
 
 # torchvision's list plus GIF: anything PIL reads that people keep photos in.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -50,6 +51,7 @@ class Split:
     paths: list[str] | None = None
     arrays: np.ndarray | None = None
     ids: list[str] | None = None  # names for in-memory images, e.g. "digits:17"
+    columns: dict[str, list[str]] | None = None  # a CSV manifest's other columns, a cell per image (--group-by)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,6 +69,7 @@ class Split:
             paths=[self.paths[i] for i in idx] if self.paths is not None else None,
             arrays=self.arrays[idx] if self.arrays is not None else None,
             ids=[self.ids[i] for i in idx] if self.ids is not None else None,
+            columns={k: [v[i] for i in idx] for k, v in self.columns.items()} if self.columns is not None else None,
         )
 
 
@@ -80,6 +83,11 @@ class DataSource:
     val_origin: str = "folder"
     notes: list[str] = field(default_factory=list)
     fixes: dict | None = None  # what --apply-fixes did to the splits (data/fixes.Applied.record())
+    grouping: dict | None = None  # --group-by: how many groups, and how many the split puts on both sides
+
+    def base(self) -> str | None:
+        """The folder that images' paths are shown relative to (the data folder, or the CSV's); None in memory."""
+        return {"folder": self.location, "csv": os.path.dirname(self.location)}.get(self.kind)
 
     def held_out_split(self) -> str:
         """The split a trained model is measured on when the user names none: test where the data has one, else
@@ -136,9 +144,12 @@ def open_source(
     seed: int = 0,
     download: bool = True,
     carve: bool = True,
+    group_by: str | None = None,
 ) -> DataSource:
-    """Resolve `--data` into a DataSource with at least `train` and `val` splits (`carve` False: a source without
-    a val split is returned as it is, for the caller to change, e.g. apply fixes, before it carves one)."""
+    """Resolve `--data` into a DataSource with at least `train` and `val` splits. `group_by` (a CSV column or a
+    pattern over the paths, data/groups.py): a carved validation split keeps each group on one side; an existing
+    one is left as it is, and `grouping` says which groups it puts on both sides. `carve` False: the source is
+    returned before any of that, for the caller to change (apply fixes) and then call `finish_split`."""
     if data is None or str(data).strip() == "":
         raise DataError("no data given: pass --data with a folder, a CSV file, or one of " + ", ".join(BUILTIN))
     data = str(data)
@@ -164,9 +175,37 @@ def open_source(
             src = csv_source(path)
         else:
             src = _folder_source(path)
-    if carve and "val" not in src.splits:
-        carve_validation(src, val_fraction=val_fraction, seed=seed)
+    if carve:
+        finish_split(src, val_fraction=val_fraction, seed=seed, group_by=group_by)
     return src
+
+
+def finish_split(
+    src: DataSource, *, val_fraction: float, seed: int, group_by: str | None = None, clusters=None
+) -> None:
+    """The validation split of an opened source: carved from train where the data has none, by `group_by`'s groups
+    (data/groups.py) merged with `clusters` (a near-duplicate cluster per train image or None, from fixes.csv), so
+    that images either one links stay on one side."""
+    clusters = clusters if clusters and any(c is not None for c in clusters) else None
+    if group_by is not None:
+        apply_group_by(src, group_by, val_fraction=val_fraction, seed=seed, clusters=clusters)
+    elif "val" not in src.splits:
+        groups = merge_groups(clusters, clusters) if clusters else None
+        carve_validation(src, val_fraction=val_fraction, seed=seed, groups=groups)
+
+
+def apply_group_by(src: DataSource, group_by: str, *, val_fraction: float, seed: int, clusters=None) -> None:
+    """--group-by: the groups of every split, checked before any work; validation carved by group where the data
+    has none (each group joined with the near-duplicate `clusters` its images are in), or the groups that its own
+    split puts on both sides counted (`src.grouping`, a note)."""
+    keyed = keyed_groups(src, group_by)
+    carved = "val" not in src.splits
+    if carved:
+        keys = keyed["train"].keys if clusters is None else merge_groups(keyed["train"].keys, clusters)
+        carve_validation(src, val_fraction=val_fraction, seed=seed, groups=keys)
+        keyed = keyed_groups(src, group_by)  # counted again on the sides as carved: the record checks the split
+    src.grouping = grouping_summary(group_by, keyed, carved=carved)
+    src.notes.extend(g.own_note(n) for n, g in keyed.items() if g.own)
 
 
 # ----------------------------------------------------------------------------------------------- folders
@@ -248,6 +287,7 @@ def csv_source(path: Path) -> DataSource:
     path = path.resolve()
     base = path.parent
     rows_by_split: dict[str, list[tuple[str, str]]] = {}
+    cells_by_split: dict[str, list[dict]] = {}  # the other columns' cells (--group-by COLUMN reads them)
     with open_text(str(path), "CSV", fix="save it as UTF-8 (path,label[,split])", newline="", error=DataError) as f:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
@@ -256,6 +296,7 @@ def csv_source(path: Path) -> DataSource:
                 f"CSV '{path}' needs a header with columns path,label (and optionally split); it has: {', '.join(cols) or 'no header'}"
             )
         reader.fieldnames = cols
+        extra = [c for c in cols if c and c not in ("path", "label", "split")]
         for n, row in enumerate(reader, start=2):
             p, label = csv_value((row.get("path") or "").strip()), csv_value((row.get("label") or "").strip())
             if not p or not label:
@@ -268,6 +309,7 @@ def csv_source(path: Path) -> DataSource:
                 )
             full = p if os.path.isabs(p) else str(base / p)
             rows_by_split.setdefault(canon, []).append((full, label))
+            cells_by_split.setdefault(canon, []).append({c: csv_value((row.get(c) or "").strip()) for c in extra})
     if "train" not in rows_by_split:
         raise DataError(f"CSV '{path}' has no training rows: give rows with split 'train' (or no split column)")
     classes = sorted({label for rows in rows_by_split.values() for _, label in rows})
@@ -280,6 +322,9 @@ def csv_source(path: Path) -> DataSource:
         s: Split(s, [index[label] for _, label in rows], paths=[p for p, _ in rows])
         for s, rows in rows_by_split.items()
     }
+    if extra:
+        for s, split in splits.items():
+            split.columns = {c: [cells[c] for cells in cells_by_split[s]] for c in extra}
     return DataSource("csv", str(path), classes, splits)
 
 
@@ -310,12 +355,20 @@ def _cifar_source(name: str, root: str, *, download: bool) -> DataSource:
 # ----------------------------------------------------------------------------------------------- splitting
 
 
-def carve_validation(src: DataSource, *, val_fraction: float, seed: int) -> None:
-    """Stratified, seeded split of `train` into `train` + `val` (in place). Same inputs, same split."""
+def carve_validation(src: DataSource, *, val_fraction: float, seed: int, groups=None) -> None:
+    """Stratified, seeded split of `train` into `train` + `val` (in place). Same inputs, same split. `groups` (a
+    key per training image, data/groups.py): every group wholly on one side, stratified as far as groups allow."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(
             f"--val-fraction must be between 0 and 1 (got {val_fraction}); e.g. 0.2 keeps 20% for validation"
         )
+    if groups is not None:
+        train = src.splits["train"]
+        tr, va, how = grouped_split(train.labels, groups, src.classes, val_fraction=val_fraction, seed=seed)
+        src.splits["train"], src.splits["val"] = train.subset(tr, "train"), train.subset(va, "val")
+        src.val_origin = "carved"
+        src.notes.append(f"validation: {len(va)} images carved from train ({how})")
+        return
     from sklearn.model_selection import train_test_split  # noqa: PLC0415 - heavy: only to carve validation
 
     train = src.splits["train"]

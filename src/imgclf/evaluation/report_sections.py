@@ -107,6 +107,7 @@ def _split_counts(f: Folder) -> str | None:
             val_fraction=cfg.get("val_fraction", 0.2),
             seed=cfg.get("seed", 0),
             download=False,
+            group_by=cfg.get("group_by"),
         )
     except Exception as e:  # moved or deleted since the run: the rest of the summary still stands
         return f"not counted ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

@@ -18,7 +18,7 @@ from imgclf.core.progress import progress
 from imgclf.data.feed import make_feed
 from imgclf.data.fixes import apply_fixes, read_fixes
 from imgclf.data.pipeline import default_workers
-from imgclf.data.sources import carve_validation, open_source
+from imgclf.data.sources import finish_split, open_source
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def open_model_data(
     None: the data's held-out split (`DataSource.held_out_split`: test where there is one, else val). `fixes`: a
     fixes.csv applied to every split before validation is carved (`source.fixes` records what it did)."""
     cfg = config or {}
-    own = data is None
     data = data or cfg.get("data")
+    own = data == cfg.get("data")  # the run's own data: its split carved again as training carved it
     if not data:
         raise DataError("no --data given and the model does not record its data: pass --data")
     val_fraction, seed = cfg.get("val_fraction", 0.2), cfg.get("seed", 0)
@@ -80,10 +80,9 @@ def open_model_data(
     what = "--apply-fixes"
     if not fixes and own and cfg.get("apply_fixes"):  # the data as the model was trained on it
         fixes, what = cfg["apply_fixes"], "the model's --apply-fixes"
-    if fixes:
-        apply_fixes(src, read_fixes(fixes, src.classes, what=what))
-    if "val" not in src.splits:
-        carve_validation(src, val_fraction=val_fraction, seed=seed)
+    applied = apply_fixes(src, read_fixes(fixes, src.classes, what=what)) if fixes else None
+    group_by = cfg.get("group_by") if own else None
+    finish_split(src, val_fraction=val_fraction, seed=seed, group_by=group_by, clusters=applied and applied.clusters)
     return src, src.split(split or src.held_out_split())
 
 

@@ -56,6 +56,11 @@ class TrainConfig:
         "a fixes.csv (`imgclf check --deep --fixes F` writes one; review and edit it): drop and relabel the images it names before validation is carved, the data's files untouched; the run keeps a copy of the rows applied (fixes_applied.csv) and results.json records them",
         metavar="FIXES_CSV",
     )
+    group_by: str | None = opt(
+        None,
+        "keep groups of images on one side of the carved validation split: a column of the CSV manifest naming each image's group (patient, video, object), or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group; with the data's own val split, the groups it puts on both sides are reported",
+        metavar="COLUMN|REGEX",
+    )
     # model
     model: str = opt("resnet18", "model name; `imgclf models` lists them")
     pretrained: bool = opt(False, "start from ImageNet weights (the head is replaced for the data's classes)")

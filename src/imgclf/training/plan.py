@@ -30,6 +30,7 @@ from imgclf.core.errors import UsageError
 from imgclf.data.balance import choose_balance
 from imgclf.data.feed import FastFeed, LoaderFeed
 from imgclf.data.fixes import Applied, read_fixes
+from imgclf.data.groups import check_group_by
 from imgclf.data.pipeline import default_workers
 from imgclf.data.sources import DataSource
 from imgclf.models.checkpoint import load_checkpoint
@@ -130,6 +131,8 @@ def resolve(config=None, options: dict | None = None, *, world: distributed.Worl
     spec = check_options(cfg, resume, get_spec)
     if cfg.apply_fixes:
         read_fixes(cfg.apply_fixes)  # the file and every row, before any work (a relabel's class: once data is listed)
+    if cfg.group_by is not None:  # a column of the manifest, or a pattern that compiles; matched once listed
+        check_group_by(cfg.group_by, cfg.data)
     cfg = derived_defaults(cfg)
     world = world or distributed.world_from_env()
     check_position(resume, world, cfg.resume)

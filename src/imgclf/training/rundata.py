@@ -14,7 +14,7 @@ from imgclf.core.escape import csv_value
 from imgclf.data.feed import make_feed
 from imgclf.data.fixes import Applied, apply_fixes, read_fixes
 from imgclf.data.pipeline import common_size, resolve_preprocess
-from imgclf.data.sources import carve_validation, open_source
+from imgclf.data.sources import finish_split, open_source
 from imgclf.training.fits import check_run_memory
 from imgclf.training.plan import RunData, RunPlan
 
@@ -63,6 +63,7 @@ def open_run_data(plan: RunPlan) -> RunData:
         log.info("%s", note)
     if fixes is not None and fixes.warning:
         log.warning("%s", fixes.warning)
+    warn_group_leaks(src.grouping)
     return RunData(src, prep, feeds["train"], feeds["val"], left_out, src.fingerprint(), opened_at, fixes)
 
 
@@ -74,12 +75,17 @@ def open_checked_source(cfg):
 
 def open_fixed_source(cfg) -> tuple:
     """(the source, what --apply-fixes did to it or None): open_checked_source's source, with the fixes applied to
-    every split before validation is carved from train."""
+    every split before validation is carved from train (by --group-by's groups and the fixes' near-duplicate
+    clusters, each kept on one side)."""
     src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed, carve=False)
     fixes = apply_fixes(src, read_fixes(cfg.apply_fixes, src.classes), warn=False) if cfg.apply_fixes else None
-    if "val" not in src.splits:
-        # TODO(merge): carve_validation(..., groups=fixes.groups) once data/groups.py's group-aware carving is in
-        carve_validation(src, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    finish_split(
+        src,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        group_by=cfg.group_by,
+        clusters=fixes.clusters if fixes is not None else None,
+    )
     if len(src.classes) < 2:
         raise DataError(
             f"{src.location} has one class, '{src.classes[0]}': a classifier needs at least two; "
@@ -101,6 +107,21 @@ def check_same_fixes_applied(resume: str, fixes: Applied | None) -> None:
             f"rows applied, the file now gives {len(fixes.rows)}{' others' if len(before) == len(fixes.rows) else ''}): "
             "restore the file to resume, or start a new run with it"
         )
+
+
+def warn_group_leaks(grouping: dict | None) -> None:
+    """--group-by on data with its own val split: that split is kept, and the groups it puts on both sides said."""
+    if not grouping or not grouping["on_several_splits"]:
+        return
+    log.warning(
+        "--group-by %s: the data's own split puts %d of its %d groups on more than one split (e.g. %s): "
+        "validation scores will be optimistic; move each group to one split (`imgclf check DATA --group-by` "
+        "lists them), or remove the val split and let imgclf carve one by group",
+        grouping["by"],
+        grouping["on_several_splits"],
+        grouping["groups"],
+        ", ".join(f"'{g}'" for g in grouping["examples"]),
+    )
 
 
 def preprocess_for(plan: RunPlan, src) -> Preprocess:

@@ -475,6 +475,15 @@ def describe(trainer: Trainer) -> None:
     rd.info("run directory: %s", rd.path)
     splits = (src.location, len(src.classes), len(src.splits["train"]), len(src.splits["val"]))
     rd.info("data: %s (%d classes; train %d, val %d images), preprocessing %s", *splits, data.preprocess.to_dict())
+    if src.grouping:
+        g = src.grouping
+        rd.info(
+            "groups (--group-by %s): %d; %s; on more than one split: %d",
+            g["by"],
+            g["groups"],
+            ", ".join(f"{k} {n}" for k, n in g["per_split"].items()),
+            g["on_several_splits"],
+        )
     if data.left_out:
         rd.warning("left out %d unreadable files:", len(data.left_out))
         for split, p, r in data.left_out[:20]:

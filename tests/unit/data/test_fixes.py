@@ -11,7 +11,7 @@ import pytest
 
 from imgclf.core.errors import UsageError
 from imgclf.data.fixes import COLUMNS, FixRow, apply_fixes, read_fixes, write_applied, write_fixes
-from imgclf.data.sources import open_source
+from imgclf.data.sources import finish_split, open_source
 
 
 def _write(path, text: str) -> str:
@@ -173,3 +173,32 @@ def test_a_failed_write_leaves_no_half_written_file(tmp_path):
     with pytest.raises(TypeError):  # astuple of a non-dataclass
         write_fixes(rows, str(out))
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_near_duplicate_clusters_stay_on_one_side_of_the_carved_split(tmp_path):
+    """fixes.csv's `group` column (near-duplicate clusters, action keep) is honoured by the split imgclf carves:
+    every cluster wholly in train or wholly in val, for any seed; without the fixes the same pairs are split."""
+    src = open_source("digits", carve=False)
+    train = src.splits["train"]
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(train.labels):
+        by_class.setdefault(y, []).append(i)
+    pairs = [tuple(ids[2 * k : 2 * k + 2]) for ids in by_class.values() for k in range(15)]
+    rows = [
+        FixRow(train.describe(i), "near-duplicate", "keep", src.classes[train.labels[i]], "", 0.01, f"nd-{n}", "")
+        for n, pair in enumerate(pairs)
+        for i in pair
+    ]
+    write_fixes(rows, str(tmp_path / "fixes.csv"))
+    names = [(train.describe(a), train.describe(b)) for a, b in pairs]
+
+    def split_pairs(seed: int, with_fixes: bool) -> int:
+        s = open_source("digits", carve=False)
+        applied = apply_fixes(s, read_fixes(str(tmp_path / "fixes.csv"), s.classes)) if with_fixes else None
+        finish_split(s, val_fraction=0.2, seed=seed, clusters=applied.clusters if applied else None)
+        val = set(s.splits["val"].ids)
+        return sum((a in val) != (b in val) for a, b in names)
+
+    for seed in range(4):
+        assert split_pairs(seed, True) == 0
+    assert sum(split_pairs(seed, False) for seed in range(4)) > 0  # the test can fail: a plain split cuts pairs

@@ -107,7 +107,7 @@ def summary(trainer, bm: dict, train_seconds: float) -> dict:
         "balance": plan.balance,
         "data_fingerprint": data.fingerprint,
         "world_size": plan.world.size,
-    }
+    } | ({"groups": data.source.grouping} if data.source.grouping else {})
 
 
 def calibration(trainer, best_path: str) -> dict:
