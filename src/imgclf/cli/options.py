@@ -267,7 +267,10 @@ class ActiveSimOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckOptions(Console):
-    data: str = opt(help="folder of class folders (with or without train/val/test)", positional=True)
+    data: str = opt(
+        help="folder of class folders (with or without train/val/test), a CSV manifest, or cifar10, cifar100, digits",
+        positional=True,
+    )
     json: bool = JSON.field(help="print the report as JSON")
     workers: int | None = opt(None, "decoding processes (default: all cores)", ge=1)
     apply_fixes: str | None = opt(
@@ -280,6 +283,7 @@ class CheckOptions(Console):
         "report groups of images found on more than one split (group-leak): a column of the CSV manifest naming each image's group, or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group",
         metavar="COLUMN|REGEX",
     )
+    data_root: str | None = DATA_ROOT.field()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ def check_command(o: CheckOptions) -> int:
         progress=not o.quiet and sys.stderr.isatty(),
         fixes=o.apply_fixes,
         group_by=o.group_by,
+        data_root=o.data_root,
     )
     print(json.dumps(report.to_dict(), indent=2) if o.json else report.format_text())
     return 0 if report.ok else 1

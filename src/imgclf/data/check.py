@@ -2,7 +2,11 @@
 
 Every image is fully decoded (a JPEG cut in half opens fine and only fails on decode) and hashed by its
 decoded pixels, so byte copies and re-encoded copies with other metadata both count as the same image.
-Paths in findings are relative to the data folder (or to the CSV's folder).
+Paths in findings are relative to the data folder (or to the CSV's folder); an in-memory image of a named data
+set (digits, cifar10, cifar100) is shown by its id (`cifar10:train:17`) and hashed by its pixels the same way.
+
+`inspect_data` is the listing and the one decode pass (with each image's perceptual hash when asked, for the
+deep checks' near-duplicates); `check_data` is the report built from it (`report_of`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import time
 import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -28,7 +34,9 @@ from imgclf.data.balance import SAMPLER_FROM, imbalance_ratio
 from imgclf.data.fixes import plan_rows, read_fixes
 from imgclf.data.groups import check_matched, group_keys, grouping_summary, leaked_groups, parse_group_by
 from imgclf.data.images import BadShape, UnreadableImage, check_pixels, check_shape, load_image, max_pixels, to_rgb
-from imgclf.data.sources import csv_source, find_split_dirs, is_image_name
+from imgclf.data.phash import phash as perceptual_hash
+from imgclf.data.phash import phash_array
+from imgclf.data.sources import DataSource, csv_source, find_split_dirs, is_image_name, named_source
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +163,25 @@ class CheckReport:
 
 
 @dataclass
-class _Item:
+class Item:
+    """One image of the listing."""
+
     split: str
     label: str
-    path: str  # absolute, for decoding
-    shown: str  # relative, for findings
+    path: str  # absolute, for decoding (an in-memory image: its id)
+    shown: str  # relative, for findings (an in-memory image: its id)
+    array: np.ndarray | None = field(default=None, repr=False)  # an in-memory image's pixels, H x W x 3 uint8
+
+
+class ImageInfo(NamedTuple):
+    """What the decode pass found in a readable image."""
+
+    format: str  # PIL's format name ("array" for an in-memory image)
+    mode: str
+    width: int
+    height: int
+    digest: bytes  # of the decoded RGB pixels and the size: equal for exact pixel duplicates
+    phash: int | None = None  # the 64-bit perceptual hash (data/phash.py), when asked for
 
 
 @dataclass
@@ -167,7 +189,7 @@ class _Listing:
     layout: str  # splits | classes | csv
     base: Path  # findings show paths relative to this
     split_dirs: dict[str, Path] = field(default_factory=dict)
-    items: list[_Item] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
     classes: set[str] = field(default_factory=set)
     errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
@@ -180,6 +202,69 @@ class _Listing:
         return _shown(self.split_dirs[split] / cls, self.base) if split in self.split_dirs else f"{split}:{cls}"
 
 
+@dataclass
+class Inspected:
+    """The listing and the one decode pass over it: what `check` reports from, and what the deep checks take
+    (the items, which are readable, each one's pixel digest and perceptual hash) without decoding again."""
+
+    data: str  # as the report names it: the resolved folder or CSV, or the data set's name
+    listing: _Listing
+    results: list[tuple[str, object]]  # per item: ("ok", ImageInfo) or (error kind, reason)
+    started: float = 0.0  # perf_counter at the start, for the report's seconds
+    fixes: dict | None = None  # what --apply-fixes did to the listing, for the summary
+    grouping: dict | None = None  # --group-by's summary
+
+    @property
+    def items(self) -> list[Item]:
+        return self.listing.items
+
+    @property
+    def readable(self) -> list[bool]:
+        return [status == "ok" for status, _ in self.results]
+
+    @property
+    def infos(self) -> list[ImageInfo | None]:
+        return [info if status == "ok" else None for status, info in self.results]
+
+    @property
+    def hashes(self) -> list[int | None]:
+        """Each item's perceptual hash (None: unreadable, or not asked for)."""
+        return [i.phash if i is not None else None for i in self.infos]
+
+    @property
+    def digests(self) -> list[bytes | None]:
+        """Each item's pixel digest (None: unreadable): equal digests are the exact duplicates check reports."""
+        return [i.digest if i is not None else None for i in self.infos]
+
+
+def inspect_data(
+    data: str,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    phash: bool = False,
+    fixes: str | None = None,
+    group_by: str | None = None,
+    data_root: str | None = None,
+) -> Inspected:
+    """List `data` (a folder, a CSV manifest, or digits/cifar10/cifar100 by name) and decode every image once;
+    `phash`: also each image's perceptual hash. `fixes` and `group_by`: as `check_data` takes them."""
+    start = time.perf_counter()
+    src = named_source(str(data), data_root=data_root)
+    if src is not None:
+        lst, shown_as = _list_named(src), src.kind
+    else:
+        path = Path(str(data)).expanduser()
+        lst, shown_as = _list_data(path, data), str(path.resolve())
+    applied = _apply_fixes(lst, fixes) if fixes else None
+    grouping = _group_leaks(lst, group_by) if group_by is not None else None  # refused before any decoding
+    if src is not None:
+        results = [_inspect_array(it.array, phash) for it in lst.items]
+    else:
+        results = _decode_all([it.path for it in lst.items], workers=workers, progress=progress, phash=phash)
+    return Inspected(shown_as, lst, results, start, applied, grouping)
+
+
 def check_data(
     data: str,
     *,
@@ -187,18 +272,23 @@ def check_data(
     progress: bool = False,
     fixes: str | None = None,
     group_by: str | None = None,
+    phash: bool = False,
+    data_root: str | None = None,
 ) -> CheckReport:
     """Decode every image under `data`; errors are what would break or falsify training, warnings what may spoil it.
     `fixes`: a fixes.csv; the data is checked as it would be with it (dropped images skipped, relabelled ones
     under their new label), the files untouched. `group_by` (data/groups.py): a group on more than one split is a
-    `group-leak` error."""
-    start = time.perf_counter()
-    path = Path(str(data)).expanduser()
-    lst = _list_data(path, data)
-    applied = _apply_fixes(lst, fixes) if fixes else None
-    grouping = _group_leaks(lst, group_by) if group_by is not None else None  # refused before any decoding
-    results = _decode_all([it.path for it in lst.items], workers=workers, progress=progress)
-    readable, failed = _per_image(lst, results)
+    `group-leak` error. `data` may also be digits, cifar10 or cifar100 (`data_root`: where cifar lives)."""
+    ins = inspect_data(
+        data, workers=workers, progress=progress, phash=phash, fixes=fixes, group_by=group_by, data_root=data_root
+    )
+    return report_of(ins)
+
+
+def report_of(ins: Inspected) -> CheckReport:
+    """The check's report of an inspection (the listing's own findings are copied, not changed)."""
+    lst = replace(ins.listing, errors=list(ins.listing.errors), warnings=list(ins.listing.warnings))
+    readable, failed = _per_image(lst, ins.results)
     _same_pixels(readable, lst.errors, lst.warnings)
 
     classes = sorted(lst.classes)
@@ -222,13 +312,13 @@ def check_data(
         "image_size": _size_summary(infos),
         "modes": dict(Counter(i[1] for i in infos).most_common()),
         "formats": dict(Counter(i[0] for i in infos).most_common()),
-        "seconds": round(time.perf_counter() - start, 2),
-    } | ({"groups": grouping} if grouping else {})
-    if applied is not None:
-        summary["fixes"] = applied
+        "seconds": round(time.perf_counter() - ins.started, 2),
+    } | ({"groups": ins.grouping} if ins.grouping else {})
+    if ins.fixes is not None:
+        summary["fixes"] = ins.fixes
     order = {k: i for i, k in enumerate(_KIND_ORDER)}
     key = lambda f: (order.get(f.kind, len(order)), f.paths)  # noqa: E731
-    return CheckReport(str(path.resolve()), sorted(lst.errors, key=key), sorted(lst.warnings, key=key), summary)
+    return CheckReport(ins.data, sorted(lst.errors, key=key), sorted(lst.warnings, key=key), summary)
 
 
 def _list_data(path: Path, data: str) -> _Listing:
@@ -260,7 +350,7 @@ def _apply_fixes(lst: _Listing, path: str) -> dict:
             continue
         to = next((r.to for r in rows if r.action == "relabel"), it.label)
         relabelled += to != it.label
-        items.append(_Item(it.split, to, it.path, it.shown))
+        items.append(Item(it.split, to, it.path, it.shown, it.array))
     lst.items = items
     unmatched = sum(len(rows) for k, rows in by_key.items() if k not in matched)
     if unmatched:
@@ -274,10 +364,10 @@ def _apply_fixes(lst: _Listing, path: str) -> dict:
     }
 
 
-def _per_image(lst: _Listing, results: list[tuple[str, object]]) -> tuple[list[tuple[_Item, tuple]], Counter]:
+def _per_image(lst: _Listing, results: list[tuple[str, object]]) -> tuple[list[tuple[Item, tuple]], Counter]:
     """(the readable items with what decoding found, failures by (split, class)); what is wrong with each file
     goes to the listing's errors and warnings."""
-    readable: list[tuple[_Item, tuple]] = []
+    readable: list[tuple[Item, tuple]] = []
     failed: Counter = Counter()
     for it, (status, info) in zip(lst.items, results):
         if status != "ok":
@@ -285,7 +375,7 @@ def _per_image(lst: _Listing, results: list[tuple[str, object]]) -> tuple[list[t
             failed[(it.split, it.label)] += 1
             continue
         readable.append((it, info))
-        fmt, _, w, h, _ = info
+        fmt, w, h = info.format, info.width, info.height
         ext = os.path.splitext(it.path)[1].lower()
         if ext in _FORMATS_BY_EXT and fmt not in _FORMATS_BY_EXT[ext]:
             lst.warnings.append(Finding("extension-mismatch", [it.shown], f"named {ext} but the file is {fmt}"))
@@ -312,7 +402,7 @@ def _empty_classes(lst: _Listing, per_split: dict[str, dict[str, int]], failed: 
                 )
 
 
-def _imbalance(lst: _Listing, readable: list[tuple[_Item, tuple]], per_split: dict) -> float | None:
+def _imbalance(lst: _Listing, readable: list[tuple[Item, tuple]], per_split: dict) -> float | None:
     """The train split's imbalance ratio (largest class / smallest); a warning from IMBALANCE_WARN_RATIO."""
     train = {c: n for c, n in per_split.get("train", {}).items() if n}
     ratio = imbalance_ratio(it.label for it, _ in readable if it.split == "train")
@@ -413,7 +503,7 @@ def _walk_class(lst: _Listing, split: str, folder: Path) -> None:
             full = os.path.join(dirpath, f)
             lst.files += 1
             if is_image_name(f):
-                lst.items.append(_Item(split, folder.name, full, _shown(full, lst.base)))
+                lst.items.append(Item(split, folder.name, full, _shown(full, lst.base)))
             else:
                 lst.warnings.append(
                     Finding("non-image-file", [_shown(full, lst.base)], "no image extension: it is ignored")
@@ -425,11 +515,31 @@ def _list_csv(path: Path) -> _Listing:
     lst = _Listing("csv", path.parent, classes=set(src.classes))
     for s, split in src.splits.items():
         for p, y in zip(split.paths, split.labels):
-            lst.items.append(_Item(s, src.classes[y], p, _shown(p, lst.base)))
+            lst.items.append(Item(s, src.classes[y], p, _shown(p, lst.base)))
         for c, cells in (split.columns or {}).items():
             lst.columns.setdefault(c, []).extend(cells)
     lst.files = len(lst.items)
     return lst
+
+
+def _list_named(src: DataSource) -> _Listing:
+    """A named data set's splits as they are (no validation carved): images in memory, shown by their ids."""
+    lst = _Listing("dataset", Path(src.location), classes=set(src.classes))
+    for s, split in src.splits.items():
+        for i, y in enumerate(split.labels):
+            name = split.describe(i)
+            lst.items.append(Item(s, src.classes[y], name, name, split.arrays[i]))
+    lst.files = len(lst.items)
+    return lst
+
+
+def _inspect_array(pixels: np.ndarray, phash: bool) -> tuple[str, ImageInfo]:
+    """An in-memory image as `_inspect` sees a file: digested by its size and RGB pixels."""
+    rgb = np.ascontiguousarray(pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=-1))
+    h, w = rgb.shape[:2]
+    digest = hashlib.blake2b(f"{w}x{h}".encode(), digest_size=16)
+    digest.update(rgb.tobytes())
+    return "ok", ImageInfo("array", "RGB", w, h, digest.digest(), phash_array(rgb) if phash else None)
 
 
 def _group_leaks(lst: _Listing, group_by: str) -> dict:
@@ -457,13 +567,13 @@ def _group_leaks(lst: _Listing, group_by: str) -> dict:
     return summary
 
 
-def _decode_all(paths: list[str], *, workers: int | None, progress: bool) -> list[tuple[str, object]]:
+def _decode_all(paths: list[str], *, workers: int | None, progress: bool, phash: bool) -> list[tuple[str, object]]:
     n = workers or os.cpu_count() or 1
     out: list[tuple[str, object]] = []
     with tqdm(total=len(paths), desc="check", unit="img", file=sys.stderr, disable=not progress) as bar:
         if n <= 1 or len(paths) < SERIAL_BELOW:
             for p in paths:
-                out.append(_inspect(p, max_pixels()))
+                out.append(_inspect(p, max_pixels(), phash))
                 bar.update()
             return out
         # Processes, not threads: decoding tiny JPEGs is GIL-bound (threads were slower on CIFAR-10: see
@@ -471,15 +581,15 @@ def _decode_all(paths: list[str], *, workers: int | None, progress: bool) -> lis
         # Chunks amortise the pickling, but stay small enough that a few large photos spread over all workers.
         chunk = max(1, min(256, len(paths) // (n * 8)))
         with ProcessPoolExecutor(n) as ex:
-            for r in ex.map(_inspect, paths, itertools.repeat(max_pixels()), chunksize=chunk):
+            for r in ex.map(_inspect, paths, itertools.repeat(max_pixels()), itertools.repeat(phash), chunksize=chunk):
                 out.append(r)
                 bar.update()
     return out
 
 
-def _inspect(path: str, limit: int) -> tuple[str, object]:
-    """("ok", (format, mode, width, height, pixel hash)) or (error kind, reason). Runs in worker processes;
-    `limit`: the pixel limit (--max-pixels), passed along as a worker may not share this process's."""
+def _inspect(path: str, limit: int, phash: bool = False) -> tuple[str, object]:
+    """("ok", ImageInfo) or (error kind, reason). Runs in worker processes; `limit`: the pixel limit
+    (--max-pixels), passed along as a worker may not share this process's; `phash`: also the perceptual hash."""
     try:
         if os.path.getsize(path) == 0:
             return "zero-byte", "zero-byte file"
@@ -510,7 +620,7 @@ def _inspect(path: str, limit: int) -> tuple[str, object]:
     w, h = rgb.size
     digest = hashlib.blake2b(f"{w}x{h}".encode(), digest_size=16)
     digest.update(rgb.tobytes())
-    return "ok", (fmt, mode, w, h, digest.digest())
+    return "ok", ImageInfo(fmt, mode, w, h, digest.digest(), perceptual_hash(rgb) if phash else None)
 
 
 def _error_kind(reason: str) -> str:
@@ -523,8 +633,8 @@ def _error_kind(reason: str) -> str:
     return "unreadable"
 
 
-def _same_pixels(readable: list[tuple[_Item, tuple]], errors: list[Finding], warns: list[Finding]) -> None:
-    groups: dict[bytes, list[_Item]] = defaultdict(list)
+def _same_pixels(readable: list[tuple[Item, tuple]], errors: list[Finding], warns: list[Finding]) -> None:
+    groups: dict[bytes, list[Item]] = defaultdict(list)
     for it, info in readable:
         groups[info[4]].append(it)
     for members in groups.values():

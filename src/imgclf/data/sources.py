@@ -153,13 +153,8 @@ def open_source(
     if data is None or str(data).strip() == "":
         raise DataError("no data given: pass --data with a folder, a CSV file, or one of " + ", ".join(BUILTIN))
     data = str(data)
-    key = data.lower().replace("-", "").replace("_", "")
-    if key in BUILTIN and not os.path.exists(data):
-        if key == "digits":
-            src = _digits_source()
-        else:
-            src = _cifar_source(key, data_root or default_data_root(), download=download)
-    else:
+    src = named_source(data, data_root=data_root, download=download)
+    if src is None:
         path = Path(data).expanduser()
         if not path.exists():
             hint = did_you_mean(data, BUILTIN)
@@ -206,6 +201,17 @@ def apply_group_by(src: DataSource, group_by: str, *, val_fraction: float, seed:
         keyed = keyed_groups(src, group_by)  # counted again on the sides as carved: the record checks the split
     src.grouping = grouping_summary(group_by, keyed, carved=carved)
     src.notes.extend(g.own_note(n) for n, g in keyed.items() if g.own)
+
+
+def named_source(data: str, *, data_root: str | None = None, download: bool = True) -> DataSource | None:
+    """The built-in data set `data` names (cifar10, cifar100, digits; an existing path of that name wins) with
+    its own splits only, no validation carved; None when `data` names none."""
+    key = str(data).lower().replace("-", "").replace("_", "")
+    if key not in BUILTIN or os.path.exists(data):
+        return None
+    if key == "digits":
+        return _digits_source()
+    return _cifar_source(key, data_root or default_data_root(), download=download)
 
 
 # ----------------------------------------------------------------------------------------------- folders
