@@ -5,7 +5,7 @@ A folder of train/ and val/ class folders is built (symlinks) from training imag
 train = 10,000 training images and val = 2,000 other training images; on hymenoptera, its own train/ and val/.
 Into val go altered copies of training photos (by default 50 of each kind, each from another photo, in the
 photo's class): `jpeg40` (re-saved at JPEG quality 40), `resize80` (80% of the width and height, Lanczos),
-`crop10` (a crop of 90% of the width and height at a random offset) and `bright` (brightness x1.1 or x0.9);
+`crop10` (a crop of 90% of the width and height at a random offset; `--crop-keep 0.95`: a tenth of the area) and `bright` (brightness x1.1 or x0.9);
 all but `jpeg40` saved as PNG so that each copy differs by its alteration only. Then `inspect_data` lists and
 decodes the folder once with perceptual hashes, frozen Lite0 features come from `studies/simulation.FeatureModel`
 (cached_features; H3's studies/audit/features.py was not in this branch), and `neighbour_findings` runs with
@@ -37,7 +37,7 @@ SHARED = HERE.parent.parent / "shared"
 KINDS = ("jpeg40", "resize80", "crop10", "bright")
 
 
-def alter(src: str, kind: str, dest_stem: Path, rng: random.Random) -> Path:
+def alter(src: str, kind: str, dest_stem: Path, rng: random.Random, keep: float) -> Path:
     """One altered copy of the image at `src`."""
     with Image.open(src) as im:
         im = im.convert("RGB")
@@ -49,7 +49,7 @@ def alter(src: str, kind: str, dest_stem: Path, rng: random.Random) -> Path:
     if kind == "resize80":
         im = im.resize((max(1, round(w * 0.8)), max(1, round(h * 0.8))), Image.Resampling.LANCZOS)
     elif kind == "crop10":
-        cw, ch = round(w * 0.9), round(h * 0.9)
+        cw, ch = round(w * keep), round(h * keep)
         x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
         im = im.crop((x, y, x + cw, y + ch))
     else:
@@ -63,8 +63,9 @@ def class_files(split_dir: Path) -> list[tuple[str, str]]:
     return [(c.name, str(p)) for c in sorted(split_dir.iterdir()) if c.is_dir() for p in sorted(c.iterdir())]
 
 
-def build(args, root: Path) -> dict[str, tuple[str, str]]:
-    """The folder; {shown path of a planted copy: (kind, shown path of its original)}."""
+def build(args, root: Path, write: bool = True) -> dict[str, tuple[str, str]]:
+    """The folder (`write`: else only its plan, for a folder an earlier run built with the same arguments);
+    {shown path of a planted copy: (kind, shown path of its original)}."""
     rng = random.Random(args.seed)
     data = Path(args.data)
     pool = class_files(data / "train")
@@ -73,7 +74,7 @@ def build(args, root: Path) -> dict[str, tuple[str, str]]:
         train, val = pool[: args.train], pool[args.train : args.train + args.val]
     else:
         train, val = pool[: args.train], class_files(data / "val")[: args.val]
-    for split, files in (("train", train), ("val", val)):
+    for split, files in (("train", train), ("val", val)) if write else ():
         for c, p in files:
             (root / split / c).mkdir(parents=True, exist_ok=True)
             os.symlink(p, root / split / c / f"{Path(p).parent.name}_{Path(p).name}")
@@ -81,7 +82,12 @@ def build(args, root: Path) -> dict[str, tuple[str, str]]:
     sources = rng.sample(range(len(train)), len(KINDS) * args.per_kind)
     for n, t in enumerate(sources):
         kind, (c, p) = KINDS[n // args.per_kind], train[t]
-        out = alter(p, kind, root / "val" / c / f"planted_{kind}_{n}", rng)
+        stem = root / "val" / c / f"planted_{kind}_{n}"
+        out = (
+            alter(p, kind, stem, rng, args.crop_keep)
+            if write
+            else stem.with_suffix(".jpg" if kind == "jpeg40" else ".png")
+        )
         planted[out.relative_to(root).as_posix()] = (kind, f"train/{c}/{Path(p).parent.name}_{Path(p).name}")
     return planted
 
@@ -114,13 +120,14 @@ def score(findings, planted: dict, untouched: set[str]) -> dict:
     return out
 
 
-def report(name: str, thresholds, run, planted, untouched) -> None:
+def report(name: str, rows, planted, untouched) -> None:
+    """`rows`: (threshold, findings) pairs."""
     print(f"\n{name}: share of planted copies in a cross-split cluster with their original; untouched val clustered")
-    print(f"  {'threshold':>10}  " + "  ".join(f"{k:>8}" for k in KINDS) + f"  {'all':>6}  {'untouched':>9}")
-    for t in thresholds:
-        s = score(run(t), planted, untouched)
+    print(f"  {'threshold':>16}  " + "  ".join(f"{k:>8}" for k in KINDS) + f"  {'all':>6}  {'untouched':>9}")
+    for t, found in rows:
+        s = score(found, planted, untouched)
         allk = np.mean([s[k] for k in KINDS])
-        print(f"  {t:>10}  " + "  ".join(f"{s[k]:>8.1%}" for k in KINDS) + f"  {allk:>6.1%}  {s['false']:>9.2%}")
+        print(f"  {t:>16}  " + "  ".join(f"{s[k]:>8.1%}" for k in KINDS) + f"  {allk:>6.1%}  {s['false']:>9.2%}")
 
 
 def main() -> None:
@@ -132,25 +139,25 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=10_000)
     ap.add_argument("--val", type=int, default=2_000)
     ap.add_argument("--per-kind", type=int, default=50)
-    ap.add_argument("--out", help="build the folder here (default: a temporary folder)")
+    ap.add_argument("--out", help="build the folder here (default: a temporary folder); built once, then reused")
     ap.add_argument("--model", default="efficientnet_lite0", help="features for tier 2 ('none': tier 1 only)")
     ap.add_argument(
         "--img-size", type=int, default=None, help="the feature model's input (H3's deep check: 128 for small images)"
     )
     ap.add_argument("--hash-bits", default="4,6,8,10,12,14")
     ap.add_argument("--cosine", default="0.02,0.04,0.06,0.08,0.1,0.15")
+    ap.add_argument("--crop-keep", type=float, default=0.9, help="crop10 keeps this share of the width and height")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     from imgclf.compute.machine import env_block
     from imgclf.data.check import inspect_data
-    from imgclf.studies.audit.neighbours import neighbour_findings
+    from imgclf.studies.audit.neighbours import COSINE, neighbour_findings
 
     print(env_block(), flush=True)
     print("command:", " ".join(sys.argv), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp) / "near_duplicates"
-        root.mkdir(parents=True, exist_ok=False)
-        planted = build(args, root)
+        planted = build(args, root, write=not root.exists())  # an --out folder built before: used again
         t = time.perf_counter()
         ins = inspect_data(str(root), phash=True)
         print(
@@ -159,30 +166,30 @@ def main() -> None:
         shown = [it.shown for it in ins.items]
         splits, labels = [it.split for it in ins.items], [it.label for it in ins.items]
         untouched = {s for s, sp in zip(shown, splits) if sp == "val" and s not in planted}
-        common = dict(digests=ins.digests, k=10)
-        hb = [int(v) for v in args.hash_bits.split(",")]
-        report(
-            "tier 1 (hash bits)",
-            hb,
-            lambda b: neighbour_findings(shown, splits, labels, None, ins.hashes, hash_bits=b, **common),
-            planted,
-            untouched,
-        )
+        sides = [min(i.width, i.height) for i in ins.infos]
+        args_ = (shown, splits, labels)
+        sweep = [int(v) for v in args.hash_bits.split(",")]
+        rows = [
+            (b, neighbour_findings(*args_, None, ins.hashes, digests=ins.digests, hash_bits=b, hash_bits_small=b))
+            for b in sweep
+        ]
+        rows.append(("default", neighbour_findings(*args_, None, ins.hashes, digests=ins.digests, sides=sides)))
+        report("tier 1 (bits that differ)", rows, planted, untouched)
         if args.model == "none":
             return
         t = time.perf_counter()
         x = features(args, root, ins)
         print(f"\nfeatures {args.model}: {x.shape}, {time.perf_counter() - t:.0f} s", flush=True)
         cs = [float(v) for v in args.cosine.split(",")]
+        rows = [(c, neighbour_findings(*args_, x, None, digests=ins.digests, cosine=c, mads=1e9)) for c in cs]
+        report("tier 2 (cosine distance)", rows, planted, untouched)
+        both = lambda c: neighbour_findings(*args_, x, ins.hashes, digests=ins.digests, sides=sides, cosine=c, mads=1e9)  # noqa: E731
         report(
-            "tier 2 (cosine)",
-            cs,
-            lambda c: neighbour_findings(shown, splits, labels, x, None, cosine=c, mads=1e9, **common),
+            "both tiers (default hash bits; cosine distance)",
+            [(c, both(c)) for c in cs] + [("default", both(COSINE))],
             planted,
             untouched,
         )
-        both = lambda c: neighbour_findings(shown, splits, labels, x, ins.hashes, cosine=c, mads=1e9, **common)  # noqa: E731
-        report("both tiers (default hash bits, cosine)", cs, both, planted, untouched)
         outliers(x, labels, shown)
 
 

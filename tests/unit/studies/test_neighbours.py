@@ -139,3 +139,11 @@ def test_no_hashes_and_no_features_find_nothing_and_misaligned_inputs_are_refuse
     with pytest.raises(DataError, match="hashes has 1 entries for 2 images"):
         neighbour_findings(["a", "b"], ["train", "val"], ["x", "y"], None, [1])
     assert not len(Links.join([]).i)
+
+
+def test_small_images_are_held_to_the_tighter_hash_threshold():
+    hashes = [0, 0b11111111]  # 8 bits apart: within HASH_BITS, beyond HASH_BITS_SMALL
+    args = (["train/a", "val/b"], ["train", "val"], ["x", "x"], None, hashes)
+    assert [f.paths for f in neighbour_findings(*args, sides=[256, 300])] == [["train/a", "val/b"]]
+    assert neighbour_findings(*args, sides=[32, 300]) == []
+    assert len(neighbour_findings(*args)) == 1  # sizes unknown: the photos' threshold

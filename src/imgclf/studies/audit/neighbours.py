@@ -1,7 +1,8 @@
 """Near-duplicates in two tiers, and outliers, for `check --deep`.
 
 - Tier 1, perceptual hashes (`data/phash.py`, computed in check's decode pass): images whose 64-bit hashes differ
-  in at most `hash_bits` bits are re-encodings, resizes, small crops or small brightness changes of each other.
+  in at most `hash_bits` bits (10; 6 where an image's shorter side is under 64 px, as CIFAR's 32 px images'
+  hashes crowd closer) are re-encodings, resizes or brightness changes of each other, and often small crops.
   faiss's `IndexBinaryFlat` range search finds every such pair (popcounts in C; 50,000 hashes take seconds).
 - Tier 2, embeddings: images whose L2-normalised features are within cosine distance `cosine` of each other
   (semantic copies: the next frame of a burst, a heavier edit). The pairs come from each image's `k` nearest
@@ -31,7 +32,9 @@ from imgclf.core.errors import DataError
 from imgclf.data.check import Finding
 from imgclf.data.phash import BITS, hash_bytes
 
-HASH_BITS = 10  # tier 1: at most this many of the 64 bits differ
+HASH_BITS = 10  # tier 1: at most this many of the 64 bits differ (photos)
+HASH_BITS_SMALL = 6  # ... where either image's shorter side is below SMALL_SIDE (CIFAR's 32 px: hashes crowd)
+SMALL_SIDE = 64
 COSINE = 0.05  # tier 2: cosine distance below this
 OUTLIER_K = 10  # neighbours an outlier score averages over
 OUTLIER_MADS = 6.0  # flagged above median + this many scaled MADs
@@ -78,14 +81,17 @@ def neighbour_findings(
     hashes: Sequence[int | None] | None,
     *,
     digests: Sequence[bytes | None] | None = None,
+    sides: Sequence[int] | None = None,
     hash_bits: int = HASH_BITS,
+    hash_bits_small: int = HASH_BITS_SMALL,
     cosine: float = COSINE,
     k: int = OUTLIER_K,
     mads: float = OUTLIER_MADS,
 ) -> list[Finding]:
     """Near-duplicate clusters (both tiers) and outliers. One entry per image in `shown`, `splits`, `labels`,
     the rows of `feats` (None: no tier 2 and no outliers), `hashes` (None: no tier 1; an entry None: that image
-    has none) and `digests` (check's pixel digests: exact duplicates, not reported again)."""
+    has none), `digests` (check's pixel digests: exact duplicates, not reported again) and `sides` (each image's
+    shorter side: a pair with an image under SMALL_SIDE pixels is held to `hash_bits_small`)."""
     n = len(shown)
     for name, seq in (
         ("splits", splits),
@@ -93,12 +99,13 @@ def neighbour_findings(
         ("feats", feats),
         ("hashes", hashes),
         ("digests", digests),
+        ("sides", sides),
     ):
         if seq is not None and len(seq) != n:
             raise DataError(f"neighbour_findings: {name} has {len(seq)} entries for {n} images")
     parts, findings = [], []
     if hashes is not None:
-        parts.append(hash_links(hashes, hash_bits))
+        parts.append(_by_size(hash_links(hashes, max(hash_bits, hash_bits_small)), sides, hash_bits, hash_bits_small))
     if feats is not None and n > 1:
         x = l2_normalised(feats)
         dist, idx = nearest(x, min(k, n - 1))
@@ -122,6 +129,15 @@ def hash_links(hashes: Sequence[int | None], max_bits: int) -> Links:
     rows = np.repeat(np.arange(len(have)), np.diff(lims.astype(np.int64)))
     keep = rows < found  # each pair once, and not an image with itself
     return Links.of(have[rows[keep]], have[found[keep]], 1, dist[keep])
+
+
+def _by_size(links: Links, sides: Sequence[int] | None, bits: int, bits_small: int) -> Links:
+    """The hash links within their pair's threshold: `bits_small` where either image is small, else `bits`."""
+    if sides is None:
+        return links.where(links.dist <= bits)
+    side = np.asarray(sides, dtype=np.int64)
+    small = np.minimum(side[links.i], side[links.j]) < SMALL_SIDE
+    return links.where(links.dist <= np.where(small, bits_small, bits))
 
 
 def l2_normalised(feats: np.ndarray) -> np.ndarray:
