@@ -35,9 +35,9 @@ from imgclf.data.phash import BITS, hash_bytes
 HASH_BITS = 10  # tier 1: at most this many of the 64 bits differ (photos)
 HASH_BITS_SMALL = 6  # ... where either image's shorter side is below SMALL_SIDE (CIFAR's 32 px: hashes crowd)
 SMALL_SIDE = 64
-COSINE = 0.05  # tier 2: cosine distance below this
+COSINE = 0.13  # tier 2: cosine distance below this (Lite0 features; chosen on CIFAR-10 training images)
 OUTLIER_K = 10  # neighbours an outlier score averages over
-OUTLIER_MADS = 6.0  # flagged above median + this many scaled MADs
+OUTLIER_MADS = 3.5  # flagged above median + this many scaled MADs: Iglewicz and Hoaglin's modified z-score rule
 OUTLIER_MIN_IMAGES = 50  # below this, no spread to judge an outlier by
 _MAD_SCALE = 1.4826  # a normal distribution's standard deviation in MADs
 
