@@ -200,7 +200,7 @@ def outliers(x, labels, shown) -> None:
     print(
         f"\noutlier scores (mean cosine distance to 10 nearest): median {np.median(s):.3f}, p99 {np.quantile(s, 0.99):.3f}, max {s.max():.3f}"
     )
-    for m in (3, 4, 5, 6, 8):
+    for m in (3, 3.5, 4, 5, 6, 8):
         lim = outlier_limit(s, m)
         print(f"  median + {m} MADs = {lim:.3f}: {np.mean(s > lim):.2%} flagged ({int((s > lim).sum())})")
     print("  top 10:", ", ".join(f"{shown[i]} {s[i]:.3f}" for i in np.argsort(-s)[:10]))
