@@ -207,12 +207,15 @@ def cluster_findings(shown: list[str], splits: list[str], labels: list[str], lin
     comp_of = np.full(len(shown), -1)
     for c, members in enumerate(comps):
         comp_of[members] = c
-    score = links.score()
+    # each cluster's links: the links sorted by their cluster once, then cut (not a pass over all links per cluster)
+    link_comp = comp_of[links.i]
+    order = np.argsort(link_comp, kind="stable")
+    cuts = np.searchsorted(link_comp[order], np.arange(len(comps) + 1))
     rows = []
     for c, members in enumerate(comps):
-        mine = links.where(comp_of[links.i] == c)
+        mine = links.where(order[cuts[c] : cuts[c + 1]])
         in_splits = list(dict.fromkeys(splits[m] for m in members))
-        rows.append((len(in_splits) == 1, float(score[comp_of[links.i] == c].min()), members, in_splits, mine))
+        rows.append((len(in_splits) == 1, float(mine.score().min()), members, in_splits, mine))
     rows.sort(key=lambda r: (r[0], r[1], int(r[2][0])))
     out = []
     for g, (within, best, members, in_splits, mine) in enumerate(rows, 1):
