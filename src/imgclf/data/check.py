@@ -11,31 +11,21 @@ deep checks' near-duplicates); `check_data` is the report built from it (`report
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import os
 import statistics
-import sys
 import time
-import warnings
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
 from imgclf.core.errors import DataError
 from imgclf.data.balance import SAMPLER_FROM, imbalance_ratio
+from imgclf.data.decode_pass import ImageInfo, decode_all, inspect_array
 from imgclf.data.fixes import plan_rows, read_fixes
 from imgclf.data.groups import check_matched, group_keys, grouping_summary, leaked_groups, parse_group_by
-from imgclf.data.images import BadShape, UnreadableImage, check_pixels, check_shape, load_image, max_pixels, to_rgb
-from imgclf.data.phash import phash as perceptual_hash
-from imgclf.data.phash import phash_array
 from imgclf.data.sources import DataSource, csv_source, find_split_dirs, is_image_name, named_source
 
 log = logging.getLogger(__name__)
@@ -47,7 +37,6 @@ TINY_PIXELS = 8
 # The text report stays readable on a folder with thousands of stray files or classes; --json has everything.
 TEXT_LIMIT_PER_KIND = 20
 TEXT_LIMIT_CLASSES = 40
-SERIAL_BELOW = 64  # starting worker processes costs more than decoding a handful of images
 
 # PIL's format names for each extension. MPO is what cameras write: a JPEG with extra frames.
 _FORMATS_BY_EXT = {
@@ -173,17 +162,6 @@ class Item:
     array: np.ndarray | None = field(default=None, repr=False)  # an in-memory image's pixels, H x W x 3 uint8
 
 
-class ImageInfo(NamedTuple):
-    """What the decode pass found in a readable image."""
-
-    format: str  # PIL's format name ("array" for an in-memory image)
-    mode: str
-    width: int
-    height: int
-    digest: bytes  # of the decoded RGB pixels and the size: equal for exact pixel duplicates
-    phash: int | None = None  # the 64-bit perceptual hash (data/phash.py), when asked for
-
-
 @dataclass
 class _Listing:
     layout: str  # splits | classes | csv
@@ -259,9 +237,9 @@ def inspect_data(
     applied = _apply_fixes(lst, fixes) if fixes else None
     grouping = _group_leaks(lst, group_by) if group_by is not None else None  # refused before any decoding
     if src is not None:
-        results = [_inspect_array(it.array, phash) for it in lst.items]
+        results = [inspect_array(it.array, phash) for it in lst.items]
     else:
-        results = _decode_all([it.path for it in lst.items], workers=workers, progress=progress, phash=phash)
+        results = decode_all([it.path for it in lst.items], workers=workers, progress=progress, phash=phash)
     return Inspected(shown_as, lst, results, start, applied, grouping)
 
 
@@ -533,15 +511,6 @@ def _list_named(src: DataSource) -> _Listing:
     return lst
 
 
-def _inspect_array(pixels: np.ndarray, phash: bool) -> tuple[str, ImageInfo]:
-    """An in-memory image as `_inspect` sees a file: digested by its size and RGB pixels."""
-    rgb = np.ascontiguousarray(pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=-1))
-    h, w = rgb.shape[:2]
-    digest = hashlib.blake2b(f"{w}x{h}".encode(), digest_size=16)
-    digest.update(rgb.tobytes())
-    return "ok", ImageInfo("array", "RGB", w, h, digest.digest(), phash_array(rgb) if phash else None)
-
-
 def _group_leaks(lst: _Listing, group_by: str) -> dict:
     """--group-by: a `group-leak` error per group on more than one split; what the summary says of the groups."""
     by = parse_group_by(group_by, lst.columns, where=str(lst.base))
@@ -565,72 +534,6 @@ def _group_leaks(lst: _Listing, group_by: str) -> dict:
     summary = grouping_summary(group_by, keyed, carved=False)
     summary["own_notes"] = [g.own_note(s) for s, g in keyed.items() if g.own]  # each a group of its own
     return summary
-
-
-def _decode_all(paths: list[str], *, workers: int | None, progress: bool, phash: bool) -> list[tuple[str, object]]:
-    n = workers or os.cpu_count() or 1
-    out: list[tuple[str, object]] = []
-    with tqdm(total=len(paths), desc="check", unit="img", file=sys.stderr, disable=not progress) as bar:
-        if n <= 1 or len(paths) < SERIAL_BELOW:
-            for p in paths:
-                out.append(_inspect(p, max_pixels(), phash))
-                bar.update()
-            return out
-        # Processes, not threads: decoding tiny JPEGs is GIL-bound (threads were slower on CIFAR-10: see
-        # docs/benchmarks.md).
-        # Chunks amortise the pickling, but stay small enough that a few large photos spread over all workers.
-        chunk = max(1, min(256, len(paths) // (n * 8)))
-        with ProcessPoolExecutor(n) as ex:
-            for r in ex.map(_inspect, paths, itertools.repeat(max_pixels()), itertools.repeat(phash), chunksize=chunk):
-                out.append(r)
-                bar.update()
-    return out
-
-
-def _inspect(path: str, limit: int, phash: bool = False) -> tuple[str, object]:
-    """("ok", ImageInfo) or (error kind, reason). Runs in worker processes; `limit`: the pixel limit
-    (--max-pixels), passed along as a worker may not share this process's; `phash`: also the perceptual hash."""
-    try:
-        if os.path.getsize(path) == 0:
-            return "zero-byte", "zero-byte file"
-    except OSError as e:
-        return "unreadable", f"cannot read ({e.strerror})"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                fmt, mode = im.format, im.mode
-                check_pixels(*im.size, limit)  # what training would refuse: before decoding, which could take
-                check_shape(*im.size)  # gigabytes
-                im.load()  # the full decode: open() and verify() both pass a JPEG cut in half
-                rgb = to_rgb(im)
-    except BadShape as e:
-        return "bad-shape", str(e)
-    except Exception as first:
-        # Take the reason from the loader that training uses, so check and training agree on what is broken.
-        try:
-            load_image(path)
-        except UnreadableImage as e:
-            reason = str(e)
-        except Exception as e:  # the loader does not catch it: training would crash on this file
-            reason = f"{type(e).__name__}: {e}"
-        else:
-            reason = f"{type(first).__name__}: {first}"
-        return _error_kind(reason), reason
-    w, h = rgb.size
-    digest = hashlib.blake2b(f"{w}x{h}".encode(), digest_size=16)
-    digest.update(rgb.tobytes())
-    return "ok", ImageInfo(fmt, mode, w, h, digest.digest(), perceptual_hash(rgb) if phash else None)
-
-
-def _error_kind(reason: str) -> str:
-    if reason.startswith("zero-byte"):
-        return "zero-byte"
-    if "truncated" in reason:
-        return "truncated"
-    if reason.startswith("not an image"):
-        return "not-an-image"
-    return "unreadable"
 
 
 def _same_pixels(readable: list[tuple[Item, tuple]], errors: list[Finding], warns: list[Finding]) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from imgclf.cli.main import main
-from imgclf.data import check
+from imgclf.data import decode_pass
 from imgclf.data.check import check_data, inspect_data, report_of
 from imgclf.data.phash import BITS, hamming, hash_bytes, phash, phash_array
 
@@ -74,8 +74,8 @@ def test_inspect_data_and_check_data_agree(tmp_path):
 def test_an_array_is_digested_and_hashed_as_the_same_pixels_in_a_file(tmp_path):
     pixels = np.asarray(_field(3))
     Image.fromarray(pixels).save(tmp_path / "x.png")
-    status, from_file = check._inspect(str(tmp_path / "x.png"), 10**8, True)
-    _, from_array = check._inspect_array(pixels, True)
+    status, from_file = decode_pass.inspect_file(str(tmp_path / "x.png"), 10**8, True)
+    _, from_array = decode_pass.inspect_array(pixels, True)
     assert status == "ok"
     assert (from_array.digest, from_array.phash) == (from_file.digest, from_file.phash)
     assert (from_array.width, from_array.height) == (96, 96)
