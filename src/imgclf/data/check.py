@@ -477,3 +477,9 @@ def _size_summary(infos: list[tuple]) -> dict | None:
         "distinct": len(sizes),
         "most_common": {"width": cw, "height": ch, "count": cn},
     }
+
+
+def listed_items(data: str) -> list[_Item]:
+    """What `check` reads, image by image (split, label, path, shown path), in its order: the deep checks'
+    input (studies/audit/deep.py)."""
+    return _list_data(Path(str(data)).expanduser(), data).items
