@@ -15,9 +15,13 @@ from imgclf.data.check import Finding
 
 log = logging.getLogger(__name__)
 
-# The classifier on the features: L2-normalised features, standardised, multinomial logistic regression with a
-# fixed, moderate regularisation (no tuning: nothing here is fitted to a test set).
-C = 0.1
+# The classifier on the features: L2-normalised features (cosine geometry; standardising them gave noise dimensions
+# the weight of the signal's), multinomial logistic regression at C=10. Chosen once, before any label-noise run,
+# on Lite0 features of CIFAR-10 *training* images (1,500 fitted, 500 held out, clean labels; docs/checking.md):
+# held-out accuracy 0.738 and log-loss 0.756, against 0.718 / 0.874 standardised at C=0.1 and 0.738 / 0.964 at
+# C=1; and on 24 synthetic images with 2 wrong labels, where it got every other one right (standardised: 3 more
+# wrong). Never tuned on a test set.
+C = 10.0
 MAX_ITER = 1000
 
 
@@ -45,9 +49,9 @@ def cross_val_probs(x: np.ndarray, y: np.ndarray, *, folds: int, seed: int) -> n
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - heavy (scipy); check --deep only
     from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: PLC0415 - as above
     from sklearn.pipeline import make_pipeline  # noqa: PLC0415 - as above
-    from sklearn.preprocessing import Normalizer, StandardScaler  # noqa: PLC0415 - as above
+    from sklearn.preprocessing import Normalizer  # noqa: PLC0415 - as above
 
-    clf = make_pipeline(Normalizer(), StandardScaler(), LogisticRegression(C=C, max_iter=MAX_ITER))
+    clf = make_pipeline(Normalizer(), LogisticRegression(C=C, max_iter=MAX_ITER))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     present = np.unique(y)
     probs = cross_val_predict(clf, x, np.searchsorted(present, y), cv=cv, method="predict_proba")
@@ -95,6 +99,6 @@ def label_findings(
         "issues": len(out),
         "folds": folds,
         "cv_accuracy": round(float((guess == y).mean()), 4),
-        "classifier": f"logistic regression (C={C}) on {source}",
+        "classifier": f"logistic regression (C={C:g}) on {source}",
     }
     return out, summary
