@@ -86,7 +86,9 @@ def test_deep_check_with_lite0_finds_the_flips_writes_the_folder_and_fixes_and_c
 def test_features_are_keyed_by_files_not_labels(tmp_path):
     from imgclf.data.sources import Split
 
-    fm = features.FeatureModel(None, "m", features.Preprocess(img_size=8, resize=8, mean=[0.5] * 3, std=[0.5] * 3), "m", "m\0x", "cpu")
+    fm = features.FeatureModel(
+        None, "m", features.Preprocess(img_size=8, resize=8, mean=[0.5] * 3, std=[0.5] * 3), "m", "m\0x", "cpu"
+    )
     p = tmp_path / "a.png"
     p.write_bytes(b"x")
     k = features.feature_key(fm, Split("s", [0], paths=[str(p)]))
