@@ -274,7 +274,7 @@ class CheckOptions(Console):
     folds: int | None = opt(None, "with --deep: cross-validation folds for the label issues (default 5)", ge=2)
     out: str | None = opt(None, "with --deep: the output folder for check.json (default checks/DATA_NAME)")
     fixes: str | None = opt(None, "with --deep: write the findings to review as FILE (fixes.csv)", metavar="FILE")
-    device: str = DEVICE.field(help="with --deep: " + DEVICE.help)
+    device: str = DEVICE.field(help=DEVICE.help + " (with --deep)")
     batch_size: int | None = BATCH_SIZE.field(None, help="with --deep: images per batch (default 128)")
 
 
