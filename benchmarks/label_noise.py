@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -74,8 +75,9 @@ def run_check(csv_path: Path, out: Path, model: str, planted: set[str]) -> dict:
     t = time.perf_counter()
     res = deep_check(str(csv_path), model=model, out=str(out / "check"), fixes=str(out / "fixes.csv"))
     seconds = time.perf_counter() - t
-    flagged = {f.paths[0] for f in res.report.warnings if f.kind == "label"}
-    flagged = {p if os.path.isabs(p) else str((csv_path.parent / p).resolve()) for p in flagged}
+    ranked = [f.paths[0] for f in res.report.warnings if f.kind == "label"]  # worst first
+    ranked = [p if os.path.isabs(p) else str((csv_path.parent / p).resolve()) for p in ranked]
+    flagged = set(ranked)
     tp = len(flagged & planted)
     deep = res.report.summary["deep"]
     return {
@@ -83,11 +85,23 @@ def run_check(csv_path: Path, out: Path, model: str, planted: set[str]) -> dict:
         "planted": len(planted),
         "precision": round(tp / len(flagged), 4) if flagged else None,
         "recall": round(tp / len(planted), 4),
+        "precision_at_recall_0.6": precision_at_recall(ranked, planted, 0.6),
         "seconds": round(seconds, 1),
         "cache": deep["cache"],
         "cv_accuracy": deep["labels"]["cv_accuracy"],
         "img_size": deep["img_size"],
     }
+
+
+def precision_at_recall(ranked: list[str], planted: set[str], recall: float) -> float | None:
+    """Precision of the list's head (worst first) that first reaches `recall` of the planted flips; None when
+    the whole list does not."""
+    hits = 0
+    for k, p in enumerate(ranked, 1):
+        hits += p in planted
+        if hits >= recall * len(planted):
+            return round(hits / k, 4)
+    return None
 
 
 def train_acc(csv_path: Path, out: Path, seed: int, extra: list[str]) -> float:
@@ -137,6 +151,7 @@ def main() -> None:
     ap.add_argument("--train", action="store_true", help="check 2: the fast recipe on noisy, fixed, clean")
     ap.add_argument("--seeds", type=int, default=3)
     a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     root, out = Path(a.root), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     paths, labels = listing(root, "train")

@@ -130,11 +130,13 @@ def test_fix_rows_keep_the_train_copy_and_drop_the_others():
     from imgclf.data.check import CheckReport, Finding
 
     rep = CheckReport("d")
-    rep.errors.append(Finding("near-duplicate", ["val/a/1.png", "train/a/9.png"], "copy", group="nd-1"))
+    rep.errors.append(Finding("near-duplicate-across-splits", ["val/a/1.png", "train/a/9.png"], "c", group="nd-1"))
     rep.warnings.append(Finding("near-duplicate", ["train/a/2.png", "train/a/3.png"], "copy", group="nd-2"))
     rep.warnings.append(Finding("outlier", ["train/b/5.png"], "far", score=0.9))
     split_of = {"val/a/1.png": "val", "train/a/9.png": "train", "train/a/2.png": "train", "train/a/3.png": "train"}
-    got = {(r.path, r.action, r.group) for r in fix_rows(rep, split_of)}
+    rows = fix_rows(rep, split_of)
+    assert {r.kind for r in rows} == {"near-duplicate", "outlier"}  # fixes.csv's kinds
+    got = {(r.path, r.action, r.group) for r in rows}
     assert got == {
         ("val/a/1.png", "drop", "nd-1"),
         ("train/a/9.png", "keep", "nd-1"),

@@ -163,7 +163,8 @@ def _merge(report: CheckReport, found: list[Finding], split_of: dict[str, str]) 
     """Deep findings into the report: a near-duplicate across splits is an error (a leak, as an exact copy
     is), everything else a warning (label issues ranked worst first, as found)."""
     for f in found:
-        cross = f.kind == "near-duplicate" and len({split_of.get(p) for p in f.paths}) > 1
+        copies = f.kind in ("near-duplicate", "near-duplicate-across-splits")
+        cross = copies and len({split_of.get(p) for p in f.paths}) > 1
         (report.errors if cross else report.warnings).append(f)
 
 
@@ -173,7 +174,7 @@ def fix_rows(report: CheckReport, split_of: dict[str, str]) -> list[FixRow]:
     for f in report.errors + report.warnings:
         if f.kind == "label":
             rows.append(FixRow(f.paths[0], "label", "relabel", f.label or "", f.suggested or "", f.score, "", f.detail))
-        elif f.kind in ("near-duplicate", "leak-across-splits", "duplicate"):
+        elif f.kind in ("near-duplicate", "near-duplicate-across-splits", "leak-across-splits", "duplicate"):
             rows += _keep_first(f, split_of)
         elif f.kind in ("outlier", "group-leak", "duplicate-across-labels"):
             rows += [FixRow(p, f.kind, "keep", f.label or "", "", f.score, f.group or "", f.detail) for p in f.paths]
@@ -185,8 +186,9 @@ def _keep_first(f: Finding, split_of: dict[str, str]) -> list[FixRow]:
     within a split the first stays."""
     order = sorted(f.paths, key=lambda p: _SPLIT_ORDER.get(split_of.get(p, ""), 3))
     keep = order[0]
+    kind = "near-duplicate" if f.kind.startswith("near-duplicate") else f.kind  # fixes.csv's KINDS
     return [
-        FixRow(p, f.kind, "keep" if p == keep else "drop", f.label or "", "", f.score, f.group or "", f.detail)
+        FixRow(p, kind, "keep" if p == keep else "drop", f.label or "", "", f.score, f.group or "", f.detail)
         for p in f.paths
     ]
 
