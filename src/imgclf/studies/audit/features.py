@@ -33,10 +33,9 @@ VERSION = 1  # of the cached features' layout and meaning
 # images decoded and held at once while extracting features: 1,000 at 256 px are 197 MB of uint8
 FEATURE_CHUNK = 1000
 # A registry model's input size for small images (shorter side at most SMALL_SIDE): upscaled to SMALL_INPUT,
-# not to the model's own 224 px. Measured once on a busy shared 2-core CPU (so the speeds are rough), Lite0
-# features of 1,500 CIFAR-10 training JPEGs, a logistic regression (C=0.1) scored on 500 others from the training
-# set: 64 px 0.63 held-out accuracy (445 images/s), 96 px 0.68 (206/s), 128 px 0.72 (108/s), 160 px 0.73
-# (51/s), 224 px 0.74 (26/s): 128 px keeps almost all the accuracy at four times 224 px's speed.
+# not to the model's own 224 px. Measured once (docs/check_deep.md): Lite0 features of 1,500 CIFAR-10 training
+# JPEGs, a logistic regression scored on 500 other training images: 64 px 0.63 held-out accuracy, 96 px 0.68,
+# 128 px 0.72, 160 px 0.73, 224 px 0.74; 128 px keeps almost all of it for a third of 224 px's pixels.
 SMALL_SIDE = 64
 SMALL_INPUT = 128
 
