@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import make_image_folder, usage_error
@@ -38,3 +41,22 @@ def test_check_deep_prints_the_suspects_and_where_the_files_are(tmp_path, capsys
     saved = json.loads((tmp_path / "checks" / "d" / "check.json").read_text())
     assert saved["ok"] and saved["summary"]["deep"]["labels"]["folds"] == 3
     assert (tmp_path / "fx.csv").read_text().splitlines()[1].startswith("blue/wrong.png,label,relabel,blue,red,")
+
+
+def test_deep_options_without_deep_are_refused_without_importing_torch(tmp_path):
+    d = make_image_folder(tmp_path / "d", layout="flat", n=3)
+    script = (
+        "import sys; from imgclf.cli.main import main; rc = main(['check', sys.argv[1], '--fixes', 'f.csv']); "
+        "print(rc, sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
+    src = Path(__file__).resolve().parents[3] / "src"
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(d)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "IMGCLF_CACHE": str(tmp_path / "cache")},
+        timeout=120,
+        check=False,
+    )
+    assert res.stdout.strip().splitlines()[-1] == "2 []", res.stdout + res.stderr
+    assert "only works with --deep" in res.stderr
