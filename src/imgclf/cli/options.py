@@ -284,6 +284,17 @@ class CheckOptions(Console):
         metavar="COLUMN|REGEX",
     )
     data_root: str | None = DATA_ROOT.field()
+    deep: bool = opt(
+        False, "also find wrong labels, near-duplicates and outliers with a pretrained model's features (needs torch)"
+    )
+    model: str | None = opt(
+        None, "with --deep: a pretrained model (default efficientnet_lite0) or a checkpoint (its backbone)"
+    )
+    folds: int | None = opt(None, "with --deep: cross-validation folds for the label issues (default 5)", ge=2)
+    out: str | None = opt(None, "with --deep: the output folder for check.json (default checks/DATA_NAME)")
+    fixes: str | None = opt(None, "with --deep: write the findings to review as FILE (fixes.csv)", metavar="FILE")
+    device: str = DEVICE.field(help=DEVICE.help + " (with --deep)")
+    batch_size: int | None = BATCH_SIZE.field(None, help="with --deep: images per batch (default 128)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,10 +20,10 @@ from imgclf.core.fileio import atomic_open
 from imgclf.core.options import check_output_folder
 from imgclf.data.sources import open_source
 from imgclf.infer.predict import Predictor
+from imgclf.studies.audit.features import FeatureModel
 from imgclf.studies.figures import contact_sheet, plot_learning_curves
 from imgclf.studies.pool import read_labelled, read_pool, score_pool
 from imgclf.studies.simulation import (
-    FeatureModel,
     cached_features,
     check_sizes,
     run_all,

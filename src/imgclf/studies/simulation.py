@@ -10,23 +10,16 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from imgclf.compute.device import resolve_device, to_layout
-from imgclf.core.artifact import Preprocess
-from imgclf.core.errors import CheckpointError, DataError, UsageError
+from imgclf.core.errors import UsageError
 from imgclf.core.fileio import atomic_open
 from imgclf.core.progress import progress
-from imgclf.data.feed import make_feed
-from imgclf.data.pipeline import default_workers, resolve_preprocess
 from imgclf.data.sources import hash_split
-from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
-from imgclf.models.registry import build_model, get_spec
+from imgclf.studies.audit.features import FeatureModel, split_features
 from imgclf.studies.strategies import rank
-from imgclf.training.features import extract
 
 log = logging.getLogger(__name__)
 
@@ -55,54 +48,6 @@ def subset(split, n: int | None, seed: int, flag: str):
     return split.subset(keep.tolist())
 
 
-@dataclass
-class FeatureModel:
-    """A frozen backbone: a pretrained registry model, or an imgclf checkpoint (its own preprocessing)."""
-
-    model: object
-    name: str
-    prep: object
-    label: str  # what it is, for the record
-    identity: str  # what the cached features depend on
-    device: object
-
-    @staticmethod
-    def check(what: str):
-        """The registry entry of a model name (None for a checkpoint file); one line when it cannot give
-        pretrained features."""
-        if os.path.isfile(what):
-            return None
-        if what.endswith((".pt", ".pth")) or os.sep in what:
-            raise CheckpointError(
-                f"--features '{what}' not found: pass a checkpoint file or a model name (imgclf models)"
-            )
-        spec = get_spec(what)  # unknown: one line with "did you mean"
-        if spec.weights is None and spec.pretrained_builder is None:
-            raise UsageError(
-                f"{what} has no pretrained weights: --features needs a pretrained model (imgclf models) or a checkpoint"
-            )
-        return spec
-
-    @classmethod
-    def open(cls, what: str, num_classes: int, *, img_size: int | None, device: str) -> FeatureModel:
-        dev = resolve_device(device)
-        if os.path.isfile(what):
-            if img_size is not None:
-                raise UsageError(
-                    "--img-size is for a registry model: a checkpoint's features use its own preprocessing"
-                )
-            ckpt = load_checkpoint(what)
-            st = os.stat(what)
-            ident = f"{os.path.abspath(what)}\0{st.st_size}\0{st.st_mtime_ns}"
-            model = model_from_checkpoint(ckpt, dev, path=what)
-            prep = Preprocess.from_dict(ckpt["preprocess"])
-            return cls(model, ckpt["model"]["name"], prep, f"checkpoint {what}", ident, dev)
-        spec = cls.check(what)
-        prep = resolve_preprocess(spec, img_size=img_size, pretrained=True, own_size=None)
-        model = to_layout(build_model(what, num_classes, pretrained=True).to(dev), True).eval()
-        return cls(model, what, prep, f"{what} (pretrained, frozen)", f"{what}\0pretrained", dev)
-
-
 def cached_features(fm: FeatureModel, pool, ev, out: str, *, batch_size: int):
     """(pool features, pool labels, eval features, eval labels) as numpy arrays, from OUT/features.pt when it
     was made by the same model and preprocessing from the same files, else computed (and saved there)."""
@@ -125,30 +70,13 @@ def cached_features(fm: FeatureModel, pool, ev, out: str, *, batch_size: int):
     return x, y, xe, ye
 
 
-# images decoded and held at once while extracting features: 1,000 at 256 px are 197 MB of uint8
-FEATURE_CHUNK = 1000
-
-
 def _split_features(fm: FeatureModel, split, batch_size: int, desc: str):
     """Pre-head features (N x D float32) and labels of the split's readable images; unreadable ones are listed
     and left out."""
-    log.info(
-        "%s: %d images through %s at %d px (once; cached in features.pt)", desc, len(split), fm.name, fm.prep.img_size
-    )
-    xs, ys = [], []
-    for lo in range(0, len(split), FEATURE_CHUNK):
-        part = split.subset(range(lo, min(lo + FEATURE_CHUNK, len(split))))
-        feed, bad = make_feed(
-            part, fm.prep, cache="memory", workers=default_workers(), eval_batch_size=batch_size, desc=f"decode {desc}"
-        )
-        for p, why in bad:
-            log.warning("left out %s: %s", p, why)
-        if len(feed):
-            xs.append(extract(fm.model, fm.name, feed.batches(), fm.device, None, desc=desc).numpy())
-            ys.append(feed.labels.numpy())
-    if not xs:
-        raise DataError(f"none of the {len(split)} images of split '{split.name}' could be read")
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
+    x, kept, bad = split_features(fm, split, batch_size, desc)
+    for p, why in bad:
+        log.warning("left out %s: %s", p, why)
+    return x, np.asarray(split.labels, dtype=np.int64)[kept]
 
 
 def start_set(y: np.ndarray, k: int, seed: int, mode: str) -> np.ndarray:

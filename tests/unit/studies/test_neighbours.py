@@ -11,6 +11,7 @@ from PIL import Image, ImageEnhance
 from imgclf.core.errors import DataError
 from imgclf.data.phash import phash
 from imgclf.studies.audit.neighbours import (
+    COSINE,
     HASH_BITS,
     Links,
     clusters,
@@ -97,6 +98,18 @@ def test_tier_2_links_close_feature_vectors_and_names_the_tier():
         for f in neighbour_findings([f"p{i}" for i in range(50)], splits[:50], ["a"] * 50, feats[:50], None)
         if f.kind.startswith("near")
     ]
+
+
+def test_tier_2_is_held_under_half_the_data_s_own_nearest_neighbour_distance():
+    """Images all alike (every pair within the fixed cosine): distinct ones are not joined, a real copy still is."""
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=64) * 10
+    feats = base + rng.normal(size=(80, 64))  # 80 distinct images around one point: cosine distances ~0.01
+    feats[79] = feats[5] + rng.normal(scale=0.01, size=64)  # a copy, much closer than any two distinct images
+    x = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    assert (1 - x[:79] @ x[:79].T).max() < COSINE  # the fixed threshold alone would join them all
+    found = neighbour_findings([f"p{i}" for i in range(80)], ["train"] * 80, ["a"] * 80, feats, None)
+    assert [f.paths for f in found if f.kind.startswith("near")] == [["p5", "p79"]]
 
 
 def test_a_far_point_is_ranked_first_and_flagged_as_the_only_outlier():
