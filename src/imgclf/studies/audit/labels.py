@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # The classifier on the features: L2-normalised features (cosine geometry; standardising them gave noise dimensions
 # the weight of the signal's), multinomial logistic regression at C=10. Chosen once, before any label-noise run,
-# on Lite0 features of CIFAR-10 *training* images (1,500 fitted, 500 held out, clean labels; docs/checking.md):
+# on Lite0 features of CIFAR-10 *training* images (1,500 fitted, 500 held out, clean labels; docs/check_deep.md):
 # held-out accuracy 0.738 and log-loss 0.756, against 0.718 / 0.874 standardised at C=0.1 and 0.738 / 0.964 at
 # C=1; and on 24 synthetic images with 2 wrong labels, where it got every other one right (standardised: 3 more
 # wrong). Never tuned on a test set.
