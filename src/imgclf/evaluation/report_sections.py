@@ -415,7 +415,7 @@ def _kind_table(kind: str, rows: list[tuple[str, dict]], thumbs) -> str:
         if review:
             score = x.get("score")
             cells += [f"<td>{escape(x.get(k) if x.get(k) is not None else '')}</td>" for k in ("label", "suggested")]
-            cells.append(f"<td>{'' if score is None else f'{float(score):.3f}'}</td>")
+            cells.append(f"<td>{'' if score is None else f'{float(score):.3g}'}</td>")
             cells.append(f"<td>{escape(x.get('group') or '')}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     rest = len(rows) - CHECK_PER_KIND

@@ -28,9 +28,11 @@ def sheet_figure(rows: list[dict], *, title: str):
     shown = rows[:SHEET_MAX]
     cols = max(1, min(SHEET_COLS, len(shown)))
     n_rows = max(1, -(-len(shown) // cols))
-    fig = new_figure(figsize=(2.0 * cols, 2.2 * n_rows + 0.4))
+    height = 2.2 * n_rows + 0.4
+    fig = new_figure(figsize=(2.0 * cols, height))
     axes = fig.subplots(n_rows, cols, squeeze=False)
-    fig.subplots_adjust(hspace=0.45, wspace=0.12)
+    # margins in inches, not shares of the figure: a sheet of 25 rows keeps its title next to its first row
+    fig.subplots_adjust(hspace=0.45, wspace=0.12, top=1 - 0.45 / height, bottom=0.45 / height)
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, r) in enumerate(zip(axes.flat, shown), start=1):
@@ -61,7 +63,7 @@ def sheet_figure(rows: list[dict], *, title: str):
         )
     listed = rows[0].get("listed_in", "selected.csv") if rows else "selected.csv"
     more = f" (the first {SHEET_MAX} of {len(rows)}: {listed} lists them all)" if len(rows) > SHEET_MAX else ""
-    fig.suptitle(label(title) + more, fontsize=10)
+    fig.suptitle(label(title) + more, fontsize=10, y=1 - 0.12 / height)
     return fig
 
 

@@ -51,7 +51,7 @@ class DeepResult:
                 f"accuracy {lab['cv_accuracy']:.3f})"
             )
         suspects = [f for f in self.report.warnings if f.kind == "label"][:top]
-        lines += [f"  {f.paths[0]}: {f.label} -> {f.suggested} (score {f.score:.3f})" for f in suspects]
+        lines += [f"  {f.paths[0]}: {f.label} -> {f.suggested} (score {f.score:.3g})" for f in suspects]
         if deep.get("neighbours"):
             lines.append(deep["neighbours"])
         lines += self.notes

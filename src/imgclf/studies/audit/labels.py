@@ -90,10 +90,10 @@ def label_findings(
     for i in ranked:
         given, sugg = classes[y[i]], classes[guess[i]]
         detail = (
-            f"labelled {given}, looks like {sugg} (p={probs[i, guess[i]]:.2f}; label quality {scores[i]:.3f}, "
+            f"labelled {given}, looks like {sugg} (p={probs[i, guess[i]]:.2f}; label quality {scores[i]:.3g}, "
             f"{folds}-fold cross-validated {source})"
         )
-        out.append(Finding("label", [shown[i]], detail, label=given, suggested=sugg, score=round(float(scores[i]), 4)))
+        out.append(Finding("label", [shown[i]], detail, label=given, suggested=sugg, score=float(f"{scores[i]:.4g}")))
     summary = {
         "images": len(y),
         "issues": len(out),

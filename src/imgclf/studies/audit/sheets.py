@@ -40,7 +40,7 @@ def sheet_rows(findings: list[dict], data: str | None, images: dict | None = Non
 def _caption(x: dict) -> str:
     if x.get("suggested") is not None or x.get("label") is not None:
         score = x.get("score")
-        return f"{x.get('label') or '?'} -> {x.get('suggested') or '?'}" + ("" if score is None else f" {score:.3f}")
+        return f"{x.get('label') or '?'} -> {x.get('suggested') or '?'}" + ("" if score is None else f" {score:.3g}")
     if x.get("group"):
         return str(x["group"])
     detail = str(x.get("detail") or "")
