@@ -52,6 +52,22 @@ def class_image(class_index: int, size: int | tuple[int, int] = 16, *, rng: np.r
     return Image.fromarray(arr, "RGB")
 
 
+def smooth_field(
+    seed: int, size: int = 96, *, scales=((4, 1.0), (8, 0.5), (16, 0.25)), tint: int | None = None
+) -> Image.Image:
+    """A smooth random colour field: structure at a few scales (cells, weight), as a photo has, not pixel noise;
+    `tint`: a channel (0-2) raised by 90, e.g. a class's colour. For near-duplicate and perceptual-hash tests."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((size, size, 3))
+    for cells, weight in scales:
+        small = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
+        img += weight * np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), dtype=float)
+    img /= sum(w for _, w in scales)
+    if tint is not None:
+        img[..., tint] += 90
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
 def _write_class(folder: Path, class_index: int, n: int, size, exts, rng, prefix: str = "") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []

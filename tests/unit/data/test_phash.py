@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import smooth_field
 from PIL import Image
 
 from imgclf.cli.main import main
@@ -14,22 +15,12 @@ from imgclf.data.check import check_data, inspect_data, report_of
 from imgclf.data.phash import BITS, hamming, hash_bytes, phash, phash_array
 
 
-def _field(seed: int, size: int = 96) -> Image.Image:
-    """A smooth random colour field: structure at a few scales, as a photo has, not pixel noise."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((size, size, 3))
-    for cells, weight in ((4, 1.0), (8, 0.5), (16, 0.25)):
-        small = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
-        img += weight * np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), dtype=float)
-    return Image.fromarray(np.clip(img / 1.75, 0, 255).astype(np.uint8))
-
-
 def _folder(root):
     for split, seeds in (("train", (1, 2, 3)), ("val", (4, 5))):
         for s in seeds:
             d = root / split / ("a" if s % 2 else "b")
             d.mkdir(parents=True, exist_ok=True)
-            _field(s).save(d / f"{s}.png")
+            smooth_field(s).save(d / f"{s}.png")
     return root
 
 
@@ -44,7 +35,7 @@ def test_phash_is_off_by_default_and_on_when_asked(tmp_path):
 
 
 def test_phash_stays_close_for_a_copy_and_far_for_another_picture():
-    a, b = _field(7), _field(8)
+    a, b = smooth_field(7), smooth_field(8)
     half = a.resize((48, 48), Image.Resampling.LANCZOS)
     assert hamming(phash(a), phash(half)) <= 4
     assert hamming(phash(a), phash(b)) > 16
@@ -59,7 +50,7 @@ def test_hash_bytes_keeps_the_bits_in_order():
 
 def test_inspect_data_and_check_data_agree(tmp_path):
     data = _folder(tmp_path / "d")
-    _field(1).save(data / "val" / "a" / "copy_of_1.png")  # an exact duplicate across splits: an error
+    smooth_field(1).save(data / "val" / "a" / "copy_of_1.png")  # an exact duplicate across splits: an error
     (data / "val" / "a" / "notes.txt").write_text("x")  # a listing warning
     ins = inspect_data(str(data), phash=True)
     assert ins.readable == [True] * 6
@@ -72,7 +63,7 @@ def test_inspect_data_and_check_data_agree(tmp_path):
 
 
 def test_an_array_is_digested_and_hashed_as_the_same_pixels_in_a_file(tmp_path):
-    pixels = np.asarray(_field(3))
+    pixels = np.asarray(smooth_field(3))
     Image.fromarray(pixels).save(tmp_path / "x.png")
     status, from_file = decode_pass.inspect_file(str(tmp_path / "x.png"), 10**8, True)
     _, from_array = decode_pass.inspect_array(pixels, True)

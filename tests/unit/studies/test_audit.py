@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_image_folder, train_tiny
+from conftest import make_image_folder, smooth_field, train_tiny
 from PIL import Image
 
 from imgclf.core.errors import UsageError
@@ -152,18 +152,6 @@ def test_the_plain_check_is_unchanged_by_the_deep_module(tmp_path):
     assert all(f.kind != "label" for f in check_data(str(d)).warnings)
 
 
-def _photo(seed: int, tint: int, size: int = 64) -> Image.Image:
-    """A smooth random colour field (structure at a few scales, as a photo has), tinted by class."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((size, size, 3))
-    for cells, weight in ((4, 1.0), (8, 0.5)):
-        small = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
-        img += weight * np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), dtype=float)
-    img = img / 1.5
-    img[..., tint] = np.clip(img[..., tint] + 90, 0, 255)
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
 def test_a_copy_in_val_is_a_leak_in_the_report_its_sheet_and_fixes(tmp_path):
     """The whole deep path on train/ and val/: a JPEG-40 copy of a training photo placed in val is clustered
     across splits (an error, exit 1), fixes.csv keeps the train copy and drops the val one, report.html shows the
@@ -173,7 +161,7 @@ def test_a_copy_in_val_is_a_leak_in_the_report_its_sheet_and_fixes(tmp_path):
         for ci, cls in enumerate(("red", "green")):
             (d / split / cls).mkdir(parents=True)
             for s in seeds:
-                _photo(s + 1000 * ci, ci).save(d / split / cls / f"{s}.png")
+                smooth_field(s + 1000 * ci, 64, scales=((4, 1.0), (8, 0.5)), tint=ci).save(d / split / cls / f"{s}.png")
     (d / "train" / "red" / "3.png").rename(d / "train" / "red" / "orig.png")
     src = Image.open(d / "train" / "red" / "orig.png")
     src.save(d / "val" / "red" / "copy.jpg", quality=40)

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+from conftest import smooth_field
 from PIL import Image, ImageEnhance
 
 from imgclf.core.errors import DataError
@@ -21,16 +22,6 @@ from imgclf.studies.audit.neighbours import (
     neighbour_findings,
     outlier_scores,
 )
-
-
-def _field(seed: int, size: int = 128) -> Image.Image:
-    """A smooth random colour field: structure at a few scales, as a photo has, not pixel noise."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((size, size, 3))
-    for cells, weight in ((4, 1.0), (8, 0.5), (16, 0.25)):
-        small = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
-        img += weight * np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), dtype=float)
-    return Image.fromarray(np.clip(img / 1.75, 0, 255).astype(np.uint8))
 
 
 def _jpeg40(im):
@@ -55,8 +46,8 @@ ALTERATIONS = {
 
 @pytest.mark.parametrize("alteration", list(ALTERATIONS))
 def test_tier_1_puts_an_altered_copy_in_val_with_its_original_and_leaves_other_pictures_alone(alteration):
-    originals = [_field(s) for s in range(12)]
-    others = [_field(s) for s in range(100, 112)]
+    originals = [smooth_field(s, 128) for s in range(12)]
+    others = [smooth_field(s, 128) for s in range(100, 112)]
     copies = [ALTERATIONS[alteration](im) for im in originals]
     hashes = [phash(im) for im in originals + copies + others]
     shown = [f"train/o{i}" for i in range(12)] + [f"val/c{i}" for i in range(12)] + [f"val/x{i}" for i in range(12)]
@@ -69,7 +60,7 @@ def test_tier_1_puts_an_altered_copy_in_val_with_its_original_and_leaves_other_p
 
 
 def test_a_cluster_inside_a_split_is_a_warning_and_across_splits_an_error_and_exact_copies_are_not_repeated():
-    ims = [_field(s) for s in range(6)]
+    ims = [smooth_field(s, 128) for s in range(6)]
     hashes = [phash(im) for im in ims] + [phash(_jpeg40(ims[0])), phash(_jpeg40(ims[1])), phash(ims[2])]
     shown = [f"p{i}" for i in range(9)]
     splits = ["train"] * 6 + ["train", "val", "val"]
