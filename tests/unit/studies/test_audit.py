@@ -147,6 +147,25 @@ def test_fix_rows_keep_the_train_copy_and_drop_the_others():
     }
 
 
+def test_fix_rows_give_each_image_one_action_so_apply_fixes_reads_them_back(tmp_path):
+    """An image that is both a label suspect and the dropped copy of a near-duplicate: its label row turns to
+    keep (the drop wins), so the deep check's own fixes.csv is never refused by --apply-fixes (it was: 'drop, but
+    line N says relabel')."""
+    from imgclf.data.check import CheckReport, Finding
+    from imgclf.data.fixes import read_fixes, write_fixes
+
+    rep = CheckReport("d")
+    rep.errors.append(Finding("near-duplicate-across-splits", ["val/a/1.png", "train/a/9.png"], "c", group="nd-1"))
+    rep.warnings.append(Finding("label", ["val/a/1.png"], "looks b", label="a", suggested="b", score=0.01))
+    rep.warnings.append(Finding("label", ["train/a/9.png"], "looks b", label="a", suggested="b", score=0.02))
+    rows = fix_rows(rep, {"val/a/1.png": "val", "train/a/9.png": "train"})
+    got = {(r.path, r.kind, r.action) for r in rows}
+    assert ("val/a/1.png", "label", "keep") in got and ("val/a/1.png", "near-duplicate", "drop") in got
+    assert ("train/a/9.png", "label", "relabel") in got  # the copy that stays may still be relabelled
+    write_fixes(rows, str(tmp_path / "fixes.csv"))
+    assert len(read_fixes(str(tmp_path / "fixes.csv"), ["a", "b"]).rows) == len(rows)
+
+
 def test_the_plain_check_is_unchanged_by_the_deep_module(tmp_path):
     d = _planted(tmp_path)
     assert all(f.kind != "label" for f in check_data(str(d)).warnings)

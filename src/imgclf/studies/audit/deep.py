@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +193,14 @@ def fix_rows(report: CheckReport, split_of: dict[str, str]) -> list[FixRow]:
             rows += _keep_first(f, split_of)
         elif f.kind in ("outlier", "group-leak", "duplicate-across-labels"):
             rows += [FixRow(p, f.kind, "keep", f.label or "", "", f.score, f.group or "", f.detail) for p in f.paths]
-    return rows
+    # one action per image, or --apply-fixes refuses the file: a copy that goes is not also relabelled
+    dropped = {r.path for r in rows if r.action == "drop"}
+    return [
+        replace(r, action="keep", detail=f"{r.detail}; keep: a near-duplicate row drops this image")
+        if r.action == "relabel" and r.path in dropped
+        else r
+        for r in rows
+    ]
 
 
 def _keep_first(f: Finding, split_of: dict[str, str]) -> list[FixRow]:
