@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 from imgclf.core.options import Opt, Range, opt
 from imgclf.core.shared_options import (
+    APPLY_FIXES,
     BATCH_SIZE,
     DATA_ROOT,
     DEVICE,
+    GROUP_BY,
     JSON,
     MIN_CONFIDENCE,
     PRECISION,
@@ -91,10 +93,8 @@ class EvaluateOptions:
     precision: str = PRECISION.field()
     json: bool = JSON.field(help="print eval.json instead of the report")
     tta: str | None = TTA.field()
-    apply_fixes: str | None = opt(
-        None,
-        "a fixes.csv (`imgclf check --deep --fixes F`, reviewed): drop and relabel the images it names before evaluating, the files untouched; eval.json records it (default: the fixes the model was trained with, on its own data)",
-        metavar="FIXES_CSV",
+    apply_fixes: str | None = APPLY_FIXES.field(
+        help="a fixes.csv (`imgclf check --deep --fixes F`, reviewed): drop and relabel the images it names before evaluating, the files untouched; eval.json records it (default: the fixes the model was trained with, on its own data)"
     )
 
 
@@ -273,15 +273,11 @@ class CheckOptions(Console):
     )
     json: bool = JSON.field(help="print the report as JSON")
     workers: int | None = opt(None, "decoding processes (default: all cores)", ge=1)
-    apply_fixes: str | None = opt(
-        None,
-        "a fixes.csv (reviewed): check the data as it would be with it, dropped images skipped and relabelled ones counted under their new label; the files untouched",
-        metavar="FIXES_CSV",
+    apply_fixes: str | None = APPLY_FIXES.field(
+        help="a fixes.csv (reviewed): check the data as it would be with it, dropped images skipped and relabelled ones counted under their new label; the files untouched"
     )
-    group_by: str | None = opt(
-        None,
-        "report groups of images found on more than one split (group-leak): a column of the CSV manifest naming each image's group, or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group",
-        metavar="COLUMN|REGEX",
+    group_by: str | None = GROUP_BY.field(
+        help="report groups of images found on more than one split (group-leak): a column of the CSV manifest naming each image's group, or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group"
     )
     data_root: str | None = DATA_ROOT.field()
     deep: bool = opt(

@@ -25,6 +25,13 @@ PRECISION = Opt(
     choices=("auto", "fp32", "bf16", "fp16"),
 )
 SPLIT = Opt("val", "val, test or train")
+# issue 23: train, evaluate and check take a reviewed fixes.csv, train and check a grouping (each its own help)
+APPLY_FIXES = Opt(None, "a reviewed fixes.csv (imgclf check --deep --fixes F) to apply", metavar="FIXES_CSV")
+GROUP_BY = Opt(
+    None,
+    "groups of images kept on one side of a split: a CSV manifest column, or a regular expression over the paths",
+    metavar="COLUMN|REGEX",
+)
 WEIGHTS = Opt(help="checkpoint (runs/NAME/best.pt) or a file from imgclf export", positional=True)
 JSON = Opt(False, "print the result as JSON")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from imgclf.core.errors import CheckpointError, UsageError, did_you_mean
 from imgclf.core.fileio import check_text
 from imgclf.core.options import adv_eps, adv_step, check_output_folder, load_yaml, opt, out_of_range
-from imgclf.core.shared_options import BATCH_SIZE, DATA_ROOT, DEVICE, WORKERS
+from imgclf.core.shared_options import APPLY_FIXES, BATCH_SIZE, DATA_ROOT, DEVICE, GROUP_BY, WORKERS
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,11 @@ class TrainConfig:
     val_fraction: float = opt(
         0.2, "fraction of train held out for validation when the data has no val split (stratified, seeded)", gt=0, lt=1
     )
-    apply_fixes: str | None = opt(
-        None,
-        "a fixes.csv (`imgclf check --deep --fixes F` writes one; review and edit it): drop and relabel the images it names before validation is carved, the data's files untouched; the run keeps a copy of the rows applied (fixes_applied.csv) and results.json records them",
-        metavar="FIXES_CSV",
+    apply_fixes: str | None = APPLY_FIXES.field(
+        help="a fixes.csv (`imgclf check --deep --fixes F` writes one; review and edit it): drop and relabel the images it names before validation is carved, the data's files untouched; the run keeps a copy of the rows applied (fixes_applied.csv) and results.json records them"
     )
-    group_by: str | None = opt(
-        None,
-        "keep groups of images on one side of the carved validation split: a column of the CSV manifest naming each image's group (patient, video, object), or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group; with the data's own val split, the groups it puts on both sides are reported",
-        metavar="COLUMN|REGEX",
+    group_by: str | None = GROUP_BY.field(
+        help="keep groups of images on one side of the carved validation split: a column of the CSV manifest naming each image's group (patient, video, object), or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group; with the data's own val split, the groups it puts on both sides are reported"
     )
     # model
     model: str = opt("resnet18", "model name; `imgclf models` lists them")
