@@ -37,7 +37,7 @@ class FastFeed:
         randaugment: str = "none",
     ):
         self.split, self.images = split, images
-        self.labels = torch.as_tensor(split.labels, dtype=torch.long)
+        self.labels = torch.as_tensor(split.target_array())  # N int64 classes, or N x C float32 multi-hot targets
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         common = dict(size=prep.img_size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation)
         self.train_tf = BatchTransform(

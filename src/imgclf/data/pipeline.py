@@ -70,10 +70,12 @@ def decode_one(split: Split, i: int, resize: int, interpolation: str = "bilinear
 
 
 class ImageDataset(Dataset):
-    """(transformed image, label) pairs, decoding each image when it is asked for."""
+    """(transformed image, target) pairs, decoding each image when it is asked for: the target is the class index
+    (a 0-d int64 tensor), or the multi-hot row (float32) of a multi-label split."""
 
     def __init__(self, split: Split, resize: int, transform, interpolation: str = "bilinear"):
         self.split, self.resize, self.transform, self.interpolation = split, resize, transform, interpolation
+        self.targets = torch.as_tensor(split.target_array())  # class indices, or multi-hot rows (multi-label)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -82,7 +84,7 @@ class ImageDataset(Dataset):
         return decode_one(self.split, i, self.resize, self.interpolation)
 
     def __getitem__(self, i: int):
-        return self.transform(self.image(i)), self.split.labels[i]
+        return self.transform(self.image(i)), self.targets[i]
 
 
 def eval_transform(p: Preprocess):

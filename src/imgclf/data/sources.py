@@ -4,7 +4,8 @@ A source is one of
 - a folder with split folders (`train/` plus `val/`, `valid/` or `validation/`, optionally `test/`), each
   holding one folder per class;
 - a folder of class folders only (validation carved out by a stratified, seeded split);
-- a CSV manifest with columns `path,label` and an optional `split` column (paths relative to the CSV);
+- a CSV manifest with columns `path,label` and an optional `split` column (paths relative to the CSV), or a
+  multi-label one (`a|b` label cells, or one 0/1 column per label: data/multilabel.py);
 - `cifar10` / `cifar100` (torchvision's readers, in a data root) or `digits` (scikit-learn's bundled set).
 
 Class indices follow sorted class names and are the same for every split.
@@ -24,8 +25,19 @@ import numpy as np
 from imgclf.core.errors import DataError, did_you_mean
 from imgclf.core.escape import csv_cell, csv_value
 from imgclf.core.fileio import atomic_open, open_text, user_cache_home
+from imgclf.core.multilabel import MULTILABEL, SINGLE, join_labels
 from imgclf.data.cifar import read_cifar
 from imgclf.data.groups import grouped_split, grouping_summary, keyed_groups, merge_groups
+from imgclf.data.multilabel import (
+    check_trained,
+    is_multilabel_header,
+    label_columns,
+    label_counts,
+    multi_hot,
+    sets_from_cells,
+    sets_from_columns,
+    strata,
+)
 
 # torchvision's list plus GIF: anything PIL reads that people keep photos in.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -52,6 +64,9 @@ class Split:
     arrays: np.ndarray | None = None
     ids: list[str] | None = None  # names for in-memory images, e.g. "digits:17"
     columns: dict[str, list[str]] | None = None  # a CSV manifest's other columns, a cell per image (--group-by)
+    # multi-label data: N x C uint8, 1 where the image holds the label; `labels` are then each image's stratum
+    # (its rarest label, C for none: data/multilabel.py), what carving and --balance use, not a class
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -70,7 +85,20 @@ class Split:
             arrays=self.arrays[idx] if self.arrays is not None else None,
             ids=[self.ids[i] for i in idx] if self.ids is not None else None,
             columns={k: [v[i] for i in idx] for k, v in self.columns.items()} if self.columns is not None else None,
+            targets=self.targets[idx] if self.targets is not None else None,
         )
+
+    def target_array(self) -> np.ndarray:
+        """What a model learns from: the class indices (N, int64), or the multi-hot targets (N x C, float32)."""
+        if self.targets is not None:
+            return self.targets.astype(np.float32)
+        return np.asarray(self.labels, dtype=np.int64)
+
+    def label_names(self, i: int, classes: list[str]) -> list[str]:
+        """Image `i`'s labels by name: its class, or the set a multi-label image holds (perhaps none)."""
+        if self.targets is not None:
+            return [c for c, t in zip(classes, self.targets[i]) if t]
+        return [classes[self.labels[i]]]
 
 
 @dataclass
@@ -84,6 +112,7 @@ class DataSource:
     notes: list[str] = field(default_factory=list)
     fixes: dict | None = None  # what --apply-fixes did to the splits (data/fixes.Applied.record())
     grouping: dict | None = None  # --group-by: how many groups, and how many the split puts on both sides
+    task: str = SINGLE  # single | multilabel (core/multilabel.py): splits then have `targets`
 
     def base(self) -> str | None:
         """The folder that images' paths are shown relative to (the data folder, or the CSV's); None in memory."""
@@ -117,6 +146,8 @@ def hash_split(h, s: Split) -> None:
     """Feed a split's identity into hash `h`: labels, and each file's path, size and modification time (or the
     in-memory pixels). Cheap: one stat per file, no reading."""
     h.update(np.asarray(s.labels, dtype=np.int64).tobytes())
+    if s.targets is not None:
+        h.update(np.ascontiguousarray(s.targets, dtype=np.uint8).data)
     if s.paths is not None:
         for p in s.paths:
             try:
@@ -145,11 +176,13 @@ def open_source(
     download: bool = True,
     carve: bool = True,
     group_by: str | None = None,
+    task: str | None = None,
 ) -> DataSource:
     """Resolve `--data` into a DataSource with at least `train` and `val` splits. `group_by` (a CSV column or a
     pattern over the paths, data/groups.py): a carved validation split keeps each group on one side; an existing
     one is left as it is, and `grouping` says which groups it puts on both sides. `carve` False: the source is
-    returned before any of that, for the caller to change (apply fixes) and then call `finish_split`."""
+    returned before any of that, for the caller to change (apply fixes) and then call `finish_split`. `task`
+    (--task): None, the data's own (a multi-label manifest is multi-label); `single` or `multilabel` insists."""
     if data is None or str(data).strip() == "":
         raise DataError("no data given: pass --data with a folder, a CSV file, or one of " + ", ".join(BUILTIN))
     data = str(data)
@@ -167,9 +200,14 @@ def open_source(
                 raise DataError(
                     f"data file '{data}' is not a CSV: pass a CSV with columns path,label[,split] or a folder"
                 )
-            src = csv_source(path)
+            src = csv_source(path, task)
         else:
             src = _folder_source(path)
+    if task == MULTILABEL and src.task != MULTILABEL:
+        raise DataError(
+            f"--task multilabel needs a multi-label CSV manifest, and '{data}' holds one label per image: write a CSV "
+            "with path,labels (cells like 'cat|dog') or one 0/1 column per label"
+        )
     if carve:
         finish_split(src, val_fraction=val_fraction, seed=seed, group_by=group_by)
     return src
@@ -287,26 +325,62 @@ def _folder_source(root: Path) -> DataSource:
 # ----------------------------------------------------------------------------------------------- CSV
 
 
-def csv_source(path: Path) -> DataSource:
+def csv_source(path: Path, task: str | None = None) -> DataSource:
     """The DataSource of a CSV manifest (path,label[,split]; paths relative to the CSV's folder); `imgclf check`
-    lists a CSV by the same rules."""
+    lists a CSV by the same rules. A multi-label manifest (data/multilabel.py: `a|b` label cells, a `labels`
+    column, or one 0/1 column per label) gives a multi-label source; `task` (--task) None infers it, `single` or
+    `multilabel` insists."""
     path = path.resolve()
+    cols, rows = _read_manifest(path)
+    label_col = next((c for c in ("labels", "label") if c in cols), None)
+    extra = [c for c in cols if c and c not in ("path", "label", "labels", "split")]
+    lines, cells = [r[0] for r in rows], [r[3] for r in rows]
+    if label_col is None:
+        label_cols, extra = label_columns(path, extra, cells, lines)
+        sets, multi = sets_from_columns(label_cols, cells), True
+    else:
+        label_cells = [c[label_col] for c in cells]
+        multi = is_multilabel_header(label_col, label_cells, task)
+        sets = sets_from_cells(path, label_cells, lines, multilabel=multi)
+    if multi and task == SINGLE:
+        raise DataError(
+            f"CSV '{path}' holds several labels per image (a 'labels' column, 'a|b' cells or 0/1 columns) but "
+            "--task single was given: drop --task single to train a multi-label model"
+        )
+    by_split: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_split.setdefault(r[2], []).append(i)
+    if "train" not in by_split:
+        raise DataError(f"CSV '{path}' has no training rows: give rows with split 'train' (or no split column)")
+    make = _multilabel_splits if multi else _single_label_splits
+    classes, splits = make(path, rows, sets, by_split, label_cols if label_col is None else None)
+    for s, split in splits.items():
+        split.columns = {c: [cells[i][c] for i in by_split[s]] for c in extra} if extra else None
+    src = DataSource("csv", str(path), classes, splits, task=MULTILABEL if multi else SINGLE)
+    if multi and task != MULTILABEL:
+        how = "its 0/1 label columns" if label_col is None else f"its '{label_col}' column"
+        src.notes.append(f"task: multilabel ({len(classes)} labels, inferred from {how})")
+    return src
+
+
+def _read_manifest(path: Path) -> tuple[list[str], list[tuple[int, str, str, dict]]]:
+    """The manifest's header (lower case) and rows: (line, full path, canonical split, every other cell)."""
     base = path.parent
-    rows_by_split: dict[str, list[tuple[str, str]]] = {}
-    cells_by_split: dict[str, list[dict]] = {}  # the other columns' cells (--group-by COLUMN reads them)
+    rows = []
     with open_text(str(path), "CSV", fix="save it as UTF-8 (path,label[,split])", newline="", error=DataError) as f:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-        if "path" not in cols or "label" not in cols:
+        if "path" not in cols:
             raise DataError(
-                f"CSV '{path}' needs a header with columns path,label (and optionally split); it has: {', '.join(cols) or 'no header'}"
+                f"CSV '{path}' needs a header with columns path,label (and optionally split), or path and one 0/1 "
+                f"column per label; it has: {', '.join(cols) or 'no header'}"
             )
         reader.fieldnames = cols
-        extra = [c for c in cols if c and c not in ("path", "label", "split")]
+        others = [c for c in cols if c and c not in ("path", "split")]
         for n, row in enumerate(reader, start=2):
-            p, label = csv_value((row.get("path") or "").strip()), csv_value((row.get("label") or "").strip())
-            if not p or not label:
-                raise DataError(f"CSV '{path}' line {n}: empty path or label; every row needs both")
+            p = csv_value((row.get("path") or "").strip())
+            if not p:
+                raise DataError(f"CSV '{path}' line {n}: empty path; every row needs one")
             split = (row.get("split") or "train").strip().lower() or "train"
             canon = next((k for k, al in SPLIT_ALIASES.items() if split in al), None)
             if canon is None:
@@ -314,24 +388,36 @@ def csv_source(path: Path) -> DataSource:
                     f"CSV '{path}' line {n}: unknown split '{split}'; use train, val or test{did_you_mean(split, SPLIT_ALIASES)}"
                 )
             full = p if os.path.isabs(p) else str(base / p)
-            rows_by_split.setdefault(canon, []).append((full, label))
-            cells_by_split.setdefault(canon, []).append({c: csv_value((row.get(c) or "").strip()) for c in extra})
-    if "train" not in rows_by_split:
-        raise DataError(f"CSV '{path}' has no training rows: give rows with split 'train' (or no split column)")
-    classes = sorted({label for rows in rows_by_split.values() for _, label in rows})
+            rows.append((n, full, canon, {c: csv_value((row.get(c) or "").strip()) for c in others}))
+    return cols, rows
+
+
+def _single_label_splits(path, rows, sets, by_split, _label_cols):
+    classes = sorted({s[0] for s in sets})
     index = {c: i for i, c in enumerate(classes)}
-    train_labels = {label for _, label in rows_by_split["train"]}
+    train_labels = {sets[i][0] for i in by_split["train"]}
     missing = [c for c in classes if c not in train_labels]
     if missing:
         raise DataError(f"class '{missing[0]}' has no training rows in '{path}': add some or drop its rows")
     splits = {
-        s: Split(s, [index[label] for _, label in rows], paths=[p for p, _ in rows])
-        for s, rows in rows_by_split.items()
+        s: Split(s, [index[sets[i][0]] for i in idx], paths=[rows[i][1] for i in idx]) for s, idx in by_split.items()
     }
-    if extra:
-        for s, split in splits.items():
-            split.columns = {c: [cells[c] for cells in cells_by_split[s]] for c in extra}
-    return DataSource("csv", str(path), classes, splits)
+    return classes, splits
+
+
+def _multilabel_splits(path, rows, sets, by_split, label_cols):
+    classes = sorted(label_cols) if label_cols is not None else sorted({c for s in sets for c in s})
+    if not classes:
+        raise DataError(f"CSV '{path}' names no label on any image: give each image its labels ('a|b')")
+    targets = multi_hot(sets, classes)
+    train = targets[by_split["train"]]
+    check_trained(path, classes, train)
+    counts = label_counts(train)
+    splits = {}
+    for s, idx in by_split.items():
+        t = targets[idx]
+        splits[s] = Split(s, strata(t, counts), paths=[rows[i][1] for i in idx], targets=t)
+    return classes, splits
 
 
 # ----------------------------------------------------------------------------------------------- built-ins
@@ -370,7 +456,11 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int, groups=
         )
     if groups is not None:
         train = src.splits["train"]
-        tr, va, how = grouped_split(train.labels, groups, src.classes, val_fraction=val_fraction, seed=seed)
+        labels, names = train.labels, src.classes
+        if src.task == MULTILABEL:  # the strata present, as compact codes named by their rarest label
+            present, codes = np.unique(rare_strata_merged(np.asarray(labels)), return_inverse=True)
+            labels, names = codes.tolist(), [([*src.classes, "(no label)"])[k] for k in present]
+        tr, va, how = grouped_split(labels, groups, names, val_fraction=val_fraction, seed=seed)
         src.splits["train"], src.splits["val"] = train.subset(tr, "train"), train.subset(va, "val")
         src.val_origin = "carved"
         src.notes.append(f"validation: {len(va)} images carved from train ({how})")
@@ -379,14 +469,16 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int, groups=
 
     train = src.splits["train"]
     labels = np.asarray(train.labels)
+    if src.task == MULTILABEL:
+        labels = rare_strata_merged(labels)
     counts = np.bincount(labels, minlength=len(src.classes))
-    few = [src.classes[i] for i in np.flatnonzero(counts < 2)]
+    few = [src.classes[i] for i in np.flatnonzero(counts < 2)] if src.task == SINGLE else []
     if few:
         raise DataError(
             f"class '{few[0]}' has fewer than 2 images, too few to hold one out for validation: "
             "add images, or give a val/ folder (or a split column)"
         )
-    check_carvable(len(labels), len(src.classes), val_fraction)
+    check_carvable(len(labels), len(np.unique(labels)), val_fraction)
     idx = np.arange(len(labels))
     try:
         tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
@@ -398,9 +490,29 @@ def carve_validation(src: DataSource, *, val_fraction: float, seed: int, groups=
     src.splits["train"] = train.subset(tr, "train")
     src.splits["val"] = train.subset(va, "val")
     src.val_origin = "carved"
-    src.notes.append(
-        f"validation: {len(va)} images carved from train (stratified, fraction {val_fraction}, seed {seed})"
-    )
+    by = "by each image's rarest label" if src.task == MULTILABEL else "stratified"
+    src.notes.append(f"validation: {len(va)} images carved from train ({by}, fraction {val_fraction}, seed {seed})")
+    if src.task == MULTILABEL:
+        _check_val_labels(src)
+
+
+def rare_strata_merged(keys: np.ndarray) -> np.ndarray:
+    """Multi-label strata with fewer than 2 images (too few to stratify) joined with the most common stratum."""
+    counts = np.bincount(keys)
+    if not (few := (counts > 0) & (counts < 2)).any():
+        return keys
+    return np.where(few[keys], counts.argmax(), keys)
+
+
+def _check_val_labels(src: DataSource) -> None:
+    """A carved multi-label validation split without some label cannot fit that label's threshold: said."""
+    absent = [c for c, n in zip(src.classes, label_counts(src.splits["val"].targets)) if n == 0]
+    if absent:
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        src.notes.append(
+            f"validation holds no image of label '{absent[0]}'{more}: its threshold stays at 0.5 (add images that "
+            "hold it, or a larger --val-fraction)"
+        )
 
 
 def check_carvable(n: int, n_classes: int, val_fraction: float) -> None:
@@ -430,5 +542,5 @@ def write_split_manifest(src: DataSource, path: str) -> None:
         w = csv.writer(f)
         w.writerow(["path", "label", "split"])
         for name, s in src.splits.items():
-            for i, y in enumerate(s.labels):
-                w.writerow([csv_cell(s.describe(i)), csv_cell(src.classes[y]), name])
+            for i in range(len(s)):
+                w.writerow([csv_cell(s.describe(i)), csv_cell(join_labels(s.label_names(i, src.classes))), name])

@@ -90,6 +90,9 @@ def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dic
         # averaged over the test-time views when tta is set
         "temperature": ref.temperature,
         "tta": ref.tta,
+        # core/multilabel.py: single (softmax) or multilabel (sigmoid per label, its label set by these thresholds)
+        "task": ref.task,
+        "thresholds": ref.thresholds,
         "source": {
             "checkpoint": os.path.abspath(weights),
             "epoch": ckpt.get("epoch"),

@@ -33,7 +33,14 @@ from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import CheckpointError, UsageError
 from imgclf.core.formats import FORMATS as EXPORT_FORMATS
 from imgclf.core.modelfile import check_model_file, export_extra, is_onnx_path
-from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint, temperature_of, validate_checkpoint
+from imgclf.core.multilabel import MULTILABEL, SINGLE, task_fields
+from imgclf.models.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    task_of,
+    temperature_of,
+    validate_checkpoint,
+)
 from imgclf.models.registry import build_model
 from imgclf.models.tta import check_mode, shift_for, tta_logits, wrap
 
@@ -58,12 +65,19 @@ class Runner:
     # imgclf calibrate; 1.0 if none), or an export has the division in its graph
     temperature: float = 1.0
     tta: str | None = None  # test-time augmentation in `logits` (models/tta.py): None (its own), none, flip, flip-crop
+    task: str = SINGLE  # core/multilabel.py: single (softmax) or multilabel (a sigmoid per label)
+    thresholds: list[float] | None = None  # multilabel: a label is in an image's set when its score reaches it
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's probabilities from its logits: softmax over classes, or one sigmoid per label."""
+        return logits.sigmoid() if self.task == MULTILABEL else logits.softmax(1)
+
     def metadata(self) -> dict:
-        return modelfile.metadata(self, temperature=self.temperature, tta=self.tta)
+        more = {"task": self.task, "thresholds": self.thresholds} if self.task != SINGLE else {}
+        return modelfile.metadata(self, temperature=self.temperature, tta=self.tta, **more)
 
 
 class CheckpointRunner(Runner):
@@ -96,6 +110,7 @@ class CheckpointRunner(Runner):
             temperature=temperature_of(ckpt) if temperature is None else float(temperature),
             tta=check_mode(tta),
         )
+        self.task, self.thresholds = task_of(ckpt)
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.amp = resolve_precision(precision, self.device)
@@ -119,7 +134,10 @@ class CheckpointRunner(Runner):
 
 def _fields_from_meta(path: str, meta: dict, fmt: str) -> dict:
     try:
+        task, thresholds = task_fields(meta, len(meta["classes"]), where=f"'{path}'")
         return dict(
+            task=task,
+            thresholds=thresholds,
             path=str(path),
             format=fmt,
             model_name=meta["model"],

@@ -23,6 +23,7 @@ from torch import nn
 from imgclf.compute.device import to_layout
 from imgclf.core.errors import CheckpointError, did_you_mean
 from imgclf.core.fileio import atomic_open
+from imgclf.core.multilabel import SINGLE, task_fields
 from imgclf.models.registry import REGISTRY, build_model, get_spec, refused_content
 from imgclf.models.tta import is_temperature
 
@@ -43,7 +44,11 @@ def make_checkpoint(
     data_fingerprint: str | None = None,
     epoch: int | None = None,
     train_state: dict | None = None,
+    task: str = SINGLE,
+    thresholds: list[float] | None = None,
 ) -> dict:
+    """The checkpoint of `model`. `task` (core/multilabel.py): single or multilabel; a multi-label model's
+    `thresholds` (one per class, fitted on validation) turn its sigmoid scores into label sets."""
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
@@ -59,7 +64,15 @@ def make_checkpoint(
     }
     if train_state is not None:
         ckpt["train_state"] = train_state
+    if task != SINGLE:  # a single-label checkpoint is written as before: older readers read it
+        ckpt["task"] = task
+        ckpt["thresholds"] = [float(t) for t in thresholds] if thresholds is not None else None
     return ckpt
+
+
+def task_of(ckpt: dict) -> tuple[str, list[float] | None]:
+    """(task, thresholds) of a validated checkpoint: ("single", None), or ("multilabel", one per class)."""
+    return task_fields(ckpt, len(ckpt["classes"]))
 
 
 def save_checkpoint(ckpt: dict, path: str) -> None:
@@ -221,6 +234,7 @@ def validate_checkpoint(ckpt, path: str) -> dict:
         )
     _check_entries(ckpt, path)
     _check_classes(ckpt, path)
+    task_fields(ckpt, len(ckpt["classes"]), where=f"'{path}'")
     _check_weights(ckpt, path)
     return ckpt
 
