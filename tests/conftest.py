@@ -183,6 +183,54 @@ def tiny_data(tmp_path_factory) -> Path:
     )
 
 
+ML_LABELS = ("blue", "green", "red")  # sorted: the class order a multi-label manifest gives
+
+
+def multilabel_image(labels, size: int = 16, *, rng: np.random.Generator) -> Image.Image:
+    """An image that holds `labels` (indices into ML_LABELS) as coloured squares, each label in its own corner
+    (blue top left, green top right, red bottom left) on a grey ground, plus noise: learnable by a tiny model."""
+    img = np.full((size, size, 3), 128.0)
+    half = size // 2
+    corners = ((0, 0), (0, half), (half, 0))
+    for k in labels:
+        r, c = corners[k]
+        img[r : r + half, c : c + half] = PALETTE[2 - k]
+    img += rng.normal(0, 12, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def make_multilabel_manifest(root, *, n=(24, 10, 8), size=16, form="cells", seed=0) -> Path:
+    """A multi-label CSV manifest in `root` (created): `n` = images in train, val, test, each holding every label of
+    ML_LABELS with probability one half (some none, some all three). `form`: "cells" (path,labels,split with
+    cells like 'blue|red') or "columns" (path,blue,green,red,split of 0/1). Returns the CSV's path."""
+    root = Path(root)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    head = "path,labels,split" if form == "cells" else "path," + ",".join(ML_LABELS) + ",split"
+    rows = [head]
+    for split, count in zip(("train", "val", "test"), n):
+        for i in range(count):
+            held = [k for k in range(3) if rng.random() < 0.5]
+            name = f"img/{split}_{i}.png"
+            multilabel_image(held, size, rng=rng).save(root / name)
+            cell = (
+                "|".join(ML_LABELS[k] for k in held)
+                if form == "cells"
+                else ",".join(str(int(k in held)) for k in range(3))
+            )
+            rows.append(f"{name},{cell},{split}")
+    path = root / "labels.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def multilabel_csv(tmp_path_factory) -> Path:
+    """A tiny multi-label manifest (make_multilabel_manifest): 24 train, 10 val, 8 test images of 16 px, labels
+    blue, green and red as coloured corners; label cells like 'blue|red'."""
+    return make_multilabel_manifest(tmp_path_factory.mktemp("multilabel") / "corners")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
     """One tiny run (TINY_RUN) of 2 epochs through the Python API (`imgclf.train`); the run directory."""

@@ -90,3 +90,9 @@ def test_the_split_manifest_writes_label_sets(images, tmp_path):
     lines = out.read_text().splitlines()[1:]
     by_path = {ln.split(",")[0]: split_labels(ln.split(",")[1]) for ln in lines}
     assert by_path[str(images / "30.png")] == ["car", "cat", "dog"] and by_path[str(images / "1.png")] == []
+
+
+def test_the_shared_fixture_manifest_opens_as_multilabel(multilabel_csv):
+    src = open_source(str(multilabel_csv))
+    assert src.task == "multilabel" and src.classes == ["blue", "green", "red"]
+    assert {k: len(v) for k, v in src.splits.items()} == {"train": 24, "val": 10, "test": 8}
