@@ -232,6 +232,46 @@ def multilabel_csv(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def multilabel_ckpt(tmp_path_factory, multilabel_csv) -> str:
+    """A multi-label checkpoint (test_tiny, task multilabel, thresholds 0.5, 0.4, 0.6) fitted to `multilabel_csv`
+    by a plain loop of binary cross-entropy, independent of imgclf's trainer: what the stages after training
+    (evaluate, predict, serve, export) test with. Its config names the manifest as its data."""
+    import torch
+
+    from imgclf.data.sources import open_source
+    from imgclf.models.checkpoint import make_checkpoint, save_checkpoint
+    from imgclf.models.registry import build_model
+
+    src = open_source(str(multilabel_csv))
+    tr = src.splits["train"]
+    x = torch.stack([torch.tensor(np.array(Image.open(p).convert("RGB")), dtype=torch.float32) for p in tr.paths])
+    x = (x.permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25
+    y = torch.as_tensor(tr.target_array())
+    torch.manual_seed(0)
+    model = build_model("test_tiny", len(src.classes))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(model(x), y).backward()
+        opt.step()
+    model.eval()
+    pre = {"img_size": 16, "resize": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    config = {"data": str(multilabel_csv), "seed": 0, "val_fraction": 0.2, "task": "multilabel"}
+    ck = make_checkpoint(
+        model,
+        model_name="test_tiny",
+        classes=src.classes,
+        preprocess=pre,
+        config=config,
+        task="multilabel",
+        thresholds=[0.5, 0.4, 0.6],
+    )
+    path = tmp_path_factory.mktemp("mlckpt") / "multilabel.pt"
+    save_checkpoint(ck, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
     """One tiny run (TINY_RUN) of 2 epochs through the Python API (`imgclf.train`); the run directory."""
     import imgclf

@@ -256,3 +256,22 @@ def test_a_fifo_named_as_weights_is_refused_without_blocking(tmp_path, tiny_data
     assert main(["predict", str(fifo), str(img)]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a regular file" in err and len(err.splitlines()) == 1
+
+
+def test_a_multilabel_checkpoint_records_its_task_and_thresholds(multilabel_ckpt):
+    import numpy as np
+    from PIL import Image
+
+    from imgclf.data.sources import open_source
+    from imgclf.infer.runtime import open_model
+
+    r = open_model(multilabel_ckpt, device="cpu", precision="fp32")
+    assert r.task == "multilabel" and r.thresholds == [0.5, 0.4, 0.6]
+    assert r.metadata()["thresholds"] == [0.5, 0.4, 0.6]
+    # the fixture's model has learnt the corners: its sigmoid scores rank the test images' labels well
+    src = open_source(r.config["data"])
+    test = src.splits["test"]
+    x = torch.stack([torch.tensor(np.array(Image.open(p).convert("RGB")), dtype=torch.float32) for p in test.paths])
+    p = r.probabilities(r.logits((x.permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25)).numpy()
+    assert ((p >= 0.5) == (test.targets > 0)).mean() > 0.8
+    assert (p >= 0).all() and (p <= 1).all() and not np.allclose(p.sum(1), 1)
