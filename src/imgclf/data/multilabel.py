@@ -44,8 +44,8 @@ def label_columns(path, extra: list[str], cells: list[dict], lines: list[int]) -
             if v not in BINARY:
                 shown = f"'{v}'" if v else "an empty cell"
                 raise DataError(
-                    f"CSV '{path}' line {n}: column '{col}' holds {shown}; a label column holds 0 or 1 in every "
-                    "row (fix the cell, or rename the column's values if it is not a label)"
+                    f"CSV '{path}' line {n}: column '{col}' holds {shown}, but a label column holds 0 or 1 in every "
+                    f"row: fix the cell (if '{col}' is not a label, write its values as words, e.g. g0, g1)"
                 )
         labels.append(col)
     if not labels:

@@ -335,9 +335,11 @@ def csv_source(path: Path, task: str | None = None) -> DataSource:
     label_col = next((c for c in ("labels", "label") if c in cols), None)
     extra = [c for c in cols if c and c not in ("path", "label", "labels", "split")]
     lines, cells = [r[0] for r in rows], [r[3] for r in rows]
+    notes = []
     if label_col is None:
         label_cols, extra = label_columns(path, extra, cells, lines)
         sets, multi = sets_from_columns(label_cols, cells), True
+        notes += [f"column '{c}' holds no 0/1 value: kept as a column (for --group-by), not a label" for c in extra]
     else:
         label_cells = [c[label_col] for c in cells]
         multi = is_multilabel_header(label_col, label_cells, task)
@@ -356,7 +358,7 @@ def csv_source(path: Path, task: str | None = None) -> DataSource:
     classes, splits = make(path, rows, sets, by_split, label_cols if label_col is None else None)
     for s, split in splits.items():
         split.columns = {c: [cells[i][c] for i in by_split[s]] for c in extra} if extra else None
-    src = DataSource("csv", str(path), classes, splits, task=MULTILABEL if multi else SINGLE)
+    src = DataSource("csv", str(path), classes, splits, task=MULTILABEL if multi else SINGLE, notes=notes)
     if multi and task != MULTILABEL:
         how = "its 0/1 label columns" if label_col is None else f"its '{label_col}' column"
         src.notes.append(f"task: multilabel ({len(classes)} labels, inferred from {how})")

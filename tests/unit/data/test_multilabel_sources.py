@@ -44,6 +44,7 @@ def test_zero_one_columns_and_an_ordinary_column_kept_for_group_by(images):
     rows = [f"{i}.png,{int('cat' in sets(i))},{int('dog' in sets(i))},g{i % 10}" for i in range(40)]
     src = open_source(write(images, "b.csv", "path,cat,dog,shot", rows), group_by="shot")
     assert src.task == "multilabel" and src.classes == ["cat", "dog"]
+    assert "column 'shot' holds no 0/1 value: kept as a column (for --group-by), not a label" in src.notes
     tr, va = src.splits["train"], src.splits["val"]
     assert set(tr.columns["shot"]).isdisjoint(va.columns["shot"])
 
