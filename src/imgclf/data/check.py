@@ -113,17 +113,7 @@ class CheckReport:
                 if n > TEXT_LIMIT_PER_KIND
             )
         if per_split:
-            first = ["class", "images"] if s.get("multilabel") else ["class"]
-            width = max(len(c) for c in [*first, *classes[:TEXT_LIMIT_CLASSES]])
-            row = lambda name, cells: "  " + "  ".join([f"{name:<{width}}", *(f"{x:>8}" for x in cells)])  # noqa: E731
-            lines += ["", row("class", per_split)]
-            lines += [row(c, [per_split[n][c] for n in per_split]) for c in classes[:TEXT_LIMIT_CLASSES]]
-            if len(classes) > TEXT_LIMIT_CLASSES:
-                lines.append(f"  ... and {len(classes) - TEXT_LIMIT_CLASSES} more classes (see --json)")
-            if s.get("multilabel"):  # an image counts once per label: the images themselves
-                lines.append(row("images", [v["images"] for v in s["multilabel"]["labels_per_image"].values()]))
-            else:
-                lines.append(row("total", [sum(v.values()) for v in per_split.values()]))
+            lines += _class_table(s, per_split, classes)
         ratio = s.get("imbalance_ratio")
         if s.get("multilabel"):  # data/check_multilabel.py
             lines += multilabel_lines(s["multilabel"])
@@ -159,6 +149,22 @@ class CheckReport:
         ne, nw = len(self.errors), len(self.warnings)
         lines.append(f"{ne} error{'s' * (ne != 1)}, {nw} warning{'s' * (nw != 1)} in {s.get('files', 0)} files")
         return "\n".join(lines)
+
+
+def _class_table(s: dict, per_split: dict[str, dict[str, int]], classes: list[str]) -> list[str]:
+    """check's text table: images per class (a multi-label manifest's: per label) and split, then the total."""
+    first = ["class", "images"] if s.get("multilabel") else ["class"]
+    width = max(len(c) for c in [*first, *classes[:TEXT_LIMIT_CLASSES]])
+    row = lambda name, cells: "  " + "  ".join([f"{name:<{width}}", *(f"{x:>8}" for x in cells)])  # noqa: E731
+    lines = ["", row("class", per_split)]
+    lines += [row(c, [per_split[n][c] for n in per_split]) for c in classes[:TEXT_LIMIT_CLASSES]]
+    if len(classes) > TEXT_LIMIT_CLASSES:
+        lines.append(f"  ... and {len(classes) - TEXT_LIMIT_CLASSES} more classes (see --json)")
+    if s.get("multilabel"):  # an image counts once per label: the images themselves
+        lines.append(row("images", [v["images"] for v in s["multilabel"]["labels_per_image"].values()]))
+    else:
+        lines.append(row("total", [sum(v.values()) for v in per_split.values()]))
+    return lines
 
 
 @dataclass

@@ -333,6 +333,11 @@ def accuracy_on(
     multi-label model (the first runner's task) a dict per runner instead: mAP (macro) and micro-F1 at the
     model's thresholds (evaluation/multilabel.py)."""
     src, s = open_model_data(config, data, split, data_root)
+    if (src.task == MULTILABEL) != (runners[0].task == MULTILABEL):
+        raise DataError(
+            f"'{data}' is {'multi-label' if src.task == MULTILABEL else 'single-label'} data but the model is "
+            f"{'multi-label' if runners[0].task == MULTILABEL else 'single-label'}: pass --data with data of its kind"
+        )
     if max_images is not None and len(s) > max_images:
         s = s.subset(np.random.default_rng(0).permutation(len(s))[:max_images].tolist())
     mapping = torch.as_tensor(align_classes(src.classes, runners[0].classes, data), dtype=torch.long)

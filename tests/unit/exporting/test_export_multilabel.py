@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from imgclf.cli.main import main
+from imgclf.core.errors import DataError
 from imgclf.core.multilabel import MULTILABEL
 from imgclf.exporting.export import export, format_export_report
-from imgclf.exporting.verify import compare
+from imgclf.exporting.verify import accuracy_on, compare
 from imgclf.infer.runtime import CheckpointRunner, open_model
 from imgclf.models import tta
 from imgclf.models.checkpoint import load_checkpoint, save_checkpoint
@@ -108,3 +109,9 @@ def test_per_label_temperature_is_in_the_export(multilabel_ckpt, tmp_path, fmt):
     want = bare / torch.tensor([2.0, 0.5, 1.0])
     assert torch.allclose(exported.logits(x), want, atol=1e-4 if fmt == "onnx" else 0.3)
     assert not torch.allclose(exported.logits(x), bare, atol=0.3)
+
+
+def test_accuracy_of_a_multilabel_model_on_single_label_data_is_one_line(multilabel_ckpt, tiny_data):
+    runner = CheckpointRunner(multilabel_ckpt, device="cpu", precision="fp32")
+    with pytest.raises(DataError, match="is single-label data but the model is multi-label: pass --data"):
+        accuracy_on([runner], str(tiny_data), split="val", config=runner.config)
