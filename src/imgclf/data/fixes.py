@@ -144,7 +144,7 @@ def check_label(to: str, classes, where: str) -> None:
     """A relabel's `to` is one of the data's classes (a fix never makes a class); a multi-label image's new label
     set `a|b` is labels of the data, each of them (whether the data is multi-label is checked where it is
     applied: `relabelled_to`)."""
-    if classes is None:
+    if classes is None or to in classes:
         return
     for part in split_labels(to) if LABEL_SEPARATOR in to else [to]:
         if part not in classes:
@@ -158,7 +158,7 @@ def relabelled_to(to: str, classes, *, multilabel: bool, where: str) -> list[str
     """The labels a relabel row gives its image: one class, or for a multi-label source the image's whole new
     label set (`a|b`, which replaces the set it had), in class order. A set for single-label data is refused."""
     labels = split_labels(to)
-    if not multilabel and (len(labels) != 1 or LABEL_SEPARATOR in to):
+    if not multilabel and to not in classes and LABEL_SEPARATOR in to:
         raise UsageError(
             f"{where}: relabel to '{one_line(to)}' gives several labels, but the data has one class per image: "
             "give one class in `to`"
