@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
@@ -22,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.core.errors import DataError
+from imgclf.core.multilabel import MULTILABEL, join_labels
 from imgclf.data.balance import SAMPLER_FROM, imbalance_ratio
-from imgclf.data.decode_pass import ImageInfo, decode_all, inspect_array
-from imgclf.data.fixes import plan_rows, read_fixes
+from imgclf.data.check_multilabel import count_labels, multilabel_lines, multilabel_summary
+from imgclf.data.decode_pass import ImageInfo, decode_all, inspect_array, size_summary
+from imgclf.data.fixes import check_relabels, plan_rows, read_fixes, relabelled_to
 from imgclf.data.groups import check_matched, group_keys, grouping_summary, leaked_groups, parse_group_by
 from imgclf.data.sources import DataSource, csv_source, find_split_dirs, is_image_name, named_source
 
@@ -112,15 +113,14 @@ class CheckReport:
                 if n > TEXT_LIMIT_PER_KIND
             )
         if per_split:
-            width = max(len(c) for c in ["class", *classes[:TEXT_LIMIT_CLASSES]])
-            row = lambda name, cells: "  " + "  ".join([f"{name:<{width}}", *(f"{x:>8}" for x in cells)])  # noqa: E731
-            lines += ["", row("class", per_split)]
-            lines += [row(c, [per_split[n][c] for n in per_split]) for c in classes[:TEXT_LIMIT_CLASSES]]
-            if len(classes) > TEXT_LIMIT_CLASSES:
-                lines.append(f"  ... and {len(classes) - TEXT_LIMIT_CLASSES} more classes (see --json)")
-            lines.append(row("total", [sum(v.values()) for v in per_split.values()]))
+            lines += _class_table(s, per_split, classes)
         ratio = s.get("imbalance_ratio")
-        lines.append("class imbalance (largest/smallest in train): " + (f"{ratio:.2f}" if ratio is not None else "n/a"))
+        if s.get("multilabel"):  # data/check_multilabel.py
+            lines += multilabel_lines(s["multilabel"])
+        else:
+            lines.append(
+                "class imbalance (largest/smallest in train): " + (f"{ratio:.2f}" if ratio is not None else "n/a")
+            )
         size = s.get("image_size")
         if size:
             w, h = size["width"], size["height"]
@@ -151,6 +151,22 @@ class CheckReport:
         return "\n".join(lines)
 
 
+def _class_table(s: dict, per_split: dict[str, dict[str, int]], classes: list[str]) -> list[str]:
+    """check's text table: images per class (a multi-label manifest's: per label) and split, then the total."""
+    first = ["class", "images"] if s.get("multilabel") else ["class"]
+    width = max(len(c) for c in [*first, *classes[:TEXT_LIMIT_CLASSES]])
+    row = lambda name, cells: "  " + "  ".join([f"{name:<{width}}", *(f"{x:>8}" for x in cells)])  # noqa: E731
+    lines = ["", row("class", per_split)]
+    lines += [row(c, [per_split[n][c] for n in per_split]) for c in classes[:TEXT_LIMIT_CLASSES]]
+    if len(classes) > TEXT_LIMIT_CLASSES:
+        lines.append(f"  ... and {len(classes) - TEXT_LIMIT_CLASSES} more classes (see --json)")
+    if s.get("multilabel"):  # an image counts once per label: the images themselves
+        lines.append(row("images", [v["images"] for v in s["multilabel"]["labels_per_image"].values()]))
+    else:
+        lines.append(row("total", [sum(v.values()) for v in per_split.values()]))
+    return lines
+
+
 @dataclass
 class Item:
     """One image of the listing."""
@@ -174,6 +190,7 @@ class _Listing:
     files: int = 0
     hidden: int = 0
     columns: dict[str, list[str]] = field(default_factory=dict)  # a manifest's other columns, a cell per item
+    multilabel: bool = False  # a multi-label manifest: each item's label is its label set's cell (`a|b`, "" none)
 
     def place(self, split: str, cls: str) -> str:
         """Where a class of a split is, as findings show it: its folder, or split:class in a CSV."""
@@ -272,10 +289,10 @@ def report_of(ins: Inspected) -> CheckReport:
     classes = sorted(lst.classes)
     splits = sorted({it.split for it in lst.items} | set(lst.split_dirs), key=_split_order)
     per_split = {s: {c: 0 for c in classes} for s in splits}
-    for it, _ in readable:
-        per_split[it.split][it.label] += 1
+    count_labels(per_split, [(it.split, it.label) for it, _ in readable], multilabel=lst.multilabel)
     _empty_classes(lst, per_split, failed)
-    ratio = _imbalance(lst, readable, per_split)
+    multi = _multilabel(lst, readable, per_split) if lst.multilabel else None
+    ratio = None if lst.multilabel else _imbalance(lst, readable, per_split)
 
     infos = [info for _, info in readable]
     summary = {
@@ -287,11 +304,13 @@ def report_of(ins: Inspected) -> CheckReport:
         "classes": classes,
         "classes_per_split": per_split,
         "imbalance_ratio": ratio,
-        "image_size": _size_summary(infos),
+        "image_size": size_summary(infos),
         "modes": dict(Counter(i[1] for i in infos).most_common()),
         "formats": dict(Counter(i[0] for i in infos).most_common()),
         "seconds": round(time.perf_counter() - ins.started, 2),
     } | ({"groups": ins.grouping} if ins.grouping else {})
+    if multi is not None:  # the class table counts images per label; data/check_multilabel.py
+        summary.update(task=MULTILABEL, multilabel=multi)
     if ins.fixes is not None:
         summary["fixes"] = ins.fixes
     order = {k: i for i, k in enumerate(_KIND_ORDER)}
@@ -316,6 +335,7 @@ def _apply_fixes(lst: _Listing, path: str) -> dict:
     """The listing as `fixes` leaves it: dropped images out, relabelled ones under their new label (checked before
     anything is decoded); what it did, for the summary."""
     fixes = read_fixes(path, sorted(lst.classes))
+    check_relabels(fixes, sorted(lst.classes), multilabel=lst.multilabel)
     by_key = plan_rows(fixes, str(lst.base))
     items, matched = [], set()
     dropped = relabelled = 0
@@ -326,7 +346,8 @@ def _apply_fixes(lst: _Listing, path: str) -> dict:
         if any(r.action == "drop" for r in rows):
             dropped += 1
             continue
-        to = next((r.to for r in rows if r.action == "relabel"), it.label)
+        new = [relabelled_to(r.to, sorted(lst.classes), multilabel=lst.multilabel, where="") for r in rows]
+        to = next((join_labels(n) for r, n in zip(rows, new) if r.action == "relabel"), it.label)
         relabelled += to != it.label
         items.append(Item(it.split, to, it.path, it.shown, it.array))
     lst.items = items
@@ -380,6 +401,14 @@ def _empty_classes(lst: _Listing, per_split: dict[str, dict[str, int]], failed: 
                 )
 
 
+def _multilabel(lst: _Listing, readable: list[tuple[Item, tuple]], per_split: dict) -> dict:
+    """A multi-label manifest's summary entry; its warnings into the listing's (data/check_multilabel.py)."""
+    items = [(it.split, it.label, it.shown) for it, _ in readable]
+    summary, found = multilabel_summary(items, sorted(lst.classes), per_split, IMBALANCE_WARN_RATIO)
+    lst.warnings += [Finding(kind, paths, detail) for kind, paths, detail in found]
+    return summary
+
+
 def _imbalance(lst: _Listing, readable: list[tuple[Item, tuple]], per_split: dict) -> float | None:
     """The train split's imbalance ratio (largest class / smallest); a warning from IMBALANCE_WARN_RATIO."""
     train = {c: n for c, n in per_split.get("train", {}).items() if n}
@@ -409,6 +438,9 @@ _KIND_ORDER = (
     "extension-mismatch",
     "duplicate",
     "class-imbalance",
+    "label-imbalance",
+    "label-on-every-image",
+    "no-label",
     "tiny-image",
     "non-image-file",
     "stray-file",
@@ -490,10 +522,11 @@ def _walk_class(lst: _Listing, split: str, folder: Path) -> None:
 
 def _list_csv(path: Path) -> _Listing:
     src = csv_source(path)  # the loader's own CSV rules: same columns, splits and path resolution
-    lst = _Listing("csv", path.parent, classes=set(src.classes))
+    lst = _Listing("csv", path.parent, classes=set(src.classes), multilabel=src.task == MULTILABEL)
     for s, split in src.splits.items():
-        for p, y in zip(split.paths, split.labels):
-            lst.items.append(Item(s, src.classes[y], p, _shown(p, lst.base)))
+        for i, (p, y) in enumerate(zip(split.paths, split.labels)):
+            label = join_labels(split.label_names(i, src.classes)) if lst.multilabel else src.classes[y]
+            lst.items.append(Item(s, label, p, _shown(p, lst.base)))
         for c, cells in (split.columns or {}).items():
             lst.columns.setdefault(c, []).extend(cells)
     lst.files = len(lst.items)
@@ -565,17 +598,3 @@ def _same_pixels(readable: list[tuple[Item, tuple]], errors: list[Finding], warn
         for (s, c), ps in by_place.items():
             if len(ps) > 1:
                 warns.append(Finding("duplicate", ps, f"{len(ps)} copies of the same image in {s} class {c}"))
-
-
-def _size_summary(infos: list[tuple]) -> dict | None:
-    if not infos:
-        return None
-    ws, hs = [i[2] for i in infos], [i[3] for i in infos]
-    sizes = Counter((i[2], i[3]) for i in infos)
-    (cw, ch), cn = sizes.most_common(1)[0]
-    return {
-        "width": {"min": min(ws), "median": statistics.median_low(ws), "max": max(ws)},
-        "height": {"min": min(hs), "median": statistics.median_low(hs), "max": max(hs)},
-        "distinct": len(sizes),
-        "most_common": {"width": cw, "height": ch, "count": cn},
-    }

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import statistics
 import sys
 import warnings
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
@@ -110,3 +112,18 @@ def inspect_array(pixels: np.ndarray, phash: bool) -> tuple[str, ImageInfo]:
     digest = hashlib.blake2b(f"{w}x{h}".encode(), digest_size=16)
     digest.update(rgb.tobytes())
     return "ok", ImageInfo("array", "RGB", w, h, digest.digest(), phash_array(rgb) if phash else None)
+
+
+def size_summary(infos: list[tuple]) -> dict | None:
+    """The sizes of decoded images (`ImageInfo`s): width and height min/median/max, distinct sizes, the commonest."""
+    if not infos:
+        return None
+    ws, hs = [i[2] for i in infos], [i[3] for i in infos]
+    sizes = Counter((i[2], i[3]) for i in infos)
+    (cw, ch), cn = sizes.most_common(1)[0]
+    return {
+        "width": {"min": min(ws), "median": statistics.median_low(ws), "max": max(ws)},
+        "height": {"min": min(hs), "median": statistics.median_low(hs), "max": max(hs)},
+        "distinct": len(sizes),
+        "most_common": {"width": cw, "height": ch, "count": cn},
+    }

@@ -25,6 +25,8 @@ from dataclasses import astuple, dataclass, field
 from imgclf.core.errors import UsageError, did_you_mean
 from imgclf.core.escape import csv_cell, csv_value, one_line
 from imgclf.core.fileio import atomic_open, open_text
+from imgclf.core.multilabel import LABEL_SEPARATOR, MULTILABEL, split_labels
+from imgclf.data.multilabel import multi_hot, strata
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +141,30 @@ def _row(row: dict, path: str, line: int, cols: list[str], classes, what: str) -
 
 
 def check_label(to: str, classes, where: str) -> None:
-    """A relabel's `to` is one of the data's classes (a fix never makes a class)."""
-    if classes is not None and to not in classes:
-        shown = ", ".join(list(classes)[:10]) + (" ..." if len(classes) > 10 else "")
-        raise UsageError(f"{where}: '{one_line(to)}' is not a class of the data ({shown}){did_you_mean(to, classes)}")
+    """A relabel's `to` is one of the data's classes (a fix never makes a class); a multi-label image's new label
+    set `a|b` is labels of the data, each of them (whether the data is multi-label is checked where it is
+    applied: `relabelled_to`)."""
+    if classes is None or to in classes:
+        return
+    for part in split_labels(to) if LABEL_SEPARATOR in to else [to]:
+        if part not in classes:
+            shown = ", ".join(list(classes)[:10]) + (" ..." if len(classes) > 10 else "")
+            raise UsageError(
+                f"{where}: '{one_line(part)}' is not a class of the data ({shown}){did_you_mean(part, classes)}"
+            )
+
+
+def relabelled_to(to: str, classes, *, multilabel: bool, where: str) -> list[str]:
+    """The labels a relabel row gives its image: one class, or for a multi-label source the image's whole new
+    label set (`a|b`, which replaces the set it had), in class order. A set for single-label data is refused."""
+    labels = split_labels(to)
+    if not multilabel and to not in classes and LABEL_SEPARATOR in to:
+        raise UsageError(
+            f"{where}: relabel to '{one_line(to)}' gives several labels, but the data has one class per image: "
+            "give one class in `to`"
+        )
+    check_label(to, classes, where)
+    return [c for c in classes if c in labels] if multilabel else [to]
 
 
 def check_classes(fixes: Fixes, classes, what: str = "--apply-fixes") -> None:
@@ -150,6 +172,13 @@ def check_classes(fixes: Fixes, classes, what: str = "--apply-fixes") -> None:
     for line, r in fixes.rows:
         if r.action == "relabel":
             check_label(r.to, classes, f"{what} '{fixes.file}' line {line}")
+
+
+def check_relabels(fixes: Fixes, classes, *, multilabel: bool, what: str = "--apply-fixes") -> None:
+    """Every relabel's `to` against the data's classes and task (`relabelled_to`), once they are known."""
+    for line, r in fixes.rows:
+        if r.action == "relabel":
+            relabelled_to(r.to, classes, multilabel=multilabel, where=f"{what} '{fixes.file}' line {line}")
 
 
 def _check_agreement(fixes: Fixes, what: str) -> None:
@@ -258,9 +287,11 @@ def apply_fixes(src, fixes: Fixes, *, warn: bool = True) -> Applied:
     """Drop and relabel images in every split of `src` (a DataSource; in place, its files untouched). Rows whose
     image is not in the data are counted and warned about in one line (`warn` False: the caller logs
     `Applied.warning` itself, after its last refusal); `keep` rows change nothing."""
-    check_classes(fixes, src.classes)
+    check_relabels(fixes, src.classes, multilabel=src.task == MULTILABEL)
     by_key = plan_rows(fixes, _base(src))
     index = {c: i for i, c in enumerate(src.classes)}
+    if src.task == MULTILABEL:  # a relabelled image's stratum from the train split's label counts before any fix
+        index = {"classes": src.classes, "train_counts": src.splits["train"].targets.sum(axis=0)}
     out = Applied(fixes.file, fixes.sha256)
     matched: set[str] = set()
     for name in list(src.splits):
@@ -286,7 +317,10 @@ def apply_fixes(src, fixes: Fixes, *, warn: bool = True) -> Applied:
 
 
 def _apply_split(split, name: str, by_key, index, out: Applied, matched: set) -> object:
+    """One split with the rows applied. `index`: class -> index, or for a multi-label split the classes and the
+    train label counts: a relabel there replaces the image's multi-hot target (and its stratum)."""
     keep, labels, groups, clusters = [], list(split.labels), [], []
+    targets = split.targets.copy() if split.targets is not None else None
     dropped = relabelled = 0
     for i in range(len(split)):
         key = image_key(split, i)
@@ -305,7 +339,12 @@ def _apply_split(split, name: str, by_key, index, out: Applied, matched: set) ->
             dropped += 1
             continue
         to = next((r.to for r in rows if r.action == "relabel"), None)
-        if to is not None and index[to] != labels[i]:
+        if to is not None and targets is not None:
+            row = multi_hot([split_labels(to)], index["classes"])
+            if not (row[0] == targets[i]).all():
+                targets[i], labels[i] = row[0], strata(row, index["train_counts"])[0]
+                relabelled += 1
+        elif to is not None and index[to] != labels[i]:
             labels[i] = index[to]
             relabelled += 1
         keep.append(i)
@@ -313,6 +352,8 @@ def _apply_split(split, name: str, by_key, index, out: Applied, matched: set) ->
         clusters.append(group or None)
     new = split.subset(keep, name)
     new.labels = [labels[i] for i in keep]
+    if targets is not None:
+        new.targets = targets[keep]
     out.dropped[name], out.relabelled[name] = dropped, relabelled
     if name == "train":
         out.groups, out.clusters = groups, clusters

@@ -126,7 +126,7 @@ def bench(
     x = _images(settings, data, split, max(batch_sizes), data_root)
     batches = {b: x[torch.arange(b) % len(x)].contiguous() for b in batch_sizes}
     times = _time(settings, batch_sizes, batches, Rounds(warmup, iters, rounds, max_seconds))
-    accs: dict[int, float | None] = {}
+    accs: dict[int, float | dict | None] = {}
     n_eval = None
     if data and accuracy:
         cfg = settings[0].runner.config
@@ -215,9 +215,11 @@ def _time(
     return times
 
 
-def _row(s: Setting, b: int, ts: np.ndarray, accuracy: float | None, eval_images: int | None) -> dict:
+def _row(s: Setting, b: int, ts: np.ndarray, accuracy: float | dict | None, eval_images: int | None) -> dict:
+    """One row of the table; `accuracy` of a multi-label model is its mAP and micro-F1 (verify.accuracy_on)."""
     p50, p90 = float(np.percentile(ts, 50)), float(np.percentile(ts, 90))
-    return {
+    multi = accuracy if isinstance(accuracy, dict) else None
+    row = {
         "input": s.input,
         "format": s.label,
         "model": s.runner.model_name,
@@ -228,22 +230,26 @@ def _row(s: Setting, b: int, ts: np.ndarray, accuracy: float | None, eval_images
         "images_per_s": b / p50,
         "iterations": int(len(ts)),
         "size_mb": s.size_bytes / 2**20,
-        "accuracy": accuracy,
+        "accuracy": None if multi else accuracy,
         "eval_images": eval_images,
         "threads": torch.get_num_threads(),
     }
+    if multi:
+        row.update(mAP=multi["mAP"], micro_f1=multi["micro_f1"])
+    return row
 
 
 def format_table(rows: list[dict]) -> str:
-    has_acc = any(r["accuracy"] is not None for r in rows)
+    key = "mAP" if any("mAP" in r for r in rows) else "accuracy"  # a multi-label model's: its mAP
+    has_acc = any(r.get(key) is not None for r in rows)
     head = (
         f"{'format':<15} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'images/s':>9} {'size MB':>8}"
-        + (f" {'accuracy':>9}" if has_acc else "")
+        + (f" {key:>9}" if has_acc else "")
         + "  file"
     )
     lines = [head]
     for r in rows:
-        acc = (f" {r['accuracy']:9.4f}" if r["accuracy"] is not None else f" {'-':>9}") if has_acc else ""
+        acc = (f" {r[key]:9.4f}" if r.get(key) is not None else f" {'-':>9}") if has_acc else ""
         lines.append(
             f"{r['format']:<15} {r['batch_size']:>5} {r['latency_p50_ms']:9.1f} {r['latency_p90_ms']:9.1f} "
             f"{r['images_per_s']:9.1f} {r['size_mb']:8.1f}{acc}  {os.path.basename(r['input'])}"

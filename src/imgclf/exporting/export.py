@@ -37,6 +37,7 @@ import torch
 from imgclf.core.errors import DataError, ImgclfError, UsageError, did_you_mean
 from imgclf.core.fileio import disk_full_error, human_size, temp_beside, write_json
 from imgclf.core.formats import DEFAULT_OPSET, FORMATS, ExportFormat
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.version import __version__
 from imgclf.exporting.context import CALIB_METHODS, DEFAULT_INT8_TRIES, ExportContext
 from imgclf.exporting.verify import ImageSample, VerificationError, accuracy_on, verify
@@ -282,6 +283,8 @@ def _accuracies(ref, exported, fmt, data, *, split, data_root, max_images) -> di
     accs, n, where = accuracy_on(
         runners, data, split=split, data_root=data_root, config=ref.config, max_images=max_images
     )
+    if ref.task == MULTILABEL:
+        return _multilabel_accuracies(ref, fmt, accs, n, where)
     r = {
         "data": where,
         "images": n,
@@ -294,7 +297,26 @@ def _accuracies(ref, exported, fmt, data, *, split, data_root, max_images) -> di
     return r
 
 
+def _multilabel_accuracies(ref, fmt, accs: list[dict], n: int, where: str) -> dict:
+    """`_accuracies` of a multi-label model: mAP and micro-F1 (at its thresholds) of the checkpoint and the
+    export, the drops in points."""
+    r = {"data": where, "images": n, "metric": "mAP", "checkpoint": accs[0], fmt.name: accs[1]}
+    for k in ("mAP", "micro_f1"):
+        a, b = accs[0][k], accs[1][k]
+        r[f"{k}_drop_points"] = None if a is None or b is None else 100.0 * (a - b)
+    if ref.tta is not None:
+        r.update(tta=ref.tta, checkpoint_without_tta=accs[2])
+    return r
+
+
 # --------------------------------------------------------------------------------------------- the report
+
+
+def _kept(t: dict) -> str:
+    """An int8 try's labels kept: top-1 of the images, or a multi-label model's label decisions."""
+    if t.get("labels_kept") is not None:
+        return f"{t['labels_kept']}/{t['label_decisions']}"
+    return f"{t['top1_kept']}/{t['images']}"
 
 
 def _int8_hint(meta: dict) -> str:
@@ -303,7 +325,7 @@ def _int8_hint(meta: dict) -> str:
         return ""
     tried = ", ".join(
         f"{t['calibration']}{' with ' + str(len(t['fp32_nodes'])) + ' nodes fp32' if t['fp32_nodes'] else ''} "
-        f"{t['top1_kept']}/{t['images']}"
+        f"{_kept(t)}"
         for t in q["tries"]
     )
     return (
@@ -328,17 +350,69 @@ def _int8_lines(q: dict) -> list[str]:
             "int8 tries: "
             + "; ".join(
                 f"{i}. {t['calibration']}{', ' + str(len(t['fp32_nodes'])) + ' nodes fp32' if t['fp32_nodes'] else ''}: "
-                f"{t['top1_kept']}/{t['images']} labels kept, RMSE {t['rel_rmse']:.1%}"
+                f"{_kept(t)} labels kept, RMSE {t['rel_rmse']:.1%}"
                 for i, t in enumerate(q["tries"], 1)
             )
         )
     return lines
 
 
+def _multilabel_numbers(v: dict) -> tuple[str, str]:
+    """The verification numbers and rule of a multi-label model's export, for people."""
+    tol = v["tolerance"]
+    numbers = (
+        f"label decisions at the stored thresholds kept {v['labels_kept']}/{v['label_decisions']} = "
+        f"{v['label_agreement']:.1%}, label sets kept {v['sets_kept']}/{v['images']}, max |probability diff| "
+        f"{v['max_prob_diff']:.3g}"
+    )
+    if "min_label_agreement" in tol:
+        numbers += (
+            f" (per-label agreement's one-sided {tol['confidence']:.0%} upper bound {v['label_agreement_upper']:.1%}"
+            f"), RMSE {v['rel_rmse']:.1%} of logit spread (lower bound {v['rel_rmse_lower']:.1%})"
+        )
+        rule = (
+            f"refused only if the per-label agreement's upper bound is below {tol['min_label_agreement']:.0%} "
+            f"or the RMSE's lower bound above {tol['max_rel_rmse']:.0%}"
+        )
+    else:
+        numbers = f"max |logit diff| {v['max_abs_diff']:.3g}, " + numbers
+        rule = f"max |diff| <= {tol['max_abs_diff']:.3g}"
+    return numbers, rule
+
+
+def _multilabel_accuracy_lines(r: dict) -> list[str]:
+    a, f = r["accuracy"], r["format"]
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    with_tta = f" with --tta {a['tta']}" if a.get("tta") else ""
+    lines = [
+        f"on {a['data']} ({a['images']} images), mAP: checkpoint{with_tta} {num(a['checkpoint']['mAP'])}, {f} "
+        f"{num(a[f]['mAP'])}; micro-F1 at the thresholds: checkpoint {num(a['checkpoint']['micro_f1'])}, "
+        f"{f} {num(a[f]['micro_f1'])}"
+    ]
+    if a.get("tta"):
+        w = a["checkpoint_without_tta"]
+        lines.append(f"test-time augmentation {a['tta']}: checkpoint without it mAP {num(w['mAP'])}")
+    return lines
+
+
+def _temperature_line(t) -> str | None:
+    if isinstance(t, list):
+        shown = ", ".join(f"{v:.3g}" for v in t)
+        return f"temperature per label [{shown}] (from imgclf calibrate) is in the exported graph"
+    if t is not None and t != 1.0:
+        return f"temperature {t:.4g} (from imgclf calibrate) is in the exported graph"
+    return None
+
+
 def format_export_report(r: dict) -> str:
     v = r["verification"]
     tol = v["tolerance"]
-    if "min_top1_agreement" in tol:
+    if "label_agreement" in v:
+        numbers, rule = _multilabel_numbers(v)
+    elif "min_top1_agreement" in tol:
         numbers = (
             f"top-1 agreement {v['top1_kept']}/{v['images']} = {v['top1_agreement']:.1%} (one-sided "
             f"{tol['confidence']:.0%} upper bound {v['top1_agreement_upper']:.1%}), RMSE {v['rel_rmse']:.1%} of logit "
@@ -359,7 +433,9 @@ def format_export_report(r: dict) -> str:
         lines.append(f"calibrated on {r['calibration']}")
     if r.get("export", {}).get("quantization"):
         lines += _int8_lines(r["export"]["quantization"])
-    if r.get("accuracy"):
+    if r.get("accuracy") and r["accuracy"].get("metric") == "mAP":
+        lines += _multilabel_accuracy_lines(r)
+    elif r.get("accuracy"):
         a = r["accuracy"]
         with_tta = f" with --tta {a['tta']}" if a.get("tta") else ""
         lines.append(
@@ -371,8 +447,8 @@ def format_export_report(r: dict) -> str:
                 f"test-time augmentation {a['tta']}: checkpoint without it {a['checkpoint_without_tta']:.4f}, "
                 f"{r['format']} with it {a[r['format']]:.4f} ({a['tta_gain_points']:+.2f} points)"
             )
-    if r.get("temperature", 1.0) != 1.0:
-        lines.append(f"temperature {r['temperature']:.4g} (from imgclf calibrate) is in the exported graph")
+    if _temperature_line(r.get("temperature")):
+        lines.append(_temperature_line(r.get("temperature")))
     if r.get("note"):
         lines.append(f"note: {r['note']}")
     return "\n".join(lines)

@@ -48,9 +48,10 @@ from dataclasses import dataclass, field
 import torch
 
 from imgclf.core.fileio import temp_dir
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.exporting.context import CALIB_METHODS, ExportContext, quiet
 from imgclf.exporting.sensitivity import fp32_regions, int8_sensitivity
-from imgclf.exporting.verify import batched, compare
+from imgclf.exporting.verify import batched, compare, kept_of
 from imgclf.exporting.writers import add_onnx_metadata, onnx_fp32
 from imgclf.infer.runtime import onnx_session_options
 
@@ -69,6 +70,8 @@ TRY_KEYS = (
     "meets_bar",
     "ok",
 )
+# a multi-label model's tries record its label decisions instead of top-1 (verify.py)
+MULTILABEL_TRY_KEYS = ("labels_kept", "label_decisions", "label_agreement", "label_agreement_upper", "sets_kept")
 
 
 class ImageReader:
@@ -172,26 +175,33 @@ class Tries:
             "top1_agreement": 0.0,
             "rel_rmse": math.inf,
             "meets_bar": False,
-            **compare(self.want, onnx_logits(file, self.ctx.check), int8=True),
+            **compare(self.want, onnx_logits(file, self.ctx.check), int8=True, thresholds=self.thresholds()),
         }  # defaults: a wrong output shape
+        keys = TRY_KEYS + (MULTILABEL_TRY_KEYS if self.thresholds() is not None else ())
         self.made.append(
             {
                 "calibration": method,
                 "fp32_nodes": nodes,
                 "fp32_tensors": [x["tensor"] for x in regions],
-                **{k: r.get(k) for k in TRY_KEYS},
+                **{k: r.get(k) for k in keys},
                 "file": file,
             }
         )
         log.info(
-            "int8 try %d: %s calibration, %s: top-1 agreement %d/%d, RMSE %.1f%% of logit spread",
+            "int8 try %d: %s calibration, %s: %s agreement %d/%d, RMSE %.1f%% of logit spread",
             len(self.made),
             method,
             f"{len(nodes)} nodes fp32" if nodes else "everything quantized",
-            r["top1_kept"],
-            r["images"],
+            "top-1" if self.thresholds() is None else "per-label",
+            kept_of(r)[0],
+            r.get("label_decisions", r["images"]),
             100 * r["rel_rmse"],
         )
+
+    def thresholds(self) -> list[float] | None:
+        """A multi-label model's thresholds (its label decisions are compared), else None (top-1)."""
+        ref = self.ctx.ref
+        return ref.thresholds if ref.task == MULTILABEL else None
 
     def calibrations(self) -> None:
         """Tries 1-3: everything quantized, `ctx.calib_method` first, then the other methods."""
@@ -220,7 +230,7 @@ class Tries:
         """The first try that meets the bar, else the one passing the refusal rule, then most labels kept, then
         lowest RMSE."""
         return next((t for t in self.made if t["meets_bar"]), None) or max(
-            self.made, key=lambda t: (t["ok"], t["top1_kept"], -t["rel_rmse"])
+            self.made, key=lambda t: (t["ok"], _kept(t), -t["rel_rmse"])
         )
 
     def record(self, best: dict) -> dict:
@@ -259,6 +269,11 @@ class Tries:
             if self.ranking
             else None,
         }
+
+
+def _kept(t: dict) -> int:
+    """A try's labels kept: a multi-label model's label decisions, else top-1."""
+    return t["labels_kept"] if t.get("labels_kept") is not None else t["top1_kept"]
 
 
 def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:

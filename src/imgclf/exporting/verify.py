@@ -23,6 +23,14 @@ or `verify_data`) up to 500 images, so hymenoptera's 153 val images all count. R
   refused: 80% agreement from 18 images on. The RMSE rule is the same kind of test; it was already stable (a
   mean over every logit of every image, far below 30% for a good export: docs/benchmarks.md), and the bound
   keeps it so at small n.
+- multi-label models (the checkpoint's task is `multilabel`: a sigmoid per label, its label set by the stored
+  thresholds): the fp32 rule is the same (logits); instead of top-1 agreement, each label's decision at its
+  stored threshold is compared (`labels_kept` of N x C decisions, per label too, and `sets_kept`: images whose
+  whole label set is the same), with the max |sigmoid probability difference|. The int8 bar is per-label
+  agreement >= 97% and the same RMSE rule; its one-sided bound counts the N images, not the N x C decisions, as
+  the sample (a label set's decisions are not independent: the bound is as wide as for one decision an image),
+  so a good file is refused no more often than a single-label one. A broken export moves every label's
+  probability and fails the RMSE rule first; one that loses the rare positive labels fails the agreement.
 """
 
 from __future__ import annotations
@@ -40,10 +48,12 @@ import torch
 
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import DataError, ImgclfError
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.data.feed import make_feed
 from imgclf.data.images import UnreadableImage
 from imgclf.data.pipeline import decode_one, default_workers, eval_transform
 from imgclf.data.sources import Split, open_source
+from imgclf.evaluation.multilabel import multilabel_metrics
 from imgclf.infer.logits import align_classes, infer, open_model_data
 from imgclf.infer.predict import expand_paths
 from imgclf.infer.runtime import Runner
@@ -170,8 +180,9 @@ def batched(logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bat
     return torch.cat([logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def compare(ref: torch.Tensor, out: torch.Tensor, *, int8: bool) -> dict:
+def compare(ref: torch.Tensor, out: torch.Tensor, *, int8: bool, thresholds: list[float] | None = None) -> dict:
     """Numbers and the pass/fail verdict for exported logits `out` against reference logits `ref` (N x C).
+    `thresholds`: a multi-label model's (one per label): its label decisions are compared instead of top-1.
 
     int8: `ok` is the verdict of the one-sided tests in the module docstring (refused only on evidence that the
     file is worse than the bar); `meets_bar` says whether the point estimates themselves clear it (what the
@@ -180,19 +191,19 @@ def compare(ref: torch.Tensor, out: torch.Tensor, *, int8: bool) -> dict:
         return {"ok": False, "reason": f"output shape {tuple(out.shape)} != {tuple(ref.shape)}", "images": len(ref)}
     diff = (out - ref).abs()
     n = int(len(ref))
-    kept = int((out.argmax(1) == ref.argmax(1)).sum())
     spread = float(ref.std().clamp_min(1e-12))
     per_image = ((out - ref) ** 2).mean(1)  # N: each image's mean squared logit error
-    r = {
-        "images": n,
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "top1_agreement": kept / max(n, 1),
-        "top1_kept": kept,
-        "rel_rmse": float(per_image.mean().sqrt()) / spread,
-        "logit_scale": float(ref.abs().max()),
-        "tolerance": tolerance(int8, ref),
-    }
+    r = {"images": n, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+    if thresholds is None:
+        kept = int((out.argmax(1) == ref.argmax(1)).sum())
+        r.update(top1_agreement=kept / max(n, 1), top1_kept=kept)
+    else:
+        r.update(label_agreement_numbers(ref, out, thresholds))
+    r.update(
+        rel_rmse=float(per_image.mean().sqrt()) / spread,
+        logit_scale=float(ref.abs().max()),
+        tolerance=tolerance(int8, ref) if thresholds is None else multilabel_tolerance(int8, ref),
+    )
     if not torch.isfinite(out).all():
         r.update(ok=False, meets_bar=False, reason="non-finite logits")
     elif int8:
@@ -203,26 +214,71 @@ def compare(ref: torch.Tensor, out: torch.Tensor, *, int8: bool) -> dict:
             ok=ok,
             reason=""
             if ok
-            else f"max |logit difference| {r['max_abs_diff']:.3g} > {r['tolerance']['max_abs_diff']:.3g} (top-1 agreement {r['top1_agreement']:.3f})",
+            else f"max |logit difference| {r['max_abs_diff']:.3g} > {r['tolerance']['max_abs_diff']:.3g} ({agreement_text(r)})",
         )
     return r
 
 
+def multilabel_tolerance(int8: bool, ref: torch.Tensor) -> dict:
+    """`tolerance` of a multi-label model: the int8 bar is on per-label agreement (module docstring)."""
+    if not int8:
+        return tolerance(False, ref)
+    return {"min_label_agreement": INT8_MIN_AGREEMENT, "max_rel_rmse": INT8_MAX_REL_RMSE, "confidence": INT8_CONFIDENCE}
+
+
+def label_agreement_numbers(ref: torch.Tensor, out: torch.Tensor, thresholds: list[float]) -> dict:
+    """A multi-label model's label decisions (sigmoid >= its threshold) in `out` against `ref`: decisions kept
+    (of N x C, and per label), images whose whole set is kept, the max |sigmoid probability difference|."""
+    t = torch.as_tensor(thresholds, dtype=torch.float32)[None, :]
+    p_ref, p_out = ref.float().sigmoid(), out.float().sigmoid()
+    same = (p_ref >= t) == (p_out >= t)  # N x C
+    n = max(int(same.shape[0]), 1)
+    return {
+        "labels_kept": int(same.sum()),
+        "label_decisions": int(same.numel()),
+        "label_agreement": float(same.float().mean()) if same.numel() else 1.0,
+        "per_label_agreement": [round(float(v), 6) for v in same.float().mean(0)],
+        "sets_kept": int(same.all(1).sum()),
+        "set_agreement": float(same.all(1).sum()) / n,
+        "max_prob_diff": float((p_out - p_ref).abs().max()) if same.numel() else 0.0,
+    }
+
+
+def agreement_text(r: dict) -> str:
+    """The agreement part of a verification report, for people (top-1, or a multi-label model's decisions)."""
+    if "label_agreement" not in r:
+        return f"top-1 agreement {r['top1_agreement']:.3f}"
+    return (
+        f"label decisions kept {r['labels_kept']}/{r['label_decisions']} = {r['label_agreement']:.1%}, label sets "
+        f"kept {r['sets_kept']}/{r['images']}, max |probability diff| {r['max_prob_diff']:.3g}"
+    )
+
+
+def kept_of(r: dict) -> tuple[int, float]:
+    """(labels kept, agreement) of a `compare` report: top-1, or a multi-label model's label decisions."""
+    if "label_agreement" in r:
+        return r["labels_kept"], r["label_agreement"]
+    return r.get("top1_kept", 0), r.get("top1_agreement", 0.0)
+
+
 def _int8_verdict(r: dict, per_image: torch.Tensor, spread: float) -> None:
     """The int8 rule's one-sided tests (module docstring) on `compare`'s numbers `r`, added to it."""
-    tol, kept, n, agree, rel_rmse = r["tolerance"], r["top1_kept"], r["images"], r["top1_agreement"], r["rel_rmse"]
-    upper = agreement_upper_bound(kept, n, tol["confidence"])
+    tol, n, rel_rmse = r["tolerance"], r["images"], r["rel_rmse"]
+    multi = "label_agreement" in r
+    bar = tol["min_label_agreement" if multi else "min_top1_agreement"]
+    kept, agree = kept_of(r)
+    upper = agreement_upper_bound(agree * n if multi else kept, n, tol["confidence"])  # multi-label: n images
     lower = rmse_lower_bound(per_image, tol["confidence"]) / spread
     r.update(
-        top1_agreement_upper=upper,
+        {"label_agreement_upper" if multi else "top1_agreement_upper": upper},
         rel_rmse_lower=lower,
-        meets_bar=agree >= tol["min_top1_agreement"] and rel_rmse <= tol["max_rel_rmse"],
+        meets_bar=agree >= bar and rel_rmse <= tol["max_rel_rmse"],
     )
     why = []
-    if upper < tol["min_top1_agreement"]:
+    if upper < bar:
+        what = f"per-label agreement {kept}/{r['label_decisions']}" if multi else f"top-1 agreement {kept}/{n}"
         why.append(
-            f"top-1 agreement {kept}/{n} = {agree:.1%}, whose one-sided {tol['confidence']:.0%} upper bound "
-            f"{upper:.1%} is below {tol['min_top1_agreement']:.0%}"
+            f"{what} = {agree:.1%}, whose one-sided {tol['confidence']:.0%} upper bound {upper:.1%} is below {bar:.0%}"
         )
     if lower > tol["max_rel_rmse"]:
         why.append(
@@ -245,7 +301,7 @@ def verify(
     `ref_logits`: the reference's logits on `images` when already computed."""
     r_ref = batched(ref.logits, images, batch_size) if ref_logits is None else ref_logits
     r_out = batched(exported.logits, images, batch_size)
-    report = compare(r_ref, r_out, int8=int8)
+    report = compare(r_ref, r_out, int8=int8, thresholds=ref.thresholds if ref.task == MULTILABEL else None)
     if report["ok"]:
         single = exported.logits(images[:1])
         if single.shape != r_ref[:1].shape or (single - r_out[:1]).abs().max() > max(
@@ -273,8 +329,15 @@ def accuracy_on(
     cache: str = "auto",
     max_images: int | None = None,
 ) -> tuple[list[float], int, str]:
-    """Top-1 accuracy of each runner on the same decoded images of `split` (they share one preprocessing)."""
+    """Top-1 accuracy of each runner on the same decoded images of `split` (they share one preprocessing); for a
+    multi-label model (the first runner's task) a dict per runner instead: mAP (macro) and micro-F1 at the
+    model's thresholds (evaluation/multilabel.py)."""
     src, s = open_model_data(config, data, split, data_root)
+    if (src.task == MULTILABEL) != (runners[0].task == MULTILABEL):
+        raise DataError(
+            f"'{data}' is {'multi-label' if src.task == MULTILABEL else 'single-label'} data but the model is "
+            f"{'multi-label' if runners[0].task == MULTILABEL else 'single-label'}: pass --data with data of its kind"
+        )
     if max_images is not None and len(s) > max_images:
         s = s.subset(np.random.default_rng(0).permutation(len(s))[:max_images].tolist())
     mapping = torch.as_tensor(align_classes(src.classes, runners[0].classes, data), dtype=torch.long)
@@ -291,5 +354,19 @@ def accuracy_on(
     accs = []
     for r in runners:
         logits, labels = infer(r, feed.batches(), desc=f"{r.format} {split}")
-        accs.append(float((logits.argmax(1) == mapping[labels]).float().mean()) if len(labels) else float("nan"))
+        if r.task == MULTILABEL:
+            accs.append(_multilabel_quality(r, logits, labels, mapping))
+        else:
+            accs.append(float((logits.argmax(1) == mapping[labels]).float().mean()) if len(labels) else float("nan"))
     return accs, len(feed), f"{src.location} {split}"
+
+
+def _multilabel_quality(r: Runner, logits: torch.Tensor, targets: torch.Tensor, mapping: torch.Tensor) -> dict:
+    """mAP (macro) and micro-F1 of a multi-label runner's `logits` against multi-hot `targets` (the data's label
+    order, put in the model's by `mapping`), at the runner's thresholds."""
+    if not len(targets):
+        return {"mAP": float("nan"), "micro_f1": float("nan")}
+    y = torch.zeros(len(targets), len(r.classes))
+    y[:, mapping] = targets.float()
+    m = multilabel_metrics(r.probabilities(logits).numpy(), y.numpy(), r.thresholds, list(r.classes))
+    return {"mAP": m["mAP"], "micro_f1": m["micro_f1"]}

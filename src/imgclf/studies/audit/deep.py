@@ -15,6 +15,7 @@ import numpy as np
 
 from imgclf.core.errors import UsageError
 from imgclf.core.fileio import write_json
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.options import check_output_folder
 from imgclf.data.check import CheckReport, Finding, inspect_data, report_of
 from imgclf.data.fixes import FixRow, write_fixes
@@ -22,6 +23,7 @@ from imgclf.data.sources import Split
 from imgclf.evaluation.report import write_check_report
 from imgclf.studies.audit.features import FeatureModel, cached_split_features, input_size, l2_normalised
 from imgclf.studies.audit.labels import check_folds, label_findings
+from imgclf.studies.audit.labels_multilabel import check_multilabel_folds, multilabel_label_findings
 from imgclf.studies.audit.neighbours import neighbour_findings
 from imgclf.studies.audit.sheets import write_sheets
 
@@ -46,9 +48,9 @@ class DeepResult:
         lab = deep.get("labels", {})
         lines.append(f"deep check with {deep.get('model')} at {deep.get('img_size')} px ({deep.get('cache')})")
         if lab:
+            how = f"mAP {lab['cv_mAP']:.3f}" if "cv_mAP" in lab else f"accuracy {lab['cv_accuracy']:.3f}"
             lines.append(
-                f"label issues: {lab['issues']} of {lab['images']} images ({lab['classifier']}, cross-validated "
-                f"accuracy {lab['cv_accuracy']:.3f})"
+                f"label issues: {lab['issues']} of {lab['images']} images ({lab['classifier']}, cross-validated {how})"
             )
         suspects = [f for f in self.report.warnings if f.kind == "label"][:top]
         lines += [f"  {f.paths[0]}: {f.label} -> {f.suggested} (score {f.score:.3g})" for f in suspects]
@@ -116,18 +118,19 @@ def deep_check(
     report = report_of(ins)
     readable = [i for i, ok in enumerate(ins.readable) if ok]
     items = [ins.items[i] for i in readable]
-    counts: dict[str, int] = {}
-    for per_class in report.summary["classes_per_split"].values():
-        for c, n in per_class.items():
-            counts[c] = counts.get(c, 0) + n
-    check_folds(counts, folds)  # on the readable images, before any feature is computed
+    multi = report.summary.get("task") == MULTILABEL  # label sets: labels_multilabel.py
+    if multi:  # on the readable images, before any feature is computed
+        check_multilabel_folds([it.label for it in items], report.summary["classes"], folds)
+    else:
+        check_folds(_counts(report), folds)
     fm = FeatureModel.open(model, 2, img_size=input_size(model, _shorter_side(report)), device=device, flag="--model")
     x, kept, hit = cached_split_features(fm, _as_split(items), batch_size=batch_size, workers=workers)
     kept_items = [items[i] for i in kept]
     infos = [ins.infos[readable[i]] for i in kept]
     shown, labels = [it.shown for it in kept_items], [it.label for it in kept_items]
     source = f"{fm.name} features" if not fm.checkpoint else f"the backbone of checkpoint {model} (its head refit)"
-    found, lab = label_findings(x, labels, shown, report.summary["classes"], folds=folds, seed=seed, source=source)
+    find = multilabel_label_findings if multi else label_findings
+    found, lab = find(x, labels, shown, report.summary["classes"], folds=folds, seed=seed, source=source)
     found += neighbour_findings(
         shown,
         [it.split for it in kept_items],
@@ -151,6 +154,15 @@ def deep_check(
     }
     images = {it.shown: it.array for it in ins.items if it.array is not None} or None
     return _write(DeepResult(report, out), fixes, split_of, images)
+
+
+def _counts(report: CheckReport) -> dict[str, int]:
+    """Readable images per class, every split together."""
+    counts: dict[str, int] = {}
+    for per_class in report.summary["classes_per_split"].values():
+        for c, n in per_class.items():
+            counts[c] = counts.get(c, 0) + n
+    return counts
 
 
 def _neighbours_line(found: list[Finding]) -> str:
@@ -187,8 +199,9 @@ def fix_rows(report: CheckReport, split_of: dict[str, str]) -> list[FixRow]:
     """One row per finding and image, with a suggested action for a person to review."""
     rows: list[FixRow] = []
     for f in report.errors + report.warnings:
-        if f.kind == "label":
-            rows.append(FixRow(f.paths[0], "label", "relabel", f.label or "", f.suggested or "", f.score, "", f.detail))
+        if f.kind == "label":  # a multi-label image may be suggested no label at all: a row to review, not apply
+            act = "relabel" if f.suggested else "keep"
+            rows.append(FixRow(f.paths[0], "label", act, f.label or "", f.suggested or "", f.score, "", f.detail))
         elif f.kind in ("near-duplicate", "near-duplicate-across-splits", "leak-across-splits", "duplicate"):
             rows += _keep_first(f, split_of)
         elif f.kind in ("outlier", "group-leak", "duplicate-across-labels"):
