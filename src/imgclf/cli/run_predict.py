@@ -56,13 +56,17 @@ def predict_command(o: PredictOptions) -> int:
 
 
 def prediction_line(r: dict, as_json: bool) -> str:
-    """One row of `imgclf predict`'s stdout: PATH, label (or unsure), probability and the other top labels; the
+    """One row of `imgclf predict`'s stdout: PATH, label (or unsure), probability and the other top labels (a
+    multi-label model: PATH, the label set joined by | or - for none, every label's score); the
     path, labels and error escaped (`one_line`), so a name holding a newline, tab or NUL stays one row."""
     if as_json:
         return json.dumps(r)
     path = one_line(r["path"])
     if "error" in r:
         return f"{path}\tERROR\t{one_line(r['error'])}"
+    if "labels" in r:  # a multi-label model: the set ("-" for none of them), then every label's score
+        scores = ", ".join(f"{one_line(c)} {p:.3f}" for c, p in r["scores"].items())
+        return f"{path}\t{'|'.join(one_line(c) for c in r['labels']) or '-'}\t({scores})"
     others = ", ".join(f"{one_line(t['label'])} {t['probability']:.3f}" for t in r["top_k"][1:])
     top = one_line(r["top_k"][0]["label"])
     shown = one_line(r["label"]) if not r.get("unsure") else f"unsure ({top})"

@@ -18,6 +18,7 @@ from imgclf.core.progress import progress, shown
 from imgclf.infer.predict import Predictor
 from imgclf.infer.stream.inputs import Inputs, shard, shard_rows
 from imgclf.infer.stream.job import Job
+from imgclf.infer.stream.rows import layout_for
 from imgclf.models.tta import check_mode
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def predict_files(
     call wrote and predict the rest. `on_row(result)`: called with each new result (the dicts of
     Predictor.predict) in this process. Under torchrun each rank predicts its share and rank 0 merges them.
     `tta`, `min_confidence`: as Predictor's (a Predictor passed as `weights` keeps its own).
+    A multi-label model's rows: path, labels, scores (rows.py's Layout), and `min_confidence` is refused.
     Returns {"output", "entries", "rows", "predicted", "errors", "resumed"}; the counts are over all ranks. With
     `resume` and an OUTPUT that is finished (no OUTPUT.parts of a stopped run), nothing is done: "finished": True."""
     tta, min_confidence = check_mode(tta), check_min_confidence(min_confidence)  # before any work
@@ -121,6 +123,8 @@ def predict_shares(job: Job, predictor: Predictor, *, top_k: int, part_rows: int
     """Every rank's share predicted into its work file and, on rank 0, OUTPUT merged from them; each rank's
     (rows, predicted, errors, resumed)."""
     world = job.world
+    if job.out is not None:
+        job.use_layout(layout_for(predictor.task, predictor.classes))
     barrier(world)  # every rank has checked the output before rank 0 creates anything
     if world.main:
         job.prepare()
