@@ -49,7 +49,7 @@ class RunnerModel:
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         x = self.normalize(images)
-        probs = self.runner.logits(x).float().softmax(1)
+        probs = self.runner.probabilities(self.runner.logits(x).float())  # softmax, or sigmoids (multi-label)
         del x
         return probs.cpu().numpy()
 
