@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from imgclf.core.confidence import refuse_for_multilabel
 from imgclf.core.multilabel import SINGLE
 from imgclf.serve.batcher import DynamicBatcher
 from imgclf.serve.metrics import Metrics
@@ -49,7 +48,6 @@ class ServerState:
         # core/multilabel.py: single (the top classes) or multilabel (a label set by `thresholds`, and scores)
         self.task = getattr(model, "task", SINGLE)
         self.thresholds = getattr(model, "thresholds", None)
-        refuse_for_multilabel(self.task, settings.min_confidence)  # a UsageError at start-up, naming the flag
         self.preprocess = model.preprocess
         self.metrics = Metrics(settings.max_batch_size)
         self.decode_workers = settings.decode_workers or max(1, min(4, os.cpu_count() or 1))
