@@ -18,6 +18,7 @@ from imgclf.models.checkpoint import load_checkpoint, save_checkpoint
 from imgclf.serve import ServeSettings, create_app
 
 pytest.importorskip("onnxruntime")
+from conftest import chromium_page, needs_chromium
 from fastapi.testclient import TestClient
 
 CLASSES = ["blue", "green", "red"]
@@ -89,3 +90,30 @@ def test_numpy_sigmoid_is_torchs():
         got = sigmoid(x)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, torch.sigmoid(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=0)
+
+
+HOSTILE = ['<img src=x onerror="window.pwned=1">', "b&amp;c", "<b>red</b>"]  # class names as a model may hold them
+
+
+@pytest.mark.integration
+@needs_chromium
+def test_the_page_shows_the_set_with_each_score_as_text(multilabel_ckpt, tmp_path, test_images):
+    """In a real browser: the web page shows a multi-label model's set and every label with its score, the
+    labels as text (names that are markup stay characters: no element made, no script run)."""
+    from test_app import _uvicorn
+
+    ck = load_checkpoint(multilabel_ckpt)
+    ck["classes"], ck["thresholds"] = HOSTILE, [0.0, 0.0, 1.0]  # the first two in every set, the third never
+    save_checkpoint(ck, str(tmp_path / "hostile.pt"))
+    app = create_app(str(tmp_path / "hostile.pt"), ServeSettings(warmup=False, explain=False, device="cpu"))
+    with _uvicorn(app) as (_, port), chromium_page() as page:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.set_input_files("#file", str(test_images[0]))
+        page.wait_for_function("document.querySelectorAll('#topk .row').length === 3")
+        assert page.text_content("#label") == f"{HOSTILE[0]}, {HOSTILE[1]}"
+        names = page.eval_on_selector_all("#topk .topk-label", "els => els.map(e => e.textContent)")
+        bold = page.eval_on_selector_all("#topk .topk-label", "els => els.map(e => e.style.fontWeight)")
+        assert names == HOSTILE and bold == ["bold", "bold", ""]
+        assert page.eval_on_selector_all("#results img, #results b", "els => els.length") == 0
+        assert page.evaluate("window.pwned") is None
+        assert "labels (multi-label" in page.text_content("#model")
