@@ -55,8 +55,7 @@ def predict_files(
     `weights`: a checkpoint or exported model (or a Predictor). `resume`: keep the rows a stopped run of the same
     call wrote and predict the rest. `on_row(result)`: called with each new result (the dicts of
     Predictor.predict) in this process. Under torchrun each rank predicts its share and rank 0 merges them.
-    `tta`, `min_confidence`: as Predictor's (a Predictor passed as `weights` keeps its own; a multi-label model's
-    rows: path, labels, scores, and `min_confidence` is refused).
+    `tta`, `min_confidence`: as Predictor's (a Predictor passed as `weights` keeps its own; rows: rows.py).
     Returns {"output", "entries", "rows", "predicted", "errors", "resumed"}; the counts are over all ranks. With
     `resume` and an OUTPUT that is finished (no OUTPUT.parts of a stopped run), nothing is done: "finished": True."""
     tta, min_confidence = check_mode(tta), check_min_confidence(min_confidence)  # before any work
