@@ -10,8 +10,9 @@ import sys
 from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_output_file
 from imgclf.cli.options import ActiveSimOptions, PredictOptions, SelectOptions
 from imgclf.compute.distributed import world_from_env
-from imgclf.core.errors import ImgclfError
+from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.escape import one_line
+from imgclf.evaluation.multilabel import parse_goal
 from imgclf.infer.stream import predict_files
 from imgclf.studies.active import format_selection, format_simulation, select, simulate
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def predict_command(o: PredictOptions) -> int:
+    threshold = global_threshold(o.threshold)
     if o.output:
         check_output_file(o.output, "--output")
     stdout = Stdout(keep_going=bool(o.output))  # with --output, a closed stdout (`| head`) does not stop the file
@@ -37,6 +39,7 @@ def predict_command(o: PredictOptions) -> int:
         part_rows=o.part_rows,
         tta=o.tta,
         min_confidence=o.min_confidence,
+        threshold=threshold,
         on_row=(lambda row: stdout.print(prediction_line(row, o.json))) if printing else None,
     )
     if r.get("finished"):
@@ -53,6 +56,24 @@ def predict_command(o: PredictOptions) -> int:
     if failed:
         log.warning("%d of %d images could not be read or processed", failed, done)
     return EXIT_BROKEN_PIPE if stdout.closed else 0
+
+
+def global_threshold(text: str | None) -> float | None:
+    """predict's --threshold: the global form of `parse_goal` (one number for every label); the goals fitted on
+    labelled data (f1, precision=P, recall=R) are refused in one line that says where they belong."""
+    if text is None:
+        return None
+    try:
+        goal = parse_goal(text)
+    except UsageError:
+        goal = None
+    if goal is None or goal.kind != "global":
+        raise UsageError(
+            f"--threshold {str(text)[:20]}: predict takes one number from 0 to 1 for every label (e.g. 0.5); the "
+            "goals f1, precision=P and recall=R are fitted on labelled data: refit the model's thresholds with "
+            "imgclf calibrate"
+        )
+    return goal.value
 
 
 def prediction_line(r: dict, as_json: bool) -> str:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from imgclf.core.confidence import check_min_confidence, mark_unsure, multilabel_result, refuse_for_multilabel
 from imgclf.core.errors import UsageError
-from imgclf.core.multilabel import MULTILABEL
+from imgclf.core.multilabel import MULTILABEL, is_threshold
 from imgclf.data.images import UnreadableImage, load_image, pil_to_uint8, resize_shorter, to_rgb
 from imgclf.data.pipeline import eval_transform
 from imgclf.data.sources import is_image_name
@@ -72,6 +72,16 @@ def walk_images(folder: str):
             yield path
 
 
+def check_threshold(t) -> float | None:
+    """A global threshold for every label (predict's --threshold), checked before any work: None, or a number
+    from 0 to 1."""
+    if t is None:
+        return None
+    if not is_threshold(t):
+        raise UsageError(f"--threshold {str(t)[:20]}: give one number from 0 to 1 for every label, such as 0.5")
+    return float(t)
+
+
 class Predictor:
     """`Predictor("runs/x/best.pt").predict(["a.jpg", "b.png"], top_k=3)`.
 
@@ -86,7 +96,8 @@ class Predictor:
     A multi-label model (`task` "multilabel"): each result is {"path", "labels", "scores"}: the label set by the
     model's per-label thresholds (core.multilabel.label_set; possibly empty) and every label's sigmoid
     probability (core.confidence.multilabel_result). `top_k` does not apply (the scores hold every label), and
-    `min_confidence` is refused (each label has its own threshold)."""
+    `min_confidence` is refused (each label has its own threshold). `threshold` T: T for every label instead of the
+    model's own thresholds (a multi-label model only)."""
 
     def __init__(
         self,
@@ -98,11 +109,20 @@ class Predictor:
         workers: int | None = None,
         tta: str | None = None,
         min_confidence: float | None = None,
+        threshold: float | None = None,
     ):
         self.min_confidence = check_min_confidence(min_confidence)
+        threshold = check_threshold(threshold)
         self.runner = open_model(weights, device=device, precision=precision, tta=tta)
         self.task, self.thresholds = self.runner.task, self.runner.thresholds
         refuse_for_multilabel(self.task, self.min_confidence)
+        if threshold is not None:
+            if self.task != MULTILABEL:
+                raise UsageError(
+                    f"--threshold is for multi-label models; '{weights}' is single-label (it answers its top "
+                    "class): drop --threshold"
+                )
+            self.thresholds = [threshold] * len(self.runner.classes)
         self.classes: list[str] = list(self.runner.classes)
         self.preprocess = self.runner.preprocess
         self.transform = eval_transform(self.preprocess)

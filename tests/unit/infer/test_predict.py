@@ -198,3 +198,7 @@ def test_multilabel_predictor_gives_the_set_by_the_models_thresholds(multilabel_
         assert r["labels"] == [c for c, s, t in zip(["blue", "green", "red"], w, [0.5, 0.4, 0.6]) if s >= t]
     with pytest.raises(UsageError, match="--min-confidence is for single-label models"):
         Predictor(multilabel_ckpt, device="cpu", min_confidence=0.5)
+    # --threshold T: T for every label instead of the model's own (0: every label, 1: only a score of exactly 1)
+    for t in (0.0, 1.0):
+        for r in Predictor(multilabel_ckpt, device="cpu", threshold=t).predict(paths):
+            assert r["labels"] == [c for c, s in r["scores"].items() if s >= t]

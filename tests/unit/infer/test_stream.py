@@ -478,7 +478,7 @@ def test_multilabel_rows_in_every_format(tmp_path, capsys, multilabel_ckpt, mult
         assert labels == ("|".join(w["labels"]) or "-") and scores.startswith(f"(blue {w['scores']['blue']:.3f}, ")
 
 
-def test_multilabel_resume_and_its_refusals(tmp_path, capsys, multilabel_ckpt, multilabel_csv, monkeypatch):
+def test_multilabel_resume_and_its_refusals(tmp_path, capsys, multilabel_ckpt, multilabel_csv, monkeypatch, tiny_best):
     """A stopped multi-label run resumes into the rows of an uninterrupted one; a stopped run whose rows have
     other columns (the model file changed) is refused in one line; --min-confidence is refused for the model."""
     images = multilabel_csv.parent / "img"
@@ -504,9 +504,21 @@ def test_multilabel_resume_and_its_refusals(tmp_path, capsys, multilabel_ckpt, m
     err = capsys.readouterr().err.strip()
     assert "--resume" in err and "columns" in err and len(err.splitlines()) == 1, err
     manifest.write_text(text)
+    assert main([*argv, "--threshold", "0.2", "--resume"]) == 2  # another command: refused as any other change
+    assert "--threshold None, this one 0.2" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0
     assert read_output(out) == Predictor(multilabel_ckpt, device="cpu", batch_size=8).predict(expand_paths([images]))
     assert main(_cli(multilabel_ckpt, images, "--output", tmp_path / "m.csv", "--min-confidence", "0.5")) == 2
     err = capsys.readouterr().err.strip()
     assert "--min-confidence is for single-label models" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.csv.parts").exists()
+    # --threshold: one number for every label; a goal fitted on labelled data, or a single-label model, refused
+    for threshold, weights, words in (
+        ("f1", multilabel_ckpt, "one number from 0 to 1 for every label"),
+        ("1.5", multilabel_ckpt, "one number from 0 to 1 for every label"),
+        ("0.5", tiny_best, "--threshold is for multi-label models"),
+    ):
+        assert main(_cli(weights, images, "--output", tmp_path / "t.csv", "--threshold", threshold)) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "t.csv").exists() and not (tmp_path / "t.csv.parts").exists()

@@ -52,7 +52,18 @@ class Job:
 
     @classmethod
     def plan(
-        cls, weights, inputs: Inputs, out, *, batch_size, top_k, resume, world, tta=None, min_confidence=None
+        cls,
+        weights,
+        inputs: Inputs,
+        out,
+        *,
+        batch_size,
+        top_k,
+        resume,
+        world,
+        tta=None,
+        min_confidence=None,
+        threshold=None,
     ) -> Job:
         if int(top_k) < 1:
             raise UsageError(f"top_k must be at least 1, got {top_k}")
@@ -78,6 +89,7 @@ class Job:
             "top_k": int(top_k),
             "tta": tta,
             "min_confidence": min_confidence,
+            "threshold": threshold,
             "world_size": world.size,
             "entries": entries,
             "digest": digest,
@@ -133,6 +145,7 @@ class Job:
             ("top_k", "--top-k"),
             ("tta", "--tta"),
             ("min_confidence", "--min-confidence"),
+            ("threshold", "--threshold"),
             ("world_size", "number of processes"),
         ):
             if before.get(key) != now[key]:

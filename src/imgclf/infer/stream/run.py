@@ -15,7 +15,7 @@ from imgclf.compute.distributed import barrier, gather, setup, world_from_env
 from imgclf.core.confidence import check_min_confidence
 from imgclf.core.errors import UsageError
 from imgclf.core.progress import progress, shown
-from imgclf.infer.predict import Predictor
+from imgclf.infer.predict import Predictor, check_threshold
 from imgclf.infer.stream.inputs import Inputs, shard, shard_rows
 from imgclf.infer.stream.job import Job
 from imgclf.infer.stream.rows import layout_for
@@ -48,6 +48,7 @@ def predict_files(
     timeout: float = DEFAULT_TIMEOUT,
     tta: str | None = None,
     min_confidence: float | None = None,
+    threshold: float | None = None,
 ) -> dict:
     """Predict every image of `inputs` (files and folders) and of the list `files_from`, writing each batch's rows
     to `output` (.csv, .jsonl, .json or .parquet) as it finishes; see the module's docstring.
@@ -55,10 +56,10 @@ def predict_files(
     `weights`: a checkpoint or exported model (or a Predictor). `resume`: keep the rows a stopped run of the same
     call wrote and predict the rest. `on_row(result)`: called with each new result (the dicts of
     Predictor.predict) in this process. Under torchrun each rank predicts its share and rank 0 merges them.
-    `tta`, `min_confidence`: as Predictor's (a Predictor passed as `weights` keeps its own; rows: rows.py).
+    `tta`, `min_confidence`, `threshold`: as Predictor's (a Predictor passed as `weights` keeps its own).
     Returns {"output", "entries", "rows", "predicted", "errors", "resumed"}; the counts are over all ranks. With
     `resume` and an OUTPUT that is finished (no OUTPUT.parts of a stopped run), nothing is done: "finished": True."""
-    tta, min_confidence = check_mode(tta), check_min_confidence(min_confidence)  # before any work
+    tta, min_confidence, threshold = check_mode(tta), check_min_confidence(min_confidence), check_threshold(threshold)
     world = world_from_env()
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -76,6 +77,7 @@ def predict_files(
         world=world,
         tta=tta,
         min_confidence=min_confidence,
+        threshold=threshold,
     )
     if job.finished:  # --resume of a finished run: a no-op, so that a retry loop may run it again
         return {**summary(job, [(0, 0, 0, 0)]), "finished": True}
@@ -88,6 +90,7 @@ def predict_files(
             workers=workers,
             tta=tta,
             min_confidence=min_confidence,
+            threshold=threshold,
         )
         counts = predict_shares(job, predictor, top_k=top_k, part_rows=int(part_rows), on_row=on_row)
     return summary(job, counts)
