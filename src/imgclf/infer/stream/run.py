@@ -59,7 +59,9 @@ def predict_files(
     `tta`, `min_confidence`, `threshold`: as Predictor's (a Predictor passed as `weights` keeps its own).
     Returns {"output", "entries", "rows", "predicted", "errors", "resumed"}; the counts are over all ranks. With
     `resume` and an OUTPUT that is finished (no OUTPUT.parts of a stopped run), nothing is done: "finished": True."""
-    tta, min_confidence, threshold = check_mode(tta), check_min_confidence(min_confidence), check_threshold(threshold)
+    # the Predictor's options, checked before any work; the manifest records them for --resume
+    chosen = dict(tta=check_mode(tta), min_confidence=check_min_confidence(min_confidence))
+    chosen["threshold"] = check_threshold(threshold)
     world = world_from_env()
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -67,31 +69,11 @@ def predict_files(
     out = None if output is None else str(output)
     if int(batch_size) < 1 or int(part_rows) < 1:
         raise UsageError(f"batch_size and part_rows must be at least 1, got {batch_size} and {part_rows}")
-    job = Job.plan(
-        weights,
-        inp,
-        out,
-        batch_size=int(batch_size),
-        top_k=top_k,
-        resume=resume,
-        world=world,
-        tta=tta,
-        min_confidence=min_confidence,
-        threshold=threshold,
-    )
+    job = Job.plan(weights, inp, out, batch_size=int(batch_size), top_k=top_k, resume=resume, world=world, **chosen)
     if job.finished:  # --resume of a finished run: a no-op, so that a retry loop may run it again
         return {**summary(job, [(0, 0, 0, 0)]), "finished": True}
     with setup(resolve_device(device), timeout) as dev:
-        predictor = open_predictor(
-            weights,
-            str(dev),
-            int(batch_size),
-            precision=precision,
-            workers=workers,
-            tta=tta,
-            min_confidence=min_confidence,
-            threshold=threshold,
-        )
+        predictor = open_predictor(weights, str(dev), int(batch_size), precision=precision, workers=workers, **chosen)
         counts = predict_shares(job, predictor, top_k=top_k, part_rows=int(part_rows), on_row=on_row)
     return summary(job, counts)
 
