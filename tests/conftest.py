@@ -272,6 +272,17 @@ def multilabel_ckpt(tmp_path_factory, multilabel_csv) -> str:
 
 
 @pytest.fixture(scope="session")
+def multilabel_onnx(multilabel_ckpt, tmp_path_factory) -> str:
+    """`multilabel_ckpt` exported by the existing exporter (`--format onnx`): an ONNX file whose metadata holds the
+    task and the thresholds (the serving tests: the PyTorch and the torch-free servers)."""
+    from imgclf.exporting.export import export
+
+    out = tmp_path_factory.mktemp("mlonnx") / "multilabel.onnx"
+    export(multilabel_ckpt, "onnx", out=str(out), verify_images=8)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
     """One tiny run (TINY_RUN) of 2 epochs through the Python API (`imgclf.train`); the run directory."""
     import imgclf

@@ -203,6 +203,9 @@ class PredictOptions:
     precision: str = PRECISION.field()
     tta: str | None = TTA.field()
     min_confidence: float | None = MIN_CONFIDENCE.field()
+    threshold: str | None = opt(
+        None, "a multi-label model: this one threshold (0 to 1) for every label instead of its own", metavar="T"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,8 +10,9 @@ import sys
 from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_output_file
 from imgclf.cli.options import ActiveSimOptions, PredictOptions, SelectOptions
 from imgclf.compute.distributed import world_from_env
-from imgclf.core.errors import ImgclfError
+from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.escape import one_line
+from imgclf.evaluation.multilabel import parse_goal
 from imgclf.infer.stream import predict_files
 from imgclf.studies.active import format_selection, format_simulation, select, simulate
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def predict_command(o: PredictOptions) -> int:
+    threshold = global_threshold(o.threshold)
     if o.output:
         check_output_file(o.output, "--output")
     stdout = Stdout(keep_going=bool(o.output))  # with --output, a closed stdout (`| head`) does not stop the file
@@ -37,6 +39,7 @@ def predict_command(o: PredictOptions) -> int:
         part_rows=o.part_rows,
         tta=o.tta,
         min_confidence=o.min_confidence,
+        threshold=threshold,
         on_row=(lambda row: stdout.print(prediction_line(row, o.json))) if printing else None,
     )
     if r.get("finished"):
@@ -55,14 +58,36 @@ def predict_command(o: PredictOptions) -> int:
     return EXIT_BROKEN_PIPE if stdout.closed else 0
 
 
+def global_threshold(text: str | None) -> float | None:
+    """predict's --threshold: the global form of `parse_goal` (one number for every label); the goals fitted on
+    labelled data (f1, precision=P, recall=R) are refused in one line that says where they belong."""
+    if text is None:
+        return None
+    try:
+        goal = parse_goal(text)
+    except UsageError:
+        goal = None
+    if goal is None or goal.kind != "global":
+        raise UsageError(
+            f"--threshold {str(text)[:20]}: predict takes one number from 0 to 1 for every label (e.g. 0.5); the "
+            "goals f1, precision=P and recall=R are fitted on labelled data: refit the model's thresholds with "
+            "imgclf calibrate"
+        )
+    return goal.value
+
+
 def prediction_line(r: dict, as_json: bool) -> str:
-    """One row of `imgclf predict`'s stdout: PATH, label (or unsure), probability and the other top labels; the
+    """One row of `imgclf predict`'s stdout: PATH, label (or unsure), probability and the other top labels (a
+    multi-label model: PATH, the label set joined by | or - for none, every label's score); the
     path, labels and error escaped (`one_line`), so a name holding a newline, tab or NUL stays one row."""
     if as_json:
         return json.dumps(r)
     path = one_line(r["path"])
     if "error" in r:
         return f"{path}\tERROR\t{one_line(r['error'])}"
+    if "labels" in r:  # a multi-label model: the set ("-" for none of them), then every label's score
+        scores = ", ".join(f"{one_line(c)} {p:.3f}" for c, p in r["scores"].items())
+        return f"{path}\t{'|'.join(one_line(c) for c in r['labels']) or '-'}\t({scores})"
     others = ", ".join(f"{one_line(t['label'])} {t['probability']:.3f}" for t in r["top_k"][1:])
     top = one_line(r["top_k"][0]["label"])
     shown = one_line(r["label"]) if not r.get("unsure") else f"unsure ({top})"

@@ -1,4 +1,5 @@
-"""The one "unsure" rule (`--min-confidence P`), shared by `predict`, `predict_files` and the server.
+"""The one "unsure" rule (`--min-confidence P`), shared by `predict`, `predict_files` and the server; and the one
+multi-label answer (`multilabel_result`: the label set and every label's score), which refuses that rule.
 
 Without torch, so that the slim serving install (deploy/slim/MODULES, no PyTorch) answers exactly as
 `imgclf predict` does.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from imgclf.core.errors import UsageError
+from imgclf.core.multilabel import MULTILABEL, label_set
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +42,22 @@ def mark_unsure(result: dict, min_confidence: float | None) -> dict:
         if result["unsure"]:
             result["label"] = None
     return result
+
+
+def refuse_for_multilabel(task: str, min_confidence: float | None, name: str = "--min-confidence") -> None:
+    """A multi-label model has no "top probability" to be unsure about (each label has its own sigmoid score and
+    threshold): `min_confidence` with one is a UsageError whose message starts with `name`."""
+    if task == MULTILABEL and min_confidence is not None:
+        raise UsageError(
+            f"{name} is for single-label models (it marks an image whose top class is below it 'unsure'); this "
+            "model is multi-label, where each label has its own threshold: drop it (an empty label set already "
+            "says the model found none of its labels)"
+        )
+
+
+def multilabel_result(probs, classes, thresholds) -> dict:
+    """One image's multi-label answer, the same in predict, streaming predict and both servers: "labels" (the set,
+    core.multilabel.label_set with the model's thresholds, in class order; possibly empty) and "scores" (every
+    label -> its sigmoid probability, in class order)."""
+    scores = {c: float(p) for c, p in zip(classes, probs)}
+    return {"labels": label_set(scores.values(), thresholds, classes), "scores": scores}

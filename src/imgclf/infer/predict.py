@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from imgclf.core.confidence import check_min_confidence, mark_unsure
+from imgclf.core.confidence import check_min_confidence, mark_unsure, multilabel_result, refuse_for_multilabel
 from imgclf.core.errors import UsageError
+from imgclf.core.multilabel import MULTILABEL, is_threshold
 from imgclf.data.images import UnreadableImage, load_image, pil_to_uint8, resize_shorter, to_rgb
 from imgclf.data.pipeline import eval_transform
 from imgclf.data.sources import is_image_name
@@ -71,6 +72,16 @@ def walk_images(folder: str):
             yield path
 
 
+def check_threshold(t) -> float | None:
+    """A global threshold for every label (predict's --threshold), checked before any work: None, or a number
+    from 0 to 1."""
+    if t is None:
+        return None
+    if not is_threshold(t):
+        raise UsageError(f"--threshold {str(t)[:20]}: give one number from 0 to 1 for every label, such as 0.5")
+    return float(t)
+
+
 class Predictor:
     """`Predictor("runs/x/best.pt").predict(["a.jpg", "b.png"], top_k=3)`.
 
@@ -80,7 +91,13 @@ class Predictor:
     Probabilities are calibrated with the checkpoint's temperature (imgclf calibrate). `tta`: test-time
     augmentation (none, flip, flip-crop; models/tta.py). `min_confidence` P in (0, 1]: every result gets "unsure", true
     when its top probability is below P, and then its "label" is None; "index", "probability" and "top_k" still
-    give the top label and its probability."""
+    give the top label and its probability.
+
+    A multi-label model (`task` "multilabel"): each result is {"path", "labels", "scores"}: the label set by the
+    model's per-label thresholds (core.multilabel.label_set; possibly empty) and every label's sigmoid
+    probability (core.confidence.multilabel_result). `top_k` does not apply (the scores hold every label), and
+    `min_confidence` is refused (each label has its own threshold). `threshold` T: T for every label instead of the
+    model's own thresholds (a multi-label model only)."""
 
     def __init__(
         self,
@@ -92,9 +109,20 @@ class Predictor:
         workers: int | None = None,
         tta: str | None = None,
         min_confidence: float | None = None,
+        threshold: float | None = None,
     ):
         self.min_confidence = check_min_confidence(min_confidence)
+        threshold = check_threshold(threshold)
         self.runner = open_model(weights, device=device, precision=precision, tta=tta)
+        self.task, self.thresholds = self.runner.task, self.runner.thresholds
+        refuse_for_multilabel(self.task, self.min_confidence)
+        if threshold is not None:
+            if self.task != MULTILABEL:
+                raise UsageError(
+                    f"--threshold is for multi-label models; '{weights}' is single-label (it answers its top "
+                    "class): drop --threshold"
+                )
+            self.thresholds = [threshold] * len(self.runner.classes)
         self.classes: list[str] = list(self.runner.classes)
         self.preprocess = self.runner.preprocess
         self.transform = eval_transform(self.preprocess)
@@ -149,24 +177,29 @@ class Predictor:
 
     def _results(self, chunk: list, loaded: list, k: int) -> list[dict]:
         ok = [t for t in loaded if isinstance(t, torch.Tensor)]
-        probs = self.logits(torch.stack(ok)).softmax(1) if ok else None
+        probs = self.runner.probabilities(self.logits(torch.stack(ok))) if ok else None
         results, j = [], 0
         for item, t in zip(chunk, loaded):
             name = str(item) if not isinstance(item, Image.Image) else None
             if not isinstance(t, torch.Tensor):
                 results.append({"path": name, "error": t})
                 continue
-            p, idx = probs[j].topk(k)
+            results.append({"path": name, **self._answer(probs[j], k)})
             j += 1
-            r = {
-                "path": name,
-                "label": self.classes[int(idx[0])],
-                "index": int(idx[0]),
-                "probability": float(p[0]),
-                "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
-            }
-            results.append(mark_unsure(r, self.min_confidence))
         return results
+
+    def _answer(self, probs: torch.Tensor, k: int) -> dict:
+        """One image's answer from its probabilities: the multi-label set and scores, or the top k classes."""
+        if self.task == MULTILABEL:
+            return multilabel_result(probs.tolist(), self.classes, self.thresholds)
+        p, idx = probs.topk(k)
+        r = {
+            "label": self.classes[int(idx[0])],
+            "index": int(idx[0]),
+            "probability": float(p[0]),
+            "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
+        }
+        return mark_unsure(r, self.min_confidence)
 
     def _try_load(self, item):
         try:

@@ -29,6 +29,8 @@ try:  # Swagger UI's and ReDoc's files in a package, served by the app itself (a
 except ImportError:  # pragma: no cover - an install without it: no /docs page rather than a CDN's
     FastAPIOffline = None
 
+from imgclf.core.confidence import refuse_for_multilabel
+from imgclf.core.multilabel import SINGLE
 from imgclf.core.version import __version__
 from imgclf.serve.guard import PROTECTED, Guard, SecurityHeaders
 from imgclf.serve.model import open_explainer, open_served
@@ -49,6 +51,8 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
     The model is warmed up in the background after startup; /ready answers 200 once it is done."""
     settings = (settings or ServeSettings()).check()
     runner, model = open_served(runner_or_path, settings)
+    # --min-confidence with a multi-label model: a UsageError naming the flag, before anything else starts
+    refuse_for_multilabel(getattr(model, "task", SINGLE), settings.min_confidence)
     explainer, explain_info = open_explainer(runner, settings)
     state = ServerState(runner, model, settings, explainer, explain_info)
 

@@ -3,6 +3,8 @@
 /predict: every file is decoded in a thread pool, with the pixel count checked from the header first; the decoded
 images go to the dynamic batcher; the whole request runs under `timeout_s`. Below `min_confidence` (the server's
 default or the request's) a prediction answers "unsure", by `confidence.mark_unsure`, the rule of `imgclf predict`.
+A multi-label model answers {"filename", "labels", "scores"} per image (`confidence.multilabel_result`, the rule
+of `imgclf predict` too); top_k does not apply to it and min_confidence is refused (422).
 /explain (a checkpoint only): the same upload checks for one image, then Grad-CAM (`explain.Explainer`, made once
 at start-up by `model.open_explainer`) in a thread of its own, answering the overlay as a PNG.
 """
@@ -16,12 +18,13 @@ import json
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from imgclf.core.confidence import mark_unsure
+from imgclf.core.confidence import mark_unsure, refuse_for_multilabel
 from imgclf.core.errors import UsageError
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.serve.batcher import Overloaded
 from imgclf.serve.decode import ImageRejected, decode_upload, open_upload
 from imgclf.serve.model import OVERLAY_MAX_SIDE
-from imgclf.serve.responses import ApiError, encode_prediction
+from imgclf.serve.responses import ApiError, encode_multilabel, encode_prediction
 from imgclf.serve.state import ServerState
 from imgclf.serve.upload import (
     Phase,
@@ -36,6 +39,7 @@ from imgclf.serve.upload import (
 async def handle_predict(state: ServerState, request: Request, top_k: int | None, min_confidence: str | None):
     s = state.settings
     threshold = parse_min_confidence(min_confidence) if min_confidence is not None else s.min_confidence
+    check_unsure(state, threshold)
     check_upload_headers(request, s)
     phase = Phase()
     return await within_timeout(predict(state, request, top_k, threshold, phase), phase, "the prediction", s)
@@ -48,6 +52,7 @@ async def predict(
     up = await read_upload(request, s, {"top_k": parse_top_k, "min_confidence": parse_min_confidence}, s.max_files)
     top_k = up.values.get("top_k", top_k)
     threshold = up.values.get("min_confidence", threshold)
+    check_unsure(state, threshold)
     phase.name = "decode"
     images = await decode_all(state, up.names, up.datas)
     up.datas = []  # the uploaded bytes, freed before the images wait for the model
@@ -58,10 +63,21 @@ async def predict(
         raise ApiError(
             503, "overloaded", f"the server is overloaded ({e}); retry shortly", headers={"Retry-After": "1"}
         ) from None
-    k = max(1, min(top_k or s.top_k, len(state.classes)))
-    return JSONResponse(
-        {"predictions": [encode_prediction(n, p, state.classes, k, threshold) for n, p in zip(up.names, probs)]}
-    )
+    if state.task == MULTILABEL:  # the label set by the model's thresholds and every label's score; no top k
+        answers = [encode_multilabel(n, p, state.classes, state.thresholds) for n, p in zip(up.names, probs)]
+    else:
+        k = max(1, min(top_k or s.top_k, len(state.classes)))
+        answers = [encode_prediction(n, p, state.classes, k, threshold) for n, p in zip(up.names, probs)]
+    return JSONResponse({"predictions": answers})
+
+
+def check_unsure(state: ServerState, threshold: float | None) -> None:
+    """A request's min_confidence for a multi-label model: a 422 that says why (the server's own default is
+    refused at start-up, by the same rule)."""
+    try:
+        refuse_for_multilabel(state.task, threshold, "min_confidence")
+    except UsageError as e:
+        raise ApiError(422, "invalid_min_confidence", str(e)) from None
 
 
 async def decode_all(state: ServerState, names: list, datas: list) -> list:

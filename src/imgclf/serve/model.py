@@ -1,8 +1,9 @@
 """What the app serves, chosen from what it is given, without importing torch for an ONNX export.
 
 A served model has the `runtime.Runner` attributes the app shows (`path`, `format`, `model_name`, `classes`,
-`preprocess`, `metadata()`) and `probabilities(images)`: decoded uint8 S x S x 3 NumPy arrays in, float32
-N x C NumPy probabilities out. Two kinds:
+`preprocess`, `metadata()`, `task`, `thresholds`) and `probabilities(images)`: decoded uint8 S x S x 3 NumPy
+arrays in, float32 N x C NumPy probabilities out (softmax, or a sigmoid per label for a multi-label model).
+Two kinds:
 
 - `onnx_model.OnnxModel`: a `.onnx` file (onnx or onnx-int8 export) in onnxruntime with NumPy preprocessing.
   The only kind the slim install (`imgclf-serve`, no PyTorch) has, and the one `imgclf serve` uses for `.onnx`
@@ -40,7 +41,8 @@ def open_served(runner_or_path, settings):
         runner = _open_with_torch(path, settings)
     else:
         runner = runner_or_path
-    if callable(getattr(runner, "probabilities", None)):
+    # a served model already (probabilities of images); a Runner's `probabilities` takes logits, so it needs one
+    if callable(getattr(runner, "probabilities", None)) and not callable(getattr(runner, "logits", None)):
         return runner, runner
     from imgclf.serve.runner_model import RunnerModel  # noqa: PLC0415 - imports torch: never on the slim path
 

@@ -6,6 +6,8 @@ model's name, where it came from) and prepares images exactly as `imgclf predict
 scale-then-normalise arithmetic in float32), in a session opened as `runtime.OnnxRunner` opens it
 (`onnxrt.open_export`: the same options, providers and threads), with the same `Preprocess` and `metadata`.
 A temperature fitted by calibration is baked into the exported graph, so nothing here needs to know about it.
+A multi-label export (metadata "task": "multilabel", "thresholds") answers a sigmoid per label, and the app
+turns the scores into the label set with the thresholds read here (`core.multilabel.task_fields`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from imgclf.core import modelfile
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import CheckpointError
 from imgclf.core.modelfile import export_extra
+from imgclf.core.multilabel import MULTILABEL, SINGLE, task_fields
 from imgclf.core.onnxrt import open_export
 from imgclf.serve.decode import normalize_batch
 
@@ -44,20 +47,30 @@ class OnnxModel:
             raise CheckpointError(
                 f"'{path}' has incomplete imgclf metadata (missing {e}): export it again with imgclf export"
             ) from None
+        # single, or multilabel with one threshold per label (checked: a damaged list is one CheckpointError line)
+        self.task, self.thresholds = task_fields(meta, len(self.classes), where=f"'{path}'")
         self.config = dict(meta.get("config") or {})
         self.input_name = self.session.get_inputs()[0].name
         self.extra = export_extra(meta, **runs_on)
 
     def metadata(self) -> dict:
-        return modelfile.metadata(self)
+        more = {"task": self.task, "thresholds": self.thresholds} if self.task != SINGLE else {}
+        return modelfile.metadata(self, **more)
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         x = normalize_batch(images, self.preprocess.mean, self.preprocess.std)
         logits = np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
-        return softmax(logits)
+        return sigmoid(logits) if self.task == MULTILABEL else softmax(logits)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of float32 N x C logits, shifted by the row maximum so that exp never overflows."""
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Elementwise logistic of float32 logits (a multi-label model's per-label probabilities), as torch.sigmoid:
+    written with exp of -|x| only, so that no logit overflows."""
+    e = np.exp(-np.abs(logits))
+    return np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgclf.core.confidence import mark_unsure
+from imgclf.core.confidence import mark_unsure, multilabel_result
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +73,9 @@ def encode_prediction(
         "top_k": [{"label": classes[i], "probability": v} for v, i in zip(vals, idx)],
     }
     return mark_unsure(answer, min_confidence)
+
+
+def encode_multilabel(filename: str | None, probs: np.ndarray, classes: list[str], thresholds: list[float]) -> dict:
+    """One image's answer from a multi-label model: {"filename", "labels", "scores"}, by the rule `imgclf predict`
+    uses (confidence.multilabel_result: the labels whose score reaches their threshold, and every label's score)."""
+    return {"filename": filename, **multilabel_result(np.asarray(probs).tolist(), classes, thresholds)}

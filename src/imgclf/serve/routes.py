@@ -97,13 +97,17 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
     async def predict(
         request: Request,
         top_k: int | None = Query(
-            None, ge=1, description=f"labels per image (default {settings.top_k}; clamped to the class count)"
+            None,
+            ge=1,
+            description=f"labels per image (default {settings.top_k}; clamped to the class count); a multi-label "
+            "model answers every label's score instead",
         ),
         min_confidence: str | None = Query(
             None,
             description="a probability in (0, 1]: a prediction whose top probability is below it answers "
             '"unsure": true and "label": null (index, probability and top_k still show the top class); '
-            f"default {settings.min_confidence} (--min-confidence)",
+            f"default {settings.min_confidence} (--min-confidence); refused (422) for a multi-label model, whose "
+            "labels each have their own threshold",
         ),
     ):
         if state.batcher is None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from imgclf.compute.device import to_layout
+from imgclf.core.multilabel import MULTILABEL, SINGLE
 from imgclf.data.pipeline import eval_transform
 from imgclf.evaluation.explain import Explainer, NoFeatureMap
 
@@ -49,7 +50,9 @@ class RunnerModel:
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         x = self.normalize(images)
-        probs = self.runner.logits(x).float().softmax(1)
+        logits = self.runner.logits(x).float()
+        # a sigmoid per label for a multi-label model (Runner.probabilities' rule; any runner-like object works)
+        probs = logits.sigmoid() if getattr(self.runner, "task", SINGLE) == MULTILABEL else logits.softmax(1)
         del x
         return probs.cpu().numpy()
 

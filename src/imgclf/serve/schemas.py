@@ -17,12 +17,18 @@ class LabelProbability(BaseModel):
 
 
 class Prediction(BaseModel):
+    """A single-label model's answer has label, index, probability, top_k (and unsure with a min_confidence); a
+    multi-label model's has labels (the set its per-label thresholds give, in class order; possibly empty) and
+    scores (every label's probability)."""
+
     filename: str | None
-    label: str | None  # None when unsure
-    index: int
-    probability: float
-    top_k: list[LabelProbability]
+    label: str | None = None  # None when unsure
+    index: int | None = None
+    probability: float | None = None
+    top_k: list[LabelProbability] | None = None
     unsure: bool | None = None  # only with a min_confidence: the top probability is below it
+    labels: list[str] | None = None  # a multi-label model only
+    scores: dict[str, float] | None = None  # a multi-label model only
 
 
 class PredictResponse(BaseModel):

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from imgclf.core.multilabel import SINGLE
 from imgclf.serve.batcher import DynamicBatcher
 from imgclf.serve.metrics import Metrics
 from imgclf.serve.server import trim_malloc
@@ -44,6 +45,9 @@ class ServerState:
         self.explain_info = explain_info or {"available": False, "reason": "no explainer"}
         self.explain_pool: ThreadPoolExecutor | None = None
         self.classes = list(model.classes)
+        # core/multilabel.py: single (the top classes) or multilabel (a label set by `thresholds`, and scores)
+        self.task = getattr(model, "task", SINGLE)
+        self.thresholds = getattr(model, "thresholds", None)
         self.preprocess = model.preprocess
         self.metrics = Metrics(settings.max_batch_size)
         self.decode_workers = settings.decode_workers or max(1, min(4, os.cpu_count() or 1))

@@ -169,3 +169,36 @@ def test_cli_predict_escapes_names_on_stdout_and_neutralises_formula_cells(
         assert "'" + n in paths and n not in paths, (n, paths)
     assert "plain.png" in paths
     assert all(0 <= float(r["probability"]) <= 1 for r in rows if not r["error"])
+
+
+def test_multilabel_predictor_gives_the_set_by_the_models_thresholds(multilabel_ckpt, multilabel_csv, tmp_path):
+    """A multi-label model's result: every label's sigmoid probability (the model's own logits, computed here
+    apart), and the labels whose score reaches the model's threshold for it (0.5, 0.4, 0.6), in class order; an
+    unreadable file is still an error row; --min-confidence has no meaning for it and is refused."""
+    import torch
+
+    from imgclf.core.errors import UsageError
+    from imgclf.data.images import load_image, pil_to_uint8
+    from imgclf.data.pipeline import eval_transform
+    from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+    paths = sorted(str(p) for p in (multilabel_csv.parent / "img").glob("test_*.png"))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    got = Predictor(multilabel_ckpt, device="cpu").predict([*paths, str(tmp_path / "bad.png")])
+    assert got[-1]["path"].endswith("bad.png") and "error" in got[-1] and set(got[-1]) == {"path", "error"}
+    ck = load_checkpoint(multilabel_ckpt)
+    model = model_from_checkpoint(ck, torch.device("cpu"), channels_last=False)
+    pre = Predictor(multilabel_ckpt, device="cpu").preprocess
+    x = torch.stack([eval_transform(pre)(pil_to_uint8(load_image(p, resize=pre.resize))) for p in paths])
+    with torch.no_grad():
+        want = torch.sigmoid(model(x)).tolist()
+    for r, w in zip(got, want):
+        assert list(r["scores"]) == ["blue", "green", "red"]
+        assert list(r["scores"].values()) == pytest.approx(w, abs=1e-5)
+        assert r["labels"] == [c for c, s, t in zip(["blue", "green", "red"], w, [0.5, 0.4, 0.6]) if s >= t]
+    with pytest.raises(UsageError, match="--min-confidence is for single-label models"):
+        Predictor(multilabel_ckpt, device="cpu", min_confidence=0.5)
+    # --threshold T: T for every label instead of the model's own (0: every label, 1: only a score of exactly 1)
+    for t in (0.0, 1.0):
+        for r in Predictor(multilabel_ckpt, device="cpu", threshold=t).predict(paths):
+            assert r["labels"] == [c for c, s in r["scores"].items() if s >= t]

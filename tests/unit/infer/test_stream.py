@@ -19,8 +19,10 @@ import pytest
 import imgclf
 import imgclf.infer.predict
 from imgclf.cli.main import main
+from imgclf.core.escape import csv_value
+from imgclf.core.multilabel import split_labels
 from imgclf.infer.predict import Predictor, expand_paths, iter_paths
-from imgclf.infer.stream.rows import records
+from imgclf.infer.stream.rows import layout_for, records
 from imgclf.infer.stream.work import LineWork
 
 SRC = str(Path(imgclf.__file__).resolve().parents[1])
@@ -31,7 +33,8 @@ def _images(tiny_data) -> list[str]:
 
 
 def read_output(path) -> list[dict]:
-    """Any output as the Predictor's result dicts (CSV/Parquet columns turned back into `top_k`)."""
+    """Any output as the Predictor's result dicts (CSV/Parquet columns turned back into `top_k`, or into a
+    multi-label model's `labels` and `scores`)."""
     path = str(path)
     if path.endswith(".json"):
         return json.loads(Path(path).read_text())
@@ -43,10 +46,12 @@ def read_output(path) -> list[dict]:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         for r in rows:
-            if not r["error"]:
+            if not r["error"] and "labels" not in r:
                 r["index"], r["probability"] = int(r["index"]), float(r["probability"])
                 r["top_k_labels"] = json.loads(r["top_k_labels"])
                 r["top_k_probabilities"] = json.loads(r["top_k_probabilities"])
+    if rows and "labels" in rows[0]:
+        return [_multilabel_result(r) for r in rows]
     out = []
     for r in rows:
         if r["error"]:
@@ -55,6 +60,17 @@ def read_output(path) -> list[dict]:
         tk = [{"label": a, "probability": b} for a, b in zip(r["top_k_labels"], r["top_k_probabilities"])]
         out.append({k: r[k] for k in ("path", "label", "index", "probability")} | {"top_k": tk})
     return out
+
+
+def _multilabel_result(r: dict) -> dict:
+    """A multi-label row (CSV: labels "a|b" and score_LABEL columns; Parquet: a list and a struct) as a result."""
+    if r["error"]:
+        return {"path": r["path"], "error": r["error"]}
+    if isinstance(r["labels"], list):  # Parquet
+        return {"path": r["path"], "labels": r["labels"], "scores": r["scores"]}
+    # csv_value: the ' that keeps a spreadsheet from running a cell as a formula, as a reader takes it off
+    scores = {csv_value(k).removeprefix("score_"): float(v) for k, v in r.items() if csv_value(k).startswith("score_")}
+    return {"path": r["path"], "labels": split_labels(csv_value(r["labels"])), "scores": scores}
 
 
 def _cli(*argv) -> list[str]:
@@ -263,21 +279,34 @@ def _row(i: int) -> dict:
     return {"path": f"p{i}.png", "label": "b", "index": 1, "probability": 0.75 - i / 1000, "top_k": tk}
 
 
+def _ml_row(i: int) -> dict:
+    """A multi-label result (labels "b", "=a" and "c,d": a formula start and a comma in names; sets of none, one
+    or two of them), or an error."""
+    if i % 5 == 4:
+        return {"path": f"p{i}.png", "error": "cannot be read"}
+    scores = {"b": i / 16, "=a": (i % 3) / 2, "c,d": 0.25}
+    return {"path": f"p{i}.png", "labels": [c for c, v in scores.items() if v >= 0.5], "scores": scores}
+
+
+@pytest.mark.parametrize("task", ["single", "multilabel"])
 @pytest.mark.parametrize("ext", ["csv", "jsonl", "json", "parquet"])
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_rows_merge_in_input_order(tmp_path, ext, world):
-    """Each rank's chunks (chunk i on rank i % world) merge back into the input's order, whatever the format."""
+def test_ranks_rows_merge_in_input_order(tmp_path, ext, world, task):
+    """Each rank's chunks (chunk i on rank i % world) merge back into the input's order, whatever the format, with
+    a single-label or a multi-label model's columns."""
     from imgclf.compute.distributed import World
     from imgclf.infer.stream.inputs import shard
     from imgclf.infer.stream.job import Job
     from imgclf.infer.stream.merge import merge
 
-    rows, batch = [_row(i) for i in range(17)], 3  # 6 chunks, the last of 2 rows
+    make = _row if task == "single" else _ml_row
+    rows, batch = [make(i) for i in range(17)], 3  # 6 chunks, the last of 2 rows
+    layout = layout_for(task, ["b", "=a", "c,d"])
     folder = tmp_path / f"o.{ext}.parts"
     folder.mkdir()
     sizes = []
     for rank in range(world):
-        job = Job(None, str(tmp_path / f"o.{ext}"), ext, {}, World(rank, world), False)
+        job = Job(None, str(tmp_path / f"o.{ext}"), ext, {}, World(rank, world), False, layout=layout)
         work = job.work(part_rows=4)
         work.open()
         mine = list(shard(rows, batch, World(rank, world)))
@@ -285,11 +314,14 @@ def test_ranks_rows_merge_in_input_order(tmp_path, ext, world):
             work.add_chunk(mine[start : start + batch])
         work.close()
         sizes.append(work.rows)
-    merge(str(folder), ext, sizes, batch, str(tmp_path / f"o.{ext}"), part_rows=4)
+    merge(str(folder), ext, sizes, batch, str(tmp_path / f"o.{ext}"), part_rows=4, layout=layout)
     got = read_output(tmp_path / f"o.{ext}")
     if ext == "parquet":  # stored as float32
         for g, r in zip(got, rows):
-            if "error" not in r:
+            if "error" not in r and task == "multilabel":
+                assert g["scores"] == pytest.approx(r["scores"], rel=1e-7)
+                g["scores"] = r["scores"]
+            elif "error" not in r:
                 assert g["probability"] == pytest.approx(r["probability"], rel=1e-7)
                 g["probability"] = r["probability"]
                 g["top_k"] = r["top_k"]
@@ -411,3 +443,82 @@ def test_resume_refuses_a_different_command(tmp_path, tiny_best, tiny_data, caps
     manifest.write_text(text)
     assert main([*argv, "--resume"]) == 0
     assert len(read_output(out)) == 18
+
+
+# ----------------------------------------------------------------------------------------------- multi-label
+
+
+def _approx_scores(got: list[dict], want: list[dict]) -> None:
+    """Parquet stores scores as float32: equal to the results within float32 rounding, then taken as theirs."""
+    for g, w in zip(got, want):
+        if "scores" in w:
+            assert g["scores"] == pytest.approx(w["scores"], rel=1e-6)
+            g["scores"] = w["scores"]
+
+
+def test_multilabel_rows_in_every_format(tmp_path, capsys, multilabel_ckpt, multilabel_csv):
+    """A multi-label model: every format holds each image's label set and every label's score, as the Predictor
+    gives them (its thresholds 0.5, 0.4, 0.6); stdout shows the set and the scores."""
+    images = multilabel_csv.parent / "img"
+    want = Predictor(multilabel_ckpt, device="cpu", batch_size=8).predict(expand_paths([images]))
+    assert {frozenset(w) for w in want} == {frozenset({"path", "labels", "scores"})}
+    assert {len(w["labels"]) for w in want} >= {0, 1, 3}  # empty sets are rows too
+    for ext in ("csv", "jsonl", "json", "parquet"):
+        out = tmp_path / f"p.{ext}"
+        assert main(_cli(multilabel_ckpt, images, "--output", out, "--batch-size", 8, "--part-rows", 16)) == 0
+        got = read_output(out)
+        if ext == "parquet":
+            _approx_scores(got, want)
+        assert got == want, ext
+    header = (tmp_path / "p.csv").read_text().splitlines()[0]
+    assert header == "path,labels,score_blue,score_green,score_red,error"
+    printed = capsys.readouterr().out.splitlines()[: len(want)]
+    for line, w in zip(printed, want):
+        path, labels, scores = line.split("\t")
+        assert labels == ("|".join(w["labels"]) or "-") and scores.startswith(f"(blue {w['scores']['blue']:.3f}, ")
+
+
+def test_multilabel_resume_and_its_refusals(tmp_path, capsys, multilabel_ckpt, multilabel_csv, monkeypatch, tiny_best):
+    """A stopped multi-label run resumes into the rows of an uninterrupted one; a stopped run whose rows have
+    other columns (the model file changed) is refused in one line; --min-confidence is refused for the model."""
+    images = multilabel_csv.parent / "img"
+    out = tmp_path / "o.csv"
+    argv = _cli(multilabel_ckpt, images, "--output", out, "--batch-size", 8, "-q")
+    real, calls = imgclf.infer.predict.Predictor.logits, []
+
+    def breaks_third(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the model broke")
+        return real(self, batch)
+
+    monkeypatch.setattr(imgclf.infer.predict.Predictor, "logits", breaks_third)
+    assert main(argv) == 1
+    monkeypatch.setattr(imgclf.infer.predict.Predictor, "logits", real)
+    assert len(read_output(out)) == 16
+    manifest = Path(str(out) + ".parts") / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"score_blue"', '"score_cyan"'))
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resume" in err and "columns" in err and len(err.splitlines()) == 1, err
+    manifest.write_text(text)
+    assert main([*argv, "--threshold", "0.2", "--resume"]) == 2  # another command: refused as any other change
+    assert "--threshold None, this one 0.2" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    assert read_output(out) == Predictor(multilabel_ckpt, device="cpu", batch_size=8).predict(expand_paths([images]))
+    assert main(_cli(multilabel_ckpt, images, "--output", tmp_path / "m.csv", "--min-confidence", "0.5")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--min-confidence is for single-label models" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.csv.parts").exists()
+    # --threshold: one number for every label; a goal fitted on labelled data, or a single-label model, refused
+    for threshold, weights, words in (
+        ("f1", multilabel_ckpt, "one number from 0 to 1 for every label"),
+        ("1.5", multilabel_ckpt, "one number from 0 to 1 for every label"),
+        ("0.5", tiny_best, "--threshold is for multi-label models"),
+    ):
+        assert main(_cli(weights, images, "--output", tmp_path / "t.csv", "--threshold", threshold)) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "t.csv").exists() and not (tmp_path / "t.csv.parts").exists()

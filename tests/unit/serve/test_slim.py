@@ -75,39 +75,61 @@ SERVE_ONNX = textwrap.dedent(
     from imgclf.serve import ServeSettings, create_app
     import imgclf.serve.main  # the console script's module: what it imports ships too
 
-    app = create_app(sys.argv[1], ServeSettings(max_wait_ms=1, max_batch_size=4))
-    with TestClient(app) as c:
-        t0 = time.time()
-        while c.get("/ready").status_code != 200:
-            assert time.time() - t0 < 60, c.get("/ready").json()  # a guard against a hang, not a timing
-            time.sleep(0.02)
-        files = [("image", (p, open(p, "rb").read())) for p in sys.argv[2:]]
-        r = c.post("/predict", files=files)
-        assert r.status_code == 200, r.text
-        unsure = c.post("/predict", files=files[:1], data={"min_confidence": "1"}).json()["predictions"][0]
-        explained = c.post("/explain", files=files[:1])
-        explain_meta = c.get("/metadata").json()["explain"]
-        head = c.head("/")
-        framing = [head.status_code, head.content.decode(), head.headers["x-frame-options"],
-                   c.get("/health").headers["content-security-policy"]]
+    def serve(export, images):
+        app = create_app(export, ServeSettings(max_wait_ms=1, max_batch_size=4))
+        with TestClient(app) as c:
+            t0 = time.time()
+            while c.get("/ready").status_code != 200:
+                assert time.time() - t0 < 60, c.get("/ready").json()  # a guard against a hang, not a timing
+                time.sleep(0.02)
+            files = [("image", (p, open(p, "rb").read())) for p in images]
+            r = c.post("/predict", files=files)
+            assert r.status_code == 200, r.text
+            unsure = c.post("/predict", files=files[:1], data={"min_confidence": "1"})  # refused (422): multi-label
+            unsure = unsure.json()["predictions"][0] if unsure.status_code == 200 else unsure.json()
+            explained = c.post("/explain", files=files[:1])
+            meta = c.get("/metadata").json()
+            head = c.head("/")
+            framing = [head.status_code, head.content.decode(), head.headers["x-frame-options"],
+                       c.get("/health").headers["content-security-policy"]]
+        return {
+            "framing": framing,
+            "unsure": unsure,
+            "explain": [explained.status_code, explained.json(), meta["explain"]],
+            "predictions": r.json()["predictions"],
+            "task": [meta.get("task"), meta.get("thresholds")],
+        }
+
+    # argv: EXPORT IMAGE... [-- EXPORT IMAGE...]: each export served in turn, in this one process
+    groups = " ".join(sys.argv[1:]).split(" -- ")
+    served = [serve(g.split()[0], g.split()[1:]) for g in groups]
     print(json.dumps({
-        "framing": framing,
-        "unsure": unsure,
-        "explain": [explained.status_code, explained.json(), explain_meta],
+        "served": served,
         "torch": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")),
         "imgclf": sorted(m for m in sys.modules if m.split(".")[0] == "imgclf"),
-        "labels": [p["label"] for p in r.json()["predictions"]],
     }))
     """
 )
 
 
-def test_serving_an_onnx_export_never_imports_torch(int8_export, image_files):
-    """A fresh process builds the app for an onnx-int8 export and answers requests (/predict with and without
-    min_confidence, /explain, /metadata); torch is never imported, and every imgclf module it loads is one the
-    slim distribution ships."""
+def test_serving_an_onnx_export_never_imports_torch(int8_export, image_files, multilabel_onnx, multilabel_csv):
+    """A fresh process builds the app for an onnx-int8 export, then for a multi-label ONNX export, and answers
+    requests (/predict with and without min_confidence, /explain, /metadata); torch is never imported, and every
+    imgclf module it loads is one the slim distribution ships. The multi-label answers are `imgclf predict`'s."""
+    from imgclf.infer.predict import Predictor
+
+    ml_images = sorted((multilabel_csv.parent / "img").glob("test_*.png"))
     out = subprocess.run(
-        [sys.executable, "-c", SERVE_ONNX, int8_export, *map(str, image_files)],
+        [
+            sys.executable,
+            "-c",
+            SERVE_ONNX,
+            int8_export,
+            *map(str, image_files),
+            "--",
+            multilabel_onnx,
+            *map(str, ml_images),
+        ],
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
@@ -117,14 +139,25 @@ def test_serving_an_onnx_export_never_imports_torch(int8_export, image_files):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["torch"] == []
     assert set(got["imgclf"]) <= _slim_modules(), set(got["imgclf"]) - _slim_modules()
-    assert len(got["labels"]) == len(image_files)
-    # min_confidence answers without torch; /explain (gradients) says it needs the checkpoint, in a 4xx
-    assert got["unsure"]["unsure"] is (got["unsure"]["probability"] < 1.0)
-    status, body, meta = got["explain"]
-    assert status == 400 and body["error"] == "explain_unavailable" and "checkpoint" in body["detail"], body
-    assert meta["available"] is False and "onnx-int8" in meta["reason"]
-    # the slim server's page cannot be framed and answers HEAD / (issue 22, defect 10)
-    assert got["framing"] == [200, "", "DENY", "frame-ancestors 'none'"], got["framing"]
+    single, multi = got["served"]
+    assert len(single["predictions"]) == len(image_files) and all("label" in p for p in single["predictions"])
+    # min_confidence answers without torch
+    assert single["unsure"]["unsure"] is (single["unsure"]["probability"] < 1.0)
+    # the multi-label export: the set and scores of `imgclf predict` on the same file, by the thresholds in its
+    # metadata (a NumPy sigmoid); min_confidence has no meaning for it and is refused
+    want = Predictor(multilabel_onnx, device="cpu").predict([str(p) for p in ml_images])
+    assert multi["task"] == ["multilabel", [0.5, 0.4, 0.6]]
+    assert [p["labels"] for p in multi["predictions"]] == [w["labels"] for w in want]
+    for p, w in zip(multi["predictions"], want):
+        assert p["scores"] == pytest.approx(w["scores"], abs=1e-5)
+    assert multi["unsure"]["error"] == "invalid_min_confidence", multi["unsure"]
+    for served, fmt in ((single, "onnx-int8"), (multi, "(onnx)")):
+        # /explain (gradients) says it needs the checkpoint, in a 4xx
+        status, body, meta = served["explain"]
+        assert status == 400 and body["error"] == "explain_unavailable" and "checkpoint" in body["detail"], body
+        assert meta["available"] is False and fmt in meta["reason"]
+        # the slim server's page cannot be framed and answers HEAD / (issue 22, defect 10)
+        assert served["framing"] == [200, "", "DENY", "frame-ancestors 'none'"], served["framing"]
 
 
 @pytest.mark.kernels

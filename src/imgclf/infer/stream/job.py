@@ -15,6 +15,7 @@ from imgclf.core.fileio import remove_stale_temps, write_json
 from imgclf.core.options import check_output_folder
 from imgclf.infer.stream.inputs import Inputs
 from imgclf.infer.stream.merge import merge
+from imgclf.infer.stream.rows import SINGLE_LAYOUT, Layout
 from imgclf.infer.stream.work import LineWork, NoWork, ParquetWork
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Job:
     world: World
     resume: bool  # an earlier run's rows are in `parts` and are kept
     finished: bool = False  # --resume of a run that finished: OUTPUT is there whole, nothing to do
+    layout: Layout = SINGLE_LAYOUT  # the model's columns (rows.py), set once the model is open (`use_layout`)
 
     @property
     def parts(self) -> str:
@@ -50,7 +52,18 @@ class Job:
 
     @classmethod
     def plan(
-        cls, weights, inputs: Inputs, out, *, batch_size, top_k, resume, world, tta=None, min_confidence=None
+        cls,
+        weights,
+        inputs: Inputs,
+        out,
+        *,
+        batch_size,
+        top_k,
+        resume,
+        world,
+        tta=None,
+        min_confidence=None,
+        threshold=None,
     ) -> Job:
         if int(top_k) < 1:
             raise UsageError(f"top_k must be at least 1, got {top_k}")
@@ -76,6 +89,7 @@ class Job:
             "top_k": int(top_k),
             "tta": tta,
             "min_confidence": min_confidence,
+            "threshold": threshold,
             "world_size": world.size,
             "entries": entries,
             "digest": digest,
@@ -131,6 +145,7 @@ class Job:
             ("top_k", "--top-k"),
             ("tta", "--tta"),
             ("min_confidence", "--min-confidence"),
+            ("threshold", "--threshold"),
             ("world_size", "number of processes"),
         ):
             if before.get(key) != now[key]:
@@ -142,6 +157,23 @@ class Job:
             raise UsageError(
                 f"--resume: the images listed changed since the run in '{parts}' ({before.get('entries')} entries "
                 f"then, {now['entries']} now): resume with the same list, or remove '{parts}' to start again"
+            )
+
+    def use_layout(self, layout: Layout) -> None:
+        """Every rank, once the model is open and before any row is written: its columns, recorded in the manifest;
+        a stopped run whose rows have other columns (a single-label run resumed with a multi-label model written
+        to the same path, or a model with other labels) is refused rather than mixed in."""
+        self.layout = layout
+        self.manifest["columns"] = list(layout.header)
+        if not self.resume:
+            return
+        with open(os.path.join(self.parts, MANIFEST), encoding="utf-8") as f:
+            before = json.load(f).get("columns", list(SINGLE_LAYOUT.header))  # written before multi-label rows
+        if before != self.manifest["columns"]:
+            raise UsageError(
+                f"--resume: the stopped run in '{self.parts}' wrote the columns {', '.join(before)[:200]}, this model's "
+                f"are {', '.join(self.manifest['columns'])[:200]} (the model file changed since): remove "
+                f"'{self.parts}' to start again"
             )
 
     def prepare(self) -> None:
@@ -157,8 +189,8 @@ class Job:
         if self.out is None:
             return NoWork()
         if self.kind == "parquet":
-            return ParquetWork(self.parts, self.world.rank, part_rows)
-        return LineWork(self.parts, self.world.rank, quoted=self.kind == "csv")
+            return ParquetWork(self.parts, self.world.rank, part_rows, self.layout)
+        return LineWork(self.parts, self.world.rank, quoted=self.kind == "csv", layout=self.layout)
 
     def finish(self, work, sizes: list[int], *, part_rows: int, partial: bool = False) -> None:
         """Rank 0: OUTPUT from the ranks' rows; the work folder removed unless the run is `partial` (stopped)."""
@@ -166,7 +198,7 @@ class Job:
         if isinstance(work, LineWork) and self.kind != "json" and len(sizes) == 1 and not partial:
             os.replace(work.path, self.out)  # already in order and flushed to disk: no copy of a big file
         else:
-            merge(self.parts, self.kind, sizes, batch_size, self.out, part_rows=part_rows)
+            merge(self.parts, self.kind, sizes, batch_size, self.out, part_rows=part_rows, layout=self.layout)
         if not partial:
             shutil.rmtree(self.parts)
 

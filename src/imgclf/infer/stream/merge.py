@@ -9,7 +9,7 @@ import itertools
 from imgclf.compute.distributed import World
 from imgclf.core.fileio import atomic_open
 from imgclf.infer.stream.inputs import shard_rows
-from imgclf.infer.stream.rows import CSV_HEADER, csv_bytes, parquet_schema, records
+from imgclf.infer.stream.rows import SINGLE_LAYOUT, Layout, csv_bytes, records
 from imgclf.infer.stream.work import LineWork, parquet_parts
 
 
@@ -30,8 +30,8 @@ class LineReader:
 class ParquetReader:
     """A rank's parts as one stream of rows, one part in memory at a time."""
 
-    def __init__(self, parts: list[str]):
-        self.parts, self.table, self.at = iter(parts), None, 0
+    def __init__(self, parts: list[str], layout: Layout = SINGLE_LAYOUT):
+        self.parts, self.table, self.at, self.layout = iter(parts), None, 0, layout
 
     def take(self, n: int):
         import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
@@ -49,7 +49,7 @@ class ParquetReader:
             self.at += piece.num_rows
             want -= piece.num_rows
             pieces.append(piece)
-        return pa.concat_tables(pieces) if pieces else parquet_schema().empty_table()
+        return pa.concat_tables(pieces) if pieces else self.layout.schema().empty_table()
 
     def close(self) -> None:
         self.table = None
@@ -85,10 +85,10 @@ class LineOutput:
     """OUTPUT as CSV (its header, then the records), JSON lines, or JSON (the lines as one array, an object a
     line): the merged pieces are lists of records."""
 
-    def __init__(self, f, kind: str):
+    def __init__(self, f, kind: str, layout: Layout = SINGLE_LAYOUT):
         self.f, self.kind, self.first = f, kind, True
         if kind == "csv":
-            f.write(csv_bytes([CSV_HEADER]))
+            f.write(csv_bytes([layout.header]))
 
     def write(self, recs) -> None:
         for rec in recs:
@@ -104,19 +104,19 @@ class LineOutput:
 
 
 @contextlib.contextmanager
-def final_output(out: str, kind: str, part_rows: int):
+def final_output(out: str, kind: str, part_rows: int, layout: Layout = SINGLE_LAYOUT):
     """An output (`write(piece)`) that writes the merged rows piece by piece to OUTPUT under a temporary name;
     the file is renamed into place when the block ends without an error."""
     with atomic_open(out, "wb") as f:
         if kind == "parquet":
             import pyarrow.parquet as pq  # noqa: PLC0415 - optional package (Parquet output only)
 
-            with pq.ParquetWriter(f, parquet_schema()) as w:
+            with pq.ParquetWriter(f, layout.schema()) as w:
                 output = ParquetOutput(w, part_rows)
                 yield output
                 output.flush()
         else:
-            output = LineOutput(f, kind)
+            output = LineOutput(f, kind, layout)
             yield output
             output.end()
 
@@ -131,14 +131,24 @@ def chunk_order(sizes: list[int], batch_size: int):
         yield c % world, min(batch_size, total - c * batch_size)
 
 
-def merge(folder: str, kind: str, sizes: list[int], batch_size: int, out: str, *, part_rows: int) -> None:
-    """The ranks' rows in OUTPUT.parts/, in input order, into OUTPUT (written whole, then renamed)."""
+def merge(
+    folder: str,
+    kind: str,
+    sizes: list[int],
+    batch_size: int,
+    out: str,
+    *,
+    part_rows: int,
+    layout: Layout = SINGLE_LAYOUT,
+) -> None:
+    """The ranks' rows in OUTPUT.parts/, in input order, into OUTPUT (written whole, then renamed); `layout`: the
+    model's columns (rows.py)."""
     if kind == "parquet":
-        readers = [ParquetReader(parquet_parts(folder, r)) for r in range(len(sizes))]
+        readers = [ParquetReader(parquet_parts(folder, r), layout) for r in range(len(sizes))]
     else:
         readers = [LineReader(LineWork(folder, r, kind == "csv").path, kind == "csv") for r in range(len(sizes))]
     try:
-        with final_output(out, kind, part_rows) as output:
+        with final_output(out, kind, part_rows, layout) as output:
             for rank, n in chunk_order(sizes, batch_size):
                 piece = readers[rank].take(n)
                 if count(piece) != n:

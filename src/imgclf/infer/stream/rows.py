@@ -1,13 +1,20 @@
 """One result as a row of each output: CSV (`csv_row`, CSV_HEADER), JSON lines, Parquet (`parquet_table`), and the
-complete records of a CSV or JSON-lines work file (`records`: a line a kill cut short is left out)."""
+complete records of a CSV or JSON-lines work file (`records`: a line a kill cut short is left out).
+
+A multi-label model's rows have other columns (`Layout`, `layout_for`): path, labels (the set: a CSV cell "a|b",
+a list in Parquet), one score per label (CSV: a column `score_LABEL` each; Parquet: a struct `scores`) and error.
+JSON lines and JSON hold the results as they are ({"path", "labels", "scores"}).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from dataclasses import dataclass
 
 from imgclf.core.escape import csv_cell
+from imgclf.core.multilabel import MULTILABEL, join_labels
 
 
 def csv_row(r: dict) -> list:
@@ -64,6 +71,60 @@ def parquet_table(rows: list[dict]):
         "unsure": [r.get("unsure") for r in rows],
     }
     return pa.table(cols, schema=parquet_schema())
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The columns of one model's rows: a single-label model's (the default: CSV_HEADER, parquet_schema), or a
+    multi-label model's (`classes` given): path, labels, a score per label, error."""
+
+    classes: tuple[str, ...] | None = None  # None: single-label
+
+    @property
+    def header(self) -> list:
+        if self.classes is None:
+            return CSV_HEADER
+        # the labels are the model's strings: escaped as every other cell a user's data fills
+        return ["path", "labels", *(csv_cell(f"score_{c}") for c in self.classes), "error"]
+
+    def csv_row(self, r: dict) -> list:
+        if self.classes is None:
+            return csv_row(r)
+        if "error" in r:
+            return [csv_cell(r["path"]), "", *([""] * len(self.classes)), csv_cell(r["error"])]
+        return [csv_cell(r["path"]), csv_cell(join_labels(r["labels"])), *(repr(v) for v in r["scores"].values()), ""]
+
+    def schema(self):
+        import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
+
+        if self.classes is None:
+            return parquet_schema()
+        scores = pa.struct([(c, pa.float32()) for c in self.classes])
+        return pa.schema(
+            [("path", pa.string()), ("labels", pa.list_(pa.string())), ("scores", scores), ("error", pa.string())]
+        )
+
+    def table(self, rows: list[dict]):
+        import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
+
+        if self.classes is None:
+            return parquet_table(rows)
+        ok = ["error" not in r for r in rows]
+        cols = {
+            "path": [r["path"] for r in rows],
+            "labels": [r["labels"] if good else None for r, good in zip(rows, ok)],
+            "scores": [r["scores"] if good else None for r, good in zip(rows, ok)],
+            "error": [r.get("error") for r in rows],
+        }
+        return pa.table(cols, schema=self.schema())
+
+
+SINGLE_LAYOUT = Layout()
+
+
+def layout_for(task: str, classes) -> Layout:
+    """The rows of a model of `task` with `classes` (core/multilabel.py's task names)."""
+    return Layout(tuple(classes)) if task == MULTILABEL else SINGLE_LAYOUT
 
 
 def csv_bytes(rows) -> bytes:

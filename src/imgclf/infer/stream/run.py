@@ -15,9 +15,10 @@ from imgclf.compute.distributed import barrier, gather, setup, world_from_env
 from imgclf.core.confidence import check_min_confidence
 from imgclf.core.errors import UsageError
 from imgclf.core.progress import progress, shown
-from imgclf.infer.predict import Predictor
+from imgclf.infer.predict import Predictor, check_threshold
 from imgclf.infer.stream.inputs import Inputs, shard, shard_rows
 from imgclf.infer.stream.job import Job
+from imgclf.infer.stream.rows import layout_for
 from imgclf.models.tta import check_mode
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def predict_files(
     timeout: float = DEFAULT_TIMEOUT,
     tta: str | None = None,
     min_confidence: float | None = None,
+    threshold: float | None = None,
 ) -> dict:
     """Predict every image of `inputs` (files and folders) and of the list `files_from`, writing each batch's rows
     to `output` (.csv, .jsonl, .json or .parquet) as it finishes; see the module's docstring.
@@ -54,10 +56,12 @@ def predict_files(
     `weights`: a checkpoint or exported model (or a Predictor). `resume`: keep the rows a stopped run of the same
     call wrote and predict the rest. `on_row(result)`: called with each new result (the dicts of
     Predictor.predict) in this process. Under torchrun each rank predicts its share and rank 0 merges them.
-    `tta`, `min_confidence`: as Predictor's (a Predictor passed as `weights` keeps its own).
+    `tta`, `min_confidence`, `threshold`: as Predictor's (a Predictor passed as `weights` keeps its own).
     Returns {"output", "entries", "rows", "predicted", "errors", "resumed"}; the counts are over all ranks. With
     `resume` and an OUTPUT that is finished (no OUTPUT.parts of a stopped run), nothing is done: "finished": True."""
-    tta, min_confidence = check_mode(tta), check_min_confidence(min_confidence)  # before any work
+    # the Predictor's options, checked before any work; the manifest records them for --resume
+    chosen = dict(tta=check_mode(tta), min_confidence=check_min_confidence(min_confidence))
+    chosen["threshold"] = check_threshold(threshold)
     world = world_from_env()
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -65,29 +69,11 @@ def predict_files(
     out = None if output is None else str(output)
     if int(batch_size) < 1 or int(part_rows) < 1:
         raise UsageError(f"batch_size and part_rows must be at least 1, got {batch_size} and {part_rows}")
-    job = Job.plan(
-        weights,
-        inp,
-        out,
-        batch_size=int(batch_size),
-        top_k=top_k,
-        resume=resume,
-        world=world,
-        tta=tta,
-        min_confidence=min_confidence,
-    )
+    job = Job.plan(weights, inp, out, batch_size=int(batch_size), top_k=top_k, resume=resume, world=world, **chosen)
     if job.finished:  # --resume of a finished run: a no-op, so that a retry loop may run it again
         return {**summary(job, [(0, 0, 0, 0)]), "finished": True}
     with setup(resolve_device(device), timeout) as dev:
-        predictor = open_predictor(
-            weights,
-            str(dev),
-            int(batch_size),
-            precision=precision,
-            workers=workers,
-            tta=tta,
-            min_confidence=min_confidence,
-        )
+        predictor = open_predictor(weights, str(dev), int(batch_size), precision=precision, workers=workers, **chosen)
         counts = predict_shares(job, predictor, top_k=top_k, part_rows=int(part_rows), on_row=on_row)
     return summary(job, counts)
 
@@ -121,6 +107,8 @@ def predict_shares(job: Job, predictor: Predictor, *, top_k: int, part_rows: int
     """Every rank's share predicted into its work file and, on rank 0, OUTPUT merged from them; each rank's
     (rows, predicted, errors, resumed)."""
     world = job.world
+    if job.out is not None:
+        job.use_layout(layout_for(predictor.task, predictor.classes))
     barrier(world)  # every rank has checked the output before rank 0 creates anything
     if world.main:
         job.prepare()

@@ -7,16 +7,16 @@ from __future__ import annotations
 import os
 
 from imgclf.core.fileio import atomic_open
-from imgclf.infer.stream.rows import CSV_HEADER, csv_bytes, csv_row, json_bytes, parquet_table, records
+from imgclf.infer.stream.rows import SINGLE_LAYOUT, Layout, csv_bytes, json_bytes, records
 
 
 class LineWork:
     """One rank's rows as CSV or JSON lines in OUTPUT.parts/rank-R.EXT, appended a chunk at a time and flushed."""
 
-    def __init__(self, folder: str, rank: int, quoted: bool):
-        self.quoted = quoted
+    def __init__(self, folder: str, rank: int, quoted: bool, layout: Layout = SINGLE_LAYOUT):
+        self.quoted, self.layout = quoted, layout
         self.path = os.path.join(folder, f"rank-{rank:03d}" + (".csv" if quoted else ".jsonl"))
-        self.header = csv_bytes([CSV_HEADER]) if quoted else b""
+        self.header = csv_bytes([layout.header]) if quoted else b""
         self.rows, self.f = 0, None
 
     def keep_whole_chunks(self, batch_size: int) -> int:
@@ -41,7 +41,7 @@ class LineWork:
             self.f.write(self.header)
 
     def add_chunk(self, rows: list[dict]) -> None:
-        self.f.write(csv_bytes(csv_row(r) for r in rows) if self.quoted else json_bytes(rows))
+        self.f.write(csv_bytes(self.layout.csv_row(r) for r in rows) if self.quoted else json_bytes(rows))
         self.f.flush()  # a kill now loses at most the chunk being written
         self.rows += len(rows)
 
@@ -57,8 +57,8 @@ class ParquetWork:
     """One rank's rows as Parquet part files OUTPUT.parts/part-RRR-NNNNNN.parquet, each written whole (a Parquet
     file is readable only once its footer is written) when `part_rows` rows are waiting, and at the end."""
 
-    def __init__(self, folder: str, rank: int, part_rows: int):
-        self.folder, self.rank, self.part_rows = folder, rank, part_rows
+    def __init__(self, folder: str, rank: int, part_rows: int, layout: Layout = SINGLE_LAYOUT):
+        self.folder, self.rank, self.part_rows, self.layout = folder, rank, part_rows, layout
         self.rows, self.pending, self.pending_rows = 0, [], 0
 
     def parts(self) -> list[str]:
@@ -76,7 +76,7 @@ class ParquetWork:
         self.seq = int(parts[-1].rsplit("-", 1)[1].split(".")[0]) + 1 if parts else 0
 
     def add_chunk(self, rows: list[dict]) -> None:
-        self.pending.append(parquet_table(rows))  # columns: ~100 bytes a row, not a dict per row
+        self.pending.append(self.layout.table(rows))  # columns: ~100 bytes a row, not a dict per row
         self.pending_rows += len(rows)
         self.rows += len(rows)
         if self.pending_rows >= self.part_rows:
