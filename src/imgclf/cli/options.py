@@ -107,6 +107,12 @@ class CalibrateOptions:
     batch_size: int = BATCH_SIZE.field(256)
     device: str = DEVICE.field()
     workers: int | None = WORKERS.field()
+    threshold: str | None = opt(
+        None,
+        "multi-label models: fit the per-label thresholds again on the same split, for f1, precision=P, recall=R or "
+        "one number (default: carry them with the new temperatures, so no image's labels change)",
+        metavar="GOAL",
+    )
     json: bool = JSON.field()
 
 

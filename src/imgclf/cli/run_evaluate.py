@@ -69,6 +69,7 @@ def calibrate_command(o: CalibrateOptions) -> int:
         batch_size=o.batch_size,
         device=o.device,
         workers=o.workers,
+        threshold=o.threshold,
     )
     print(json.dumps(r.to_dict(), indent=2) if o.json else format_calibration(r))
     return 0

@@ -10,8 +10,8 @@ import torch
 
 from imgclf.compute.device import resolve_device
 from imgclf.compute.distributed import current, setup
-from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.fileio import write_json
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.data.fixes import read_fixes
 from imgclf.evaluation.calibration import trust_metrics
 from imgclf.evaluation.metrics import compute_metrics
@@ -81,7 +81,9 @@ def _evaluate(
     classes = runner.classes
     multi = runner.task == MULTILABEL
     if multi:  # sigmoid of the logits: the temperature (one per label, or the export's) applied already
-        metrics = multilabel_evaluation(runner.probabilities(logits).numpy(), labels.numpy(), runner.thresholds, classes)
+        metrics = multilabel_evaluation(
+            runner.probabilities(logits).numpy(), labels.numpy(), runner.thresholds, classes
+        )
         calibration = {"temperature": runner.temperature, **metrics.pop("calibration")}
     else:
         metrics = compute_metrics(logits, labels, classes)

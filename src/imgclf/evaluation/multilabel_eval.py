@@ -2,10 +2,9 @@
 per-label calibration (ECE of each label's sigmoid score), the co-occurrence of its errors, the text report and
 the figures.
 
-- Per-label ECE: label k's probabilities p_ik (one per image) in B = 15 equal-width bins, bin m holding p in
-  ((m-1)/B, m/B]; ECE_k = sum over bins of |B_m| / n * |fraction of positives(B_m) - mean p(B_m)|: 0 is a label
-  whose "70%" images hold it 70% of the time. The summary is the mean over labels, and the pooled ECE of every
-  (image, label) pair together (the reliability diagram draws the pooled bins).
+- Per-label ECE (label_calibration.py): each label's sigmoid probabilities against its 0/1 truth; the summary is
+  the mean over labels and the pooled ECE of every (image, label) pair (the reliability diagram draws the pooled
+  bins).
 - Errors by true label (`label_errors`): a C x C table of images. Row i counts the images whose true set holds
   label i: cell (i, i) how many of them miss i (false negatives), cell (i, j) how many have j predicted though j is
   not in their set (a false positive of j beside a true i). "what is predicted when i is the truth, wrongly". Also
@@ -19,54 +18,11 @@ import os
 import numpy as np
 
 from imgclf.core.multilabel import DEFAULT_THRESHOLD
-from imgclf.evaluation.calibration import ECE_BINS
+from imgclf.evaluation.label_calibration import label_calibration
 from imgclf.evaluation.multilabel import multilabel_metrics
 from imgclf.evaluation.plots import plot_confusion, plot_reliability
 
 PAIRS_SHOWN = 8  # the error pairs the text report lists
-
-
-def binary_reliability(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
-    """calibration.reliability's bins for probabilities `p` of binary outcomes `y` (any shape, flattened):
-    "accuracy" is the fraction of positives in the bin, "confidence" its mean probability."""
-    p, y = np.asarray(p, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-    idx = np.clip(np.ceil(p * bins).astype(int) - 1, 0, bins - 1)
-    rows = []
-    for m in range(bins):
-        sel = idx == m
-        k = int(sel.sum())
-        rows.append(
-            {
-                "low": m / bins,
-                "high": (m + 1) / bins,
-                "images": k,
-                "accuracy": float(y[sel].mean()) if k else None,
-                "confidence": float(p[sel].mean()) if k else None,
-            }
-        )
-    return rows
-
-
-def binary_ece(p, y, bins: int = ECE_BINS) -> float:
-    """ECE of probabilities `p` against binary outcomes `y` (module docstring); nan for none."""
-    rows = binary_reliability(p, y, bins)
-    n = sum(r["images"] for r in rows)
-    if not n:
-        return float("nan")
-    return float(sum(r["images"] / n * abs(r["accuracy"] - r["confidence"]) for r in rows if r["images"]))
-
-
-def label_calibration(scores: np.ndarray, targets: np.ndarray, classes: list[str], bins: int = ECE_BINS) -> dict:
-    """Per-label ECE, their mean, the pooled ECE and its reliability bins, of N x C probabilities."""
-    per = {c: binary_ece(scores[:, k], targets[:, k], bins) for k, c in enumerate(classes)}
-    vals = [v for v in per.values() if v == v]
-    return {
-        "ece_per_label": per,
-        "ece_mean": float(np.mean(vals)) if vals else float("nan"),
-        "ece": binary_ece(scores, targets, bins),  # pooled over every (image, label)
-        "ece_bins": bins,
-        "reliability": binary_reliability(scores, targets, bins),
-    }
 
 
 def label_errors(scores: np.ndarray, targets: np.ndarray, thresholds, classes: list[str]) -> dict:
@@ -142,9 +98,10 @@ def format_multilabel_report(m: dict) -> str:
         )
     pairs = error_pairs(m["errors"]) if "errors" in m else []
     if pairs:
-        lines.append("most frequent wrong labels beside a true one: " + "; ".join(
-            f"{p['predicted']} with true {p['truth']} ({p['images']})" for p in pairs
-        ))
+        lines.append(
+            "most frequent wrong labels beside a true one: "
+            + "; ".join(f"{p['predicted']} with true {p['truth']} ({p['images']})" for p in pairs)
+        )
     return "\n".join(lines)
 
 

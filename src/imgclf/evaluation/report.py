@@ -21,9 +21,9 @@ import string
 import time
 
 from imgclf.core.fileio import atomic_open
+from imgclf.evaluation.report_folder import Folder, Missing, open_folder, set_predictions
 from imgclf.evaluation.report_multilabel import SECTIONS as MULTILABEL_SECTIONS
 from imgclf.evaluation.report_multilabel import is_multilabel
-from imgclf.evaluation.report_folder import Folder, Missing, open_folder, set_predictions
 from imgclf.evaluation.report_sections import (
     escape,
     section_check,

@@ -8,7 +8,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import torch
 import yaml
 
 from imgclf.core.errors import DataError, UsageError

@@ -96,9 +96,7 @@ def section_label_reliability(f: Folder) -> str:
         how = "a temperature per label (imgclf calibrate): " + ", ".join(f"{v:.3g}" for v in t)
     elif t != 1.0:
         how = f"temperature {t:.4g}"
-    rows = "".join(
-        f"<tr><td>{escape(k)}</td><td class='num'>{_f(v)}</td></tr>" for k, v in c["ece_per_label"].items()
-    )
+    rows = "".join(f"<tr><td>{escape(k)}</td><td class='num'>{_f(v)}</td></tr>" for k, v in c["ece_per_label"].items())
     table = f"<table><thead><tr><th>label</th><th class='num'>ECE</th></tr></thead><tbody>{rows}</tbody></table>"
     return (
         f"<p>ECE ({c.get('ece_bins', 15)} bins) mean over labels <b>{_f(c['ece_mean'])}</b>, pooled over every "

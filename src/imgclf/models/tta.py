@@ -157,9 +157,7 @@ def is_temperature(t) -> bool:
 def is_temperature_list(t, n: int | None = None) -> bool:
     """A usable per-label temperature (a multi-label model's): a non-empty list of usable temperatures, `n` of
     them where n is given."""
-    return (
-        isinstance(t, (list, tuple)) and len(t) > 0 and all(is_temperature(v) for v in t) and n in (None, len(t))
-    )
+    return isinstance(t, (list, tuple)) and len(t) > 0 and all(is_temperature(v) for v in t) and n in (None, len(t))
 
 
 def as_temperature(t):
