@@ -17,7 +17,7 @@ from imgclf.cli.options import (
 )
 from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.escape import one_line
-from imgclf.core.multilabel import MULTILABEL
+from imgclf.core.multilabel import MULTILABEL, join_labels
 from imgclf.core.options import check_output_folder, parse_eps
 from imgclf.evaluation.calibration import calibrate, format_calibration
 from imgclf.evaluation.command import evaluate
@@ -134,6 +134,9 @@ def explain_command(o: ExplainOptions) -> int:
         if "error" in r:
             return f"{path}\tERROR\t{one_line(r['error'])}"
         label, target, overlay = (one_line(r[k]) for k in ("label", "target", "overlay"))
+        if "labels" in r:  # a multi-label model: its label set, then the map's label and its probability
+            labels = one_line(join_labels(r["labels"])) or "(none)"
+            return f"{path}\t{labels}\tmap for {target}\t{r['target_probability']:.3f}\t{overlay}"
         return f"{path}\t{label}\t{r['probability']:.3f}\tmap for {target}\t{overlay}"
 
     r = explain(
