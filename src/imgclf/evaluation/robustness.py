@@ -299,17 +299,8 @@ def robustness(
         cache=cache,
     )
     runner = open_model(weights, device=device, precision="fp32")
+    _check_model(runner, s)
     multi = runner.task == MULTILABEL
-    if s.attacks and multi:
-        raise UsageError(
-            "--attack raises the cross-entropy of one true class, and a multi-label model has none: measure it "
-            "with --corruptions only"
-        )
-    if s.attacks and runner.format != "checkpoint":
-        raise UsageError(
-            f"attacks need the model's gradients, which an exported file ({runner.format}) does not give: pass the "
-            f"checkpoint it was exported from, or ask for --corruptions only"
-        )
     images, labels, src, bad = _load_split(runner, data, split, limit, data_root, workers, cache)
     split = split or src.held_out_split()
     tag = split if runner.format == "checkpoint" else f"{split}-{runner.format}"
@@ -326,6 +317,20 @@ def robustness(
         (plot_multilabel_robustness if multi else plot_robustness)(result, os.path.join(out, "robustness.png"))
     result["out"] = out
     return result
+
+
+def _check_model(runner, s: Settings) -> None:
+    """Attacks need a single-label checkpoint: its gradients, and one true class to raise the loss of."""
+    if s.attacks and runner.task == MULTILABEL:
+        raise UsageError(
+            "--attack raises the cross-entropy of one true class, and a multi-label model has none: measure it "
+            "with --corruptions only"
+        )
+    if s.attacks and runner.format != "checkpoint":
+        raise UsageError(
+            f"attacks need the model's gradients, which an exported file ({runner.format}) does not give: pass the "
+            f"checkpoint it was exported from, or ask for --corruptions only"
+        )
 
 
 def _measure(runner, images, labels, s: Settings, split: str) -> dict:
