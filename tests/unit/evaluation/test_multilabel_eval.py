@@ -110,3 +110,20 @@ def test_explain_targets_any_label_of_a_multilabel_model(multilabel_ckpt, multil
     assert rows[0]["target"] == "green" and isinstance(rows[0]["labels"], list)
     (own,) = explain(multilabel_ckpt, [str(img)], out=str(tmp_path / "y"), device="cpu")["rows"]
     assert own["target"] == own["label"]  # the default: the top-scoring label
+
+
+def test_the_multilabel_sections_escape_label_names(tmp_path):
+    from PIL import Image
+
+    from imgclf.evaluation.multilabel_eval import multilabel_evaluation
+    from imgclf.evaluation.report_folder import Folder
+    from imgclf.evaluation.report_multilabel import SECTIONS
+
+    names = ["<b>x</b>", "y&z"]
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    m = multilabel_evaluation(np.array([[0.9, 0.6], [0.2, 0.7], [0.4, 0.8], [0.1, 0.3]]), y, [0.5, 0.5], names)
+    for png in ("reliability.png", "label_errors.png"):  # evaluate's figures, not drawn again here
+        Image.new("RGB", (2, 2)).save(tmp_path / png)
+    f = Folder(str(tmp_path), "evaluation", eval=m)
+    page = "".join(SECTIONS[k][1](f) for k in ("confusion", "per-class", "reliability"))
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page and "y&amp;z" in page
