@@ -100,8 +100,13 @@ def fit_label_temperatures(logits: torch.Tensor, targets: torch.Tensor, classes:
             options={"xatol": 1e-6},
         )
         t = float(math.exp(res.x))
-        if min(t / T_MIN, T_MAX / t) < 1.01:
-            notes.append(f"{name}: T {t:.3g} is at its bound (the label is separated perfectly, or too few images)")
+        if t / T_MIN < 1.01:
+            notes.append(f"{name}: T {t:.3g} is at its bound (the split separates the label perfectly, or is tiny)")
+        elif T_MAX / t < 1.01:
+            notes.append(
+                f"{name}: T {t:.3g} is at its bound (its scores are off by a bias a temperature cannot fix, pushed "
+                "towards 0.5; or the split is tiny)"
+            )
         out.append(t)
     return out, notes
 
