@@ -107,6 +107,12 @@ class CalibrateOptions:
     batch_size: int = BATCH_SIZE.field(256)
     device: str = DEVICE.field()
     workers: int | None = WORKERS.field()
+    threshold: str | None = opt(
+        None,
+        "multi-label models: fit the per-label thresholds again on the same split, for f1, precision=P, recall=R or "
+        "one number (default: carry them with the new temperatures, so no image's labels change)",
+        metavar="GOAL",
+    )
     json: bool = JSON.field()
 
 
@@ -155,7 +161,11 @@ class ExplainOptions:
     images: list[str] = opt(
         help="image files or folders (searched recursively)", positional=True, nargs="+", metavar="IMAGE"
     )
-    target: str | None = opt(None, "explain this class for every image [the predicted class]", metavar="LABEL")
+    target: str | None = opt(
+        None,
+        "explain this class for every image [the predicted class; a multi-label model: its top-scoring label]",
+        metavar="LABEL",
+    )
     out: str | None = opt(None, "output folder (default: explain/ next to the weights)")
     sheet: bool = opt(False, "also write every overlay on one contact sheet")
     max_side: int = opt(1024, "overlay PNGs scaled down to this longer side", ge=16)

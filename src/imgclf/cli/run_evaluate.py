@@ -17,11 +17,13 @@ from imgclf.cli.options import (
 )
 from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.escape import one_line
+from imgclf.core.multilabel import MULTILABEL, join_labels
 from imgclf.core.options import check_output_folder, parse_eps
 from imgclf.evaluation.calibration import calibrate, format_calibration
 from imgclf.evaluation.command import evaluate
 from imgclf.evaluation.explain import explain
 from imgclf.evaluation.metrics import format_report
+from imgclf.evaluation.multilabel_eval import format_multilabel_report
 from imgclf.evaluation.report import build_report
 from imgclf.evaluation.robustness import format_table, robustness
 from imgclf.training.curriculum import score
@@ -49,6 +51,9 @@ def evaluate_command(o: EvaluateOptions) -> int:
         return 0
     if o.json:
         print(json.dumps(m, indent=2))
+    elif m.get("task") == MULTILABEL:
+        print(format_multilabel_report(m))
+        log.info("wrote eval.json, reliability.png, label_errors.png to %s", m["out"])
     else:
         print(format_report(m))
         log.info("wrote eval.json, confusion_matrix.png, misclassified.png, reliability.png to %s", m["out"])
@@ -64,6 +69,7 @@ def calibrate_command(o: CalibrateOptions) -> int:
         batch_size=o.batch_size,
         device=o.device,
         workers=o.workers,
+        threshold=o.threshold,
     )
     print(json.dumps(r.to_dict(), indent=2) if o.json else format_calibration(r))
     return 0
@@ -128,6 +134,9 @@ def explain_command(o: ExplainOptions) -> int:
         if "error" in r:
             return f"{path}\tERROR\t{one_line(r['error'])}"
         label, target, overlay = (one_line(r[k]) for k in ("label", "target", "overlay"))
+        if "labels" in r:  # a multi-label model: its label set, then the map's label and its probability
+            labels = one_line(join_labels(r["labels"])) or "(none)"
+            return f"{path}\t{labels}\tmap for {target}\t{r['target_probability']:.3f}\t{overlay}"
         return f"{path}\t{label}\t{r['probability']:.3f}\tmap for {target}\t{overlay}"
 
     r = explain(

@@ -26,17 +26,26 @@ import torch.nn.functional as F
 
 from imgclf.compute.distributed import World
 from imgclf.core.errors import DataError, UsageError
+from imgclf.core.multilabel import MULTILABEL
+from imgclf.evaluation.label_calibration import (
+    ECE_BINS,
+    T_MAX,
+    T_MIN,
+    LabelCalibrationResult,
+    calibrate_labels,
+    format_label_calibration,
+)
+from imgclf.evaluation.multilabel import parse_goal
 from imgclf.infer.logits import split_logits
 from imgclf.infer.runtime import CheckpointRunner, open_model
 from imgclf.models.checkpoint import save_checkpoint, temperature_of
 
 log = logging.getLogger(__name__)
 
-ECE_BINS = 15
 THRESHOLDS = (0.5, 0.7, 0.9)  # evaluate's coverage / accuracy table
-# bounds of the fitted temperature: NLL(T) is unimodal in T (convex in 1/T), so the minimum inside is found; a
-# fit that ends on a bound means the split is too easy (every image right: T -> 0) or the model is noise
-T_MIN, T_MAX = 0.05, 20.0
+# ECE_BINS, and the bounds of the fitted temperature T_MIN, T_MAX (label_calibration.py, shared with a multi-label
+# model's per-label fit): NLL(T) is unimodal in T (convex in 1/T), so the minimum inside is found; a fit that ends
+# on a bound means the split is too easy (every image right: T -> 0) or the model is noise
 
 
 def _top1(probs, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -168,14 +177,19 @@ def calibrate(
     device: str = "auto",
     workers: int | None = None,
     cache: str = "auto",
-) -> CalibrationResult:
+    threshold: str | None = None,
+) -> CalibrationResult | LabelCalibrationResult:
     """Fit the temperature of checkpoint `weights` on `split` of `data` (default: the data it was trained on,
     opened as training opened it) and store it in the checkpoint: the file is rewritten atomically with a
     `temperature` entry and a `calibration` record (where it was fitted, ECE and NLL before and after) added,
     everything else as it was. ECE and NLL "before" are with the temperature the checkpoint had (1.0 if none).
 
     What training calls at its end with the run's best checkpoint (`train --calibrate`), on rank 0 only under
-    torchrun: it runs in this process alone."""
+    torchrun: it runs in this process alone.
+
+    A multi-label checkpoint gets one temperature per label (label_calibration.py), stored as a list, and its
+    thresholds carried with them, or fitted again for `threshold` (--threshold GOAL, multilabel.parse_goal)."""
+    goal = parse_goal(threshold) if threshold is not None else None
     runner = open_model(weights, device="cpu", precision="fp32")
     if not isinstance(runner, CheckpointRunner):
         raise UsageError(
@@ -183,6 +197,11 @@ def calibrate(
             f"export again (the temperature goes into the exported graph)"
         )
     ckpt = runner.ckpt
+    if goal is not None and runner.task != MULTILABEL:
+        raise UsageError(
+            f"--threshold is for a multi-label model (a threshold per label); '{weights}' gives one class per image: "
+            "drop --threshold"
+        )
     # the fit needs the network's own logits (T = 1), in fp32 on every device
     raw = CheckpointRunner(weights, device=device, precision="fp32", ckpt=ckpt, temperature=1.0)
     del runner
@@ -192,12 +211,24 @@ def calibrate(
     )
     if not len(labels):
         raise DataError(f"the {split} split of {data or raw.config.get('data')} has no images to calibrate on")
+    where = {"split": split, "data": src.location, "weights": os.path.abspath(weights)}
+    if raw.task == MULTILABEL:
+        r = calibrate_labels(logits, labels, raw.classes, temperature_of(ckpt), raw.thresholds, goal, **where)
+        ckpt["temperature"], ckpt["thresholds"] = r.temperature, r.thresholds
+        return _store(ckpt, r, weights)
     before, t = temperature_of(ckpt), fit_temperature(logits, labels)
-    result = _measure(logits, labels, before, t, split=split, data=src.location, weights=os.path.abspath(weights))
+    result = _measure(logits, labels, before, t, **where)
     ckpt["temperature"] = t
+    return _store(ckpt, result, weights)
+
+
+def _store(ckpt: dict, result, weights: str):
+    """Rewrite the checkpoint with its new temperature (set by the caller) and the calibration record."""
     ckpt["calibration"] = {k: v for k, v in result.to_dict().items() if k != "weights"}
     save_checkpoint(ckpt, weights)
-    log.info("temperature %.4g stored in %s", t, weights)
+    t = ckpt["temperature"]
+    shown = ", ".join(f"{v:.4g}" for v in t) if isinstance(t, list) else f"{t:.4g}"
+    log.info("temperature %s stored in %s", shown, weights)
     return result
 
 
@@ -218,7 +249,9 @@ def _measure(logits, labels, before: float, after: float, **where) -> Calibratio
     )
 
 
-def format_calibration(r: CalibrationResult) -> str:
+def format_calibration(r: CalibrationResult | LabelCalibrationResult) -> str:
+    if isinstance(r, LabelCalibrationResult):
+        return format_label_calibration(r)
     prev = f" (replacing {r.previous_temperature:.4g})" if r.previous_temperature != 1.0 else ""
     return "\n".join(
         [

@@ -11,9 +11,11 @@ import torch
 from imgclf.compute.device import resolve_device
 from imgclf.compute.distributed import current, setup
 from imgclf.core.fileio import write_json
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.data.fixes import read_fixes
 from imgclf.evaluation.calibration import trust_metrics
 from imgclf.evaluation.metrics import compute_metrics
+from imgclf.evaluation.multilabel_eval import multilabel_evaluation, write_multilabel_plots
 from imgclf.evaluation.plots import plot_confusion, plot_misclassified, plot_reliability
 from imgclf.evaluation.report import build_report
 from imgclf.infer.logits import split_logits
@@ -77,7 +79,16 @@ def _evaluate(
     )
     data = data or runner.config.get("data")
     classes = runner.classes
-    metrics = compute_metrics(logits, labels, classes)
+    multi = runner.task == MULTILABEL
+    if multi:  # sigmoid of the logits: the temperature (one per label, or the export's) applied already
+        metrics = multilabel_evaluation(
+            runner.probabilities(logits).numpy(), labels.numpy(), runner.thresholds, classes
+        )
+        calibration = {"temperature": runner.temperature, **metrics.pop("calibration")}
+    else:
+        metrics = compute_metrics(logits, labels, classes)
+        # softmax of the logits above: the checkpoint's temperature (or the export's, in its graph) applied
+        calibration = {"temperature": runner.temperature, **trust_metrics(logits, labels)}
     metrics.update(
         {
             "split": split,
@@ -85,8 +96,7 @@ def _evaluate(
             "weights": os.path.abspath(weights),
             "format": runner.format,
             "tta": runner.tta,
-            # softmax of the logits above: the checkpoint's temperature (or the export's, in its graph) applied
-            "calibration": {"temperature": runner.temperature, **trust_metrics(logits, labels)},
+            "calibration": calibration,
             "left_out": [{"path": p, "reason": r} for p, r in bad],
         }
     )
@@ -102,14 +112,21 @@ def _evaluate(
         return {**metrics, "out": out}
     os.makedirs(out, exist_ok=True)
     write_json(metrics, os.path.join(out, "eval.json"))
-    if plots:
+    if plots and multi:
+        write_multilabel_plots(metrics, out, title=f"{os.path.basename(str(data))} {split}")
+        _report(out, (logits, labels, feed.split, runner))
+    elif plots:
         write_eval_plots(metrics, logits, labels, feed, classes, out, title=f"{os.path.basename(str(data))} {split}")
-        try:  # report.html is a convenience: it never fails the evaluation
-            build_report(out, predictions=(logits, labels, feed.split, runner))
-        except Exception as e:
-            log.warning("report.html not written: %s: %s", type(e).__name__, e)
+        _report(out, (logits, labels, feed.split, runner))
     metrics["out"] = out
     return metrics
+
+
+def _report(out: str, predictions: tuple) -> None:
+    try:  # report.html is a convenience: it never fails the evaluation
+        build_report(out, predictions=predictions)
+    except Exception as e:
+        log.warning("report.html not written: %s: %s", type(e).__name__, e)
 
 
 def write_eval_plots(metrics, logits, labels, feed, classes, out, title="", n_worst: int = 24) -> None:

@@ -37,6 +37,7 @@ from torch import nn
 from imgclf.compute.device import to_layout
 from imgclf.core.errors import UsageError, did_you_mean
 from imgclf.core.fileio import atomic_open, write_json
+from imgclf.core.multilabel import MULTILABEL, label_set
 from imgclf.core.options import check_output_folder
 from imgclf.data.images import UnreadableImage, load_image, to_rgb
 from imgclf.evaluation.plots import label, new_figure, save_figure
@@ -384,7 +385,9 @@ class Explainer:
         "target_probability", "cam" (H x W float32 in [0, 1] over the original image), "box" (left, top, right,
         bottom: the part of the image the model saw), "image" (the original, RGB PIL)}, or {"path", "error"} for
         an item that cannot be read. `targets`: None (each image's predicted class), a label, or one label (or
-        None) per item, as for a gallery of mistakes explained for their true or their predicted class."""
+        None) per item, as for a gallery of mistakes explained for their true or their predicted class. For a
+        multi-label model "label" is the top-scoring label (the default target), "probability" its sigmoid and
+        "labels" the image's label set at the model's thresholds; any label can be the target."""
         items = list(items)
         per_item = isinstance(targets, (list, tuple))
         if per_item and len(targets) != len(items):
@@ -414,7 +417,9 @@ class Explainer:
         x = torch.stack([self.predictor.transform(r["u8"]) for r in ok])
         x = to_layout(x.to(self.runner.device), self.runner.channels_last)
         with self._lock:  # the hooks below would also see another thread's forward pass through the model
-            probs = self.runner.logits(x).softmax(1)  # the prediction exactly as `predict` makes it
+            # the prediction exactly as `predict` makes it (softmax, or a multi-label model's sigmoids: its
+            # top-scoring label is the default target)
+            probs = self.runner.probabilities(self.runner.logits(x))
             pred = probs.argmax(1)
             idx = [self.class_index(t) if t is not None else int(p) for t, p in zip(_ok(wanted, read), pred)]
             cams, _, _ = gradcam_logits(self.model, x, idx, layer=self.find_layer(x[:1]))
@@ -431,6 +436,8 @@ class Explainer:
                 cam=cam,
                 box=box,
             )
+            if self.runner.task == MULTILABEL:  # the label set, as predict gives it
+                r["labels"] = label_set(probs[j].tolist(), self.runner.thresholds, self.classes)
         return read
 
     def overlay_png(self, image, target: str | None = None, *, max_side: int | None = 1024) -> tuple[bytes, dict]:
@@ -512,8 +519,8 @@ def explain(
     """Grad-CAM overlays of `images` (paths, folders of images, PIL images) for a checkpoint: OUT/STEM_gradcam.png
     per image (the heat map over the original image, scaled down to `max_side` pixels on its longer side),
     OUT/explain.json (the rows below, the layer used) and, with `sheet`, OUT/gradcam_sheet.png (all of them on
-    one page). `target`: explain every image for this class label instead of its predicted class. OUT defaults
-    to explain/ next to the weights.
+    one page). `target`: explain every image for this class label instead of its predicted class (a multi-label
+    model: instead of its top-scoring label). OUT defaults to explain/ next to the weights.
 
     An image that cannot be read is a row {"path", "error"} and the others are still explained. Returns
     {"out", "layer", "rows", "errors", "sheet"}; `on_row(row)` is called as each row is done."""

@@ -127,9 +127,18 @@ def plot_curves(rows: list[dict], path: str) -> None:
     save_figure(fig, path)
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: str, title: str = "") -> None:
+def plot_confusion(
+    cm: np.ndarray,
+    classes: list[str],
+    path: str,
+    title: str = "",
+    *,
+    xlabel: str = "Predicted label",
+    ylabel: str = "True label",
+) -> None:
     """Counts, true class down and predicted across (drawn here rather than by sklearn's
-    ConfusionMatrixDisplay, which goes through pyplot)."""
+    ConfusionMatrixDisplay, which goes through pyplot); other axis names for other counts (a multi-label model's
+    errors by true label)."""
     cm = np.asarray(cm)
     n = len(classes)
     size = min(max(4.0, 0.45 * n + 2), 30)
@@ -144,8 +153,8 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str, title: str = "
     names = [label(c) for c in classes]
     ax.set_xticks(range(n), names, rotation=90 if n > 6 else 0)
     ax.set_yticks(range(n), names)
-    ax.set_xlabel("Predicted label")
-    ax.set_ylabel("True label")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(label(title))
     save_figure(fig, path)
 
@@ -199,9 +208,18 @@ def plot_lr_find(result: dict, path: str) -> None:
     save_figure(fig, path)
 
 
-def plot_reliability(bins: list[dict], ece: float, path: str, title: str = "") -> None:
+def plot_reliability(
+    bins: list[dict],
+    ece: float,
+    path: str,
+    title: str = "",
+    *,
+    xlabel: str = "confidence (top-1 probability)",
+    ylabel: str = "accuracy",
+) -> None:
     """The reliability diagram (calibration.reliability's bins): accuracy against confidence per confidence bin,
-    with the diagonal a calibrated model follows and, below, how many images each bin holds."""
+    with the diagonal a calibrated model follows and, below, how many images each bin holds (a multi-label model's
+    names its axes: the fraction of positives against the label's probability, per image and label)."""
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - heavy: only when a figure is drawn
 
     fig = new_figure(figsize=(5, 5.6))
@@ -211,7 +229,7 @@ def plot_reliability(bins: list[dict], ece: float, path: str, title: str = "") -
     full = [b["images"] > 0 for b in bins]
     acc = np.array([b["accuracy"] if f else 0.0 for b, f in zip(bins, full)])
     conf = np.array([b["confidence"] if f else 0.0 for b, f in zip(bins, full)])
-    ax.bar(lo, acc, width, align="edge", color="tab:blue", edgecolor="white", label="accuracy")
+    ax.bar(lo, acc, width, align="edge", color="tab:blue", edgecolor="white", label=ylabel)
     # the gap to the bin's mean confidence, hatched: above the bar where the model is over-confident, inside it
     # where it is under-confident
     ax.bar(
@@ -228,9 +246,9 @@ def plot_reliability(bins: list[dict], ece: float, path: str, title: str = "") -
     )
     ax.plot([0, 1], [0, 1], "--", color="0.4", linewidth=1, label="calibrated")
     ax.set_xlim(0, 1), ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy"), ax.grid(alpha=0.3), ax.legend(loc="upper left", fontsize=8)
+    ax.set_ylabel(ylabel), ax.grid(alpha=0.3), ax.legend(loc="upper left", fontsize=8)
     ax.set_title(label(f"{title}  ECE {ece:.4f}" if title else f"ECE {ece:.4f}"))
     hist.bar(lo, [b["images"] for b in bins], width, align="edge", color="0.6", edgecolor="white")
-    hist.set_xlabel("confidence (top-1 probability)"), hist.set_ylabel("images"), hist.grid(alpha=0.3)
+    hist.set_xlabel(xlabel), hist.set_ylabel("images"), hist.grid(alpha=0.3)
     hist.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
     save_figure(fig, path)

@@ -3,7 +3,9 @@
 `build_report(folder)` fills templates/report.html with what the folder holds: the machine and the data, the
 training curves, the confusion matrix and its most-confused pairs, the per-class table (sortable), the
 reliability diagram and ECE, the most confident mistakes with their Grad-CAM, the data check's findings and the
-exports made next to the checkpoint with their parity (and speed, where a bench JSON is there). Every image is
+exports made next to the checkpoint with their parity (and speed, where a bench JSON is there). A multi-label
+model's folder has report_multilabel.py's sections instead: per label (AP, threshold, P, R, F1, ECE), calibration
+per label, and the errors by true label. Every image is
 inlined as a data: URI and the CSS and the few lines of JS are in the page, so it opens from a file, offline,
 and makes no request (its Content-Security-Policy forbids any). A section whose data is absent is one line
 saying why; a section that fails to build is that line too (with the error), never a failed report.
@@ -20,6 +22,8 @@ import time
 
 from imgclf.core.fileio import atomic_open
 from imgclf.evaluation.report_folder import Folder, Missing, open_folder, set_predictions
+from imgclf.evaluation.report_multilabel import SECTIONS as MULTILABEL_SECTIONS
+from imgclf.evaluation.report_multilabel import is_multilabel
 from imgclf.evaluation.report_sections import (
     escape,
     section_check,
@@ -75,9 +79,12 @@ CHECK_SECTIONS = ("machine", "check")
 def render(f: Folder) -> str:
     """The page for folder `f`, as a string."""
     parts, shown = [], []
+    multi = f.kind != "check" and is_multilabel(f)
     for key, title, fill in SECTIONS:
         if f.kind == "check" and key not in CHECK_SECTIONS:
             continue
+        if multi and key in MULTILABEL_SECTIONS:  # a multi-label model's own sections (report_multilabel.py)
+            title, fill = MULTILABEL_SECTIONS[key]
         part, ok = _section(f, key, title, fill)
         parts.append(part)
         if ok:

@@ -8,7 +8,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import torch
 import yaml
 
 from imgclf.core.errors import DataError, UsageError
@@ -16,7 +15,7 @@ from imgclf.data.feed import make_feed
 from imgclf.data.pipeline import default_workers
 from imgclf.evaluation.calibration import trust_metrics
 from imgclf.evaluation.metrics import compute_metrics
-from imgclf.infer.logits import align_classes, infer, open_model_data
+from imgclf.infer.logits import align_classes, infer, open_model_data, to_model_order
 from imgclf.infer.runtime import open_model
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ def predictions(f: Folder) -> dict:
     mapping = align_classes(src.classes, runner.classes, src.location)
     feed, _ = make_feed(s, runner.preprocess, cache="auto", workers=default_workers(), desc=f"report {split}")
     logits, labels = infer(runner, feed.batches(), desc=f"report {split}")
-    labels = torch.as_tensor(mapping, dtype=torch.long)[labels]
+    labels = to_model_order(labels, mapping, len(runner.classes))
     f.cache["pred"] = {"logits": logits, "labels": labels, "split": feed.split, "runner": runner}
     return f.cache["pred"]
 

@@ -1,4 +1,5 @@
-"""Robustness of a trained model: accuracy under L-infinity attacks (FGSM, PGD) and under common corruptions.
+"""Robustness of a trained model: accuracy under L-infinity attacks (FGSM, PGD) and under common corruptions (a
+multi-label model: mAP and micro-F1 under the corruptions, robustness_multilabel.py; attacks refused).
 
 Attacks work in pixel units: the image is the [0, 1] float image the model's preprocessing starts from (the
 centre crop of the decoded uint8 image / 255), the attack changes that image by at most eps per pixel and channel
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from imgclf.compute.device import to_layout
 from imgclf.core.errors import DataError, UsageError, did_you_mean
 from imgclf.core.fileio import write_json
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.options import check_output_folder, parse_eps
 from imgclf.core.progress import progress
 from imgclf.data.batches import BatchTransform
@@ -42,7 +44,12 @@ from imgclf.data.images import center_crop
 from imgclf.data.pipeline import default_workers
 from imgclf.evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from imgclf.evaluation.plots import new_figure, save_figure
-from imgclf.infer.logits import align_classes, open_model_data
+from imgclf.evaluation.robustness_multilabel import (
+    format_multilabel_table,
+    measure_multilabel,
+    plot_multilabel_robustness,
+)
+from imgclf.infer.logits import align_classes, open_model_data, to_model_order
 from imgclf.infer.runtime import open_model
 from imgclf.models.registry import REGISTRY
 
@@ -292,11 +299,8 @@ def robustness(
         cache=cache,
     )
     runner = open_model(weights, device=device, precision="fp32")
-    if s.attacks and runner.format != "checkpoint":
-        raise UsageError(
-            f"attacks need the model's gradients, which an exported file ({runner.format}) does not give: pass the "
-            f"checkpoint it was exported from, or ask for --corruptions only"
-        )
+    _check_model(runner, s)
+    multi = runner.task == MULTILABEL
     images, labels, src, bad = _load_split(runner, data, split, limit, data_root, workers, cache)
     split = split or src.held_out_split()
     tag = split if runner.format == "checkpoint" else f"{split}-{runner.format}"
@@ -304,12 +308,29 @@ def robustness(
     _make_folder(out)
 
     result = _describe(weights, runner, s, data=src.location, split=split, n=len(labels), bad=bad)
-    result.update(_measure(runner, images, labels, s, split))
+    if multi:  # mAP and micro-F1 in place of accuracy (robustness_multilabel.py)
+        result.update(measure_multilabel(runner, images, labels, _eval_transform(runner), s, split))
+    else:
+        result.update(_measure(runner, images, labels, s, split))
     write_json(result, os.path.join(out, "robustness.json"))
     if plots:
-        plot_robustness(result, os.path.join(out, "robustness.png"))
+        (plot_multilabel_robustness if multi else plot_robustness)(result, os.path.join(out, "robustness.png"))
     result["out"] = out
     return result
+
+
+def _check_model(runner, s: Settings) -> None:
+    """Attacks need a single-label checkpoint: its gradients, and one true class to raise the loss of."""
+    if s.attacks and runner.task == MULTILABEL:
+        raise UsageError(
+            "--attack raises the cross-entropy of one true class, and a multi-label model has none: measure it "
+            "with --corruptions only"
+        )
+    if s.attacks and runner.format != "checkpoint":
+        raise UsageError(
+            f"attacks need the model's gradients, which an exported file ({runner.format}) does not give: pass the "
+            f"checkpoint it was exported from, or ask for --corruptions only"
+        )
 
 
 def _measure(runner, images, labels, s: Settings, split: str) -> dict:
@@ -354,8 +375,9 @@ def _make_folder(out: str) -> None:
 
 
 def _load_split(runner, data, split, limit, data_root, workers, cache):
-    """(uint8 N x 3 x S x S at the model's input size, labels in the model's class order, source, left out):
-    decoded and centre-cropped exactly as `evaluate` does (the same decoded cache)."""
+    """(uint8 N x 3 x S x S at the model's input size, labels in the model's class order (a multi-label split's
+    N x C multi-hot targets), source, left out): decoded and centre-cropped exactly as `evaluate` does (the same
+    decoded cache)."""
     src, s = open_model_data(runner.config, data, split, data_root)
     split = split or src.held_out_split()
     data = data or runner.config.get("data")
@@ -375,7 +397,10 @@ def _load_split(runner, data, split, limit, data_root, workers, cache):
         log.warning("left out %s: %s", path, reason)
     if len(d.split) == 0:
         raise DataError(f"no readable image in the {split} split of {src.location}: each one's reason is listed above")
-    labels = mapping[torch.as_tensor(d.split.labels, dtype=torch.long)]
+    if d.split.targets is not None:
+        labels = to_model_order(torch.as_tensor(d.split.target_array()), mapping.tolist(), len(runner.classes))
+    else:
+        labels = mapping[torch.as_tensor(d.split.labels, dtype=torch.long)]
     return center_crop(d.images, prep.img_size), labels, src, d.bad
 
 
@@ -490,6 +515,8 @@ def _run_corruptions(runner, images, labels, s: Settings) -> dict:
 
 
 def format_table(r: dict) -> str:
+    if r.get("task") == MULTILABEL:
+        return format_multilabel_table(r)
     lines = [
         f"{r['model']} ({r['format']}) on {r['split']}: {r['num_images']} images, clean accuracy {r['clean_accuracy']:.4f}"
     ]

@@ -97,11 +97,23 @@ def align_classes(data_classes: list[str], model_classes: list[str], where: str)
     return [model_classes.index(c) for c in data_classes]
 
 
+def to_model_order(labels: torch.Tensor, mapping: list[int], n_classes: int) -> torch.Tensor:
+    """Labels in the data's class order -> the model's: class indices (N) mapped, or multi-hot rows (N x C_data)
+    moved to the model's columns (N x n_classes; a label the data lacks is 0 everywhere)."""
+    if labels.ndim == 1:
+        return torch.as_tensor(mapping, dtype=torch.long)[labels.long()]
+    out = torch.zeros(len(labels), n_classes, dtype=torch.float32)
+    if len(labels):
+        out[:, mapping] = labels.float()
+    return out
+
+
 def split_logits(
     runner, data, split, data_root=None, *, batch_size=256, workers=None, cache="auto", world=None, fixes=None
 ):
     """(logits, labels in the model's class order, feed, left-out files, source) of `runner` on `split` of `data`
-    (default: the data the model was trained on, opened as its training opened it; `fixes`: a fixes.csv applied)."""
+    (default: the data the model was trained on, opened as its training opened it; `fixes`: a fixes.csv applied).
+    For a multi-label split `labels` is N x C float32 multi-hot, its columns in the model's label order."""
     src, s = open_model_data(runner.config, data, split, data_root, fixes)
     data = data or runner.config.get("data")
     workers = default_workers() if workers is None else workers
@@ -112,5 +124,5 @@ def split_logits(
     for path, reason in bad:
         log.warning("left out %s: %s", path, reason)
     logits, labels = infer_sharded(runner, feed, world=world, desc=f"evaluate {split}")
-    labels = torch.as_tensor(mapping, dtype=torch.long)[labels]  # the data's class order -> the model's
+    labels = to_model_order(labels, mapping, len(runner.classes))
     return logits, labels, feed, bad, src

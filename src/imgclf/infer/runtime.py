@@ -42,7 +42,7 @@ from imgclf.models.checkpoint import (
     validate_checkpoint,
 )
 from imgclf.models.registry import build_model
-from imgclf.models.tta import check_mode, shift_for, tta_logits, wrap
+from imgclf.models.tta import as_temperature, check_mode, shift_for, tta_logits, wrap
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Runner:
     extra: dict = field(default_factory=dict)  # anything format-specific worth showing (opset, precision, ...)
     # softmax(logits) are calibrated probabilities: `logits` divides by this temperature (a checkpoint's, from
     # imgclf calibrate; 1.0 if none), or an export has the division in its graph
-    temperature: float = 1.0
+    temperature: float | list[float] = 1.0  # a multi-label model's may be one per label
     tta: str | None = None  # test-time augmentation in `logits` (models/tta.py): None (its own), none, flip, flip-crop
     task: str = SINGLE  # core/multilabel.py: single (softmax) or multilabel (a sigmoid per label)
     thresholds: list[float] | None = None  # multilabel: a label is in an image's set when its score reaches it
@@ -116,7 +116,9 @@ class CheckpointRunner(Runner):
         self.amp = resolve_precision(precision, self.device)
         self.channels_last = channels_last
         self.model = model_from_checkpoint(ckpt, self.device, channels_last=channels_last)
-        self.net = wrap(self.model, temperature=self.temperature, tta=self.tta, img_size=self.preprocess.img_size)
+        self.net = wrap(
+            self.model, temperature=self.temperature, tta=self.tta, img_size=self.preprocess.img_size, task=self.task
+        )
         self.extra = {
             "device": str(self.device),
             "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
@@ -144,7 +146,7 @@ def _fields_from_meta(path: str, meta: dict, fmt: str) -> dict:
             classes=list(meta["classes"]),
             preprocess=Preprocess.from_dict(meta["preprocess"]),
             config=dict(meta.get("config") or {}),
-            temperature=float(meta.get("temperature") or 1.0),  # in the graph already, recorded for people
+            temperature=as_temperature(meta.get("temperature")),  # in the graph already, recorded for people
             tta=meta.get("tta"),
         )
     except (KeyError, TypeError, ValueError) as e:
@@ -212,7 +214,9 @@ class DynamicInt8Runner(Runner):
                 f"'{path}' does not fit model {self.model_name} ({str(e).splitlines()[0][:160]})"
             ) from None
         # a quantized state dict holds no graph: the temperature and TTA of its metadata are applied here
-        self.net = wrap(self.module, temperature=self.temperature, tta=self.tta, img_size=self.preprocess.img_size)
+        self.net = wrap(
+            self.module, temperature=self.temperature, tta=self.tta, img_size=self.preprocess.img_size, task=self.task
+        )
         self.extra = export_extra(meta, device="cpu", precision="int8 (Linear weights), fp32 elsewhere")
 
     @torch.no_grad()
@@ -261,7 +265,7 @@ class TTARunner(Runner):
         self.extra = {**inner.extra, "tta_outside_graph": True}
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return tta_logits(self.inner.logits, x, self.tta, shift_for(self.preprocess.img_size))
+        return tta_logits(self.inner.logits, x, self.tta, shift_for(self.preprocess.img_size), task=self.task)
 
 
 def _with_tta(runner: Runner, tta: str | None) -> Runner:

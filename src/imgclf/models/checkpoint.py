@@ -23,9 +23,9 @@ from torch import nn
 from imgclf.compute.device import to_layout
 from imgclf.core.errors import CheckpointError, did_you_mean
 from imgclf.core.fileio import atomic_open
-from imgclf.core.multilabel import SINGLE, task_fields
+from imgclf.core.multilabel import MULTILABEL, SINGLE, task_fields
 from imgclf.models.registry import REGISTRY, build_model, get_spec, refused_content
-from imgclf.models.tta import is_temperature
+from imgclf.models.tta import as_temperature, is_temperature, is_temperature_list
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,10 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6 is a zip arc
 _PICKLE_MAGIC = b"\x80"  # the older torch.save format (and any pickle) starts with the PROTO opcode
 
 
-def temperature_of(ckpt: dict) -> float:
+def temperature_of(ckpt: dict) -> float | list[float]:
     """The temperature `imgclf calibrate` stored (softmax(logits / T) are the calibrated probabilities); 1.0
-    for a checkpoint that was never calibrated."""
-    t = ckpt.get("temperature")
-    return 1.0 if t is None else float(t)
+    for a checkpoint that was never calibrated. A multi-label model's is a list, one per label (sigmoid(z_k / T_k))."""
+    return as_temperature(ckpt.get("temperature"))
 
 
 def load_checkpoint(path: str) -> dict:
@@ -239,6 +238,10 @@ def validate_checkpoint(ckpt, path: str) -> dict:
     return ckpt
 
 
+def _multilabel(ckpt: dict) -> bool:
+    return ckpt.get("task") == MULTILABEL
+
+
 def _check_entries(ckpt: dict, path: str) -> None:
     m, classes, state = ckpt["model"], ckpt["classes"], ckpt["state_dict"]
     bad = []
@@ -248,8 +251,10 @@ def _check_entries(ckpt: dict, path: str) -> None:
         bad.append("'classes' (a list of names)")
     if not isinstance(ckpt["preprocess"], dict):
         bad.append("'preprocess' (a dict)")
-    if ckpt.get("temperature") is not None and not is_temperature(ckpt["temperature"]):
-        bad.append("'temperature' (a number above 0; run imgclf calibrate again)")
+    t = ckpt.get("temperature")
+    if t is not None and not (is_temperature(t) or (_multilabel(ckpt) and is_temperature_list(t, len(classes)))):
+        what = "a number above 0, or one per label" if _multilabel(ckpt) else "a number above 0"
+        bad.append(f"'temperature' ({what}; run imgclf calibrate again)")
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         bad.append("'state_dict' (tensors by name)")
     if bad:

@@ -13,7 +13,10 @@ Views of a normalised N x 3 x S x S batch x (deterministic: no random draw anywh
 `--tta` averages the *probabilities* of the views, softmax(model(view) / T) with the checkpoint's temperature T,
 so TTA and calibration compose (averaged calibrated probabilities). Its output is log(mean probability): a valid
 set of logits whose softmax is exactly that mean, so everything downstream (softmax, argmax, cross-entropy,
-exports) works unchanged. airnet's built-in TTA averages logits instead (as airbench does); an explicit `--tta`
+exports) works unchanged. A multi-label model (`task="multilabel"`, one sigmoid per label) averages each label's
+*sigmoid* probability over the views instead, and outputs logit(mean probability) = log(mean p) - log(mean (1-p)):
+logits whose sigmoid is exactly that mean. Its temperature may be one per label (a list of C floats from
+`imgclf calibrate`): label k's logit is divided by T[k]. airnet's built-in TTA averages logits instead (as airbench does); an explicit `--tta`
 replaces it rather than stacking on it (so `--tta none` measures airnet without it).
 """
 
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.core.errors import UsageError, did_you_mean
+from imgclf.core.multilabel import MULTILABEL, SINGLE
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +80,32 @@ def average(f, x: torch.Tensor, mode: str, shift: int = 1) -> torch.Tensor:
     return f(x)
 
 
-def tta_logits(logits_fn, x: torch.Tensor, mode: str | None, shift: int = 1, temperature: float = 1.0):
-    """log of the mean over the views of softmax(logits_fn(view) / temperature), N x C float32; with no TTA
-    (None or "none") just logits_fn(x) / temperature. `logits_fn` is a model or any Runner's `logits`."""
-    if mode in (None, "none"):
-        z = logits_fn(x)
+def scale(z: torch.Tensor, temperature) -> torch.Tensor:
+    """z / temperature: one float for every logit, or a per-label vector (list or tensor of C) dividing column k
+    by T[k]; z itself at T = 1."""
+    if isinstance(temperature, (int, float)):
         return z if temperature == 1.0 else z / temperature
+    return z / torch.as_tensor(temperature, dtype=z.dtype, device=z.device)[None, :]
+
+
+def tta_logits(logits_fn, x: torch.Tensor, mode: str | None, shift: int = 1, temperature=1.0, task: str = SINGLE):
+    """The logits of the mean over the views of the calibrated probabilities, N x C float32: for a single-label
+    model log mean softmax(logits_fn(view) / T); for a multi-label one logit(mean sigmoid(logits_fn(view) / T))
+    (module docstring). With no TTA (None or "none") just logits_fn(x) / T. `logits_fn` is a model or any
+    Runner's `logits`; `temperature` a float or one per label."""
+    if mode in (None, "none"):
+        return scale(logits_fn(x), temperature)
+    if task == MULTILABEL:
+
+        def both(v):  # p and 1 - p, each from its own sigmoid: no cancellation near 0 or 1
+            z = scale(logits_fn(v).float(), temperature)
+            return torch.stack([z.sigmoid(), (-z).sigmoid()])
+
+        p, q = average(both, x, mode, shift).clamp_min(_TINY).log().unbind(0)
+        return p - q
 
     def prob(v):
-        z = logits_fn(v).float()
-        return (z if temperature == 1.0 else z / temperature).softmax(-1)
+        return scale(logits_fn(v).float(), temperature).softmax(-1)
 
     return average(prob, x, mode, shift).clamp_min(_TINY).log()
 
@@ -95,29 +115,53 @@ class Trusted(nn.Module):
     (mean of the views') calibrated probability. What evaluate, predict and serve run for a checkpoint, and what
     export writes (so the division by T and the averaging are in the exported graph, no runtime code needed).
 
-    An explicit `tta` switches off a model's built-in TTA (airnet's `tta` attribute) so the two never stack."""
+    An explicit `tta` switches off a model's built-in TTA (airnet's `tta` attribute) so the two never stack. A
+    per-label temperature (a multi-label model's list) is a buffer, so exports trace it into their graph."""
 
-    def __init__(self, model: nn.Module, *, temperature: float = 1.0, tta: str | None = None, shift: int = 1):
+    def __init__(
+        self, model: nn.Module, *, temperature=1.0, tta: str | None = None, shift: int = 1, task: str = SINGLE
+    ):
         super().__init__()
         self.model = model
-        self.temperature = float(temperature)
+        if isinstance(temperature, (int, float)):
+            self.temperature = float(temperature)
+        else:  # one per label
+            self.register_buffer("temperature", torch.tensor([float(t) for t in temperature]), persistent=False)
         self.tta = tta
         self.shift = int(shift)
+        self.task = task
         if tta is not None and getattr(model, "tta", None) is True:
             model.tta = False
             log.info("--tta %s replaces the model's built-in test-time augmentation", tta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return tta_logits(self.model, x, self.tta, self.shift, self.temperature)
+        return tta_logits(self.model, x, self.tta, self.shift, self.temperature, self.task)
 
 
-def wrap(model: nn.Module, *, temperature: float = 1.0, tta: str | None = None, img_size: int = 32) -> nn.Module:
-    """`model` itself when there is nothing to add (T = 1, no --tta), else Trusted around it."""
-    if temperature == 1.0 and tta is None:
+def wrap(
+    model: nn.Module, *, temperature=1.0, tta: str | None = None, img_size: int = 32, task: str = SINGLE
+) -> nn.Module:
+    """`model` itself when there is nothing to add (T = 1, no --tta), else Trusted around it. `temperature`: a
+    float, or a multi-label model's list of one per label. The one place a temperature is applied to a network:
+    what evaluate, predict and serve run, and what exports trace."""
+    if isinstance(temperature, (int, float)) and temperature == 1.0 and tta is None:
         return model
-    return Trusted(model, temperature=temperature, tta=tta, shift=shift_for(img_size)).eval()
+    return Trusted(model, temperature=temperature, tta=tta, shift=shift_for(img_size), task=task).eval()
 
 
 def is_temperature(t) -> bool:
     """A usable temperature: a finite float > 0."""
     return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+
+
+def is_temperature_list(t, n: int | None = None) -> bool:
+    """A usable per-label temperature (a multi-label model's): a non-empty list of usable temperatures, `n` of
+    them where n is given."""
+    return isinstance(t, (list, tuple)) and len(t) > 0 and all(is_temperature(v) for v in t) and n in (None, len(t))
+
+
+def as_temperature(t):
+    """A recorded temperature as what `wrap` takes: None -> 1.0, a number -> float, a list -> list of floats."""
+    if t is None:
+        return 1.0
+    return [float(v) for v in t] if isinstance(t, (list, tuple)) else float(t)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from imgclf.core.errors import CheckpointError, DataError, UsageError
 from imgclf.core.escape import csv_cell
 from imgclf.core.fileio import atomic_open
+from imgclf.core.multilabel import MULTILABEL, SINGLE, join_labels, label_set
 from imgclf.core.options import check_output_folder
 from imgclf.data.sources import open_source
 from imgclf.infer.predict import Predictor
@@ -32,7 +33,7 @@ from imgclf.studies.simulation import (
     versus_random,
     write_rows,
 )
-from imgclf.studies.strategies import DIVERSE_PREFILTER, SCORE_MEANING, STRATEGIES, rank, scores
+from imgclf.studies.strategies import DIVERSE_PREFILTER, STRATEGIES, meaning, rank, scores
 
 __all__ = [
     "DIVERSE_PREFILTER",
@@ -61,6 +62,7 @@ class Selection:
     out: str = ""
     csv: str = ""
     sheet: str = ""
+    task: str = SINGLE
 
 
 def select(
@@ -99,20 +101,28 @@ def select(
         log.warning("skipped %s: %s", p, why)
     if not ok:
         raise DataError(f"none of the {len(todo)} unlabelled pool images could be read (each is listed above)")
-    order = rank(probs, strategy, budget, features=feats, seed=seed)
-    s = scores(probs, strategy)
+    task = pred.runner.task
+    order = rank(probs, strategy, budget, features=feats, seed=seed, task=task)
+    s = scores(probs, strategy, task)
     rows = [
         {
             "path": ok[i],
             "score": float(s[i]),
-            "predicted_label": pred.classes[int(probs[i].argmax())],
+            "predicted_label": _predicted(pred.runner, probs[i]),
             "probability": float(probs[i].max()),
         }
         for i in order
     ]
-    sel = Selection(strategy, rows, len(ok), len(paths) - len(todo), bad, out)
+    sel = Selection(strategy, rows, len(ok), len(paths) - len(todo), bad, out, task=task)
     _write_selection(sel, budget)
     return sel
+
+
+def _predicted(runner, p) -> str:
+    """The top class; a multi-label model's label set at its thresholds ("a|b", "" for none)."""
+    if runner.task == MULTILABEL:
+        return join_labels(label_set(p, runner.thresholds, runner.classes))
+    return runner.classes[int(p.argmax())]
 
 
 def _write_selection(sel: Selection, budget: int) -> None:
@@ -143,7 +153,7 @@ def format_selection(sel: Selection) -> str:
     lines = [
         f"selected {len(sel.rows)} of {sel.scored} unlabelled pool images by {sel.strategy} "
         f"({sel.excluded} already labelled, {len(sel.unreadable)} unreadable and skipped)",
-        f"score: {SCORE_MEANING[sel.strategy]}",
+        f"score: {meaning(sel.strategy, sel.task)}",
         f"wrote {sel.csv} and {sel.sheet}",
     ]
     return "\n".join(lines)
@@ -190,6 +200,11 @@ def simulate(
     strategies = _check_sim_args(strategies, start, budget, rounds, seeds, start_mode)
     FeatureModel.check(features)
     src = open_source(data, data_root=data_root, seed=seed)
+    if src.task == MULTILABEL:
+        raise UsageError(
+            f"{data} is multi-label data: the simulation fits a single-label classifier and counts accuracy; use "
+            "imgclf select with a multi-label model instead"
+        )
     eval_split = eval_split or src.held_out_split()
     if eval_split == "train":
         raise UsageError("--eval-split train is the pool the simulation labels: measure on val or test")

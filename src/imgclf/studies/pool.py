@@ -13,7 +13,9 @@ import torch
 from imgclf.core.errors import DataError
 from imgclf.core.escape import csv_value
 from imgclf.core.fileio import open_text
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.progress import progress
+from imgclf.data.images import UnreadableImage
 from imgclf.data.sources import is_image_name
 from imgclf.infer.predict import expand_paths
 from imgclf.models.registry import get_spec
@@ -112,6 +114,10 @@ def score_pool(predictor, paths: list[str], *, features: bool = False):
     grab = HeadInputs(predictor.runner.model, get_spec(predictor.runner.model_name).head) if features else None
     probs, ok, bad = [], [], []
     bs = predictor.batch_size
+    if predictor.runner.task == MULTILABEL:
+        with grab if grab is not None else contextlib.nullcontext():
+            probs, ok, bad = _label_probabilities(predictor, paths)
+        return _with_features(probs, grab, ok, bad)
     with grab if grab is not None else contextlib.nullcontext():
         starts = range(0, len(paths), bs)
         for start in progress(starts, total=len(starts), desc="scoring pool", unit="batch", log_every=20):
@@ -124,7 +130,32 @@ def score_pool(predictor, paths: list[str], *, features: bool = False):
                     row[classes[t["label"]]] = t["probability"]
                 probs.append(row)
                 ok.append(r["path"])
+    return _with_features(np.asarray(probs).reshape(len(ok), len(classes)), grab, ok, bad)
+
+
+def _with_features(probs, grab, ok, bad):
     feats = grab.features() if grab is not None else None
     if feats is not None and len(feats) != len(ok):  # one forward per batch of readable images, in order
         raise RuntimeError(f"features of {len(feats)} images for {len(ok)} predictions")
-    return np.asarray(probs).reshape(len(ok), len(classes)), feats, ok, bad
+    return probs, feats, ok, bad
+
+
+def _label_probabilities(predictor, paths: list[str]):
+    """A multi-label model's sigmoid probabilities (N x C) of the readable `paths`, with the predictor's
+    preprocessing and runner (its temperature applied), one forward per batch of readable images."""
+    runner, bs = predictor.runner, predictor.batch_size
+    probs, ok, bad = [], [], []
+    starts = range(0, len(paths), bs)
+    for start in progress(starts, total=len(starts), desc="scoring pool", unit="batch", log_every=20):
+        xs = []
+        for path in paths[start : start + bs]:
+            try:
+                xs.append(predictor.transform(predictor.load_uint8(path)))
+            except UnreadableImage as e:
+                bad.append((path, str(e)))
+                continue
+            ok.append(path)
+        if xs:
+            with torch.no_grad():
+                probs.append(runner.probabilities(predictor.logits(torch.stack(xs))).float().numpy())
+    return (np.concatenate(probs) if probs else np.zeros((0, len(runner.classes)))), ok, bad

@@ -275,3 +275,29 @@ def test_a_multilabel_checkpoint_records_its_task_and_thresholds(multilabel_ckpt
     p = r.probabilities(r.logits((x.permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25)).numpy()
     assert ((p >= 0.5) == (test.targets > 0)).mean() > 0.8
     assert (p >= 0).all() and (p <= 1).all() and not np.allclose(p.sum(1), 1)
+
+
+@pytest.mark.parametrize(
+    ("task", "temperature", "ok"),
+    [
+        ("multilabel", [0.5, 2.0, 1.0], True),
+        ("multilabel", 1.5, True),
+        ("multilabel", [0.5, 2.0], False),  # one per label: 3 labels
+        ("multilabel", [0.5, -1.0, 1.0], False),
+        ("single", [0.5, 2.0, 1.0], False),  # a list is a multi-label model's only
+    ],
+)
+def test_a_temperature_list_is_a_multilabel_checkpoints_only(task, temperature, ok, tmp_path):
+    from imgclf.models.checkpoint import temperature_of
+
+    model = build_model("test_tiny", 3)
+    pre = {"img_size": 16, "resize": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+    more = {"task": "multilabel", "thresholds": [0.5] * 3} if task == "multilabel" else {}
+    ck = make_checkpoint(model, model_name="test_tiny", classes=["a", "b", "c"], preprocess=pre, config={}, **more)
+    ck["temperature"] = temperature
+    save_checkpoint(ck, str(tmp_path / "m.pt"))
+    if ok:
+        assert temperature_of(load_checkpoint(str(tmp_path / "m.pt"))) == temperature
+    else:
+        with pytest.raises(CheckpointError, match="'temperature'"):
+            load_checkpoint(str(tmp_path / "m.pt"))

@@ -102,3 +102,19 @@ def test_tta_and_calibrate_usage_errors(tiny_best, tiny_data, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--tta"):
         CheckpointRunner(tiny_best, device="cpu", tta="sideways")
+
+
+@pytest.mark.parametrize("mode", [None, "flip", "flip-crop"])
+def test_multilabel_tta_averages_sigmoids_with_a_temperature_per_label(mode):
+    from imgclf.models.tta import wrap
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    t = [0.5, 1.0, 3.0]
+    x = torch.randn(4, 3, 16, 16)
+    trusted = wrap(net, temperature=t, tta=mode, img_size=16, task="multilabel")
+    with torch.no_grad():
+        got = trusted(x).sigmoid()
+        want = average(lambda v: (net(v) / torch.tensor(t)).sigmoid(), x, mode or "none", shift=1)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(got.sum(1), torch.ones(4))  # sigmoids, not a softmax

@@ -255,3 +255,22 @@ def test_simulation_bad_input_is_one_line_before_any_work(capsys, tiny_data, tin
     assert "did you mean 'efficientnet_lite0'" in line
     assert "no pretrained weights" in _one_line_error(capsys, [*base, "--features", "test_tiny"])
     assert not out.exists()
+
+
+def test_multilabel_strategies_rank_by_their_per_label_meaning(multilabel_ckpt, multilabel_csv, tmp_path):
+    from imgclf.studies.strategies import scores
+
+    p = np.array([[0.5, 0.01], [0.9, 0.9], [0.6, 0.99]])
+    assert scores(p, "entropy", "multilabel")[0] == pytest.approx(
+        (math.log(2) + entropy(np.array([[0.01, 0.99]]))[0]) / 2
+    )
+    assert rank(p, "margin", 3, task="multilabel").tolist() == [0, 2, 1]  # the label nearest 0.5 first
+    assert rank(p, "least-confidence", 1, task="multilabel").tolist() == [0]
+    sel = select(multilabel_ckpt, str(multilabel_csv.parent / "img"), budget=3, out=str(tmp_path / "s"), device="cpu")
+    pred = Predictor(multilabel_ckpt, device="cpu")
+    r = pred.runner
+    assert sel.task == "multilabel" and len(sel.rows) == 3
+    for row in sel.rows:  # the pool scored by the model's sigmoids, ranked by mean binary entropy
+        x = pred.transform(pred.load_uint8(row["path"]))[None]
+        probs = r.probabilities(r.logits(x)).numpy()
+        assert row["score"] == pytest.approx(scores(probs, "entropy", "multilabel")[0], abs=1e-5)
