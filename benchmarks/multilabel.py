@@ -77,7 +77,9 @@ def reference(tiles_best: Path, mosaics: Path, paths: list[str], classes: list[s
     sets = []
     for i, path in enumerate(paths):
         tiles = index[str(Path(path).resolve())]
-        probs = np.array([[{t["label"]: t["probability"] for t in p["top_k"]}.get(c, 0.0) for c in classes] for p in tiles])
+        probs = np.array(
+            [[{t["label"]: t["probability"] for t in p["top_k"]}.get(c, 0.0) for c in classes] for p in tiles]
+        )
         scores[i] = 1.0 - np.prod(1.0 - probs, axis=0)
         sets.append(sorted({p["label"] for p in tiles}))
     return scores, sets
@@ -108,7 +110,9 @@ def ece_per_label(scores: np.ndarray, targets: np.ndarray, bins: int = 15) -> li
     for k in range(targets.shape[1]):
         s, y = scores[:, k], targets[:, k]
         idx = np.minimum((s * bins).astype(int), bins - 1)
-        e = sum(abs(s[idx == b].mean() - y[idx == b].mean()) * (idx == b).mean() for b in range(bins) if (idx == b).any())
+        e = sum(
+            abs(s[idx == b].mean() - y[idx == b].mean()) * (idx == b).mean() for b in range(bins) if (idx == b).any()
+        )
         out.append(float(e))
     return out
 
@@ -206,7 +210,9 @@ def main() -> None:
         subprocess.run([*IMGCLF, "calibrate", str(best), "--out", str(calibrated), "-q"], check=True)
     after = ml_scores(str(calibrated), paths, classes)[0]
     before_ece, after_ece = ece_per_label(scores, targets), ece_per_label(after, targets)
-    res["check3"] = {c: {"before": round(b, 4), "after": round(x, 4)} for c, b, x in zip(classes, before_ece, after_ece)}
+    res["check3"] = {
+        c: {"before": round(b, 4), "after": round(x, 4)} for c, b, x in zip(classes, before_ece, after_ece)
+    }
     res["check3"]["mean"] = {"before": float(np.mean(before_ece)), "after": float(np.mean(after_ece))}
     res["check4"] = check_four(best, a.out, paths, classes, sets)
     (a.out / "results.json").write_text(json.dumps(res, indent=2))
