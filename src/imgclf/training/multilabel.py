@@ -20,7 +20,6 @@ The options and what they mean with several labels per image:
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -33,8 +32,7 @@ from imgclf.core.multilabel import DEFAULT_THRESHOLD, MULTILABEL, SINGLE
 from imgclf.data.balance import choose_balance
 from imgclf.data.sources import csv_source
 from imgclf.evaluation.multilabel import fit_thresholds, multilabel_metrics, parse_goal
-
-log = logging.getLogger(__name__)
+from imgclf.training.recipes import RECIPES
 
 # --pos-weight auto's largest weight: negatives/positives of a label in 1 image of 101. Past it one rare positive
 # would outweigh a whole batch of negatives and a step's gradient would hang on whether a batch holds one; the
@@ -64,6 +62,8 @@ def task_line(plan, criterion) -> str:
         loss += f" with pos_weight per label {float(w.min()):.3g}..{float(w.max()):.3g} (negatives/positives)"
     if cfg.label_smoothing:
         loss += f", targets smoothed to y(1-{cfg.label_smoothing:g})+{cfg.label_smoothing / 2:g}"
+    elif cfg.recipe != "none" and "label_smoothing" not in cfg.explicit and RECIPES[cfg.recipe].get("label_smoothing"):
+        loss += f" (--recipe {cfg.recipe}'s label smoothing left out for multi-label)"
     return f"multilabel, {how}; loss {loss}; thresholds fitted for --threshold {cfg.threshold} on validation"
 
 
@@ -98,13 +98,6 @@ def resolve_task(cfg):
         changes["label_smoothing"] = 0.0
     out = cfg.resolved(**changes)
     check_multilabel(out)
-    if recipe_smoothing:
-        log.info(
-            "--recipe %s: its label smoothing %g is left out for multi-label (pass --label-smoothing to smooth "
-            "each target towards 1/2)",
-            cfg.recipe,
-            cfg.label_smoothing,
-        )
     return out
 
 
@@ -147,7 +140,9 @@ def check_multilabel(cfg) -> None:
 
 class MultiLabelLoss(nn.Module):
     """`nn.BCEWithLogitsLoss` (mean over images and labels) on multi-hot targets, in fp32, each target first
-    smoothed to y(1-e)+e/2 when `smoothing` e > 0."""
+    smoothed to y(1-e)+e/2 when `smoothing` e > 0. `multilabel`: train_steps counts its hits per label."""
+
+    multilabel = True
 
     def __init__(self, pos_weight: torch.Tensor | None = None, smoothing: float = 0.0):
         super().__init__()

@@ -65,12 +65,10 @@ def train_steps(
     hooks=None,
     perturb=None,
     totals=(0.0, 0, 0),
-    multilabel: bool = False,
 ):
-    """Optimisation steps over `batches` (`accumulate` batches a step): (summed loss, correct, seen), counted on
-    from `totals` (an epoch's part done before a stop). `hooks`: the Trainer's step hooks (on_step_end True ends the
-    pass); `mix(x, y) -> (x, targets)` before the device (mixup, cutmix), `perturb(x, y) -> x` after (adversarial).
-    `multilabel`: y is N x C multi-hot, and `correct` counts the labels right at 0.5 (a fraction per image)."""
+    """Optimisation steps over `batches` (`accumulate` batches a step): (summed loss, correct (`hits`), seen), counted
+    on from `totals` (an epoch's part done before a stop). `hooks`: the Trainer's step hooks (on_step_end True ends
+    the pass); `mix(x, y) -> (x, targets)` on the CPU (mixup, cutmix), `perturb(x, y) -> x` on the device (attacks)."""
     loss_sum, correct, seen = totals
     n_batches = len(batches)
     total = n_batches if max_steps is None else min(n_batches, max_steps * accumulate)
@@ -98,7 +96,7 @@ def train_steps(
         if hooks is not None and not math.isfinite(value):
             hooks.on_nonfinite_loss(value)  # before the optimizer step
         loss_sum += value * n
-        correct += hits(out.detach(), y, multilabel)
+        correct += hits(out.detach(), y, getattr(criterion, "multilabel", False))
         seen += n
         if (i + 1) % accumulate and i + 1 < n_batches:
             continue
@@ -111,8 +109,9 @@ def train_steps(
 
 
 def hits(out: torch.Tensor, y: torch.Tensor, multilabel: bool):
-    """The batch's right answers: images whose top class is the target's (int), or, multi-label, the summed
-    fraction of each image's labels decided right at 0.5 (a float: train_acc is then 1 - the Hamming loss)."""
+    """The batch's right answers: images whose top class is the target's (int), or, multi-label (a criterion whose
+    `multilabel` is true: training/multilabel.py's loss), the summed fraction of each image's labels decided right
+    at 0.5 (a float: train_acc is then 1 - the Hamming loss)."""
     if multilabel:
         return float(((out > 0) == (y > 0.5)).float().mean(1).sum())
     return int((out.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum())
@@ -295,7 +294,6 @@ class Trainer:
             max_steps=self.total_steps - st.step,
             perturb=self._on_device_batch,
             totals=totals,
-            multilabel=cfg.task == MULTILABEL,
         )
         self._sums = (loss_sum, correct, seen)
         self._check_finite()  # before validation: every rank together
