@@ -12,11 +12,12 @@ import torch
 import yaml
 from conftest import MULTILABEL_RUN, TINY_RUN, metrics_rows, tiny_argv, usage_error
 
-import imgclf
-from imgclf.core.errors import UsageError
+from imgclf.core.callback import Callback
+from imgclf.core.errors import Preempted, UsageError
 from imgclf.evaluation.multilabel import fit_thresholds, parse_goal
 from imgclf.infer.logits import infer
 from imgclf.models.checkpoint import load_checkpoint, load_weights, task_of
+from imgclf.training.api import train as api_train
 from imgclf.training.build import make_model
 from imgclf.training.multilabel import (
     POS_WEIGHT_CAP,
@@ -27,6 +28,7 @@ from imgclf.training.multilabel import (
 )
 from imgclf.training.options import make_config
 from imgclf.training.plan import resolve
+from imgclf.training.preempt import StopRequest
 from imgclf.training.rundata import open_run_data
 
 
@@ -129,15 +131,29 @@ def test_a_bad_goal_is_refused_before_any_work(multilabel_csv, tmp_path):
         resolve(None, {"data": str(multilabel_csv), "threshold": "best", "out": str(tmp_path)})
 
 
-def test_resume_repeats_the_uninterrupted_multilabel_run(multilabel_run, multilabel_csv, tmp_path):
-    """One epoch, then --resume to the second: the rows, weights and thresholds of the run that never stopped
-    (the EMA, mixup and cutmix of multi-hot targets and the per-label weights included)."""
-    run = imgclf.train(
-        **{**TINY_RUN, **MULTILABEL_RUN, "epochs": 1, "data": str(multilabel_csv), "out": str(tmp_path), "name": "r"}
-    )["run_dir"]
-    imgclf.train(resume=f"{run}/last.pt", epochs=2)
+class StopAt(Callback):
+    """Asks the run to stop (as SIGTERM does) after optimisation step `step`."""
+
+    def __init__(self, request: StopRequest, step: int):
+        self.request, self.step = request, step
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.state.step == self.step:
+            self.request.set()
+
+
+def test_a_run_stopped_inside_an_epoch_resumes_as_the_uninterrupted_one(multilabel_run, multilabel_csv, tmp_path):
+    """Stopped after step 5 (inside epoch 2, of steps 4 to 6), then --resume: the rows (train_acc's per-label sums
+    included), weights and thresholds of the run that never stopped (the EMA, mixup and cutmix of multi-hot targets
+    and the per-label weights included)."""
+    stop = StopRequest()
+    options = {**TINY_RUN, **MULTILABEL_RUN, "data": str(multilabel_csv), "out": str(tmp_path), "name": "r"}
+    with pytest.raises(Preempted, match="stopped at step 5"):
+        api_train(options, callbacks=[StopAt(stop, 5)], stop=stop)
+    run = tmp_path / "r"
+    api_train(resume=str(run / "last.pt"))
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert drop(metrics_rows(run)) == drop(metrics_rows(multilabel_run))
-    ours, full = load_checkpoint(f"{run}/last.pt"), load_checkpoint(str(multilabel_run / "last.pt"))
+    ours, full = load_checkpoint(str(run / "last.pt")), load_checkpoint(str(multilabel_run / "last.pt"))
     assert all(torch.equal(ours["state_dict"][k], full["state_dict"][k]) for k in full["state_dict"])
     assert ours["thresholds"] == full["thresholds"]
