@@ -495,7 +495,14 @@ def describe(trainer: Trainer) -> None:
     src = data.source
     rd.info("run directory: %s", rd.path)
     splits = (src.location, len(src.classes), len(src.splits["train"]), len(src.splits["val"]))
-    rd.info("data: %s (%d classes; train %d, val %d images), preprocessing %s", *splits, data.preprocess.to_dict())
+    what = "labels" if cfg.task == MULTILABEL else "classes"
+    rd.info(
+        "data: %s (%d %s; train %d, val %d images), preprocessing %s",
+        *splits[:2],
+        what,
+        *splits[2:],
+        data.preprocess.to_dict(),
+    )
     if cfg.task == MULTILABEL:
         rd.info("task: %s", task_line(plan, trainer.criterion))
     if src.grouping:
