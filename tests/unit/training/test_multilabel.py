@@ -46,6 +46,7 @@ def test_a_multilabel_run_records_its_task_and_fitted_thresholds(multilabel_run)
     assert ckpt["threshold_goal"] == "f1" and ckpt["config"]["task"] == "multilabel"
     assert task_of(load_checkpoint(str(multilabel_run / "last.pt")))[0] == "multilabel"
     assert yaml.safe_load((multilabel_run / "config.yaml").read_text())["task"] == "multilabel"
+    assert (multilabel_run / "curves.png").stat().st_size > 0
     rows = metrics_rows(multilabel_run)
     assert len(rows) == 2 and all(r["val_mAP"] and r["ema_val_mAP"] and "val_acc" not in r for r in rows)
     log = (multilabel_run / "train.log").read_text()

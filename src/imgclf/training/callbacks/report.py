@@ -80,6 +80,7 @@ def report_multilabel(trainer, best_path: str, train_seconds: float) -> None:
     best = multilabel_metrics(probs, y, thresholds, classes)
     best["loss"] = float(nn.functional.binary_cross_entropy_with_logits(logits, targets.float()))
     at_half = multilabel_metrics(probs, y, [DEFAULT_THRESHOLD] * len(classes), classes)
+    plot_curves(st.rows, trainer.run_dir.file("curves.png"))
     results = with_callbacks(trainer, summary(trainer, best, train_seconds))
     notes = ckpt.get("threshold_notes") or []
     results |= {"task": MULTILABEL, "best": best, "best_at_0.5": at_half, "thresholds": thresholds}
