@@ -292,6 +292,23 @@ def tiny_run(tmp_path_factory, tiny_data) -> Path:
     return Path(res["run_dir"])
 
 
+# the multi-label run's options besides TINY_RUN's: every tool that shapes its steps at once (the EMA, mixup and
+# cutmix of multi-hot targets, per-label positive weights), so that one tiny run covers them
+MULTILABEL_RUN = {"epochs": 2, "lr": 0.05, "ema": True, "ema_warmup": 0, "ema_decay": 0.9, "mixup": 0.4}
+MULTILABEL_RUN |= {"cutmix": 1.0, "pos_weight": "auto"}
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory, multilabel_csv) -> Path:
+    """One tiny multi-label run (TINY_RUN, MULTILABEL_RUN) on `multilabel_csv` through `imgclf.train`, its task
+    inferred from the manifest; the run directory (best.pt and last.pt hold the task and fitted thresholds)."""
+    import imgclf
+
+    out = tmp_path_factory.mktemp("multilabel-runs")
+    res = imgclf.train(**{**TINY_RUN, **MULTILABEL_RUN, "data": str(multilabel_csv), "out": str(out), "name": "ml"})
+    return Path(res["run_dir"])
+
+
 @pytest.fixture(scope="session")
 def tiny_best(tiny_run) -> str:
     return str(tiny_run / "best.pt")

@@ -87,18 +87,20 @@ def weighted_order(weights: torch.Tensor, n: int, gen: torch.Generator | None) -
     return torch.multinomial(weights, n, replacement=True, generator=gen)
 
 
-def choose_balance(mode: str, labels: Iterable) -> tuple[str, str]:
+def choose_balance(mode: str, labels: Iterable, *, what: str = "class") -> tuple[str, str]:
     """("none" | "weights" | "sampler", the reason, for the log and results.json). `auto` decides from the
-    imbalance ratio of `labels` (the train split's); any other mode is taken as asked."""
+    imbalance ratio of `labels` (the train split's); any other mode is taken as asked. `what` the reason calls a
+    label: class, or label (multi-label, training/multilabel.py)."""
     if mode not in MODES:
         raise ValueError(f"balance must be one of {', '.join(MODES)}, not '{mode}'")
     if mode != "auto":
         return mode, f"--balance {mode} as asked"
     ratio = imbalance_ratio(labels)
+    plural = "classes" if what == "class" else what + "s"
     if ratio is None or ratio < NONE_BELOW:
-        return "none", f"auto: classes close to balanced (largest/smallest {ratio} < {NONE_BELOW:g}), no balancing"
+        return "none", f"auto: {plural} close to balanced (largest/smallest {ratio} < {NONE_BELOW:g}), no balancing"
     if ratio < SAMPLER_FROM:
         return "weights", (
-            f"auto: largest/smallest class {ratio} (from {NONE_BELOW:g} to {SAMPLER_FROM:g}): class-weighted loss"
+            f"auto: largest/smallest {what} {ratio} (from {NONE_BELOW:g} to {SAMPLER_FROM:g}): {what}-weighted loss"
         )
-    return "sampler", f"auto: largest/smallest class {ratio} (at least {SAMPLER_FROM:g}): class-balanced sampler"
+    return "sampler", f"auto: largest/smallest {what} {ratio} (at least {SAMPLER_FROM:g}): {what}-balanced sampler"

@@ -1,7 +1,9 @@
 """Mixup and CutMix on a whole batch: (images, labels) -> (mixed images, soft targets).
 
 The soft targets are class probabilities (N x classes, float32) that `nn.CrossEntropyLoss` takes as they are,
-label smoothing included. Semantics as timm's `Mixup` in batch mode: with chance `prob` a batch is mixed at all;
+label smoothing included. Multi-label targets (N x labels multi-hot, float32) are mixed the same way: each image's
+targets become lam x its own + (1 - lam) x its neighbour's, a convex combination that stays in [0, 1] (a label both
+hold stays 1), as `nn.BCEWithLogitsLoss` takes them (torchvision mixes 2-D targets as they are). Semantics as timm's `Mixup` in batch mode: with chance `prob` a batch is mixed at all;
 when both mixup and cutmix are on, a mixed batch gets cutmix with chance `switch_prob`, else mixup; every image
 is mixed with its neighbour in the (shuffled) batch, with one mixing weight for the batch drawn from
 Beta(alpha, alpha); cutmix's weight is corrected to the area of the box actually pasted (the box is clipped at
@@ -29,9 +31,10 @@ log = logging.getLogger(__name__)
 class Mixer:
     """`Mixer(num_classes, mixup_alpha, cutmix_alpha, prob, switch_prob)(x, y, gen) -> (x, soft_targets)`.
 
-    x: float N x C x H x W (normalised, any memory format: channels_last stays channels_last), y: int64 N.
-    Not mixed (chance 1 - prob): x as it is and one-hot targets, so the loss sees the same kind of target on
-    every batch. The same state of `gen` gives the same output."""
+    x: float N x C x H x W (normalised, any memory format: channels_last stays channels_last), y: int64 N, or
+    N x num_classes multi-hot (multi-label). Not mixed (chance 1 - prob): x as it is and one-hot (or the multi-hot)
+    targets, so the loss sees the same kind of target on every batch. The same state of `gen` gives the same
+    output."""
 
     def __init__(
         self,
@@ -61,10 +64,12 @@ class Mixer:
             self._mix = mixup or cutmix
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if y.dim() == 2 and y.shape[1] != self.num_classes:
+            raise ValueError(f"multi-hot targets must have {self.num_classes} columns, not {y.shape[1]}")
         with global_rng_from(gen):
             if float(torch.rand(())) < self.prob:
-                return self._mix(x, y)
-        return x, F.one_hot(y, self.num_classes).to(torch.float32)
+                return self._mix(x, y.float() if y.dim() == 2 else y)
+        return x, (y.float() if y.dim() == 2 else F.one_hot(y, self.num_classes).to(torch.float32))
 
     def __repr__(self) -> str:
         return (

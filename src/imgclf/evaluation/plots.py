@@ -107,7 +107,8 @@ def save_figure(fig, path: str) -> None:
 
 
 def plot_curves(rows: list[dict], path: str) -> None:
-    """Loss and accuracy per epoch, train against validation."""
+    """Loss and accuracy per epoch, train against validation; a multi-label run's rows (val_mAP): its train_acc
+    (the labels right at 0.5), val mAP and micro-F1."""
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - heavy: only when a figure is drawn
 
     ep = [r["epoch"] for r in rows]
@@ -116,12 +117,17 @@ def plot_curves(rows: list[dict], path: str) -> None:
     a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
     a.plot(ep, [r["val_loss"] for r in rows], "o-", label="val")
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
-    b.plot(ep, [r["train_acc"] for r in rows], "o-", label="train")
-    b.plot(ep, [r["val_acc"] for r in rows], "o-", label="val")
+    multilabel = bool(rows) and "val_mAP" in rows[0]
+    b.plot(ep, [r["train_acc"] for r in rows], "o-", label="train (labels right at 0.5)" if multilabel else "train")
+    if multilabel:
+        b.plot(ep, [r["val_mAP"] for r in rows], "o-", label="val mAP")
+        b.plot(ep, [r["val_micro_f1"] for r in rows], ":", label="val micro-F1 at 0.5")
+    else:
+        b.plot(ep, [r["val_acc"] for r in rows], "o-", label="val")
     b.plot(ep, [r["val_macro_f1"] for r in rows], "--", label="val macro-F1")
     if any("val_robust_acc" in r for r in rows):
         b.plot(ep, [r.get("val_robust_acc") for r in rows], "o:", label="val under PGD-10 (--adv-train)")
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
+    b.set_xlabel("epoch"), b.set_ylabel("score" if multilabel else "accuracy"), b.legend(), b.grid(alpha=0.3)
     for ax in (a, b):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
     save_figure(fig, path)

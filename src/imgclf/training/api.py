@@ -24,6 +24,7 @@ from imgclf.compute.device import cpu_has_native_bf16, probe_bf16
 from imgclf.core.artifact import Preprocess
 from imgclf.core.callback import arrange
 from imgclf.core.errors import UsageError
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.models.registry import build_model, get_spec
 from imgclf.training.build import make_model
 from imgclf.training.fits import check_run_memory
@@ -69,7 +70,10 @@ def train(
         plan, model = decide(plan, data, train=train)
         state = build_state(plan, data, model)
         cfg = plan.cfg
-        run_dir = RunDir(plan.run_path, ema=cfg.ema, robust=plan.robust_validation, write=plan.world.main)
+        multilabel = cfg.task == MULTILABEL
+        run_dir = RunDir(
+            plan.run_path, ema=cfg.ema, robust=plan.robust_validation, write=plan.world.main, multilabel=multilabel
+        )
         trainer = Trainer(
             plan, state, data, run_dir, callbacks, stop=stop
         )  # before the folder exists: a refusal leaves none

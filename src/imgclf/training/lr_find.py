@@ -27,6 +27,7 @@ from imgclf.compute.distributed import world_from_env
 from imgclf.core.fileio import write_json
 from imgclf.evaluation.plots import plot_lr_find
 from imgclf.training.build import epoch_seed, make_optimizer, param_groups
+from imgclf.training.multilabel import task_loss
 from imgclf.training.options import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def find_lr(cfg: TrainConfig, spec, model: nn.Module, train_feed, device, **swee
         log.warning("%s", few)
     probe = cfg.resolved(lr=1.0)
     optimizer = make_optimizer(probe, param_groups(probe, model, spec, []))  # frozen parameters take no step anyway
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = task_loss(cfg, train_feed.labels, device)  # cross-entropy, or a multi-label run's BCE
     gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
     result = lr_range_test(
         model, train_feed.epoch(gen), criterion, optimizer, device, None, channels_last=cfg.channels_last, **sweep

@@ -48,6 +48,11 @@ class TrainConfig:
         "folder of class folders (with or without train/val/test), a CSV of path,label[,split], or cifar10, cifar100, digits",
     )
     data_root: str | None = DATA_ROOT.field()
+    task: str = opt(
+        "auto",
+        "single (one class per image, softmax) or multilabel (any set of labels per image: a sigmoid per label and binary cross-entropy; docs/multilabel.md), or auto: the data's own (a CSV manifest with a labels column, a|b cells or 0/1 label columns is multi-label); the run log says which",
+        ("auto", "single", "multilabel"),
+    )
     val_fraction: float = opt(
         0.2, "fraction of train held out for validation when the data has no val split (stratified, seeded)", gt=0, lt=1
     )
@@ -56,6 +61,15 @@ class TrainConfig:
     )
     group_by: str | None = GROUP_BY.field(
         help="keep groups of images on one side of the carved validation split: a column of the CSV manifest naming each image's group (patient, video, object), or a regular expression searched in each path relative to the data folder whose match (its first group, if it has one) names the group; with the data's own val split, the groups it puts on both sides are reported"
+    )
+    threshold: str = opt(
+        "f1",
+        "multi-label: the per-label thresholds fitted on the validation split at the end, stored in the checkpoint: f1 (each label's best F1), precision=P, recall=R, or one number for every label (e.g. 0.5)",
+    )
+    pos_weight: str = opt(
+        "none",
+        "multi-label: auto weighs each label's positive images by its negatives/positives on the train split (at most 100), so rare labels count in the loss (BCEWithLogitsLoss pos_weight); none: no weight",
+        ("none", "auto"),
     )
     # model
     model: str = opt("resnet18", "model name; `imgclf models` lists them")
@@ -101,7 +115,7 @@ class TrainConfig:
     )
     balance: str = opt(
         "none",
-        "class balancing: weights (loss weighted n/(classes x count), as sklearn's 'balanced'), sampler (each epoch drawn with replacement, every class equally likely), none, or auto (from the train split's largest/smallest class ratio, as `imgclf check` reports it: none below 1.5, weights below 10, sampler from 10; the run log says which)",
+        "class balancing: weights (loss weighted n/(classes x count), as sklearn's 'balanced'), sampler (each epoch drawn with replacement, every class equally likely), none, or auto (from the train split's largest/smallest class ratio, as `imgclf check` reports it: none below 1.5, weights below 10, sampler from 10; the run log says which). Multi-label: weights is --pos-weight auto, sampler draws every image's rarest label equally likely, auto decides from the labels' counts",
         ("none", "weights", "sampler", "auto"),
     )
     # optimisation
@@ -124,7 +138,12 @@ class TrainConfig:
     )
     step_size: int = opt(10, "step schedule: epochs between decays", ge=1)
     gamma: float = opt(0.5, "step schedule: factor per decay", gt=0, le=1)
-    label_smoothing: float = opt(0.0, "cross-entropy label smoothing (1 would make every target uniform)", ge=0, lt=1)
+    label_smoothing: float = opt(
+        0.0,
+        "cross-entropy label smoothing (1 would make every target uniform); multi-label: each target y becomes y(1-e)+e/2",
+        ge=0,
+        lt=1,
+    )
     bias_lr_scale: float = opt(
         1.0,
         "learning-rate multiplier for BatchNorm biases (their weight decay is divided by it, so the decay per step stays the same)",
@@ -171,8 +190,8 @@ class TrainConfig:
     )
     monitor: str = opt(
         "val_acc",
-        "the validation metric that early stopping and best.pt follow",
-        ("val_loss", "val_acc", "val_macro_f1", "val_robust_acc"),
+        "the validation metric that early stopping and best.pt follow (multi-label: val_mAP unless set; val_loss, val_micro_f1 or val_macro_f1 at 0.5)",
+        ("val_loss", "val_acc", "val_macro_f1", "val_robust_acc", "val_mAP", "val_micro_f1"),
     )
     time_budget: float | None = opt(
         None,

@@ -27,6 +27,7 @@ from imgclf.compute import distributed
 from imgclf.compute.device import resolve_device, training_precision
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import UsageError
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.data.balance import choose_balance
 from imgclf.data.feed import FastFeed, LoaderFeed
 from imgclf.data.fixes import Applied, read_fixes
@@ -38,6 +39,7 @@ from imgclf.models.registry import ModelSpec, freeze, get_spec
 from imgclf.training.build import make_model
 from imgclf.training.curriculum import read_difficulty, reference_difficulty
 from imgclf.training.lr_find import find_lr
+from imgclf.training.multilabel import choose_multilabel_balance, resolve_task
 from imgclf.training.options import (
     TrainConfig,
     attack_values,
@@ -129,6 +131,7 @@ def resolve(config=None, options: dict | None = None, *, world: distributed.Worl
     `world`: the ranks it runs on (default: torchrun's, if any; preflight passes the one --nproc starts)."""
     cfg, resume, again = configure(config, options or {})
     spec = check_options(cfg, resume, get_spec)
+    cfg = resolve_task(cfg)  # auto: the data's own task (a CSV listed, nothing decoded); its options checked
     if cfg.apply_fixes:
         read_fixes(cfg.apply_fixes)  # the file and every row, before any work (a relabel's class: once data is listed)
     if cfg.group_by is not None:  # a column of the manifest, or a pattern that compiles; matched once listed
@@ -234,7 +237,10 @@ def decide(plan: RunPlan, data: RunData, *, train: Callable | None = None) -> tu
     else:  # rank 0 names it (the others could see its folder appear on a shared filesystem and take another)
         path = new_run_path(cfg.out, cfg.name, cfg.model, cfg.data, again=plan.again) if plan.world.main else None
         run_path = _agree(path, plan.world)
-    balance, reason = choose_balance(cfg.balance, data.train.split.labels)
+    if cfg.task == MULTILABEL:
+        balance, reason = choose_multilabel_balance(cfg.balance, data.train.split.targets)
+    else:
+        balance, reason = choose_balance(cfg.balance, data.train.split.labels)
     plan = replace(
         plan,
         cfg=cfg,

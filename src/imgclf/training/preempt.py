@@ -117,7 +117,9 @@ def rank_part(sums: tuple, gen: torch.Generator, aug: torch.Generator, device: t
         rng["cuda"] = torch.cuda.get_rng_state(device)
     states = {cb.state_key: s for cb in callbacks if (s := cb.state_dict()) is not None}
     loss_sum, correct, seen = sums
-    return {"loss_sum": float(loss_sum), "correct": int(correct), "seen": int(seen), "rng": rng, "callbacks": states}
+    # correct: a count, or (multi-label) a sum of fractions of labels right: kept as it is
+    correct = correct if isinstance(correct, float) else int(correct)
+    return {"loss_sum": float(loss_sum), "correct": correct, "seen": int(seen), "rng": rng, "callbacks": states}
 
 
 def restore_rng(part: dict, gen: torch.Generator, aug: torch.Generator, device: torch.device) -> None:

@@ -77,7 +77,10 @@ def open_fixed_source(cfg) -> tuple:
     """(the source, what --apply-fixes did to it or None): open_checked_source's source, with the fixes applied to
     every split before validation is carved from train (by --group-by's groups and the fixes' near-duplicate
     clusters, each kept on one side)."""
-    src = open_source(cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed, carve=False)
+    task = None if cfg.task == "auto" else cfg.task  # resolved by plan.resolve: the data's own, or as asked
+    src = open_source(
+        cfg.data, data_root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed, carve=False, task=task
+    )
     fixes = apply_fixes(src, read_fixes(cfg.apply_fixes, src.classes), warn=False) if cfg.apply_fixes else None
     finish_split(
         src,

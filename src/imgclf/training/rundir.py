@@ -36,6 +36,10 @@ log = logging.getLogger("imgclf.training.trainer")  # the run's own lines (train
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds"]
 EMA_COLUMNS = ["ema_val_loss", "ema_val_acc", "ema_val_macro_f1"]
 ROBUST_COLUMNS = ["val_robust_acc"]  # --adv-train's PGD-10 accuracy on validation images
+# multi-label (training/multilabel.py): train_acc is the labels decided right at 0.5, the F1s at 0.5
+MULTILABEL_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_mAP", "val_micro_f1", "val_macro_f1"]
+MULTILABEL_COLUMNS += ["lr", "seconds"]
+MULTILABEL_EMA_COLUMNS = ["ema_val_loss", "ema_val_mAP", "ema_val_micro_f1", "ema_val_macro_f1"]
 
 
 # what a run writes before its first checkpoint: --resume auto starts a folder holding only these again
@@ -87,9 +91,13 @@ class RunDir:
     Every file of the run folder is written through a method here, so that rank 0 alone writes: ranks that each
     wrote the same file raced over the folder and each other's temporary files (issue 22)."""
 
-    def __init__(self, path: str, *, ema: bool = False, robust: bool = False, write: bool = True):
+    def __init__(
+        self, path: str, *, ema: bool = False, robust: bool = False, write: bool = True, multilabel: bool = False
+    ):
         self.path, self.writes = path, write
         self.columns = METRIC_COLUMNS + (EMA_COLUMNS if ema else []) + (ROBUST_COLUMNS if robust else [])
+        if multilabel:  # metrics.csv's columns of a multi-label run
+            self.columns = MULTILABEL_COLUMNS + (MULTILABEL_EMA_COLUMNS if ema else [])
         self._file = self._handler = None
         self._writer = None if write else _NoWriter()
 

@@ -28,12 +28,14 @@ from imgclf.compute import distributed
 from imgclf.compute.device import autocast, to_layout
 from imgclf.core.callback import arrange
 from imgclf.core.errors import Preempted, RankLost, TrainingDiverged
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.progress import progress
 from imgclf.data.balance import class_weights, sample_weights
 from imgclf.models.registry import apply_frozen_eval, format_parameter_table, parameter_table
 from imgclf.training.build import epoch_seeds
 from imgclf.training.callbacks import standard
 from imgclf.training.callbacks.checkpoint import run_checkpoint
+from imgclf.training.multilabel import summary_columns, task_line, task_loss
 from imgclf.training.plan import RunData, RunPlan, decide_steps
 from imgclf.training.preempt import Position, StopRequest, agreed, check_step, rank_part, restore_rng
 from imgclf.training.rundir import RunDir
@@ -64,9 +66,9 @@ def train_steps(
     perturb=None,
     totals=(0.0, 0, 0),
 ):
-    """Optimisation steps over `batches` (`accumulate` batches a step): (summed loss, correct, seen), counted on
-    from `totals` (an epoch's part done before a stop). `hooks`: the Trainer's step hooks (on_step_end True ends the
-    pass); `mix(x, y) -> (x, targets)` before the device (mixup, cutmix), `perturb(x, y) -> x` after (adversarial)."""
+    """Optimisation steps over `batches` (`accumulate` batches a step): (summed loss, correct (`hits`), seen), counted
+    on from `totals` (an epoch's part done before a stop). `hooks`: the Trainer's step hooks (on_step_end True ends
+    the pass); `mix(x, y) -> (x, targets)` on the CPU (mixup, cutmix), `perturb(x, y) -> x` on the device (attacks)."""
     loss_sum, correct, seen = totals
     n_batches = len(batches)
     total = n_batches if max_steps is None else min(n_batches, max_steps * accumulate)
@@ -94,7 +96,7 @@ def train_steps(
         if hooks is not None and not math.isfinite(value):
             hooks.on_nonfinite_loss(value)  # before the optimizer step
         loss_sum += value * n
-        correct += int((out.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum())
+        correct += hits(out.detach(), y, getattr(criterion, "multilabel", False))
         seen += n
         if (i + 1) % accumulate and i + 1 < n_batches:
             continue
@@ -104,6 +106,15 @@ def train_steps(
         if hooks is not None and hooks.on_step_end():
             break
     return loss_sum, correct, seen
+
+
+def hits(out: torch.Tensor, y: torch.Tensor, multilabel: bool):
+    """The batch's right answers: images whose top class is the target's (int), or, multi-label (a criterion whose
+    `multilabel` is true: training/multilabel.py's loss), the summed fraction of each image's labels decided right
+    at 0.5 (a float: train_acc is then 1 - the Hamming loss)."""
+    if multilabel:
+        return float(((out > 0) == (y > 0.5)).float().mean(1).sum())
+    return int((out.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum())
 
 
 def apply_gradients(opt, scaler, clip_grad: float | None) -> None:
@@ -143,6 +154,7 @@ class Trainer:
         self._gen, self._train_model, self._compiled, self._trains, self._first_epoch = None, state.model, None, None, 0
         self.stop_request, self._step0, self._sums, self._preempted = stop, 0, (0.0, 0, 0), False
         self._nonfinite: tuple[int, float] | None = None  # (the step, the loss) where this rank's loss went non-finite
+        self.val_scores: dict = {}  # multi-label: the epoch's validation (probabilities, targets), by column prefix
 
     # ---------------------------------------------------------------- what callbacks use (core/callback.py Run)
     @property
@@ -291,9 +303,15 @@ class Trainer:
 
     def validate(self) -> dict:
         """The epoch's validation columns: the model's, then the callbacks' (on_validate: the EMA's, robust)."""
+        self.val_scores.clear()
         try:
             row = validation_columns(
-                self.step_model, self.eval_feed, self.plan, self.data.source.classes, desc="validate"
+                self.step_model,
+                self.eval_feed,
+                self.plan,
+                self.data.source.classes,
+                desc="validate",
+                keep=self.val_scores,
             )
             self.call("on_validate", row)
         except TrainingDiverged as e:  # the last steps' loss was finite, the weights they left are not
@@ -370,11 +388,7 @@ class Trainer:
         part = rank_part(self._sums, self._gen, self.aug, self.plan.device, self.callbacks)
         st.position = Position(batches, self._step0, lr, seconds, distributed.gather(part, world)).to_dict()
         last = st.rows[-1] if st.rows else {}
-        metrics = {
-            k: last[c]
-            for k, c in (("accuracy", "val_acc"), ("loss", "val_loss"), ("macro_f1", "val_macro_f1"))
-            if c in last
-        }
+        metrics = {k: last["val_" + c] for k, c in summary_columns(cfg.task) if "val_" + c in last}
         try:
             self.run_dir.save(run_checkpoint(self, metrics, state=st.state_dict()), "last.pt")
         finally:
@@ -461,8 +475,15 @@ def diverged(trainer: Trainer, what: str) -> str:
 
 
 def objective(plan: RunPlan, data: RunData):
-    """(the loss, the sampler's per-image weights or None), as --balance (decided) and --label-smoothing ask."""
-    labels, n_cls = data.train.split.labels, len(data.source.classes)
+    """(the loss, the sampler's per-image weights or None), as --balance (decided) and --label-smoothing ask;
+    multi-label: binary cross-entropy (training/multilabel.py), weighted per label by --pos-weight auto or
+    --balance weights, its sampler over each image's rarest label (the split's strata)."""
+    split, n_cls = data.train.split, len(data.source.classes)
+    if plan.cfg.task == MULTILABEL:
+        sampler = sample_weights(split.labels, n_cls + 1) if plan.balance == "sampler" else None
+        weighted = plan.cfg.pos_weight == "auto" or plan.balance == "weights"
+        return task_loss(plan.cfg, split.targets, plan.device, weighted=weighted), sampler
+    labels = split.labels
     weight = class_weights(labels, n_cls).to(plan.device) if plan.balance == "weights" else None
     sampler = sample_weights(labels, n_cls) if plan.balance == "sampler" else None
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=plan.cfg.label_smoothing), sampler
@@ -474,7 +495,16 @@ def describe(trainer: Trainer) -> None:
     src = data.source
     rd.info("run directory: %s", rd.path)
     splits = (src.location, len(src.classes), len(src.splits["train"]), len(src.splits["val"]))
-    rd.info("data: %s (%d classes; train %d, val %d images), preprocessing %s", *splits, data.preprocess.to_dict())
+    what = "labels" if cfg.task == MULTILABEL else "classes"
+    rd.info(
+        "data: %s (%d %s; train %d, val %d images), preprocessing %s",
+        *splits[:2],
+        what,
+        *splits[2:],
+        data.preprocess.to_dict(),
+    )
+    if cfg.task == MULTILABEL:
+        rd.info("task: %s", task_line(plan, trainer.criterion))
     if src.grouping:
         g = src.grouping
         rd.info(

@@ -122,3 +122,23 @@ def test_make_mixer_from_the_config():
     assert make_mixer(make_config({}), C) is None
     m = make_mixer(make_config({"mixup": 0.2, "cutmix": 1.0, "mix_prob": 0.5, "mix_switch_prob": 0.3}), C)
     assert (m.mixup_alpha, m.cutmix_alpha, m.prob, m.switch_prob) == (0.2, 1.0, 0.5, 0.3)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0)])
+def test_multi_hot_targets_mix_as_the_same_convex_combination(mixup, cutmix):
+    """Multi-label: each image's targets become lam x its own + (1 - lam) x its neighbour's, in [0, 1]; a label both
+    hold stays 1; an unmixed batch keeps its multi-hot targets."""
+    x, _ = _batch()
+    y = (torch.rand(N, 3, generator=_gen(5)) < 0.5).float()
+    y[0] = y[N - 1] = 1.0  # image 0 and its neighbour (N - 1) hold every label
+    mixed, t = Mixer(3, mixup, cutmix)(x, y, _gen(1))
+    assert t.dtype == torch.float32 and t.shape == y.shape and ((t >= 0) & (t <= 1)).all()
+    assert torch.equal(t[0], torch.ones(3))
+    own = float((mixed[1] - x[0]).abs().sum() > 0)  # something of image 0 was mixed into image 1
+    lam = next(float(t[i, k]) for i in range(N) for k in range(3) if y[i, k] == 1 and y[i - 1, k] == 0)
+    assert 0 < lam < 1 and own
+    assert torch.allclose(t, lam * y + (1 - lam) * y.roll(1, 0), atol=1e-6)
+    _, kept = Mixer(3, mixup, cutmix, prob=0.0)(x, y, _gen(1))
+    assert torch.equal(kept, y)
+    with pytest.raises(ValueError, match="3 columns"):
+        Mixer(3, mixup, cutmix)(x, y[:, :2], _gen(1))

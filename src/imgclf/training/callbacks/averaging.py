@@ -27,6 +27,7 @@ class EMA(Callback):
             trainer.data.source.classes,
             desc="validate EMA",
             prefix="ema_",
+            keep=trainer.val_scores,
         )
 
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import time
 
+import torch
+from torch import nn
+
 from imgclf.core.callback import Callback
+from imgclf.core.multilabel import DEFAULT_THRESHOLD, MULTILABEL
 from imgclf.evaluation.calibration import calibrate, format_calibration
 from imgclf.evaluation.command import write_eval_plots
 from imgclf.evaluation.metrics import compute_metrics
+from imgclf.evaluation.multilabel import multilabel_metrics
 from imgclf.evaluation.plots import plot_curves
 from imgclf.evaluation.report import build_report
 from imgclf.infer.logits import infer
 from imgclf.infer.runtime import open_model
-from imgclf.models.checkpoint import load_checkpoint, load_weights
+from imgclf.models.checkpoint import load_checkpoint, load_weights, task_of
 
 
 class FinalReport(Callback):
@@ -31,6 +36,8 @@ class FinalReport(Callback):
             trainer.results = with_callbacks(trainer, own)
             return
         best_path = trainer.run_dir.file("best.pt")
+        if trainer.plan.cfg.task == MULTILABEL:
+            return report_multilabel(trainer, best_path, train_seconds)
         logits, labels, bm = validate_best(trainer, best_path)
         results = with_callbacks(trainer, summary(trainer, bm, train_seconds))
         if trainer.plan.cfg.calibrate:
@@ -55,6 +62,53 @@ class FinalReport(Callback):
             best_path,
         )
         trainer.results = results
+
+
+def report_multilabel(trainer, best_path: str, train_seconds: float) -> None:
+    """A multi-label run's end: best.pt's validation scores in fp32, its metrics at the thresholds fitted for
+    --threshold (kept in best.pt by the checkpoint) and at 0.5 for comparison, the fit's notes; results.json
+    (`best`: evaluation/multilabel.multilabel_metrics's keys, plus loss) and report.html."""
+    st, cfg, data = trainer.state, trainer.plan.cfg, trainer.data
+    ckpt = load_checkpoint(best_path)
+    load_weights(st.model, ckpt, best_path)
+    feed, device = trainer.eval_feed.batches(), trainer.plan.device
+    logits, targets = infer(
+        trainer.step_model, feed, device, None, desc="validate best", channels_last=cfg.channels_last
+    )
+    probs, y, classes = torch.sigmoid(logits).numpy(), targets.numpy(), data.source.classes
+    thresholds = task_of(ckpt)[1]
+    best = multilabel_metrics(probs, y, thresholds, classes)
+    best["loss"] = float(nn.functional.binary_cross_entropy_with_logits(logits, targets.float()))
+    at_half = multilabel_metrics(probs, y, [DEFAULT_THRESHOLD] * len(classes), classes)
+    plot_curves(st.rows, trainer.run_dir.file("curves.png"))
+    results = with_callbacks(trainer, summary(trainer, best, train_seconds))
+    notes = ckpt.get("threshold_notes") or []
+    results |= {"task": MULTILABEL, "best": best, "best_at_0.5": at_half, "thresholds": thresholds}
+    results |= {"threshold_goal": cfg.threshold, "threshold_notes": notes}
+    trainer.run_dir.write_results(results)
+    try:  # report.html is a convenience: it never fails the run
+        build_report(trainer.run_dir.path)
+    except Exception as e:
+        trainer.run_dir.warning("report.html not written: %s: %s", type(e).__name__, e)
+    for note in notes:
+        trainer.info("thresholds: %s", note)
+    if trainer.stop_reason:
+        trainer.info("%s", trainer.stop_reason)
+    trainer.info(
+        "best epoch %d%s: val_mAP %.4f; at the thresholds fitted for --threshold %s: micro-F1 %.4f (%.4f at 0.5), "
+        "macro-F1 %.4f (%.4f at 0.5); thresholds %s; weights %s",
+        st.best["epoch"],
+        " (EMA weights)" if st.best["weights"] == "ema" else "",
+        best["mAP"] if best["mAP"] is not None else float("nan"),
+        cfg.threshold,
+        best["micro_f1"],
+        at_half["micro_f1"],
+        best["macro_f1"],
+        at_half["macro_f1"],
+        ", ".join(f"{c} {t:.3g}" for c, t in zip(classes, thresholds)),
+        best_path,
+    )
+    trainer.results = results
 
 
 def with_callbacks(trainer, own: dict) -> dict:
@@ -92,7 +146,7 @@ def summary(trainer, bm: dict, train_seconds: float) -> dict:
         "best_epoch": st.best["epoch"],
         "best_weights": st.best["weights"],
         "monitor": plan.cfg.monitor,
-        "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images")},
+        "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images") if k in bm},
         "epochs": len(st.rows),
         "stopped_early": trainer.stop_reason,
         "total_seconds": round(sum(r["seconds"] for r in st.rows), 2),

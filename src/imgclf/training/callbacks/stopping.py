@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from imgclf.core.callback import Callback
 
-MONITOR_MODE = {"val_loss": "min", "val_acc": "max", "val_macro_f1": "max", "val_robust_acc": "max"}
+MONITOR_MODE = {
+    "val_loss": "min",
+    "val_acc": "max",
+    "val_macro_f1": "max",
+    "val_robust_acc": "max",
+    "val_mAP": "max",  # multi-label (training/multilabel.py)
+    "val_micro_f1": "max",
+}
 
 
 def improves(value: float, best: float | None, monitor: str) -> bool:
