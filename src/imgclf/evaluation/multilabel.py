@@ -79,17 +79,26 @@ def _fit_one(s: np.ndarray, y: np.ndarray, goal: Goal) -> tuple[float, str | Non
         return DEFAULT_THRESHOLD, "no positive image in validation, threshold left at 0.5"
     precision, recall, thr = precision_recall_curve(y, s)
     precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    note = None
     if goal.kind == "f1":
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-        return float(thr[int(np.argmax(f1))]), None
-    if goal.kind == "recall":
-        ok = np.flatnonzero(recall >= goal.value)
-        return float(thr[ok.max()]), None  # recall falls as the threshold rises: the highest that still reaches it
-    ok = np.flatnonzero(precision >= goal.value)
-    if len(ok):
-        return float(thr[ok.min()]), None  # the lowest threshold at that precision: the most recall
-    best = int(np.argmax(precision))
-    return float(thr[best]), f"precision {goal.value:g} is out of reach; the best there is, {precision[best]:.3f}"
+        i = int(np.argmax(f1))
+    elif goal.kind == "recall":
+        i = int(np.flatnonzero(recall >= goal.value).max())  # recall falls as the threshold rises: the highest
+    elif len(ok := np.flatnonzero(precision >= goal.value)):
+        i = int(ok.min())  # the lowest threshold at that precision: the most recall
+    else:
+        i = int(np.argmax(precision))
+        note = f"precision {goal.value:g} is out of reach; the best there is, {precision[i]:.3f}"
+    return _between(s, float(thr[i])), note
+
+
+def _between(s: np.ndarray, t: float) -> float:
+    """A threshold that takes the same decisions on validation as `t` (a score there) but sits halfway to the next
+    lower score: not on a score itself, where a test image a hair below a saturated validation score (1.0 in fp32)
+    would fall out of the set."""
+    below = s[s < t]
+    return float((t + below.max()) / 2) if len(below) else t
 
 
 def multilabel_metrics(scores: np.ndarray, targets: np.ndarray, thresholds, classes: list[str]) -> dict:

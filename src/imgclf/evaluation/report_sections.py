@@ -53,12 +53,13 @@ def _png_file(path: str, alt: str) -> str:
         return _img(f.read(), alt)
 
 
-def _drawn(draw, *args, alt: str) -> str:
-    """A figure of plots.py (which writes a file) drawn into a scratch folder and inlined."""
+def _drawn(draw, *args, alt: str, **options) -> str:
+    """A figure of plots.py (which writes a file) drawn into a scratch folder and inlined; `options`: the figure's
+    keyword arguments (axis names)."""
     tmp = tempfile.mkdtemp(prefix="imgclf-report-")
     try:
         out = os.path.join(tmp, "figure.png")
-        draw(*args, out)
+        draw(*args, out, **options)
         return _png_file(out, alt)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -59,6 +59,7 @@ def test_evaluate_writes_the_multilabel_measures_and_report(multilabel_ckpt, tmp
     assert "mAP" in text and all(c in text for c in runner.classes)
     page = (tmp_path / "ev" / "report.html").read_text()
     assert "Per label" in page and "Errors by true label" in page and "Confusion matrix" not in page
+    assert "could not be built" not in page and page.count("<img") >= 2  # the figures drawn, not left out
     assert (tmp_path / "ev" / "label_errors.png").is_file() and (tmp_path / "ev" / "reliability.png").is_file()
 
     run = tmp_path / "run"  # a training run's folder: its best checkpoint measured on validation for the page
@@ -68,6 +69,7 @@ def test_evaluate_writes_the_multilabel_measures_and_report(multilabel_ckpt, tmp
     build_report(str(run))
     page = (run / "report.html").read_text()
     assert "Per label" in page and f"mAP {saved['mAP']:.4f}" in page
+    assert "could not be built" not in page  # the figures drawn for the page itself
 
 
 def test_calibrate_fits_a_temperature_per_label_and_keeps_the_label_sets(multilabel_ckpt, tmp_path):

@@ -48,3 +48,13 @@ def test_metrics_by_hand():
     assert m["exact_match"] == pytest.approx(1 / 3) and m["hamming_loss"] == pytest.approx(2 / 6)
     assert m["per_label"]["a"]["recall"] == 0.5 and m["per_label"]["b"]["precision"] == 0.5
     assert m["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+
+
+def test_a_fitted_threshold_sits_halfway_below_its_score_not_on_it():
+    # every positive saturated at 1.0 (fp32 sigmoids of a confident model), negatives up to 0.3: a threshold of 1.0
+    # would drop a test positive scoring 0.9999; halfway to the next lower score keeps the same validation decisions
+    s = np.array([[1.0], [1.0], [0.3], [0.1]])
+    y = np.array([[1], [1], [0], [0]])
+    (t,), _ = fit_thresholds(s, y, Goal("f1"))
+    assert t == pytest.approx(0.65)
+    assert multilabel_metrics(s, y, [t], ["a"])["micro_f1"] == 1.0
