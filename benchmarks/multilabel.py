@@ -187,9 +187,9 @@ def main() -> None:
     a = ap.parse_args()
     budget = ["--time-budget", str(a.budget)] if a.budget else ["--epochs", str(a.epochs)]
     a.out.mkdir(parents=True, exist_ok=True)
-    from imgclf.compute.machine import summary_line
+    from imgclf.compute.machine import machine_report, summary_line
 
-    print(summary_line(), flush=True)
+    print(summary_line(machine_report()), flush=True)
     best = train(a.mosaics / "mosaics.csv", a.out, "mosaics", budget)
     tiles_best = train(a.mosaics / "tiles.csv", a.out, "tiles", budget)
     paths, classes, targets = test_mosaics(a.mosaics)

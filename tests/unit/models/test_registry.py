@@ -247,3 +247,18 @@ def test_an_empty_model_name_says_so_with_an_example(name, says, capsys, tmp_pat
         line = usage_error(capsys, argv)
         assert line.startswith(f"imgclf: error: {says}") and "did you mean" not in line, line
     assert not (tmp_path / "runs").exists()
+
+
+def test_airnet_takes_images_larger_than_its_32_px():
+    # a 64 px mosaic leaves a 7x7 map before the head: pooled to one vector (a 1024-wide flatten crashed before)
+    import torch
+
+    from imgclf.models.registry import build_model
+
+    net = build_model("airnet_small", 4).eval()
+    net.tta = False
+    x = torch.randn(2, 3, 64, 64)
+    assert net(x).shape == (2, 4)
+    small = torch.randn(2, 3, 32, 32)  # at 32 px the global max is airbench's 3x3 max-pool over the 3x3 map
+    feats = net.block3(net.block2(net.block1(torch.nn.functional.gelu(net.whiten(small)))))
+    assert feats.shape[-1] == 3 and torch.equal(net.pool(feats), torch.nn.functional.max_pool2d(feats, 3))
