@@ -75,3 +75,10 @@ def test_the_trainer_takes_at_most_six_arguments():
 
     params = [p for p in inspect.signature(trainer.Trainer).parameters.values()]
     assert len(params) <= MAX_TRAINER_PARAMETERS, [p.name for p in params]
+
+
+def test_test_modules_have_unique_names():
+    # tests sit beside their package without __init__.py files: pytest imports each by its file name, so two
+    # test_x.py in different folders make the second fail to collect ("import file mismatch")
+    names = sorted(p.name for p in (ROOT / "tests").rglob("test_*.py"))
+    assert sorted({n for n in names if names.count(n) > 1}) == []

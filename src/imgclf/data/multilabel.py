@@ -97,10 +97,11 @@ def check_trained(path, classes: list[str], train_targets: np.ndarray) -> None:
     counts = train_targets.sum(axis=0)
     missing = [c for c, n in zip(classes, counts) if n == 0]
     if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        names = ", ".join(f"'{c}'" for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        what = f"label {names} is" if len(missing) == 1 else f"labels {names} are"
         raise DataError(
-            f"label '{missing[0]}'{more} is on no training image in '{path}': add training images that hold it, "
-            "or drop it from the manifest"
+            f"{what} on no training image in '{path}': add training images that hold them, or drop them from the "
+            "manifest"
         )
 
 
