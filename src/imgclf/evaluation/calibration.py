@@ -32,6 +32,7 @@ from imgclf.evaluation.label_calibration import (
     T_MAX,
     T_MIN,
     LabelCalibrationResult,
+    binary_reliability,
     calibrate_labels,
     format_label_calibration,
 )
@@ -59,21 +60,7 @@ def reliability(probs, labels, bins: int = ECE_BINS) -> list[dict]:
     """Per bin m (confidence in ((m-1)/bins, m/bins]): its edges, its images, their accuracy and mean confidence
     (None where the bin is empty)."""
     conf, right = _top1(probs, labels)
-    idx = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
-    rows = []
-    for m in range(bins):
-        sel = idx == m
-        k = int(sel.sum())
-        rows.append(
-            {
-                "low": m / bins,
-                "high": (m + 1) / bins,
-                "images": k,
-                "accuracy": float(right[sel].mean()) if k else None,
-                "confidence": float(conf[sel].mean()) if k else None,
-            }
-        )
-    return rows
+    return binary_reliability(conf, right, bins)  # the top-1 confidence against whether the top-1 was right
 
 
 def expected_calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
