@@ -36,6 +36,7 @@ def _export_all(capsys, weights, folder, *args) -> dict:
     return reports
 
 
+@pytest.mark.heavy  # minutes of CPU: out of the default run (its 15-minute budget), in .ci/run's -m heavy and -m kernels
 @need_hym
 def test_lite0_finetune_every_format_and_int8_accuracy(tmp_path, capsys):
     weights = _train(
@@ -88,6 +89,7 @@ def test_resnet18_224_every_format(tmp_path, capsys):
     _export_all(capsys, weights, tmp_path, "--verify-images", "32", "--calib-images", "64")
 
 
+@pytest.mark.heavy  # minutes of CPU: out of the default run (its 15-minute budget), in .ci/run's -m heavy and -m kernels
 @need_cifar
 def test_airnet_with_test_time_augmentation_every_format(tmp_path, capsys):
     """A CIFAR-10 subset (2,000 train, 500 test images) through a CSV manifest; exports must carry the

@@ -140,7 +140,8 @@ class TrainConfig:
     gamma: float = opt(0.5, "step schedule: factor per decay", gt=0, le=1)
     label_smoothing: float = opt(
         0.0,
-        "cross-entropy label smoothing (1 would make every target uniform); multi-label: each target y becomes y(1-e)+e/2",
+        "multi-label: each target y becomes y(1-e)+e/2; single-label: cross-entropy label smoothing (1 would make "
+        "every target uniform)",
         ge=0,
         lt=1,
     )
