@@ -204,13 +204,18 @@ def open_source(
         else:
             src = _folder_source(path)
     if task == MULTILABEL and src.task != MULTILABEL:
-        raise DataError(
-            f"--task multilabel needs a multi-label CSV manifest, and '{data}' holds one label per image: write a CSV "
-            "with path,labels (cells like 'cat|dog') or one 0/1 column per label"
-        )
+        raise single_label_data(data)
     if carve:
         finish_split(src, val_fraction=val_fraction, seed=seed, group_by=group_by)
     return src
+
+
+def single_label_data(data: str) -> DataError:
+    """The refusal of `--task multilabel` for data that holds one label per image (folders, named sets, a CSV)."""
+    return DataError(
+        f"--task multilabel needs a multi-label CSV manifest, and '{data}' holds one label per image: write a CSV "
+        "with path,labels (cells like 'cat|dog') or one 0/1 column per label"
+    )
 
 
 def finish_split(

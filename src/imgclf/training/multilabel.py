@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgclf.core.errors import DataError, UsageError
+from imgclf.core.errors import UsageError
 from imgclf.core.multilabel import DEFAULT_THRESHOLD, MULTILABEL, SINGLE
 from imgclf.data.balance import choose_balance
-from imgclf.data.sources import csv_source
+from imgclf.data.sources import csv_source, single_label_data
 from imgclf.evaluation.multilabel import fit_thresholds, multilabel_metrics, parse_goal
 from imgclf.training.recipes import RECIPES
 
@@ -75,10 +75,7 @@ def data_task(data: str | None, asked: str) -> str:
     if path.is_file() and path.suffix.lower() == ".csv":
         return csv_source(path, want).task
     if want == MULTILABEL and (path.exists() or not path.suffix):
-        raise DataError(
-            f"--task multilabel needs a multi-label CSV manifest, and '{data}' holds one label per image: write a CSV "
-            "with path,labels (cells like 'cat|dog') or one 0/1 column per label"
-        )
+        raise single_label_data(data)
     return SINGLE
 
 
