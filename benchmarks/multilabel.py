@@ -106,17 +106,11 @@ def mean_ap(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean([average_precision_score(targets[:, k], scores[:, k]) for k in range(targets.shape[1])]))
 
 
-def ece_per_label(scores: np.ndarray, targets: np.ndarray, bins: int = 15) -> list[float]:
-    """Each label's expected calibration error of its sigmoid score (equal-width bins over [0, 1])."""
-    out = []
-    for k in range(targets.shape[1]):
-        s, y = scores[:, k], targets[:, k]
-        idx = np.minimum((s * bins).astype(int), bins - 1)
-        e = sum(
-            abs(s[idx == b].mean() - y[idx == b].mean()) * (idx == b).mean() for b in range(bins) if (idx == b).any()
-        )
-        out.append(float(e))
-    return out
+def ece_per_label(scores: np.ndarray, targets: np.ndarray) -> list[float]:
+    """Each label's expected calibration error of its sigmoid score: evaluate's own measure (15 bins)."""
+    from imgclf.evaluation.label_calibration import binary_ece
+
+    return [float(binary_ece(scores[:, k], targets[:, k])) for k in range(targets.shape[1])]
 
 
 def served_sets(cmd: list[str], paths: list[str], per_request: int = 16) -> list[list[str]]:
