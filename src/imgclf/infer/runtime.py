@@ -29,6 +29,7 @@ from torch.ao.quantization import quantize_dynamic
 
 from imgclf.compute.device import autocast, resolve_device, resolve_precision, to_layout
 from imgclf.core import modelfile, onnxrt
+from imgclf.core import ood as oodscores
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import CheckpointError, UsageError
 from imgclf.core.formats import FORMATS as EXPORT_FORMATS
@@ -37,10 +38,12 @@ from imgclf.core.multilabel import MULTILABEL, SINGLE, task_fields
 from imgclf.models.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
+    ood_of,
     task_of,
     temperature_of,
     validate_checkpoint,
 )
+from imgclf.models.embedding import FeatureOutputs
 from imgclf.models.registry import build_model
 from imgclf.models.tta import as_temperature, check_mode, shift_for, tta_logits, wrap
 
@@ -67,9 +70,32 @@ class Runner:
     tta: str | None = None  # test-time augmentation in `logits` (models/tta.py): None (its own), none, flip, flip-crop
     task: str = SINGLE  # core/multilabel.py: single (softmax) or multilabel (a sigmoid per label)
     thresholds: list[float] | None = None  # multilabel: a label is in an image's set when its score reaches it
+    ood: dict | None = None  # core/ood.py's record: out-of-distribution thresholds fitted on validation
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
+
+    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything one forward pass gives, by core/ood.py's OUTPUTS names: "logits" always; "features" (N x D
+        L2-normalised penultimate features) and "knn" (the k-th neighbour distance) where the model has them (a
+        checkpoint; an ONNX export written with them)."""
+        return {"logits": self.logits(x)}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """N x D L2-normalised penultimate features; a UsageError line for a model file that has none."""
+        out = self.outputs(x)
+        if "features" not in out:
+            raise UsageError(
+                f"'{self.path}' ({self.format}) gives no features: use the checkpoint, or an ONNX export of it "
+                "made by this imgclf (imgclf export --format onnx)"
+            )
+        return out["features"]
+
+    def ood_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(logits, {score name: N numbers}) of one forward pass: every out-of-distribution score this model can
+        give (core/ood.py; knn only where it has a bank)."""
+        out = self.outputs(x)
+        return out["logits"], oodscores.scores({k: v.numpy() for k, v in out.items()}, self.task)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's probabilities from its logits: softmax over classes, or one sigmoid per label."""
@@ -77,6 +103,8 @@ class Runner:
 
     def metadata(self) -> dict:
         more = {"task": self.task, "thresholds": self.thresholds} if self.task != SINGLE else {}
+        if self.ood is not None:
+            more["ood"] = self.ood
         return modelfile.metadata(self, temperature=self.temperature, tta=self.tta, **more)
 
 
@@ -111,6 +139,7 @@ class CheckpointRunner(Runner):
             tta=check_mode(tta),
         )
         self.task, self.thresholds = task_of(ckpt)
+        self.ood, self.bank = ood_of(ckpt)
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.amp = resolve_precision(precision, self.device)
@@ -130,11 +159,21 @@ class CheckpointRunner(Runner):
         with autocast(self.device, self.amp):
             return self.net(to_layout(x.to(self.device), self.channels_last)).float().cpu()
 
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if getattr(self, "_tapped", None) is None:
+            bank = self.bank.to(self.device) if self.bank is not None else None
+            self._tapped = FeatureOutputs(self.net, self.model, self.model_name, bank, (self.ood or {}).get("k"))
+        with autocast(self.device, self.amp):
+            got = self._tapped(to_layout(x.to(self.device), self.channels_last))
+        return {name: t.float().cpu() for name, t in zip(oodscores.OUTPUTS, got)}
+
 
 # --------------------------------------------------------------------------------------------- exported files
 
 
 def _fields_from_meta(path: str, meta: dict, fmt: str) -> dict:
+    oodscores.check_record(meta.get("ood"), f"'{path}'")  # a damaged record is its own line
     try:
         task, thresholds = task_fields(meta, len(meta["classes"]), where=f"'{path}'")
         return dict(
@@ -148,6 +187,7 @@ def _fields_from_meta(path: str, meta: dict, fmt: str) -> dict:
             config=dict(meta.get("config") or {}),
             temperature=as_temperature(meta.get("temperature")),  # in the graph already, recorded for people
             tta=meta.get("tta"),
+            ood=oodscores.check_record(meta.get("ood"), f"'{path}'"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
@@ -250,8 +290,17 @@ class OnnxRunner(Runner):
         self.extra = export_extra(meta, **runs_on)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outputs(x)["logits"]
+
+    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The graph's outputs by name: "logits" (the first, whatever the file calls it), and "features" and "knn"
+        where the export wrote them (core/ood.py's OUTPUTS)."""
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0]).float()
+        got = self.session.run(None, {self.input_name: arr})
+        names = [o.name for o in self.session.get_outputs()]
+        out = {"logits": torch.from_numpy(got[0]).float()}
+        out.update({n: torch.from_numpy(v).float() for n, v in zip(names[1:], got[1:]) if n in oodscores.OUTPUTS})
+        return out
 
 
 class TTARunner(Runner):

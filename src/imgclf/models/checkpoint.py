@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from imgclf.compute.device import to_layout
+from imgclf.core import ood
 from imgclf.core.errors import CheckpointError, did_you_mean
 from imgclf.core.fileio import atomic_open
 from imgclf.core.multilabel import MULTILABEL, SINGLE, task_fields
@@ -46,6 +47,7 @@ def make_checkpoint(
     train_state: dict | None = None,
     task: str = SINGLE,
     thresholds: list[float] | None = None,
+    ood: dict | None = None,
 ) -> dict:
     """The checkpoint of `model`. `task` (core/multilabel.py): single or multilabel; a multi-label model's
     `thresholds` (one per class, fitted on validation) turn its sigmoid scores into label sets."""
@@ -67,7 +69,18 @@ def make_checkpoint(
     if task != SINGLE:  # a single-label checkpoint is written as before: older readers read it
         ckpt["task"] = task
         ckpt["thresholds"] = [float(t) for t in thresholds] if thresholds is not None else None
+    if ood is not None:  # {"record": core/ood.py's record, "bank": N x D float16 normalised features or None}
+        ckpt["ood"] = ood
     return ckpt
+
+
+def ood_of(ckpt: dict) -> tuple[dict | None, torch.Tensor | None]:
+    """(record, bank) of a validated checkpoint's out-of-distribution entry (core/ood.py); (None, None) for a
+    checkpoint without one. The bank is N x D normalised training features (float16), None without kNN."""
+    entry = ckpt.get("ood")
+    if entry is None:
+        return None, None
+    return entry["record"], entry.get("bank")
 
 
 def task_of(ckpt: dict) -> tuple[str, list[float] | None]:
@@ -257,6 +270,8 @@ def _check_entries(ckpt: dict, path: str) -> None:
         bad.append(f"'temperature' ({what}; run imgclf calibrate again)")
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         bad.append("'state_dict' (tensors by name)")
+    if not _ood_entry_ok(ckpt.get("ood")):
+        bad.append("'ood' (out-of-distribution thresholds and feature bank; run imgclf calibrate again)")
     if bad:
         raise CheckpointError(f"'{path}' has damaged entries, {'; '.join(bad)}: {_USE_ANOTHER}")
     dup = sorted(c for c, k in Counter(classes).items() if k > 1)
@@ -264,6 +279,21 @@ def _check_entries(ckpt: dict, path: str) -> None:
         raise CheckpointError(
             f"'{path}' names a class twice ({', '.join(dup[:5])}), so its labels are ambiguous: {_USE_ANOTHER}"
         )
+
+
+def _ood_entry_ok(entry) -> bool:
+    if entry is None:
+        return True
+    if not isinstance(entry, dict):
+        return False
+    try:
+        ood.check_record(entry.get("record"), "the checkpoint")
+    except CheckpointError:
+        return False
+    bank = entry.get("bank")
+    return entry.get("record") is not None and (
+        bank is None or (isinstance(bank, torch.Tensor) and bank.dim() == 2 and bank.shape[0] > 0)
+    )
 
 
 def _check_classes(ckpt: dict, path: str) -> None:
