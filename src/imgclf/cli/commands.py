@@ -79,6 +79,26 @@ TABLE = [
         "them into the one --output file.",
     ),
     Command(
+        "embed",
+        "each image's features (normalised) as a Parquet file, with path, label and split, for similar",
+        o.EmbedOptions,
+        "imgclf.cli.run_embed:embed_command",
+        nproc=True,
+        intermixed=True,
+        description="Write the penultimate features of a model (L2-normalised) for every image of a data set "
+        "(every split, with labels) or of files, folders and --files-from, to a Parquet file that records the "
+        "model that made them. Streamed as predict streams (--resume, torchrun). See docs/embeddings.md.",
+    ),
+    Command(
+        "similar",
+        "the images of an embedding index nearest to query images, with distances and a contact sheet",
+        o.SimilarOptions,
+        "imgclf.cli.run_embed:similar_command",
+        description="Embed the query images with WEIGHTS and find their nearest images in --index (written by "
+        "imgclf embed with the same model) by cosine similarity (faiss); distance sqrt(2 - 2 cos). A table, or "
+        "JSON lines with --json, and a contact sheet with --sheet. See docs/embeddings.md.",
+    ),
+    Command(
         "export",
         "export a checkpoint (TorchScript, pt2, ONNX, int8), verified against PyTorch",
         ExportOptions,
