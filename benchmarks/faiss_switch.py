@@ -2,10 +2,12 @@
 times of IndexFlatIP (exact) against IndexHNSWFlat and IndexIVFFlat (approximate, inner product) on random
 L2-normalised vectors, and the approximate indexes' recall@10 (the share of the exact 10 nearest they return).
 
-Random vectors are the hard case for an approximate index (no clusters to exploit): real embeddings, which
-cluster by class, give it a higher recall at the same settings.
+Uniform random vectors are the hard case for an approximate index (no clusters to exploit); `--clusters C` draws
+them around C random centres instead (a centre plus noise of the same norm, normalised), as embeddings cluster by
+class; the queries are drawn the same way.
 
     .venv/bin/python benchmarks/faiss_switch.py [--sizes 10000 60000 200000] [--dims 256 1280] [--queries 10 1000]
+        [--hnsw-up-to N] [--clusters C]
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from imgclf.studies.similar import approximate_index, exact_index
 K = 10
 
 
-def normalised(n: int, d: int, rng) -> np.ndarray:
+def normalised(n: int, d: int, rng, centres: np.ndarray | None = None) -> np.ndarray:
     x = rng.standard_normal((n, d), dtype=np.float32)
+    if centres is not None:
+        x = centres[rng.integers(0, len(centres), n)] * np.float32(np.sqrt(d)) + x
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -33,9 +37,10 @@ def timed(f):
     return out, time.perf_counter() - t
 
 
-def one(n: int, d: int, queries: list[int], rng, hnsw_up_to: int) -> list[dict]:
-    base = normalised(n, d, rng)
-    q = normalised(max(queries), d, rng)
+def one(n: int, d: int, queries: list[int], rng, hnsw_up_to: int, clusters: int = 0) -> list[dict]:
+    centres = normalised(clusters, d, rng) if clusters else None
+    base = normalised(n, d, rng, centres)
+    q = normalised(max(queries), d, rng, centres)
     rows = []
     exact, built = timed(lambda: exact_index(base))
     (_, truth), _ = timed(lambda: exact.search(q, K))
@@ -51,6 +56,7 @@ def one(n: int, d: int, queries: list[int], rng, hnsw_up_to: int) -> list[dict]:
             recall = float(np.mean([len(set(g) & set(t)) / K for g, t in zip(got, truth[:nq])]))
             rows.append(
                 {
+                    "clusters": clusters,
                     "n": n,
                     "d": d,
                     "index": name,
@@ -71,13 +77,14 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[256, 1280])
     ap.add_argument("--queries", type=int, nargs="+", default=[10, 1000])
     ap.add_argument("--hnsw-up-to", type=int, default=200_000, help="HNSW's build is slow: only up to this size")
+    ap.add_argument("--clusters", type=int, default=0, help="vectors around this many centres (0: uniform)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads", flush=True)
     rng = np.random.default_rng(a.seed)
     for d in a.dims:
         for n in a.sizes:
-            one(n, d, a.queries, rng, a.hnsw_up_to)
+            one(n, d, a.queries, rng, a.hnsw_up_to, a.clusters)
 
 
 if __name__ == "__main__":

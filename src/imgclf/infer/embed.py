@@ -74,6 +74,11 @@ class FileEntries:
         return (Entry(p) for p in self.inputs)
 
     def check(self) -> None:
+        if not self.paths and self.files_from is None:
+            raise UsageError(
+                "nothing to embed: give a data set (cifar10, a CSV, a folder with train/), image files "
+                "or folders, or --files-from LIST"
+            )
         self.inputs.check()
 
     def survey(self):
@@ -121,26 +126,35 @@ class SourceEntries:
         return {"data": self.data, "data_root": self.data_root or self.config.get("data_root")}
 
 
-def names_data(path: str, config: dict) -> bool:
+def names_data(path: str, config) -> bool:
     """Whether one PATH names a data set (labels and splits) rather than images: a built-in set, a CSV manifest,
-    a folder with a train/ split folder, or the data the model was trained on."""
+    a folder with a train/ split folder, or the data the model was trained on (`config()`: the model's training
+    config, read only for a folder without split folders)."""
     if str(path).lower().replace("-", "").replace("_", "") in BUILTIN and not os.path.exists(path):
         return True
     if os.path.isfile(path):
         return path.lower().endswith(".csv")
     if not os.path.isdir(path):
         return False
-    own = config.get("data")
-    return "train" in find_split_dirs(Path(path)) or (own is not None and os.path.abspath(own) == os.path.abspath(path))
+    if "train" in find_split_dirs(Path(path)):
+        return True
+    own = config().get("data")
+    return own is not None and os.path.abspath(own) == os.path.abspath(path)
 
 
 def entries_for(weights, paths, files_from, data_root: str | None = None):
     """The entries of `embed`'s inputs (see the module's docstring)."""
     paths = [str(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
     if len(paths) == 1 and files_from is None:
-        config = open_model(str(weights), device="cpu").config  # the run's split and fixes, for its own data
+        known: list[dict] = []
+
+        def config() -> dict:  # the run's data, split and fixes; the model file read once, on the CPU
+            if not known:
+                known.append(open_model(str(weights), device="cpu").config)
+            return known[0]
+
         if names_data(paths[0], config):
-            return SourceEntries(paths[0], config, data_root)
+            return SourceEntries(paths[0], config(), data_root)
     return FileEntries(Inputs(tuple(paths), None if files_from is None else str(files_from)))
 
 

@@ -144,3 +144,12 @@ def test_torchrun_two_ranks_write_what_one_process_writes(tmp_path, tiny_best, t
     assert res.returncode == 0, res.stderr
     assert _rows(tmp_path / "two.parquet") == _rows(tmp_path / "one.parquet")
     assert pq.read_schema(tmp_path / "two.parquet").metadata == pq.read_schema(tmp_path / "one.parquet").metadata
+
+
+@pytest.mark.parametrize("family", ["test_tiny", "smallcnn"])
+def test_each_cheap_family_gives_normalised_features(family, family_checkpoint, tiny_data):
+    """Every family's head input, by the registry's hook (models/embedding.py; the others: tests/integration)."""
+    embedder = Embedder(family_checkpoint(family), device="cpu", batch_size=2)
+    rows = embedder.embed(expand_paths([tiny_data / "test"])[:3])
+    vectors = np.stack([r["embedding"] for r in rows])
+    assert vectors.shape == (3, embedder.dim) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
