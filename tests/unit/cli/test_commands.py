@@ -77,6 +77,8 @@ DECODERS = {
     "lr-find",
     "evaluate",
     "predict",
+    "embed",
+    "similar",
     "export",
     "bench",
     "select",

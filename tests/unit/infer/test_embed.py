@@ -127,7 +127,6 @@ def test_bad_requests_exit_2_in_one_line_before_any_work(tmp_path, tiny_best, ti
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".parquet")]
 
 
-@pytest.mark.heavy  # ~30 s of two torchrun ranks starting: predict's torchrun test covers the same merge by default
 def test_torchrun_two_ranks_write_what_one_process_writes(tmp_path, tiny_best, tiny_data):
     argv = _embed(tiny_best, tiny_data, "--batch-size", 5, "--part-rows", 10)
     torch_threads = torch.get_num_threads()
