@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from imgclf.cli import options as o
 from imgclf.cli.console import world_size
+from imgclf.cli.embed_options import EmbedOptions, SimilarOptions
 from imgclf.cli.export_options import BenchOptions, ExportOptions
 from imgclf.core.lazy import Named
 from imgclf.core.options import add_options, options_from
@@ -81,7 +82,7 @@ TABLE = [
     Command(
         "embed",
         "each image's features (normalised) as a Parquet file, with path, label and split, for similar",
-        o.EmbedOptions,
+        EmbedOptions,
         "imgclf.cli.run_embed:embed_command",
         nproc=True,
         intermixed=True,
@@ -92,7 +93,7 @@ TABLE = [
     Command(
         "similar",
         "the images of an embedding index nearest to query images, with distances and a contact sheet",
-        o.SimilarOptions,
+        SimilarOptions,
         "imgclf.cli.run_embed:similar_command",
         description="Embed the query images with WEIGHTS and find their nearest images in --index (written by "
         "imgclf embed with the same model) by cosine similarity (faiss); distance sqrt(2 - 2 cos). A table, or "

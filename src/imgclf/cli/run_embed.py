@@ -8,7 +8,7 @@ import logging
 import sys
 
 from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_output_file
-from imgclf.cli.options import EmbedOptions, SimilarOptions
+from imgclf.cli.embed_options import EmbedOptions, SimilarOptions
 from imgclf.compute.distributed import world_from_env
 from imgclf.core.errors import ImgclfError
 from imgclf.core.escape import one_line
