@@ -20,7 +20,9 @@ from imgclf.core.shared_options import (
     GROUP_BY,
     JSON,
     MIN_CONFIDENCE,
+    OOD_SCORE,
     PRECISION,
+    REJECT,
     SPLIT,
     TTA,
     WEIGHTS,
@@ -216,6 +218,8 @@ class PredictOptions:
     threshold: str | None = opt(
         None, "a multi-label model: this one threshold (0 to 1) for every label instead of its own", metavar="T"
     )
+    reject: str | None = REJECT.field()
+    ood_score: str | None = OOD_SCORE.field()
 
 
 @dataclass(frozen=True, kw_only=True)

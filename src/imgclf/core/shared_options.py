@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from imgclf.core.ood import SCORES
 from imgclf.core.options import Opt, Range
 
 DEVICE = Opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
@@ -46,6 +47,22 @@ MIN_CONFIDENCE = Opt(
     "probability is below P",
     metavar="P",
     range=Range(gt=0, le=1),
+)
+# "none of these" (core/ood.py): predict's, streaming predict's and the server's rejection of images unlike the
+# training data, beside --min-confidence; both may be given (each adds its own field; the label is null when either
+# says so)
+REJECT = Opt(
+    None,
+    'ood: answer "unknown" (label null, "unknown": true, and "ood": the score, its value and threshold) for an image '
+    "unlike the model's training data, whose out-of-distribution score is above the threshold fitted on validation "
+    "images (the model needs them: imgclf calibrate fits them)",
+    choices=("ood",),
+)
+OOD_SCORE = Opt(
+    None,
+    "the score --reject ood uses: knn (distance to the nearest training features; a checkpoint, or an ONNX export "
+    "of one), energy (from the logits) or msp (1 - the top probability) [knn where the model has it, else energy]",
+    choices=SCORES,
 )
 
 # The pixel limit of every command that decodes image files (data/images.MAX_PIXELS is its default, applied by
