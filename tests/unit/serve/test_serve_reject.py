@@ -6,12 +6,13 @@ the web page; and the slim ONNX model's rule from its metadata (no torch in Onnx
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 
 import numpy as np
 import pytest
-from conftest import usage_error, with_ood
+from conftest import chromium_page, needs_chromium, usage_error, with_ood
 from PIL import Image
 
 with warnings.catch_warnings():
@@ -147,6 +148,37 @@ def test_openapi_and_the_page(client):
     # "none of these" with the score's name, value and threshold, written as text (never as markup)
     assert '"none of these"' in html and 'o.score + " score "' in html and "innerHTML" not in html
     assert '"&reject=" + ($("reject").checked ? "ood" : "none")' in html
+
+
+@pytest.mark.integration
+@needs_chromium
+def test_the_page_says_none_of_these_with_the_score(ood_ckpt, files):
+    """In a real browser, a server rejecting by default: noise is "none of these" with the score, its value and
+    threshold; a test image keeps its label; unticking the box asks reject=none."""
+    from test_app import _uvicorn
+
+    app = create_app(ood_ckpt, ServeSettings(warmup=False, explain=False, device="cpu", reject="ood"))
+    label = "document.getElementById('label').textContent"
+    with _uvicorn(app) as (_, port), chromium_page() as page:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.getElementById('oodrow').style.display === 'flex'")
+        assert page.is_checked("#reject")  # the server's default
+        page.set_input_files("#file", files[0])
+        page.wait_for_function(f"{label} === 'none of these'")
+        assert page.get_attribute("#label", "class") == "unknown"
+        assert re.fullmatch(
+            r"knn score [0-9.]+ is above the threshold [0-9.e-]+: unlike the images the model "
+            r"was trained on",
+            page.text_content("#ood"),
+        ), page.text_content("#ood")
+        assert len(page.locator(".topk-label").all_inner_texts()) == 3  # the probabilities still shown
+        page.set_input_files("#file", files[2])
+        page.wait_for_function(f"{label}.length > 0 && {label} !== 'none of these'")
+        assert "is within the threshold" in page.text_content("#ood")
+        page.uncheck("#reject")
+        page.set_input_files("#file", files[1])
+        page.wait_for_function(f"{label}.length > 0")
+        assert page.text_content("#label") != "none of these" and page.text_content("#ood") == ""
 
 
 # --------------------------------------------------------------------------------------------- the slim model
