@@ -40,6 +40,14 @@ from imgclf.serve.upload import (
     within_timeout,
 )
 
+# /predict's optional form fields, each parsed as it arrives (reject and ood_score are checked by `rejection`)
+PREDICT_FIELDS = {
+    "top_k": parse_top_k,
+    "min_confidence": parse_min_confidence,
+    "reject": parse_text,
+    "ood_score": parse_text,
+}
+
 
 async def handle_predict(
     state: ServerState, request: Request, top_k: int | None, min_confidence: str | None, ood: dict
@@ -58,8 +66,7 @@ async def predict(
     state: ServerState, request: Request, top_k: int | None, threshold: float | None, ood: dict, phase: Phase
 ) -> JSONResponse:
     s = state.settings
-    fields = {"top_k": parse_top_k, "min_confidence": parse_min_confidence, "reject": parse_text}
-    up = await read_upload(request, s, {**fields, "ood_score": parse_text}, s.max_files)
+    up = await read_upload(request, s, PREDICT_FIELDS, s.max_files)
     top_k = up.values.get("top_k", top_k)
     threshold = up.values.get("min_confidence", threshold)
     check_unsure(state, threshold)
