@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgclf.core.ood import SCORES
 from imgclf.core.options import Opt, Range
 
 DEVICE = Opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
@@ -48,6 +47,10 @@ MIN_CONFIDENCE = Opt(
     metavar="P",
     range=Range(gt=0, le=1),
 )
+# core/ood.SCORES, named here without importing that module (NumPy): imgclf-serve builds its parser from these
+# declarations before glibc's malloc arenas are capped, which must come before NumPy loads (serve/main.py); a test
+# checks that the two agree
+OOD_SCORES = ("msp", "energy", "knn")
 # "none of these" (core/ood.py): predict's, streaming predict's and the server's rejection of images unlike the
 # training data, beside --min-confidence; both may be given (each adds its own field; the label is null when either
 # says so)
@@ -62,7 +65,7 @@ OOD_SCORE = Opt(
     None,
     "the score --reject ood uses: knn (distance to the nearest training features; a checkpoint, or an ONNX export "
     "of one), energy (from the logits) or msp (1 - the top probability) [knn where the model has it, else energy]",
-    choices=SCORES,
+    choices=OOD_SCORES,
 )
 
 # The pixel limit of every command that decodes image files (data/images.MAX_PIXELS is its default, applied by

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ with warnings.catch_warnings():
 
 from imgclf.core import ood
 from imgclf.core.errors import UsageError
+from imgclf.core.shared_options import OOD_SCORE
 from imgclf.infer.predict import Predictor, expand_paths
 from imgclf.infer.runtime import open_model
 from imgclf.serve import ServeSettings, create_app
@@ -28,6 +32,7 @@ from imgclf.serve.onnx_model import OnnxModel
 from imgclf.serve.routes import page
 
 QUICK = dict(max_wait_ms=1, warmup=False, explain=False)
+SRC = str(Path(__file__).resolve().parents[3] / "src")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +153,15 @@ def test_openapi_and_the_page(client):
     # "none of these" with the score's name, value and threshold, written as text (never as markup)
     assert '"none of these"' in html and 'o.score + " score "' in html and "innerHTML" not in html
     assert '"&reject=" + ($("reject").checked ? "ood" : "none")' in html
+
+
+def test_the_score_names_agree_and_imgclf_serve_parses_before_numpy_loads():
+    """--ood-score's choices are core/ood's scores, named in core/shared_options without importing core/ood: the
+    slim console script builds its parser before it caps malloc's arenas, which must come before NumPy loads."""
+    assert OOD_SCORE.choices == ood.SCORES
+    code = "import sys, imgclf.serve.main; print(sorted(m for m in sys.modules if m.split('.')[0] == 'numpy'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": SRC})
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
 
 
 @pytest.mark.integration
