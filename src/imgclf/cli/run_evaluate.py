@@ -24,6 +24,7 @@ from imgclf.evaluation.command import evaluate
 from imgclf.evaluation.explain import explain
 from imgclf.evaluation.metrics import format_report
 from imgclf.evaluation.multilabel_eval import format_multilabel_report
+from imgclf.evaluation.ood_eval import format_ood
 from imgclf.evaluation.report import build_report
 from imgclf.evaluation.robustness import format_table, robustness
 from imgclf.training.curriculum import score
@@ -46,6 +47,7 @@ def evaluate_command(o: EvaluateOptions) -> int:
         precision=o.precision,
         tta=o.tta,
         fixes=o.apply_fixes,
+        ood_data=o.ood_data,
     )
     if rank() > 0:  # under torchrun: every rank has the metrics, rank 0 reports them
         return 0
@@ -57,6 +59,8 @@ def evaluate_command(o: EvaluateOptions) -> int:
     else:
         print(format_report(m))
         log.info("wrote eval.json, confusion_matrix.png, misclassified.png, reliability.png to %s", m["out"])
+    if "ood" in m and not o.json:
+        print(format_ood(m["ood"]))
     return 0
 
 
