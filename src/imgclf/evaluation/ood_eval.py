@@ -186,8 +186,9 @@ def format_ood(o: dict) -> str:
         lines.append(f"({o['note']})")
     elif accept is not None:
         lines.append(f"(stored thresholds accept {accept:.0%} of the validation images they were fitted on)")
-    if o["left_out"]:
-        lines.append(f"({len(o['left_out'])} unknown image files could not be read and were left out)")
+    n = len(o["left_out"])
+    if n:
+        lines.append(f"({n} unknown image file{'s' * (n != 1)} could not be read: left out, listed in eval.json)")
     return "\n".join(lines)
 
 

@@ -32,14 +32,15 @@ def section_ood(f: Folder) -> str:
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
     figures = "".join(f"<div>{_figure(f, name, s)}</div>" for name, s in o["scores"].items())
     stored = o.get("note") or (
-        f"stored thresholds accept {o['stored']['accept']:.0%} of the validation images they were fitted on"
+        f"the stored thresholds accept {o['stored']['accept']:.0%} of the validation images they were fitted on"
     )
-    left = f"; {len(o['left_out'])} unreadable files left out" if o.get("left_out") else ""
+    n = len(o.get("left_out") or ())
+    left = f"; {n} unreadable file{'s' * (n != 1)} left out (eval.json lists them)" if n else ""
     return (
         f"<p>{o['unknown_images']} unknown images ({escape(o['data'])}) against {o['known_images']} known "
-        f"({escape(o['split'])}){escape(left)}. {escape(stored)}.</p>{table}"
-        f"<p>AUROC: {escape(DEFINITIONS['auroc'])}, unknown positive. FPR at 95% TPR: "
-        f"{escape(DEFINITIONS['fpr_at_95_tpr'])}.</p><div class='row'>{figures}</div>"
+        f"({escape(o['split'])}){escape(left)}. {escape(stored[0].upper() + stored[1:])}.</p>{table}"
+        f"<p>AUROC: {escape(DEFINITIONS['auroc'])}. FPR at 95% TPR: {escape(DEFINITIONS['fpr_at_95_tpr'])}.</p>"
+        f"<div class='row'>{figures}</div>"
     )
 
 

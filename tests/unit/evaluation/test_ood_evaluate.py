@@ -117,10 +117,11 @@ def test_cli_without_stored_thresholds_reports_auroc_and_a_note(capsys, tiny_bes
     rc = main(["evaluate", tiny_best, "--out", str(tmp_path / "e"), "--workers", "0", "--ood-data", str(noise_dir)])
     out, err = capsys.readouterr()
     assert rc == 0, err
+    assert "ood_msp.png, ood_energy.png" in err
     text = out[out.index("out-of-distribution:") :]
     assert re.search(r"^msp\s+\d\.\d{4}\s+\d\.\d{4}\s+-\s+-\s+-$", text, re.M), text
     assert re.search(r"^energy\s+\d\.\d{4}", text, re.M) and "\nknn" not in text  # no bank: no kNN score
-    assert "imgclf calibrate" in text and "1 unknown image files could not be read" in text
+    assert "imgclf calibrate" in text and "1 unknown image file could not be read" in text
     o = json.loads((tmp_path / "e" / "eval.json").read_text())["ood"]
     assert set(o["scores"]) == {"msp", "energy"} and "imgclf calibrate" in o["note"]
     assert o["stored"] is None and o["scores"]["msp"]["rejected_unknown"] is None
@@ -141,3 +142,33 @@ def test_ood_data_usage_errors(capsys, tiny_best, tmp_path):
     line = usage_error(capsys, base + [str(tmp_path / "bad")])
     assert "none of its 2 image files can be read" in line
     assert not (tmp_path / "e").exists()  # refused before anything was written
+
+
+def test_an_export_without_features_gives_msp_and_energy_as_its_checkpoint_does(ood_ckpt, noise_dir, tmp_path):
+    """A TorchScript file has no feature output: msp and energy only, the same numbers as the checkpoint's."""
+    from imgclf.exporting.export import export
+
+    ts = export(ood_ckpt, "torchscript", out=str(tmp_path / "m.ts"), calib_images=8, verify_images=4)["out"]
+    kw = dict(split="val", workers=0, device="cpu", precision="fp32", plots=False, ood_data=str(noise_dir))
+    got = evaluate(ts, out=str(tmp_path / "ts"), **kw)["ood"]
+    ref = evaluate(ood_ckpt, out=str(tmp_path / "ck"), **kw)["ood"]
+    assert set(got["scores"]) == {"msp", "energy"} and got["unknown_images"] == 14
+    for name in ("msp", "energy"):
+        for key in ("auroc", "fpr_at_95_tpr"):
+            assert got["scores"][name][key] == pytest.approx(ref["scores"][name][key], abs=1e-6)
+
+
+def test_a_multilabel_model(multilabel_ckpt, noise_dir, tmp_path):
+    """A multi-label model's scores (core/ood.py: 1 - its highest sigmoid, the joint energy) are measured alike."""
+    o = evaluate(multilabel_ckpt, split="val", out=str(tmp_path / "ml"), workers=0, device="cpu", ood_data=noise_dir)[
+        "ood"
+    ]
+    runner = open_model(multilabel_ckpt, device="cpu")
+    known = _scores(runner, open_model_data(runner.config, None, "val")[1])
+    unknown = _scores(runner, _files(noise_dir))
+    assert set(o["scores"]) == {"msp", "energy"} and o["known_images"] == len(known["msp"]) == 10
+    for name, s in o["scores"].items():
+        y = np.r_[np.zeros(len(known[name])), np.ones(len(unknown[name]))]
+        assert s["auroc"] == pytest.approx(roc_auc_score(y, np.r_[known[name], unknown[name]]), abs=1e-6)
+    assert (tmp_path / "ml" / "ood_energy.png").is_file()
+    assert '<section id="ood">' in (tmp_path / "ml" / "report.html").read_text(encoding="utf-8")
