@@ -102,10 +102,10 @@ def measure_score(known: np.ndarray, unknown: np.ndarray, threshold: float | Non
     k, u = np.asarray(known, dtype=np.float64), np.asarray(unknown, dtype=np.float64)
     fk, fu = k[np.isfinite(k)], u[np.isfinite(u)]
     y = np.r_[np.zeros(len(fk)), np.ones(len(fu))]
-    t95 = oodscores.threshold_for(fk, TPR)
+    t95 = oodscores.threshold_for(fk, TPR) if len(fk) and len(fu) else None  # a model that gives NaN everywhere
     out = {
-        "auroc": float(roc_auc_score(y, np.r_[fk, fu])),
-        "fpr_at_95_tpr": float(np.mean(fu <= t95)),
+        "auroc": None if t95 is None else float(roc_auc_score(y, np.r_[fk, fu])),
+        "fpr_at_95_tpr": None if t95 is None else float(np.mean(fu <= t95)),
         "threshold_at_95_tpr": t95,
         "threshold": None if threshold is None else float(threshold),
         "rejected_unknown": None if threshold is None else float(np.mean(u > threshold)),
@@ -120,7 +120,7 @@ def measure_score(known: np.ndarray, unknown: np.ndarray, threshold: float | Non
 def histogram(known: np.ndarray, unknown: np.ndarray, threshold: float | None, bins: int = HIST_BINS) -> dict:
     """Counts of `known` and `unknown` in `bins` shared bins spanning both (and the threshold)."""
     both = np.r_[known, unknown] if threshold is None else np.r_[known, unknown, threshold]
-    lo, hi = float(both.min()), float(both.max())
+    lo, hi = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
@@ -168,6 +168,10 @@ def _pct(v) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def format_ood(o: dict) -> str:
     """The text report's lines for eval.json's "ood" block."""
     accept = (o.get("stored") or {}).get("accept")
@@ -178,9 +182,9 @@ def format_ood(o: dict) -> str:
     ]
     for name, s in o["scores"].items():
         t = "-" if s["threshold"] is None else f"{s['threshold']:.4g}"
+        auroc, fpr = (_num(s[key], "6.4f") for key in ("auroc", "fpr_at_95_tpr"))
         lines.append(
-            f"{name:<7}  {s['auroc']:6.4f}  {s['fpr_at_95_tpr']:6.4f}  {t:>9}  {_pct(s['rejected_unknown']):>16}  "
-            f"{_pct(s['rejected_known']):>14}"
+            f"{name:<7}  {auroc:>6}  {fpr:>6}  {t:>9}  {_pct(s['rejected_unknown']):>16}  {_pct(s['rejected_known']):>14}"
         )
     if "note" in o:
         lines.append(f"({o['note']})")

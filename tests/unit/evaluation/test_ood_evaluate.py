@@ -172,3 +172,15 @@ def test_a_multilabel_model(multilabel_ckpt, noise_dir, tmp_path):
         assert s["auroc"] == pytest.approx(roc_auc_score(y, np.r_[known[name], unknown[name]]), abs=1e-6)
     assert (tmp_path / "ml" / "ood_energy.png").is_file()
     assert '<section id="ood">' in (tmp_path / "ml" / "report.html").read_text(encoding="utf-8")
+
+
+def test_non_finite_scores_are_counted_and_left_out():
+    from imgclf.evaluation.ood_eval import format_ood, measure_score, ood_metrics
+
+    s = measure_score(np.array([0.1, 0.2, np.inf]), np.array([1.0, np.nan, 2.0]), threshold=0.5)
+    assert s["auroc"] == 1.0 and s["non_finite"] == {"known": 1, "unknown": 1}
+    assert sum(s["histogram"]["known"]) == 2 and sum(s["histogram"]["unknown"]) == 2
+    none = {"energy": np.array([np.nan, np.nan])}
+    o = ood_metrics(none, {"energy": np.array([1.0])}, None, folder="/x", split="val", left_out=[])
+    assert o["scores"]["energy"]["auroc"] is None and "imgclf calibrate" in o["note"]
+    assert re.search(r"^energy\s+-\s+-\s+-\s+-\s+-$", format_ood(o), re.M)
