@@ -40,6 +40,7 @@ from imgclf.core.formats import DEFAULT_OPSET, FORMATS, ExportFormat
 from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.version import __version__
 from imgclf.exporting.context import CALIB_METHODS, DEFAULT_INT8_TRIES, ExportContext
+from imgclf.exporting.outputs import ONNX_FORMATS, output_names, record_for
 from imgclf.exporting.verify import ImageSample, VerificationError, accuracy_on, verify
 from imgclf.infer.runtime import CheckpointRunner, Runner, open_model
 from imgclf.models.tta import check_mode
@@ -71,8 +72,13 @@ def default_out(weights: str, fmt: ExportFormat) -> str:
 
 
 def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dict:
+    """The imgclf metadata of an export of `ref` as `fmt`. ONNX files add "outputs" (their graph's outputs:
+    logits, features and, with a bank, knn; the writer adds the shapes); every file carries the checkpoint's
+    out-of-distribution record as "ood", without its knn threshold where the file has no knn output, and no
+    "ood" where no threshold remains. "output" (the logits) stays for older readers."""
     ckpt = ref.ckpt
-    return {
+    names = output_names(ref) if fmt.name in ONNX_FORMATS else ["logits"]
+    meta = {
         "imgclf_export": 1,
         "format": fmt.name,
         "model": ref.model_name,
@@ -106,6 +112,12 @@ def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dic
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     }
+    if fmt.name in ONNX_FORMATS:
+        meta["outputs"] = [{"name": n} for n in names]
+    record = record_for(ref.ood, names)
+    if record is not None:
+        meta["ood"] = record
+    return meta
 
 
 # --------------------------------------------------------------------------------------------- the command
@@ -243,7 +255,8 @@ def _write_verified(ctx: ExportContext, fmt: ExportFormat, tmp: str, out: str, c
     log.info("exporting %s (%s) as %s ...", weights, ref.model_name, fmt.name)
     fmt.write(ctx, tmp, meta)
     exported = open_model(tmp, device="cpu", format=fmt.name)
-    report = verify(ref, exported, ctx.check, int8=fmt.int8, ref_logits=ctx.check_logits())
+    outputs = [o["name"] for o in meta.get("outputs", [{"name": "logits"}])]
+    report = verify(ref, exported, ctx.check, int8=fmt.int8, ref_outputs=ctx.check_outputs(), outputs=outputs)
     if not report["ok"]:
         raise VerificationError(
             f"{fmt.name} export of {weights} failed verification on {checked_on}: {report['reason']}; "
@@ -256,6 +269,7 @@ def _write_verified(ctx: ExportContext, fmt: ExportFormat, tmp: str, out: str, c
         "model": ref.model_name,
         "size_bytes": os.path.getsize(tmp),
         "verification": {**report, "data": checked_on},
+        "outputs": meta.get("outputs", [meta["output"]]),
         "note": fmt.note,
         "export": meta["export"],
         "temperature": ref.temperature,
