@@ -17,8 +17,11 @@ infer/runtime.py that opens it.
                   state dict, loads with weights_only=True)
 
 Every file carries imgclf metadata (`make_metadata`: format, model name, classes, preprocessing, training config,
-the source checkpoint): ONNX `metadata_props["imgclf"]`, `extra/imgclf.json` in TorchScript and pt2 archives, a
-`meta` entry in the dynamic-int8 dict. `runtime.open_model` reads any of them.
+the source checkpoint, the out-of-distribution record where the checkpoint has one): ONNX
+`metadata_props["imgclf"]`, `extra/imgclf.json` in TorchScript and pt2 archives, a
+`meta` entry in the dynamic-int8 dict. `runtime.open_model` reads any of them. The ONNX graphs also give the
+penultimate features and, with the checkpoint's kNN bank, the k-th neighbour distance (outputs.py); the record of
+a file without that distance has no knn threshold.
 
 The file is written under a temporary name, opened as any user would open it, and verified on real images
 (verify.py: the rules and why). A file that fails is deleted and the export raises `VerificationError`: never a
@@ -421,6 +424,25 @@ def _temperature_line(t) -> str | None:
     return None
 
 
+def _outputs_lines(v: dict) -> list[str]:
+    """The features and knn outputs and the out-of-distribution decisions of a verification, for people."""
+    lines = []
+    if v.get("outputs"):
+        lines.append(
+            "outputs checked: "
+            + ", ".join(
+                f"{name} max |diff| {o['max_abs_diff']:.3g}, RMSE {o['rel_rmse']:.1%} of spread"
+                for name, o in v["outputs"].items()
+            )
+        )
+    if v.get("ood"):
+        lines.append(
+            "out-of-distribution decisions at the stored thresholds kept: "
+            + ", ".join(f"{name} {o['kept']}/{o['images']}" for name, o in v["ood"].items())
+        )
+    return lines
+
+
 def format_export_report(r: dict) -> str:
     v = r["verification"]
     tol = v["tolerance"]
@@ -443,6 +465,7 @@ def format_export_report(r: dict) -> str:
         f"wrote {r['out']} ({r['format']}, {human_size(r['size_bytes'])}) in {r['seconds']:.0f} s",
         f"verified against the checkpoint on {v['data']}: {numbers} ({rule}): passed",
     ]
+    lines += _outputs_lines(v)
     if r.get("calibration"):
         lines.append(f"calibrated on {r['calibration']}")
     if r.get("export", {}).get("quantization"):

@@ -31,6 +31,20 @@ or `verify_data`) up to 500 images, so hymenoptera's 153 val images all count. R
   the sample (a label set's decisions are not independent: the bound is as wide as for one decision an image),
   so a good file is refused no more often than a single-label one. A broken export moves every label's
   probability and fails the RMSE rule first; one that loses the rare positive labels fails the agreement.
+- the "features" and "knn" outputs of an ONNX export (exporting/outputs.py), against the checkpoint's
+  (`Runner.outputs`, the same forward pass as its logits): fp32: max |difference| <= 1e-3, as the logits' 0.1% of
+  their scale (features are unit vectors; a kNN distance lies in [0, 2] and is computed in float32 from the same
+  float16 bank, so only the backbone's kernel differences reach it: measured ~1e-6). int8: the logits' RMSE rule
+  on each output (RMSE at most 30% of the reference's spread, refused only when its one-sided lower bound is
+  above): the features are read off a quantized backbone, so they move as the logits do; the distance itself is
+  computed in fp32 from them.
+- the out-of-distribution decisions (core/ood.py: "unknown" when a score is above its threshold) at each
+  threshold the file's metadata stores, image by image (`ood_decisions`, the agreement per score in the report).
+  fp32: an image may be decided otherwise only where the reference's score is within the score's own tolerance
+  of the threshold (what the logit and distance bounds allow it to move: a borderline image); any other
+  difference refuses the file. int8: reported with its one-sided upper bound, not a refusal rule: the scores are
+  held by the RMSE rules above, and at a 95% acceptance the threshold sits where the in-distribution scores thin
+  out, so which few images near it change sides depends on the CPU's int8 kernels, as top-1 flips do.
 """
 
 from __future__ import annotations
