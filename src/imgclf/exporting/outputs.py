@@ -78,25 +78,25 @@ def graph_outputs(model) -> list[dict]:
     return rows
 
 
-def _ancestors(model, names: set[str]) -> set[str]:
-    """The nodes (by name) that `names` (tensors) are computed from."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    seen: set[str] = set()
+def _ancestors(model, names: set[str]) -> set[int]:
+    """The nodes (by index) that the tensors `names` are computed from."""
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    seen: set[int] = set()
     stack = [producer[t] for t in names if t in producer]
     while stack:
-        n = stack.pop()
-        if n.name in seen:
-            continue
-        seen.add(n.name)
-        stack += [producer[i] for i in n.input if i in producer]
+        i = stack.pop()
+        if i not in seen:
+            seen.add(i)
+            stack += [producer[t] for t in model.graph.node[i].input if t in producer]
     return seen
 
 
 def feature_nodes(model) -> list[str]:
-    """The nodes computing only the "features" and "knn" outputs (not the logits), in graph order."""
+    """The names of the nodes computing only the "features" and "knn" outputs (not the logits), in graph order.
+    Every node of the graphs imgclf writes has a unique name (the quantizer excludes nodes by name)."""
     outs = {o.name for o in model.graph.output}
     extra = _ancestors(model, outs & set(ood.OUTPUTS[1:])) - _ancestors(model, {model.graph.output[0].name})
-    return [n.name for n in model.graph.node if n.name in extra]
+    return [n.name for i, n in enumerate(model.graph.node) if i in extra]
 
 
 def _float16_exact(arr: np.ndarray) -> bool:
