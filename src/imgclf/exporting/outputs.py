@@ -43,12 +43,10 @@ def knn_k(ref: CheckpointRunner) -> int | None:
 def feature_module(ref: CheckpointRunner) -> FeatureOutputs:
     """What the ONNX writers export: the reference's net giving (logits, features[, knn]), the bank float16.
     In eval mode (the old exporter puts a module back in the mode it found it in). Call `.remove()` after."""
-    return FeatureOutputs(
-        ref.net, ref.model, ref.model_name, ref.bank, knn_k(ref), bank_dtype=ood_bank_dtype(ref)
-    ).eval()
+    return FeatureOutputs(ref.net, ref.model, ref.model_name, ref.bank, knn_k(ref), bank_dtype=_bank_dtype(ref)).eval()
 
 
-def ood_bank_dtype(ref: CheckpointRunner):
+def _bank_dtype(ref: CheckpointRunner):
     """float16 where the checkpoint's bank is float16 (as `imgclf train` stores it): kept as it is."""
     return torch.float16 if ref.bank is not None and ref.bank.dtype == torch.float16 else torch.float32
 
