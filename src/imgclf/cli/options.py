@@ -29,6 +29,7 @@ from imgclf.core.shared_options import (
     WORKERS,
     Console,
 )
+from imgclf.evaluation.ood_data import check_ood_folder  # os and data/sources: torch-free
 from imgclf.studies.strategies import DIVERSE_PREFILTER, STRATEGIES  # numpy only: --help imports no torch
 from imgclf.training.options import TrainConfig
 
@@ -98,6 +99,18 @@ class EvaluateOptions:
     apply_fixes: str | None = APPLY_FIXES.field(
         help="a fixes.csv (`imgclf check --deep --fixes F`, reviewed): drop and relabel the images it names before evaluating, the files untouched; eval.json records it (default: the fixes the model was trained with, on its own data)"
     )
+    ood_data: str | None = opt(
+        None,
+        "a folder of images the model was never taught (any layout, labels ignored): eval.json and report.html get "
+        "each out-of-distribution score's AUROC, FPR at 95%% TPR and rejected fractions at the stored threshold "
+        "against the split's images",
+        metavar="DIR",
+    )
+
+    def check(self, given: frozenset[str]) -> None:
+        """Before any work (and before --nproc starts its ranks): --ood-data names a folder holding an image."""
+        if self.ood_data is not None:
+            check_ood_folder(self.ood_data)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -247,16 +248,21 @@ def test_a_rank_local_non_finite_loss_stops_every_rank_together(tiny_data, tmp_p
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path):
-    """Every number of eval.json equal: each rank runs whole batches, gathered in order."""
+def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path, image_of_class):
+    """Every number of eval.json equal, the --ood-data block's too: each rank runs whole batches, gathered in order."""
     best = str(ddp_run / "best.pt")
-    common = ["--split", "val", "--batch-size", "4", "--precision", "fp32"]
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    for i in range(7):  # images of a colour no class has: 2 batches of 4, so both ranks score some
+        image_of_class(5, 16, rng=np.random.default_rng(i)).save(unknown / f"u{i}.png")
+    common = ["--split", "val", "--batch-size", "4", "--precision", "fp32", "--ood-data", str(unknown)]
     ok(imgclf(["evaluate", best, *common, "--out", str(tmp_path / "one")]))
     ok(torchrun(["evaluate", best, *common, "--out", str(tmp_path / "two")]))
     one = json.loads((tmp_path / "one" / "eval.json").read_text())
     two = json.loads((tmp_path / "two" / "eval.json").read_text())
     assert one == two
     assert one["num_images"] == 18
+    assert one["ood"]["unknown_images"] == 7 and set(one["ood"]["scores"]) == {"msp", "energy"}
 
 
 # ------------------------------------------------------------------------------------------------ failures
