@@ -118,3 +118,15 @@ def test_predict_serve_and_the_slim_server_reject_what_the_checkpoint_does(expor
         assert [a[0] for a in slim["answers"][score]] == flags, (score, "slim")
         values = [a[1] for a in slim["answers"][score]]
         np.testing.assert_allclose(values, [w["ood"]["value"] for w in want], rtol=1e-4, atol=atol)
+
+
+def test_tta_around_an_export_has_no_knn(exported, images):
+    """--tta around an ONNX export runs the file's logits per view only: energy by default, knn refused."""
+    from imgclf.core.errors import UsageError
+
+    _, onnx = exported
+    p = Predictor(onnx, device="cpu", reject="ood", tta="flip")
+    assert p.ood_score == "energy" and set(p.ood["thresholds"]) == {"msp", "energy"}
+    assert {r["ood"]["score"] for r in p.predict(images[:2])} == {"energy"}
+    with pytest.raises(UsageError, match="--ood-score knn: this model has no knn threshold"):
+        Predictor(onnx, device="cpu", reject="ood", ood_score="knn", tta="flip")
