@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from imgclf.compute.distributed import World
 from imgclf.core.errors import DataError, UsageError
 from imgclf.core.multilabel import MULTILABEL
+from imgclf.data.pipeline import default_workers
 from imgclf.evaluation.label_calibration import (
     ECE_BINS,
     T_MAX,
@@ -37,6 +38,7 @@ from imgclf.evaluation.label_calibration import (
     format_label_calibration,
 )
 from imgclf.evaluation.multilabel import parse_goal
+from imgclf.evaluation.ood_fit import asked, check_fit_options, fit_for_data, fitting_runner, summary
 from imgclf.infer.logits import split_logits
 from imgclf.infer.runtime import CheckpointRunner, open_model
 from imgclf.models.checkpoint import save_checkpoint, temperature_of
@@ -149,6 +151,7 @@ class CalibrationResult:
     split: str
     data: str
     weights: str
+    ood: dict | None = None  # the out-of-distribution record fitted again with the new temperature (ood_fit.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,6 +168,9 @@ def calibrate(
     workers: int | None = None,
     cache: str = "auto",
     threshold: str | None = None,
+    ood_bank: int | None = None,
+    ood_accept: float | None = None,
+    refit_ood: bool = True,
 ) -> CalibrationResult | LabelCalibrationResult:
     """Fit the temperature of checkpoint `weights` on `split` of `data` (default: the data it was trained on,
     opened as training opened it) and store it in the checkpoint: the file is rewritten atomically with a
@@ -175,7 +181,11 @@ def calibrate(
     torchrun: it runs in this process alone.
 
     A multi-label checkpoint gets one temperature per label (label_calibration.py), stored as a list, and its
-    thresholds carried with them, or fitted again for `threshold` (--threshold GOAL, multilabel.parse_goal)."""
+    thresholds carried with them, or fitted again for `threshold` (--threshold GOAL, multilabel.parse_goal).
+
+    The out-of-distribution record (evaluation/ood_fit.py) is fitted again on the same split with the new
+    temperature, with a bank of up to `ood_bank` training images, for `ood_accept` (None: as its record was, else
+    as its training run asked, else core/ood.py's defaults; a checkpoint without one gets one); `refit_ood=False` leaves the checkpoint's entry alone (training fits it itself, from its decoded data)."""
     goal = parse_goal(threshold) if threshold is not None else None
     runner = open_model(weights, device="cpu", precision="fp32")
     if not isinstance(runner, CheckpointRunner):
@@ -184,6 +194,8 @@ def calibrate(
             f"export again (the temperature goes into the exported graph)"
         )
     ckpt = runner.ckpt
+    ood_bank, ood_accept = asked(ckpt, ood_bank, ood_accept)
+    check_fit_options(ood_bank, ood_accept)
     if goal is not None and runner.task != MULTILABEL:
         raise UsageError(
             f"--threshold is for a multi-label model (a threshold per label); '{weights}' gives one class per image: "
@@ -193,7 +205,8 @@ def calibrate(
     raw = CheckpointRunner(weights, device=device, precision="fp32", ckpt=ckpt, temperature=1.0)
     del runner
     # one process, whatever the process group: training calls this on rank 0 alone (it also writes the file)
-    logits, labels, _, _, src = split_logits(
+    workers = default_workers() if workers is None else workers
+    logits, labels, feed, bad, src = split_logits(
         raw, data, split, data_root, batch_size=batch_size, workers=workers, cache=cache, world=World()
     )
     if not len(labels):
@@ -202,11 +215,16 @@ def calibrate(
     if raw.task == MULTILABEL:
         r = calibrate_labels(logits, labels, raw.classes, temperature_of(ckpt), raw.thresholds, goal, **where)
         ckpt["temperature"], ckpt["thresholds"] = r.temperature, r.thresholds
-        return _store(ckpt, r, weights)
-    before, t = temperature_of(ckpt), fit_temperature(logits, labels)
-    result = _measure(logits, labels, before, t, **where)
-    ckpt["temperature"] = t
-    return _store(ckpt, result, weights)
+    else:
+        before, t = temperature_of(ckpt), fit_temperature(logits, labels)
+        r = _measure(logits, labels, before, t, **where)
+        ckpt["temperature"] = t
+    if refit_ood:  # with the new temperature: the record's must be the one its logits are divided by
+        runner = fitting_runner(weights, ckpt, device=device)
+        fit = dict(bank_size=ood_bank, accept=ood_accept, split=split, workers=workers, cache=cache)
+        ckpt["ood"] = fit_for_data(runner, src, feed, left_out=len(bad), by="calibrate", **fit)
+        r.ood = ckpt["ood"]["record"]
+    return _store(ckpt, r, weights)
 
 
 def _store(ckpt: dict, result, weights: str):
@@ -237,8 +255,9 @@ def _measure(logits, labels, before: float, after: float, **where) -> Calibratio
 
 
 def format_calibration(r: CalibrationResult | LabelCalibrationResult) -> str:
+    ood = [summary(r.ood)] if r.ood is not None else []
     if isinstance(r, LabelCalibrationResult):
-        return format_label_calibration(r)
+        return "\n".join([format_label_calibration(r), *ood])
     prev = f" (replacing {r.previous_temperature:.4g})" if r.previous_temperature != 1.0 else ""
     return "\n".join(
         [
@@ -246,5 +265,6 @@ def format_calibration(r: CalibrationResult | LabelCalibrationResult) -> str:
             f"stored in {r.weights}",
             f"ECE ({ECE_BINS} bins) {r.ece_before:.4f} -> {r.ece_after:.4f}   NLL {r.nll_before:.4f} -> "
             f"{r.nll_after:.4f}   accuracy {r.accuracy:.4f} (unchanged)",
+            *ood,
         ]
     )
