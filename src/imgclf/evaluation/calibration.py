@@ -41,7 +41,7 @@ from imgclf.evaluation.multilabel import parse_goal
 from imgclf.evaluation.ood_fit import asked, check_fit_options, fit_for_data, fitting_runner, summary
 from imgclf.infer.logits import split_logits
 from imgclf.infer.runtime import CheckpointRunner, open_model
-from imgclf.models.checkpoint import save_checkpoint, temperature_of
+from imgclf.models.checkpoint import save_checkpoint, task_of, temperature_of
 
 log = logging.getLogger(__name__)
 
@@ -183,27 +183,19 @@ def calibrate(
     A multi-label checkpoint gets one temperature per label (label_calibration.py), stored as a list, and its
     thresholds carried with them, or fitted again for `threshold` (--threshold GOAL, multilabel.parse_goal).
 
-    The out-of-distribution record (evaluation/ood_fit.py) is fitted again on the same split with the new
-    temperature, with a bank of up to `ood_bank` training images, for `ood_accept` (None: as its record was, else
-    as its training run asked, else core/ood.py's defaults; a checkpoint without one gets one); `refit_ood=False` leaves the checkpoint's entry alone (training fits it itself, from its decoded data)."""
+    The out-of-distribution record and bank (ood_fit.py) are fitted again with the new temperature on the same split
+    (`ood_bank`, `ood_accept`: None as before, `ood_fit.asked`); `refit_ood=False`: not (training fits its own)."""
     goal = parse_goal(threshold) if threshold is not None else None
-    runner = open_model(weights, device="cpu", precision="fp32")
-    if not isinstance(runner, CheckpointRunner):
-        raise UsageError(
-            f"'{weights}' is an exported model ({runner.format}): calibrate the checkpoint it came from, then "
-            f"export again (the temperature goes into the exported graph)"
-        )
-    ckpt = runner.ckpt
+    ckpt = _checkpoint_of(weights)
     ood_bank, ood_accept = asked(ckpt, ood_bank, ood_accept)
     check_fit_options(ood_bank, ood_accept)
-    if goal is not None and runner.task != MULTILABEL:
+    if goal is not None and task_of(ckpt)[0] != MULTILABEL:
         raise UsageError(
             f"--threshold is for a multi-label model (a threshold per label); '{weights}' gives one class per image: "
             "drop --threshold"
         )
     # the fit needs the network's own logits (T = 1), in fp32 on every device
     raw = CheckpointRunner(weights, device=device, precision="fp32", ckpt=ckpt, temperature=1.0)
-    del runner
     # one process, whatever the process group: training calls this on rank 0 alone (it also writes the file)
     workers = default_workers() if workers is None else workers
     logits, labels, feed, bad, src = split_logits(
@@ -225,6 +217,17 @@ def calibrate(
         ckpt["ood"] = fit_for_data(runner, src, feed, left_out=len(bad), by="calibrate", **fit)
         r.ood = ckpt["ood"]["record"]
     return _store(ckpt, r, weights)
+
+
+def _checkpoint_of(weights: str) -> dict:
+    """The checkpoint `weights` holds, validated; an exported file is refused in one line."""
+    runner = open_model(weights, device="cpu", precision="fp32")
+    if not isinstance(runner, CheckpointRunner):
+        raise UsageError(
+            f"'{weights}' is an exported model ({runner.format}): calibrate the checkpoint it came from, then "
+            f"export again (the temperature goes into the exported graph)"
+        )
+    return runner.ckpt
 
 
 def _store(ckpt: dict, result, weights: str):
