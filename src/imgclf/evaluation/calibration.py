@@ -232,7 +232,7 @@ def _checkpoint_of(weights: str) -> dict:
 
 def _store(ckpt: dict, result, weights: str):
     """Rewrite the checkpoint with its new temperature (set by the caller) and the calibration record."""
-    ckpt["calibration"] = {k: v for k, v in result.to_dict().items() if k != "weights"}
+    ckpt["calibration"] = {k: v for k, v in result.to_dict().items() if k not in ("weights", "ood")}  # ood: its own
     save_checkpoint(ckpt, weights)
     t = ckpt["temperature"]
     shown = ", ".join(f"{v:.4g}" for v in t) if isinstance(t, list) else f"{t:.4g}"

@@ -177,7 +177,7 @@ def calibration(trainer, best_path: str) -> dict:
     r = calibrate(best_path, data_root=cfg.data_root, workers=cfg.workers, cache=cfg.cache, refit_ood=False)
     for line in format_calibration(r).splitlines():
         trainer.info("%s", line)
-    return {k: v for k, v in r.to_dict().items() if k not in ("weights", "data")}
+    return {k: v for k, v in r.to_dict().items() if k not in ("weights", "data", "ood")}  # ood: fit_run_ood's
 
 
 def fit_run_ood(trainer, best_path: str) -> dict:
