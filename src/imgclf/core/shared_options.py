@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from imgclf.core.ood import DEFAULT_ACCEPT, DEFAULT_BANK
 from imgclf.core.options import Opt, Range
 
 DEVICE = Opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
@@ -46,6 +47,21 @@ MIN_CONFIDENCE = Opt(
     "probability is below P",
     metavar="P",
     range=Range(gt=0, le=1),
+)
+
+# issue 25: the out-of-distribution fit of `train` (at its end, into best.pt) and `calibrate` (docs/ood.md)
+OOD_BANK = Opt(
+    DEFAULT_BANK,
+    "training images (a seeded random subsample of larger sets) whose normalised features make the kNN "
+    "out-of-distribution bank stored in the checkpoint; 0: no bank and no knn score (msp and energy are still fitted)",
+    metavar="N",
+    range=Range(ge=0),
+)
+OOD_ACCEPT = Opt(
+    DEFAULT_ACCEPT,
+    "the fraction of the validation images each out-of-distribution threshold (msp, energy, knn) accepts as known",
+    metavar="P",
+    range=Range(gt=0.5, lt=1),
 )
 
 # The pixel limit of every command that decodes image files (data/images.MAX_PIXELS is its default, applied by
