@@ -20,6 +20,8 @@ from imgclf.core.shared_options import (
     GROUP_BY,
     JSON,
     MIN_CONFIDENCE,
+    OOD_ACCEPT,
+    OOD_BANK,
     OOD_SCORE,
     PRECISION,
     REJECT,
@@ -127,6 +129,12 @@ class CalibrateOptions:
         "multi-label models: fit the per-label thresholds again on the same split, for f1, precision=P, recall=R or "
         "one number (default: carry them with the new temperatures, so no image's labels change)",
         metavar="GOAL",
+    )
+    ood_bank: int | None = OOD_BANK.field(
+        None, help=OOD_BANK.help + f" [as the checkpoint was fitted, else {OOD_BANK.default}]"
+    )
+    ood_accept: float | None = OOD_ACCEPT.field(
+        None, help=OOD_ACCEPT.help + f" [as the checkpoint was fitted, else {OOD_ACCEPT.default}]"
     )
     json: bool = JSON.field()
 

@@ -74,6 +74,8 @@ def calibrate_command(o: CalibrateOptions) -> int:
         device=o.device,
         workers=o.workers,
         threshold=o.threshold,
+        ood_bank=o.ood_bank,
+        ood_accept=o.ood_accept,
     )
     print(json.dumps(r.to_dict(), indent=2) if o.json else format_calibration(r))
     return 0

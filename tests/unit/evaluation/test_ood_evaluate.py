@@ -114,7 +114,11 @@ def test_evaluate_ood_data_measures_every_score(ood_ckpt, noise_dir, tmp_path):
 
 
 def test_cli_without_stored_thresholds_reports_auroc_and_a_note(capsys, tiny_best, noise_dir, tmp_path):
-    rc = main(["evaluate", tiny_best, "--out", str(tmp_path / "e"), "--workers", "0", "--ood-data", str(noise_dir)])
+    ckpt = load_checkpoint(tiny_best)  # a checkpoint from before the fit at training's end: no ood entry
+    del ckpt["ood"]
+    weights = str(tmp_path / "old.pt")
+    save_checkpoint(ckpt, weights)
+    rc = main(["evaluate", weights, "--out", str(tmp_path / "e"), "--workers", "0", "--ood-data", str(noise_dir)])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "ood_msp.png, ood_energy.png" in err

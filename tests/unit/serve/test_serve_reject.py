@@ -24,7 +24,7 @@ with warnings.catch_warnings():
 
 from imgclf.core import ood
 from imgclf.core.errors import UsageError
-from imgclf.core.shared_options import OOD_SCORE
+from imgclf.core.shared_options import OOD_ACCEPT, OOD_BANK, OOD_SCORE
 from imgclf.infer.predict import Predictor, expand_paths
 from imgclf.infer.runtime import open_model
 from imgclf.serve import ServeSettings, create_app
@@ -156,9 +156,11 @@ def test_openapi_and_the_page(client):
 
 
 def test_the_score_names_agree_and_imgclf_serve_parses_before_numpy_loads():
-    """--ood-score's choices are core/ood's scores, named in core/shared_options without importing core/ood: the
-    slim console script builds its parser before it caps malloc's arenas, which must come before NumPy loads."""
+    """--ood-score's choices (and --ood-bank's and --ood-accept's defaults) are core/ood's, written in
+    core/shared_options without importing core/ood: the slim console script builds its parser before it caps
+    malloc's arenas, which must come before NumPy loads."""
     assert OOD_SCORE.choices == ood.SCORES
+    assert (OOD_BANK.default, OOD_ACCEPT.default) == (ood.DEFAULT_BANK, ood.DEFAULT_ACCEPT)
     code = "import sys, imgclf.serve.main; print(sorted(m for m in sys.modules if m.split('.')[0] == 'numpy'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": SRC})
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)

@@ -20,6 +20,7 @@ import torch
 import imgclf as imgclf_package
 from imgclf.compute.distributed import batch_block, shard_order, strip_nproc
 from imgclf.data.batches import Batches, epoch_order
+from imgclf.models.checkpoint import load_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 TINY = ["--model", "test_tiny", "--workers", "0", "--precision", "fp32", "--seed", "3", "--scheduler", "warmup-linear"]
@@ -187,9 +188,13 @@ def test_time_budget_and_frozen_feature_cache_under_torchrun(tiny_data, tmp_path
     results = json.loads((tmp_path / "budget" / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] < 50 * 3
 
-    r = ok(torchrun([*base, "--epochs", "2", "--freeze", "backbone", "--name", "frozen"]))
+    r = ok(torchrun([*base, "--epochs", "2", "--freeze", "backbone", "--name", "frozen", "--ood-bank", "0"]))
     assert "frozen-feature cache built" in r.stderr
-    assert json.loads((tmp_path / "frozen" / "results.json").read_text())["steps"] == 6
+    results = json.loads((tmp_path / "frozen" / "results.json").read_text())
+    assert results["steps"] == 6
+    # rank 0 fits the out-of-distribution thresholds while the other ends; --ood-bank 0: msp and energy, no kNN
+    assert set(results["ood"]["thresholds"]) == {"msp", "energy"} and results["ood"]["k"] is None
+    assert load_checkpoint(str(tmp_path / "frozen" / "best.pt"))["ood"]["bank"] is None
 
 
 def test_sync_bn_on_cpu_is_refused_in_one_line(tiny_data, tmp_path):
