@@ -488,3 +488,14 @@ def with_ood(weights: str, bank_images, val_images, out, accept: float = 0.95) -
     ckpt["ood"] = {"record": record, "bank": bank}
     save_checkpoint(ckpt, str(out))
     return str(out)
+
+
+def without_ood(weights: str, out) -> str:
+    """`weights` saved to `out` without its out-of-distribution entry: a checkpoint from before training fitted
+    one (imgclf 0.1), which `--reject ood` refuses. Returns `out`."""
+    from imgclf.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(str(weights))
+    ckpt.pop("ood", None)
+    save_checkpoint(ckpt, str(out))
+    return str(out)

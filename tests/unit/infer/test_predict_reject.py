@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import usage_error, with_ood
+from conftest import usage_error, with_ood, without_ood
 from PIL import Image
 
 from imgclf.cli.main import main
@@ -139,9 +139,12 @@ def test_streamed_rows_without_reject_keep_their_columns(ood_best, known, tmp_pa
 
 def test_bad_input_is_one_line(ood_best, tiny_best, known, capsys, tmp_path):
     assert "needs --reject ood" in usage_error(capsys, ["predict", ood_best, known[0], "--ood-score", "knn"])
-    line = usage_error(capsys, ["predict", tiny_best, known[0], "--reject", "ood", "--output", str(tmp_path / "o.csv")])
+    old = without_ood(tiny_best, tmp_path / "old.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    line = usage_error(capsys, ["predict", old, known[0], "--reject", "ood", "--output", str(out / "o.csv")])
     assert "no out-of-distribution thresholds" in line and "imgclf calibrate" in line
-    assert not list(tmp_path.iterdir())  # refused before any file was made
+    assert not list(out.iterdir())  # refused before any file was made
     assert "invalid choice" in usage_error(capsys, ["predict", ood_best, known[0], "--reject", "maybe"])
     assert "invalid choice" in usage_error(
         capsys, ["predict", ood_best, known[0], "--reject", "ood", "--ood-score", "x"]

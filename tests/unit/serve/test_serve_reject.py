@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import chromium_page, needs_chromium, usage_error, with_ood
+from conftest import chromium_page, needs_chromium, usage_error, with_ood, without_ood
 from PIL import Image
 
 with warnings.catch_warnings():
@@ -39,6 +39,12 @@ SRC = str(Path(__file__).resolve().parents[3] / "src")
 def ood_ckpt(tiny_best, tiny_data, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("serve_ood") / "best.pt"
     return with_ood(tiny_best, expand_paths([tiny_data / "train"]), expand_paths([tiny_data / "val"]), out)
+
+
+@pytest.fixture(scope="module")
+def no_record(tiny_best, tmp_path_factory) -> str:
+    """The tiny checkpoint without an out-of-distribution entry (one from before training fitted it)."""
+    return without_ood(tiny_best, tmp_path_factory.mktemp("serve_no_ood") / "old.pt")
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +123,7 @@ def test_the_servers_default_and_a_requests_override(ood_ckpt, files):
     assert set(meta["ood"]["thresholds"]) == {"msp", "energy", "knn"} and meta["ood"]["k"] == 1
 
 
-def test_values_the_model_cannot_take_are_422(client, tiny_best, files):
+def test_values_the_model_cannot_take_are_422(client, no_record, files):
     f = _upload(files[:1])
     _refused(client.post("/predict", files=f, params={"reject": "maybe"}), "invalid_reject", "the only rejection")
     _refused(client.post("/predict", files=f, data={"reject": "ood", "ood_score": "x"}), "invalid_ood_score", "msp")
@@ -125,19 +131,19 @@ def test_values_the_model_cannot_take_are_422(client, tiny_best, files):
     _refused(
         client.post("/predict", files=f, data={"reject": "none", "ood_score": "knn"}), "invalid_ood_score", "needs"
     )
-    with TestClient(create_app(open_model(tiny_best, device="cpu"), ServeSettings(**QUICK))) as c:
+    with TestClient(create_app(open_model(no_record, device="cpu"), ServeSettings(**QUICK))) as c:
         r = _ready(c).post("/predict", files=f, params={"reject": "ood"})
         _refused(r, "invalid_reject", "no out-of-distribution thresholds")
         assert "ood" not in c.get("/metadata").json()
     assert client.post("/predict", files=f).status_code == 200  # refusals leave the server as it was
 
 
-def test_start_up_refuses_a_default_the_model_cannot_take(tiny_best, ood_ckpt, capsys):
+def test_start_up_refuses_a_default_the_model_cannot_take(no_record, ood_ckpt, capsys):
     with pytest.raises(UsageError, match="--reject ood: this model has no out-of-distribution thresholds"):
-        create_app(open_model(tiny_best, device="cpu"), ServeSettings(**QUICK, reject="ood"))
+        create_app(open_model(no_record, device="cpu"), ServeSettings(**QUICK, reject="ood"))
     with pytest.raises(UsageError, match="--ood-score energy needs --reject ood"):
         create_app(open_model(ood_ckpt, device="cpu"), ServeSettings(**QUICK, ood_score="energy"))
-    assert "no out-of-distribution" in usage_error(capsys, ["serve", tiny_best, "--reject", "ood", "--port", "0"])
+    assert "no out-of-distribution" in usage_error(capsys, ["serve", no_record, "--reject", "ood", "--port", "0"])
     assert "invalid choice" in usage_error(capsys, ["serve", ood_ckpt, "--reject", "ood", "--ood-score", "far"])
 
 
