@@ -22,7 +22,9 @@ from imgclf.core.shared_options import (
     MIN_CONFIDENCE,
     OOD_ACCEPT,
     OOD_BANK,
+    OOD_SCORE,
     PRECISION,
+    REJECT,
     SPLIT,
     TTA,
     WEIGHTS,
@@ -237,6 +239,8 @@ class PredictOptions:
     threshold: str | None = opt(
         None, "a multi-label model: this one threshold (0 to 1) for every label instead of its own", metavar="T"
     )
+    reject: str | None = REJECT.field()
+    ood_score: str | None = OOD_SCORE.field()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -64,6 +64,8 @@ class Job:
         tta=None,
         min_confidence=None,
         threshold=None,
+        reject=None,
+        ood_score=None,
     ) -> Job:
         if int(top_k) < 1:
             raise UsageError(f"top_k must be at least 1, got {top_k}")
@@ -90,6 +92,8 @@ class Job:
             "tta": tta,
             "min_confidence": min_confidence,
             "threshold": threshold,
+            "reject": reject,
+            "ood_score": ood_score,
             "world_size": world.size,
             "entries": entries,
             "digest": digest,
@@ -146,6 +150,8 @@ class Job:
             ("tta", "--tta"),
             ("min_confidence", "--min-confidence"),
             ("threshold", "--threshold"),
+            ("reject", "--reject"),
+            ("ood_score", "--ood-score"),
             ("world_size", "number of processes"),
         ):
             if before.get(key) != now[key]:
