@@ -458,3 +458,44 @@ def chromium_page(viewport: dict | None = None):
                 ctx.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def with_ood(weights: str, bank_images, val_images, out, accept: float = 0.95) -> str:
+    """`weights` (a checkpoint) saved to `out` with an out-of-distribution entry (issue 25) made as training makes
+    it, on given images: the bank is `bank_images`' normalised features (Runner.features), the record's thresholds
+    are fitted (core/ood.fit_record) on `val_images`' scores (Runner.ood_scores) for `accept`. Returns `out`."""
+    import torch
+
+    from imgclf.core import ood
+    from imgclf.infer.predict import Predictor
+    from imgclf.infer.runtime import open_model
+    from imgclf.models.checkpoint import load_checkpoint, save_checkpoint
+
+    p = Predictor(str(weights), device="cpu")
+
+    def batch(paths):
+        return torch.stack([p.transform(p.load_uint8(str(x))) for x in paths])
+
+    bank = p.runner.features(batch(bank_images)).half()
+    k = ood.neighbours_for(len(bank))
+    ckpt = load_checkpoint(str(weights))
+    # the bank first (with a record that only says k), then the thresholds fitted on the scores it gives
+    ckpt["ood"] = {"record": ood.fit_record({"msp": [0.0]}, accept=accept, temperature=None, k=k), "bank": bank}
+    save_checkpoint(ckpt, str(out))
+    runner = open_model(str(out), device="cpu")
+    _, val = runner.ood_scores(batch(val_images))
+    record = ood.fit_record(val, accept=accept, temperature=runner.temperature, bank_size=len(bank), k=k)
+    ckpt["ood"] = {"record": record, "bank": bank}
+    save_checkpoint(ckpt, str(out))
+    return str(out)
+
+
+def without_ood(weights: str, out) -> str:
+    """`weights` saved to `out` without its out-of-distribution entry: a checkpoint from before training fitted
+    one (imgclf 0.1), which `--reject ood` refuses. Returns `out`."""
+    from imgclf.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(str(weights))
+    ckpt.pop("ood", None)
+    save_checkpoint(ckpt, str(out))
+    return str(out)

@@ -20,13 +20,18 @@ from imgclf.core.shared_options import (
     GROUP_BY,
     JSON,
     MIN_CONFIDENCE,
+    OOD_ACCEPT,
+    OOD_BANK,
+    OOD_SCORE,
     PRECISION,
+    REJECT,
     SPLIT,
     TTA,
     WEIGHTS,
     WORKERS,
     Console,
 )
+from imgclf.evaluation.ood_data import check_ood_folder  # os and data/sources: torch-free
 from imgclf.studies.strategies import DIVERSE_PREFILTER, STRATEGIES  # numpy only: --help imports no torch
 from imgclf.training.options import TrainConfig
 
@@ -96,6 +101,18 @@ class EvaluateOptions:
     apply_fixes: str | None = APPLY_FIXES.field(
         help="a fixes.csv (`imgclf check --deep --fixes F`, reviewed): drop and relabel the images it names before evaluating, the files untouched; eval.json records it (default: the fixes the model was trained with, on its own data)"
     )
+    ood_data: str | None = opt(
+        None,
+        "a folder of images the model was never taught (any layout, labels ignored): eval.json and report.html get "
+        "each out-of-distribution score's AUROC, FPR at 95%% TPR and rejected fractions at the stored threshold "
+        "against the split's images",
+        metavar="DIR",
+    )
+
+    def check(self, given: frozenset[str]) -> None:
+        """Before any work (and before --nproc starts its ranks): --ood-data names a folder holding an image."""
+        if self.ood_data is not None:
+            check_ood_folder(self.ood_data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +129,12 @@ class CalibrateOptions:
         "multi-label models: fit the per-label thresholds again on the same split, for f1, precision=P, recall=R or "
         "one number (default: carry them with the new temperatures, so no image's labels change)",
         metavar="GOAL",
+    )
+    ood_bank: int | None = OOD_BANK.field(
+        None, help=OOD_BANK.help + f" [as the checkpoint was fitted, else {OOD_BANK.default}]"
+    )
+    ood_accept: float | None = OOD_ACCEPT.field(
+        None, help=OOD_ACCEPT.help + f" [as the checkpoint was fitted, else {OOD_ACCEPT.default}]"
     )
     json: bool = JSON.field()
 
@@ -216,6 +239,8 @@ class PredictOptions:
     threshold: str | None = opt(
         None, "a multi-label model: this one threshold (0 to 1) for every label instead of its own", metavar="T"
     )
+    reject: str | None = REJECT.field()
+    ood_score: str | None = OOD_SCORE.field()
 
 
 @dataclass(frozen=True, kw_only=True)

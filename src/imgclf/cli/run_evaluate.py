@@ -24,6 +24,7 @@ from imgclf.evaluation.command import evaluate
 from imgclf.evaluation.explain import explain
 from imgclf.evaluation.metrics import format_report
 from imgclf.evaluation.multilabel_eval import format_multilabel_report
+from imgclf.evaluation.ood_eval import format_ood, plot_name
 from imgclf.evaluation.report import build_report
 from imgclf.evaluation.robustness import format_table, robustness
 from imgclf.training.curriculum import score
@@ -46,17 +47,20 @@ def evaluate_command(o: EvaluateOptions) -> int:
         precision=o.precision,
         tta=o.tta,
         fixes=o.apply_fixes,
+        ood_data=o.ood_data,
     )
     if rank() > 0:  # under torchrun: every rank has the metrics, rank 0 reports them
         return 0
     if o.json:
         print(json.dumps(m, indent=2))
-    elif m.get("task") == MULTILABEL:
-        print(format_multilabel_report(m))
-        log.info("wrote eval.json, reliability.png, label_errors.png to %s", m["out"])
-    else:
-        print(format_report(m))
-        log.info("wrote eval.json, confusion_matrix.png, misclassified.png, reliability.png to %s", m["out"])
+        return 0
+    multi = m.get("task") == MULTILABEL
+    print(format_multilabel_report(m) if multi else format_report(m))
+    files = "reliability.png, label_errors.png" if multi else "confusion_matrix.png, misclassified.png, reliability.png"
+    if "ood" in m:
+        print(format_ood(m["ood"]))
+        files += ", " + ", ".join(plot_name(s) for s in m["ood"]["scores"])
+    log.info("wrote eval.json, %s to %s", files, m["out"])
     return 0
 
 
@@ -70,6 +74,8 @@ def calibrate_command(o: CalibrateOptions) -> int:
         device=o.device,
         workers=o.workers,
         threshold=o.threshold,
+        ood_bank=o.ood_bank,
+        ood_accept=o.ood_accept,
     )
     print(json.dumps(r.to_dict(), indent=2) if o.json else format_calibration(r))
     return 0

@@ -40,6 +40,8 @@ def predict_command(o: PredictOptions) -> int:
         tta=o.tta,
         min_confidence=o.min_confidence,
         threshold=threshold,
+        reject=o.reject,
+        ood_score=o.ood_score,
         on_row=(lambda row: stdout.print(prediction_line(row, o.json))) if printing else None,
     )
     if r.get("finished"):
@@ -77,21 +79,31 @@ def global_threshold(text: str | None) -> float | None:
 
 
 def prediction_line(r: dict, as_json: bool) -> str:
-    """One row of `imgclf predict`'s stdout: PATH, label (or unsure), probability and the other top labels (a
-    multi-label model: PATH, the label set joined by | or - for none, every label's score); the
-    path, labels and error escaped (`one_line`), so a name holding a newline, tab or NUL stays one row."""
+    """One row of `imgclf predict`'s stdout: PATH, label (or unsure, or unknown), probability and the other top
+    labels (a multi-label model: PATH, the label set joined by | or - for none, every label's score); with --reject
+    ood, the score last ("energy -7.210 <= -5.003", "knn 1.230 > 0.910": above its threshold, unknown); the path,
+    labels and error escaped (`one_line`), so a name holding a newline, tab or NUL stays one row."""
     if as_json:
         return json.dumps(r)
     path = one_line(r["path"])
     if "error" in r:
         return f"{path}\tERROR\t{one_line(r['error'])}"
+    ood = ""
+    if "ood" in r:
+        o = r["ood"]
+        ood = f"\t{o['score']} {o['value']:.3f} {'>' if r['unknown'] else '<='} {o['threshold']:.3f}"
     if "labels" in r:  # a multi-label model: the set ("-" for none of them), then every label's score
         scores = ", ".join(f"{one_line(c)} {p:.3f}" for c, p in r["scores"].items())
-        return f"{path}\t{'|'.join(one_line(c) for c in r['labels']) or '-'}\t({scores})"
+        shown = "unknown" if r.get("unknown") else "|".join(one_line(c) for c in r["labels"]) or "-"
+        return f"{path}\t{shown}\t({scores}){ood}"
     others = ", ".join(f"{one_line(t['label'])} {t['probability']:.3f}" for t in r["top_k"][1:])
     top = one_line(r["top_k"][0]["label"])
-    shown = one_line(r["label"]) if not r.get("unsure") else f"unsure ({top})"
-    return f"{path}\t{shown}\t{r['probability']:.3f}" + (f"\t({others})" if others else "")
+    shown = one_line(r["label"])
+    if r.get("unknown"):  # before unsure: unlike the training data, whatever the probability says
+        shown = f"unknown ({top})"
+    elif r.get("unsure"):
+        shown = f"unsure ({top})"
+    return f"{path}\t{shown}\t{r['probability']:.3f}" + (f"\t({others})" if others else "") + ood
 
 
 def select_command(o: SelectOptions) -> int:

@@ -137,13 +137,17 @@ def default_score(record: dict | None) -> str:
     return DEFAULT_SCORE if DEFAULT_SCORE in have else "energy"
 
 
-def check_reject(reject: str | None, score: str | None, record: dict | None, name: str = "--reject") -> str | None:
+def check_reject(
+    reject: str | None, score: str | None, record: dict | None, name: str = "--reject", score_name: str = "--ood-score"
+) -> str | None:
     """The score a prediction's rejection uses (None: no rejection). `reject` is None or "ood"; `score` one of
-    SCORES or None (the record's default). One UsageError line, starting with `name`, for anything the model
-    cannot do."""
+    SCORES or None (the record's default). One UsageError line, starting with `name` (or `score_name`: a server
+    request's field names them), for anything the model cannot do."""
     if reject is None:
         if score is not None:
-            raise UsageError(f"--ood-score {score} needs --reject ood (it picks the score that rejection uses)")
+            raise UsageError(
+                f"{score_name} {str(score)[:20]} needs {name} ood (it picks the score that rejection uses)"
+            )
         return None
     if reject != "ood":
         raise UsageError(f"{name} {str(reject)[:20]}: the only rejection is 'ood' (out-of-distribution images)")
@@ -154,10 +158,10 @@ def check_reject(reject: str | None, score: str | None, record: dict | None, nam
         )
     score = score or default_score(record)
     if score not in SCORES:
-        raise UsageError(f"--ood-score {str(score)[:20]}: choose one of {', '.join(SCORES)}")
+        raise UsageError(f"{score_name} {str(score)[:20]}: choose one of {', '.join(SCORES)}")
     if score not in record["thresholds"]:
         raise UsageError(
-            f"--ood-score {score}: this model has no {score} threshold (it has "
+            f"{score_name} {score}: this model has no {score} threshold (it has "
             f"{', '.join(sorted(record['thresholds']))}); a kNN score needs the checkpoint or an ONNX export of it"
         )
     return score
@@ -176,3 +180,13 @@ def mark_unknown(result: dict, score: str, value: float, threshold: float) -> di
         else:
             result["label"] = None
     return result
+
+
+def usable(record: dict | None, knn: bool) -> dict | None:
+    """`record` as a model file that can (`knn`) or cannot give the kNN distance may use it: without its knn
+    threshold where the distance is not computed (an export without a "knn" output, test-time augmentation around
+    an export), so that the default score and --reject's refusals say what this file can do."""
+    if record is None or knn or "knn" not in record["thresholds"]:
+        return record
+    thresholds = {n: t for n, t in record["thresholds"].items() if n != "knn"}
+    return {**record, "thresholds": thresholds} if thresholds else None

@@ -47,6 +47,43 @@ MIN_CONFIDENCE = Opt(
     metavar="P",
     range=Range(gt=0, le=1),
 )
+# core/ood.py's SCORES, DEFAULT_BANK and DEFAULT_ACCEPT, written here without importing that module (it loads
+# NumPy): imgclf-serve builds its parser from these declarations before glibc's malloc arenas are capped, which
+# must come before NumPy loads (serve/main.py). tests/unit/serve/test_serve_reject.py checks that they agree.
+OOD_SCORES = ("msp", "energy", "knn")
+OOD_DEFAULT_BANK = 10_000
+OOD_DEFAULT_ACCEPT = 0.95
+# "none of these" (core/ood.py): predict's, streaming predict's and the server's rejection of images unlike the
+# training data, beside --min-confidence; both may be given (each adds its own field; the label is null when either
+# says so)
+REJECT = Opt(
+    None,
+    'ood: answer "unknown" (label null, "unknown": true, and "ood": the score, its value and threshold) for an image '
+    "unlike the model's training data, whose out-of-distribution score is above the threshold fitted on validation "
+    "images (the model needs them: imgclf calibrate fits them)",
+    choices=("ood",),
+)
+OOD_SCORE = Opt(
+    None,
+    "the score --reject ood uses: knn (distance to the nearest training features; a checkpoint, or an ONNX export "
+    "of one), energy (from the logits) or msp (1 - the top probability) [knn where the model has it, else energy]",
+    choices=OOD_SCORES,
+)
+
+# issue 25: the out-of-distribution fit of `train` (at its end, into best.pt) and `calibrate` (docs/ood.md)
+OOD_BANK = Opt(
+    OOD_DEFAULT_BANK,
+    "training images (a seeded random subsample of larger sets) whose normalised features make the kNN "
+    "out-of-distribution bank stored in the checkpoint; 0: no bank and no knn score (msp and energy are still fitted)",
+    metavar="N",
+    range=Range(ge=0),
+)
+OOD_ACCEPT = Opt(
+    OOD_DEFAULT_ACCEPT,
+    "the fraction of the validation images each out-of-distribution threshold (msp, energy, knn) accepts as known",
+    metavar="P",
+    range=Range(gt=0.5, lt=1),
+)
 
 # The pixel limit of every command that decodes image files (data/images.MAX_PIXELS is its default, applied by
 # load_image); serve's --max-pixels is this one too

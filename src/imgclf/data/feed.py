@@ -83,8 +83,12 @@ class FastFeed:
             restore=restore,
         )
 
-    def batches(self, block: range | None = None):
-        """Evaluation batches in order; `block`: only these batch indices (a rank's share)."""
+    def batches(self, block: range | None = None, indices=None):
+        """Evaluation batches in order; `block`: only these batch indices (a rank's share); `indices`: only these
+        images, in this order (gathered into memory: pass a chunk at a time)."""
+        if indices is not None:
+            idx = torch.as_tensor(indices, dtype=torch.long)
+            return Batches(self.images[idx], self.labels[idx], batch_size=self.eval_batch_size, transform=self.eval_tf)
         return Batches(self.images, self.labels, batch_size=self.eval_batch_size, transform=self.eval_tf, block=block)
 
     def image(self, i: int) -> torch.Tensor:
@@ -154,10 +158,13 @@ class LoaderFeed:
             self.train_ds, batch_size=self.batch_size, workers=self.workers, generator=workers_gen, order=order
         )
 
-    def batches(self, block: range | None = None):
-        """Evaluation batches in order; `block`: only these batch indices (a rank's share)."""
+    def batches(self, block: range | None = None, indices=None):
+        """Evaluation batches in order; `block`: only these batch indices (a rank's share); `indices`: only these
+        images, in this order."""
         ds = self.eval_ds
-        if block is not None:
+        if indices is not None:
+            ds = torch.utils.data.Subset(ds, [int(i) for i in indices])
+        elif block is not None:
             n, b = len(ds), self.eval_batch_size
             ds = torch.utils.data.Subset(ds, range(min(n, block.start * b), min(n, block.stop * b)))
         return make_loader(ds, batch_size=self.eval_batch_size, workers=self.workers)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from imgclf.compute.distributed import World
 from imgclf.core.errors import DataError, UsageError
 from imgclf.core.multilabel import MULTILABEL
+from imgclf.data.pipeline import default_workers
 from imgclf.evaluation.label_calibration import (
     ECE_BINS,
     T_MAX,
@@ -37,9 +38,10 @@ from imgclf.evaluation.label_calibration import (
     format_label_calibration,
 )
 from imgclf.evaluation.multilabel import parse_goal
+from imgclf.evaluation.ood_fit import asked, check_fit_options, fit_for_data, fitting_runner, summary
 from imgclf.infer.logits import split_logits
 from imgclf.infer.runtime import CheckpointRunner, open_model
-from imgclf.models.checkpoint import save_checkpoint, temperature_of
+from imgclf.models.checkpoint import save_checkpoint, task_of, temperature_of
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,7 @@ class CalibrationResult:
     split: str
     data: str
     weights: str
+    ood: dict | None = None  # the out-of-distribution record fitted again with the new temperature (ood_fit.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,6 +168,9 @@ def calibrate(
     workers: int | None = None,
     cache: str = "auto",
     threshold: str | None = None,
+    ood_bank: int | None = None,
+    ood_accept: float | None = None,
+    refit_ood: bool = True,
 ) -> CalibrationResult | LabelCalibrationResult:
     """Fit the temperature of checkpoint `weights` on `split` of `data` (default: the data it was trained on,
     opened as training opened it) and store it in the checkpoint: the file is rewritten atomically with a
@@ -175,25 +181,24 @@ def calibrate(
     torchrun: it runs in this process alone.
 
     A multi-label checkpoint gets one temperature per label (label_calibration.py), stored as a list, and its
-    thresholds carried with them, or fitted again for `threshold` (--threshold GOAL, multilabel.parse_goal)."""
+    thresholds carried with them, or fitted again for `threshold` (--threshold GOAL, multilabel.parse_goal).
+
+    The out-of-distribution record and bank (ood_fit.py) are fitted again with the new temperature on the same split
+    (`ood_bank`, `ood_accept`: None as before, `ood_fit.asked`); `refit_ood=False`: not (training fits its own)."""
     goal = parse_goal(threshold) if threshold is not None else None
-    runner = open_model(weights, device="cpu", precision="fp32")
-    if not isinstance(runner, CheckpointRunner):
-        raise UsageError(
-            f"'{weights}' is an exported model ({runner.format}): calibrate the checkpoint it came from, then "
-            f"export again (the temperature goes into the exported graph)"
-        )
-    ckpt = runner.ckpt
-    if goal is not None and runner.task != MULTILABEL:
+    ckpt = _checkpoint_of(weights)
+    ood_bank, ood_accept = asked(ckpt, ood_bank, ood_accept)
+    check_fit_options(ood_bank, ood_accept)
+    if goal is not None and task_of(ckpt)[0] != MULTILABEL:
         raise UsageError(
             f"--threshold is for a multi-label model (a threshold per label); '{weights}' gives one class per image: "
             "drop --threshold"
         )
     # the fit needs the network's own logits (T = 1), in fp32 on every device
     raw = CheckpointRunner(weights, device=device, precision="fp32", ckpt=ckpt, temperature=1.0)
-    del runner
     # one process, whatever the process group: training calls this on rank 0 alone (it also writes the file)
-    logits, labels, _, _, src = split_logits(
+    workers = default_workers() if workers is None else workers
+    logits, labels, feed, bad, src = split_logits(
         raw, data, split, data_root, batch_size=batch_size, workers=workers, cache=cache, world=World()
     )
     if not len(labels):
@@ -202,16 +207,32 @@ def calibrate(
     if raw.task == MULTILABEL:
         r = calibrate_labels(logits, labels, raw.classes, temperature_of(ckpt), raw.thresholds, goal, **where)
         ckpt["temperature"], ckpt["thresholds"] = r.temperature, r.thresholds
-        return _store(ckpt, r, weights)
-    before, t = temperature_of(ckpt), fit_temperature(logits, labels)
-    result = _measure(logits, labels, before, t, **where)
-    ckpt["temperature"] = t
-    return _store(ckpt, result, weights)
+    else:
+        before, t = temperature_of(ckpt), fit_temperature(logits, labels)
+        r = _measure(logits, labels, before, t, **where)
+        ckpt["temperature"] = t
+    if refit_ood:  # with the new temperature: the record's must be the one its logits are divided by
+        runner = fitting_runner(weights, ckpt, device=device)
+        fit = dict(bank_size=ood_bank, accept=ood_accept, split=split, workers=workers, cache=cache)
+        ckpt["ood"] = fit_for_data(runner, src, feed, left_out=len(bad), by="calibrate", **fit)
+        r.ood = ckpt["ood"]["record"]
+    return _store(ckpt, r, weights)
+
+
+def _checkpoint_of(weights: str) -> dict:
+    """The checkpoint `weights` holds, validated; an exported file is refused in one line."""
+    runner = open_model(weights, device="cpu", precision="fp32")
+    if not isinstance(runner, CheckpointRunner):
+        raise UsageError(
+            f"'{weights}' is an exported model ({runner.format}): calibrate the checkpoint it came from, then "
+            f"export again (the temperature goes into the exported graph)"
+        )
+    return runner.ckpt
 
 
 def _store(ckpt: dict, result, weights: str):
     """Rewrite the checkpoint with its new temperature (set by the caller) and the calibration record."""
-    ckpt["calibration"] = {k: v for k, v in result.to_dict().items() if k != "weights"}
+    ckpt["calibration"] = {k: v for k, v in result.to_dict().items() if k not in ("weights", "ood")}  # ood: its own
     save_checkpoint(ckpt, weights)
     t = ckpt["temperature"]
     shown = ", ".join(f"{v:.4g}" for v in t) if isinstance(t, list) else f"{t:.4g}"
@@ -237,8 +258,9 @@ def _measure(logits, labels, before: float, after: float, **where) -> Calibratio
 
 
 def format_calibration(r: CalibrationResult | LabelCalibrationResult) -> str:
+    ood = [summary(r.ood)] if r.ood is not None else []
     if isinstance(r, LabelCalibrationResult):
-        return format_label_calibration(r)
+        return "\n".join([format_label_calibration(r), *ood])
     prev = f" (replacing {r.previous_temperature:.4g})" if r.previous_temperature != 1.0 else ""
     return "\n".join(
         [
@@ -246,5 +268,6 @@ def format_calibration(r: CalibrationResult | LabelCalibrationResult) -> str:
             f"stored in {r.weights}",
             f"ECE ({ECE_BINS} bins) {r.ece_before:.4f} -> {r.ece_after:.4f}   NLL {r.nll_before:.4f} -> "
             f"{r.nll_after:.4f}   accuracy {r.accuracy:.4f} (unchanged)",
+            *ood,
         ]
     )

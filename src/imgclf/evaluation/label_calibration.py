@@ -140,6 +140,7 @@ class LabelCalibrationResult:
     data: str
     weights: str
     task: str = "multilabel"
+    ood: dict | None = None  # the out-of-distribution record fitted again with the new temperatures (ood_fit.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -258,3 +258,24 @@ def plot_reliability(
     hist.set_xlabel(xlabel), hist.set_ylabel("images"), hist.grid(alpha=0.3)
     hist.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
     save_figure(fig, path)
+
+
+def plot_ood_histogram(hist: dict, path: str, title: str = "", *, score: str = "", threshold=None) -> None:
+    """One out-of-distribution score's histograms (evaluation/ood_eval.py `histogram`: shared bin edges, counts of
+    the known and the unknown images), each as the fraction of its own images per bin, with the model's stored
+    threshold (above it an image is rejected) as a vertical line where there is one."""
+    edges = np.asarray(hist["edges"], dtype=np.float64)
+    fig = new_figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    for key, colour in (("known", "tab:blue"), ("unknown", "tab:red")):
+        counts = np.asarray(hist[key], dtype=np.float64)
+        frac = counts / max(counts.sum(), 1.0)
+        ax.stairs(frac, edges, fill=True, alpha=0.35, color=colour)
+        ax.stairs(frac, edges, color=colour, label=f"{key} ({int(counts.sum())} images)")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"stored threshold {threshold:.4g}")
+    ax.set_xlabel(f"{score} score (higher: less like the training data)" if score else "score")
+    ax.set_ylabel("fraction of images"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    if title:
+        ax.set_title(label(title))
+    save_figure(fig, path)

@@ -3,7 +3,8 @@
 `build_report(folder)` fills templates/report.html with what the folder holds: the machine and the data, the
 training curves, the confusion matrix and its most-confused pairs, the per-class table (sortable), the
 reliability diagram and ECE, the most confident mistakes with their Grad-CAM, the data check's findings and the
-exports made next to the checkpoint with their parity (and speed, where a bench JSON is there). A multi-label
+exports made next to the checkpoint with their parity (and speed, where a bench JSON is there), and for an
+evaluation made with --ood-data the out-of-distribution scores (report_ood.py). A multi-label
 model's folder has report_multilabel.py's sections instead: per label (AP, threshold, P, R, F1, ECE), calibration
 per label, and the errors by true label. Every image is
 inlined as a data: URI and the CSS and the few lines of JS are in the page, so it opens from a file, offline,
@@ -24,6 +25,7 @@ from imgclf.core.fileio import atomic_open
 from imgclf.evaluation.report_folder import Folder, Missing, open_folder, set_predictions
 from imgclf.evaluation.report_multilabel import SECTIONS as MULTILABEL_SECTIONS
 from imgclf.evaluation.report_multilabel import is_multilabel
+from imgclf.evaluation.report_ood import section_ood
 from imgclf.evaluation.report_sections import (
     escape,
     section_check,
@@ -52,6 +54,7 @@ SECTIONS = (
     ("mistakes", "Most confident mistakes", section_gallery),
     ("check", "Data checks", section_check),
     ("exports", "Exports: parity and speed", section_exports),
+    ("ood", "Out-of-distribution", section_ood),
 )
 
 
@@ -74,6 +77,7 @@ def _left_out(key: str, title: str, why) -> str:
 
 # a check folder (`imgclf check --deep --out DIR`: check.json and no model) shows these alone
 CHECK_SECTIONS = ("machine", "check")
+EVALUATION_ONLY = ("ood",)  # what only `imgclf evaluate` measures (--ood-data): not a run's section
 
 
 def render(f: Folder) -> str:
@@ -82,6 +86,8 @@ def render(f: Folder) -> str:
     multi = f.kind != "check" and is_multilabel(f)
     for key, title, fill in SECTIONS:
         if f.kind == "check" and key not in CHECK_SECTIONS:
+            continue
+        if f.kind != "evaluation" and key in EVALUATION_ONLY:
             continue
         if multi and key in MULTILABEL_SECTIONS:  # a multi-label model's own sections (report_multilabel.py)
             title, fill = MULTILABEL_SECTIONS[key]

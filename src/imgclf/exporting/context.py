@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from imgclf.core.formats import DEFAULT_OPSET
-from imgclf.exporting.verify import ImageSample, batched
+from imgclf.exporting.verify import ImageSample, batched_outputs
 from imgclf.infer.runtime import CheckpointRunner
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class ExportContext:
     int8_tries: int = DEFAULT_INT8_TRIES  # quantizations the int8 writer may make before it settles for its best
     info: dict = field(default_factory=dict)  # what the writer did (exporter, opset, quantization): into the metadata
     example: torch.Tensor = field(init=False)  # 2 real preprocessed images: the example input for tracing / export
-    _check_logits: torch.Tensor | None = field(default=None, repr=False)
+    _check_outputs: dict | None = field(default=None, repr=False)
 
     def __post_init__(self):
         # a copy, not a view: torch.export saves its example inputs, and a view would drag the whole batch along
@@ -58,11 +58,16 @@ class ExportContext:
         images, self.info["calib_data"] = self.calibration.load()
         return images
 
+    def check_outputs(self) -> dict:
+        """The reference's outputs (logits, features, knn with a bank: Runner.outputs) on the verification images,
+        computed once, in one forward pass each (eager fp32 is the slow part)."""
+        if self._check_outputs is None:
+            self._check_outputs = batched_outputs(self.ref.outputs, self.check, 32)
+        return self._check_outputs
+
     def check_logits(self) -> torch.Tensor:
-        """The reference's logits on the verification images, computed once (eager fp32 is the slow part)."""
-        if self._check_logits is None:
-            self._check_logits = batched(self.ref.logits, self.check, 32)
-        return self._check_logits
+        """The reference's logits on the verification images (`check_outputs`)."""
+        return self.check_outputs()["logits"]
 
 
 def meta_json(meta: dict) -> str:

@@ -17,8 +17,11 @@ infer/runtime.py that opens it.
                   state dict, loads with weights_only=True)
 
 Every file carries imgclf metadata (`make_metadata`: format, model name, classes, preprocessing, training config,
-the source checkpoint): ONNX `metadata_props["imgclf"]`, `extra/imgclf.json` in TorchScript and pt2 archives, a
-`meta` entry in the dynamic-int8 dict. `runtime.open_model` reads any of them.
+the source checkpoint, the out-of-distribution record where the checkpoint has one): ONNX
+`metadata_props["imgclf"]`, `extra/imgclf.json` in TorchScript and pt2 archives, a
+`meta` entry in the dynamic-int8 dict. `runtime.open_model` reads any of them. The ONNX graphs also give the
+penultimate features and, with the checkpoint's kNN bank, the k-th neighbour distance (outputs.py); the record of
+a file without that distance has no knn threshold.
 
 The file is written under a temporary name, opened as any user would open it, and verified on real images
 (verify.py: the rules and why). A file that fails is deleted and the export raises `VerificationError`: never a
@@ -40,6 +43,7 @@ from imgclf.core.formats import DEFAULT_OPSET, FORMATS, ExportFormat
 from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.version import __version__
 from imgclf.exporting.context import CALIB_METHODS, DEFAULT_INT8_TRIES, ExportContext
+from imgclf.exporting.outputs import ONNX_FORMATS, output_names, record_for
 from imgclf.exporting.verify import ImageSample, VerificationError, accuracy_on, verify
 from imgclf.infer.runtime import CheckpointRunner, Runner, open_model
 from imgclf.models.tta import check_mode
@@ -71,8 +75,13 @@ def default_out(weights: str, fmt: ExportFormat) -> str:
 
 
 def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dict:
+    """The imgclf metadata of an export of `ref` as `fmt`. ONNX files add "outputs" (their graph's outputs:
+    logits, features and, with a bank, knn; the writer adds the shapes); every file carries the checkpoint's
+    out-of-distribution record as "ood", without its knn threshold where the file has no knn output, and no
+    "ood" where no threshold remains. "output" (the logits) stays for older readers."""
     ckpt = ref.ckpt
-    return {
+    names = output_names(ref) if fmt.name in ONNX_FORMATS else ["logits"]
+    meta = {
         "imgclf_export": 1,
         "format": fmt.name,
         "model": ref.model_name,
@@ -106,6 +115,12 @@ def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dic
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     }
+    if fmt.name in ONNX_FORMATS:
+        meta["outputs"] = [{"name": n} for n in names]
+    record = record_for(ref.ood, names)
+    if record is not None:
+        meta["ood"] = record
+    return meta
 
 
 # --------------------------------------------------------------------------------------------- the command
@@ -243,7 +258,8 @@ def _write_verified(ctx: ExportContext, fmt: ExportFormat, tmp: str, out: str, c
     log.info("exporting %s (%s) as %s ...", weights, ref.model_name, fmt.name)
     fmt.write(ctx, tmp, meta)
     exported = open_model(tmp, device="cpu", format=fmt.name)
-    report = verify(ref, exported, ctx.check, int8=fmt.int8, ref_logits=ctx.check_logits())
+    outputs = [o["name"] for o in meta.get("outputs", [{"name": "logits"}])]
+    report = verify(ref, exported, ctx.check, int8=fmt.int8, ref_outputs=ctx.check_outputs(), outputs=outputs)
     if not report["ok"]:
         raise VerificationError(
             f"{fmt.name} export of {weights} failed verification on {checked_on}: {report['reason']}; "
@@ -256,6 +272,7 @@ def _write_verified(ctx: ExportContext, fmt: ExportFormat, tmp: str, out: str, c
         "model": ref.model_name,
         "size_bytes": os.path.getsize(tmp),
         "verification": {**report, "data": checked_on},
+        "outputs": meta.get("outputs", [meta["output"]]),
         "note": fmt.note,
         "export": meta["export"],
         "temperature": ref.temperature,
@@ -407,6 +424,25 @@ def _temperature_line(t) -> str | None:
     return None
 
 
+def _outputs_lines(v: dict) -> list[str]:
+    """The features and knn outputs and the out-of-distribution decisions of a verification, for people."""
+    lines = []
+    if v.get("outputs"):
+        lines.append(
+            "outputs checked: "
+            + ", ".join(
+                f"{name} max |diff| {o['max_abs_diff']:.3g}, RMSE {o['rel_rmse']:.1%} of spread"
+                for name, o in v["outputs"].items()
+            )
+        )
+    if v.get("ood"):
+        lines.append(
+            "out-of-distribution decisions at the stored thresholds kept: "
+            + ", ".join(f"{name} {o['kept']}/{o['images']}" for name, o in v["ood"].items())
+        )
+    return lines
+
+
 def format_export_report(r: dict) -> str:
     v = r["verification"]
     tol = v["tolerance"]
@@ -429,6 +465,7 @@ def format_export_report(r: dict) -> str:
         f"wrote {r['out']} ({r['format']}, {human_size(r['size_bytes'])}) in {r['seconds']:.0f} s",
         f"verified against the checkpoint on {v['data']}: {numbers} ({rule}): passed",
     ]
+    lines += _outputs_lines(v)
     if r.get("calibration"):
         lines.append(f"calibrated on {r['calibration']}")
     if r.get("export", {}).get("quantization"):

@@ -30,6 +30,11 @@ written and the verification decides. A model that meets it on the first try cos
 does not, at most two more calibrations, one measurement and three quantizations. The file's metadata
 (`export.quantization`) records the calibration method, the fp32 nodes and why, and every try's numbers.
 
+The nodes that compute only the "features" and "knn" outputs (exporting/outputs.py: the normalisation, the
+product with the bank, TopK, the distance) are never quantized: the distances stay float32, comparable with the
+thresholds fitted on the checkpoint's, and the bank stays as exact as in the fp32 file (stored float16 again after
+quant_pre_process folded its Cast). They read the head's input as the quantized graph computes it.
+
 `reduce_range` (default on): weights use 7 bits. On x86 CPUs without VNNI, onnxruntime's uint8 x int8 kernels
 add pairs of products in int16 (VPMADDUBSW), which saturates with 8-bit weights: a model with large weights (such
 as airnet's patch-whitening stem) fully quantized with 8-bit weights lost most of its accuracy, and with 7-bit
@@ -50,9 +55,10 @@ import torch
 from imgclf.core.fileio import temp_dir
 from imgclf.core.multilabel import MULTILABEL
 from imgclf.exporting.context import CALIB_METHODS, ExportContext, quiet
+from imgclf.exporting.outputs import feature_nodes
 from imgclf.exporting.sensitivity import fp32_regions, int8_sensitivity
 from imgclf.exporting.verify import batched, compare, kept_of
-from imgclf.exporting.writers import add_onnx_metadata, onnx_fp32
+from imgclf.exporting.writers import add_onnx_metadata, bank_float16_file, onnx_fp32
 from imgclf.infer.runtime import onnx_session_options
 
 log = logging.getLogger(__name__)
@@ -103,10 +109,11 @@ class Quantizer:
 
     METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
-    def __init__(self, pre: str, images: torch.Tensor, work: str, *, reduce_range: bool):
+    def __init__(self, pre: str, images: torch.Tensor, work: str, *, reduce_range: bool, keep: list[str]):
         from onnxruntime.quantization import quantize_static  # noqa: PLC0415 - heavy; only int8 export needs it
 
         self.pre, self.images, self.work, self.reduce_range = pre, images, work, reduce_range
+        self.keep = list(keep)  # always fp32: the nodes of the features and kNN outputs (outputs.feature_nodes)
         self.cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
         self.made = 0
 
@@ -132,7 +139,7 @@ class Quantizer:
                 weight_type=QuantType.QInt8,
                 reduce_range=self.reduce_range,
                 calibrate_method=getattr(CalibrationMethod, self.METHODS[method]),
-                nodes_to_exclude=list(exclude),
+                nodes_to_exclude=list(dict.fromkeys([*self.keep, *exclude])),
                 extra_options={"CalibStridedMinMax": 1},
                 **kw,
             )  # one batch at a time (see ImageReader)
@@ -247,6 +254,7 @@ class Tries:
             "calibration_images": int(images),
             "calibration_data": self.ctx.info.get("calib_data"),
             "plan": "measured-fp32" if best["fp32_nodes"] else "all-int8",
+            "fp32_output_nodes": self.quantize.keep,  # the features and kNN outputs' nodes, never quantized
             "fp32_nodes": best["fp32_nodes"],
             "fp32_reasons": [
                 {
@@ -278,6 +286,7 @@ def _kept(t: dict) -> int:
 
 def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
     """The onnx-int8 writer: the tries of the module docstring, the best written to `path` with its record."""
+    import onnx  # noqa: PLC0415 - heavy; only the ONNX formats need it
     from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415 - heavy; int8 only
 
     images = ctx.calib()
@@ -288,11 +297,13 @@ def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
         onnx_fp32(ctx, fp32)
         with quiet():
             quant_pre_process(fp32, pre, skip_symbolic_shape=True)  # why: the module docstring
-        tries = Tries(ctx, Quantizer(pre, images, work, reduce_range=ctx.reduce_range), want)
+        keep = feature_nodes(onnx.load(pre))
+        tries = Tries(ctx, Quantizer(pre, images, work, reduce_range=ctx.reduce_range, keep=keep), want)
         tries.calibrations()
         tries.fp32_tensors()
         best = tries.best()
         shutil.copyfile(best["file"], path)
+        bank_float16_file(path)  # quant_pre_process folded the bank's Cast: float16 again
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta["export"].update(exporter=ctx.info["exporter"], opset=ctx.opset, quantization=tries.record(best))

@@ -31,6 +31,20 @@ or `verify_data`) up to 500 images, so hymenoptera's 153 val images all count. R
   the sample (a label set's decisions are not independent: the bound is as wide as for one decision an image),
   so a good file is refused no more often than a single-label one. A broken export moves every label's
   probability and fails the RMSE rule first; one that loses the rare positive labels fails the agreement.
+- the "features" and "knn" outputs of an ONNX export (exporting/outputs.py), against the checkpoint's
+  (`Runner.outputs`, the same forward pass as its logits): fp32: max |difference| <= 1e-3, as the logits' 0.1% of
+  their scale (features are unit vectors; a kNN distance lies in [0, 2] and is computed in float32 from the same
+  float16 bank, so only the backbone's kernel differences reach it: measured ~1e-6). int8: the logits' RMSE rule
+  on each output (RMSE at most 30% of the reference's spread, refused only when its one-sided lower bound is
+  above; the distances' spread taken as at least 0.05, 2.5% of their range): the features are read off a quantized
+  backbone, so they move as the logits do; the distance itself is computed in fp32 from them.
+- the out-of-distribution decisions (core/ood.py: "unknown" when a score is above its threshold) at each
+  threshold the file's metadata stores, image by image (`ood_decisions`, the agreement per score in the report).
+  fp32: an image may be decided otherwise only where the reference's score is within the score's own tolerance
+  of the threshold (what the logit and distance bounds allow it to move: a borderline image); any other
+  difference refuses the file. int8: reported with its one-sided upper bound, not a refusal rule: the scores are
+  held by the RMSE rules above, and at a 95% acceptance the threshold sits where the in-distribution scores thin
+  out, so which few images near it change sides depends on the CPU's int8 kernels, as top-1 flips do.
 """
 
 from __future__ import annotations
@@ -45,7 +59,9 @@ from statistics import NormalDist
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from imgclf.core import ood as oodscores
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import DataError, ImgclfError
 from imgclf.core.multilabel import MULTILABEL
@@ -61,6 +77,11 @@ from imgclf.infer.runtime import Runner
 log = logging.getLogger(__name__)
 
 FP32_REL_TOL = 1e-3
+# the features (unit vectors) and the kNN distance (in [0, 2]): 1e-3, as the logits' 0.1% of their scale
+FP32_OUTPUT_TOL = {"features": 1e-3, "knn": 1e-3}
+# the int8 RMSE rule's spread of the kNN distances is at least this (2.5% of their [0, 2] range): verification
+# images whose distances are nearly all alike do not make a good file's small errors look large
+SPREAD_FLOOR = {"knn": 0.05}
 INT8_MIN_AGREEMENT = 0.97
 INT8_MAX_REL_RMSE = 0.30
 INT8_CONFIDENCE = 0.95  # one-sided: a file at the bar is refused at most ~5% of the time (see the module docstring)
@@ -288,6 +309,96 @@ def _int8_verdict(r: dict, per_image: torch.Tensor, spread: float) -> None:
     r.update(ok=not why, reason="; ".join(why))
 
 
+def check_outputs(want: dict, got: dict, names: list[str], *, int8: bool, why: list[str]) -> dict:
+    """The export's "features" and "knn" outputs against the reference's (module docstring's rules); a line
+    for each that fails goes to `why`."""
+    rows = {}
+    for name in names:
+        if name not in got or name not in want:
+            why.append(f"the file has no '{name}' output" if name not in got else f"the checkpoint gives no {name}")
+            continue
+        a, b = want[name].float().reshape(len(want[name]), -1), got[name].float().reshape(len(got[name]), -1)
+        if a.shape != b.shape:
+            why.append(f"'{name}' output shape {tuple(got[name].shape)} != {tuple(want[name].shape)}")
+            continue
+        per_image = ((b - a) ** 2).mean(1)
+        spread = max(float(a.std()) if a.numel() > 1 else 1.0, SPREAD_FLOOR.get(name, 1e-12))
+        r = {"max_abs_diff": float((b - a).abs().max()), "rel_rmse": float(per_image.mean().sqrt()) / spread}
+        if name == "features":
+            r["min_cosine"] = float((F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1).min())
+        if not torch.isfinite(b).all():
+            r["tolerance"] = {}
+            why.append(f"non-finite values in the '{name}' output")
+        elif int8:
+            r["tolerance"] = {"max_rel_rmse": INT8_MAX_REL_RMSE, "confidence": INT8_CONFIDENCE}
+            r["rel_rmse_lower"] = rmse_lower_bound(per_image, INT8_CONFIDENCE) / spread
+            if r["rel_rmse_lower"] > INT8_MAX_REL_RMSE:
+                why.append(
+                    f"'{name}' RMSE {r['rel_rmse']:.1%} of its spread, whose one-sided lower bound "
+                    f"{r['rel_rmse_lower']:.1%} is above {INT8_MAX_REL_RMSE:.0%}"
+                )
+        else:
+            r["tolerance"] = {"max_abs_diff": FP32_OUTPUT_TOL[name]}
+            if r["max_abs_diff"] > FP32_OUTPUT_TOL[name]:
+                why.append(f"max |{name} difference| {r['max_abs_diff']:.3g} > {FP32_OUTPUT_TOL[name]:.3g}")
+        rows[name] = r
+    return rows
+
+
+def _score_tolerance(name: str, delta: float, task: str, classes: int) -> float:
+    """How far an fp32 export's `name` score may move when no logit moves more than `delta` (the logits'
+    tolerance): energy = -logsumexp is 1-Lipschitz in the max norm (a multi-label model's joint energy sums C
+    softplus terms: C x delta); the top softmax probability moves at most by a factor exp(2 delta) (a sigmoid's
+    slope is at most 1/4); knn: its own tolerance."""
+    if name == "knn":
+        return FP32_OUTPUT_TOL["knn"]
+    if name == "energy":
+        return delta * (classes if task == MULTILABEL else 1)
+    return delta / 4 if task == MULTILABEL else math.expm1(2 * delta)
+
+
+def ood_decisions(
+    want: dict, got: dict, record: dict, task: str, *, int8: bool, logit_tol: float, why: list[str]
+) -> dict:
+    """The "unknown" decision (core/ood.py: score above the threshold) of the export and of the reference at each
+    threshold the file stores, image by image: the agreement, per score. fp32: an image may be decided otherwise
+    only where the reference's score lies within the score's tolerance of the threshold (`_score_tolerance`: a
+    borderline image); int8: reported with its one-sided upper bound, not a refusal rule (module docstring)."""
+    s_ref = oodscores.scores({k: v.numpy() for k, v in want.items()}, task)
+    s_out = oodscores.scores({k: v.numpy() for k, v in got.items()}, task)
+    rows = {}
+    for name, t in record["thresholds"].items():
+        if name not in s_ref or name not in s_out:
+            why.append(
+                f"the {name} threshold is stored but the {'file' if name not in s_out else 'checkpoint'} gives no {name} score"
+            )
+            continue
+        a, b = s_ref[name], s_out[name]
+        same = (a > t) == (b > t)
+        kept, n = int(same.sum()), len(same)
+        r = {"threshold": float(t), "kept": kept, "images": n, "agreement": kept / max(n, 1)}
+        r["unknown_checkpoint"], r["unknown_export"] = int((a > t).sum()), int((b > t).sum())
+        if int8:  # reported, not a refusal rule: the scores are held by the logits' and outputs' RMSE bars
+            r["agreement_upper"] = agreement_upper_bound(kept, n, INT8_CONFIDENCE)
+        else:
+            tol = _score_tolerance(name, logit_tol, task, want["logits"].shape[1])
+            r["borderline_tolerance"] = tol
+            unexplained = int((~same & (np.abs(a - t) > tol)).sum())
+            if unexplained:
+                why.append(
+                    f"{name} out-of-distribution decisions differ on {unexplained} image(s) whose score is further "
+                    f"than {tol:.3g} from the threshold"
+                )
+        rows[name] = r
+    return rows
+
+
+def batched_outputs(outputs: Callable[[torch.Tensor], dict], x: torch.Tensor, batch_size: int) -> dict:
+    """A runner's `outputs` (core/ood.py's OUTPUTS names) on `x`, in batches, concatenated."""
+    parts = [outputs(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 def verify(
     ref: Runner,
     exported: Runner,
@@ -296,11 +407,21 @@ def verify(
     int8: bool,
     batch_size: int = 32,
     ref_logits: torch.Tensor | None = None,
+    ref_outputs: dict | None = None,
+    outputs: list[str] | tuple[str, ...] = ("logits",),
 ) -> dict:
     """Run both on `images` (in batches, then the first image alone) and compare; see the module docstring.
-    `ref_logits`: the reference's logits on `images` when already computed."""
-    r_ref = batched(ref.logits, images, batch_size) if ref_logits is None else ref_logits
-    r_out = batched(exported.logits, images, batch_size)
+    `ref_logits` / `ref_outputs`: the reference's logits / outputs on `images` when already computed. `outputs`:
+    what the file must give (an ONNX export: features and knn too), each checked against the reference; then
+    the out-of-distribution decisions at the file's stored thresholds (`check_outputs`, `ood_decisions`)."""
+    if ref_outputs is not None:
+        want = ref_outputs
+    elif len(outputs) > 1:
+        want = batched_outputs(ref.outputs, images, batch_size)
+    else:
+        want = {"logits": batched(ref.logits, images, batch_size) if ref_logits is None else ref_logits}
+    got = batched_outputs(exported.outputs, images, batch_size)
+    r_ref, r_out = want["logits"], got["logits"]
     report = compare(r_ref, r_out, int8=int8, thresholds=ref.thresholds if ref.task == MULTILABEL else None)
     if report["ok"]:
         single = exported.logits(images[:1])
@@ -312,6 +433,15 @@ def verify(
                 reason="a batch of one image gives other logits than the same image in a batch "
                 "(the batch dimension is not really dynamic)",
             )
+    if "tolerance" not in report:  # the logits' shape is wrong: nothing else to compare
+        return report
+    why = [report["reason"]] if report.get("reason") else []
+    if len(outputs) > 1:
+        report["outputs"] = check_outputs(want, got, list(outputs[1:]), int8=int8, why=why)
+    if exported.ood is not None:
+        delta = report["tolerance"].get("max_abs_diff", 0.0)
+        report["ood"] = ood_decisions(want, got, exported.ood, ref.task, int8=int8, logit_tol=delta, why=why)
+    report.update(ok=not why, reason="; ".join(why))
     return report
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from imgclf.core.confidence import check_min_confidence, mark_unsure, multilabel_result, refuse_for_multilabel
 from imgclf.core.errors import UsageError
 from imgclf.core.multilabel import MULTILABEL, is_threshold
+from imgclf.core.ood import check_reject, mark_unknown, usable
 from imgclf.data.images import UnreadableImage, load_image, pil_to_uint8, resize_shorter, to_rgb
 from imgclf.data.pipeline import eval_transform
 from imgclf.data.sources import is_image_name
@@ -72,6 +73,15 @@ def walk_images(folder: str):
             yield path
 
 
+def gives_knn(runner) -> bool:
+    """Whether `runner` computes the kNN distance: a checkpoint with a feature bank, or an ONNX export with a "knn"
+    output (test-time augmentation around an export does not: it runs the file's logits only)."""
+    if getattr(runner, "bank", None) is not None:
+        return True
+    session = getattr(runner, "session", None)
+    return session is not None and any(o.name == "knn" for o in session.get_outputs())
+
+
 def check_threshold(t) -> float | None:
     """A global threshold for every label (predict's --threshold), checked before any work: None, or a number
     from 0 to 1."""
@@ -97,7 +107,13 @@ class Predictor:
     model's per-label thresholds (core.multilabel.label_set; possibly empty) and every label's sigmoid
     probability (core.confidence.multilabel_result). `top_k` does not apply (the scores hold every label), and
     `min_confidence` is refused (each label has its own threshold). `threshold` T: T for every label instead of the
-    model's own thresholds (a multi-label model only)."""
+    model's own thresholds (a multi-label model only).
+
+    `reject="ood"`: every result gets "unknown" (true when the image's out-of-distribution score is above the
+    threshold the model stores, core/ood.mark_unknown) and "ood" ({"score", "value", "threshold"}); an unknown
+    image's "label" is None (a multi-label model's "labels" is []), the rest still given. `ood_score`: msp, energy
+    or knn (None: knn where the model gives it, else energy). With `min_confidence` too, both apply, each with its
+    own field: the label is None when either says so. The logits and the scores come from one forward pass."""
 
     def __init__(
         self,
@@ -110,12 +126,18 @@ class Predictor:
         tta: str | None = None,
         min_confidence: float | None = None,
         threshold: float | None = None,
+        reject: str | None = None,
+        ood_score: str | None = None,
     ):
         self.min_confidence = check_min_confidence(min_confidence)
         threshold = check_threshold(threshold)
         self.runner = open_model(weights, device=device, precision=precision, tta=tta)
         self.task, self.thresholds = self.runner.task, self.runner.thresholds
         refuse_for_multilabel(self.task, self.min_confidence)
+        # the record as this file can use it (no knn where it gives no kNN distance), checked before any image
+        self.ood = usable(self.runner.ood, gives_knn(self.runner))
+        self.ood_score = check_reject(reject, ood_score, self.ood)
+        self.ood_threshold = self.ood["thresholds"][self.ood_score] if self.ood_score else None
         if threshold is not None:
             if self.task != MULTILABEL:
                 raise UsageError(
@@ -177,16 +199,26 @@ class Predictor:
 
     def _results(self, chunk: list, loaded: list, k: int) -> list[dict]:
         ok = [t for t in loaded if isinstance(t, torch.Tensor)]
-        probs = self.runner.probabilities(self.logits(torch.stack(ok))) if ok else None
+        probs, values = self._forward(torch.stack(ok)) if ok else (None, None)
         results, j = [], 0
         for item, t in zip(chunk, loaded):
             name = str(item) if not isinstance(item, Image.Image) else None
             if not isinstance(t, torch.Tensor):
                 results.append({"path": name, "error": t})
                 continue
-            results.append({"path": name, **self._answer(probs[j], k)})
+            r = {"path": name, **self._answer(probs[j], k)}
+            if values is not None:
+                mark_unknown(r, self.ood_score, values[j], self.ood_threshold)
+            results.append(r)
             j += 1
         return results
+
+    def _forward(self, batch: torch.Tensor):
+        """(probabilities, the rejection's score per image or None): one forward pass either way."""
+        if self.ood_score is None:
+            return self.runner.probabilities(self.logits(batch)), None
+        logits, scores = self.runner.ood_scores(batch)
+        return self.runner.probabilities(logits), scores[self.ood_score]
 
     def _answer(self, probs: torch.Tensor, k: int) -> dict:
         """One image's answer from its probabilities: the multi-label set and scores, or the top k classes."""

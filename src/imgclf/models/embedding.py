@@ -20,16 +20,28 @@ from imgclf.models.registry import get_spec
 class FeatureOutputs(nn.Module):
     """`net` (the model as a runner runs it: temperature and test-time augmentation included) returning a tuple:
     (logits, normalised features) or, with `bank`, (logits, features, k-th neighbour distance). `model` is the
-    bare network whose head is tapped (the same object `net` runs)."""
+    bare network whose head is tapped (the same object `net` runs). `bank_dtype`: the dtype the bank is held in
+    (float16 stores a checkpoint's float16 bank as it is, cast to float32 in the forward pass)."""
 
-    def __init__(self, net: nn.Module, model: nn.Module, model_name: str, bank: torch.Tensor | None = None, k=None):
+    def __init__(
+        self,
+        net: nn.Module,
+        model: nn.Module,
+        model_name: str,
+        bank: torch.Tensor | None = None,
+        k=None,
+        *,
+        bank_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.net = net
         self.head_name = get_spec(model_name).head
         self._seen: list[torch.Tensor] | None = None
         self._hook = model.get_submodule(self.head_name).register_forward_pre_hook(self._record)
         if bank is not None:
-            self.register_buffer("bank", bank.float().contiguous(), persistent=False)
+            # held as `bank_dtype` (an ONNX export keeps the checkpoint's float16: half the file, the same numbers,
+            # as the distances are computed in float32 either way)
+            self.register_buffer("bank", bank.to(bank_dtype).contiguous(), persistent=False)
             self.k = int(min(int(k), len(bank)))
         else:
             self.bank, self.k = None, None
@@ -49,7 +61,7 @@ class FeatureOutputs(nn.Module):
         feats = F.normalize(feats.float(), dim=1)
         if self.bank is None:
             return logits, feats
-        kth = (feats @ self.bank.T).topk(self.k, dim=1).values[:, -1]
+        kth = (feats @ self.bank.float().T).topk(self.k, dim=1).values[:, -1]
         return logits, feats, (2.0 - 2.0 * kth).clamp_min(0.0).sqrt()
 
     def remove(self) -> None:

@@ -53,8 +53,8 @@ def create_app(runner_or_path, settings: ServeSettings | None = None) -> FastAPI
     runner, model = open_served(runner_or_path, settings)
     # --min-confidence with a multi-label model: a UsageError naming the flag, before anything else starts
     refuse_for_multilabel(getattr(model, "task", SINGLE), settings.min_confidence)
-    explainer, explain_info = open_explainer(runner, settings)
-    state = ServerState(runner, model, settings, explainer, explain_info)
+    state = ServerState(runner, model, settings)  # --reject / --ood-score checked against the model's record
+    state.explainer, state.explain_info = open_explainer(runner, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -5,6 +5,9 @@ images go to the dynamic batcher; the whole request runs under `timeout_s`. Belo
 default or the request's) a prediction answers "unsure", by `confidence.mark_unsure`, the rule of `imgclf predict`.
 A multi-label model answers {"filename", "labels", "scores"} per image (`confidence.multilabel_result`, the rule
 of `imgclf predict` too); top_k does not apply to it and min_confidence is refused (422).
+"Unknown" (a request's reject=ood / ood_score, or the server's --reject default; reject=none switches it off): the
+image's out-of-distribution score, computed in the same batch, against the model's threshold, by
+`ood.mark_unknown`, the rule of `imgclf predict --reject ood` (single- and multi-label models alike).
 /explain (a checkpoint only): the same upload checks for one image, then Grad-CAM (`explain.Explainer`, made once
 at start-up by `model.open_explainer`) in a thread of its own, answering the overlay as a PNG.
 """
@@ -21,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from imgclf.core.confidence import mark_unsure, refuse_for_multilabel
 from imgclf.core.errors import UsageError
 from imgclf.core.multilabel import MULTILABEL
+from imgclf.core.ood import check_reject, mark_unknown
 from imgclf.serve.batcher import Overloaded
 from imgclf.serve.decode import ImageRejected, decode_upload, open_upload
 from imgclf.serve.model import OVERLAY_MAX_SIDE
@@ -30,45 +34,81 @@ from imgclf.serve.upload import (
     Phase,
     check_upload_headers,
     parse_min_confidence,
+    parse_text,
     parse_top_k,
     read_upload,
     within_timeout,
 )
 
+# /predict's optional form fields, each parsed as it arrives (reject and ood_score are checked by `rejection`)
+PREDICT_FIELDS = {
+    "top_k": parse_top_k,
+    "min_confidence": parse_min_confidence,
+    "reject": parse_text,
+    "ood_score": parse_text,
+}
 
-async def handle_predict(state: ServerState, request: Request, top_k: int | None, min_confidence: str | None):
+
+async def handle_predict(
+    state: ServerState, request: Request, top_k: int | None, min_confidence: str | None, ood: dict
+) -> JSONResponse:
+    """/predict; `ood`: the query's "reject" and "ood_score" (None where not given)."""
     s = state.settings
     threshold = parse_min_confidence(min_confidence) if min_confidence is not None else s.min_confidence
     check_unsure(state, threshold)
+    rejection(state, ood)  # a bad query value is refused before the body is read
     check_upload_headers(request, s)
     phase = Phase()
-    return await within_timeout(predict(state, request, top_k, threshold, phase), phase, "the prediction", s)
+    return await within_timeout(predict(state, request, top_k, threshold, ood, phase), phase, "the prediction", s)
 
 
 async def predict(
-    state: ServerState, request: Request, top_k: int | None, threshold: float | None, phase: Phase
+    state: ServerState, request: Request, top_k: int | None, threshold: float | None, ood: dict, phase: Phase
 ) -> JSONResponse:
     s = state.settings
-    up = await read_upload(request, s, {"top_k": parse_top_k, "min_confidence": parse_min_confidence}, s.max_files)
+    up = await read_upload(request, s, PREDICT_FIELDS, s.max_files)
     top_k = up.values.get("top_k", top_k)
     threshold = up.values.get("min_confidence", threshold)
     check_unsure(state, threshold)
+    score = rejection(state, {k: up.values.get(k, v) for k, v in ood.items()})
     phase.name = "decode"
     images = await decode_all(state, up.names, up.datas)
     up.datas = []  # the uploaded bytes, freed before the images wait for the model
     phase.name = "model"
     try:
-        probs = await state.batcher.submit(images)
+        results = await state.batcher.submit(images)
     except Overloaded as e:
         raise ApiError(
             503, "overloaded", f"the server is overloaded ({e}); retry shortly", headers={"Retry-After": "1"}
         ) from None
     if state.task == MULTILABEL:  # the label set by the model's thresholds and every label's score; no top k
-        answers = [encode_multilabel(n, p, state.classes, state.thresholds) for n, p in zip(up.names, probs)]
+        answers = [encode_multilabel(n, p, state.classes, state.thresholds) for n, (p, _) in zip(up.names, results)]
     else:
         k = max(1, min(top_k or s.top_k, len(state.classes)))
-        answers = [encode_prediction(n, p, state.classes, k, threshold) for n, p in zip(up.names, probs)]
+        answers = [encode_prediction(n, p, state.classes, k, threshold) for n, (p, _) in zip(up.names, results)]
+    if score is not None:
+        limit = state.ood["thresholds"][score]
+        for a, (_, scores) in zip(answers, results):
+            mark_unknown(a, score, scores[score], limit)
+        state.metrics.unknown.labels(score).inc(sum(a["unknown"] for a in answers))
     return JSONResponse({"predictions": answers})
+
+
+def rejection(state: ServerState, ood: dict) -> str | None:
+    """The score a request's answers are rejected by (None: none): its "reject" (ood, or none to switch the
+    server's default off) and "ood_score", else the server's --reject and --ood-score; a value the model cannot
+    take is a 422 that names the field."""
+    reject, score = ood.get("reject"), ood.get("ood_score")
+    reject = state.settings.reject if reject is None else reject
+    if reject == "none":
+        reject = None
+    elif score is None:
+        score = state.settings.ood_score  # the server's --ood-score (None without its --reject: the model's default)
+    try:
+        return check_reject(reject, score, state.ood, "reject", "ood_score")
+    except UsageError as e:
+        field = "ood_score" if str(e).startswith("ood_score") else "reject"
+        raise ApiError(422, f"invalid_{field}", str(e)) from None
 
 
 def check_unsure(state: ServerState, threshold: float | None) -> None:

@@ -55,6 +55,8 @@ def settings_of(a: ServeOptions) -> dict:
         threads=a.threads,
         precision=getattr(a, "precision", "auto"),  # `imgclf serve --precision`; an export runs as exported
         min_confidence=a.min_confidence,
+        reject=a.reject,
+        ood_score=a.ood_score,
         explain=not a.no_explain,
     )
 

@@ -74,6 +74,12 @@ class Metrics:
         )
         self.images = Counter("imgclf_images_processed", "Images that went through the model", registry=r)
         self.rejected = Counter("imgclf_images_rejected", "Uploaded files refused, by reason", ["reason"], registry=r)
+        self.unknown = Counter(
+            "imgclf_images_unknown",
+            "Images answered unknown (unlike the training data), by score",
+            ["score"],
+            registry=r,
+        )
         self.queue = Gauge("imgclf_queue_images", "Images decoded and waiting for the model", registry=r)
         self.ready = Gauge("imgclf_ready", "1 once the model is loaded and warmed up", registry=r)
 

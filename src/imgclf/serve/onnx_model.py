@@ -8,6 +8,10 @@ scale-then-normalise arithmetic in float32), in a session opened as `runtime.Onn
 A temperature fitted by calibration is baked into the exported graph, so nothing here needs to know about it.
 A multi-label export (metadata "task": "multilabel", "thresholds") answers a sigmoid per label, and the app
 turns the scores into the label set with the thresholds read here (`core.multilabel.task_fields`).
+"Unknown" (`--reject ood`): the out-of-distribution record in the metadata ("ood", core/ood.py) gives each
+score's threshold; `scored` runs the graph once and reads its outputs by name ("logits", and "knn" where the
+export computes the kNN distance), and `core.ood.scores` makes msp and energy from the logits in NumPy, as
+`imgclf predict` does on the same file. Without a "knn" output the record's knn threshold is not used.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import numpy as np
 
 from imgclf.core import modelfile
+from imgclf.core import ood as oodscores
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import CheckpointError
 from imgclf.core.modelfile import export_extra
@@ -51,15 +56,33 @@ class OnnxModel:
         self.task, self.thresholds = task_fields(meta, len(self.classes), where=f"'{path}'")
         self.config = dict(meta.get("config") or {})
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        # the out-of-distribution record (a damaged one is one CheckpointError line), as this graph can use it
+        self.ood = oodscores.usable(oodscores.check_record(meta.get("ood"), f"'{path}'"), "knn" in self.output_names)
         self.extra = export_extra(meta, **runs_on)
 
     def metadata(self) -> dict:
         more = {"task": self.task, "thresholds": self.thresholds} if self.task != SINGLE else {}
+        if self.ood is not None:
+            more["ood"] = self.ood
         return modelfile.metadata(self, **more)
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+        return self._probabilities(self._run(images)[0])
+
+    def scored(self, images: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+        """(probabilities, {score name: N values}) of one run of the graph: every out-of-distribution score the
+        file gives (core/ood.scores: msp and energy from the logits, knn from the "knn" output where it has one)."""
+        got = dict(zip(self.output_names, self._run(images)))
+        logits = got.get("logits", got[self.output_names[0]])
+        return self._probabilities(logits), oodscores.scores({"logits": logits, "knn": got.get("knn")}, self.task)
+
+    def _run(self, images: list[np.ndarray]) -> list[np.ndarray]:
         x = normalize_batch(images, self.preprocess.mean, self.preprocess.std)
-        logits = np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
+        return self.session.run(None, {self.input_name: x})
+
+    def _probabilities(self, logits) -> np.ndarray:
+        logits = np.asarray(logits, dtype=np.float32)
         return sigmoid(logits) if self.task == MULTILABEL else softmax(logits)
 
 

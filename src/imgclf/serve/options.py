@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgclf.core.options import opt
-from imgclf.core.shared_options import DEVICE, MAX_PIXELS, MIN_CONFIDENCE, PRECISION, Console
+from imgclf.core.shared_options import DEVICE, MAX_PIXELS, MIN_CONFIDENCE, OOD_SCORE, PRECISION, REJECT, Console
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +48,8 @@ class ServeOptions(Console):
     min_confidence: float | None = MIN_CONFIDENCE.field(
         help=MIN_CONFIDENCE.help + "; a request's min_confidence overrides it"
     )
+    reject: str | None = REJECT.field(help=REJECT.help + "; a request's reject (ood or none) overrides it")
+    ood_score: str | None = OOD_SCORE.field(help=OOD_SCORE.help + "; a request's ood_score overrides it")
     device: str = DEVICE.field(help=DEVICE.help + " (an ONNX export on cuda needs onnxruntime-gpu)")
     threads: int | None = opt(
         None,

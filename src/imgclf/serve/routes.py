@@ -52,6 +52,8 @@ def served_metadata(state: ServerState) -> dict:
     }
     meta["serve"]["api_key_required"] = settings.api_key is not None
     meta["serve"]["formats"] = list(IMAGE_FORMATS)
+    if state.ood is not None or "ood" in meta:
+        meta["ood"] = state.ood  # the record as served (a knn threshold only where the model gives the distance)
     meta["explain"] = dict(state.explain_info)  # {"available": true, "method", "layer"} or {false, "reason"}
     return meta
 
@@ -109,10 +111,22 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
             f"default {settings.min_confidence} (--min-confidence); refused (422) for a multi-label model, whose "
             "labels each have their own threshold",
         ),
+        reject: str | None = Query(
+            None,
+            description="ood: an image unlike the training data (its out-of-distribution score above the model's "
+            'threshold) answers "unknown": true, "label": null (a multi-label model: "labels": []) and "ood" (the '
+            f"score, its value and threshold); none: not rejected; default {settings.reject} (--reject); refused "
+            "(422) for a model without out-of-distribution thresholds",
+        ),
+        ood_score: str | None = Query(
+            None,
+            description="the score reject=ood uses: knn, energy or msp (default: the server's --ood-score, else knn "
+            "where the model has it, else energy)",
+        ),
     ):
         if state.batcher is None:
             raise ApiError(503, "not_ready", "the server is starting")
-        return await handle_predict(state, request, top_k, min_confidence)
+        return await handle_predict(state, request, top_k, min_confidence, {"reject": reject, "ood_score": ood_score})
 
     @app.post(
         "/explain",

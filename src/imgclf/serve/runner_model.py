@@ -15,8 +15,10 @@ import torch
 
 from imgclf.compute.device import to_layout
 from imgclf.core.multilabel import MULTILABEL, SINGLE
+from imgclf.core.ood import usable
 from imgclf.data.pipeline import eval_transform
 from imgclf.evaluation.explain import Explainer, NoFeatureMap
+from imgclf.infer.predict import gives_knn
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,14 @@ class NormalizeUploads:
 
 class RunnerModel:
     """`probabilities(images)`: decoded uint8 S x S x 3 arrays -> float32 N x C probabilities (NumPy), through
-    the runner's `logits` on the normalised batch (`NormalizeUploads`: bit-for-bit `Predictor`'s input)."""
+    the runner's `logits` on the normalised batch (`NormalizeUploads`: bit-for-bit `Predictor`'s input);
+    `scored(images)`: the same and the out-of-distribution scores (`Runner.ood_scores`), for a model with `ood`."""
 
     def __init__(self, runner):
         self.runner = runner
         self.normalize = NormalizeUploads(runner.preprocess)
+        # the out-of-distribution record as this runner can use it (no knn where it computes no kNN distance)
+        self.ood = usable(getattr(runner, "ood", None), gives_knn(runner))
 
     def __getattr__(self, name):  # path, format, model_name, classes, preprocess, metadata, session, ...
         if name == "runner":  # not set yet (copy, pickle): no recursion
@@ -49,11 +54,18 @@ class RunnerModel:
 
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        x = self.normalize(images)
-        logits = self.runner.logits(x).float()
+        return self._probabilities(self.runner.logits(self.normalize(images)))
+
+    @torch.no_grad()
+    def scored(self, images: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+        """(probabilities, {score name: N values}): one forward pass gives both (`Runner.ood_scores`)."""
+        logits, scores = self.runner.ood_scores(self.normalize(images))
+        return self._probabilities(logits), scores
+
+    def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
         # a sigmoid per label for a multi-label model (Runner.probabilities' rule; any runner-like object works)
+        logits = logits.float()
         probs = logits.sigmoid() if getattr(self.runner, "task", SINGLE) == MULTILABEL else logits.softmax(1)
-        del x
         return probs.cpu().numpy()
 
 

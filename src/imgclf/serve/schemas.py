@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from imgclf.core.ood import SCORES
 from imgclf.serve.decode import IMAGE_FORMATS
 from imgclf.serve.model import OVERLAY_MAX_SIDE
 
@@ -16,10 +17,19 @@ class LabelProbability(BaseModel):
     probability: float
 
 
+class OodScore(BaseModel):
+    """The out-of-distribution score an answer was judged by (reject=ood): above its threshold, "unknown"."""
+
+    score: str  # knn, energy or msp
+    value: float
+    threshold: float
+
+
 class Prediction(BaseModel):
     """A single-label model's answer has label, index, probability, top_k (and unsure with a min_confidence); a
     multi-label model's has labels (the set its per-label thresholds give, in class order; possibly empty) and
-    scores (every label's probability)."""
+    scores (every label's probability). With reject=ood either has unknown and ood; an unknown image's label is
+    null (labels empty), the rest still given."""
 
     filename: str | None
     label: str | None = None  # None when unsure
@@ -29,6 +39,8 @@ class Prediction(BaseModel):
     unsure: bool | None = None  # only with a min_confidence: the top probability is below it
     labels: list[str] | None = None  # a multi-label model only
     scores: dict[str, float] | None = None  # a multi-label model only
+    unknown: bool | None = None  # only with reject=ood: the image is unlike the training data
+    ood: OodScore | None = None  # only with reject=ood
 
 
 class PredictResponse(BaseModel):
@@ -67,6 +79,17 @@ PREDICT_BODY = {
                             "maximum": 1,
                             "description": "answer 'unsure' below this top probability (overrides the query)",
                         },
+                        "reject": {
+                            "type": "string",
+                            "enum": ["ood", "none"],
+                            "description": "ood: answer 'unknown' for an image unlike the training data; none: do "
+                            "not (overrides the query and the server's --reject)",
+                        },
+                        "ood_score": {
+                            "type": "string",
+                            "enum": list(SCORES),
+                            "description": "the score reject=ood uses (overrides the query)",
+                        },
                     },
                 }
             }
@@ -87,7 +110,8 @@ ERRORS = {
         "model": ErrorBody,
         "description": "a file that is not a readable image (empty, truncated, unknown "
         "format), an image too far from square (aspect ratio over 100:1), "
-        "or a bad top_k or min_confidence",
+        "or a bad top_k or min_confidence, or a reject or ood_score the model cannot do (no out-of-distribution "
+        "thresholds, no kNN)",
     },
     503: {"model": ErrorBody, "description": "overloaded, or the model is still warming up"},
     504: {"model": ErrorBody, "description": "the prediction did not finish within the request timeout"},

@@ -28,6 +28,10 @@ class ServeSettings:
     precision: str = "auto"
     threads: int | None = None  # onnxruntime intra-op threads for a .onnx path (None: onnxrt.default_threads)
     min_confidence: float | None = None  # default threshold under which a prediction is "unsure" (core/confidence.py)
+    # default rejection of images unlike the training data (core/ood.py): "ood" or None, and its score (None: the
+    # model's default); checked against the model's record when create_app opens it; a request may override both
+    reject: str | None = None
+    ood_score: str | None = None
     explain: bool = True  # load a second copy of a checkpoint's model for Grad-CAM (/explain); exports never
 
     @property

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from imgclf.core.multilabel import SINGLE
+from imgclf.core.ood import check_reject
 from imgclf.serve.batcher import DynamicBatcher
 from imgclf.serve.metrics import Metrics
 from imgclf.serve.server import trim_malloc
@@ -48,6 +49,10 @@ class ServerState:
         # core/multilabel.py: single (the top classes) or multilabel (a label set by `thresholds`, and scores)
         self.task = getattr(model, "task", SINGLE)
         self.thresholds = getattr(model, "thresholds", None)
+        # core/ood.py's record (None: the model cannot say "unknown"), and the server's default rejection score:
+        # --reject / --ood-score checked against it (one UsageError line) before anything else is loaded
+        self.ood = getattr(model, "ood", None)
+        self.ood_score = check_reject(settings.reject, settings.ood_score, self.ood)
         self.preprocess = model.preprocess
         self.metrics = Metrics(settings.max_batch_size)
         self.decode_workers = settings.decode_workers or max(1, min(4, os.cpu_count() or 1))
@@ -58,14 +63,20 @@ class ServerState:
         self._last_trim = time.monotonic()
 
     # -- the model thread --
-    def predict_batch(self, images: list[np.ndarray]) -> np.ndarray:
-        """uint8 images (S x S x 3 each) -> float32 N x C probabilities."""
-        probs = self.model.probabilities(images)
+    def predict_batch(self, images: list[np.ndarray]) -> list[tuple]:
+        """uint8 images (S x S x 3 each) -> one (probabilities, scores) per image: float32 C probabilities, and
+        {score name: value} of the out-of-distribution scores where the model has a record (else None), so that
+        each request may reject or not from the same forward pass."""
+        if self.ood is None:
+            answers = [(p, None) for p in self.model.probabilities(images)]
+        else:
+            probs, scores = self.model.scored(images)
+            answers = [(p, {n: float(v[i]) for n, v in scores.items()}) for i, p in enumerate(probs)]
         now = time.monotonic()
         if now - self._last_trim > TRIM_EVERY_S:
             self._last_trim = now
             trim_malloc()
-        return probs
+        return answers
 
     def on_batch(self, n: int, seconds: float) -> None:
         self.metrics.batch_size.observe(n)

@@ -130,7 +130,7 @@ def multipart_refusal(msg: str, request: Request, s: ServeSettings, max_files: i
             400,
             "too_many_fields",
             "too many form fields: send files in 'image' and at most the optional fields "
-            "(top_k and min_confidence for /predict, target for /explain)",
+            "(top_k, min_confidence, reject and ood_score for /predict, target for /explain)",
         )
     return ApiError(400, "bad_multipart", f"malformed multipart body: {msg}")
 
@@ -181,6 +181,11 @@ def parse_min_confidence(value: str) -> float:
         return check_min_confidence(value.strip(), "min_confidence")
     except UsageError as e:
         raise ApiError(422, "invalid_min_confidence", str(e)) from None
+
+
+def parse_text(value: str) -> str:
+    """A text field (reject, ood_score) as sent, less surrounding spaces: its endpoint checks the value."""
+    return value.strip()
 
 
 def parse_top_k(value: str) -> int:

@@ -17,7 +17,16 @@ from dataclasses import dataclass, fields
 from imgclf.core.errors import CheckpointError, UsageError, did_you_mean
 from imgclf.core.fileio import check_text
 from imgclf.core.options import adv_eps, adv_step, check_output_folder, load_yaml, opt, out_of_range
-from imgclf.core.shared_options import APPLY_FIXES, BATCH_SIZE, DATA_ROOT, DEVICE, GROUP_BY, WORKERS
+from imgclf.core.shared_options import (
+    APPLY_FIXES,
+    BATCH_SIZE,
+    DATA_ROOT,
+    DEVICE,
+    GROUP_BY,
+    OOD_ACCEPT,
+    OOD_BANK,
+    WORKERS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +234,10 @@ class TrainConfig:
         False,
         "after training: fit a temperature on the validation split (temperature scaling, as `imgclf calibrate`) and store it in best.pt; predict, evaluate, serve and exports then give calibrated probabilities",
     )
+    ood_bank: int = OOD_BANK.field(
+        help="after training: " + OOD_BANK.help + "; fitted on best.pt with its thresholds (docs/ood.md)"
+    )
+    ood_accept: float = OOD_ACCEPT.field()
     # adversarial training and curriculum learning (docs/adversarial_training.md, docs/curriculum.md)
     adv_train: str = opt(
         "none",

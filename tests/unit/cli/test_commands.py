@@ -53,6 +53,8 @@ SHARED = {
     "max_pixels": shared.MAX_PIXELS,
     "verbose": shared.VERBOSE,
     "quiet": shared.QUIET,
+    "ood_bank": shared.OOD_BANK,  # train and calibrate (issue 25)
+    "ood_accept": shared.OOD_ACCEPT,
 }
 # options with a shared name but another meaning, declared on their own on purpose
 OWN = {

@@ -59,17 +59,19 @@ def test_metadata_is_one_shape_in_one_order():
 
 def test_runners_and_the_slim_model_describe_themselves_with_it(tiny_best, tmp_path):
     """Runner.metadata and OnnxModel.metadata are core.modelfile.metadata: a checkpoint adds its temperature and
-    test-time augmentation; an ONNX export opened by runtime and by the slim server says the same but for those."""
+    test-time augmentation; an ONNX export opened by runtime and by the slim server says the same but for those
+    (the out-of-distribution record included)."""
     pytest.importorskip("onnxruntime")
     from imgclf.exporting.export import export
     from imgclf.infer.runtime import open_model
     from imgclf.serve.onnx_model import OnnxModel
 
     runner = open_model(tiny_best, device="cpu")
-    assert runner.metadata() == metadata(runner, temperature=runner.temperature, tta=runner.tta)
+    assert runner.ood is not None  # training fits the out-of-distribution record: both describe it too
+    assert runner.metadata() == metadata(runner, temperature=runner.temperature, tta=runner.tta, ood=runner.ood)
     out = tmp_path / "tiny.onnx"
     export(tiny_best, "onnx", out=str(out), verify_images=8)
     by_runtime, slim = open_model(str(out), device="cpu"), OnnxModel(str(out), device="cpu", threads=None)
-    assert slim.metadata() == metadata(slim)
+    assert slim.metadata() == metadata(slim, ood=slim.ood)
     want = {k: v for k, v in by_runtime.metadata().items() if k not in ("temperature", "tta")}
     assert slim.metadata() == want

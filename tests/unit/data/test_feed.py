@@ -121,6 +121,12 @@ def test_fast_and_per_image_paths_give_the_same_eval_batches(tmp_path, make_fold
     for (xa, ya), (xb, yb) in zip(fast.batches(), slow.batches()):
         assert torch.equal(ya, yb)
         torch.testing.assert_close(xa, xb, atol=1e-5, rtol=1e-5)
+    # chosen images, in the order given (the out-of-distribution bank's subsample): both paths, the same images
+    every = torch.cat([x for x, _ in fast.batches()])
+    for feed in (fast, slow):
+        got = list(feed.batches(indices=[5, 0, 3, 4, 1]))
+        assert [len(x) for x, _ in got] == [4, 1]
+        torch.testing.assert_close(torch.cat([x for x, _ in got]), every[[5, 0, 3, 4, 1]], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

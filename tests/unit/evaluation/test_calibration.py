@@ -60,10 +60,10 @@ def calibrated(tiny_best, mislabelled, tmp_path_factory) -> tuple[str, object]:
     after = load_checkpoint(path)  # weights_only=True, validated
     assert set(after) == set(before) | {"temperature", "calibration"}
     for k in before:
-        if k != "state_dict":
+        if k not in ("state_dict", "ood"):  # the out-of-distribution record is fitted again (test_ood_fit.py)
             assert after[k] == before[k], k
     assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
-    assert after["temperature"] == result.temperature
+    assert after["temperature"] == result.temperature == after["ood"]["record"]["temperature"]
     return path, result
 
 
@@ -211,3 +211,6 @@ def test_train_calibrate_stores_the_fitted_temperature_in_best_pt(tmp_path, make
     assert cal["split"] == "val" and cal["images"] == 12 and cal["nll_after"] <= cal["nll_before"] + 1e-6
     assert "ECE (15 bins)" in open(f"{res['run_dir']}/train.log").read()
     assert temperature_of(load_checkpoint(f"{res['run_dir']}/last.pt")) == 1.0  # only best.pt is calibrated
+    # the out-of-distribution fit follows the calibration, with its temperature, once (by the run, from its data)
+    assert best["ood"]["record"]["temperature"] == temperature_of(best) and best["ood"]["record"]["by"] == "train"
+    assert res["ood"] == best["ood"]["record"] and "ood" not in cal

@@ -13,12 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import imgclf as imgclf_package
 from imgclf.compute.distributed import batch_block, shard_order, strip_nproc
 from imgclf.data.batches import Batches, epoch_order
+from imgclf.models.checkpoint import load_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 TINY = ["--model", "test_tiny", "--workers", "0", "--precision", "fp32", "--seed", "3", "--scheduler", "warmup-linear"]
@@ -186,9 +188,13 @@ def test_time_budget_and_frozen_feature_cache_under_torchrun(tiny_data, tmp_path
     results = json.loads((tmp_path / "budget" / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] < 50 * 3
 
-    r = ok(torchrun([*base, "--epochs", "2", "--freeze", "backbone", "--name", "frozen"]))
+    r = ok(torchrun([*base, "--epochs", "2", "--freeze", "backbone", "--name", "frozen", "--ood-bank", "0"]))
     assert "frozen-feature cache built" in r.stderr
-    assert json.loads((tmp_path / "frozen" / "results.json").read_text())["steps"] == 6
+    results = json.loads((tmp_path / "frozen" / "results.json").read_text())
+    assert results["steps"] == 6
+    # rank 0 fits the out-of-distribution thresholds while the other ends; --ood-bank 0: msp and energy, no kNN
+    assert set(results["ood"]["thresholds"]) == {"msp", "energy"} and results["ood"]["k"] is None
+    assert load_checkpoint(str(tmp_path / "frozen" / "best.pt"))["ood"]["bank"] is None
 
 
 def test_sync_bn_on_cpu_is_refused_in_one_line(tiny_data, tmp_path):
@@ -247,16 +253,21 @@ def test_a_rank_local_non_finite_loss_stops_every_rank_together(tiny_data, tmp_p
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path):
-    """Every number of eval.json equal: each rank runs whole batches, gathered in order."""
+def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path, image_of_class):
+    """Every number of eval.json equal, the --ood-data block's too: each rank runs whole batches, gathered in order."""
     best = str(ddp_run / "best.pt")
-    common = ["--split", "val", "--batch-size", "4", "--precision", "fp32"]
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    for i in range(7):  # images of a colour no class has: 2 batches of 4, so both ranks score some
+        image_of_class(5, 16, rng=np.random.default_rng(i)).save(unknown / f"u{i}.png")
+    common = ["--split", "val", "--batch-size", "4", "--precision", "fp32", "--ood-data", str(unknown)]
     ok(imgclf(["evaluate", best, *common, "--out", str(tmp_path / "one")]))
     ok(torchrun(["evaluate", best, *common, "--out", str(tmp_path / "two")]))
     one = json.loads((tmp_path / "one" / "eval.json").read_text())
     two = json.loads((tmp_path / "two" / "eval.json").read_text())
     assert one == two
     assert one["num_images"] == 18
+    assert one["ood"]["unknown_images"] == 7 and set(one["ood"]["scores"]) == {"msp", "energy"}
 
 
 # ------------------------------------------------------------------------------------------------ failures

@@ -337,8 +337,14 @@ def test_compile_trains_the_same_model_and_logs_the_compile_time(tmp_path, data)
 
 def test_lookahead_and_ema_average_the_head_on_the_frozen_feature_cache(tmp_path, data):
     """--freeze backbone trains the head on cached features: lookahead and the EMA average what trains."""
-    res = _train(tmp_path, data, "head", epochs=2, freeze="backbone", lookahead=True, ema=True, ema_warmup=0)
+    res = _train(
+        tmp_path, data, "head", epochs=2, freeze="backbone", lookahead=True, ema=True, ema_warmup=0, ood_bank=10
+    )
     assert "frozen-feature cache built" in open(os.path.join(res["run_dir"], "train.log")).read()
+    # the out-of-distribution fit runs the whole model on images: a bank of 10 of the training images
+    ood = load_checkpoint(os.path.join(res["run_dir"], "best.pt"))["ood"]
+    assert len(ood["bank"]) == ood["record"]["bank_size"] == 10 and res["ood"] == ood["record"]
+    assert set(ood["record"]["thresholds"]) == {"msp", "energy", "knn"}
     last = load_checkpoint(os.path.join(res["run_dir"], "last.pt"))
     assert set(last["train_state"]["callbacks"]["lookahead"]) == {"weight", "bias"}  # the head's own tensors
     resumed = imgclf.train(resume=os.path.join(res["run_dir"], "last.pt"), epochs=3, workers=0)

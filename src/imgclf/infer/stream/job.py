@@ -58,6 +58,8 @@ class Job:
         ("tta", "--tta"),
         ("min_confidence", "--min-confidence"),
         ("threshold", "--threshold"),
+        ("reject", "--reject"),
+        ("ood_score", "--ood-score"),
         ("world_size", "number of processes"),
     )
 
@@ -79,6 +81,8 @@ class Job:
         tta=None,
         min_confidence=None,
         threshold=None,
+        reject=None,
+        ood_score=None,
     ) -> Job:
         if int(top_k) < 1:
             raise UsageError(f"top_k must be at least 1, got {top_k}")
@@ -105,6 +109,8 @@ class Job:
             "tta": tta,
             "min_confidence": min_confidence,
             "threshold": threshold,
+            "reject": reject,
+            "ood_score": ood_score,
             "world_size": world.size,
             "entries": entries,
             "digest": digest,

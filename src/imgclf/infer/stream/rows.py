@@ -1,9 +1,13 @@
-"""One result as a row of each output: CSV (`csv_row`, CSV_HEADER), JSON lines, Parquet (`parquet_table`), and the
+"""One result as a row of each output: CSV (`csv_row`, CSV_HEADER), JSON lines, Parquet (`Layout.table`), and the
 complete records of a CSV or JSON-lines work file (`records`: a line a kill cut short is left out).
 
 A multi-label model's rows have other columns (`Layout`, `layout_for`): path, labels (the set: a CSV cell "a|b",
 a list in Parquet), one score per label (CSV: a column `score_LABEL` each; Parquet: a struct `scores`) and error.
 JSON lines and JSON hold the results as they are ({"path", "labels", "scores"}).
+
+With `--reject ood` (`Layout.ood`) the rows of either kind end with four more columns: unknown (true / false; an
+unknown image's label, or label set, is empty), ood_score (the score's name), ood_value and ood_threshold; JSON
+lines and JSON hold the results' own "unknown" and "ood" ({"score", "value", "threshold"}).
 """
 
 from __future__ import annotations
@@ -58,11 +62,10 @@ def parquet_schema():
     )
 
 
-def parquet_table(rows: list[dict]):
-    import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
-
+def parquet_columns(rows: list[dict]) -> dict:
+    """A single-label model's Parquet columns of `rows`, by name."""
     ok = ["error" not in r for r in rows]
-    cols = {
+    return {
         "path": [r["path"] for r in rows],
         "label": [r["label"] if good else None for r, good in zip(rows, ok)],
         "index": [r["index"] if good else None for r, good in zip(rows, ok)],
@@ -72,24 +75,64 @@ def parquet_table(rows: list[dict]):
         "error": [r.get("error") for r in rows],
         "unsure": [r.get("unsure") for r in rows],
     }
-    return pa.table(cols, schema=parquet_schema())
+
+
+# --reject ood: the columns after a row's own (either kind); unknown true / false, the label (set) empty where true
+OOD_HEADER = ["unknown", "ood_score", "ood_value", "ood_threshold"]
+
+
+def ood_cells(r: dict) -> list:
+    """The OOD_HEADER cells of one result (empty for an error row)."""
+    if "error" in r:
+        return ["", "", "", ""]
+    o = r["ood"]
+    return [str(r["unknown"]).lower(), o["score"], repr(o["value"]), repr(o["threshold"])]
+
+
+def ood_schema():
+    import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
+
+    return [
+        ("unknown", pa.bool_()),
+        ("ood_score", pa.string()),
+        ("ood_value", pa.float64()),
+        ("ood_threshold", pa.float64()),
+    ]
+
+
+def ood_columns(rows: list[dict]) -> dict:
+    ood = [r.get("ood") or {} for r in rows]
+    return {
+        "unknown": [r.get("unknown") for r in rows],
+        "ood_score": [o.get("score") for o in ood],
+        "ood_value": [o.get("value") for o in ood],
+        "ood_threshold": [o.get("threshold") for o in ood],
+    }
 
 
 @dataclass(frozen=True)
 class Layout:
     """The columns of one model's rows: a single-label model's (the default: CSV_HEADER, parquet_schema), or a
-    multi-label model's (`classes` given): path, labels, a score per label, error."""
+    multi-label model's (`classes` given): path, labels, a score per label, error; either followed by OOD_HEADER's
+    with `ood` (--reject ood)."""
 
     classes: tuple[str, ...] | None = None  # None: single-label
+    ood: bool = False  # --reject ood: the unknown and ood_* columns
 
     @property
     def header(self) -> list:
+        return self._header() + (OOD_HEADER if self.ood else [])
+
+    def _header(self) -> list:
         if self.classes is None:
             return CSV_HEADER
         # the labels are the model's strings: escaped as every other cell a user's data fills
         return ["path", "labels", *(csv_cell(f"score_{c}") for c in self.classes), "error"]
 
     def csv_row(self, r: dict) -> list:
+        return self._csv_row(r) + (ood_cells(r) if self.ood else [])
+
+    def _csv_row(self, r: dict) -> list:
         if self.classes is None:
             return csv_row(r)
         if "error" in r:
@@ -100,33 +143,41 @@ class Layout:
         import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
 
         if self.classes is None:
-            return parquet_schema()
-        scores = pa.struct([(c, pa.float32()) for c in self.classes])
-        return pa.schema(
-            [("path", pa.string()), ("labels", pa.list_(pa.string())), ("scores", scores), ("error", pa.string())]
-        )
+            fields = list(parquet_schema())
+        else:
+            scores = pa.struct([(c, pa.float32()) for c in self.classes])
+            fields = [
+                ("path", pa.string()),
+                ("labels", pa.list_(pa.string())),
+                ("scores", scores),
+                ("error", pa.string()),
+            ]
+        return pa.schema(fields + (ood_schema() if self.ood else []))
 
     def table(self, rows: list[dict]):
         import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
 
         if self.classes is None:
-            return parquet_table(rows)
-        ok = ["error" not in r for r in rows]
-        cols = {
-            "path": [r["path"] for r in rows],
-            "labels": [r["labels"] if good else None for r, good in zip(rows, ok)],
-            "scores": [r["scores"] if good else None for r, good in zip(rows, ok)],
-            "error": [r.get("error") for r in rows],
-        }
+            cols = parquet_columns(rows)
+        else:
+            ok = ["error" not in r for r in rows]
+            cols = {
+                "path": [r["path"] for r in rows],
+                "labels": [r["labels"] if good else None for r, good in zip(rows, ok)],
+                "scores": [r["scores"] if good else None for r, good in zip(rows, ok)],
+                "error": [r.get("error") for r in rows],
+            }
+        if self.ood:
+            cols.update(ood_columns(rows))
         return pa.table(cols, schema=self.schema())
 
 
 SINGLE_LAYOUT = Layout()
 
 
-def layout_for(task: str, classes) -> Layout:
-    """The rows of a model of `task` with `classes` (core/multilabel.py's task names)."""
-    return Layout(tuple(classes)) if task == MULTILABEL else SINGLE_LAYOUT
+def layout_for(task: str, classes, *, ood: bool = False) -> Layout:
+    """The rows of a model of `task` with `classes` (core/multilabel.py's task names); `ood`: with --reject's."""
+    return Layout(tuple(classes) if task == MULTILABEL else None, ood)
 
 
 def csv_bytes(rows) -> bytes:

@@ -49,6 +49,8 @@ def predict_files(
     tta: str | None = None,
     min_confidence: float | None = None,
     threshold: float | None = None,
+    reject: str | None = None,
+    ood_score: str | None = None,
 ) -> dict:
     """Predict every image of `inputs` (files and folders) and of the list `files_from`, writing each batch's rows
     to `output` (.csv, .jsonl, .json or .parquet) as it finishes; see the module's docstring.
@@ -56,12 +58,14 @@ def predict_files(
     `weights`: a checkpoint or exported model (or a Predictor). `resume`: keep the rows a stopped run of the same
     call wrote and predict the rest. `on_row(result)`: called with each new result (the dicts of
     Predictor.predict) in this process. Under torchrun each rank predicts its share and rank 0 merges them.
-    `tta`, `min_confidence`, `threshold`: as Predictor's (a Predictor passed as `weights` keeps its own).
+    `tta`, `min_confidence`, `threshold`, `reject`, `ood_score`: as Predictor's (a Predictor passed as `weights`
+    keeps its own); with `reject` the rows gain "unknown" and the score (rows.py).
     Returns {"output", "entries", "rows", "predicted", "errors", "resumed"}; the counts are over all ranks. With
     `resume` and an OUTPUT that is finished (no OUTPUT.parts of a stopped run), nothing is done: "finished": True."""
     # the Predictor's options, checked before any work; the manifest records them for --resume
     chosen = dict(tta=check_mode(tta), min_confidence=check_min_confidence(min_confidence))
     chosen["threshold"] = check_threshold(threshold)
+    chosen.update(reject=reject, ood_score=ood_score)  # checked against the model's record when it opens
     world = world_from_env()
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -111,7 +115,7 @@ def predict_shares(
     passes its embedding rows')."""
     world = job.world
     if job.out is not None:
-        job.use_layout(layout or layout_for(predictor.task, predictor.classes))
+        job.use_layout(layout or layout_for(predictor.task, predictor.classes, ood=predictor.ood_score is not None))
     barrier(world)  # every rank has checked the output before rank 0 creates anything
     if world.main:
         job.prepare()

@@ -1,4 +1,5 @@
-"""The run's end (rank 0): best.pt validated once more, the plots, --calibrate, results.json, report.html."""
+"""The run's end (rank 0): best.pt validated once more, the plots, --calibrate, the out-of-distribution fit,
+results.json, report.html."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from imgclf.evaluation.calibration import calibrate, format_calibration
 from imgclf.evaluation.command import write_eval_plots
 from imgclf.evaluation.metrics import compute_metrics
 from imgclf.evaluation.multilabel import multilabel_metrics
+from imgclf.evaluation.ood_fit import fit_ood, fitting_runner, store
+from imgclf.evaluation.ood_fit import summary as ood_summary
 from imgclf.evaluation.plots import plot_curves
 from imgclf.evaluation.report import build_report
 from imgclf.infer.logits import infer
@@ -23,7 +26,8 @@ from imgclf.models.checkpoint import load_checkpoint, load_weights, task_of
 class FinalReport(Callback):
     """After the last epoch: the best checkpoint evaluated once more on validation, in fp32 as `imgclf evaluate`
     runs it (results.json's numbers are the ones a user gets back); curves.png and the validation plots;
-    --calibrate's temperature; results.json (with what earlier callbacks put in `trainer.results`), report.html
+    --calibrate's temperature; the out-of-distribution thresholds and kNN bank (with that temperature) kept in
+    best.pt; results.json (with what earlier callbacks put in `trainer.results`), report.html
     and the run's last lines. On the other ranks, a short summary."""
 
     order = 1000  # the last at on_fit_end: it reports what the others left
@@ -42,6 +46,7 @@ class FinalReport(Callback):
         results = with_callbacks(trainer, summary(trainer, bm, train_seconds))
         if trainer.plan.cfg.calibrate:
             results["calibration"] = calibration(trainer, best_path)
+        results["ood"] = fit_run_ood(trainer, best_path)
         trainer.run_dir.write_results(results)
         try:  # report.html is a convenience: it never fails the run
             # the validation logits above, not a second pass: the runner gives the page the classes and the
@@ -85,6 +90,7 @@ def report_multilabel(trainer, best_path: str, train_seconds: float) -> None:
     notes = ckpt.get("threshold_notes") or []
     results |= {"task": MULTILABEL, "best": best, "best_at_0.5": at_half, "thresholds": thresholds}
     results |= {"threshold_goal": cfg.threshold, "threshold_notes": notes}
+    results["ood"] = fit_run_ood(trainer, best_path)
     trainer.run_dir.write_results(results)
     try:  # report.html is a convenience: it never fails the run
         build_report(trainer.run_dir.path)
@@ -167,7 +173,43 @@ def summary(trainer, bm: dict, train_seconds: float) -> dict:
 def calibration(trainer, best_path: str) -> dict:
     """--calibrate: the temperature of best.pt, fitted on the validation split (evaluation/calibration.py) and kept in it."""
     cfg = trainer.plan.cfg
-    r = calibrate(best_path, data_root=cfg.data_root, workers=cfg.workers, cache=cfg.cache)
+    # the out-of-distribution fit follows (fit_run_ood), from the run's decoded data, with this temperature
+    r = calibrate(best_path, data_root=cfg.data_root, workers=cfg.workers, cache=cfg.cache, refit_ood=False)
     for line in format_calibration(r).splitlines():
         trainer.info("%s", line)
-    return {k: v for k, v in r.to_dict().items() if k not in ("weights", "data")}
+    return {k: v for k, v in r.to_dict().items() if k not in ("weights", "data", "ood")}  # ood: fit_run_ood's
+
+
+def fit_run_ood(trainer, best_path: str) -> dict:
+    """best.pt's out-of-distribution record (evaluation/ood_fit.py), fitted on its model (with --calibrate's
+    temperature) from the run's decoded data: a bank of up to --ood-bank training images and each score's threshold
+    for --ood-accept of the validation images; kept in best.pt, returned for results.json and logged in one line.
+    last.pt and epoch_N.pt get none: they hold other weights, for resuming (`imgclf calibrate` fits one on any
+    checkpoint). A fit that cannot be made is one line, {"fitted": false, "reason"} in results.json, and the
+    run's other results stand."""
+    cfg, data = trainer.plan.cfg, trainer.data
+    if data.val is None or len(data.val) == 0:
+        reason = "the run has no validation images to fit the thresholds on"
+    else:
+        try:
+            runner = fitting_runner(
+                best_path, load_checkpoint(best_path), device=str(trainer.plan.device), channels_last=cfg.channels_last
+            )
+            entry = fit_ood(
+                runner,
+                data.train,
+                data.val,
+                bank_size=cfg.ood_bank,
+                accept=cfg.ood_accept,
+                seed=cfg.seed,
+                left_out=len(data.left_out),
+            )
+            store(runner.ckpt, entry, best_path)
+            trainer.info("%s; %.1f s", ood_summary(entry["record"]), entry["record"]["seconds"])
+            return entry["record"]
+        except Exception as e:  # the run's weights and metrics stand without it
+            reason = f"{type(e).__name__}: {e}"
+    trainer.run_dir.warning(
+        "out-of-distribution thresholds not fitted (%s): fit them with `imgclf calibrate %s`", reason, best_path
+    )
+    return {"fitted": False, "reason": reason}
