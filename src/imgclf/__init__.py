@@ -30,6 +30,8 @@ __all__ = [
     "robustness",
     "score",
     "calibrate",
+    "embed",
+    "similar",
     "__version__",
 ]
 
@@ -52,6 +54,8 @@ _LAZY = {
     "robustness": ("evaluation.robustness", "robustness"),
     "score": ("training.curriculum", "score"),
     "calibrate": ("evaluation.calibration", "calibrate"),
+    "embed": ("infer.embed", "embed"),
+    "similar": ("studies.similar", "similar"),
 }
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from imgclf.cli import options as o
 from imgclf.cli.console import world_size
+from imgclf.cli.embed_options import EmbedOptions, SimilarOptions
 from imgclf.cli.export_options import BenchOptions, ExportOptions
 from imgclf.core.lazy import Named
 from imgclf.core.options import add_options, options_from
@@ -77,6 +78,26 @@ TABLE = [
         description="Label images. With --output the rows are written as each batch finishes (bounded memory); "
         "a stopped run continues with --resume; under torchrun each rank predicts its share and rank 0 merges "
         "them into the one --output file.",
+    ),
+    Command(
+        "embed",
+        "each image's features (normalised) as a Parquet file, with path, label and split, for similar",
+        EmbedOptions,
+        "imgclf.cli.run_embed:embed_command",
+        nproc=True,
+        intermixed=True,
+        description="Write the penultimate features of a model (L2-normalised) for every image of a data set "
+        "(every split, with labels) or of files, folders and --files-from, to a Parquet file that records the "
+        "model that made them. Streamed as predict streams (--resume, torchrun). See docs/embeddings.md.",
+    ),
+    Command(
+        "similar",
+        "the images of an embedding index nearest to query images, with distances and a contact sheet",
+        SimilarOptions,
+        "imgclf.cli.run_embed:similar_command",
+        description="Embed the query images with WEIGHTS and find their nearest images in --index (written by "
+        "imgclf embed with the same model) by cosine similarity (faiss); distance sqrt(2 - 2 cos). A table, or "
+        "JSON lines with --json, and a contact sheet with --sheet. See docs/embeddings.md.",
     ),
     Command(
         "export",

@@ -75,4 +75,6 @@ def after_stop(command: str, values: dict) -> str:
         return "a training run continues from its last whole checkpoint with --resume RUN_DIR/last.pt"
     if command == "predict" and values.get("output"):
         return "run the same predict command again with --resume: it keeps the rows written and predicts the rest"
+    if command == "embed" and values.get("output"):
+        return "run the same embed command again with --resume: it keeps the rows written and embeds the rest"
     return f"run the same {command} command again"

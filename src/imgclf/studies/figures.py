@@ -17,16 +17,18 @@ SHEET_COLS = 8
 SHEET_MAX = 200
 
 
-def contact_sheet(rows: list[dict], path: str, *, title: str) -> None:
+def contact_sheet(rows: list, path: str, *, title: str, cols: int = SHEET_COLS, numbered: bool = True) -> None:
     """A PNG grid of the chosen images in the order asked, each with its rank, file name, predicted label,
     probability and score under it. A row may give its pixels (`image`: H x W x 3 uint8, for an in-memory image)
-    instead of reading `path`, and its own `caption` line instead of the predicted label, probability and score."""
-    save_figure(sheet_figure(rows, title=title), path)
+    instead of reading `path`, and its own `caption` line instead of the predicted label, probability and score;
+    None is an empty cell. `cols` images a row; `numbered` False: no rank before the file name (`similar`'s
+    sheet: a query and its neighbours a row)."""
+    save_figure(sheet_figure(rows, title=title, cols=cols, numbered=numbered), path)
 
 
-def sheet_figure(rows: list[dict], *, title: str):
+def sheet_figure(rows: list, *, title: str, cols: int = SHEET_COLS, numbered: bool = True):
     shown = rows[:SHEET_MAX]
-    cols = max(1, min(SHEET_COLS, len(shown)))
+    cols = max(1, min(cols, len(shown)))
     n_rows = max(1, -(-len(shown) // cols))
     height = 2.2 * n_rows + 0.4
     fig = new_figure(figsize=(2.0 * cols, height))
@@ -36,6 +38,8 @@ def sheet_figure(rows: list[dict], *, title: str):
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, r) in enumerate(zip(axes.flat, shown), start=1):
+        if r is None:
+            continue
         try:
             im = (
                 np.asarray(r["image"])
@@ -55,13 +59,13 @@ def sheet_figure(rows: list[dict], *, title: str):
         ax.text(
             0.5,
             -0.03,
-            f"{i}. {label(name)}\n{caption}",
+            (f"{i}. " if numbered else "") + f"{label(name)}\n{caption}",
             ha="center",
             va="top",
             fontsize=7,
             transform=ax.transAxes,
         )
-    listed = rows[0].get("listed_in", "selected.csv") if rows else "selected.csv"
+    listed = rows[0].get("listed_in", "selected.csv") if rows and rows[0] else "selected.csv"
     more = f" (the first {SHEET_MAX} of {len(rows)}: {listed} lists them all)" if len(rows) > SHEET_MAX else ""
     fig.suptitle(label(title) + more, fontsize=10, y=1 - 0.12 / height)
     return fig

@@ -79,6 +79,8 @@ DECODERS = {
     "lr-find",
     "evaluate",
     "predict",
+    "embed",
+    "similar",
     "export",
     "bench",
     "select",

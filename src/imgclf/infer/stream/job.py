@@ -46,6 +46,23 @@ class Job:
     finished: bool = False  # --resume of a run that finished: OUTPUT is there whole, nothing to do
     layout: Layout = SINGLE_LAYOUT  # the model's columns (rows.py), set once the model is open (`use_layout`)
 
+    COMMAND = "predict"  # the command whose stopped runs this job continues (infer/embed.py's EmbedJob: embed)
+    # what --resume compares between the stopped run's manifest and this one: (key, how the user names it)
+    SAME = (
+        ("weights", "weights"),
+        ("inputs", "PATHs"),
+        ("files_from", "--files-from"),
+        ("stdin", "--files-from -"),
+        ("batch_size", "--batch-size"),
+        ("top_k", "--top-k"),
+        ("tta", "--tta"),
+        ("min_confidence", "--min-confidence"),
+        ("threshold", "--threshold"),
+        ("reject", "--reject"),
+        ("ood_score", "--ood-score"),
+        ("world_size", "number of processes"),
+    )
+
     @property
     def parts(self) -> str:
         return self.out + ".parts"
@@ -132,28 +149,20 @@ class Job:
                 before = json.load(f)
         except (OSError, ValueError):
             raise UsageError(
-                f"--resume: '{parts}' is not a stopped imgclf predict run (no {MANIFEST}): remove it"
+                f"--resume: '{parts}' is not a stopped imgclf {self.COMMAND} run (no {MANIFEST}): remove it"
             ) from None
         now = self.manifest
+        if before.get("command", "predict") != self.COMMAND:
+            raise UsageError(
+                f"--resume: '{parts}' holds a stopped imgclf {before.get('command', 'predict')} run, not "
+                f"{self.COMMAND}: give another --output, or remove '{parts}' to start again"
+            )
         if before.get("version") != now["version"]:
             raise UsageError(
-                f"--resume: '{parts}' was written by another version of imgclf predict (its rows have other "
+                f"--resume: '{parts}' was written by another version of imgclf {self.COMMAND} (its rows have other "
                 f"columns: work files version {before.get('version')}, this one {now['version']}): remove it to start again"
             )
-        for key, what in (
-            ("weights", "weights"),
-            ("inputs", "PATHs"),
-            ("files_from", "--files-from"),
-            ("stdin", "--files-from -"),
-            ("batch_size", "--batch-size"),
-            ("top_k", "--top-k"),
-            ("tta", "--tta"),
-            ("min_confidence", "--min-confidence"),
-            ("threshold", "--threshold"),
-            ("reject", "--reject"),
-            ("ood_score", "--ood-score"),
-            ("world_size", "number of processes"),
-        ):
+        for key, what in self.SAME:
             if before.get(key) != now[key]:
                 raise UsageError(
                     f"--resume: the stopped run in '{parts}' had {what} {before.get(key)}, this one {now[key]}: "

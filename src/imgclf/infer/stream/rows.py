@@ -17,6 +17,8 @@ import io
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from imgclf.core.escape import csv_cell
 from imgclf.core.multilabel import MULTILABEL, join_labels
 
@@ -201,3 +203,52 @@ def records(f, quoted: bool):
             continue
         yield rec
         rec = b""
+
+
+EMBEDDING_KEY = b"imgclf"  # the Parquet schema's metadata key: what made the embeddings (infer/embed.py)
+
+
+@dataclass(frozen=True)
+class EmbeddingLayout:
+    """The rows of `imgclf embed` (Parquet only): path, label and split (null where the input has none), the
+    embedding (a fixed-size list of `dim` float32, L2-normalised; null for an unreadable image) and error. `meta`:
+    the JSON that the schema's metadata records under EMBEDDING_KEY (the model, its preprocessing, ...)."""
+
+    dim: int
+    meta: str
+
+    @property
+    def header(self) -> list:
+        return ["path", "label", "split", "embedding", "error"]
+
+    def schema(self):
+        import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
+
+        return pa.schema(
+            [
+                ("path", pa.string()),
+                ("label", pa.string()),
+                ("split", pa.string()),
+                ("embedding", pa.list_(pa.float32(), self.dim)),
+                ("error", pa.string()),
+            ],
+            metadata={EMBEDDING_KEY: self.meta.encode("utf-8")},
+        )
+
+    def table(self, rows: list[dict]):
+        import pyarrow as pa  # noqa: PLC0415 - optional package (Parquet output only)
+
+        bad = np.array(["error" in r for r in rows], dtype=bool)
+        flat = np.zeros((len(rows), self.dim), dtype=np.float32)
+        for i, r in enumerate(rows):
+            if not bad[i]:
+                flat[i] = r["embedding"]
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), self.dim, mask=pa.array(bad))
+        cols = [
+            pa.array([r["path"] for r in rows], pa.string()),
+            pa.array([r.get("label") for r in rows], pa.string()),
+            pa.array([r.get("split") for r in rows], pa.string()),
+            vectors,
+            pa.array([r.get("error") for r in rows], pa.string()),
+        ]
+        return pa.Table.from_arrays(cols, schema=self.schema())

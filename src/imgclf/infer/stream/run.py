@@ -18,7 +18,7 @@ from imgclf.core.progress import progress, shown
 from imgclf.infer.predict import Predictor, check_threshold
 from imgclf.infer.stream.inputs import Inputs, shard, shard_rows
 from imgclf.infer.stream.job import Job
-from imgclf.infer.stream.rows import layout_for
+from imgclf.infer.stream.rows import Layout, layout_for
 from imgclf.models.tta import check_mode
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,15 @@ def open_predictor(weights, device: str, batch_size: int, **options) -> Predicto
     return Predictor(str(weights), device=device, batch_size=batch_size, **options)
 
 
-def predict_shares(job: Job, predictor: Predictor, *, top_k: int, part_rows: int, on_row) -> list[tuple]:
+def predict_shares(
+    job: Job, predictor: Predictor, *, top_k: int, part_rows: int, on_row, layout: Layout | None = None
+) -> list[tuple]:
     """Every rank's share predicted into its work file and, on rank 0, OUTPUT merged from them; each rank's
-    (rows, predicted, errors, resumed)."""
+    (rows, predicted, errors, resumed). `layout`: the rows' columns (default: the predictor's model's; embed
+    passes its embedding rows')."""
     world = job.world
     if job.out is not None:
-        job.use_layout(layout_for(predictor.task, predictor.classes, ood=predictor.ood_score is not None))
+        job.use_layout(layout or layout_for(predictor.task, predictor.classes, ood=predictor.ood_score is not None))
     barrier(world)  # every rank has checked the output before rank 0 creates anything
     if world.main:
         job.prepare()
@@ -153,7 +156,7 @@ def predict_share(job: Job, predictor: Predictor, *, top_k: int, part_rows: int,
     todo = None if entries is None else shard_rows(entries, batch_size, world) - kept
     done = Done(resumed=kept)
     mine = itertools.islice(shard(job.inputs, batch_size, world), kept, None)
-    desc = "predict" + (f" (rank 0 of {world.size})" if world.distributed else "")
+    desc = job.COMMAND + (f" (rank 0 of {world.size})" if world.distributed else "")
     chunk: list[dict] = []
     try:
         rows = predictor.predict_iter(mine, top_k=top_k)
@@ -194,10 +197,11 @@ def stopped(job: Job, work, part_rows: int) -> None:
         except Exception as e:
             log.debug("writing %s from the stopped run: %s", job.out, e)
     log.warning(
-        "stopped after %d%s images%s: %s holds those %d; run the same command with --resume to predict the rest",
+        "stopped after %d%s images%s: %s holds those %d; run the same command with --resume to %s the rest",
         work.rows,
         of,
         f" (rank {job.world.rank})" if job.world.distributed else "",
         where,
         work.rows,
+        job.COMMAND,
     )
