@@ -81,13 +81,16 @@ def scores(outputs: dict, task: str) -> dict[str, np.ndarray]:
 
 
 def threshold_for(known: np.ndarray, accept: float) -> float:
-    """The score below which (inclusive) `accept` of the in-distribution scores `known` lie: the threshold that
-    passes that fraction of them."""
-    known = np.asarray(known, dtype=np.float64)
+    """The threshold that accepts (score <= threshold) `accept` of the in-distribution scores `known`: the fewest
+    of the lowest scores that make up at least that fraction are accepted, and the threshold lies halfway from the
+    highest of them to the next score, so that float noise (another batch, an export) cannot move a validation
+    image across it; the highest score itself where nothing is above it."""
+    known = np.sort(np.asarray(known, dtype=np.float64))
     known = known[np.isfinite(known)]
     if not len(known):
         raise ValueError("no finite in-distribution score to fit a threshold on")
-    return float(np.quantile(known, accept, method="higher"))
+    j = min(len(known) - 1, max(0, math.ceil(accept * len(known) - 1e-9) - 1))
+    return float(known[j] if j + 1 == len(known) else (known[j] + known[j + 1]) / 2)
 
 
 def fit_record(

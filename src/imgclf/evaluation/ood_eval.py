@@ -4,7 +4,7 @@ the evaluated split ("known") from a folder of images it was never taught ("unkn
 - AUROC: scikit-learn's `roc_auc_score` with the unknown images as the positive class and the score as the
   decision value (each score is higher for an image less like the training data); 0.5 is chance, 1.0 perfect;
 - FPR at 95% TPR: the fraction of unknown images *accepted* by the threshold that accepts 95% of the known
-  images (the 95% quantile of the known scores, the rule `core/ood.threshold_for` fits with; an image is
+  images (`core/ood.threshold_for` on the known scores, the rule a model's thresholds are fitted with; an image is
   accepted when its score is at most the threshold); lower is better;
 - at the threshold the model stores (`Runner.ood`, fitted by training or `imgclf calibrate`): the fraction of
   unknown images rejected and the fraction of known images wrongly rejected.
@@ -43,7 +43,7 @@ DEFINITIONS = {
     "positive": "unknown (the --ood-data images); every score is higher for an image less like the training data",
     "auroc": "area under the ROC curve of the score separating unknown (positive) from known images",
     "fpr_at_95_tpr": "fraction of unknown images accepted (score <= t) at the threshold t that accepts 95% of the "
-    "known images (their 95% quantile)",
+    "known images (core/ood.threshold_for, as a model's thresholds are fitted)",
     "rejected_unknown": "fraction of unknown images rejected (score > the stored threshold)",
     "rejected_known": "fraction of known images wrongly rejected (score > the stored threshold)",
 }
