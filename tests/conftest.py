@@ -499,3 +499,15 @@ def without_ood(weights: str, out) -> str:
     ckpt.pop("ood", None)
     save_checkpoint(ckpt, str(out))
     return str(out)
+
+
+def noise_images(folder: Path, n: int, seed: int, size: int = 16) -> list[str]:
+    """`n` PNGs of uniform noise in `folder` (nothing like the tiny data's flat colours): out-of-distribution
+    images for issue 25's tests. Returns their paths."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = Path(folder) / f"noise{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths

@@ -14,8 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import usage_error, with_ood, without_ood
-from PIL import Image
+from conftest import noise_images, usage_error, with_ood, without_ood
 
 from imgclf.cli.main import main
 from imgclf.core import ood
@@ -34,14 +33,7 @@ def ood_best(tiny_best, tiny_data, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def noise(tmp_path_factory) -> list[str]:
     """Three images of uniform noise: nothing like the three flat colours the model was trained on."""
-    d = tmp_path_factory.mktemp("noise")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(3):
-        p = d / f"noise{i}.png"
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
-    return paths
+    return noise_images(tmp_path_factory.mktemp("noise"), 3, seed=0)
 
 
 @pytest.fixture(scope="module")

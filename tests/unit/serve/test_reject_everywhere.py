@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import with_ood
-from PIL import Image
+from conftest import noise_images, with_ood
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx vs httpx2, whichever is installed
@@ -45,14 +44,7 @@ def exported(tiny_best, tiny_data, tmp_path_factory) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def images(tiny_data, tmp_path_factory) -> list[str]:
     """Three images of uniform noise and the tiny data's test images."""
-    d = tmp_path_factory.mktemp("everywhere_noise")
-    rng = np.random.default_rng(2)
-    paths = []
-    for i in range(3):
-        p = d / f"noise{i}.png"
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
-    return paths + expand_paths([tiny_data / "test"])
+    return noise_images(tmp_path_factory.mktemp("everywhere_noise"), 3, seed=2) + expand_paths([tiny_data / "test"])
 
 
 def _served(weights: str, images: list[str], score: str) -> list[dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import chromium_page, needs_chromium, usage_error, with_ood, without_ood
+from conftest import chromium_page, needs_chromium, noise_images, usage_error, with_ood, without_ood
 from PIL import Image
 
 with warnings.catch_warnings():
@@ -50,14 +50,7 @@ def no_record(tiny_best, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def files(tiny_data, tmp_path_factory) -> list:
     """Two images of uniform noise (far from every training image), then the tiny data's test images."""
-    d = tmp_path_factory.mktemp("serve_noise")
-    rng = np.random.default_rng(1)
-    paths = []
-    for i in range(2):
-        p = d / f"noise{i}.png"
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
-    return paths + expand_paths([tiny_data / "test"])
+    return noise_images(tmp_path_factory.mktemp("serve_noise"), 2, seed=1) + expand_paths([tiny_data / "test"])
 
 
 def _upload(paths) -> list:
