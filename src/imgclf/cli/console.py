@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from imgclf.core.errors import UsageError
+from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.options import check_output_folder
 
 # 128 + SIGPIPE: what a shell reports for `cat` or `grep` when the reader of their output exits first (`| head`),
@@ -78,3 +78,21 @@ def after_stop(command: str, values: dict) -> str:
     if command == "embed" and values.get("output"):
         return "run the same embed command again with --resume: it keeps the rows written and embeds the rest"
     return f"run the same {command} command again"
+
+
+def said_finished(output: str, command: str) -> None:
+    """--resume of a streamed output that is already whole (predict, embed): one line on stderr, nothing to do."""
+    print(
+        f"imgclf: --resume: '{output}' is finished (there is no '{output}.parts' of a stopped run): nothing to do; "
+        f"remove it to {command} again",
+        file=sys.stderr,
+    )
+
+
+def check_failures(failed: int, done: int, log, where: str) -> None:
+    """A streamed command's unreadable images: every one failed is an ImgclfError (exit 1), some a warning; `where`
+    says where each image's error is."""
+    if done and failed == done:
+        raise ImgclfError(f"none of the {failed} images could be read or processed ({where})")
+    if failed:
+        log.warning("%d of %d images could not be read or processed (%s)", failed, done, where)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
-from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_output_file
+from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_failures, check_output_file, said_finished
 from imgclf.cli.embed_options import EmbedOptions, SimilarOptions
 from imgclf.compute.distributed import world_from_env
 from imgclf.core.errors import ImgclfError
@@ -35,17 +34,9 @@ def embed_command(o: EmbedOptions) -> int:
     if not world_from_env().main:
         return 0
     if r.get("finished"):
-        print(
-            f"imgclf: --resume: '{o.output}' is finished (there is no '{o.output}.parts' of a stopped run): "
-            "nothing to do; remove it to embed again",
-            file=sys.stderr,
-        )
+        said_finished(o.output, "embed")
         return 0
-    failed, done = r["errors"], r["embedded"]
-    if done and failed == done:
-        raise ImgclfError(f"none of the {failed} images could be read or processed ({o.output} lists each error)")
-    if failed:
-        log.warning("%d of %d images could not be read or processed (their rows in %s say why)", failed, done, o.output)
+    check_failures(r["errors"], r["embedded"], log, f"{o.output} lists each error")
     kept = f", {r['resumed']} kept from the stopped run" if r["resumed"] else ""
     print(f"{r['rows']} rows ({r['dim']} features each{kept}) in {r['output']}")
     return 0

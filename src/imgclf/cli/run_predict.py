@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
-from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_output_file
+from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, check_failures, check_output_file, said_finished
 from imgclf.cli.options import ActiveSimOptions, PredictOptions, SelectOptions
 from imgclf.compute.distributed import world_from_env
-from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.core.errors import UsageError
 from imgclf.core.escape import one_line
 from imgclf.evaluation.multilabel import parse_goal
 from imgclf.infer.stream import predict_files
@@ -46,17 +45,9 @@ def predict_command(o: PredictOptions) -> int:
     )
     if r.get("finished"):
         if world_from_env().main:
-            print(
-                f"imgclf: --resume: '{o.output}' is finished (there is no '{o.output}.parts' of a stopped run): "
-                "nothing to do; remove it to predict again",
-                file=sys.stderr,
-            )
+            said_finished(o.output, "predict")
         return 0
-    failed, done = r["errors"], r["predicted"]
-    if done and failed == done:
-        raise ImgclfError(f"none of the {failed} images could be read or processed (each one's error is listed above)")
-    if failed:
-        log.warning("%d of %d images could not be read or processed", failed, done)
+    check_failures(r["errors"], r["predicted"], log, "each one's error is listed above")
     return EXIT_BROKEN_PIPE if stdout.closed else 0
 
 
