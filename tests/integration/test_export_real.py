@@ -69,6 +69,7 @@ def test_lite0_finetune_every_format_and_int8_accuracy(tmp_path, capsys):
 
 
 @need_hym
+@pytest.mark.heavy  # 166 s in the default run of 2026-12-06 (ONNX exports now verify features and kNN too): in .ci/run's -m heavy
 def test_resnet18_224_every_format(tmp_path, capsys):
     weights = _train(
         capsys,
