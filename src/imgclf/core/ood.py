@@ -157,7 +157,7 @@ def check_reject(
     if record is None:
         raise UsageError(
             f"{name} ood: this model has no out-of-distribution thresholds; fit them with "
-            "`imgclf calibrate WEIGHTS` (or train with imgclf 0.1 or newer) and export again"
+            "`imgclf calibrate CHECKPOINT` (a checkpoint trained before training fitted them has none), then export it again for an exported file"
         )
     score = score or default_score(record)
     if score not in SCORES:
