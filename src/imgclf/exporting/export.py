@@ -41,9 +41,10 @@ from imgclf.core.errors import DataError, ImgclfError, UsageError, did_you_mean
 from imgclf.core.fileio import disk_full_error, human_size, temp_beside, write_json
 from imgclf.core.formats import DEFAULT_OPSET, FORMATS, ExportFormat
 from imgclf.core.multilabel import MULTILABEL
+from imgclf.core.ood import usable
 from imgclf.core.version import __version__
 from imgclf.exporting.context import CALIB_METHODS, DEFAULT_INT8_TRIES, ExportContext
-from imgclf.exporting.outputs import ONNX_FORMATS, output_names, record_for
+from imgclf.exporting.outputs import ONNX_FORMATS, output_names
 from imgclf.exporting.verify import ImageSample, VerificationError, accuracy_on, verify
 from imgclf.infer.runtime import CheckpointRunner, Runner, open_model
 from imgclf.models.tta import check_mode
@@ -117,7 +118,7 @@ def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dic
     }
     if fmt.name in ONNX_FORMATS:
         meta["outputs"] = [{"name": n} for n in names]
-    record = record_for(ref.ood, names)
+    record = usable(ref.ood, "knn" in names)  # without the knn threshold where the file gives no distance
     if record is not None:
         meta["ood"] = record
     return meta

@@ -51,17 +51,6 @@ def _bank_dtype(ref: CheckpointRunner):
     return torch.float16 if ref.bank is not None and ref.bank.dtype == torch.float16 else torch.float32
 
 
-def record_for(record: dict | None, outputs: list[str]) -> dict | None:
-    """The out-of-distribution record a file of `outputs` carries: the checkpoint's, without the knn threshold
-    where the file has no "knn" output; None where no threshold remains (or there is no record)."""
-    if record is None:
-        return None
-    thresholds = {k: v for k, v in record["thresholds"].items() if k != "knn" or "knn" in outputs}
-    if not thresholds:
-        return None
-    return {**record, "thresholds": thresholds}
-
-
 # --------------------------------------------------------------------------------------------- the graph
 
 

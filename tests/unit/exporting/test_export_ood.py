@@ -12,7 +12,7 @@ import torch
 from imgclf.core import ood
 from imgclf.exporting import writers
 from imgclf.exporting.export import export
-from imgclf.exporting.outputs import feature_nodes, record_for
+from imgclf.exporting.outputs import feature_nodes
 from imgclf.exporting.verify import check_outputs, ood_decisions
 from imgclf.infer.runtime import CheckpointRunner, open_model
 from imgclf.models.checkpoint import load_checkpoint, save_checkpoint
@@ -114,12 +114,12 @@ def test_torchscript_metadata_carries_the_record_without_knn(bank_ckpt, tmp_path
     assert set(runner.outputs(_val_images(runner, 2))) == {"logits"}
 
 
-def test_record_for_a_file_keeps_what_it_can_compute():
+def test_a_file_s_record_keeps_what_it_can_compute():
     rec = {"thresholds": {"msp": 0.5, "energy": -1.0, "knn": 0.7}, "accept": 0.95}
-    assert record_for(rec, ["logits", "features", "knn"]) == rec
-    assert record_for(rec, ["logits", "features"])["thresholds"] == {"msp": 0.5, "energy": -1.0}
-    assert record_for({"thresholds": {"knn": 0.7}, "accept": 0.95}, ["logits"]) is None
-    assert record_for(None, ["logits"]) is None
+    assert ood.usable(rec, "knn" in ["logits", "features", "knn"]) == rec
+    assert ood.usable(rec, "knn" in ["logits", "features"])["thresholds"] == {"msp": 0.5, "energy": -1.0}
+    assert ood.usable({"thresholds": {"knn": 0.7}, "accept": 0.95}, "knn" in ["logits"]) is None
+    assert ood.usable(None, "knn" in ["logits"]) is None
 
 
 def test_onnx_int8_keeps_the_outputs_and_leaves_the_knn_part_fp32(bank_ckpt, tmp_path):
