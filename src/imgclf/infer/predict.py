@@ -73,15 +73,6 @@ def walk_images(folder: str):
             yield path
 
 
-def gives_knn(runner) -> bool:
-    """Whether `runner` computes the kNN distance: a checkpoint with a feature bank, or an ONNX export with a "knn"
-    output (test-time augmentation around an export does not: it runs the file's logits only)."""
-    if getattr(runner, "bank", None) is not None:
-        return True
-    session = getattr(runner, "session", None)
-    return session is not None and any(o.name == "knn" for o in session.get_outputs())
-
-
 def check_threshold(t) -> float | None:
     """A global threshold for every label (predict's --threshold), checked before any work: None, or a number
     from 0 to 1."""
@@ -135,7 +126,7 @@ class Predictor:
         self.task, self.thresholds = self.runner.task, self.runner.thresholds
         refuse_for_multilabel(self.task, self.min_confidence)
         # the record as this file can use it (no knn where it gives no kNN distance), checked before any image
-        self.ood = usable(self.runner.ood, gives_knn(self.runner))
+        self.ood = usable(self.runner.ood, self.runner.gives_knn())
         self.ood_score = check_reject(reject, ood_score, self.ood)
         self.ood_threshold = self.ood["thresholds"][self.ood_score] if self.ood_score else None
         if threshold is not None:

@@ -81,6 +81,11 @@ class Runner:
         checkpoint; an ONNX export written with them)."""
         return {"logits": self.logits(x)}
 
+    def gives_knn(self) -> bool:
+        """Whether `outputs` includes the kNN distance: a checkpoint with a feature bank, an ONNX export with a "knn"
+        output; not test-time augmentation around an export (it runs the file's logits only)."""
+        return False
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """N x D L2-normalised penultimate features; a UsageError line for a model file that has none."""
         out = self.outputs(x)
@@ -140,6 +145,7 @@ class CheckpointRunner(Runner):
         )
         self.task, self.thresholds = task_of(ckpt)
         self.ood, self.bank = ood_of(ckpt)
+        self._tapped = None  # FeatureOutputs around `net`, made on the first `outputs`
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.amp = resolve_precision(precision, self.device)
@@ -159,9 +165,12 @@ class CheckpointRunner(Runner):
         with autocast(self.device, self.amp):
             return self.net(to_layout(x.to(self.device), self.channels_last)).float().cpu()
 
+    def gives_knn(self) -> bool:
+        return self.bank is not None
+
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if getattr(self, "_tapped", None) is None:
+        if self._tapped is None:
             bank = self.bank.to(self.device) if self.bank is not None else None
             self._tapped = FeatureOutputs(self.net, self.model, self.model_name, bank, (self.ood or {}).get("k"))
         with autocast(self.device, self.amp):
@@ -291,6 +300,9 @@ class OnnxRunner(Runner):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.outputs(x)["logits"]
+
+    def gives_knn(self) -> bool:
+        return any(o.name == "knn" for o in self.session.get_outputs())
 
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The graph's outputs by name: "logits" (the first, whatever the file calls it), and "features" and "knn"

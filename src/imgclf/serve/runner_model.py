@@ -18,7 +18,6 @@ from imgclf.core.multilabel import MULTILABEL, SINGLE
 from imgclf.core.ood import usable
 from imgclf.data.pipeline import eval_transform
 from imgclf.evaluation.explain import Explainer, NoFeatureMap
-from imgclf.infer.predict import gives_knn
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,8 @@ class RunnerModel:
         self.runner = runner
         self.normalize = NormalizeUploads(runner.preprocess)
         # the out-of-distribution record as this runner can use it (no knn where it computes no kNN distance)
-        self.ood = usable(getattr(runner, "ood", None), gives_knn(runner))
+        ood = getattr(runner, "ood", None)  # a runner-like object (the app takes any) may have none
+        self.ood = usable(ood, ood is not None and runner.gives_knn())
 
     def __getattr__(self, name):  # path, format, model_name, classes, preprocess, metadata, session, ...
         if name == "runner":  # not set yet (copy, pickle): no recursion
