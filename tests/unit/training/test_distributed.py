@@ -230,7 +230,10 @@ try:
     imgclf.train(data=sys.argv[1], out=sys.argv[2], name="nan", callbacks=[NanOnRank1()], model="test_tiny",
                  workers=0, precision="fp32", batch_size=8, epochs=3, dist_timeout=240)
 except TrainingDiverged as e:
-    print(f"rank {os.environ['RANK']}: {e}", flush=True)
+    # one write per line: under PYTHONUNBUFFERED print() writes the text and its newline separately, and the two
+    # ranks' lines can interleave in the shared pipe
+    sys.stdout.write(f"rank {os.environ['RANK']}: {e}\\n")
+    sys.stdout.flush()
     sys.exit(1)
 """
 
