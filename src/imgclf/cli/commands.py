@@ -16,9 +16,11 @@ from imgclf.cli import options as o
 from imgclf.cli.console import world_size
 from imgclf.cli.embed_options import EmbedOptions, SimilarOptions
 from imgclf.cli.export_options import BenchOptions, ExportOptions
+from imgclf.core.fileio import user_cache_home
 from imgclf.core.lazy import Named
 from imgclf.core.options import add_options, options_from
 from imgclf.core.shared_options import MAX_PIXELS, Console, PixelLimit
+from imgclf.core.tracking import fetched
 from imgclf.core.version import __version__
 from imgclf.serve.options import ServeCommandOptions
 from imgclf.training.options import FIELDS, TrainConfig, make_config
@@ -295,8 +297,10 @@ def dispatch(name: str, values: dict, *, nproc: int | None, argv: list[str]) -> 
     """Run command `name` with the parsed `values`: its exit code. With `nproc` (N > 1), the same command line
     `argv` under torchrun instead (train's options are checked first); under torchrun, each rank's threads are
     set first."""
-    options = options_of(BY_NAME[name], values)
+    options = fetched(options_of(BY_NAME[name], values), user_cache_home())  # WEIGHTS models:/NAME/VERSION
     if nproc:
+        if options.__dict__.get("weights") != values.get("weights"):  # each rank opens the fetched file
+            argv = [options.weights if a == values["weights"] else a for a in argv]
         return LAUNCH(options, nproc, argv)
     if world_size() > 1:
         RANK_THREADS()

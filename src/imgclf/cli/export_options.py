@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from imgclf.cli.options import MAX_EVAL_IMAGES
 from imgclf.core.formats import DEFAULT_OPSET, FORMATS, format_options
 from imgclf.core.options import flag_of, opt
-from imgclf.core.shared_options import DATA_ROOT, JSON, SPLIT, TTA, TTA_MODES, WEIGHTS
+from imgclf.core.shared_options import (
+    DATA_ROOT,
+    EXPERIMENT,
+    JSON,
+    REGISTER,
+    SPLIT,
+    TRACK,
+    TRACKING_URI,
+    TTA,
+    TTA_MODES,
+    WEIGHTS,
+)
+from imgclf.core.tracking import check_tracking
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +40,7 @@ class ExportOptions:
     SECTIONS = {
         "verification": "verify_data",
         "accuracy": "data",
+        "tracking": "track",
         "options only some formats take (see --format)": "opset",
     }
 
@@ -56,6 +69,11 @@ class ExportOptions:
     split: str = SPLIT.field(help="split for --data accuracy")
     data_root: str | None = DATA_ROOT.field()
     max_eval_images: int | None = MAX_EVAL_IMAGES.field()
+    # --track mlflow (core/tracking.py)
+    track: str = TRACK.field()
+    tracking_uri: str | None = TRACKING_URI.field()
+    experiment: str | None = EXPERIMENT.field()
+    register: str | None = REGISTER.field()
     opset: int = opt(DEFAULT_OPSET, "ONNX opset")
     calib_images: int | None = opt(None, "int8: images for calibration [256]", ge=1)
     calib_method: str = opt(
@@ -85,6 +103,7 @@ class ExportOptions:
                 for n in wrong
             ]
             log.warning("--format %s ignores %s", fmt.name, ", ".join(unused))
+        check_tracking(self.track, self.tracking_uri, self.register)
 
 
 @dataclass(frozen=True, kw_only=True)

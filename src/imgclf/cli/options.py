@@ -17,20 +17,26 @@ from imgclf.core.shared_options import (
     BATCH_SIZE,
     DATA_ROOT,
     DEVICE,
+    EXPERIMENT,
     GROUP_BY,
     JSON,
     MIN_CONFIDENCE,
+    MODEL_STORE_HELP,
     OOD_ACCEPT,
     OOD_BANK,
     OOD_SCORE,
     PRECISION,
+    REGISTER,
     REJECT,
     SPLIT,
+    TRACK,
+    TRACKING_URI,
     TTA,
     WEIGHTS,
     WORKERS,
     Console,
 )
+from imgclf.core.tracking import check_tracking
 from imgclf.evaluation.ood_data import check_ood_folder  # os and data/sources: torch-free
 from imgclf.studies.strategies import DIVERSE_PREFILTER, STRATEGIES  # numpy only: --help imports no torch
 from imgclf.training.options import TrainConfig
@@ -108,11 +114,18 @@ class EvaluateOptions:
         "against the split's images",
         metavar="DIR",
     )
+    # --track mlflow (core/tracking.py)
+    track: str = TRACK.field()
+    tracking_uri: str | None = TRACKING_URI.field()
+    experiment: str | None = EXPERIMENT.field()
+    register: str | None = REGISTER.field()
 
     def check(self, given: frozenset[str]) -> None:
-        """Before any work (and before --nproc starts its ranks): --ood-data names a folder holding an image."""
+        """Before any work (and before --nproc starts its ranks): --ood-data names a folder holding an image;
+        --track's options."""
         if self.ood_data is not None:
             check_ood_folder(self.ood_data)
+        check_tracking(self.track, self.tracking_uri, self.register)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +254,7 @@ class PredictOptions:
     )
     reject: str | None = REJECT.field()
     ood_score: str | None = OOD_SCORE.field()
+    tracking_uri: str | None = TRACKING_URI.field(help=MODEL_STORE_HELP)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, rank
 from imgclf.cli.options import (
@@ -19,6 +20,7 @@ from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.escape import one_line
 from imgclf.core.multilabel import MULTILABEL, join_labels
 from imgclf.core.options import check_output_folder, parse_eps
+from imgclf.core.tracking import track_command
 from imgclf.evaluation.calibration import calibrate, format_calibration
 from imgclf.evaluation.command import evaluate
 from imgclf.evaluation.explain import explain
@@ -51,6 +53,8 @@ def evaluate_command(o: EvaluateOptions) -> int:
     )
     if rank() > 0:  # under torchrun: every rank has the metrics, rank 0 reports them
         return 0
+    if o.track != "none":
+        track_evaluation(o, m)
     if o.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -62,6 +66,18 @@ def evaluate_command(o: EvaluateOptions) -> int:
         files += ", " + ", ".join(plot_name(s) for s in m["ood"]["scores"])
     log.info("wrote eval.json, %s to %s", files, m["out"])
     return 0
+
+
+def track_evaluation(o: EvaluateOptions, m: dict) -> None:
+    """--track mlflow: the evaluation as an MLflow run, under the training run's when that was tracked."""
+    params = {"weights": o.weights, "data": o.data or "(the training data)", "split": o.split, "tta": o.tta}
+    files = [os.path.join(m["out"], name) for name in sorted(os.listdir(m["out"]))]
+    skip = ("per_class", "confusion_matrix", "classes", "files", "ood")
+    metrics = {k: v for k, v in m.items() if k not in skip}
+    tracker = track_command(o, "evaluate", o.weights, params=params, metrics=metrics, files=files)
+    if o.register:
+        log.warning("--register is for train and export; evaluate only tracks")
+    tracker.finish()
 
 
 def calibrate_command(o: CalibrateOptions) -> int:

@@ -8,8 +8,10 @@ import torch
 
 from imgclf.cli.console import check_output_file
 from imgclf.cli.export_options import BenchOptions, ExportOptions
+from imgclf.core.tracking import track_command
 from imgclf.exporting.bench import bench, format_table, parse_batch_sizes
 from imgclf.exporting.export import export, format_export_report
+from imgclf.infer.runtime import open_model
 
 
 def export_command(o: ExportOptions) -> int:
@@ -34,7 +36,30 @@ def export_command(o: ExportOptions) -> int:
         **given,
     )
     print(json.dumps(r, indent=2) if o.json else format_export_report(r))
+    if o.track != "none":
+        track_export(o, r)
     return 0
+
+
+def track_export(o: ExportOptions, r: dict) -> None:
+    """--track mlflow: the export as an MLflow run (its verification's numbers, the file itself), under the
+    training run's when that was tracked; --register NAME: the exported file as a new version of NAME."""
+    v = r["verification"]
+    params = {"weights": o.weights, "format": r["format"], "out": r["out"], "tolerance": v.get("tolerance", {})}
+    metrics = {"size_bytes": r["size_bytes"], "seconds": r["seconds"], "verification": v, "accuracy": r.get("accuracy")}
+    tracker = track_command(o, "export", o.weights, params=params, metrics=metrics, files=[])
+    tracker.log_artifact(r["out"], "model")
+    tracker.log_dict(r, "export.json")
+    if o.register:
+        meta = open_model(r["out"], device="cpu").metadata()  # what the file itself says: classes, preprocessing
+        tags = {
+            "format": r["format"],
+            "classes": json.dumps(meta["classes"]),
+            "preprocess": json.dumps(meta["preprocess"]),
+            "source": o.weights,
+        }
+        tracker.register(o.register, "model", tags)
+    tracker.finish()
 
 
 def bench_command(o: BenchOptions) -> int:

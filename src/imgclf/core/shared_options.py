@@ -95,6 +95,31 @@ MAX_PIXELS = Opt(
     range=Range(ge=1),
 )
 
+# issue 27: experiment tracking (core/tracking.py) on train, evaluate and export; --tracking-uri also on predict and
+# serve, where a model may be named `models:/NAME/VERSION`
+TRACK = Opt(
+    "none", "mlflow: log this run to MLflow (parameters, metrics, machine, data, files)", choices=("none", "mlflow")
+)
+TRACKING_URI = Opt(
+    None,
+    "the MLflow tracking store: http://HOST:PORT, sqlite:///FILE, ... (default: $MLFLOW_TRACKING_URI, else mlflow.db "
+    "beside the runs folder, which `mlflow ui` opens)",
+    metavar="URI",
+)
+# predict and serve: where a WEIGHTS of `models:/NAME/VERSION` is looked up
+MODEL_STORE_HELP = (
+    "the MLflow tracking store a WEIGHTS of models:/NAME/VERSION is fetched from (default: $MLFLOW_TRACKING_URI, "
+    "else mlflow.db beside ./runs)"
+)
+EXPERIMENT = Opt(None, "the MLflow experiment the run is filed under (default: imgclf)", metavar="NAME")
+REGISTER = Opt(
+    None,
+    "with --track mlflow: register the model in MLflow's model registry under NAME (a new version each time), so "
+    "that `imgclf serve models:/NAME/VERSION` serves it",
+    metavar="NAME",
+)
+
+
 VERBOSE = Opt(False, "show debug logs and tracebacks", short="-v")
 QUIET = Opt(
     False,

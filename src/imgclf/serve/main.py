@@ -15,8 +15,10 @@ import os
 import sys
 
 from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.core.fileio import user_cache_home
 from imgclf.core.logs import console_logging
 from imgclf.core.options import add_options, check_options, options_from
+from imgclf.core.tracking import fetched
 from imgclf.serve.options import ServeOptions
 from imgclf.serve.server import bind, limit_malloc_arenas, url_of
 from imgclf.serve.server import run as run_server
@@ -72,6 +74,7 @@ def serve(a: ServeOptions) -> int:
     # so, and a scanner must not be able to fill the server's log. Set here, for this process (a command's, not
     # a library call's): the library leaves an embedding application's loggers alone.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
+    a = fetched(a, user_cache_home())  # a WEIGHTS of models:/NAME/VERSION: the registered file (MLflow loads NumPy)
     settings = ServeSettings(**settings_of(a)).check()
     app = create_app(a.weights, settings)  # opens the model: a bad file fails here, before any port is bound
     sock = bind(a.host, a.port)

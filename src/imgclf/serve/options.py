@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgclf.core.options import opt
-from imgclf.core.shared_options import DEVICE, MAX_PIXELS, MIN_CONFIDENCE, OOD_SCORE, PRECISION, REJECT, Console
+from imgclf.core.shared_options import (
+    DEVICE,
+    MAX_PIXELS,
+    MIN_CONFIDENCE,
+    MODEL_STORE_HELP,
+    OOD_SCORE,
+    PRECISION,
+    REJECT,
+    TRACKING_URI,
+    Console,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,7 +31,8 @@ class ServeOptions(Console):
 
     weights: str = opt(
         help="checkpoint (runs/NAME/best.pt) or exported model file; without PyTorch (the slim install), an "
-        "`imgclf export --format onnx|onnx-int8` file (*.onnx)",
+        "`imgclf export --format onnx|onnx-int8` file (*.onnx); or models:/NAME/VERSION, a model registered in MLflow "
+        "(--tracking-uri)",
         positional=True,
         metavar="WEIGHTS_OR_EXPORT",
     )
@@ -62,6 +73,7 @@ class ServeOptions(Console):
         "no POST /explain (Grad-CAM overlays for a checkpoint, which keep a second copy of the model in memory; "
         "an export never has it)",
     )
+    tracking_uri: str | None = TRACKING_URI.field(help=MODEL_STORE_HELP)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,7 @@ from imgclf.core.errors import UsageError
 from imgclf.core.multilabel import MULTILABEL
 from imgclf.models.registry import build_model, get_spec
 from imgclf.training.build import make_model
+from imgclf.training.callbacks.tracking import fail_tracking
 from imgclf.training.fits import check_run_memory
 from imgclf.training.lr_find import find_lr, write_result
 from imgclf.training.options import TrainConfig
@@ -78,7 +79,11 @@ def train(
             plan, state, data, run_dir, callbacks, stop=stop
         )  # before the folder exists: a refusal leaves none
         with run_dir:
-            return trainer.fit()
+            try:
+                return trainer.fit()
+            except BaseException as e:
+                fail_tracking(trainer.callbacks, e)  # --track: the MLflow run ends FAILED (or KILLED), not RUNNING
+                raise
 
 
 def preflight(config: TrainConfig, world_size: int) -> None:

@@ -22,11 +22,16 @@ from imgclf.core.shared_options import (
     BATCH_SIZE,
     DATA_ROOT,
     DEVICE,
+    EXPERIMENT,
     GROUP_BY,
     OOD_ACCEPT,
     OOD_BANK,
+    REGISTER,
+    TRACK,
+    TRACKING_URI,
     WORKERS,
 )
+from imgclf.core.tracking import check_tracking
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +326,11 @@ class TrainConfig:
         ge=0,
     )
     log_every: int = opt(50, "when stderr is not a terminal, a progress line every N training steps (0: none)", ge=0)
+    # experiment tracking (issue 27: training/callbacks/tracking.py)
+    track: str = TRACK.field()
+    tracking_uri: str | None = TRACKING_URI.field()
+    experiment: str | None = EXPERIMENT.field()
+    register: str | None = REGISTER.field()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -485,6 +495,7 @@ def check_options(cfg: TrainConfig, resume: dict | None, model_spec: Callable[[s
             f"every layer; it cannot be combined with --freeze {cfg.freeze}: drop one of them"
         )
     check_adv_curriculum(cfg)
+    check_tracking(cfg.track, cfg.tracking_uri, cfg.register)
     if resume is None:
         check_output_folder(cfg.out, "--out")
     else:

@@ -55,7 +55,18 @@ from imgclf.training.rundir import new_run_path
 log = logging.getLogger(__name__)
 
 # What a resumed run may change: its length and the machinery it runs on, never its recipe.
-RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "log_every", "patience", "dist_timeout", "memory_check")
+RESUME_OVERRIDES = (
+    "epochs",
+    "device",
+    "workers",
+    "cache",
+    "log_every",
+    "patience",
+    "dist_timeout",
+    "memory_check",
+    "track",
+    "tracking_uri",
+)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # a precision's autocast dtype
 PRECISION_NAMES = {v: k for k, v in AUTOCAST.items()}

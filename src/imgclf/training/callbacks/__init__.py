@@ -17,6 +17,7 @@ under the contract of imgclf.core.callback; at every hook the callbacks run by `
       200  FeatureCache         -                      --freeze backbone: the head trains on cached features
       900  Checkpointing        -                      best.pt, epoch_N.pt, last.pt, metrics.csv, the epoch's line
      1000  FinalReport          -                      best.pt validated again, plots, results.json, report.html
+     1100  Tracking             tracking               --track mlflow (rank 0): parameters, metrics, files, registry
 
 A "-" key is the class name (the callback saves no state).
 """
@@ -36,6 +37,7 @@ from imgclf.training.callbacks.histograms import Histograms
 from imgclf.training.callbacks.mixing import Mixing
 from imgclf.training.callbacks.report import FinalReport
 from imgclf.training.callbacks.stopping import EarlyStopping
+from imgclf.training.callbacks.tracking import Tracking
 from imgclf.training.plan import RunData, RunPlan
 from imgclf.training.state import TrainState, trained_part
 
@@ -53,6 +55,7 @@ __all__ = [
     "Mixing",
     "OverfitWarning",
     "TimeBudget",
+    "Tracking",
     "standard",
 ]
 
@@ -87,4 +90,7 @@ def standard(plan: RunPlan, data: RunData, state: TrainState) -> list[Callback]:
         out.append(Curriculum(plan.difficulty, cfg.curriculum, cfg.pacing, cfg.pacing_start, cfg.pacing_full))
     if plan.feature_cache:
         out.append(FeatureCache())
-    return [*out, Checkpointing(), FinalReport()]
+    out += [Checkpointing(), FinalReport()]
+    if cfg.track != "none" and plan.world.main:  # under torchrun only rank 0 logs
+        out.append(Tracking(cfg))
+    return out
