@@ -105,6 +105,12 @@ class RunPlan:
         return bool(self.cfg.time_budget) and not self.cfg.max_steps
 
     @property
+    def fills_budget(self) -> bool:
+        """--time-budget without --epochs: the run plans as many steps as fill the budget (more epochs than the
+        recipe's or the default, or fewer), not only fewer (--epochs N with --time-budget: at most N epochs)."""
+        return self.budget_pending and "epochs" not in self.cfg.explicit
+
+    @property
     def robust_validation(self) -> bool:
         return self.cfg.adv_train != "none" and self.cfg.adv_val_images > 0
 
@@ -255,11 +261,13 @@ def decide(plan: RunPlan, data: RunData, *, train: Callable | None = None) -> tu
     return replace(_with_steps(plan, data), difficulty=difficulty(plan, data, train)), model
 
 
-def decide_steps(plan: RunPlan, total: int) -> RunPlan:
+def decide_steps(plan: RunPlan, total: int, *, fill: bool = False) -> RunPlan:
     """--time-budget's decision, during the first steps: the run ends after `total` steps, as rank 0 measured them
-    (so every rank stops together), and config.yaml says so."""
+    (so every rank stops together), and config.yaml says so. `fill` (RunPlan.fills_budget): the epochs become
+    those the steps take, more or fewer than before, so that a resumed run (which keeps its config) agrees."""
     total = _agree(total, plan.world)
-    return replace(plan, total_steps=total, cfg=plan.cfg.resolved(max_steps=total))
+    epochs = -(-total // max(1, plan.per_epoch)) if fill else plan.cfg.epochs
+    return replace(plan, total_steps=total, cfg=plan.cfg.resolved(max_steps=total, epochs=epochs))
 
 
 def _agree(value, world: distributed.World):
