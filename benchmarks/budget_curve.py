@@ -84,21 +84,40 @@ def measure(recipe: str, data: str, minutes: float, seed: int) -> dict:
 
 
 def plot(record: dict, png: str) -> None:
+    """Each run a dot, the mean of the seeds a line; a run with no epoch ended in its budget an x at chance."""
     fig = new_figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
+    chance = 100 / max(1, len(record.get("classes") or range(10)))
     for recipe, label in RECIPES.items():
-        pts = [p for p in record["points"] if p["recipe"] == recipe and p["test_accuracy"] is not None]
-        if not pts:
-            continue
-        ax.scatter([p["budget"] for p in pts], [100 * p["test_accuracy"] for p in pts], s=14, alpha=0.5)
-        budgets = sorted({p["budget"] for p in pts})
-        means = [100 * statistics.mean(p["test_accuracy"] for p in pts if p["budget"] == b) for b in budgets]
-        ax.plot(budgets, means, marker="o", label=f"{label}, mean of seeds")
+        pts = [p for p in record["points"] if p["recipe"] == recipe]
+        done = [p for p in pts if p["test_accuracy"] is not None]
+        budgets = sorted({p["budget"] for p in done})
+        means = [100 * statistics.mean(p["test_accuracy"] for p in done if p["budget"] == b) for b in budgets]
+        (line,) = ax.plot(budgets, means, marker="o", label=f"{label}, mean of seeds" if done else "_nolegend_")
+        ax.scatter(
+            [p["budget"] for p in done],
+            [100 * p["test_accuracy"] for p in done],
+            s=14,
+            alpha=0.5,
+            color=line.get_color(),
+        )
+        missed = [p["budget"] for p in pts if p["test_accuracy"] is None]
+        if missed:
+            ax.scatter(
+                missed,
+                [chance] * len(missed),
+                marker="x",
+                color=line.get_color(),
+                label=f"{label}: no epoch ended within the budget",
+            )
+    ticks = sorted({p["budget"] for p in record["points"]})
     ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("time budget (minutes of training)")
     ax.set_ylabel("CIFAR-10 test accuracy (%)")
     ax.set_title("accuracy against budget" + (f" (subset {record['subset']}/class)" if record["subset"] else ""))
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, png)
 

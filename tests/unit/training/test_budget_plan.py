@@ -6,22 +6,24 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
 from imgclf.training.build import StepSchedule
-from imgclf.training.callbacks import TimeBudget
+from imgclf.training.callbacks import budget
 
 PER_EPOCH = 5  # 72 training images (3 classes x 24) at batch 16: 5 steps an epoch (the last one of 8)
 
 
 def fake_clock(monkeypatch, tick: float = 0.1) -> None:
     """TimeBudget's seconds advance `tick` each time it reads them, whatever the machine's speed: with a budget
-    of 0.2 minutes the probe plans 81 steps (17 epochs, validation charged), more than the recipe's 10 epochs."""
+    of 0.13 minutes the probe plans 52 steps (11 epochs, validation charged), more than the recipe's 10 epochs."""
     counter = itertools.count(1)
-    monkeypatch.setattr(TimeBudget, "clock", lambda self: next(counter) * tick)
+    clock = SimpleNamespace(perf_counter=lambda: next(counter) * tick)
+    monkeypatch.setattr(budget, "time", clock)  # the budget's clock only: the run's own seconds stay real
 
 
 @pytest.fixture
@@ -40,9 +42,9 @@ def test_a_budget_without_epochs_plans_the_steps_that_fill_it_and_resumes_exactl
     from imgclf import train
 
     fake_clock(monkeypatch)
-    res = train(**common, time_budget=0.2, name="planned")
+    res = train(**common, time_budget=0.13, name="planned")
     cfg = yaml.safe_load(open(tmp_path / "runs/planned/config.yaml"))
-    assert res["steps"] > 10 * PER_EPOCH  # the recipe's 10 epochs were not the limit: the budget was
+    assert res["steps"] == 52 > 10 * PER_EPOCH  # the recipe's 10 epochs were not the limit: the budget was
     assert res["steps"] == cfg["max_steps"] == res["time_budget"]["planned_steps"]
     assert cfg["epochs"] == res["epochs"] == math.ceil(res["steps"] / PER_EPOCH) == res["time_budget"]["planned_epochs"]
     # the warm-up-then-linear schedule reached its end (0.07 of each group's lr) at the last step, not before
@@ -50,10 +52,11 @@ def test_a_budget_without_epochs_plans_the_steps_that_fill_it_and_resumes_exactl
     assert sorted(final_lrs(tmp_path / "runs/planned/last.pt")) == pytest.approx(sorted(b * 0.07 for b in base))
     assert StepSchedule(res["steps"])(res["steps"]) == pytest.approx(0.07)
 
-    # resumed after epoch 2 (past the decision), the run keeps its planned length and its numbers
+    # resumed before its last epoch (past the decision), the run keeps its planned length and its numbers
     (tmp_path / "runs/resumed").mkdir()
-    shutil.copy(tmp_path / "runs/planned/epoch_2.pt", tmp_path / "runs/resumed/epoch_2.pt")
-    again = train(resume=str(tmp_path / "runs/resumed/epoch_2.pt"), workers=0)
+    last = f"epoch_{res['epochs'] - 1}.pt"
+    shutil.copy(tmp_path / "runs/planned" / last, tmp_path / "runs/resumed" / last)
+    again = train(resume=str(tmp_path / "runs/resumed" / last), workers=0)
     assert (again["steps"], again["epochs"]) == (res["steps"], res["epochs"])
     a = (tmp_path / "runs/planned/metrics.csv").read_text().splitlines()
     b = (tmp_path / "runs/resumed/metrics.csv").read_text().splitlines()
@@ -64,8 +67,8 @@ def test_a_budget_without_epochs_plans_the_steps_that_fill_it_and_resumes_exactl
 def test_epochs_given_with_a_budget_stay_a_cap(tmp_path, common, monkeypatch):
     from imgclf import train
 
-    fake_clock(monkeypatch)  # the same budget and speed that plan 17 epochs above
-    res = train(**common, time_budget=0.2, epochs=3, name="capped")
+    fake_clock(monkeypatch)  # the same budget and speed that plan 11 epochs above
+    res = train(**common, time_budget=0.13, epochs=3, name="capped")
     cfg = yaml.safe_load(open(tmp_path / "runs/capped/config.yaml"))
     assert res["steps"] == cfg["max_steps"] == 3 * PER_EPOCH and cfg["epochs"] == res["epochs"] == 3
 
