@@ -81,7 +81,7 @@ class RunPlan:
     balance_reason: str = ""
     feature_cache: bool = False  # the head trains on cached features (--freeze backbone)
     per_epoch: int = 0  # optimisation steps an epoch on this rank
-    total_steps: int = 0  # optimisation steps in all (decide_steps may shorten it)
+    total_steps: int = 0  # optimisation steps in all (decide_steps sets them: --time-budget)
     resized_world: bool = False  # resumed on another number of ranks than it ran on
     again: bool = False  # --resume auto found no checkpoint: the run starts in its folder, which may hold a start
     difficulty: torch.Tensor | None = field(default=None, repr=False)  # --curriculum's, per training image
