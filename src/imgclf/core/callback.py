@@ -46,7 +46,7 @@ class Run(Protocol):
     state: Any  # TrainState: model, optimizer, scheduler, ema, step (steps done), epoch (epochs done), best, rows
     data: Any  # RunData: source (classes, splits), preprocess, the train and val image feeds, left_out
     run_dir: Any  # RunDir: info, warning, say, file(name), writer (TensorBoard)
-    total_steps: int  # the optimisation steps the run takes in all (set_total_steps shortens it)
+    total_steps: int  # the optimisation steps the run takes in all (set_total_steps sets it: --time-budget)
     per_epoch: int  # optimisation steps per epoch (this rank's)
     started: float  # time.perf_counter() when fit() began
     setup_seconds: float  # from opening the data to the end of on_fit_start
@@ -67,9 +67,10 @@ class Run(Protocol):
         """End the run after this epoch (it is still validated and saved); the reason goes to the log and
         results.json."""
 
-    def set_total_steps(self, total: int) -> None:
-        """Shorten the run to `total` steps (--time-budget): rank 0's number on every rank, the per-step schedule
-        ends there and config.yaml says so."""
+    def set_total_steps(self, total: int, *, fill: bool = False) -> None:
+        """Set the run to `total` steps (--time-budget): rank 0's number on every rank, the per-step schedule
+        ends there and config.yaml says so; `fill`: the epochs follow (the budget planned them), so the run may
+        also grow."""
 
 
 class Callback:

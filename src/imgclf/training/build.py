@@ -119,7 +119,7 @@ def make_optimizer(cfg: TrainConfig, groups) -> torch.optim.Optimizer:
 
 def make_scheduler(cfg: TrainConfig, opt, total_steps: int):
     """(scheduler, the per-step schedule or None): per epoch (step, cosine) or per optimisation step
-    (warmup-linear over `total_steps`, which --time-budget may shorten)."""
+    (warmup-linear over `total_steps`, which --time-budget may set once the first steps are timed)."""
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), None
     if cfg.scheduler == "cosine":

@@ -13,7 +13,7 @@ function g grows from b = --pacing-start to 1 at a = --pacing-full of the steps:
     step    g(p) = b + (1 - b) floor(4 p / a) / 4  (four equal steps, after Hacohen and Weinshall's staircase)
 
 capped at 1. An epoch keeps its usual number of steps; once every image is in the pool, epochs are the usual
-permutations again. The pool follows the step as training goes (a --time-budget that shortens the run mid-epoch
+permutations again. The pool follows the step as training goes (a --time-budget that sets the run's length mid-epoch
 is followed too), and the draw comes from the epoch's generator, so a resumed run draws the same batches; the
 difficulties are kept in the checkpoint. The Trainer's side is the Curriculum callback
 (training/callbacks/curriculum.py).

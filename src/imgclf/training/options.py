@@ -210,7 +210,7 @@ class TrainConfig:
     )
     time_budget: float | None = opt(
         None,
-        "minutes of training (the epoch loop, validation included): the schedule is shortened to end within them, from the speed of the first steps; never longer than --epochs",
+        "minutes of training (the epoch loop, validation included): from the speed of the first steps, the run plans the steps and epochs that fill them, its schedule (warm-up, decay) spanning exactly those; with --epochs N, at most N epochs (only shortened to fit)",
         gt=0,
     )
     max_steps: int | None = opt(

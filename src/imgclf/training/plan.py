@@ -92,7 +92,7 @@ class RunPlan:
     balance_reason: str = ""
     feature_cache: bool = False  # the head trains on cached features (--freeze backbone)
     per_epoch: int = 0  # optimisation steps an epoch on this rank
-    total_steps: int = 0  # optimisation steps in all (decide_steps may shorten it)
+    total_steps: int = 0  # optimisation steps in all (decide_steps sets them: --time-budget)
     resized_world: bool = False  # resumed on another number of ranks than it ran on
     again: bool = False  # --resume auto found no checkpoint: the run starts in its folder, which may hold a start
     difficulty: torch.Tensor | None = field(default=None, repr=False)  # --curriculum's, per training image
@@ -114,6 +114,12 @@ class RunPlan:
     def budget_pending(self) -> bool:
         """--time-budget has yet to say how many steps fit (TimeBudget measures the first ones)."""
         return bool(self.cfg.time_budget) and not self.cfg.max_steps
+
+    @property
+    def fills_budget(self) -> bool:
+        """--time-budget without --epochs: the run plans as many steps as fill the budget (more epochs than the
+        recipe's or the default, or fewer), not only fewer (--epochs N with --time-budget: at most N epochs)."""
+        return self.budget_pending and "epochs" not in self.cfg.explicit
 
     @property
     def robust_validation(self) -> bool:
@@ -266,11 +272,13 @@ def decide(plan: RunPlan, data: RunData, *, train: Callable | None = None) -> tu
     return replace(_with_steps(plan, data), difficulty=difficulty(plan, data, train)), model
 
 
-def decide_steps(plan: RunPlan, total: int) -> RunPlan:
+def decide_steps(plan: RunPlan, total: int, *, fill: bool = False) -> RunPlan:
     """--time-budget's decision, during the first steps: the run ends after `total` steps, as rank 0 measured them
-    (so every rank stops together), and config.yaml says so."""
+    (so every rank stops together), and config.yaml says so. `fill` (RunPlan.fills_budget): the epochs become
+    those the steps take, more or fewer than before, so that a resumed run (which keeps its config) agrees."""
     total = _agree(total, plan.world)
-    return replace(plan, total_steps=total, cfg=plan.cfg.resolved(max_steps=total))
+    epochs = -(-total // max(1, plan.per_epoch)) if fill else plan.cfg.epochs
+    return replace(plan, total_steps=total, cfg=plan.cfg.resolved(max_steps=total, epochs=epochs))
 
 
 def _agree(value, world: distributed.World):

@@ -172,12 +172,15 @@ class Trainer:
         """End the run after this epoch (it is still validated and saved)."""
         self.stop_reason = self.stop_reason or reason
 
-    def set_total_steps(self, total: int) -> None:
-        """Shorten the run (--time-budget): rank 0's number (plan.decide_steps), the per-step schedule ends there,
-        and config.yaml says so."""
-        self.plan = decide_steps(self.plan, total)
+    def set_total_steps(self, total: int, *, fill: bool = False) -> None:
+        """The run's length (--time-budget): rank 0's number (plan.decide_steps), shorter, or with `fill` (the
+        budget plans the epochs) longer too; the per-step schedule ends there, a cosine one at the epochs it now
+        has, and config.yaml says so."""
+        self.plan = decide_steps(self.plan, total, fill=fill)
         if self.state.step_schedule is not None:
             self.state.step_schedule.total = self.plan.total_steps
+        if isinstance(self.state.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self.state.scheduler.T_max = max(1, self.plan.cfg.epochs)
         self.run_dir.write_config(self.plan.cfg.to_dict())
 
     def call(self, hook: str, *args) -> None:

@@ -69,7 +69,7 @@ def standard(plan: RunPlan, data: RunData, state: TrainState) -> list[Callback]:
         # validation is charged per forward pass: the model's own views, twice with an EMA to validate too
         views = plan.spec.eval_views * (2 if cfg.ema else 1)
         extra = robust_val_images(cfg, plan.spec)
-        out.append(TimeBudget(cfg.time_budget, cfg.batch_size * cfg.accumulate, views, extra))
+        out.append(TimeBudget(cfg.time_budget, cfg.batch_size * cfg.accumulate, views, extra, fill=plan.fills_budget))
     mixer = make_mixer(cfg, len(data.source.classes))
     if mixer is not None:
         out.append(Mixing(mixer))

@@ -8,22 +8,34 @@ from imgclf.core.callback import Callback
 
 
 class TimeBudget(Callback):
-    """--time-budget: after a few steps, how many optimisation steps fit in the minutes left; the schedule is
-    shortened to end there.
+    """--time-budget: after a few steps, how many optimisation steps fit in the minutes left; the run is set to
+    that many. `fill` (no --epochs given: RunPlan.fills_budget): the run plans as many epochs as fill the budget,
+    the per-step schedule (warm-up, decay), airnet's whitening-bias switch and lookahead spanning exactly those
+    steps; else (--epochs N) the run is only ever shortened, to at most N epochs.
 
     The first step is not timed (warm-up). Validation after each epoch is charged too: its images, at the
     training step's cost per image divided by 3 (forward only), times the model's evaluation views (test-time
-    augmentation), plus `val_extra` training images' worth of other per-epoch validation (--adv-train's attacks)."""
+    augmentation), plus `val_extra` training images' worth of other per-epoch validation (--adv-train's attacks).
+    The steps before the decision run on the provisional length (--epochs' or the recipe's)."""
 
     order = 10  # first at on_fit_start: its clock starts before the model's own set-up
     state_key = "time_budget"
     PROBE = 6
 
-    def __init__(self, minutes: float, batch_size: int, eval_views: int = 1, val_extra: float = 0.0):
+    def __init__(
+        self, minutes: float, batch_size: int, eval_views: int = 1, val_extra: float = 0.0, *, fill: bool = False
+    ):
         self.seconds, self.batch_images, self.eval_views = minutes * 60.0, batch_size, eval_views
-        self.val_extra = val_extra
+        self.val_extra, self.fill = val_extra, fill
         self.t0 = self.t1 = self.rate = None
         self.total, self.first = None, None
+
+    def state_dict(self) -> dict:
+        # a run stopped before the decision and resumed still fills its budget (its config then names --epochs)
+        return {"fill": self.fill}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fill = bool(state.get("fill", self.fill))
 
     def on_fit_start(self, trainer) -> None:
         self.t0, self.first = time.perf_counter(), trainer.state.step
@@ -33,15 +45,20 @@ class TimeBudget(Callback):
             return
         done = trainer.state.step - self.first
         fixed = self.observe(done, val_images=len(trainer.eval_feed), per_epoch=trainer.per_epoch)
-        if fixed is not None:
-            trainer.set_total_steps(min(trainer.total_steps, self.first + fixed))
-            trainer.info(
-                "time budget %.1f min: %d optimisation steps (%.2f epochs) at %.0f images/s",
-                self.seconds / 60,
-                trainer.total_steps,
-                trainer.total_steps / trainer.per_epoch,
-                self.rate * self.batch_images,
-            )
+        if fixed is None:
+            return
+        total = self.first + fixed
+        trainer.set_total_steps(total if self.fill else min(trainer.total_steps, total), fill=self.fill)
+        trainer.info(
+            "time budget %.1f min: %d optimisation steps (%.2f epochs; %s) at %.0f images/s",
+            self.seconds / 60,
+            trainer.total_steps,
+            trainer.total_steps / trainer.per_epoch,
+            "planned to fill it, warm-up and decay over them"
+            if self.fill
+            else f"at most --epochs {trainer.plan.cfg.epochs}",
+            self.rate * self.batch_images,
+        )
 
     def observe(self, done: int, *, val_images: int, per_epoch: int) -> int | None:
         """`done` steps taken in this session: None while still measuring, then the steps that fit in all."""

@@ -167,7 +167,18 @@ def summary(trainer, bm: dict, train_seconds: float) -> dict:
         "balance": plan.balance,
         "data_fingerprint": data.fingerprint,
         "world_size": plan.world.size,
+        **budget_record(plan),
     } | ({"groups": data.source.grouping} if data.source.grouping else {})
+
+
+def budget_record(plan) -> dict:
+    """--time-budget's plan for results.json: the minutes and the steps and epochs it decided (TimeBudget)."""
+    cfg = plan.cfg
+    if not cfg.time_budget:
+        return {}
+    return {
+        "time_budget": {"minutes": cfg.time_budget, "planned_steps": plan.total_steps, "planned_epochs": cfg.epochs}
+    }
 
 
 def calibration(trainer, best_path: str) -> dict:
