@@ -152,3 +152,65 @@ def write_card(weights: str, out: str | None = None) -> str:
     with atomic_open(path, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(text)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ exports
+
+
+@dataclass(frozen=True)
+class ExportCard:
+    """The card an export points to: `source` (MODEL_CARD.md beside the checkpoint), `dest` (where the export
+    finds it: the same file when the export is in the checkpoint's folder, else a copy beside the export), the
+    card's sha256, and whether it describes these weights (it names their sha256)."""
+
+    source: str
+    dest: str
+    sha256: str
+    current: bool
+
+    def pointer(self, out: str) -> dict:
+        """The export metadata's "model_card" entry: the card's path relative to the export's folder, its sha256."""
+        rel = os.path.relpath(self.dest, os.path.dirname(os.path.abspath(out)))
+        return {"file": rel.replace(os.sep, "/"), "sha256": self.sha256, "describes_checkpoint": self.current}
+
+
+def export_card(weights: str, out: str) -> ExportCard | None:
+    """The card for an export of `weights` written to `out`, or None where the checkpoint has none beside it. In
+    another folder the card goes beside the export as MODEL_CARD.md, unless a card of other weights is there
+    already: then as OUT_NAME.MODEL_CARD.md (model.onnx.MODEL_CARD.md)."""
+    source = default_card_path(weights)
+    if not os.path.isfile(source):
+        log.info("no %s beside %s: the export points to no model card (`imgclf card` writes one)", CARD_NAME, weights)
+        return None
+    with open(source, "rb") as fh:
+        data = fh.read()
+    weights_sha = file_sha256(weights)
+    current = weights_sha.encode() in data
+    if not current:
+        log.warning(
+            "%s describes other weights than %s (written before `imgclf calibrate`?): `imgclf card %s` rebuilds it",
+            source,
+            weights,
+            weights,
+        )
+    folder = os.path.dirname(os.path.abspath(out))
+    dest = os.path.join(folder, CARD_NAME)
+    if os.path.abspath(folder) != os.path.dirname(source) and _other_card(dest, weights_sha):
+        dest = os.path.join(folder, os.path.basename(out) + "." + CARD_NAME)
+    return ExportCard(source, dest, hashlib.sha256(data).hexdigest(), current)
+
+
+def _other_card(path: str, weights_sha: str) -> bool:
+    """Whether `path` is a card of other weights (one that does not name `weights_sha`)."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as fh:
+        return weights_sha.encode() not in fh.read()
+
+
+def copy_card(card: ExportCard) -> None:
+    """The card copied to its place beside the export (nothing to do in the checkpoint's own folder)."""
+    if os.path.abspath(card.dest) == card.source:
+        return
+    with open(card.source, "rb") as src, atomic_open(card.dest, "wb") as dst:
+        dst.write(src.read())

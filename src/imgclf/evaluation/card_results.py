@@ -69,7 +69,11 @@ def measurements(results: dict, evals: list[tuple[str, dict]]) -> list[Measured]
     for sub, e in evals:
         split = str(e.get("split", "?"))
         fmt = str(e.get("format") or "checkpoint")
-        label = f"{md_text(split)} ({md_code(sub + '/eval.json', in_table=True)}" + ("" if fmt == "checkpoint" else f", {fmt} export") + ")"
+        label = (
+            f"{md_text(split)} ({md_code(sub + '/eval.json', in_table=True)}"
+            + ("" if fmt == "checkpoint" else f", {fmt} export")
+            + ")"
+        )
         out.append(Measured(label, split, e, e.get("calibration"), fmt, e.get("tta"), e.get("ood")))
     return out
 
@@ -169,7 +173,7 @@ def calibration_lines(ms: list[Measured]) -> list[str]:
                     f"  - confidence at least {s['threshold']:g}: {pct(s['coverage'])} of the images, "
                     f"right on {pct(s['accuracy'])} of those"
                 )
-    return lines or ["Not measured: results.json and eval.json hold no calibration of this model.", ""]
+    return (lines or ["Not measured: results.json and eval.json hold no calibration of this model."]) + [""]
 
 
 def robustness_lines(runs: list[tuple[str, dict]]) -> list[str]:
@@ -201,7 +205,7 @@ def robustness_lines(runs: list[tuple[str, dict]]) -> list[str]:
 def ood_lines(record: dict | None, ms: list[Measured]) -> list[str]:
     """The stored out-of-distribution record, and what each `evaluate --ood-data` measured of it."""
     if not record or not record.get("thresholds"):
-        return ["The model has no out-of-distribution record: it cannot answer \"none of these\".", ""]
+        return ['The model has no out-of-distribution record: it cannot answer "none of these".', ""]
     scores = ", ".join(f"{k} {v:.4g}" for k, v in record["thresholds"].items())
     lines = [
         f"Thresholds fitted at the run's end to accept {pct(record.get('accept'))} of the "
@@ -211,8 +215,11 @@ def ood_lines(record: dict | None, ms: list[Measured]) -> list[str]:
     ]
     measured = [x for x in ms if x.ood]
     if not measured:
-        return lines + ["How well they tell unknown images apart was not measured (`imgclf evaluate WEIGHTS "
-                        "--ood-data FOLDER` measures it).", ""]
+        return lines + [
+            "How well they tell unknown images apart was not measured (`imgclf evaluate WEIGHTS "
+            "--ood-data FOLDER` measures it).",
+            "",
+        ]
     for x in measured:
         o = x.ood
         lines += [
@@ -280,8 +287,10 @@ def _data_limitations(d: dict) -> list[str]:
         out.append(f"- Smallest class in training: {md_text(c)} with {n} images.")
     ratio = d.get("imbalance_ratio")
     if ratio and ratio >= IMBALANCE_WARN_RATIO:
-        out.append(f"- The training classes are imbalanced (largest / smallest {ratio:g}): rare classes are "
-                   "recognised less often.")
+        out.append(
+            f"- The training classes are imbalanced (largest / smallest {ratio:g}): rare classes are "
+            "recognised less often."
+        )
     return out
 
 
@@ -289,21 +298,27 @@ def _trust_limitations(x: Measured, ms: list[Measured], record: dict | None) -> 
     out = []
     ece = (x.trust or {}).get("ece")
     if ece is not None and ece > 0.05 and (x.trust or {}).get("temperature") == 1.0:
-        out.append(f"- Its probabilities are off by {num(ece, 3)} on average (ECE): `imgclf calibrate` fits a "
-                   "temperature that corrects them.")
+        out.append(
+            f"- Its probabilities are off by {num(ece, 3)} on average (ECE): `imgclf calibrate` fits a "
+            "temperature that corrects them."
+        )
     best = best_ood(ms)
     if best:
         name, s = best
-        out.append(f"- Telling unknown images apart: best score {name}, AUROC {num(s.get('auroc'), 3)}; "
-                   f"at its stored threshold {pct(s.get('rejected_unknown'))} of the unknown images were rejected "
-                   f"and {pct(s.get('rejected_known'))} of the known ones.")
+        out.append(
+            f"- Telling unknown images apart: best score {name}, AUROC {num(s.get('auroc'), 3)}; "
+            f"at its stored threshold {pct(s.get('rejected_unknown'))} of the unknown images were rejected "
+            f"and {pct(s.get('rejected_known'))} of the known ones."
+        )
     elif record and record.get("thresholds"):
-        out.append("- Its \"none of these\" answer (`--reject ood`) was never measured on unknown images.")
+        out.append('- Its "none of these" answer (`--reject ood`) was never measured on unknown images.')
     else:
-        out.append("- It has no \"none of these\" answer: an image of anything else gets one of its classes.")
+        out.append('- It has no "none of these" answer: an image of anything else gets one of its classes.')
     if not any(m.split not in ("val", "train") for m in ms):
-        out.append("- Not measured on a held-out test split: the validation split also chose the best epoch, "
-                   "so its numbers lean optimistic.")
+        out.append(
+            "- Not measured on a held-out test split: the validation split also chose the best epoch, "
+            "so its numbers lean optimistic."
+        )
     return out
 
 

@@ -203,7 +203,7 @@ def details(f) -> list[str]:
         f"- **Input:** {preprocessing(f)}",
         f"- **Classes ({len(names)}), in output order:** " + ", ".join(md_text(c) for c in names) + ".",
         f"- **Probabilities:** {calib}.",
-        f"- **Out-of-distribution record (\"none of these\"):** {ood}.",
+        f'- **Out-of-distribution record ("none of these"):** {ood}.',
         f"- **Checkpoint:** {md_code(f.weights)}, epoch {f.ckpt.get('epoch')} "
         f"({'EMA weights' if f.ckpt.get('weights') == 'ema' else 'the trained weights'}), sha256 `{f.sha256}`.",
         f"- **Library:** imgclf {one_line(version(f))}.",
@@ -240,7 +240,7 @@ def uses(f) -> list[str]:
     else:
         other = (
             f"- Images of anything else: it always answers one of its {len(names)} classes, sometimes with a high "
-            "probability, and it has no \"none of these\" answer (`imgclf calibrate` fits one)."
+            'probability, and it has no "none of these" answer (`imgclf calibrate` fits one).'
         )
     return [
         "## Uses",
@@ -306,7 +306,9 @@ def training_data(f) -> list[str]:
     lines = ["## Training details", "", "### Training data", ""]
     lines.append(f"- **Source:** {md_code(data_location(f))} ({md_text(d.get('kind', 'unknown kind'))}).")
     fp = f.results.get("data_fingerprint") or f.ckpt.get("data_fingerprint")
-    lines.append(f"- **Fingerprint:** `{one_line(fp)}` (of the file list and labels; a resume on other data is refused).")
+    lines.append(
+        f"- **Fingerprint:** `{one_line(fp)}` (of the file list and labels; a resume on other data is refused)."
+    )
     if d.get("val_origin") == "carved":
         lines.append(
             f"- **Validation:** carved from train ({f.config.get('val_fraction')} of it, seed "
@@ -376,8 +378,10 @@ def epoch_table(f) -> list[str]:
     best = str(f.results.get("best_epoch"))
     keep = rows if len(rows) <= EPOCH_ROWS else [r for r in rows[:1] + rows[-5:] if r]
     if len(rows) > EPOCH_ROWS:
-        keep = sorted({id(r): r for r in keep + [r for r in rows if r.get("epoch") == best]}.values(),
-                      key=lambda r: int(r["epoch"]))
+        keep = sorted(
+            {id(r): r for r in keep + [r for r in rows if r.get("epoch") == best]}.values(),
+            key=lambda r: int(r["epoch"]),
+        )
     body = [[_cell(r.get(c)) + (" (best)" if c == "epoch" and r.get(c) == best else "") for c in cols] for r in keep]
     return ["Metrics by epoch (metrics.csv):", "", *table([f"`{c}`" for c in cols], body)]
 
@@ -408,7 +412,7 @@ def evaluation(f, ms: list[Measured]) -> list[str]:
         lines += [f"#### Per class: {x.label}", ""] + per_class_table(x)
         if not x.multilabel and confusion_lines(x):
             lines += ["Most confused:", "", *confusion_lines(x), ""]
-    lines += ["### Calibration", ""] + calibration_lines(ms) + [""]
+    lines += ["### Calibration", ""] + calibration_lines(ms)
     lines += ["### Robustness", ""]
     lines += robustness_lines(f.robustness) or ["Not measured (`imgclf robustness WEIGHTS --corruptions`).", ""]
     lines += ["### Out-of-distribution", ""] + ood_lines(ood_record(f), ms)
@@ -424,7 +428,7 @@ def technical(f) -> list[str]:
         "",
         "### Software",
         "",
-        f"- imgclf {one_line(version(f))}, torch {one_line(torch_version or "unknown")}",
+        f"- imgclf {one_line(version(f))}, torch {one_line(torch_version or 'unknown')}",
         f"- Project commit: {md_code(p['git_commit']) if p.get('git_commit') else 'none (not run in a git work tree)'}",
         "",
     ]

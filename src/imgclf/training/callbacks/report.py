@@ -9,9 +9,9 @@ import time
 import torch
 from torch import nn
 
+from imgclf.compute.machine import git_commit, machine_report, summary_line
 from imgclf.core.callback import Callback
 from imgclf.core.multilabel import DEFAULT_THRESHOLD, MULTILABEL
-from imgclf.compute.machine import git_commit, machine_report, summary_line
 from imgclf.core.version import __version__
 from imgclf.evaluation.calibration import calibrate, format_calibration, trust_metrics
 from imgclf.evaluation.card import write_card
