@@ -48,12 +48,11 @@ class FinalReport(Callback):
         if trainer.plan.cfg.task == MULTILABEL:
             return report_multilabel(trainer, best_path, train_seconds)
         logits, labels, bm = validate_best(trainer, best_path)
-        results = with_callbacks(trainer, summary(trainer, bm, train_seconds))
+        results = with_callbacks(trainer, summary(trainer, bm, train_seconds) | card_facts(trainer))
         if trainer.plan.cfg.calibrate:
             results["calibration"] = calibration(trainer, best_path)
         results["ood"] = fit_run_ood(trainer, best_path)
         results["trust"] = trust_of(logits, labels, temperature_of(load_checkpoint(best_path)))
-        results |= card_facts(trainer)
         trainer.run_dir.write_results(results)
         try:  # report.html is a convenience: it never fails the run
             # the validation logits above, not a second pass: the runner gives the page the classes and the
@@ -94,12 +93,11 @@ def report_multilabel(trainer, best_path: str, train_seconds: float) -> None:
     best["loss"] = float(nn.functional.binary_cross_entropy_with_logits(logits, targets.float()))
     at_half = multilabel_metrics(probs, y, [DEFAULT_THRESHOLD] * len(classes), classes)
     plot_curves(st.rows, trainer.run_dir.file("curves.png"))
-    results = with_callbacks(trainer, summary(trainer, best, train_seconds))
+    results = with_callbacks(trainer, summary(trainer, best, train_seconds) | card_facts(trainer))
     notes = ckpt.get("threshold_notes") or []
     results |= {"task": MULTILABEL, "best": best, "best_at_0.5": at_half, "thresholds": thresholds}
     results |= {"threshold_goal": cfg.threshold, "threshold_notes": notes}
     results["ood"] = fit_run_ood(trainer, best_path)
-    results |= card_facts(trainer)
     trainer.run_dir.write_results(results)
     try:  # report.html is a convenience: it never fails the run
         build_report(trainer.run_dir.path)
