@@ -106,6 +106,34 @@ def headline(x: Measured) -> str:
     )
 
 
+def majority(x: Measured) -> tuple[str, float] | None:
+    """The largest class of the evaluation and the accuracy of always answering it (single-label)."""
+    per, n = x.m.get("per_class") or {}, x.m.get("num_images") or 0
+    if x.multilabel or not per or not n:
+        return None
+    c, r = max(per.items(), key=lambda cr: cr[1]["support"])
+    return c, r["support"] / n
+
+
+def verdict(x: Measured) -> str:
+    """How the accuracy compares with always answering the largest class: within the accuracy's 95% interval is
+    no better than that."""
+    base, n, acc = majority(x), x.m.get("num_images") or 0, x.m.get("accuracy")
+    if base is None or acc is None:
+        return ""
+    c, rate = base
+    lo, hi = wilson(round(acc * n), n)
+    if lo <= rate:
+        return (
+            f"That is no better than always answering {md_text(c)} ({pct(rate)} of these images): the model has "
+            "not learnt to tell its classes apart, and should not be used."
+        )
+    supports = {r["support"] for r in x.m["per_class"].values()}
+    if len(supports) == 1:
+        return f"Chance is {pct(rate)} (its classes have as many images each)."
+    return f"Always answering {md_text(c)} would score {pct(rate)}."
+
+
 def overall_table(ms: list[Measured]) -> list[str]:
     if any(x.multilabel for x in ms):
         rows = [
@@ -264,10 +292,8 @@ def limitation_lines(f, ms: list[Measured], record: dict | None) -> list[str]:
         lo, hi = wilson(round(x.m["accuracy"] * n), n)
         wide = " That is wide: more evaluation images would pin it down." if hi - lo > WIDE_INTERVAL else ""
         out.append(f"- Measured on {n} {x.split} images: the accuracy's 95% interval is {pct(lo)} to {pct(hi)}.{wide}")
-        per = x.m.get("per_class") or {}
-        if per and n:
-            c, r = max(per.items(), key=lambda cr: cr[1]["support"])
-            out.append(f"- Always answering {md_text(c)} would score {pct(r['support'] / n)} on these images.")
+        if verdict(x):
+            out.append(f"- {verdict(x)}")
     worst = worst_class(x)
     if worst and worst[1]["f1" if x.multilabel else "recall"] < 1.0:
         c, r = worst

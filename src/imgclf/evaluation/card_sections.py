@@ -26,6 +26,7 @@ from imgclf.evaluation.card_results import (
     robustness_lines,
     shell,
     table,
+    verdict,
 )
 from imgclf.models.checkpoint import task_of, temperature_of
 
@@ -165,7 +166,7 @@ def summary(f, ms: list[Measured]) -> list[str]:
     what = "which of its labels an image shows" if is_multilabel(f) else "which one of these an image shows"
     train = sum(((f.results.get("data") or {}).get("counts") or {}).get("train", {}).values())
     x = primary(ms)
-    how_well = f" Measured: {headline(x)}." if x else " It has not been evaluated yet."
+    how_well = f" Measured: {headline(x)}. {verdict(x)}".rstrip() if x else " It has not been evaluated yet."
     return [
         f"# Model card: {md_text(run_name(f))}",
         "",

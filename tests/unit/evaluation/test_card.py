@@ -140,3 +140,20 @@ def test_refusals_are_one_line(tmp_path, capsys, tiny_best):
     assert "does not exist" in line
     assert usage_error(capsys, ["card", tiny_best, "--out", str(tmp_path)]).endswith(f"{CARD_NAME}")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_no_better_than_the_largest_class_is_said_so(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    per = results["best"]["per_class"]  # 6 images each: make it 10 cat, 4 dog, 4 fox, every one called cat
+    per["cat"] |= {"support": 10, "recall": 1.0, "precision": 10 / 18}
+    per["dog"] |= {"support": 4, "recall": 0.0, "precision": 0.0}
+    per["fox"] |= {"support": 4, "recall": 0.0, "precision": 0.0}
+    results["best"] |= {"accuracy": 10 / 18, "confusion_matrix": [[10, 0, 0], [4, 0, 0], [4, 0, 0]]}
+    (run / "results.json").write_text(json.dumps(results))
+    text = build_card(str(run / "best.pt"))
+    summary = text.split("# Model card", 1)[1].split("## Model details")[0]
+    assert "no better than always answering cat (55.6% of these images)" in summary
+    assert "should not be used" in summary
+    assert "- Weakest class on val: dog (recall 0.0%, 4 images)." in text
+    assert "- 4 of the 4 dog images were taken for cat (100.0%)" in text
