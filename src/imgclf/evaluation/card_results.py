@@ -15,6 +15,8 @@ from imgclf.data.check import IMBALANCE_WARN_RATIO
 
 WIDE_INTERVAL = 0.10  # a 95% interval of accuracy wider than this many points is called out as wide
 CONFUSIONS_SHOWN = 3
+WEAK_AUROC = 0.8  # below it, telling unknown images apart is called weak
+WEAK_OOD_NOTE = " That is weak: most images of anything else get one of its classes."
 
 
 @dataclass
@@ -115,7 +117,7 @@ def majority(x: Measured) -> tuple[str, float] | None:
     return c, r["support"] / n
 
 
-def verdict(x: Measured) -> str:
+def verdict(x: Measured, lead: str = "That is") -> str:
     """How the accuracy compares with always answering the largest class: within the accuracy's 95% interval is
     no better than that."""
     base, n, acc = majority(x), x.m.get("num_images") or 0, x.m.get("accuracy")
@@ -125,7 +127,7 @@ def verdict(x: Measured) -> str:
     lo, hi = wilson(round(acc * n), n)
     if lo <= rate:
         return (
-            f"That is no better than always answering {md_text(c)} ({pct(rate)} of these images): the model has "
+            f"{lead} no better than always answering {md_text(c)} ({pct(rate)} of these images): the model has "
             "not learnt to tell its classes apart, and should not be used."
         )
     supports = {r["support"] for r in x.m["per_class"].values()}
@@ -180,7 +182,7 @@ def confusions(x: Measured, shown: int = CONFUSIONS_SHOWN) -> list[tuple[int, in
 
 def confusion_lines(x: Measured) -> list[str]:
     return [
-        f"- {k} of the {n} {md_text(t)} images were taken for {md_text(p)} ({pct(k / n)})"
+        f"- {k} of the {n} {md_text(t)} images were taken for {md_text(p)} ({pct(k / n)})."
         for k, n, t, p in confusions(x)
     ]
 
@@ -292,8 +294,8 @@ def limitation_lines(f, ms: list[Measured], record: dict | None) -> list[str]:
         lo, hi = wilson(round(x.m["accuracy"] * n), n)
         wide = " That is wide: more evaluation images would pin it down." if hi - lo > WIDE_INTERVAL else ""
         out.append(f"- Measured on {n} {x.split} images: the accuracy's 95% interval is {pct(lo)} to {pct(hi)}.{wide}")
-        if verdict(x):
-            out.append(f"- {verdict(x)}")
+        if verdict(x, "Its accuracy is"):
+            out.append(f"- {verdict(x, 'Its accuracy is')}")
     worst = worst_class(x)
     if worst and worst[1]["f1" if x.multilabel else "recall"] < 1.0:
         c, r = worst
@@ -335,6 +337,7 @@ def _trust_limitations(x: Measured, ms: list[Measured], record: dict | None) -> 
             f"- Telling unknown images apart: best score {name}, AUROC {num(s.get('auroc'), 3)}; "
             f"at its stored threshold {pct(s.get('rejected_unknown'))} of the unknown images were rejected "
             f"and {pct(s.get('rejected_known'))} of the known ones."
+            + (WEAK_OOD_NOTE if (s.get("auroc") or 0) < WEAK_AUROC else "")
         )
     elif record and record.get("thresholds"):
         out.append('- Its "none of these" answer (`--reject ood`) was never measured on unknown images.')

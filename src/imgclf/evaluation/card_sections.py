@@ -118,6 +118,11 @@ def run_name(f) -> str:
     return one_line(os.path.basename(f.folder))
 
 
+def has_test(f) -> bool:
+    """Whether the run's data has a test split (as listed at the run's end)."""
+    return "test" in ((f.results.get("data") or {}).get("counts") or {})
+
+
 def ood_record(f) -> dict | None:
     entry = f.ckpt.get("ood")
     return entry.get("record") if isinstance(entry, dict) else None
@@ -170,8 +175,8 @@ def summary(f, ms: list[Measured]) -> list[str]:
     return [
         f"# Model card: {md_text(run_name(f))}",
         "",
-        f"An image classifier of {len(names)} classes ({shown}): it tells {what}. A "
-        f"{md_code(f.ckpt['model']['name'])} network trained with imgclf {one_line(version(f))} on "
+        f"An image classifier of {len(names)} classes ({shown}): it tells {what}. It is "
+        f"{md_code(f.ckpt['model']['name'])}, trained with imgclf {one_line(version(f))} on "
         f"{md_text(data_name(f))}" + (f" ({train} training images)." if train else ".") + how_well,
         "",
     ]
@@ -289,7 +294,7 @@ def get_started(f) -> list[str]:
         f"imgclf predict {w} photos/ --output predictions.csv{reject}",
         f"imgclf serve {w}                      # HTTP API and a web page on 127.0.0.1",
         f"imgclf export {w} --format onnx       # also torchscript, pt2, onnx-int8, dynamic-int8",
-        f"imgclf evaluate {w} --split test",
+        f"imgclf evaluate {w} --split test" if has_test(f) else f"imgclf evaluate {w} --data FOLDER",
         f"imgclf card {w}                       # this card, rebuilt with what was measured since",
     ]
     python = [
@@ -409,7 +414,11 @@ def evaluation(f, ms: list[Measured]) -> list[str]:
     if not ms:
         return lines + ["Not evaluated yet: `imgclf evaluate WEIGHTS`.", ""]
     lines += overall_table(ms)
-    for x in ms:
+    for i, x in enumerate(ms):
+        same = next((y for y in ms[:i] if y.split == x.split and _per_class(y) == _per_class(x)), None)
+        if same is not None:  # evaluate on the run's own validation split: the same table again
+            lines += [f"#### Per class: {x.label}", "", f"The same as {same.label}.", ""]
+            continue
         lines += [f"#### Per class: {x.label}", ""] + per_class_table(x)
         if not x.multilabel and confusion_lines(x):
             lines += ["Most confused:", "", *confusion_lines(x), ""]
@@ -418,6 +427,10 @@ def evaluation(f, ms: list[Measured]) -> list[str]:
     lines += robustness_lines(f.robustness) or ["Not measured (`imgclf robustness WEIGHTS --corruptions`).", ""]
     lines += ["### Out-of-distribution", ""] + ood_lines(ood_record(f), ms)
     return lines
+
+
+def _per_class(x: Measured):
+    return x.m.get("per_label" if x.multilabel else "per_class"), x.m.get("confusion_matrix")
 
 
 def technical(f) -> list[str]:

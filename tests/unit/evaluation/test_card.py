@@ -156,4 +156,4 @@ def test_a_model_no_better_than_the_largest_class_is_said_so(tiny_run, tmp_path)
     assert "no better than always answering cat (55.6% of these images)" in summary
     assert "should not be used" in summary
     assert "- Weakest class on val: dog (recall 0.0%, 4 images)." in text
-    assert "- 4 of the 4 dog images were taken for cat (100.0%)" in text
+    assert "- 4 of the 4 dog images were taken for cat (100.0%)." in text
