@@ -125,12 +125,18 @@ def test_huggingface_reads_the_card(tiny_run):
     assert got[0][2] == round(results["best"]["accuracy"], 4)
 
 
-def test_multilabel_card(multilabel_run):
+def test_multilabel_card(multilabel_run, tmp_path):
+    import imgclf
+
     text = (multilabel_run / CARD_NAME).read_text(encoding="utf-8")
     results = json.loads((multilabel_run / "results.json").read_text())
     assert "multi-label" in front_matter(text)["tags"]
     assert "| label | AP | threshold | precision | recall | F1 | images |" in text
     assert f"{results['best']['micro_f1']:.4f}" in text
+    run = copy_run(multilabel_run, tmp_path)
+    m = imgclf.evaluate(str(run / "best.pt"), split="test", workers=0, plots=False)
+    text = build_card(str(run / "best.pt"))  # an evaluation of a multi-label model: its own measures
+    assert f"| test (`eval-test/eval.json`) | {m['num_images']} | {m['mAP']:.4f} |" in text
 
 
 def test_refusals_are_one_line(tmp_path, capsys, tiny_best):
