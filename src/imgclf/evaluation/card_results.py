@@ -189,11 +189,15 @@ def confusion_lines(x: Measured) -> list[str]:
 
 def calibration_lines(ms: list[Measured]) -> list[str]:
     """The temperature and ECE of each evaluation that measured them, and how often confident answers are right."""
-    lines = []
+    lines, shown = [], []
     for x in ms:
         t = x.trust
         if not t or t.get("ece") is None or isinstance(t.get("temperature"), list):
             continue
+        key = (x.split, t.get("ece"), t.get("temperature"))
+        if key in shown:  # evaluate on the run's own validation split: the same numbers again
+            continue
+        shown.append(key)
         temp = t.get("temperature", 1.0)
         how = f"temperature {temp:.4g} (from `imgclf calibrate`)" if temp != 1.0 else "no temperature fitted"
         lines.append(f"- {x.label}: ECE {num(t['ece'])} ({t.get('ece_bins', 15)} bins), {how}")
@@ -303,6 +307,7 @@ def limitation_lines(f, ms: list[Measured], record: dict | None) -> list[str]:
         out.append(f"- Weakest class on {x.split}: {md_text(c)} ({what}, {r['support']} images).")
     out += confusion_lines(x)
     out += _data_limitations(f.results.get("data") or {})
+    out += _robustness_limitations(f.robustness)
     out += _trust_limitations(x, ms, record)
     return out + [""]
 
@@ -322,6 +327,23 @@ def _data_limitations(d: dict) -> list[str]:
     return out
 
 
+def _robustness_limitations(runs: list[tuple[str, dict]]) -> list[str]:
+    """The corruption that cost the most accuracy at its highest severity measured, per robustness.json."""
+    out = []
+    for sub, r in runs:
+        c = (r.get("corruptions") or {}).get("results") or {}
+        cells = [(v["accuracy"][s], name, s) for name, v in c.items() for s in v.get("accuracy", {})]
+        if not cells:
+            continue
+        acc, name, sev = min(cells, key=lambda a: (a[0], a[1]))
+        out.append(
+            f"- Under common corruptions ({md_code(sub)}, {r.get('num_images')} images, clean accuracy "
+            f"{pct(r.get('clean_accuracy'))}): worst {name} at severity {sev}, {pct(acc)}; mean "
+            f"{pct(r['corruptions'].get('mean_accuracy'))}."
+        )
+    return out
+
+
 def _trust_limitations(x: Measured, ms: list[Measured], record: dict | None) -> list[str]:
     out = []
     ece = (x.trust or {}).get("ece")
@@ -334,7 +356,8 @@ def _trust_limitations(x: Measured, ms: list[Measured], record: dict | None) -> 
     if best:
         name, s = best
         out.append(
-            f"- Telling unknown images apart: best score {name}, AUROC {num(s.get('auroc'), 3)}; "
+            f"- Telling unknown images apart: best score {name} (`--reject ood --ood-score {name}`), AUROC "
+            f"{num(s.get('auroc'), 3)}; "
             f"at its stored threshold {pct(s.get('rejected_unknown'))} of the unknown images were rejected "
             f"and {pct(s.get('rejected_known'))} of the known ones."
             + (WEAK_OOD_NOTE if (s.get("auroc") or 0) < WEAK_AUROC else "")

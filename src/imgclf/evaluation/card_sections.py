@@ -389,7 +389,11 @@ def epoch_table(f) -> list[str]:
             key=lambda r: int(r["epoch"]),
         )
     body = [[_cell(r.get(c)) + (" (best)" if c == "epoch" and r.get(c) == best else "") for c in cols] for r in keep]
-    return ["Metrics by epoch (metrics.csv):", "", *table([f"`{c}`" for c in cols], body)]
+    note = (
+        "Metrics by epoch (metrics.csv: measured during training, at the run's precision; the evaluation below is "
+        "best.pt validated again in fp32, as `imgclf evaluate` runs it):"
+    )
+    return [note, "", *table([f"`{c}`" for c in cols], body)]
 
 
 def _cell(v) -> str:
