@@ -184,6 +184,18 @@ TABLE = [
         "in one file that opens offline. Training and evaluate write it too.",
     ),
     Command(
+        "card",
+        "rebuild MODEL_CARD.md of a trained model (what it is for, how well it does, where it fails)",
+        o.CardOptions,
+        "imgclf.cli.run_evaluate:card_command",
+        description="Write MODEL_CARD.md beside the checkpoint (Hugging Face's model-card layout): the model and "
+        "its classes, intended and out-of-scope use, the training data and options, every evaluation found beside "
+        "it (results.json, eval-*/eval.json with --ood-data's results, robustness-*/robustness.json) with the "
+        "per-class tables and calibration, the limitations those numbers show, and how to load it. Training "
+        "writes it too; run this after evaluate, robustness or calibrate to add what they measured.",
+        decodes=False,  # reads JSON files and the checkpoint
+    ),
+    Command(
         "check",
         "find corrupt, truncated, duplicate and leaked files in a data folder",
         o.CheckOptions,

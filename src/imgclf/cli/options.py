@@ -215,6 +215,12 @@ class ReportOptions:
     folder: str = opt(help="runs/NAME, or an eval-SPLIT folder", positional=True, metavar="RUN_OR_EVAL_DIR")
 
 
+@dataclass(frozen=True, kw_only=True)
+class CardOptions:
+    weights: str = opt(help="checkpoint (runs/NAME/best.pt): its run folder is read beside it", positional=True)
+    out: str | None = opt(None, "write the card here [MODEL_CARD.md beside the checkpoint]", metavar="PATH")
+
+
 # ------------------------------------------------------------------------------------------------ prediction
 
 

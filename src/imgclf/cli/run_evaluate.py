@@ -1,4 +1,4 @@
-"""What `imgclf evaluate`, `calibrate`, `robustness`, `score`, `explain` and `report` run: each calls its API
+"""What `imgclf evaluate`, `calibrate`, `robustness`, `score`, `explain`, `report` and `card` run: each calls its API
 function and prints the result. Imported only when one of them runs (cli/commands.py)."""
 
 from __future__ import annotations
@@ -10,18 +10,21 @@ import os
 from imgclf.cli.console import EXIT_BROKEN_PIPE, Stdout, rank
 from imgclf.cli.options import (
     CalibrateOptions,
+    CardOptions,
     EvaluateOptions,
     ExplainOptions,
     ReportOptions,
     RobustnessOptions,
     ScoreOptions,
 )
+from imgclf.compute.machine import git_commit
 from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.escape import one_line
 from imgclf.core.multilabel import MULTILABEL, join_labels
 from imgclf.core.options import check_output_folder, parse_eps
 from imgclf.core.tracking import track_command
 from imgclf.evaluation.calibration import calibrate, format_calibration
+from imgclf.evaluation.card import check_card_out, write_card
 from imgclf.evaluation.command import evaluate
 from imgclf.evaluation.explain import explain
 from imgclf.evaluation.metrics import format_report
@@ -74,7 +77,9 @@ def track_evaluation(o: EvaluateOptions, m: dict) -> None:
     files = [os.path.join(m["out"], name) for name in sorted(os.listdir(m["out"]))]
     skip = ("per_class", "confusion_matrix", "classes", "files", "ood")
     metrics = {k: v for k, v in m.items() if k not in skip}
-    tracker = track_command(o, "evaluate", o.weights, params=params, metrics=metrics, files=files)
+    tracker = track_command(
+        o, "evaluate", o.weights, params=params, metrics=metrics, files=files, commit=git_commit(os.getcwd())
+    )
     if o.register:
         log.warning("--register is for train and export; evaluate only tracks")
     tracker.finish()
@@ -181,4 +186,10 @@ def explain_command(o: ExplainOptions) -> int:
 
 def report_command(o: ReportOptions) -> int:
     print(build_report(o.folder))
+    return 0
+
+
+def card_command(o: CardOptions) -> int:
+    check_card_out(o.out, o.weights)  # before the checkpoint is read
+    print(write_card(o.weights, o.out))
     return 0

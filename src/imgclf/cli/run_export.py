@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
 from imgclf.cli.console import check_output_file
 from imgclf.cli.export_options import BenchOptions, ExportOptions
+from imgclf.compute.machine import git_commit
 from imgclf.core.tracking import track_command
 from imgclf.exporting.bench import bench, format_table, parse_batch_sizes
 from imgclf.exporting.export import export, format_export_report
@@ -47,7 +49,9 @@ def track_export(o: ExportOptions, r: dict) -> None:
     v = r["verification"]
     params = {"weights": o.weights, "format": r["format"], "out": r["out"], "tolerance": v.get("tolerance", {})}
     metrics = {"size_bytes": r["size_bytes"], "seconds": r["seconds"], "verification": v, "accuracy": r.get("accuracy")}
-    tracker = track_command(o, "export", o.weights, params=params, metrics=metrics, files=[])
+    tracker = track_command(
+        o, "export", o.weights, params=params, metrics=metrics, files=[], commit=git_commit(os.getcwd())
+    )
     tracker.log_artifact(r["out"], "model")
     tracker.log_dict(r, "export.json")
     if o.register:

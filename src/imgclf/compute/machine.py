@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import shutil
+import subprocess
 
 import torch
 
@@ -147,6 +149,31 @@ def format_env(r: dict) -> str:
         detail = f" (fp32 {n['fp32_ms']} ms, bf16 {n['bf16_ms']} ms a step)" if "fp32_ms" in n else ""
         lines.append(f"  probe {n['model']}: {n['choice']}{detail}")
     return "\n".join(lines)
+
+
+def git_commit(path: str = ".") -> str | None:
+    """The commit checked out in the git work tree around `path` (with "+dirty" when tracked files changed), or
+    None: not a work tree, no git, or git slower than 10 s. What a model card and a tracked run record of the
+    code that made them."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    try:
+        head = subprocess.run(
+            [git, "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            [git, "-C", path, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def env_block() -> str:

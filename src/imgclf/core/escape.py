@@ -1,6 +1,7 @@
 """A user's strings (file names, class names, messages that quote them) made safe for where imgclf writes them: a
-CSV cell that a spreadsheet shows as text and never runs as a formula (`csv_cell`, read back by `csv_value`), and
-one line of a terminal table (`one_line`).
+CSV cell that a spreadsheet shows as text and never runs as a formula (`csv_cell`, read back by `csv_value`),
+one line of a terminal table (`one_line`), and Markdown text and code spans that show it as it is (`md_text`,
+`md_code`: the model card).
 
 CSV: OWASP's guidance on CSV injection. A cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return is
 a formula to Excel, LibreOffice and Google Sheets (`=HYPERLINK(...)`, `-2+3+cmd|' /C calc'!A0`); it is written
@@ -61,3 +62,37 @@ def one_line(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+# Markdown: characters that start emphasis, code, links, images, HTML, entities, table cells, strikethrough, math
+# (GitHub's $) or an autolink (GFM's http: and e-mail @) wherever they stand; CommonMark lets a backslash escape any
+# ASCII punctuation, which is then shown as it is
+_MD_ANYWHERE = frozenset("\\`*_[]<>|~&$:@")
+_MD_LINE_START = re.compile(r"^(?:[-+#>=]|\d+(?=[.)]))")  # a list item, heading, quote or setext line
+
+
+def md_text(text) -> str:
+    """`text` (a class name, a user's string) as Markdown that shows it as it is and nothing else, wherever it
+    stands in a line: one line (`one_line`), the characters that start Markdown anywhere backslash-escaped, and
+    those that start a block at the beginning of a line (`- `, `1.`, `#`) escaped there; "www." is kept from
+    becoming a GFM link. Letters, digits, spaces, `.`, `-` and the rest are left as they read."""
+    text = one_line(text)
+    out = "".join("\\" + ch if ch in _MD_ANYWHERE else ch for ch in text)
+    m = _MD_LINE_START.match(out)
+    if m:  # escape the block marker: the character itself, or a numbered item's `.` / `)`
+        end = m.end()
+        out = "\\" + out if not m.group().isdigit() else out[:end] + "\\" + out[end:]
+    return re.sub(r"(?i)(www)\.", r"\1\\.", out)
+
+
+def md_code(text, *, in_table: bool = False) -> str:
+    """`text` (a path, a command) as a Markdown code span: one line, fenced by a run of backticks longer than any
+    inside it (padded with a space where it starts or ends with one). `in_table`: its `|` escaped as `\\|`, which a
+    GFM table cell needs even inside a code span."""
+    text = one_line(text)
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    if in_table:
+        text = text.replace("|", "\\|")
+    return f"{fence}{pad}{text}{pad}{fence}"

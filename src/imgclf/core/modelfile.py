@@ -14,8 +14,8 @@ import os
 from imgclf.core.errors import CheckpointError
 
 # What an exported file's metadata records that a reader shows as it is: where the export came from, how it was
-# made and how well it matched the checkpoint (see exporting/export.py's make_metadata)
-EXPORT_EXTRA = ("source", "export", "verification")
+# made, how well it matched the checkpoint and its model card (see exporting/export.py's make_metadata)
+EXPORT_EXTRA = ("source", "export", "verification", "model_card")  # model_card: evaluation/card.py
 
 
 def is_onnx_path(path: str) -> bool:

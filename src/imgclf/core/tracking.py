@@ -23,7 +23,6 @@ import logging
 import os
 import queue
 import shutil
-import subprocess
 import threading
 import time
 from collections import deque
@@ -85,23 +84,6 @@ def local_artifacts(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return str(Path(uri[len("sqlite:///") :]).parent / "mlartifacts")
     return None
-
-
-def git_commit(folder: str = ".") -> str | None:
-    """The commit checked out in `folder`'s git repository (with "-dirty" when files differ), or None."""
-    try:
-        head = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", folder, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def flat_params(values: dict, prefix: str = "") -> dict[str, str]:
@@ -293,18 +275,19 @@ def read_tracking(run_folder: str) -> dict:
     return got if isinstance(got, dict) else {}
 
 
-def track_command(options, command: str, weights: str, *, params: dict, metrics: dict, files: list[str]) -> Tracker:
+def track_command(
+    options, command: str, weights: str, *, params: dict, metrics: dict, files: list[str], commit: str | None
+) -> Tracker:
     """`evaluate` or `export` with --track mlflow: an MLflow run of its own, filed under the training run of
     `weights` when that run was tracked (the same store and experiment unless given, and MLflow's parent-run tag),
-    with the command's parameters, numbers and files. Returns the tracker, still open: the caller finishes it
-    (after registering, for export --register)."""
+    with the command's parameters, numbers and files, and `commit` (compute/machine.git_commit). Returns the
+    tracker, still open: the caller finishes it (after registering, for export --register)."""
     trained = read_tracking(os.path.dirname(os.path.abspath(weights)))
     uri = options.tracking_uri or trained.get("tracking_uri") or default_uri("runs")
     tracker = Tracker(uri, options.experiment or trained.get("experiment"))
     tags = {"imgclf.command": command, "imgclf.weights": os.path.abspath(weights)}
     if trained.get("run_id"):
         tags["mlflow.parentRunId"] = trained["run_id"]
-    commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
     run_id = tracker.start(f"{command} {os.path.basename(os.path.dirname(os.path.abspath(weights)))}", tags=tags)

@@ -19,7 +19,10 @@ infer/runtime.py that opens it.
 Every file carries imgclf metadata (`make_metadata`: format, model name, classes, preprocessing, training config,
 the source checkpoint, the out-of-distribution record where the checkpoint has one): ONNX
 `metadata_props["imgclf"]`, `extra/imgclf.json` in TorchScript and pt2 archives, a
-`meta` entry in the dynamic-int8 dict. `runtime.open_model` reads any of them. The ONNX graphs also give the
+`meta` entry in the dynamic-int8 dict. `runtime.open_model` reads any of them. Where the checkpoint has a
+MODEL_CARD.md beside it (evaluation/card.py), the metadata's "model_card" points to it: its path relative to the
+export and its sha256 (a pointer, not the text: a card is kilobytes and changes when `imgclf card` adds an
+evaluation); an export written into another folder gets a copy of the card beside it. The ONNX graphs also give the
 penultimate features and, with the checkpoint's kNN bank, the k-th neighbour distance (outputs.py); the record of
 a file without that distance has no knn threshold.
 
@@ -43,6 +46,7 @@ from imgclf.core.formats import DEFAULT_OPSET, FORMATS, ExportFormat
 from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.ood import usable
 from imgclf.core.version import __version__
+from imgclf.evaluation.card import ExportCard, copy_card, export_card
 from imgclf.exporting.context import CALIB_METHODS, DEFAULT_INT8_TRIES, ExportContext
 from imgclf.exporting.outputs import ONNX_FORMATS, output_names
 from imgclf.exporting.verify import ImageSample, VerificationError, accuracy_on, verify
@@ -75,8 +79,11 @@ def default_out(weights: str, fmt: ExportFormat) -> str:
     return stem + fmt.suffix
 
 
-def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dict:
-    """The imgclf metadata of an export of `ref` as `fmt`. ONNX files add "outputs" (their graph's outputs:
+def make_metadata(
+    ref: CheckpointRunner, fmt: ExportFormat, weights: str, card: tuple[ExportCard, str] | None = None
+) -> dict:
+    """The imgclf metadata of an export of `ref` as `fmt` (`card`: the model card and the export's path, for the
+    "model_card" pointer). ONNX files add "outputs" (their graph's outputs:
     logits, features and, with a bank, knn; the writer adds the shapes); every file carries the checkpoint's
     out-of-distribution record as "ood", without its knn threshold where the file has no knn output, and no
     "ood" where no threshold remains. "output" (the logits) stays for older readers."""
@@ -121,6 +128,8 @@ def make_metadata(ref: CheckpointRunner, fmt: ExportFormat, weights: str) -> dic
     record = usable(ref.ood, "knn" in names)  # without the knn threshold where the file gives no distance
     if record is not None:
         meta["ood"] = record
+    if card is not None:
+        meta["model_card"] = card[0].pointer(card[1])
     return meta
 
 
@@ -168,14 +177,17 @@ def export(
     ctx = ExportContext(
         ref, images, calib, opset=opset, calib_method=calib_method, reduce_range=reduce_range, int8_tries=int8_tries
     )
+    card = export_card(weights, out)
     with _temporary(out, fmt.suffix) as tmp:
-        result, exported = _write_verified(ctx, fmt, tmp, out, checked_on)
+        result, exported = _write_verified(ctx, fmt, tmp, out, checked_on, card)
         if data:
             result["accuracy"] = _accuracies(
                 ref, exported, fmt, data, split=split, data_root=data_root, max_images=max_eval_images
             )
         os.replace(tmp, out)
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    if card is not None:
+        result["model_card"] = _place_card(card)
     _write_record(result, out)
     return result
 
@@ -251,11 +263,13 @@ def _temporary(out: str, suffix: str):
         raise
 
 
-def _write_verified(ctx: ExportContext, fmt: ExportFormat, tmp: str, out: str, checked_on: str) -> tuple[dict, Runner]:
+def _write_verified(
+    ctx: ExportContext, fmt: ExportFormat, tmp: str, out: str, checked_on: str, card: ExportCard | None = None
+) -> tuple[dict, Runner]:
     """`fmt`'s writer writes `tmp`, which is opened as a user would and verified on `ctx.check` (`checked_on`
     says what they are): (the report, the opened file), or a VerificationError."""
     ref, weights = ctx.ref, ctx.ref.path
-    meta = make_metadata(ref, fmt, weights)
+    meta = make_metadata(ref, fmt, weights, None if card is None else (card, out))
     log.info("exporting %s (%s) as %s ...", weights, ref.model_name, fmt.name)
     fmt.write(ctx, tmp, meta)
     exported = open_model(tmp, device="cpu", format=fmt.name)
@@ -282,6 +296,16 @@ def _write_verified(ctx: ExportContext, fmt: ExportFormat, tmp: str, out: str, c
     if "calib_data" in ctx.info:
         result["calibration"] = ctx.info["calib_data"]
     return result, exported
+
+
+def _place_card(card: ExportCard) -> str:
+    """The model card beside the export (a copy, in another folder); its path. The export is done: a card that
+    cannot be copied is a warning."""
+    try:
+        copy_card(card)
+    except (OSError, ImgclfError) as e:
+        log.warning("could not copy the model card to %s: %s", card.dest, e)
+    return card.dest
 
 
 def _write_record(result: dict, out: str) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 import torch
 
 from imgclf.cli.main import main
 from imgclf.compute import device as dev
+from imgclf.compute.machine import git_commit
 from imgclf.models.registry import build_model
 
 pytestmark = pytest.mark.kernels
@@ -94,3 +97,18 @@ def test_a_slow_step_is_probed_at_a_smaller_batch_for_every_round(monkeypatch, t
     monkeypatch.setattr(dev, "PROBE_STEP_SECONDS", 0.0)  # every step counts as slow
     r = dev.probe_bf16(build_model("test_tiny", 3), key="test_tiny", img_size=16, batch_size=32)
     assert r["probe_batch"] == 8 and r["rounds"] == dev.PROBE_ROUNDS
+
+
+def test_git_commit_of_a_work_tree(tmp_path):
+    assert git_commit(str(tmp_path)) is None  # not a work tree
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f").write_text("a")
+    subprocess.run([*git, "add", "f"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    commit = git_commit(str(tmp_path))
+    assert commit is not None and len(commit) == 40 and int(commit, 16) >= 0
+    (tmp_path / "f").write_text("b")
+    assert git_commit(str(tmp_path)) == commit + "+dirty"

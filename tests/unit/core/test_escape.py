@@ -1,5 +1,5 @@
 """core/escape.py: a user's strings as CSV cells no spreadsheet runs (OWASP's CSV injection guidance) and as one
-line of a terminal table (issue 22, defect 12)."""
+line of a terminal table (issue 22, defect 12); Markdown text and code spans (the model card)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from imgclf.core.escape import csv_cell, csv_value, one_line
+from imgclf.core.escape import csv_cell, csv_value, md_code, md_text, one_line
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,32 @@ def test_numbers_and_other_cells_are_left_as_they_are(value):
 def test_one_line_escapes_what_a_terminal_would_act_on(text, shown):
     assert one_line(text) == shown
     assert "\n" not in one_line(text) and one_line(text).isprintable()
+
+
+@pytest.mark.parametrize(
+    "name, escaped",
+    [
+        ("ants", "ants"),
+        ("golden retriever v1.2", "golden retriever v1.2"),
+        ("*bold* _it_", r"\*bold\* \_it\_"),
+        ("<script>&amp;", r"\<script\>\&amp;"),
+        ("a|b", r"a\|b"),
+        ("[x](http://e.com)", r"\[x\](http\://e.com)"),
+        ("# h", r"\# h"),
+        ("- item", r"\- item"),
+        ("12) twelve", r"12\) twelve"),
+        ("1. one", r"1\. one"),
+        ("www.e.com", r"www\.e.com"),
+        ("two\nlines", r"two\\nlines"),
+    ],
+)
+def test_md_text_escapes_what_markdown_would_read(name, escaped):
+    assert md_text(name) == escaped
+
+
+def test_md_code_fences_past_any_backticks():
+    assert md_code("/runs/a b/best.pt") == "`/runs/a b/best.pt`"
+    assert md_code("a`b") == "``a`b``"
+    assert md_code("`x`") == "`` `x` ``"
+    assert md_code("a|b", in_table=True) == r"`a\|b`"
+    assert md_code("x\ny") == r"`x\ny`"

@@ -106,6 +106,9 @@ def test_a_distributed_run_writes_one_run_directory(ddp_run):
     lines = (ddp_run / "metrics.csv").read_text().splitlines()
     assert len(lines) == 3  # a header and one row per epoch: rank 1 wrote nothing
     assert sorted(p.name for p in ddp_run.parent.iterdir()) == ["r"]
+    # the model card: rank 0's, of the 2-rank run; no rank left a temporary file racing it
+    assert "2 process(es)" in (ddp_run / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert not [p.name for p in ddp_run.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_the_schedule_follows_the_global_batch(ddp_run, tiny_data, tmp_path):

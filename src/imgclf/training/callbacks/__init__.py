@@ -16,7 +16,7 @@ under the contract of imgclf.core.callback; at every hook the callbacks run by `
       100  yours (Callback's default order)
       200  FeatureCache         -                      --freeze backbone: the head trains on cached features
       900  Checkpointing        -                      best.pt, epoch_N.pt, last.pt, metrics.csv, the epoch's line
-     1000  FinalReport          -                      best.pt validated again, plots, results.json, report.html
+     1000  FinalReport          -                      best.pt validated again, plots, results.json, report.html, MODEL_CARD.md
      1100  Tracking             tracking               --track mlflow (rank 0): parameters, metrics, files, registry
 
 A "-" key is the class name (the callback saves no state).

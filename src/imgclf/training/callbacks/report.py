@@ -1,16 +1,20 @@
 """The run's end (rank 0): best.pt validated once more, the plots, --calibrate, the out-of-distribution fit,
-results.json, report.html."""
+results.json, report.html, MODEL_CARD.md."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 from torch import nn
 
+from imgclf.compute.machine import git_commit, machine_report, summary_line
 from imgclf.core.callback import Callback
 from imgclf.core.multilabel import DEFAULT_THRESHOLD, MULTILABEL
-from imgclf.evaluation.calibration import calibrate, format_calibration
+from imgclf.core.version import __version__
+from imgclf.evaluation.calibration import calibrate, format_calibration, trust_metrics
+from imgclf.evaluation.card import write_card
 from imgclf.evaluation.command import write_eval_plots
 from imgclf.evaluation.metrics import compute_metrics
 from imgclf.evaluation.multilabel import multilabel_metrics
@@ -20,15 +24,16 @@ from imgclf.evaluation.plots import plot_curves
 from imgclf.evaluation.report import build_report
 from imgclf.infer.logits import infer
 from imgclf.infer.runtime import open_model
-from imgclf.models.checkpoint import load_checkpoint, load_weights, task_of
+from imgclf.models.checkpoint import load_checkpoint, load_weights, task_of, temperature_of
 
 
 class FinalReport(Callback):
     """After the last epoch: the best checkpoint evaluated once more on validation, in fp32 as `imgclf evaluate`
     runs it (results.json's numbers are the ones a user gets back); curves.png and the validation plots;
     --calibrate's temperature; the out-of-distribution thresholds and kNN bank (with that temperature) kept in
-    best.pt; results.json (with what earlier callbacks put in `trainer.results`), report.html
-    and the run's last lines. On the other ranks, a short summary."""
+    best.pt; results.json (with what earlier callbacks put in `trainer.results`), report.html, MODEL_CARD.md
+    (evaluation/card.py, from results.json and best.pt) and the run's last lines. On the other ranks, a short
+    summary."""
 
     order = 1000  # the last at on_fit_end: it reports what the others left
 
@@ -43,10 +48,11 @@ class FinalReport(Callback):
         if trainer.plan.cfg.task == MULTILABEL:
             return report_multilabel(trainer, best_path, train_seconds)
         logits, labels, bm = validate_best(trainer, best_path)
-        results = with_callbacks(trainer, summary(trainer, bm, train_seconds))
+        results = with_callbacks(trainer, summary(trainer, bm, train_seconds) | card_facts(trainer))
         if trainer.plan.cfg.calibrate:
             results["calibration"] = calibration(trainer, best_path)
         results["ood"] = fit_run_ood(trainer, best_path)
+        results["trust"] = trust_of(logits, labels, temperature_of(load_checkpoint(best_path)))
         trainer.run_dir.write_results(results)
         try:  # report.html is a convenience: it never fails the run
             # the validation logits above, not a second pass: the runner gives the page the classes and the
@@ -56,6 +62,7 @@ class FinalReport(Callback):
             build_report(trainer.run_dir.path, predictions=predictions)
         except Exception as e:
             trainer.run_dir.warning("report.html not written: %s: %s", type(e).__name__, e)
+        write_run_card(trainer, best_path)
         if trainer.stop_reason:
             trainer.info("%s", trainer.stop_reason)
         trainer.info(
@@ -86,7 +93,7 @@ def report_multilabel(trainer, best_path: str, train_seconds: float) -> None:
     best["loss"] = float(nn.functional.binary_cross_entropy_with_logits(logits, targets.float()))
     at_half = multilabel_metrics(probs, y, [DEFAULT_THRESHOLD] * len(classes), classes)
     plot_curves(st.rows, trainer.run_dir.file("curves.png"))
-    results = with_callbacks(trainer, summary(trainer, best, train_seconds))
+    results = with_callbacks(trainer, summary(trainer, best, train_seconds) | card_facts(trainer))
     notes = ckpt.get("threshold_notes") or []
     results |= {"task": MULTILABEL, "best": best, "best_at_0.5": at_half, "thresholds": thresholds}
     results |= {"threshold_goal": cfg.threshold, "threshold_notes": notes}
@@ -96,6 +103,7 @@ def report_multilabel(trainer, best_path: str, train_seconds: float) -> None:
         build_report(trainer.run_dir.path)
     except Exception as e:
         trainer.run_dir.warning("report.html not written: %s: %s", type(e).__name__, e)
+    write_run_card(trainer, best_path)
     for note in notes:
         trainer.info("thresholds: %s", note)
     if trainer.stop_reason:
@@ -145,6 +153,10 @@ def validate_best(trainer, best_path: str):
     return logits, labels, bm
 
 
+# results.json's "best": the best checkpoint's validation metrics, the per-class table and confusion matrix included
+BEST_KEYS = ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images", "per_class", "confusion_matrix")
+
+
 def summary(trainer, bm: dict, train_seconds: float) -> dict:
     """results.json's own part: the best epoch and its metrics, the run's length, time and set-up."""
     st, plan, data = trainer.state, trainer.plan, trainer.data
@@ -152,7 +164,7 @@ def summary(trainer, bm: dict, train_seconds: float) -> dict:
         "best_epoch": st.best["epoch"],
         "best_weights": st.best["weights"],
         "monitor": plan.cfg.monitor,
-        "best": {k: bm[k] for k in ("accuracy", "loss", "macro_f1", "top5_accuracy", "num_images") if k in bm},
+        "best": {k: bm[k] for k in BEST_KEYS if k in bm},
         "epochs": len(st.rows),
         "stopped_early": trainer.stop_reason,
         "total_seconds": round(sum(r["seconds"] for r in st.rows), 2),
@@ -224,3 +236,47 @@ def fit_run_ood(trainer, best_path: str) -> dict:
         "out-of-distribution thresholds not fitted (%s): fit them with `imgclf calibrate %s`", reason, best_path
     )
     return {"fitted": False, "reason": reason}
+
+
+def trust_of(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:
+    """results.json's "trust": ECE and the coverage table of best.pt's validation probabilities as the model gives
+    them (divided by its temperature, --calibrate's or 1), without the reliability bins (report.html draws them)."""
+    t = trust_metrics(logits / temperature, labels)
+    return {"temperature": temperature, "ece": t["ece"], "ece_bins": t["ece_bins"], "selective": t["selective"]}
+
+
+def card_facts(trainer) -> dict:
+    """What the model card tells of a run that results.json did not hold: the images per class of each split the
+    run used ("data": the readable ones, as trained and validated on; a test split as listed, nothing decoded) and
+    the software and machine it ran on, the project's git commit ("provenance")."""
+    src = trainer.data.source
+    counts = {name: split_counts(split, src.classes) for name, split in src.splits.items()}
+    data = {"kind": src.kind, "location": str(src.location), "val_origin": src.val_origin, "counts": counts}
+    present = [n for n in counts.get("train", {}).values() if n]  # largest / smallest class of train, as check says
+    data["imbalance_ratio"] = round(max(present) / min(present), 2) if present else None
+    provenance = {
+        "imgclf_version": __version__,
+        "torch_version": str(torch.__version__),
+        "machine": summary_line(machine_report()),
+        "git_commit": git_commit(os.getcwd()),
+    }
+    return {"data": data, "provenance": provenance}
+
+
+def split_counts(split, classes: list[str]) -> dict[str, int]:
+    """Images per class of a split (a multi-label split: images holding each label)."""
+    if split.targets is not None:
+        return {c: int(n) for c, n in zip(classes, split.targets.sum(0).tolist())}
+    n = torch.bincount(torch.as_tensor(split.labels, dtype=torch.long), minlength=len(classes)).tolist()
+    return dict(zip(classes, n))
+
+
+def write_run_card(trainer, best_path: str) -> None:
+    """MODEL_CARD.md beside best.pt (evaluation/card.py); a card that cannot be written is a warning, never a
+    failed run (`imgclf card` writes it again)."""
+    try:
+        trainer.info("model card: %s", write_card(best_path))
+    except Exception as e:
+        trainer.run_dir.warning(
+            "MODEL_CARD.md not written: %s: %s (write it with `imgclf card %s`)", type(e).__name__, e, best_path
+        )

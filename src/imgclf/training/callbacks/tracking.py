@@ -14,11 +14,11 @@ import json
 import os
 from collections import Counter
 
-from imgclf.compute.machine import machine_report
+from imgclf.compute.machine import git_commit, machine_report
 from imgclf.core.callback import Callback
 from imgclf.core.errors import Preempted
 from imgclf.core.fileio import write_json
-from imgclf.core.tracking import TRACKING_JSON, Tracker, default_uri, git_commit, read_tracking
+from imgclf.core.tracking import TRACKING_JSON, Tracker, default_uri, read_tracking
 
 RUN_FILES = (
     "results.json",
@@ -49,7 +49,7 @@ class Tracking(Callback):
         run_dir = trainer.run_dir.path
         earlier = read_tracking(run_dir).get("run_id") if trainer.plan.resumed else None
         tags = {"imgclf.command": "train", "imgclf.run_dir": os.path.abspath(run_dir)}
-        commit = git_commit()
+        commit = git_commit(os.getcwd())
         if commit:
             tags["mlflow.source.git.commit"] = commit
         run_id = self.tracker.start(os.path.basename(run_dir), tags=tags, run_id=earlier)
