@@ -211,7 +211,7 @@ EMBEDDING_KEY = b"imgclf"  # the Parquet schema's metadata key: what made the em
 @dataclass(frozen=True)
 class EmbeddingLayout:
     """The rows of `imgclf embed` (Parquet only): path, label and split (null where the input has none), the
-    embedding (a fixed-size list of `dim` float32, L2-normalised; null for an unreadable image) and error. `meta`:
+    embedding (a list of `dim` float32, L2-normalised; null for an unreadable image) and error. `meta`:
     the JSON that the schema's metadata records under EMBEDDING_KEY (the model, its preprocessing, ...)."""
 
     dim: int
@@ -229,7 +229,9 @@ class EmbeddingLayout:
                 ("path", pa.string()),
                 ("label", pa.string()),
                 ("split", pa.string()),
-                ("embedding", pa.list_(pa.float32(), self.dim)),
+                # a list, not a fixed-size list: pyarrow 25's Parquet reader refuses a null fixed-size entry (an
+                # unreadable image's), "Expected all lists to be of size=D"; every non-null one has `dim` values
+                ("embedding", pa.list_(pa.float32())),
                 ("error", pa.string()),
             ],
             metadata={EMBEDDING_KEY: self.meta.encode("utf-8")},
@@ -243,7 +245,8 @@ class EmbeddingLayout:
         for i, r in enumerate(rows):
             if not bad[i]:
                 flat[i] = r["embedding"]
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), self.dim, mask=pa.array(bad))
+        offsets = pa.array(np.arange(len(rows) + 1, dtype=np.int32) * self.dim)
+        vectors = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)), mask=pa.array(bad))
         cols = [
             pa.array([r["path"] for r in rows], pa.string()),
             pa.array([r.get("label") for r in rows], pa.string()),
