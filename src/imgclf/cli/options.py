@@ -88,6 +88,25 @@ class LrFindOptions(TrainConfigOptions):
     steps: int = opt(100, "optimisation steps in the sweep", ge=2)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TuneOptions(TrainConfigOptions):
+    SECTIONS = {"the search": "budget"}
+
+    budget: str | None = opt(
+        None,
+        "stop starting trials after this long, all sessions of the study together: 30m, 2h, 45s (a running trial "
+        "ends with it)",
+        metavar="TIME",
+    )
+    trials: int | None = opt(None, "stop after this many trials have ended (default 20 without --budget)", ge=1)
+    space: str | None = opt(
+        None,
+        "the search space, a YAML file of OPTION: {type: float|int|categorical, low, high, log | choices} "
+        "(default: the recipe's, docs/tune.md)",
+        metavar="SPACE.yaml",
+    )
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 
 

@@ -1,4 +1,4 @@
-"""What `imgclf train` and `imgclf lr-find` run, and the torchrun machinery of every command: `--nproc N` (the
+"""What `imgclf train`, `imgclf tune` and `imgclf lr-find` run, and the torchrun machinery of every command: `--nproc N` (the
 pre-checks, then the same command under torchrun) and each rank's threads. Imported only when one of them runs
 (cli/commands.py): it imports torch."""
 
@@ -13,16 +13,19 @@ import threading
 import torch
 
 from imgclf.cli.console import after_stop
-from imgclf.cli.options import LrFindOptions, TrainOptions
+from imgclf.cli.options import LrFindOptions, TrainOptions, TuneOptions
 from imgclf.compute.device import resolve_device
 from imgclf.compute.distributed import check_ranks, strip_nproc, world_from_env
 from imgclf.compute.distributed import launch as launch_torchrun
 from imgclf.compute.distributed import rank_threads as threads_per_rank
 from imgclf.core.errors import UsageError
+from imgclf.studies.tune import Tuning, default_space, read_space, study_folder, tune
 from imgclf.training.api import lr_find, preflight, train
 from imgclf.training.preempt import RunFinished, StopRequest
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TRIALS = 20  # `tune` without --trials or --budget
 
 
 def train_command(o: TrainOptions) -> int:
@@ -97,3 +100,43 @@ def rank_threads() -> None:
     if os.environ.get("OMP_NUM_THREADS", "1") != "1":
         return
     torch.set_num_threads(threads_per_rank(world_from_env()))
+
+
+def tune_command(o: TuneOptions) -> int:
+    base = o.train
+    seconds = parse_duration(o.budget) if o.budget else None
+    trials = o.trials if o.trials or seconds else DEFAULT_TRIALS
+    space = read_space(o.space) if o.space else default_space(base)
+    t = Tuning(base, space, study_folder(base, base.resume), trials, seconds, seed=base.seed)
+    quiet_optuna()
+    preflight(base.replace(resume=None, out=os.path.dirname(t.folder) or ".", name=None), 1)
+    log.info("tune: study in %s; %s", t.folder, ", ".join(space))
+    r = tune(t)
+    best = r["best"]
+    if best is None:
+        log.warning("no trial completed (tune.json says why); nothing written to best.yaml")
+        return 1
+    log.info(
+        "best: trial %d, %s %.4f; imgclf train --config %s", best["number"], r["monitor"], best["value"], best["config"]
+    )
+    return 0
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial at INFO with all its options, and a failed one in two warnings; `tune` says each
+    trial in one line of its own. Set for this process only (a command's, not a library call's)."""
+    logging.getLogger("optuna").setLevel(logging.ERROR)
+
+
+def parse_duration(text: str) -> float:
+    """--budget: 30m, 2h, 45s or minutes as a bare number; refused in one line otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    unit = text[-1:].lower() if text[-1:].isalpha() else "m"
+    number = text[:-1] if text[-1:].isalpha() else text
+    try:
+        value = float(number) * units[unit]
+    except (KeyError, ValueError):
+        raise UsageError(f"--budget {text}: give a time such as 30m, 2h or 45s") from None
+    if not value > 0:
+        raise UsageError(f"--budget {text}: must be more than 0")
+    return value
