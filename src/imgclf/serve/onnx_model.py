@@ -1,4 +1,4 @@
-"""An ONNX export served with onnxruntime, Pillow, simplejpeg and NumPy: the slim install's model, never importing torch.
+"""An ONNX export served with onnxruntime, Pillow, simplejpeg and NumPy: the slim install's model, without torch.
 
 It reads what `imgclf export --format onnx|onnx-int8` records in the file (class names, preprocessing, the
 model's name, where it came from) and prepares images exactly as `imgclf predict` does on the same file:
