@@ -177,7 +177,7 @@ def decode_image(source, resize: int | None = None, *, check, formats=None) -> I
     `check(width, height)`: called with the stored size from the header, before a pixel is decoded (the pixel
     limit and `check_shape`; it raises to refuse). `formats`: the Pillow formats accepted (None: any).
     Raises what Pillow and `check` raise."""
-    data = _jpeg_bytes(source)
+    data = _jpeg_bytes(source) if formats is None or "JPEG" in formats else None
     header = None if data is None else jpeg.read_header(data)
     if header is not None:
         check(header.width, header.height)
