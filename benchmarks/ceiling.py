@@ -13,8 +13,8 @@ MODEL: an export or checkpoint (the issue's: `imgclf export BEST --format onnx-i
 2. The ceiling of each decoder: cores / (decode + resize + model) CPU seconds per image: the images/s the
    cores could give if they did nothing else and never waited.
 3. For each decoder: `imgclf predict MODEL --files-from LIST --output OUT.csv` (the streaming path) in a child
-   process on `--n-predict` paths (the images repeated); its images/s after the first batch is out (start-up
-   excluded: opening the model, the first batch). Then `imgclf serve MODEL` loaded by `--concurrency` clients
+   process on `--n-predict` paths (the images repeated); its images/s and CPU per image after the first batch
+   is out (start-up excluded: opening the model, the first batch). Then `imgclf serve MODEL` loaded by `--concurrency` clients
    (serve_load.py's client: keep-alive, one image per request, `--requests` counted after `--warmup`); its
    images/s, p50/p99 latency, errors, and its CPU per image, whose excess over decode + resize + model is
    printed as HTTP (the request's parsing, the multipart body, the JSON answer, the event loop).
@@ -126,12 +126,15 @@ def run_predict(model: str, files: list[str], n: int, name: str, work: str, batc
     cmd = [*imgclf_cmd(name), "predict", model, "--files-from", listed, "--output", out, "-q"]
     cmd += ["--device", "cpu", "--batch-size", str(batch)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=child_env())
-    parts, first = out + ".parts", None
+    parts, first, cpu_first = out + ".parts", None, 0.0
     while first is None and proc.poll() is None:  # the first batch's rows are on disk: the clock starts
         if _rows(parts) >= batch:
-            first = time.perf_counter()
+            first, cpu_first = time.perf_counter(), serve_load.cpu_seconds(proc.pid)
         time.sleep(0.005)
-    proc.wait()
+    if proc.returncode is None:
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's CPU time, all its threads
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        cpu = usage.ru_utime + usage.ru_stime - cpu_first
     end = time.perf_counter()
     if proc.returncode != 0:
         sys.exit(f"imgclf predict failed (exit {proc.returncode}): {' '.join(cmd)}")
@@ -139,7 +142,7 @@ def run_predict(model: str, files: list[str], n: int, name: str, work: str, batc
         rows = sum(1 for _ in f) - 1
     if first is None:
         sys.exit(f"predict ran too briefly to time ({rows} rows): raise --n-predict")
-    return {"images": rows, "images_per_s": (rows - batch) / (end - first)}
+    return {"images": rows, "images_per_s": (rows - batch) / (end - first), "cpu_per_image": cpu / (rows - batch)}
 
 
 def _rows(parts: str) -> int:
@@ -228,7 +231,8 @@ def main() -> int:
             p = run_predict(a.model, files, a.n_predict, d, work, a.batch_size)
             print(
                 f"{d:<6} predict: {p['images_per_s']:.1f} img/s after the first batch ({p['images']} rows): "
-                f"{p['images_per_s'] / ceiling[d]:.3f} of the ceiling",
+                f"{p['images_per_s'] / ceiling[d]:.3f} of the ceiling; CPU {1e3 * p['cpu_per_image']:.2f} ms per image "
+                "(the end's merge included)",
                 flush=True,
             )
             r = run_serve(a.model, files, d, a)
