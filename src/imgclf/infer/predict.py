@@ -17,7 +17,15 @@ from imgclf.core.confidence import check_min_confidence, mark_unsure, multilabel
 from imgclf.core.errors import UsageError
 from imgclf.core.multilabel import MULTILABEL, is_threshold
 from imgclf.core.ood import check_reject, mark_unknown, usable
-from imgclf.data.images import UnreadableImage, center_crop, load_image, pil_to_uint8, resize_shorter, to_rgb
+from imgclf.data.images import (
+    UnreadableImage,
+    center_crop,
+    load_image,
+    normalize_batch,
+    pil_to_uint8,
+    resize_shorter,
+    to_rgb,
+)
 from imgclf.data.pipeline import eval_transform
 from imgclf.data.sources import is_image_name
 from imgclf.infer.runtime import open_model
@@ -175,9 +183,12 @@ class Predictor:
         return np.array(center_crop(pixels, self.preprocess.img_size, channels_last=True), order="C")
 
     def normalize(self, images: list[np.ndarray]) -> torch.Tensor:
-        """The decode threads' crops -> the model's input, N x 3 x S x S float: `transform` on the whole batch,
-        bit-for-bit its values image by image (its steps are a crop, here of nothing, and elementwise)."""
-        return self.transform(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
+        """The decode threads' crops -> the model's input, N x 3 x S x S float32: `transform`'s arithmetic in
+        NumPy (`normalize_batch`, as the server's), its values image by image (tests/unit/infer/test_predict.py).
+        Not `transform` on the batch: on 2 cores that cost ~13x the CPU, PyTorch's OpenMP threads spinning
+        against the decode threads."""
+        p = self.preprocess
+        return torch.from_numpy(normalize_batch(images, p.mean, p.std))
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self.runner.logits(batch)

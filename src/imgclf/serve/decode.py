@@ -25,7 +25,9 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from imgclf.data.images import BadShape, center_crop, check_shape, decode_image, resize_shorter
+from imgclf.data.images import BadShape, center_crop, check_shape, decode_image, normalize_batch, resize_shorter
+
+__all__ = ["ImageRejected", "decode_upload", "normalize_batch", "open_upload"]
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +105,3 @@ def open_upload(data: bytes, *, resize: int, max_pixels: int, draft: bool = Fals
     except Exception as e:
         raise ImageRejected("unreadable_image", f"cannot decode the image ({type(e).__name__}: {e})") from None
     return im
-
-
-def normalize_batch(images: list[np.ndarray], mean, std) -> np.ndarray:
-    """N decoded images (uint8 S x S x 3 each) -> float32 N x 3 x S x S, C-contiguous: the ONNX input.
-
-    The arithmetic of `eval_transform` in float32, in its order: x * (1/255) (torchvision's ToDtype(scale=True)),
-    then (x - mean) / std (its Normalize)."""
-    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32, order="C")  # one copy, in NCHW order
-    x *= np.float32(1.0 / 255.0)
-    x -= np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    x /= np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return x
