@@ -318,7 +318,7 @@ def _pad_to(x, size: int, hd: int, wd: int):
 
 def normalize_batch(images: list[np.ndarray], mean, std) -> np.ndarray:
     """N decoded images (uint8 S x S x 3 each) -> float32 N x 3 x S x S, C-contiguous: the model's input (the
-    server's ONNX path, and `Predictor`'s batches: ~13x less CPU than running `eval_transform` on the batch).
+    server's ONNX path, and `Predictor`'s batches: a fraction of the CPU of `eval_transform` on the batch).
 
     The arithmetic of `eval_transform` in float32, in its order: x * (1/255) (torchvision's ToDtype(scale=True)),
     then (x - mean) / std (its Normalize)."""

@@ -185,7 +185,7 @@ class Predictor:
     def normalize(self, images: list[np.ndarray]) -> torch.Tensor:
         """The decode threads' crops -> the model's input, N x 3 x S x S float32: `transform`'s arithmetic in
         NumPy (`normalize_batch`, as the server's), its values image by image (tests/unit/infer/test_predict.py).
-        Not `transform` on the batch: on 2 cores that cost ~13x the CPU, PyTorch's OpenMP threads spinning
+        Not `transform` on the batch: on 2 cores that cost several times the CPU, PyTorch's OpenMP threads spinning
         against the decode threads."""
         p = self.preprocess
         return torch.from_numpy(normalize_batch(images, p.mean, p.std))
