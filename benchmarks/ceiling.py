@@ -14,7 +14,8 @@ MODEL: an export or checkpoint (the issue's: `imgclf export BEST --format onnx-i
    cores could give if they did nothing else and never waited.
 3. For each decoder: `imgclf predict MODEL --files-from LIST --output OUT.csv` (the streaming path) in a child
    process on `--n-predict` paths (the images repeated); its images/s and CPU per image after the first batch
-   is out (start-up excluded: opening the model, the first batch). Then `imgclf serve MODEL` loaded by `--concurrency` clients
+   is out (start-up excluded: opening the model, the first batch). Then `imgclf serve MODEL` loaded by
+   `--concurrency` clients
    (serve_load.py's client: keep-alive, one image per request, `--requests` counted after `--warmup`); its
    images/s, p50/p99 latency, errors, and its CPU per image, whose excess over decode + resize + model is
    printed as HTTP (the request's parsing, the multipart body, the JSON answer, the event loop).

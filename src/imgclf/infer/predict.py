@@ -200,7 +200,7 @@ class Predictor:
 
     def predict_iter(self, inputs, *, top_k: int = 5):
         """The results of `predict`, one at a time, as each batch finishes: `inputs` (paths or PIL images, any
-        iterable, read lazily) is never held whole, so millions of files take the memory of a few batches (AHEAD + 1)."""
+        iterable, read lazily) is never held whole, so millions of files take the memory of AHEAD + 1 batches."""
         for batch in self.predict_batches(inputs, top_k=top_k):
             yield from batch
 
