@@ -31,4 +31,7 @@ stamp "serving under load"
 $PY -m imgclf train --data $DATA/hymenoptera --model efficientnet_lite0 --pretrained --freeze backbone --epochs 10 --name serve-lite0 --out "$OUT/runs" > "$OUT/lite0.log" 2>&1
 $PY -m imgclf export "$OUT/runs/serve-lite0/best.pt" --format onnx-int8 --out "$OUT/serve-lite0.int8.onnx" > "$OUT/serve-export.txt" 2>&1
 $PY benchmarks/serve_load.py "$OUT/serve-lite0.int8.onnx" --requests 2000 > "$OUT/serve.txt" 2>&1
+stamp "decoding: simplejpeg against Pillow; predict and serve against the ceiling"
+$PY benchmarks/decode.py --accuracy "$OUT/serve-lite0.int8.onnx" > "$OUT/decode.txt" 2>&1
+$PY benchmarks/ceiling.py "$OUT/serve-lite0.int8.onnx" > "$OUT/ceiling.txt" 2>&1
 stamp "done: results in $OUT (*.eval.json, *.txt)"

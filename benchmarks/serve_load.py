@@ -56,9 +56,7 @@ def image_files(folder: str, limit: int) -> list[str]:
 def offline_model(pred, files: list[str], rounds: int, batch: int = 32, cpu: list | None = None) -> float:
     """Images/s of `runner.logits` on a batch of `batch` real images, prepared beforehand (median of rounds).
     With `cpu`, appends the CPU seconds per image of the timed calls."""
-    import torch
-
-    x = torch.stack([pred._load(p) for p in (files * (batch // len(files) + 1))[:batch]])
+    x = pred.normalize([pred._load(p) for p in (files * (batch // len(files) + 1))[:batch]])
     pred.logits(x)  # warm-up
     pred.logits(x)
     times = []

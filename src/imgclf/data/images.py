@@ -10,6 +10,7 @@ torch is imported only by the functions that make tensors: the torch-free server
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from imgclf.core.artifact import INTERPOLATION_NAMES
 from imgclf.core.shared_options import MAX_PIXELS as PIXEL_OPTION
+from imgclf.data import jpeg
 
 # Truncated files must fail, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -25,8 +27,18 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # PIL's filter for each resampling name a Preprocess may take (core/artifact.py's INTERPOLATION_NAMES)
 INTERPOLATIONS = {name: getattr(Image, name.upper()) for name in INTERPOLATION_NAMES}
 
-# EXIF orientations 2-8: mirrored and/or rotated; 1 (or none) is upright.
+# EXIF orientations 2-8: mirrored and/or rotated; 1 (or none) is upright. The turn of each, as Pillow's
+# ImageOps.exif_transpose makes it.
 _TURNED = frozenset(range(2, 9))
+_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class UnreadableImage(Exception):
@@ -136,31 +148,77 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def draft_for(im: Image.Image, resize: int) -> None:
     """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when the result still covers `resize` pixels on the
     shorter side (far fewer pixels to decode for a large photo: docs/benchmarks.md); other formats are left as
-    they are.
-    Before `im.load()`. Files (`load_image`) and the server's uploads (serve/decode.py) both decode through this,
-    so they get the same pixels."""
-    if im.format == "JPEG":
+    they are. Before `im.load()`: the Pillow side of `decode_image` (data/jpeg.py decodes at the same scale)."""
+    if im.format in ("JPEG", "MPO"):  # MPO: a phone's JPEG with extra frames; the first is the photo
         w, h = im.size
         s = resize / min(w, h)
         im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
 
 
+def decode_jpeg(data: bytes, header: jpeg.Header, resize: int | None) -> Image.Image | None:
+    """The JPEG `data` (its `jpeg.read_header`) decoded by libjpeg-turbo (data/jpeg.py) at the scale Pillow's
+    draft would use for `resize`, upright and RGB: the image `decode_image` gives, pixel for pixel; None where
+    libjpeg-turbo refuses the file (the caller decodes it with Pillow). The caller has checked the header."""
+    pixels = jpeg.decode(data, header, resize)
+    if pixels is None:
+        return None
+    im = Image.fromarray(pixels)  # RGB, wrapping the array: no copy
+    turn = _TURNS.get(header.orientation)
+    return im if turn is None else im.transpose(turn)
+
+
+def decode_image(source, resize: int | None = None, *, check, formats=None) -> Image.Image:
+    """One image file (a path) or its bytes -> the whole image, decoded, upright and RGB; with `resize`, a JPEG
+    is decoded at the reduced scale that still covers `resize` px on the shorter side. The one decoder of every
+    path (files here, the server's uploads in serve/decode.py): libjpeg-turbo through simplejpeg for the JPEGs it
+    takes (data/jpeg.py), Pillow for the rest and whenever simplejpeg is absent or refuses a file, both giving
+    the same pixels.
+
+    `check(width, height)`: called with the stored size from the header, before a pixel is decoded (the pixel
+    limit and `check_shape`; it raises to refuse). `formats`: the Pillow formats accepted (None: any).
+    Raises what Pillow and `check` raise."""
+    data = _jpeg_bytes(source) if formats is None or "JPEG" in formats else None
+    header = None if data is None else jpeg.read_header(data)
+    if header is not None:
+        check(header.width, header.height)
+        im = decode_jpeg(data, header, resize)
+        if im is not None:
+            return im
+    opened = io.BytesIO(data) if data is not None else io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(opened, formats=formats) as im:
+        check(*im.size)
+        if resize is not None:
+            draft_for(im, resize)
+        im.load()
+        return to_rgb(im)
+
+
+def _jpeg_bytes(source) -> bytes | None:
+    """The file's bytes when it begins as a JPEG does and simplejpeg can decode it; else None (Pillow reads it)."""
+    if not jpeg.available():
+        return None
+    if isinstance(source, bytes):
+        return source if source.startswith(jpeg.SIGNATURE) else None
+    with open(source, "rb") as f:
+        head = f.read(len(jpeg.SIGNATURE))
+        return head + f.read() if head == jpeg.SIGNATURE else None
+
+
 def load_image(path: str, *, resize: int | None = None, interpolation: str = "bilinear") -> Image.Image:
-    """Decode `path` as RGB. With `resize`, the shorter side becomes `resize` pixels (`interpolation`, one of
-    INTERPOLATIONS; antialiased).
+    """Decode `path` as RGB (`decode_image`). With `resize`, the shorter side becomes `resize` pixels
+    (`interpolation`, one of INTERPOLATIONS; antialiased).
 
     Raises UnreadableImage with a short reason (zero-byte, truncated, not an image, ...).
     """
+
+    def check(w: int, h: int) -> None:  # from the header, before a pixel is decoded
+        check_pixels(w, h)
+        check_shape(w, h, resize)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette chatter; real failures raise
-            with Image.open(path) as im:
-                check_pixels(*im.size)  # from the header, before a pixel is decoded
-                check_shape(*im.size, resize)
-                if resize is not None:
-                    draft_for(im, resize)
-                im.load()
-                im = to_rgb(im)
+            im = decode_image(str(path), resize, check=check)
     except UnreadableImage:
         raise
     except FileNotFoundError:
@@ -256,3 +314,16 @@ def _pad_to(x, size: int, hd: int, wd: int):
 
     flat = [p for pair in reversed(pads) for p in pair]  # F.pad: last dimension first
     return F.pad(x, flat)
+
+
+def normalize_batch(images: list[np.ndarray], mean, std) -> np.ndarray:
+    """N decoded images (uint8 S x S x 3 each) -> float32 N x 3 x S x S, C-contiguous: the model's input (the
+    server's ONNX path, and `Predictor`'s batches: a fraction of the CPU of `eval_transform` on the batch).
+
+    The arithmetic of `eval_transform` in float32, in its order: x * (1/255) (torchvision's ToDtype(scale=True)),
+    then (x - mean) / std (its Normalize)."""
+    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32, order="C")  # one copy, in NCHW order
+    x *= np.float32(1.0 / 255.0)
+    x -= np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    x /= np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return x

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from imgclf.compute.device import resolve_device
 from imgclf.compute.distributed import setup, world_from_env
 from imgclf.core.errors import UsageError
 from imgclf.core.multilabel import join_labels
 from imgclf.core.version import __version__
-from imgclf.data.images import array_to_uint8
+from imgclf.data.images import resize_shorter
 from imgclf.data.sources import BUILTIN, find_split_dirs
 from imgclf.infer.logits import open_model_data
 from imgclf.infer.predict import Predictor
@@ -168,20 +169,20 @@ class Embedder(Predictor):
         s = self.preprocess.img_size
         self.dim = int(self.runner.features(torch.zeros(1, 3, s, s)).shape[1])
 
-    def _load(self, item) -> torch.Tensor:
+    def _load(self, item) -> np.ndarray:
         if isinstance(item, Entry) and item.pixels is not None:
             p = self.preprocess
-            return self.transform(array_to_uint8(item.pixels, resize=p.resize, interpolation=p.interpolation))
+            return self.crop(np.asarray(resize_shorter(Image.fromarray(item.pixels), p.resize, p.interpolation)))
         return super()._load(item.path if isinstance(item, Entry) else item)
 
     def _results(self, chunk: list, loaded: list, k: int) -> list[dict]:
-        ok = [t for t in loaded if isinstance(t, torch.Tensor)]
-        feats = self.runner.features(torch.stack(ok)).numpy().astype(np.float32) if ok else None
+        ok = [t for t in loaded if isinstance(t, np.ndarray)]
+        feats = self.runner.features(self.normalize(ok)).numpy().astype(np.float32) if ok else None
         results, j = [], 0
         for item, t in zip(chunk, loaded):
             e = item if isinstance(item, Entry) else Entry(str(item))
             row = {"path": e.path, "label": e.label, "split": e.split}
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, np.ndarray):
                 row["embedding"] = feats[j]
                 j += 1
             else:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -15,12 +17,25 @@ from imgclf.core.confidence import check_min_confidence, mark_unsure, multilabel
 from imgclf.core.errors import UsageError
 from imgclf.core.multilabel import MULTILABEL, is_threshold
 from imgclf.core.ood import check_reject, mark_unknown, usable
-from imgclf.data.images import UnreadableImage, load_image, pil_to_uint8, resize_shorter, to_rgb
+from imgclf.data.images import (
+    UnreadableImage,
+    center_crop,
+    load_image,
+    normalize_batch,
+    pil_to_uint8,
+    resize_shorter,
+    to_rgb,
+)
 from imgclf.data.pipeline import eval_transform
 from imgclf.data.sources import is_image_name
 from imgclf.infer.runtime import open_model
 
 log = logging.getLogger(__name__)
+
+# Batches decoding in the worker threads while the model runs one: with two, the threads always have an image to
+# decode when one finishes, so the cores never wait for the end of a batch (the tail of a batch leaves all but
+# one thread idle).
+AHEAD = 2
 
 
 def expand_paths(paths) -> list[str]:
@@ -122,7 +137,9 @@ class Predictor:
     ):
         self.min_confidence = check_min_confidence(min_confidence)
         threshold = check_threshold(threshold)
-        self.runner = open_model(weights, device=device, precision=precision, tta=tta)
+        # spin=False: onnxruntime's threads sleep between runs, leaving the cores to the decode threads (the server
+        # opens its model so too); spin-waiting they took a share of the CPU from decoding
+        self.runner = open_model(weights, device=device, precision=precision, tta=tta, spin=False)
         self.task, self.thresholds = self.runner.task, self.runner.thresholds
         refuse_for_multilabel(self.task, self.min_confidence)
         # the record as this file can use it (no knn where it gives no kNN distance), checked before any image
@@ -150,8 +167,28 @@ class Predictor:
             return pil_to_uint8(resize_shorter(to_rgb(item), p.resize, p.interpolation))
         return pil_to_uint8(load_image(str(item), resize=p.resize, interpolation=p.interpolation))
 
-    def _load(self, item) -> torch.Tensor:
-        return self.transform(self.load_uint8(item))
+    def _load(self, item) -> np.ndarray:
+        """A path or PIL image -> the model's input pixels, uint8 S x S x 3 (resized and centre-cropped), in NumPy
+        only: a decode thread runs no PyTorch operation, which would start an OpenMP team of its own in every
+        decode thread, competing with the model's threads (as the server's decode threads: serve/decode.py)."""
+        p = self.preprocess
+        if isinstance(item, Image.Image):
+            im = resize_shorter(to_rgb(item), p.resize, p.interpolation)
+        else:
+            im = load_image(str(item), resize=p.resize, interpolation=p.interpolation)
+        return self.crop(np.asarray(im, dtype=np.uint8))
+
+    def crop(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 H x W x 3 with the shorter side `resize` -> its centre crop, S x S x 3, C-contiguous."""
+        return np.array(center_crop(pixels, self.preprocess.img_size, channels_last=True), order="C")
+
+    def normalize(self, images: list[np.ndarray]) -> torch.Tensor:
+        """The decode threads' crops -> the model's input, N x 3 x S x S float32: `transform`'s arithmetic in
+        NumPy (`normalize_batch`, as the server's), its values image by image (tests/unit/infer/test_predict.py).
+        Not `transform` on the batch: on 2 cores that cost several times the CPU, PyTorch's OpenMP threads spinning
+        against the decode threads."""
+        p = self.preprocess
+        return torch.from_numpy(normalize_batch(images, p.mean, p.std))
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self.runner.logits(batch)
@@ -163,20 +200,22 @@ class Predictor:
 
     def predict_iter(self, inputs, *, top_k: int = 5):
         """The results of `predict`, one at a time, as each batch finishes: `inputs` (paths or PIL images, any
-        iterable, read lazily) is never held whole, so millions of files take the memory of two batches."""
+        iterable, read lazily) is never held whole, so millions of files take the memory of AHEAD + 1 batches."""
         for batch in self.predict_batches(inputs, top_k=top_k):
             yield from batch
 
     def predict_batches(self, inputs, *, top_k: int = 5):
-        """One list of results per `batch_size` consecutive inputs. The next batch decodes in the worker threads
-        while the model runs this one."""
+        """One list of results per `batch_size` consecutive inputs. The next AHEAD batches decode in the worker
+        threads while the model runs this one."""
         k = self._k(top_k)
         it = iter(inputs)
         with ThreadPoolExecutor(self.workers) as pool:
-            ahead = self._submit(pool, it)
-            while ahead is not None:
-                chunk, futures = ahead
-                ahead = self._submit(pool, it)
+            ahead = deque(itertools.islice(iter(lambda: self._submit(pool, it), None), AHEAD))
+            while ahead:
+                chunk, futures = ahead.popleft()
+                following = self._submit(pool, it)
+                if following is not None:
+                    ahead.append(following)
                 yield self._results(chunk, [f.result() for f in futures], k)
 
     def _k(self, top_k: int) -> int:
@@ -189,12 +228,12 @@ class Predictor:
         return (chunk, [pool.submit(self._try_load, x) for x in chunk]) if chunk else None
 
     def _results(self, chunk: list, loaded: list, k: int) -> list[dict]:
-        ok = [t for t in loaded if isinstance(t, torch.Tensor)]
-        probs, values = self._forward(torch.stack(ok)) if ok else (None, None)
+        ok = [t for t in loaded if isinstance(t, np.ndarray)]
+        probs, values = self._forward(self.normalize(ok)) if ok else (None, None)
         results, j = [], 0
         for item, t in zip(chunk, loaded):
             name = str(item) if not isinstance(item, Image.Image) else None
-            if not isinstance(t, torch.Tensor):
+            if not isinstance(t, np.ndarray):
                 results.append({"path": name, "error": t})
                 continue
             r = {"path": name, **self._answer(probs[j], k)}

@@ -2,7 +2,8 @@
 
 Split in two so the expensive part runs in parallel and the cheap part runs once per batch:
 
-- `decode_upload` (a decode thread; PIL releases the GIL while it decodes and resizes): bytes -> RGB ->
+- `decode_upload` (a decode thread; libjpeg-turbo and PIL release the GIL while they decode and resize; the
+  decoder is data.images.decode_image, the one every file goes through): bytes -> RGB ->
   shorter side `resize` -> centre crop, giving uint8 S x S x 3. Refuses, from the header
   and before any pixel is decoded, an image with more than `max_pixels` pixels (a decompression bomb: a few
   KB of PNG can claim 50,000 x 50,000 pixels, 7.5 GB of RGB), and one whose shape resizing would blow up
@@ -17,7 +18,6 @@ Without torch at import: the slim ONNX server (`imgclf-serve`) uses this module 
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import warnings
@@ -25,7 +25,9 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from imgclf.data.images import BadShape, center_crop, check_shape, draft_for, resize_shorter, to_rgb
+from imgclf.data.images import BadShape, center_crop, check_shape, decode_image, normalize_batch, resize_shorter
+
+__all__ = ["ImageRejected", "decode_upload", "normalize_batch", "open_upload"]
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +65,24 @@ def open_upload(data: bytes, *, resize: int, max_pixels: int, draft: bool = Fals
     Raises ImageRejected."""
     if not data:
         raise ImageRejected("empty_file", "empty file (0 bytes)")
+
+    def check(w: int, h: int) -> None:  # from the header, before a pixel is decoded
+        if w * h > max_pixels:
+            raise ImageRejected(
+                "too_many_pixels",
+                f"image is {w} x {h} = {w * h:,} pixels, more than the limit of {max_pixels:,} (--max-pixels)",
+                status=413,
+            )
+        try:
+            check_shape(w, h, resize)
+        except BadShape as e:
+            raise ImageRejected("bad_shape", str(e)) from None
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF chatter, DecompressionBombWarning: our own limit is below
-            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageRejected(
-                        "too_many_pixels",
-                        f"image is {w} x {h} = {w * h:,} pixels, more than the limit of {max_pixels:,} (--max-pixels)",
-                        status=413,
-                    )
-                try:
-                    check_shape(w, h, resize)
-                except BadShape as e:
-                    raise ImageRejected("bad_shape", str(e)) from None
-                if draft:  # as data.images.load_image: the same pixels Predictor gets from the same file
-                    draft_for(im, resize)
-                im.load()
-                im = to_rgb(im)
+            # as data.images.load_image (the same decoder): the same pixels Predictor gets from the same file
+            im = decode_image(data, resize if draft else None, check=check, formats=IMAGE_FORMATS)
     except ImageRejected:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own check, at open, above 2 x Image.MAX_IMAGE_PIXELS
@@ -104,15 +105,3 @@ def open_upload(data: bytes, *, resize: int, max_pixels: int, draft: bool = Fals
     except Exception as e:
         raise ImageRejected("unreadable_image", f"cannot decode the image ({type(e).__name__}: {e})") from None
     return im
-
-
-def normalize_batch(images: list[np.ndarray], mean, std) -> np.ndarray:
-    """N decoded images (uint8 S x S x 3 each) -> float32 N x 3 x S x S, C-contiguous: the ONNX input.
-
-    The arithmetic of `eval_transform` in float32, in its order: x * (1/255) (torchvision's ToDtype(scale=True)),
-    then (x - mean) / std (its Normalize)."""
-    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32, order="C")  # one copy, in NCHW order
-    x *= np.float32(1.0 / 255.0)
-    x -= np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    x /= np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return x

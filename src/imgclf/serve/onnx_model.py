@@ -1,8 +1,8 @@
-"""An ONNX export served with onnxruntime, Pillow and NumPy only: the slim install's model, never importing torch.
+"""An ONNX export served with onnxruntime, Pillow, simplejpeg and NumPy: the slim install's model, without torch.
 
 It reads what `imgclf export --format onnx|onnx-int8` records in the file (class names, preprocessing, the
 model's name, where it came from) and prepares images exactly as `imgclf predict` does on the same file:
-`decode.decode_upload` (the same PIL decode, resize and crop) and `decode.normalize_batch` (torchvision's
+`decode.decode_upload` (the same decode, resize and crop) and `decode.normalize_batch` (torchvision's
 scale-then-normalise arithmetic in float32), in a session opened as `runtime.OnnxRunner` opens it
 (`onnxrt.open_export`: the same options, providers and threads), with the same `Preprocess` and `metadata`.
 A temperature fitted by calibration is baked into the exported graph, so nothing here needs to know about it.

@@ -202,3 +202,25 @@ def test_multilabel_predictor_gives_the_set_by_the_models_thresholds(multilabel_
     for t in (0.0, 1.0):
         for r in Predictor(multilabel_ckpt, device="cpu", threshold=t).predict(paths):
             assert r["labels"] == [c for c, s in r["scores"].items() if s >= t]
+
+
+def test_decode_threads_give_numpy_and_the_batch_is_the_per_image_transform(tiny_best, tiny_data):
+    """The decode threads hand over uint8 crops (no PyTorch operation runs there), and normalising the stacked
+    crops gives bit-for-bit what `transform` gives image by image."""
+    import torch
+
+    pred = Predictor(tiny_best, device="cpu", batch_size=4)
+    files = _images(tiny_data)[:5]
+    crops = [pred._load(f) for f in files]
+    s = pred.preprocess.img_size
+    assert all(isinstance(c, np.ndarray) and c.dtype == np.uint8 and c.shape == (s, s, 3) for c in crops)
+    each = torch.stack([pred.transform(pred.load_uint8(f)) for f in files])
+    assert torch.equal(pred.normalize(crops), each)
+
+
+def test_batches_ahead_keep_the_input_order(tiny_best, tiny_data):
+    pred = Predictor(tiny_best, device="cpu", batch_size=2)
+    files = _images(tiny_data)[:7]
+    batches = list(pred.predict_batches(files, top_k=1))
+    assert [len(b) for b in batches] == [2, 2, 2, 1]
+    assert [r["path"] for b in batches for r in b] == files
