@@ -77,6 +77,7 @@ def test_shared_options_come_from_one_declaration():
 DECODERS = {
     "train",
     "lr-find",
+    "tune",
     "evaluate",
     "predict",
     "embed",
