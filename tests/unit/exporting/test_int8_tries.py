@@ -31,10 +31,12 @@ class FakeQuantizer:
         self.flips, self.noise = flips, noise or {}
         self.pre, self.work, self.keep, self.images = "pre.onnx", "work", [], torch.zeros(4, 3, 8, 8)
         self.calls: list[tuple] = []
+        self.extras: list[dict | None] = []
 
     def __call__(self, method: str, nodes: list[str], extra: dict | None = None) -> str:
         key = (method, len(nodes))
         self.calls.append(key)
+        self.extras.append(extra)
         return f"{method}|{len(nodes)}"
 
 
@@ -157,3 +159,14 @@ def test_a_target_outside_0_to_1_is_refused_before_any_work(target, tmp_path):
 
     with pytest.raises(UsageError, match="--int8-target"):
         export(str(tmp_path / "missing.pt"), "onnx-int8", int8_target=target)
+
+
+def test_a_planned_variant_is_tried_on_the_best_method_before_any_tensor_is_kept_fp32(monkeypatch):
+    t, q = _setup(monkeypatch, 153, {("minmax", 0): 3, ("entropy", 0): 2, ("percentile", 0): 4}, tries=5)
+    monkeypatch.setattr(int8, "PLAN_VARIANTS", (("symmetric", None),))
+    _run(t)
+    assert [x["variant"] for x in t.made[:4]] == ["", "", "", "symmetric"]
+    assert t.made[3]["calibration"] == "entropy" and q.extras[3] == {"ActivationSymmetric": True}
+    # then the fp32 tries, on the fully quantized try with the lowest RMSE, its variant included
+    assert t.made[4]["fp32_nodes"] == ["n0"] and t.made[4]["variant"] == t.base["variant"]
+    assert q.extras[4] == int8.VARIANTS[t.base["variant"]]
