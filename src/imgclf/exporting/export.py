@@ -160,27 +160,17 @@ def export(
     accuracy of the checkpoint without it is measured as well (on `data`, default the recorded data).
     Returns a report dict (also what `--json` prints)."""
     fmt, tta = get_format(format), check_mode(tta)
-    _check_settings(calib_method, calib_images=calib_images, verify_images=verify_images, int8_tries=int8_tries)
-    if not 0 < int8_target <= 1:
-        raise UsageError(
-            f"--int8-target must be above 0 and at most 1 (0.99: 99% of the labels kept), not {int8_target}"
-        )
+    _check_settings(
+        calib_method, int8_target, calib_images=calib_images, verify_images=verify_images, int8_tries=int8_tries
+    )
     ref = _reference(weights, tta)
     out = _out_path(out, weights, fmt)
     data = data or (ref.config.get("data") if tta is not None else None)  # --tta: what it changes is always measured
     check, calib = _samples(ref, verify_data, calib_data, data_root, n_check=verify_images, n_calib=calib_images)
     t0 = time.perf_counter()
     images, checked_on = check.load()
-    ctx = ExportContext(
-        ref,
-        images,
-        calib,
-        opset=opset,
-        calib_method=calib_method,
-        reduce_range=reduce_range,
-        int8_tries=int8_tries,
-        int8_target=int8_target,
-    )
+    int8 = dict(calib_method=calib_method, reduce_range=reduce_range, int8_tries=int8_tries, int8_target=int8_target)
+    ctx = ExportContext(ref, images, calib, opset=opset, **int8)
     with _temporary(out, fmt.suffix) as tmp:
         result, exported = _write_verified(ctx, fmt, tmp, out, checked_on)
         if data:
@@ -193,8 +183,12 @@ def export(
     return result
 
 
-def _check_settings(calib_method: str, **counts: int) -> None:
+def _check_settings(calib_method: str, int8_target: float, **counts: int) -> None:
     """The int8 settings and the image counts, checked before anything is opened."""
+    if not 0 < int8_target <= 1:
+        raise UsageError(
+            f"--int8-target must be above 0 and at most 1 (0.99: 99% of the labels kept), not {int8_target}"
+        )
     if calib_method not in CALIB_METHODS:
         raise UsageError(
             f"--calib-method '{calib_method}': use minmax, entropy or percentile{did_you_mean(calib_method, list(CALIB_METHODS))}"
