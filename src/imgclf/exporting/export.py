@@ -376,7 +376,9 @@ def _int8_lines(q: dict) -> list[str]:
     if len(q["tries"]) > 1 or target:
         lines.append("int8 tries (labels kept, RMSE of the logits, speed against try 1 on this machine):")
         lines += [
-            f"  {i}. {_try_text(t)}: {_kept(t)} kept, RMSE {t['rel_rmse']:.1%}"
+            f"  {i}. {_try_text(t)}: failed ({t['failed']})"
+            if t.get("failed")
+            else f"  {i}. {_try_text(t)}: {_kept(t)} kept, RMSE {t['rel_rmse']:.1%}"
             + (f", {t['speed_vs_first']:.2f}x" if t.get("speed_vs_first") is not None else "")
             + ("  <- written" if i == q["chosen_try"] else "")
             for i, t in enumerate(q["tries"], 1)

@@ -70,7 +70,7 @@ from imgclf.core.multilabel import MULTILABEL
 from imgclf.exporting.context import CALIB_METHODS, ExportContext, quiet
 from imgclf.exporting.outputs import feature_nodes
 from imgclf.exporting.sensitivity import fp32_regions, int8_sensitivity
-from imgclf.exporting.verify import batched, compare
+from imgclf.exporting.verify import VerificationError, batched, compare
 from imgclf.exporting.writers import add_onnx_metadata, bank_float16_file, onnx_fp32
 from imgclf.infer.runtime import onnx_session_options
 
@@ -221,7 +221,11 @@ class Tries:
         """One quantization with `method` and the `VARIANTS[variant]` options, the nodes of `regions`
         (fp32_regions rows) left out; judged and timed."""
         nodes = list(dict.fromkeys(n for x in regions for n in x["nodes"]))
-        file = self.quantize(method, nodes, VARIANTS[variant])
+        try:
+            file = self.quantize(method, nodes, VARIANTS[variant])
+        except ValueError as e:  # onnxruntime's calibrators on some graphs (percentile: "Too many bins ...")
+            self._failed(method, variant, nodes, regions, e)
+            return
         logits, speed = run_file(file, self.ctx.check)
         r = {
             "top1_kept": 0,
@@ -238,7 +242,8 @@ class Tries:
             "fp32_tensors": [x["tensor"] for x in regions],
         }
         t.update({k: r.get(k) for k in keys}, images_per_s=round(speed, 1), file=file)
-        t["speed_vs_first"] = round(speed / self.made[0]["images_per_s"], 3) if self.made else 1.0
+        first = next((x["images_per_s"] for x in self.made if x["images_per_s"]), None)
+        t["speed_vs_first"] = round(speed / first, 3) if first else 1.0
         t["reached_target"] = bool(t["meets_bar"]) and _kept(t) >= target_labels(self.ctx.int8_target, _total(t))
         self.made.append(t)
         log.info(
@@ -251,6 +256,22 @@ class Tries:
             100 * t["rel_rmse"],
             t["speed_vs_first"],
         )
+
+    def _failed(self, method: str, variant: str, nodes: list[str], regions: list[dict], e: Exception) -> None:
+        """A try onnxruntime could not make: recorded with why (it keeps no label), and the tries go on."""
+        t = {
+            "calibration": method,
+            "variant": variant,
+            "fp32_nodes": nodes,
+            "fp32_tensors": [x["tensor"] for x in regions],
+        }
+        t.update({k: None for k in TRY_KEYS}, top1_kept=0, rel_rmse=math.inf, meets_bar=False, ok=False)
+        t.update(images=len(self.want), reached_target=False, images_per_s=None, speed_vs_first=None, file=None)
+        t["failed"] = f"{type(e).__name__}: {e}"
+        if self.thresholds() is not None:
+            t.update(labels_kept=0, label_decisions=int(self.want.numel()))
+        self.made.append(t)
+        log.warning("int8 try %d: %s: onnxruntime could not quantize (%s)", len(self.made), _describe(t), t["failed"])
 
     def thresholds(self) -> list[float] | None:
         """A multi-label model's thresholds (its label decisions are compared), else None (top-1)."""
@@ -272,9 +293,9 @@ class Tries:
     def fp32_tensors(self) -> None:
         """Then the fully quantized try with the lowest RMSE, with the tensors measured to add most error kept
         fp32: the 1, 2, then 4 worst."""
-        if not self.more():
+        if not self.more() or not any(t["file"] for t in self.made):
             return
-        self.base = min((t for t in self.made if not t["fp32_nodes"]), key=lambda t: t["rel_rmse"])
+        self.base = min((t for t in self.made if not t["fp32_nodes"] and t["file"]), key=lambda t: t["rel_rmse"])
         q = self.quantize
         self.ranking = int8_sensitivity(q.pre, self.base["file"], q.images[:SENSITIVITY_IMAGES], q.work)
         regions = fp32_regions(self.ranking)
@@ -289,7 +310,10 @@ class Tries:
     def best(self) -> dict:
         """The best try: passing the refusal rule, then most labels kept, then fewest nodes kept fp32 (they cost
         speed; the timings themselves are too noisy to choose by), then lowest RMSE."""
-        return max(self.made, key=lambda t: (t["ok"], _kept(t), -len(t["fp32_nodes"]), -t["rel_rmse"]))
+        made = [t for t in self.made if t["file"]]
+        if not made:
+            raise VerificationError(f"onnxruntime could not quantize the model: {self.made[-1]['failed']}")
+        return max(made, key=lambda t: (t["ok"], _kept(t), -len(t["fp32_nodes"]), -t["rel_rmse"]))
 
     def record(self, best: dict) -> dict:
         """What the metadata says of the quantization (`export.quantization`)."""

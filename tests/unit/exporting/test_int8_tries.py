@@ -37,6 +37,8 @@ class FakeQuantizer:
         key = (method, len(nodes))
         self.calls.append(key)
         self.extras.append(extra)
+        if self.flips.get(key) == "fails":
+            raise ValueError("Too many bins for data range. Cannot create 2048 finite-sized bins.")
         return f"{method}|{len(nodes)}"
 
 
@@ -170,3 +172,13 @@ def test_a_planned_variant_is_tried_on_the_best_method_before_any_tensor_is_kept
     # then the fp32 tries, on the fully quantized try with the lowest RMSE, its variant included
     assert t.made[4]["fp32_nodes"] == ["n0"] and t.made[4]["variant"] == t.base["variant"]
     assert q.extras[4] == int8.VARIANTS[t.base["variant"]]
+
+
+def test_a_try_onnxruntime_cannot_make_is_recorded_and_the_tries_go_on(monkeypatch):
+    # onnxruntime's percentile calibrator raised this on a Lite0 fine-tune; that try is skipped, not the export
+    t, q = _setup(monkeypatch, 153, {("minmax", 0): 3, ("entropy", 0): 2, ("percentile", 0): "fails"})
+    best = _run(t)
+    assert "Too many bins" in t.made[2]["failed"] and t.made[2]["top1_kept"] == 0
+    assert t.made[3]["fp32_nodes"] == ["n0"] and t.base is t.made[1] and best is t.made[3]
+    text = "\n".join(_int8_lines(t.record(best)))
+    assert "3. percentile: failed (ValueError: Too many bins" in text
