@@ -20,7 +20,11 @@ def export_command(o: ExportOptions) -> int:
     if o.out:
         check_output_file(o.out, "--out")
     # these have their defaults in exporting/export.py (which imports torch): passed on only when given
-    given = {k: getattr(o, k) for k in ("calib_images", "verify_images", "int8_tries") if getattr(o, k) is not None}
+    given = {
+        k: getattr(o, k)
+        for k in ("calib_images", "verify_images", "int8_tries", "int8_target")
+        if getattr(o, k) is not None
+    }
     r = export(
         o.weights,
         o.format,

@@ -81,7 +81,7 @@ FORMATS: dict[str, ExportFormat] = {
             Named("imgclf.infer.runtime:open_onnx"),
             packages=_ONNX,
             int8=True,
-            options=("opset", "calib_images", "calib_method", "int8_tries", "reduce_range"),
+            options=("opset", "calib_images", "calib_method", "int8_tries", "int8_target", "reduce_range"),
         ),
         # the seed's quantize_dynamic: int8 weights for nn.Linear only
         ExportFormat(

@@ -47,7 +47,7 @@ from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.ood import usable
 from imgclf.core.version import __version__
 from imgclf.evaluation.card import ExportCard, copy_card, export_card
-from imgclf.exporting.context import CALIB_METHODS, DEFAULT_INT8_TRIES, ExportContext
+from imgclf.exporting.context import CALIB_METHODS, DEFAULT_INT8_TARGET, DEFAULT_INT8_TRIES, ExportContext
 from imgclf.exporting.outputs import ONNX_FORMATS, output_names
 from imgclf.exporting.verify import ImageSample, VerificationError, accuracy_on, verify
 from imgclf.infer.runtime import CheckpointRunner, Runner, open_model
@@ -153,6 +153,7 @@ def export(
     opset: int = DEFAULT_OPSET,
     max_eval_images: int | None = None,
     int8_tries: int = DEFAULT_INT8_TRIES,
+    int8_target: float = DEFAULT_INT8_TARGET,
     tta: str | None = None,
 ) -> dict:
     """Export checkpoint `weights` as `format`, verify it against eager PyTorch, and only then write `out`.
@@ -160,23 +161,25 @@ def export(
     Calibration images (int8): `calib_data` (a data source or a folder of images), default the training split
     of the data the checkpoint records. Verification images: the validation split of `verify_data`, default
     the recorded data (or the calibration data when the checkpoint records none), all of it up to
-    `verify_images`. onnx-int8 starts with `calib_method` and makes at most `int8_tries` quantizations
-    (1: that one only) before it settles for its best (see int8.py). With `data`, the accuracy
+    `verify_images`. onnx-int8 starts with `calib_method` and tries until a file keeps `int8_target` of the
+    verification images' labels, at most `int8_tries` quantizations (1: that one only), and writes the best it
+    made (see int8.py). With `data`, the accuracy
     of the checkpoint and of the export on its `split`. The checkpoint's temperature (imgclf calibrate) is in
     the exported graph; `tta` (flip, flip-crop, none: models/tta.py) puts test-time augmentation there too, and then the
     accuracy of the checkpoint without it is measured as well (on `data`, default the recorded data).
     Returns a report dict (also what `--json` prints)."""
     fmt, tta = get_format(format), check_mode(tta)
-    _check_settings(calib_method, calib_images=calib_images, verify_images=verify_images, int8_tries=int8_tries)
+    _check_settings(
+        calib_method, int8_target, calib_images=calib_images, verify_images=verify_images, int8_tries=int8_tries
+    )
     ref = _reference(weights, tta)
     out = _out_path(out, weights, fmt)
     data = data or (ref.config.get("data") if tta is not None else None)  # --tta: what it changes is always measured
     check, calib = _samples(ref, verify_data, calib_data, data_root, n_check=verify_images, n_calib=calib_images)
     t0 = time.perf_counter()
     images, checked_on = check.load()
-    ctx = ExportContext(
-        ref, images, calib, opset=opset, calib_method=calib_method, reduce_range=reduce_range, int8_tries=int8_tries
-    )
+    int8 = dict(calib_method=calib_method, reduce_range=reduce_range, int8_tries=int8_tries, int8_target=int8_target)
+    ctx = ExportContext(ref, images, calib, opset=opset, **int8)
     card = export_card(weights, out)
     with _temporary(out, fmt.suffix) as tmp:
         result, exported = _write_verified(ctx, fmt, tmp, out, checked_on, card)
@@ -192,8 +195,12 @@ def export(
     return result
 
 
-def _check_settings(calib_method: str, **counts: int) -> None:
+def _check_settings(calib_method: str, int8_target: float, **counts: int) -> None:
     """The int8 settings and the image counts, checked before anything is opened."""
+    if not 0 < int8_target <= 1:
+        raise UsageError(
+            f"--int8-target must be above 0 and at most 1 (0.99: 99% of the labels kept), not {int8_target}"
+        )
     if calib_method not in CALIB_METHODS:
         raise UsageError(
             f"--calib-method '{calib_method}': use minmax, entropy or percentile{did_you_mean(calib_method, list(CALIB_METHODS))}"
@@ -365,11 +372,7 @@ def _int8_hint(meta: dict) -> str:
     q = meta["export"].get("quantization")
     if not q:
         return ""
-    tried = ", ".join(
-        f"{t['calibration']}{' with ' + str(len(t['fp32_nodes'])) + ' nodes fp32' if t['fp32_nodes'] else ''} "
-        f"{_kept(t)}"
-        for t in q["tries"]
-    )
+    tried = ", ".join(f"{_try_text(t)} {_kept(t)}" for t in q["tries"])
     return (
         f" (int8 tries, labels kept: {tried}; calibrate on images closer to the verification data with "
         f"--calib-data, or with more --calib-images)"
@@ -377,7 +380,7 @@ def _int8_hint(meta: dict) -> str:
 
 
 def _int8_lines(q: dict) -> list[str]:
-    """What the int8 writer did, for people: the remedy used and the numbers of each try."""
+    """What the int8 writer did, for people: the remedy used, the target, and each try's labels kept and speed."""
     how = (
         "every node quantized"
         if not q["fp32_nodes"]
@@ -386,17 +389,31 @@ def _int8_lines(q: dict) -> list[str]:
             + "; ".join(r["why"] for r in q["fp32_reasons"])
         )
     )
-    lines = [f"int8: {q['calibration']} calibration, {how} (try {q['chosen_try']} of {len(q['tries'])})"]
-    if len(q["tries"]) > 1:
+    variant = f", {q['variant']}" if q.get("variant") else ""
+    lines = [f"int8: {q['calibration']} calibration{variant}, {how} (try {q['chosen_try']} of {len(q['tries'])})"]
+    target = q.get("target")
+    if target:
         lines.append(
-            "int8 tries: "
-            + "; ".join(
-                f"{i}. {t['calibration']}{', ' + str(len(t['fp32_nodes'])) + ' nodes fp32' if t['fp32_nodes'] else ''}: "
-                f"{_kept(t)} labels kept, RMSE {t['rel_rmse']:.1%}"
-                for i, t in enumerate(q["tries"], 1)
-            )
+            f"int8 target: {target['labels']}/{target['of']} labels kept ({target['agreement']:.0%}): "
+            f"{'reached' if target['reached'] else 'not reached, the tries ran out: the best try is written'}"
         )
+    if len(q["tries"]) > 1 or target:
+        lines.append("int8 tries (labels kept, RMSE of the logits, speed against try 1 on this machine):")
+        lines += [
+            f"  {i}. {_try_text(t)}: failed ({t['failed']})"
+            if t.get("failed")
+            else f"  {i}. {_try_text(t)}: {_kept(t)} kept, RMSE {t['rel_rmse']:.1%}"
+            + (f", {t['speed_vs_first']:.2f}x" if t.get("speed_vs_first") is not None else "")
+            + ("  <- written" if i == q["chosen_try"] else "")
+            for i, t in enumerate(q["tries"], 1)
+        ]
     return lines
+
+
+def _try_text(t: dict) -> str:
+    """An int8 try for people: 'minmax', 'entropy, symmetric, 12 nodes fp32'."""
+    parts = [t["calibration"]] + ([t["variant"]] if t.get("variant") else [])
+    return ", ".join(parts + ([f"{len(t['fp32_nodes'])} nodes fp32"] if t["fp32_nodes"] else []))
 
 
 def _multilabel_numbers(v: dict) -> tuple[str, str]:

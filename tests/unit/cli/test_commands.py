@@ -230,7 +230,14 @@ def test_serve_and_export_help_have_groups():
 
 def test_each_format_names_the_options_it_takes(capsys):
     assert FORMATS["onnx"].options == ("opset",)
-    assert set(FORMATS["onnx-int8"].options) == {"opset", "calib_images", "calib_method", "int8_tries", "reduce_range"}
+    assert set(FORMATS["onnx-int8"].options) == {
+        "opset",
+        "calib_images",
+        "calib_method",
+        "int8_tries",
+        "int8_target",
+        "reduce_range",
+    }
     assert FORMATS["torchscript"].options == FORMATS["pt2"].options == FORMATS["dynamic-int8"].options == ()
     names = {n for n, _, _ in declared(ExportOptions)}
     assert set(format_options()) <= names  # every format's option is a flag of export
@@ -261,7 +268,9 @@ def test_an_option_its_format_does_not_take_is_said_before_any_work(capsys, tmp_
 
 
 def test_the_formats_that_take_an_option_accept_it():
-    given = frozenset({"opset", "calib_images", "calib_method", "int8_tries", "reduce_range", "verify_images"})
+    given = frozenset(
+        {"opset", "calib_images", "calib_method", "int8_tries", "int8_target", "reduce_range", "verify_images"}
+    )
     ExportOptions(weights="w", format="onnx-int8").check(given)
     ExportOptions(weights="w", format="onnx").check(frozenset({"opset", "verify_images", "calib_data", "tta"}))
     ExportOptions(weights="w", format="no-such-format").check(given)  # export() names the unknown format

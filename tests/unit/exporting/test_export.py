@@ -367,7 +367,9 @@ def test_int8_remedy_keeps_the_measured_layers_fp32(tiny_best, tmp_path):
     # the layers kept fp32 are added to the calibration method with the lowest RMSE, whichever it was
     assert chosen["calibration"] in ("minmax", "entropy", "percentile")
     text = format_export_report(r)
-    assert "nodes kept fp32" in text and "int8 tries: 1. minmax" in text and f"4. {chosen['calibration']}, " in text
+    assert "nodes kept fp32" in text and "  1. minmax: " in text and f"4. {chosen['calibration']}, " in text
+    assert "int8 target: 18/18 labels kept (99%): reached" in text and "<- written" in text
+    assert all(t["images_per_s"] > 0 for t in q["tries"]) and q["tries"][0]["speed_vs_first"] == 1.0
 
 
 def test_int8_refused_when_the_remedies_are_not_allowed(tiny_best, tmp_path):
