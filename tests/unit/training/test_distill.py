@@ -97,6 +97,8 @@ def test_results_json_records_the_teacher_and_the_feature_cache_uses_its_logits(
     assert saved["source"] == tiny_best and saved["model"] == "test_tiny" and saved["format"] == "checkpoint"
     assert saved["weight"] == 0.5 and saved["temperature"] == 2 and len(saved["sha256"]) == 64
     assert saved["val_images"] == 18 and 0 <= saved["val_acc"] <= 1
+    with open(os.path.join(res["run_dir"], "report.html"), encoding="utf-8") as f:
+        assert "Distillation: student and teacher" in f.read()
 
     seen = {}
 
@@ -107,9 +109,7 @@ def test_results_json_records_the_teacher_and_the_feature_cache_uses_its_logits(
             seen["feats"] = trainer.train_feed.feats
             seen["teacher"], seen["plain"] = trainer.data.teacher, trainer.data.train
 
-    train_tiny(
-        tmp_path, str(tiny_data), "cached", epochs=1, teacher=tiny_best, freeze="backbone", callbacks=[Peek()]
-    )
+    train_tiny(tmp_path, str(tiny_data), "cached", epochs=1, teacher=tiny_best, freeze="backbone", callbacks=[Peek()])
     feats = seen["feats"]  # views x N x (D + classes)
     plain = torch.cat([seen["teacher"].logits(x) for x, _ in seen["plain"].batches()])
     assert torch.allclose(feats[0, :, -3:], plain, atol=1e-6)
