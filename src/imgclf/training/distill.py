@@ -80,12 +80,16 @@ class Teacher:
     order: list[int] | None  # the teacher's logit columns in the data's class order (None: the same order)
     preprocess: Preprocess  # the teacher's own
     run: Callable[[torch.Tensor], torch.Tensor]  # its logits of a batch in its own preprocessing
+    device: torch.device | None = None  # where `run` takes its input (None: anywhere; an export's runner: the CPU)
     adapt: Callable[[torch.Tensor], torch.Tensor] | None = None  # the student's batch to the teacher's (set later)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits (float32, the data's class order) of `x`, on `x`'s device."""
+        where = x.device
+        x = x.to(self.device) if self.device is not None else x
         x = self.adapt(x) if self.adapt is not None else x
-        out = self.run(x).float().to(x.device)
+        out = self.run(x).float().to(where)
         return out if self.order is None else out[:, self.order]
 
     def record(self, weight: float, temperature: float) -> dict:
@@ -127,10 +131,9 @@ def _open_file(path: str, classes: list[str], device) -> Teacher:
         raise UsageError(f"--teacher '{path}' is a multi-label model: a teacher gives one softmax over the classes")
     order = class_order(runner.classes, classes, path)
     if isinstance(runner, CheckpointRunner):  # on the student's device, without the round trip through the CPU
-        net = runner.net.eval()
-        run = net
-    else:
-        run = runner.logits
+        run, where = runner.net.eval(), runner.device
+    else:  # an export's runner takes CPU tensors (onnxruntime, TorchScript and pt2 as exported)
+        run, where = runner.logits, torch.device("cpu")
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     return Teacher(
@@ -143,6 +146,7 @@ def _open_file(path: str, classes: list[str], device) -> Teacher:
         order,
         runner.preprocess,
         run,
+        where,
     )
 
 
@@ -156,7 +160,7 @@ def _open_timm(source: str, classes: list[str], device) -> Teacher:
     order = class_order(names, classes, source)
     model = build_model(source, len(names), pretrained=True).to(device).eval()
     prep = resolve_preprocess(spec, img_size=None, pretrained=True, own_size=None)
-    return Teacher(source, source, "timm", None, None, names, order, prep, model)
+    return Teacher(source, source, "timm", None, None, names, order, prep, model, torch.device(device))
 
 
 def class_order(teacher: list[str], data: list[str], source: str) -> list[int] | None:
