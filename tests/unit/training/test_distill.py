@@ -20,6 +20,7 @@ from imgclf.core.artifact import Preprocess
 from imgclf.core.callback import Callback
 from imgclf.models.checkpoint import load_checkpoint
 from imgclf.training.distill import DistillLoss, adapter, class_order, open_teacher
+from imgclf.training.features import train_views
 
 pytestmark = pytest.mark.kernels
 
@@ -113,6 +114,9 @@ def test_results_json_records_the_teacher_and_the_feature_cache_uses_its_logits(
     feats = seen["feats"]  # views x N x (D + classes)
     plain = torch.cat([seen["teacher"].logits(x) for x, _ in seen["plain"].batches()])
     assert torch.allclose(feats[0, :, -3:], plain, atol=1e-6)
+    # the augmented views are the same images each time they are drawn (features and teacher logits line up)
+    once, again = (torch.cat([x for x, _ in train_views(seen["plain"], 2, 0)[2]]) for _ in range(2))
+    assert torch.equal(once, again) and not torch.equal(once, torch.cat([x for x, _ in seen["plain"].batches()]))
 
 
 # 48 training images in batches of 8: 6 steps an epoch (test_preempt's runs, with a teacher and augmentation)
