@@ -66,7 +66,7 @@ class Distillation(Callback):
 
     def on_fit_end(self, trainer) -> None:
         record = self.teacher.record(self.weight, self.temperature)
-        if trainer.plan.world.main:  # the teacher on the run's validation split, as the student is measured
+        if trainer.plan.world.main:  # the teacher on the run's validation split as it sees it (the student's crops)
             logits, labels = infer(self.teacher, trainer.data.val.batches(), desc="teacher val")
             m = compute_metrics(logits, labels, trainer.data.source.classes)
             record |= {"val_acc": m["accuracy"], "val_images": len(labels)}
