@@ -59,6 +59,7 @@ class Run(Protocol):
     eval_feed: Any  # what validation reads
     paced: Any  # this epoch's curriculum (an object with `draw(u)`: data/batches.py), or None: a permutation
     results: dict  # what fit() returns and results.json holds: add keys of your own; the run's own keys win
+    criterion: Any  # the step's loss, criterion(out, targets): wrapped in on_fit_start (--teacher's Distillation)
 
     def info(self, msg: str, *args) -> None:
         """A line of the run's story: train.log and the log."""

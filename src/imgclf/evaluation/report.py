@@ -22,6 +22,7 @@ import string
 import time
 
 from imgclf.core.fileio import atomic_open
+from imgclf.evaluation.report_distill import has_teacher, section_distill
 from imgclf.evaluation.report_folder import Folder, Missing, open_folder, set_predictions
 from imgclf.evaluation.report_multilabel import SECTIONS as MULTILABEL_SECTIONS
 from imgclf.evaluation.report_multilabel import is_multilabel
@@ -48,6 +49,7 @@ SECTIONS = (
     ("machine", "Machine", section_machine),
     ("data", "Data", section_data),
     ("curves", "Training curves", section_curves),
+    ("distill", "Distillation: student and teacher", section_distill),
     ("confusion", "Confusion matrix", section_confusion),
     ("per-class", "Per class", section_per_class),
     ("reliability", "Calibration", section_reliability),
@@ -88,6 +90,8 @@ def render(f: Folder) -> str:
         if f.kind == "check" and key not in CHECK_SECTIONS:
             continue
         if f.kind != "evaluation" and key in EVALUATION_ONLY:
+            continue
+        if key == "distill" and not has_teacher(f):  # only a run trained with --teacher has one
             continue
         if multi and key in MULTILABEL_SECTIONS:  # a multi-label model's own sections (report_multilabel.py)
             title, fill = MULTILABEL_SECTIONS[key]

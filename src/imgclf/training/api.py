@@ -28,6 +28,7 @@ from imgclf.core.multilabel import MULTILABEL
 from imgclf.models.registry import build_model, get_spec
 from imgclf.training.build import make_model
 from imgclf.training.callbacks.tracking import fail_tracking
+from imgclf.training.distill import open_teacher
 from imgclf.training.fits import check_run_memory
 from imgclf.training.lr_find import find_lr, write_result
 from imgclf.training.options import TrainConfig
@@ -98,6 +99,8 @@ def preflight(config: TrainConfig, world_size: int) -> None:
     prep = Preprocess.from_dict(plan.resume["preprocess"]) if plan.resumed else preprocess_for(plan, src)
     counts = (len(src.splits["train"]), len(src.splits["val"]))
     here = replace(plan, world=distributed.World())  # decided here, in this one process, for all the ranks
+    if plan.cfg.teacher:  # its classes against the data's: one line here, not one per rank
+        open_teacher(plan.cfg, src.classes, prep, torch.device("cpu"))
     check_run_memory(here, prep, counts, len(src.classes), ranks=world_size, starting=world_size)
 
 

@@ -105,14 +105,20 @@ def build_feature_feeds(
     model, name: str, train_feed, val_feed, *, views: int, seed: int, device, amp, channels_last: bool, batch_size: int
 ):
     """Features of train (1 + `views` augmented views) and val (1 view), from the image feeds."""
-    plain = [
-        extract(model, name, train_feed.batches(), device, amp, channels_last=channels_last, desc="features train")
-    ]
-    for v in range(views):
-        gen = torch.Generator().manual_seed(seed * 7919 + 104729 + v)
-        aug = _in_order(train_feed, gen)
-        plain.append(extract(model, name, aug, device, amp, channels_last=channels_last, desc=f"features view {v + 1}"))
-    train_feats = torch.stack(plain)
+    train_feats = torch.stack(
+        [
+            extract(
+                model,
+                name,
+                batches,
+                device,
+                amp,
+                channels_last=channels_last,
+                desc=f"features view {v}" if v else "features train",
+            )
+            for v, batches in enumerate(train_views(train_feed, views, seed))
+        ]
+    )
     # val in fp32 whatever the training precision: the metrics a run reports (and its final "validate best")
     # must be the ones `imgclf evaluate` gives for the checkpoint, which runs the whole model in fp32
     val_feats = extract(
@@ -129,6 +135,16 @@ def build_feature_feeds(
         FeatureFeed(train_feats, train_feed.labels, batch_size=batch_size, eval_batch_size=max(batch_size, 256)),
         FeatureFeed(val_feats, val_feed.labels, batch_size=batch_size, eval_batch_size=max(batch_size, 256)),
     )
+
+
+def train_views(train_feed, views: int, seed: int) -> list:
+    """The train split's images as the cache sees them, each view's batches in image order: view 0 the plain
+    centre crops, views 1..`views` training augmentation from a generator of their own (the same images each
+    time they are asked for: the distillation teacher's logits are computed on them too)."""
+    out = [train_feed.batches()]
+    for v in range(views):
+        out.append(_in_order(train_feed, torch.Generator().manual_seed(seed * 7919 + 104729 + v)))
+    return out
 
 
 def _in_order(feed, gen):

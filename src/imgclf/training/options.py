@@ -235,6 +235,19 @@ class TrainConfig:
     feature_views: int = opt(
         2, "augmented views per training image in the frozen-feature cache, besides the plain one", ge=0
     )
+    teacher: str | None = opt(
+        None,
+        "knowledge distillation (docs/training.md): a teacher whose softened probabilities the model also learns from - an imgclf checkpoint, an export that gives logits (ONNX, TorchScript, pt2), or timm:NAME (pretrained, ImageNet's 1000 classes); its class names must be the data's (any order)",
+    )
+    distill_weight: float = opt(
+        0.5,
+        "with --teacher: A in (1-A) x the usual loss + A x T^2 x KL(teacher || student) at temperature T",
+        ge=0,
+        le=1,
+    )
+    distill_temperature: float = opt(
+        4.0, "with --teacher: T, the temperature both sets of logits are softened by (Hinton et al. 2015)", gt=0
+    )
     calibrate: bool = opt(
         False,
         "after training: fit a temperature on the validation split (temperature scaling, as `imgclf calibrate`) and store it in best.pt; predict, evaluate, serve and exports then give calibrated probabilities",

@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -138,6 +139,7 @@ class RunData:
     fingerprint: str  # what the data is (checkpoints keep it; a resume on other data is refused)
     opened_at: float  # time.perf_counter() when opening began: the run's set-up counts from here
     fixes: Applied | None = None  # what --apply-fixes did to the data
+    teacher: Any = None  # --teacher: training/distill.py's Teacher, opened and checked with the data
 
 
 # ---------------------------------------------------------------------------------------------- resolve

@@ -15,6 +15,7 @@ from imgclf.data.feed import make_feed
 from imgclf.data.fixes import Applied, apply_fixes, read_fixes
 from imgclf.data.pipeline import common_size, resolve_preprocess
 from imgclf.data.sources import finish_split, open_source
+from imgclf.training.distill import open_teacher
 from imgclf.training.fits import check_run_memory
 from imgclf.training.plan import RunData, RunPlan
 
@@ -33,6 +34,8 @@ def open_run_data(plan: RunPlan) -> RunData:
         prep = Preprocess.from_dict(plan.resume["preprocess"])
     else:
         prep = preprocess_for(plan, src)
+    # the teacher's classes against the data's: refused before anything is decoded (each rank opens its own)
+    teacher = open_teacher(cfg, src.classes, prep, plan.device) if cfg.teacher else None
     counts = (len(src.splits["train"]), len(src.splits["val"]))
     check_run_memory(plan, prep, counts, len(src.classes))  # before anything is decoded: refused or warned
     left_out, feeds = [], {}
@@ -64,7 +67,7 @@ def open_run_data(plan: RunPlan) -> RunData:
     if fixes is not None and fixes.warning:
         log.warning("%s", fixes.warning)
     warn_group_leaks(src.grouping)
-    return RunData(src, prep, feeds["train"], feeds["val"], left_out, src.fingerprint(), opened_at, fixes)
+    return RunData(src, prep, feeds["train"], feeds["val"], left_out, src.fingerprint(), opened_at, fixes, teacher)
 
 
 def open_checked_source(cfg):

@@ -15,6 +15,7 @@ under the contract of imgclf.core.callback; at every hook the callbacks run by `
        80  Curriculum           curriculum             --curriculum: each epoch's draw from the pool
       100  yours (Callback's default order)
       200  FeatureCache         -                      --freeze backbone: the head trains on cached features
+      210  Distillation         distillation           --teacher: the loss with the teacher's term, its logits
       900  Checkpointing        -                      best.pt, epoch_N.pt, last.pt, metrics.csv, the epoch's line
      1000  FinalReport          -                      best.pt validated again, plots, results.json, report.html, MODEL_CARD.md
      1100  Tracking             tracking               --track mlflow (rank 0): parameters, metrics, files, registry
@@ -32,6 +33,7 @@ from imgclf.training.callbacks.averaging import EMA, Lookahead
 from imgclf.training.callbacks.budget import TimeBudget
 from imgclf.training.callbacks.checkpoint import Checkpointing
 from imgclf.training.callbacks.curriculum import Curriculum
+from imgclf.training.callbacks.distill import Distillation
 from imgclf.training.callbacks.freezing import FeatureCache, FreezeThenUnfreeze
 from imgclf.training.callbacks.histograms import Histograms
 from imgclf.training.callbacks.mixing import Mixing
@@ -46,6 +48,7 @@ __all__ = [
     "AdversarialTraining",
     "Checkpointing",
     "Curriculum",
+    "Distillation",
     "EarlyStopping",
     "FeatureCache",
     "FinalReport",
@@ -90,6 +93,8 @@ def standard(plan: RunPlan, data: RunData, state: TrainState) -> list[Callback]:
         out.append(Curriculum(plan.difficulty, cfg.curriculum, cfg.pacing, cfg.pacing_start, cfg.pacing_full))
     if plan.feature_cache:
         out.append(FeatureCache())
+    if data.teacher is not None:
+        out.append(Distillation(data.teacher, cfg.distill_weight, cfg.distill_temperature))
     out += [Checkpointing(), FinalReport()]
     if cfg.track != "none" and plan.world.main:  # under torchrun only rank 0 logs
         out.append(Tracking(cfg))
