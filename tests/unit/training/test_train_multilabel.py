@@ -5,6 +5,7 @@ validation at each checkpoint and stored, the refusals of options that make no s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,12 +144,16 @@ class StopAt(Callback):
             self.request.set()
 
 
-def test_a_run_stopped_inside_an_epoch_resumes_as_the_uninterrupted_one(multilabel_run, multilabel_csv, tmp_path):
+def test_a_run_stopped_inside_an_epoch_resumes_as_the_uninterrupted_one(multilabel_csv, tmp_path):
     """Stopped after step 5 (inside epoch 2, of steps 4 to 6), then --resume: the rows (train_acc's per-label sums
     included), weights and thresholds of the run that never stopped (the EMA, mixup and cutmix of multi-hot targets
     and the per-label weights included)."""
     stop = StopRequest()
     options = {**TINY_RUN, **MULTILABEL_RUN, "data": str(multilabel_csv), "out": str(tmp_path), "name": "r"}
+    # the uninterrupted run trained here, beside the stopped one: the session's `multilabel_run` may have been
+    # trained under other process-wide settings (torch's threads, set by earlier tests), and bit-equal weights
+    # need the same ones
+    multilabel_run = Path(api_train({**options, "name": "full"})["run_dir"])
     with pytest.raises(Preempted, match="stopped at step 5"):
         api_train(options, callbacks=[StopAt(stop, 5)], stop=stop)
     run = tmp_path / "r"
