@@ -33,7 +33,8 @@ from imgclf.core.fileio import write_json
 from imgclf.core.options import load_yaml, save_yaml
 from imgclf.studies.tune_report import write_report
 from imgclf.training.api import train
-from imgclf.training.options import FIELDS, TrainConfig
+from imgclf.training.options import FIELDS, TrainConfig, make_config
+from imgclf.training.plan import RESUME_OVERRIDES
 from imgclf.training.recipes import LR_PER_IMAGE, WEIGHT_DECAY
 from imgclf.training.rundir import new_run_path
 
@@ -184,6 +185,8 @@ def tune(t: Tuning) -> dict:
         sampler=optuna.samplers.TPESampler(seed=t.seed),
         pruner=optuna.pruners.SuccessiveHalvingPruner(),
     )
+    if study.trials:  # a resumed study: a sampler seeded as the first session's would propose its trials again
+        study.sampler = optuna.samplers.TPESampler(seed=t.seed + len(study.trials))
     continue_interrupted(study, optuna)
     used = float(study.user_attrs.get("seconds_used", 0.0))
     started = time.monotonic()
@@ -234,12 +237,14 @@ def objective(trial, t: Tuning, seconds_left: float | None, optuna) -> float:
     changes["resume"] = None  # --resume auto is the study's, not the trial's
     if seconds_left is not None:  # the trial ends with the budget (--epochs is given: it only shortens)
         changes["time_budget"] = min(t.base.time_budget or math.inf, max(0.5, seconds_left / 60))
+    config = t.base.replace(**changes)
     last = os.path.join(folder, "last.pt")
-    if os.path.isfile(last):
-        changes = {"resume": last, "epochs": changes["epochs"]}
+    if os.path.isfile(last):  # an interrupted trial's run: its own options, as far as it got
+        kept = {k: getattr(t.base, k) for k in RESUME_OVERRIDES if k in t.base.explicit}
+        config = make_config({**kept, "resume": last, "epochs": changes["epochs"]}, source="tune")
     reporter = ReportEpochs(trial, t.monitor)
     try:
-        train(t.base.replace(**changes), callbacks=[reporter])
+        train(config, callbacks=[reporter])
     except Exception as e:  # recorded with the trial; the study goes on (a diverging lr, out of memory, ...)
         trial.set_user_attr("error", f"{type(e).__name__}: {first_line(str(e))}"[:500])
         log.warning("trial %d failed: %s", trial.number, trial.user_attrs["error"])

@@ -92,6 +92,10 @@ def test_an_interrupted_trial_is_continued_from_its_checkpoint_not_repeated(tmp_
     assert trials[2]["params"] == trials[1]["params"] and trials[2]["run_dir"] == str(run)
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3  # the header, the epoch done before the kill and the one after: nothing trained twice
+    # the resumed session's sampler does not start over: no trial of the first session is proposed again
+    assert tune([*argv, "--trials", "3", "--resume", "auto"]) == 0
+    trials = json.loads((folder / "tune.json").read_text())["trials"]
+    assert trials[3]["params"] != trials[0]["params"]
 
 
 def test_tune_options_are_checked_before_any_work(capsys, tmp_path, tiny_data):
