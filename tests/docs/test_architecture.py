@@ -82,3 +82,16 @@ def test_test_modules_have_unique_names():
     # test_x.py in different folders make the second fail to collect ("import file mismatch")
     names = sorted(p.name for p in (ROOT / "tests").rglob("test_*.py"))
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+def test_no_test_imports_the_tests_folder_as_a_package():
+    # tests/ has no __init__.py: `from tests.conftest import x` works only where the checkout's root happens to be on
+    # sys.path, and fails to collect in a clean clone run as the README says; pytest puts each test's folder and
+    # tests/ on the path, so `from conftest import x` works everywhere
+    found = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
+    assert found == []

@@ -21,9 +21,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RUN
 
 from imgclf.core.callback import Callback
-from tests.conftest import TINY_RUN
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is the optional [mlflow] extra")
 

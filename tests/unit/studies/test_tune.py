@@ -9,8 +9,7 @@ import re
 
 import pytest
 import yaml
-
-from tests.conftest import tiny_argv, usage_error
+from conftest import tiny_argv, usage_error
 
 optuna = pytest.importorskip("optuna", reason="Optuna is the optional [tune] extra")
 

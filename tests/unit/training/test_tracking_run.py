@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_argv, train_tiny, usage_error
 
 from imgclf.core.callback import Callback
-from tests.conftest import tiny_argv, train_tiny, usage_error
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is the optional [mlflow] extra")
 
