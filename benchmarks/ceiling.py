@@ -29,14 +29,11 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 
@@ -163,20 +160,7 @@ def run_serve(model: str, files: list[str], name: str, a) -> dict:
     cmd = [*imgclf_cmd(name), "serve", model, "--host", host, "--port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env())
     try:
-        m = re.search(r"http://127\.0\.0\.1:(\d+)", proc.stdout.readline())
-        if not m:
-            sys.exit("the server did not start")
-        port = int(m.group(1))
-        deadline = time.time() + 300
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://{host}:{port}/ready", timeout=5).status == 200:
-                    break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                sys.exit("the server never became ready")
-            time.sleep(0.2)
+        port = serve_load.ready_port(proc, host)
         reqs = [serve_load.build_request(p, host, port) for p in files]
         asyncio.run(serve_load.load(host, port, reqs, a.warmup, a.concurrency))
         s0 = serve_load.cpu_seconds(proc.pid)

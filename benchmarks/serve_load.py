@@ -193,6 +193,29 @@ def metrics_summary(host: str, port: int) -> dict:
     }
 
 
+def ready_port(proc, host: str) -> int:
+    """The port an `imgclf serve --port 0` process printed on its first line, once its /ready answers 200 (the
+    benchmark stops in one line if it never does)."""
+    import urllib.error
+    import urllib.request
+
+    line = proc.stdout.readline()
+    m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    if not m:
+        sys.exit(f"server did not start: {line!r}")
+    port = int(m.group(1))
+    deadline = time.time() + 300
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://{host}:{port}/ready", timeout=5).status == 200:
+                return port
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            sys.exit("server never became ready")
+        time.sleep(0.2)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, all its threads, seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -257,24 +280,7 @@ def main() -> None:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     offline_runs, served_runs = [], []
     try:
-        line = proc.stdout.readline()
-        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if not m:
-            sys.exit(f"server did not start: {line!r}")
-        port = int(m.group(1))
-        import urllib.error
-        import urllib.request
-
-        deadline = time.time() + 300
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://{host}:{port}/ready", timeout=5).status == 200:
-                    break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                sys.exit("server never became ready")
-            time.sleep(0.2)
+        port = ready_port(proc, host)
         reqs = [build_request(p, host, port) for p in files]
         res["server_rss_mb_ready"] = rss_mb(proc.pid)
         if a.warmup:
