@@ -168,11 +168,7 @@ def run_serve(model: str, files: list[str], name: str, a) -> dict:
         r["server_cpu_per_image"] = (serve_load.cpu_seconds(proc.pid) - s0) / a.requests
         return r
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        serve_load.stop(proc)
 
 
 def main() -> int:

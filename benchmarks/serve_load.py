@@ -216,6 +216,15 @@ def ready_port(proc, host: str) -> int:
         time.sleep(0.2)
 
 
+def stop(proc) -> None:
+    """The served model's process ended: SIGTERM, then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, all its threads, seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -322,11 +331,7 @@ def main() -> None:
         res["server_rss_mb_end"] = rss_mb(proc.pid)
         res["server_metrics"] = metrics_summary(host, port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
     lat = sorted(x for r in served_runs for x in r.pop("latencies"))
 
