@@ -78,3 +78,25 @@ def test_register_without_track_is_one_line_before_any_work(capsys, tmp_path, ti
     line = usage_error(capsys, ["train", *tiny_argv(data=tiny_data, out=tmp_path / "runs", register="m")])
     assert "--register m registers the model in MLflow: add --track mlflow" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_store_down_at_the_start_still_leaves_the_run_id_for_resume(tmp_path, tiny_data, monkeypatch):
+    """The store refuses the run's creation once (down at the start): the run goes on, the creation is sent when the
+    store answers, and tracking.json then names that run, so a --resume goes on in it (it was not written before)."""
+    monkeypatch.setattr("imgclf.core.tracking.RETRY_SECONDS", 0.05)
+    create_run, refused = mlflow.MlflowClient.create_run, []
+
+    def down_once(self, *args, **kwargs):
+        if not refused:
+            refused.append(True)
+            raise ConnectionError("the store is down")
+        return create_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "create_run", down_once)
+    train_tiny(tmp_path, str(tiny_data), "d", epochs=1, track="mlflow")
+    assert refused
+    record = json.loads((tmp_path / "runs" / "d" / "tracking.json").read_text())
+    train_tiny(tmp_path, str(tiny_data), None, resume=str(tmp_path / "runs" / "d" / "last.pt"), epochs=2)
+    client = mlflow.MlflowClient(store(tmp_path), store(tmp_path))
+    assert len(client.get_metric_history(record["run_id"], "epoch")) == 2
+    assert json.loads((tmp_path / "runs" / "d" / "tracking.json").read_text())["run_id"] == record["run_id"]

@@ -43,6 +43,7 @@ class Tracking(Callback):
         self.cfg = cfg
         self.uri = cfg.tracking_uri or default_uri(cfg.out)
         self.tracker: Tracker | None = None
+        self.remembered = False
 
     def on_fit_start(self, trainer) -> None:
         self.tracker = Tracker(self.uri, self.cfg.experiment, warn=trainer.run_dir.warning)
@@ -67,6 +68,7 @@ class Tracking(Callback):
     def on_validation_end(self, trainer, row: dict) -> None:
         numbers = {k: v for k, v in row.items() if k != "epoch"}
         self.tracker.log_metrics({**numbers, "epoch": row.get("epoch", trainer.state.epoch)}, trainer.state.step)
+        self._remember(trainer)  # a store that did not answer at the start has made the run since
 
     def on_fit_end(self, trainer) -> None:
         run_dir, results = trainer.run_dir, trainer.results or {}
@@ -76,17 +78,23 @@ class Tracking(Callback):
         self.tracker.log_artifact(run_dir.file("best.pt"), "model")
         if self.cfg.register:
             self.tracker.register(self.cfg.register, "model", model_tags(trainer))
-        self.end("FINISHED")
+        self.end("FINISHED", trainer)
 
-    def end(self, status: str) -> None:
+    def end(self, status: str, trainer=None) -> None:
         if self.tracker is not None:
             self.tracker.finish(status)
+            if trainer is not None:
+                self._remember(trainer)
             self.tracker = None
 
     def _remember(self, trainer) -> None:
+        """Keep the MLflow run's id in tracking.json once the store has made the run (at the start, or at the first
+        epoch's end after a store that was down came back), so that `--resume` goes on in the same run."""
+        if self.remembered or not self.tracker.run_id:
+            return
         record = {"tracking_uri": self.uri, "experiment": self.tracker.experiment, "run_id": self.tracker.run_id}
-        if self.tracker.run_id:
-            write_json(record, trainer.run_dir.file(TRACKING_JSON))
+        write_json(record, trainer.run_dir.file(TRACKING_JSON))
+        self.remembered = True
 
 
 def data_summary(trainer) -> dict:
