@@ -35,7 +35,7 @@ from imgclf.studies.tune_report import write_report
 from imgclf.training.api import train
 from imgclf.training.options import FIELDS, TrainConfig, make_config
 from imgclf.training.plan import RESUME_OVERRIDES
-from imgclf.training.recipes import LR_PER_IMAGE, WEIGHT_DECAY
+from imgclf.training.recipes import LR_PER_IMAGE, RECIPES, WEIGHT_DECAY
 from imgclf.training.rundir import new_run_path
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,10 @@ def default_space(cfg: TrainConfig) -> dict:
     """The search space of a recipe: fine-tuning a pretrained model (the default), or `--recipe fast`'s
     from-scratch training, whose learning rate and weight decay are searched around the recipe's own."""
     if cfg.recipe == "fast":
-        lr = LR_PER_IMAGE * cfg.batch_size
+        # around the recipe's own lr at the batch it trains with (the recipe's 1,024 unless --batch-size is given),
+        # not the generic default batch that the base config holds before the recipe is applied
+        batch = cfg.batch_size if "batch_size" in cfg.explicit else RECIPES["fast"]["batch_size"]
+        lr = LR_PER_IMAGE * batch
         return {
             "lr": {"type": "float", "low": lr / 4, "high": lr * 4, "log": True},
             "weight_decay": {"type": "float", "low": WEIGHT_DECAY / 4, "high": WEIGHT_DECAY * 4, "log": True},

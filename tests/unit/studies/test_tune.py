@@ -106,3 +106,19 @@ def test_tune_options_are_checked_before_any_work(capsys, tmp_path, tiny_data):
     low = space_file(tmp_path, lr={"type": "float", "low": 0, "high": 1, "log": True})
     assert "a log range needs low > 0" in usage_error(capsys, ["tune", *tiny_argv(data=tiny_data), "--space", low])
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_fast_recipes_lr_is_searched_around_the_recipes_own():
+    """The fast recipe trains at batch 1,024 with lr LR_PER_IMAGE x 1,024 (1.5): its lr range is a quarter to four
+    times that, not the range of the generic default batch (128) the base holds before the recipe is applied."""
+    from imgclf.studies.tune import default_space
+    from imgclf.training.options import TrainConfig
+    from imgclf.training.recipes import LR_PER_IMAGE, apply_recipe
+
+    base = TrainConfig(data="d", recipe="fast")
+    recipe_lr = apply_recipe(base, set(base.explicit)).lr
+    lr = default_space(base)["lr"]
+    assert lr["low"] == pytest.approx(recipe_lr / 4) and lr["high"] == pytest.approx(recipe_lr * 4)
+    assert recipe_lr == pytest.approx(LR_PER_IMAGE * 1024)
+    given = default_space(TrainConfig(data="d", recipe="fast", batch_size=256))["lr"]
+    assert given["high"] == pytest.approx(LR_PER_IMAGE * 256 * 4)
