@@ -69,7 +69,7 @@ TABLE = [
         o.TuneOptions,
         "imgclf.cli.run_train:tune_command",
         train=True,
-        description="Search training options with Optuna: TPE sampling, successive halving fed by each epoch's "
+        description="Search training options with Optuna: TPE sampling, Hyperband pruning fed by each epoch's "
         "validation metric, the study in OUT/NAME/study.db (--resume auto continues a killed one), every trial a "
         "run folder in OUT/NAME/trials, the best options as OUT/NAME/best.yaml for `imgclf train --config`, and "
         "OUT/NAME/tune.html. The train options given are the base every trial starts from.",

@@ -1,5 +1,5 @@
-"""`imgclf tune`: a search for good training options on Optuna (https://optuna.org): TPE sampling, successive
-halving fed by each epoch's validation metric, a study kept in SQLite so that a killed `tune` goes on where it
+"""`imgclf tune`: a search for good training options on Optuna (https://optuna.org): TPE sampling, Hyperband
+(successive halving in brackets) fed by each epoch's validation metric, a study kept in SQLite so that a killed `tune` goes on where it
 stopped, every trial a normal run folder, and the best options written as `best.yaml`, which `imgclf train
 --config best.yaml` runs as it is.
 
@@ -121,20 +121,24 @@ def suggest(trial, space: dict) -> dict:
 
 
 class ReportEpochs(Callback):
-    """Each epoch's validation metric to the trial (the pruner's evidence); a trial the pruner stops ends after
+    """Each epoch's validation metric to the trial (the pruner's evidence), at the trial's progress through its own
+    schedule on the study's scale of epochs: in a study of up to 6 epochs, epoch 1 of a 2-epoch trial is step 3,
+    so the pruner compares trials at the same point of their schedules (a short schedule decays its lr sooner and
+    would otherwise look better after its first epoch than a long one does). A trial the pruner stops ends after
     this epoch, validated and saved like any run."""
 
     order = 950  # after checkpointing: the epoch is saved before the trial may be stopped
     state_key = "tune_report"
 
-    def __init__(self, trial, monitor: str):
-        self.trial, self.monitor, self.pruned = trial, monitor, False
+    def __init__(self, trial, monitor: str, scale: float = 1.0):
+        self.trial, self.monitor, self.scale, self.pruned, self.step = trial, monitor, scale, False, 0
 
     def on_validation_end(self, trainer, row: dict) -> None:
         value = row.get(self.monitor)
         if value is None or not math.isfinite(value):
             return
-        self.trial.report(float(value), step=trainer.state.epoch)
+        self.step = max(self.step + 1, round(trainer.state.epoch * self.scale))
+        self.trial.report(float(value), step=self.step)
         if self.trial.should_prune():
             self.pruned = True
             trainer.stop(f"pruned by the study after epoch {trainer.state.epoch} ({self.monitor} {value:.4f})")
@@ -186,7 +190,9 @@ def tune(t: Tuning) -> dict:
         load_if_exists=True,
         direction=t.direction,
         sampler=optuna.samplers.TPESampler(seed=t.seed),
-        pruner=optuna.pruners.SuccessiveHalvingPruner(),
+        # successive halving in brackets of different aggressiveness (Optuna's benchmarks pair it with TPE): a
+        # single bracket keeps only the best trial at each rung while a study has fewer than 8 trials there
+        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, t.base.epochs), reduction_factor=3),
     )
     if study.trials:  # a resumed study: a sampler seeded as the first session's would propose its trials again
         study.sampler = optuna.samplers.TPESampler(seed=t.seed + len(study.trials))
@@ -245,7 +251,7 @@ def objective(trial, t: Tuning, seconds_left: float | None, optuna) -> float:
     if os.path.isfile(last):  # an interrupted trial's run: its own options, as far as it got
         kept = {k: getattr(t.base, k) for k in RESUME_OVERRIDES if k in t.base.explicit}
         config = make_config({**kept, "resume": last, "epochs": changes["epochs"]}, source="tune")
-    reporter = ReportEpochs(trial, t.monitor)
+    reporter = ReportEpochs(trial, t.monitor, scale=max(1, t.base.epochs) / max(1, config.epochs))
     try:
         train(config, callbacks=[reporter])
     except Exception as e:  # recorded with the trial; the study goes on (a diverging lr, out of memory, ...)
@@ -254,7 +260,7 @@ def objective(trial, t: Tuning, seconds_left: float | None, optuna) -> float:
         raise
     value = best_value(folder, t.monitor, t.direction)
     if reporter.pruned:
-        raise optuna.TrialPruned("pruned by successive halving")
+        raise optuna.TrialPruned("pruned by the Hyperband pruner")
     return value
 
 

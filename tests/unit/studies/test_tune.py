@@ -122,3 +122,28 @@ def test_the_fast_recipes_lr_is_searched_around_the_recipes_own():
     assert recipe_lr == pytest.approx(LR_PER_IMAGE * 1024)
     given = default_space(TrainConfig(data="d", recipe="fast", batch_size=256))["lr"]
     assert given["high"] == pytest.approx(LR_PER_IMAGE * 256 * 4)
+
+
+def test_epochs_are_reported_at_the_trials_progress_through_its_own_schedule():
+    """In a study of up to 6 epochs, a 2-epoch trial's epochs are steps 3 and 6 (the pruner compares trials at the
+    same point of their schedules); a 6-epoch trial's are 1, 2, ...; steps never repeat when scaled down."""
+    from types import SimpleNamespace
+
+    from imgclf.studies.tune import ReportEpochs
+
+    class Trial:
+        def __init__(self):
+            self.steps = []
+
+        def report(self, value, step):
+            self.steps.append(step)
+
+        def should_prune(self):
+            return False
+
+    for scale, expected in ((6 / 2, [3, 6]), (1.0, [1, 2]), (0.5, [1, 2])):
+        trial = Trial()
+        reporter = ReportEpochs(trial, "val_acc", scale=scale)
+        for epoch in (1, 2):
+            reporter.on_validation_end(SimpleNamespace(state=SimpleNamespace(epoch=epoch)), {"val_acc": 0.5})
+        assert trial.steps == expected
