@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -245,11 +246,47 @@ def launch(nproc: int, argv: list[str], *, max_restarts: int = 0, advice: str = 
     try:
         return proc.wait()
     except BaseException as e:  # Ctrl-C or SIGTERM: passed on once; torchrun stops its ranks, then we stop
-        proc.send_signal(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
-        while proc.poll() is None:
-            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: the ranks are already stopping
-                proc.wait()
+        stop_agent(proc, signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
         raise
+
+
+STOP_SECONDS = 90.0  # torchrun's own shutdown gives its ranks 30 s, then kills them and waits up to 30 s more
+
+
+def stop_agent(proc: subprocess.Popen, sig: int) -> None:
+    """Pass `sig` to torchrun's agent once and wait for it to stop its ranks; an agent still running after
+    STOP_SECONDS is killed, and so is any of its ranks (each in a session of its own) still alive then: a Ctrl-C
+    never leaves a rank training on its own (seen once in a while under heavy load, cause not found)."""
+    ranks = {pid: _cmdline(pid) for pid in _children(proc.pid)}
+    proc.send_signal(sig)
+    deadline = time.monotonic() + STOP_SECONDS
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(KeyboardInterrupt, subprocess.TimeoutExpired):  # a second Ctrl-C: stopping
+            proc.wait(timeout=1.0)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid, cmdline in ranks.items():
+        if cmdline and _cmdline(pid) == cmdline:  # the same process, not a new one with its number
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    """A process's children (Linux /proc; none elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def agent() -> None:
