@@ -29,8 +29,28 @@ class Terminated(BaseException):
     and `atomic_open` runs: a stopped export or training run leaves no temporary file behind."""
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+class _StopSignals:
+    """While a command runs in the main thread, SIGTERM raises Terminated and Ctrl-C KeyboardInterrupt (unless
+    SIGINT was ignored when we started, as in a background job), so that every `finally` and `atomic_open` runs.
+    Once the command has ended (`running` False), a late one is ignored: the ending is being reported already.
+    (torchrun's SIGTERM to a rank that had just stopped on its own, arriving while main() put the handler back,
+    raised out of main(): a traceback beside the launcher's one line.) `restore()` puts the handlers back."""
+
+    def __init__(self):
+        self.running, self.previous = True, {}
+        if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+            return
+        self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)  # `serve` sets uvicorn's
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.running:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def request_huge_pages() -> bool:
@@ -100,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     console_logging(verbose, quiet, _Format())
     argv = sys.argv[1:] if argv is None else list(argv)  # --nproc N runs this command line again under torchrun
     request_huge_pages()  # before the command imports torch
-    previous = None
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)  # `serve` replaces it with uvicorn's own
+    stops = _StopSignals()
     try:
-        with shown(not quiet):  # bars and progress lines, for this command only
-            return dispatch(command, values, nproc=nproc if nproc and nproc > 1 else None, argv=argv)
+        try:
+            with shown(not quiet):  # bars and progress lines, for this command only
+                return dispatch(command, values, nproc=nproc if nproc and nproc > 1 else None, argv=argv)
+        finally:
+            stops.running = False  # a signal from here on is late: what follows reports how the command ended
     except Terminated:
         return _terminated(command, values)
     except Preempted as e:  # SIGTERM during training: saved at a step boundary (training/preempt.py)
@@ -127,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imgclf: error: {type(e).__name__}: {first} (run with --verbose for the traceback)", file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        stops.restore()
 
 
 def run() -> None:
@@ -138,4 +158,6 @@ def run() -> None:
     except BrokenPipeError:
         stdout_to_devnull()
         code = EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # a Ctrl-C after the command ended: its ending has been reported
+        pass
     sys.exit(code)

@@ -359,8 +359,10 @@ def test_nproc_a_killed_rank_is_one_line(tiny_data, tmp_path):
     args = ["train", "--data", str(tiny_data), *TINY, "--epochs", "4000", "--out", str(tmp_path / "runs")]
     args += ["--dist-timeout", "60"]
     proc, err = _launched(args, lambda p: os.kill(_worker_with_rank(_agent(p.pid), 1), signal.SIGKILL), tmp_path)
-    assert proc.returncode == 1
-    (line,) = _imgclf_lines(err)
+    assert proc.returncode == 1, err[-3000:]
+    lines = _imgclf_lines(err)
+    assert len(lines) == 1, err[-3000:]
+    line = lines[0]
     assert line.startswith("imgclf: error: rank 1 (pid ") and "was stopped by SIGKILL" in line, err[-3000:]
     assert line.endswith("continues from its last whole checkpoint with --resume RUN_DIR/last.pt")
     assert not list((tmp_path / "temp").iterdir()), "torchrun left files in the temp folder"
