@@ -67,7 +67,7 @@ def build(args, root: Path, write: bool = True) -> dict[str, tuple[str, str]]:
     """The folder (`write`: else only its plan, for a folder an earlier run built with the same arguments);
     {shown path of a planted copy: (kind, shown path of its original)}."""
     rng = random.Random(args.seed)
-    data = Path(args.data)
+    data = Path(args.data).resolve()  # the links are made to absolute paths
     pool = class_files(data / "train")
     rng.shuffle(pool)
     if args.val_from == "train":
@@ -146,6 +146,12 @@ def main() -> None:
     )
     ap.add_argument("--hash-bits", default="4,6,8,10,12,14")
     ap.add_argument("--cosine", default="0.02,0.04,0.06,0.08,0.1,0.15")
+    ap.add_argument(
+        "--distinct",
+        default="",
+        help="ratio-test sweep on top of both tiers: MAXCOS:RATIO,... (a nearest neighbour closer than MAXCOS and "
+        "than RATIO x the next one)",
+    )
     ap.add_argument("--crop-keep", type=float, default=0.9, help="crop10 keeps this share of the width and height")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -166,7 +172,7 @@ def main() -> None:
         shown = [it.shown for it in ins.items]
         splits, labels = [it.split for it in ins.items], [it.label for it in ins.items]
         untouched = {s for s, sp in zip(shown, splits) if sp == "val" and s not in planted}
-        sides = [min(i.width, i.height) for i in ins.infos]
+        sides = [min(i.width, i.height) if i is not None else 0 for i in ins.infos]  # None: unreadable, no hash
         args_ = (shown, splits, labels)
         sweep = [int(v) for v in args.hash_bits.split(",")]
         rows = [
@@ -190,6 +196,21 @@ def main() -> None:
             planted,
             untouched,
         )
+        if args.distinct:
+            sweep = [tuple(float(v) for v in pair.split(":")) for pair in args.distinct.split(",")]
+
+            def ratio(c, d):
+                found = neighbour_findings(
+                    *args_, x, ins.hashes, digests=ins.digests, sides=sides, cosine=c, distinct=d, mads=1e9
+                )
+                return f"{c} {d[0]}:{d[1]}", found
+
+            report(
+                "both tiers (cosine), and the ratio test (max cosine:ratio)",
+                [ratio(c, d) for c in cs for d in sweep],
+                planted,
+                untouched,
+            )
         outliers(x, labels, shown)
 
 

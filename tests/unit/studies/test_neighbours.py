@@ -13,6 +13,7 @@ from imgclf.core.errors import DataError
 from imgclf.data.phash import phash
 from imgclf.studies.audit.neighbours import (
     COSINE,
+    DISTINCT,
     HASH_BITS,
     Links,
     clusters,
@@ -101,6 +102,32 @@ def test_tier_2_is_held_under_half_the_data_s_own_nearest_neighbour_distance():
     assert (1 - x[:79] @ x[:79].T).max() < COSINE  # the fixed threshold alone would join them all
     found = neighbour_findings([f"p{i}" for i in range(80)], ["train"] * 80, ["a"] * 80, feats, None)
     assert [f.paths for f in found if f.kind.startswith("near")] == [["p5", "p79"]]
+
+
+def _at_cosine(v: np.ndarray, d: float, rng) -> np.ndarray:
+    """A vector at cosine distance `d` from `v`."""
+    u = v / np.linalg.norm(v)
+    w = rng.normal(size=v.shape)
+    w -= (w @ u) * u
+    w /= np.linalg.norm(w)
+    return (1 - d) * u + np.sqrt(1 - (1 - d) ** 2) * w
+
+
+def test_a_copy_past_the_cosine_threshold_is_linked_when_it_stands_out_and_look_alikes_are_not():
+    """The ratio test: a crop's features sit past COSINE from its original but far nearer it than anything else;
+    three photos merely alike (each as near the other two) are not copies."""
+    rng = np.random.default_rng(4)
+    feats = rng.normal(size=(60, 32))
+    feats[50] = _at_cosine(feats[7], 0.17, rng)  # a copy of p7, past the plain threshold
+    c = feats[20] / np.linalg.norm(feats[20])  # p20, p51, p52: each at cosine distance 0.17 from the other two
+    w = np.linalg.qr(np.column_stack([c, rng.normal(size=(32, 3))]))[0][:, 1:].T  # 3 directions, orthogonal to c
+    feats[[20, 51, 52]] = np.sqrt(0.83) * c + np.sqrt(0.17) * w
+    x = l2_normalised(feats)
+    assert COSINE < 1 - x[50] @ x[7] < DISTINCT[0]
+    splits, shown = ["train"] * 50 + ["val"] * 10, [f"p{i}" for i in range(60)]
+    found = neighbour_findings(shown, splits, ["a"] * 60, feats, None, mads=1e9)
+    assert [f.paths for f in found] == [["p7", "p50"]]
+    assert not neighbour_findings(shown, splits, ["a"] * 60, feats, None, distinct=None, mads=1e9)
 
 
 def test_a_far_point_is_ranked_first_and_flagged_as_the_only_outlier():
