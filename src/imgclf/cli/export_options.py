@@ -94,7 +94,12 @@ class ExportOptions:
         gt=0,
         le=1,
     )
-    reduce_range: bool = opt(True, "onnx-int8: 7-bit weights, no int16 saturation on x86 CPUs without VNNI")
+    reduce_range: bool | None = opt(
+        None,
+        "onnx-int8: 7-bit weights, exact on every CPU (x86 CPUs without VNNI saturate 8-bit ones); --no-reduce-range: "
+        "8-bit weights. Neither: 7-bit, and one 8-bit try where the 7-bit tries miss --int8-target on a CPU with "
+        "VNNI (a file with 8-bit weights is refused on x86 CPUs without VNNI)",
+    )
 
     def check(self, given: frozenset[str]) -> None:
         """Before any work: an option given to a format that does not take it (the table says which do) is said in

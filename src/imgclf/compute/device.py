@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import logging
 import os
-import platform
 import statistics
 import time
 
 import torch
 
+from imgclf.core.cpu import cpu_info, cpu_isa
 from imgclf.core.errors import UsageError
 from imgclf.core.fileio import user_cache_home, write_json
 
@@ -55,47 +54,6 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"device '{name}' is not supported: use auto, cpu, cuda or cuda:N")
     return dev
-
-
-# x86 flags from /proc/cpuinfo that decide which kernels run, with the names people know them by.
-ISA_FLAGS = {
-    "AVX2": ("avx2",),
-    "AVX-512": ("avx512f",),
-    "VNNI": ("avx512_vnni", "avx_vnni"),
-    "AVX512-BF16": ("avx512_bf16",),
-    "AVX512-FP16": ("avx512_fp16",),
-    "AMX": ("amx_tile", "amx_bf16", "amx_int8"),
-}
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_info() -> dict:
-    """{"model": CPU model name, "flags": set of /proc/cpuinfo flags} (empty flags where there is no such file)."""
-    model, flags, ids = platform.processor() or platform.machine(), set(), {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and value.strip():
-                    model = value.strip()
-                elif key in ("cpu family", "model"):
-                    ids[key] = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-                if flags and key == "":  # the first processor's block is enough
-                    break
-    except OSError:
-        pass
-    if len(ids) == 2:  # a VM may hide the name ("AMD EPYC"): family 25 model 17 is Zen 4, family 23 is Zen 2/3 ...
-        model += f" (family {ids['cpu family']}, model {ids['model']})"
-    return {"model": model, "flags": flags}
-
-
-def cpu_isa() -> dict:
-    """{"AVX2": True, "AVX-512": False, ...}: which of ISA_FLAGS this CPU has."""
-    flags = cpu_info()["flags"]
-    return {name: any(f in flags for f in names) for name, names in ISA_FLAGS.items()}
 
 
 def cpu_has_native_bf16() -> bool:

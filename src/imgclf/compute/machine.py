@@ -14,16 +14,10 @@ import subprocess
 
 import torch
 
-from imgclf.compute.device import (
-    cached_probes,
-    cpu_has_native_bf16,
-    cpu_info,
-    cpu_isa,
-    machine_key,
-    precision_cache_path,
-)
+from imgclf.compute.device import cached_probes, cpu_has_native_bf16, machine_key, precision_cache_path
 from imgclf.compute.distributed import cores
 from imgclf.compute.memory import proc_bytes
+from imgclf.core.cpu import cpu_info, cpu_isa, int8_8bit_exact
 from imgclf.core.version import __version__
 
 
@@ -98,8 +92,8 @@ def auto_picks(gpus: list[dict], isa: dict) -> dict:
         "train_precision": train_auto,
         "inference_precision": "fp32 (the same answers as fp32 exports on every machine; --precision bf16 to opt in)",
         "memory_layout": "channels_last",
-        "int8_weights": "7-bit (--reduce-range on: no int16 saturation where there is no VNNI"
-        + ("; this CPU has VNNI" if isa["VNNI"] else "")
+        "int8_weights": "7-bit (no int16 saturation where there is no VNNI"
+        + ("; this CPU has VNNI: an 8-bit try where the 7-bit ones miss --int8-target" if int8_8bit_exact() else "")
         + ")",
     }
 

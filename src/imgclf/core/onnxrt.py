@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from imgclf.core.cpu import int8_8bit_exact
 from imgclf.core.errors import CheckpointError
 from imgclf.core.formats import FORMATS
 
@@ -85,7 +86,21 @@ def open_session(path: str, *, device: str | None, threads: int = 0, spin: bool 
         meta = None
     if not isinstance(meta, dict):
         raise CheckpointError(f"'{path}' has unreadable imgclf metadata: export it again with imgclf export")
+    if session.get_providers()[0] == "CPUExecutionProvider":
+        check_int8_weights(path, meta)
     return session, meta
+
+
+def check_int8_weights(path: str, meta: dict) -> None:
+    """An onnx-int8 file with 8-bit weights (`export.quantization.reduce_range` false) on an x86 CPU without VNNI
+    is refused: onnxruntime's kernels there saturate, and its answers would be wrong (exporting/int8.py)."""
+    quant = (meta.get("export") or {}).get("quantization") or {}
+    if quant.get("reduce_range") is False and not int8_8bit_exact():
+        raise CheckpointError(
+            f"'{path}' has 8-bit int8 weights, which onnxruntime computes exactly on x86 only with VNNI "
+            f"(AVX512-VNNI or AVX-VNNI), and this CPU has none: its answers would be wrong here; export it again "
+            f"with --reduce-range (7-bit weights, right on every CPU)"
+        )
 
 
 def default_threads() -> int:

@@ -198,7 +198,7 @@ def add_option(p, name: str, spec: Opt, t: type, *, negatable: bool = False, ran
         return
     flags = ([spec.short] if spec.short else []) + [flag_of(name)]
     if t is bool:
-        switch = not (negatable or spec.default is True)
+        switch = not (negatable or spec.default is True or spec.default is None)  # None: neither given
         action = "store_true" if switch else argparse.BooleanOptionalAction
         p.add_argument(*flags, action=action, default=argparse.SUPPRESS, help=help_text(spec, switch))
         return

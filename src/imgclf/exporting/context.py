@@ -41,7 +41,9 @@ class ExportContext:
     calibration: ImageSample  # real preprocessed images for int8 calibration (read on the first `calib()`)
     opset: int = DEFAULT_OPSET
     calib_method: str = "minmax"  # the first calibration method the int8 writer tries
-    reduce_range: bool = True  # 7-bit weights: no int16 saturation in AVX2's u8 x s8 multiply-add (see int8.py)
+    # 7-bit weights (no int16 saturation in AVX2's u8 x s8 multiply-add; see int8.py); None: 7-bit, and an 8-bit try
+    # where the 7-bit ones miss the target on a CPU that computes it exactly (VNNI)
+    reduce_range: bool | None = None
     int8_tries: int = DEFAULT_INT8_TRIES  # quantizations the int8 writer may make before it settles for its best
     int8_target: float = DEFAULT_INT8_TARGET  # the agreement at which the int8 writer stops trying
     info: dict = field(default_factory=dict)  # what the writer did (exporter, opset, quantization): into the metadata

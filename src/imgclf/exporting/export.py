@@ -48,6 +48,7 @@ from imgclf.core.ood import usable
 from imgclf.core.version import __version__
 from imgclf.evaluation.card import ExportCard, copy_card, export_card
 from imgclf.exporting.context import CALIB_METHODS, DEFAULT_INT8_TARGET, DEFAULT_INT8_TRIES, ExportContext
+from imgclf.exporting.int8 import VARIANT_TEXT
 from imgclf.exporting.outputs import ONNX_FORMATS, output_names
 from imgclf.exporting.verify import ImageSample, VerificationError, accuracy_on, verify
 from imgclf.infer.runtime import CheckpointRunner, Runner, open_model
@@ -144,7 +145,7 @@ def export(
     calib_data: str | None = None,
     calib_images: int = DEFAULT_CALIB_IMAGES,
     calib_method: str = "minmax",
-    reduce_range: bool = True,
+    reduce_range: bool | None = None,
     verify_data: str | None = None,
     verify_images: int = DEFAULT_VERIFY_IMAGES,
     data: str | None = None,
@@ -389,7 +390,7 @@ def _int8_lines(q: dict) -> list[str]:
             + "; ".join(r["why"] for r in q["fp32_reasons"])
         )
     )
-    variant = f", {q['variant']}" if q.get("variant") else ""
+    variant = f", {VARIANT_TEXT.get(q['variant'], q['variant'])}" if q.get("variant") else ""
     lines = [f"int8: {q['calibration']} calibration{variant}, {how} (try {q['chosen_try']} of {len(q['tries'])})"]
     target = q.get("target")
     if target:
@@ -412,7 +413,7 @@ def _int8_lines(q: dict) -> list[str]:
 
 def _try_text(t: dict) -> str:
     """An int8 try for people: 'minmax', 'entropy, symmetric, 12 nodes fp32'."""
-    parts = [t["calibration"]] + ([t["variant"]] if t.get("variant") else [])
+    parts = [t["calibration"]] + ([VARIANT_TEXT.get(t["variant"], t["variant"])] if t.get("variant") else [])
     return ", ".join(parts + ([f"{len(t['fp32_nodes'])} nodes fp32"] if t["fp32_nodes"] else []))
 
 

@@ -47,10 +47,16 @@ product with the bank, TopK, the distance) are never quantized: the distances st
 thresholds fitted on the checkpoint's, and the bank stays as exact as in the fp32 file (stored float16 again after
 quant_pre_process folded its Cast). They read the head's input as the quantized graph computes it.
 
-`reduce_range` (default on): weights use 7 bits. On x86 CPUs without VNNI, onnxruntime's uint8 x int8 kernels
-add pairs of products in int16 (VPMADDUBSW), which saturates with 8-bit weights: a model with large weights (such
-as airnet's patch-whitening stem) fully quantized with 8-bit weights lost most of its accuracy, and with 7-bit
-weights kept it, at the same speed (docs/benchmarks.md).
+`reduce_range`: weights use 7 bits. On x86 CPUs without VNNI, onnxruntime's uint8 x int8 kernels add pairs of
+products in int16 (VPMADDUBSW), which saturates with 8-bit weights: a model with large weights (such as airnet's
+patch-whitening stem) fully quantized with 8-bit weights lost most of its accuracy, and with 7-bit weights kept
+it, at the same speed (docs/benchmarks.md). But the 7th bit is what some models' labels need (hymenoptera's
+Lite0: 151 of 153 kept with 7-bit weights whatever the calibration, 152 with 8-bit). So by default
+(`reduce_range` None) the tries use 7 bits, and where the calibrations miss the target on a CPU that computes
+8-bit weights exactly (`core/cpu.int8_8bit_exact`: VNNI), the next try is the best calibration with 8-bit
+weights (`EIGHT_BIT`); it is written only when it keeps more labels, and then the file records it
+(`export.quantization.reduce_range` false) and runners refuse it on x86 CPUs without VNNI (core/onnxrt.py), with
+a line that says so at export. True: 7-bit only; False: every try 8-bit.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from imgclf.core.cpu import int8_8bit_exact
 from imgclf.core.fileio import temp_dir
 from imgclf.core.multilabel import MULTILABEL
 from imgclf.exporting.context import CALIB_METHODS, ExportContext, quiet
@@ -85,7 +92,13 @@ VARIANTS: dict[str, dict] = {
     "symmetric": {"ActivationSymmetric": True},
     "moving-average": {"CalibMovingAverage": True},
 }
-VARIANT_TEXT = {"symmetric": "symmetric activations", "moving-average": "moving-average ranges"}
+EIGHT_BIT = "8-bit-weights"  # a try with quantize_static's reduce_range off (the module docstring)
+VARIANTS[EIGHT_BIT] = {}
+VARIANT_TEXT = {
+    "symmetric": "symmetric activations",
+    "moving-average": "moving-average ranges",
+    EIGHT_BIT: "8-bit weights (exact on x86 only with VNNI)",
+}
 # the tries after the three calibration methods, before any tensor is kept fp32: (variant, method; None: the
 # method that kept most labels so far)
 PLAN_VARIANTS: tuple[tuple[str, str | None], ...] = ()
@@ -134,15 +147,16 @@ class Quantizer:
 
     METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
-    def __init__(self, pre: str, images: torch.Tensor, work: str, *, reduce_range: bool, keep: list[str]):
+    def __init__(self, pre: str, images: torch.Tensor, work: str, *, reduce_range: bool | None, keep: list[str]):
         from onnxruntime.quantization import quantize_static  # noqa: PLC0415 - heavy; only int8 export needs it
 
-        self.pre, self.images, self.work, self.reduce_range = pre, images, work, reduce_range
+        self.pre, self.images, self.work = pre, images, work
+        self.reduce_range = reduce_range is not False  # None: 7-bit, unless a try asks for 8
         self.keep = list(keep)  # always fp32: the nodes of the features and kNN outputs (outputs.feature_nodes)
         self.cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
         self.made = 0
 
-    def __call__(self, method: str, exclude: list[str], extra: dict | None = None) -> str:
+    def __call__(self, method: str, exclude: list[str], extra: dict | None = None, *, eight_bit: bool = False) -> str:
         from onnxruntime.quantization import (  # noqa: PLC0415 - heavy; only int8 export needs it
             CalibrationMethod,
             QuantFormat,
@@ -165,7 +179,7 @@ class Quantizer:
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                reduce_range=self.reduce_range,
+                reduce_range=self.reduce_range and not eight_bit,
                 calibrate_method=getattr(CalibrationMethod, self.METHODS[method]),
                 nodes_to_exclude=list(dict.fromkeys([*self.keep, *exclude])),
                 extra_options={"CalibStridedMinMax": 1, **extra},  # one batch at a time (see ImageReader)
@@ -222,7 +236,7 @@ class Tries:
         (fp32_regions rows) left out; judged and timed."""
         nodes = list(dict.fromkeys(n for x in regions for n in x["nodes"]))
         try:
-            file = self.quantize(method, nodes, VARIANTS[variant])
+            file = self.quantize(method, nodes, VARIANTS[variant], eight_bit=variant == EIGHT_BIT)
         except ValueError as e:  # onnxruntime's calibrators on some graphs (percentile: "Too many bins ...")
             self._failed(method, variant, nodes, regions, e)
             return
@@ -235,12 +249,7 @@ class Tries:
             **compare(self.want, logits, int8=True, thresholds=self.thresholds()),
         }  # defaults: a wrong output shape
         keys = TRY_KEYS + (MULTILABEL_TRY_KEYS if self.thresholds() is not None else ())
-        t = {
-            "calibration": method,
-            "variant": variant,
-            "fp32_nodes": nodes,
-            "fp32_tensors": [x["tensor"] for x in regions],
-        }
+        t = self._try(method, variant, nodes, regions)
         t.update({k: r.get(k) for k in keys}, images_per_s=round(speed, 1), file=file)
         first = next((x["images_per_s"] for x in self.made if x["images_per_s"]), None)
         t["speed_vs_first"] = round(speed / first, 3) if first else 1.0
@@ -259,12 +268,7 @@ class Tries:
 
     def _failed(self, method: str, variant: str, nodes: list[str], regions: list[dict], e: Exception) -> None:
         """A try onnxruntime could not make: recorded with why (it keeps no label), and the tries go on."""
-        t = {
-            "calibration": method,
-            "variant": variant,
-            "fp32_nodes": nodes,
-            "fp32_tensors": [x["tensor"] for x in regions],
-        }
+        t = self._try(method, variant, nodes, regions)
         t.update({k: None for k in TRY_KEYS}, top1_kept=0, rel_rmse=math.inf, meets_bar=False, ok=False)
         t.update(images=len(self.want), reached_target=False, images_per_s=None, speed_vs_first=None, file=None)
         t["failed"] = f"{type(e).__name__}: {e}"
@@ -272,6 +276,17 @@ class Tries:
             t.update(labels_kept=0, label_decisions=int(self.want.numel()))
         self.made.append(t)
         log.warning("int8 try %d: %s: onnxruntime could not quantize (%s)", len(self.made), _describe(t), t["failed"])
+
+    def _try(self, method: str, variant: str, nodes: list[str], regions: list[dict]) -> dict:
+        """A try's description: what it quantized how, with which weights."""
+        bits = 8 if variant == EIGHT_BIT or self.ctx.reduce_range is False else 7
+        return {
+            "calibration": method,
+            "variant": variant,
+            "weight_bits": bits,
+            "fp32_nodes": nodes,
+            "fp32_tensors": [x["tensor"] for x in regions],
+        }
 
     def thresholds(self) -> list[float] | None:
         """A multi-label model's thresholds (its label decisions are compared), else None (top-1)."""
@@ -289,6 +304,8 @@ class Tries:
             if not self.more():
                 return
             self.attempt(method or self.best()["calibration"], [], variant)
+        if self.ctx.reduce_range is None and int8_8bit_exact() and self.more() and any(t["file"] for t in self.made):
+            self.attempt(self.best()["calibration"], [], EIGHT_BIT)
 
     def fp32_tensors(self) -> None:
         """Then the fully quantized try with the lowest RMSE, with the tensors measured to add most error kept
@@ -308,12 +325,13 @@ class Tries:
             done = k
 
     def best(self) -> dict:
-        """The best try: passing the refusal rule, then most labels kept, then fewest nodes kept fp32 (they cost
-        speed; the timings themselves are too noisy to choose by), then lowest RMSE."""
+        """The best try: passing the refusal rule, then most labels kept, then 7-bit weights (they run right on
+        every CPU), then fewest nodes kept fp32 (they cost speed; the timings themselves are too noisy to choose
+        by), then lowest RMSE."""
         made = [t for t in self.made if t["file"]]
         if not made:
             raise VerificationError(f"onnxruntime could not quantize the model: {self.made[-1]['failed']}")
-        return max(made, key=lambda t: (t["ok"], _kept(t), -len(t["fp32_nodes"]), -t["rel_rmse"]))
+        return max(made, key=lambda t: (t["ok"], _kept(t), -t["weight_bits"], -len(t["fp32_nodes"]), -t["rel_rmse"]))
 
     def record(self, best: dict) -> dict:
         """What the metadata says of the quantization (`export.quantization`)."""
@@ -323,9 +341,9 @@ class Tries:
         return {
             "tool": "onnxruntime.quantization.quantize_static",
             "format": "QDQ",
-            "weights": "int8 per-channel",
+            "weights": f"int8 per-channel, {best['weight_bits']}-bit range",
             "activations": "uint8 per-tensor",
-            "reduce_range": self.ctx.reduce_range,
+            "reduce_range": best["weight_bits"] == 7,  # false: exact on x86 only with VNNI (core/onnxrt refuses)
             "calibration": best["calibration"],
             "variant": best["variant"],
             "options": VARIANTS[best["variant"]],
@@ -405,6 +423,15 @@ def write_onnx_int8(ctx: ExportContext, path: str, meta: dict) -> None:
         tries.calibrations()
         tries.fp32_tensors()
         best = tries.best()
+        if best["weight_bits"] == 8 and ctx.reduce_range is None:
+            sevens = [t for t in tries.made if t["file"] and t["weight_bits"] == 7]
+            log.warning(
+                "int8: 8-bit weights written (%d labels kept, against %d with 7-bit weights): exact on x86 CPUs "
+                "only with VNNI (AVX512-VNNI or AVX-VNNI), which imgclf's runners check; --reduce-range keeps 7-bit "
+                "weights, for every CPU",
+                _kept(best),
+                max(map(_kept, sevens), default=0),
+            )
         shutil.copyfile(best["file"], path)
         bank_float16_file(path)  # quant_pre_process folded the bank's Cast: float16 again
     finally:

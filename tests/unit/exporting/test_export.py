@@ -349,7 +349,8 @@ def test_int8_remedy_keeps_the_measured_layers_fp32(tiny_best, tmp_path):
 
     bad = _badly_quantizable(tiny_best, tmp_path / "bad.pt")
     fp32 = export(bad, "onnx", out=str(tmp_path / "bad.onnx"), **SMALL)  # the fp32 model is fine
-    r = export(bad, "onnx-int8", out=str(tmp_path / "bad.int8.onnx"), **SMALL)
+    # 7-bit weights only: on a CPU with VNNI an 8-bit try would come before the layers kept fp32
+    r = export(bad, "onnx-int8", out=str(tmp_path / "bad.int8.onnx"), reduce_range=True, **SMALL)
     assert r["verification"]["ok"] and r["verification"]["meets_bar"]
     q = _int8_meta(r["out"])
     assert q == r["export"]["quantization"]
@@ -477,3 +478,29 @@ def test_a_new_format_is_a_writer_an_opener_and_one_entry(tiny_best, tmp_path, m
     assert open_model(r["out"], device="cpu").format == "traced"
     x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(runner.logits(x), ckpt.logits(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_file_with_8bit_weights_is_refused_where_the_cpu_would_compute_it_wrong(
+    tiny_best, tiny_data, tmp_path, capsys, monkeypatch
+):
+    """--no-reduce-range writes 8-bit weights and records it; on an x86 CPU without VNNI onnxruntime's kernels
+    saturate them, so every runner refuses the file there in one line (here: predict), and runs it elsewhere."""
+    import onnx
+
+    from imgclf.core import onnxrt
+
+    out = tmp_path / "eight.int8.onnx"
+    r = export(tiny_best, "onnx-int8", out=str(out), reduce_range=False, **SMALL)
+    assert r["export"]["quantization"]["reduce_range"] is False
+    meta = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["imgclf"])
+    assert meta["export"]["quantization"]["weights"] == "int8 per-channel, 8-bit range"
+    image = _val_images(tiny_data)[0]
+    monkeypatch.setattr(onnxrt, "int8_8bit_exact", lambda: False)
+    line = _one_line_error(capsys, ["predict", str(out), image])
+    assert "8-bit int8 weights" in line and "VNNI" in line and "--reduce-range" in line
+    monkeypatch.setattr(onnxrt, "int8_8bit_exact", lambda: True)
+    assert main(["predict", str(out), image]) == 0
+    seven = tmp_path / "seven.int8.onnx"  # the default, 7-bit weights: runs on any CPU
+    export(tiny_best, "onnx-int8", out=str(seven), **SMALL)
+    monkeypatch.setattr(onnxrt, "int8_8bit_exact", lambda: False)
+    assert main(["predict", str(seven), image]) == 0

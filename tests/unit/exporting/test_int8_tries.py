@@ -25,7 +25,8 @@ def _reference(n: int) -> torch.Tensor:
 
 class FakeQuantizer:
     """quantize(method, nodes, extra) -> a file name that says which try it is; `flips[key]` says how many of the
-    barely decided images that try's file flips, and `noise[key]` how much it moves every logit."""
+    barely decided images that try's file flips, and `noise[key]` how much it moves every logit. A try with 8-bit
+    weights has the key (method, nodes, 8)."""
 
     def __init__(self, flips: dict, noise: dict | None = None):
         self.flips, self.noise = flips, noise or {}
@@ -33,22 +34,24 @@ class FakeQuantizer:
         self.calls: list[tuple] = []
         self.extras: list[dict | None] = []
 
-    def __call__(self, method: str, nodes: list[str], extra: dict | None = None) -> str:
-        key = (method, len(nodes))
+    def __call__(self, method: str, nodes: list[str], extra: dict | None = None, *, eight_bit: bool = False) -> str:
+        key = (method, len(nodes)) + ((8,) if eight_bit else ())
         self.calls.append(key)
         self.extras.append(extra)
         if self.flips.get(key) == "fails":
             raise ValueError("Too many bins for data range. Cannot create 2048 finite-sized bins.")
-        return f"{method}|{len(nodes)}"
+        return "|".join(map(str, key))
 
 
-def _setup(monkeypatch, n: int, flips: dict, *, tries: int = 6, target: float = 0.99, noise=None, speed=None):
+def _setup(
+    monkeypatch, n: int, flips: dict, *, tries=6, target=0.99, noise=None, speed=None, reduce_range=True, vnni=True
+):
     ref = _reference(n)
     q = FakeQuantizer(flips, noise)
 
     def run_file(file, x):
-        method, nodes = file.split("|")
-        key = (method, int(nodes))
+        method, nodes, *bits = file.split("|")
+        key = (method, int(nodes)) + tuple(map(int, bits))
         out = ref + q.noise.get(key, 0.001)  # a shift moves the RMSE, never a label
         out[: q.flips.get(key, 0)] = -ref[: q.flips.get(key, 0)]
         return out, (speed or {}).get(key, 100.0 - 10 * int(nodes))
@@ -60,12 +63,13 @@ def _setup(monkeypatch, n: int, flips: dict, *, tries: int = 6, target: float = 
 
     monkeypatch.setattr(int8, "run_file", run_file)
     monkeypatch.setattr(int8, "int8_sensitivity", sensitivity)
+    monkeypatch.setattr(int8, "int8_8bit_exact", lambda: vnni)
     ctx = SimpleNamespace(
         check=torch.zeros(n, 3, 8, 8),
         int8_tries=tries,
         int8_target=target,
         calib_method="minmax",
-        reduce_range=True,
+        reduce_range=reduce_range,
         info={},
         ref=SimpleNamespace(task="single", thresholds=None),
     )
@@ -182,3 +186,40 @@ def test_a_try_onnxruntime_cannot_make_is_recorded_and_the_tries_go_on(monkeypat
     assert t.made[3]["fp32_nodes"] == ["n0"] and t.base is t.made[1] and best is t.made[3]
     text = "\n".join(_int8_lines(t.record(best)))
     assert "3. percentile: failed (ValueError: Too many bins" in text
+
+
+# ------------------------------------------------------------------------------------------------ 8-bit weights
+SEVEN_BIT_MISSES = {("minmax", 0): 2, ("entropy", 0): 3, ("percentile", 0): 2}  # 151/153 at best: target 152
+
+
+def test_by_default_an_8bit_try_follows_the_calibrations_where_the_cpu_computes_it_exactly(monkeypatch):
+    """Hymenoptera's Lite0: 151 of 153 kept with 7-bit weights whatever the calibration, 152 with 8-bit."""
+    t, q = _setup(monkeypatch, 153, {**SEVEN_BIT_MISSES, ("minmax", 0, 8): 1}, reduce_range=None)
+    best = _run(t)
+    assert q.calls == [("minmax", 0), ("entropy", 0), ("percentile", 0), ("minmax", 0, 8)]  # the target: stop
+    assert best is t.made[3] and best["weight_bits"] == 8 and best["reached_target"]
+    rec = t.record(best)
+    assert rec["reduce_range"] is False and rec["weights"] == "int8 per-channel, 8-bit range"
+    assert [x["weight_bits"] for x in rec["tries"]] == [7, 7, 7, 8]
+
+
+@pytest.mark.parametrize(("reduce_range", "vnni"), [(None, False), (True, True)])
+def test_no_8bit_try_without_vnni_or_with_reduce_range(monkeypatch, reduce_range, vnni):
+    t, q = _setup(monkeypatch, 153, {**SEVEN_BIT_MISSES, ("minmax", 0, 8): 1}, reduce_range=reduce_range, vnni=vnni)
+    best = _run(t)
+    assert not any(len(c) == 3 for c in q.calls) and best["weight_bits"] == 7
+    assert t.record(best)["reduce_range"] is True
+
+
+def test_an_8bit_try_that_keeps_no_more_labels_is_not_written(monkeypatch):
+    """7-bit weights run right on every CPU: on a tie in labels kept they win, whatever the RMSE."""
+    flips, noise = {**SEVEN_BIT_MISSES, ("minmax", 0, 8): 2}, {("minmax", 0, 8): 0.0001}
+    t, q = _setup(monkeypatch, 153, flips, noise=noise, tries=4, reduce_range=None)
+    best = _run(t)
+    assert q.calls[-1] == ("minmax", 0, 8) and best["weight_bits"] == 7 and best["top1_kept"] == 151
+
+
+def test_no_reduce_range_makes_every_try_8bit(monkeypatch):
+    t, q = _setup(monkeypatch, 153, {("minmax", 0): 0}, reduce_range=False)
+    best = _run(t)
+    assert best["weight_bits"] == 8 and t.record(best)["reduce_range"] is False
