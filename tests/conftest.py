@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -511,3 +512,19 @@ def noise_images(folder: Path, n: int, seed: int, size: int = 16) -> list[str]:
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
     return paths
+
+
+def process_gone(pid: int, wait: float = 0.0) -> bool:
+    """Whether process `pid` has ended (no such process, or a zombie its parent has not reaped yet), waiting up to
+    `wait` seconds for it (Linux /proc)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(") ", 1)[1].startswith("Z"):
+                    return True
+        except OSError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

@@ -8,9 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from conftest import process_gone
 
 from imgclf.compute import distributed
 
@@ -33,26 +33,14 @@ def _agent(mode: str) -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
-def _gone(pid: int) -> bool:
-    for _ in range(100):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(") ")[1].startswith("Z"):  # a zombie waiting for its parent: stopped
-                    return True
-        except OSError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_rank_the_agent_leaves_alive_is_killed():
     proc, rank = _agent("EXIT")
     distributed.stop_agent(proc, signal.SIGINT)
-    assert proc.returncode is not None and _gone(rank)
+    assert proc.returncode is not None and process_gone(rank, wait=5)
 
 
 def test_an_agent_that_does_not_stop_is_killed_with_its_ranks(monkeypatch):
     monkeypatch.setattr(distributed, "STOP_SECONDS", 1.0)
     proc, rank = _agent("IGNORE")
     distributed.stop_agent(proc, signal.SIGINT)
-    assert proc.returncode == -signal.SIGKILL and _gone(rank)
+    assert proc.returncode == -signal.SIGKILL and process_gone(rank, wait=5)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import process_gone
 
 import imgclf as imgclf_package
 from imgclf.compute.distributed import batch_block, shard_order, strip_nproc
@@ -307,7 +308,7 @@ def test_a_killed_rank_stops_the_run_and_resume_finishes_it(tiny_data, tmp_path)
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
     assert waited < 60, f"the other rank took {waited:.0f} s to stop"
-    assert all(_gone(pid) for pid in _children(proc.pid))
+    assert all(process_gone(pid) for pid in _children(proc.pid))
     # rank 0 says why it stopped: torchrun ended it, or it lost its peer first
     assert "imgclf: rank 0 terminated" in err or "another rank stopped answering" in err, err[-3000:]
     saved = torch.load(last, weights_only=True)["train_state"]["epoch"]
@@ -383,14 +384,6 @@ def _worker_with_rank(agent: int, rank: int) -> int:
         if _has_rank(pid, rank):
             return pid
     raise AssertionError(f"no worker with RANK={rank} under torchrun (pid {agent})")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 # ------------------------------------------------------------------------------------------------ two nodes
