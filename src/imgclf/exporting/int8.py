@@ -309,10 +309,11 @@ class Tries:
 
     def fp32_tensors(self) -> None:
         """Then the fully quantized try with the lowest RMSE, with the tensors measured to add most error kept
-        fp32: the 1, 2, then 4 worst."""
+        fp32: the 1, 2, then 4 worst. With 7-bit weights, unless the 8-bit try kept more labels than every 7-bit
+        one (a label or two more with some nodes in fp32 is not worth a file that needs VNNI)."""
         if not self.more() or not any(t["file"] for t in self.made):
             return
-        self.base = min((t for t in self.made if not t["fp32_nodes"] and t["file"]), key=lambda t: t["rel_rmse"])
+        self.base = min(self._bases(), key=lambda t: t["rel_rmse"])
         q = self.quantize
         self.ranking = int8_sensitivity(q.pre, self.base["file"], q.images[:SENSITIVITY_IMAGES], q.work)
         regions = fp32_regions(self.ranking)
@@ -323,6 +324,15 @@ class Tries:
                 break
             self.attempt(self.base["calibration"], regions[:k], self.base["variant"])
             done = k
+
+    def _bases(self) -> list[dict]:
+        """The fully quantized tries the fp32 tries may start from (fp32_tensors)."""
+        full = [t for t in self.made if not t["fp32_nodes"] and t["file"]]
+        sevens = [t for t in full if t["weight_bits"] == 7]
+        eights = [t for t in full if t["weight_bits"] == 8]
+        if sevens and eights and max(map(_kept, eights)) > max(map(_kept, sevens)):
+            return eights
+        return sevens or eights
 
     def best(self) -> dict:
         """The best try: passing the refusal rule, then most labels kept, then 7-bit weights (they run right on

@@ -223,3 +223,17 @@ def test_no_reduce_range_makes_every_try_8bit(monkeypatch):
     t, q = _setup(monkeypatch, 153, {("minmax", 0): 0}, reduce_range=False)
     best = _run(t)
     assert best["weight_bits"] == 8 and t.record(best)["reduce_range"] is False
+
+
+def test_the_layers_kept_fp32_go_on_7bit_weights_unless_the_8bit_try_kept_more(monkeypatch):
+    """CIFAR-10's airnet: the 8-bit try tied the best 7-bit one (493/500) with a lower RMSE; a try with 2 nodes fp32
+    on it kept one label more, so an 8-bit file was written for one image of 500: the fp32 tries start from the
+    7-bit try then."""
+    flips = {**SEVEN_BIT_MISSES, ("minmax", 0, 8): 2}
+    t, q = _setup(monkeypatch, 153, flips, noise={("minmax", 0, 8): 0.0001}, reduce_range=None)
+    best = _run(t)
+    assert q.calls[3:] == [("minmax", 0, 8), ("minmax", 1)]  # on the 7-bit minmax try; it reached the target
+    assert best["weight_bits"] == 7
+    flips[("minmax", 0, 8)] = 1  # 8-bit kept more (152, the target): written, no fp32 tries
+    t, q = _setup(monkeypatch, 153, flips, reduce_range=None)
+    assert _run(t)["weight_bits"] == 8 and len(q.calls) == 4
