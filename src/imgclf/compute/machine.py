@@ -55,7 +55,7 @@ def machine_report(probe: dict | None = None) -> dict:
             **{d: _version(d) for d in ("torchvision", "onnxruntime", "onnx", "numpy")},
         },
         "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
-        "auto": auto_picks(gpus, isa),
+        "auto": auto_picks(gpus),
         "precision_probes": {"cache": precision_cache_path(), "machine": machine_key(), "results": cached_probes()},
     }
     if probe is not None:
@@ -79,7 +79,7 @@ def gpu_report() -> list[dict]:
     return gpus
 
 
-def auto_picks(gpus: list[dict], isa: dict) -> dict:
+def auto_picks(gpus: list[dict]) -> dict:
     """What each `auto` setting resolves to on this machine, in words."""
     if gpus:
         train_auto = "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp16 autocast + gradient scaler"
@@ -93,7 +93,11 @@ def auto_picks(gpus: list[dict], isa: dict) -> dict:
         "inference_precision": "fp32 (the same answers as fp32 exports on every machine; --precision bf16 to opt in)",
         "memory_layout": "channels_last",
         "int8_weights": "7-bit (no int16 saturation where there is no VNNI"
-        + ("; this CPU has VNNI: an 8-bit try where the 7-bit ones miss --int8-target" if int8_8bit_exact() else "")
+        + (
+            "; 8-bit weights are exact on this CPU: an 8-bit try where the 7-bit ones miss --int8-target"
+            if int8_8bit_exact()
+            else ""
+        )
         + ")",
     }
 
