@@ -5,7 +5,8 @@ cross-entropy on the multi-hot targets, with --pos-weight and label smoothing); 
 checkpoint (`fit_for`).
 
 The options and what they mean with several labels per image:
-- the loss: `nn.BCEWithLogitsLoss` (a sigmoid per label) on float multi-hot targets, which the feeds yield.
+- the loss: binary cross-entropy (a sigmoid per label) on float multi-hot targets, which the feeds yield, summed
+  over the labels and averaged over the images (MultiLabelLoss says why).
 - --pos-weight auto, and --balance weights: each label's positive images weighted by negatives/positives on the
   train split, at most POS_WEIGHT_CAP. --balance sampler: each epoch drawn so that every image's rarest label
   (its stratum, data/multilabel.py) is equally likely. --balance auto: from the labels' counts, as for classes.
@@ -136,21 +137,34 @@ def check_multilabel(cfg) -> None:
 
 
 class MultiLabelLoss(nn.Module):
-    """`nn.BCEWithLogitsLoss` (mean over images and labels) on multi-hot targets, in fp32, each target first
-    smoothed to y(1-e)+e/2 when `smoothing` e > 0. `multilabel`: train_steps counts its hits per label."""
+    """Binary cross-entropy on multi-hot targets, in fp32: summed over the labels and averaged over the images
+    (`bce_per_image`), each target first smoothed to y(1-e)+e/2 when `smoothing` e > 0. `multilabel`: train_steps
+    counts its hits per label.
+
+    Summed, not averaged, over the labels: an image's loss then moves its logits as much as cross-entropy moves a
+    single-label image's, so the learning rates and weight decay of a recipe keep their meaning. PyTorch's default
+    mean over labels too divides every gradient by the number of labels while the weight decay stays: on CIFAR-10
+    mosaics (10 labels) the fast recipe then learned several times slower (docs/multilabel.md)."""
 
     multilabel = True
 
     def __init__(self, pos_weight: torch.Tensor | None = None, smoothing: float = 0.0):
         super().__init__()
-        self.bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        self.bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
         self.smoothing = float(smoothing)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = targets.float()
         if self.smoothing:
             targets = targets * (1.0 - self.smoothing) + self.smoothing / 2
-        return self.bce(logits.float(), targets)
+        return self.bce(logits.float(), targets).sum(1).mean()
+
+
+def bce_per_image(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Plain binary cross-entropy (no pos_weight, no smoothing) summed over the labels, averaged over the images:
+    the scale of the training loss, for val_loss and results.json's `loss`."""
+    bce = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    return float(bce.sum(1).mean())
 
 
 def pos_weights(targets) -> torch.Tensor:
@@ -189,9 +203,9 @@ def choose_multilabel_balance(mode: str, targets) -> tuple[str, str]:
 
 
 def multilabel_columns(logits: torch.Tensor, targets: torch.Tensor, classes: list[str], prefix: str = "") -> dict:
-    """The validation columns of a multi-label model: val_loss (plain BCE), val_mAP, and val_micro_f1 and
-    val_macro_f1 at DEFAULT_THRESHOLD (the fitted thresholds come at the checkpoint)."""
-    loss = float(nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float()))
+    """The validation columns of a multi-label model: val_loss (plain BCE per image, `bce_per_image`), val_mAP, and
+    val_micro_f1 and val_macro_f1 at DEFAULT_THRESHOLD (the fitted thresholds come at the checkpoint)."""
+    loss = bce_per_image(logits, targets)
     m = multilabel_metrics(
         torch.sigmoid(logits.float()).numpy(), targets.numpy(), [DEFAULT_THRESHOLD] * len(classes), classes
     )

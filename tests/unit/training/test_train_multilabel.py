@@ -23,6 +23,7 @@ from imgclf.training.build import make_model
 from imgclf.training.multilabel import (
     POS_WEIGHT_CAP,
     MultiLabelLoss,
+    bce_per_image,
     choose_multilabel_balance,
     pos_weights,
     task_loss,
@@ -78,9 +79,20 @@ def test_the_loss_is_bce_with_positive_weights_and_smoothing():
     assert isinstance(loss, MultiLabelLoss)
     logits, y = torch.randn(4, 3), torch.as_tensor(targets, dtype=torch.float32)
     want = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weights(targets))(logits, y * 0.8 + 0.1)
-    assert float(loss(logits, y)) == pytest.approx(float(want))
+    assert float(loss(logits, y)) == pytest.approx(float(want) * 3)  # summed over the 3 labels, mean over images
     single = task_loss(make_config({"task": "single", "label_smoothing": 0.1}), None, torch.device("cpu"))
     assert isinstance(single, torch.nn.CrossEntropyLoss)
+
+
+def test_the_loss_moves_each_logit_as_cross_entropy_does():
+    """Each logit's gradient is (sigmoid - target) / images, not also divided by the labels: a recipe's learning rate
+    and weight decay mean for a multi-label image what they mean for a single-label one."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0], [-3.0, 1.0, 0.0, 4.0]], requires_grad=True)
+    y = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    loss = MultiLabelLoss()(logits, y)
+    loss.backward()
+    assert torch.allclose(logits.grad, (torch.sigmoid(logits.detach()) - y) / 2)
+    assert bce_per_image(logits.detach(), y) == pytest.approx(loss.item())
 
 
 @pytest.mark.parametrize(

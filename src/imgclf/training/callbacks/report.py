@@ -7,7 +7,6 @@ import os
 import time
 
 import torch
-from torch import nn
 
 from imgclf.compute.machine import git_commit, machine_report, summary_line
 from imgclf.core.callback import Callback
@@ -25,6 +24,7 @@ from imgclf.evaluation.report import build_report
 from imgclf.infer.logits import infer
 from imgclf.infer.runtime import open_model
 from imgclf.models.checkpoint import load_checkpoint, load_weights, task_of, temperature_of
+from imgclf.training.multilabel import bce_per_image
 
 
 class FinalReport(Callback):
@@ -90,7 +90,7 @@ def report_multilabel(trainer, best_path: str, train_seconds: float) -> None:
     probs, y, classes = torch.sigmoid(logits).numpy(), targets.numpy(), data.source.classes
     thresholds = task_of(ckpt)[1]
     best = multilabel_metrics(probs, y, thresholds, classes)
-    best["loss"] = float(nn.functional.binary_cross_entropy_with_logits(logits, targets.float()))
+    best["loss"] = bce_per_image(logits, targets)
     at_half = multilabel_metrics(probs, y, [DEFAULT_THRESHOLD] * len(classes), classes)
     plot_curves(st.rows, trainer.run_dir.file("curves.png"))
     results = with_callbacks(trainer, summary(trainer, best, train_seconds) | card_facts(trainer))
