@@ -50,7 +50,7 @@ from imgclf.training.options import (
     make_config,
 )
 from imgclf.training.preempt import auto_resume, check_position, elastic_name, wants_auto
-from imgclf.training.recipes import apply_recipe
+from imgclf.training.recipes import FAST_SIDE, apply_recipe, sized_for_images
 from imgclf.training.rundir import new_run_path
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,8 @@ def decide(plan: RunPlan, data: RunData, *, train: Callable | None = None) -> tu
     (seeded, on its device), frozen as --freeze asks, swept by --lr auto and timed by `auto` precision; it goes on
     to build_state. `train`: how --difficulty auto trains its reference run (api.train)."""
     cfg = plan.cfg.resolved(img_size=data.preprocess.img_size)
+    if not plan.resumed:  # a resumed run keeps the batch it started with
+        cfg = fast_batch(cfg, data, plan.world)
     model = make_model(cfg, len(data.source.classes), plan.device)
     frozen = freeze_layers(cfg, model)
     lr_search = None
@@ -272,6 +274,24 @@ def decide(plan: RunPlan, data: RunData, *, train: Callable | None = None) -> tu
         feature_cache=uses_feature_cache(cfg, data.train),
     )
     return replace(_with_steps(plan, data), difficulty=difficulty(plan, data, train)), model
+
+
+def fast_batch(cfg: TrainConfig, data: RunData, world: distributed.World) -> TrainConfig:
+    """--recipe fast on images larger than its 32 px: the batch of as many pixels (recipes.sized_for_images), said
+    in the log, and the training feed set to it."""
+    sized = sized_for_images(cfg, data.preprocess.img_size, world.size)
+    if sized is not cfg:
+        data.train.batch_size = sized.batch_size
+        log.info(
+            "--recipe fast: batch %d and lr %.3g for %d px images (the pixels of %d images of %d px a step; "
+            "--batch-size sets it)",
+            sized.batch_size,
+            sized.lr,
+            data.preprocess.img_size,
+            cfg.batch_size,
+            FAST_SIDE,
+        )
+    return sized
 
 
 def decide_steps(plan: RunPlan, total: int, *, fill: bool = False) -> RunPlan:

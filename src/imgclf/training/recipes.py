@@ -8,9 +8,16 @@ whitening layer's bias trained only in the first 30% of steps, and flip-and-shif
 
 airbench states its learning rate and weight decay for a summed loss and "per 1024 examples"; imgclf's loss
 is a mean, so the same optimisation is lr = LR_PER_IMAGE * batch size and a constant weight decay.
+
+Its batch of 1,024 is made for 32 px images. On larger ones (64 px mosaics, say) the same count of images is
+several times the pixels a step, so an epoch takes that many times fewer steps: `sized_for_images` then gives the
+batch of about the same pixels (256 images of 64 px) and its learning rate, so an epoch takes the steps it takes on
+32 px images (docs/multilabel.md measured why: 1,024 mosaics a step learned several times slower).
 """
 
 from __future__ import annotations
+
+import math
 
 from imgclf.compute.distributed import world_from_env
 
@@ -40,6 +47,25 @@ RECIPES = {
         "save_every": 1,
     },
 }
+
+
+FAST_SIDE = 32  # the image side the fast recipe's batch is made for
+FAST_MIN_BATCH = 32
+
+
+def sized_for_images(cfg, img_size: int, world_size: int):
+    """`cfg` with the fast recipe's batch for images of `img_size` px, when larger than FAST_SIDE and the batch is
+    the recipe's: the power of two of images nearest to the pixels of 1,024 images of 32 px (at least
+    FAST_MIN_BATCH), and its learning rate unless --lr was given. Anything else: `cfg` as it is."""
+    preset = RECIPES["fast"]["batch_size"]
+    if cfg.recipe != "fast" or "batch_size" in cfg.explicit or cfg.batch_size != preset or img_size <= FAST_SIDE:
+        return cfg
+    exact = preset * (FAST_SIDE / img_size) ** 2
+    batch = max(FAST_MIN_BATCH, 2 ** round(math.log2(exact)))
+    changes = {"batch_size": batch}
+    if "lr" not in cfg.explicit:
+        changes["lr"] = LR_PER_IMAGE * batch * world_size
+    return cfg.resolved(**changes)
 
 
 def apply_recipe(cfg, explicit: set[str]):

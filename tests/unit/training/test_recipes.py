@@ -13,7 +13,7 @@ from imgclf.models.airnet import AirNet, WhiteningBiasWarmup
 from imgclf.training.build import StepSchedule
 from imgclf.training.callbacks import Lookahead, TimeBudget
 from imgclf.training.options import make_config
-from imgclf.training.recipes import LR_PER_IMAGE, RECIPES, apply_recipe
+from imgclf.training.recipes import LR_PER_IMAGE, RECIPES, apply_recipe, sized_for_images
 
 
 def test_recipe_fills_only_the_options_not_given_and_scales_lr_with_the_batch():
@@ -30,6 +30,36 @@ def test_recipe_fills_only_the_options_not_given_and_scales_lr_with_the_batch():
     given = apply_recipe(make_config({"recipe": "fast", "lr": 0.5}), {"recipe", "lr"})
     assert given.lr == 0.5
     assert apply_recipe(make_config({}), set()) == make_config({})  # recipe none: nothing changes
+
+
+@pytest.mark.parametrize("side, batch", [(32, 1024), (28, 1024), (64, 256), (96, 128), (128, 64), (224, 32)])
+def test_fast_recipe_batch_holds_the_pixels_of_1024_images_of_32_px(side, batch):
+    cfg = apply_recipe(make_config({"recipe": "fast", "data": "x"}), {"recipe", "data"})
+    sized = sized_for_images(cfg, side, 1)
+    assert sized.batch_size == batch and sized.lr == pytest.approx(LR_PER_IMAGE * batch)
+    if side > 32:  # a batch made smaller: its lr for the ranks' global batch, as apply_recipe's
+        assert sized_for_images(cfg, side, 2).lr == pytest.approx(LR_PER_IMAGE * batch * 2)
+
+
+def test_fast_recipe_batch_keeps_what_the_user_set():
+    given = {"recipe": "fast", "batch_size": 1024, "data": "x"}
+    cfg = apply_recipe(make_config(given), set(given))
+    assert sized_for_images(cfg, 64, 1) is cfg  # --batch-size 1024 given: kept
+    lr = apply_recipe(make_config({"recipe": "fast", "lr": 0.5}), {"recipe", "lr"})
+    assert (sized_for_images(lr, 64, 1).batch_size, sized_for_images(lr, 64, 1).lr) == (256, 0.5)
+    plain = make_config({"batch_size": 1024})
+    assert sized_for_images(plain, 64, 1) is plain  # no recipe: nothing changes
+
+
+def test_a_fast_run_on_64_px_images_trains_with_the_batch_of_its_pixels(tmp_path, make_folder, caplog):
+    from imgclf import train
+
+    data = make_folder(tmp_path / "d", classes=("a", "b"), n=8, n_val=4, size=64)
+    with caplog.at_level("INFO", logger="imgclf"):
+        train(data=str(data), recipe="fast", epochs=1, workers=0, precision="fp32", out=str(tmp_path), name="r")
+    cfg = yaml.safe_load(open(tmp_path / "r/config.yaml"))
+    assert (cfg["batch_size"], cfg["img_size"]) == (256, 64) and cfg["lr"] == pytest.approx(LR_PER_IMAGE * 256)
+    assert "--recipe fast: batch 256 and lr 0.375 for 64 px images" in caplog.text
 
 
 def test_unknown_recipe_is_a_usage_error_with_a_suggestion():
