@@ -182,20 +182,22 @@ def check_relabels(fixes: Fixes, classes, *, multilabel: bool, what: str = "--ap
 
 
 def _check_agreement(fixes: Fixes, what: str) -> None:
-    """Two rows for one image that disagree (drop and relabel, or relabel to two labels) are refused."""
-    seen: dict[str, tuple[int, str]] = {}
+    """Two rows for one image that disagree (drop and relabel, or relabel to two labels) are refused; two relabels
+    to one label set in another order (`a|b`, `b|a`) agree."""
+    seen: dict[str, tuple[int, str, tuple]] = {}
     for line, r in fixes.rows:
         if r.action == "keep":
             continue  # reviewed, nothing to change: never in the way of another row's change
         does = "drop" if r.action == "drop" else f"relabel to '{r.to}'"
-        if r.path in seen and seen[r.path][1] != does:
-            first, before = seen[r.path]
+        key = ("drop",) if r.action == "drop" else ("relabel", *sorted(set(split_labels(r.to))))
+        if r.path in seen and seen[r.path][2] != key:
+            first, before, _ = seen[r.path]
             raise UsageError(
                 f"{what} '{fixes.file}' line {line}: {one_line(r.path)}: {one_line(does)}, but line {first} says "
                 f"{one_line(before)}: "
                 "keep one of the two rows"
             )
-        seen.setdefault(r.path, (line, does))
+        seen.setdefault(r.path, (line, does, key))
 
 
 # ------------------------------------------------------------------------------------------------ applying

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import logging
 import os
+import re
 
 import pytest
 
@@ -86,6 +87,16 @@ def test_a_missing_or_binary_file_is_refused(tmp_path):
 def test_keep_beside_a_drop_is_no_disagreement(tmp_path):
     path = _write(tmp_path / "f.csv", "path,action\na.png,keep\na.png,drop\na.png,drop\n")
     assert len(read_fixes(path).rows) == 3
+
+
+def test_one_label_set_in_two_orders_is_no_disagreement(tmp_path):
+    path = _write(tmp_path / "f.csv", "path,action,to\na.png,relabel,cat|dog\na.png,relabel,dog|cat\n")
+    assert len(read_fixes(path, ["cat", "dog"]).rows) == 2
+    other = _write(tmp_path / "g.csv", "path,action,to\na.png,relabel,cat|dog\na.png,relabel,dog\n")
+    with pytest.raises(
+        UsageError, match=re.escape("line 3: a.png: relabel to 'dog', but line 2 says relabel to 'cat|dog'")
+    ):
+        read_fixes(other, ["cat", "dog"])
 
 
 def _labels_of(split, classes) -> dict[str, str]:

@@ -28,10 +28,13 @@ def _sets(n: int, wrong: int, seed: int = 0):
 
 def test_planted_wrong_label_sets_are_found_with_the_right_set_suggested():
     x, given, truth, shown = _sets(90, wrong=5)
+    assert "" in given[:5] or "" in truth[:5]  # an image with no label among the planted ones
     found, summary = multilabel_label_findings(x, given, shown, ["a", "b", "c"], folds=3, seed=0, source="test")
     assert {f.paths[0] for f in found} == {f"img{i}.png" for i in range(5)}
     assert all(f.suggested == truth[int(f.paths[0][3:-4])] for f in found)
     assert [f.score for f in found] == sorted(f.score for f in found) and summary["cv_mAP"] > 0.9
+    for f in found:  # an empty set is said, not left blank
+        assert ("(no label)" in f.detail) == (not f.label or not f.suggested), f.detail
     clean, _ = multilabel_label_findings(x, truth, shown, ["a", "b", "c"], folds=3, seed=0, source="test")
     assert clean == []
 

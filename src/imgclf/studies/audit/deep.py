@@ -34,6 +34,11 @@ REPORT_FILE = "check.json"
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
 
+def _set(labels: str | None) -> str:
+    """A label, or a multi-label image's set (`a|b`) as the text shows it: an empty set is "(no label)"."""
+    return labels if labels else "(no label)"
+
+
 @dataclass
 class DeepResult:
     report: CheckReport
@@ -53,7 +58,7 @@ class DeepResult:
                 f"label issues: {lab['issues']} of {lab['images']} images ({lab['classifier']}, cross-validated {how})"
             )
         suspects = [f for f in self.report.warnings if f.kind == "label"][:top]
-        lines += [f"  {f.paths[0]}: {f.label} -> {f.suggested} (score {f.score:.3g})" for f in suspects]
+        lines += [f"  {f.paths[0]}: {_set(f.label)} -> {_set(f.suggested)} (score {f.score:.3g})" for f in suspects]
         if deep.get("neighbours"):
             lines.append(deep["neighbours"])
         lines += self.notes

@@ -64,6 +64,11 @@ def multilabel_issues(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
     return idx[np.argsort(scores[idx], kind="stable")], scores
 
 
+def shown_set(cell: str) -> str:
+    """A label set as a finding's text shows it: 'a|b', or (no label)."""
+    return f"'{cell}'" if cell else "(no label)"
+
+
 def multilabel_label_findings(
     x: np.ndarray, cells: list[str], shown: list[str], classes: list[str], *, folds: int, seed: int, source: str
 ) -> tuple[list[Finding], dict]:
@@ -79,7 +84,7 @@ def multilabel_label_findings(
     for i in ranked:
         given, sugg = cells[i], join_labels(label_set(probs[i], [SUGGEST_AT] * len(classes), classes))
         detail = (
-            f"labelled '{given}', looks like '{sugg}' (label quality {scores[i]:.3g}; {folds}-fold cross-validated "
+            f"labelled {shown_set(given)}, looks like {shown_set(sugg)} (label quality {scores[i]:.3g}; {folds}-fold cross-validated "
             f"one-vs-rest on {source}; probabilities "
             + ", ".join(f"{c} {p:.2f}" for c, p in zip(classes, probs[i]))
             + ")"
