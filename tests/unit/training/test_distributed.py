@@ -203,6 +203,19 @@ def test_time_budget_and_frozen_feature_cache_under_torchrun(tiny_data, tmp_path
     assert load_checkpoint(str(tmp_path / "frozen" / "best.pt"))["ood"]["bank"] is None
 
 
+def test_multilabel_training_under_torchrun(multilabel_csv, tmp_path):
+    """Issue 24: a multi-label run on 2 ranks, with mixup on the multi-hot targets, the EMA and --pos-weight auto:
+    one run folder, the world size and task recorded, one threshold per label fitted on validation and stored."""
+    args = ["train", "--data", str(multilabel_csv), *TINY, "--epochs", "2", "--mixup", "0.2", "--ema"]
+    args += ["--pos-weight", "auto", "--ood-bank", "0", "--out", str(tmp_path), "--name", "ml"]
+    r = ok(torchrun(args))
+    results = json.loads((tmp_path / "ml" / "results.json").read_text())
+    assert (results["task"], results["world_size"]) == ("multilabel", 2), r.stderr[-2000:]
+    assert "with pos_weight per label" in r.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["ml"]
+    thresholds = load_checkpoint(str(tmp_path / "ml" / "best.pt"))["thresholds"]
+    assert len(thresholds) == 3 and all(0 <= t <= 1 for t in thresholds) and thresholds == results["thresholds"]
+
+
 def test_sync_bn_on_cpu_is_refused_in_one_line(tiny_data, tmp_path):
     r = torchrun(["train", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(tmp_path), "--sync-bn"])
     assert r.returncode != 0
