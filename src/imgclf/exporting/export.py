@@ -50,7 +50,7 @@ from imgclf.evaluation.card import ExportCard, copy_card, export_card
 from imgclf.exporting.context import CALIB_METHODS, DEFAULT_INT8_TARGET, DEFAULT_INT8_TRIES, ExportContext
 from imgclf.exporting.int8 import VARIANT_TEXT
 from imgclf.exporting.outputs import ONNX_FORMATS, output_names
-from imgclf.exporting.verify import ImageSample, VerificationError, accuracy_on, verify
+from imgclf.exporting.verify import ImageSample, VerificationError, accuracy_on, check_data_kind, verify
 from imgclf.infer.runtime import CheckpointRunner, Runner, open_model
 from imgclf.models.tta import check_mode
 
@@ -176,6 +176,8 @@ def export(
     ref = _reference(weights, tta)
     out = _out_path(out, weights, fmt)
     data = data or (ref.config.get("data") if tta is not None else None)  # --tta: what it changes is always measured
+    if data:
+        check_data_kind(data, ref.task)  # a model and data of different tasks: refused before the export's work
     check, calib = _samples(ref, verify_data, calib_data, data_root, n_check=verify_images, n_calib=calib_images)
     t0 = time.perf_counter()
     images, checked_on = check.load()

@@ -55,6 +55,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -64,11 +65,11 @@ import torch.nn.functional as F
 from imgclf.core import ood as oodscores
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import DataError, ImgclfError
-from imgclf.core.multilabel import MULTILABEL
+from imgclf.core.multilabel import MULTILABEL, SINGLE
 from imgclf.data.feed import make_feed
 from imgclf.data.images import UnreadableImage
 from imgclf.data.pipeline import decode_one, default_workers, eval_transform
-from imgclf.data.sources import Split, open_source
+from imgclf.data.sources import Split, csv_source, open_source
 from imgclf.evaluation.multilabel import multilabel_metrics
 from imgclf.infer.logits import align_classes, infer, open_model_data
 from imgclf.infer.predict import expand_paths
@@ -448,6 +449,23 @@ def verify(
 # --------------------------------------------------------------------------------------------- accuracy
 
 
+def check_same_kind(data: str, data_task: str, model_task: str) -> None:
+    """Data of the model's kind (single-label or multi-label), or one line that says which is which."""
+    if (data_task == MULTILABEL) != (model_task == MULTILABEL):
+        raise DataError(
+            f"'{data}' is {'multi-label' if data_task == MULTILABEL else 'single-label'} data but the model is "
+            f"{'multi-label' if model_task == MULTILABEL else 'single-label'}: pass --data with data of its kind"
+        )
+
+
+def check_data_kind(data: str, model_task: str) -> None:
+    """`--data` against the model's task before any work: a CSV manifest is listed (nothing decoded) for its task;
+    class folders and named sets are single-label."""
+    path = Path(str(data)).expanduser()
+    data_task = csv_source(path).task if path.is_file() and path.suffix.lower() == ".csv" else SINGLE
+    check_same_kind(data, data_task, model_task)
+
+
 def accuracy_on(
     runners: list[Runner],
     data: str,
@@ -463,11 +481,7 @@ def accuracy_on(
     multi-label model (the first runner's task) a dict per runner instead: mAP (macro) and micro-F1 at the
     model's thresholds (evaluation/multilabel.py)."""
     src, s = open_model_data(config, data, split, data_root)
-    if (src.task == MULTILABEL) != (runners[0].task == MULTILABEL):
-        raise DataError(
-            f"'{data}' is {'multi-label' if src.task == MULTILABEL else 'single-label'} data but the model is "
-            f"{'multi-label' if runners[0].task == MULTILABEL else 'single-label'}: pass --data with data of its kind"
-        )
+    check_same_kind(data, src.task, runners[0].task)
     if max_images is not None and len(s) > max_images:
         s = s.subset(np.random.default_rng(0).permutation(len(s))[:max_images].tolist())
     mapping = torch.as_tensor(align_classes(src.classes, runners[0].classes, data), dtype=torch.long)

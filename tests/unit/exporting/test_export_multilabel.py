@@ -115,3 +115,16 @@ def test_accuracy_of_a_multilabel_model_on_single_label_data_is_one_line(multila
     runner = CheckpointRunner(multilabel_ckpt, device="cpu", precision="fp32")
     with pytest.raises(DataError, match="is single-label data but the model is multi-label: pass --data"):
         accuracy_on([runner], str(tiny_data), split="val", config=runner.config)
+
+
+def test_export_with_data_of_the_other_kind_is_refused_before_any_work(
+    multilabel_ckpt, tiny_data, tmp_path, monkeypatch
+):
+    """`export --data` of single-label data for a multi-label model: one line, before the export is made (none
+    is written, not even to a temporary name)."""
+    from imgclf.exporting import export as export_module
+
+    monkeypatch.setattr(export_module, "_write_verified", lambda *a, **k: pytest.fail("the export was made"))
+    with pytest.raises(DataError, match="is single-label data but the model is multi-label: pass --data"):
+        export(multilabel_ckpt, "onnx", out=str(tmp_path / "m.onnx"), data=str(tiny_data), **SMALL)
+    assert list(tmp_path.iterdir()) == []
