@@ -146,7 +146,7 @@ def score_command(o: ScoreOptions) -> int:
         data_root=o.data_root,
     )
     for path, reason in r["left_out"]:
-        log.warning("left out %s: %s", path, reason)
+        log.warning("left out %s: %s", one_line(path), one_line(reason))
     print(f"scored {r['images']} images (mean loss {r['mean_loss']:.4f}): {r['out']}")
     return 0
 

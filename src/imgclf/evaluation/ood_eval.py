@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 from imgclf.compute.distributed import batch_block, current, gather
 from imgclf.core import ood as oodscores
 from imgclf.core.errors import UsageError
+from imgclf.core.escape import one_line
 from imgclf.core.progress import progress
 from imgclf.data.feed import make_feed
 from imgclf.data.pipeline import default_workers
@@ -68,7 +69,7 @@ def ood_feed(folder: str, runner, *, batch_size: int = 256, workers: int | None 
             f"{bad[0][1]}): pass a folder of readable images"
         )
     for path, reason in bad:
-        log.warning("left out %s: %s", path, reason)
+        log.warning("left out %s: %s", one_line(path), one_line(reason))
     return feed, bad
 
 

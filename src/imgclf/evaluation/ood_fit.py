@@ -22,6 +22,7 @@ import torch
 
 from imgclf.core import ood
 from imgclf.core.errors import DataError, UsageError
+from imgclf.core.escape import one_line
 from imgclf.core.options import out_of_range
 from imgclf.core.shared_options import OOD_ACCEPT, OOD_BANK
 from imgclf.data.feed import make_feed
@@ -161,7 +162,7 @@ def fit_for_data(runner, src, val_feed, *, bank_size: int, accept: float, split:
             desc="decode the kNN bank",
         )
         for path, reason in bad:
-            log.warning("left out of the kNN bank %s: %s", path, reason)
+            log.warning("left out of the kNN bank %s: %s", one_line(path), one_line(reason))
     elif bank_size:
         log.warning("%s has no training split: the kNN score is not fitted (msp and energy are)", src.location)
     entry = fit_ood(runner, train_feed, val_feed, bank_size=len(idx), accept=accept, seed=seed, split=split, **kw)

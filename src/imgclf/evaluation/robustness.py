@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from imgclf.compute.device import to_layout
 from imgclf.core.errors import DataError, UsageError, did_you_mean
+from imgclf.core.escape import one_line
 from imgclf.core.fileio import write_json
 from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.options import check_output_folder, parse_eps
@@ -394,7 +395,7 @@ def _load_split(runner, data, split, limit, data_root, workers, cache):
         interpolation=prep.interpolation,
     )
     for path, reason in d.bad:
-        log.warning("left out %s: %s", path, reason)
+        log.warning("left out %s: %s", one_line(path), one_line(reason))
     if len(d.split) == 0:
         raise DataError(f"no readable image in the {split} split of {src.location}: each one's reason is listed above")
     if d.split.targets is not None:

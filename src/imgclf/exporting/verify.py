@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from imgclf.core import ood as oodscores
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import DataError, ImgclfError
+from imgclf.core.escape import one_line
 from imgclf.core.multilabel import MULTILABEL, SINGLE
 from imgclf.data.feed import make_feed
 from imgclf.data.images import UnreadableImage
@@ -494,7 +495,7 @@ def accuracy_on(
         desc=f"decode {split}",
     )
     for path, reason in bad:
-        log.warning("left out %s: %s", path, reason)
+        log.warning("left out %s: %s", one_line(path), one_line(reason))
     accs = []
     for r in runners:
         logits, labels = infer(r, feed.batches(), desc=f"{r.format} {split}")

@@ -14,6 +14,7 @@ import torch
 from imgclf.compute.device import autocast, to_layout
 from imgclf.compute.distributed import batch_block, current, gather
 from imgclf.core.errors import DataError
+from imgclf.core.escape import one_line
 from imgclf.core.progress import progress
 from imgclf.data.feed import make_feed
 from imgclf.data.fixes import apply_fixes, read_fixes
@@ -122,7 +123,7 @@ def split_logits(
         s, runner.preprocess, cache=cache, workers=max(1, workers), eval_batch_size=batch_size, desc=f"decode {split}"
     )
     for path, reason in bad:
-        log.warning("left out %s: %s", path, reason)
+        log.warning("left out %s: %s", one_line(path), one_line(reason))
     logits, labels = infer_sharded(runner, feed, world=world, desc=f"evaluate {split}")
     labels = to_model_order(labels, mapping, len(runner.classes))
     return logits, labels, feed, bad, src

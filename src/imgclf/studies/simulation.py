@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from imgclf.core.errors import UsageError
+from imgclf.core.escape import one_line
 from imgclf.core.fileio import atomic_open
 from imgclf.core.progress import progress
 from imgclf.data.sources import hash_split
@@ -75,7 +76,7 @@ def _split_features(fm: FeatureModel, split, batch_size: int, desc: str):
     and left out."""
     x, kept, bad = split_features(fm, split, batch_size, desc)
     for p, why in bad:
-        log.warning("left out %s: %s", p, why)
+        log.warning("left out %s: %s", one_line(p), one_line(why))
     return x, np.asarray(split.labels, dtype=np.int64)[kept]
 
 

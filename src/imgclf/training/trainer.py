@@ -28,6 +28,7 @@ from imgclf.compute import distributed
 from imgclf.compute.device import autocast, to_layout
 from imgclf.core.callback import arrange
 from imgclf.core.errors import Preempted, RankLost, TrainingDiverged
+from imgclf.core.escape import one_line
 from imgclf.core.multilabel import MULTILABEL
 from imgclf.core.progress import progress
 from imgclf.data.balance import class_weights, sample_weights
@@ -520,7 +521,7 @@ def describe(trainer: Trainer) -> None:
     if data.left_out:
         rd.warning("left out %d unreadable files:", len(data.left_out))
         for split, p, r in data.left_out[:20]:
-            rd.warning("  %s: %s (%s)", split, p, r)
+            rd.warning("  %s: %s (%s)", split, one_line(p), one_line(r))
         if len(data.left_out) > 20:
             rd.warning("  ... and %d more (all in left_out.csv)", len(data.left_out) - 20)
     table = format_parameter_table(parameter_table(trainer.state.model, cfg.model))

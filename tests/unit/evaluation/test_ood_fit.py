@@ -102,15 +102,19 @@ def test_the_bank_is_a_seeded_subsample_computed_in_chunks(tiny_best):
     assert entry["bank"].shape[1] == runner.features(next(iter(val.batches()))[0]).shape[1]
 
 
-def test_unreadable_training_images_are_left_out_of_the_bank_and_counted(tiny_best, tiny_data, tmp_path):
+def test_unreadable_training_images_are_left_out_of_the_bank_and_counted(tiny_best, tiny_data, tmp_path, caplog):
     data = tmp_path / "pets"
     shutil.copytree(tiny_data, data)
-    broken = sorted((data / "train" / "cat").iterdir())[0]
+    first = sorted((data / "train" / "cat").iterdir())[0]
+    broken = first.rename(first.with_name("evil\x1b[2J.png"))  # a name that would clear the terminal
     broken.write_bytes(b"not an image")
     path = old_copy(tiny_best, tmp_path)
-    calibrate(path, str(data), device="cpu", workers=0)
+    with caplog.at_level("WARNING", logger="imgclf"):
+        calibrate(path, str(data), device="cpu", workers=0)
     record, bank = ood_of(load_checkpoint(path))
     assert record["train_images"] == 48 and record["left_out"] == 1 and record["bank_size"] == 47 == len(bank)
+    said = [r.getMessage() for r in caplog.records if "left out of the kNN bank" in r.getMessage()]
+    assert len(said) == 1 and "evil\\x1b[2J.png" in said[0] and "\x1b" not in said[0], said
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is an optional extra")
