@@ -57,7 +57,7 @@ def task_line(plan, criterion) -> str:
     """The run log's line on a multi-label run: the task and where it came from, the loss and its weights."""
     cfg = plan.cfg
     how = "as asked (--task multilabel)" if "task" in cfg.explicit else "inferred from the data"
-    loss = "BCEWithLogitsLoss"
+    loss = "binary cross-entropy summed over the labels"
     w = getattr(getattr(criterion, "bce", None), "pos_weight", None)
     if w is not None:
         loss += f" with pos_weight per label {float(w.min()):.3g}..{float(w.max()):.3g} (negatives/positives)"

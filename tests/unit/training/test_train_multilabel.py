@@ -52,7 +52,10 @@ def test_a_multilabel_run_records_its_task_and_fitted_thresholds(multilabel_run)
     rows = metrics_rows(multilabel_run)
     assert len(rows) == 2 and all(r["val_mAP"] and r["ema_val_mAP"] and "val_acc" not in r for r in rows)
     log = (multilabel_run / "train.log").read_text()
-    assert "task: multilabel, inferred from the data; loss BCEWithLogitsLoss with pos_weight" in log
+    assert (
+        "task: multilabel, inferred from the data; loss binary cross-entropy summed over the labels with pos_weight"
+        in log
+    )
 
 
 def test_the_thresholds_are_the_fit_of_best_pt_on_validation(multilabel_run, multilabel_csv, tmp_path):
