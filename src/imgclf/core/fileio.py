@@ -22,8 +22,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 
 from imgclf.core.errors import DiskFullError, UsageError
@@ -194,6 +196,32 @@ def atomic_open(path: str, mode: str = "w", *, need: int | None = None, **kw):
         if full is not None:
             raise full from e
         raise
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stops_deferred():
+    """Ctrl-C and SIGTERM held back while the block runs and acted on as it ends, by the handlers they had: for a
+    write a signal must not cut (torch.save's zip writer turns an exception raised inside it into a RuntimeError,
+    "unexpected pos", instead of the KeyboardInterrupt). Only in the main thread, where Python runs its signal
+    handlers; a signal that is ignored, or whose handler is not Python's to set, is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            os.kill(os.getpid(), sig)  # now, to the handler it had
 
 
 def disk_full_error(

@@ -23,7 +23,7 @@ from torch import nn
 from imgclf.compute.device import to_layout
 from imgclf.core import ood
 from imgclf.core.errors import CheckpointError, did_you_mean
-from imgclf.core.fileio import atomic_open
+from imgclf.core.fileio import atomic_open, stops_deferred
 from imgclf.core.multilabel import MULTILABEL, SINGLE, task_fields
 from imgclf.models.registry import REGISTRY, build_model, get_spec, refused_content
 from imgclf.models.tta import as_temperature, is_temperature, is_temperature_list
@@ -90,8 +90,9 @@ def task_of(ckpt: dict) -> tuple[str, list[float] | None]:
 
 def save_checkpoint(ckpt: dict, path: str) -> None:
     """Write atomically: a temporary file in the same folder, flushed, then renamed over `path`. A full disk
-    is a DiskFullError that says how much the file needed; `path` is left as it was."""
-    with atomic_open(path, "wb", need=_tensor_bytes(ckpt)) as f:
+    is a DiskFullError that says how much the file needed; `path` is left as it was. A Ctrl-C or SIGTERM during
+    the write takes effect once the file is whole (core/fileio.stops_deferred)."""
+    with stops_deferred(), atomic_open(path, "wb", need=_tensor_bytes(ckpt)) as f:
         torch.save(ckpt, f)
 
 

@@ -55,7 +55,11 @@ def test_a_signal_while_the_command_runs_stops_it_through_its_finally(sig, code,
             cleaned.append(True)
 
     monkeypatch.setattr(cli_main, "dispatch", runs)
-    assert cli_main.main(["predict", "w.pt", "images"]) == code
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also under a runner
+    try:  # that started pytest with Ctrl-C ignored (a shell's background job)
+        assert cli_main.main(["predict", "w.pt", "images"]) == code
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert cleaned == [True]
     assert capsys.readouterr().err == f"imgclf: {line}\n"
 

@@ -20,6 +20,7 @@ import torch
 
 from imgclf.cli.main import main
 from imgclf.core.errors import DiskFullError
+from imgclf.core.fileio import stops_deferred
 from imgclf.models.checkpoint import make_checkpoint, save_checkpoint
 from imgclf.models.registry import build_model
 
@@ -333,3 +334,21 @@ def test_open_text_refuses_what_is_not_utf8_text_naming_line_and_byte(tmp_path, 
         with open_text(str(p), "--list", fix="save it as UTF-8") as f:
             f.read()
     assert str(e.value) == f"--list '{p}' is not UTF-8 text (line {where[0]}: byte 0x{where[1]:02x}): save it as UTF-8"
+
+
+def test_stops_deferred_holds_a_ctrl_c_until_the_block_ends():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's foreground job has it
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with stops_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.extend(range(1000))  # the handler would run at the next bytecode boundary
+                done.append("end")
+        assert done[-1] == "end" and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with stops_deferred():  # an ignored Ctrl-C stays ignored
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

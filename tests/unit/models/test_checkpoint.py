@@ -301,3 +301,26 @@ def test_a_temperature_list_is_a_multilabel_checkpoints_only(task, temperature, 
     else:
         with pytest.raises(CheckpointError, match="'temperature'"):
             load_checkpoint(str(tmp_path / "m.pt"))
+
+
+def test_a_ctrl_c_during_the_write_comes_once_the_checkpoint_is_whole(tmp_path, monkeypatch):
+    """A Ctrl-C inside torch.save (its zip writer made it a RuntimeError, "unexpected pos", and left no file) is
+    acted on after the file is written and renamed into place."""
+    import signal
+
+    real_save = torch.save
+
+    def save_with_a_ctrl_c(obj, f):
+        f.write(b"")
+        os.kill(os.getpid(), signal.SIGINT)
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_with_a_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint({"state_dict": {"w": torch.ones(3)}}, str(tmp_path / "last.pt"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert torch.equal(torch.load(tmp_path / "last.pt", weights_only=True)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
