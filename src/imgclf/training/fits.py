@@ -26,6 +26,7 @@ from imgclf.core.errors import UsageError
 from imgclf.models.activations import lean_activations
 from imgclf.models.registry import build_model, freeze
 from imgclf.training.options import TrainConfig
+from imgclf.training.recipes import sized_for_images
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,8 @@ def check_run_memory(
 
 
 def _verdict(plan, prep, counts, num_classes, ranks, starting):
-    cfg = plan.cfg
+    # the batch the run will take: --recipe fast's is sized to the images once their size is known (plan.decide)
+    cfg = plan.cfg if plan.resumed else sized_for_images(plan.cfg, prep.img_size, plan.world.size)
     est = estimate(cfg, prep, counts, num_classes, ranks=ranks, starting=starting, device=plan.device)
     room, source = memory.available(plan.device)
     if room is None:

@@ -12,7 +12,7 @@ is a mean, so the same optimisation is lr = LR_PER_IMAGE * batch size and a cons
 Its batch of 1,024 is made for 32 px images. On larger ones (64 px mosaics, say) the same count of images is
 several times the pixels a step, so an epoch takes that many times fewer steps: `sized_for_images` then gives the
 batch of about the same pixels (256 images of 64 px) and its learning rate, so an epoch takes the steps it takes on
-32 px images (docs/multilabel.md measured why: 1,024 mosaics a step learned several times slower).
+32 px images (docs/benchmarks.md, the multi-label mosaics: 1,024 of them a step learned several times slower).
 """
 
 from __future__ import annotations

@@ -53,6 +53,15 @@ def test_no_memory_check_starts_anyway_with_a_warning(machine, tiny_data, tmp_pa
     assert "starting anyway (--no-memory-check)" in capsys.readouterr().err
 
 
+def test_the_fast_recipe_is_checked_with_the_batch_its_images_get(machine, tiny_data, tmp_path):
+    """--recipe fast on 64 px images takes 256 a step (recipes.sized_for_images), and is estimated so."""
+    plan = resolve(None, {"data": str(tiny_data), "recipe": "fast", "out": str(tmp_path)})
+    prep = Preprocess(img_size=64, resize=64, mean=(0.5,) * 3, std=(0.5,) * 3)
+    machine(1 * MB)
+    with pytest.raises(UsageError, match="activations of 256 images at 64 px"):
+        fits.check_run_memory(plan, prep, (48, 18), 3)
+
+
 def test_a_run_close_to_the_limit_is_warned(machine, tiny_data, tmp_path, caplog):
     plan, prep = _estimate(tiny_data, out=str(tmp_path))
     need = fits.estimate(plan.cfg, prep, (48, 18), 3, ranks=1, starting=0, device=plan.device).total
