@@ -75,22 +75,31 @@ def run_check(csv_path: Path, out: Path, model: str, planted: set[str]) -> dict:
     t = time.perf_counter()
     res = deep_check(str(csv_path), model=model, out=str(out / "check"), fixes=str(out / "fixes.csv"))
     seconds = time.perf_counter() - t
-    ranked = [f.paths[0] for f in res.report.warnings if f.kind == "label"]  # worst first
+    ranked = [f.paths[0] for f in label_findings(res)]  # worst first
     ranked = [p if os.path.isabs(p) else str((csv_path.parent / p).resolve()) for p in ranked]
     flagged = set(ranked)
-    tp = len(flagged & planted)
+    likely = {p for f, p in zip(label_findings(res), ranked) if f.wrong is not None and f.wrong >= 0.5}
+    tp, tp_likely = len(flagged & planted), len(likely & planted)
     deep = res.report.summary["deep"]
     return {
         "flagged": len(flagged),
         "planted": len(planted),
         "precision": round(tp / len(flagged), 4) if flagged else None,
         "recall": round(tp / len(planted), 4),
+        "likely_wrong": len(likely),  # the relabels fixes.csv suggests: P(label wrong) >= 0.5
+        "likely_precision": round(tp_likely / len(likely), 4) if likely else None,
+        "likely_recall": round(tp_likely / len(planted), 4),
+        "noise_rate_estimated": deep["labels"].get("noise_rate"),
         "precision_at_recall_0.6": precision_at_recall(ranked, planted, 0.6),
         "seconds": round(seconds, 1),
         "cache": deep["cache"],
         "cv_accuracy": deep["labels"]["cv_accuracy"],
         "img_size": deep["img_size"],
     }
+
+
+def label_findings(res) -> list:
+    return [f for f in res.report.warnings if f.kind == "label"]
 
 
 def precision_at_recall(ranked: list[str], planted: set[str], recall: float) -> float | None:

@@ -57,8 +57,9 @@ _FORMATS_BY_EXT = {
 @dataclass
 class Finding:
     """One thing found. The deep checks (`check --deep`) also fill the review fields: `label` (the label given),
-    `suggested` (the label the model prefers), `score` (how sure the finding is; its meaning is per kind) and
-    `group` (a near-duplicate cluster or a group that names the finding's images together)."""
+    `suggested` (the label the model prefers), `score` (how sure the finding is; its meaning is per kind),
+    `group` (a near-duplicate cluster or a group that names the finding's images together) and, for a label
+    suspect, `wrong` (the estimated probability that its label is wrong)."""
 
     kind: str
     paths: list[str]
@@ -67,6 +68,7 @@ class Finding:
     suggested: str | None = None
     score: float | None = None
     group: str | None = None
+    wrong: float | None = None
 
     def to_dict(self) -> dict:
         """The finding as JSON: the review fields only where they are set."""

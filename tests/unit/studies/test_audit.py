@@ -17,7 +17,7 @@ from imgclf.data.check import check_data
 from imgclf.data.fixes import COLUMNS
 from imgclf.studies.audit import features
 from imgclf.studies.audit.deep import deep_check, fix_rows
-from imgclf.studies.audit.labels import check_folds, label_findings
+from imgclf.studies.audit.labels import LIKELY, CrossVal, check_folds, label_findings, noise_posterior
 
 pytestmark = pytest.mark.usefixtures("in_tmp")
 
@@ -39,6 +39,37 @@ def test_planted_wrong_labels_are_found_ranked_with_the_suggestion():
     assert all(f.kind == "label" and f.label == "b" and f.suggested == "a" for f in found)
     assert [f.score for f in found] == sorted(f.score for f in found)  # worst first
     assert summary["issues"] == 4 and summary["images"] == 80
+    # the logistic regression gives the flips 5-10% for their label and the others 85-99%: as sure of a wrong
+    # label as of a right one, so nothing is likely wrong (the estimated noise collapses to 0): all to review
+    assert summary["likely_wrong"] == 0 and summary["noise_rate"] < 1e-6
+    assert all(f.wrong is not None and f.wrong < LIKELY for f in found)
+
+
+def test_noise_posterior_is_zero_without_noise_and_finds_the_sure_flips():
+    """Symmetric noise by EM: confident, right probabilities need no noise (rate 0, nothing likely wrong); a
+    label the classifier gives 0.1% where the rest get 90% is likely wrong, one it gives 40% is not."""
+    y = np.zeros(100, dtype=np.int64)
+    probs = np.tile([0.9, 0.05, 0.05], (100, 1))
+    wrong, eps = noise_posterior(y, probs)
+    assert eps < 1e-6 and not (wrong >= LIKELY).any()
+    probs[:10] = [0.001, 0.998, 0.001]
+    probs[10:20] = [0.4, 0.3, 0.3]
+    wrong, eps = noise_posterior(y, probs)
+    assert (wrong[:10] >= LIKELY).all() and (wrong[10:] < LIKELY).all()
+    assert 0.09 <= eps <= 0.15
+
+
+def test_the_refit_leaves_the_excluded_images_out_of_training_not_out_of_the_answer():
+    x, labels, _ = _blobs(30, flips=3)
+    y = np.asarray([labels_i == "b" for labels_i in labels], dtype=np.int64)
+    cv = CrossVal(x, y, folds=3, seed=0)
+    first = cv.probs()
+    exclude = np.zeros(len(y), dtype=bool)
+    exclude[:3] = True
+    again = cv.probs(exclude=exclude)
+    assert again.shape == first.shape and np.allclose(again.sum(1), 1)
+    # without the flips to learn from, the fold models are surer that those images are class a
+    assert (again[:3, 0] >= first[:3, 0] - 1e-9).all()
 
 
 def test_a_clean_set_has_no_label_issues():
@@ -76,7 +107,9 @@ def test_deep_check_with_lite0_finds_the_flips_writes_the_folder_and_fixes_and_c
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == COLUMNS
     flip = next(r for r in rows if r["path"] == "blue/flip-000.png")
-    assert (flip["kind"], flip["action"], flip["label"], flip["to"]) == ("label", "relabel", "blue", "red")
+    # 12 images a class: the classifier is not sure enough (P(label wrong) under 0.5) to suggest the relabel itself
+    assert (flip["kind"], flip["action"], flip["label"], flip["to"]) == ("label", "keep", "blue", "red")
+    assert "review it" in flip["detail"]
     assert "deep check with efficientnet_lite0" in res.format_text() and "fixes.csv" in res.format_text()
     # the second run reads the features back (same model, preprocessing and files; labels may differ)
     again = deep_check(str(d), folds=3, out=str(tmp_path / "chk"), device="cpu")
@@ -156,12 +189,14 @@ def test_fix_rows_give_each_image_one_action_so_apply_fixes_reads_them_back(tmp_
 
     rep = CheckReport("d")
     rep.errors.append(Finding("near-duplicate-across-splits", ["val/a/1.png", "train/a/9.png"], "c", group="nd-1"))
-    rep.warnings.append(Finding("label", ["val/a/1.png"], "looks b", label="a", suggested="b", score=0.01))
-    rep.warnings.append(Finding("label", ["train/a/9.png"], "looks b", label="a", suggested="b", score=0.02))
+    rep.warnings.append(Finding("label", ["val/a/1.png"], "looks b", label="a", suggested="b", score=0.01, wrong=0.9))
+    rep.warnings.append(Finding("label", ["train/a/9.png"], "looks b", label="a", suggested="b", score=0.02, wrong=0.8))
+    rep.warnings.append(Finding("label", ["train/b/2.png"], "looks a", label="b", suggested="a", score=0.2, wrong=0.3))
     rows = fix_rows(rep, {"val/a/1.png": "val", "train/a/9.png": "train"})
     got = {(r.path, r.kind, r.action) for r in rows}
     assert ("val/a/1.png", "label", "keep") in got and ("val/a/1.png", "near-duplicate", "drop") in got
     assert ("train/a/9.png", "label", "relabel") in got  # the copy that stays may still be relabelled
+    assert ("train/b/2.png", "label", "keep") in got  # more likely right than wrong: to review, not to apply
     write_fixes(rows, str(tmp_path / "fixes.csv"))
     assert len(read_fixes(str(tmp_path / "fixes.csv"), ["a", "b"]).rows) == len(rows)
 

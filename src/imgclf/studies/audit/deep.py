@@ -22,7 +22,7 @@ from imgclf.data.fixes import FixRow, write_fixes
 from imgclf.data.sources import Split
 from imgclf.evaluation.report import write_check_report
 from imgclf.studies.audit.features import FeatureModel, cached_split_features, input_size, l2_normalised
-from imgclf.studies.audit.labels import check_folds, label_findings
+from imgclf.studies.audit.labels import LIKELY, check_folds, label_findings
 from imgclf.studies.audit.labels_multilabel import check_multilabel_folds, multilabel_label_findings
 from imgclf.studies.audit.neighbours import neighbour_findings
 from imgclf.studies.audit.sheets import write_sheets
@@ -37,6 +37,10 @@ _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 def _set(labels: str | None) -> str:
     """A label, or a multi-label image's set (`a|b`) as the text shows it: an empty set is "(no label)"."""
     return labels if labels else "(no label)"
+
+
+def _sureness(f: Finding) -> str:
+    return f"score {f.score:.3g}" + (f", P(wrong) {f.wrong:.2f}" if f.wrong is not None else "")
 
 
 @dataclass
@@ -57,8 +61,13 @@ class DeepResult:
             lines.append(
                 f"label issues: {lab['issues']} of {lab['images']} images ({lab['classifier']}, cross-validated {how})"
             )
+            if "likely_wrong" in lab:
+                lines.append(
+                    f"  {lab['likely_wrong']} likely wrong (P(label wrong) >= {LIKELY:g}; estimated "
+                    f"{lab['noise_rate']:.1%} of labels wrong): fixes.csv suggests relabelling those, the rest to review"
+                )
         suspects = [f for f in self.report.warnings if f.kind == "label"][:top]
-        lines += [f"  {f.paths[0]}: {_set(f.label)} -> {_set(f.suggested)} (score {f.score:.3g})" for f in suspects]
+        lines += [f"  {f.paths[0]}: {_set(f.label)} -> {_set(f.suggested)} ({_sureness(f)})" for f in suspects]
         if deep.get("neighbours"):
             lines.append(deep["neighbours"])
         lines += self.notes
@@ -204,9 +213,8 @@ def fix_rows(report: CheckReport, split_of: dict[str, str]) -> list[FixRow]:
     """One row per finding and image, with a suggested action for a person to review."""
     rows: list[FixRow] = []
     for f in report.errors + report.warnings:
-        if f.kind == "label":  # a multi-label image may be suggested no label at all: a row to review, not apply
-            act = "relabel" if f.suggested else "keep"
-            rows.append(FixRow(f.paths[0], "label", act, f.label or "", f.suggested or "", f.score, "", f.detail))
+        if f.kind == "label":
+            rows.append(_label_row(f))
         elif f.kind in ("near-duplicate", "near-duplicate-across-splits", "leak-across-splits", "duplicate"):
             rows += _keep_first(f, split_of)
         elif f.kind in ("outlier", "group-leak", "duplicate-across-labels"):
@@ -219,6 +227,16 @@ def fix_rows(report: CheckReport, split_of: dict[str, str]) -> list[FixRow]:
         else r
         for r in rows
     ]
+
+
+def _label_row(f: Finding) -> FixRow:
+    """relabel where the label is more likely wrong than right (single-label: P(label wrong) >= LIKELY; a
+    multi-label set: where one is suggested, as it may be no label at all); otherwise keep, to review."""
+    sure = f.suggested and (f.wrong is None or f.wrong >= LIKELY)
+    detail = f.detail if sure or f.wrong is None else f"{f.detail}; keep: review it, P(label wrong) under {LIKELY:g}"
+    return FixRow(
+        f.paths[0], "label", "relabel" if sure else "keep", f.label or "", f.suggested or "", f.score, "", detail
+    )
 
 
 def _keep_first(f: Finding, split_of: dict[str, str]) -> list[FixRow]:
