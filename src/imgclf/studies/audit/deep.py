@@ -62,9 +62,10 @@ class DeepResult:
                 f"label issues: {lab['issues']} of {lab['images']} images ({lab['classifier']}, cross-validated {how})"
             )
             if "likely_wrong" in lab:
+                fixes = ": --fixes suggests relabelling those, the rest to review" if self.fixes else ""
                 lines.append(
                     f"  {lab['likely_wrong']} likely wrong (P(label wrong) >= {LIKELY:g}; estimated "
-                    f"{lab['noise_rate']:.1%} of labels wrong): fixes.csv suggests relabelling those, the rest to review"
+                    f"{lab['noise_rate']:.1%} of labels wrong){fixes}"
                 )
         suspects = [f for f in self.report.warnings if f.kind == "label"][:top]
         lines += [f"  {f.paths[0]}: {_set(f.label)} -> {_set(f.suggested)} ({_sureness(f)})" for f in suspects]
