@@ -56,10 +56,9 @@ _FORMATS_BY_EXT = {
 
 @dataclass
 class Finding:
-    """One thing found. The deep checks (`check --deep`) also fill the review fields: `label` (the label given),
-    `suggested` (the label the model prefers), `score` (how sure the finding is; its meaning is per kind),
-    `group` (a near-duplicate cluster or a group that names the finding's images together) and, for a label
-    suspect, `wrong` (the estimated probability that its label is wrong)."""
+    """One thing found. The deep checks (`check --deep`) also fill the review fields: `label` (given), `suggested`
+    (the model's), `score` (how sure; per kind), `group` (a cluster or group naming the images together) and
+    `wrong` (a label suspect's estimated probability of being wrong)."""
 
     kind: str
     paths: list[str]
@@ -366,8 +365,7 @@ def _apply_fixes(lst: _Listing, path: str) -> dict:
 
 
 def _per_image(lst: _Listing, results: list[tuple[str, object]]) -> tuple[list[tuple[Item, tuple]], Counter]:
-    """(the readable items with what decoding found, failures by (split, class)); what is wrong with each file
-    goes to the listing's errors and warnings."""
+    """(readable items with what decoding found, failures by (split, class)); each file's faults to the listing."""
     readable: list[tuple[Item, tuple]] = []
     failed: Counter = Counter()
     for it, (status, info) in zip(lst.items, results):
