@@ -71,14 +71,17 @@ def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
 
 def run_check(csv_path: Path, out: Path, model: str, planted: set[str]) -> dict:
     from imgclf.studies.audit.deep import deep_check
+    from imgclf.studies.audit.labels import LIKELY
 
     t = time.perf_counter()
     res = deep_check(str(csv_path), model=model, out=str(out / "check"), fixes=str(out / "fixes.csv"))
     seconds = time.perf_counter() - t
-    ranked = [f.paths[0] for f in label_findings(res)]  # worst first
-    ranked = [p if os.path.isabs(p) else str((csv_path.parent / p).resolve()) for p in ranked]
+    suspects = [f for f in res.report.warnings if f.kind == "label"]  # worst first
+    ranked = [
+        f.paths[0] if os.path.isabs(f.paths[0]) else str((csv_path.parent / f.paths[0]).resolve()) for f in suspects
+    ]
     flagged = set(ranked)
-    likely = {p for f, p in zip(label_findings(res), ranked) if f.wrong is not None and f.wrong >= 0.5}
+    likely = {p for f, p in zip(suspects, ranked) if f.wrong is not None and f.wrong >= LIKELY}
     tp, tp_likely = len(flagged & planted), len(likely & planted)
     deep = res.report.summary["deep"]
     return {
@@ -86,7 +89,7 @@ def run_check(csv_path: Path, out: Path, model: str, planted: set[str]) -> dict:
         "planted": len(planted),
         "precision": round(tp / len(flagged), 4) if flagged else None,
         "recall": round(tp / len(planted), 4),
-        "likely_wrong": len(likely),  # the relabels fixes.csv suggests: P(label wrong) >= 0.5
+        "likely_wrong": len(likely),  # the relabels fixes.csv suggests: P(label wrong) >= LIKELY
         "likely_precision": round(tp_likely / len(likely), 4) if likely else None,
         "likely_recall": round(tp_likely / len(planted), 4),
         "noise_rate_estimated": deep["labels"].get("noise_rate"),
@@ -96,10 +99,6 @@ def run_check(csv_path: Path, out: Path, model: str, planted: set[str]) -> dict:
         "cv_accuracy": deep["labels"]["cv_accuracy"],
         "img_size": deep["img_size"],
     }
-
-
-def label_findings(res) -> list:
-    return [f for f in res.report.warnings if f.kind == "label"]
 
 
 def precision_at_recall(ranked: list[str], planted: set[str], recall: float) -> float | None:
