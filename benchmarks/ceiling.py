@@ -6,20 +6,25 @@ MODEL: an export or checkpoint (the issue's: `imgclf export BEST --format onnx-i
 
 1. The per-image CPU split, measured in this process on `--images` (hymenoptera's val photos): decode (the file
    to an upright RGB image at the reduced JPEG scale, `data.images.decode_image`, one thread), resize (the
-   shorter side to the model's resize and the centre crop, one thread), model (batches of 32 through the same
-   Predictor `imgclf predict` uses: the batch normalised and run on all the cores; the process's CPU time
-   divided by the images). Decode is measured for both decoders: "turbo" (libjpeg-turbo through simplejpeg,
+   shorter side to the model's resize and the centre crop, one thread), model (batches of 32 normalised and run
+   by the runner of the same Predictor `imgclf predict` uses, one call at a time: an ONNX file on the CPU
+   single-threaded, as each of predict's lanes runs it, the cheapest per image; anything else on all the cores;
+   the process's CPU time divided by the images). Decode is measured for both decoders: "turbo" (libjpeg-turbo through simplejpeg,
    the default) and "pillow" (simplejpeg switched off), in interleaved rounds.
 2. The ceiling of each decoder: cores / (decode + resize + model) CPU seconds per image: the images/s the
    cores could give if they did nothing else and never waited.
 3. For each decoder: `imgclf predict MODEL --files-from LIST --output OUT.csv` (the streaming path) in a child
-   process on `--n-predict` paths (the images repeated); its images/s and CPU per image after the first batch
-   is out (start-up excluded: opening the model, the first batch). Then `imgclf serve MODEL` loaded by
+   process on `--n-predict` paths (the images repeated); its images/s and CPU per image from the first batch on
+   disk to the merged output in place (start-up excluded: opening the model, the first batch), and to the
+   process's exit (the interpreter's shut-down included: ~0.9 s with PyTorch loaded). Then `imgclf serve MODEL` loaded by
    `--concurrency` clients
    (serve_load.py's client: keep-alive, one image per request, `--requests` counted after `--warmup`); its
    images/s, p50/p99 latency, errors, and its CPU per image, whose excess over decode + resize + model is
    printed as HTTP (the request's parsing, the multipart body, the JSON answer, the event loop).
 Each images/s is printed as a fraction of its decoder's ceiling (the target: at least 0.90).
+4. The baseline: predict with lanes (an ONNX file on the CPU runs single-threaded, one batch per core, each lane
+   decoding its own) against predict as it ran before them (one batch at a time on every core, decode threads
+   beside it), in `--baseline-rounds` interleaved rounds, and the ratio.
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ from imgclf.data.images import check_pixels, check_shape, decode_image, resize_s
 DECODERS = ("turbo", "pillow")
 # a command line run with simplejpeg switched off in the child (how "pillow" runs predict and serve)
 PILLOW_ONLY = "import sys, imgclf.data.jpeg as j; j.simplejpeg = None; from imgclf.cli.main import run; run()"
+# predict as it ran before lanes (the baseline): every Predictor made with lanes=False, the default decoder
+NO_LANES = (
+    "import functools, imgclf.infer.predict as p; p.Predictor.__init__ = functools.partialmethod("
+    "p.Predictor.__init__, lanes=False); from imgclf.cli.main import run; run()"
+)
 
 
 @contextlib.contextmanager
@@ -63,7 +73,8 @@ def decoder(name: str):
 
 
 def imgclf_cmd(name: str) -> list[str]:
-    return [sys.executable, "-m", "imgclf"] if name == "turbo" else [sys.executable, "-c", PILLOW_ONLY]
+    code = {"turbo": None, "pillow": PILLOW_ONLY, "no-lanes": NO_LANES}[name]
+    return [sys.executable, "-m", "imgclf"] if code is None else [sys.executable, "-c", code]
 
 
 def child_env() -> dict:
@@ -104,12 +115,11 @@ def split(pred, files: list[str], rounds: int) -> dict:
     res["resize"] = cpu_per_image(
         lambda im: pred.crop(np.asarray(resize_shorter(im, p.resize, p.interpolation))), decoded, rounds
     )
-    batch = pred.normalize([pred._load(f) for f in (files * (32 // len(files) + 1))[:32]])
-    crops = [pred._load(f) for f in files[:32]]
-    pred.logits(batch)  # warm-up
+    crops = [pred._load(f) for f in (files * (32 // len(files) + 1))[:32]]
+    pred.runner.logits(pred.normalize(crops))  # warm-up
     c0, n = time.process_time(), 0
     for _ in range(rounds * 2):
-        pred.logits(pred.normalize(crops))
+        pred.runner.logits(pred.normalize(crops))
         n += len(crops)
     res["model"] = (time.process_time() - c0) / n
     return res
@@ -120,7 +130,7 @@ def run_predict(model: str, files: list[str], n: int, name: str, work: str, batc
     listed = os.path.join(work, "list.txt")
     with open(listed, "w") as f:
         f.writelines((files * (n // len(files) + 1))[i] + "\n" for i in range(n))
-    out = os.path.join(work, f"predict-{name}.csv")
+    out = os.path.join(work, f"predict-{name}-{len(os.listdir(work))}.csv")  # a new file for every run
     cmd = [*imgclf_cmd(name), "predict", model, "--files-from", listed, "--output", out, "-q"]
     cmd += ["--device", "cpu", "--batch-size", str(batch)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=child_env())
@@ -128,6 +138,11 @@ def run_predict(model: str, files: list[str], n: int, name: str, work: str, batc
     while first is None and proc.poll() is None:  # the first batch's rows are on disk: the clock starts
         if _rows(parts) >= batch:
             first, cpu_first = time.perf_counter(), serve_load.cpu_seconds(proc.pid)
+        time.sleep(0.005)
+    done, cpu_done = None, 0.0
+    while done is None and proc.poll() is None:  # the merged output is in place: every row is the user's
+        if os.path.exists(out):
+            done, cpu_done = time.perf_counter(), serve_load.cpu_seconds(proc.pid) - cpu_first
         time.sleep(0.005)
     if proc.returncode is None:
         _, status, usage = os.wait4(proc.pid, 0)  # the child's CPU time, all its threads
@@ -140,7 +155,16 @@ def run_predict(model: str, files: list[str], n: int, name: str, work: str, batc
         rows = sum(1 for _ in f) - 1
     if first is None:
         sys.exit(f"predict ran too briefly to time ({rows} rows): raise --n-predict")
-    return {"images": rows, "images_per_s": (rows - batch) / (end - first), "cpu_per_image": cpu / (rows - batch)}
+    if done is None:
+        sys.exit("predict exited before its output could be seen: raise --n-predict")
+    n = rows - batch
+    return {
+        "images": rows,
+        "images_per_s": n / (done - first),
+        "cpu_per_image": cpu_done / n,
+        "images_per_s_to_exit": n / (end - first),
+        "cpu_per_image_to_exit": cpu / n,
+    }
 
 
 def _rows(parts: str) -> int:
@@ -171,6 +195,22 @@ def run_serve(model: str, files: list[str], name: str, a) -> dict:
         serve_load.stop(proc)
 
 
+def lanes_vs_before(a, files: list[str], work: str, ceiling: float) -> dict:
+    """predict with lanes (today's) against predict as it ran before them (`NO_LANES`), the default decoder,
+    in `--baseline-rounds` interleaved rounds: the median images/s of each and their ratio."""
+    got = {"turbo": [], "no-lanes": []}
+    for r in range(a.baseline_rounds):
+        for name in ("turbo", "no-lanes") if r % 2 == 0 else ("no-lanes", "turbo"):
+            got[name].append(run_predict(a.model, files, a.n_predict, name, work, a.batch_size)["images_per_s"])
+    now, before = statistics.median(got["turbo"]), statistics.median(got["no-lanes"])
+    print(
+        f"predict, {a.baseline_rounds} interleaved rounds: lanes {now:.1f} img/s ({now / ceiling:.3f} of the "
+        f"ceiling), before lanes {before:.1f} img/s ({before / ceiling:.3f}): lanes / before {now / before:.2f}x",
+        flush=True,
+    )
+    return {"rounds": got, "ratio": now / before}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", help="checkpoint or export (the issue's: an onnx-int8 Lite0)")
@@ -183,6 +223,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000, help="counted requests to the server [3000]")
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--decoders", default=",".join(DECODERS), help="run predict and serve with these [turbo,pillow]")
+    ap.add_argument("--baseline-rounds", type=int, default=3, help="predict with lanes against before them [3]")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     a = ap.parse_args()
     from imgclf.compute.machine import env_block
@@ -211,9 +252,10 @@ def main() -> int:
         for d in a.decoders.split(","):
             p = run_predict(a.model, files, a.n_predict, d, work, a.batch_size)
             print(
-                f"{d:<6} predict: {p['images_per_s']:.1f} img/s after the first batch ({p['images']} rows): "
-                f"{p['images_per_s'] / ceiling[d]:.3f} of the ceiling; CPU {1e3 * p['cpu_per_image']:.2f} ms per image "
-                "(the end's merge included)",
+                f"{d:<6} predict: {p['images_per_s']:.1f} img/s from its first batch to its output complete "
+                f"({p['images']} rows): {p['images_per_s'] / ceiling[d]:.3f} of the ceiling; CPU "
+                f"{1e3 * p['cpu_per_image']:.2f} ms per image; to the process's exit (the interpreter's shut-down "
+                f"too) {p['images_per_s_to_exit']:.1f} img/s, {p['images_per_s_to_exit'] / ceiling[d]:.3f}",
                 flush=True,
             )
             r = run_serve(a.model, files, d, a)
@@ -226,6 +268,8 @@ def main() -> int:
                 flush=True,
             )
             res["runs"][d] = {"predict": p, "serve": r, "http_cpu_s": http}
+        if a.baseline_rounds:
+            res["lanes_vs_before"] = lanes_vs_before(a, files, work, ceiling["turbo"])
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -26,7 +26,7 @@ class ExportFormat:
     name: str
     suffix: str  # default file name: <checkpoint stem><suffix>, next to the checkpoint
     write: Callable  # (ExportContext, path, metadata) -> None: writes the file at path
-    open: Callable  # (path, found, *, device, spin) -> Runner (found: what runtime.open_model read, or None)
+    open: Callable  # (path, found, *, device, spin, threads) -> Runner (found: what runtime.open_model read, or None)
     packages: tuple = ()  # (import name, pip name)
     int8: bool = False
     note: str = ""

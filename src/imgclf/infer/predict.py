@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,12 +30,13 @@ from imgclf.data.images import (
 from imgclf.data.pipeline import eval_transform
 from imgclf.data.sources import is_image_name
 from imgclf.infer.runtime import open_model
+from imgclf.models.tta import check_mode
 
 log = logging.getLogger(__name__)
 
 # Batches decoding in the worker threads while the model runs one: with two, the threads always have an image to
 # decode when one finishes, so the cores never wait for the end of a batch (the tail of a batch leaves all but
-# one thread idle).
+# one thread idle). With lanes (below), the batches in flight beyond one per lane.
 AHEAD = 2
 
 
@@ -119,7 +121,11 @@ class Predictor:
     threshold the model stores, core/ood.mark_unknown) and "ood" ({"score", "value", "threshold"}); an unknown
     image's "label" is None (a multi-label model's "labels" is []), the rest still given. `ood_score`: msp, energy
     or knn (None: knn where the model gives it, else energy). With `min_confidence` too, both apply, each with its
-    own field: the label is None when either says so. The logits and the scores come from one forward pass."""
+    own field: the label is None when either says so. The logits and the scores come from one forward pass.
+
+    `lanes` (an ONNX file on the CPU, no test-time augmentation outside its graph): the model runs single-threaded,
+    as many batches at once as PyTorch would use cores, each lane decoding its own batch (`_lane_batches`); False:
+    one batch at a time on every core, with decode threads beside it (the path before lanes, for comparison)."""
 
     def __init__(
         self,
@@ -134,12 +140,20 @@ class Predictor:
         threshold: float | None = None,
         reject: str | None = None,
         ood_score: str | None = None,
+        lanes: bool = True,
     ):
         self.min_confidence = check_min_confidence(min_confidence)
         threshold = check_threshold(threshold)
         # spin=False: onnxruntime's threads sleep between runs, leaving the cores to the decode threads (the server
-        # opens its model so too); spin-waiting they took a share of the CPU from decoding
-        self.runner = open_model(weights, device=device, precision=precision, tta=tta, spin=False)
+        # opens its model so too); spin-waiting they took a share of the CPU from decoding. threads=1: an ONNX file
+        # on the CPU runs single-threaded in lanes (`lanes`), unless test-time augmentation outside its graph
+        # would run PyTorch operations beside it
+        lanes = lanes and check_mode(tta) in (None, "none")
+        self.runner = open_model(
+            weights, device=device, precision=precision, tta=tta, spin=False, threads=1 if lanes else None
+        )
+        self.lanes = self.runner.lanes()
+        self._lane_local = threading.local()
         self.task, self.thresholds = self.runner.task, self.runner.thresholds
         refuse_for_multilabel(self.task, self.min_confidence)
         # the record as this file can use it (no knn where it gives no kNN distance), checked before any image
@@ -191,7 +205,12 @@ class Predictor:
         return torch.from_numpy(normalize_batch(images, p.mean, p.std))
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.runner.logits(batch)
+        """The runner's logits of `batch`; with lanes, called from outside them, its slices run at once, one per
+        lane (in a lane, the lane's one run)."""
+        if self.lanes == 1 or len(batch) < 2 or getattr(self._lane_local, "inside", False):
+            return self.runner.logits(batch)
+        with ThreadPoolExecutor(self.lanes) as pool:
+            return torch.cat(list(pool.map(self.runner.logits, torch.tensor_split(batch, self.lanes))))
 
     def predict(self, inputs, *, top_k: int = 5) -> list[dict]:
         single = isinstance(inputs, (str, Path, Image.Image))
@@ -206,9 +225,12 @@ class Predictor:
 
     def predict_batches(self, inputs, *, top_k: int = 5):
         """One list of results per `batch_size` consecutive inputs. The next AHEAD batches decode in the worker
-        threads while the model runs this one."""
+        threads while the model runs this one; with lanes, `_lane_batches` instead."""
         k = self._k(top_k)
         it = iter(inputs)
+        if self.lanes > 1:
+            yield from self._lane_batches(it, k)
+            return
         with ThreadPoolExecutor(self.workers) as pool:
             ahead = deque(itertools.islice(iter(lambda: self._submit(pool, it), None), AHEAD))
             while ahead:
@@ -217,6 +239,30 @@ class Predictor:
                 if following is not None:
                     ahead.append(following)
                 yield self._results(chunk, [f.result() for f in futures], k)
+
+    def _lane_batches(self, it, k: int):
+        """`predict_batches` for a runner with lanes (an ONNX file on the CPU, single-threaded): each lane, a thread,
+        decodes a whole batch and runs the model on it, so every core is always busy with its own batch: no thread
+        waits for another, nor do decoding and the model's threads take the same core (measured against the
+        decode threads beside a multi-threaded model: docs/benchmarks.md). The batches come out in input order;
+        lanes + AHEAD are in flight, `it` is read here only."""
+        with ThreadPoolExecutor(self.lanes) as pool:
+
+            def submit():
+                chunk = list(itertools.islice(it, self.batch_size))
+                return pool.submit(self._lane, chunk, k) if chunk else None
+
+            ahead = deque(itertools.islice(iter(submit, None), self.lanes + AHEAD))
+            while ahead:
+                done = ahead.popleft().result()
+                following = submit()
+                if following is not None:
+                    ahead.append(following)
+                yield done
+
+    def _lane(self, chunk: list, k: int) -> list[dict]:
+        self._lane_local.inside = True  # this thread is a lane: `logits` runs the batch here, not split again
+        return self._results(chunk, [self._try_load(x) for x in chunk], k)
 
     def _k(self, top_k: int) -> int:
         if int(top_k) < 1:  # as the server's 422: a request for no labels is a mistake, not an empty answer
@@ -230,13 +276,14 @@ class Predictor:
     def _results(self, chunk: list, loaded: list, k: int) -> list[dict]:
         ok = [t for t in loaded if isinstance(t, np.ndarray)]
         probs, values = self._forward(self.normalize(ok)) if ok else (None, None)
+        answers = self._answers(probs, k) if ok else []
         results, j = [], 0
         for item, t in zip(chunk, loaded):
             name = str(item) if not isinstance(item, Image.Image) else None
             if not isinstance(t, np.ndarray):
                 results.append({"path": name, "error": t})
                 continue
-            r = {"path": name, **self._answer(probs[j], k)}
+            r = {"path": name, **answers[j]}
             if values is not None:
                 mark_unknown(r, self.ood_score, values[j], self.ood_threshold)
             results.append(r)
@@ -250,18 +297,23 @@ class Predictor:
         logits, scores = self.runner.ood_scores(batch)
         return self.runner.probabilities(logits), scores[self.ood_score]
 
-    def _answer(self, probs: torch.Tensor, k: int) -> dict:
-        """One image's answer from its probabilities: the multi-label set and scores, or the top k classes."""
+    def _answers(self, probs: torch.Tensor, k: int) -> list[dict]:
+        """Each image's answer from its row of probabilities: the multi-label set and scores, or the top k classes
+        (one topk for the batch, its numbers taken out as Python lists once: per image it cost ~5% of a Lite0
+        int8 prediction's CPU)."""
         if self.task == MULTILABEL:
-            return multilabel_result(probs.tolist(), self.classes, self.thresholds)
-        p, idx = probs.topk(k)
-        r = {
-            "label": self.classes[int(idx[0])],
-            "index": int(idx[0]),
-            "probability": float(p[0]),
-            "top_k": [{"label": self.classes[int(i)], "probability": float(q)} for q, i in zip(p, idx)],
-        }
-        return mark_unsure(r, self.min_confidence)
+            return [multilabel_result(row, self.classes, self.thresholds) for row in probs.tolist()]
+        top = probs.topk(k, dim=1)
+        out = []
+        for p, idx in zip(top.values.tolist(), top.indices.tolist()):
+            r = {
+                "label": self.classes[idx[0]],
+                "index": idx[0],
+                "probability": p[0],
+                "top_k": [{"label": self.classes[i], "probability": q} for q, i in zip(p, idx)],
+            }
+            out.append(mark_unsure(r, self.min_confidence))
+        return out
 
     def _try_load(self, item):
         try:

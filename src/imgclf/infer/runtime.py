@@ -102,6 +102,10 @@ class Runner:
         out = self.outputs(x)
         return out["logits"], oodscores.scores({k: v.numpy() for k, v in out.items()}, self.task)
 
+    def lanes(self) -> int:
+        """How many `logits` calls may run at once, each on one core of its own (1: a call uses every core)."""
+        return 1
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's probabilities from its logits: softmax over classes, or one sigmoid per label."""
         return logits.sigmoid() if self.task == MULTILABEL else logits.softmax(1)
@@ -297,6 +301,12 @@ class OnnxRunner(Runner):
         super().__init__(**_fields_from_meta(path, meta, meta.get("format", "onnx")))
         self.input_name = self.session.get_inputs()[0].name
         self.extra = export_extra(meta, **runs_on)
+        # one intra-op thread on the CPU: as many runs at once as PyTorch would use cores (an onnxruntime session
+        # runs concurrent calls), each run on a core of its own
+        self._lanes = lane_count() if runs_on["device"] == "cpu" and threads == 1 else 1
+
+    def lanes(self) -> int:
+        return max(1, self._lanes)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.outputs(x)["logits"]
@@ -315,6 +325,12 @@ class OnnxRunner(Runner):
         return out
 
 
+def lane_count() -> int:
+    """How many single-threaded runs of an ONNX session to have at once on the CPU (predict's lanes): PyTorch's
+    thread count, the cores it would use (honouring OMP_NUM_THREADS and torch.set_num_threads)."""
+    return max(1, torch.get_num_threads())
+
+
 class TTARunner(Runner):
     """Test-time augmentation (models/tta.py) around an exported file's runner: the file's own calibrated logits on
     each view, their probabilities averaged. (A checkpoint does it inside its network instead, and `imgclf
@@ -327,6 +343,9 @@ class TTARunner(Runner):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return tta_logits(self.inner.logits, x, self.tta, shift_for(self.preprocess.img_size), task=self.task)
+
+    def lanes(self) -> int:  # views made in PyTorch would start its threads in every lane: lanes only without them
+        return self.inner.lanes() if self.tta == "none" else 1
 
 
 def _with_tta(runner: Runner, tta: str | None) -> Runner:
@@ -368,12 +387,15 @@ def open_model(
     format: str | None = None,
     spin: bool = True,
     tta: str | None = None,
+    threads: int | None = None,
 ) -> Runner:
     """A Runner for `path`: an imgclf checkpoint, or a file written by `imgclf export` (any format).
 
     `precision` applies to checkpoints (autocast); an exported file runs in the precision it was exported in.
     `format` ("checkpoint" or an export format) skips recognition (export uses it on its temporary files).
     `spin=False`: onnxruntime's threads sleep between runs instead of spin-waiting (see `onnx_session_options`).
+    `threads`: an ONNX file's intra-op threads (None: `onnxrt.default_threads()`); `threads=1` on the CPU gives a
+    runner whose `lanes()` is that count, to run so many batches at once (Predictor does).
     `tta`: test-time augmentation (models/tta.py: none, flip, flip-crop; None: the model's own). A checkpoint's runner
     applies its temperature (from imgclf calibrate) in `logits`; an exported file has it in its graph.
     Each export format is opened by the opener its entry in core/formats.py's FORMATS names."""
@@ -386,7 +408,7 @@ def open_model(
         raise CheckpointError(
             f"'{path}': unknown model format '{fmt}' (formats: checkpoint, {', '.join(EXPORT_FORMATS)})"
         )
-    return _with_tta(EXPORT_FORMATS[fmt].open(path, found, device=device, spin=spin), tta)
+    return _with_tta(EXPORT_FORMATS[fmt].open(path, found, device=device, spin=spin, threads=threads), tta)
 
 
 def _recognise(path: str) -> tuple[str, object]:
@@ -416,22 +438,23 @@ def _recognise(path: str) -> tuple[str, object]:
     return "checkpoint", validate_checkpoint(blob, path)
 
 
-# Openers, named by the export formats table: (path, what recognising it found or None, device, spin) -> Runner.
+# Openers, named by the export formats table: (path, what recognising it found or None, device, spin, threads) ->
+# Runner; only ONNX's onnxruntime takes `threads` (the others run on PyTorch's threads).
 
 
-def open_onnx(path: str, found, *, device: str, spin: bool) -> Runner:
-    return OnnxRunner(path, device=device, spin=spin)
+def open_onnx(path: str, found, *, device: str, spin: bool, threads: int | None = None) -> Runner:
+    return OnnxRunner(path, device=device, spin=spin, threads=threads)
 
 
-def open_torchscript(path: str, found, *, device: str, spin: bool) -> Runner:
+def open_torchscript(path: str, found, *, device: str, spin: bool, threads: int | None = None) -> Runner:
     return TorchScriptRunner(path, found if found is not None else _zip_meta(path)[1] or {}, device=device)
 
 
-def open_pt2(path: str, found, *, device: str, spin: bool) -> Runner:
+def open_pt2(path: str, found, *, device: str, spin: bool, threads: int | None = None) -> Runner:
     return ExportedProgramRunner(path, found if found is not None else _zip_meta(path)[1] or {}, device=device)
 
 
-def open_dynamic_int8(path: str, found, *, device: str, spin: bool) -> Runner:
+def open_dynamic_int8(path: str, found, *, device: str, spin: bool, threads: int | None = None) -> Runner:
     blob = found if found is not None else _load_plain(path)
     if not (isinstance(blob, dict) and blob.get("format") == DYNAMIC_INT8_FORMAT):
         raise CheckpointError(f"'{path}' is not a dynamic-int8 export: export it again with imgclf export")

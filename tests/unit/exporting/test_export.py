@@ -451,7 +451,7 @@ def test_a_new_format_is_a_writer_an_opener_and_one_entry(tiny_best, tmp_path, m
             with torch.no_grad():
                 return self.module(x).float()
 
-    def open_traced(path, found, *, device, spin):  # -> a Runner (found: what recognising the file read, or None)
+    def open_traced(path, found, *, device, spin, threads=None):  # -> a Runner (found: what recognising read, or None)
         extra = {META_NAME: ""}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"

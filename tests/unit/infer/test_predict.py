@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from imgclf.cli.main import main
+from imgclf.exporting.export import export
+from imgclf.infer import runtime
 from imgclf.infer.predict import Predictor
 
 TINY_CLASSES = ("cat", "dog", "fox")  # conftest.tiny_data
@@ -207,8 +210,6 @@ def test_multilabel_predictor_gives_the_set_by_the_models_thresholds(multilabel_
 def test_decode_threads_give_numpy_and_the_batch_is_the_per_image_transform(tiny_best, tiny_data):
     """The decode threads hand over uint8 crops (no PyTorch operation runs there), and normalising the stacked
     crops gives bit-for-bit what `transform` gives image by image."""
-    import torch
-
     pred = Predictor(tiny_best, device="cpu", batch_size=4)
     files = _images(tiny_data)[:5]
     crops = [pred._load(f) for f in files]
@@ -224,3 +225,53 @@ def test_batches_ahead_keep_the_input_order(tiny_best, tiny_data):
     batches = list(pred.predict_batches(files, top_k=1))
     assert [len(b) for b in batches] == [2, 2, 2, 1]
     assert [r["path"] for b in batches for r in b] == files
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_best, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("lanes") / "tiny.onnx"
+    export(tiny_best, "onnx", out=str(out), verify_images=8)
+    return str(out)
+
+
+@pytest.mark.parametrize("which", ["single", "multilabel"])
+def test_lanes_answer_as_one_call_in_input_order_and_keep_the_unreadable(
+    which, tiny_onnx, multilabel_onnx, tiny_data, multilabel_csv, tmp_path, monkeypatch
+):
+    """An ONNX file on the CPU runs in lanes (single-threaded runs side by side, each decoding its own batch): three
+    lanes here, whatever the machine's cores, over batches of 2; the answers are those of the whole set run in one
+    call of a runner opened the usual way, in input order, and an unreadable file keeps its error row."""
+    monkeypatch.setattr(runtime, "lane_count", lambda: 3)
+    model = tiny_onnx if which == "single" else multilabel_onnx
+    files = (
+        _images(tiny_data)[:9] if which == "single" else sorted(map(str, (multilabel_csv.parent / "img").glob("*")))[:9]
+    )
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    paths = [*files[:4], str(bad), *files[4:]]
+    pred = Predictor(model, device="cpu", batch_size=2)
+    assert pred.lanes == 3 and pred.runner.lanes() == 3
+    got = pred.predict(paths, top_k=2)
+    assert [r["path"] for r in got] == paths and "error" in got[4]
+    ok = [r for r in got if "error" not in r]
+    whole = runtime.open_model(model, device="cpu")  # intra-op threads as usual: no lanes
+    assert whole.lanes() == 1
+    want = whole.probabilities(whole.logits(pred.normalize([pred._load(f) for f in files])))
+    if which == "single":
+        assert [r["label"] for r in ok] == [pred.classes[i] for i in want.argmax(1).tolist()]
+        got_p = torch.tensor([r["probability"] for r in ok])
+        assert torch.allclose(got_p, want.max(1).values, atol=1e-5)
+        _check_result(ok[0], pred.classes, 2)
+    else:
+        got_p = torch.tensor([[r["scores"][c] for c in pred.classes] for r in ok])
+        assert torch.allclose(got_p, want, atol=1e-5)
+    # the Predictor's own `logits` on a whole batch splits it across the lanes: the same numbers
+    batch = pred.normalize([pred._load(f) for f in files])
+    assert torch.allclose(pred.logits(batch), whole.logits(batch), atol=1e-5)
+
+
+def test_no_lanes_for_a_checkpoint_or_test_time_augmentation_outside_the_graph(tiny_best, tiny_onnx, monkeypatch):
+    monkeypatch.setattr(runtime, "lane_count", lambda: 3)
+    assert Predictor(tiny_best, device="cpu").lanes == 1  # PyTorch runs it on its own threads
+    assert Predictor(tiny_onnx, device="cpu", tta="flip").lanes == 1  # flips in PyTorch beside each run
+    assert Predictor(tiny_onnx, device="cpu", tta="none").lanes == 3
