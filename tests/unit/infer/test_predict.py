@@ -275,3 +275,21 @@ def test_no_lanes_for_a_checkpoint_or_test_time_augmentation_outside_the_graph(t
     assert Predictor(tiny_best, device="cpu").lanes == 1  # PyTorch runs it on its own threads
     assert Predictor(tiny_onnx, device="cpu", tta="flip").lanes == 1  # flips in PyTorch beside each run
     assert Predictor(tiny_onnx, device="cpu", tta="none").lanes == 3
+
+
+def test_a_model_error_in_a_lane_reaches_the_caller(tiny_onnx, tiny_data, monkeypatch):
+    monkeypatch.setattr(runtime, "lane_count", lambda: 3)
+    pred = Predictor(tiny_onnx, device="cpu", batch_size=2)
+    calls, real = [], pred.runner.logits
+
+    def logits(x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise RuntimeError("the model broke")
+        return real(x)
+
+    monkeypatch.setattr(pred.runner, "logits", logits)
+    batches = pred.predict_batches(_images(tiny_data)[:8], top_k=1)
+    with pytest.raises(RuntimeError, match="the model broke"):
+        for _ in batches:
+            pass
