@@ -90,6 +90,18 @@ def walk_images(folder: str):
             yield path
 
 
+def in_order(submit, depth: int):
+    """What `submit()` returns (work started: a batch's futures), in order, with `depth` of them started ahead of
+    the one handed out; each one handed out starts the next. `submit()` returning None ends it."""
+    ahead = deque(itertools.islice(iter(submit, None), depth))
+    while ahead:
+        first = ahead.popleft()
+        following = submit()
+        if following is not None:
+            ahead.append(following)
+        yield first
+
+
 def check_threshold(t) -> float | None:
     """A global threshold for every label (predict's --threshold), checked before any work: None, or a number
     from 0 to 1."""
@@ -232,12 +244,7 @@ class Predictor:
             yield from self._lane_batches(it, k)
             return
         with ThreadPoolExecutor(self.workers) as pool:
-            ahead = deque(itertools.islice(iter(lambda: self._submit(pool, it), None), AHEAD))
-            while ahead:
-                chunk, futures = ahead.popleft()
-                following = self._submit(pool, it)
-                if following is not None:
-                    ahead.append(following)
+            for chunk, futures in in_order(lambda: self._submit(pool, it), AHEAD):
                 yield self._results(chunk, [f.result() for f in futures], k)
 
     def _lane_batches(self, it, k: int):
@@ -252,13 +259,8 @@ class Predictor:
                 chunk = list(itertools.islice(it, self.batch_size))
                 return pool.submit(self._lane, chunk, k) if chunk else None
 
-            ahead = deque(itertools.islice(iter(submit, None), self.lanes + AHEAD))
-            while ahead:
-                done = ahead.popleft().result()
-                following = submit()
-                if following is not None:
-                    ahead.append(following)
-                yield done
+            for future in in_order(submit, self.lanes + AHEAD):
+                yield future.result()
 
     def _lane(self, chunk: list, k: int) -> list[dict]:
         self._lane_local.inside = True  # this thread is a lane: `logits` runs the batch here, not split again

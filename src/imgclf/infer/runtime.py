@@ -306,7 +306,7 @@ class OnnxRunner(Runner):
         self._lanes = lane_count() if runs_on["device"] == "cpu" and threads == 1 else 1
 
     def lanes(self) -> int:
-        return max(1, self._lanes)
+        return self._lanes
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.outputs(x)["logits"]
