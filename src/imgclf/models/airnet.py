@@ -139,17 +139,23 @@ class WhiteningFromData(Callback):
 
 class WhiteningBiasWarmup(Callback):
     """airbench: the whitening layer's bias trains in the first `fraction` of the optimisation steps only,
-    switched at epoch starts."""
+    switched at epoch starts. Once switched off it stays off, also when --time-budget plans the run longer."""
 
     order = 20
     state_key = "airnet_whitening_bias"
 
     def __init__(self, fraction: float = 0.3):
-        self.fraction = fraction
+        self.fraction, self.done = fraction, False
+
+    def state_dict(self) -> dict:
+        return {"done": self.done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.done = bool(state.get("done", False))
 
     def on_epoch_start(self, trainer) -> None:
-        done = trainer.state.step / max(1, trainer.total_steps)
-        trainer.state.model.whiten.bias.requires_grad_(done < self.fraction)
+        self.done = self.done or trainer.state.step / max(1, trainer.total_steps) >= self.fraction
+        trainer.state.model.whiten.bias.requires_grad_(not self.done)
 
 
 def training_callbacks() -> list[Callback]:

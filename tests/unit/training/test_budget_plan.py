@@ -3,7 +3,6 @@ the per-step schedule (warm-up, decay) and a cosine one ending at the planned la
 
 from __future__ import annotations
 
-import itertools
 import math
 import shutil
 from types import SimpleNamespace
@@ -12,18 +11,28 @@ import pytest
 import torch
 import yaml
 
+from imgclf.core.callback import Callback
 from imgclf.training.build import StepSchedule
 from imgclf.training.callbacks import budget
 
 PER_EPOCH = 5  # 72 training images (3 classes x 24) at batch 16: 5 steps an epoch (the last one of 8)
 
 
-def fake_clock(monkeypatch, tick: float = 0.1) -> None:
-    """TimeBudget's seconds advance `tick` each time it reads them, whatever the machine's speed: with a budget
-    of 0.13 minutes the probe plans 52 steps (11 epochs, validation charged), more than the recipe's 10 epochs."""
-    counter = itertools.count(1)
-    clock = SimpleNamespace(perf_counter=lambda: next(counter) * tick)
-    monkeypatch.setattr(budget, "time", clock)  # the budget's clock only: the run's own seconds stay real
+class SimClock(Callback):
+    """TimeBudget's clock driven by the run, as a machine of these speeds would time it: `slow_s` seconds for each
+    of the first `slow` steps (the probe's one-off costs), then `step_s` a step, and `val_s` each validation."""
+
+    order = 5  # before TimeBudget (10) at every hook: a step's or a validation's time has passed when it looks
+
+    def __init__(self, monkeypatch, step_s: float, val_s: float, slow: int = 0, slow_s: float = 0.0):
+        self.now, self.step_s, self.val_s, self.slow, self.slow_s = 0.0, step_s, val_s, slow, slow_s
+        monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: self.now))
+
+    def on_step_end(self, trainer) -> None:
+        self.now += self.slow_s if trainer.state.step <= self.slow else self.step_s
+
+    def on_validation_end(self, trainer, row) -> None:
+        self.now += self.val_s
 
 
 @pytest.fixture
@@ -41,12 +50,17 @@ def final_lrs(path) -> list[float]:
 def test_a_budget_without_epochs_plans_the_steps_that_fill_it_and_resumes_exactly(tmp_path, common, monkeypatch):
     from imgclf import train
 
-    fake_clock(monkeypatch)
-    res = train(**common, time_budget=0.13, name="planned")
+    # 30 s; the probe's steps take 0.3 s (it plans ~90 steps), the later ones 0.1 s (~270 fit): each epoch's end
+    # plans again from that epoch and the run fills the budget to within one epoch's cycle (0.5 s + 0.2 s)
+    clock = SimClock(monkeypatch, step_s=0.1, val_s=0.2, slow=1 + budget.TimeBudget.PROBE, slow_s=0.3)
+    res = train(**common, time_budget=0.5, name="planned", callbacks=[clock])
     cfg = yaml.safe_load(open(tmp_path / "runs/planned/config.yaml"))
-    assert res["steps"] == 52 > 10 * PER_EPOCH  # the recipe's 10 epochs were not the limit: the budget was
+    assert res["steps"] > 200 > 10 * PER_EPOCH  # neither the recipe's 10 epochs nor the probe's plan were the limit
+    assert 30 - (PER_EPOCH * 0.1 + 0.2) < clock.now <= 30  # filled, and not overrun
     assert res["steps"] == cfg["max_steps"] == res["time_budget"]["planned_steps"]
     assert cfg["epochs"] == res["epochs"] == math.ceil(res["steps"] / PER_EPOCH) == res["time_budget"]["planned_epochs"]
+    log = (tmp_path / "runs/planned/train.log").read_text()
+    assert "from its first steps" in log and "planned again from the last epoch" in log
     # the warm-up-then-linear schedule reached its end (0.07 of each group's lr) at the last step, not before
     base = [common_lr * scale for common_lr, scale in zip([cfg["lr"]] * 2, (1.0, cfg["bias_lr_scale"]))]
     assert sorted(final_lrs(tmp_path / "runs/planned/last.pt")) == pytest.approx(sorted(b * 0.07 for b in base))
@@ -64,22 +78,39 @@ def test_a_budget_without_epochs_plans_the_steps_that_fill_it_and_resumes_exactl
     assert drop_seconds(a) == drop_seconds(b)
 
 
-def test_epochs_given_with_a_budget_stay_a_cap(tmp_path, common, monkeypatch):
+def test_a_slower_machine_than_measured_shortens_the_plan(tmp_path, common, monkeypatch):
+    """The probe's steps fast (0.05 s), the later ones 0.2 s: planned again after each epoch, the run ends within
+    its budget instead of running 4x over it."""
     from imgclf import train
 
-    fake_clock(monkeypatch)  # the same budget and speed that plan 11 epochs above
-    res = train(**common, time_budget=0.13, epochs=3, name="capped")
+    clock = SimClock(monkeypatch, step_s=0.2, val_s=0.1, slow=1 + budget.TimeBudget.PROBE, slow_s=0.05)
+    res = train(**common, time_budget=0.1, name="slower", callbacks=[clock], save_every=0)
+    assert 6 - (PER_EPOCH * 0.2 + 0.1) < clock.now <= 6 + 0.2  # at most the one step each re-plan keeps
+    assert res["steps"] == yaml.safe_load(open(tmp_path / "runs/slower/config.yaml"))["max_steps"]
+
+
+def test_epochs_given_with_a_budget_stay_a_cap(tmp_path, common, monkeypatch):
+    """--epochs 5 with 6 s: the slow probe plans fewer steps than 5 epochs (~17), the later epochs' speed more
+    than them (~30): planned again, the run grows to its cap and no further."""
+    from imgclf import train
+
+    clock = SimClock(monkeypatch, step_s=0.1, val_s=0.2, slow=1 + budget.TimeBudget.PROBE, slow_s=0.3)
+    res = train(**common, time_budget=0.1, epochs=5, name="capped", callbacks=[clock], save_every=0)
     cfg = yaml.safe_load(open(tmp_path / "runs/capped/config.yaml"))
-    assert res["steps"] == cfg["max_steps"] == 3 * PER_EPOCH and cfg["epochs"] == res["epochs"] == 3
+    assert res["steps"] == cfg["max_steps"] == 5 * PER_EPOCH and cfg["epochs"] == res["epochs"] == 5
+    assert clock.now <= 6
+    plans = [line for line in (tmp_path / "runs/capped/train.log").read_text().splitlines() if "time budget" in line]
+    assert "from its first steps" in plans[0] and "at most --epochs 5" in plans[0]
+    assert any("planned again from the last epoch" in line for line in plans[1:])
 
 
 def test_a_cosine_schedule_ends_at_the_planned_epochs(tmp_path, make_folder, monkeypatch):
     from imgclf import train
 
-    fake_clock(monkeypatch)  # 0.075 minutes at this clock: 41 epochs of one step fit
+    clock = SimClock(monkeypatch, step_s=0.1, val_s=0.01)  # 4.5 s: ~40 epochs of one step fit
     data = make_folder(tmp_path / "d", classes=("a", "b"), n=4, n_val=1, size=16)
     opts = dict(data=str(data), model="smallcnn", batch_size=8, workers=0, out=str(tmp_path / "runs"))
-    res = train(**opts, scheduler="cosine", name="cosine", time_budget=0.075, save_every=0)
+    res = train(**opts, scheduler="cosine", name="cosine", time_budget=0.075, save_every=0, callbacks=[clock])
     assert res["epochs"] > 30  # the default 30 epochs were not the limit
     assert yaml.safe_load(open(tmp_path / "runs/cosine/config.yaml"))["epochs"] == res["epochs"] == res["steps"]
     assert max(final_lrs(tmp_path / "runs/cosine/last.pt")) == pytest.approx(0.0, abs=1e-9)  # at T_max: planned

@@ -118,7 +118,16 @@ def test_airnet_whitening_bias_trains_only_early():
     WhiteningBiasWarmup().on_epoch_start(trainer)
     assert m.whiten.bias.requires_grad and not m.whiten.weight.requires_grad
     trainer.state.step = 50
-    WhiteningBiasWarmup().on_epoch_start(trainer)
+    switch = WhiteningBiasWarmup()
+    switch.on_epoch_start(trainer)
+    assert not m.whiten.bias.requires_grad
+    # --time-budget plans the run longer afterwards (50 steps of 1000): the bias stays frozen, also after a resume
+    trainer.total_steps = 1000
+    switch.on_epoch_start(trainer)
+    assert not m.whiten.bias.requires_grad
+    resumed = WhiteningBiasWarmup()
+    resumed.load_state_dict(switch.state_dict())
+    resumed.on_epoch_start(trainer)
     assert not m.whiten.bias.requires_grad
 
 
