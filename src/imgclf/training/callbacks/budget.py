@@ -46,7 +46,7 @@ class TimeBudget(Callback):
         self.seconds, self.batch_images, self.eval_views = minutes * 60.0, batch_size, eval_views
         self.val_extra, self.fill = val_extra, fill
         self.t0 = self.t1 = self.rate = None
-        self.total, self.first, self.cap = None, None, None
+        self.total, self.first, self.cap, self.logged = None, None, None, 0
         self.epoch_t0 = self.epoch_step0 = self.train_seconds = self.cycle_end = None
 
     def state_dict(self) -> dict:
@@ -86,10 +86,9 @@ class TimeBudget(Callback):
         more = self.replan(steps, self.train_seconds, cycle, now, trainer.per_epoch)
         # at least one step more: the run's end (lookahead's final average, the schedule's last lr) comes at the
         # end of a training epoch, which this one has passed
-        before = trainer.total_steps
         self._set(trainer, trainer.state.step + max(1, more), "", quiet=True)
-        if -(-trainer.total_steps // trainer.per_epoch) != -(-before // trainer.per_epoch):
-            self._log(trainer, f"planned again from the last epoch, was {before} steps")
+        if abs(trainer.total_steps - self.logged) > 0.02 * self.logged:  # the story, not each epoch's few steps
+            self._log(trainer, f"planned again from the last epoch, was {self.logged} steps")
 
     def replan(self, steps: int, train_seconds: float, cycle: float, now: float, per_epoch: int) -> int:
         """The steps that fit from an epoch's end: the last epoch's `steps` took `train_seconds`, and its whole
@@ -105,6 +104,7 @@ class TimeBudget(Callback):
             self._log(trainer, how)
 
     def _log(self, trainer, how: str) -> None:
+        self.logged = trainer.total_steps
         trainer.info(
             "time budget %.1f min: %d optimisation steps (%.2f epochs; %s; %s) at %.0f images/s",
             self.seconds / 60,
