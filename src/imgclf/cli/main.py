@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         return _terminated(command, values)
     except Preempted as e:  # SIGTERM during training: saved at a step boundary (training/preempt.py)
-        print(f"imgclf: {e}" if world_size() <= 1 else f"imgclf: rank {rank()}: {e}", file=sys.stderr)
+        if rank() == 0 or verbose:  # every rank stops at the same step with the same line: rank 0 says it
+            print(f"imgclf: {e}" if world_size() <= 1 else f"imgclf: rank {rank()}: {e}", file=sys.stderr)
         return e.exit_code
     except ImgclfError as e:
         return _error(e, verbose)
