@@ -218,6 +218,16 @@ def single_label_data(data: str) -> DataError:
     )
 
 
+def listed_task(data: str | None, want: str | None = None) -> str:
+    """The task of `data` without decoding anything: a CSV manifest is listed for its own (`want`, --task single or
+    multilabel, insists, and a manifest that cannot be it is refused); class folders and named sets are
+    single-label."""
+    path = Path(str(data or "")).expanduser()
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return csv_source(path, want).task
+    return SINGLE
+
+
 def finish_split(
     src: DataSource, *, val_fraction: float, seed: int, group_by: str | None = None, clusters=None
 ) -> None:

@@ -55,7 +55,6 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -66,11 +65,11 @@ from imgclf.core import ood as oodscores
 from imgclf.core.artifact import Preprocess
 from imgclf.core.errors import DataError, ImgclfError
 from imgclf.core.escape import one_line
-from imgclf.core.multilabel import MULTILABEL, SINGLE
+from imgclf.core.multilabel import MULTILABEL
 from imgclf.data.feed import make_feed
 from imgclf.data.images import UnreadableImage
 from imgclf.data.pipeline import decode_one, default_workers, eval_transform
-from imgclf.data.sources import Split, csv_source, open_source
+from imgclf.data.sources import Split, listed_task, open_source
 from imgclf.evaluation.multilabel import multilabel_metrics
 from imgclf.infer.logits import align_classes, infer, open_model_data
 from imgclf.infer.predict import expand_paths
@@ -462,9 +461,7 @@ def check_same_kind(data: str, data_task: str, model_task: str) -> None:
 def check_data_kind(data: str, model_task: str) -> None:
     """`--data` against the model's task before any work: a CSV manifest is listed (nothing decoded) for its task;
     class folders and named sets are single-label."""
-    path = Path(str(data)).expanduser()
-    data_task = csv_source(path).task if path.is_file() and path.suffix.lower() == ".csv" else SINGLE
-    check_same_kind(data, data_task, model_task)
+    check_same_kind(data, listed_task(data), model_task)
 
 
 def accuracy_on(

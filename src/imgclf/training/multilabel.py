@@ -31,7 +31,7 @@ from torch import nn
 from imgclf.core.errors import UsageError
 from imgclf.core.multilabel import DEFAULT_THRESHOLD, MULTILABEL, SINGLE
 from imgclf.data.balance import choose_balance
-from imgclf.data.sources import csv_source, single_label_data
+from imgclf.data.sources import listed_task, single_label_data
 from imgclf.evaluation.multilabel import fit_thresholds, multilabel_metrics, parse_goal
 from imgclf.training.recipes import RECIPES
 
@@ -72,12 +72,11 @@ def data_task(data: str | None, asked: str) -> str:
     """The task of `--data` for `--task asked` (auto: the data's own): a CSV manifest is listed (not decoded) and
     refuses a task it cannot be; class folders and named sets are single-label."""
     want = None if asked == "auto" else asked
+    task = listed_task(data, want)
     path = Path(str(data or "")).expanduser()
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return csv_source(path, want).task
-    if want == MULTILABEL and (path.exists() or not path.suffix):
+    if task == SINGLE and want == MULTILABEL and (path.exists() or not path.suffix):
         raise single_label_data(data)
-    return SINGLE
+    return task
 
 
 def resolve_task(cfg):
