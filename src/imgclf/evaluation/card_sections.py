@@ -44,7 +44,9 @@ def _on(key: str):
 
 # the other options, each shown where it changed something: (name, when)
 OTHER_OPTIONS = (
-    ("momentum", lambda c: c.get("optimizer") == "sgd"),
+    ("momentum", lambda c: c.get("optimizer") in ("sgd", "muon")),
+    ("muon_lr", lambda c: c.get("optimizer") == "muon"),
+    ("muon_momentum", lambda c: c.get("optimizer") == "muon"),
     ("nesterov", _on("nesterov")),
     ("weights_file", _on("weights_file")),
     ("freeze", _on("freeze")),

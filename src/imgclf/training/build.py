@@ -15,6 +15,7 @@ from torch import nn
 from imgclf.compute.device import to_layout
 from imgclf.models.activations import lean_activations
 from imgclf.models.registry import build_model
+from imgclf.training.muon import MuonSGD, muon_filters
 from imgclf.training.options import TrainConfig
 
 
@@ -81,7 +82,8 @@ def make_ema(model: nn.Module, decay: float, warmup: int) -> torch.optim.swa_uti
 def param_groups(cfg: TrainConfig, model: nn.Module, spec, later: list[str]) -> list[dict]:
     """Trainable parameters (and those `later` unfrozen) in groups: the new head at --lr, the rest at --lr x
     --backbone-lr-scale; with --bias-lr-scale, BatchNorm biases at lr x scale and weight decay / scale (so their
-    decay per step is unchanged), as airbench does."""
+    decay per step is unchanged), as airbench does; with --optimizer muon, the convolution filters in a group of
+    their own at --muon-lr."""
 
     def trains(name, p):
         return p.requires_grad or any(name == f or name.startswith(f + ".") for f in later)
@@ -89,9 +91,11 @@ def param_groups(cfg: TrainConfig, model: nn.Module, spec, later: list[str]) -> 
     norm = {
         id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
     }
+    filters = muon_filters(model) if cfg.optimizer == "muon" else set()
+    muon = [p for name, p in model.named_parameters() if id(p) in filters and trains(name, p)]
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
-        if trains(name, p):
+        if trains(name, p) and id(p) not in filters:
             head = name.startswith(spec.head + ".")
             groups.setdefault(
                 (head or cfg.backbone_lr_scale == 1.0, id(p) in norm and cfg.bias_lr_scale != 1.0), []
@@ -102,10 +106,17 @@ def param_groups(cfg: TrainConfig, model: nn.Module, spec, later: list[str]) -> 
         out.append(
             {"params": params, "lr": lr, "weight_decay": cfg.weight_decay / (cfg.bias_lr_scale if bias else 1.0)}
         )
+    if muon:  # --optimizer muon: the filters' own group (training/muon.py)
+        out.append(
+            {"params": muon, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "weight_decay": 0.0, "muon": True}
+        )
     return out
 
 
 def make_optimizer(cfg: TrainConfig, groups) -> torch.optim.Optimizer:
+    if cfg.optimizer == "muon":
+        nesterov = cfg.nesterov and cfg.momentum > 0
+        return MuonSGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             groups,

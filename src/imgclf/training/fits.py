@@ -62,7 +62,7 @@ def estimate(
         model = build_model(cfg.model, num_classes, pretrained=False)
     freeze(model, cfg.model, cfg.freeze)
     every, trainable = memory.tensor_bytes(model)
-    copies = 1 + {"sgd": 1 if cfg.momentum > 0 else 0, "adamw": 2}.get(cfg.optimizer, 2)
+    copies = 1 + {"sgd": 1 if cfg.momentum > 0 else 0, "muon": 1, "adamw": 2}.get(cfg.optimizer, 2)
     copies += int(cfg.lookahead) + int(ranks > 1)
     size = prep.img_size
     act = per_image(cfg, size, num_classes)

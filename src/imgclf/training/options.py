@@ -135,7 +135,11 @@ class TrainConfig:
     # optimisation
     epochs: int = opt(30, "number of epochs", ge=1)
     batch_size: int = BATCH_SIZE.field(128, help="images per training batch")
-    optimizer: str = opt("sgd", "sgd or adamw", ("sgd", "adamw"))
+    optimizer: str = opt(
+        "sgd", "sgd, adamw, or muon (Muon for the convolution filters, sgd for the rest)", ("sgd", "adamw", "muon")
+    )
+    muon_lr: float = opt(0.24, "--optimizer muon: the convolution filters' learning rate (the rest take --lr)", gt=0)
+    muon_momentum: float = opt(0.6, "--optimizer muon: the filters' (Nesterov) momentum", ge=0, lt=1)
     lr: float | str | None = opt(
         None,
         "learning rate (default: 0.01 for sgd, 0.001 for adamw), or auto: the one a learning-rate range test (`imgclf lr-find`) suggests, run first",

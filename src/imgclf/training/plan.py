@@ -221,8 +221,9 @@ def _sha256(path: str) -> str:
 
 def derived_defaults(cfg: TrainConfig) -> TrainConfig:
     """Fill the options whose default depends on others."""
-    lr = cfg.lr if cfg.lr is not None else (0.01 if cfg.optimizer == "sgd" else 1e-3)  # "auto": found later
-    wd = cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if cfg.optimizer == "sgd" else 0.05)
+    sgd = cfg.optimizer in ("sgd", "muon")  # muon: sgd's values for what is not a filter
+    lr = cfg.lr if cfg.lr is not None else (0.01 if sgd else 1e-3)  # "auto": found later
+    wd = cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if sgd else 0.05)
     workers = cfg.workers if cfg.workers is not None else default_workers()
     data = cfg.data
     if data and os.path.exists(data):
