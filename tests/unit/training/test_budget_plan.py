@@ -24,12 +24,17 @@ class SimClock(Callback):
 
     order = 5  # before TimeBudget (10) at every hook: a step's or a validation's time has passed when it looks
 
-    def __init__(self, monkeypatch, step_s: float, val_s: float, slow: int = 0, slow_s: float = 0.0):
+    def __init__(self, monkeypatch, step_s: float, val_s: float, slow: int = 0, slow_s: float = 0.0, spike=()):
         self.now, self.step_s, self.val_s, self.slow, self.slow_s = 0.0, step_s, val_s, slow, slow_s
+        self.spike = spike  # (first step, last step, seconds a step): something else slowed the machine then
         monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: self.now))
 
     def on_step_end(self, trainer) -> None:
-        self.now += self.slow_s if trainer.state.step <= self.slow else self.step_s
+        step = trainer.state.step
+        if self.spike and self.spike[0] <= step <= self.spike[1]:
+            self.now += self.spike[2]
+        else:
+            self.now += self.slow_s if step <= self.slow else self.step_s
 
     def on_validation_end(self, trainer, row) -> None:
         self.now += self.val_s
@@ -87,6 +92,31 @@ def test_a_slower_machine_than_measured_shortens_the_plan(tmp_path, common, monk
     res = train(**common, time_budget=0.1, name="slower", callbacks=[clock], save_every=0)
     assert 6 - (PER_EPOCH * 0.2 + 0.1) < clock.now <= 6 + 0.2  # at most the one step each re-plan keeps
     assert res["steps"] == yaml.safe_load(open(tmp_path / "runs/slower/config.yaml"))["max_steps"]
+
+
+class Plans(Callback):
+    """The run's planned length after each epoch's re-plan."""
+
+    order = 11  # after TimeBudget (10)
+
+    def __init__(self):
+        self.totals = []
+
+    def on_validation_end(self, trainer, row) -> None:
+        self.totals.append(trainer.total_steps)
+
+
+def test_one_slow_epoch_costs_its_seconds_not_the_plan(tmp_path, common, monkeypatch):
+    """Steps 41-45 (the ninth epoch) take 3x as long, as if another job had run then: the plan loses about the
+    seconds they cost (~10 of ~250 steps), it is not cut to the speed of that one epoch."""
+    from imgclf import train
+
+    clock = SimClock(monkeypatch, step_s=0.1, val_s=0.2, spike=(41, 45, 0.3))
+    plans = Plans()
+    res = train(**common, time_budget=0.5, name="spike", callbacks=[clock, plans], save_every=0)
+    before, after = plans.totals[7], min(plans.totals[8:-1])  # planned after epoch 8; after 9 and later
+    assert before - 20 < after <= before, plans.totals
+    assert 30 - (PER_EPOCH * 0.1 + 0.2) < clock.now <= 30 and res["steps"] == plans.totals[-1]
 
 
 def test_epochs_given_with_a_budget_stay_a_cap(tmp_path, common, monkeypatch):

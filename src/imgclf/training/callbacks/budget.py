@@ -4,6 +4,8 @@ again after each epoch."""
 from __future__ import annotations
 
 import time
+from collections import deque
+from statistics import median
 
 from imgclf.core.callback import Callback
 
@@ -32,13 +34,16 @@ class TimeBudget(Callback):
     The steps before the decision run on the provisional length (--epochs' or the recipe's).
 
     The first steps are slower than the steady state (allocations, caches warming, airnet's whitening bias still
-    training), so after each epoch the plan is made again from that epoch as measured: its steps per second and
-    everything else its cycle took (validation, the previous epoch's checkpoint), against the seconds left. The
-    schedule follows the new total from the next step on (decisions and re-plans are rank 0's on every rank)."""
+    training), so after each epoch the plan is made again from the epochs as measured: the median of the last
+    `RECENT` epochs' steps per second and of everything else their cycles took (validation, the previous epoch's
+    checkpoint), against the seconds left; the median, so that one epoch slowed by something else on the machine
+    does not cut the plan (it only costs the seconds it took). The schedule follows the new total from the next
+    step on (decisions and re-plans are rank 0's on every rank)."""
 
     order = 10  # first at on_fit_start: its clock starts before the model's own set-up
     state_key = "time_budget"
     PROBE = 6
+    RECENT = 3
 
     def __init__(
         self, minutes: float, batch_size: int, eval_views: int = 1, val_extra: float = 0.0, *, fill: bool = False
@@ -48,6 +53,7 @@ class TimeBudget(Callback):
         self.t0 = self.t1 = self.rate = None
         self.total, self.first, self.cap, self.logged = None, None, None, 0
         self.epoch_t0 = self.epoch_step0 = self.train_seconds = self.cycle_end = None
+        self.recent = deque(maxlen=self.RECENT)  # (steps per second, other seconds) of the last epochs
 
     def state_dict(self) -> dict:
         # a run stopped before the decision and resumed still fills its budget (its config then names --epochs)
@@ -91,10 +97,12 @@ class TimeBudget(Callback):
             self._log(trainer, f"planned again from the last epoch, was {self.logged} steps")
 
     def replan(self, steps: int, train_seconds: float, cycle: float, now: float, per_epoch: int) -> int:
-        """The steps that fit from an epoch's end: the last epoch's `steps` took `train_seconds`, and its whole
-        `cycle` (with validation and saving) `cycle` seconds."""
-        self.rate = steps / max(train_seconds, 1e-9)
-        other = max(0.0, cycle - train_seconds)  # validation, checkpoints, the callbacks' epoch ends
+        """The steps that fit from an epoch's end, where the epoch just ended took `train_seconds` for its `steps`
+        and `cycle` seconds in all (with validation and saving): by the median of the recent epochs."""
+        # validation, checkpoints, the callbacks' epoch ends: the rest of the cycle
+        self.recent.append((steps / max(train_seconds, 1e-9), max(0.0, cycle - train_seconds)))
+        self.rate = median(r for r, _ in self.recent)
+        other = median(o for _, o in self.recent)
         left = self.seconds - (now - self.t0)
         return most_steps(left * self.rate, other * self.rate, per_epoch)
 
