@@ -4,7 +4,7 @@ convolution filters, SGD for everything else, as the CIFAR-10 speed records sinc
 Each filter's update is its Nesterov momentum orthogonalised: the (out, in x kh x kw) matrix replaced by the nearest
 matrix with all singular values near 1, by three quintic Newton-Schulz iterations; the filter is first rescaled to
 norm sqrt(out) (a BatchNorm follows it, so its scale carries nothing) and takes the step at --muon-lr. The first
-convolution (the input layer, 3 channels in) and every other parameter (BatchNorm's, biases, the head) take SGD's
+convolution (the input layer, 3 channels in), grouped and depthwise convolutions, and every other parameter (BatchNorm's, biases, the head) take SGD's
 step with --lr, --momentum, --nesterov and --weight-decay, as --optimizer sgd would. torch.optim.Muon (PyTorch 2.9)
 takes 2-D parameters only, so a convolution's 4-D filter cannot be given to it; its rule is written here.
 The learning-rate schedule scales both kinds of groups alike.
@@ -37,10 +37,11 @@ def orthogonalise(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
 
 
 def muon_filters(model: nn.Module) -> set[int]:
-    """The ids of the filters Muon steps: every trainable convolution's 4-D weight but the input layer's."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return {id(m.weight) for m in convs if m is not first}
+    """The ids of the filters Muon steps (those that train, frozen now or not: training/build.param_groups
+    decides): every dense convolution's 4-D weight but the input layer's. Grouped and depthwise convolutions
+    (EfficientNet's) keep SGD: a depthwise filter, one 3x3 per channel, is not a matrix of a layer's inputs."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return {id(m.weight) for m in convs[1:] if m.groups == 1}
 
 
 class MuonSGD(torch.optim.Optimizer):

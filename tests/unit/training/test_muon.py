@@ -19,11 +19,12 @@ class Net(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, bias=False)
         self.conv = nn.Conv2d(8, 16, 3, bias=False)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
         self.norm = nn.BatchNorm2d(16)
         self.fc = nn.Linear(16, 4)
 
     def forward(self, x):
-        x = self.norm(self.conv(torch.relu(self.stem(x))))
+        x = self.norm(self.depthwise(self.conv(torch.relu(self.stem(x)))))
         return self.fc(torch.relu(x).mean((2, 3)))
 
 
@@ -46,6 +47,11 @@ def test_the_filters_but_the_input_layer_take_muon_and_the_rest_sgd():
     everything = [p for g in groups for p in g["params"]]
     assert sorted(map(id, everything)) == sorted(map(id, model.parameters()))  # each once, none lost
     assert isinstance(make_optimizer(cfg, groups), MuonSGD)
+    # --freeze-epochs: a filter frozen now but unfrozen later is in Muon's group from the start
+    model.conv.weight.requires_grad_(False)
+    later = param_groups(cfg, model, type("Spec", (), {"head": "fc"}), ["conv"])
+    assert [g["params"] for g in later if g.get("muon")] == [[model.conv.weight]]
+    assert not [g for g in param_groups(cfg, model, type("Spec", (), {"head": "fc"}), []) if g.get("muon")]
 
 
 def test_a_step_is_sgd_s_for_the_rest_and_muon_s_for_the_filters():
