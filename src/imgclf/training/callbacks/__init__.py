@@ -3,7 +3,7 @@ under the contract of imgclf.core.callback; at every hook the callbacks run by `
 
     order  callback             state key              what it does
         5  EMA                  (TrainState's "ema")   --ema: averages each step's weights; ema_val_* columns
-       10  TimeBudget           time_budget            --time-budget: the steps that fit, from the first ones
+       10  TimeBudget           time_budget            --time-budget: the steps that fit, from the first ones and each epoch
        15  Mixing               -                      --mixup/--cutmix: each batch mixed, on the CPU
        18  AdversarialTraining  -                      --adv-train: each batch attacked on the device; val_robust_acc
        20  the model's own      (airnet_whitening...)  its registry entry's (ModelSpec.callbacks)
