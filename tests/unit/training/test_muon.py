@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from torch import nn
 from imgclf.training.build import make_optimizer, param_groups
 from imgclf.training.muon import MuonSGD, muon_filters, orthogonalise
 from imgclf.training.options import TrainConfig
+
+SPEC = SimpleNamespace(head="fc")  # the registry entry's part param_groups reads
 
 
 class Net(nn.Module):
@@ -40,7 +43,7 @@ def test_orthogonalise_moves_every_singular_value_near_one(shape):
 def test_the_filters_but_the_input_layer_take_muon_and_the_rest_sgd():
     model = Net()
     cfg = TrainConfig(optimizer="muon", lr=0.1, weight_decay=1e-3, momentum=0.9, nesterov=True, muon_lr=0.05)
-    groups = param_groups(cfg, model, type("Spec", (), {"head": "fc"}), [])
+    groups = param_groups(cfg, model, SPEC, [])
     assert muon_filters(model) == {id(model.conv.weight)}
     muon = [g for g in groups if g.get("muon")]
     assert len(muon) == 1 and muon[0]["params"] == [model.conv.weight] and muon[0]["lr"] == 0.05
@@ -49,9 +52,9 @@ def test_the_filters_but_the_input_layer_take_muon_and_the_rest_sgd():
     assert isinstance(make_optimizer(cfg, groups), MuonSGD)
     # --freeze-epochs: a filter frozen now but unfrozen later is in Muon's group from the start
     model.conv.weight.requires_grad_(False)
-    later = param_groups(cfg, model, type("Spec", (), {"head": "fc"}), ["conv"])
+    later = param_groups(cfg, model, SPEC, ["conv"])
     assert [g["params"] for g in later if g.get("muon")] == [[model.conv.weight]]
-    assert not [g for g in param_groups(cfg, model, type("Spec", (), {"head": "fc"}), []) if g.get("muon")]
+    assert not [g for g in param_groups(cfg, model, SPEC, []) if g.get("muon")]
 
 
 def test_a_step_is_sgd_s_for_the_rest_and_muon_s_for_the_filters():
@@ -59,7 +62,7 @@ def test_a_step_is_sgd_s_for_the_rest_and_muon_s_for_the_filters():
     model, twin = Net(), Net()
     twin.load_state_dict(model.state_dict())
     cfg = TrainConfig(optimizer="muon", lr=0.1, weight_decay=1e-3, momentum=0.9, nesterov=True, muon_lr=0.05)
-    groups = param_groups(cfg, model, type("Spec", (), {"head": "fc"}), [])
+    groups = param_groups(cfg, model, SPEC, [])
     opt = make_optimizer(cfg, groups)
     rest = [p for n, p in twin.named_parameters() if n != "conv.weight"]
     sgd = torch.optim.SGD(rest, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)

@@ -73,7 +73,8 @@ class TimeBudget(Callback):
         if fixed is None:
             return
         self.cap = None if self.fill else trainer.total_steps
-        self._set(trainer, self.first + fixed, "from its first steps")
+        self._set(trainer, self.first + fixed)
+        self._log(trainer, "from its first steps")
 
     def on_epoch_start(self, trainer) -> None:
         self.epoch_t0, self.epoch_step0 = time.perf_counter(), trainer.state.step
@@ -92,7 +93,7 @@ class TimeBudget(Callback):
         more = self.replan(steps, self.train_seconds, cycle, now, trainer.per_epoch)
         # at least one step more: the run's end (lookahead's final average, the schedule's last lr) comes at the
         # end of a training epoch, which this one has passed
-        self._set(trainer, trainer.state.step + max(1, more), "", quiet=True)
+        self._set(trainer, trainer.state.step + max(1, more))
         if abs(trainer.total_steps - self.logged) > 0.02 * self.logged:  # the story, not each epoch's few steps
             self._log(trainer, f"planned again from the last epoch, was {self.logged} steps")
 
@@ -106,10 +107,8 @@ class TimeBudget(Callback):
         left = self.seconds - (now - self.t0)
         return most_steps(left * self.rate, other * self.rate, per_epoch)
 
-    def _set(self, trainer, total: int, how: str, *, quiet: bool = False) -> None:
+    def _set(self, trainer, total: int) -> None:
         trainer.set_total_steps(total if self.cap is None else min(self.cap, total), fill=self.fill)
-        if not quiet:
-            self._log(trainer, how)
 
     def _log(self, trainer, how: str) -> None:
         self.logged = trainer.total_steps
